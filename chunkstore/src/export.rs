@@ -1,0 +1,200 @@
+//! Export: manifest → image file, byte-exact.
+//!
+//! The image is written to a temporary name beside the target, zero chunks become holes
+//! (the file is sized first and they are never written), the whole-image BLAKE3 is
+//! checked, and only then is the file synced and renamed into place. On any failure the
+//! temporary file is removed, so no partial image ever exists under the final name.
+//!
+//! Two threads: one reads chunks in order and hashes them into the image hash, one
+//! writes them at their offsets. Chunks are not hashed one by one on this path: the
+//! image hash covers every byte, and only if it fails are the chunks checked one by one
+//! to name the corrupt ones.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+use serde::Serialize;
+
+use crate::zero::{is_zero_ref, ZEROS};
+use crate::{pack, ChunkId, Error, Manifest, ManifestId, Progress, Store};
+
+/// Bytes of chunk data per message from reader to writer.
+const BATCH: usize = 8 << 20;
+
+/// What an export did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportReport {
+    /// The manifest written.
+    pub manifest: ManifestId,
+    /// The file written.
+    pub path: PathBuf,
+    /// Image length.
+    pub len: u64,
+    /// Bytes left as holes.
+    pub hole_bytes: u64,
+    /// Wall time in milliseconds.
+    pub millis: u64,
+}
+
+struct Piece {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+impl Store {
+    /// Rebuilds manifest `id` into the file `out`. Refuses to replace an existing file
+    /// unless `overwrite`.
+    pub fn export(
+        &self,
+        id: &ManifestId,
+        out: &Path,
+        overwrite: bool,
+        progress: &dyn Progress,
+    ) -> Result<ExportReport, Error> {
+        let started = Instant::now();
+        let manifest = self.manifest(id)?;
+        if out.is_dir() {
+            return Err(Error::NotRegularFile { path: out.to_owned(), kind: "directory" });
+        }
+        if !overwrite && out.exists() {
+            return Err(Error::OutputExists { path: out.to_owned() });
+        }
+        let tmp = temp_path(out);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        let result = self.write_image(&manifest, &file, &tmp, progress).and_then(|hash| {
+            if hash != manifest.image_hash() {
+                return Err(Error::CorruptImage {
+                    manifest: *id,
+                    chunks: self.find_corrupt(&manifest)?,
+                });
+            }
+            file.sync_all().map_err(|e| Error::io("fsync", out, e))?;
+            std::fs::rename(&tmp, out).map_err(|e| Error::io("rename", out, e))?;
+            pack::sync_dir(
+                out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+            )
+        });
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(match e {
+                Error::NoSpace { .. } => Error::NoSpace { path: out.to_owned() },
+                e => e,
+            });
+        }
+        self.touch(id)?;
+        let hole_bytes =
+            manifest.chunks().iter().filter(|c| is_zero_ref(c)).map(|c| u64::from(c.len)).sum();
+        Ok(ExportReport {
+            manifest: *id,
+            path: out.to_owned(),
+            len: manifest.len(),
+            hole_bytes,
+            millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Writes the image into `file` and returns the hash of what was written.
+    fn write_image(
+        &self,
+        manifest: &Manifest,
+        file: &File,
+        path: &Path,
+        progress: &dyn Progress,
+    ) -> Result<blake3::Hash, Error> {
+        file.set_len(manifest.len()).map_err(|e| Error::io("size", path, e))?;
+        progress.start(manifest.len());
+        let (tx, rx) = bounded::<Vec<Piece>>(2);
+        let (ret_tx, ret_rx) = bounded::<Vec<Piece>>(4);
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || -> Result<(), Error> {
+                for mut batch in rx {
+                    for p in &batch {
+                        file.write_all_at(&p.data, p.offset)
+                            .map_err(|e| Error::io("write", path, e))?;
+                        progress.advance(p.data.len() as u64);
+                    }
+                    batch.clear();
+                    let _ = ret_tx.try_send(batch);
+                }
+                Ok(())
+            });
+            let read = self.read_pieces(manifest, &tx, &ret_rx, progress);
+            drop(tx);
+            let written = writer.join().expect("export writer panicked");
+            // A writer error stops the reader (its channel closes), so report it first.
+            written.and(read)
+        })
+    }
+
+    /// Reader side of [`Self::write_image`]: streams non-zero chunks in batches and
+    /// hashes every byte, zeros included, in image order.
+    fn read_pieces(
+        &self,
+        manifest: &Manifest,
+        tx: &crossbeam_channel::Sender<Vec<Piece>>,
+        recycled: &crossbeam_channel::Receiver<Vec<Piece>>,
+        progress: &dyn Progress,
+    ) -> Result<blake3::Hash, Error> {
+        let mut hasher = blake3::Hasher::new();
+        let mut offset = 0u64;
+        for group in manifest.chunks().chunks(BATCH / manifest.params().avg as usize) {
+            let mut ids: Vec<ChunkId> =
+                group.iter().filter(|c| !is_zero_ref(c)).map(|c| c.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let records = self.db.chunk_records(&ids)?;
+            let mut batch = recycled.try_recv().unwrap_or_default();
+            for c in group {
+                if is_zero_ref(c) {
+                    hasher.update(&ZEROS[..c.len as usize]);
+                    progress.advance(u64::from(c.len));
+                } else {
+                    let i = ids.binary_search(&c.id).expect("every id was looked up");
+                    let rec = records[i].ok_or(Error::MissingChunk { id: c.id })?;
+                    let mut data = Vec::new();
+                    self.packs.read(rec.loc, &mut data)?;
+                    hasher.update(&data);
+                    batch.push(Piece { offset, data });
+                }
+                offset += u64::from(c.len);
+            }
+            if tx.send(batch).is_err() {
+                break;
+            }
+        }
+        Ok(hasher.finalize())
+    }
+
+    /// Checks every chunk of `manifest` and returns those whose bytes do not match their
+    /// id (marking them corrupt).
+    pub(crate) fn find_corrupt(&self, manifest: &Manifest) -> Result<Vec<ChunkId>, Error> {
+        let mut bad = Vec::new();
+        let mut buf = Vec::new();
+        let mut ids: Vec<ChunkId> =
+            manifest.chunks().iter().filter(|c| !is_zero_ref(c)).map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for (id, rec) in ids.iter().zip(self.db.chunk_records(&ids)?) {
+            let Some(rec) = rec else { continue };
+            match self.read_verified(id, &rec, &mut buf) {
+                Ok(()) => {}
+                Err(Error::CorruptChunk { .. }) => bad.push(*id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(bad)
+    }
+}
+
+/// A hidden temporary name beside `out`, unique to this process.
+pub(crate) fn temp_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!(".{name}.vw-part-{}", std::process::id()))
+}

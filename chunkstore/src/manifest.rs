@@ -1,0 +1,228 @@
+//! [`Manifest`]: one partition image as an ordered list of chunks.
+//!
+//! Canonical encoding (postcard, see docs/protocol.md): magic `VWMF`, format version
+//! byte, the chunker parameters, the image length, the whole-image BLAKE3, then the
+//! `(ChunkId, len)` list. postcard is deterministic for a given value, and decoding
+//! rejects anything that would not re-encode to the same bytes, so a manifest has exactly
+//! one encoding and [`ManifestId`] (BLAKE3 of it) names it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkerParams;
+use crate::{ChunkId, Error, ManifestId};
+
+/// First bytes of every encoded manifest.
+pub const MAGIC: [u8; 4] = *b"VWMF";
+/// The encoding version this build writes and reads.
+pub const VERSION: u8 = 1;
+/// Largest encoded manifest accepted: 64 MiB, about 1.8 million chunks, which is
+/// 110 GiB of image at the default 64 KiB average.
+pub const MAX_ENCODED_LEN: usize = 64 << 20;
+
+/// One chunk of an image, in image order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// Its length in bytes.
+    pub len: u32,
+}
+
+/// One partition image: its chunks in order, its length and its whole-image BLAKE3.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    params: ChunkerParams,
+    len: u64,
+    image_hash: blake3::Hash,
+    chunks: Vec<ChunkRef>,
+}
+
+/// The wire form: kept apart from [`Manifest`] so the domain type can change freely.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    magic: [u8; 4],
+    version: u8,
+    params: ChunkerParams,
+    len: u64,
+    image_hash: [u8; 32],
+    chunks: Vec<ChunkRef>,
+}
+
+impl Manifest {
+    /// A manifest from its parts; checks that the chunk lengths add up to `len` and
+    /// respect the chunker's bounds.
+    pub fn new(
+        params: ChunkerParams,
+        len: u64,
+        image_hash: blake3::Hash,
+        chunks: Vec<ChunkRef>,
+    ) -> Result<Self, Error> {
+        let manifest = Self { params, len, image_hash, chunks };
+        manifest.check().map_err(|reason| Error::BadManifest { reason })?;
+        Ok(manifest)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.params.validate().map_err(|e| e.to_string())?;
+        let mut sum = 0u64;
+        let last = self.chunks.len().saturating_sub(1);
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.len == 0 || c.len > self.params.max {
+                return Err(format!("chunk {i} ({}) has length {}", c.id, c.len));
+            }
+            if c.len < self.params.min && i != last {
+                return Err(format!("chunk {i} ({}) is shorter than the minimum", c.id));
+            }
+            sum += u64::from(c.len);
+        }
+        if sum != self.len {
+            return Err(format!("chunk lengths add up to {sum}, the image is {} bytes", self.len));
+        }
+        Ok(())
+    }
+
+    /// The chunker parameters the image was cut with.
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// Image length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty image.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// BLAKE3 of the whole image.
+    pub fn image_hash(&self) -> blake3::Hash {
+        self.image_hash
+    }
+
+    /// The chunks in image order.
+    pub fn chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = Wire {
+            magic: MAGIC,
+            version: VERSION,
+            params: self.params,
+            len: self.len,
+            image_hash: *self.image_hash.as_bytes(),
+            chunks: self.chunks.clone(),
+        };
+        postcard::to_stdvec(&wire).expect("encoding to a Vec cannot fail")
+    }
+
+    /// The manifest's id: BLAKE3 of [`Self::encode`].
+    pub fn id(&self) -> ManifestId {
+        ManifestId::from(blake3::hash(&self.encode()))
+    }
+
+    /// Decodes untrusted bytes; accepts only the canonical encoding of a valid manifest.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let bad = |reason: String| Error::BadManifest { reason };
+        if bytes.len() > MAX_ENCODED_LEN {
+            return Err(bad(format!("{} bytes, the limit is {MAX_ENCODED_LEN}", bytes.len())));
+        }
+        if bytes.len() < 5 || bytes[..4] != MAGIC {
+            return Err(bad("not a vw manifest (bad magic)".into()));
+        }
+        if bytes[4] != VERSION {
+            return Err(bad(format!("format version {}, this build reads {VERSION}", bytes[4])));
+        }
+        let (wire, rest): (Wire, _) = postcard::take_from_bytes(bytes)
+            .map_err(|e| bad(format!("truncated or garbled: {e}")))?;
+        if !rest.is_empty() {
+            return Err(bad(format!("{} trailing bytes", rest.len())));
+        }
+        let manifest = Self {
+            params: wire.params,
+            len: wire.len,
+            image_hash: blake3::Hash::from_bytes(wire.image_hash),
+            chunks: wire.chunks,
+        };
+        manifest.check().map_err(bad)?;
+        if manifest.encode() != bytes {
+            return Err(bad("not in canonical form".into()));
+        }
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn sample() -> Manifest {
+        let params = ChunkerParams { min: 1024, avg: 4096, max: 16384 };
+        let chunks = vec![
+            ChunkRef { id: ChunkId::of(b"a"), len: 4096 },
+            ChunkRef { id: ChunkId::of(b"b"), len: 300 },
+        ];
+        Manifest::new(params, 4396, blake3::hash(b"image"), chunks).expect("valid")
+    }
+
+    #[test]
+    fn golden_bytes() {
+        let bytes = sample().encode();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN_HEX);
+        assert_eq!(sample().id().to_hex(), GOLDEN_ID);
+    }
+
+    /// `VWMF`, version 1, params 1024/4096/16384, length 4396, image hash, 2 chunks
+    /// (id, len 4096), (id, len 300). See docs/protocol.md.
+    const GOLDEN_HEX: &str = "56574d460180088020808001ac220229ff7dec8a365f7300835d175494866d46e56fec330dad33cd3dc93df3c16d0217762fddd969a453925d65717ac3eea21320b66b54342fde15128d6caf21215f802010e5cf3d3c8a4f9f3468c8cc58eea84892a22fdadbc1acb22410190044c1d553ac02";
+    const GOLDEN_ID: &str = "389bde5041109595e736cba732211953420effb91d6a0362b16173108faf26df";
+
+    #[test]
+    fn rejects_foreign_truncated_and_trailing_bytes() {
+        let bytes = sample().encode();
+        let err = |b: &[u8]| Manifest::decode(b).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(b"PK\x03\x04 zip file").contains("bad magic"), "{}", err(b"PK\x03\x04"));
+        assert!(err(&bytes[..bytes.len() - 7]).contains("truncated"));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(err(&long).contains("1 trailing bytes"));
+        let mut v2 = bytes.clone();
+        v2[4] = 2;
+        assert!(err(&v2).contains("format version 2"));
+    }
+
+    #[test]
+    fn rejects_lengths_that_do_not_add_up() {
+        let m = sample();
+        let err = Manifest::new(m.params(), 5000, m.image_hash(), m.chunks().to_vec());
+        assert!(err.is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(lens in proptest::collection::vec(1024u32..=16384, 0..50), tail in 1u32..1024) {
+            let params = ChunkerParams { min: 1024, avg: 4096, max: 16384 };
+            let mut chunks: Vec<ChunkRef> = lens.iter().enumerate()
+                .map(|(i, &len)| ChunkRef { id: ChunkId::of(&i.to_le_bytes()), len }).collect();
+            chunks.push(ChunkRef { id: ChunkId::of(b"tail"), len: tail });
+            let len = chunks.iter().map(|c| u64::from(c.len)).sum();
+            let m = Manifest::new(params, len, blake3::hash(b"x"), chunks).expect("valid");
+            let back = Manifest::decode(&m.encode()).expect("decodes");
+            prop_assert_eq!(back.id(), m.id());
+            prop_assert_eq!(back, m);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut framed = b"VWMF\x01".to_vec();
+            framed.extend(bytes);
+            let _ = Manifest::decode(&framed);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The chunk store end to end: round trips, dedup, missing sets, names, pins.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::{noise, read, write_image};
+use proptest::prelude::*;
+use vw_chunkstore::{clone_image, CloneMethod, Error, ImageName, ImageRef, Store};
+
+fn name(s: &str) -> ImageName {
+    s.parse().expect("valid name")
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn import_export_is_byte_identical_and_sparse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("a.img");
+    write_image(
+        &img,
+        40 * MIB,
+        &[(0, 3_000_000, 1), (20 * MIB, 5_000_000, 2), (40 * MIB - 777, 777, 3)],
+    );
+    let store = Store::open(&dir.path().join("store")).expect("open");
+    let r = store.import(&img, Some(&name("vo/a:1")), &()).expect("import");
+    assert_eq!(r.len, 40 * MIB);
+    assert!(r.zero_bytes > 25 * MIB, "holes are recognised as zero chunks: {r:?}");
+    assert!(r.new_bytes < 10 * MIB, "only data is stored: {r:?}");
+
+    let out = dir.path().join("out.img");
+    let e = store.export(&r.manifest, &out, false, &()).expect("export");
+    assert_eq!(read(&out), read(&img));
+    assert_eq!(e.hole_bytes, r.zero_bytes);
+    let allocated = std::fs::metadata(&out).expect("stat").blocks() * 512;
+    assert!(allocated < 12 * MIB, "zero chunks became holes: {allocated} bytes allocated");
+    // Nothing is left behind under a temporary name.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("vw-part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Export refuses to replace a file unless asked.
+    let again = store.export(&r.manifest, &out, false, &());
+    assert!(matches!(again, Err(Error::OutputExists { .. })), "{again:?}");
+    store.export(&r.manifest, &out, true, &()).expect("overwrite");
+}
+
+#[test]
+fn a_second_image_stores_only_what_it_adds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let base = [(0, 6_000_000, 10), (10 * MIB, 6_000_000, 11)];
+    write_image(&a, 20 * MIB, &base);
+    let mut more = base.to_vec();
+    more.push((16 * MIB, 2_000_000, 12));
+    write_image(&b, 20 * MIB, &more);
+    let store = Store::open(&dir.path().join("s")).expect("open");
+    let ra = store.import(&a, Some(&name("vo/a:1")), &()).expect("import a");
+    let rb = store.import(&b, Some(&name("vo/b:1")), &()).expect("import b");
+    assert!(rb.new_bytes < 2_700_000, "b only adds its own 2 MB (plus edges): {rb:?}");
+    assert!(rb.cached_bytes > 11_000_000, "{rb:?}");
+
+    let d =
+        store.diff(&ImageRef::Name(name("vo/a:1")), &ImageRef::Name(name("vo/b:1"))).expect("diff");
+    assert!(d.shared_bytes > 11_000_000 && d.only_a_bytes < 500_000, "{d:?}");
+    assert_eq!(d.shared_bytes + d.only_b_bytes, rb.new_bytes + rb.cached_bytes);
+
+    // Re-importing the same file changes nothing and gives the same manifest.
+    let ra2 = store.import(&a, Some(&name("vo/a:2")), &()).expect("re-import");
+    assert_eq!((ra2.manifest, ra2.new_bytes), (ra.manifest, 0));
+}
+
+#[test]
+fn missing_set_is_what_the_other_image_adds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    write_image(&a, 16 * MIB, &[(0, 8_000_000, 20)]);
+    write_image(&b, 16 * MIB, &[(0, 8_000_000, 20), (12 * MIB, 3_000_000, 21)]);
+    let host_a = Store::open(&dir.path().join("ha")).expect("open a");
+    let rb = host_a.import(&b, None, &()).expect("import b");
+    let manifest = host_a.manifest(&rb.manifest).expect("manifest");
+
+    let host_b = Store::open(&dir.path().join("hb")).expect("open b");
+    let empty = host_b.missing(&manifest).expect("missing");
+    assert_eq!(empty.bytes, rb.new_bytes, "an empty store lacks every stored byte");
+    host_b.import(&a, None, &()).expect("import a");
+    let m = host_b.missing(&manifest).expect("missing");
+    assert!(m.bytes >= 3_000_000 && m.bytes < 3_600_000, "{m:?}");
+    assert_eq!(host_a.missing(&manifest).expect("missing").bytes, 0);
+}
+
+#[test]
+fn names_ls_rm_and_pins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.img");
+    write_image(&a, 4 * MIB, &[(0, 1_000_000, 30)]);
+    let store = Store::open(&dir.path().join("s")).expect("open");
+    let r = store.import(&a, Some(&name("vo/a:1")), &()).expect("import");
+    store.tag(&name("vo/a:latest"), &r.manifest).expect("tag");
+    let ls = store.images().expect("ls");
+    assert_eq!(ls.len(), 1);
+    assert_eq!(ls[0].names, vec!["vo/a:1".to_string(), "vo/a:latest".into()]);
+
+    let by_name = ImageRef::Name(name("vo/a:1"));
+    store.pin(&by_name, &vw_chunkstore::PinReason::Base).expect("pin");
+    assert!(store.remove(&by_name).expect("drop one of two names").is_none());
+    let last = ImageRef::Name(name("vo/a:latest"));
+    let err = store.remove(&last).expect_err("pinned");
+    assert!(err.to_string().contains("is pinned (base)"), "{err}");
+    assert!(store.unpin(&last, &vw_chunkstore::PinReason::Base).expect("unpin"));
+    assert_eq!(store.remove(&last).expect("rm"), Some(r.manifest));
+    assert!(store.images().expect("ls").is_empty());
+
+    let err = store.resolve(&by_name).expect_err("gone");
+    assert_eq!(err.to_string(), "no image named vo/a:1 in the store; `vw image ls` lists them");
+}
+
+#[test]
+fn clone_keeps_holes_and_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src.img");
+    write_image(&src, 32 * MIB, &[(MIB, 2_000_000, 40), (30 * MIB, 100_000, 41)]);
+    let dst = dir.path().join("dst.img");
+    let method = clone_image(&src, &dst).expect("clone");
+    assert!(matches!(method, CloneMethod::Reflink | CloneMethod::SparseCopy));
+    assert_eq!(read(&dst), read(&src));
+    let allocated = std::fs::metadata(&dst).expect("stat").blocks() * 512;
+    assert!(allocated < 4 * MIB, "holes stay holes: {allocated}");
+    let err = clone_image(&src, &dst).expect_err("an existing target is refused");
+    assert!(matches!(err, Error::OutputExists { .. }), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Random data with zero runs and sparse regions round-trips byte for byte.
+    #[test]
+    fn round_trip(parts in proptest::collection::vec((0u8..3, 1usize..400_000, any::<u64>()), 1..12)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("p.img");
+        let mut data = Vec::new();
+        for (kind, len, seed) in parts {
+            match kind {
+                0 => data.extend(noise(len, seed)),
+                1 => data.extend(std::iter::repeat_n(0u8, len)),
+                _ => data.extend(std::iter::repeat_n(seed as u8, len)),
+            }
+        }
+        std::fs::write(&img, &data).expect("write");
+        let store = Store::open(&dir.path().join("s")).expect("open");
+        let r = store.import(&img, None, &()).expect("import");
+        let out = dir.path().join("o.img");
+        store.export(&r.manifest, &out, false, &()).expect("export");
+        prop_assert_eq!(read(&out), data);
+    }
+}

@@ -1,0 +1,247 @@
+//! `vw`: the command line of the virtual-workspace stager.
+
+mod demo;
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vw_node::chunkstore::{ImageName, ImageRef, PinReason, Store};
+
+use crate::output::{bytes, Out};
+use crate::progress::Bar;
+
+/// Stage and deploy virtual clusters. Today: the chunk store (images, cache, gc).
+#[derive(Debug, Parser)]
+#[command(name = "vw", version, about)]
+struct Cli {
+    /// The store directory.
+    #[arg(long, global = true, env = "VW_STORE", default_value = "/var/lib/vw")]
+    store: PathBuf,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Partition images: import, export, list, remove, verify, compare.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// The chunk cache: occupancy, pins, capacity.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+    /// Drop chunks no image uses, evict to the capacity, compact pack files.
+    Gc,
+    /// Run the main path on generated images in a scratch store and explain each step.
+    Demo {
+        /// Keep the scratch directory and print its path.
+        #[arg(long)]
+        keep: bool,
+        /// Size of each generated image in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// Split an image file into chunks and store what the store lacks.
+    Import {
+        /// The partition image file.
+        file: PathBuf,
+        /// The name to give it, VO/NAME:TAG.
+        #[arg(long)]
+        name: ImageName,
+    },
+    /// Rebuild an image into a file (holes for zero chunks, verified, atomic).
+    Export {
+        /// Name or manifest id.
+        image: ImageRef,
+        /// The file to write.
+        out: PathBuf,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List stored images.
+    Ls,
+    /// Remove an image name (and its manifest when no name is left).
+    Rm {
+        /// Name or manifest id.
+        image: ImageRef,
+    },
+    /// Re-hash stored chunks (of one image, or all) and report corrupt ones.
+    Verify {
+        /// Name or manifest id; all images when absent.
+        image: Option<ImageRef>,
+    },
+    /// Compare two images: shared and unique bytes.
+    Diff {
+        /// First image.
+        a: ImageRef,
+        /// Second image.
+        b: ImageRef,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCmd {
+    /// Occupancy: chunks, bytes, pinned, loose, pack files.
+    Stats,
+    /// Pin an image as a base image: never evicted.
+    Pin {
+        /// Name or manifest id.
+        image: ImageRef,
+    },
+    /// Remove the base-image pin.
+    Unpin {
+        /// Name or manifest id.
+        image: ImageRef,
+    },
+    /// Set the capacity (bytes of stored chunks, e.g. 20G) or `none`; evicts at once.
+    Limit {
+        /// A size with an optional K, M, G or T suffix (powers of 1024), or `none`.
+        size: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VW_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let out = Out::new(cli.json);
+    match run(cli, &out) {
+        Ok(code) => code,
+        Err(e) => {
+            out.error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(store: &std::path::Path) -> anyhow::Result<Store> {
+    Ok(Store::open(store)?)
+}
+
+fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Image(cmd) => image(&cli.store, cmd, out),
+        Command::Cache(cmd) => cache(&cli.store, cmd, out),
+        Command::Gc => {
+            let r = open(&cli.store)?.gc()?;
+            out.emit(&r, || output::gc_text(&r));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { keep, size_mib } => demo::run(out, keep, size_mib),
+    }
+}
+
+fn image(dir: &std::path::Path, cmd: ImageCmd, out: &Out) -> anyhow::Result<ExitCode> {
+    let store = open(dir)?;
+    match cmd {
+        ImageCmd::Import { file, name } => {
+            let bar = Bar::new(out, "import");
+            let r = store.import(&file, Some(&name), &bar)?;
+            bar.finish();
+            let gc = store.fit_capacity()?;
+            out.emit(&r, || output::import_text(&r));
+            if !gc.evicted.is_empty() || gc.chunks_removed > 0 {
+                out.note(&output::gc_text(&gc));
+            }
+        }
+        ImageCmd::Export { image, out: path, force } => {
+            let id = store.resolve(&image)?;
+            let bar = Bar::new(out, "export");
+            let r = store.export(&id, &path, force, &bar)?;
+            bar.finish();
+            out.emit(&r, || {
+                format!(
+                    "wrote {} ({}, {} as holes) from {id} in {} ms",
+                    r.path.display(),
+                    bytes(r.len),
+                    bytes(r.hole_bytes),
+                    r.millis
+                )
+            });
+        }
+        ImageCmd::Ls => {
+            let images = store.images()?;
+            out.emit(&images, || output::ls_text(&images));
+        }
+        ImageCmd::Rm { image } => {
+            let removed = store.remove(&image)?;
+            let r =
+                serde_json::json!({ "removed": image.to_string(), "manifest_removed": removed });
+            out.emit(&r, || match removed {
+                Some(id) => {
+                    format!("removed {image} (manifest {id}; its chunks stay cached until gc)")
+                }
+                None => format!("removed the name {image}; its manifest has other names"),
+            });
+        }
+        ImageCmd::Verify { image } => {
+            let id = image.as_ref().map(|i| store.resolve(i)).transpose()?;
+            let bar = Bar::new(out, "verify");
+            let r = store.verify(id.as_ref(), &bar)?;
+            bar.finish();
+            out.emit(&r, || output::verify_text(&r));
+            if !r.is_clean() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        ImageCmd::Diff { a, b } => {
+            let d = store.diff(&a, &b)?;
+            out.emit(&d, || output::diff_text(&a, &b, &d));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache(dir: &std::path::Path, cmd: CacheCmd, out: &Out) -> anyhow::Result<ExitCode> {
+    let store = open(dir)?;
+    match cmd {
+        CacheCmd::Stats => {
+            let s = store.stats()?;
+            out.emit(&s, || output::stats_text(&s));
+        }
+        CacheCmd::Pin { image } => {
+            let id = store.pin(&image, &PinReason::Base)?;
+            let r = serde_json::json!({ "pinned": image.to_string(), "manifest": id });
+            out.emit(&r, || format!("pinned {image} ({id}) as a base image"));
+        }
+        CacheCmd::Unpin { image } => {
+            let existed = store.unpin(&image, &PinReason::Base)?;
+            let r = serde_json::json!({ "unpinned": image.to_string(), "was_pinned": existed });
+            out.emit(&r, || {
+                if existed {
+                    format!("unpinned {image}")
+                } else {
+                    format!("{image} was not pinned")
+                }
+            });
+        }
+        CacheCmd::Limit { size } => {
+            let cap = if size == "none" {
+                None
+            } else {
+                Some(output::parse_size(&size).with_context(|| format!("cache limit {size}"))?)
+            };
+            let r = store.set_capacity(cap)?;
+            out.emit(&serde_json::json!({ "capacity": cap, "gc": r }), || {
+                let limit = cap.map_or("none".to_string(), bytes);
+                format!("capacity {limit}\n{}", output::gc_text(&r))
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

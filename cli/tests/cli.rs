@@ -1,0 +1,171 @@
+//! `vw` as an operator runs it: exit codes, text and `--json` output, and errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn vw(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vw"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("VW_STORE")
+        .output()
+        .expect("run vw")
+}
+
+fn json(store: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = vw(store, &all);
+    assert!(out.status.success(), "vw {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A 16 MiB image: `data_mib` MiB of xorshift noise from `seed`, then zeros.
+fn image(path: &Path, seed: u64, data_mib: usize) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(16 << 20);
+    while v.len() < data_mib << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.resize(16 << 20, 0);
+    std::fs::write(path, v).expect("write image");
+}
+
+#[test]
+fn image_and_cache_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    image(&a, 1, 4);
+    image(&b, 1, 6); // b = a's data plus 2 MiB more
+
+    let ra = json(&store, &["image", "import", a.to_str().expect("utf8"), "--name", "vo/a:1"]);
+    assert_eq!(ra["name"], "vo/a:1");
+    assert_eq!(ra["len"], 16 << 20);
+    let rb = json(&store, &["image", "import", b.to_str().expect("utf8"), "--name", "vo/b:1"]);
+    assert!(rb["cached_bytes"].as_u64().expect("number") > 3 << 20, "{rb}");
+
+    let ls = json(&store, &["image", "ls"]);
+    assert_eq!(ls.as_array().expect("list").len(), 2);
+    let d = json(&store, &["image", "diff", "vo/a:1", "vo/b:1"]);
+    assert!(d["shared_bytes"].as_u64().expect("number") > 3 << 20, "{d}");
+
+    let out = dir.path().join("b.out");
+    json(&store, &["image", "export", "vo/b:1", out.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(&out).expect("read"), std::fs::read(&b).expect("read"));
+    let again = vw(&store, &["image", "export", "vo/b:1", out.to_str().expect("utf8")]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains(
+            "already exists; choose another path or replace it (`vw image export --force`)"
+        ),
+        "{}",
+        stderr(&again)
+    );
+
+    assert_eq!(json(&store, &["image", "verify"])["corrupt"], serde_json::json!([]));
+    json(&store, &["cache", "pin", "vo/a:1"]);
+    let rm = vw(&store, &["image", "rm", "vo/a:1"]);
+    assert_eq!(rm.status.code(), Some(1));
+    assert!(
+        stderr(&rm).contains("is pinned (base); run `vw cache unpin vo/a:1` first"),
+        "{}",
+        stderr(&rm)
+    );
+    json(&store, &["cache", "unpin", "vo/a:1"]);
+    json(&store, &["image", "rm", "vo/b:1"]);
+    let stats = json(&store, &["cache", "stats"]);
+    assert!(stats["loose_bytes"].as_u64().expect("number") > 0, "{stats}");
+    let gc = json(&store, &["gc"]);
+    assert_eq!(gc["bytes_removed"], stats["loose_bytes"]);
+    let limited = json(&store, &["cache", "limit", "1K"]);
+    assert_eq!(limited["gc"]["evicted"][0][1][0], "vo/a:1");
+    let text = vw(&store, &["cache", "stats"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("capacity:   1.0 KiB"));
+}
+
+#[test]
+fn errors_are_clear_and_json_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let missing = dir.path().join("nope.img");
+    let out = vw(&store, &["image", "import", missing.to_str().expect("utf8"), "--name", "vo/x:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("error: image file {} does not exist", missing.display())
+    );
+
+    let out = vw(&store, &["--json", "image", "export", "vo/ghost:1", "/tmp/x"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json error");
+    assert!(v["error"].as_str().expect("text").contains("no image named vo/ghost:1"), "{v}");
+
+    let out = vw(&store, &["image", "import", "/tmp", "--name", "Bad Name"]);
+    assert_eq!(out.status.code(), Some(2), "clap rejects a malformed name");
+    assert!(stderr(&out).contains("invalid image name `Bad Name`"), "{}", stderr(&out));
+
+    let out = vw(&store, &["cache", "limit", "12X"]);
+    assert!(stderr(&out).contains("unknown unit 'X'"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_store_held_by_another_process_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let _held = vw_node::chunkstore::Store::open(&store).expect("open");
+    let out = vw(&store, &["image", "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = format!(
+        "is in use by another process (pid {}); wait for it or stop it",
+        std::process::id()
+    );
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreadable_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let img = dir.path().join("secret.img");
+    image(&img, 3, 1);
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let store = dir.path().join("store");
+    let mut cmd = if rustix_is_root() {
+        // Root reads everything: run vw as nobody, who cannot read a 0600 root file.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(env!("CARGO_BIN_EXE_vw"));
+        c
+    } else {
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        Command::new(env!("CARGO_BIN_EXE_vw"))
+    };
+    let out = cmd
+        .arg("--store")
+        .arg(&store)
+        .args(["image", "import", img.to_str().expect("utf8"), "--name", "vo/s:1"])
+        .output()
+        .expect("run vw");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("error: cannot open {}: Permission denied (os error 13)", img.display())
+    );
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}

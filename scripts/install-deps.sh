@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the tests need. Idempotent; CI runs it first.
+#   libclang-dev  bindgen for librocksdb-sys (RocksDB is compiled from source)
+#   e2fsprogs     mkfs.ext4 for the ext4 test images
+#   util-linux    mount/umount (disk-full tests on a tiny tmpfs)
+# With --experiments it also installs what the real-image experiments need:
+#   debootstrap   building Debian partition images (../shared/make-images.sh)
+#   casync        the baseline the import is compared with
+set -euo pipefail
+pkgs=(libclang-dev clang e2fsprogs util-linux)
+if [ "${1:-}" = "--experiments" ]; then pkgs+=(debootstrap casync); fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
