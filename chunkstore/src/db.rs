@@ -4,7 +4,8 @@
 //! | family | key | value |
 //! |---|---|---|
 //! | `meta` | `format`, `capacity` | store format version, cache capacity |
-//! | `chunks` | chunk id | [`ChunkRecord`]: pack location, when added, corrupt flag |
+//! | `chunks` | chunk id | [`ChunkRecord`]: pack location, when added |
+//! | `corrupt` | chunk id | [`CorruptRecord`]: when its bytes were found not to match |
 //! | `manifests` | manifest id | the manifest's canonical encoding (itself versioned) |
 //! | `names` | `vo/name:tag` | [`NameRecord`]: the manifest it points at |
 //! | `pins` | manifest id + reason | [`PinRecord`] |
@@ -12,9 +13,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
+
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DataBlockIndexType,
+    IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,12 +33,14 @@ pub(crate) const MANIFESTS: &str = "manifests";
 pub(crate) const NAMES: &str = "names";
 pub(crate) const PINS: &str = "pins";
 pub(crate) const USAGE: &str = "usage";
-const FAMILIES: [&str; 6] = [META, CHUNKS, MANIFESTS, NAMES, PINS, USAGE];
+pub(crate) const CORRUPT: &str = "corrupt";
+const FAMILIES: [&str; 7] = [META, CHUNKS, MANIFESTS, NAMES, PINS, USAGE, CORRUPT];
 
 const CHUNK_RECORD_V: u8 = 1;
 const NAME_RECORD_V: u8 = 1;
 const PIN_RECORD_V: u8 = 1;
 const USAGE_RECORD_V: u8 = 1;
+const CORRUPT_RECORD_V: u8 = 1;
 const META_V: u8 = 1;
 
 /// Where a stored chunk is and what the store knows about it.
@@ -45,9 +50,15 @@ pub(crate) struct ChunkRecord {
     /// Milliseconds since the epoch when the chunk was stored: the LRU order of chunks
     /// no manifest references.
     pub added_ms: u64,
-    /// Set by `verify` or a read that found the bytes do not match the id. A corrupt
-    /// chunk counts as missing, so the next import or fetch of it writes a good copy.
-    pub corrupt: bool,
+}
+
+/// A chunk whose stored bytes do not match its id, found by `verify` or a read. It
+/// counts as missing, so the next import or fetch of it writes a good copy (which
+/// removes this record). Kept apart from [`ChunkRecord`] so the set is small enough to
+/// hold in memory and check without touching the chunk index.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct CorruptRecord {
+    pub since_ms: u64,
 }
 
 /// A name's target.
@@ -89,17 +100,19 @@ impl Db {
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
 
-        // Chunk lookups are point reads of random 32-byte keys, most often for keys that
-        // are absent (the missing set): bloom filters and a shared block cache.
+        // Chunk lookups are point reads of random 32-byte keys, often of keys that are
+        // absent (the missing set): bloom filters in tables and in the memtable (where
+        // a fresh import's entries sit), hashed data blocks, a shared block cache.
         let cache = Cache::new_lru_cache(64 << 20);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
         let mut chunk_opts = Options::default();
         chunk_opts.set_block_based_table_factory(&table);
         chunk_opts.set_write_buffer_size(32 << 20);
+        chunk_opts.set_memtable_whole_key_filtering(true);
+        chunk_opts.set_memtable_prefix_bloom_ratio(0.1);
         let mut small = Options::default();
         small.set_write_buffer_size(4 << 20);
 
@@ -174,12 +187,44 @@ impl Db {
             .collect()
     }
 
+    /// Whether each of `ids` (sorted ascending) is indexed, in the same order.
+    pub(crate) fn contains_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>, Error> {
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids must be sorted and unique");
+        let keys = ids.iter().map(|id| id.as_bytes().as_slice());
+        self.db
+            .batched_multi_get_cf(self.cf(CHUNKS), keys, true)
+            .into_iter()
+            .map(|v| v.map(|v| v.is_some()).map_err(|e| self.err(e)))
+            .collect()
+    }
+
     pub(crate) fn chunk_record(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, Error> {
         self.get(CHUNKS, id.as_bytes())?.map(|b| decode_chunk(id, &b)).transpose()
     }
 
     pub(crate) fn put_chunk(&self, batch: &mut WriteBatch, id: &ChunkId, rec: &ChunkRecord) {
         batch.put_cf(self.cf(CHUNKS), id.as_bytes(), record::encode(CHUNK_RECORD_V, rec));
+    }
+
+    /// Every chunk recorded as corrupt.
+    pub(crate) fn corrupt_ids(&self) -> Result<HashSet<ChunkId>, Error> {
+        self.scan(CORRUPT)
+            .map(|r| {
+                let (k, v) = r?;
+                let id = crate::store::chunk_key(&k)?;
+                record::decode::<CorruptRecord>(CORRUPT, &id, CORRUPT_RECORD_V, &v)?;
+                Ok(id)
+            })
+            .collect()
+    }
+
+    pub(crate) fn put_corrupt(&self, batch: &mut WriteBatch, id: &ChunkId) {
+        let rec = CorruptRecord { since_ms: now_ms() };
+        batch.put_cf(self.cf(CORRUPT), id.as_bytes(), record::encode(CORRUPT_RECORD_V, &rec));
+    }
+
+    pub(crate) fn delete_corrupt(&self, batch: &mut WriteBatch, id: &ChunkId) {
+        batch.delete_cf(self.cf(CORRUPT), id.as_bytes());
     }
 
     pub(crate) fn get_meta<T: serde::de::DeserializeOwned>(

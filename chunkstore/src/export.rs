@@ -18,8 +18,10 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 use serde::Serialize;
 
-use crate::zero::{is_zero_ref, ZEROS};
 use crate::{pack, ChunkId, Error, Manifest, ManifestId, Progress, Store};
+
+/// Zeros to hash in place of a zero chunk; as long as the largest chunk fastcdc allows.
+static ZEROS: [u8; 16 << 20] = [0; 16 << 20];
 
 /// Bytes of chunk data per message from reader to writer.
 const BATCH: usize = 8 << 20;
@@ -89,8 +91,7 @@ impl Store {
             });
         }
         self.touch(id)?;
-        let hole_bytes =
-            manifest.chunks().iter().filter(|c| is_zero_ref(c)).map(|c| u64::from(c.len)).sum();
+        let hole_bytes = manifest.zero_bytes();
         Ok(ExportReport {
             manifest: *id,
             path: out.to_owned(),
@@ -146,13 +147,13 @@ impl Store {
         let mut offset = 0u64;
         for group in manifest.chunks().chunks(BATCH / manifest.params().avg as usize) {
             let mut ids: Vec<ChunkId> =
-                group.iter().filter(|c| !is_zero_ref(c)).map(|c| c.id).collect();
+                group.iter().filter(|c| !c.is_zero()).map(|c| c.id).collect();
             ids.sort_unstable();
             ids.dedup();
             let records = self.db.chunk_records(&ids)?;
             let mut batch = recycled.try_recv().unwrap_or_default();
             for c in group {
-                if is_zero_ref(c) {
+                if c.is_zero() {
                     hasher.update(&ZEROS[..c.len as usize]);
                     progress.advance(u64::from(c.len));
                 } else {
@@ -177,10 +178,7 @@ impl Store {
     pub(crate) fn find_corrupt(&self, manifest: &Manifest) -> Result<Vec<ChunkId>, Error> {
         let mut bad = Vec::new();
         let mut buf = Vec::new();
-        let mut ids: Vec<ChunkId> =
-            manifest.chunks().iter().filter(|c| !is_zero_ref(c)).map(|c| c.id).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = manifest.stored_ids();
         for (id, rec) in ids.iter().zip(self.db.chunk_records(&ids)?) {
             let Some(rec) = rec else { continue };
             match self.read_verified(id, &rec, &mut buf) {

@@ -16,7 +16,6 @@ use crate::cache::{self, CacheView, ChunkEntry, ManifestEntry, Mode, Plan};
 use crate::db::{self, ChunkRecord};
 use crate::import::append;
 use crate::store::chunk_key;
-use crate::zero::is_zero_ref;
 use crate::{ChunkId, Error, ManifestId, Store};
 
 /// A pack is rewritten when less than this share of it is live.
@@ -127,11 +126,7 @@ impl Store {
         let pins = self.pins()?;
         let mut manifests = Vec::new();
         for id in self.manifest_ids()? {
-            let m = self.manifest(&id)?;
-            let mut ids: Vec<ChunkId> =
-                m.chunks().iter().filter(|c| !is_zero_ref(c)).map(|c| c.id).collect();
-            ids.sort_unstable();
-            ids.dedup();
+            let ids = self.manifest(&id)?.stored_ids();
             let last_used_ms = self.db.usage(&id)?.map_or(0, |u| u.last_used_ms);
             manifests.push(ManifestEntry {
                 id,
@@ -202,16 +197,25 @@ impl Store {
             }
             let mut batch = WriteBatch::default();
             let mut buf = Vec::new();
+            let mut found_corrupt = Vec::new();
             for (id, rec) in &chunks {
                 self.packs.read(rec.loc, &mut buf)?;
-                let corrupt = rec.corrupt || ChunkId::of(&buf) != *id;
+                // Bad bytes move with the chunk (its manifests still list it), but are
+                // recorded as corrupt so nothing hands them out.
+                if !self.is_corrupt(id) && ChunkId::of(&buf) != *id {
+                    self.db.put_corrupt(&mut batch, id);
+                    found_corrupt.push((*id, *rec));
+                }
                 let loc = append(self, &mut slot, id, &buf)?;
-                self.db.put_chunk(&mut batch, id, &ChunkRecord { loc, corrupt, ..*rec });
+                self.db.put_chunk(&mut batch, id, &ChunkRecord { loc, ..*rec });
             }
             if let Some(w) = slot.as_mut() {
                 w.sync()?;
             }
             self.db.write(batch, true)?;
+            for (id, rec) in found_corrupt {
+                self.mark_corrupt(&id, &rec)?;
+            }
             self.packs.delete(number)?;
             report.disk_bytes_reclaimed += file_len.saturating_sub(live_bytes);
             report.packs_deleted += 1;
@@ -249,12 +253,7 @@ impl Store {
                 s.pinned_bytes += len;
             }
         }
-        for r in self.db.scan(db::CHUNKS) {
-            let (k, v) = r?;
-            if db::decode_chunk(&chunk_key(&k)?, &v)?.corrupt {
-                s.corrupt_chunks += 1;
-            }
-        }
+        s.corrupt_chunks = self.corrupt_count();
         s.manifests = view.manifests.len();
         s.names = self.names()?.len();
         for n in self.packs.numbers() {

@@ -8,8 +8,18 @@ use serde::{Deserialize, Serialize};
 macro_rules! digest_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
         pub struct $name([u8; 32]);
+
+        /// Ids are uniformly distributed digests: hashing their first 8 bytes is enough
+        /// for hash maps and 4× cheaper than all 32 (equality still compares all 32).
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                let mut head = [0u8; 8];
+                head.copy_from_slice(&self.0[..8]);
+                state.write_u64(u64::from_le_bytes(head));
+            }
+        }
 
         impl $name {
             /// The id made of these digest bytes.
@@ -75,6 +85,17 @@ digest_id!(
 );
 
 impl ChunkId {
+    /// The reserved id of an all-zero chunk, whatever its length: 32 zero bytes. Zero
+    /// chunks are never stored or sent, and a compare tells them apart where hashing
+    /// `len` zeros per distinct length would not be cheap (docs/decisions.md). BLAKE3
+    /// never yields it in practice (probability 2^-256).
+    pub const ZERO: ChunkId = ChunkId([0; 32]);
+
+    /// True for [`Self::ZERO`].
+    pub fn is_zero(&self) -> bool {
+        *self == Self::ZERO
+    }
+
     /// The id of `data`.
     pub fn of(data: &[u8]) -> Self {
         blake3::hash(data).into()

@@ -23,7 +23,6 @@ use serde::Serialize;
 use crate::chunker::{is_zero, Chunker, Span};
 use crate::db::{self, ChunkRecord};
 use crate::pack::PackWriter;
-use crate::zero::zero_id;
 use crate::{ChunkId, ChunkRef, Error, ImageName, Manifest, ManifestId, Progress, Store};
 
 /// Bytes read per block.
@@ -67,7 +66,7 @@ struct Block {
 
 struct HashedBlock {
     block: Block,
-    ids: Vec<(ChunkId, bool)>,
+    ids: Vec<ChunkId>,
 }
 
 impl Store {
@@ -109,13 +108,14 @@ impl Store {
             (read, hashed, written)
         });
         let read = read?;
-        let (mut stats, chunks, batch) = written?;
+        let (mut stats, chunks, batch, repaired) = written?;
         if read != len {
             return Err(Error::FileChanged { path: path.to_owned(), expected: len, read });
         }
         let manifest = Manifest::new(self.params, len, hashed, chunks)?;
         let manifest_id = self.commit_manifest(&manifest, name, batch)?;
         drop(slot);
+        self.forget_corrupt(&repaired);
         stats.manifest = manifest_id;
         stats.name = name.map(ToString::to_string);
         stats.len = len;
@@ -125,15 +125,15 @@ impl Store {
         Ok(stats)
     }
 
-    /// The writer stage; returns the stats, the chunk list and the batch of index entries
-    /// not yet written (their pack bytes are synced).
+    /// The writer stage; returns the stats, the chunk list, the batch of index entries
+    /// not yet written (their pack bytes are synced) and the corrupt chunks it rewrote.
     fn write_blocks(
         &self,
         slot: &mut Option<PackWriter>,
         hashed: Receiver<HashedBlock>,
         pool: Sender<Vec<u8>>,
         progress: &dyn Progress,
-    ) -> Result<(ImportReport, Vec<ChunkRef>, WriteBatch), Error> {
+    ) -> Result<(ImportReport, Vec<ChunkRef>, WriteBatch, Vec<ChunkId>), Error> {
         let mut stats = ImportReport {
             manifest: ManifestId::from_bytes([0; 32]),
             name: None,
@@ -150,14 +150,15 @@ impl Store {
         let mut chunks = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         let mut pending = WriteBatch::default();
+        let mut repaired = Vec::new();
         let now = db::now_ms();
         let mut candidates: Vec<(ChunkId, Span)> = Vec::new();
         for HashedBlock { block, ids } in hashed {
             candidates.clear();
-            for (span, &(id, zero)) in block.spans.iter().zip(&ids) {
+            for (span, &id) in block.spans.iter().zip(&ids) {
                 let len = span.len as u32;
                 chunks.push(ChunkRef { id, len });
-                if zero {
+                if id.is_zero() {
                     stats.zero_chunks += 1;
                     stats.zero_bytes += u64::from(len);
                 } else if seen.insert(id) {
@@ -174,17 +175,18 @@ impl Store {
             let records = self.db.chunk_records(&sorted)?;
             for (id, span) in &candidates {
                 let at = sorted.binary_search(id).expect("every candidate was looked up");
-                if records[at].is_some_and(|r| !r.corrupt) {
+                let corrupt = self.is_corrupt(id);
+                if records[at].is_some() && !corrupt {
                     stats.cached_chunks += 1;
                     stats.cached_bytes += span.len as u64;
                     continue;
                 }
                 let loc = append(self, slot, id, &block.buf[span.range()])?;
-                self.db.put_chunk(
-                    &mut pending,
-                    id,
-                    &ChunkRecord { loc, added_ms: now, corrupt: false },
-                );
+                self.db.put_chunk(&mut pending, id, &ChunkRecord { loc, added_ms: now });
+                if corrupt {
+                    self.db.delete_corrupt(&mut pending, id);
+                    repaired.push(*id);
+                }
                 stats.new_chunks += 1;
                 stats.new_bytes += span.len as u64;
             }
@@ -197,7 +199,7 @@ impl Store {
             let _ = pool.send(block.buf);
         }
         slot.as_mut().expect("a pack writer is open").sync()?;
-        Ok((stats, chunks, pending))
+        Ok((stats, chunks, pending, repaired))
     }
 }
 
@@ -298,9 +300,9 @@ fn hash_blocks(input: Receiver<Block>, out: Sender<HashedBlock>) -> blake3::Hash
             let data = &block.buf[span.range()];
             image.update(data);
             if is_zero(data) {
-                ids.push((zero_id(span.len as u32), true));
+                ids.push(ChunkId::ZERO);
             } else {
-                ids.push((ChunkId::of(data), false));
+                ids.push(ChunkId::of(data));
             }
         }
         if out.send(HashedBlock { block, ids }).is_err() {

@@ -25,7 +25,6 @@ mod pack;
 mod record;
 mod store;
 mod verify;
-mod zero;
 
 pub use clone::{clone_image, CloneMethod};
 pub use error::Error;
@@ -37,7 +36,6 @@ pub use manifest::{ChunkRef, Manifest};
 pub use name::{ImageName, ImageRef};
 pub use store::{Diff, ImageInfo, Missing, PinReason, Store};
 pub use verify::VerifyReport;
-pub use zero::{is_zero_ref, zero_id};
 
 /// Progress of a long operation (import, export, verify), in bytes. Implementations must
 /// be cheap: `advance` is called once per block.

@@ -22,10 +22,17 @@ pub const MAX_ENCODED_LEN: usize = 64 << 20;
 /// One chunk of an image, in image order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkRef {
-    /// The chunk's id.
+    /// The chunk's id; [`ChunkId::ZERO`] for an all-zero chunk.
     pub id: ChunkId,
     /// Its length in bytes.
     pub len: u32,
+}
+
+impl ChunkRef {
+    /// True for an all-zero chunk (a hole; never stored or sent).
+    pub fn is_zero(&self) -> bool {
+        self.id.is_zero()
+    }
 }
 
 /// One partition image: its chunks in order, its length and its whole-image BLAKE3.
@@ -35,6 +42,8 @@ pub struct Manifest {
     len: u64,
     image_hash: blake3::Hash,
     chunks: Vec<ChunkRef>,
+    /// BLAKE3 of the encoding, computed once.
+    id: ManifestId,
 }
 
 /// The wire form: kept apart from [`Manifest`] so the domain type can change freely.
@@ -57,8 +66,10 @@ impl Manifest {
         image_hash: blake3::Hash,
         chunks: Vec<ChunkRef>,
     ) -> Result<Self, Error> {
-        let manifest = Self { params, len, image_hash, chunks };
+        let mut manifest =
+            Self { params, len, image_hash, chunks, id: ManifestId::from_bytes([0; 32]) };
         manifest.check().map_err(|reason| Error::BadManifest { reason })?;
+        manifest.id = ManifestId::from(blake3::hash(&manifest.encode()));
         Ok(manifest)
     }
 
@@ -106,6 +117,20 @@ impl Manifest {
         &self.chunks
     }
 
+    /// The distinct ids of the chunks a store must hold (zero chunks left out), sorted.
+    pub fn stored_ids(&self) -> Vec<ChunkId> {
+        let mut ids: Vec<ChunkId> =
+            self.chunks.iter().filter(|c| !c.is_zero()).map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Bytes in zero chunks (holes when the image is written).
+    pub fn zero_bytes(&self) -> u64 {
+        self.chunks.iter().filter(|c| c.is_zero()).map(|c| u64::from(c.len)).sum()
+    }
+
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         let wire = Wire {
@@ -121,7 +146,7 @@ impl Manifest {
 
     /// The manifest's id: BLAKE3 of [`Self::encode`].
     pub fn id(&self) -> ManifestId {
-        ManifestId::from(blake3::hash(&self.encode()))
+        self.id
     }
 
     /// Decodes untrusted bytes; accepts only the canonical encoding of a valid manifest.
@@ -146,6 +171,7 @@ impl Manifest {
             len: wire.len,
             image_hash: blake3::Hash::from_bytes(wire.image_hash),
             chunks: wire.chunks,
+            id: ManifestId::from(blake3::hash(bytes)),
         };
         manifest.check().map_err(bad)?;
         if manifest.encode() != bytes {

@@ -25,7 +25,6 @@ use serde::Serialize;
 use crate::chunker::ChunkerParams;
 use crate::db::{self, ChunkRecord, Db, NameRecord, PinRecord, UsageRecord};
 use crate::pack::{PackWriter, Packs};
-use crate::zero::is_zero_ref;
 use crate::{ChunkId, ChunkRef, Error, ImageName, ImageRef, Manifest, ManifestId};
 
 /// Why a manifest is pinned. A pinned manifest and its chunks are never evicted.
@@ -111,6 +110,9 @@ pub struct Store {
     pub(crate) writer: Mutex<Option<PackWriter>>,
     /// Shared by operations that add references, exclusive for deleting chunks.
     pub(crate) collect: RwLock<()>,
+    /// Mirror of the `corrupt` column family. Written after the database, so it may
+    /// briefly list a chunk already repaired (conservative), never the reverse.
+    corrupt: RwLock<HashSet<ChunkId>>,
     pub(crate) params: ChunkerParams,
     _lock: File,
 }
@@ -123,12 +125,14 @@ impl Store {
         let lock = lock_store(dir)?;
         let db = Db::open(&dir.join("db"))?;
         let packs = Packs::open(&dir.join("packs"))?;
+        let corrupt = RwLock::new(db.corrupt_ids()?);
         Ok(Self {
             dir: dir.to_owned(),
             db,
             packs,
             writer: Mutex::new(None),
             collect: RwLock::new(()),
+            corrupt,
             params: ChunkerParams::DEFAULT,
             _lock: lock,
         })
@@ -232,26 +236,67 @@ impl Store {
 
     /// Which chunks of `manifest` (and how many bytes) this store lacks. Zero chunks are
     /// never missing. Corrupt chunks count as missing.
+    ///
+    /// A manifest stored here is complete (the store never deletes a chunk a manifest
+    /// lists), so for it only corrupt chunks can be missing and no chunk is looked up.
+    /// Otherwise the distinct ids are looked up in sorted batches on two threads.
     pub fn missing(&self, manifest: &Manifest) -> Result<Missing, Error> {
-        let mut first_use: Vec<ChunkRef> = Vec::new();
-        let mut seen = HashSet::with_capacity(manifest.chunks().len());
-        for c in manifest.chunks() {
-            if !is_zero_ref(c) && seen.insert(c.id) {
-                first_use.push(*c);
+        let stored = self.db.get(db::MANIFESTS, manifest.id().as_bytes())?.is_some();
+        let corrupt = self.corrupt.read().expect("corrupt set lock");
+        if stored && corrupt.is_empty() {
+            return Ok(Missing::default());
+        }
+        let sorted = manifest.stored_ids();
+        let present =
+            if stored { vec![true; sorted.len()] } else { self.contains_chunks(&sorted)? };
+        let mut reported = vec![false; sorted.len()];
+        let mut out = Missing::default();
+        for c in manifest.chunks().iter().filter(|c| !c.is_zero()) {
+            let at = sorted.binary_search(&c.id).expect("every stored id is listed");
+            if !std::mem::replace(&mut reported[at], true)
+                && (!present[at] || corrupt.contains(&c.id))
+            {
+                out.chunks.push(*c);
+                out.bytes += u64::from(c.len);
             }
         }
-        let mut sorted: Vec<ChunkId> = first_use.iter().map(|c| c.id).collect();
-        sorted.sort_unstable();
-        let records = self.db.chunk_records(&sorted)?;
-        let present: HashSet<ChunkId> = sorted
-            .iter()
-            .zip(records)
-            .filter_map(|(id, r)| r.filter(|r| !r.corrupt).map(|_| *id))
-            .collect();
-        let chunks: Vec<ChunkRef> =
-            first_use.into_iter().filter(|c| !present.contains(&c.id)).collect();
-        let bytes = chunks.iter().map(|c| u64::from(c.len)).sum();
-        Ok(Missing { chunks, bytes })
+        Ok(out)
+    }
+
+    /// Whether each of `sorted` is indexed, looked up in two halves on two threads.
+    fn contains_chunks(&self, sorted: &[ChunkId]) -> Result<Vec<bool>, Error> {
+        let half = sorted.len().div_ceil(2).max(1);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = sorted
+                .chunks(half)
+                .map(|part| s.spawn(move || self.db.contains_chunks(part)))
+                .collect();
+            let mut out = Vec::with_capacity(sorted.len());
+            for part in parts {
+                out.extend(part.join().expect("lookup thread panicked")?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// True if the chunk is known to be corrupt.
+    pub(crate) fn is_corrupt(&self, id: &ChunkId) -> bool {
+        self.corrupt.read().expect("corrupt set lock").contains(id)
+    }
+
+    /// Number of chunks known to be corrupt.
+    pub(crate) fn corrupt_count(&self) -> usize {
+        self.corrupt.read().expect("corrupt set lock").len()
+    }
+
+    /// Forgets that these chunks were corrupt: a good copy of each is now durable.
+    pub(crate) fn forget_corrupt(&self, ids: &[ChunkId]) {
+        if !ids.is_empty() {
+            let mut set = self.corrupt.write().expect("corrupt set lock");
+            for id in ids {
+                set.remove(id);
+            }
+        }
     }
 
     /// Reads a chunk and checks its bytes against its id. A mismatch marks the chunk
@@ -270,7 +315,7 @@ impl Store {
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
         let corrupt = Error::CorruptChunk { id: *id, pack: rec.loc.pack, offset: rec.loc.offset };
-        if rec.corrupt {
+        if self.is_corrupt(id) {
             return Err(corrupt);
         }
         self.packs.read(rec.loc, out)?;
@@ -284,8 +329,10 @@ impl Store {
     pub(crate) fn mark_corrupt(&self, id: &ChunkId, rec: &ChunkRecord) -> Result<(), Error> {
         tracing::warn!(chunk = %id, pack = rec.loc.pack, offset = rec.loc.offset, "corrupt chunk");
         let mut batch = WriteBatch::default();
-        self.db.put_chunk(&mut batch, id, &ChunkRecord { corrupt: true, ..*rec });
-        self.db.write(batch, true)
+        self.db.put_corrupt(&mut batch, id);
+        self.db.write(batch, true)?;
+        self.corrupt.write().expect("corrupt set lock").insert(*id);
+        Ok(())
     }
 
     /// Every name, sorted, with its target.
@@ -334,14 +381,12 @@ impl Store {
         let mut out = Vec::new();
         for id in self.manifest_ids()? {
             let m = self.manifest(&id)?;
-            let zero_bytes =
-                m.chunks().iter().filter(|c| is_zero_ref(c)).map(|c| u64::from(c.len)).sum();
             out.push(ImageInfo {
                 id,
                 names: names.remove(&id).unwrap_or_default(),
                 len: m.len(),
                 chunks: m.chunks().len(),
-                zero_bytes,
+                zero_bytes: m.zero_bytes(),
                 pins: pins.get(&id).cloned().unwrap_or_default(),
                 last_used_ms: self.db.usage(&id)?.map_or(0, |u| u.last_used_ms),
             });
@@ -407,10 +452,7 @@ impl Store {
         let ma = self.manifest(&self.resolve(a)?)?;
         let mb = self.manifest(&self.resolve(b)?)?;
         let distinct = |m: &Manifest| -> BTreeMap<ChunkId, u32> {
-            m.chunks().iter().filter(|c| !is_zero_ref(c)).map(|c| (c.id, c.len)).collect()
-        };
-        let zeros = |m: &Manifest| -> u64 {
-            m.chunks().iter().filter(|c| is_zero_ref(c)).map(|c| u64::from(c.len)).sum()
+            m.chunks().iter().filter(|c| !c.is_zero()).map(|c| (c.id, c.len)).collect()
         };
         let (da, db_) = (distinct(&ma), distinct(&mb));
         let shared: Vec<u64> =
@@ -422,7 +464,7 @@ impl Store {
             shared_chunks: shared.len(),
             only_a_bytes: total(&da) - shared_bytes,
             only_b_bytes: total(&db_) - shared_bytes,
-            zero_bytes: (zeros(&ma), zeros(&mb)),
+            zero_bytes: (ma.zero_bytes(), mb.zero_bytes()),
         })
     }
 }

@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::db;
 use crate::store::chunk_key;
-use crate::zero::is_zero_ref;
 use crate::{ChunkId, Error, ManifestId, Progress, Store};
 
 /// What `verify` found.
@@ -45,11 +44,7 @@ impl Store {
         };
         let mut wanted: HashSet<ChunkId> = HashSet::new();
         for id in &manifests {
-            let m = self.manifest(id)?;
-            let mut ids: Vec<ChunkId> =
-                m.chunks().iter().filter(|c| !is_zero_ref(c)).map(|c| c.id).collect();
-            ids.sort_unstable();
-            ids.dedup();
+            let ids = self.manifest(id)?.stored_ids();
             for (cid, rec) in ids.iter().zip(self.db.chunk_records(&ids)?) {
                 if rec.is_none() {
                     report.missing.push((*id, *cid));
