@@ -176,6 +176,8 @@ impl PackWriter {
     fn flush(&mut self) -> Result<(), Error> {
         if !self.buf.is_empty() {
             self.file.write_all(&self.buf).map_err(|e| Error::io("write", &self.path, e))?;
+            let start = self.len - self.buf.len() as u64;
+            start_writeback(&self.file, start, self.buf.len() as u64);
             self.buf.clear();
         }
         Ok(())
@@ -190,6 +192,20 @@ impl PackWriter {
         }
         Ok(())
     }
+}
+
+/// Asks the kernel to start writing a just-written range back now, without waiting, so
+/// the next [`PackWriter::sync`] only waits for the tail instead of stalling the import
+/// pipeline for everything at once (what RocksDB's `bytes_per_sync` does). A hint: an
+/// error here changes nothing, the sync still makes the bytes durable.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is owned by
+    // `file` and open for the duration of the call.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
 }
 
 fn parse_pack_name(path: &Path) -> Option<u32> {
