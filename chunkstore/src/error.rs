@@ -67,6 +67,7 @@ pub enum Error {
         holder: Option<u32>,
     },
     /// RocksDB failed.
+    #[cfg(feature = "store")]
     #[error("store database {dir}: {error}")]
     Db {
         /// The database directory.
@@ -186,6 +187,7 @@ fn list(ids: &[ChunkId]) -> String {
     }
 }
 
+#[cfg(feature = "store")]
 impl Error {
     /// An I/O error on `path`, mapping "disk full" to [`Error::NoSpace`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {

@@ -9,32 +9,52 @@
 //!   (holes, verified, atomic), missing sets, verify, names, pins, and the cache
 //!   ([`cache`] decides, the store applies).
 //! - [`clone_image`]: per-VM copies by reflink or sparse copy.
+//!
+//! The `store` feature (default) brings RocksDB and everything that touches disk
+//! through it; without it the crate is the formats alone (used by the fuzz targets).
 
 pub mod cache;
 pub mod chunker;
-mod clone;
-mod db;
 mod error;
-mod export;
-mod gc;
 mod id;
-mod import;
 mod manifest;
 mod name;
+
+#[cfg(feature = "store")]
+mod clone;
+#[cfg(feature = "store")]
+mod db;
+#[cfg(feature = "store")]
+mod export;
+#[cfg(feature = "store")]
+mod gc;
+#[cfg(feature = "store")]
+mod import;
+#[cfg(feature = "store")]
 mod pack;
+#[cfg(feature = "store")]
 mod record;
+#[cfg(feature = "store")]
 mod store;
+#[cfg(feature = "store")]
 mod verify;
 
-pub use clone::{clone_image, CloneMethod};
 pub use error::Error;
-pub use export::ExportReport;
-pub use gc::{CacheStats, GcReport};
 pub use id::{ChunkId, ManifestId};
-pub use import::ImportReport;
 pub use manifest::{ChunkRef, Manifest};
 pub use name::{ImageName, ImageRef};
+
+#[cfg(feature = "store")]
+pub use clone::{clone_image, CloneMethod};
+#[cfg(feature = "store")]
+pub use export::ExportReport;
+#[cfg(feature = "store")]
+pub use gc::{CacheStats, GcReport};
+#[cfg(feature = "store")]
+pub use import::ImportReport;
+#[cfg(feature = "store")]
 pub use store::{Diff, ImageInfo, Missing, PinReason, Store};
+#[cfg(feature = "store")]
 pub use verify::VerifyReport;
 
 /// Progress of a long operation (import, export, verify), in bytes. Implementations must

@@ -59,11 +59,12 @@ impl FromStr for ImageName {
     type Err = Error;
 
     fn from_str(input: &str) -> Result<Self, Error> {
+        let too_long = || Error::BadName {
+            input: input.chars().take(40).collect::<String>() + "…",
+            reason: format!("longer than {MAX_NAME_LEN} bytes with its tag"),
+        };
         if input.len() > MAX_NAME_LEN {
-            return Err(Error::BadName {
-                input: input.chars().take(40).collect::<String>() + "…",
-                reason: format!("longer than {MAX_NAME_LEN} bytes"),
-            });
+            return Err(too_long());
         }
         let (vo, rest) = input.split_once('/').ok_or_else(|| Error::BadName {
             input: input.to_owned(),
@@ -73,6 +74,11 @@ impl FromStr for ImageName {
         check_part(input, vo, "VO", false)?;
         check_part(input, name, "name", false)?;
         check_part(input, tag, "tag", true)?;
+        // The limit holds for the printed form, which gains `:latest` when the tag is
+        // left out, so that every accepted name also parses back.
+        if vo.len() + name.len() + tag.len() + 2 > MAX_NAME_LEN {
+            return Err(too_long());
+        }
         Ok(Self { vo: vo.into(), name: name.into(), tag: tag.into() })
     }
 }
@@ -144,6 +150,12 @@ mod tests {
         assert!(err("grid3/w:").contains("the tag is empty"));
         assert!(err("grid3/w:a/b").contains("the tag contains '/'"));
         assert!(err(&"a/".repeat(200)).contains("longer than"));
+        // Accepted only if the printed form (with `:latest`) fits too.
+        let long = format!("v/{}", "n".repeat(MAX_NAME_LEN - 2));
+        assert!(err(&long).contains("longer than 200 bytes with its tag"), "{}", err(&long));
+        let fits = format!("v/{}", "n".repeat(MAX_NAME_LEN - 2 - ":latest".len()));
+        let parsed: ImageName = fits.parse().expect("fits");
+        assert_eq!(parsed.to_string().parse::<ImageName>().ok(), Some(parsed));
     }
 
     #[test]
