@@ -14,22 +14,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use vw_chunkstore::chunker::{Chunker, ChunkerParams};
+use vw_chunkstore::testdata::noise;
 use vw_chunkstore::{ChunkId, ChunkRef, Manifest, Store};
 
 const MIB: usize = 1 << 20;
-
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    seed |= 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn bench_dir() -> PathBuf {
     let dir = std::env::var_os("VW_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| {

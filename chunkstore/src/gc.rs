@@ -84,22 +84,26 @@ impl Store {
         let mut batch = WriteBatch::default();
         self.db.put_meta(&mut batch, "capacity", &capacity);
         self.db.write(batch, true)?;
-        self.collect_garbage(Mode::FitCapacity)
+        self.collect_garbage(Mode::FitCapacity, &[])
     }
 
     /// Drops every chunk no manifest lists, evicts to the capacity, and compacts packs.
     pub fn gc(&self) -> Result<GcReport, Error> {
-        self.collect_garbage(Mode::Collect)
+        self.collect_garbage(Mode::Collect, &[])
     }
 
-    /// Evicts what the capacity requires (nothing without a capacity).
-    pub fn fit_capacity(&self) -> Result<GcReport, Error> {
-        self.collect_garbage(Mode::FitCapacity)
+    /// Evicts what the capacity requires (nothing without a capacity), treating `keep`
+    /// as pinned: an import never evicts the image it just stored.
+    pub(crate) fn fit_capacity_keeping(&self, keep: &[ManifestId]) -> Result<GcReport, Error> {
+        self.collect_garbage(Mode::FitCapacity, keep)
     }
 
-    fn collect_garbage(&self, mode: Mode) -> Result<GcReport, Error> {
+    fn collect_garbage(&self, mode: Mode, keep: &[ManifestId]) -> Result<GcReport, Error> {
         let _exclusive = self.collect.write().expect("collect lock");
-        let view = self.cache_view()?;
+        let mut view = self.cache_view()?;
+        for m in view.manifests.iter_mut().filter(|m| keep.contains(&m.id)) {
+            m.pinned = true;
+        }
         if mode == Mode::FitCapacity
             && view
                 .capacity

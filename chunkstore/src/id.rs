@@ -8,8 +8,31 @@ use serde::{Deserialize, Serialize};
 macro_rules! digest_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         pub struct $name([u8; 32]);
+
+        /// 32 raw bytes in binary formats (postcard: manifests, records, frames), 64 hex
+        /// digits in human-readable ones (JSON output).
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.serialize_str(&self.to_hex())
+                } else {
+                    self.0.serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; 32]>::deserialize(d).map(Self)
+                }
+            }
+        }
 
         /// Ids are uniformly distributed digests: hashing their first 8 bytes is enough
         /// for hash maps and 4× cheaper than all 32 (equality still compares all 32).
@@ -112,6 +135,17 @@ mod tests {
         assert_eq!(format!("{id}"), "6437b3ac");
         assert_eq!(format!("{id:#}").len(), 64);
         assert_eq!(format!("{id:?}"), "ChunkId(6437b3ac)");
+    }
+
+    #[test]
+    fn json_is_hex_and_postcard_is_raw() {
+        let id = ChunkId::of(b"abc");
+        let json = serde_json::to_string(&id).expect("json");
+        assert_eq!(json, format!("\"{}\"", id.to_hex()));
+        assert_eq!(serde_json::from_str::<ChunkId>(&json).ok(), Some(id));
+        let raw = postcard::to_stdvec(&id).expect("postcard");
+        assert_eq!(raw, id.as_bytes().to_vec());
+        assert_eq!(postcard::from_bytes::<ChunkId>(&raw).ok(), Some(id));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::chunker::{is_zero, Chunker, Span};
 use crate::db::{self, ChunkRecord};
 use crate::pack::PackWriter;
-use crate::{ChunkId, ChunkRef, Error, ImageName, Manifest, ManifestId, Progress, Store};
+use crate::{ChunkId, ChunkRef, Error, GcReport, ImageName, Manifest, ManifestId, Progress, Store};
 
 /// Bytes read per block.
 const BLOCK: usize = 8 << 20;
@@ -46,6 +46,18 @@ pub struct ImportReport {
     pub len: u64,
     /// Chunks in the image, zero chunks included.
     pub chunks: usize,
+    /// Chunk counts by kind.
+    #[serde(flatten)]
+    pub counts: ChunkCounts,
+    /// Wall time in milliseconds.
+    pub millis: u64,
+    /// What the store dropped afterwards to stay within its capacity (never this image).
+    pub eviction: GcReport,
+}
+
+/// An import's chunks by kind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChunkCounts {
     /// Chunks written because the store lacked them.
     pub new_chunks: usize,
     /// Their bytes.
@@ -58,8 +70,16 @@ pub struct ImportReport {
     pub zero_chunks: usize,
     /// Their bytes.
     pub zero_bytes: u64,
-    /// Wall time in milliseconds.
-    pub millis: u64,
+}
+
+/// What the writer stage hands back.
+struct Written {
+    counts: ChunkCounts,
+    chunks: Vec<ChunkRef>,
+    /// Index entries not yet written (their pack bytes are synced).
+    batch: WriteBatch,
+    /// Corrupt chunks it wrote good copies of.
+    repaired: Vec<ChunkId>,
 }
 
 struct Block {
@@ -74,7 +94,8 @@ struct HashedBlock {
 
 impl Store {
     /// Imports the image file at `path`, optionally naming it. Returns once the manifest
-    /// is durable. Uses up to three threads.
+    /// is durable and the store is back within its capacity (evicting other unpinned
+    /// images if needed, never this one). Uses up to three threads.
     pub fn import(
         &self,
         path: &Path,
@@ -84,7 +105,7 @@ impl Store {
         let started = Instant::now();
         let (file, len) = open_image(path)?;
         let chunker = Chunker::new(self.params)?;
-        let _collect = self.collect.read().expect("collect lock");
+        let collect = self.collect.read().expect("collect lock");
         let mut slot = self.pack_writer()?;
         progress.start(len);
 
@@ -111,45 +132,36 @@ impl Store {
             (read, hashed, written)
         });
         let read = read?;
-        let (mut stats, chunks, batch, repaired) = written?;
+        let Written { counts, chunks, batch, repaired } = written?;
         if read != len {
             return Err(Error::FileChanged { path: path.to_owned(), expected: len, read });
         }
         let manifest = Manifest::new(self.params, len, hashed, chunks)?;
         let manifest_id = self.commit_manifest(&manifest, name, batch)?;
-        drop(slot);
+        drop((slot, collect));
         self.forget_corrupt(&repaired);
-        stats.manifest = manifest_id;
-        stats.name = name.map(ToString::to_string);
-        stats.len = len;
-        stats.chunks = manifest.chunks().len();
-        stats.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(manifest = %manifest_id, len, new = stats.new_bytes, "imported {}", path.display());
-        Ok(stats)
+        tracing::info!(manifest = %manifest_id, len, new = counts.new_bytes, "imported {}", path.display());
+        let eviction = self.fit_capacity_keeping(&[manifest_id])?;
+        Ok(ImportReport {
+            manifest: manifest_id,
+            name: name.map(ToString::to_string),
+            len,
+            chunks: manifest.chunks().len(),
+            counts,
+            millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            eviction,
+        })
     }
 
-    /// The writer stage; returns the stats, the chunk list, the batch of index entries
-    /// not yet written (their pack bytes are synced) and the corrupt chunks it rewrote.
+    /// The writer stage: skips cached chunks, appends new ones, indexes them.
     fn write_blocks(
         &self,
         slot: &mut Option<PackWriter>,
         hashed: Receiver<HashedBlock>,
         pool: Sender<Vec<u8>>,
         progress: &dyn Progress,
-    ) -> Result<(ImportReport, Vec<ChunkRef>, WriteBatch, Vec<ChunkId>), Error> {
-        let mut stats = ImportReport {
-            manifest: ManifestId::from_bytes([0; 32]),
-            name: None,
-            len: 0,
-            chunks: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-            cached_chunks: 0,
-            cached_bytes: 0,
-            zero_chunks: 0,
-            zero_bytes: 0,
-            millis: 0,
-        };
+    ) -> Result<Written, Error> {
+        let mut stats = ChunkCounts::default();
         let mut chunks = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         let mut pending = WriteBatch::default();
@@ -202,7 +214,7 @@ impl Store {
             let _ = pool.send(block.buf);
         }
         slot.as_mut().expect("a pack writer is open").sync()?;
-        Ok((stats, chunks, pending, repaired))
+        Ok(Written { counts: stats, chunks, batch: pending, repaired })
     }
 }
 

@@ -19,6 +19,7 @@ mod error;
 mod id;
 mod manifest;
 mod name;
+pub mod testdata;
 
 #[cfg(feature = "store")]
 mod clone;
@@ -51,7 +52,7 @@ pub use export::ExportReport;
 #[cfg(feature = "store")]
 pub use gc::{CacheStats, GcReport};
 #[cfg(feature = "store")]
-pub use import::ImportReport;
+pub use import::{ChunkCounts, ImportReport};
 #[cfg(feature = "store")]
 pub use store::{Diff, ImageInfo, Missing, PinReason, Store};
 #[cfg(feature = "store")]

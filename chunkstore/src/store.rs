@@ -44,10 +44,11 @@ impl PinReason {
         }
     }
 
-    fn from_key_suffix(s: &str) -> Self {
-        match s.strip_prefix("deployment:") {
-            Some(d) => PinReason::Deployment(d.into()),
-            None => PinReason::Base,
+    fn from_key_suffix(s: &str) -> Option<Self> {
+        match (s, s.strip_prefix("deployment:")) {
+            ("base", _) => Some(PinReason::Base),
+            (_, Some(d)) => Some(PinReason::Deployment(d.into())),
+            _ => None,
         }
     }
 }
@@ -477,12 +478,11 @@ pub(crate) fn pin_key(id: &ManifestId, reason: &PinReason) -> Vec<u8> {
 
 fn split_pin_key(key: &[u8]) -> Result<(ManifestId, PinReason), Error> {
     let id = manifest_key(key.get(..32).unwrap_or(key))?;
-    let reason = std::str::from_utf8(&key[32..]).map_err(|_| Error::BadRecord {
-        table: db::PINS,
-        key: id.to_string(),
-        reason: "pin reason is not UTF-8".into(),
-    })?;
-    Ok((id, PinReason::from_key_suffix(reason)))
+    let bad = |reason: String| Error::BadRecord { table: db::PINS, key: id.to_string(), reason };
+    let reason = std::str::from_utf8(&key[32..]).map_err(|_| bad("reason is not UTF-8".into()))?;
+    let reason = PinReason::from_key_suffix(reason)
+        .ok_or_else(|| bad(format!("unknown pin reason `{reason}`")))?;
+    Ok((id, reason))
 }
 
 pub(crate) fn manifest_key(key: &[u8]) -> Result<ManifestId, Error> {

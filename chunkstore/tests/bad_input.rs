@@ -145,7 +145,7 @@ fn corrupt_chunk_is_found_on_read_and_by_verify_and_repaired_by_reimport() {
     assert_eq!(missing.chunks.iter().map(|c| c.id).collect::<Vec<_>>(), vec![first]);
 
     let again = store.import(&img, None, &()).expect("re-import");
-    assert_eq!(again.new_chunks, 1, "the corrupt chunk is written again");
+    assert_eq!(again.counts.new_chunks, 1, "the corrupt chunk is written again");
     store.export(&r.manifest, &out, false, &()).expect("export after repair");
     assert_eq!(std::fs::read(&out).expect("read"), std::fs::read(&img).expect("read"));
     assert!(store.verify(Some(&r.manifest), &()).expect("verify").is_clean());

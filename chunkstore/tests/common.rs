@@ -5,19 +5,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// Deterministic pseudo-random bytes (xorshift64); distinct seeds give distinct bytes.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub use vw_chunkstore::testdata::noise;
 
 /// Writes a sparse image of `size` bytes with noise extents `(offset, len, seed)`.
 pub fn write_image(path: &Path, size: u64, extents: &[(u64, usize, u64)]) {

@@ -26,12 +26,12 @@ fn gc_drops_only_unreferenced_chunks_and_compacts_packs() {
     let b = import(&store, dir.path(), "vo/b:1", 2);
     store.remove(&name("vo/a:1")).expect("rm");
     let before = store.stats().expect("stats");
-    assert_eq!(before.loose_bytes, a.new_bytes);
+    assert_eq!(before.loose_bytes, a.counts.new_bytes);
 
     let r = store.gc().expect("gc");
-    assert_eq!(r.bytes_removed, a.new_bytes);
+    assert_eq!(r.bytes_removed, a.counts.new_bytes);
     let after = store.stats().expect("stats");
-    assert_eq!((after.loose_chunks, after.chunk_bytes), (0, b.new_bytes));
+    assert_eq!((after.loose_chunks, after.chunk_bytes), (0, b.counts.new_bytes));
 
     // The remaining image still rebuilds byte-exact after its pack moved.
     let out = dir.path().join("b.out");
@@ -52,7 +52,8 @@ fn capacity_evicts_least_recently_used_unpinned_images() {
     store.touch(&b.manifest).expect("touch b"); // b is now more recent than c
 
     // Room for two images: c (least recently used, unpinned) goes.
-    let r = store.set_capacity(Some(a.new_bytes + b.new_bytes + 1000)).expect("limit");
+    let r =
+        store.set_capacity(Some(a.counts.new_bytes + b.counts.new_bytes + 1000)).expect("limit");
     assert_eq!(r.evicted.len(), 1);
     assert_eq!(r.evicted[0].0, c.manifest);
     assert_eq!(r.evicted[0].1, vec!["vo/c:1".to_string()]);
@@ -61,15 +62,23 @@ fn capacity_evicts_least_recently_used_unpinned_images() {
     // Room for less than the pinned image: b goes, a stays, the store says it is over.
     let r = store.set_capacity(Some(1000)).expect("limit");
     assert_eq!(r.evicted.iter().map(|e| e.0).collect::<Vec<_>>(), vec![b.manifest]);
-    assert_eq!(r.over_capacity, a.new_bytes - 1000);
+    assert_eq!(r.over_capacity, a.counts.new_bytes - 1000);
     store.resolve(&name("vo/a:1")).expect("the pinned image stays");
     assert!(store.verify(None, &()).expect("verify").is_clean());
 
-    // An import over capacity evicts unpinned data right after.
+    // An import over capacity evicts unpinned data right after, never itself.
     store.set_capacity(None).expect("unlimited");
     let d = import(&store, dir.path(), "vo/d:1", 14);
-    store.set_capacity(Some(a.new_bytes + d.new_bytes)).expect("limit");
-    import(&store, dir.path(), "vo/e:1", 15);
-    let r = store.fit_capacity().expect("fit");
-    assert_eq!(r.evicted.iter().map(|e| e.0).collect::<Vec<_>>(), vec![d.manifest]);
+    store.set_capacity(Some(a.counts.new_bytes + d.counts.new_bytes)).expect("limit");
+    let e = import(&store, dir.path(), "vo/e:1", 15);
+    let evicted: Vec<_> = e.eviction.evicted.iter().map(|e| e.0).collect();
+    assert_eq!(evicted, vec![d.manifest]);
+    // Lowering the limit evicts at once; an import bigger than what is left stays, and
+    // the store reports how far over it is.
+    let r = store.set_capacity(Some(1000)).expect("limit");
+    assert_eq!(r.evicted.iter().map(|x| x.0).collect::<Vec<_>>(), vec![e.manifest]);
+    let f = import(&store, dir.path(), "vo/f:1", 16);
+    assert!(f.eviction.evicted.is_empty(), "{:?}", f.eviction);
+    assert_eq!(f.eviction.over_capacity, a.counts.new_bytes + f.counts.new_bytes - 1000);
+    store.resolve(&name("vo/f:1")).expect("the new image stays, even over capacity");
 }

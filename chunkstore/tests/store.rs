@@ -26,13 +26,13 @@ fn import_export_is_byte_identical_and_sparse() {
     let store = Store::open(&dir.path().join("store")).expect("open");
     let r = store.import(&img, Some(&name("vo/a:1")), &()).expect("import");
     assert_eq!(r.len, 40 * MIB);
-    assert!(r.zero_bytes > 25 * MIB, "holes are recognised as zero chunks: {r:?}");
-    assert!(r.new_bytes < 10 * MIB, "only data is stored: {r:?}");
+    assert!(r.counts.zero_bytes > 25 * MIB, "holes are recognised as zero chunks: {r:?}");
+    assert!(r.counts.new_bytes < 10 * MIB, "only data is stored: {r:?}");
 
     let out = dir.path().join("out.img");
     let e = store.export(&r.manifest, &out, false, &()).expect("export");
     assert_eq!(read(&out), read(&img));
-    assert_eq!(e.hole_bytes, r.zero_bytes);
+    assert_eq!(e.hole_bytes, r.counts.zero_bytes);
     let allocated = std::fs::metadata(&out).expect("stat").blocks() * 512;
     assert!(allocated < 12 * MIB, "zero chunks became holes: {allocated} bytes allocated");
     // Nothing is left behind under a temporary name.
@@ -60,17 +60,17 @@ fn a_second_image_stores_only_what_it_adds() {
     let store = Store::open(&dir.path().join("s")).expect("open");
     let ra = store.import(&a, Some(&name("vo/a:1")), &()).expect("import a");
     let rb = store.import(&b, Some(&name("vo/b:1")), &()).expect("import b");
-    assert!(rb.new_bytes < 2_700_000, "b only adds its own 2 MB (plus edges): {rb:?}");
-    assert!(rb.cached_bytes > 11_000_000, "{rb:?}");
+    assert!(rb.counts.new_bytes < 2_700_000, "b only adds its own 2 MB (plus edges): {rb:?}");
+    assert!(rb.counts.cached_bytes > 11_000_000, "{rb:?}");
 
     let d =
         store.diff(&ImageRef::Name(name("vo/a:1")), &ImageRef::Name(name("vo/b:1"))).expect("diff");
     assert!(d.shared_bytes > 11_000_000 && d.only_a_bytes < 500_000, "{d:?}");
-    assert_eq!(d.shared_bytes + d.only_b_bytes, rb.new_bytes + rb.cached_bytes);
+    assert_eq!(d.shared_bytes + d.only_b_bytes, rb.counts.new_bytes + rb.counts.cached_bytes);
 
     // Re-importing the same file changes nothing and gives the same manifest.
     let ra2 = store.import(&a, Some(&name("vo/a:2")), &()).expect("re-import");
-    assert_eq!((ra2.manifest, ra2.new_bytes), (ra.manifest, 0));
+    assert_eq!((ra2.manifest, ra2.counts.new_bytes), (ra.manifest, 0));
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn missing_set_is_what_the_other_image_adds() {
 
     let host_b = Store::open(&dir.path().join("hb")).expect("open b");
     let empty = host_b.missing(&manifest).expect("missing");
-    assert_eq!(empty.bytes, rb.new_bytes, "an empty store lacks every stored byte");
+    assert_eq!(empty.bytes, rb.counts.new_bytes, "an empty store lacks every stored byte");
     host_b.import(&a, None, &()).expect("import a");
     let m = host_b.missing(&manifest).expect("missing");
     assert!(m.bytes >= 3_000_000 && m.bytes < 3_600_000, "{m:?}");

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde::Serialize;
+use vw_node::chunkstore::testdata::noise;
 use vw_node::chunkstore::{clone_image, ImageName, ImageRef, PinReason, Store};
 
 use crate::output::{bytes, import_text, Out};
@@ -31,37 +32,15 @@ struct DemoReport {
     clone_method: vw_node::chunkstore::CloneMethod,
 }
 
-/// Deterministic pseudo-random bytes (xorshift64).
-struct Noise(u64);
-
-impl Noise {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for w in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            w.copy_from_slice(&self.0.to_le_bytes()[..w.len()]);
-        }
-    }
-}
-
-/// Writes a sparse file of `size` bytes: data extents at `extents` (offset, len), holes
-/// elsewhere. Each extent's content is seeded by its offset, so two images that place
-/// the same extent share its bytes.
+/// Writes a sparse file of `size` bytes: data extents `(offset, len, seed)`, holes
+/// elsewhere. Each extent's content comes from its seed, so two images that place the
+/// same extent share its bytes.
 fn write_image(path: &Path, size: u64, extents: &[(u64, u64, u64)]) -> anyhow::Result<()> {
     let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
     f.set_len(size)?;
-    let mut buf = vec![0u8; 1 << 20];
     for &(offset, len, seed) in extents {
         f.seek(SeekFrom::Start(offset))?;
-        let mut noise = Noise(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            noise.fill(&mut buf[..n]);
-            f.write_all(&buf[..n])?;
-            left -= n as u64;
-        }
+        f.write_all(&noise(usize::try_from(len)?, seed))?;
     }
     f.sync_all()?;
     Ok(())

@@ -153,10 +153,9 @@ fn image(dir: &std::path::Path, cmd: ImageCmd, out: &Out) -> anyhow::Result<Exit
             let bar = Bar::new(out, "import");
             let r = store.import(&file, Some(&name), &bar)?;
             bar.finish();
-            let gc = store.fit_capacity()?;
             out.emit(&r, || output::import_text(&r));
-            if !gc.evicted.is_empty() || gc.chunks_removed > 0 {
-                out.note(&output::gc_text(&gc));
+            if !r.eviction.evicted.is_empty() || r.eviction.chunks_removed > 0 {
+                out.note(&output::gc_text(&r.eviction));
             }
         }
         ImageCmd::Export { image, out: path, force } => {

@@ -96,12 +96,12 @@ pub fn import_text(r: &ImportReport) -> String {
         chunks = r.chunks,
         ms = r.millis,
         rate = rate(r.len, r.millis),
-        nc = r.new_chunks,
-        nb = bytes(r.new_bytes),
-        cc = r.cached_chunks,
-        cb = bytes(r.cached_bytes),
-        zc = r.zero_chunks,
-        zb = bytes(r.zero_bytes),
+        nc = r.counts.new_chunks,
+        nb = bytes(r.counts.new_bytes),
+        cc = r.counts.cached_chunks,
+        cb = bytes(r.counts.cached_bytes),
+        zc = r.counts.zero_chunks,
+        zb = bytes(r.counts.zero_bytes),
     )
 }
 
