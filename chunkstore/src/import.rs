@@ -106,7 +106,8 @@ impl Store {
         let (file, len) = open_image(path)?;
         let chunker = Chunker::new(self.params)?;
         let collect = self.collect.read().expect("collect lock");
-        let mut slot = self.pack_writer()?;
+        // Held for the whole import; a pack is opened only when a chunk is new.
+        let mut slot = self.writer.lock().expect("pack writer lock");
         progress.start(len);
 
         let (pool_tx, pool_rx) = bounded::<Vec<u8>>(POOL);
@@ -205,15 +206,16 @@ impl Store {
                 stats.new_chunks += 1;
                 stats.new_bytes += span.len as u64;
             }
-            let writer = slot.as_mut().expect("a pack writer is open");
-            if writer.unsynced() >= SYNC_EVERY {
+            if let Some(writer) = slot.as_mut().filter(|w| w.unsynced() >= SYNC_EVERY) {
                 writer.sync()?;
                 self.db.write(std::mem::take(&mut pending), false)?;
             }
             progress.advance(block.spans.iter().map(|s| s.len as u64).sum());
             let _ = pool.send(block.buf);
         }
-        slot.as_mut().expect("a pack writer is open").sync()?;
+        if let Some(writer) = slot.as_mut() {
+            writer.sync()?;
+        }
         Ok(Written { counts: stats, chunks, batch: pending, repaired })
     }
 }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use rocksdb::WriteBatch;
 use serde::Serialize;
@@ -147,18 +147,6 @@ impl Store {
     /// The chunker parameters imports use.
     pub fn params(&self) -> ChunkerParams {
         self.params
-    }
-
-    /// The pack writer, opening a new pack if there is none or the current one is full.
-    pub(crate) fn pack_writer(&self) -> Result<MutexGuard<'_, Option<PackWriter>>, Error> {
-        let mut guard = self.writer.lock().expect("pack writer lock");
-        if guard.as_ref().is_none_or(PackWriter::is_full) {
-            if let Some(mut full) = guard.take() {
-                full.sync()?;
-            }
-            *guard = Some(self.packs.create_writer()?);
-        }
-        Ok(guard)
     }
 
     /// The manifest a reference points at.

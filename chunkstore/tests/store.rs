@@ -68,9 +68,15 @@ fn a_second_image_stores_only_what_it_adds() {
     assert!(d.shared_bytes > 11_000_000 && d.only_a_bytes < 500_000, "{d:?}");
     assert_eq!(d.shared_bytes + d.only_b_bytes, rb.counts.new_bytes + rb.counts.cached_bytes);
 
-    // Re-importing the same file changes nothing and gives the same manifest.
+    // Re-importing the same file, even from a fresh process, changes nothing, gives the
+    // same manifest and opens no new pack file.
+    let packs = || std::fs::read_dir(dir.path().join("s/packs")).expect("ls").count();
+    let before = packs();
+    drop(store);
+    let store = Store::open(&dir.path().join("s")).expect("reopen");
     let ra2 = store.import(&a, Some(&name("vo/a:2")), &()).expect("re-import");
     assert_eq!((ra2.manifest, ra2.counts.new_bytes), (ra.manifest, 0));
+    assert_eq!(packs(), before);
 }
 
 #[test]
