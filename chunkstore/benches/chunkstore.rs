@@ -179,6 +179,21 @@ fn missing(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("missing_set_{gib}g"));
     g.throughput(Throughput::Elements(held.chunks().len() as u64));
     g.sample_size(20);
+    // The first query about a manifest the store does not hold also builds the
+    // in-memory set of indexed ids: measured on a freshly opened store each time.
+    let store_dir = bench_dir().join(format!("missing-{gib}g/store"));
+    drop(store);
+    g.bench_function("first_query_after_open", |b| {
+        b.iter_batched(
+            || Store::open(&store_dir).expect("open"),
+            |store| {
+                black_box(store.missing(&unknown).expect("missing"));
+                store
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let store = Store::open(&store_dir).expect("open");
     g.bench_function("stored_manifest", |b| {
         b.iter(|| black_box(store.missing(&held).expect("missing")))
     });

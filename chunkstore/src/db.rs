@@ -187,17 +187,6 @@ impl Db {
             .collect()
     }
 
-    /// Whether each of `ids` (sorted ascending) is indexed, in the same order.
-    pub(crate) fn contains_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>, Error> {
-        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids must be sorted and unique");
-        let keys = ids.iter().map(|id| id.as_bytes().as_slice());
-        self.db
-            .batched_multi_get_cf(self.cf(CHUNKS), keys, true)
-            .into_iter()
-            .map(|v| v.map(|v| v.is_some()).map_err(|e| self.err(e)))
-            .collect()
-    }
-
     pub(crate) fn chunk_record(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, Error> {
         self.get(CHUNKS, id.as_bytes())?.map(|b| decode_chunk(id, &b)).transpose()
     }

@@ -170,6 +170,7 @@ impl Store {
             batch.delete_cf(self.db.cf(db::CHUNKS), id.as_bytes());
         }
         self.db.write(batch, true)?;
+        self.held.remove(&plan.chunks);
         for (id, names) in &report.evicted {
             tracing::info!(manifest = %id, ?names, "evicted");
         }

@@ -78,6 +78,8 @@ struct Written {
     chunks: Vec<ChunkRef>,
     /// Index entries not yet written (their pack bytes are synced).
     batch: WriteBatch,
+    /// Chunks it wrote that the index did not have.
+    added: Vec<ChunkId>,
     /// Corrupt chunks it wrote good copies of.
     repaired: Vec<ChunkId>,
 }
@@ -133,12 +135,13 @@ impl Store {
             (read, hashed, written)
         });
         let read = read?;
-        let Written { counts, chunks, batch, repaired } = written?;
+        let Written { counts, chunks, batch, added, repaired } = written?;
         if read != len {
             return Err(Error::FileChanged { path: path.to_owned(), expected: len, read });
         }
         let manifest = Manifest::new(self.params, len, hashed, chunks)?;
         let manifest_id = self.commit_manifest(&manifest, name, batch)?;
+        self.held.insert(&added);
         drop((slot, collect));
         self.forget_corrupt(&repaired);
         tracing::info!(manifest = %manifest_id, len, new = counts.new_bytes, "imported {}", path.display());
@@ -167,6 +170,7 @@ impl Store {
         let mut seen: HashSet<ChunkId> = HashSet::new();
         let mut pending = WriteBatch::default();
         let mut repaired = Vec::new();
+        let mut added = Vec::new();
         let now = db::now_ms();
         let mut candidates: Vec<(ChunkId, Span)> = Vec::new();
         for HashedBlock { block, ids } in hashed {
@@ -202,6 +206,8 @@ impl Store {
                 if corrupt {
                     self.db.delete_corrupt(&mut pending, id);
                     repaired.push(*id);
+                } else {
+                    added.push(*id);
                 }
                 stats.new_chunks += 1;
                 stats.new_bytes += span.len as u64;
@@ -216,7 +222,7 @@ impl Store {
         if let Some(writer) = slot.as_mut() {
             writer.sync()?;
         }
-        Ok(Written { counts: stats, chunks, batch: pending, repaired })
+        Ok(Written { counts: stats, chunks, batch: pending, added, repaired })
     }
 }
 

@@ -30,6 +30,8 @@ mod export;
 #[cfg(feature = "store")]
 mod gc;
 #[cfg(feature = "store")]
+mod held;
+#[cfg(feature = "store")]
 mod import;
 #[cfg(feature = "store")]
 mod pack;

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::chunker::ChunkerParams;
 use crate::db::{self, ChunkRecord, Db, NameRecord, PinRecord, UsageRecord};
+use crate::held::Held;
 use crate::pack::{PackWriter, Packs};
 use crate::{ChunkId, ChunkRef, Error, ImageName, ImageRef, Manifest, ManifestId};
 
@@ -114,6 +115,8 @@ pub struct Store {
     /// Mirror of the `corrupt` column family. Written after the database, so it may
     /// briefly list a chunk already repaired (conservative), never the reverse.
     corrupt: RwLock<HashSet<ChunkId>>,
+    /// The indexed chunk ids in memory, built on first need (see `held.rs`).
+    pub(crate) held: Held,
     pub(crate) params: ChunkerParams,
     _lock: File,
 }
@@ -134,6 +137,7 @@ impl Store {
             writer: Mutex::new(None),
             collect: RwLock::new(()),
             corrupt,
+            held: Held::default(),
             params: ChunkerParams::DEFAULT,
             _lock: lock,
         })
@@ -228,44 +232,27 @@ impl Store {
     ///
     /// A manifest stored here is complete (the store never deletes a chunk a manifest
     /// lists), so for it only corrupt chunks can be missing and no chunk is looked up.
-    /// Otherwise the distinct ids are looked up in sorted batches on two threads.
+    /// Otherwise the distinct ids are checked against the in-memory set of indexed ids
+    /// (built by the first such query).
     pub fn missing(&self, manifest: &Manifest) -> Result<Missing, Error> {
+        let _collect = self.collect.read().expect("collect lock");
         let stored = self.db.get(db::MANIFESTS, manifest.id().as_bytes())?.is_some();
         let corrupt = self.corrupt.read().expect("corrupt set lock");
         if stored && corrupt.is_empty() {
             return Ok(Missing::default());
         }
-        let sorted = manifest.stored_ids();
-        let present =
-            if stored { vec![true; sorted.len()] } else { self.contains_chunks(&sorted)? };
-        let mut reported = vec![false; sorted.len()];
+        let held = if stored { None } else { Some(self.held.view(&self.db)?) };
+        let mut seen = HashSet::with_capacity(manifest.chunks().len());
         let mut out = Missing::default();
         for c in manifest.chunks().iter().filter(|c| !c.is_zero()) {
-            let at = sorted.binary_search(&c.id).expect("every stored id is listed");
-            if !std::mem::replace(&mut reported[at], true)
-                && (!present[at] || corrupt.contains(&c.id))
-            {
+            let lacking =
+                corrupt.contains(&c.id) || held.as_ref().is_some_and(|h| !h.contains(&c.id));
+            if lacking && seen.insert(c.id) {
                 out.chunks.push(*c);
                 out.bytes += u64::from(c.len);
             }
         }
         Ok(out)
-    }
-
-    /// Whether each of `sorted` is indexed, looked up in two halves on two threads.
-    fn contains_chunks(&self, sorted: &[ChunkId]) -> Result<Vec<bool>, Error> {
-        let half = sorted.len().div_ceil(2).max(1);
-        std::thread::scope(|s| {
-            let parts: Vec<_> = sorted
-                .chunks(half)
-                .map(|part| s.spawn(move || self.db.contains_chunks(part)))
-                .collect();
-            let mut out = Vec::with_capacity(sorted.len());
-            for part in parts {
-                out.extend(part.join().expect("lookup thread panicked")?);
-            }
-            Ok(out)
-        })
     }
 
     /// True if the chunk is known to be corrupt.

@@ -163,3 +163,36 @@ proptest! {
         prop_assert_eq!(read(&out), data);
     }
 }
+
+/// The missing set of a manifest the store does not hold stays exact as imports add
+/// chunks and garbage collection deletes them.
+#[test]
+fn missing_set_follows_imports_and_gc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    write_image(&a, 8 * MIB, &[(0, 3_000_000, 50)]);
+    write_image(&b, 8 * MIB, &[(0, 3_000_000, 50), (5 * MIB, 2_000_000, 51)]);
+    // What b looks like to a host that has never seen it: same chunks, not stored.
+    let other = Store::open(&dir.path().join("other")).expect("open");
+    let b_manifest =
+        other.manifest(&other.import(&b, None, &()).expect("import").manifest).expect("m");
+
+    let store = Store::open(&dir.path().join("s")).expect("open");
+    let all = store.missing(&b_manifest).expect("missing");
+    store.import(&a, Some(&name("vo/a:1")), &()).expect("import a");
+    let after_a = store.missing(&b_manifest).expect("missing");
+    assert!(after_a.bytes < all.bytes && after_a.bytes >= 2_000_000, "{after_a:?}");
+    store.import(&b, Some(&name("vo/b:1")), &()).expect("import b");
+    // The stored-manifest shortcut would hide a stale set: ask with a twin manifest.
+    let twin = vw_chunkstore::Manifest::new(
+        b_manifest.params(),
+        b_manifest.len(),
+        blake3::hash(b"twin"),
+        b_manifest.chunks().to_vec(),
+    )
+    .expect("twin");
+    assert_eq!(store.missing(&twin).expect("missing").bytes, 0);
+    store.remove(&ImageRef::Name(name("vo/b:1"))).expect("rm");
+    store.gc().expect("gc");
+    assert_eq!(store.missing(&twin).expect("missing"), after_a, "gc'd chunks are missing again");
+}
