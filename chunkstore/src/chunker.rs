@@ -85,6 +85,10 @@ pub struct Chunker {
     params: ChunkerParams,
     mask_s: u64,
     mask_l: u64,
+    /// Where FastCDC cuts a chunk that starts with `max` zero bytes. A cut depends only
+    /// on the bytes from the chunk's start, so inside long zero runs (free space in a
+    /// partition image) the cut is this constant and the gear loop can be skipped.
+    zero_cut: usize,
 }
 
 impl Chunker {
@@ -92,7 +96,24 @@ impl Chunker {
     pub fn new(params: ChunkerParams) -> Result<Self, Error> {
         params.validate()?;
         let (mask_s, mask_l) = v2020::select_masks(params.avg as usize, Normalization::Level1);
-        Ok(Self { params, mask_s, mask_l })
+        let mut chunker = Self { params, mask_s, mask_l, zero_cut: 0 };
+        chunker.zero_cut = chunker.cut(&vec![0u8; params.max as usize]);
+        Ok(chunker)
+    }
+
+    fn cut(&self, data: &[u8]) -> usize {
+        let p = self.params;
+        let (_, len) = v2020::cut(
+            data,
+            p.min as usize,
+            p.avg as usize,
+            p.max as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        len
     }
 
     /// The parameters.
@@ -104,20 +125,15 @@ impl Chunker {
     /// cover; the rest must be passed again at the front of the next block. With
     /// `last`, `buf` ends the input and everything is emitted.
     pub fn cut_block(&self, buf: &[u8], last: bool, out: &mut Vec<Span>) -> usize {
-        let (min, avg, max) =
-            (self.params.min as usize, self.params.avg as usize, self.params.max as usize);
+        let max = self.params.max as usize;
         let mut start = 0;
         while start < buf.len() && (last || buf.len() - start >= max) {
-            let (_, len) = v2020::cut(
-                &buf[start..],
-                min,
-                avg,
-                max,
-                self.mask_s,
-                self.mask_l,
-                self.mask_s << 1,
-                self.mask_l << 1,
-            );
+            let rest = &buf[start..];
+            let len = if rest.len() >= max && is_zero(&rest[..max]) {
+                self.zero_cut
+            } else {
+                self.cut(rest)
+            };
             out.push(Span { start, len });
             start += len;
         }
@@ -222,6 +238,23 @@ mod tests {
                 if last { break; }
             }
             prop_assert_eq!(whole, blockwise);
+        }
+
+        /// With zero runs (where the zero-run shortcut applies), our cut points are still
+        /// exactly fastcdc's.
+        #[test]
+        fn zero_runs_cut_like_fastcdc(parts in proptest::collection::vec((any::<bool>(), 1usize..700_000, any::<u64>()), 1..10)) {
+            let mut data = Vec::new();
+            for (zero, len, seed) in parts {
+                if zero { data.resize(data.len() + len, 0) } else { data.extend(noise(len, seed)) }
+            }
+            let p = ChunkerParams::DEFAULT;
+            let theirs: Vec<usize> =
+                v2020::FastCDC::new(&data, p.min as usize, p.avg as usize, p.max as usize)
+                    .map(|c| c.length)
+                    .collect();
+            let ours: Vec<usize> = chunker().cut_all(&data).iter().map(|s| s.len).collect();
+            prop_assert_eq!(ours, theirs);
         }
 
         /// Inserting bytes early changes only the chunks around the edit.
