@@ -184,16 +184,22 @@ mod tests {
         51760,
     ];
 
+    /// Chunk lengths from fastcdc's own iterator, with the default parameters.
+    fn fastcdc_lens(data: &[u8]) -> Vec<usize> {
+        let p = ChunkerParams::DEFAULT;
+        v2020::FastCDC::new(data, p.min as usize, p.avg as usize, p.max as usize)
+            .map(|c| c.length)
+            .collect()
+    }
+
+    fn our_lens(data: &[u8]) -> Vec<usize> {
+        chunker().cut_all(data).iter().map(|s| s.len).collect()
+    }
+
     #[test]
     fn cut_all_equals_the_crates_own_iterator() {
         let data = noise(3 << 20, 77);
-        let p = ChunkerParams::DEFAULT;
-        let theirs: Vec<usize> =
-            v2020::FastCDC::new(&data, p.min as usize, p.avg as usize, p.max as usize)
-                .map(|c| c.length)
-                .collect();
-        let ours: Vec<usize> = chunker().cut_all(&data).iter().map(|s| s.len).collect();
-        assert_eq!(ours, theirs);
+        assert_eq!(our_lens(&data), fastcdc_lens(&data));
     }
 
     #[test]
@@ -248,13 +254,7 @@ mod tests {
             for (zero, len, seed) in parts {
                 if zero { data.resize(data.len() + len, 0) } else { data.extend(noise(len, seed)) }
             }
-            let p = ChunkerParams::DEFAULT;
-            let theirs: Vec<usize> =
-                v2020::FastCDC::new(&data, p.min as usize, p.avg as usize, p.max as usize)
-                    .map(|c| c.length)
-                    .collect();
-            let ours: Vec<usize> = chunker().cut_all(&data).iter().map(|s| s.len).collect();
-            prop_assert_eq!(ours, theirs);
+            prop_assert_eq!(our_lens(&data), fastcdc_lens(&data));
         }
 
         /// Inserting bytes early changes only the chunks around the edit.
