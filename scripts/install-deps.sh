@@ -2,12 +2,13 @@
 # Installs the Debian packages the build and the tests need. Idempotent; CI runs it first.
 #   libclang-dev  bindgen for librocksdb-sys (RocksDB is compiled from source)
 #   e2fsprogs     mkfs.ext4 for the ext4 test images
-#   util-linux    mount/umount (disk-full tests on a tiny tmpfs)
+#   util-linux    mount/umount (disk-full tests on a tiny tmpfs, loop mounts)
+#   xfsprogs      mkfs.xfs (the reflink clone test mounts an XFS image)
 # With --experiments it also installs what the real-image experiments need:
 #   debootstrap   building Debian partition images (../shared/make-images.sh)
 #   casync        the baseline the import is compared with
 set -euo pipefail
-pkgs=(libclang-dev clang e2fsprogs util-linux)
+pkgs=(libclang-dev clang e2fsprogs util-linux xfsprogs)
 if [ "${1:-}" = "--experiments" ]; then pkgs+=(debootstrap casync); fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -5,10 +5,10 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{is_root, noise, write_image};
+use common::{is_root, noise, write_image, Mounted};
 use vw_chunkstore::{Error, ImageName, ImageRef, Manifest, Store};
 
 const MIB: u64 = 1 << 20;
@@ -151,29 +151,6 @@ fn corrupt_chunk_is_found_on_read_and_by_verify_and_repaired_by_reimport() {
     assert!(store.verify(Some(&r.manifest), &()).expect("verify").is_clean());
 }
 
-/// A tiny tmpfs, unmounted on drop (before its mount point is removed).
-struct TinyFs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
-
-impl TinyFs {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount")
-            .success();
-        assert!(ok, "mount tmpfs at {}", dir.path().display());
-        Self(dir.path().to_owned(), dir)
-    }
-}
-
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn disk_full_during_import_and_export() {
     if !is_root() {
@@ -185,8 +162,8 @@ fn disk_full_during_import_and_export() {
     std::fs::write(&big, noise(64 << 20, 7)).expect("write big image");
 
     // Import into a store on a 40 MiB file system.
-    let fs = TinyFs::mount("40m");
-    let store_dir = fs.0.join("store");
+    let fs = Mounted::tmpfs("40m");
+    let store_dir = fs.path.join("store");
     {
         let store = Store::open(&store_dir).expect("open on tmpfs");
         let err = store.import(&big, Some(&name("vo/big:1")), &()).expect_err("disk full");
@@ -213,15 +190,15 @@ fn disk_full_during_import_and_export() {
     let img = work.path().join("data.img");
     write_image(&img, 24 * MIB, &[(0, 16_000_000, 9)]);
     let r = store.import(&img, None, &()).expect("import");
-    let out_fs = TinyFs::mount("4m");
-    let out = out_fs.0.join("out.img");
+    let out_fs = Mounted::tmpfs("4m");
+    let out = out_fs.path.join("out.img");
     let err = store.export(&r.manifest, &out, false, &()).expect_err("disk full");
     assert_eq!(
         err.to_string(),
         format!("no space left on the device while writing {}; free space or choose another location (nothing was registered and no partial file is left)", out.display())
     );
     assert_eq!(
-        std::fs::read_dir(&out_fs.0).expect("ls").count(),
+        std::fs::read_dir(&out_fs.path).expect("ls").count(),
         0,
         "no partial file, not even a temp"
     );

@@ -139,6 +139,24 @@ fn clone_keeps_holes_and_bytes() {
     assert!(matches!(err, Error::OutputExists { .. }), "{err}");
 }
 
+#[test]
+fn clone_uses_reflink_where_the_file_system_has_it() {
+    if !common::is_root() {
+        eprintln!(
+            "clone_uses_reflink_where_the_file_system_has_it: needs root to mount XFS; CI runs it"
+        );
+        return;
+    }
+    let fs = common::Mounted::xfs_with_reflink();
+    let src = fs.path.join("src.img");
+    write_image(&src, 32 * MIB, &[(MIB, 4_000_000, 60)]);
+    let dst = fs.path.join("dst.img");
+    assert_eq!(clone_image(&src, &dst).expect("clone"), CloneMethod::Reflink);
+    assert_eq!(read(&dst), read(&src));
+    let leftovers = std::fs::read_dir(&fs.path).expect("ls").count();
+    assert_eq!(leftovers, 2, "no temp file left beside the clone");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 
