@@ -187,6 +187,17 @@ impl Db {
             .collect()
     }
 
+    /// Every chunk record, in id order.
+    pub(crate) fn chunks(
+        &self,
+    ) -> impl Iterator<Item = Result<(ChunkId, ChunkRecord), Error>> + '_ {
+        self.scan(CHUNKS).map(|r| {
+            let (k, v) = r?;
+            let id = crate::store::chunk_key(&k)?;
+            Ok((id, decode_chunk(&id, &v)?))
+        })
+    }
+
     pub(crate) fn chunk_record(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, Error> {
         self.get(CHUNKS, id.as_bytes())?.map(|b| decode_chunk(id, &b)).transpose()
     }

@@ -112,21 +112,18 @@ impl Store {
         file.set_len(manifest.len()).map_err(|e| Error::io("size", path, e))?;
         progress.start(manifest.len());
         let (tx, rx) = bounded::<Vec<Piece>>(2);
-        let (ret_tx, ret_rx) = bounded::<Vec<Piece>>(4);
         std::thread::scope(|s| {
             let writer = s.spawn(move || -> Result<(), Error> {
-                for mut batch in rx {
+                for batch in rx {
                     for p in &batch {
                         file.write_all_at(&p.data, p.offset)
                             .map_err(|e| Error::io("write", path, e))?;
                         progress.advance(p.data.len() as u64);
                     }
-                    batch.clear();
-                    let _ = ret_tx.try_send(batch);
                 }
                 Ok(())
             });
-            let read = self.read_pieces(manifest, &tx, &ret_rx, progress);
+            let read = self.read_pieces(manifest, &tx, progress);
             drop(tx);
             let written = writer.join().expect("export writer panicked");
             // A writer error stops the reader (its channel closes), so report it first.
@@ -140,7 +137,6 @@ impl Store {
         &self,
         manifest: &Manifest,
         tx: &crossbeam_channel::Sender<Vec<Piece>>,
-        recycled: &crossbeam_channel::Receiver<Vec<Piece>>,
         progress: &dyn Progress,
     ) -> Result<blake3::Hash, Error> {
         let mut hasher = blake3::Hasher::new();
@@ -151,7 +147,7 @@ impl Store {
             ids.sort_unstable();
             ids.dedup();
             let records = self.db.chunk_records(&ids)?;
-            let mut batch = recycled.try_recv().unwrap_or_default();
+            let mut batch = Vec::with_capacity(group.len());
             for c in group {
                 if c.is_zero() {
                     hasher.update(&ZEROS[..c.len as usize]);

@@ -15,7 +15,6 @@ use serde::Serialize;
 use crate::cache::{self, CacheView, ChunkEntry, ManifestEntry, Mode, Plan};
 use crate::db::{self, ChunkRecord};
 use crate::import::append;
-use crate::store::chunk_key;
 use crate::{ChunkId, Error, ManifestId, Store};
 
 /// A pack is rewritten when less than this share of it is live.
@@ -121,10 +120,8 @@ impl Store {
 
     fn cache_view(&self) -> Result<CacheView, Error> {
         let mut chunks = Vec::new();
-        for r in self.db.scan(db::CHUNKS) {
-            let (k, v) = r?;
-            let id = chunk_key(&k)?;
-            let rec = db::decode_chunk(&id, &v)?;
+        for r in self.db.chunks() {
+            let (id, rec) = r?;
             chunks.push(ChunkEntry { id, len: rec.loc.len, added_ms: rec.added_ms });
         }
         let pins = self.pins()?;
@@ -180,10 +177,8 @@ impl Store {
     /// Rewrites mostly dead packs and deletes empty ones. Runs under the `collect` lock.
     fn compact(&self, report: &mut GcReport) -> Result<(), Error> {
         let mut live: BTreeMap<u32, Vec<(ChunkId, ChunkRecord)>> = BTreeMap::new();
-        for r in self.db.scan(db::CHUNKS) {
-            let (k, v) = r?;
-            let id = chunk_key(&k)?;
-            let rec = db::decode_chunk(&id, &v)?;
+        for r in self.db.chunks() {
+            let (id, rec) = r?;
             live.entry(rec.loc.pack).or_default().push((id, rec));
         }
         let mut slot = self.writer.lock().expect("pack writer lock");

@@ -186,7 +186,7 @@ impl Store {
     }
 
     /// Records `manifest` (all of whose chunks must already be stored and durable) and
-    /// points `name` at it, in one durable batch. Extra `chunk_puts` go in the same batch.
+    /// points `name` at it, in one durable batch together with what `batch` holds.
     pub(crate) fn commit_manifest(
         &self,
         manifest: &Manifest,
@@ -196,8 +196,7 @@ impl Store {
         let id = manifest.id();
         let now = db::now_ms();
         batch.put_cf(self.db.cf(db::MANIFESTS), id.as_bytes(), manifest.encode());
-        let imported_ms = self.db.usage(&id)?.map_or(now, |u| u.imported_ms);
-        self.db.put_usage(&mut batch, &id, &UsageRecord { imported_ms, last_used_ms: now });
+        self.put_used_now(&mut batch, &id, now)?;
         if let Some(name) = name {
             self.db.put_name(
                 &mut batch,
@@ -211,11 +210,16 @@ impl Store {
 
     /// Notes that a manifest was just used (exported, staged): the LRU order.
     pub fn touch(&self, id: &ManifestId) -> Result<(), Error> {
-        let now = db::now_ms();
-        let imported_ms = self.db.usage(id)?.map_or(now, |u| u.imported_ms);
         let mut batch = WriteBatch::default();
-        self.db.put_usage(&mut batch, id, &UsageRecord { imported_ms, last_used_ms: now });
+        self.put_used_now(&mut batch, id, db::now_ms())?;
         self.db.write(batch, false)
+    }
+
+    /// Adds to `batch` that `id` was used at `now`, keeping when it was first imported.
+    fn put_used_now(&self, batch: &mut WriteBatch, id: &ManifestId, now: u64) -> Result<(), Error> {
+        let imported_ms = self.db.usage(id)?.map_or(now, |u| u.imported_ms);
+        self.db.put_usage(batch, id, &UsageRecord { imported_ms, last_used_ms: now });
+        Ok(())
     }
 
     /// Points `name` at the stored manifest `id`.

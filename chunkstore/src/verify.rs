@@ -1,11 +1,10 @@
 //! Verify: re-hash stored chunks and check that manifests are complete.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::db;
-use crate::store::chunk_key;
+use crate::db::ChunkRecord;
 use crate::{ChunkId, Error, ManifestId, Progress, Store};
 
 /// What `verify` found.
@@ -42,27 +41,28 @@ impl Store {
             Some(id) => vec![*id],
             None => self.manifest_ids()?,
         };
-        let mut wanted: HashSet<ChunkId> = HashSet::new();
+        // The chunks to re-hash: those of the one manifest, or every stored chunk.
+        let mut records: BTreeMap<ChunkId, ChunkRecord> = BTreeMap::new();
         for id in &manifests {
             let ids = self.manifest(id)?.stored_ids();
             for (cid, rec) in ids.iter().zip(self.db.chunk_records(&ids)?) {
-                if rec.is_none() {
-                    report.missing.push((*id, *cid));
+                match rec {
+                    None => report.missing.push((*id, *cid)),
+                    Some(rec) if only.is_some() => {
+                        records.insert(*cid, rec);
+                    }
+                    Some(_) => {}
                 }
             }
-            wanted.extend(ids);
         }
         report.manifests = manifests.len();
-        let mut ids: Vec<ChunkId> = match only {
-            Some(_) => wanted.into_iter().collect(),
-            None => self.db.scan(db::CHUNKS).map(|r| chunk_key(&r?.0)).collect::<Result<_, _>>()?,
-        };
-        ids.sort_unstable();
-        let records: Vec<_> = ids
-            .iter()
-            .zip(self.db.chunk_records(&ids)?)
-            .filter_map(|(id, r)| Some((*id, r?)))
-            .collect();
+        if only.is_none() {
+            for r in self.db.chunks() {
+                let (id, rec) = r?;
+                records.insert(id, rec);
+            }
+        }
+        let records: Vec<(ChunkId, ChunkRecord)> = records.into_iter().collect();
         progress.start(records.iter().map(|(_, r)| u64::from(r.loc.len)).sum());
         let half = records.len().div_ceil(2);
         let results: Vec<Result<Vec<ChunkId>, Error>> = std::thread::scope(|s| {
