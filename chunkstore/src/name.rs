@@ -96,7 +96,9 @@ impl fmt::Debug for ImageName {
 }
 
 /// What a command names an image by: a name, or a manifest id (64 hex digits).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialised as that text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum ImageRef {
     /// `vo/name:tag`.
     Name(ImageName),
@@ -112,6 +114,20 @@ impl FromStr for ImageRef {
             return input.parse().map(ImageRef::Id);
         }
         input.parse().map(ImageRef::Name)
+    }
+}
+
+impl TryFrom<String> for ImageRef {
+    type Error = Error;
+
+    fn try_from(input: String) -> Result<Self, Error> {
+        input.parse()
+    }
+}
+
+impl From<ImageRef> for String {
+    fn from(image: ImageRef) -> String {
+        image.to_string()
     }
 }
 

@@ -1,9 +1,17 @@
 //! `vw-node`: the host peer (`vwd`).
 //!
-//! This crate will own the workspace model and its XML, the host manager (the VM lifecycle
-//! state machine and its persistence), the Xen driver (`xl` and a simulated driver),
-//! image integration into the virtual cluster, the libp2p peer (`/vw/chunks/1`,
-//! `/vw/control/1`) and the local control socket. Issues 3 and 5 fill it.
-//! It re-exports the chunk store the CLI drives today.
+//! What one host does with a virtual cluster:
+//! - [`workspace`]: the workspace document (XML) and its validated model;
+//! - [`config`]: the cluster configuration (subnet, address pools, bridges, Xen driver);
+//! - [`manager`]: the VM lifecycle (stage, load, create, pause, unpause, stop, unstage),
+//!   persisted in the store's database and reconciled with the hypervisor on open;
+//! - [`integrate`]: fitting images into the cluster (a cloud-init seed volume or edits
+//!   to the VM's own ext4 copy);
+//! - [`xen`]: the domain config and the drivers (`xl`, and a simulated one).
+//!
+//! The libp2p peer and the control socket arrive with issue 5. The chunk store is
+//! re-exported for the CLI.
 
 pub use vw_chunkstore as chunkstore;
+
+pub mod workspace;
