@@ -89,10 +89,13 @@ pub(crate) type Entry = (Box<[u8]>, Box<[u8]>);
 pub(crate) struct Db {
     db: DB,
     dir: PathBuf,
+    /// Families opened for records of higher layers (see `records.rs`).
+    pub(crate) extra: Vec<&'static str>,
 }
 
 impl Db {
-    pub(crate) fn open(dir: &Path) -> Result<Self, Error> {
+    /// Opens the database with the store's families and `extra` ones.
+    pub(crate) fn open(dir: &Path, extra: &[&'static str]) -> Result<Self, Error> {
         let db_err = |error| Error::Db { dir: dir.to_owned(), error };
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -116,12 +119,15 @@ impl Db {
         let mut small = Options::default();
         small.set_write_buffer_size(4 << 20);
 
-        let families = FAMILIES.iter().map(|&name| {
+        if let Some(clash) = extra.iter().find(|name| FAMILIES.contains(name)) {
+            panic!("record family {clash} clashes with the store's own");
+        }
+        let families = FAMILIES.iter().chain(extra).map(|&name| {
             let o = if name == CHUNKS { chunk_opts.clone() } else { small.clone() };
             ColumnFamilyDescriptor::new(name, o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, families).map_err(db_err)?;
-        let this = Self { db, dir: dir.to_owned() };
+        let this = Self { db, dir: dir.to_owned(), extra: extra.to_vec() };
         this.check_format()?;
         Ok(this)
     }

@@ -38,6 +38,8 @@ mod pack;
 #[cfg(feature = "store")]
 mod record;
 #[cfg(feature = "store")]
+mod records;
+#[cfg(feature = "store")]
 mod store;
 #[cfg(feature = "store")]
 mod verify;
@@ -55,6 +57,8 @@ pub use export::ExportReport;
 pub use gc::{CacheStats, GcReport};
 #[cfg(feature = "store")]
 pub use import::{ChunkCounts, ImportReport};
+#[cfg(feature = "store")]
+pub use records::{RecordBatch, Records};
 #[cfg(feature = "store")]
 pub use store::{Diff, ImageInfo, Missing, PinReason, Store};
 #[cfg(feature = "store")]

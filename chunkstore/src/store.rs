@@ -125,9 +125,15 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`. Fails with
     /// [`Error::StoreLocked`] if another process has it open.
     pub fn open(dir: &Path) -> Result<Self, Error> {
+        Self::open_with_records(dir, &[])
+    }
+
+    /// Opens the store with extra column families for a higher layer's records (the
+    /// host manager's VMs and deployments), reached through [`Store::records`].
+    pub fn open_with_records(dir: &Path, families: &[&'static str]) -> Result<Self, Error> {
         fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         let lock = lock_store(dir)?;
-        let db = Db::open(&dir.join("db"))?;
+        let db = Db::open(&dir.join("db"), families)?;
         let packs = Packs::open(&dir.join("packs"))?;
         let corrupt = RwLock::new(db.corrupt_ids()?);
         Ok(Self {
