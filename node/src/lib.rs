@@ -14,4 +14,7 @@
 
 pub use vw_chunkstore as chunkstore;
 
+pub mod config;
+pub mod integrate;
 pub mod workspace;
+pub mod xen;

@@ -21,6 +21,7 @@ use vw_chunkstore::ImageRef;
 
 pub use error::{Error, Position};
 pub use size::{parse_size, Size};
+pub use vw_planner::address::Network;
 
 /// Largest workspace document read, in bytes.
 pub const MAX_DOCUMENT: usize = 1 << 20;
@@ -219,16 +220,6 @@ pub struct Swap {
 pub struct Nic {
     /// Which network it joins.
     pub network: Network,
-}
-
-/// The two networks of a virtual cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// The cluster's private segment: every VM has one.
-    Private,
-    /// The public pool: the head node's second NIC.
-    Public,
 }
 
 /// How an image is fitted into the virtual cluster. The shared base is never modified.

@@ -1,0 +1,326 @@
+//! The cluster configuration (TOML): the physical subnet, the free segments for private
+//! VM addresses, the reserved public pool, the bridges, the Xen driver and this host's
+//! capacity. `vw` embeds a default ([`ClusterConfig::EMBEDDED`]) for the demo and for
+//! trying things out; a real cluster passes its own with `--cluster FILE`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use vw_planner::address::{Pool, Segment};
+
+/// Why a cluster configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read cluster config {path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        error: std::io::Error,
+    },
+    /// Not valid TOML for this schema (the message has the line and column).
+    #[error("cluster config {source_name}: {message}")]
+    Syntax {
+        /// The file, or `(embedded)`.
+        source_name: String,
+        /// toml's message, with the offending line.
+        message: String,
+    },
+    /// A value is wrong.
+    #[error("cluster config {source_name}: {key}: {message}")]
+    Value {
+        /// The file, or `(embedded)`.
+        source_name: String,
+        /// The key, like `network.private`.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Networks and address pools.
+    pub network: NetworkConfig,
+    /// The hypervisor hand-off.
+    #[serde(default)]
+    pub xen: XenConfig,
+    /// This host's capacity (defaults: what the machine has).
+    #[serde(default)]
+    pub host: HostConfig,
+}
+
+/// `[network]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The physical cluster subnet the private network bridges onto (`10.20.0.0/16`).
+    pub subnet: Ipv4Net,
+    /// Default gateway of the private network, inside `subnet`; none: no default route.
+    pub gateway: Option<Ipv4Addr>,
+    /// Name servers written into the guests.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// Free segments of `subnet` for private VM addresses, used in order
+    /// (`10.20.1.10-10.20.1.250`, `10.20.2.0/24`, `10.20.3.7`).
+    pub private: Vec<String>,
+    /// The bridge private NICs join (default `xenbr0`).
+    #[serde(default = "default_private_bridge")]
+    pub private_bridge: String,
+    /// The public pool for virtual head nodes.
+    pub public: PublicConfig,
+}
+
+/// `[network.public]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicConfig {
+    /// Reserved public address segments.
+    pub pool: Vec<String>,
+    /// The public network's prefix length.
+    pub prefix: u8,
+    /// The public network's gateway (the head's default route when it has one).
+    pub gateway: Option<Ipv4Addr>,
+    /// The bridge public NICs join (default `xenbr1`).
+    #[serde(default = "default_public_bridge")]
+    pub bridge: String,
+}
+
+/// `[xen]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XenConfig {
+    /// `xl` or `simulated` (default `simulated`, which says so wherever it reports).
+    #[serde(default)]
+    pub driver: DriverKind,
+    /// The `xl` program (default `xl`, found on `PATH`).
+    #[serde(default = "default_xl")]
+    pub xl: PathBuf,
+    /// Seconds `stop` waits for a clean shutdown before destroying the domain (default 60).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_s: u64,
+    /// Seconds any other `xl` call may take (default 120).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_s: u64,
+    /// What Xen does when a guest powers off (default `destroy`).
+    #[serde(default = "default_destroy")]
+    pub on_poweroff: String,
+    /// When it reboots (default `restart`).
+    #[serde(default = "default_restart")]
+    pub on_reboot: String,
+    /// When it crashes (default `destroy`).
+    #[serde(default = "default_destroy")]
+    pub on_crash: String,
+}
+
+/// Which driver hands domains to the hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// The real toolstack through `xl`.
+    Xl,
+    /// No hypervisor: configs are checked and states tracked in a file.
+    #[default]
+    Simulated,
+}
+
+/// `[host]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Memory for guests in MiB (default: the machine's total memory).
+    pub memory_mib: Option<u64>,
+    /// Physical CPUs (default: what the machine has).
+    pub cpus: Option<u32>,
+}
+
+fn default_private_bridge() -> String {
+    "xenbr0".into()
+}
+fn default_public_bridge() -> String {
+    "xenbr1".into()
+}
+fn default_xl() -> PathBuf {
+    "xl".into()
+}
+fn default_shutdown_timeout() -> u64 {
+    60
+}
+fn default_command_timeout() -> u64 {
+    120
+}
+fn default_destroy() -> String {
+    "destroy".into()
+}
+fn default_restart() -> String {
+    "restart".into()
+}
+
+impl Default for XenConfig {
+    fn default() -> Self {
+        XenConfig {
+            driver: DriverKind::default(),
+            xl: default_xl(),
+            shutdown_timeout_s: default_shutdown_timeout(),
+            command_timeout_s: default_command_timeout(),
+            on_poweroff: default_destroy(),
+            on_reboot: default_restart(),
+            on_crash: default_destroy(),
+        }
+    }
+}
+
+/// Actions Xen accepts for `on_poweroff`, `on_reboot` and `on_crash`.
+const ACTIONS: [&str; 7] = [
+    "destroy",
+    "restart",
+    "rename-restart",
+    "preserve",
+    "coredump-destroy",
+    "coredump-restart",
+    "soft-reset",
+];
+
+/// The parsed pools, checked against each other.
+#[derive(Clone, Debug)]
+pub struct Pools {
+    /// Private addresses.
+    pub private: Pool,
+    /// Public addresses.
+    pub public: Pool,
+}
+
+impl ClusterConfig {
+    /// The embedded default: a made-up private subnet and public pool that exist only
+    /// in the generated configs (nothing is ever sent to them), the simulated driver.
+    pub const EMBEDDED: &'static str = include_str!("../../examples/cluster.toml");
+
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Io { path: path.to_owned(), error })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default.
+    pub fn embedded() -> Self {
+        Self::parse(Self::EMBEDDED, "(embedded)").expect("the embedded cluster config is valid")
+    }
+
+    /// Parses and checks `text`; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Self, ConfigError> {
+        let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            source_name: source.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.pools_from(source)?;
+        for (key, value) in [
+            ("xen.on_poweroff", &config.xen.on_poweroff),
+            ("xen.on_reboot", &config.xen.on_reboot),
+            ("xen.on_crash", &config.xen.on_crash),
+        ] {
+            if !ACTIONS.contains(&value.as_str()) {
+                let message = format!("`{value}` is not one of {}", ACTIONS.join(", "));
+                return Err(ConfigError::Value { source_name: source.to_owned(), key, message });
+            }
+        }
+        Ok(config)
+    }
+
+    /// The address pools.
+    pub fn pools(&self) -> Pools {
+        self.pools_from("(checked)").expect("pools were checked when the config was parsed")
+    }
+
+    fn pools_from(&self, source: &str) -> Result<Pools, ConfigError> {
+        let bad =
+            |key, message| ConfigError::Value { source_name: source.to_owned(), key, message };
+        let net = &self.network;
+        let segments = |key, texts: &[String]| -> Result<Pool, ConfigError> {
+            let segments: Vec<Segment> = texts
+                .iter()
+                .map(|t| t.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|m| bad(key, m))?;
+            if segments.is_empty() {
+                return Err(bad(key, "needs at least one segment".into()));
+            }
+            Pool::new(segments).map_err(|m| bad(key, m))
+        };
+        let private = segments("network.private", &net.private)?;
+        let public = segments("network.public.pool", &net.public.pool)?;
+        for s in &private.segments {
+            if !net.subnet.contains(&s.first) || !net.subnet.contains(&s.last) {
+                let message = format!("segment {s} is not inside the subnet {}", net.subnet);
+                return Err(bad("network.private", message));
+            }
+            if let Some(gw) = net.gateway.filter(|gw| s.contains(*gw)) {
+                return Err(bad(
+                    "network.private",
+                    format!("segment {s} contains the gateway {gw}"),
+                ));
+            }
+        }
+        if let Some(gw) = net.gateway.filter(|gw| !net.subnet.contains(gw)) {
+            return Err(bad(
+                "network.gateway",
+                format!("{gw} is not inside the subnet {}", net.subnet),
+            ));
+        }
+        if net.public.prefix > 32 || net.public.prefix == 0 {
+            return Err(bad(
+                "network.public.prefix",
+                format!("{} is not 1..=32", net.public.prefix),
+            ));
+        }
+        for p in &public.segments {
+            if let Some(s) = private.segments.iter().find(|s| s.overlaps(p)) {
+                return Err(bad(
+                    "network.public.pool",
+                    format!("segment {p} overlaps private segment {s}"),
+                ));
+            }
+        }
+        Ok(Pools { private, public })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = ClusterConfig::embedded();
+        assert_eq!(c.xen.driver, DriverKind::Simulated);
+        assert!(c.pools().private.size() >= 64);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let base = ClusterConfig::EMBEDDED;
+        for (from, to, expect) in [
+            (
+                "10.77.1.10-10.77.1.250",
+                "10.78.1.10-10.78.1.250",
+                "network.private: segment 10.78.1.10-10.78.1.250 is not inside",
+            ),
+            ("on_crash = \"destroy\"", "on_crash = \"explode\"", "xen.on_crash: `explode`"),
+            ("driver = \"simulated\"", "driver = \"qemu\"", "unknown variant `qemu`"),
+        ] {
+            let text = base.replacen(from, to, 1);
+            assert_ne!(text, base, "{from}");
+            let err = ClusterConfig::parse(&text, "c.toml").unwrap_err().to_string();
+            assert!(err.contains(expect), "{err}");
+        }
+        let err =
+            ClusterConfig::parse("[network]\nsubnet = 5\n", "c.toml").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,178 @@
+//! In-image edits, as in the paper, for images without cloud-init: the VM's own copy of
+//! an ext4 root partition is edited with `debugfs -w` (no mount, no root), every file
+//! is read back (debugfs exits 0 even when a write fails), then `e2fsck -fn` checks the
+//! file system. The shared staged copy is never edited.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::files::GuestFile;
+use super::{run_tool, IntegrationError};
+
+/// Where the ext2/3/4 superblock magic is, and what it is.
+const MAGIC_OFFSET: u64 = 1024 + 56;
+const MAGIC: [u8; 2] = [0x53, 0xef];
+
+/// Whether `image` holds an ext2/3/4 file system.
+pub fn is_ext4(image: &Path) -> Result<bool, IntegrationError> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = fs::File::open(image).map_err(|e| IntegrationError::io("open", image, e))?;
+    let mut magic = [0u8; 2];
+    let read = f.seek(SeekFrom::Start(MAGIC_OFFSET)).and_then(|_| f.read_exact(&mut magic));
+    match read {
+        Ok(()) => Ok(magic == MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(IntegrationError::io("read", image, e)),
+    }
+}
+
+/// Writes `files` into `image`, reads them back, and checks the file system.
+pub fn edit(image: &Path, files: &[GuestFile]) -> Result<(), IntegrationError> {
+    if !is_ext4(image)? {
+        return Err(IntegrationError::NotExt4 { image: image.to_owned() });
+    }
+    let staging = super::seed::tempdir(image)?;
+    let result = edit_in(image, files, &staging);
+    let _ = fs::remove_dir_all(&staging);
+    result
+}
+
+fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), IntegrationError> {
+    // Appends need the current content first.
+    let mut wanted = Vec::new();
+    let current = dump(image, files.iter().filter(|f| f.append).map(|f| f.path.as_str()), staging)?;
+    for f in files {
+        let content = if f.append {
+            let old = current.get(&f.path).cloned().flatten().unwrap_or_default();
+            let old = String::from_utf8_lossy(&old).into_owned();
+            let missing: String = f
+                .content
+                .lines()
+                .filter(|l| !old.lines().any(|o| o == *l))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            if old.is_empty() || old.ends_with('\n') {
+                old + &missing
+            } else {
+                format!("{old}\n{missing}")
+            }
+        } else {
+            f.content.clone()
+        };
+        wanted.push((f.path.clone(), content));
+    }
+
+    let mut script = String::new();
+    for (i, (path, content)) in wanted.iter().enumerate() {
+        let local = staging.join(format!("in{i}"));
+        fs::write(&local, content).map_err(|e| IntegrationError::io("write", &local, e))?;
+        for dir in parents(path) {
+            script.push_str(&format!("mkdir {dir}\n"));
+        }
+        script.push_str(&format!(
+            "rm {path}\nwrite {} {path}\nsif {path} mode 0100644\nsif {path} uid 0\nsif {path} gid 0\n",
+            local.display()
+        ));
+    }
+    let cmds = staging.join("edit.cmds");
+    fs::write(&cmds, &script).map_err(|e| IntegrationError::io("write", &cmds, e))?;
+    run_tool(
+        "debugfs",
+        "e2fsprogs",
+        &["-w".as_ref(), "-f".as_ref(), cmds.as_os_str(), image.as_os_str()],
+        image,
+    )?;
+
+    let back = dump(image, wanted.iter().map(|(p, _)| p.as_str()), staging)?;
+    for (path, content) in &wanted {
+        match back.get(path).cloned().flatten() {
+            Some(bytes) if bytes == content.as_bytes() => {}
+            Some(bytes) => {
+                let detail = format!("{} bytes written, {} read", content.len(), bytes.len());
+                return Err(IntegrationError::Readback {
+                    image: image.to_owned(),
+                    file: path.clone(),
+                    detail,
+                });
+            }
+            None => {
+                let detail = "the file is missing after the write".to_owned();
+                return Err(IntegrationError::Readback {
+                    image: image.to_owned(),
+                    file: path.clone(),
+                    detail,
+                });
+            }
+        }
+    }
+    fsck(image)
+}
+
+/// Each directory above `path`, outermost first (`/etc/network/interfaces` → `/etc`,
+/// `/etc/network`). debugfs refuses to make one that exists, harmlessly.
+fn parents(path: &str) -> Vec<String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    (1..parts.len()).map(|n| format!("/{}", parts[..n].join("/"))).collect()
+}
+
+/// Reads files out of `image` with one debugfs run; `None` for files that do not exist.
+fn dump<'a>(
+    image: &Path,
+    paths: impl Iterator<Item = &'a str>,
+    staging: &Path,
+) -> Result<std::collections::BTreeMap<String, Option<Vec<u8>>>, IntegrationError> {
+    let paths: Vec<&str> = paths.collect();
+    let mut out = std::collections::BTreeMap::new();
+    if paths.is_empty() {
+        return Ok(out);
+    }
+    let locals: Vec<PathBuf> = (0..paths.len()).map(|i| staging.join(format!("out{i}"))).collect();
+    let mut script = String::new();
+    for (path, local) in paths.iter().zip(&locals) {
+        let _ = fs::remove_file(local);
+        script.push_str(&format!("dump {path} {}\n", local.display()));
+    }
+    let cmds = staging.join("dump.cmds");
+    fs::write(&cmds, &script).map_err(|e| IntegrationError::io("write", &cmds, e))?;
+    run_tool("debugfs", "e2fsprogs", &["-f".as_ref(), cmds.as_os_str(), image.as_os_str()], image)?;
+    for (path, local) in paths.iter().zip(&locals) {
+        out.insert((*path).to_owned(), fs::read(local).ok());
+    }
+    Ok(out)
+}
+
+/// `e2fsck -fn`: a forced, read-only check.
+fn fsck(image: &Path) -> Result<(), IntegrationError> {
+    let out = std::process::Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(image)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|error| IntegrationError::ToolMissing {
+            tool: "e2fsck",
+            package: "e2fsprogs",
+            error,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Err(IntegrationError::Fsck { image: image.to_owned(), output: output.trim().to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_outermost_first() {
+        assert_eq!(parents("/etc/network/interfaces"), ["/etc", "/etc/network"]);
+        assert!(parents("/x").is_empty());
+    }
+}

@@ -1,0 +1,165 @@
+//! Fitting a VM's images into the virtual cluster: hostname, addresses, `/etc/hosts`
+//! for the whole cluster, NFS exports and mounts, the batch system's server name and
+//! node list.
+//!
+//! [`VmSetup`] is what one VM needs to know (computed by the manager from the
+//! deployment), [`files`] turns it into file contents, and two strategies deliver them
+//! without ever touching the shared base image:
+//! - [`seed`]: a cloud-init NoCloud volume (`CIDATA`, vfat) attached read-only;
+//! - [`ext4`]: edits to the VM's own copy of an ext4 root partition with `debugfs`,
+//!   each read back, then `e2fsck -fn`.
+
+pub mod ext4;
+pub mod files;
+pub mod seed;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use vw_planner::address::Mac;
+
+use crate::workspace::{Network, Roles};
+
+/// Everything one VM's integration needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSetup {
+    /// cloud-init's instance id: changes with every deployment so cloud-init reruns.
+    pub instance_id: String,
+    /// The guest hostname.
+    pub hostname: String,
+    /// Its NICs in order (`eth0`, `eth1`).
+    pub nics: Vec<NicSetup>,
+    /// Name servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// Its software roles.
+    pub roles: Roles,
+    /// vCPUs (the batch system's processor count for this node).
+    pub vcpus: u32,
+    /// The rest of the cluster.
+    pub cluster: ClusterView,
+}
+
+/// One NIC, addressed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSetup {
+    /// Which network.
+    pub network: Network,
+    /// Its address and prefix.
+    pub address: Ipv4Net,
+    /// Its MAC.
+    pub mac: Mac,
+    /// The gateway, if this NIC carries the default route.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// What every VM knows about the others.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Every VM's hostname and private address, head first.
+    pub hosts: Vec<(String, Ipv4Addr)>,
+    /// The head node's hostname (NFS server, batch server).
+    pub head: String,
+    /// The private network (NFS exports are open to it).
+    pub private_net: Ipv4Net,
+    /// Batch workers and their processor counts.
+    pub batch_nodes: Vec<(String, u32)>,
+}
+
+/// Why integration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrationError {
+    /// A tool it needs is not installed.
+    #[error("{tool} is not installed ({error}); run scripts/install-deps.sh or install {package}")]
+    ToolMissing {
+        /// The program.
+        tool: &'static str,
+        /// Its Debian package.
+        package: &'static str,
+        /// What the OS said.
+        #[source]
+        error: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("`{command}` failed ({status}) on {path}: {stderr}")]
+    ToolFailed {
+        /// The command.
+        command: String,
+        /// The image or volume.
+        path: PathBuf,
+        /// Its exit status.
+        status: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// An edit did not read back as written (debugfs exits 0 even when a write fails).
+    #[error("{image}: {file} reads back differently from what was written ({detail}); is the file system full or damaged?")]
+    Readback {
+        /// The image or volume.
+        image: PathBuf,
+        /// The file inside it.
+        file: String,
+        /// How it differs.
+        detail: String,
+    },
+    /// In-image edits need ext2/3/4.
+    #[error("{image} is not an ext4 file system, so it cannot be edited in place; use <integration strategy=\"seed\"/> for this node")]
+    NotExt4 {
+        /// The partition image.
+        image: PathBuf,
+    },
+    /// The file system check after the edits found problems.
+    #[error("e2fsck -fn found problems in {image} after the edits: {output}")]
+    Fsck {
+        /// The partition image.
+        image: PathBuf,
+        /// What e2fsck printed.
+        output: String,
+    },
+    /// Local I/O failed.
+    #[error("{op} {path}: {error}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+impl IntegrationError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        IntegrationError::Io { op, path: path.into(), error }
+    }
+}
+
+/// Runs a tool, mapping "not installed" and failures to errors; returns stdout.
+pub(crate) fn run_tool(
+    tool: &'static str,
+    package: &'static str,
+    args: &[&std::ffi::OsStr],
+    path: &std::path::Path,
+) -> Result<Vec<u8>, IntegrationError> {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|error| IntegrationError::ToolMissing { tool, package, error })?;
+    if !out.status.success() {
+        let command = std::iter::once(tool.to_owned())
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Err(IntegrationError::ToolFailed {
+            command,
+            path: path.to_owned(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(out.stdout)
+}

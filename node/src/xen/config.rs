@@ -1,0 +1,473 @@
+//! Domain configs in xl.cfg syntax: rendering, and a strict reader of the same subset.
+//!
+//! Quoting follows libxlutil 4.17 (checked against it by `node/tests/xen_config.rs`):
+//! every string is written `"…"` with `\` and `"` escaped, numbers in plain decimal (a
+//! leading zero would read as octal), and a disk spec puts `target=` last because
+//! Xen's disk parser lets the target swallow the rest of the spec. Values with control
+//! characters cannot be written safely and are refused; so are disk targets and vif
+//! fields with a comma (neither parser has an escape for it).
+//!
+//! The reader is what the simulated driver checks configs with, and it is where vif
+//! specs are checked (libxlutil leaves them to xl).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use vw_planner::address::Mac;
+
+use super::XenError;
+use crate::workspace::{Access, Boot, GuestType};
+
+/// Largest config file read back, in bytes.
+const MAX_CONFIG: usize = 64 << 10;
+
+/// Everything a domain config says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainConfig {
+    /// Domain name (never all digits: xl would read it as a domain id).
+    pub name: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Physical CPU pinning, xl syntax.
+    pub cpus: Option<String>,
+    /// How it boots.
+    pub boot: Boot,
+    /// Disks, in order.
+    pub disks: Vec<Disk>,
+    /// Network interfaces, in order.
+    pub vifs: Vec<Vif>,
+    /// `on_poweroff`, `on_reboot`, `on_crash`.
+    pub on_poweroff: String,
+    /// See `on_poweroff`.
+    pub on_reboot: String,
+    /// See `on_poweroff`.
+    pub on_crash: String,
+}
+
+/// A raw disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Guest device (`xvda1`).
+    pub vdev: String,
+    /// Guest access.
+    pub access: Access,
+    /// The image file on the host.
+    pub target: PathBuf,
+}
+
+/// A network interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vif {
+    /// Its MAC.
+    pub mac: Mac,
+    /// Its address (for the anti-spoofing rules of the vif script).
+    pub ip: Ipv4Addr,
+    /// The bridge it joins.
+    pub bridge: String,
+}
+
+impl DomainConfig {
+    /// The config file's text.
+    pub fn render(&self) -> Result<String, XenError> {
+        let bad = |key: &str, why: String| XenError::BadConfigValue {
+            domain: self.name.clone(),
+            key: key.to_owned(),
+            reason: why,
+        };
+        if self.name.is_empty() || self.name.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("name", "a domain name must not be empty or all digits".into()));
+        }
+        let mut out = String::new();
+        let mut line = |key: &str, value: String| {
+            let _ = writeln!(out, "{key} = {value}");
+        };
+        line("name", quote(&self.name).map_err(|e| bad("name", e))?);
+        match &self.boot {
+            Boot::Kernel { mode, kernel, ramdisk, root, extra } => {
+                let mode = match mode {
+                    GuestType::Pv => "pv",
+                    GuestType::Pvh => "pvh",
+                };
+                line("type", quote(mode).map_err(|e| bad("type", e))?);
+                line("kernel", quote(kernel).map_err(|e| bad("kernel", e))?);
+                if let Some(r) = ramdisk {
+                    line("ramdisk", quote(r).map_err(|e| bad("ramdisk", e))?);
+                }
+                line("root", quote(root).map_err(|e| bad("root", e))?);
+                if let Some(x) = extra {
+                    line("extra", quote(x).map_err(|e| bad("extra", e))?);
+                }
+            }
+            Boot::Bootloader { path, args } => {
+                line("type", quote("pv").map_err(|e| bad("type", e))?);
+                line("bootloader", quote(path).map_err(|e| bad("bootloader", e))?);
+                if let Some(a) = args {
+                    line(
+                        "bootloader_args",
+                        format!("[ {} ]", quote(a).map_err(|e| bad("bootloader_args", e))?),
+                    );
+                }
+            }
+        }
+        line("memory", self.memory_mib.to_string());
+        line("vcpus", self.vcpus.to_string());
+        if let Some(cpus) = &self.cpus {
+            line("cpus", quote(cpus).map_err(|e| bad("cpus", e))?);
+        }
+        let mut disks = Vec::new();
+        for d in &self.disks {
+            let target = d
+                .target
+                .to_str()
+                .ok_or_else(|| bad("disk", format!("{} is not UTF-8", d.target.display())))?;
+            if target.is_empty() || target.contains(',') {
+                return Err(bad(
+                    "disk",
+                    format!("target {target:?} is empty or has a comma, which xl cannot express"),
+                ));
+            }
+            simple(&d.vdev).map_err(|e| bad("disk", e))?;
+            let spec = format!(
+                "format=raw, vdev={}, access={}, target={target}",
+                d.vdev,
+                d.access.as_str()
+            );
+            disks.push(quote(&spec).map_err(|e| bad("disk", e))?);
+        }
+        line("disk", list(&disks));
+        let mut vifs = Vec::new();
+        for v in &self.vifs {
+            simple(&v.bridge).map_err(|e| bad("vif", e))?;
+            vifs.push(
+                quote(&format!("mac={}, ip={}, bridge={}", v.mac, v.ip, v.bridge))
+                    .map_err(|e| bad("vif", e))?,
+            );
+        }
+        line("vif", list(&vifs));
+        line("on_poweroff", quote(&self.on_poweroff).map_err(|e| bad("on_poweroff", e))?);
+        line("on_reboot", quote(&self.on_reboot).map_err(|e| bad("on_reboot", e))?);
+        line("on_crash", quote(&self.on_crash).map_err(|e| bad("on_crash", e))?);
+        Ok(format!("# Generated by vw for domain {}; edits are overwritten.\n{out}", self.name))
+    }
+}
+
+/// `"…"` with `\` and `"` escaped; control characters refused.
+fn quote(value: &str) -> Result<String, String> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!("{value:?} contains control character {c:?}"));
+    }
+    Ok(format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")))
+}
+
+/// A value inside a disk or vif spec other than the target: no `,` `=` or spaces.
+fn simple(value: &str) -> Result<(), String> {
+    if value.is_empty()
+        || value.chars().any(|c| c == ',' || c == '=' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{value:?} must be non-empty, without commas, `=` or spaces"));
+    }
+    Ok(())
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "[ ]".to_owned()
+    } else {
+        format!("[ {} ]", items.join(", "))
+    }
+}
+
+/// A value in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// A decoded string.
+    Str(String),
+    /// A number.
+    Num(i64),
+    /// A list of strings.
+    List(Vec<String>),
+}
+
+/// Reads a config file written in the subset [`DomainConfig::render`] writes (which
+/// is also what people write by hand): `key = value` lines, `#` comments, strings in
+/// either quote with libxlutil's escapes, decimal numbers, lists of strings. Later
+/// keys replace earlier ones, as in xl.
+pub fn read(text: &str) -> Result<BTreeMap<String, Value>, String> {
+    if text.len() > MAX_CONFIG {
+        return Err(format!("larger than {MAX_CONFIG} bytes"));
+    }
+    let mut out = BTreeMap::new();
+    let mut p = Parser { s: text.as_bytes(), i: 0, line: 1 };
+    loop {
+        p.skip_blank();
+        if p.i >= p.s.len() {
+            return Ok(out);
+        }
+        let key = p.key()?;
+        p.spaces();
+        p.expect(b'=')?;
+        p.spaces();
+        let value = p.value()?;
+        p.end_of_statement()?;
+        out.insert(key, value);
+    }
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+    line: usize,
+}
+
+impl Parser<'_> {
+    fn err<T>(&self, what: &str) -> Result<T, String> {
+        Err(format!("line {}: {what}", self.line))
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn spaces(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.i += 1;
+        }
+    }
+
+    /// Spaces, newlines, `;` and comments.
+    fn skip_blank(&mut self) {
+        loop {
+            match self.peek() {
+                Some(b' ' | b'\t' | b';') => self.i += 1,
+                Some(b'\n') => {
+                    self.i += 1;
+                    self.line += 1;
+                }
+                Some(b'#') => {
+                    while !matches!(self.peek(), None | Some(b'\n')) {
+                        self.i += 1;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn expect(&mut self, c: u8) -> Result<(), String> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            self.err(&format!("expected `{}`", c as char))
+        }
+    }
+
+    fn key(&mut self) -> Result<String, String> {
+        let start = self.i;
+        if !matches!(self.peek(), Some(b'a'..=b'z')) {
+            return self.err("expected a key (lowercase letters, digits, `_`)");
+        }
+        while matches!(self.peek(), Some(b'a'..=b'z' | b'0'..=b'9' | b'_')) {
+            self.i += 1;
+        }
+        Ok(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
+    }
+
+    fn value(&mut self) -> Result<Value, String> {
+        match self.peek() {
+            Some(b'"' | b'\'') => self.string().map(Value::Str),
+            Some(b'0'..=b'9') => {
+                let start = self.i;
+                while matches!(self.peek(), Some(b'0'..=b'9')) {
+                    self.i += 1;
+                }
+                let digits = std::str::from_utf8(&self.s[start..self.i]).unwrap_or("");
+                if digits.len() > 1 && digits.starts_with('0') {
+                    return self.err("a number with a leading zero (xl reads it as octal)");
+                }
+                digits.parse().map(Value::Num).or_else(|_| self.err("number out of range"))
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                loop {
+                    self.skip_blank();
+                    if self.peek() == Some(b']') {
+                        self.i += 1;
+                        return Ok(Value::List(items));
+                    }
+                    items.push(self.string()?);
+                    self.skip_blank();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {}
+                        _ => return self.err("expected `,` or `]` in a list"),
+                    }
+                }
+            }
+            _ => self.err("expected a string, a number or a list"),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let quote = match self.peek() {
+            Some(q @ (b'"' | b'\'')) => q,
+            _ => return self.err("expected a quoted string"),
+        };
+        self.i += 1;
+        let mut out = Vec::new();
+        loop {
+            match self.peek() {
+                None | Some(b'\n') => return self.err("unterminated string"),
+                Some(0) => return self.err("NUL in a string"),
+                Some(c) if c == quote => {
+                    self.i += 1;
+                    return String::from_utf8(out).or_else(|_| self.err("string is not UTF-8"));
+                }
+                Some(b'\\') => {
+                    let decoded = match self.s.get(self.i + 1) {
+                        Some(b'\\') => b'\\',
+                        Some(b'"') => b'"',
+                        Some(b'\'') => b'\'',
+                        Some(b'n') => b'\n',
+                        Some(b't') => b'\t',
+                        Some(b'r') => b'\r',
+                        Some(b'a') => 7,
+                        Some(b'b') => 8,
+                        Some(b'f') => 12,
+                        Some(b'v') => 11,
+                        _ => return self.err("unknown escape in a string"),
+                    };
+                    out.push(decoded);
+                    self.i += 2;
+                }
+                Some(c) => {
+                    out.push(c);
+                    self.i += 1;
+                }
+            }
+        }
+    }
+
+    fn end_of_statement(&mut self) -> Result<(), String> {
+        self.spaces();
+        match self.peek() {
+            None | Some(b'\n' | b';' | b'#') => Ok(()),
+            _ => self.err("expected the end of the line"),
+        }
+    }
+}
+
+/// Checks a config as xl would before creating the domain: the keys vw relies on have
+/// the right types, every disk spec has `target=` last and names an existing file, and
+/// every vif has a Xen MAC, an IPv4 address and a bridge. Returns the domain name.
+pub fn check(text: &str) -> Result<String, String> {
+    let keys = read(text)?;
+    let string = |k: &str| match keys.get(k) {
+        Some(Value::Str(s)) => Ok(Some(s.as_str())),
+        None => Ok(None),
+        Some(_) => Err(format!("`{k}` must be a string")),
+    };
+    let number = |k: &str| match keys.get(k) {
+        Some(Value::Num(n)) if *n > 0 => Ok(*n),
+        _ => Err(format!("`{k}` must be a positive number")),
+    };
+    let name = string("name")?.ok_or("no `name`")?;
+    if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("name {name:?} is empty or all digits"));
+    }
+    number("memory")?;
+    number("vcpus")?;
+    match string("type")? {
+        None | Some("pv" | "pvh" | "hvm") => {}
+        Some(t) => return Err(format!("type {t:?} is not pv, pvh or hvm")),
+    }
+    if string("kernel")?.is_none() && string("bootloader")?.is_none() {
+        return Err("neither `kernel` nor `bootloader`".into());
+    }
+    for k in ["on_poweroff", "on_reboot", "on_crash", "cpus", "ramdisk", "root", "extra"] {
+        string(k)?;
+    }
+    let items = |k: &str| match keys.get(k) {
+        Some(Value::List(items)) => Ok(items.clone()),
+        None => Ok(Vec::new()),
+        Some(_) => Err(format!("`{k}` must be a list")),
+    };
+    for spec in items("disk")? {
+        let (head, target) =
+            spec.split_once("target=").ok_or(format!("disk {spec:?} has no target="))?;
+        for part in head.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("format", "raw")) | Some(("access", "rw" | "ro" | "r" | "w")) => {}
+                Some(("vdev", v)) if v.starts_with("xvd") => {}
+                _ => {
+                    return Err(format!(
+                        "disk {spec:?}: unexpected {part:?} (target= must be last)"
+                    ))
+                }
+            }
+        }
+        if !std::path::Path::new(target).is_file() {
+            return Err(format!("disk {spec:?}: target {target} is not a file"));
+        }
+    }
+    for spec in items("vif")? {
+        let mut fields = BTreeMap::new();
+        for part in spec.split(',').map(str::trim) {
+            let (k, v) =
+                part.split_once('=').ok_or(format!("vif {spec:?}: {part:?} is not key=value"))?;
+            if fields.insert(k, v).is_some() {
+                return Err(format!("vif {spec:?}: `{k}` twice"));
+            }
+        }
+        let mac: Mac = fields.get("mac").ok_or(format!("vif {spec:?} has no mac"))?.parse()?;
+        if mac.0[..3] != vw_planner::address::XEN_OUI {
+            return Err(format!("vif {spec:?}: {mac} is not a Xen MAC (00:16:3e)"));
+        }
+        fields
+            .get("ip")
+            .ok_or(format!("vif {spec:?} has no ip"))?
+            .parse::<Ipv4Addr>()
+            .map_err(|e| format!("vif {spec:?}: {e}"))?;
+        fields
+            .get("bridge")
+            .filter(|b| !b.is_empty())
+            .ok_or(format!("vif {spec:?} has no bridge"))?;
+        if let Some(k) = fields.keys().find(|k| !["mac", "ip", "bridge"].contains(k)) {
+            return Err(format!("vif {spec:?}: unexpected `{k}`"));
+        }
+    }
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_decodes_what_render_escapes() {
+        let text = "name = \"a\\\"b\\\\c\" # comment\nmemory = 64\ndisk = [ 'x', \"y\", ]\n";
+        let keys = read(text).expect("reads");
+        assert_eq!(keys["name"], Value::Str("a\"b\\c".into()));
+        assert_eq!(keys["memory"], Value::Num(64));
+        assert_eq!(keys["disk"], Value::List(vec!["x".into(), "y".into()]));
+    }
+
+    #[test]
+    fn reader_refuses_what_xl_refuses() {
+        for bad in [
+            "name = \"a\n",
+            "memory = 0400\n",
+            "name = \"a\\x41\"\n",
+            "Name = \"a\"\n",
+            "name = \"a\" b\n",
+        ] {
+            assert!(read(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The real toolstack through `xl`.
+//!
+//! | operation | command | then |
+//! |---|---|---|
+//! | load | `xl create -p CFG` | `xl list NAME` shows it paused |
+//! | unpause (and create) | `xl unpause NAME` | shows it running |
+//! | pause | `xl pause NAME` | shows it paused (xl exits 0 even when libxl failed) |
+//! | stop | `xl shutdown -w NAME` under the shutdown timeout | `xl destroy NAME` if it did not finish |
+//! | status | `xl list NAME` | an unknown name means no domain |
+//!
+//! A paused guest cannot answer a shutdown request, so `stop` unpauses it first.
+//! Every call runs under a timeout and passes `xl`'s stderr on when it fails.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{DomainState, Driver, StopHow, XenError};
+
+/// The `xl` driver.
+#[derive(Debug, Clone)]
+pub struct XlDriver {
+    xl: PathBuf,
+    shutdown_timeout: Duration,
+    command_timeout: Duration,
+}
+
+/// What a finished command printed.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl XlDriver {
+    /// A driver running `xl` (a path, or a name looked up on `PATH`).
+    pub fn new(xl: PathBuf, shutdown_timeout: Duration, command_timeout: Duration) -> Self {
+        XlDriver { xl, shutdown_timeout, command_timeout }
+    }
+
+    fn command_line(&self, args: &[&str]) -> String {
+        format!("{} {}", self.xl.display(), args.join(" "))
+    }
+
+    /// Runs `xl args` to completion or `timeout`, whichever comes first.
+    fn run(&self, args: &[&str], timeout: Duration) -> Result<Output, XenError> {
+        let mut child = Command::new(&self.xl)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| XenError::XlMissing { path: self.xl.clone(), error })?;
+        // Drain both pipes on threads so a chatty xl cannot block on a full pipe.
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let status = wait(&mut child, timeout);
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let command = self.command_line(args);
+            return Err(XenError::XlTimeout { command, seconds: timeout.as_secs() });
+        };
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        Ok(Output { status, stdout, stderr })
+    }
+
+    /// Runs `xl args` and requires success.
+    fn ok(&self, args: &[&str]) -> Result<Output, XenError> {
+        let out = self.run(args, self.command_timeout)?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(self.failed(args, &out))
+        }
+    }
+
+    fn failed(&self, args: &[&str], out: &Output) -> XenError {
+        XenError::XlFailed {
+            command: self.command_line(args),
+            status: out.status.to_string(),
+            stderr: out.stderr.trim().to_owned(),
+        }
+    }
+
+    /// Requires the domain to be in `expected` after `command`.
+    fn confirm(&self, domain: &str, args: &[&str], expected: DomainState) -> Result<(), XenError> {
+        match self.status(domain)? {
+            Some(s) if s == expected => Ok(()),
+            found => Err(XenError::Unconfirmed {
+                command: self.command_line(args),
+                domain: domain.to_owned(),
+                found: found.map_or("absent".to_owned(), |s| s.to_string()),
+                expected,
+            }),
+        }
+    }
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut p) = pipe {
+            // Output beyond 1 MiB is dropped: xl never prints that much.
+            let _ = p.by_ref().take(1 << 20).read_to_string(&mut text);
+            let _ = std::io::copy(&mut p, &mut std::io::sink());
+        }
+        text
+    })
+}
+
+/// Waits for `child` up to `timeout`; `None` if it is still running.
+fn wait(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    let mut nap = Duration::from_millis(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(50));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Reads the state column of `xl list NAME` (`r-----`, `--p---`, …).
+fn parse_list(domain: &str, stdout: &str) -> Option<DomainState> {
+    let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(domain))?;
+    // Name ID Mem VCPUs State Time(s)
+    let flags = line.split_whitespace().nth(4)?;
+    let flag = |i: usize| flags.as_bytes().get(i).is_some_and(|&c| c != b'-');
+    Some(if flag(3) || flag(4) || flag(5) {
+        DomainState::Stopping
+    } else if flag(2) {
+        DomainState::Paused
+    } else {
+        DomainState::Running
+    })
+}
+
+impl Driver for XlDriver {
+    fn name(&self) -> &'static str {
+        "xl"
+    }
+
+    fn simulated(&self) -> bool {
+        false
+    }
+
+    fn load(&self, domain: &str, cfg: &Path) -> Result<(), XenError> {
+        let cfg = cfg.to_string_lossy();
+        let args = ["create", "-p", cfg.as_ref()];
+        self.ok(&args)?;
+        self.confirm(domain, &args, DomainState::Paused)
+    }
+
+    fn unpause(&self, domain: &str) -> Result<(), XenError> {
+        let args = ["unpause", domain];
+        self.ok(&args)?;
+        self.confirm(domain, &args, DomainState::Running)
+    }
+
+    fn pause(&self, domain: &str) -> Result<(), XenError> {
+        let args = ["pause", domain];
+        self.ok(&args)?;
+        self.confirm(domain, &args, DomainState::Paused)
+    }
+
+    fn stop(&self, domain: &str) -> Result<StopHow, XenError> {
+        match self.status(domain)? {
+            None => return Ok(StopHow::Absent),
+            Some(DomainState::Paused) => self.unpause(domain)?,
+            Some(_) => {}
+        }
+        let args = ["shutdown", "-w", domain];
+        let clean = match self.run(&args, self.shutdown_timeout) {
+            Ok(out) if out.status.success() => true,
+            Ok(out) => {
+                tracing::warn!(domain, stderr = %out.stderr.trim(), "xl shutdown failed; destroying");
+                false
+            }
+            Err(XenError::XlTimeout { .. }) => {
+                tracing::warn!(domain, "no clean shutdown within the timeout; destroying");
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        if clean && self.status(domain)?.is_none() {
+            return Ok(StopHow::Shutdown);
+        }
+        if self.status(domain)?.is_some() {
+            self.ok(&["destroy", domain])?;
+        }
+        match self.status(domain)? {
+            None => Ok(StopHow::Destroyed),
+            Some(found) => Err(XenError::Unconfirmed {
+                command: self.command_line(&["destroy", domain]),
+                domain: domain.to_owned(),
+                found: found.to_string(),
+                expected: DomainState::Stopping,
+            }),
+        }
+    }
+
+    fn status(&self, domain: &str) -> Result<Option<DomainState>, XenError> {
+        let args = ["list", domain];
+        let out = self.run(&args, self.command_timeout)?;
+        if !out.status.success() {
+            // xl's words for "no such domain" (find_domain, libxl_name_to_domid).
+            if out.stderr.contains("invalid domain identifier") {
+                return Ok(None);
+            }
+            return Err(self.failed(&args, &out));
+        }
+        match parse_list(domain, &out.stdout) {
+            Some(state) => Ok(Some(state)),
+            None => {
+                Err(XenError::BadOutput { command: self.command_line(&args), output: out.stdout })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_states() {
+        let out = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n\
+                   Domain-0                                     0  1024     1     r-----      10.0\n\
+                   vm1                                          3   512     1     --p---       0.0\n\
+                   vm2                                          4   512     1     -b----       0.2\n\
+                   vm3                                          5   512     1     ---s--       0.2\n";
+        assert_eq!(parse_list("vm1", out), Some(DomainState::Paused));
+        assert_eq!(parse_list("vm2", out), Some(DomainState::Running));
+        assert_eq!(parse_list("vm3", out), Some(DomainState::Stopping));
+        assert_eq!(parse_list("vm4", out), None);
+    }
+}
