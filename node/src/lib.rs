@@ -16,5 +16,6 @@ pub use vw_chunkstore as chunkstore;
 
 pub mod config;
 pub mod integrate;
+pub mod manager;
 pub mod workspace;
 pub mod xen;

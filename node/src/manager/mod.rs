@@ -1,0 +1,632 @@
+//! The host manager: takes a workspace from images in the store to Xen domains, the way
+//! the paper's VW Manager does, one host at a time.
+//!
+//! [`Manager::submit`] records a deployment (the validated workspace, one record per
+//! VM, addresses from the cluster's pools); [`Manager::run`] applies an [`Op`] to its
+//! VMs. The steps come from the pure state machine in [`lifecycle`], so an operation
+//! is idempotent and an impossible one is refused before anything is done. Each step
+//! is timed and its result persisted (one synced batch) before the next starts or the
+//! caller hears of it. [`Manager::open`] reconciles the records with the hypervisor,
+//! which may have moved on (a crash between a driver call and its record, a host
+//! reboot).
+//!
+//! On disk, under the store directory: `images/<deployment>/.shared/<manifest>.img`
+//! (each partition rebuilt once per deployment), `images/<deployment>/<vm>/` (per-VM
+//! clones, swap, seed volume) and `xen/<vm>.cfg`.
+
+pub mod lifecycle;
+pub mod records;
+mod stage;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use vw_chunkstore::{ImageRef, ManifestId, PinReason, RecordBatch, Store};
+use vw_planner::address::{self, AddressError, Mac, NicAddress, VmNics};
+
+use crate::config::{ClusterConfig, DriverKind, Pools};
+use crate::integrate::IntegrationError;
+use crate::workspace::{NodeSpec, VmRole, WorkspaceSpec};
+use crate::xen::simulated::SimulatedDriver;
+use crate::xen::xl::XlDriver;
+use crate::xen::{DomainState, Driver, XenError};
+pub use lifecycle::{Op, Refusal, Step, VmState};
+use records::{Db, DeploymentRecord, Timing, VmRecord};
+
+/// Why a manager operation failed. Each names the deployment or VM concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] vw_chunkstore::Error),
+    /// A partition names an image the store does not have.
+    #[error("VM {vm}: image {image} is not in the store ({error}); import it with `vw image import` first")]
+    MissingImage {
+        /// The VM.
+        vm: String,
+        /// The image reference.
+        image: ImageRef,
+        /// The store's answer.
+        error: vw_chunkstore::Error,
+    },
+    /// A staging step failed on the store side (export, clone: disk full, I/O).
+    #[error("VM {vm}: staging failed: {error}")]
+    Stage {
+        /// The VM.
+        vm: String,
+        /// What failed.
+        #[source]
+        error: vw_chunkstore::Error,
+    },
+    /// The hypervisor hand-off failed.
+    #[error("VM {vm}: {step}: {error}")]
+    Xen {
+        /// The VM.
+        vm: String,
+        /// The step.
+        step: Step,
+        /// What failed.
+        #[source]
+        error: XenError,
+    },
+    /// Integration failed.
+    #[error("VM {vm}: integration: {error}")]
+    Integration {
+        /// The VM.
+        vm: String,
+        /// What failed.
+        #[source]
+        error: IntegrationError,
+    },
+    /// The operation is impossible from the VM's state.
+    #[error("cannot {} VM {vm}: it is {}; {}", refusal.op, refusal.state, refusal.hint)]
+    Refused {
+        /// The VM.
+        vm: String,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// No such deployment.
+    #[error("no deployment {name} on this host; `vw status` lists them, `vw stage FILE` makes one")]
+    UnknownDeployment {
+        /// The name asked for.
+        name: String,
+    },
+    /// No such VM in the deployment.
+    #[error("deployment {deployment} has no VM {vm}")]
+    UnknownVm {
+        /// The deployment.
+        deployment: String,
+        /// The VM asked for.
+        vm: String,
+    },
+    /// A deployment of that name exists with a different document.
+    #[error("deployment {name} already exists with a different workspace document; unstage it first or rename the workspace")]
+    DeploymentExists {
+        /// The name.
+        name: String,
+    },
+    /// A VM name is taken by another deployment.
+    #[error("duplicate VM name {vm}: deployment {other} already has it; rename the workspace or its nodes")]
+    DuplicateVm {
+        /// The VM name.
+        vm: String,
+        /// The deployment that has it.
+        other: String,
+    },
+    /// The host cannot hold the VMs.
+    #[error("VM {vm}: {reason}")]
+    Capacity {
+        /// The VM.
+        vm: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// An address pool ran out.
+    #[error("deployment {deployment}: {error}")]
+    Addresses {
+        /// The deployment.
+        deployment: String,
+        /// The planner's answer.
+        error: AddressError,
+    },
+    /// Local file I/O failed.
+    #[error("{op} {path}: {error}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+impl ManagerError {
+    fn io(op: &'static str, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        ManagerError::Io { op, path: path.into(), error }
+    }
+}
+
+/// What this host can give guests.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct HostCapacity {
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Physical CPUs.
+    pub cpus: u32,
+}
+
+impl HostCapacity {
+    /// From the config, defaulting to what the machine has.
+    pub fn from_config(config: &ClusterConfig) -> Self {
+        let memory_mib = config.host.memory_mib.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
+                })
+                .map_or(1024, |kib| kib / 1024)
+        });
+        let cpus = config.host.cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        });
+        HostCapacity { memory_mib, cpus }
+    }
+}
+
+/// What happened to one VM during an operation.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmReport {
+    /// The VM.
+    pub vm: String,
+    /// Its state afterwards.
+    pub state: VmState,
+    /// The steps taken and their durations (none if it was already there).
+    pub steps: Vec<Timing>,
+}
+
+/// A VM as the records and the hypervisor see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmStatus {
+    /// The record.
+    #[serde(flatten)]
+    pub record: VmRecord,
+    /// What the hypervisor says now (`None`: no domain).
+    pub domain: Option<DomainState>,
+}
+
+/// One correction made when the records disagreed with the hypervisor.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reconciled {
+    /// The VM.
+    pub vm: String,
+    /// What the record said.
+    pub was: VmState,
+    /// What it says now.
+    pub now: VmState,
+    /// Why.
+    pub reason: String,
+}
+
+/// The host manager.
+#[derive(Debug)]
+pub struct Manager {
+    store: Store,
+    root: PathBuf,
+    config: ClusterConfig,
+    pools: Pools,
+    host: HostCapacity,
+    driver: Box<dyn Driver>,
+}
+
+impl Manager {
+    /// Opens the store at `root` with the driver the config names, and reconciles.
+    pub fn open(root: &Path, config: ClusterConfig) -> Result<(Self, Vec<Reconciled>), ManagerError> {
+        let driver: Box<dyn Driver> = match config.xen.driver {
+            DriverKind::Simulated => Box::new(SimulatedDriver::new(&root.join("xen-sim"))),
+            DriverKind::Xl => Box::new(XlDriver::new(
+                config.xen.xl.clone(),
+                std::time::Duration::from_secs(config.xen.shutdown_timeout_s),
+                std::time::Duration::from_secs(config.xen.command_timeout_s),
+            )),
+        };
+        Self::with_driver(root, config, driver)
+    }
+
+    /// Opens with a given driver, and reconciles.
+    pub fn with_driver(
+        root: &Path,
+        config: ClusterConfig,
+        driver: Box<dyn Driver>,
+    ) -> Result<(Self, Vec<Reconciled>), ManagerError> {
+        let store = Store::open_with_records(root, &records::FAMILIES)?;
+        let host = HostCapacity::from_config(&config);
+        let pools = config.pools();
+        let m = Manager { store, root: root.to_owned(), config, pools, host, driver };
+        let reconciled = m.reconcile()?;
+        Ok((m, reconciled))
+    }
+
+    /// The chunk store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The hypervisor driver.
+    pub fn driver(&self) -> &dyn Driver {
+        self.driver.as_ref()
+    }
+
+    /// This host's capacity.
+    pub fn host(&self) -> HostCapacity {
+        self.host
+    }
+
+    fn db(&self) -> Db<'_> {
+        Db { records: self.store.records() }
+    }
+
+    /// The recorded deployments.
+    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, ManagerError> {
+        self.db().deployments()
+    }
+
+    /// Records `spec` as a deployment (idempotent for the same document): checks its
+    /// images are in the store, that the host can hold it, and assigns addresses.
+    pub fn submit(&self, spec: &WorkspaceSpec) -> Result<DeploymentRecord, ManagerError> {
+        let db = self.db();
+        if let Some(existing) = db.deployment(&spec.name)? {
+            if existing.spec == *spec {
+                return Ok(existing);
+            }
+            return Err(ManagerError::DeploymentExists { name: spec.name.clone() });
+        }
+        let _span = tracing::info_span!("submit", deployment = %spec.name).entered();
+        let vms = spec.vms();
+        let names: Vec<String> = vms.iter().map(|vm| spec.vm_name(vm)).collect();
+        for name in &names {
+            if let Some(other) = db.vm(name)? {
+                return Err(ManagerError::DuplicateVm { vm: name.clone(), other: other.deployment });
+            }
+        }
+        for (vm, name) in vms.iter().zip(&names) {
+            for p in &vm.node.partitions {
+                self.store.resolve(&p.image).map_err(|error| ManagerError::MissingImage {
+                    vm: name.clone(),
+                    image: p.image.clone(),
+                    error,
+                })?;
+            }
+        }
+        self.check_capacity(spec, &names)?;
+
+        let mut records: Vec<VmRecord> = vms
+            .iter()
+            .zip(&names)
+            .map(|(vm, name)| VmRecord {
+                name: name.clone(),
+                deployment: spec.name.clone(),
+                hostname: vm.hostname(),
+                role: vm.role,
+                state: VmState::Described,
+                nics: Vec::new(),
+                staged: None,
+                timings: Vec::new(),
+                note: None,
+            })
+            .collect();
+        let deployment = DeploymentRecord {
+            name: spec.name.clone(),
+            spec: spec.clone(),
+            created_ms: now_ms(),
+            vms: names,
+        };
+        let mut batch = RecordBatch::default();
+        self.assign_addresses(&deployment, &mut records, &mut batch)?;
+        records::put_deployment(&mut batch, &deployment);
+        for r in &records {
+            records::put_vm(&mut batch, r);
+        }
+        db.write(batch)?;
+        tracing::info!(vms = records.len(), "deployment recorded");
+        Ok(deployment)
+    }
+
+    fn check_capacity(&self, spec: &WorkspaceSpec, names: &[String]) -> Result<(), ManagerError> {
+        let db = self.db();
+        let mut used: u64 = 0;
+        for d in db.deployments()? {
+            for vm in db.vms()?.iter().filter(|v| v.deployment == d.name && v.state != VmState::Unstaged) {
+                used += node_of(&d.spec, vm.role).memory_mib;
+            }
+        }
+        for (vm, name) in spec.vms().iter().zip(names) {
+            let node = vm.node;
+            if node.vcpus > self.host.cpus {
+                let reason = format!("{} vCPUs but this host has {} CPUs", node.vcpus, self.host.cpus);
+                return Err(ManagerError::Capacity { vm: name.clone(), reason });
+            }
+            if let Some(cpus) = &node.cpus {
+                let highest = cpus.split(',').filter_map(|p| p.rsplit('-').next()?.trim().parse::<u32>().ok()).max();
+                if highest.is_some_and(|h| h >= self.host.cpus) {
+                    let reason = format!("cpus `{cpus}` names a CPU this host lacks (it has 0-{})", self.host.cpus - 1);
+                    return Err(ManagerError::Capacity { vm: name.clone(), reason });
+                }
+            }
+            used += node.memory_mib;
+            if used > self.host.memory_mib {
+                let reason = format!(
+                    "{used} MiB of guest memory needed with the VMs already here, but this host has {} MiB; set [host] memory_mib if that is wrong",
+                    self.host.memory_mib
+                );
+                return Err(ManagerError::Capacity { vm: name.clone(), reason });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every VM of `records` without addresses its addresses and MACs, and adds
+    /// the allocations to `batch`. All or nothing.
+    fn assign_addresses(
+        &self,
+        deployment: &DeploymentRecord,
+        records: &mut [VmRecord],
+        batch: &mut RecordBatch,
+    ) -> Result<(), ManagerError> {
+        let mut taken_ips = BTreeSet::new();
+        let mut taken_macs = BTreeSet::new();
+        for (key, _) in self.db().addresses()? {
+            if let Some(ip) = key.strip_prefix("ip/").and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+                taken_ips.insert(ip);
+            } else if let Some(mac) = key.strip_prefix("mac/").and_then(|s| s.parse::<Mac>().ok()) {
+                taken_macs.insert(mac);
+            }
+        }
+        let needy: Vec<usize> = (0..records.len()).filter(|&i| records[i].nics.is_empty()).collect();
+        let requests: Vec<VmNics> = needy
+            .iter()
+            .map(|&i| {
+                let node = node_of(&deployment.spec, records[i].role);
+                VmNics {
+                    key: format!("{}/{}", deployment.name, records[i].name),
+                    nics: node.nics.iter().map(|n| n.network).collect(),
+                }
+            })
+            .collect();
+        let plan = address::assign(&requests, &self.pools.private, &self.pools.public, &taken_ips, &taken_macs)
+            .map_err(|error| ManagerError::Addresses { deployment: deployment.name.clone(), error })?;
+        for (&i, nics) in needy.iter().zip(plan) {
+            records[i].nics = nics;
+            records::hold_addresses(batch, &records[i]);
+            records::put_vm(batch, &records[i]);
+        }
+        Ok(())
+    }
+
+    /// Applies `op` to the VMs of `deployment` (or just `vm`), head first (workers first
+    /// for stop and unstage, so clients go before their servers). Every VM's plan is
+    /// checked before anything is done.
+    pub fn run(&self, deployment: &str, vm: Option<&str>, op: Op) -> Result<Vec<VmReport>, ManagerError> {
+        let db = self.db();
+        let dep = db
+            .deployment(deployment)?
+            .ok_or_else(|| ManagerError::UnknownDeployment { name: deployment.to_owned() })?;
+        let _span = tracing::info_span!("deployment", name = %dep.name, %op).entered();
+        let mut names: Vec<&String> = match vm {
+            Some(v) => vec![dep.vms.iter().find(|n| *n == v).ok_or_else(|| ManagerError::UnknownVm {
+                deployment: deployment.to_owned(),
+                vm: v.to_owned(),
+            })?],
+            None => dep.vms.iter().collect(),
+        };
+        if matches!(op, Op::Stop | Op::Unstage) {
+            names.reverse();
+        }
+        let mut plans = Vec::new();
+        for name in names {
+            let record = db.vm(name)?.ok_or_else(|| ManagerError::UnknownVm {
+                deployment: deployment.to_owned(),
+                vm: name.clone(),
+            })?;
+            let steps = lifecycle::plan(record.state, op)
+                .map_err(|refusal| ManagerError::Refused { vm: name.clone(), refusal })?;
+            plans.push((record, steps));
+        }
+        if plans.iter().any(|(_, steps)| steps.contains(&Step::Stage)) {
+            self.readdress(&dep)?;
+        }
+        let mut reports = Vec::new();
+        for (record, steps) in plans {
+            let _vm_span = tracing::info_span!("vm", vm = %record.name).entered();
+            let mut record = db.vm(&record.name)?.unwrap_or(record);
+            let mut taken = Vec::new();
+            for step in steps {
+                let started = Instant::now();
+                let result = self.step(&dep, &mut record, step);
+                let micros = started.elapsed().as_micros() as u64;
+                if let Err(e) = result {
+                    tracing::warn!(%step, error = %e, "step failed");
+                    return Err(e);
+                }
+                let timing = Timing { step, micros, at_ms: now_ms() };
+                record.state = step.target();
+                record.timings.push(timing);
+                record.note = None;
+                let mut batch = RecordBatch::default();
+                if step == Step::Unstage {
+                    records::release_addresses(&mut batch, &record);
+                    record.nics.clear();
+                    record.staged = None;
+                }
+                records::put_vm(&mut batch, &record);
+                db.write(batch)?;
+                tracing::info!(%step, micros, state = %record.state, "step done");
+                taken.push(timing);
+            }
+            reports.push(VmReport { vm: record.name.clone(), state: record.state, steps: taken });
+        }
+        if op == Op::Unstage {
+            self.forget_if_unstaged(&dep)?;
+        }
+        Ok(reports)
+    }
+
+    /// Gives addresses back to VMs that were unstaged and are staged again.
+    fn readdress(&self, dep: &DeploymentRecord) -> Result<(), ManagerError> {
+        let db = self.db();
+        let mut records: Vec<VmRecord> = dep.vms.iter().filter_map(|n| db.vm(n).transpose()).collect::<Result<_, _>>()?;
+        if records.iter().all(|r| !r.nics.is_empty()) {
+            return Ok(());
+        }
+        let mut batch = RecordBatch::default();
+        self.assign_addresses(dep, &mut records, &mut batch)?;
+        db.write(batch)
+    }
+
+    /// Performs one step's side effects (the caller records the transition).
+    fn step(&self, dep: &DeploymentRecord, record: &mut VmRecord, step: Step) -> Result<(), ManagerError> {
+        let xen = |error| ManagerError::Xen { vm: record.name.clone(), step, error };
+        match step {
+            Step::Stage => {
+                let all: Vec<VmRecord> =
+                    dep.vms.iter().filter_map(|n| self.db().vm(n).transpose()).collect::<Result<_, _>>()?;
+                record.staged = Some(stage::stage_vm(self, dep, record, &all)?);
+                Ok(())
+            }
+            Step::Load => self.driver.load(&record.name, &self.config_path(&record.name)).map_err(xen),
+            Step::Start | Step::Unpause => self.driver.unpause(&record.name).map_err(xen),
+            Step::Pause => self.driver.pause(&record.name).map_err(xen),
+            Step::Stop => self.driver.stop(&record.name).map(drop).map_err(xen),
+            Step::Unstage => stage::unstage_vm(self, dep, record),
+        }
+    }
+
+    /// Once every VM of `dep` is unstaged: drops the shared copies, its pins and its
+    /// records.
+    fn forget_if_unstaged(&self, dep: &DeploymentRecord) -> Result<(), ManagerError> {
+        let db = self.db();
+        let records: Vec<VmRecord> = dep.vms.iter().filter_map(|n| db.vm(n).transpose()).collect::<Result<_, _>>()?;
+        if records.iter().any(|r| r.state != VmState::Unstaged) {
+            return Ok(());
+        }
+        stage::remove_deployment_files(self, dep)?;
+        let reason = PinReason::Deployment(dep.name.clone());
+        let manifests: BTreeSet<ManifestId> = dep
+            .spec
+            .vms()
+            .iter()
+            .flat_map(|vm| vm.node.partitions.iter())
+            .filter_map(|p| self.store.resolve(&p.image).ok())
+            .collect();
+        for id in manifests {
+            self.store.unpin(&ImageRef::Id(id), &reason)?;
+        }
+        let mut batch = RecordBatch::default();
+        for r in &records {
+            batch.delete(records::VMS, &r.name);
+        }
+        batch.delete(records::DEPLOYMENTS, &dep.name);
+        db.write(batch)
+    }
+
+    /// The VMs of one deployment (or all), with what the hypervisor says now.
+    pub fn status(&self, deployment: Option<&str>) -> Result<Vec<VmStatus>, ManagerError> {
+        let db = self.db();
+        if let Some(d) = deployment {
+            if db.deployment(d)?.is_none() {
+                return Err(ManagerError::UnknownDeployment { name: d.to_owned() });
+            }
+        }
+        let mut out = Vec::new();
+        for dep in db.deployments()?.iter().filter(|d| deployment.is_none_or(|n| n == d.name)) {
+            for name in &dep.vms {
+                let Some(record) = db.vm(name)? else { continue };
+                let domain = self
+                    .driver
+                    .status(name)
+                    .map_err(|error| ManagerError::Xen { vm: name.clone(), step: Step::Load, error })?;
+                out.push(VmStatus { record, domain });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the records agree with the hypervisor, which wins: a domain that vanished
+    /// means the VM stopped; a domain the records do not know (a crash between a
+    /// driver call and its record) is adopted.
+    fn reconcile(&self) -> Result<Vec<Reconciled>, ManagerError> {
+        let db = self.db();
+        let mut out = Vec::new();
+        for mut record in db.vms()? {
+            let domain = self
+                .driver
+                .status(&record.name)
+                .map_err(|error| ManagerError::Xen { vm: record.name.clone(), step: Step::Load, error })?;
+            let now = match (record.state, domain) {
+                (VmState::Loaded | VmState::Running | VmState::Paused, None) => {
+                    Some((VmState::Stopped, "its domain is gone (the host or hypervisor restarted, or it was destroyed outside vw)"))
+                }
+                (VmState::Running, Some(DomainState::Paused)) => Some((VmState::Paused, "the hypervisor has it paused")),
+                (VmState::Paused | VmState::Loaded, Some(DomainState::Running)) => {
+                    Some((VmState::Running, "the hypervisor has it running"))
+                }
+                (VmState::Staged | VmState::Stopped, Some(DomainState::Paused)) => {
+                    Some((VmState::Loaded, "a paused domain of this name exists (a load was interrupted)"))
+                }
+                (VmState::Staged | VmState::Stopped, Some(DomainState::Running)) => {
+                    Some((VmState::Running, "a running domain of this name exists (a start was interrupted)"))
+                }
+                _ => None,
+            };
+            if let Some((state, reason)) = now {
+                tracing::warn!(vm = %record.name, was = %record.state, now = %state, reason, "reconciled");
+                out.push(Reconciled { vm: record.name.clone(), was: record.state, now: state, reason: reason.to_owned() });
+                record.state = state;
+                record.note = Some(format!("reconciled: {reason}"));
+                let mut batch = RecordBatch::default();
+                records::put_vm(&mut batch, &record);
+                db.write(batch)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `xen/<vm>.cfg`.
+    pub fn config_path(&self, vm: &str) -> PathBuf {
+        self.root.join("xen").join(format!("{vm}.cfg"))
+    }
+}
+
+/// The template a VM was made from.
+pub(crate) fn node_of(spec: &WorkspaceSpec, role: VmRole) -> &NodeSpec {
+    match (role, &spec.workers) {
+        (VmRole::Worker(_), Some(w)) => &w.template,
+        _ => &spec.head,
+    }
+}
+
+/// The addresses a workspace would get on this host now, without recording anything
+/// (`vw workspace show`).
+pub fn preview_addresses(spec: &WorkspaceSpec, pools: &Pools) -> Result<Vec<Vec<NicAddress>>, AddressError> {
+    let requests: Vec<VmNics> = spec
+        .vms()
+        .iter()
+        .map(|vm| VmNics {
+            key: format!("{}/{}", spec.name, spec.vm_name(vm)),
+            nics: vm.node.nics.iter().map(|n| n.network).collect(),
+        })
+        .collect();
+    address::assign(&requests, &pools.private, &pools.public, &BTreeSet::new(), &BTreeSet::new())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,212 @@
+//! Local staging: rebuild each partition from the store once per deployment, clone it
+//! per VM (reflink or sparse copy), make the swap partition, integrate, and write the
+//! domain config. And the reverse, unstaging.
+//!
+//! A VM's directory is rebuilt from scratch on every stage, so a stage interrupted
+//! halfway (disk full, crash) leaves nothing that a retry trusts. Every file is written
+//! under a temporary name and renamed when complete.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use vw_chunkstore::{clone_image, ImageRef, PinReason};
+
+use super::records::{DeploymentRecord, StagedFiles, VmRecord};
+use super::{node_of, Manager, ManagerError};
+use crate::integrate::{self, ClusterView, NicSetup, VmSetup};
+use crate::workspace::{Access, BatchRole, Integration, Network, PartitionRole, VmRole};
+use crate::xen::config::{Disk, DomainConfig, Vif};
+
+/// `images/<deployment>`.
+fn deployment_dir(m: &Manager, dep: &str) -> PathBuf {
+    m.root.join("images").join(dep)
+}
+
+/// Stages one VM; returns the files it uses.
+pub(super) fn stage_vm(
+    m: &Manager,
+    dep: &DeploymentRecord,
+    vm: &VmRecord,
+    all: &[VmRecord],
+) -> Result<StagedFiles, ManagerError> {
+    let node = node_of(&dep.spec, vm.role);
+    let stage_err = |error| ManagerError::Stage { vm: vm.name.clone(), error };
+    let shared = deployment_dir(m, &dep.name).join(".shared");
+    let dir = deployment_dir(m, &dep.name).join(&vm.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| ManagerError::io("remove", &dir, e))?;
+    }
+    for d in [&shared, &dir] {
+        fs::create_dir_all(d).map_err(|e| ManagerError::io("create", d, e))?;
+    }
+
+    let mut disks = Vec::new();
+    let mut root = None;
+    for p in &node.partitions {
+        let id = m.store.resolve(&p.image).map_err(|error| ManagerError::MissingImage {
+            vm: vm.name.clone(),
+            image: p.image.clone(),
+            error,
+        })?;
+        m.store.pin(&ImageRef::Id(id), &PinReason::Deployment(dep.name.clone()))?;
+        let staged = shared.join(format!("{}.img", id.to_hex()));
+        if !staged.exists() {
+            // Rebuilt once per deployment, verified against the image's BLAKE3.
+            m.store.export(&id, &staged, false, &()).map_err(stage_err)?;
+        }
+        let clone = dir.join(format!("{}.img", p.device));
+        let method = clone_image(&staged, &clone).map_err(stage_err)?;
+        tracing::debug!(device = %p.device, ?method, "partition cloned");
+        if p.role == PartitionRole::Root {
+            root = Some(clone.clone());
+        }
+        disks.push(Disk { vdev: p.device.clone(), access: p.access, target: clone });
+    }
+    if let Some(swap) = &node.swap {
+        let path = dir.join(format!("{}.swap.img", swap.device));
+        make_swap(&path, swap.size).map_err(|error| ManagerError::Integration { vm: vm.name.clone(), error })?;
+        disks.push(Disk { vdev: swap.device.clone(), access: Access::Rw, target: path });
+    }
+
+    let setup = setup(m, dep, vm, all);
+    let integration_err = |error| ManagerError::Integration { vm: vm.name.clone(), error };
+    match node.integration {
+        Integration::Seed => {
+            let path = dir.join("seed.img");
+            integrate::seed::make(&setup, &path).map_err(integration_err)?;
+            let vdev = free_disk(disks.iter().map(|d| d.vdev.as_str()));
+            disks.push(Disk { vdev, access: Access::Ro, target: path });
+        }
+        Integration::Edit => {
+            let root = root.expect("validation requires a root partition");
+            integrate::ext4::edit(&root, &integrate::files::guest_files(&setup)).map_err(integration_err)?;
+        }
+    }
+
+    let bridge = |n: Network| match n {
+        Network::Private => m.config.network.private_bridge.clone(),
+        Network::Public => m.config.network.public.bridge.clone(),
+    };
+    let config = DomainConfig {
+        name: vm.name.clone(),
+        memory_mib: node.memory_mib,
+        vcpus: node.vcpus,
+        cpus: node.cpus.clone(),
+        boot: node.boot.clone(),
+        disks,
+        vifs: vm.nics.iter().map(|n| Vif { mac: n.mac, ip: n.ip, bridge: bridge(n.network) }).collect(),
+        on_poweroff: m.config.xen.on_poweroff.clone(),
+        on_reboot: m.config.xen.on_reboot.clone(),
+        on_crash: m.config.xen.on_crash.clone(),
+    };
+    let text = config.render().map_err(|error| ManagerError::Xen { vm: vm.name.clone(), step: super::Step::Stage, error })?;
+    let path = m.config_path(&vm.name);
+    write_atomic(&path, text.as_bytes())?;
+    Ok(StagedFiles { config: path, disks: config.disks })
+}
+
+/// What `vm` needs to know to join the cluster.
+fn setup(m: &Manager, dep: &DeploymentRecord, vm: &VmRecord, all: &[VmRecord]) -> VmSetup {
+    let net = &m.config.network;
+    let node = node_of(&dep.spec, vm.role);
+    let has_public = vm.nics.iter().any(|n| n.network == Network::Public);
+    let nics = vm
+        .nics
+        .iter()
+        .map(|n| {
+            let (prefix, gateway) = match n.network {
+                // The default route goes out of the public NIC when there is one.
+                Network::Private => (net.subnet.prefix_len(), if has_public && net.public.gateway.is_some() { None } else { net.gateway }),
+                Network::Public => (net.public.prefix, net.public.gateway),
+            };
+            NicSetup {
+                network: n.network,
+                address: ipnet::Ipv4Net::new(n.ip, prefix).expect("prefixes are checked when the config is read"),
+                mac: n.mac,
+                gateway,
+            }
+        })
+        .collect();
+    let private_ip = |r: &VmRecord| r.nics.iter().find(|n| n.network == Network::Private).map(|n| n.ip);
+    let hosts = all.iter().filter_map(|r| Some((r.hostname.clone(), private_ip(r)?))).collect();
+    let batch_nodes = match &dep.spec.workers {
+        Some(w) if w.template.roles.batch == Some(BatchRole::Worker) => all
+            .iter()
+            .filter(|r| matches!(r.role, VmRole::Worker(_)))
+            .map(|r| (r.hostname.clone(), w.template.vcpus))
+            .collect(),
+        _ => Vec::new(),
+    };
+    VmSetup {
+        instance_id: format!("{}-{}-{}", dep.name, vm.name, dep.created_ms),
+        hostname: vm.hostname.clone(),
+        nics,
+        dns: net.dns.clone(),
+        roles: node.roles.clone(),
+        vcpus: node.vcpus,
+        cluster: ClusterView {
+            hosts,
+            head: dep.spec.head_hostname().to_owned(),
+            private_net: net.subnet.trunc(),
+            batch_nodes,
+        },
+    }
+}
+
+/// The first whole disk (`xvdb`, `xvdc`, …) no device uses.
+fn free_disk<'a>(used: impl Iterator<Item = &'a str> + Clone) -> String {
+    ('b'..='z')
+        .map(|c| format!("xvd{c}"))
+        .find(|d| !used.clone().any(|u| u.starts_with(d.as_str())))
+        .unwrap_or_else(|| "xvdzz".to_owned())
+}
+
+/// A swap partition of `size` bytes: a sparse file with a swap signature (`mkswap`).
+fn make_swap(path: &Path, size: u64) -> Result<(), integrate::IntegrationError> {
+    use integrate::IntegrationError;
+    let tmp = path.with_extension("tmp");
+    let result = (|| {
+        let f = fs::File::create(&tmp).map_err(|e| IntegrationError::io("create", &tmp, e))?;
+        f.set_len(size).map_err(|e| IntegrationError::io("size", &tmp, e))?;
+        integrate::run_tool("mkswap", "util-linux", &["-L".as_ref(), "swap".as_ref(), tmp.as_os_str()], &tmp)?;
+        f.sync_all().map_err(|e| IntegrationError::io("sync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| IntegrationError::io("rename", &tmp, e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `bytes` to `path` through a temp file, fsync and rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManagerError> {
+    let dir = path.parent().expect("config paths have a directory");
+    fs::create_dir_all(dir).map_err(|e| ManagerError::io("create", dir, e))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(|e| ManagerError::io("create", &tmp, e))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| ManagerError::io("write", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| ManagerError::io("rename", &tmp, e))
+}
+
+/// Removes one VM's files.
+pub(super) fn unstage_vm(m: &Manager, dep: &DeploymentRecord, vm: &VmRecord) -> Result<(), ManagerError> {
+    let dir = deployment_dir(m, &dep.name).join(&vm.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| ManagerError::io("remove", &dir, e))?;
+    }
+    let cfg = m.config_path(&vm.name);
+    match fs::remove_file(&cfg) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ManagerError::io("remove", &cfg, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a deployment's shared copies (once all its VMs are unstaged).
+pub(super) fn remove_deployment_files(m: &Manager, dep: &DeploymentRecord) -> Result<(), ManagerError> {
+    let dir = deployment_dir(m, &dep.name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| ManagerError::io("remove", &dir, e))?;
+    }
+    Ok(())
+}
