@@ -487,6 +487,9 @@ pub(crate) fn chunk_key(key: &[u8]) -> Result<ChunkId, Error> {
 }
 
 /// Takes the store's exclusive lock and records our pid in it.
+/// How long opening waits for a busy store.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn lock_store(dir: &Path) -> Result<File, Error> {
     use rustix::fs::{flock, FlockOperation};
     let path = dir.join("vw.lock");
@@ -497,12 +500,22 @@ fn lock_store(dir: &Path) -> Result<File, Error> {
         .truncate(false)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
-    if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        if e == rustix::io::Errno::WOULDBLOCK {
-            let holder = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
-            return Err(Error::StoreLocked { dir: dir.to_owned(), holder });
+    // A lock can outlive its holder by a moment: a process that closed the store while
+    // another of its threads was spawning a child shares the lock with that child until
+    // it execs. So wait briefly before reporting the store as busy.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let holder = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
+                return Err(Error::StoreLocked { dir: dir.to_owned(), holder });
+            }
+            Err(e) => return Err(Error::io("lock", &path, e.into())),
         }
-        return Err(Error::io("lock", &path, e.into()));
     }
     file.set_len(0).map_err(|e| Error::io("write", &path, e))?;
     writeln!(file, "{}", std::process::id()).map_err(|e| Error::io("write", &path, e))?;

@@ -118,17 +118,25 @@ pub fn plan(state: VmState, op: Op) -> Result<Vec<Step>, Refusal> {
         (Op::Create, S::Paused) => return refuse("it is paused; use unpause"),
         (Op::Pause, S::Running) => &[Pause],
         (Op::Pause, S::Paused) => &[],
-        (Op::Pause, S::Loaded) => return refuse("it is loaded but was never started (already paused); use create to start it"),
+        (Op::Pause, S::Loaded) => {
+            return refuse(
+                "it is loaded but was never started (already paused); use create to start it",
+            )
+        }
         (Op::Pause, _) => return refuse("only a running VM can be paused; use create to start it"),
         (Op::Unpause, S::Paused) => &[Unpause],
         (Op::Unpause, S::Running) => &[],
         (Op::Unpause, S::Loaded) => return refuse("it was never started; use create"),
-        (Op::Unpause, _) => return refuse("only a paused VM can be unpaused; use create to start it"),
+        (Op::Unpause, _) => {
+            return refuse("only a paused VM can be unpaused; use create to start it")
+        }
         (Op::Stop, S::Loaded | S::Running | S::Paused) => &[Stop],
         (Op::Stop, _) => &[],
         (Op::Unstage, S::Described | S::Staged | S::Stopped) => &[Unstage],
         (Op::Unstage, S::Unstaged) => &[],
-        (Op::Unstage, S::Loaded | S::Running | S::Paused) => return refuse("its domain exists; stop it first"),
+        (Op::Unstage, S::Loaded | S::Running | S::Paused) => {
+            return refuse("its domain exists; stop it first")
+        }
     };
     Ok(steps.to_vec())
 }
@@ -188,7 +196,8 @@ mod tests {
         VmState::Stopped,
         VmState::Unstaged,
     ];
-    const OPS: [Op; 7] = [Op::Stage, Op::Load, Op::Create, Op::Pause, Op::Unpause, Op::Stop, Op::Unstage];
+    const OPS: [Op; 7] =
+        [Op::Stage, Op::Load, Op::Create, Op::Pause, Op::Unpause, Op::Stop, Op::Unstage];
 
     /// Every plan is a walk of legal steps, and doing an operation twice does nothing
     /// the second time.
@@ -205,8 +214,12 @@ mod tests {
                         Step::Start => s == VmState::Loaded,
                         Step::Pause => s == VmState::Running,
                         Step::Unpause => s == VmState::Paused,
-                        Step::Stop => matches!(s, VmState::Loaded | VmState::Running | VmState::Paused),
-                        Step::Unstage => matches!(s, VmState::Described | VmState::Staged | VmState::Stopped),
+                        Step::Stop => {
+                            matches!(s, VmState::Loaded | VmState::Running | VmState::Paused)
+                        }
+                        Step::Unstage => {
+                            matches!(s, VmState::Described | VmState::Staged | VmState::Stopped)
+                        }
                     };
                     assert!(from_ok, "{op} from {state}: {step} from {s}");
                     s = step.target();
@@ -218,7 +231,10 @@ mod tests {
 
     #[test]
     fn create_implies_load_implies_stage() {
-        assert_eq!(plan(VmState::Described, Op::Create), Ok(vec![Step::Stage, Step::Load, Step::Start]));
+        assert_eq!(
+            plan(VmState::Described, Op::Create),
+            Ok(vec![Step::Stage, Step::Load, Step::Start])
+        );
         assert_eq!(plan(VmState::Described, Op::Load), Ok(vec![Step::Stage, Step::Load]));
     }
 

@@ -90,7 +90,9 @@ pub enum ManagerError {
         refusal: Refusal,
     },
     /// No such deployment.
-    #[error("no deployment {name} on this host; `vw status` lists them, `vw stage FILE` makes one")]
+    #[error(
+        "no deployment {name} on this host; `vw status` lists them, `vw stage FILE` makes one"
+    )]
     UnknownDeployment {
         /// The name asked for.
         name: String,
@@ -173,9 +175,10 @@ impl HostCapacity {
                 })
                 .map_or(1024, |kib| kib / 1024)
         });
-        let cpus = config.host.cpus.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-        });
+        let cpus = config
+            .host
+            .cpus
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
         HostCapacity { memory_mib, cpus }
     }
 }
@@ -227,7 +230,10 @@ pub struct Manager {
 
 impl Manager {
     /// Opens the store at `root` with the driver the config names, and reconciles.
-    pub fn open(root: &Path, config: ClusterConfig) -> Result<(Self, Vec<Reconciled>), ManagerError> {
+    pub fn open(
+        root: &Path,
+        config: ClusterConfig,
+    ) -> Result<(Self, Vec<Reconciled>), ManagerError> {
         let driver: Box<dyn Driver> = match config.xen.driver {
             DriverKind::Simulated => Box::new(SimulatedDriver::new(&root.join("xen-sim"))),
             DriverKind::Xl => Box::new(XlDriver::new(
@@ -292,7 +298,10 @@ impl Manager {
         let names: Vec<String> = vms.iter().map(|vm| spec.vm_name(vm)).collect();
         for name in &names {
             if let Some(other) = db.vm(name)? {
-                return Err(ManagerError::DuplicateVm { vm: name.clone(), other: other.deployment });
+                return Err(ManagerError::DuplicateVm {
+                    vm: name.clone(),
+                    other: other.deployment,
+                });
             }
         }
         for (vm, name) in vms.iter().zip(&names) {
@@ -342,20 +351,29 @@ impl Manager {
         let db = self.db();
         let mut used: u64 = 0;
         for d in db.deployments()? {
-            for vm in db.vms()?.iter().filter(|v| v.deployment == d.name && v.state != VmState::Unstaged) {
+            for vm in
+                db.vms()?.iter().filter(|v| v.deployment == d.name && v.state != VmState::Unstaged)
+            {
                 used += node_of(&d.spec, vm.role).memory_mib;
             }
         }
         for (vm, name) in spec.vms().iter().zip(names) {
             let node = vm.node;
             if node.vcpus > self.host.cpus {
-                let reason = format!("{} vCPUs but this host has {} CPUs", node.vcpus, self.host.cpus);
+                let reason =
+                    format!("{} vCPUs but this host has {} CPUs", node.vcpus, self.host.cpus);
                 return Err(ManagerError::Capacity { vm: name.clone(), reason });
             }
             if let Some(cpus) = &node.cpus {
-                let highest = cpus.split(',').filter_map(|p| p.rsplit('-').next()?.trim().parse::<u32>().ok()).max();
+                let highest = cpus
+                    .split(',')
+                    .filter_map(|p| p.rsplit('-').next()?.trim().parse::<u32>().ok())
+                    .max();
                 if highest.is_some_and(|h| h >= self.host.cpus) {
-                    let reason = format!("cpus `{cpus}` names a CPU this host lacks (it has 0-{})", self.host.cpus - 1);
+                    let reason = format!(
+                        "cpus `{cpus}` names a CPU this host lacks (it has 0-{})",
+                        self.host.cpus - 1
+                    );
                     return Err(ManagerError::Capacity { vm: name.clone(), reason });
                 }
             }
@@ -388,7 +406,8 @@ impl Manager {
                 taken_macs.insert(mac);
             }
         }
-        let needy: Vec<usize> = (0..records.len()).filter(|&i| records[i].nics.is_empty()).collect();
+        let needy: Vec<usize> =
+            (0..records.len()).filter(|&i| records[i].nics.is_empty()).collect();
         let requests: Vec<VmNics> = needy
             .iter()
             .map(|&i| {
@@ -399,8 +418,14 @@ impl Manager {
                 }
             })
             .collect();
-        let plan = address::assign(&requests, &self.pools.private, &self.pools.public, &taken_ips, &taken_macs)
-            .map_err(|error| ManagerError::Addresses { deployment: deployment.name.clone(), error })?;
+        let plan = address::assign(
+            &requests,
+            &self.pools.private,
+            &self.pools.public,
+            &taken_ips,
+            &taken_macs,
+        )
+        .map_err(|error| ManagerError::Addresses { deployment: deployment.name.clone(), error })?;
         for (&i, nics) in needy.iter().zip(plan) {
             records[i].nics = nics;
             records::hold_addresses(batch, &records[i]);
@@ -412,16 +437,20 @@ impl Manager {
     /// Applies `op` to the VMs of `deployment` (or just `vm`), head first (workers first
     /// for stop and unstage, so clients go before their servers). Every VM's plan is
     /// checked before anything is done.
-    pub fn run(&self, deployment: &str, vm: Option<&str>, op: Op) -> Result<Vec<VmReport>, ManagerError> {
+    pub fn run(
+        &self,
+        deployment: &str,
+        vm: Option<&str>,
+        op: Op,
+    ) -> Result<Vec<VmReport>, ManagerError> {
         let db = self.db();
         let dep = db
             .deployment(deployment)?
             .ok_or_else(|| ManagerError::UnknownDeployment { name: deployment.to_owned() })?;
         let _span = tracing::info_span!("deployment", name = %dep.name, %op).entered();
         let mut names: Vec<&String> = match vm {
-            Some(v) => vec![dep.vms.iter().find(|n| *n == v).ok_or_else(|| ManagerError::UnknownVm {
-                deployment: deployment.to_owned(),
-                vm: v.to_owned(),
+            Some(v) => vec![dep.vms.iter().find(|n| *n == v).ok_or_else(|| {
+                ManagerError::UnknownVm { deployment: deployment.to_owned(), vm: v.to_owned() }
             })?],
             None => dep.vms.iter().collect(),
         };
@@ -480,7 +509,8 @@ impl Manager {
     /// Gives addresses back to VMs that were unstaged and are staged again.
     fn readdress(&self, dep: &DeploymentRecord) -> Result<(), ManagerError> {
         let db = self.db();
-        let mut records: Vec<VmRecord> = dep.vms.iter().filter_map(|n| db.vm(n).transpose()).collect::<Result<_, _>>()?;
+        let mut records: Vec<VmRecord> =
+            dep.vms.iter().filter_map(|n| db.vm(n).transpose()).collect::<Result<_, _>>()?;
         if records.iter().all(|r| !r.nics.is_empty()) {
             return Ok(());
         }
@@ -490,16 +520,26 @@ impl Manager {
     }
 
     /// Performs one step's side effects (the caller records the transition).
-    fn step(&self, dep: &DeploymentRecord, record: &mut VmRecord, step: Step) -> Result<(), ManagerError> {
+    fn step(
+        &self,
+        dep: &DeploymentRecord,
+        record: &mut VmRecord,
+        step: Step,
+    ) -> Result<(), ManagerError> {
         let xen = |error| ManagerError::Xen { vm: record.name.clone(), step, error };
         match step {
             Step::Stage => {
-                let all: Vec<VmRecord> =
-                    dep.vms.iter().filter_map(|n| self.db().vm(n).transpose()).collect::<Result<_, _>>()?;
+                let all: Vec<VmRecord> = dep
+                    .vms
+                    .iter()
+                    .filter_map(|n| self.db().vm(n).transpose())
+                    .collect::<Result<_, _>>()?;
                 record.staged = Some(stage::stage_vm(self, dep, record, &all)?);
                 Ok(())
             }
-            Step::Load => self.driver.load(&record.name, &self.config_path(&record.name)).map_err(xen),
+            Step::Load => {
+                self.driver.load(&record.name, &self.config_path(&record.name)).map_err(xen)
+            }
             Step::Start | Step::Unpause => self.driver.unpause(&record.name).map_err(xen),
             Step::Pause => self.driver.pause(&record.name).map_err(xen),
             Step::Stop => self.driver.stop(&record.name).map(drop).map_err(xen),
@@ -511,7 +551,8 @@ impl Manager {
     /// records.
     fn forget_if_unstaged(&self, dep: &DeploymentRecord) -> Result<(), ManagerError> {
         let db = self.db();
-        let records: Vec<VmRecord> = dep.vms.iter().filter_map(|n| db.vm(n).transpose()).collect::<Result<_, _>>()?;
+        let records: Vec<VmRecord> =
+            dep.vms.iter().filter_map(|n| db.vm(n).transpose()).collect::<Result<_, _>>()?;
         if records.iter().any(|r| r.state != VmState::Unstaged) {
             return Ok(());
         }
@@ -547,10 +588,11 @@ impl Manager {
         for dep in db.deployments()?.iter().filter(|d| deployment.is_none_or(|n| n == d.name)) {
             for name in &dep.vms {
                 let Some(record) = db.vm(name)? else { continue };
-                let domain = self
-                    .driver
-                    .status(name)
-                    .map_err(|error| ManagerError::Xen { vm: name.clone(), step: Step::Load, error })?;
+                let domain = self.driver.status(name).map_err(|error| ManagerError::Xen {
+                    vm: name.clone(),
+                    step: Step::Load,
+                    error,
+                })?;
                 out.push(VmStatus { record, domain });
             }
         }
@@ -564,10 +606,11 @@ impl Manager {
         let db = self.db();
         let mut out = Vec::new();
         for mut record in db.vms()? {
-            let domain = self
-                .driver
-                .status(&record.name)
-                .map_err(|error| ManagerError::Xen { vm: record.name.clone(), step: Step::Load, error })?;
+            let domain = self.driver.status(&record.name).map_err(|error| ManagerError::Xen {
+                vm: record.name.clone(),
+                step: Step::Load,
+                error,
+            })?;
             let now = match (record.state, domain) {
                 (VmState::Loaded | VmState::Running | VmState::Paused, None) => {
                     Some((VmState::Stopped, "its domain is gone (the host or hypervisor restarted, or it was destroyed outside vw)"))
@@ -586,7 +629,12 @@ impl Manager {
             };
             if let Some((state, reason)) = now {
                 tracing::warn!(vm = %record.name, was = %record.state, now = %state, reason, "reconciled");
-                out.push(Reconciled { vm: record.name.clone(), was: record.state, now: state, reason: reason.to_owned() });
+                out.push(Reconciled {
+                    vm: record.name.clone(),
+                    was: record.state,
+                    now: state,
+                    reason: reason.to_owned(),
+                });
                 record.state = state;
                 record.note = Some(format!("reconciled: {reason}"));
                 let mut batch = RecordBatch::default();
@@ -613,7 +661,10 @@ pub(crate) fn node_of(spec: &WorkspaceSpec, role: VmRole) -> &NodeSpec {
 
 /// The addresses a workspace would get on this host now, without recording anything
 /// (`vw workspace show`).
-pub fn preview_addresses(spec: &WorkspaceSpec, pools: &Pools) -> Result<Vec<Vec<NicAddress>>, AddressError> {
+pub fn preview_addresses(
+    spec: &WorkspaceSpec,
+    pools: &Pools,
+) -> Result<Vec<Vec<NicAddress>>, AddressError> {
     let requests: Vec<VmNics> = spec
         .vms()
         .iter()

@@ -65,7 +65,8 @@ pub(super) fn stage_vm(
     }
     if let Some(swap) = &node.swap {
         let path = dir.join(format!("{}.swap.img", swap.device));
-        make_swap(&path, swap.size).map_err(|error| ManagerError::Integration { vm: vm.name.clone(), error })?;
+        make_swap(&path, swap.size)
+            .map_err(|error| ManagerError::Integration { vm: vm.name.clone(), error })?;
         disks.push(Disk { vdev: swap.device.clone(), access: Access::Rw, target: path });
     }
 
@@ -80,7 +81,8 @@ pub(super) fn stage_vm(
         }
         Integration::Edit => {
             let root = root.expect("validation requires a root partition");
-            integrate::ext4::edit(&root, &integrate::files::guest_files(&setup)).map_err(integration_err)?;
+            integrate::ext4::edit(&root, &integrate::files::guest_files(&setup))
+                .map_err(integration_err)?;
         }
     }
 
@@ -95,12 +97,20 @@ pub(super) fn stage_vm(
         cpus: node.cpus.clone(),
         boot: node.boot.clone(),
         disks,
-        vifs: vm.nics.iter().map(|n| Vif { mac: n.mac, ip: n.ip, bridge: bridge(n.network) }).collect(),
+        vifs: vm
+            .nics
+            .iter()
+            .map(|n| Vif { mac: n.mac, ip: n.ip, bridge: bridge(n.network) })
+            .collect(),
         on_poweroff: m.config.xen.on_poweroff.clone(),
         on_reboot: m.config.xen.on_reboot.clone(),
         on_crash: m.config.xen.on_crash.clone(),
     };
-    let text = config.render().map_err(|error| ManagerError::Xen { vm: vm.name.clone(), step: super::Step::Stage, error })?;
+    let text = config.render().map_err(|error| ManagerError::Xen {
+        vm: vm.name.clone(),
+        step: super::Step::Stage,
+        error,
+    })?;
     let path = m.config_path(&vm.name);
     write_atomic(&path, text.as_bytes())?;
     Ok(StagedFiles { config: path, disks: config.disks })
@@ -117,18 +127,23 @@ fn setup(m: &Manager, dep: &DeploymentRecord, vm: &VmRecord, all: &[VmRecord]) -
         .map(|n| {
             let (prefix, gateway) = match n.network {
                 // The default route goes out of the public NIC when there is one.
-                Network::Private => (net.subnet.prefix_len(), if has_public && net.public.gateway.is_some() { None } else { net.gateway }),
+                Network::Private => (
+                    net.subnet.prefix_len(),
+                    if has_public && net.public.gateway.is_some() { None } else { net.gateway },
+                ),
                 Network::Public => (net.public.prefix, net.public.gateway),
             };
             NicSetup {
                 network: n.network,
-                address: ipnet::Ipv4Net::new(n.ip, prefix).expect("prefixes are checked when the config is read"),
+                address: ipnet::Ipv4Net::new(n.ip, prefix)
+                    .expect("prefixes are checked when the config is read"),
                 mac: n.mac,
                 gateway,
             }
         })
         .collect();
-    let private_ip = |r: &VmRecord| r.nics.iter().find(|n| n.network == Network::Private).map(|n| n.ip);
+    let private_ip =
+        |r: &VmRecord| r.nics.iter().find(|n| n.network == Network::Private).map(|n| n.ip);
     let hosts = all.iter().filter_map(|r| Some((r.hostname.clone(), private_ip(r)?))).collect();
     let batch_nodes = match &dep.spec.workers {
         Some(w) if w.template.roles.batch == Some(BatchRole::Worker) => all
@@ -169,7 +184,12 @@ fn make_swap(path: &Path, size: u64) -> Result<(), integrate::IntegrationError> 
     let result = (|| {
         let f = fs::File::create(&tmp).map_err(|e| IntegrationError::io("create", &tmp, e))?;
         f.set_len(size).map_err(|e| IntegrationError::io("size", &tmp, e))?;
-        integrate::run_tool("mkswap", "util-linux", &["-L".as_ref(), "swap".as_ref(), tmp.as_os_str()], &tmp)?;
+        integrate::run_tool(
+            "mkswap",
+            "util-linux",
+            &["-L".as_ref(), "swap".as_ref(), tmp.as_os_str()],
+            &tmp,
+        )?;
         f.sync_all().map_err(|e| IntegrationError::io("sync", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| IntegrationError::io("rename", &tmp, e))
     })();
@@ -185,25 +205,36 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManagerError> {
     fs::create_dir_all(dir).map_err(|e| ManagerError::io("create", dir, e))?;
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(|e| ManagerError::io("create", &tmp, e))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| ManagerError::io("write", &tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| ManagerError::io("write", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| ManagerError::io("rename", &tmp, e))
 }
 
 /// Removes one VM's files.
-pub(super) fn unstage_vm(m: &Manager, dep: &DeploymentRecord, vm: &VmRecord) -> Result<(), ManagerError> {
+pub(super) fn unstage_vm(
+    m: &Manager,
+    dep: &DeploymentRecord,
+    vm: &VmRecord,
+) -> Result<(), ManagerError> {
     let dir = deployment_dir(m, &dep.name).join(&vm.name);
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| ManagerError::io("remove", &dir, e))?;
     }
     let cfg = m.config_path(&vm.name);
     match fs::remove_file(&cfg) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ManagerError::io("remove", &cfg, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(ManagerError::io("remove", &cfg, e))
+        }
         _ => Ok(()),
     }
 }
 
 /// Removes a deployment's shared copies (once all its VMs are unstaged).
-pub(super) fn remove_deployment_files(m: &Manager, dep: &DeploymentRecord) -> Result<(), ManagerError> {
+pub(super) fn remove_deployment_files(
+    m: &Manager,
+    dep: &DeploymentRecord,
+) -> Result<(), ManagerError> {
     let dir = deployment_dir(m, &dep.name);
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| ManagerError::io("remove", &dir, e))?;

@@ -1,0 +1,341 @@
+//! The host manager end to end on small real ext4 images: staging, integration, the
+//! lifecycle through the simulated driver, persistence and reconciliation, address
+//! pools, and the bad inputs the issue lists. Every domain config generated here is
+//! also run through Xen's own parser (libxlutil).
+
+#[path = "support/xlcheck.rs"]
+mod xlcheck;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vw_node::config::ClusterConfig;
+use vw_node::manager::{Manager, ManagerError, Op, Step, VmState};
+use vw_node::workspace::{self, WorkspaceSpec};
+use vw_node::xen::DomainState;
+
+/// A small ext4 image holding `files` (path → content), made without mounting.
+fn ext4_image(path: &Path, files: &[(&str, &str)], size_mib: u64) {
+    let tree = path.with_extension("tree");
+    for (p, content) in files {
+        let f = tree.join(p.trim_start_matches('/'));
+        fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        fs::write(&f, content).expect("write");
+    }
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(path)
+        .arg(format!("{size_mib}M"))
+        .output()
+        .expect("mkfs.ext4 runs (install e2fsprogs)");
+    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+    fs::remove_dir_all(&tree).expect("clean tree");
+}
+
+/// Reads a file out of an ext4 image with debugfs.
+fn ext4_cat(image: &Path, file: &str) -> String {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {file}"))
+        .arg(image)
+        .output()
+        .expect("debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const BASE_FILES: [(&str, &str); 3] = [
+    ("/etc/hostname", "debian\n"),
+    ("/etc/fstab", "# /etc/fstab\nUUID=x / ext4 defaults 0 1\n"),
+    ("/etc/hosts", "127.0.0.1 localhost\n"),
+];
+
+/// A store with `vo/head:1` and `vo/worker:1` imported, and the workspace using them.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    images: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("store");
+    let images = tmp.path().join("in");
+    fs::create_dir_all(&images).expect("mkdir");
+    ext4_image(&images.join("head.img"), &BASE_FILES, 16);
+    ext4_image(&images.join("worker.img"), &BASE_FILES[..2], 12);
+    let store = vw_node::chunkstore::Store::open(&root).expect("store");
+    for (file, name) in [("head.img", "vo/head:1"), ("worker.img", "vo/worker:1")] {
+        store.import(&images.join(file), Some(&name.parse().expect("name")), &()).expect("import");
+    }
+    Fixture { _tmp: tmp, root, images }
+}
+
+const CLUSTER: &str = r#"<virtualWorkspace type="cluster" name="t" nodeNumber="3">
+  <headnode name="head">
+    <memory>256</memory>
+    <vcpus>1</vcpus>
+    <kernel type="pvh" path="/boot/vmlinuz" ramdisk="/boot/initrd.img"/>
+    <partition image="vo/head:1" device="xvda1" role="root"/>
+    <swap device="xvda2" size="1MB"/>
+    <roles><nfsServer export="/home"/><batchServer/></roles>
+  </headnode>
+  <workernode name="worker" count="2">
+    <memory>128</memory>
+    <vcpus>1</vcpus>
+    <bootloader path="pygrub"/>
+    <partition image="vo/worker:1" device="xvda1" role="root"/>
+    <integration strategy="edit"/>
+    <roles><nfsClient export="/home" mount="/home"/><batchWorker/></roles>
+  </workernode>
+</virtualWorkspace>"#;
+
+fn spec(text: &str) -> WorkspaceSpec {
+    workspace::parse(text, "cluster.xml").expect("valid workspace")
+}
+
+fn open(root: &Path) -> Manager {
+    let (m, reconciled) = Manager::open(root, ClusterConfig::embedded()).expect("open");
+    assert!(reconciled.is_empty(), "{reconciled:?}");
+    m
+}
+
+fn states(m: &Manager) -> Vec<(String, VmState, Option<DomainState>)> {
+    m.status(Some("t"))
+        .expect("status")
+        .into_iter()
+        .map(|s| (s.record.name, s.record.state, s.domain))
+        .collect()
+}
+
+#[test]
+fn create_stages_integrates_and_runs_a_cluster() {
+    let fx = fixture();
+    let m = open(&fx.root);
+    assert!(m.driver().simulated());
+    m.submit(&spec(CLUSTER)).expect("submit");
+    let reports = m.run("t", None, Op::Create).expect("create");
+    assert_eq!(reports.len(), 3);
+    for r in &reports {
+        let steps: Vec<Step> = r.steps.iter().map(|t| t.step).collect();
+        assert_eq!(steps, [Step::Stage, Step::Load, Step::Start], "{}", r.vm);
+        assert_eq!(r.state, VmState::Running);
+    }
+    let s = states(&m);
+    assert!(
+        s.iter().all(|(_, st, d)| *st == VmState::Running && *d == Some(DomainState::Running)),
+        "{s:?}"
+    );
+
+    // Every config is accepted by Xen's parser, and by the simulated driver's check.
+    for vm in ["t-head", "t-worker1", "t-worker2"] {
+        let cfg = fx.root.join("xen").join(format!("{vm}.cfg"));
+        let out = xlcheck::check(&cfg);
+        assert!(out.contains(&format!("name: {vm}")), "{out}");
+        let text = fs::read_to_string(&cfg).expect("cfg");
+        vw_node::xen::config::check(&text).expect("the simulated driver's check");
+    }
+    let head_cfg = fs::read_to_string(fx.root.join("xen/t-head.cfg")).expect("cfg");
+    assert!(head_cfg.contains("bridge=xenbr1"), "the head has a public NIC:\n{head_cfg}");
+    assert!(
+        head_cfg.contains("vdev=xvdb, access=ro"),
+        "the seed volume is attached read-only:\n{head_cfg}"
+    );
+
+    // The head's seed volume says who it is and who the others are.
+    let seed = fx.root.join("images/t/t-head/seed.img");
+    let user_data = Command::new("mtype")
+        .arg("-i")
+        .arg(&seed)
+        .arg("::/user-data")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mtype");
+    let user_data = String::from_utf8_lossy(&user_data.stdout);
+    assert!(user_data.starts_with("#cloud-config"), "{user_data}");
+    assert!(user_data.contains("worker2 np=1"), "the batch server lists the workers: {user_data}");
+    assert!(user_data.contains("/home\\t10.77.0.0/16(rw"), "{user_data}");
+
+    // Workers were edited in their own copies; the shared staged copy is untouched.
+    let w1 = fx.root.join("images/t/t-worker1/xvda1.img");
+    assert_eq!(ext4_cat(&w1, "/etc/hostname"), "worker1\n");
+    let fstab = ext4_cat(&w1, "/etc/fstab");
+    assert!(fstab.starts_with("# /etc/fstab\nUUID=x"), "{fstab}");
+    assert!(fstab.contains("head:/home\t/home\tnfs"), "{fstab}");
+    assert!(ext4_cat(&w1, "/etc/hosts").contains("\thead\n"));
+    assert!(ext4_cat(&w1, "/etc/network/interfaces").contains("address 10.77.1.11/16"));
+    assert_eq!(ext4_cat(&w1, "/var/spool/torque/server_name"), "head\n");
+    let shared = fs::read_dir(fx.root.join("images/t/.shared")).expect("shared").count();
+    assert_eq!(shared, 2, "one staged copy per image, shared by the VMs");
+    let original = fs::read(fx.images.join("worker.img")).expect("read");
+    for entry in fs::read_dir(fx.root.join("images/t/.shared")).expect("shared") {
+        let bytes = fs::read(entry.expect("entry").path()).expect("read");
+        if bytes.len() == original.len() {
+            assert!(bytes == original, "the shared base image was modified");
+        }
+    }
+
+    // Durations are recorded for every step.
+    let status = m.status(Some("t")).expect("status");
+    assert!(status.iter().all(|s| s.record.timings.len() == 3));
+}
+
+#[test]
+fn lifecycle_is_idempotent_and_refuses_the_impossible() {
+    let fx = fixture();
+    let m = open(&fx.root);
+    m.submit(&spec(CLUSTER)).expect("submit");
+    // submit is idempotent for the same document.
+    m.submit(&spec(CLUSTER)).expect("submit again");
+    let err = m.run("t", None, Op::Pause).unwrap_err();
+    assert!(err.to_string().contains("cannot pause VM t-head: it is described"), "{err}");
+
+    m.run("t", None, Op::Load).expect("load");
+    assert!(states(&m)
+        .iter()
+        .all(|(_, s, d)| *s == VmState::Loaded && *d == Some(DomainState::Paused)));
+    m.run("t", None, Op::Create).expect("create");
+    let again = m.run("t", None, Op::Create).expect("create again");
+    assert!(again.iter().all(|r| r.steps.is_empty()), "nothing to do the second time");
+
+    m.run("t", Some("t-worker1"), Op::Pause).expect("pause one");
+    m.run("t", Some("t-worker1"), Op::Pause).expect("pause is idempotent");
+    let s = states(&m);
+    assert_eq!(s[1], ("t-worker1".into(), VmState::Paused, Some(DomainState::Paused)));
+    let err = m.run("t", Some("t-worker1"), Op::Create).unwrap_err();
+    assert!(err.to_string().contains("use unpause"), "{err}");
+    m.run("t", Some("t-worker1"), Op::Unpause).expect("unpause");
+
+    let err = m.run("t", None, Op::Unstage).unwrap_err();
+    assert!(err.to_string().contains("stop it first"), "{err}");
+    m.run("t", None, Op::Stop).expect("stop");
+    assert!(states(&m).iter().all(|(_, s, d)| *s == VmState::Stopped && d.is_none()));
+    let err = m.run("t", Some("t-head"), Op::Pause).unwrap_err();
+    assert!(matches!(err, ManagerError::Refused { .. }), "{err}");
+
+    // Unstage releases everything: files, addresses, records, pins.
+    m.run("t", None, Op::Unstage).expect("unstage");
+    assert!(m.deployments().expect("list").is_empty());
+    assert!(!fx.root.join("images/t").exists());
+    assert!(!fx.root.join("xen/t-head.cfg").exists());
+    assert!(m.store().pins().expect("pins").is_empty());
+    // The addresses are free again: a new deployment gets the same ones.
+    m.submit(&spec(CLUSTER)).expect("submit after unstage");
+    let s = m.status(Some("t")).expect("status");
+    assert_eq!(s[0].record.nics[0].ip.to_string(), "10.77.1.10");
+}
+
+#[test]
+fn a_restarted_manager_reconciles_with_the_hypervisor() {
+    let fx = fixture();
+    {
+        let m = open(&fx.root);
+        m.submit(&spec(CLUSTER)).expect("submit");
+        m.run("t", None, Op::Create).expect("create");
+        m.run("t", Some("t-worker2"), Op::Pause).expect("pause");
+    }
+    // Reopened: the records survive.
+    {
+        let m = open(&fx.root);
+        let s = states(&m);
+        assert_eq!(s[2].1, VmState::Paused);
+    }
+    // The hypervisor "restarts" and loses a domain; another is unpaused behind vw's back.
+    let state_file = fx.root.join("xen-sim/domains.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&fs::read(&state_file).expect("read")).expect("json");
+    doc["domains"].as_object_mut().expect("domains").remove("t-worker1");
+    doc["domains"]["t-worker2"]["state"] = "running".into();
+    fs::write(&state_file, serde_json::to_vec(&doc).expect("json")).expect("write");
+
+    let (m, reconciled) = Manager::open(&fx.root, ClusterConfig::embedded()).expect("open");
+    let mut changes: Vec<(String, VmState, VmState)> =
+        reconciled.into_iter().map(|r| (r.vm, r.was, r.now)).collect();
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        changes,
+        [
+            ("t-worker1".into(), VmState::Running, VmState::Stopped),
+            ("t-worker2".into(), VmState::Paused, VmState::Running)
+        ]
+    );
+    // And the lifecycle goes on from there.
+    m.run("t", None, Op::Create).expect("create brings worker1 back");
+    assert!(states(&m).iter().all(|(_, s, _)| *s == VmState::Running));
+}
+
+#[test]
+fn bad_inputs_are_refused_with_clear_errors() {
+    let fx = fixture();
+    let m = open(&fx.root);
+
+    // A missing image names the VM and the image.
+    let missing = spec(&CLUSTER.replace("vo/worker:1", "vo/worker:2"));
+    let err = m.submit(&missing).unwrap_err().to_string();
+    assert!(err.contains("VM t-worker1: image vo/worker:2 is not in the store"), "{err}");
+    assert!(m.deployments().expect("list").is_empty(), "nothing recorded");
+
+    // More memory than the host has.
+    let huge = spec(&CLUSTER.replace("<memory>128</memory>", "<memory>1000G</memory>"));
+    let err = m.submit(&huge).unwrap_err().to_string();
+    assert!(err.contains("MiB of guest memory needed"), "{err}");
+
+    // The same name with another document.
+    m.submit(&spec(CLUSTER)).expect("submit");
+    let other = spec(&CLUSTER.replace("<memory>256</memory>", "<memory>300</memory>"));
+    let err = m.submit(&other).unwrap_err().to_string();
+    assert!(err.contains("already exists with a different workspace document"), "{err}");
+
+    // A VM name another deployment already uses: x-y + z and x + y-z are both x-y-z.
+    let first = spec(
+        &CLUSTER
+            .replace("name=\"t\"", "name=\"x-y\"")
+            .replace("<headnode name=\"head\">", "<headnode name=\"z\">"),
+    );
+    m.submit(&first).expect("x-y");
+    let second = spec(
+        &CLUSTER
+            .replace("name=\"t\"", "name=\"x\"")
+            .replace("<headnode name=\"head\">", "<headnode name=\"y-z\">"),
+    );
+    let err = m.submit(&second).unwrap_err().to_string();
+    assert!(err.contains("duplicate VM name x-y-z: deployment x-y already has it"), "{err}");
+}
+
+#[test]
+fn an_exhausted_address_pool_is_a_clear_error() {
+    let fx = fixture();
+    let config = ClusterConfig::EMBEDDED.replace("10.77.1.10-10.77.1.250", "10.77.1.10-10.77.1.13");
+    let config = ClusterConfig::parse(&config, "small.toml").expect("config");
+    let (m, _) = Manager::open(&fx.root, config).expect("open");
+    m.submit(&spec(CLUSTER)).expect("three of four addresses");
+    let second = spec(&CLUSTER.replace("name=\"t\"", "name=\"u\""));
+    let err = m.submit(&second).unwrap_err().to_string();
+    assert!(
+        err.contains("deployment u: the private address pool is exhausted: 3 needed, 1 free of 4"),
+        "{err}"
+    );
+    assert!(m.status(Some("u")).is_err(), "nothing recorded for u");
+}
+
+#[test]
+fn in_image_edits_of_a_non_ext4_partition_suggest_the_seed_strategy() {
+    let fx = fixture();
+    let store = fx.root.clone();
+    {
+        let m = open(&store);
+        let not_ext4 = fx.images.join("raw.img");
+        fs::write(&not_ext4, vec![7u8; 1 << 20]).expect("write");
+        m.store().import(&not_ext4, Some(&"vo/raw:1".parse().expect("name")), &()).expect("import");
+        let text = CLUSTER.replace("vo/worker:1", "vo/raw:1");
+        m.submit(&spec(&text)).expect("submit");
+        let err = m.run("t", None, Op::Stage).unwrap_err().to_string();
+        assert!(err.contains("is not an ext4 file system"), "{err}");
+        assert!(err.contains("strategy=\"seed\""), "{err}");
+        // The head staged; the failing worker did not move.
+        let s = states(&m);
+        assert_eq!(s[0].1, VmState::Staged);
+        assert_eq!(s[1].1, VmState::Described);
+    }
+}
