@@ -3,6 +3,8 @@
 //! pools, and the bad inputs the issue lists. Every domain config generated here is
 //! also run through Xen's own parser (libxlutil).
 
+#[path = "../../chunkstore/tests/common.rs"]
+mod common;
 #[path = "support/xlcheck.rs"]
 mod xlcheck;
 
@@ -338,4 +340,104 @@ fn in_image_edits_of_a_non_ext4_partition_suggest_the_seed_strategy() {
         assert_eq!(s[0].1, VmState::Staged);
         assert_eq!(s[1].1, VmState::Described);
     }
+}
+
+#[test]
+fn disk_full_while_cloning_leaves_the_vm_described_and_no_partial_file() {
+    assert!(common::is_root(), "this test mounts a tmpfs: run the tests as root (CI does)");
+    let fs_ = common::Mounted::tmpfs("64m");
+    let root = fs_.path.join("store");
+    let images = tempfile::tempdir().expect("tempdir");
+    let rootfs = images.path().join("root.img");
+    ext4_image(&rootfs, &BASE_FILES, 8);
+    let data = images.path().join("data.img");
+    common::write_image(&data, 12 << 20, &[(0, 12 << 20, 7)]);
+    let m = open(&root);
+    m.store().import(&rootfs, Some(&"vo/root:1".parse().expect("name")), &()).expect("import root");
+    m.store().import(&data, Some(&"vo/data:1".parse().expect("name")), &()).expect("import data");
+    let text = r#"<virtualWorkspace type="atomicvm" name="full" nodeNumber="1">
+  <node name="vm"><memory>64</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="vo/root:1" device="xvda1" role="root"/>
+    <partition image="vo/data:1" device="xvdb1" role="data"/>
+  </node></virtualWorkspace>"#;
+    m.submit(&spec(text)).expect("submit");
+    // Leave room for the staged copy of the data image but not for its clone.
+    let free = rustix::fs::statvfs(&fs_.path).map(|s| s.f_bavail * s.f_frsize).expect("statvfs");
+    let filler = fs::File::create(fs_.path.join("filler")).expect("filler");
+    let keep = (12 << 20) + (6 << 20);
+    rustix::fs::fallocate(&filler, rustix::fs::FallocateFlags::empty(), 0, free - keep)
+        .expect("fallocate");
+
+    let err = m.run("full", None, Op::Stage).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ManagerError::Stage { error: vw_node::chunkstore::Error::NoSpace { .. }, .. }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("VM full-vm: staging failed: no space left"), "{err}");
+    assert_eq!(states_of(&m, "full"), [VmState::Described]);
+    let leftovers: Vec<_> = walk(&root.join("images"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains("tmp")))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // With room again, the same stage succeeds.
+    fs::remove_file(fs_.path.join("filler")).expect("remove filler");
+    m.run("full", None, Op::Stage).expect("stage");
+    assert_eq!(states_of(&m, "full"), [VmState::Staged]);
+}
+
+fn states_of(m: &Manager, dep: &str) -> Vec<VmState> {
+    m.status(Some(dep)).expect("status").into_iter().map(|s| s.record.state).collect()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_xl_driver_runs_a_cluster_through_a_fake_xl() {
+    let fx = fixture();
+    let state = fx.root.with_file_name("xl-state");
+    let wrapper = fx.root.with_file_name("xl");
+    let fake = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake-xl");
+    fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nFAKE_XL_STATE='{}' exec '{fake}' \"$@\"\n", state.display()),
+    )
+    .expect("wrapper");
+    Command::new("chmod").arg("+x").arg(&wrapper).status().expect("chmod");
+    let config = ClusterConfig::EMBEDDED
+        .replace("driver = \"simulated\"", "driver = \"xl\"")
+        .replace("xl = \"xl\"", &format!("xl = \"{}\"", wrapper.display()));
+    let config = ClusterConfig::parse(&config, "xl.toml").expect("config");
+    let (m, _) = Manager::open(&fx.root, config.clone()).expect("open");
+    assert!(!m.driver().simulated());
+    m.submit(&spec(CLUSTER)).expect("submit");
+    m.run("t", None, Op::Create).expect("create");
+    m.run("t", Some("t-worker2"), Op::Pause).expect("pause");
+    let s = states(&m);
+    assert_eq!(s[2], ("t-worker2".into(), VmState::Paused, Some(DomainState::Paused)));
+    drop(m);
+    // A domain destroyed behind vw's back is noticed on the next open.
+    let out = Command::new(&wrapper).args(["destroy", "t-worker1"]).output().expect("xl destroy");
+    assert!(out.status.success());
+    let (m, reconciled) = Manager::open(&fx.root, config).expect("reopen");
+    assert_eq!(reconciled.len(), 1, "{reconciled:?}");
+    assert_eq!(reconciled[0].now, VmState::Stopped);
+    m.run("t", None, Op::Stop).expect("stop");
+    let calls = fs::read_to_string(state.join("calls.log")).expect("calls");
+    assert_eq!(calls.matches("create -p").count(), 3, "{calls}");
 }
