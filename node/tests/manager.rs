@@ -385,6 +385,7 @@ fn disk_full_while_cloning_leaves_the_vm_described_and_no_partial_file() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // With room again, the same stage succeeds.
+    drop(filler);
     fs::remove_file(fs_.path.join("filler")).expect("remove filler");
     m.run("full", None, Op::Stage).expect("stage");
     assert_eq!(states_of(&m, "full"), [VmState::Staged]);
