@@ -1,6 +1,7 @@
 //! `vw`: the command line of the virtual-workspace stager.
 
 mod demo;
+mod host;
 mod output;
 mod progress;
 
@@ -10,11 +11,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vw_node::chunkstore::{ImageName, ImageRef, PinReason, Store};
+use vw_node::manager::Op;
 
 use crate::output::{bytes, Out};
 use crate::progress::Bar;
 
-/// Stage and deploy virtual clusters. Today: the chunk store (images, cache, gc).
+/// Stage and deploy virtual clusters: the chunk store (images, cache, gc), workspace
+/// documents, and the lifecycle of this host's VMs.
 #[derive(Debug, Parser)]
 #[command(name = "vw", version, about)]
 struct Cli {
@@ -24,6 +27,10 @@ struct Cli {
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The cluster configuration (TOML: subnet, address pools, bridges, Xen driver);
+    /// the embedded default (simulated Xen) when absent.
+    #[arg(long, global = true, env = "VW_CLUSTER")]
+    cluster: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +45,28 @@ enum Command {
     Cache(CacheCmd),
     /// Drop chunks no image uses, evict to the capacity, compact pack files.
     Gc,
+    /// Workspace documents: check one, or show the VMs it describes.
+    #[command(subcommand)]
+    Workspace(WorkspaceCmd),
+    /// Rebuild, clone and integrate a workspace's images on this host.
+    Stage(Target),
+    /// Stage (if needed) and create the domains paused.
+    Load(Target),
+    /// Stage and load (if needed) and run the domains.
+    Create(Target),
+    /// Pause running domains.
+    Pause(Target),
+    /// Resume paused domains.
+    Unpause(Target),
+    /// Shut the domains down (destroyed after the shutdown timeout).
+    Stop(Target),
+    /// Release the images, configs and addresses of stopped VMs.
+    Unstage(Target),
+    /// The VMs on this host, their states and the hypervisor's view.
+    Status {
+        /// Only this deployment.
+        deployment: Option<String>,
+    },
     /// Run the main path on generated images in a scratch store and explain each step.
     Demo {
         /// Keep the scratch directory and print its path.
@@ -87,6 +116,30 @@ enum ImageCmd {
         a: ImageRef,
         /// Second image.
         b: ImageRef,
+    },
+}
+
+/// What a lifecycle command acts on.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// A workspace file (recorded as a deployment first) or a deployment name.
+    target: String,
+    /// Only this VM (its domain name, like grid3-worker1).
+    #[arg(long)]
+    vm: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkspaceCmd {
+    /// Parse and check a workspace document; errors give line and column.
+    Validate {
+        /// The XML file.
+        file: PathBuf,
+    },
+    /// Every VM with its partitions, addresses, MACs and integration strategy.
+    Show {
+        /// The XML file.
+        file: PathBuf,
     },
 }
 
@@ -143,7 +196,34 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { keep, size_mib } => demo::run(out, keep, size_mib),
+        Command::Workspace(WorkspaceCmd::Validate { file }) => host::validate(&file, out),
+        Command::Workspace(WorkspaceCmd::Show { file }) => {
+            let config = host::cluster_config(cli.cluster.as_deref())?;
+            host::show(&file, &cli.store, config, out)
+        }
+        Command::Status { deployment } => {
+            let config = host::cluster_config(cli.cluster.as_deref())?;
+            host::status(&cli.store, config, deployment.as_deref(), out)
+        }
+        Command::Stage(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Stage, out),
+        Command::Load(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Load, out),
+        Command::Create(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Create, out),
+        Command::Pause(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Pause, out),
+        Command::Unpause(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Unpause, out),
+        Command::Stop(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Stop, out),
+        Command::Unstage(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Unstage, out),
     }
+}
+
+fn lifecycle(
+    store: &std::path::Path,
+    cluster: Option<&std::path::Path>,
+    t: Target,
+    op: Op,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let config = host::cluster_config(cluster)?;
+    host::lifecycle(store, config, &t.target, t.vm.as_deref(), op, out)
 }
 
 fn image(dir: &std::path::Path, cmd: ImageCmd, out: &Out) -> anyhow::Result<ExitCode> {

@@ -64,23 +64,7 @@ pub fn bytes(n: u64) -> String {
 
 /// Parses `20G`, `512M`, `1.5T`, `4096` (binary units).
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let mult: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => anyhow::bail!("`{s}`: unknown unit {c:?}; use K, M, G or T"),
-            };
-            (&t[..i], mult)
-        }
-        _ => (t, 1),
-    };
-    let v: f64 = num.parse().map_err(|_| anyhow::anyhow!("`{s}` is not a size like 20G"))?;
-    anyhow::ensure!(v.is_finite() && v >= 0.0, "`{s}` is not a size like 20G");
-    Ok((v * mult as f64) as u64)
+    vw_node::workspace::parse_size(s).map_err(anyhow::Error::msg)
 }
 
 fn rate(len: u64, millis: u64) -> String {

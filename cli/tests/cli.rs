@@ -108,7 +108,7 @@ fn errors_are_clear_and_json_too() {
     assert!(stderr(&out).contains("invalid image name `Bad Name`"), "{}", stderr(&out));
 
     let out = vw(&store, &["cache", "limit", "12X"]);
-    assert!(stderr(&out).contains("unknown unit 'X'"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`12X` has an unknown unit"), "{}", stderr(&out));
 }
 
 #[test]
@@ -200,4 +200,92 @@ fn a_killed_import_leaves_a_consistent_store() {
         let stats = json(&store, &["cache", "stats"]);
         assert_eq!(stats["loose_chunks"], 0, "round {round}: {stats}");
     }
+}
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+
+#[test]
+fn workspace_validate_and_show() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let grid3 = format!("{EXAMPLES}/grid3-cluster.xml");
+    let out = vw(&store, &["workspace", "validate", &grid3]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("valid cluster workspace grid3 (9 VMs: head + 8 workers)"));
+
+    let shown = json(&store, &["workspace", "show", &grid3]);
+    let vms = shown["vms"].as_array().expect("vms");
+    assert_eq!(vms.len(), 9);
+    assert_eq!(shown["addresses"], "preview");
+    assert_eq!(vms[0]["nics"].as_array().map(Vec::len), Some(2), "the head has a public NIC");
+    assert!(vms
+        .iter()
+        .all(|vm| vm["nics"][0]["mac"].as_str().is_some_and(|m| m.starts_with("00:16:3e:"))));
+    assert!(!store.exists(), "show does not create a store");
+
+    let bad = dir.path().join("bad.xml");
+    std::fs::write(&bad, "<virtualWorkspace type=\"cluster\" name=\"x\" nodeNumber=\"2\">\n  <headnode name=\"h\">\n    <vcpus>1</vcpus>\n  </headnode>\n  <workernode name=\"w\">\n</virtualWorkspace>\n").expect("write");
+    let out = vw(&store, &["workspace", "validate", bad.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad.xml:6:1: malformed XML"), "{}", stderr(&out));
+}
+
+#[test]
+fn local_lifecycle_with_the_simulated_driver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let img = dir.path().join("root.img");
+    let ok = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .arg("8M")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(ok.success());
+    json(&store, &["image", "import", img.to_str().expect("utf8"), "--name", "vo/root:1"]);
+    let ws = dir.path().join("c.xml");
+    std::fs::write(
+        &ws,
+        r#"<virtualWorkspace type="cluster" name="c" nodeNumber="3">
+  <headnode name="head"><memory>128</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="vo/root:1" device="xvda1" role="root"/><swap device="xvda2" size="1M"/></headnode>
+  <workernode name="w"><memory>128</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="vo/root:1" device="xvda1" role="root"/><integration strategy="edit"/></workernode>
+</virtualWorkspace>"#,
+    )
+    .expect("write workspace");
+    let ws = ws.to_str().expect("utf8");
+
+    let out = vw(&store, &["create", ws]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Xen driver: simulated"),
+        "the simulation says so: {}",
+        stderr(&out)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("c-head") && text.contains("stage") && text.contains("start"), "{text}");
+
+    let status = json(&store, &["status"]);
+    assert_eq!(status["simulated"], true);
+    let states: Vec<&str> =
+        status["vms"].as_array().expect("vms").iter().filter_map(|v| v["state"].as_str()).collect();
+    assert_eq!(states, ["running", "running", "running"]);
+
+    json(&store, &["pause", "c", "--vm", "c-w1"]);
+    let out = vw(&store, &["create", "c"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot create VM c-w1: it is paused; use unpause"),
+        "{}",
+        stderr(&out)
+    );
+    let stopped = json(&store, &["stop", "c"]);
+    assert!(stopped["vms"].as_array().expect("vms").iter().all(|v| v["state"] == "stopped"));
+    json(&store, &["unstage", "c"]);
+    let status = json(&store, &["status"]);
+    assert!(status["vms"].as_array().expect("vms").is_empty());
+    let out = vw(&store, &["stop", "nope"]);
+    assert!(stderr(&out).contains("no deployment nope on this host"), "{}", stderr(&out));
 }

@@ -316,11 +316,12 @@ mod tests {
         ] {
             let text = base.replacen(from, to, 1);
             assert_ne!(text, base, "{from}");
-            let err = ClusterConfig::parse(&text, "c.toml").unwrap_err().to_string();
+            let err = ClusterConfig::parse(&text, "c.toml").expect_err("must fail").to_string();
             assert!(err.contains(expect), "{err}");
         }
-        let err =
-            ClusterConfig::parse("[network]\nsubnet = 5\n", "c.toml").unwrap_err().to_string();
+        let err = ClusterConfig::parse("[network]\nsubnet = 5\n", "c.toml")
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
     }
 }

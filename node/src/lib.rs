@@ -13,6 +13,7 @@
 //! re-exported for the CLI.
 
 pub use vw_chunkstore as chunkstore;
+pub use vw_planner as planner;
 
 pub mod config;
 pub mod integrate;

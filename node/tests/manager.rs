@@ -190,7 +190,7 @@ fn lifecycle_is_idempotent_and_refuses_the_impossible() {
     m.submit(&spec(CLUSTER)).expect("submit");
     // submit is idempotent for the same document.
     m.submit(&spec(CLUSTER)).expect("submit again");
-    let err = m.run("t", None, Op::Pause).unwrap_err();
+    let err = m.run("t", None, Op::Pause).expect_err("must fail");
     assert!(err.to_string().contains("cannot pause VM t-head: it is described"), "{err}");
 
     m.run("t", None, Op::Load).expect("load");
@@ -205,15 +205,15 @@ fn lifecycle_is_idempotent_and_refuses_the_impossible() {
     m.run("t", Some("t-worker1"), Op::Pause).expect("pause is idempotent");
     let s = states(&m);
     assert_eq!(s[1], ("t-worker1".into(), VmState::Paused, Some(DomainState::Paused)));
-    let err = m.run("t", Some("t-worker1"), Op::Create).unwrap_err();
+    let err = m.run("t", Some("t-worker1"), Op::Create).expect_err("must fail");
     assert!(err.to_string().contains("use unpause"), "{err}");
     m.run("t", Some("t-worker1"), Op::Unpause).expect("unpause");
 
-    let err = m.run("t", None, Op::Unstage).unwrap_err();
+    let err = m.run("t", None, Op::Unstage).expect_err("must fail");
     assert!(err.to_string().contains("stop it first"), "{err}");
     m.run("t", None, Op::Stop).expect("stop");
     assert!(states(&m).iter().all(|(_, s, d)| *s == VmState::Stopped && d.is_none()));
-    let err = m.run("t", Some("t-head"), Op::Pause).unwrap_err();
+    let err = m.run("t", Some("t-head"), Op::Pause).expect_err("must fail");
     assert!(matches!(err, ManagerError::Refused { .. }), "{err}");
 
     // Unstage releases everything: files, addresses, records, pins.
@@ -274,19 +274,19 @@ fn bad_inputs_are_refused_with_clear_errors() {
 
     // A missing image names the VM and the image.
     let missing = spec(&CLUSTER.replace("vo/worker:1", "vo/worker:2"));
-    let err = m.submit(&missing).unwrap_err().to_string();
+    let err = m.submit(&missing).expect_err("must fail").to_string();
     assert!(err.contains("VM t-worker1: image vo/worker:2 is not in the store"), "{err}");
     assert!(m.deployments().expect("list").is_empty(), "nothing recorded");
 
     // More memory than the host has.
     let huge = spec(&CLUSTER.replace("<memory>128</memory>", "<memory>1000G</memory>"));
-    let err = m.submit(&huge).unwrap_err().to_string();
+    let err = m.submit(&huge).expect_err("must fail").to_string();
     assert!(err.contains("MiB of guest memory needed"), "{err}");
 
     // The same name with another document.
     m.submit(&spec(CLUSTER)).expect("submit");
     let other = spec(&CLUSTER.replace("<memory>256</memory>", "<memory>300</memory>"));
-    let err = m.submit(&other).unwrap_err().to_string();
+    let err = m.submit(&other).expect_err("must fail").to_string();
     assert!(err.contains("already exists with a different workspace document"), "{err}");
 
     // A VM name another deployment already uses: x-y + z and x + y-z are both x-y-z.
@@ -301,7 +301,7 @@ fn bad_inputs_are_refused_with_clear_errors() {
             .replace("name=\"t\"", "name=\"x\"")
             .replace("<headnode name=\"head\">", "<headnode name=\"y-z\">"),
     );
-    let err = m.submit(&second).unwrap_err().to_string();
+    let err = m.submit(&second).expect_err("must fail").to_string();
     assert!(err.contains("duplicate VM name x-y-z: deployment x-y already has it"), "{err}");
 }
 
@@ -313,7 +313,7 @@ fn an_exhausted_address_pool_is_a_clear_error() {
     let (m, _) = Manager::open(&fx.root, config).expect("open");
     m.submit(&spec(CLUSTER)).expect("three of four addresses");
     let second = spec(&CLUSTER.replace("name=\"t\"", "name=\"u\""));
-    let err = m.submit(&second).unwrap_err().to_string();
+    let err = m.submit(&second).expect_err("must fail").to_string();
     assert!(
         err.contains("deployment u: the private address pool is exhausted: 3 needed, 1 free of 4"),
         "{err}"
@@ -332,7 +332,7 @@ fn in_image_edits_of_a_non_ext4_partition_suggest_the_seed_strategy() {
         m.store().import(&not_ext4, Some(&"vo/raw:1".parse().expect("name")), &()).expect("import");
         let text = CLUSTER.replace("vo/worker:1", "vo/raw:1");
         m.submit(&spec(&text)).expect("submit");
-        let err = m.run("t", None, Op::Stage).unwrap_err().to_string();
+        let err = m.run("t", None, Op::Stage).expect_err("must fail").to_string();
         assert!(err.contains("is not an ext4 file system"), "{err}");
         assert!(err.contains("strategy=\"seed\""), "{err}");
         // The head staged; the failing worker did not move.
@@ -368,11 +368,11 @@ fn disk_full_while_cloning_leaves_the_vm_described_and_no_partial_file() {
     rustix::fs::fallocate(&filler, rustix::fs::FallocateFlags::empty(), 0, free - keep)
         .expect("fallocate");
 
-    let err = m.run("full", None, Op::Stage).unwrap_err();
+    let err = m.run("full", None, Op::Stage).expect_err("must fail");
     assert!(
         matches!(
-            err,
-            ManagerError::Stage { error: vw_node::chunkstore::Error::NoSpace { .. }, .. }
+            &err,
+            ManagerError::Stage { error, .. } if matches!(**error, vw_node::chunkstore::Error::NoSpace { .. })
         ),
         "{err}"
     );

@@ -76,7 +76,7 @@ fn unwritable_values_are_refused() {
         (config("a", "/k", "", "/x,y.img"), "disk"),
         (config("a", "/k", "", ""), "disk"),
     ] {
-        let err = c.render().unwrap_err().to_string();
+        let err = c.render().expect_err("must fail").to_string();
         assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
     }
 }
@@ -89,11 +89,11 @@ fn the_simulated_check_catches_bad_vifs_and_disks() {
     let good = config("a", "/k", "", img.to_str().expect("utf-8")).render().expect("render");
     assert_eq!(check(&good).as_deref(), Ok("a"));
     let bad_mac = good.replace("00:16:3e:01:02:03", "02:00:00:01:02:03");
-    assert!(check(&bad_mac).unwrap_err().contains("not a Xen MAC"));
+    assert!(check(&bad_mac).expect_err("must fail").contains("not a Xen MAC"));
     let no_bridge = good.replace(", bridge=xenbr0", "");
-    assert!(check(&no_bridge).unwrap_err().contains("no bridge"));
+    assert!(check(&no_bridge).expect_err("must fail").contains("no bridge"));
     let missing = good.replace("x.img", "y.img");
-    assert!(check(&missing).unwrap_err().contains("is not a file"));
+    assert!(check(&missing).expect_err("must fail").contains("is not a file"));
     let reordered =
         good.replace("access=rw, target=", "target=").replace(".img\"", ".img, access=rw\"");
     assert!(check(&reordered).is_err(), "target= must be last");

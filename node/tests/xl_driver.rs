@@ -79,7 +79,7 @@ fn a_pause_that_silently_fails_is_caught() {
     let xl = fake.driver("FAKE_XL_PAUSE_NOOP=1", Duration::from_secs(10));
     xl.load("vm1", &fake.config("vm1")).expect("load");
     xl.unpause("vm1").expect("unpause");
-    let err = xl.pause("vm1").unwrap_err();
+    let err = xl.pause("vm1").expect_err("must fail");
     assert!(matches!(err, XenError::Unconfirmed { expected: DomainState::Paused, .. }), "{err}");
     assert!(err.to_string().contains("domain vm1 is running, not paused"), "{err}");
 }
@@ -99,7 +99,7 @@ fn a_shutdown_that_hangs_ends_in_destroy() {
 fn a_failing_xl_passes_its_stderr_on() {
     let fake = Fake::new();
     let xl = fake.driver("FAKE_XL_FAIL=create", Duration::from_secs(10));
-    let err = xl.load("vm1", &fake.config("vm1")).unwrap_err();
+    let err = xl.load("vm1", &fake.config("vm1")).expect_err("must fail");
     let text = err.to_string();
     assert!(text.contains("create -p"), "{text}");
     assert!(text.contains("libxl: error: injected failure in create"), "{text}");
@@ -107,10 +107,10 @@ fn a_failing_xl_passes_its_stderr_on() {
     // A duplicate domain: xl's own message comes through.
     let xl = fake.driver("", Duration::from_secs(10));
     xl.load("vm1", &fake.config("vm1")).expect("load");
-    let text = xl.load("vm1", &fake.config("vm1")).unwrap_err().to_string();
+    let text = xl.load("vm1", &fake.config("vm1")).expect_err("must fail").to_string();
     assert!(text.contains("already exists"), "{text}");
     // Operations on an unknown domain.
-    let text = xl.unpause("nope").unwrap_err().to_string();
+    let text = xl.unpause("nope").expect_err("must fail").to_string();
     assert!(text.contains("invalid domain identifier"), "{text}");
 }
 
@@ -121,7 +121,7 @@ fn a_missing_xl_says_where_it_looked() {
         Duration::from_secs(1),
         Duration::from_secs(1),
     );
-    let err = xl.status("vm1").unwrap_err();
+    let err = xl.status("vm1").expect_err("must fail");
     assert!(matches!(err, XenError::XlMissing { .. }), "{err}");
     assert!(err.to_string().contains("cannot run /nonexistent/xl"), "{err}");
     assert!(err.to_string().contains("[xen] xl"), "{err}");

@@ -182,9 +182,24 @@ pub struct Exhausted {
     pub size: u64,
 }
 
-/// A Xen MAC address, `00:16:3e:xx:xx:xx`.
+/// A Xen MAC address, `00:16:3e:xx:xx:xx` (serialised as that text).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Mac(pub [u8; 6]);
+
+impl From<Mac> for String {
+    fn from(mac: Mac) -> String {
+        mac.to_string()
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
 
 /// Xensource's OUI, the prefix of every MAC vw makes.
 pub const XEN_OUI: [u8; 3] = [0x00, 0x16, 0x3e];
@@ -345,8 +360,11 @@ mod tests {
         assert_eq!((s.first, s.last), (Ipv4Addr::new(10, 0, 1, 1), Ipv4Addr::new(10, 0, 1, 2)));
         assert_eq!("10.0.0.5".parse::<Segment>().map(|s| s.len()), Ok(1));
         assert_eq!("10.0.0.5-10.0.0.9".parse::<Segment>().map(|s| s.len()), Ok(5));
-        assert!("10.0.0.9-10.0.0.5".parse::<Segment>().unwrap_err().contains("backwards"));
-        assert!("10.0.1.1/24".parse::<Segment>().unwrap_err().contains("host bits"));
+        assert!("10.0.0.9-10.0.0.5"
+            .parse::<Segment>()
+            .expect_err("must fail")
+            .contains("backwards"));
+        assert!("10.0.1.1/24".parse::<Segment>().expect_err("must fail").contains("host bits"));
         assert!("10.0.1.300".parse::<Segment>().is_err());
         assert!(Pool::new(vec![
             "10.0.0.1-10.0.0.9".parse().expect("a"),
@@ -377,7 +395,8 @@ mod tests {
         // One more worker does not fit.
         let mut more = vms.clone();
         more.push(VmNics { key: "d/w2".into(), nics: vec![Network::Private] });
-        let err = assign(&more, &private, &public, &BTreeSet::new(), &BTreeSet::new()).unwrap_err();
+        let err = assign(&more, &private, &public, &BTreeSet::new(), &BTreeSet::new())
+            .expect_err("must fail");
         assert!(
             err.to_string().contains("private address pool is exhausted: 3 needed, 2 free of 2"),
             "{err}"

@@ -115,7 +115,7 @@ pub fn plan(state: VmState, op: Op) -> Result<Vec<Step>, Refusal> {
         (Op::Create, S::Staged | S::Stopped) => &[Load, Start],
         (Op::Create, S::Loaded) => &[Start],
         (Op::Create, S::Running) => &[],
-        (Op::Create, S::Paused) => return refuse("it is paused; use unpause"),
+        (Op::Create, S::Paused) => return refuse("use unpause"),
         (Op::Pause, S::Running) => &[Pause],
         (Op::Pause, S::Paused) => &[],
         (Op::Pause, S::Loaded) => {
@@ -123,13 +123,11 @@ pub fn plan(state: VmState, op: Op) -> Result<Vec<Step>, Refusal> {
                 "it is loaded but was never started (already paused); use create to start it",
             )
         }
-        (Op::Pause, _) => return refuse("only a running VM can be paused; use create to start it"),
+        (Op::Pause, _) => return refuse("only a running VM can be paused"),
         (Op::Unpause, S::Paused) => &[Unpause],
         (Op::Unpause, S::Running) => &[],
         (Op::Unpause, S::Loaded) => return refuse("it was never started; use create"),
-        (Op::Unpause, _) => {
-            return refuse("only a paused VM can be unpaused; use create to start it")
-        }
+        (Op::Unpause, _) => return refuse("only a paused VM can be unpaused"),
         (Op::Stop, S::Loaded | S::Running | S::Paused) => &[Stop],
         (Op::Stop, _) => &[],
         (Op::Unstage, S::Described | S::Staged | S::Stopped) => &[Unstage],
@@ -240,7 +238,7 @@ mod tests {
 
     #[test]
     fn impossible_operations_are_refused() {
-        let r = plan(VmState::Stopped, Op::Pause).unwrap_err();
+        let r = plan(VmState::Stopped, Op::Pause).expect_err("must fail");
         assert_eq!((r.op, r.state), (Op::Pause, VmState::Stopped));
         assert!(plan(VmState::Running, Op::Unstage).is_err());
         assert!(plan(VmState::Paused, Op::Create).is_err());

@@ -48,9 +48,9 @@ pub enum ManagerError {
         /// The VM.
         vm: String,
         /// The image reference.
-        image: ImageRef,
+        image: Box<ImageRef>,
         /// The store's answer.
-        error: vw_chunkstore::Error,
+        error: Box<vw_chunkstore::Error>,
     },
     /// A staging step failed on the store side (export, clone: disk full, I/O).
     #[error("VM {vm}: staging failed: {error}")]
@@ -59,7 +59,7 @@ pub enum ManagerError {
         vm: String,
         /// What failed.
         #[source]
-        error: vw_chunkstore::Error,
+        error: Box<vw_chunkstore::Error>,
     },
     /// The hypervisor hand-off failed.
     #[error("VM {vm}: {step}: {error}")]
@@ -308,8 +308,8 @@ impl Manager {
             for p in &vm.node.partitions {
                 self.store.resolve(&p.image).map_err(|error| ManagerError::MissingImage {
                     vm: name.clone(),
-                    image: p.image.clone(),
-                    error,
+                    image: Box::new(p.image.clone()),
+                    error: Box::new(error),
                 })?;
             }
         }

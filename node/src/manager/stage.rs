@@ -31,7 +31,7 @@ pub(super) fn stage_vm(
     all: &[VmRecord],
 ) -> Result<StagedFiles, ManagerError> {
     let node = node_of(&dep.spec, vm.role);
-    let stage_err = |error| ManagerError::Stage { vm: vm.name.clone(), error };
+    let stage_err = |error| ManagerError::Stage { vm: vm.name.clone(), error: Box::new(error) };
     let shared = deployment_dir(m, &dep.name).join(".shared");
     let dir = deployment_dir(m, &dep.name).join(&vm.name);
     if dir.exists() {
@@ -46,8 +46,8 @@ pub(super) fn stage_vm(
     for p in &node.partitions {
         let id = m.store.resolve(&p.image).map_err(|error| ManagerError::MissingImage {
             vm: vm.name.clone(),
-            image: p.image.clone(),
-            error,
+            image: Box::new(p.image.clone()),
+            error: Box::new(error),
         })?;
         m.store.pin(&ImageRef::Id(id), &PinReason::Deployment(dep.name.clone()))?;
         let staged = shared.join(format!("{}.img", id.to_hex()));

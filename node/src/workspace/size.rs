@@ -57,10 +57,10 @@ mod tests {
         assert_eq!(parse_size("1.5G"), Ok(3 << 29));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1t"), Ok(1 << 40));
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("MB").unwrap_err().contains("not a size"));
+        assert!(parse_size("12 parsecs").expect_err("must fail").contains("unknown unit"));
+        assert!(parse_size("MB").expect_err("must fail").contains("not a size"));
         assert!(parse_size("-1M").is_err());
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999T").expect_err("must fail").contains("too large"));
     }
 
     #[test]
