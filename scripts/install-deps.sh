@@ -4,11 +4,15 @@
 #   e2fsprogs     mkfs.ext4 for the ext4 test images
 #   util-linux    mount/umount (disk-full tests on a tiny tmpfs, loop mounts)
 #   xfsprogs      mkfs.xfs (the reflink clone test mounts an XFS image)
+#   libxen-dev    Xen's config parser (libxlutil): tests check every generated domain config
+#   gcc libc6-dev the C compiler that builds that checker
+#   dosfstools    mkfs.vfat for cloud-init seed volumes
+#   mtools        mcopy/mtype: writes and reads back seed volume files without mounting
 # With --experiments it also installs what the real-image experiments need:
 #   debootstrap   building Debian partition images (../shared/make-images.sh)
 #   casync        the baseline the import is compared with
 set -euo pipefail
-pkgs=(libclang-dev clang e2fsprogs util-linux xfsprogs)
+pkgs=(libclang-dev clang e2fsprogs util-linux xfsprogs libxen-dev gcc libc6-dev dosfstools mtools)
 if [ "${1:-}" = "--experiments" ]; then pkgs+=(debootstrap casync); fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,10 +1,12 @@
 //! `vw demo`: the most complete path there is today, on generated images in a scratch
 //! directory. It grows with the project (the peer issue turns it into a local
-//! multi-peer deployment with a simulated Xen driver).
+//! multi-peer deployment).
 //!
 //! Two hosts' stores, two images that share a base OS, and every step the staging path
-//! will rely on: import, dedup across images, the missing set a second host would fetch,
-//! a byte-exact sparse export, and a per-VM clone.
+//! relies on: import, dedup across images, the missing set a second host would fetch,
+//! a byte-exact sparse export, and a per-VM clone. Then host a deploys a head node and
+//! two workers through its manager with the simulated Xen driver (which says so):
+//! stage, load, start, pause, stop, unstage, each timed.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -16,6 +18,9 @@ use anyhow::Context;
 use serde::Serialize;
 use vw_node::chunkstore::testdata::noise;
 use vw_node::chunkstore::{clone_image, ImageName, ImageRef, PinReason, Store};
+use vw_node::config::ClusterConfig;
+use vw_node::manager::{Manager, Op, VmReport};
+use vw_node::workspace;
 
 use crate::output::{bytes, import_text, Out};
 
@@ -30,6 +35,62 @@ struct DemoReport {
     export_identical: bool,
     export_allocated_bytes: u64,
     clone_method: vw_node::chunkstore::CloneMethod,
+    lifecycle: Vec<(Op, Vec<VmReport>)>,
+}
+
+/// The demo cluster: a head node and two workers, integrated by seed volumes.
+const WORKSPACE: &str = r#"<virtualWorkspace type="cluster" name="demo" nodeNumber="3">
+  <headnode name="head">
+    <memory>512</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="demo/base:1" device="xvda1" role="root"/>
+    <swap device="xvda2"/>
+    <roles><nfsServer export="/home"/><batchServer/></roles>
+  </headnode>
+  <workernode name="worker" count="2">
+    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="demo/worker:1" device="xvda1" role="root"/>
+    <swap device="xvda2"/>
+    <roles><nfsClient export="/home"/><batchWorker/></roles>
+  </workernode>
+</virtualWorkspace>"#;
+
+/// Runs the demo cluster's lifecycle on host a's store.
+fn lifecycle(dir: &Path, out: &Out) -> anyhow::Result<Vec<(Op, Vec<VmReport>)>> {
+    let say = |s: &str| out.note(s);
+    let (m, _) = Manager::open(&dir.join("host-a"), ClusterConfig::embedded())?;
+    anyhow::ensure!(m.driver().simulated(), "the demo uses the simulated Xen driver");
+    say("\n[host a] deploying a head node and two workers (simulated Xen driver: configs are checked and states tracked, no guest runs)");
+    let spec = workspace::parse(WORKSPACE, "(demo workspace)")?;
+    m.submit(&spec)?;
+    let mut done = Vec::new();
+    for (op, vm) in [
+        (Op::Create, None),
+        (Op::Pause, Some("demo-worker1")),
+        (Op::Stop, None),
+        (Op::Unstage, None),
+    ] {
+        let reports = m.run("demo", vm, op)?;
+        for r in &reports {
+            let steps: Vec<String> = r
+                .steps
+                .iter()
+                .map(|t| format!("{} {:.3} s", t.step, t.micros as f64 / 1e6))
+                .collect();
+            say(&format!(
+                "[host a] {:<8} {:<13} → {:<9} {}",
+                op.to_string(),
+                r.vm,
+                r.state.to_string(),
+                steps.join(", ")
+            ));
+        }
+        if op == Op::Create {
+            let cfg = std::fs::read_to_string(m.config_path("demo-head"))?;
+            say(&format!("[host a] xen/demo-head.cfg:\n{}", cfg.trim_end()));
+        }
+        done.push((op, reports));
+    }
+    Ok(done)
 }
 
 /// Writes a sparse file of `size` bytes: data extents `(offset, len, seed)`, holes
@@ -113,15 +174,18 @@ pub fn run(out: &Out, keep: bool, size_mib: u64) -> anyhow::Result<ExitCode> {
         export_identical: identical,
         export_allocated_bytes: allocated,
         clone_method: method,
+        lifecycle: Vec::new(),
     };
     drop((host_a, host_b));
+    let lifecycle = lifecycle(dir, out)?;
+    let report = DemoReport { lifecycle, ..report };
     if keep {
         let kept = scratch.keep();
         say(&format!("\nkept {}", kept.display()));
     }
     out.emit(&report, || {
         format!(
-            "\ndemo ok: the worker image shares {} with the base; a host that caches the base fetches {} to stage it",
+            "\ndemo ok: the worker image shares {} with the base; a host that caches the base fetches {} to stage it; a 3-VM cluster went through create, pause, stop and unstage",
             bytes(report.shared_bytes),
             bytes(report.host_b_missing_bytes)
         )

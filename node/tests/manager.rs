@@ -168,15 +168,37 @@ fn create_stages_integrates_and_runs_a_cluster() {
     assert!(ext4_cat(&w1, "/etc/hosts").contains("\thead\n"));
     assert!(ext4_cat(&w1, "/etc/network/interfaces").contains("address 10.77.1.11/16"));
     assert_eq!(ext4_cat(&w1, "/var/spool/torque/server_name"), "head\n");
-    let shared = fs::read_dir(fx.root.join("images/t/.shared")).expect("shared").count();
-    assert_eq!(shared, 2, "one staged copy per image, shared by the VMs");
-    let original = fs::read(fx.images.join("worker.img")).expect("read");
-    for entry in fs::read_dir(fx.root.join("images/t/.shared")).expect("shared") {
-        let bytes = fs::read(entry.expect("entry").path()).expect("read");
-        if bytes.len() == original.len() {
-            assert!(bytes == original, "the shared base image was modified");
-        }
-    }
+    assert_eq!(
+        ext4_cat(&fx.root.join("images/t/t-worker2/xvda1.img"), "/etc/hostname"),
+        "worker2\n"
+    );
+    // The image in the store is untouched by the edits of the VMs' copies.
+    let again = fx.images.join("again.img");
+    m.store()
+        .export(
+            &m.store().resolve(&"vo/worker:1".parse().expect("ref")).expect("id"),
+            &again,
+            false,
+            &(),
+        )
+        .expect("export");
+    assert!(
+        fs::read(&again).expect("read") == fs::read(fx.images.join("worker.img")).expect("read")
+    );
+
+    // Each image was rebuilt once: worker1 cloned the rebuilt copy (worker2 still
+    // needed it), worker2 and the head took theirs by rename.
+    let status = m.status(Some("t")).expect("status");
+    let placed: Vec<(u32, u32, u32)> = status
+        .iter()
+        .map(|s| s.record.staged.as_ref().expect("staged").phases)
+        .map(|p| (p.rebuilt, p.cloned, p.taken))
+        .collect();
+    assert_eq!(placed, [(1, 0, 1), (1, 1, 0), (0, 0, 1)]);
+    assert!(
+        fs::read_dir(fx.root.join("images/t/.shared")).expect("shared").next().is_none(),
+        "no copy is kept that nobody clones"
+    );
 
     // Durations are recorded for every step.
     let status = m.status(Some("t")).expect("status");
@@ -359,9 +381,11 @@ fn disk_full_while_cloning_leaves_the_vm_described_and_no_partial_file() {
   <node name="vm"><memory>64</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
     <partition image="vo/root:1" device="xvda1" role="root"/>
     <partition image="vo/data:1" device="xvdb1" role="data"/>
+    <partition image="vo/data:1" device="xvdc1" role="data"/>
   </node></virtualWorkspace>"#;
     m.submit(&spec(text)).expect("submit");
-    // Leave room for the staged copy of the data image but not for its clone.
+    // Leave room for the rebuilt data image but not for its clone (the second data
+    // partition takes the rebuilt copy itself).
     let free = rustix::fs::statvfs(&fs_.path).map(|s| s.f_bavail * s.f_frsize).expect("statvfs");
     let filler = fs::File::create(fs_.path.join("filler")).expect("filler");
     let keep = (12 << 20) + (6 << 20);

@@ -72,6 +72,30 @@ pub struct StagedFiles {
     pub config: PathBuf,
     /// Its disks, as in the config.
     pub disks: Vec<Disk>,
+    /// Where the stage step's time went.
+    pub phases: StagePhases,
+}
+
+/// The parts of a stage step: durations in microseconds, and how each partition was
+/// placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagePhases {
+    /// Partitions rebuilt from the store for this VM.
+    pub rebuilt: u32,
+    /// Partitions cloned from a rebuilt copy (another VM still needed it).
+    pub cloned: u32,
+    /// Partitions that took a rebuilt copy by rename (its last use).
+    pub taken: u32,
+    /// Rebuilding partitions from the store (zero when the deployment's copy exists).
+    pub rebuild: u64,
+    /// Cloning them for this VM (zero when it took the last use of the copy).
+    pub clone: u64,
+    /// Making the swap partition.
+    pub swap: u64,
+    /// The seed volume or the in-image edits.
+    pub integrate: u64,
+    /// Writing the domain config.
+    pub config: u64,
 }
 
 /// One step's duration.

@@ -2,6 +2,10 @@
 //! per VM (reflink or sparse copy), make the swap partition, integrate, and write the
 //! domain config. And the reverse, unstaging.
 //!
+//! The last VM of a stage run that needs a rebuilt copy takes it by rename instead of
+//! cloning it: on file systems without reflink a clone is a full copy, and a copy
+//! nobody else will clone is not worth keeping. A VM staged later rebuilds it again.
+//!
 //! A VM's directory is rebuilt from scratch on every stage, so a stage interrupted
 //! halfway (disk full, crash) leaves nothing that a retry trusts. Every file is written
 //! under a temporary name and renamed when complete.
@@ -9,11 +13,12 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use vw_chunkstore::{clone_image, ImageRef, PinReason};
+use vw_chunkstore::{clone_image, ImageRef, ManifestId, PinReason};
 
-use super::records::{DeploymentRecord, StagedFiles, VmRecord};
-use super::{node_of, Manager, ManagerError};
+use super::records::{DeploymentRecord, StagePhases, StagedFiles, VmRecord};
+use super::{node_of, Manager, ManagerError, VmState};
 use crate::integrate::{self, ClusterView, NicSetup, VmSetup};
 use crate::workspace::{Access, BatchRole, Integration, Network, PartitionRole, VmRole};
 use crate::xen::config::{Disk, DomainConfig, Vif};
@@ -41,35 +46,67 @@ pub(super) fn stage_vm(
         fs::create_dir_all(d).map_err(|e| ManagerError::io("create", d, e))?;
     }
 
+    let resolve = |image: &ImageRef| {
+        m.store.resolve(image).map_err(|error| ManagerError::MissingImage {
+            vm: vm.name.clone(),
+            image: Box::new(image.clone()),
+            error: Box::new(error),
+        })
+    };
+    // The images still to be placed after this VM: every partition of the deployment's
+    // VMs that are not staged yet.
+    let mut pending: Vec<ManifestId> = Vec::new();
+    let waiting = |o: &&VmRecord| {
+        o.name != vm.name && matches!(o.state, VmState::Described | VmState::Unstaged)
+    };
+    for other in all.iter().filter(waiting) {
+        for p in &node_of(&dep.spec, other.role).partitions {
+            pending.push(resolve(&p.image)?);
+        }
+    }
+    let ids: Vec<ManifestId> =
+        node.partitions.iter().map(|p| resolve(&p.image)).collect::<Result<_, _>>()?;
+
+    let mut phases = StagePhases::default();
     let mut disks = Vec::new();
     let mut root = None;
-    for p in &node.partitions {
-        let id = m.store.resolve(&p.image).map_err(|error| ManagerError::MissingImage {
-            vm: vm.name.clone(),
-            image: Box::new(p.image.clone()),
-            error: Box::new(error),
-        })?;
-        m.store.pin(&ImageRef::Id(id), &PinReason::Deployment(dep.name.clone()))?;
+    for (i, (p, id)) in node.partitions.iter().zip(&ids).enumerate() {
+        m.store.pin(&ImageRef::Id(*id), &PinReason::Deployment(dep.name.clone()))?;
         let staged = shared.join(format!("{}.img", id.to_hex()));
+        let t = Instant::now();
         if !staged.exists() {
             // Rebuilt once per deployment, verified against the image's BLAKE3.
-            m.store.export(&id, &staged, false, &()).map_err(stage_err)?;
+            m.store.export(id, &staged, false, &()).map_err(stage_err)?;
+            phases.rebuilt += 1;
         }
-        let clone = dir.join(format!("{}.img", p.device));
-        let method = clone_image(&staged, &clone).map_err(stage_err)?;
-        tracing::debug!(device = %p.device, ?method, "partition cloned");
+        phases.rebuild += micros(t);
+        let t = Instant::now();
+        let copy = dir.join(format!("{}.img", p.device));
+        if ids[i + 1..].contains(id) || pending.contains(id) {
+            let method = clone_image(&staged, &copy).map_err(stage_err)?;
+            tracing::debug!(device = %p.device, ?method, "partition cloned");
+            phases.cloned += 1;
+        } else {
+            fs::rename(&staged, &copy).map_err(|e| ManagerError::io("rename", &staged, e))?;
+            tracing::debug!(device = %p.device, "took the last use of the rebuilt copy");
+            phases.taken += 1;
+        }
+        phases.clone += micros(t);
         if p.role == PartitionRole::Root {
-            root = Some(clone.clone());
+            root = Some(copy.clone());
         }
-        disks.push(Disk { vdev: p.device.clone(), access: p.access, target: clone });
+        disks.push(Disk { vdev: p.device.clone(), access: p.access, target: copy });
     }
+    let t = Instant::now();
     if let Some(swap) = &node.swap {
         let path = dir.join(format!("{}.swap.img", swap.device));
         make_swap(&path, swap.size)
             .map_err(|error| ManagerError::Integration { vm: vm.name.clone(), error })?;
         disks.push(Disk { vdev: swap.device.clone(), access: Access::Rw, target: path });
     }
+    phases.swap = micros(t);
 
+    let t = Instant::now();
     let setup = setup(m, dep, vm, all);
     let integration_err = |error| ManagerError::Integration { vm: vm.name.clone(), error };
     match node.integration {
@@ -85,7 +122,9 @@ pub(super) fn stage_vm(
                 .map_err(integration_err)?;
         }
     }
+    phases.integrate = micros(t);
 
+    let t = Instant::now();
     let bridge = |n: Network| match n {
         Network::Private => m.config.network.private_bridge.clone(),
         Network::Public => m.config.network.public.bridge.clone(),
@@ -113,7 +152,12 @@ pub(super) fn stage_vm(
     })?;
     let path = m.config_path(&vm.name);
     write_atomic(&path, text.as_bytes())?;
-    Ok(StagedFiles { config: path, disks: config.disks })
+    phases.config = micros(t);
+    Ok(StagedFiles { config: path, disks: config.disks, phases })
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
 }
 
 /// What `vm` needs to know to join the cluster.

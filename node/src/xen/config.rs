@@ -174,11 +174,12 @@ fn simple(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A list, one item per line.
 fn list(items: &[String]) -> String {
     if items.is_empty() {
         "[ ]".to_owned()
     } else {
-        format!("[ {} ]", items.join(", "))
+        format!("[\n{}]", items.iter().map(|i| format!("    {i},\n")).collect::<String>())
     }
 }
 
