@@ -17,6 +17,7 @@ pub use vw_planner as planner;
 
 pub mod config;
 pub mod integrate;
+#[cfg(feature = "host")]
 pub mod manager;
 pub mod workspace;
 pub mod xen;
