@@ -72,6 +72,15 @@ pub enum ManagerError {
         #[source]
         error: XenError,
     },
+    /// The hypervisor could not say what state a domain is in.
+    #[error("VM {vm}: cannot read its domain's state: {error}")]
+    XenStatus {
+        /// The VM.
+        vm: String,
+        /// What failed.
+        #[source]
+        error: XenError,
+    },
     /// Integration failed.
     #[error("VM {vm}: integration: {error}")]
     Integration {
@@ -349,11 +358,10 @@ impl Manager {
 
     fn check_capacity(&self, spec: &WorkspaceSpec, names: &[String]) -> Result<(), ManagerError> {
         let db = self.db();
+        let deployments = db.deployments()?;
         let mut used: u64 = 0;
-        for d in db.deployments()? {
-            for vm in
-                db.vms()?.iter().filter(|v| v.deployment == d.name && v.state != VmState::Unstaged)
-            {
+        for vm in db.vms()?.iter().filter(|v| v.state != VmState::Unstaged) {
+            if let Some(d) = deployments.iter().find(|d| d.name == vm.deployment) {
                 used += node_of(&d.spec, vm.role).memory_mib;
             }
         }
@@ -588,11 +596,10 @@ impl Manager {
         for dep in db.deployments()?.iter().filter(|d| deployment.is_none_or(|n| n == d.name)) {
             for name in &dep.vms {
                 let Some(record) = db.vm(name)? else { continue };
-                let domain = self.driver.status(name).map_err(|error| ManagerError::Xen {
-                    vm: name.clone(),
-                    step: Step::Load,
-                    error,
-                })?;
+                let domain = self
+                    .driver
+                    .status(name)
+                    .map_err(|error| ManagerError::XenStatus { vm: name.clone(), error })?;
                 out.push(VmStatus { record, domain });
             }
         }
@@ -606,11 +613,10 @@ impl Manager {
         let db = self.db();
         let mut out = Vec::new();
         for mut record in db.vms()? {
-            let domain = self.driver.status(&record.name).map_err(|error| ManagerError::Xen {
-                vm: record.name.clone(),
-                step: Step::Load,
-                error,
-            })?;
+            let domain = self
+                .driver
+                .status(&record.name)
+                .map_err(|error| ManagerError::XenStatus { vm: record.name.clone(), error })?;
             let now = match (record.state, domain) {
                 (VmState::Loaded | VmState::Running | VmState::Paused, None) => {
                     Some((VmState::Stopped, "its domain is gone (the host or hypervisor restarted, or it was destroyed outside vw)"))

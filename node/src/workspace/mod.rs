@@ -62,6 +62,8 @@ pub fn parse(text: &str, source: &str) -> Result<WorkspaceSpec, Error> {
     if text.len() > MAX_DOCUMENT {
         return Err(Error::TooLarge { source_name: source.to_owned(), limit: MAX_DOCUMENT });
     }
+    // A byte-order mark is allowed and ignored; positions count from after it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let doc = xml::Document::parse(text, source)?;
     validate::spec(&doc)
 }

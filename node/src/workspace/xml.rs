@@ -167,8 +167,9 @@ fn index(text: &str, source: &str) -> Result<HashMap<String, usize>, Error> {
             }
             _ => continue,
         };
-        // The tag's text, from `<` to `>`.
-        let raw = &text[start as usize..reader.buffer_position() as usize];
+        // The tag's text, from `<` to `>` (only used to place attributes: anything odd
+        // places them at the tag).
+        let raw = text.get(start as usize..reader.buffer_position() as usize).unwrap_or("");
         let name = tag.name().into_inner().to_owned();
         elements += 1;
         if elements > MAX_ELEMENTS {
