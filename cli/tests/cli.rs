@@ -5,6 +5,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[path = "../../node/tests/support/xlcheck.rs"]
+mod xlcheck;
+
 fn vw(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vw"))
         .arg("--store")
@@ -267,6 +270,9 @@ fn local_lifecycle_with_the_simulated_driver() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("c-head") && text.contains("stage") && text.contains("start"), "{text}");
 
+    for vm in ["c-head", "c-w1", "c-w2"] {
+        xlcheck::check(&store.join("xen").join(format!("{vm}.cfg")));
+    }
     let status = json(&store, &["status"]);
     assert_eq!(status["simulated"], true);
     let states: Vec<&str> =

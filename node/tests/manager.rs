@@ -103,6 +103,18 @@ fn open(root: &Path) -> Manager {
     m
 }
 
+/// Runs Xen's own parser (libxlutil) over every domain config staged under `root`.
+fn xen_accepts_all(root: &Path) {
+    let mut checked = 0;
+    for entry in fs::read_dir(root.join("xen")).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "cfg") {
+            xlcheck::check(&entry.path());
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no domain config under {}", root.display());
+}
+
 fn states(m: &Manager) -> Vec<(String, VmState, Option<DomainState>)> {
     m.status(Some("t"))
         .expect("status")
@@ -216,6 +228,7 @@ fn lifecycle_is_idempotent_and_refuses_the_impossible() {
     assert!(err.to_string().contains("cannot pause VM t-head: it is described"), "{err}");
 
     m.run("t", None, Op::Load).expect("load");
+    xen_accepts_all(&fx.root);
     assert!(states(&m)
         .iter()
         .all(|(_, s, d)| *s == VmState::Loaded && *d == Some(DomainState::Paused)));
@@ -257,6 +270,7 @@ fn a_restarted_manager_reconciles_with_the_hypervisor() {
         let m = open(&fx.root);
         m.submit(&spec(CLUSTER)).expect("submit");
         m.run("t", None, Op::Create).expect("create");
+        xen_accepts_all(&fx.root);
         m.run("t", Some("t-worker2"), Op::Pause).expect("pause");
     }
     // Reopened: the records survive.
@@ -361,6 +375,7 @@ fn in_image_edits_of_a_non_ext4_partition_suggest_the_seed_strategy() {
         let s = states(&m);
         assert_eq!(s[0].1, VmState::Staged);
         assert_eq!(s[1].1, VmState::Described);
+        xen_accepts_all(&store);
     }
 }
 
@@ -413,6 +428,7 @@ fn disk_full_while_cloning_leaves_the_vm_described_and_no_partial_file() {
     fs::remove_file(fs_.path.join("filler")).expect("remove filler");
     m.run("full", None, Op::Stage).expect("stage");
     assert_eq!(states_of(&m, "full"), [VmState::Staged]);
+    xen_accepts_all(&root);
 }
 
 fn states_of(m: &Manager, dep: &str) -> Vec<VmState> {
@@ -452,6 +468,7 @@ fn the_xl_driver_runs_a_cluster_through_a_fake_xl() {
     assert!(!m.driver().simulated());
     m.submit(&spec(CLUSTER)).expect("submit");
     m.run("t", None, Op::Create).expect("create");
+    xen_accepts_all(&fx.root);
     m.run("t", Some("t-worker2"), Op::Pause).expect("pause");
     let s = states(&m);
     assert_eq!(s[2], ("t-worker2".into(), VmState::Paused, Some(DomainState::Paused)));

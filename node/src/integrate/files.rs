@@ -212,3 +212,126 @@ pub fn user_data(setup: &VmSetup) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::integrate::{ClusterView, NicSetup};
+    use crate::workspace::{NfsMount, Roles};
+    use yaml_rust2::{Yaml, YamlLoader};
+
+    fn head() -> VmSetup {
+        VmSetup {
+            instance_id: "grid3-head-1".into(),
+            hostname: "head".into(),
+            nics: vec![
+                NicSetup {
+                    network: Network::Private,
+                    address: "10.77.1.10/16".parse().expect("net"),
+                    mac: "00:16:3e:00:00:01".parse().expect("mac"),
+                    gateway: None,
+                },
+                NicSetup {
+                    network: Network::Public,
+                    address: "172.30.0.10/24".parse().expect("net"),
+                    mac: "00:16:3e:00:00:02".parse().expect("mac"),
+                    gateway: Some("172.30.0.1".parse().expect("ip")),
+                },
+            ],
+            dns: vec!["10.77.0.1".parse().expect("ip")],
+            roles: Roles {
+                nfs_exports: vec!["/home".into()],
+                nfs_mounts: vec![],
+                batch: Some(BatchRole::Server),
+            },
+            vcpus: 2,
+            cluster: ClusterView {
+                hosts: vec![
+                    ("head".into(), "10.77.1.10".parse().expect("ip")),
+                    ("worker1".into(), "10.77.1.11".parse().expect("ip")),
+                ],
+                head: "head".into(),
+                private_net: "10.77.0.0/16".parse().expect("net"),
+                batch_nodes: vec![("worker1".into(), 1)],
+            },
+        }
+    }
+
+    fn yaml(text: &str) -> Yaml {
+        let mut docs =
+            YamlLoader::load_from_str(text).unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"));
+        assert_eq!(docs.len(), 1, "{text}");
+        docs.remove(0)
+    }
+
+    #[test]
+    fn network_config_is_v2_with_both_nics_matched_by_mac() {
+        let doc = yaml(&network_config(&head()));
+        assert_eq!(doc["version"].as_i64(), Some(2));
+        let eth1 = &doc["ethernets"]["eth1"];
+        assert_eq!(eth1["match"]["macaddress"].as_str(), Some("00:16:3e:00:00:02"));
+        assert_eq!(eth1["addresses"][0].as_str(), Some("172.30.0.10/24"));
+        assert_eq!(eth1["routes"][0]["via"].as_str(), Some("172.30.0.1"));
+        assert_eq!(
+            doc["ethernets"]["eth0"]["nameservers"]["addresses"][0].as_str(),
+            Some("10.77.0.1")
+        );
+        assert!(
+            doc["ethernets"]["eth0"]["routes"].is_badvalue(),
+            "one default route, on the public NIC"
+        );
+    }
+
+    #[test]
+    fn user_data_writes_hosts_exports_and_the_node_list() {
+        let text = user_data(&head());
+        assert!(text.starts_with("#cloud-config\n"));
+        let doc = yaml(&text);
+        assert_eq!(doc["hostname"].as_str(), Some("head"));
+        let files = doc["write_files"].as_vec().expect("write_files");
+        let file = |p: &str| {
+            files
+                .iter()
+                .find(|f| f["path"].as_str() == Some(p))
+                .and_then(|f| f["content"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(file("/etc/hosts").contains("10.77.1.11\tworker1\n"));
+        assert_eq!(
+            file("/etc/exports"),
+            "/home\t10.77.0.0/16(rw,sync,no_subtree_check,no_root_squash)\n"
+        );
+        assert_eq!(file("/var/spool/torque/server_priv/nodes"), "worker1 np=1\n");
+        assert_eq!(doc["runcmd"][0].as_str(), Some("exportfs -ra"));
+        let meta = yaml(&meta_data(&head()));
+        assert_eq!(meta["instance-id"].as_str(), Some("grid3-head-1"));
+    }
+
+    #[test]
+    fn a_worker_mounts_the_head_export() {
+        let mut w = head();
+        w.hostname = "worker1".into();
+        w.nics.truncate(1);
+        w.nics[0].gateway = Some("10.77.0.1".parse().expect("ip"));
+        w.roles = Roles {
+            nfs_exports: vec![],
+            nfs_mounts: vec![NfsMount { export: "/home".into(), mount: "/home".into() }],
+            batch: Some(BatchRole::Worker),
+        };
+        let doc = yaml(&user_data(&w));
+        let mount: Vec<&str> =
+            doc["mounts"][0].as_vec().expect("mount").iter().filter_map(Yaml::as_str).collect();
+        assert_eq!(mount, ["head:/home", "/home", "nfs", "defaults,_netdev", "0", "0"]);
+        assert!(interfaces(&w).contains(
+            "iface eth0 inet static\n    address 10.77.1.10/16\n    gateway 10.77.0.1\n"
+        ));
+        let files = guest_files(&w);
+        let fstab = files.iter().find(|f| f.path == "/etc/fstab").expect("fstab");
+        assert!(fstab.append);
+        assert!(
+            !files.iter().any(|f| f.path.ends_with("server_priv/nodes")),
+            "only the server lists nodes"
+        );
+    }
+}

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/xlcheck.c");
+/// The checker's C source, beside this file (so any crate's tests can include it).
+const SOURCE: &str = include_str!("xlcheck.c");
 const HINT: &str = "run scripts/install-deps.sh, which installs a C compiler and libxen-dev";
 
 /// Compiles the checker once per process. `Err` holds why it could not be built.
@@ -32,17 +33,20 @@ fn checker() -> &'static Result<PathBuf, String> {
         // Test binaries run in parallel: build under a per-process name, then
         // rename into place (atomic, and harmless to anyone running the old one).
         let tmp = dir.join(format!("xlcheck.{}.tmp", std::process::id()));
+        let source = dir.join(format!("xlcheck.{}.c", std::process::id()));
+        fs::write(&source, SOURCE).map_err(|e| format!("cannot write {source:?}: {e}"))?;
         let out = Command::new("cc")
             .args(["-O2", "-Wall", "-o"])
             .arg(&tmp)
-            .arg(SOURCE)
+            .arg(&source)
             .args(["-lxlutil", "-lxenlight"])
             .output()
             .map_err(|e| format!("cannot run `cc`: {e}; {HINT}"))?;
+        let _ = fs::remove_file(&source);
         if !out.status.success() {
             let _ = fs::remove_file(&tmp);
             return Err(format!(
-                "compiling {SOURCE} failed; {HINT}:\n{}",
+                "compiling xlcheck.c failed; {HINT}:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
