@@ -376,6 +376,9 @@ fn in_image_edits_of_a_non_ext4_partition_suggest_the_seed_strategy() {
         assert_eq!(s[0].1, VmState::Staged);
         assert_eq!(s[1].1, VmState::Described);
         xen_accepts_all(&store);
+        let status = m.status(Some("t")).expect("status");
+        let note = status[1].record.note.as_deref().unwrap_or_default();
+        assert!(note.starts_with("stage failed: VM t-worker1: integration:"), "{note}");
     }
 }
 

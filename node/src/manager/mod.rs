@@ -488,7 +488,12 @@ impl Manager {
                 let result = self.step(&dep, &mut record, step);
                 let micros = started.elapsed().as_micros() as u64;
                 if let Err(e) = result {
+                    // The state stays; the failure is noted for `vw status`.
                     tracing::warn!(%step, error = %e, "step failed");
+                    record.note = Some(format!("{step} failed: {e}"));
+                    let mut batch = RecordBatch::default();
+                    records::put_vm(&mut batch, &record);
+                    db.write(batch)?;
                     return Err(e);
                 }
                 let timing = Timing { step, micros, at_ms: now_ms() };
@@ -517,8 +522,7 @@ impl Manager {
     /// Gives addresses back to VMs that were unstaged and are staged again.
     fn readdress(&self, dep: &DeploymentRecord) -> Result<(), ManagerError> {
         let db = self.db();
-        let mut records: Vec<VmRecord> =
-            dep.vms.iter().filter_map(|n| db.vm(n).transpose()).collect::<Result<_, _>>()?;
+        let mut records = db.vms_of(dep)?;
         if records.iter().all(|r| !r.nics.is_empty()) {
             return Ok(());
         }
@@ -537,11 +541,7 @@ impl Manager {
         let xen = |error| ManagerError::Xen { vm: record.name.clone(), step, error };
         match step {
             Step::Stage => {
-                let all: Vec<VmRecord> = dep
-                    .vms
-                    .iter()
-                    .filter_map(|n| self.db().vm(n).transpose())
-                    .collect::<Result<_, _>>()?;
+                let all = self.db().vms_of(dep)?;
                 record.staged = Some(stage::stage_vm(self, dep, record, &all)?);
                 Ok(())
             }
@@ -559,8 +559,7 @@ impl Manager {
     /// records.
     fn forget_if_unstaged(&self, dep: &DeploymentRecord) -> Result<(), ManagerError> {
         let db = self.db();
-        let records: Vec<VmRecord> =
-            dep.vms.iter().filter_map(|n| db.vm(n).transpose()).collect::<Result<_, _>>()?;
+        let records = db.vms_of(dep)?;
         if records.iter().any(|r| r.state != VmState::Unstaged) {
             return Ok(());
         }

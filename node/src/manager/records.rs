@@ -140,6 +140,11 @@ impl Db<'_> {
         Ok(self.records.scan(VMS, VM_V)?.into_iter().map(|(_, v)| v).collect())
     }
 
+    /// The VMs of `dep`, in its order (head first).
+    pub fn vms_of(&self, dep: &DeploymentRecord) -> Result<Vec<VmRecord>, ManagerError> {
+        dep.vms.iter().filter_map(|n| self.vm(n).transpose()).collect()
+    }
+
     pub fn addresses(&self) -> Result<Vec<(String, AddressOwner)>, ManagerError> {
         Ok(self.records.scan(ADDRESSES, ADDRESS_V)?)
     }
