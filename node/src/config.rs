@@ -220,6 +220,26 @@ impl ClusterConfig {
             message: e.to_string().trim_end().to_owned(),
         })?;
         config.pools_from(source)?;
+        let zero = |key, message: &str| ConfigError::Value {
+            source_name: source.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        if config.host.memory_mib == Some(0) {
+            return Err(zero(
+                "host.memory_mib",
+                "must be more than 0; leave it out to use the machine's memory",
+            ));
+        }
+        if config.host.cpus == Some(0) {
+            return Err(zero(
+                "host.cpus",
+                "must be more than 0; leave it out to use the machine's CPUs",
+            ));
+        }
+        if config.xen.shutdown_timeout_s == 0 || config.xen.command_timeout_s == 0 {
+            return Err(zero("xen.*_timeout_s", "timeouts must be at least 1 second"));
+        }
         for (key, value) in [
             ("xen.on_poweroff", &config.xen.on_poweroff),
             ("xen.on_reboot", &config.xen.on_reboot),

@@ -62,7 +62,8 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("store");
+    // A space in the store path: every tool vw runs must get it as one argument.
+    let root = tmp.path().join("my store");
     let images = tmp.path().join("in");
     fs::create_dir_all(&images).expect("mkdir");
     ext4_image(&images.join("head.img"), &BASE_FILES, 16);
@@ -159,6 +160,7 @@ fn create_stages_integrates_and_runs_a_cluster() {
 
     // The head's seed volume says who it is and who the others are.
     let seed = fx.root.join("images/t/t-head/seed.img");
+    assert!(seed.to_string_lossy().contains("my store"));
     let user_data = Command::new("mtype")
         .arg("-i")
         .arg(&seed)

@@ -67,6 +67,10 @@ fn lifecycle_maps_onto_xl_commands() {
     assert_eq!(xl.stop("vm1").expect("stop"), StopHow::Shutdown);
     assert_eq!(xl.status("vm1").expect("status"), None);
     assert_eq!(xl.stop("vm1").expect("stop again"), StopHow::Absent);
+    // A loaded domain that never ran is destroyed outright.
+    xl.load("vm2", &fake.config("vm2")).expect("load");
+    assert_eq!(xl.destroy("vm2").expect("destroy"), StopHow::Destroyed);
+    assert_eq!(xl.destroy("vm2").expect("destroy again"), StopHow::Absent);
     let calls = fake.calls();
     for expected in ["create -p", "unpause vm1", "pause vm1", "shutdown -w vm1", "list vm1"] {
         assert!(calls.contains(expected), "{expected} missing from:\n{calls}");

@@ -68,11 +68,11 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
         let local = staging.join(format!("in{i}"));
         fs::write(&local, content).map_err(|e| IntegrationError::io("write", &local, e))?;
         for dir in parents(path) {
-            script.push_str(&format!("mkdir {dir}\n"));
+            script.push_str(&format!("mkdir {}\n", quote(Path::new(&dir))?));
         }
+        let (local, path) = (quote(&local)?, quote(Path::new(path))?);
         script.push_str(&format!(
-            "rm {path}\nwrite {} {path}\nsif {path} mode 0100644\nsif {path} uid 0\nsif {path} gid 0\n",
-            local.display()
+            "rm {path}\nwrite {local} {path}\nsif {path} mode 0100644\nsif {path} uid 0\nsif {path} gid 0\n"
         ));
     }
     let cmds = staging.join("edit.cmds");
@@ -109,6 +109,16 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
     fsck(image)
 }
 
+/// A path as one debugfs argument: in double quotes (debugfs splits commands at
+/// spaces); paths with a quote or a control character cannot be passed.
+fn quote(path: &Path) -> Result<String, IntegrationError> {
+    let text = path.to_str().filter(|t| !t.chars().any(|c| c == '"' || c.is_control()));
+    match text {
+        Some(t) => Ok(format!("\"{t}\"")),
+        None => Err(IntegrationError::Unquotable { path: path.to_owned() }),
+    }
+}
+
 /// Each directory above `path`, outermost first (`/etc/network/interfaces` → `/etc`,
 /// `/etc/network`). debugfs refuses to make one that exists, harmlessly.
 fn parents(path: &str) -> Vec<String> {
@@ -131,7 +141,7 @@ fn dump<'a>(
     let mut script = String::new();
     for (path, local) in paths.iter().zip(&locals) {
         let _ = fs::remove_file(local);
-        script.push_str(&format!("dump {path} {}\n", local.display()));
+        script.push_str(&format!("dump {} {}\n", quote(Path::new(path))?, quote(local)?));
     }
     let cmds = staging.join("dump.cmds");
     fs::write(&cmds, &script).map_err(|e| IntegrationError::io("write", &cmds, e))?;

@@ -109,6 +109,12 @@ pub enum IntegrationError {
         /// The partition image.
         image: PathBuf,
     },
+    /// A path debugfs cannot be given (a quote, a control character, not UTF-8).
+    #[error("cannot pass {path} to debugfs (it has a quote or control character); use a store path without them")]
+    Unquotable {
+        /// The path.
+        path: PathBuf,
+    },
     /// The file system check after the edits found problems.
     #[error("e2fsck -fn found problems in {image} after the edits: {output}")]
     Fsck {

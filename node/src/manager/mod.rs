@@ -550,6 +550,10 @@ impl Manager {
             }
             Step::Start | Step::Unpause => self.driver.unpause(&record.name).map_err(xen),
             Step::Pause => self.driver.pause(&record.name).map_err(xen),
+            // A loaded domain never ran: nothing to shut down cleanly.
+            Step::Stop if record.state == VmState::Loaded => {
+                self.driver.destroy(&record.name).map(drop).map_err(xen)
+            }
             Step::Stop => self.driver.stop(&record.name).map(drop).map_err(xen),
             Step::Unstage => stage::unstage_vm(self, dep, record),
         }

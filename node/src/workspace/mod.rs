@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use vw_chunkstore::ImageRef;
 
 pub use error::{Error, Position};
-pub use size::{parse_size, Size};
+pub use size::parse_size;
 pub use vw_planner::address::Network;
 
 /// Largest workspace document read, in bytes.

@@ -65,6 +65,8 @@ pub trait Driver: fmt::Debug + Send + Sync {
     fn pause(&self, domain: &str) -> Result<(), XenError>;
     /// Shuts the domain down, destroying it after the shutdown timeout.
     fn stop(&self, domain: &str) -> Result<StopHow, XenError>;
+    /// Destroys the domain at once (one that never ran has nothing to shut down).
+    fn destroy(&self, domain: &str) -> Result<StopHow, XenError>;
     /// The domain's state; `None` if the hypervisor has no such domain.
     fn status(&self, domain: &str) -> Result<Option<DomainState>, XenError>;
 }
@@ -112,6 +114,18 @@ pub enum XenError {
         found: String,
         /// What it should be.
         expected: DomainState,
+    },
+    /// The domain is still there after `xl destroy`.
+    #[error(
+        "after `{command}` domain {domain} still exists ({found}); check `xl list` and `xl dmesg`"
+    )]
+    NotGone {
+        /// The command line.
+        command: String,
+        /// The domain.
+        domain: String,
+        /// What `xl list` says.
+        found: DomainState,
     },
     /// Output of `xl` that vw cannot read.
     #[error("cannot read the output of `{command}`: {output:?}")]

@@ -154,6 +154,16 @@ impl Driver for SimulatedDriver {
         })
     }
 
+    fn destroy(&self, domain: &str) -> Result<StopHow, XenError> {
+        self.update(|s| {
+            Ok(if s.domains.remove(domain).is_some() {
+                StopHow::Destroyed
+            } else {
+                StopHow::Absent
+            })
+        })
+    }
+
     fn status(&self, domain: &str) -> Result<Option<DomainState>, XenError> {
         Ok(self.read()?.domains.get(domain).map(|d| d.state))
     }

@@ -6,6 +6,7 @@
 //! | unpause (and create) | `xl unpause NAME` | shows it running |
 //! | pause | `xl pause NAME` | shows it paused (xl exits 0 even when libxl failed) |
 //! | stop | `xl shutdown -w NAME` under the shutdown timeout | `xl destroy NAME` if it did not finish |
+//! | destroy (stop of a loaded VM that never ran) | `xl destroy NAME` | gone from `xl list` |
 //! | status | `xl list NAME` | an unknown name means no domain |
 //!
 //! A paused guest cannot answer a shutdown request, so `stop` unpauses it first.
@@ -192,16 +193,22 @@ impl Driver for XlDriver {
         if clean && self.status(domain)?.is_none() {
             return Ok(StopHow::Shutdown);
         }
-        if self.status(domain)?.is_some() {
-            self.ok(&["destroy", domain])?;
+        // Gone in the meantime counts as shut down.
+        self.destroy(domain).map(|how| if how == StopHow::Absent { StopHow::Shutdown } else { how })
+    }
+
+    fn destroy(&self, domain: &str) -> Result<StopHow, XenError> {
+        if self.status(domain)?.is_none() {
+            return Ok(StopHow::Absent);
         }
+        let args = ["destroy", domain];
+        self.ok(&args)?;
         match self.status(domain)? {
             None => Ok(StopHow::Destroyed),
-            Some(found) => Err(XenError::Unconfirmed {
-                command: self.command_line(&["destroy", domain]),
+            Some(found) => Err(XenError::NotGone {
+                command: self.command_line(&args),
                 domain: domain.to_owned(),
-                found: found.to_string(),
-                expected: DomainState::Stopping,
+                found,
             }),
         }
     }
