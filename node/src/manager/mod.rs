@@ -345,12 +345,11 @@ impl Manager {
             created_ms: now_ms(),
             vms: names,
         };
+        // One batch: the deployment, its VMs and their addresses (which also puts
+        // every VM record, all of them lacking addresses yet).
         let mut batch = RecordBatch::default();
-        self.assign_addresses(&deployment, &mut records, &mut batch)?;
         records::put_deployment(&mut batch, &deployment);
-        for r in &records {
-            records::put_vm(&mut batch, r);
-        }
+        self.assign_addresses(&deployment, &mut records, &mut batch)?;
         db.write(batch)?;
         tracing::info!(vms = records.len(), "deployment recorded");
         Ok(deployment)
