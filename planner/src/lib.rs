@@ -1,9 +1,29 @@
 //! `vw-planner`: the pure decisions of a deployment.
 //!
-//! No I/O, no async and no clock (callers pass `now`). Today: [`address`], private and
-//! public address assignment and deterministic Xen MACs. Issue 4 adds VM placement on
-//! physical hosts (memory, vCPUs, CPU pinning, preferring hosts that already hold most
-//! of an image's chunks), distribution plans (star, chain, k-ary tree, striped trees)
-//! over the hosts that lack chunks, and a flow-level simulator of a plan on a topology.
+//! No I/O, no async and no clock: inputs in, plain serialisable data out, the same
+//! output for the same input.
+//! - [`address`]: private and public addresses and deterministic Xen MACs;
+//! - [`placement`]: which host runs each VM (memory, vCPUs, pinned cores; spread or
+//!   pack; cache affinity), each decision with a reason;
+//! - [`distribution`]: which host sends which chunk ranges to which (star, chain,
+//!   k-ary tree, striped, automatic), cache-aware and rack-aware;
+//! - [`simulate`]: a flow-level prediction of a plan on the cluster's links.
+//!
+//! Images are lists of chunk sizes and holdings are [`Ranges`] of chunk indices
+//! ([`chunks`]); the caller maps chunk ids to indices, so this crate depends on no
+//! other vw crate.
 
 pub mod address;
+pub mod chunks;
+pub mod distribution;
+mod error;
+pub mod host;
+pub mod placement;
+pub mod simulate;
+
+pub use chunks::{Image, Ranges};
+pub use distribution::{plan, DistributionPlan, Need, Strategy, Stream};
+pub use error::PlanError;
+pub use host::{Cluster, Host, HostIx, Inventory};
+pub use placement::{place, Committed, Placed, Policy, VmDemand};
+pub use simulate::{simulate, Simulation};

@@ -1,0 +1,315 @@
+//! A flow-level simulation of a plan on the cluster's links.
+//!
+//! Every stream is a flow from its sender's uplink to its receiver's downlink. Rates are
+//! max-min fair over those links (progressive filling). Pipelining is at chunk
+//! granularity: a stream can only send bytes its sender holds already or has received
+//! completely, so a relayed stream runs at most one chunk behind the streams that feed
+//! it (the fluid form of "forward a chunk only after receiving it").
+//!
+//! Time advances in steps of about 1/512 of a first estimate of the total. In each step
+//! the rates are computed once for the streams that can move (first without, then with
+//! the cap of what their feeders will deliver), and streams move in plan order, so a
+//! relay sees what its feeder received in the same step. A stream that ends inside a
+//! step gets the exact time (its remaining bytes at its rate, and never before its last
+//! chunk reached its sender). Check: a star gives N·S/B of the source, a chain
+//! S/B + (N-1)·c/B (`tests/simulate.rs`).
+//!
+//! The cost is steps × streams × log(links): 10,000 hosts plan and simulate in well
+//! under the 2 s (`benches/planner.rs`).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::distribution::{lacks, DistributionPlan};
+use crate::{Cluster, Image, Inventory, Need, PlanError};
+
+/// Steps aimed for.
+const STEPS: f64 = 512.0;
+/// Give up after this many times the aimed-for steps.
+const MAX_STEPS_FACTOR: u64 = 64;
+
+/// A prediction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Simulation {
+    /// When each host has everything it lacked, in seconds (0 for hosts receiving nothing).
+    pub host_finish: Vec<f64>,
+    /// When the last host finishes.
+    pub finish: f64,
+    /// The physical limit: the largest (bytes a host lacks / its downlink).
+    pub limit: f64,
+    /// Steps simulated.
+    pub steps: u64,
+}
+
+impl Simulation {
+    /// Predicted time over the physical limit (1.0 is perfect).
+    pub fn ratio(&self) -> f64 {
+        if self.limit > 0.0 {
+            self.finish / self.limit
+        } else {
+            1.0
+        }
+    }
+}
+
+/// One stream's state.
+struct Flow {
+    up: usize,
+    down: usize,
+    total: f64,
+    done: f64,
+    /// Bytes the sender holds from the start.
+    held: f64,
+    /// (feeder, bytes of this stream it delivers, that share of the feeder's bytes)
+    feeders: Vec<(usize, f64, f64)>,
+    /// Pipelining lag: one chunk.
+    lag: f64,
+    finished: Option<f64>,
+}
+
+impl Flow {
+    /// Bytes available to send, given the feeders' progress.
+    fn available(&self, flows: &[Flow], progress: impl Fn(usize) -> f64) -> f64 {
+        let relayed: f64 = self
+            .feeders
+            .iter()
+            .map(|&(f, bytes, share)| {
+                let fd = &flows[f];
+                let p = progress(f);
+                if p >= fd.total { bytes } else { ((p - fd.lag).max(0.0) * share).min(bytes) }
+            })
+            .sum();
+        (self.held + relayed).min(self.total)
+    }
+}
+
+/// Predicts how long `plan` takes on `cluster`.
+pub fn simulate(
+    cluster: &Cluster,
+    images: &[Image],
+    inventory: &Inventory,
+    plan: &DistributionPlan,
+) -> Result<Simulation, PlanError> {
+    let n = cluster.len();
+    let mut flows = build_flows(images, inventory, plan, n);
+    let capacity: Vec<f64> = cluster.hosts().iter().map(|h| h.up).chain(cluster.hosts().iter().map(|h| h.down)).collect();
+
+    // Physical limit: what each receiving host lacks over its downlink.
+    let needs: Vec<Need> = plan.streams.iter().map(|s| Need { host: s.to, image: s.image }).collect();
+    let mut lacking = vec![0u64; n];
+    for (need, r) in lacks(images, inventory, &needs) {
+        lacking[need.host.ix()] += images[need.image].bytes_of(&r);
+    }
+    let limit = (0..n).map(|h| lacking[h] as f64 / cluster.hosts()[h].down).fold(0.0, f64::max);
+
+    // First estimate: the most loaded link, plus one chunk per hop of the deepest relay.
+    let mut load = vec![0.0; 2 * n];
+    for f in &flows {
+        load[f.up] += f.total;
+        load[f.down] += f.total;
+    }
+    let busiest = load.iter().zip(&capacity).map(|(l, c)| l / c).fold(0.0, f64::max);
+    let mut depth = vec![0u32; flows.len()];
+    for i in 0..flows.len() {
+        depth[i] = flows[i].feeders.iter().map(|&(f, _, _)| depth[f] + 1).max().unwrap_or(0);
+    }
+    let slowest = capacity.iter().copied().fold(f64::INFINITY, f64::min);
+    let lag = depth.iter().zip(&flows).map(|(&d, f)| f64::from(d) * f.lag / slowest).fold(0.0, f64::max);
+    let estimate = (busiest + lag).max(1e-9);
+    let dt = estimate / STEPS;
+
+    let mut t = 0.0;
+    let mut steps = 0u64;
+    let mut remaining = flows.iter().filter(|f| f.total > 0.0).count();
+    for f in flows.iter_mut().filter(|f| f.total <= 0.0) {
+        f.finished = Some(0.0);
+    }
+    let mut rates = vec![0.0; flows.len()];
+    while remaining > 0 {
+        steps += 1;
+        if steps > STEPS as u64 * MAX_STEPS_FACTOR {
+            return Err(PlanError::Stuck { steps, reason: format!("{remaining} streams unfinished at {t:.1} s") });
+        }
+        // Streams that can move this step: bytes in hand, or a feeder still moving.
+        let active: Vec<usize> = (0..flows.len())
+            .filter(|&i| {
+                let f = &flows[i];
+                f.finished.is_none()
+                    && (f.available(&flows, |j| flows[j].done) > f.done + 1e-9
+                        || f.feeders.iter().any(|&(j, _, _)| flows[j].finished.is_none()))
+            })
+            .collect();
+        if active.is_empty() {
+            return Err(PlanError::Stuck { steps, reason: "streams wait on data nobody sends".into() });
+        }
+        // Pass 1: fair shares. Pass 2: capped at what feeders can deliver this step.
+        let shares = max_min(&flows, &active, &capacity, |_| f64::INFINITY);
+        for (k, &i) in active.iter().enumerate() {
+            rates[i] = shares[k];
+        }
+        let mut projected: Vec<f64> = flows.iter().map(|f| f.done).collect();
+        let mut caps = vec![f64::INFINITY; flows.len()];
+        for &i in &active {
+            let f = &flows[i];
+            let avail = f.available(&flows, |j| projected[j]);
+            caps[i] = ((avail - f.done) / dt).max(0.0);
+            projected[i] = (f.done + rates[i].min(caps[i]) * dt).min(f.total);
+        }
+        let shares = max_min(&flows, &active, &capacity, |i| caps[i]);
+        for (k, &i) in active.iter().enumerate() {
+            rates[i] = shares[k];
+        }
+        // Move, feeders first (plan order).
+        for &i in &active {
+            let f = &flows[i];
+            let (before, rate, total, lag) = (f.done, rates[i], f.total, f.lag);
+            let after = (before + rate * dt).min(f.available(&flows, |j| flows[j].done)).min(total);
+            // Feeders that finished: this stream's last chunk left them then.
+            let fed_until = f.feeders.iter().filter_map(|&(j, _, _)| flows[j].finished).fold(0.0, f64::max);
+            let f = &mut flows[i];
+            f.done = after;
+            if after >= total - 1e-6 {
+                f.done = total;
+                let own = if rate > 0.0 { (total - before) / rate } else { dt };
+                let relay = if rate > 0.0 && !f.feeders.is_empty() { fed_until + lag.min(total) / rate } else { 0.0 };
+                f.finished = Some((t + own).max(relay).clamp(t, t + dt));
+                remaining -= 1;
+            }
+        }
+        t += dt;
+    }
+
+    let mut host_finish = vec![0.0f64; n];
+    for (f, s) in flows.iter().zip(&plan.streams) {
+        let end = f.finished.unwrap_or(t);
+        host_finish[s.to.ix()] = host_finish[s.to.ix()].max(end);
+    }
+    let finish = host_finish.iter().copied().fold(0.0, f64::max);
+    Ok(Simulation { host_finish, finish, limit, steps })
+}
+
+/// Streams as flows, with their feeders: the streams into the sender that carry the
+/// chunks it relays.
+fn build_flows(images: &[Image], inventory: &Inventory, plan: &DistributionPlan, n: usize) -> Vec<Flow> {
+    // Streams into each (host, image), by index.
+    let mut into: std::collections::HashMap<(usize, usize), Vec<usize>> = std::collections::HashMap::new();
+    for (i, s) in plan.streams.iter().enumerate() {
+        into.entry((s.to.ix(), s.image)).or_default().push(i);
+    }
+    plan.streams
+        .iter()
+        .map(|s| {
+            let img = &images[s.image];
+            let total = img.bytes_of(&s.ranges) as f64;
+            let held_ranges = s.ranges.intersect(inventory.held(s.from, s.image));
+            let relayed = s.ranges.minus(&held_ranges);
+            let mut feeders = Vec::new();
+            if !relayed.is_empty() {
+                for &j in into.get(&(s.from.ix(), s.image)).map(Vec::as_slice).unwrap_or(&[]) {
+                    let part = plan.streams[j].ranges.intersect(&relayed);
+                    if !part.is_empty() {
+                        let bytes = img.bytes_of(&part) as f64;
+                        let of = img.bytes_of(&plan.streams[j].ranges) as f64;
+                        feeders.push((j, bytes, bytes / of));
+                    }
+                }
+            }
+            Flow {
+                up: s.from.ix(),
+                down: n + s.to.ix(),
+                total,
+                done: 0.0,
+                held: img.bytes_of(&held_ranges) as f64,
+                feeders,
+                lag: img.mean_chunk() as f64,
+                finished: None,
+            }
+        })
+        .collect()
+}
+
+/// A water level at which a link saturates or a flow reaches its cap.
+#[derive(PartialEq)]
+struct Level(f64, usize, u32);
+
+impl Eq for Level {}
+
+impl PartialOrd for Level {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Level {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Min-heap on the level.
+        other.0.total_cmp(&self.0).then(other.1.cmp(&self.1))
+    }
+}
+
+/// Max-min fair rates of the `active` flows over their two links each, with per-flow
+/// caps (progressive filling: raise every unfrozen flow together; a link that fills
+/// freezes its flows, a flow that reaches its cap freezes alone).
+fn max_min(flows: &[Flow], active: &[usize], capacity: &[f64], cap: impl Fn(usize) -> f64) -> Vec<f64> {
+    let links = capacity.len();
+    let mut on: Vec<Vec<usize>> = vec![Vec::new(); links];
+    for (k, &i) in active.iter().enumerate() {
+        on[flows[i].up].push(k);
+        on[flows[i].down].push(k);
+    }
+    let mut left: Vec<f64> = capacity.to_vec();
+    let mut count: Vec<u32> = on.iter().map(|v| v.len() as u32).collect();
+    let mut version = vec![0u32; links];
+    let mut rate = vec![f64::NAN; active.len()];
+    let mut heap = BinaryHeap::new();
+    for l in 0..links {
+        if count[l] > 0 {
+            heap.push(Level(left[l] / f64::from(count[l]), l, 0));
+        }
+    }
+    // Caps are pseudo-links numbered after the real ones.
+    for (k, &i) in active.iter().enumerate() {
+        let c = cap(i);
+        if c.is_finite() {
+            heap.push(Level(c, links + k, 0));
+        }
+    }
+    let mut frozen = 0;
+    let freeze = |k: usize, level: f64, left: &mut Vec<f64>, count: &mut Vec<u32>, version: &mut Vec<u32>, heap: &mut BinaryHeap<Level>, rate: &mut Vec<f64>| {
+        rate[k] = level;
+        for l in [flows[active[k]].up, flows[active[k]].down] {
+            left[l] -= level;
+            count[l] -= 1;
+            version[l] += 1;
+            if count[l] > 0 {
+                heap.push(Level((left[l] / f64::from(count[l])).max(level), l, version[l]));
+            }
+        }
+    };
+    while let Some(Level(level, id, v)) = heap.pop() {
+        if frozen == active.len() {
+            break;
+        }
+        if id >= links {
+            let k = id - links;
+            if rate[k].is_nan() {
+                freeze(k, level, &mut left, &mut count, &mut version, &mut heap, &mut rate);
+                frozen += 1;
+            }
+            continue;
+        }
+        if v != version[id] || count[id] == 0 {
+            continue;
+        }
+        for idx in 0..on[id].len() {
+            let k = on[id][idx];
+            if rate[k].is_nan() {
+                freeze(k, level, &mut left, &mut count, &mut version, &mut heap, &mut rate);
+                frozen += 1;
+            }
+        }
+    }
+    rate.iter().map(|r| if r.is_nan() { 0.0 } else { r.max(0.0) }).collect()
+}
