@@ -8,6 +8,7 @@
 //!   bytes of the VM's images (cache affinity), then the first in the hosts file;
 //! - **pack** takes the host lacking the fewest bytes, then the one with the least
 //!   memory left, then the first.
+//!
 //! A host counts as holding an image once a VM that uses it is placed there (it will
 //! be staged there). Every decision carries a one-line reason.
 
@@ -103,7 +104,11 @@ pub fn place(
     // Images each host will hold: what it holds whole, plus what is placed there.
     let mut will_hold: Vec<BTreeSet<usize>> = cluster
         .ixs()
-        .map(|h| (0..images.len()).filter(|&i| inventory.held(h, i).count() == u64::from(images[i].chunks())).collect())
+        .map(|h| {
+            (0..images.len())
+                .filter(|&i| inventory.held(h, i).count() == u64::from(images[i].chunks()))
+                .collect()
+        })
         .collect();
     let lacking = |h: HostIx, vm: &VmDemand, will_hold: &[BTreeSet<usize>]| -> u64 {
         vm.images
@@ -136,7 +141,8 @@ pub fn place(
         let host = cluster.host(best);
         let f = &mut free[best.ix()];
         let cores = vm.pinned.then(|| {
-            let cores: Vec<u32> = (0..host.cpus).filter(|c| !f.pinned.contains(c)).take(vm.vcpus as usize).collect();
+            let cores: Vec<u32> =
+                (0..host.cpus).filter(|c| !f.pinned.contains(c)).take(vm.vcpus as usize).collect();
             f.pinned.extend(&cores);
             cores
         });
@@ -149,7 +155,11 @@ pub fn place(
             f.vms,
             if f.vms == 1 { "" } else { "s" },
             human(lacks),
-            if candidates.len() > 1 { format!(" (of {} hosts that fit)", candidates.len()) } else { " (the only host that fits)".to_owned() },
+            if candidates.len() > 1 {
+                format!(" (of {} hosts that fit)", candidates.len())
+            } else {
+                " (the only host that fits)".to_owned()
+            },
             f.memory_mib,
             f.vcpus,
         );
@@ -196,7 +206,11 @@ fn why_not(cluster: &Cluster, vm: &VmDemand, free: &[Free]) -> String {
         short.push(format!("{} {why}", host.name));
     }
     let shown = short.len().min(6);
-    let more = if short.len() > shown { format!(", and {} more", short.len() - shown) } else { String::new() };
+    let more = if short.len() > shown {
+        format!(", and {} more", short.len() - shown)
+    } else {
+        String::new()
+    };
     format!(
         "VM {} needs {} MiB and {} vCPUs{}; no host has them: {}{more}",
         vm.name,
@@ -230,7 +244,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn host(name: &str, memory_mib: u64, cpus: u32) -> Host {
-        Host { name: name.into(), memory_mib, vcpus: cpus * 2, cpus, up: 1e7, down: 1e7, rack: None, alive: true }
+        Host {
+            name: name.into(),
+            memory_mib,
+            vcpus: cpus * 2,
+            cpus,
+            up: 1e7,
+            down: 1e7,
+            rack: None,
+            alive: true,
+        }
     }
 
     fn vm(name: &str, memory_mib: u64, vcpus: u32, pinned: bool) -> VmDemand {
@@ -239,7 +262,8 @@ mod tests {
 
     #[test]
     fn spread_puts_one_vm_per_host_and_prefers_cached_hosts() {
-        let cluster = Cluster::new((0..4).map(|i| host(&format!("h{i}"), 2048, 2)).collect()).expect("cluster");
+        let cluster = Cluster::new((0..4).map(|i| host(&format!("h{i}"), 2048, 2)).collect())
+            .expect("cluster");
         let images = vec![Image::new("w", vec![1000; 10])];
         let mut inv = Inventory::empty(4, 1);
         inv.add(HostIx(2), 0, &Ranges::span(0, 10));
@@ -257,18 +281,22 @@ mod tests {
         let cluster = Cluster::new(vec![host("h0", 8192, 4)]).expect("cluster");
         let images = vec![Image::new("w", vec![10])];
         let inv = Inventory::empty(1, 1);
-        let committed = [Committed { host: HostIx(0), memory_mib: 1024, vcpus: 2, cores: vec![0, 1] }];
+        let committed =
+            [Committed { host: HostIx(0), memory_mib: 1024, vcpus: 2, cores: vec![0, 1] }];
         let vms = [vm("a", 512, 1, true), vm("b", 512, 1, true)];
         let placed = place(&cluster, &images, &inv, &vms, &committed, Policy::Pack).expect("fits");
         assert_eq!(placed[0].cores.as_deref(), Some(&[2][..]));
         assert_eq!(placed[1].cores.as_deref(), Some(&[3][..]));
-        let err = place(&cluster, &images, &inv, &[vm("c", 512, 3, true)], &committed, Policy::Pack).expect_err("no cores");
+        let err =
+            place(&cluster, &images, &inv, &[vm("c", 512, 3, true)], &committed, Policy::Pack)
+                .expect_err("no cores");
         assert!(err.to_string().contains("h0 2 unpinned cores"), "{err}");
     }
 
     #[test]
     fn a_workspace_larger_than_the_cluster_says_what_is_short() {
-        let cluster = Cluster::new(vec![host("h0", 1024, 1), host("h1", 1024, 1)]).expect("cluster");
+        let cluster =
+            Cluster::new(vec![host("h0", 1024, 1), host("h1", 1024, 1)]).expect("cluster");
         let images = vec![Image::new("w", vec![10])];
         let inv = Inventory::empty(2, 1);
         let vms: Vec<VmDemand> = (0..5).map(|i| vm(&format!("vm{i}"), 512, 1, false)).collect();

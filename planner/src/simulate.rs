@@ -6,10 +6,11 @@
 //! completely, so a relayed stream runs at most one chunk behind the streams that feed
 //! it (the fluid form of "forward a chunk only after receiving it").
 //!
-//! Time advances in steps of about 1/512 of a first estimate of the total. In each step
-//! the rates are computed once for the streams that can move (first without, then with
-//! the cap of what their feeders will deliver), and streams move in plan order, so a
-//! relay sees what its feeder received in the same step. A stream that ends inside a
+//! Time advances in steps of about 1/128 of a first estimate of the total. In each step
+//! the rates are computed once for the streams that can move, each capped at what its
+//! feeders can deliver in the step (feeders projected at their bottleneck fair share,
+//! which max-min never goes below, so the caps err low), and streams move in plan
+//! order, so a relay sees what its feeder received in the same step. A stream that ends inside a
 //! step gets the exact time (its remaining bytes at its rate, and never before its last
 //! chunk reached its sender). Check: a star gives N·S/B of the source, a chain
 //! S/B + (N-1)·c/B (`tests/simulate.rs`).
@@ -26,7 +27,7 @@ use crate::distribution::{lacks, DistributionPlan};
 use crate::{Cluster, Image, Inventory, Need, PlanError};
 
 /// Steps aimed for.
-const STEPS: f64 = 512.0;
+const STEPS: f64 = 128.0;
 /// Give up after this many times the aimed-for steps.
 const MAX_STEPS_FACTOR: u64 = 64;
 
@@ -78,7 +79,11 @@ impl Flow {
             .map(|&(f, bytes, share)| {
                 let fd = &flows[f];
                 let p = progress(f);
-                if p >= fd.total { bytes } else { ((p - fd.lag).max(0.0) * share).min(bytes) }
+                if p >= fd.total {
+                    bytes
+                } else {
+                    ((p - fd.lag).max(0.0) * share).min(bytes)
+                }
             })
             .sum();
         (self.held + relayed).min(self.total)
@@ -92,12 +97,29 @@ pub fn simulate(
     inventory: &Inventory,
     plan: &DistributionPlan,
 ) -> Result<Simulation, PlanError> {
+    simulate_in(cluster, images, inventory, plan, STEPS)
+}
+
+/// [`simulate`] aiming at `target_steps` steps (fewer: faster, coarser).
+pub(crate) fn simulate_in(
+    cluster: &Cluster,
+    images: &[Image],
+    inventory: &Inventory,
+    plan: &DistributionPlan,
+    target_steps: f64,
+) -> Result<Simulation, PlanError> {
     let n = cluster.len();
     let mut flows = build_flows(images, inventory, plan, n);
-    let capacity: Vec<f64> = cluster.hosts().iter().map(|h| h.up).chain(cluster.hosts().iter().map(|h| h.down)).collect();
+    let capacity: Vec<f64> = cluster
+        .hosts()
+        .iter()
+        .map(|h| h.up)
+        .chain(cluster.hosts().iter().map(|h| h.down))
+        .collect();
 
     // Physical limit: what each receiving host lacks over its downlink.
-    let needs: Vec<Need> = plan.streams.iter().map(|s| Need { host: s.to, image: s.image }).collect();
+    let needs: Vec<Need> =
+        plan.streams.iter().map(|s| Need { host: s.to, image: s.image }).collect();
     let mut lacking = vec![0u64; n];
     for (need, r) in lacks(images, inventory, &needs) {
         lacking[need.host.ix()] += images[need.image].bytes_of(&r);
@@ -116,9 +138,10 @@ pub fn simulate(
         depth[i] = flows[i].feeders.iter().map(|&(f, _, _)| depth[f] + 1).max().unwrap_or(0);
     }
     let slowest = capacity.iter().copied().fold(f64::INFINITY, f64::min);
-    let lag = depth.iter().zip(&flows).map(|(&d, f)| f64::from(d) * f.lag / slowest).fold(0.0, f64::max);
+    let lag =
+        depth.iter().zip(&flows).map(|(&d, f)| f64::from(d) * f.lag / slowest).fold(0.0, f64::max);
     let estimate = (busiest + lag).max(1e-9);
-    let dt = estimate / STEPS;
+    let dt = estimate / target_steps;
 
     let mut t = 0.0;
     let mut steps = 0u64;
@@ -127,53 +150,64 @@ pub fn simulate(
         f.finished = Some(0.0);
     }
     let mut rates = vec![0.0; flows.len()];
+    let mut caps = vec![f64::INFINITY; flows.len()];
+    let mut projected: Vec<f64> = vec![0.0; flows.len()];
+    let mut filler = Filler::new(&flows, capacity);
+    let mut active = Vec::with_capacity(flows.len());
     while remaining > 0 {
         steps += 1;
-        if steps > STEPS as u64 * MAX_STEPS_FACTOR {
-            return Err(PlanError::Stuck { steps, reason: format!("{remaining} streams unfinished at {t:.1} s") });
+        if steps > target_steps as u64 * MAX_STEPS_FACTOR {
+            return Err(PlanError::Stuck {
+                steps,
+                reason: format!("{remaining} streams unfinished at {t:.1} s"),
+            });
         }
         // Streams that can move this step: bytes in hand, or a feeder still moving.
-        let active: Vec<usize> = (0..flows.len())
-            .filter(|&i| {
-                let f = &flows[i];
-                f.finished.is_none()
-                    && (f.available(&flows, |j| flows[j].done) > f.done + 1e-9
-                        || f.feeders.iter().any(|&(j, _, _)| flows[j].finished.is_none()))
-            })
-            .collect();
+        active.clear();
+        active.extend((0..flows.len()).filter(|&i| {
+            let f = &flows[i];
+            f.finished.is_none()
+                && (f.feeders.iter().any(|&(j, _, _)| flows[j].finished.is_none())
+                    || f.available(&flows, |j| flows[j].done) > f.done + 1e-9)
+        }));
+        for (p, f) in projected.iter_mut().zip(&flows) {
+            *p = f.done;
+        }
         if active.is_empty() {
-            return Err(PlanError::Stuck { steps, reason: "streams wait on data nobody sends".into() });
+            return Err(PlanError::Stuck {
+                steps,
+                reason: "streams wait on data nobody sends".into(),
+            });
         }
-        // Pass 1: fair shares. Pass 2: capped at what feeders can deliver this step.
-        let shares = max_min(&flows, &active, &capacity, |_| f64::INFINITY);
-        for (k, &i) in active.iter().enumerate() {
-            rates[i] = shares[k];
-        }
-        let mut projected: Vec<f64> = flows.iter().map(|f| f.done).collect();
-        let mut caps = vec![f64::INFINITY; flows.len()];
+        // Cap each stream at what its feeders can deliver this step, projecting each
+        // feeder at its bottleneck fair share (a lower bound of its max-min rate), in
+        // plan order; then the max-min rates under those caps.
+        let shares = filler.bottleneck_shares(&flows, &active);
         for &i in &active {
             let f = &flows[i];
             let avail = f.available(&flows, |j| projected[j]);
             caps[i] = ((avail - f.done) / dt).max(0.0);
-            projected[i] = (f.done + rates[i].min(caps[i]) * dt).min(f.total);
+            projected[i] = (f.done + shares[i].min(caps[i]) * dt).min(f.total);
         }
-        let shares = max_min(&flows, &active, &capacity, |i| caps[i]);
-        for (k, &i) in active.iter().enumerate() {
-            rates[i] = shares[k];
-        }
+        rates.copy_from_slice(filler.fill(&flows, &active, &caps));
         // Move, feeders first (plan order).
         for &i in &active {
             let f = &flows[i];
             let (before, rate, total, lag) = (f.done, rates[i], f.total, f.lag);
             let after = (before + rate * dt).min(f.available(&flows, |j| flows[j].done)).min(total);
             // Feeders that finished: this stream's last chunk left them then.
-            let fed_until = f.feeders.iter().filter_map(|&(j, _, _)| flows[j].finished).fold(0.0, f64::max);
+            let fed_until =
+                f.feeders.iter().filter_map(|&(j, _, _)| flows[j].finished).fold(0.0, f64::max);
             let f = &mut flows[i];
             f.done = after;
             if after >= total - 1e-6 {
                 f.done = total;
                 let own = if rate > 0.0 { (total - before) / rate } else { dt };
-                let relay = if rate > 0.0 && !f.feeders.is_empty() { fed_until + lag.min(total) / rate } else { 0.0 };
+                let relay = if rate > 0.0 && !f.feeders.is_empty() {
+                    fed_until + lag.min(total) / rate
+                } else {
+                    0.0
+                };
                 f.finished = Some((t + own).max(relay).clamp(t, t + dt));
                 remaining -= 1;
             }
@@ -192,9 +226,15 @@ pub fn simulate(
 
 /// Streams as flows, with their feeders: the streams into the sender that carry the
 /// chunks it relays.
-fn build_flows(images: &[Image], inventory: &Inventory, plan: &DistributionPlan, n: usize) -> Vec<Flow> {
+fn build_flows(
+    images: &[Image],
+    inventory: &Inventory,
+    plan: &DistributionPlan,
+    n: usize,
+) -> Vec<Flow> {
     // Streams into each (host, image), by index.
-    let mut into: std::collections::HashMap<(usize, usize), Vec<usize>> = std::collections::HashMap::new();
+    let mut into: std::collections::HashMap<(usize, usize), Vec<usize>> =
+        std::collections::HashMap::new();
     for (i, s) in plan.streams.iter().enumerate() {
         into.entry((s.to.ix(), s.image)).or_default().push(i);
     }
@@ -249,67 +289,161 @@ impl Ord for Level {
     }
 }
 
-/// Max-min fair rates of the `active` flows over their two links each, with per-flow
-/// caps (progressive filling: raise every unfrozen flow together; a link that fills
-/// freezes its flows, a flow that reaches its cap freezes alone).
-fn max_min(flows: &[Flow], active: &[usize], capacity: &[f64], cap: impl Fn(usize) -> f64) -> Vec<f64> {
-    let links = capacity.len();
-    let mut on: Vec<Vec<usize>> = vec![Vec::new(); links];
-    for (k, &i) in active.iter().enumerate() {
-        on[flows[i].up].push(k);
-        on[flows[i].down].push(k);
-    }
-    let mut left: Vec<f64> = capacity.to_vec();
-    let mut count: Vec<u32> = on.iter().map(|v| v.len() as u32).collect();
-    let mut version = vec![0u32; links];
-    let mut rate = vec![f64::NAN; active.len()];
-    let mut heap = BinaryHeap::new();
-    for l in 0..links {
-        if count[l] > 0 {
-            heap.push(Level(left[l] / f64::from(count[l]), l, 0));
+/// Max-min fair rates over the links, by progressive filling: every unfrozen flow's
+/// rate rises together; a link that fills freezes its flows, a flow that reaches its
+/// cap freezes alone. Buffers are kept between steps.
+struct Filler {
+    /// Flows on each link (CSR: `flows_of[start[l]..start[l + 1]]`).
+    start: Vec<usize>,
+    flows_of: Vec<usize>,
+    capacity: Vec<f64>,
+    left: Vec<f64>,
+    count: Vec<u32>,
+    /// The share each link's live heap entry carries.
+    share: Vec<f64>,
+    version: Vec<u32>,
+    rate: Vec<f64>,
+    sorted: Vec<Level>,
+    heap: BinaryHeap<Level>,
+}
+
+impl Filler {
+    fn new(flows: &[Flow], capacity: Vec<f64>) -> Self {
+        let links = capacity.len();
+        let mut start = vec![0usize; links + 1];
+        for f in flows {
+            start[f.up + 1] += 1;
+            start[f.down + 1] += 1;
         }
-    }
-    // Caps are pseudo-links numbered after the real ones.
-    for (k, &i) in active.iter().enumerate() {
-        let c = cap(i);
-        if c.is_finite() {
-            heap.push(Level(c, links + k, 0));
+        for l in 0..links {
+            start[l + 1] += start[l];
         }
-    }
-    let mut frozen = 0;
-    let freeze = |k: usize, level: f64, left: &mut Vec<f64>, count: &mut Vec<u32>, version: &mut Vec<u32>, heap: &mut BinaryHeap<Level>, rate: &mut Vec<f64>| {
-        rate[k] = level;
-        for l in [flows[active[k]].up, flows[active[k]].down] {
-            left[l] -= level;
-            count[l] -= 1;
-            version[l] += 1;
-            if count[l] > 0 {
-                heap.push(Level((left[l] / f64::from(count[l])).max(level), l, version[l]));
+        let mut fill = start.clone();
+        let mut flows_of = vec![0; start[links]];
+        for (i, f) in flows.iter().enumerate() {
+            for l in [f.up, f.down] {
+                flows_of[fill[l]] = i;
+                fill[l] += 1;
             }
         }
-    };
-    while let Some(Level(level, id, v)) = heap.pop() {
-        if frozen == active.len() {
-            break;
+        Filler {
+            start,
+            flows_of,
+            left: capacity.clone(),
+            count: vec![0; links],
+            share: vec![0.0; links],
+            version: vec![0; links],
+            rate: vec![0.0; flows.len()],
+            sorted: Vec::new(),
+            capacity,
+            heap: BinaryHeap::new(),
         }
-        if id >= links {
-            let k = id - links;
-            if rate[k].is_nan() {
-                freeze(k, level, &mut left, &mut count, &mut version, &mut heap, &mut rate);
-                frozen += 1;
+    }
+
+    /// Rates for the `active` flows (others get 0), each at most `cap[i]`.
+    fn fill(&mut self, flows: &[Flow], active: &[usize], cap: &[f64]) -> &[f64] {
+        const UNSET: f64 = -1.0;
+        let links = self.capacity.len();
+        self.rate.iter_mut().for_each(|r| *r = 0.0);
+        self.count.iter_mut().for_each(|c| *c = 0);
+        for &i in active {
+            self.rate[i] = UNSET;
+            self.count[flows[i].up] += 1;
+            self.count[flows[i].down] += 1;
+        }
+        // Initial levels sorted once; levels raised while filling go to a small heap,
+        // and the two are merged in order.
+        let mut sorted = std::mem::take(&mut self.sorted);
+        sorted.clear();
+        for l in 0..links {
+            self.left[l] = self.capacity[l];
+            self.version[l] = 0;
+            if self.count[l] > 0 {
+                self.share[l] = self.left[l] / f64::from(self.count[l]);
+                sorted.push(Level(self.share[l], l, 0));
             }
-            continue;
         }
-        if v != version[id] || count[id] == 0 {
-            continue;
+        for &i in active {
+            if cap[i].is_finite() {
+                sorted.push(Level(cap[i], links + i, 0));
+            }
         }
-        for idx in 0..on[id].len() {
-            let k = on[id][idx];
-            if rate[k].is_nan() {
-                freeze(k, level, &mut left, &mut count, &mut version, &mut heap, &mut rate);
-                frozen += 1;
+        sorted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.heap.clear();
+        let mut next = 0;
+        let mut unfrozen = active.len();
+        while unfrozen > 0 {
+            let from_heap = match (sorted.get(next), self.heap.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(a), Some(b)) => b.0 < a.0,
+            };
+            let (level, id, v) = if from_heap {
+                let Level(level, id, v) = self.heap.pop().expect("peeked");
+                (level, id, v)
+            } else {
+                next += 1;
+                let e = &sorted[next - 1];
+                (e.0, e.1, e.2)
+            };
+            if id >= links {
+                let i = id - links;
+                if self.rate[i] == UNSET {
+                    self.freeze(flows, i, level);
+                    unfrozen -= 1;
+                }
+                continue;
+            }
+            if v != self.version[id] || self.count[id] == 0 {
+                continue;
+            }
+            for k in self.start[id]..self.start[id + 1] {
+                let i = self.flows_of[k];
+                if self.rate[i] == UNSET {
+                    self.freeze(flows, i, level);
+                    unfrozen -= 1;
+                }
+            }
+        }
+        self.sorted = sorted;
+        for r in &mut self.rate {
+            *r = r.max(0.0);
+        }
+        &self.rate
+    }
+
+    /// Each active flow's bottleneck fair share, min over its links of capacity over
+    /// active flows: max-min fairness never gives a flow less.
+    fn bottleneck_shares(&mut self, flows: &[Flow], active: &[usize]) -> &[f64] {
+        self.count.iter_mut().for_each(|c| *c = 0);
+        for &i in active {
+            self.count[flows[i].up] += 1;
+            self.count[flows[i].down] += 1;
+        }
+        for &i in active {
+            let (u, d) = (flows[i].up, flows[i].down);
+            self.rate[i] = (self.capacity[u] / f64::from(self.count[u]))
+                .min(self.capacity[d] / f64::from(self.count[d]));
+        }
+        &self.rate
+    }
+
+    fn freeze(&mut self, flows: &[Flow], i: usize, level: f64) {
+        self.rate[i] = level;
+        for l in [flows[i].up, flows[i].down] {
+            self.left[l] -= level;
+            self.count[l] -= 1;
+            if self.count[l] > 0 {
+                // Shares only rise as flows freeze; an unchanged share keeps its entry
+                // (common when hosts are alike), saving most heap traffic.
+                let share = (self.left[l] / f64::from(self.count[l])).max(level);
+                if share > self.share[l] * (1.0 + 1e-12) {
+                    self.share[l] = share;
+                    self.version[l] += 1;
+                    self.heap.push(Level(share, l, self.version[l]));
+                }
             }
         }
     }
-    rate.iter().map(|r| if r.is_nan() { 0.0 } else { r.max(0.0) }).collect()
 }

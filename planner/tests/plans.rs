@@ -3,12 +3,23 @@
 
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
-use vw_planner::{plan, simulate, Cluster, Host, HostIx, Image, Inventory, Need, PlanError, Ranges, Strategy};
+use vw_planner::{
+    plan, simulate, Cluster, Host, HostIx, Image, Inventory, Need, PlanError, Ranges, Strategy,
+};
 
 const MB: f64 = 1e6;
 
 fn host(name: &str, up: f64, down: f64, rack: Option<&str>) -> Host {
-    Host { name: name.into(), memory_mib: 4096, vcpus: 4, cpus: 2, up, down, rack: rack.map(Into::into), alive: true }
+    Host {
+        name: name.into(),
+        memory_mib: 4096,
+        vcpus: 4,
+        cpus: 2,
+        up,
+        down,
+        rack: rack.map(Into::into),
+        alive: true,
+    }
 }
 
 /// `n` receivers and a source (host 0) holding every image, all links `rate`.
@@ -19,12 +30,19 @@ fn uniform(n: usize, rate: f64, images: &[Image]) -> (Cluster, Inventory, Vec<Ne
     for (i, img) in images.iter().enumerate() {
         inv.add(HostIx(0), i, &img.all());
     }
-    let needs = (1..=n as u32).flat_map(|h| (0..images.len()).map(move |i| Need { host: HostIx(h), image: i })).collect();
+    let needs = (1..=n as u32)
+        .flat_map(|h| (0..images.len()).map(move |i| Need { host: HostIx(h), image: i }))
+        .collect();
     (cluster, inv, needs)
 }
 
 /// Checks the invariants of a plan; panics with what broke.
-fn check_invariants(images: &[Image], inv: &Inventory, needs: &[Need], p: &vw_planner::DistributionPlan) {
+fn check_invariants(
+    images: &[Image],
+    inv: &Inventory,
+    needs: &[Need],
+    p: &vw_planner::DistributionPlan,
+) {
     use std::collections::HashMap;
     let mut got: HashMap<(u32, usize), Ranges> = HashMap::new();
     for s in &p.streams {
@@ -39,13 +57,19 @@ fn check_invariants(images: &[Image], inv: &Inventory, needs: &[Need], p: &vw_pl
     for n in needs {
         let lacks = images[n.image].all().minus(inv.held(n.host, n.image));
         let received = got.get(&(n.host.0, n.image)).cloned().unwrap_or_default();
-        assert_eq!(received, lacks, "{:?} does not receive exactly what it lacks of image {}", n.host, n.image);
+        assert_eq!(
+            received, lacks,
+            "{:?} does not receive exactly what it lacks of image {}",
+            n.host, n.image
+        );
     }
     // Every sender holds a chunk before it sends it: in plan order, each stream's
     // chunks are held by its sender or were received by it in an earlier stream.
     let mut have: HashMap<(u32, usize), Ranges> = HashMap::new();
     for s in &p.streams {
-        let had = inv.held(s.from, s.image).union(have.get(&(s.from.0, s.image)).unwrap_or(&Ranges::empty()));
+        let had = inv
+            .held(s.from, s.image)
+            .union(have.get(&(s.from.0, s.image)).unwrap_or(&Ranges::empty()));
         assert!(s.ranges.minus(&had).is_empty(), "{:?} sends chunks it does not have yet", s.from);
         let cell = have.entry((s.to.0, s.image)).or_default();
         *cell = cell.union(&s.ranges);
@@ -81,8 +105,8 @@ proptest! {
         let images = vec![Image::new("w", sizes.clone())];
         let mut inv = Inventory::empty(cluster.len(), 1);
         inv.add(HostIx(0), 0, &images[0].all());
-        for h in 1..cluster.len() {
-            let held = Ranges::from_indices(holdings[h].iter().copied().filter(|&c| c < sizes.len() as u32));
+        for (h, chunks) in holdings.iter().enumerate().take(cluster.len()).skip(1) {
+            let held = Ranges::from_indices(chunks.iter().copied().filter(|&c| c < sizes.len() as u32));
             inv.add(HostIx(h as u32), 0, &held);
         }
         let needs: Vec<Need> = (1..cluster.len() as u32).map(|h| Need { host: HostIx(h), image: 0 }).collect();
@@ -137,7 +161,11 @@ fn a_slow_head_link_makes_star_linear_and_chain_flat() {
     let mut inv = Inventory::empty(9, 1);
     inv.add(HostIx(0), 0, &images[0].all());
     let needs: Vec<Need> = (1..=8).map(|h| Need { host: HostIx(h), image: 0 }).collect();
-    let time = |s| simulate(&cluster, &images, &inv, &plan(&cluster, &images, &inv, &needs, s).expect("plan")).expect("sim").finish;
+    let time = |s| {
+        simulate(&cluster, &images, &inv, &plan(&cluster, &images, &inv, &needs, s).expect("plan"))
+            .expect("sim")
+            .finish
+    };
     let (star, chain, auto) = (time(Strategy::Star), time(Strategy::Chain), time(Strategy::Auto));
     let s = images[0].bytes() as f64;
     assert!((star - 8.0 * s / (10.0 * MB)).abs() < 0.01 * star, "{star}");
@@ -154,7 +182,10 @@ fn cached_chunks_are_not_sent_and_holders_serve_them() {
     let p = plan(&cluster, &images, &inv, &needs, Strategy::Star).expect("plan");
     check_invariants(&images, &inv, &needs, &p);
     let text = golden(&p);
-    assert_eq!(text, "0:0 h0→h1 [4,8)\n0:0 h1→h2 [0,4)\n0:0 h0→h2 [4,8)\n0:0 h1→h3 [0,4)\n0:0 h0→h3 [4,8)\n");
+    assert_eq!(
+        text,
+        "0:0 h0→h1 [4,8)\n0:0 h1→h2 [0,4)\n0:0 h0→h2 [4,8)\n0:0 h1→h3 [0,4)\n0:0 h0→h3 [4,8)\n"
+    );
 }
 
 /// One line per stream: `image:stripe from→to ranges`.
@@ -162,7 +193,8 @@ fn golden(p: &vw_planner::DistributionPlan) -> String {
     p.streams
         .iter()
         .map(|s| {
-            let r: Vec<String> = s.ranges.ranges().iter().map(|(a, b)| format!("[{a},{b})")).collect();
+            let r: Vec<String> =
+                s.ranges.ranges().iter().map(|(a, b)| format!("[{a},{b})")).collect();
             format!("{}:{} h{}→h{} {}\n", s.image, s.stripe, s.from.0, s.to.0, r.join(""))
         })
         .collect()
@@ -174,8 +206,14 @@ fn golden_plans_of_a_small_cluster() {
     let (cluster, mut inv, needs) = uniform(4, MB, &images);
     inv.add(HostIx(2), 0, &Ranges::span(0, 2));
     let p = |s| golden(&plan(&cluster, &images, &inv, &needs, s).expect("plan"));
-    assert_eq!(p(Strategy::Chain), "0:0 h0→h1 [0,8)\n0:0 h1→h2 [2,8)\n0:0 h2→h3 [0,8)\n0:0 h3→h4 [0,8)\n");
-    assert_eq!(p(Strategy::Tree { k: 2 }), "0:0 h0→h1 [0,8)\n0:0 h0→h2 [2,8)\n0:0 h1→h3 [0,8)\n0:0 h1→h4 [0,8)\n");
+    assert_eq!(
+        p(Strategy::Chain),
+        "0:0 h0→h1 [0,8)\n0:0 h1→h2 [2,8)\n0:0 h2→h3 [0,8)\n0:0 h3→h4 [0,8)\n"
+    );
+    assert_eq!(
+        p(Strategy::Tree { k: 2 }),
+        "0:0 h0→h1 [0,8)\n0:0 h0→h2 [2,8)\n0:0 h1→h3 [0,8)\n0:0 h1→h4 [0,8)\n"
+    );
     assert_eq!(
         p(Strategy::Striped { stripes: 2, k: 1 }),
         "0:0 h0→h1 [0,4)\n0:0 h1→h2 [2,4)\n0:0 h2→h3 [0,4)\n0:0 h3→h4 [0,4)\n\
@@ -205,12 +243,18 @@ fn rack_aware_orders_keep_a_chain_inside_a_rack() {
 #[test]
 fn bad_inputs_are_clear_errors() {
     let err = Cluster::new(vec![host("a", MB, 0.0, None)]).expect_err("zero");
-    assert_eq!(err.to_string(), "host a has a zero downlink rate; give it a positive rate in the hosts file");
-    let err = Cluster::new(vec![host("a", MB, MB, None), host("a", MB, MB, None)]).expect_err("dup");
+    assert_eq!(
+        err.to_string(),
+        "host a has a zero downlink rate; give it a positive rate in the hosts file"
+    );
+    let err =
+        Cluster::new(vec![host("a", MB, MB, None), host("a", MB, MB, None)]).expect_err("dup");
     assert_eq!(err, PlanError::DuplicateHost { name: "a".into() });
     let images = [Image::new("grid3/worker:1.0", vec![1000; 4])];
-    let cluster = Cluster::new(vec![host("a", MB, MB, None), host("b", MB, MB, None)]).expect("cluster");
+    let cluster =
+        Cluster::new(vec![host("a", MB, MB, None), host("b", MB, MB, None)]).expect("cluster");
     let inv = Inventory::empty(2, 1);
-    let err = plan(&cluster, &images, &inv, &[Need { host: HostIx(1), image: 0 }], Strategy::Star).expect_err("no source");
+    let err = plan(&cluster, &images, &inv, &[Need { host: HostIx(1), image: 0 }], Strategy::Star)
+        .expect_err("no source");
     assert!(err.to_string().contains("no live host holds all of image grid3/worker:1.0"), "{err}");
 }
