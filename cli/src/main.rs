@@ -3,6 +3,7 @@
 mod demo;
 mod host;
 mod output;
+mod planning;
 mod progress;
 
 use std::path::PathBuf;
@@ -62,6 +63,23 @@ enum Command {
     Stop(Target),
     /// Release the images, configs and addresses of stopped VMs.
     Unstage(Target),
+    /// Place a workspace on a cluster, plan its distribution and predict its staging time.
+    Plan {
+        /// The workspace document.
+        workspace: PathBuf,
+        /// The hosts file (TOML; docs/operations.md).
+        #[arg(long)]
+        hosts: PathBuf,
+        /// star, chain, treeK, stripedSxK or auto.
+        #[arg(long, default_value = "auto")]
+        strategy: vw_node::planner::Strategy,
+        /// spread or pack.
+        #[arg(long, default_value = "spread")]
+        policy: String,
+        /// Also print each host's predicted finish.
+        #[arg(long)]
+        simulate: bool,
+    },
     /// The VMs on this host, their states and the hypervisor's view.
     Status {
         /// Only this deployment.
@@ -200,6 +218,15 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
         Command::Workspace(WorkspaceCmd::Show { file }) => {
             let config = host::cluster_config(cli.cluster.as_deref())?;
             host::show(&file, &cli.store, config, out)
+        }
+        Command::Plan { workspace, hosts, strategy, policy, simulate } => {
+            let config = host::cluster_config(cli.cluster.as_deref())?;
+            let policy = match policy.as_str() {
+                "spread" => vw_node::planner::Policy::Spread,
+                "pack" => vw_node::planner::Policy::Pack,
+                other => anyhow::bail!("policy `{other}`: use spread or pack"),
+            };
+            planning::run(&cli.store, &workspace, &hosts, config, policy, strategy, simulate, out)
         }
         Command::Status { deployment } => {
             let config = host::cluster_config(cli.cluster.as_deref())?;

@@ -16,8 +16,11 @@ pub use vw_chunkstore as chunkstore;
 pub use vw_planner as planner;
 
 pub mod config;
+pub mod hosts;
 pub mod integrate;
 #[cfg(feature = "host")]
 pub mod manager;
+#[cfg(feature = "host")]
+pub mod plan;
 pub mod workspace;
 pub mod xen;

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | star | every receiver pulls from the source (the paper's method) |
 //! | chain | source → r1 → r2 → … , pipelined |
-//! | tree k | a k-ary tree rooted at the source |
+//! | tree k | a k-ary tree rooted at the source (below its first receiver when the source's uplink is slower than k receivers' together) |
 //! | striped s×k | the image in `s` interleaved stripes of blocks, each over its own tree (k=1: chain) on a rotated order, so every uplink carries part of the load |
 //! | auto | each of the above (tree 2 and 4, striped 4×1 and 4×2), simulated coarsely; the fastest |
 //!
@@ -208,12 +208,19 @@ pub fn plan(
             Strategy::Auto => unreachable!("resolved above"),
         };
         let stripe_sets = stripe_sets(img, stripes);
+        // A source slower than k receivers' uplinks together cannot feed k children
+        // at their speed: it feeds one, which fans out.
+        let mean_up = order.iter().map(|&h| cluster.host(h).up).sum::<f64>() / order.len() as f64;
+        let narrow_root =
+            k > 1 && k != u32::MAX && cluster.host(source).up < f64::from(k) * mean_up;
         for (j, set) in stripe_sets.iter().enumerate() {
             let rotated: Vec<HostIx> = {
                 let shift = order.len() * j / stripes as usize;
                 order[shift..].iter().chain(&order[..shift]).copied().collect()
             };
-            // Node 0 is the source; node i ≥ 1 is rotated[i - 1]; parent(i) = (i - 1) / k.
+            // Node 0 is the source; node i ≥ 1 is rotated[i - 1]; parent(i) = (i - 1) / k,
+            // or, under a slow source, the source feeds node 1 alone and the tree hangs
+            // below it (parent(i) = 1 + (i - 2) / k).
             let nodes: Vec<HostIx> =
                 std::iter::once(source).chain(rotated.iter().copied()).collect();
             let will_have: Vec<Ranges> = nodes
@@ -240,7 +247,11 @@ pub fn plan(
                 }
                 let mut a = i;
                 while !need.is_empty() {
-                    a = if k == u32::MAX { 0 } else { (a - 1) / k as usize };
+                    a = match (k, a) {
+                        (u32::MAX, _) | (_, 1) => 0,
+                        _ if narrow_root => 1 + (a - 2) / k as usize,
+                        _ => (a - 1) / k as usize,
+                    };
                     let give = need.intersect(&will_have[a]);
                     if !give.is_empty() {
                         need = need.minus(&give);

@@ -101,21 +101,20 @@ pub fn place(
         f.vms += 1;
     }
     check_totals(cluster, vms, &free)?;
-    // Images each host will hold: what it holds whole, plus what is placed there.
-    let mut will_hold: Vec<BTreeSet<usize>> = cluster
+    // Bytes each host lacks of each image; zero once a VM using it is placed there
+    // (it will be staged there).
+    let mut lacks: Vec<Vec<u64>> = cluster
         .ixs()
         .map(|h| {
-            (0..images.len())
-                .filter(|&i| inventory.held(h, i).count() == u64::from(images[i].chunks()))
+            images
+                .iter()
+                .enumerate()
+                .map(|(i, img)| img.bytes() - img.bytes_of(inventory.held(h, i)))
                 .collect()
         })
         .collect();
-    let lacking = |h: HostIx, vm: &VmDemand, will_hold: &[BTreeSet<usize>]| -> u64 {
-        vm.images
-            .iter()
-            .filter(|i| !will_hold[h.ix()].contains(i))
-            .map(|&i| images[i].bytes() - images[i].bytes_of(inventory.held(h, i)))
-            .sum()
+    let lacking = |h: HostIx, vm: &VmDemand, lacks: &[Vec<u64>]| -> u64 {
+        vm.images.iter().map(|&i| lacks[h.ix()][i]).sum()
     };
 
     let mut out = Vec::with_capacity(vms.len());
@@ -129,7 +128,7 @@ pub fn place(
         };
         let candidates: Vec<HostIx> = cluster.ixs().filter(|&h| fits(h)).collect();
         let Some(&best) = candidates.iter().min_by_key(|&&h| {
-            let l = lacking(h, vm, &will_hold);
+            let l = lacking(h, vm, &lacks);
             match policy {
                 Policy::Spread => (u64::from(free[h.ix()].vms), l, 0, h.0),
                 Policy::Pack => (l, free[h.ix()].memory_mib, 0, h.0),
@@ -137,7 +136,7 @@ pub fn place(
         }) else {
             return Err(PlanError::DoesNotFit(why_not(cluster, vm, &free)));
         };
-        let lacks = lacking(best, vm, &will_hold);
+        let lacked = lacking(best, vm, &lacks);
         let host = cluster.host(best);
         let f = &mut free[best.ix()];
         let cores = vm.pinned.then(|| {
@@ -154,7 +153,7 @@ pub fn place(
             },
             f.vms,
             if f.vms == 1 { "" } else { "s" },
-            human(lacks),
+            human(lacked),
             if candidates.len() > 1 {
                 format!(" (of {} hosts that fit)", candidates.len())
             } else {
@@ -166,7 +165,9 @@ pub fn place(
         f.memory_mib -= vm.memory_mib;
         f.vcpus -= vm.vcpus;
         f.vms += 1;
-        will_hold[best.ix()].extend(&vm.images);
+        for &i in &vm.images {
+            lacks[best.ix()][i] = 0;
+        }
         out.push(Placed { vm: vm.name.clone(), host: best, cores, reason });
     }
     Ok(out)

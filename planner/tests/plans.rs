@@ -210,15 +210,29 @@ fn golden_plans_of_a_small_cluster() {
         p(Strategy::Chain),
         "0:0 h0→h1 [0,8)\n0:0 h1→h2 [2,8)\n0:0 h2→h3 [0,8)\n0:0 h3→h4 [0,8)\n"
     );
+    // The source is no faster than its receivers: it feeds one, the tree hangs below.
     assert_eq!(
         p(Strategy::Tree { k: 2 }),
-        "0:0 h0→h1 [0,8)\n0:0 h0→h2 [2,8)\n0:0 h1→h3 [0,8)\n0:0 h1→h4 [0,8)\n"
+        "0:0 h0→h1 [0,8)\n0:0 h1→h2 [2,8)\n0:0 h1→h3 [0,8)\n0:0 h2→h4 [0,8)\n"
     );
     assert_eq!(
         p(Strategy::Striped { stripes: 2, k: 1 }),
         "0:0 h0→h1 [0,4)\n0:0 h1→h2 [2,4)\n0:0 h2→h3 [0,4)\n0:0 h3→h4 [0,4)\n\
          0:1 h0→h3 [4,8)\n0:1 h3→h4 [4,8)\n0:1 h4→h1 [4,8)\n0:1 h1→h2 [4,8)\n"
     );
+}
+
+#[test]
+fn a_fast_source_roots_the_tree_itself() {
+    let images = [Image::new("w", vec![1000; 8])];
+    let mut hosts = vec![host("h0", 4.0 * MB, 4.0 * MB, None)];
+    hosts.extend((1..=4).map(|i| host(&format!("h{i}"), MB, MB, None)));
+    let cluster = Cluster::new(hosts).expect("cluster");
+    let mut inv = Inventory::empty(5, 1);
+    inv.add(HostIx(0), 0, &images[0].all());
+    let needs: Vec<Need> = (1..5).map(|h| Need { host: HostIx(h), image: 0 }).collect();
+    let p = plan(&cluster, &images, &inv, &needs, Strategy::Tree { k: 2 }).expect("plan");
+    assert_eq!(golden(&p), "0:0 h0→h1 [0,8)\n0:0 h0→h2 [0,8)\n0:0 h1→h3 [0,8)\n0:0 h1→h4 [0,8)\n");
 }
 
 #[test]

@@ -1,0 +1,80 @@
+//! `vw plan`: placement, addresses, the distribution plan and its predicted time.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use vw_node::chunkstore::Store;
+use vw_node::config::ClusterConfig;
+use vw_node::hosts::HostsFile;
+use vw_node::plan::{plan_workspace, PlanReport};
+use vw_node::planner::{Policy, Strategy};
+use vw_node::workspace;
+
+use crate::output::{bytes, Out};
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    store: &Path,
+    workspace_file: &Path,
+    hosts_file: &Path,
+    config: ClusterConfig,
+    policy: Policy,
+    strategy: Strategy,
+    per_host: bool,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let spec = workspace::load(workspace_file)?;
+    let hosts = HostsFile::load(hosts_file)?;
+    let store = Store::open(store)?;
+    let report = plan_workspace(&store, &spec, &hosts, &config, policy, strategy)?;
+    out.emit(&report, || text(&report, &hosts, policy, per_host));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(r: &PlanReport, hosts: &HostsFile, policy: Policy, per_host: bool) -> String {
+    let width = r.placement.iter().map(|p| p.vm.len()).max().unwrap_or(0);
+    let mut s =
+        format!("placement ({}):", if policy == Policy::Spread { "spread" } else { "pack" });
+    for p in &r.placement {
+        let cores = p.cores.as_ref().map(|c| format!(" cores {c:?}")).unwrap_or_default();
+        s.push_str(&format!("\n  {:<width$} → {}{cores}   {}", p.vm, p.host, p.reason));
+    }
+    s.push_str("\naddresses:");
+    for p in &r.placement {
+        let nics: Vec<String> = p
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("eth{i} {} {} ({})", n.ip, n.mac, n.network))
+            .collect();
+        s.push_str(&format!("\n  {:<width$}   {}", p.vm, nics.join(", ")));
+    }
+    s.push_str(&format!("\nplan: {}, {} streams", r.strategy, r.streams));
+    for i in &r.images {
+        s.push_str(&format!(
+            "\n  {} ({} distinct) from {}: {} host{} lack {}",
+            i.image,
+            bytes(i.bytes),
+            i.source.as_deref().unwrap_or("-"),
+            i.receivers,
+            if i.receivers == 1 { "" } else { "s" },
+            bytes(i.lacking)
+        ));
+    }
+    if let Some((h, b)) = &r.busiest_sender {
+        s.push_str(&format!("\n  busiest sender: {h}, {}", bytes(*b)));
+    }
+    let sim = &r.simulation;
+    s.push_str(&format!(
+        "\npredicted staging: {:.1} s; physical limit {:.1} s (the most a host lacks over its downlink); ratio {:.2}",
+        sim.finish,
+        sim.limit,
+        sim.ratio()
+    ));
+    if per_host {
+        for (h, t) in hosts.cluster.hosts().iter().zip(&sim.host_finish) {
+            s.push_str(&format!("\n  {:<12} {:.1} s", h.name, t));
+        }
+    }
+    s
+}

@@ -1,0 +1,239 @@
+//! `vw plan`: the planner fed from a workspace, a hosts file and this host's store.
+//!
+//! Each image of the workspace becomes a planner [`Image`]: its distinct non-zero
+//! chunks in first-appearance order (zero chunks are never sent, a repeated chunk is
+//! sent once). A host holds, of each image, the chunks that appear in the images the
+//! hosts file says it holds, so a host with the base OS cached lacks only what the
+//! worker image adds. Then placement, addresses, the distribution plan and its
+//! simulation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use vw_chunkstore::{ChunkId, ImageRef, ManifestId, Store};
+use vw_planner::address::NicAddress;
+use vw_planner::{
+    place, plan, simulate, Committed, DistributionPlan, HostIx, Image, Inventory, Need, PlanError,
+    Policy, Ranges, Simulation, Strategy, VmDemand,
+};
+
+use crate::config::ClusterConfig;
+use crate::hosts::HostsFile;
+use crate::workspace::WorkspaceSpec;
+
+/// Why `vw plan` could not plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanningError {
+    /// The store failed, or lacks an image the workspace or hosts file names.
+    #[error("image {image}: {error}; `vw plan` reads manifests from this host's store")]
+    Image {
+        /// The image.
+        image: ImageRef,
+        /// The store's answer.
+        error: Box<vw_chunkstore::Error>,
+    },
+    /// The planner refused.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Address assignment failed.
+    #[error("addresses: {0}")]
+    Addresses(vw_planner::address::AddressError),
+}
+
+/// A VM's host.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlacedVm {
+    /// The VM.
+    pub vm: String,
+    /// Its host.
+    pub host: String,
+    /// Cores it is pinned to.
+    pub cores: Option<Vec<u32>>,
+    /// Why.
+    pub reason: String,
+    /// Its addresses.
+    pub nics: Vec<NicAddress>,
+}
+
+/// One image's share of the plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImagePlan {
+    /// The image.
+    pub image: String,
+    /// Its distinct non-zero bytes.
+    pub bytes: u64,
+    /// The host it comes from.
+    pub source: Option<String>,
+    /// Hosts that lack some of it.
+    pub receivers: usize,
+    /// Bytes they lack in all.
+    pub lacking: u64,
+}
+
+/// What `vw plan` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanReport {
+    /// Placement, with reasons and addresses.
+    pub placement: Vec<PlacedVm>,
+    /// The strategy used (auto resolved).
+    pub strategy: Strategy,
+    /// Per image.
+    pub images: Vec<ImagePlan>,
+    /// Streams in the plan.
+    pub streams: usize,
+    /// The most any host sends, and which.
+    pub busiest_sender: Option<(String, u64)>,
+    /// The prediction.
+    pub simulation: Simulation,
+    /// The plan itself (for `--json`).
+    pub plan: DistributionPlan,
+}
+
+/// Plans `spec` on the hosts of `hosts`, with images and chunk lists from `store`.
+pub fn plan_workspace(
+    store: &Store,
+    spec: &WorkspaceSpec,
+    hosts: &HostsFile,
+    config: &ClusterConfig,
+    policy: Policy,
+    strategy: Strategy,
+) -> Result<PlanReport, PlanningError> {
+    let manifest_of =
+        |image: &ImageRef| -> Result<(ManifestId, Vec<vw_chunkstore::ChunkRef>), PlanningError> {
+            let wrap =
+                |error| PlanningError::Image { image: image.clone(), error: Box::new(error) };
+            let id = store.resolve(image).map_err(wrap)?;
+            Ok((id, store.manifest(&id).map_err(wrap)?.chunks().to_vec()))
+        };
+    // The workspace's images, in order of first use.
+    let mut refs: Vec<ImageRef> = Vec::new();
+    for vm in spec.vms() {
+        for p in &vm.node.partitions {
+            if !refs.contains(&p.image) {
+                refs.push(p.image.clone());
+            }
+        }
+    }
+    let mut images = Vec::new();
+    let mut index_of: Vec<HashMap<ChunkId, u32>> = Vec::new();
+    for r in &refs {
+        let (_, chunks) = manifest_of(r)?;
+        let mut seen = HashMap::new();
+        let mut sizes = Vec::new();
+        for c in chunks.iter().filter(|c| !c.is_zero()) {
+            if !seen.contains_key(&c.id) {
+                seen.insert(c.id, sizes.len() as u32);
+                sizes.push(c.len);
+            }
+        }
+        images.push(Image::new(r.to_string(), sizes));
+        index_of.push(seen);
+    }
+
+    // Holdings: per distinct list of held images, the chunk ids they contain.
+    let cluster = &hosts.cluster;
+    let mut inventory = Inventory::empty(cluster.len(), images.len());
+    let mut cache: BTreeMap<Vec<String>, Vec<Ranges>> = BTreeMap::new();
+    for (h, held) in hosts.images.iter().enumerate() {
+        let key: Vec<String> = held.iter().map(ToString::to_string).collect();
+        if !cache.contains_key(&key) {
+            let mut have: HashSet<ChunkId> = HashSet::new();
+            for image in held {
+                have.extend(manifest_of(image)?.1.iter().map(|c| c.id));
+            }
+            let ranges = index_of
+                .iter()
+                .map(|ix| {
+                    Ranges::from_indices(
+                        ix.iter().filter(|(id, _)| have.contains(id)).map(|(_, &i)| i),
+                    )
+                })
+                .collect();
+            cache.insert(key.clone(), ranges);
+        }
+        for (i, r) in cache[&key].iter().enumerate() {
+            inventory.add(HostIx(h as u32), i, r);
+        }
+    }
+
+    let slots = spec.vms();
+    let demands: Vec<VmDemand> = slots
+        .iter()
+        .map(|vm| VmDemand {
+            name: spec.vm_name(vm),
+            memory_mib: vm.node.memory_mib,
+            vcpus: vm.node.vcpus,
+            pinned: vm.node.cpus.is_some(),
+            images: vm
+                .node
+                .partitions
+                .iter()
+                .map(|p| refs.iter().position(|r| *r == p.image).expect("collected above"))
+                .collect(),
+        })
+        .collect();
+    let placed = place(cluster, &images, &inventory, &demands, &[] as &[Committed], policy)?;
+    let nics = crate::manager::preview_addresses(spec, &config.pools())
+        .map_err(PlanningError::Addresses)?;
+
+    let mut needs: Vec<Need> = placed
+        .iter()
+        .zip(&demands)
+        .flat_map(|(p, d)| d.images.iter().map(move |&image| Need { host: p.host, image }))
+        .collect();
+    needs.sort();
+    needs.dedup();
+    let distribution = plan(cluster, &images, &inventory, &needs, strategy)?;
+    let simulation = simulate(cluster, &images, &inventory, &distribution)?;
+
+    let (sent, _) = distribution.traffic(&images, cluster.len());
+    // The first of the busiest, in hosts-file order.
+    let busiest_sender = sent
+        .iter()
+        .enumerate()
+        .fold(None, |best: Option<(usize, u64)>, (h, &b)| match best {
+            Some((_, bb)) if bb >= b => best,
+            _ if b > 0 => Some((h, b)),
+            _ => best,
+        })
+        .map(|(h, b)| (cluster.hosts()[h].name.clone(), b));
+    let image_plans = images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let lacking: Vec<u64> = needs
+                .iter()
+                .filter(|n| n.image == i)
+                .map(|n| img.bytes_of(&img.all().minus(inventory.held(n.host, i))))
+                .filter(|b| *b > 0)
+                .collect();
+            ImagePlan {
+                image: img.name.clone(),
+                bytes: img.bytes(),
+                source: distribution.sources.get(&i).map(|h| cluster.host(*h).name.clone()),
+                receivers: lacking.len(),
+                lacking: lacking.iter().sum(),
+            }
+        })
+        .collect();
+    let placement = placed
+        .into_iter()
+        .zip(nics)
+        .map(|(p, nics)| PlacedVm {
+            vm: p.vm,
+            host: cluster.host(p.host).name.clone(),
+            cores: p.cores,
+            reason: p.reason,
+            nics,
+        })
+        .collect();
+    Ok(PlanReport {
+        placement,
+        strategy: distribution.strategy,
+        images: image_plans,
+        streams: distribution.streams.len(),
+        busiest_sender,
+        simulation,
+        plan: distribution,
+    })
+}
