@@ -295,3 +295,58 @@ fn local_lifecycle_with_the_simulated_driver() {
     let out = vw(&store, &["stop", "nope"]);
     assert!(stderr(&out).contains("no deployment nope on this host"), "{}", stderr(&out));
 }
+
+#[test]
+fn plan_places_addresses_and_predicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    for (name, seed) in [("grid3/head:1.0", 1), ("grid3/worker:1.0", 2)] {
+        let img = dir.path().join(format!("{seed}.img"));
+        image(&img, seed, 8);
+        json(&store, &["image", "import", img.to_str().expect("utf8"), "--name", name]);
+    }
+    let ws = format!("{EXAMPLES}/grid3-cluster.xml");
+    let hosts = format!("{EXAMPLES}/hosts-paper.toml");
+    let star = json(&store, &["plan", &ws, "--hosts", &hosts, "--strategy", "star"]);
+    let placement = star["placement"].as_array().expect("placement");
+    assert_eq!(placement.len(), 9);
+    assert!(placement
+        .iter()
+        .all(|p| p["reason"].as_str().is_some_and(|r| r.starts_with("spread:"))));
+    assert_eq!(placement[8]["host"], "head", "the ninth VM goes where its image is cached");
+    let worker = &star["images"][1];
+    assert_eq!(worker["receivers"], 7);
+    // Star: seven copies of the worker's bytes over the head's 10 MB/s link.
+    let bytes = worker["bytes"].as_f64().expect("bytes");
+    let finish = star["simulation"]["finish"].as_f64().expect("finish");
+    let closed = 7.0 * bytes / 10e6;
+    assert!((finish - closed).abs() < 0.02 * closed, "{finish} vs {closed}");
+    let chain = json(&store, &["plan", &ws, "--hosts", &hosts, "--strategy", "chain"]);
+    assert!(chain["simulation"]["finish"].as_f64().expect("finish") < finish / 3.0);
+
+    let out = vw(&store, &["plan", &ws, "--hosts", &hosts]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("predicted staging:") && text.contains("physical limit"), "{text}");
+    assert!(text.contains("grid3-worker8 → head"), "{text}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[host]]\nname = \"a\"\nbandwidth = 1\n").expect("write");
+    let out = vw(&store, &["plan", &ws, "--hosts", bad.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown field `bandwidth`") && stderr(&out).contains("line 3"),
+        "{}",
+        stderr(&out)
+    );
+
+    let small = dir.path().join("small.toml");
+    std::fs::write(&small, "[[host]]\nname = \"a\"\nmemory_mib = 2048\nvcpus = 4\ncpus = 2\nup = \"1Gbit\"\ndown = \"1Gbit\"\nimages = [\"grid3/head:1.0\", \"grid3/worker:1.0\"]\n").expect("write");
+    let out = vw(&store, &["plan", &ws, "--hosts", small.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the workspace does not fit: the workspace needs 5120 MiB"),
+        "{}",
+        stderr(&out)
+    );
+}

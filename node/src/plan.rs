@@ -121,8 +121,8 @@ pub fn plan_workspace(
         let mut seen = HashMap::new();
         let mut sizes = Vec::new();
         for c in chunks.iter().filter(|c| !c.is_zero()) {
-            if !seen.contains_key(&c.id) {
-                seen.insert(c.id, sizes.len() as u32);
+            if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(c.id) {
+                e.insert(sizes.len() as u32);
                 sizes.push(c.len);
             }
         }
