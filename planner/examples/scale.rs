@@ -1,4 +1,5 @@
-//! Times plan + simulate for N hosts per strategy: `cargo run --profile dev -p vw-planner --example scale -- 10000`.
+//! Times plan + simulate for N hosts per strategy, cold or with a third of the image
+//! cached: `cargo run --profile dev -p vw-planner --example scale -- 10000 [cached]`.
 use std::time::Instant;
 use vw_planner::{plan, simulate, Cluster, Host, HostIx, Image, Inventory, Need, Strategy};
 
@@ -20,6 +21,12 @@ fn main() {
     let cluster = Cluster::new(hosts).expect("cluster");
     let mut inv = Inventory::empty(n + 1, 1);
     inv.add(HostIx(0), 0, &images[0].all());
+    if std::env::args().nth(2).as_deref() == Some("cached") {
+        let base = vw_planner::Ranges::from_indices((0..8400).filter(|i| (i / 8) % 3 == 0));
+        for h in 1..=n as u32 {
+            inv.add(HostIx(h), 0, &base);
+        }
+    }
     let needs: Vec<Need> = (1..=n as u32).map(|h| Need { host: HostIx(h), image: 0 }).collect();
     for s in Strategy::CANDIDATES.into_iter().chain([Strategy::Auto]) {
         let t = Instant::now();

@@ -175,11 +175,30 @@ impl Ranges {
         Ranges(out)
     }
 
-    /// Chunks in either.
+    /// Chunks in either (a linear merge).
     pub fn union(&self, other: &Ranges) -> Ranges {
-        let mut v = self.0.clone();
-        v.extend_from_slice(&other.0);
-        Ranges::from_ranges(v)
+        if other.0.is_empty() {
+            return self.clone();
+        }
+        if self.0.is_empty() {
+            return other.clone();
+        }
+        let mut out: Vec<(u32, u32)> = Vec::with_capacity(self.0.len() + other.0.len());
+        let (mut i, mut j) = (0, 0);
+        while i < self.0.len() || j < other.0.len() {
+            let next = if j >= other.0.len() || (i < self.0.len() && self.0[i].0 <= other.0[j].0) {
+                i += 1;
+                self.0[i - 1]
+            } else {
+                j += 1;
+                other.0[j - 1]
+            };
+            match out.last_mut() {
+                Some(last) if next.0 <= last.1 => last.1 = last.1.max(next.1),
+                _ => out.push(next),
+            }
+        }
+        Ranges(out)
     }
 }
 

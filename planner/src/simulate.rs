@@ -27,7 +27,7 @@ use crate::distribution::{lacks, DistributionPlan};
 use crate::{Cluster, Image, Inventory, Need, PlanError};
 
 /// Steps aimed for.
-const STEPS: f64 = 128.0;
+const STEPS: f64 = 64.0;
 /// Give up after this many times the aimed-for steps.
 const MAX_STEPS_FACTOR: u64 = 64;
 
