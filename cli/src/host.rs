@@ -93,7 +93,7 @@ pub fn show(
     let preview = recorded.is_none();
     let nics = match recorded {
         Some(n) => n,
-        None => manager::preview_addresses(&spec, &config.pools())
+        None => manager::preview_addresses(&spec, &config.pools(), &[])
             .map_err(|e| anyhow::anyhow!("deployment {}: {e}", spec.name))?,
     };
     let vms: Vec<ShownVm> = spec

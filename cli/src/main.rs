@@ -63,10 +63,12 @@ enum Command {
     Stop(Target),
     /// Release the images, configs and addresses of stopped VMs.
     Unstage(Target),
-    /// Place a workspace on a cluster, plan its distribution and predict its staging time.
+    /// Place workspaces on a cluster, plan their distribution and predict staging time.
     Plan {
-        /// The workspace document.
-        workspace: PathBuf,
+        /// Workspace documents, planned in order: each after what the earlier ones take
+        /// (two VOs' clusters sharing hosts).
+        #[arg(required = true)]
+        workspaces: Vec<PathBuf>,
         /// The hosts file (TOML; docs/operations.md).
         #[arg(long)]
         hosts: PathBuf,
@@ -219,14 +221,14 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             let config = host::cluster_config(cli.cluster.as_deref())?;
             host::show(&file, &cli.store, config, out)
         }
-        Command::Plan { workspace, hosts, strategy, policy, simulate } => {
+        Command::Plan { workspaces, hosts, strategy, policy, simulate } => {
             let config = host::cluster_config(cli.cluster.as_deref())?;
             let policy = match policy.as_str() {
                 "spread" => vw_node::planner::Policy::Spread,
                 "pack" => vw_node::planner::Policy::Pack,
                 other => anyhow::bail!("policy `{other}`: use spread or pack"),
             };
-            planning::run(&cli.store, &workspace, &hosts, config, policy, strategy, simulate, out)
+            planning::run(&cli.store, &workspaces, &hosts, config, policy, strategy, simulate, out)
         }
         Command::Status { deployment } => {
             let config = host::cluster_config(cli.cluster.as_deref())?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use vw_node::chunkstore::Store;
 use vw_node::config::ClusterConfig;
 use vw_node::hosts::HostsFile;
-use vw_node::plan::{plan_workspace, PlanReport};
+use vw_node::plan::{plan_workspace, PlanReport, Taken};
 use vw_node::planner::{Policy, Strategy};
 use vw_node::workspace;
 
@@ -15,7 +15,7 @@ use crate::output::{bytes, Out};
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     store: &Path,
-    workspace_file: &Path,
+    workspace_files: &[std::path::PathBuf],
     hosts_file: &Path,
     config: ClusterConfig,
     policy: Policy,
@@ -23,11 +23,31 @@ pub fn run(
     per_host: bool,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
-    let spec = workspace::load(workspace_file)?;
     let hosts = HostsFile::load(hosts_file)?;
     let store = Store::open(store)?;
-    let report = plan_workspace(&store, &spec, &hosts, &config, policy, strategy)?;
-    out.emit(&report, || text(&report, &hosts, policy, per_host));
+    let mut taken = Taken::default();
+    let mut reports = Vec::new();
+    for file in workspace_files {
+        let spec = workspace::load(file)?;
+        let report = plan_workspace(&store, &spec, &hosts, &config, policy, strategy, &mut taken)
+            .map_err(|e| anyhow::anyhow!("workspace {}: {e}", spec.name))?;
+        reports.push(report);
+    }
+    let doc = serde_json::json!({ "workspaces": reports });
+    out.emit(&doc, || {
+        reports
+            .iter()
+            .map(|r| {
+                let body = text(r, &hosts, policy, per_host);
+                if reports.len() > 1 {
+                    format!("== {} ==\n{body}", r.workspace)
+                } else {
+                    body
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    });
     Ok(ExitCode::SUCCESS)
 }
 

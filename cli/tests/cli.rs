@@ -307,7 +307,9 @@ fn plan_places_addresses_and_predicts() {
     }
     let ws = format!("{EXAMPLES}/grid3-cluster.xml");
     let hosts = format!("{EXAMPLES}/hosts-paper.toml");
-    let star = json(&store, &["plan", &ws, "--hosts", &hosts, "--strategy", "star"]);
+    let star = json(&store, &["plan", &ws, "--hosts", &hosts, "--strategy", "star"])["workspaces"]
+        [0]
+    .clone();
     let placement = star["placement"].as_array().expect("placement");
     assert_eq!(placement.len(), 9);
     assert!(placement
@@ -321,7 +323,9 @@ fn plan_places_addresses_and_predicts() {
     let finish = star["simulation"]["finish"].as_f64().expect("finish");
     let closed = 7.0 * bytes / 10e6;
     assert!((finish - closed).abs() < 0.02 * closed, "{finish} vs {closed}");
-    let chain = json(&store, &["plan", &ws, "--hosts", &hosts, "--strategy", "chain"]);
+    let chain = json(&store, &["plan", &ws, "--hosts", &hosts, "--strategy", "chain"])
+        ["workspaces"][0]
+        .clone();
     assert!(chain["simulation"]["finish"].as_f64().expect("finish") < finish / 3.0);
 
     let out = vw(&store, &["plan", &ws, "--hosts", &hosts]);
@@ -339,6 +343,28 @@ fn plan_places_addresses_and_predicts() {
         "{}",
         stderr(&out)
     );
+
+    // Two VOs' clusters on the same hosts: no address twice, no host overcommitted.
+    let two =
+        json(&store, &["plan", &ws, &format!("{EXAMPLES}/grid3-cluster.xml"), "--hosts", &hosts]);
+    let two = two["workspaces"].as_array().expect("two reports");
+    assert_eq!(two.len(), 2);
+    let ips: std::collections::BTreeSet<String> = two
+        .iter()
+        .flat_map(|r| r["placement"].as_array().expect("placement").iter())
+        .flat_map(|p| p["nics"].as_array().expect("nics").iter())
+        .map(|n| n["ip"].as_str().expect("ip").to_owned())
+        .collect();
+    assert_eq!(ips.len(), 2 * 10, "9 VMs and one public NIC each, never the same address");
+    let mut mem: std::collections::BTreeMap<String, u64> = Default::default();
+    for r in two {
+        for p in r["placement"].as_array().expect("placement") {
+            let vm = p["vm"].as_str().expect("vm");
+            *mem.entry(p["host"].as_str().expect("host").to_owned()).or_default() +=
+                if vm.ends_with("head") { 1024 } else { 512 };
+        }
+    }
+    assert!(mem.values().all(|&m| m <= 2048), "{mem:?}");
 
     let small = dir.path().join("small.toml");
     std::fs::write(&small, "[[host]]\nname = \"a\"\nmemory_mib = 2048\nvcpus = 4\ncpus = 2\nup = \"1Gbit\"\ndown = \"1Gbit\"\nimages = [\"grid3/head:1.0\", \"grid3/worker:1.0\"]\n").expect("write");

@@ -70,9 +70,11 @@ pub struct ImagePlan {
     pub lacking: u64,
 }
 
-/// What `vw plan` reports.
+/// What `vw plan` reports for one workspace.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanReport {
+    /// The workspace.
+    pub workspace: String,
     /// Placement, with reasons and addresses.
     pub placement: Vec<PlacedVm>,
     /// The strategy used (auto resolved).
@@ -89,7 +91,18 @@ pub struct PlanReport {
     pub plan: DistributionPlan,
 }
 
-/// Plans `spec` on the hosts of `hosts`, with images and chunk lists from `store`.
+/// What workspaces planned earlier take: capacity, pinned cores, addresses. Several
+/// virtual clusters (of different VOs) share one physical cluster this way.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Taken {
+    /// Their VMs' capacity and cores.
+    pub vms: Vec<Committed>,
+    /// Their addresses and MACs.
+    pub nics: Vec<NicAddress>,
+}
+
+/// Plans `spec` on the hosts of `hosts`, with images and chunk lists from `store`,
+/// after what `taken` holds; adds what this workspace takes to `taken`.
 pub fn plan_workspace(
     store: &Store,
     spec: &WorkspaceSpec,
@@ -97,6 +110,7 @@ pub fn plan_workspace(
     config: &ClusterConfig,
     policy: Policy,
     strategy: Strategy,
+    taken: &mut Taken,
 ) -> Result<PlanReport, PlanningError> {
     let manifest_of =
         |image: &ImageRef| -> Result<(ManifestId, Vec<vw_chunkstore::ChunkRef>), PlanningError> {
@@ -172,9 +186,14 @@ pub fn plan_workspace(
                 .collect(),
         })
         .collect();
-    let placed = place(cluster, &images, &inventory, &demands, &[] as &[Committed], policy)?;
-    let nics = crate::manager::preview_addresses(spec, &config.pools())
+    let placed = place(cluster, &images, &inventory, &demands, &taken.vms, policy)?;
+    let nics = crate::manager::preview_addresses(spec, &config.pools(), &taken.nics)
         .map_err(PlanningError::Addresses)?;
+    for (p, d) in placed.iter().zip(&demands) {
+        let cores = p.cores.clone().unwrap_or_default();
+        taken.vms.push(Committed { host: p.host, memory_mib: d.memory_mib, vcpus: d.vcpus, cores });
+    }
+    taken.nics.extend(nics.iter().flatten().copied());
 
     let mut needs: Vec<Need> = placed
         .iter()
@@ -228,6 +247,7 @@ pub fn plan_workspace(
         })
         .collect();
     Ok(PlanReport {
+        workspace: spec.name.clone(),
         placement,
         strategy: distribution.strategy,
         images: image_plans,

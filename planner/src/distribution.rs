@@ -11,7 +11,7 @@
 //! | chain | source → r1 → r2 → … , pipelined |
 //! | tree k | a k-ary tree rooted at the source (below its first receiver when the source's uplink is slower than k receivers' together) |
 //! | striped s×k | the image in `s` interleaved stripes of blocks, each over its own tree (k=1: chain) on a rotated order, so every uplink carries part of the load |
-//! | auto | each of the above (tree 2 and 4, striped 4×1 and 4×2), simulated coarsely; the fastest |
+//! | auto | each of the above (tree 2 and 4, striped 4×1 and 4×2); those whose lower bound could win simulated coarsely; the fastest |
 //!
 //! Cache-aware, both ways: a receiver is sent only the chunks it lacks, and a sender
 //! serves what it already holds at once. A receiver takes each chunk from its parent
@@ -167,6 +167,13 @@ pub fn plan(
     if let Strategy::Auto = strategy {
         let mut best: Option<(f64, DistributionPlan)> = None;
         for candidate in Strategy::CANDIDATES {
+            if candidate == Strategy::Star
+                && best
+                    .as_ref()
+                    .is_some_and(|(bt, _)| star_floor(cluster, images, inventory, needs) >= *bt)
+            {
+                continue;
+            }
             let p = plan(cluster, images, inventory, needs, candidate)?;
             // A plan whose lower bound is no better than the best so far is not
             // simulated; the rest are ranked on a coarse simulation (a quarter of the
@@ -283,6 +290,40 @@ pub fn plan(
         }
     }
     Ok(DistributionPlan { strategy, sources, streams })
+}
+
+/// A time no star can beat, without planning it: every byte no other host holds
+/// leaves the source, over its uplink.
+fn star_floor(cluster: &Cluster, images: &[Image], inventory: &Inventory, needs: &[Need]) -> f64 {
+    let lacks = lacks(images, inventory, needs);
+    let mut floor: f64 = 0.0;
+    for (image, img) in images.iter().enumerate() {
+        let Some(source) = cluster
+            .ixs()
+            .filter(|&h| {
+                cluster.host(h).alive && inventory.held(h, image).count() == u64::from(img.chunks())
+            })
+            .max_by(|a, b| cluster.host(*a).up.total_cmp(&cluster.host(*b).up).then(b.cmp(a)))
+        else {
+            continue;
+        };
+        // What any other live host holds, merged once per distinct holding.
+        let mut distinct: Vec<&Ranges> = Vec::new();
+        for h in cluster.ixs().filter(|&h| h != source && cluster.host(h).alive) {
+            let held = inventory.held(h, image);
+            if !held.is_empty() && !distinct.contains(&held) {
+                distinct.push(held);
+            }
+        }
+        let elsewhere = distinct.iter().fold(Ranges::empty(), |acc, r| acc.union(r));
+        let only_source: u64 = lacks
+            .iter()
+            .filter(|(n, _)| n.image == image)
+            .map(|(_, r)| img.bytes_of(&r.minus(&elsewhere)))
+            .sum();
+        floor = floor.max(only_source as f64 / cluster.host(source).up);
+    }
+    floor
 }
 
 /// Receivers rack by rack: the source's rack first, then racks in order of first

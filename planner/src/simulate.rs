@@ -6,7 +6,7 @@
 //! completely, so a relayed stream runs at most one chunk behind the streams that feed
 //! it (the fluid form of "forward a chunk only after receiving it").
 //!
-//! Time advances in steps of about 1/128 of a first estimate of the total. In each step
+//! Time advances in steps of about 1/64 of a first estimate of the total. In each step
 //! the rates are computed once for the streams that can move, each capped at what its
 //! feeders can deliver in the step (feeders projected at their bottleneck fair share,
 //! which max-min never goes below, so the caps err low), and streams move in plan
@@ -15,8 +15,8 @@
 //! chunk reached its sender). Check: a star gives N·S/B of the source, a chain
 //! S/B + (N-1)·c/B (`tests/simulate.rs`).
 //!
-//! The cost is steps × streams × log(links): 10,000 hosts plan and simulate in well
-//! under the 2 s (`benches/planner.rs`).
+//! The cost is steps × streams × log(links): 10,000 hosts plan and simulate within the
+//! issue's 2 s (`benches/planner.rs`, `docs/experiments.md`).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;

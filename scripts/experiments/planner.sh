@@ -51,7 +51,7 @@ run() { # label N cache hostsfile wsfile
     t1=$(date +%s.%N)
     python3 - "$work/out.json" "$1" "$2" "$3" "$s" "$t0" "$t1" >> "$out/scaling.csv" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1])); sim = r["simulation"]
+r = json.load(open(sys.argv[1]))["workspaces"][0]; sim = r["simulation"]
 st = r["strategy"]
 chosen = {"tree": lambda: f"tree{st['k']}", "striped": lambda: f"striped{st['stripes']}x{st['k']}"}.get(st["kind"], lambda: st["kind"])()
 print(f"{sys.argv[2]},{sys.argv[4]},{sys.argv[5]},{chosen},{sim['finish']:.2f},{sim['limit']:.2f},{sim['finish']/sim['limit'] if sim['limit'] else 1:.3f},{float(sys.argv[7])-float(sys.argv[6]):.2f}")

@@ -667,11 +667,13 @@ pub(crate) fn node_of(spec: &WorkspaceSpec, role: VmRole) -> &NodeSpec {
     }
 }
 
-/// The addresses a workspace would get on this host now, without recording anything
-/// (`vw workspace show`).
+/// The addresses a workspace would get, without recording anything (`vw workspace
+/// show`, `vw plan`), avoiding `taken` (addresses and MACs of workspaces planned
+/// before it).
 pub fn preview_addresses(
     spec: &WorkspaceSpec,
     pools: &Pools,
+    taken: &[NicAddress],
 ) -> Result<Vec<Vec<NicAddress>>, AddressError> {
     let requests: Vec<VmNics> = spec
         .vms()
@@ -681,7 +683,9 @@ pub fn preview_addresses(
             nics: vm.node.nics.iter().map(|n| n.network).collect(),
         })
         .collect();
-    address::assign(&requests, &pools.private, &pools.public, &BTreeSet::new(), &BTreeSet::new())
+    let ips = taken.iter().map(|n| n.ip).collect();
+    let macs = taken.iter().map(|n| n.mac).collect();
+    address::assign(&requests, &pools.private, &pools.public, &ips, &macs)
 }
 
 pub(crate) fn now_ms() -> u64 {
