@@ -167,11 +167,16 @@ pub fn plan(
     if let Strategy::Auto = strategy {
         let mut best: Option<(f64, DistributionPlan)> = None;
         for candidate in Strategy::CANDIDATES {
-            if candidate == Strategy::Star
-                && best
-                    .as_ref()
-                    .is_some_and(|(bt, _)| star_floor(cluster, images, inventory, needs) >= *bt)
-            {
+            // Floors known before planning: what only the source holds over its
+            // uplink (star); one chunk per hop through every receiver (chains).
+            let floor = match candidate {
+                Strategy::Star => star_floor(cluster, images, inventory, needs),
+                Strategy::Chain | Strategy::Striped { k: 1, .. } => {
+                    chain_floor(cluster, images, inventory, needs)
+                }
+                _ => 0.0,
+            };
+            if best.as_ref().is_some_and(|(bt, _)| floor >= *bt) {
                 continue;
             }
             let p = plan(cluster, images, inventory, needs, candidate)?;
@@ -324,6 +329,21 @@ fn star_floor(cluster: &Cluster, images: &[Image], inventory: &Inventory, needs:
         floor = floor.max(only_source as f64 / cluster.host(source).up);
     }
     floor
+}
+
+/// A time no chain through every receiver can beat: the last one is a chunk per hop
+/// behind the source, each hop at most at the fastest link.
+fn chain_floor(cluster: &Cluster, images: &[Image], inventory: &Inventory, needs: &[Need]) -> f64 {
+    let lacks = lacks(images, inventory, needs);
+    let fastest = cluster.hosts().iter().map(|h| h.up.max(h.down)).fold(0.0, f64::max);
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let receivers = lacks.keys().filter(|n| n.image == i).count();
+            receivers.saturating_sub(1) as f64 * img.mean_chunk() as f64 / fastest
+        })
+        .fold(0.0, f64::max)
 }
 
 /// Receivers rack by rack: the source's rack first, then racks in order of first
