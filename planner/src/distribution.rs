@@ -208,12 +208,7 @@ pub fn plan(
         if receivers.is_empty() {
             continue;
         }
-        let source = cluster
-            .ixs()
-            .filter(|&h| {
-                cluster.host(h).alive && inventory.held(h, image).count() == u64::from(img.chunks())
-            })
-            .max_by(|a, b| cluster.host(*a).up.total_cmp(&cluster.host(*b).up).then(b.cmp(a)))
+        let source = source_of(cluster, inventory, image, img)
             .ok_or_else(|| PlanError::NoSource { image: img.name.clone() })?;
         sources.insert(image, source);
         let order = rack_order(cluster, source, &receivers);
@@ -297,21 +292,28 @@ pub fn plan(
     Ok(DistributionPlan { strategy, sources, streams })
 }
 
+/// The live host holding all of `img` with the fastest uplink (the first on ties).
+fn source_of(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    image: usize,
+    img: &Image,
+) -> Option<HostIx> {
+    cluster
+        .ixs()
+        .filter(|&h| {
+            cluster.host(h).alive && inventory.held(h, image).count() == u64::from(img.chunks())
+        })
+        .max_by(|a, b| cluster.host(*a).up.total_cmp(&cluster.host(*b).up).then(b.cmp(a)))
+}
+
 /// A time no star can beat, without planning it: every byte no other host holds
 /// leaves the source, over its uplink.
 fn star_floor(cluster: &Cluster, images: &[Image], inventory: &Inventory, needs: &[Need]) -> f64 {
     let lacks = lacks(images, inventory, needs);
     let mut floor: f64 = 0.0;
     for (image, img) in images.iter().enumerate() {
-        let Some(source) = cluster
-            .ixs()
-            .filter(|&h| {
-                cluster.host(h).alive && inventory.held(h, image).count() == u64::from(img.chunks())
-            })
-            .max_by(|a, b| cluster.host(*a).up.total_cmp(&cluster.host(*b).up).then(b.cmp(a)))
-        else {
-            continue;
-        };
+        let Some(source) = source_of(cluster, inventory, image, img) else { continue };
         // What any other live host holds, merged once per distinct holding.
         let mut distinct: Vec<&Ranges> = Vec::new();
         for h in cluster.ixs().filter(|&h| h != source && cluster.host(h).alive) {
