@@ -1,0 +1,318 @@
+//! The wire format of `/vw/chunks/1`: length-prefixed frames, each a version byte and
+//! a postcard-encoded [`Frame`].
+//!
+//! ```text
+//! frame   = length:u32 BE | version:u8 (1) | body:postcard(Frame)
+//! length  = bytes after the length field (version + body), at most MAX_FRAME
+//! ```
+//!
+//! Everything is bounded before it is allocated: the length is checked before the body
+//! is read, then each variant's own limits (ids per request, chunk size, text). A chunk
+//! frame never carries the zero chunk (zero chunks are holes, never sent). A frame that
+//! breaks a rule is a protocol violation, and the peer is dropped for the deployment.
+
+use serde::{Deserialize, Serialize};
+use vw_chunkstore::ChunkId;
+
+/// The protocol's name, negotiated by libp2p.
+pub const PROTOCOL_NAME: &str = "/vw/chunks/1";
+/// The frame format version this build speaks.
+pub const VERSION: u8 = 1;
+/// Largest chunk carried (the chunker's maximum).
+pub const MAX_CHUNK: usize = 256 << 10;
+/// Most chunk ids one request may name.
+pub const MAX_WANT: usize = 4096;
+/// Longest deployment name or error message.
+pub const MAX_TEXT: usize = 512;
+/// Largest frame after its length field: a full chunk plus headroom for the header.
+pub const MAX_FRAME: usize = MAX_CHUNK + 1024;
+
+/// One frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Receiver → sender: send these chunks, for this deployment.
+    Want {
+        /// The deployment they are for (the sender checks the peer may ask).
+        deployment: String,
+        /// Chunk ids, in the order wanted.
+        ids: Vec<ChunkId>,
+    },
+    /// Receiver → sender: this many more chunks may be in flight (flow control).
+    Credit {
+        /// Chunks.
+        chunks: u32,
+    },
+    /// Sender → receiver: one chunk's bytes.
+    Chunk {
+        /// Its id; the receiver checks the bytes hash to it.
+        id: ChunkId,
+        /// Its bytes.
+        #[serde(with = "serde_bytes_compat")]
+        data: Vec<u8>,
+    },
+    /// Sender → receiver: the sender does not hold this chunk.
+    Missing {
+        /// The chunk.
+        id: ChunkId,
+    },
+    /// Either way: nothing more on this stream.
+    Done,
+    /// Either way: why the stream ends.
+    Refused {
+        /// A short reason, for the log.
+        reason: String,
+    },
+}
+
+/// Byte strings as postcard byte arrays (length + bytes), not sequences of integers.
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A frame that breaks the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length field exceeds [`MAX_FRAME`].
+    #[error("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLong {
+        /// The announced length.
+        len: usize,
+    },
+    /// An empty frame (no version byte).
+    #[error("empty frame")]
+    Empty,
+    /// A version this build does not speak.
+    #[error("frame version {found}, this build speaks {VERSION}")]
+    Version {
+        /// The version byte.
+        found: u8,
+    },
+    /// The body is not a frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A variant's own limit is exceeded, or a rule broken.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Frame {
+    /// Checks the variant's limits.
+    pub fn check(&self) -> Result<(), FrameError> {
+        let bad = |why: String| Err(FrameError::Invalid(why));
+        match self {
+            Frame::Want { deployment, ids } => {
+                if deployment.len() > MAX_TEXT {
+                    return bad(format!("deployment name of {} bytes", deployment.len()));
+                }
+                if ids.is_empty() || ids.len() > MAX_WANT {
+                    return bad(format!("want of {} ids (1..={MAX_WANT})", ids.len()));
+                }
+                if let Some(id) = ids.iter().find(|id| id.is_zero()) {
+                    return bad(format!(
+                        "want of the zero chunk {id:#}: zero chunks are never sent"
+                    ));
+                }
+                Ok(())
+            }
+            Frame::Chunk { id, data } => {
+                if id.is_zero() {
+                    return bad("a zero chunk was sent; zero chunks are holes, never sent".into());
+                }
+                if data.is_empty() || data.len() > MAX_CHUNK {
+                    return bad(format!("chunk {id:#} of {} bytes (1..={MAX_CHUNK})", data.len()));
+                }
+                Ok(())
+            }
+            Frame::Refused { reason } if reason.len() > MAX_TEXT => {
+                bad(format!("reason of {} bytes", reason.len()))
+            }
+            Frame::Credit { chunks: 0 } => bad("a credit of 0 chunks".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The frame with its length prefix, ready to write.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        self.check()?;
+        let mut out = vec![0, 0, 0, 0, VERSION];
+        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
+        let len = out.len() - 4;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLong { len });
+        }
+        out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(out)
+    }
+
+    /// Decodes one frame body (version byte and postcard, without the length field).
+    pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+        let (&version, rest) = body.split_first().ok_or(FrameError::Empty)?;
+        if version != VERSION {
+            return Err(FrameError::Version { found: version });
+        }
+        let frame = match postcard::take_from_bytes::<Frame>(rest) {
+            Ok((frame, [])) => frame,
+            Ok((_, trailing)) => {
+                return Err(FrameError::Malformed(format!("{} trailing bytes", trailing.len())))
+            }
+            Err(e) => return Err(FrameError::Malformed(e.to_string())),
+        };
+        frame.check()?;
+        Ok(frame)
+    }
+
+    /// Whether a chunk frame's bytes hash to its id (the receiver's check before it
+    /// stores or forwards anything).
+    pub fn verified(&self) -> bool {
+        match self {
+            Frame::Chunk { id, data } => ChunkId::from(blake3::hash(data)) == *id,
+            _ => true,
+        }
+    }
+}
+
+/// Splits a byte stream into frames, holding at most one frame's bytes.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame, if the bytes so far hold one. An error ends the stream.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(head) = self.buf.get(..4) else { return Ok(None) };
+        let len = u32::from_be_bytes(head.try_into().expect("four bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLong { len });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = Frame::decode_body(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        frame.map(Some)
+    }
+
+    /// Bytes held that are not yet a whole frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(b: u8) -> ChunkId {
+        ChunkId::from_bytes([b; 32])
+    }
+
+    fn hex(v: &[u8]) -> String {
+        v.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The bytes on the wire are pinned: a change here is a protocol change (bump the
+    /// version and the protocol name).
+    #[test]
+    fn golden_bytes() {
+        let want =
+            Frame::Want { deployment: "g".into(), ids: vec![id(1)] }.encode().expect("encode");
+        assert_eq!(hex(&want), format!("000000250100016701{}", "01".repeat(32)));
+        let chunk = Frame::Chunk { id: id(2), data: vec![7, 8, 9] }.encode().expect("encode");
+        assert_eq!(hex(&chunk), format!("000000260102{}03070809", "02".repeat(32)));
+        assert_eq!(
+            hex(&Frame::Credit { chunks: 300 }.encode().expect("encode")),
+            "000000040101ac02"
+        );
+        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020104");
+    }
+
+    #[test]
+    fn limits_are_checked_both_ways() {
+        assert!(Frame::Chunk { id: ChunkId::ZERO, data: vec![0; 10] }.encode().is_err());
+        assert!(Frame::Chunk { id: id(1), data: vec![1; MAX_CHUNK + 1] }.encode().is_err());
+        assert!(Frame::Want { deployment: "d".into(), ids: vec![] }.encode().is_err());
+        assert!(Frame::Want { deployment: "d".into(), ids: vec![id(1); MAX_WANT + 1] }
+            .encode()
+            .is_err());
+        let mut d = FrameDecoder::default();
+        d.push(&((MAX_FRAME + 1) as u32).to_be_bytes());
+        assert_eq!(d.next_frame(), Err(FrameError::TooLong { len: MAX_FRAME + 1 }));
+        let mut d = FrameDecoder::default();
+        d.push(&[0, 0, 0, 2, 9, 4]);
+        assert_eq!(d.next_frame(), Err(FrameError::Version { found: 9 }));
+        let mut d = FrameDecoder::default();
+        d.push(&[0, 0, 0, 3, 1, 4, 0]);
+        assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn chunks_verify_against_their_ids() {
+        let data = b"hello".to_vec();
+        let good = Frame::Chunk { id: ChunkId::from(blake3::hash(&data)), data: data.clone() };
+        assert!(good.verified());
+        assert!(!Frame::Chunk { id: id(3), data }.verified());
+    }
+
+    fn frames() -> impl Strategy<Value = Frame> {
+        let id = any::<[u8; 32]>()
+            .prop_filter("not zero", |b| b != &[0; 32])
+            .prop_map(ChunkId::from_bytes);
+        prop_oneof![
+            ("[a-z0-9-]{0,40}", proptest::collection::vec(id.clone(), 1..50))
+                .prop_map(|(deployment, ids)| Frame::Want { deployment, ids }),
+            (1u32..).prop_map(|chunks| Frame::Credit { chunks }),
+            (id.clone(), proptest::collection::vec(any::<u8>(), 1..3000))
+                .prop_map(|(id, data)| Frame::Chunk { id, data }),
+            id.prop_map(|id| Frame::Missing { id }),
+            Just(Frame::Done),
+            "[ -~]{0,100}".prop_map(|reason| Frame::Refused { reason }),
+        ]
+    }
+
+    proptest! {
+        /// Any frames, encoded back to back and fed in arbitrary pieces, decode to the
+        /// same frames.
+        #[test]
+        fn frames_round_trip_in_any_pieces(fs in proptest::collection::vec(frames(), 1..8), cut in 1usize..200) {
+            let bytes: Vec<u8> = fs.iter().flat_map(|f| f.encode().expect("encode")).collect();
+            let mut d = FrameDecoder::default();
+            let mut out = Vec::new();
+            for piece in bytes.chunks(cut) {
+                d.push(piece);
+                while let Some(f) = d.next_frame().expect("valid") {
+                    out.push(f);
+                }
+            }
+            prop_assert_eq!(out, fs);
+            prop_assert_eq!(d.pending(), 0);
+        }
+    }
+}
