@@ -119,6 +119,22 @@ pub enum Error {
         /// The chunk.
         id: ChunkId,
     },
+    /// Received bytes do not hash to the chunk id they came with.
+    #[error("received chunk {id:#} ({len} bytes) does not match its id; the sender is faulty or malicious")]
+    ChunkMismatch {
+        /// The id it was sent as.
+        id: ChunkId,
+        /// How many bytes came.
+        len: usize,
+    },
+    /// A manifest cannot be recorded while chunks it lists are missing.
+    #[error("manifest {manifest:#} lacks {} chunks ({}); fetch them first", missing.len(), list(&missing.iter().map(|c| c.id).collect::<Vec<_>>()))]
+    Incomplete {
+        /// The manifest.
+        manifest: ManifestId,
+        /// The chunks still missing.
+        missing: Vec<crate::ChunkRef>,
+    },
     /// Manifest bytes are invalid.
     #[error("invalid manifest: {reason}")]
     BadManifest {

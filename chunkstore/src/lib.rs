@@ -36,6 +36,8 @@ mod import;
 #[cfg(feature = "store")]
 mod pack;
 #[cfg(feature = "store")]
+mod receive;
+#[cfg(feature = "store")]
 mod record;
 #[cfg(feature = "store")]
 mod records;
@@ -57,6 +59,8 @@ pub use export::ExportReport;
 pub use gc::{CacheStats, GcReport};
 #[cfg(feature = "store")]
 pub use import::{ChunkCounts, ImportReport};
+#[cfg(feature = "store")]
+pub use receive::Receiving;
 #[cfg(feature = "store")]
 pub use records::{RecordBatch, Records};
 #[cfg(feature = "store")]

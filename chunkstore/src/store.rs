@@ -246,6 +246,11 @@ impl Store {
     /// (built by the first such query).
     pub fn missing(&self, manifest: &Manifest) -> Result<Missing, Error> {
         let _collect = self.collect.read().expect("collect lock");
+        self.missing_locked(manifest)
+    }
+
+    /// [`Store::missing`] for a caller that holds the collect lock already.
+    pub(crate) fn missing_locked(&self, manifest: &Manifest) -> Result<Missing, Error> {
         let stored = self.db.get(db::MANIFESTS, manifest.id().as_bytes())?.is_some();
         let corrupt = self.corrupt.read().expect("corrupt set lock");
         if stored && corrupt.is_empty() {
