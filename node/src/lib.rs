@@ -22,6 +22,8 @@ pub mod integrate;
 #[cfg(feature = "host")]
 pub mod manager;
 #[cfg(feature = "host")]
+pub mod peer;
+#[cfg(feature = "host")]
 pub mod plan;
 pub mod workspace;
 pub mod xen;

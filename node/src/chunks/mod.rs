@@ -10,9 +10,11 @@
 //!
 //! Every chunk is checked against its BLAKE3 id before it is stored or forwarded; a peer
 //! that sends a bad one is dropped for the deployment and the chunk fetched elsewhere.
-//! Zero chunks are never sent. The wire format is in [`protocol`]; the per-connection
-//! logic (libp2p streams) arrives with the daemon.
+//! Zero chunks are never sent. The wire format is in [`protocol`]; the per-stream logic
+//! (serving, fetching) in `handler`.
 
+#[cfg(feature = "host")]
+pub mod handler;
 pub mod protocol;
 
 pub use protocol::{Frame, FrameDecoder, FrameError, PROTOCOL_NAME};

@@ -1,0 +1,194 @@
+//! Per-stream logic of `/vw/chunks/1`: serving chunks from the store, and fetching
+//! chunks into it.
+//!
+//! Serving: read `Want`s and `Credit`s; send each wanted chunk (or `Missing`) in order,
+//! never more in flight than the credit granted. Fetching: send `Want` for the ids and
+//! a window of credit, verify each chunk against its id as it arrives, hand it to the
+//! store's receiving session on its own thread (bounded channel: memory in flight is
+//! the window), and grant one more credit per chunk taken.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::{PeerId, Stream};
+use tokio::sync::watch;
+use vw_chunkstore::{ChunkId, ChunkRef, Store};
+
+use super::protocol::{Frame, FrameError, MAX_FRAME, MAX_WANT};
+use crate::peer::{chunks_protocol, short, PeerError};
+
+/// Chunks a fetcher lets be in flight on one stream (4 MiB at the mean chunk size,
+/// 16 MiB at most): 64 measured 297 MB/s on loopback against 253 MB/s for 16.
+pub const WINDOW: u32 = 64;
+
+/// Reads one frame; `None` at a clean end of stream.
+async fn read_frame(stream: &mut Stream) -> Result<Option<Frame>, FrameError> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(FrameError::Malformed(e.to_string())),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong { len });
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Frame::decode_body(&body).map(Some)
+}
+
+async fn write_frame(stream: &mut Stream, frame: &Frame) -> Result<(), FrameError> {
+    let bytes = frame.encode()?;
+    stream.write_all(&bytes).await.map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Serves every incoming chunk stream until `stop` is set.
+pub async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    store: Arc<Store>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { break };
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    if let Err(e) = serve_one(peer, stream, &store).await {
+                        tracing::warn!(peer = %short(&peer), error = %e, "chunk stream failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Serves one stream: wanted ids in order, within the credit granted.
+async fn serve_one(peer: PeerId, mut stream: Stream, store: &Store) -> Result<(), FrameError> {
+    let mut queue: VecDeque<ChunkId> = VecDeque::new();
+    let mut credit: u64 = 0;
+    let mut sent = 0u64;
+    loop {
+        while credit > 0 {
+            let Some(id) = queue.pop_front() else { break };
+            let frame = match store.read_chunk(&id) {
+                Ok(data) => Frame::Chunk { id, data },
+                Err(_) => Frame::Missing { id },
+            };
+            write_frame(&mut stream, &frame).await?;
+            credit -= 1;
+            sent += 1;
+        }
+        match read_frame(&mut stream).await? {
+            Some(Frame::Want { ids, .. }) => queue.extend(ids),
+            Some(Frame::Credit { chunks }) => credit += u64::from(chunks),
+            Some(Frame::Done) | None => break,
+            Some(other) => {
+                return Err(FrameError::Invalid(format!("unexpected {other:?} from a fetcher")));
+            }
+        }
+    }
+    tracing::debug!(peer = %short(&peer), sent, "served");
+    let _ = stream.close().await;
+    Ok(())
+}
+
+/// What a fetch moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Fetched {
+    /// Chunks received and stored (or already held).
+    pub chunks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Chunks the sender did not have.
+    pub missing: u64,
+}
+
+/// Fetches `wanted` from `peer` into `store` for `deployment`. Every chunk is verified
+/// before it is stored; a bad one ends the fetch with [`PeerError::BadChunk`] (the
+/// caller drops the peer and fetches the rest elsewhere). Chunks received are durable
+/// when this returns. Not cancel-safe: cancelling drops the stream and loses the
+/// chunks not yet synced (a later fetch gets them again).
+pub async fn fetch(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    deployment: &str,
+    wanted: &[ChunkRef],
+    store: Arc<Store>,
+) -> Result<Fetched, PeerError> {
+    let fail = |reason: String| PeerError::Stream { peer, reason };
+    let mut stream = control.open_stream(peer, chunks_protocol()).await.map_err(|e| {
+        fail(format!("cannot open a chunk stream ({e}); is this host on the peer's allow list?"))
+    })?;
+    for ids in wanted.chunks(MAX_WANT) {
+        let want = Frame::Want {
+            deployment: deployment.to_owned(),
+            ids: ids.iter().map(|c| c.id).collect(),
+        };
+        write_frame(&mut stream, &want).await.map_err(|e| fail(e.to_string()))?;
+    }
+    write_frame(&mut stream, &Frame::Credit { chunks: WINDOW })
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+
+    // The store's receiving session lives on its own thread (it holds the pack writer).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(WINDOW as usize);
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), vw_chunkstore::Error> {
+        let mut session = store.receiving();
+        while let Some((id, data)) = rx.blocking_recv() {
+            session.put(&id, &data)?;
+        }
+        session.sync()
+    });
+
+    let mut got = Fetched::default();
+    let mut result = Ok(());
+    for expected in wanted {
+        let frame = match read_frame(&mut stream).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                result = Err(fail(format!(
+                    "stream ended after {} of {} chunks",
+                    got.chunks + got.missing,
+                    wanted.len()
+                )));
+                break;
+            }
+            Err(e) => {
+                result = Err(fail(e.to_string()));
+                break;
+            }
+        };
+        match frame {
+            Frame::Chunk { id, data } if id == expected.id => {
+                if blake3::hash(&data) != blake3::Hash::from_bytes(*id.as_bytes()) {
+                    result = Err(PeerError::BadChunk { peer, chunk: format!("{id:#}") });
+                    break;
+                }
+                got.chunks += 1;
+                got.bytes += data.len() as u64;
+                if tx.send((id, data)).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Frame::Missing { id } if id == expected.id => got.missing += 1,
+            other => {
+                result = Err(fail(format!("expected chunk {:#}, got {other:?}", expected.id)));
+                break;
+            }
+        }
+        if write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await.is_err() {
+            break;
+        }
+    }
+    let _ = write_frame(&mut stream, &Frame::Done).await;
+    let _ = stream.close().await;
+    drop(tx);
+    let written =
+        writer.await.map_err(|e| fail(format!("the store's writer thread failed: {e}")))?;
+    written?;
+    result.map(|()| got)
+}

@@ -1,0 +1,284 @@
+//! The libp2p peer: TCP + Noise + Yamux, identify, an allow list of cluster peers, and
+//! `/vw/chunks/1` on raw streams.
+//!
+//! [`Peer::start`] builds the swarm and runs it in a task that owns it (an actor: the
+//! [`Peer`] handle sends it bounded commands with one-shot replies). A second task
+//! accepts chunk streams and serves each from the store ([`crate::chunks::handler`]).
+//! Only peers on the allow list get a connection at all; a refused one is logged.
+//! [`Peer::shutdown`] signals both tasks, then waits for each.
+
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use libp2p::allow_block_list::{self, AllowedPeers};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use vw_chunkstore::Store;
+
+use crate::chunks::{handler, protocol::PROTOCOL_NAME};
+
+/// Why the peer could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The swarm could not be built or could not listen.
+    #[error("peer transport: {0}")]
+    Transport(String),
+    /// Dialing failed (unreachable, refused, not on the allow list).
+    #[error("cannot reach {addr}: {reason}")]
+    Dial {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A chunk stream failed.
+    #[error("chunks from {peer}: {reason}")]
+    Stream {
+        /// The remote peer.
+        peer: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A peer sent a chunk whose bytes do not match its id: it is dropped.
+    #[error("peer {peer} sent chunk {chunk} with bytes that do not match its id; dropping it")]
+    BadChunk {
+        /// The peer.
+        peer: PeerId,
+        /// The chunk.
+        chunk: String,
+    },
+    /// The store refused a received chunk.
+    #[error("storing received chunks: {0}")]
+    Store(#[from] vw_chunkstore::Error),
+    /// The peer task is gone.
+    #[error("the peer has shut down")]
+    Gone,
+}
+
+/// How a peer starts.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Addresses to listen on (`/ip4/127.0.0.1/tcp/0` picks a port).
+    pub listen: Vec<Multiaddr>,
+    /// The peer's identity.
+    pub keypair: identity::Keypair,
+    /// The only peers it talks to.
+    pub allowed: Vec<PeerId>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    allow: allow_block_list::Behaviour<AllowedPeers>,
+    identify: identify::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), PeerError>> },
+    Addresses { reply: oneshot::Sender<Vec<Multiaddr>> },
+}
+
+/// A running peer (see the module docs).
+pub struct Peer {
+    id: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Dial { addr, .. } => write!(f, "Dial({addr})"),
+            Command::Addresses { .. } => f.write_str("Addresses"),
+        }
+    }
+}
+
+/// The protocol as libp2p names it.
+pub fn chunks_protocol() -> StreamProtocol {
+    StreamProtocol::new(PROTOCOL_NAME)
+}
+
+impl Peer {
+    /// Builds the swarm, listens, and starts serving chunks from `store`.
+    pub async fn start(config: PeerConfig, store: Arc<Store>) -> Result<Peer, PeerError> {
+        let transport = |e: &dyn std::fmt::Display| PeerError::Transport(e.to_string());
+        let mut swarm: Swarm<Behaviour> =
+            libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| transport(&e))?
+                .with_behaviour(|key| Behaviour {
+                    allow: allow_block_list::Behaviour::default(),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/vw/id/1".into(),
+                        key.public(),
+                    )),
+                    stream: libp2p_stream::Behaviour::new(),
+                })
+                .map_err(|e| transport(&e))?
+                .with_swarm_config(|c| {
+                    c.with_idle_connection_timeout(std::time::Duration::from_secs(60))
+                })
+                .build();
+        for p in &config.allowed {
+            swarm.behaviour_mut().allow.allow_peer(*p);
+        }
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| transport(&e))?;
+        }
+        let id = *swarm.local_peer_id();
+        let mut control = swarm.behaviour().stream.new_control();
+        let incoming = control.accept(chunks_protocol()).map_err(|e| transport(&e))?;
+        let (commands, rx) = mpsc::channel(16);
+        let (stop, stopped) = watch::channel(false);
+        let span = tracing::info_span!("peer", id = %short(&id));
+        let swarm_task = tokio::spawn(tracing::Instrument::instrument(
+            run_swarm(swarm, rx, stopped.clone()),
+            span.clone(),
+        ));
+        let serve_task = tokio::spawn(tracing::Instrument::instrument(
+            handler::serve(incoming, store, stopped),
+            span,
+        ));
+        let peer = Peer { id, commands, control, stop, tasks: vec![swarm_task, serve_task] };
+        // Wait until it listens, so callers can hand out its addresses.
+        while !config.listen.is_empty() && peer.addresses().await?.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(peer)
+    }
+
+    /// Its peer id.
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    /// The addresses it listens on.
+    pub async fn addresses(&self) -> Result<Vec<Multiaddr>, PeerError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Addresses { reply }).await.map_err(|_| PeerError::Gone)?;
+        rx.await.map_err(|_| PeerError::Gone)
+    }
+
+    /// Connects to `addr` (which should end in `/p2p/<peer id>`). Cancel-safe.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), PeerError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Dial { addr, reply }).await.map_err(|_| PeerError::Gone)?;
+        rx.await.map_err(|_| PeerError::Gone)?
+    }
+
+    /// A control for opening chunk streams (cheap to clone; one stream at a time each).
+    pub fn control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    /// Signals every task to stop, then waits for each.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The first 8 characters after the common `12D3KooW` prefix.
+pub(crate) fn short(id: &PeerId) -> String {
+    let s = id.to_string();
+    s.get(8..16).unwrap_or(&s).to_owned()
+}
+
+/// A dial waiting for its connection: the peer, who to tell, the address.
+type PendingDial = (PeerId, oneshot::Sender<Result<(), PeerError>>, Multiaddr);
+
+/// The swarm's own task: commands in, events out (logged).
+async fn run_swarm(
+    mut swarm: Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pending_dials: Vec<PendingDial> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            cmd = commands.recv() => match cmd {
+                None => break,
+                Some(Command::Addresses { reply }) => {
+                    let _ = reply.send(swarm.listeners().cloned().collect());
+                }
+                Some(Command::Dial { addr, reply }) => {
+                    let peer = addr.iter().find_map(|p| match p {
+                        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                        _ => None,
+                    });
+                    match (peer, swarm.dial(addr.clone())) {
+                        (_, Err(e)) => {
+                            let _ = reply.send(Err(PeerError::Dial { addr, reason: e.to_string() }));
+                        }
+                        (Some(p), Ok(())) if swarm.is_connected(&p) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        (Some(p), Ok(())) => pending_dials.push((p, reply, addr)),
+                        (None, Ok(())) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    tracing::debug!(peer = %short(&peer_id), "connected");
+                    for (_, reply, _) in extract(&mut pending_dials, |p| *p == peer_id) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    tracing::warn!(peer = ?peer_id.map(|p| short(&p)), %error, "connection failed");
+                    if let Some(p) = peer_id {
+                        for (_, reply, addr) in extract(&mut pending_dials, |q| *q == p) {
+                            let _ = reply.send(Err(PeerError::Dial { addr, reason: error.to_string() }));
+                        }
+                    }
+                }
+                SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                    tracing::warn!(from = %send_back_addr, %error, "refused an incoming connection");
+                }
+                SwarmEvent::ConnectionClosed { peer_id, cause: Some(cause), .. } => {
+                    tracing::debug!(peer = %short(&peer_id), %cause, "connection closed");
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Removes and returns the entries whose peer matches.
+fn extract<T>(
+    v: &mut Vec<(PeerId, T, Multiaddr)>,
+    mut f: impl FnMut(&PeerId) -> bool,
+) -> Vec<(PeerId, T, Multiaddr)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        if f(&v[i].0) {
+            out.push(v.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}

@@ -1,0 +1,89 @@
+//! Peers on loopback: a host fetches the chunks it lacks from another over
+//! `/vw/chunks/1` and rebuilds the image byte for byte; a peer not on the allow list
+//! gets nothing.
+
+use std::sync::Arc;
+
+use libp2p::{identity, Multiaddr};
+use vw_node::chunks::handler::fetch;
+use vw_node::chunkstore::{testdata::noise, Store};
+use vw_node::peer::{Peer, PeerConfig};
+
+fn config(key: &identity::Keypair, allowed: &[&identity::Keypair]) -> PeerConfig {
+    PeerConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        keypair: key.clone(),
+        allowed: allowed.iter().map(|k| k.public().to_peer_id()).collect(),
+    }
+}
+
+async fn address(peer: &Peer) -> Multiaddr {
+    let addr = peer.addresses().await.expect("addresses")[0].clone();
+    addr.with(libp2p::multiaddr::Protocol::P2p(peer.id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_fetches_what_it_lacks_and_rebuilds_the_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
+    let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
+    // An image of 6 MiB of data and 2 MiB of zeros; b already holds a part of it.
+    let mut data = noise(6 << 20, 3);
+    data.resize(8 << 20, 0);
+    let img = dir.path().join("x.img");
+    std::fs::write(&img, &data).expect("write");
+    let report = a.import(&img, Some(&"vo/x:1".parse().expect("name")), &()).expect("import");
+    let part = dir.path().join("part.img");
+    std::fs::write(&part, &data[..2 << 20]).expect("write");
+    b.import(&part, None, &()).expect("import part");
+
+    let pa = Peer::start(config(&ka, &[&kb]), Arc::clone(&a)).await.expect("peer a");
+    let pb = Peer::start(config(&kb, &[&ka]), Arc::clone(&b)).await.expect("peer b");
+    pb.dial(address(&pa).await).await.expect("dial");
+
+    let manifest = a.manifest(&report.manifest).expect("manifest");
+    let missing = b.missing(&manifest).expect("missing");
+    assert!(missing.bytes < 6 << 20, "b holds part of it already");
+    let got = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
+        .await
+        .expect("fetch");
+    assert_eq!(got.chunks as usize, missing.chunks.len());
+    assert_eq!(got.bytes, missing.bytes, "only what b lacked was sent");
+    b.receiving().finish(&manifest, Some(&"vo/x:1".parse().expect("name"))).expect("complete");
+    let out = dir.path().join("out.img");
+    b.export(&report.manifest, &out, false, &()).expect("export");
+    assert!(std::fs::read(&out).expect("read") == data, "byte-identical");
+
+    pa.shutdown().await;
+    pb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_not_on_the_allow_list_gets_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ka, kc) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
+    let c = Arc::new(Store::open(&dir.path().join("c")).expect("store c"));
+    let img = dir.path().join("x.img");
+    std::fs::write(&img, noise(1 << 20, 4)).expect("write");
+    let report = a.import(&img, None, &()).expect("import");
+    let manifest = a.manifest(&report.manifest).expect("manifest");
+
+    // a allows nobody; c allows a.
+    let pa = Peer::start(config(&ka, &[]), Arc::clone(&a)).await.expect("peer a");
+    let pc = Peer::start(config(&kc, &[&ka]), Arc::clone(&c)).await.expect("peer c");
+    let _ = pc.dial(address(&pa).await).await;
+    let missing = c.missing(&manifest).expect("missing");
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        fetch(&mut pc.control(), pa.id(), "d", &missing.chunks, Arc::clone(&c)),
+    )
+    .await
+    .expect("refused promptly, not hanging");
+    let err = result.expect_err("an unknown peer was served");
+    assert!(err.to_string().contains("allow list"), "{err}");
+    assert_eq!(c.missing(&manifest).expect("missing").chunks.len(), missing.chunks.len());
+    pa.shutdown().await;
+    pc.shutdown().await;
+}
