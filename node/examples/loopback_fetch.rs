@@ -35,8 +35,8 @@ async fn main() {
         keypair: k.clone(),
         allowed: vec![other.public().to_peer_id()],
     };
-    let pa = Peer::start(cfg(&ka, &kb), Arc::clone(&a)).await.expect("a");
-    let pb = Peer::start(cfg(&kb, &ka), Arc::clone(&b)).await.expect("b");
+    let pa = Peer::start(cfg(&ka, &kb), a.clone()).await.expect("a");
+    let pb = Peer::start(cfg(&kb, &ka), b.clone()).await.expect("b");
     let addr = pa.addresses().await.expect("addrs")[0]
         .clone()
         .with(libp2p::multiaddr::Protocol::P2p(pa.id()));

@@ -38,8 +38,8 @@ async fn a_host_fetches_what_it_lacks_and_rebuilds_the_image() {
     std::fs::write(&part, &data[..2 << 20]).expect("write");
     b.import(&part, None, &()).expect("import part");
 
-    let pa = Peer::start(config(&ka, &[&kb]), Arc::clone(&a)).await.expect("peer a");
-    let pb = Peer::start(config(&kb, &[&ka]), Arc::clone(&b)).await.expect("peer b");
+    let pa = Peer::start(config(&ka, &[&kb]), a.clone()).await.expect("peer a");
+    let pb = Peer::start(config(&kb, &[&ka]), b.clone()).await.expect("peer b");
     pb.dial(address(&pa).await).await.expect("dial");
 
     let manifest = a.manifest(&report.manifest).expect("manifest");
@@ -71,8 +71,8 @@ async fn a_peer_not_on_the_allow_list_gets_nothing() {
     let manifest = a.manifest(&report.manifest).expect("manifest");
 
     // a allows nobody; c allows a.
-    let pa = Peer::start(config(&ka, &[]), Arc::clone(&a)).await.expect("peer a");
-    let pc = Peer::start(config(&kc, &[&ka]), Arc::clone(&c)).await.expect("peer c");
+    let pa = Peer::start(config(&ka, &[]), a.clone()).await.expect("peer a");
+    let pc = Peer::start(config(&kc, &[&ka]), c.clone()).await.expect("peer c");
     let _ = pc.dial(address(&pa).await).await;
     let missing = c.missing(&manifest).expect("missing");
     let result = tokio::time::timeout(
@@ -86,4 +86,49 @@ async fn a_peer_not_on_the_allow_list_gets_nothing() {
     assert_eq!(c.missing(&manifest).expect("missing").chunks.len(), missing.chunks.len());
     pa.shutdown().await;
     pc.shutdown().await;
+}
+
+/// Serves every chunk with its last byte flipped.
+struct Corrupting(Arc<Store>);
+
+impl vw_node::chunks::handler::ChunkSource for Corrupting {
+    fn chunk(&self, id: &vw_node::chunkstore::ChunkId) -> Option<Vec<u8>> {
+        let mut data = self.0.read_chunk(id).ok()?;
+        *data.last_mut()? ^= 1;
+        Some(data)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_a_bad_chunk_is_caught_before_anything_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
+    let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
+    let img = dir.path().join("x.img");
+    std::fs::write(&img, noise(1 << 20, 6)).expect("write");
+    let report = a.import(&img, None, &()).expect("import");
+    let manifest = a.manifest(&report.manifest).expect("manifest");
+
+    let pa = Peer::start(config(&ka, &[&kb]), Arc::new(Corrupting(Arc::clone(&a))))
+        .await
+        .expect("peer a");
+    let pb = Peer::start(config(&kb, &[&ka]), b.clone()).await.expect("peer b");
+    pb.dial(address(&pa).await).await.expect("dial");
+    let missing = b.missing(&manifest).expect("missing");
+    let err = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
+        .await
+        .expect_err("bad chunk");
+    assert!(err.to_string().contains("do not match its id"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{:#}", missing.chunks[0].id)),
+        "names the chunk: {err}"
+    );
+    assert_eq!(
+        b.missing(&manifest).expect("missing").chunks.len(),
+        missing.chunks.len(),
+        "nothing stored"
+    );
+    pa.shutdown().await;
+    pb.shutdown().await;
 }

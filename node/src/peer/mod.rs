@@ -9,15 +9,14 @@
 
 use std::sync::Arc;
 
+use crate::chunks::handler::{self, ChunkSource};
+use crate::chunks::protocol::PROTOCOL_NAME;
 use futures::StreamExt as _;
 use libp2p::allow_block_list::{self, AllowedPeers};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use vw_chunkstore::Store;
-
-use crate::chunks::{handler, protocol::PROTOCOL_NAME};
 
 /// Why the peer could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +109,12 @@ pub fn chunks_protocol() -> StreamProtocol {
 }
 
 impl Peer {
-    /// Builds the swarm, listens, and starts serving chunks from `store`.
-    pub async fn start(config: PeerConfig, store: Arc<Store>) -> Result<Peer, PeerError> {
+    /// Builds the swarm, listens, and starts serving chunks from `source` (usually the
+    /// store).
+    pub async fn start(
+        config: PeerConfig,
+        source: Arc<dyn ChunkSource>,
+    ) -> Result<Peer, PeerError> {
         let transport = |e: &dyn std::fmt::Display| PeerError::Transport(e.to_string());
         let mut swarm: Swarm<Behaviour> =
             libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
@@ -152,7 +155,7 @@ impl Peer {
             span.clone(),
         ));
         let serve_task = tokio::spawn(tracing::Instrument::instrument(
-            handler::serve(incoming, store, stopped),
+            handler::serve(incoming, source, stopped),
             span,
         ));
         let peer = Peer { id, commands, control, stop, tasks: vec![swarm_task, serve_task] };
