@@ -17,6 +17,8 @@ pub use vw_planner as planner;
 
 pub mod chunks;
 pub mod config;
+#[cfg(feature = "host")]
+pub mod daemon;
 pub mod hosts;
 pub mod integrate;
 #[cfg(feature = "host")]

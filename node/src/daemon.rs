@@ -1,0 +1,292 @@
+//! `vwd`'s configuration (TOML, every field documented, unknown keys refused) and its
+//! identity key.
+//!
+//! ```toml
+//! role = "host"                       # "head" (drives deployments) or "host"
+//! data_dir = "/var/lib/vw"            # the store, images, xen configs
+//! key_file = "node.key"               # relative to data_dir; made on first start
+//! listen = ["/ip4/0.0.0.0/tcp/7400"]
+//! cluster_config = "/etc/vw/cluster.toml"   # subnet, pools, Xen driver; embedded default if absent
+//! mdns = false                        # also find peers on the LAN
+//! upload_cap = "100Mbit"              # optional rate caps
+//! download_cap = "100Mbit"
+//!
+//! [[peer]]                            # the only peers allowed to connect
+//! name = "node1"
+//! id = "12D3KooW…"
+//! addr = "/ip4/10.0.0.2/tcp/7400"
+//! ```
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use libp2p::{identity, Multiaddr, PeerId};
+use serde::Deserialize;
+
+/// Why the daemon's configuration or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A file could not be read or written.
+    #[error("{op} {path}: {error}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        error: std::io::Error,
+    },
+    /// Not TOML of this schema (the message has the line and column).
+    #[error("vwd config {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// What is wrong, where.
+        message: String,
+    },
+    /// A value is wrong.
+    #[error("vwd config {path}: {key}: {message}")]
+    Value {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The key file is not a libp2p key.
+    #[error("identity key {path} is unreadable ({reason}); move it away to make a new one (the peer id changes)")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the daemon is in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Drives deployments: places, plans, sends control operations.
+    Head,
+    /// Stages and runs what the head sends.
+    Host,
+}
+
+/// The configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// `head` or `host`.
+    pub role: Role,
+    /// The data directory (store, images, xen configs).
+    pub data_dir: PathBuf,
+    /// The identity key, relative to `data_dir` unless absolute (default `node.key`).
+    #[serde(default = "default_key")]
+    pub key_file: PathBuf,
+    /// Multiaddresses to listen on.
+    pub listen: Vec<String>,
+    /// The cluster configuration (subnet, pools, Xen driver); the embedded default if absent.
+    pub cluster_config: Option<PathBuf>,
+    /// Also discover peers with mDNS (they still need to be listed to be allowed).
+    #[serde(default)]
+    pub mdns: bool,
+    /// Upload rate cap (`100Mbit`, `12.5MB`); none: unlimited.
+    pub upload_cap: Option<String>,
+    /// Download rate cap; none: unlimited.
+    pub download_cap: Option<String>,
+    /// The cluster's peers: the only ones allowed to connect.
+    #[serde(default)]
+    pub peer: Vec<PeerEntry>,
+}
+
+/// One cluster peer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// A name for logs and output.
+    pub name: String,
+    /// Its peer id (from its key).
+    pub id: String,
+    /// Where to reach it.
+    pub addr: String,
+}
+
+fn default_key() -> PathBuf {
+    "node.key".into()
+}
+
+/// The configuration with its strings checked and parsed.
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    /// The file as written.
+    pub config: DaemonConfig,
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Peers: name, id, address.
+    pub peers: Vec<(String, PeerId, Multiaddr)>,
+    /// Rate caps in bytes per second (upload, download).
+    pub caps: (Option<f64>, Option<f64>),
+}
+
+impl Daemon {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, DaemonError> {
+        let text = std::fs::read_to_string(path).map_err(|error| DaemonError::Io {
+            op: "read",
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks `text`; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Self, DaemonError> {
+        let config: DaemonConfig = toml::from_str(text).map_err(|e| DaemonError::Syntax {
+            path: source.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let bad = |key: String, message: String| DaemonError::Value {
+            path: source.to_owned(),
+            key,
+            message,
+        };
+        let listen = config
+            .listen
+            .iter()
+            .map(|a| {
+                a.parse::<Multiaddr>().map_err(|e| bad("listen".into(), format!("`{a}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut peers = Vec::new();
+        for (i, p) in config.peer.iter().enumerate() {
+            let key = |k: &str| format!("peer[{i}] ({}).{k}", p.name);
+            let id =
+                p.id.parse::<PeerId>().map_err(|e| bad(key("id"), format!("`{}`: {e}", p.id)))?;
+            let addr = p
+                .addr
+                .parse::<Multiaddr>()
+                .map_err(|e| bad(key("addr"), format!("`{}`: {e}", p.addr)))?;
+            if peers.iter().any(|(n, q, _): &(String, PeerId, Multiaddr)| *n == p.name || *q == id)
+            {
+                return Err(bad(key("name"), "the same peer (name or id) is listed twice".into()));
+            }
+            peers.push((p.name.clone(), id, addr));
+        }
+        let cap = |v: &Option<String>, key: &str| -> Result<Option<f64>, DaemonError> {
+            v.as_deref()
+                .map(|t| {
+                    crate::hosts::parse_rate(t)
+                        .and_then(|r| {
+                            if r > 0.0 {
+                                Ok(r)
+                            } else {
+                                Err(format!("`{t}` must be more than 0"))
+                            }
+                        })
+                        .map_err(|m| bad(key.into(), m))
+                })
+                .transpose()
+        };
+        let caps =
+            (cap(&config.upload_cap, "upload_cap")?, cap(&config.download_cap, "download_cap")?);
+        Ok(Daemon { config, listen, peers, caps })
+    }
+
+    /// The key file's path.
+    pub fn key_path(&self) -> PathBuf {
+        self.config.data_dir.join(&self.config.key_file)
+    }
+}
+
+/// Loads the identity key, making one (ed25519, mode 0600, written atomically) if the
+/// file does not exist.
+pub fn load_or_create_key(path: &Path) -> Result<identity::Keypair, DaemonError> {
+    match std::fs::read(path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| DaemonError::BadKey { path: path.to_owned(), reason: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().expect("ed25519 keys encode");
+            let io = |op, error| DaemonError::Io { op, path: path.to_owned(), error };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
+            }
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new();
+            f.write(true).create(true).truncate(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+            let mut file = f.open(&tmp).map_err(|e| io("create", e))?;
+            file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(|e| io("write", e))?;
+            std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
+            tracing::info!(peer = %key.public().to_peer_id(), "made a new identity key at {}", path.display());
+            Ok(key)
+        }
+        Err(error) => Err(DaemonError::Io { op: "read", path: path.to_owned(), error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"role = "host"
+data_dir = "/tmp/vw-test"
+listen = ["/ip4/127.0.0.1/tcp/0"]
+upload_cap = "100Mbit"
+
+[[peer]]
+name = "head"
+id = "12D3KooWDfbXdEiogerEyKenjhbaKnk3Ezvb1EcMxJ8vmhDwSu68"
+addr = "/ip4/10.0.0.1/tcp/7400"
+"#;
+
+    #[test]
+    fn a_good_config_parses() {
+        let d = Daemon::parse(GOOD, "vwd.toml").expect("parses");
+        assert_eq!(d.config.role, Role::Host);
+        assert_eq!(d.peers.len(), 1);
+        assert_eq!(d.caps, (Some(12.5e6), None));
+        assert_eq!(d.key_path(), PathBuf::from("/tmp/vw-test/node.key"));
+    }
+
+    #[test]
+    fn bad_configs_say_what_and_where() {
+        let err = Daemon::parse(
+            &GOOD.replace("mdns", "x").replace("upload_cap", "uplaod_cap"),
+            "vwd.toml",
+        )
+        .expect_err("unknown key");
+        assert!(
+            err.to_string().contains("unknown field `uplaod_cap`")
+                && err.to_string().contains("line 4"),
+            "{err}"
+        );
+        let err = Daemon::parse(&GOOD.replace("12D3KooW", "nope"), "vwd.toml").expect_err("bad id");
+        assert!(err.to_string().contains("peer[0] (head).id"), "{err}");
+        let err = Daemon::parse(&GOOD.replace("/ip4/127.0.0.1/tcp/0", "tcp:7400"), "vwd.toml")
+            .expect_err("bad addr");
+        assert!(err.to_string().contains("listen: `tcp:7400`"), "{err}");
+        let twice = format!("{GOOD}\n[[peer]]\nname = \"head\"\nid = \"12D3KooWDfbXdEiogerEyKenjhbaKnk3Ezvb1EcMxJ8vmhDwSu68\"\naddr = \"/ip4/10.0.0.1/tcp/7400\"\n");
+        assert!(Daemon::parse(&twice, "vwd.toml")
+            .expect_err("twice")
+            .to_string()
+            .contains("listed twice"));
+    }
+
+    #[test]
+    fn the_key_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/node.key");
+        let first = load_or_create_key(&path).expect("made");
+        let again = load_or_create_key(&path).expect("loaded");
+        assert_eq!(first.public().to_peer_id(), again.public().to_peer_id());
+        let mode = std::fs::metadata(&path).expect("meta");
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        std::fs::write(&path, b"garbage").expect("write");
+        let err = load_or_create_key(&path).expect_err("bad key");
+        assert!(err.to_string().contains("move it away"), "{err}");
+    }
+}

@@ -1,0 +1,89 @@
+//! `vwd` as a process: it makes its key once, serves chunks to listed peers, and exits
+//! cleanly on SIGTERM.
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use libp2p::{identity, Multiaddr};
+use vw_node::chunks::handler::fetch;
+use vw_node::chunkstore::{testdata::noise, Store};
+use vw_node::peer::{Peer, PeerConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let img = dir.path().join("x.img");
+    std::fs::write(&img, noise(2 << 20, 8)).expect("write");
+    let manifest = {
+        let store = Store::open(&data).expect("store");
+        let r = store.import(&img, None, &()).expect("import");
+        store.manifest(&r.manifest).expect("manifest")
+    };
+    let me = identity::Keypair::generate_ed25519();
+    let config = dir.path().join("vwd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"host\"\ndata_dir = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\n[[peer]]\nname = \"test\"\nid = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/1\"\n",
+            data.display(),
+            me.public().to_peer_id()
+        ),
+    )
+    .expect("config");
+
+    let vwd = env!("CARGO_BIN_EXE_vwd");
+    let id =
+        Command::new(vwd).arg("--config").arg(&config).arg("--print-id").output().expect("run vwd");
+    assert!(id.status.success(), "{}", String::from_utf8_lossy(&id.stderr));
+    let id = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+    let again =
+        Command::new(vwd).arg("--config").arg(&config).arg("--print-id").output().expect("run vwd");
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), id, "the key is kept");
+
+    let mut child = Command::new(vwd)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start vwd");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let addr: Multiaddr = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("an address line")
+        .parse()
+        .expect("multiaddr");
+    assert!(line.contains(&id), "{line}");
+
+    let mine = Arc::new(Store::open(&dir.path().join("mine")).expect("store"));
+    let peer = Peer::start(
+        PeerConfig { listen: vec![], keypair: me, allowed: vec![id.parse().expect("peer id")] },
+        mine.clone(),
+    )
+    .await
+    .expect("peer");
+    peer.dial(addr).await.expect("dial vwd");
+    let missing = mine.missing(&manifest).expect("missing");
+    let got = fetch(
+        &mut peer.control(),
+        id.parse().expect("peer id"),
+        "d",
+        &missing.chunks,
+        mine.clone(),
+    )
+    .await
+    .expect("fetch from vwd");
+    assert_eq!(got.bytes, missing.bytes);
+    peer.shutdown().await;
+
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "vwd exits cleanly on SIGTERM: {status}");
+}
