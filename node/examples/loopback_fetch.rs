@@ -1,5 +1,6 @@
 //! One `/vw/chunks/1` stream on loopback: a host fetches a whole image from another.
-//! Prints MB/s and CPU seconds per GB (user + system of this process, both peers in it).
+//! Prints MB/s, CPU seconds per GB (user + system of this process, both peers in it) and
+//! the process's peak RSS.
 //! `cargo run --profile dev -p vw-node --example loopback_fetch -- 512` (MiB).
 
 use std::sync::Arc;
@@ -26,7 +27,13 @@ async fn main() {
     let a = Arc::new(Store::open(&dir.path().join("a")).expect("a"));
     let b = Arc::new(Store::open(&dir.path().join("b")).expect("b"));
     let img = dir.path().join("x.img");
-    std::fs::write(&img, noise(mib << 20, 11)).expect("write");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&img).expect("create");
+        for i in 0..mib as u64 {
+            f.write_all(&noise(1 << 20, 11 + i)).expect("write");
+        }
+    }
     let report = a.import(&img, None, &()).expect("import");
     let manifest = a.manifest(&report.manifest).expect("manifest");
     let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
@@ -42,6 +49,8 @@ async fn main() {
         .with(libp2p::multiaddr::Protocol::P2p(pa.id()));
     pb.dial(addr).await.expect("dial");
     let missing = b.missing(&manifest).expect("missing");
+    // Peak RSS from here on only (writing 5 to clear_refs resets VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let (t0, c0) = (Instant::now(), cpu_seconds());
     let got = fetch(&mut pb.control(), pa.id(), "bench", &missing.chunks, Arc::clone(&b))
         .await
@@ -56,6 +65,16 @@ async fn main() {
         got.bytes as f64 / 1e6 / secs,
         cpu / gb
     );
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0);
+    println!("peak RSS while fetching (both peers and both stores in this process): {} MiB", hwm / 1024);
     pa.shutdown().await;
     pb.shutdown().await;
 }
