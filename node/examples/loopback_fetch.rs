@@ -74,7 +74,10 @@ async fn main() {
         })
         .and_then(|kb| kb.parse::<u64>().ok())
         .unwrap_or(0);
-    println!("peak RSS while fetching (both peers and both stores in this process): {} MiB", hwm / 1024);
+    println!(
+        "peak RSS while fetching (both peers and both stores in this process): {} MiB",
+        hwm / 1024
+    );
     pa.shutdown().await;
     pb.shutdown().await;
 }
