@@ -48,18 +48,7 @@ impl Out {
 
 /// Bytes in binary units, one decimal.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    vw_node::planner::human_bytes(n)
 }
 
 /// Parses `20G`, `512M`, `1.5T`, `4096` (binary units).

@@ -20,6 +20,7 @@ mod error;
 pub mod host;
 pub mod placement;
 pub mod simulate;
+pub mod testdata;
 
 pub use chunks::{Image, Ranges};
 pub use distribution::{plan, DistributionPlan, Need, Strategy, Stream};
@@ -27,3 +28,19 @@ pub use error::PlanError;
 pub use host::{Cluster, Host, HostIx, Inventory};
 pub use placement::{place, Committed, Placed, Policy, VmDemand};
 pub use simulate::{simulate, Simulation};
+
+/// Bytes in binary units, one decimal (`445.6 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -153,7 +153,7 @@ pub fn place(
             },
             f.vms,
             if f.vms == 1 { "" } else { "s" },
-            human(lacked),
+            crate::human_bytes(lacked),
             if candidates.len() > 1 {
                 format!(" (of {} hosts that fit)", candidates.len())
             } else {
@@ -220,22 +220,6 @@ fn why_not(cluster: &Cluster, vm: &VmDemand, free: &[Free]) -> String {
         if vm.pinned { " on dedicated cores" } else { "" },
         short[..shown].join(", ")
     )
-}
-
-/// Bytes in binary units, one decimal.
-pub(crate) fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]
