@@ -160,7 +160,16 @@ impl Peer {
         ));
         let peer = Peer { id, commands, control, stop, tasks: vec![swarm_task, serve_task] };
         // Wait until it listens, so callers can hand out its addresses.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while !config.listen.is_empty() && peer.addresses().await?.is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                let listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+                peer.shutdown().await;
+                return Err(PeerError::Transport(format!(
+                    "not listening on {} after 10 s (address in use?)",
+                    listen.join(", ")
+                )));
+            }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         Ok(peer)
