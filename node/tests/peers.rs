@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
-use vw_node::chunks::handler::fetch;
+use vw_node::chunks::handler::{fetch, fetch_from_any};
 use vw_node::chunkstore::{testdata::noise, Store};
 use vw_node::peer::{Peer, PeerConfig};
 
@@ -131,4 +131,41 @@ async fn a_peer_sending_a_bad_chunk_is_caught_before_anything_is_stored() {
     );
     pa.shutdown().await;
     pb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys: Vec<identity::Keypair> =
+        (0..3).map(|_| identity::Keypair::generate_ed25519()).collect();
+    let [ka, kb, kc] = [&keys[0], &keys[1], &keys[2]];
+    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
+    let c = Arc::new(Store::open(&dir.path().join("c")).expect("store c"));
+    let img = dir.path().join("x.img");
+    let data = noise(2 << 20, 12);
+    std::fs::write(&img, &data).expect("write");
+    let report = a.import(&img, None, &()).expect("import");
+    let manifest = a.manifest(&report.manifest).expect("manifest");
+
+    // b is a corrupting copy of a; c pulls from b first, then a.
+    let pa = Peer::start(config(ka, &[kc]), a.clone()).await.expect("peer a");
+    let pb = Peer::start(config(kb, &[kc]), Arc::new(Corrupting(a.clone()))).await.expect("peer b");
+    let pc = Peer::start(config(kc, &[ka, kb]), c.clone()).await.expect("peer c");
+    pc.dial(address(&pa).await).await.expect("dial a");
+    pc.dial(address(&pb).await).await.expect("dial b");
+    let missing = c.missing(&manifest).expect("missing");
+    let pulled =
+        fetch_from_any(&mut pc.control(), &[pb.id(), pa.id()], "d", &missing.chunks, c.clone())
+            .await
+            .expect("completes from the good peer");
+    assert_eq!(pulled.dropped.len(), 1, "{pulled:?}");
+    assert_eq!(pulled.dropped[0].0, pb.id().to_string());
+    assert!(pulled.dropped[0].1.contains("do not match its id"), "{pulled:?}");
+    c.receiving().finish(&manifest, None).expect("complete");
+    let out = dir.path().join("out.img");
+    c.export(&report.manifest, &out, false, &()).expect("export");
+    assert!(std::fs::read(&out).expect("read") == data);
+    for p in [pa, pb, pc] {
+        p.shutdown().await;
+    }
 }

@@ -210,3 +210,64 @@ pub async fn fetch(
     written?;
     result.map(|()| got)
 }
+
+/// What [`fetch_from_any`] did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PullReport {
+    /// What each peer delivered, in the order tried.
+    pub fetched: Vec<(String, Fetched)>,
+    /// Peers dropped for this deployment, and why.
+    pub dropped: Vec<(String, String)>,
+}
+
+/// Pulls `wanted` from `peers` in order: a peer that fails (a bad chunk, a broken
+/// stream, chunks it lacks) is dropped for the deployment and the chunks still missing
+/// are fetched from the next. Ends with every wanted chunk held, or an error naming
+/// what is still missing after every peer was tried.
+pub async fn fetch_from_any(
+    control: &mut libp2p_stream::Control,
+    peers: &[PeerId],
+    deployment: &str,
+    wanted: &[ChunkRef],
+    store: Arc<Store>,
+) -> Result<PullReport, PeerError> {
+    let mut report = PullReport::default();
+    let still_missing = |store: &Store| -> Result<Vec<ChunkRef>, PeerError> {
+        let mut out = Vec::new();
+        for c in wanted {
+            if !store.holds(&c.id)? {
+                out.push(*c);
+            }
+        }
+        Ok(out)
+    };
+    let mut remaining = still_missing(&store)?;
+    for &peer in peers {
+        if remaining.is_empty() {
+            break;
+        }
+        match fetch(control, peer, deployment, &remaining, Arc::clone(&store)).await {
+            Ok(got) => {
+                report.fetched.push((peer.to_string(), got));
+                if got.missing > 0 {
+                    report
+                        .dropped
+                        .push((peer.to_string(), format!("lacked {} chunks", got.missing)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(peer = %short(&peer), error = %e, "dropping the peer for this deployment");
+                report.dropped.push((peer.to_string(), e.to_string()));
+            }
+        }
+        remaining = still_missing(&store)?;
+    }
+    if let Some(first) = remaining.first() {
+        return Err(PeerError::Unfetched {
+            missing: remaining.len(),
+            first: format!("{:#}", first.id),
+            tried: peers.len(),
+        });
+    }
+    Ok(report)
+}

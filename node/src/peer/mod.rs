@@ -48,6 +48,16 @@ pub enum PeerError {
         /// The chunk.
         chunk: String,
     },
+    /// Chunks no peer tried could deliver.
+    #[error("{missing} chunks (first {first}) are still missing after trying {tried} peers")]
+    Unfetched {
+        /// How many.
+        missing: usize,
+        /// The first of them.
+        first: String,
+        /// Peers tried.
+        tried: usize,
+    },
     /// The store refused a received chunk.
     #[error("storing received chunks: {0}")]
     Store(#[from] vw_chunkstore::Error),
