@@ -18,6 +18,9 @@ use vw_chunkstore::{ChunkId, ChunkRef, Store};
 use super::protocol::{Frame, FrameError, MAX_FRAME, MAX_WANT};
 use crate::peer::{chunks_protocol, short, PeerError};
 
+/// How long a fetch waits for the next frame before it gives the peer up.
+pub const QUIET: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where a server takes the chunks it sends: the store, or (in a cascade) chunks just
 /// received and verified.
 pub trait ChunkSource: Send + Sync + 'static {
@@ -165,7 +168,15 @@ pub async fn fetch(
     let mut got = Fetched::default();
     let mut result = Ok(());
     for expected in wanted {
-        let frame = match read_frame(&mut stream).await {
+        let next = tokio::time::timeout(QUIET, read_frame(&mut stream)).await;
+        let Ok(next) = next else {
+            result = Err(fail(format!(
+                "nothing for {} s; the peer is stalled or gone",
+                QUIET.as_secs()
+            )));
+            break;
+        };
+        let frame = match next {
             Ok(Some(f)) => f,
             Ok(None) => {
                 result = Err(fail(format!(
