@@ -33,8 +33,13 @@ pub fn run(
             .map_err(|e| anyhow::anyhow!("workspace {}: {e}", spec.name))?;
         reports.push(report);
     }
-    let doc = serde_json::json!({ "workspaces": reports });
-    out.emit(&doc, || {
+    /// One document for every workspace (serialised directly: a plan for 10,000 hosts
+    /// is megabytes, too big to build as a `serde_json::Value` first).
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        workspaces: &'a [PlanReport],
+    }
+    out.emit(&Doc { workspaces: &reports }, || {
         reports
             .iter()
             .map(|r| {

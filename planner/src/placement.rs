@@ -126,14 +126,21 @@ pub fn place(
                 && f.vcpus >= vm.vcpus
                 && (!vm.pinned || host.cpus - f.pinned.len() as u32 >= vm.vcpus)
         };
-        let candidates: Vec<HostIx> = cluster.ixs().filter(|&h| fits(h)).collect();
-        let Some(&best) = candidates.iter().min_by_key(|&&h| {
+        // One pass: how many hosts fit, and the best of them.
+        let mut fitting = 0usize;
+        let mut best: Option<((u64, u64, u32), HostIx)> = None;
+        for h in cluster.ixs().filter(|&h| fits(h)) {
+            fitting += 1;
             let l = lacking(h, vm, &lacks);
-            match policy {
-                Policy::Spread => (u64::from(free[h.ix()].vms), l, 0, h.0),
-                Policy::Pack => (l, free[h.ix()].memory_mib, 0, h.0),
+            let key = match policy {
+                Policy::Spread => (u64::from(free[h.ix()].vms), l, h.0),
+                Policy::Pack => (l, free[h.ix()].memory_mib, h.0),
+            };
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, h));
             }
-        }) else {
+        }
+        let Some((_, best)) = best else {
             return Err(PlanError::DoesNotFit(why_not(cluster, vm, &free)));
         };
         let lacked = lacking(best, vm, &lacks);
@@ -154,8 +161,8 @@ pub fn place(
             f.vms,
             if f.vms == 1 { "" } else { "s" },
             crate::human_bytes(lacked),
-            if candidates.len() > 1 {
-                format!(" (of {} hosts that fit)", candidates.len())
+            if fitting > 1 {
+                format!(" (of {fitting} hosts that fit)")
             } else {
                 " (the only host that fits)".to_owned()
             },
