@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
-use vw_node::chunks::handler::{fetch, fetch_from_any};
+use vw_node::chunks::handler::{fetch, fetch_from_any, fetch_relaying, Relay};
 use vw_node::chunkstore::{testdata::noise, Store};
 use vw_node::peer::{Peer, PeerConfig};
 
@@ -165,6 +165,59 @@ async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
     let out = dir.path().join("out.img");
     c.export(&report.manifest, &out, false, &()).expect("export");
     assert!(std::fs::read(&out).expect("read") == data);
+    for p in [pa, pb, pc] {
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys: Vec<identity::Keypair> =
+        (0..3).map(|_| identity::Keypair::generate_ed25519()).collect();
+    let [ka, kb, kc] = [&keys[0], &keys[1], &keys[2]];
+    let stores: Vec<Arc<Store>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Arc::new(Store::open(&dir.path().join(n)).expect("store")))
+        .collect();
+    let (a, b, c) = (stores[0].clone(), stores[1].clone(), stores[2].clone());
+    let img = dir.path().join("x.img");
+    let data = noise(16 << 20, 21);
+    std::fs::write(&img, &data).expect("write");
+    let report = a.import(&img, None, &()).expect("import");
+    let manifest = a.manifest(&report.manifest).expect("manifest");
+    let wanted = b.missing(&manifest).expect("missing").chunks;
+
+    // a → b → c: b serves c from a relay over its store.
+    let relay = Relay::new(b.clone());
+    relay.expect(wanted.iter().map(|c| c.id));
+    let pa = Peer::start(config(ka, &[kb]), a.clone()).await.expect("peer a");
+    let pb = Peer::start(config(kb, &[ka, kc]), relay.clone()).await.expect("peer b");
+    let pc = Peer::start(config(kc, &[kb]), c.clone()).await.expect("peer c");
+    pb.dial(address(&pa).await).await.expect("dial a");
+    pc.dial(address(&pb).await).await.expect("dial b");
+
+    // Both fetches run at once: c asks b for chunks b does not have yet.
+    let (mut cb, mut cc) = (pb.control(), pc.control());
+    let (b_id, a_id) = (pb.id(), pa.id());
+    let (wb, wc) = (wanted.clone(), wanted.clone());
+    let (b2, c2, relay2) = (b.clone(), c.clone(), relay.clone());
+    let from_a =
+        tokio::spawn(
+            async move { fetch_relaying(&mut cb, a_id, "d", &wb, b2, Some(&relay2)).await },
+        );
+    let from_b = tokio::spawn(async move { fetch(&mut cc, b_id, "d", &wc, c2).await });
+    let got_b = from_a.await.expect("task").expect("b fetches from a");
+    let got_c = from_b.await.expect("task").expect("c fetches from b while b is still receiving");
+    assert_eq!(got_b.bytes, got_c.bytes);
+    assert_eq!(got_c.missing, 0, "b never answered Missing for a chunk it was receiving");
+    for s in [&b, &c] {
+        s.receiving().finish(&manifest, None).expect("complete");
+        let out = dir.path().join("out.img");
+        let _ = std::fs::remove_file(&out);
+        s.export(&report.manifest, &out, false, &()).expect("export");
+        assert!(std::fs::read(&out).expect("read") == data);
+    }
     for p in [pa, pb, pc] {
         p.shutdown().await;
     }

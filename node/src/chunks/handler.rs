@@ -26,6 +26,13 @@ pub const QUIET: std::time::Duration = std::time::Duration::from_secs(30);
 pub trait ChunkSource: Send + Sync + 'static {
     /// The chunk's bytes, if this host has it.
     fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>>;
+
+    /// For a chunk this host does not have yet but is receiving: a signal that fires
+    /// as chunks arrive, so a server can wait for it instead of answering `Missing`.
+    fn arriving(&self, id: &ChunkId) -> Option<watch::Receiver<u64>> {
+        let _ = id;
+        None
+    }
 }
 
 impl ChunkSource for Store {
@@ -83,6 +90,24 @@ pub async fn serve(
     }
 }
 
+/// The chunk, waiting (up to [`QUIET`] without progress) if it is still arriving: how a
+/// relay forwards a chunk as soon as it has it.
+async fn wait_for(source: &dyn ChunkSource, id: &ChunkId) -> Option<Vec<u8>> {
+    loop {
+        if let Some(data) = source.chunk(id) {
+            return Some(data);
+        }
+        let mut signal = source.arriving(id)?;
+        // Look again: it may have arrived between the two calls.
+        if let Some(data) = source.chunk(id) {
+            return Some(data);
+        }
+        if tokio::time::timeout(QUIET, signal.changed()).await.map_or(true, |r| r.is_err()) {
+            return None;
+        }
+    }
+}
+
 /// Serves one stream: wanted ids in order, within the credit granted.
 async fn serve_one(
     peer: PeerId,
@@ -95,7 +120,7 @@ async fn serve_one(
     loop {
         while credit > 0 {
             let Some(id) = queue.pop_front() else { break };
-            let frame = match source.chunk(&id) {
+            let frame = match wait_for(source, &id).await {
                 Some(data) => Frame::Chunk { id, data },
                 None => Frame::Missing { id },
             };
@@ -139,6 +164,19 @@ pub async fn fetch(
     deployment: &str,
     wanted: &[ChunkRef],
     store: Arc<Store>,
+) -> Result<Fetched, PeerError> {
+    fetch_relaying(control, peer, deployment, wanted, store, None).await
+}
+
+/// [`fetch`], handing each verified chunk to `relay` too, so this host's children get
+/// it at once.
+pub async fn fetch_relaying(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    deployment: &str,
+    wanted: &[ChunkRef],
+    store: Arc<Store>,
+    relay: Option<&Relay>,
 ) -> Result<Fetched, PeerError> {
     let fail = |reason: String| PeerError::Stream { peer, reason };
     let mut stream = control.open_stream(peer, chunks_protocol()).await.map_err(|e| {
@@ -199,6 +237,9 @@ pub async fn fetch(
                 }
                 got.chunks += 1;
                 got.bytes += data.len() as u64;
+                if let Some(relay) = relay {
+                    relay.arrived(id, data.clone());
+                }
                 if tx.send((id, data)).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
@@ -281,4 +322,79 @@ pub async fn fetch_from_any(
         });
     }
     Ok(report)
+}
+
+/// Chunks a host is receiving and forwarding at once (a cascade): served to its
+/// children from memory as soon as each is verified, before its own image is complete,
+/// and from the store once written. Memory is bounded: the most recent
+/// [`Relay::KEEP`] chunks.
+pub struct Relay {
+    store: Arc<Store>,
+    state: std::sync::Mutex<RelayState>,
+    signal: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    expected: std::collections::HashSet<ChunkId>,
+    recent: std::collections::HashMap<ChunkId, Vec<u8>>,
+    order: VecDeque<ChunkId>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Chunks kept in memory: more than the store writes between syncs at the mean
+    /// chunk size (64 MiB), so a chunk leaves memory only once it can be read back.
+    pub const KEEP: usize = 1536;
+
+    /// A relay over `store`.
+    pub fn new(store: Arc<Store>) -> Arc<Self> {
+        let (signal, _) = watch::channel(0);
+        Arc::new(Relay { store, state: Default::default(), signal })
+    }
+
+    /// Chunks this host is about to receive (servers wait for these).
+    pub fn expect(&self, ids: impl IntoIterator<Item = ChunkId>) {
+        self.state.lock().expect("relay lock").expected.extend(ids);
+    }
+
+    /// A verified chunk has arrived.
+    pub fn arrived(&self, id: ChunkId, data: Vec<u8>) {
+        let mut st = self.state.lock().expect("relay lock");
+        st.expected.remove(&id);
+        if st.recent.insert(id, data).is_none() {
+            st.order.push_back(id);
+        }
+        while st.order.len() > Self::KEEP {
+            if let Some(old) = st.order.pop_front() {
+                st.recent.remove(&old);
+            }
+        }
+        drop(st);
+        self.signal.send_modify(|n| *n += 1);
+    }
+
+    /// Something changed that waiting servers should look at again (a store sync).
+    pub fn poke(&self) {
+        self.signal.send_modify(|n| *n += 1);
+    }
+}
+
+impl ChunkSource for Relay {
+    fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        if let Some(data) = self.state.lock().expect("relay lock").recent.get(id) {
+            return Some(data.clone());
+        }
+        self.store.chunk(id)
+    }
+
+    fn arriving(&self, id: &ChunkId) -> Option<watch::Receiver<u64>> {
+        let st = self.state.lock().expect("relay lock");
+        (st.expected.contains(id) || !st.order.is_empty()).then(|| self.signal.subscribe())
+    }
 }
