@@ -65,17 +65,11 @@ pub fn validate(file: &Path, out: &Out) -> anyhow::Result<ExitCode> {
 
 /// One VM as `workspace show` prints it.
 #[derive(Serialize)]
-struct ShownVm {
+struct ShownVm<'a> {
     name: String,
     hostname: String,
-    memory_mib: u64,
-    vcpus: u32,
-    cpus: Option<String>,
-    boot: Boot,
-    partitions: Vec<workspace::Partition>,
-    swap: Option<workspace::Swap>,
-    integration: workspace::Integration,
-    roles: workspace::Roles,
+    /// What it is made of (its template).
+    node: &'a workspace::NodeSpec,
     nics: Vec<vw_node::planner::address::NicAddress>,
 }
 
@@ -96,21 +90,14 @@ pub fn show(
         None => manager::preview_addresses(&spec, &config.pools(), &[])
             .map_err(|e| anyhow::anyhow!("deployment {}: {e}", spec.name))?,
     };
-    let vms: Vec<ShownVm> = spec
+    let vms: Vec<ShownVm<'_>> = spec
         .vms()
         .iter()
         .zip(nics)
         .map(|(vm, nics)| ShownVm {
             name: spec.vm_name(vm),
             hostname: vm.hostname(),
-            memory_mib: vm.node.memory_mib,
-            vcpus: vm.node.vcpus,
-            cpus: vm.node.cpus.clone(),
-            boot: vm.node.boot.clone(),
-            partitions: vm.node.partitions.clone(),
-            swap: vm.node.swap.clone(),
-            integration: vm.node.integration,
-            roles: vm.node.roles.clone(),
+            node: vm.node,
             nics,
         })
         .collect();
@@ -135,7 +122,7 @@ fn recorded_nics(
         .then_some(recorded))
 }
 
-fn show_text(spec: &WorkspaceSpec, vms: &[ShownVm], preview: bool) -> String {
+fn show_text(spec: &WorkspaceSpec, vms: &[ShownVm<'_>], preview: bool) -> String {
     let mut s = format!("workspace {} ({} VMs)", spec.name, vms.len());
     if preview {
         s.push_str("; addresses are a preview, assigned for good when staged");
@@ -145,17 +132,17 @@ fn show_text(spec: &WorkspaceSpec, vms: &[ShownVm], preview: bool) -> String {
             "\n\n{} (hostname {}): {} MiB, {} vCPU{}{}, integration {}",
             vm.name,
             vm.hostname,
-            vm.memory_mib,
-            vm.vcpus,
-            if vm.vcpus == 1 { "" } else { "s" },
-            vm.cpus.as_ref().map(|c| format!(" on CPUs {c}")).unwrap_or_default(),
-            vm.integration.as_str()
+            vm.node.memory_mib,
+            vm.node.vcpus,
+            if vm.node.vcpus == 1 { "" } else { "s" },
+            vm.node.cpus.as_ref().map(|c| format!(" on CPUs {c}")).unwrap_or_default(),
+            vm.node.integration.as_str()
         ));
-        match &vm.boot {
+        match &vm.node.boot {
             Boot::Kernel { kernel, .. } => s.push_str(&format!("\n  boot     kernel {kernel}")),
             Boot::Bootloader { path, .. } => s.push_str(&format!("\n  boot     bootloader {path}")),
         }
-        for p in &vm.partitions {
+        for p in &vm.node.partitions {
             s.push_str(&format!(
                 "\n  {:<8} {} ({:?}, {})",
                 p.device,
@@ -164,13 +151,13 @@ fn show_text(spec: &WorkspaceSpec, vms: &[ShownVm], preview: bool) -> String {
                 p.access.as_str()
             ));
         }
-        if let Some(sw) = &vm.swap {
+        if let Some(sw) = &vm.node.swap {
             s.push_str(&format!("\n  {:<8} swap, {} made on the fly", sw.device, bytes(sw.size)));
         }
         for (i, n) in vm.nics.iter().enumerate() {
             s.push_str(&format!("\n  eth{i}     {} {} mac {}", n.network, n.ip, n.mac));
         }
-        let r = &vm.roles;
+        let r = &vm.node.roles;
         let mut roles = Vec::new();
         roles.extend(r.nfs_exports.iter().map(|e| format!("NFS export {e}")));
         roles.extend(r.nfs_mounts.iter().map(|m| format!("NFS mount {} at {}", m.export, m.mount)));

@@ -164,22 +164,23 @@ pub fn plan(
     needs: &[Need],
     strategy: Strategy,
 ) -> Result<DistributionPlan, PlanError> {
+    let lacks = lacks(images, inventory, needs);
     if let Strategy::Auto = strategy {
         let mut best: Option<(f64, DistributionPlan)> = None;
         for candidate in Strategy::CANDIDATES {
             // Floors known before planning: what only the source holds over its
             // uplink (star); one chunk per hop through every receiver (chains).
             let floor = match candidate {
-                Strategy::Star => star_floor(cluster, images, inventory, needs),
+                Strategy::Star => star_floor(cluster, images, inventory, &lacks),
                 Strategy::Chain | Strategy::Striped { k: 1, .. } => {
-                    chain_floor(cluster, images, inventory, needs)
+                    chain_floor(cluster, images, &lacks)
                 }
                 _ => 0.0,
             };
             if best.as_ref().is_some_and(|(bt, _)| floor >= *bt) {
                 continue;
             }
-            let p = plan(cluster, images, inventory, needs, candidate)?;
+            let p = plan_for(cluster, images, inventory, &lacks, candidate)?;
             // A plan whose lower bound is no better than the best so far is not
             // simulated; the rest are ranked on a coarse simulation (a quarter of the
             // steps): the ranking holds and auto stays within the 10,000-host budget.
@@ -193,13 +194,23 @@ pub fn plan(
         }
         return Ok(best.expect("the first candidate is always simulated").1);
     }
+    plan_for(cluster, images, inventory, &lacks, strategy)
+}
+
+/// One strategy's plan, given what each host lacks.
+fn plan_for(
+    cluster: &Cluster,
+    images: &[Image],
+    inventory: &Inventory,
+    lacks: &BTreeMap<Need, Ranges>,
+    strategy: Strategy,
+) -> Result<DistributionPlan, PlanError> {
     if let Strategy::Striped { stripes: 0, .. }
     | Strategy::Tree { k: 0 }
     | Strategy::Striped { k: 0, .. } = strategy
     {
         return Err(PlanError::BadStrategy(format!("{strategy}: counts must be at least 1")));
     }
-    let lacks = lacks(images, inventory, needs);
     let mut sources = BTreeMap::new();
     let mut streams = Vec::new();
     for (image, img) in images.iter().enumerate() {
@@ -218,7 +229,7 @@ pub fn plan(
             Strategy::Chain => (1, 1),
             Strategy::Tree { k } => (1, k),
             Strategy::Striped { stripes, k } => (stripes, k),
-            Strategy::Auto => unreachable!("resolved above"),
+            Strategy::Auto => unreachable!("plan resolves auto before plan_for"),
         };
         let stripe_sets = stripe_sets(img, stripes);
         // A source slower than k receivers' uplinks together cannot feed k children
@@ -309,8 +320,12 @@ fn source_of(
 
 /// A time no star can beat, without planning it: every byte no other host holds
 /// leaves the source, over its uplink.
-fn star_floor(cluster: &Cluster, images: &[Image], inventory: &Inventory, needs: &[Need]) -> f64 {
-    let lacks = lacks(images, inventory, needs);
+fn star_floor(
+    cluster: &Cluster,
+    images: &[Image],
+    inventory: &Inventory,
+    lacks: &BTreeMap<Need, Ranges>,
+) -> f64 {
     let mut floor: f64 = 0.0;
     for (image, img) in images.iter().enumerate() {
         let Some(source) = source_of(cluster, inventory, image, img) else { continue };
@@ -335,8 +350,7 @@ fn star_floor(cluster: &Cluster, images: &[Image], inventory: &Inventory, needs:
 
 /// A time no chain through every receiver can beat: the last one is a chunk per hop
 /// behind the source, each hop at most at the fastest link.
-fn chain_floor(cluster: &Cluster, images: &[Image], inventory: &Inventory, needs: &[Need]) -> f64 {
-    let lacks = lacks(images, inventory, needs);
+fn chain_floor(cluster: &Cluster, images: &[Image], lacks: &BTreeMap<Need, Ranges>) -> f64 {
     let fastest = cluster.hosts().iter().map(|h| h.up.max(h.down)).fold(0.0, f64::max);
     images
         .iter()

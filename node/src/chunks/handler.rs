@@ -15,7 +15,7 @@ use libp2p::{PeerId, Stream};
 use tokio::sync::watch;
 use vw_chunkstore::{ChunkId, ChunkRef, Store};
 
-use super::protocol::{Frame, FrameError, MAX_FRAME, MAX_WANT};
+use super::protocol::{frame_len, Frame, FrameError, MAX_WANT};
 use crate::peer::{chunks_protocol, short, PeerError};
 
 /// How long a fetch waits for the next frame before it gives the peer up.
@@ -54,10 +54,7 @@ async fn read_frame(stream: &mut Stream) -> Result<Option<Frame>, FrameError> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(FrameError::Malformed(e.to_string())),
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLong { len });
-    }
+    let len = frame_len(len)?;
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await.map_err(|e| FrameError::Malformed(e.to_string()))?;
     Frame::decode_body(&body).map(Some)

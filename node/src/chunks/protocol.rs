@@ -192,6 +192,16 @@ impl Frame {
     }
 }
 
+/// The body length a frame's 4-byte header announces, checked against [`MAX_FRAME`]
+/// before anything is allocated for it.
+pub fn frame_len(head: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(head) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong { len });
+    }
+    Ok(len)
+}
+
 /// Splits a byte stream into frames, holding at most one frame's bytes.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
@@ -207,10 +217,7 @@ impl FrameDecoder {
     /// The next whole frame, if the bytes so far hold one. An error ends the stream.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         let Some(head) = self.buf.get(..4) else { return Ok(None) };
-        let len = u32::from_be_bytes(head.try_into().expect("four bytes")) as usize;
-        if len > MAX_FRAME {
-            return Err(FrameError::TooLong { len });
-        }
+        let len = frame_len(head.try_into().expect("four bytes"))?;
         if self.buf.len() < 4 + len {
             return Ok(None);
         }

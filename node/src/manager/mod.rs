@@ -371,12 +371,8 @@ impl Manager {
                     format!("{} vCPUs but this host has {} CPUs", node.vcpus, self.host.cpus);
                 return Err(ManagerError::Capacity { vm: name.clone(), reason });
             }
-            if let Some(cpus) = &node.cpus {
-                let highest = cpus
-                    .split(',')
-                    .filter_map(|p| p.rsplit('-').next()?.trim().parse::<u32>().ok())
-                    .max();
-                if highest.is_some_and(|h| h >= self.host.cpus) {
+            if let (Some(cpus), Some(highest)) = (&node.cpus, node.highest_cpu()) {
+                if highest >= self.host.cpus {
                     let reason = format!(
                         "cpus `{cpus}` names a CPU this host lacks (it has 0-{})",
                         self.host.cpus - 1

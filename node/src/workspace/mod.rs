@@ -274,6 +274,34 @@ pub enum BatchRole {
     Worker,
 }
 
+/// The CPU ranges of xl's `cpus` syntax (`0-3,6`; `all` is no ranges), each checked.
+pub fn cpu_ranges(text: &str) -> Result<Vec<(u32, u32)>, String> {
+    let t = text.trim();
+    if t == "all" {
+        return Ok(Vec::new());
+    }
+    t.split(',')
+        .map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) else {
+                return Err(format!("cpus `{text}` is not a list like `0-3,6`"));
+            };
+            if a > b || b >= 4096 {
+                return Err(format!("cpus `{text}`: range {part} is empty or beyond CPU 4095"));
+            }
+            Ok((a, b))
+        })
+        .collect()
+}
+
+impl NodeSpec {
+    /// The highest physical CPU its pinning names, if it pins.
+    pub fn highest_cpu(&self) -> Option<u32> {
+        let ranges = cpu_ranges(self.cpus.as_deref()?).ok()?;
+        ranges.iter().map(|&(_, b)| b).max()
+    }
+}
+
 /// One VM of a workspace, with its template.
 #[derive(Clone, Copy, Debug)]
 pub struct VmSlot<'a> {

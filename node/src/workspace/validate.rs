@@ -490,20 +490,8 @@ fn label(doc: &Document<'_>, path: &str, name: &str, what: &str) -> Result<()> {
 
 /// xl's `cpus` syntax: `all`, or a comma list of `n` and `n-m`.
 fn cpu_list(text: &str) -> std::result::Result<String, String> {
-    let t = text.trim();
-    if t == "all" {
-        return Ok(t.to_owned());
-    }
-    for part in t.split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) else {
-            return Err(format!("cpus `{text}` is not a list like `0-3,6`"));
-        };
-        if a > b || b >= 4096 {
-            return Err(format!("cpus `{text}`: range {part} is empty or beyond CPU 4095"));
-        }
-    }
-    Ok(t.to_owned())
+    super::cpu_ranges(text)?;
+    Ok(text.trim().to_owned())
 }
 
 /// A Xen virtual block device name: `xvd` + letters + an optional partition number.
