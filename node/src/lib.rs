@@ -17,15 +17,19 @@ pub use vw_planner as planner;
 
 pub mod chunks;
 pub mod config;
+pub mod control;
 #[cfg(feature = "host")]
 pub mod daemon;
 pub mod hosts;
 pub mod integrate;
+pub mod lifecycle;
 #[cfg(feature = "host")]
 pub mod manager;
 #[cfg(feature = "host")]
 pub mod peer;
 #[cfg(feature = "host")]
 pub mod plan;
+pub mod report;
+pub mod wire;
 pub mod workspace;
 pub mod xen;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
-use vw_node::chunks::handler::{fetch, fetch_from_any, fetch_relaying, Relay};
+use vw_node::chunks::handler::{fetch, fetch_from_any, fetch_into, Intake, Relay};
 use vw_node::chunkstore::{testdata::noise, Store};
 use vw_node::peer::{Peer, PeerConfig};
 
@@ -154,10 +154,12 @@ async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
     pc.dial(address(&pa).await).await.expect("dial a");
     pc.dial(address(&pb).await).await.expect("dial b");
     let missing = c.missing(&manifest).expect("missing");
+    let intake = Intake::start(c.clone(), None);
     let pulled =
-        fetch_from_any(&mut pc.control(), &[pb.id(), pa.id()], "d", &missing.chunks, c.clone())
+        fetch_from_any(&mut pc.control(), &[pb.id(), pa.id()], "d", &missing.chunks, &intake)
             .await
             .expect("completes from the good peer");
+    intake.finish().await.expect("durable");
     assert_eq!(pulled.dropped.len(), 1, "{pulled:?}");
     assert_eq!(pulled.dropped[0].0, pb.id().to_string());
     assert!(pulled.dropped[0].1.contains("do not match its id"), "{pulled:?}");
@@ -202,12 +204,13 @@ async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
     let (b_id, a_id) = (pb.id(), pa.id());
     let (wb, wc) = (wanted.clone(), wanted.clone());
     let (b2, c2, relay2) = (b.clone(), c.clone(), relay.clone());
-    let from_a =
-        tokio::spawn(
-            async move { fetch_relaying(&mut cb, a_id, "d", &wb, b2, Some(&relay2)).await },
-        );
+    let from_a = tokio::spawn(async move {
+        let intake = Intake::start(b2, Some(relay2));
+        let got = fetch_into(&mut cb, a_id, "d", &wb, &intake).await;
+        intake.finish().await.map(|()| got)
+    });
     let from_b = tokio::spawn(async move { fetch(&mut cc, b_id, "d", &wc, c2).await });
-    let got_b = from_a.await.expect("task").expect("b fetches from a");
+    let got_b = from_a.await.expect("task").expect("b's store").expect("b fetches from a");
     let got_c = from_b.await.expect("task").expect("c fetches from b while b is still receiving");
     assert_eq!(got_b.bytes, got_c.bytes);
     assert_eq!(got_c.missing, 0, "b never answered Missing for a chunk it was receiving");

@@ -10,12 +10,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use futures::{AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream};
 use tokio::sync::watch;
 use vw_chunkstore::{ChunkId, ChunkRef, Store};
 
-use super::protocol::{frame_len, Frame, FrameError, MAX_WANT};
+use super::protocol::{Frame, FrameError, MAX_WANT};
 use crate::peer::{chunks_protocol, short, PeerError};
 
 /// How long a fetch waits for the next frame before it gives the peer up.
@@ -46,23 +46,12 @@ impl ChunkSource for Store {
 /// 16 MiB at most): 64 measured 297 MB/s on loopback against 253 MB/s for 16.
 pub const WINDOW: u32 = 64;
 
-/// Reads one frame; `None` at a clean end of stream.
 async fn read_frame(stream: &mut Stream) -> Result<Option<Frame>, FrameError> {
-    let mut len = [0u8; 4];
-    match stream.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(FrameError::Malformed(e.to_string())),
-    }
-    let len = frame_len(len)?;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await.map_err(|e| FrameError::Malformed(e.to_string()))?;
-    Frame::decode_body(&body).map(Some)
+    crate::wire::read(stream).await
 }
 
 async fn write_frame(stream: &mut Stream, frame: &Frame) -> Result<(), FrameError> {
-    let bytes = frame.encode()?;
-    stream.write_all(&bytes).await.map_err(|e| FrameError::Malformed(e.to_string()))
+    crate::wire::write(stream, frame).await
 }
 
 /// Serves every incoming chunk stream until `stop` is set.
@@ -140,9 +129,9 @@ async fn serve_one(
 }
 
 /// What a fetch moved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fetched {
-    /// Chunks received and stored (or already held).
+    /// Chunks received and verified.
     pub chunks: u64,
     /// Their bytes.
     pub bytes: u64,
@@ -150,11 +139,94 @@ pub struct Fetched {
     pub missing: u64,
 }
 
-/// Fetches `wanted` from `peer` into `store` for `deployment`. Every chunk is verified
-/// before it is stored; a bad one ends the fetch with [`PeerError::BadChunk`] (the
-/// caller drops the peer and fetches the rest elsewhere). Chunks received are durable
-/// when this returns. Not cancel-safe: cancelling drops the stream and loses the
-/// chunks not yet synced (a later fetch gets them again).
+impl std::ops::AddAssign for Fetched {
+    fn add_assign(&mut self, o: Fetched) {
+        self.chunks += o.chunks;
+        self.bytes += o.bytes;
+        self.missing += o.missing;
+    }
+}
+
+/// Where verified chunks go: one store writer (a receiving session on its own thread)
+/// for every stream of a stage, fed through a bounded channel, so memory in flight is
+/// bounded and concurrent streams into one host do not queue for the pack writer. Each
+/// chunk is also handed to the relay (if this host forwards) and counted for progress.
+pub struct Intake {
+    tx: tokio::sync::mpsc::Sender<(ChunkId, Vec<u8>)>,
+    writer: tokio::task::JoinHandle<Result<(), vw_chunkstore::Error>>,
+    store: Arc<Store>,
+    relay: Option<Arc<Relay>>,
+    received: std::sync::Mutex<std::collections::HashSet<ChunkId>>,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").field("bytes", &self.bytes()).finish_non_exhaustive()
+    }
+}
+
+impl Intake {
+    /// Starts the writer. `relay`: forward chunks to this host's children as they come.
+    pub fn start(store: Arc<Store>, relay: Option<Arc<Relay>>) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(WINDOW as usize);
+        let writing = Arc::clone(&store);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut session = writing.receiving();
+            while let Some((id, data)) = rx.blocking_recv() {
+                session.put(&id, &data)?;
+            }
+            session.sync()
+        });
+        Intake { tx, writer, store, relay, received: Default::default(), bytes: Default::default() }
+    }
+
+    /// Bytes received so far (for progress).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chunks received so far.
+    pub fn chunks(&self) -> u64 {
+        self.received.lock().expect("intake lock").len() as u64
+    }
+
+    /// Whether the chunk is held or on its way into the store.
+    pub fn has(&self, id: &ChunkId) -> Result<bool, PeerError> {
+        Ok(self.received.lock().expect("intake lock").contains(id) || self.store.holds(id)?)
+    }
+
+    /// Takes a verified chunk; false if the writer has failed (its error comes from
+    /// [`Intake::finish`]).
+    async fn deliver(&self, id: ChunkId, data: Vec<u8>) -> bool {
+        if !self.received.lock().expect("intake lock").insert(id) {
+            return true; // another stream brought it first
+        }
+        self.bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(relay) = &self.relay {
+            relay.arrived(id, data.clone());
+        }
+        self.tx.send((id, data)).await.is_ok()
+    }
+
+    /// Waits until every chunk taken is durable in the store.
+    pub async fn finish(self) -> Result<(), PeerError> {
+        drop(self.tx);
+        let written = self
+            .writer
+            .await
+            .map_err(|e| PeerError::Transport(format!("the store's writer thread failed: {e}")))?;
+        if let Some(relay) = &self.relay {
+            relay.poke();
+        }
+        Ok(written?)
+    }
+}
+
+/// Fetches `wanted` from `peer` into `store` for `deployment` and waits until the
+/// chunks are durable. Every chunk is verified before it is stored; a bad one ends the
+/// fetch with [`PeerError::BadChunk`] (the caller drops the peer and fetches the rest
+/// elsewhere).
 pub async fn fetch(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
@@ -162,18 +234,22 @@ pub async fn fetch(
     wanted: &[ChunkRef],
     store: Arc<Store>,
 ) -> Result<Fetched, PeerError> {
-    fetch_relaying(control, peer, deployment, wanted, store, None).await
+    let intake = Intake::start(store, None);
+    let got = fetch_into(control, peer, deployment, wanted, &intake).await;
+    let written = intake.finish().await;
+    let got = got?;
+    written.map(|()| got)
 }
 
-/// [`fetch`], handing each verified chunk to `relay` too, so this host's children get
-/// it at once.
-pub async fn fetch_relaying(
+/// Fetches `wanted` from `peer` into `intake` (which may also relay each chunk to this
+/// host's children). Not cancel-safe: cancelling drops the stream, and chunks in
+/// flight are fetched again later.
+pub async fn fetch_into(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     deployment: &str,
     wanted: &[ChunkRef],
-    store: Arc<Store>,
-    relay: Option<&Relay>,
+    intake: &Intake,
 ) -> Result<Fetched, PeerError> {
     let fail = |reason: String| PeerError::Stream { peer, reason };
     let mut stream = control.open_stream(peer, chunks_protocol()).await.map_err(|e| {
@@ -189,16 +265,6 @@ pub async fn fetch_relaying(
     write_frame(&mut stream, &Frame::Credit { chunks: WINDOW })
         .await
         .map_err(|e| fail(e.to_string()))?;
-
-    // The store's receiving session lives on its own thread (it holds the pack writer).
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(WINDOW as usize);
-    let writer = tokio::task::spawn_blocking(move || -> Result<(), vw_chunkstore::Error> {
-        let mut session = store.receiving();
-        while let Some((id, data)) = rx.blocking_recv() {
-            session.put(&id, &data)?;
-        }
-        session.sync()
-    });
 
     let mut got = Fetched::default();
     let mut result = Ok(());
@@ -234,11 +300,8 @@ pub async fn fetch_relaying(
                 }
                 got.chunks += 1;
                 got.bytes += data.len() as u64;
-                if let Some(relay) = relay {
-                    relay.arrived(id, data.clone());
-                }
-                if tx.send((id, data)).await.is_err() {
-                    break; // the writer failed; its error is reported below
+                if !intake.deliver(id, data).await {
+                    break; // the writer failed; its error comes from Intake::finish
                 }
             }
             Frame::Missing { id } if id == expected.id => got.missing += 1,
@@ -253,15 +316,11 @@ pub async fn fetch_relaying(
     }
     let _ = write_frame(&mut stream, &Frame::Done).await;
     let _ = stream.close().await;
-    drop(tx);
-    let written =
-        writer.await.map_err(|e| fail(format!("the store's writer thread failed: {e}")))?;
-    written?;
     result.map(|()| got)
 }
 
 /// What [`fetch_from_any`] did.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PullReport {
     /// What each peer delivered, in the order tried.
     pub fetched: Vec<(String, Fetched)>,
@@ -269,33 +328,33 @@ pub struct PullReport {
     pub dropped: Vec<(String, String)>,
 }
 
-/// Pulls `wanted` from `peers` in order: a peer that fails (a bad chunk, a broken
-/// stream, chunks it lacks) is dropped for the deployment and the chunks still missing
-/// are fetched from the next. Ends with every wanted chunk held, or an error naming
-/// what is still missing after every peer was tried.
+/// Pulls `wanted` from `peers` in order into `intake`: a peer that fails (a bad chunk,
+/// a broken stream, chunks it lacks) is dropped for the deployment and the chunks
+/// still missing are fetched from the next. Ends with every wanted chunk taken, or an
+/// error naming what is still missing after every peer was tried.
 pub async fn fetch_from_any(
     control: &mut libp2p_stream::Control,
     peers: &[PeerId],
     deployment: &str,
     wanted: &[ChunkRef],
-    store: Arc<Store>,
+    intake: &Intake,
 ) -> Result<PullReport, PeerError> {
     let mut report = PullReport::default();
-    let still_missing = |store: &Store| -> Result<Vec<ChunkRef>, PeerError> {
+    let still_missing = || -> Result<Vec<ChunkRef>, PeerError> {
         let mut out = Vec::new();
         for c in wanted {
-            if !store.holds(&c.id)? {
+            if !intake.has(&c.id)? {
                 out.push(*c);
             }
         }
         Ok(out)
     };
-    let mut remaining = still_missing(&store)?;
+    let mut remaining = still_missing()?;
     for &peer in peers {
         if remaining.is_empty() {
             break;
         }
-        match fetch(control, peer, deployment, &remaining, Arc::clone(&store)).await {
+        match fetch_into(control, peer, deployment, &remaining, intake).await {
             Ok(got) => {
                 report.fetched.push((peer.to_string(), got));
                 if got.missing > 0 {
@@ -309,7 +368,7 @@ pub async fn fetch_from_any(
                 report.dropped.push((peer.to_string(), e.to_string()));
             }
         }
-        remaining = still_missing(&store)?;
+        remaining = still_missing()?;
     }
     if let Some(first) = remaining.first() {
         return Err(PeerError::Unfetched {

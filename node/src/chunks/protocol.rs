@@ -14,6 +14,9 @@
 use serde::{Deserialize, Serialize};
 use vw_chunkstore::ChunkId;
 
+pub use crate::wire::FrameError;
+use crate::wire::{self, Message};
+
 /// The protocol's name, negotiated by libp2p.
 pub const PROTOCOL_NAME: &str = "/vw/chunks/1";
 /// The frame format version this build speaks.
@@ -90,35 +93,12 @@ mod serde_bytes_compat {
     }
 }
 
-/// A frame that breaks the protocol.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// The length field exceeds [`MAX_FRAME`].
-    #[error("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLong {
-        /// The announced length.
-        len: usize,
-    },
-    /// An empty frame (no version byte).
-    #[error("empty frame")]
-    Empty,
-    /// A version this build does not speak.
-    #[error("frame version {found}, this build speaks {VERSION}")]
-    Version {
-        /// The version byte.
-        found: u8,
-    },
-    /// The body is not a frame.
-    #[error("malformed frame: {0}")]
-    Malformed(String),
-    /// A variant's own limit is exceeded, or a rule broken.
-    #[error("{0}")]
-    Invalid(String),
-}
+impl Message for Frame {
+    const VERSION: u8 = VERSION;
+    const MAX: usize = MAX_FRAME;
 
-impl Frame {
     /// Checks the variant's limits.
-    pub fn check(&self) -> Result<(), FrameError> {
+    fn check(&self) -> Result<(), FrameError> {
         let bad = |why: String| Err(FrameError::Invalid(why));
         match self {
             Frame::Want { deployment, ids } => {
@@ -151,35 +131,17 @@ impl Frame {
             _ => Ok(()),
         }
     }
+}
 
+impl Frame {
     /// The frame with its length prefix, ready to write.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        self.check()?;
-        let mut out = vec![0, 0, 0, 0, VERSION];
-        postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
-        let len = out.len() - 4;
-        if len > MAX_FRAME {
-            return Err(FrameError::TooLong { len });
-        }
-        out[..4].copy_from_slice(&(len as u32).to_be_bytes());
-        Ok(out)
+        wire::encode(self)
     }
 
     /// Decodes one frame body (version byte and postcard, without the length field).
     pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
-        let (&version, rest) = body.split_first().ok_or(FrameError::Empty)?;
-        if version != VERSION {
-            return Err(FrameError::Version { found: version });
-        }
-        let frame = match postcard::take_from_bytes::<Frame>(rest) {
-            Ok((frame, [])) => frame,
-            Ok((_, trailing)) => {
-                return Err(FrameError::Malformed(format!("{} trailing bytes", trailing.len())))
-            }
-            Err(e) => return Err(FrameError::Malformed(e.to_string())),
-        };
-        frame.check()?;
-        Ok(frame)
+        wire::decode_body(body)
     }
 
     /// Whether a chunk frame's bytes hash to its id (the receiver's check before it
@@ -195,42 +157,11 @@ impl Frame {
 /// The body length a frame's 4-byte header announces, checked against [`MAX_FRAME`]
 /// before anything is allocated for it.
 pub fn frame_len(head: [u8; 4]) -> Result<usize, FrameError> {
-    let len = u32::from_be_bytes(head) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLong { len });
-    }
-    Ok(len)
+    wire::frame_len::<Frame>(head)
 }
 
 /// Splits a byte stream into frames, holding at most one frame's bytes.
-#[derive(Debug, Default)]
-pub struct FrameDecoder {
-    buf: Vec<u8>,
-}
-
-impl FrameDecoder {
-    /// Adds bytes read from the stream.
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// The next whole frame, if the bytes so far hold one. An error ends the stream.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        let Some(head) = self.buf.get(..4) else { return Ok(None) };
-        let len = frame_len(head.try_into().expect("four bytes"))?;
-        if self.buf.len() < 4 + len {
-            return Ok(None);
-        }
-        let frame = Frame::decode_body(&self.buf[4..4 + len]);
-        self.buf.drain(..4 + len);
-        frame.map(Some)
-    }
-
-    /// Bytes held that are not yet a whole frame.
-    pub fn pending(&self) -> usize {
-        self.buf.len()
-    }
-}
+pub type FrameDecoder = wire::Decoder<Frame>;
 
 #[cfg(test)]
 mod tests {
@@ -271,10 +202,13 @@ mod tests {
             .is_err());
         let mut d = FrameDecoder::default();
         d.push(&((MAX_FRAME + 1) as u32).to_be_bytes());
-        assert_eq!(d.next_frame(), Err(FrameError::TooLong { len: MAX_FRAME + 1 }));
+        assert_eq!(
+            d.next_frame(),
+            Err(FrameError::TooLong { len: MAX_FRAME + 1, limit: MAX_FRAME })
+        );
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 2, 9, 4]);
-        assert_eq!(d.next_frame(), Err(FrameError::Version { found: 9 }));
+        assert_eq!(d.next_frame(), Err(FrameError::Version { found: 9, speaks: 1 }));
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 3, 1, 4, 0]);
         assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));

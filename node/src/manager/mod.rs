@@ -14,7 +14,6 @@
 //! (each partition rebuilt once per deployment), `images/<deployment>/<vm>/` (per-VM
 //! clones, swap, seed volume) and `xen/<vm>.cfg`.
 
-pub mod lifecycle;
 pub mod records;
 mod stage;
 
@@ -23,18 +22,18 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
 use vw_chunkstore::{ImageRef, ManifestId, PinReason, RecordBatch, Store};
 use vw_planner::address::{self, AddressError, Mac, NicAddress, VmNics};
 
 use crate::config::{ClusterConfig, DriverKind, Pools};
 use crate::integrate::IntegrationError;
+pub use crate::lifecycle::{self, Op, Refusal, Step, VmState};
+pub use crate::report::{HostCapacity, Reconciled, VmReport, VmStatus};
 use crate::workspace::{NodeSpec, VmRole, WorkspaceSpec};
 use crate::xen::simulated::SimulatedDriver;
 use crate::xen::xl::XlDriver;
 use crate::xen::{DomainState, Driver, XenError};
-pub use lifecycle::{Op, Refusal, Step, VmState};
-use records::{Db, DeploymentRecord, Timing, VmRecord};
+use records::{ClusterShare, Db, DeploymentRecord, Timing, VmRecord};
 
 /// Why a manager operation failed. Each names the deployment or VM concerned.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +105,16 @@ pub enum ManagerError {
         /// The name asked for.
         name: String,
     },
+    /// An address the head assigned is held by another VM on this host.
+    #[error("VM {vm}: {address} is already in use here by {owner}")]
+    AddressInUse {
+        /// The VM.
+        vm: String,
+        /// `ip/…` or `mac/…`.
+        address: String,
+        /// Who holds it.
+        owner: String,
+    },
     /// No such VM in the deployment.
     #[error("deployment {deployment} has no VM {vm}")]
     UnknownVm {
@@ -163,73 +172,10 @@ impl ManagerError {
     }
 }
 
-/// What this host can give guests.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct HostCapacity {
-    /// Memory in MiB.
-    pub memory_mib: u64,
-    /// Physical CPUs.
-    pub cpus: u32,
-}
-
-impl HostCapacity {
-    /// From the config, defaulting to what the machine has.
-    pub fn from_config(config: &ClusterConfig) -> Self {
-        let memory_mib = config.host.memory_mib.unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| {
-                    let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
-                })
-                .map_or(1024, |kib| kib / 1024)
-        });
-        let cpus = config
-            .host
-            .cpus
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-        HostCapacity { memory_mib, cpus }
-    }
-}
-
-/// What happened to one VM during an operation.
-#[derive(Clone, Debug, Serialize)]
-pub struct VmReport {
-    /// The VM.
-    pub vm: String,
-    /// Its state afterwards.
-    pub state: VmState,
-    /// The steps taken and their durations (none if it was already there).
-    pub steps: Vec<Timing>,
-}
-
-/// A VM as the records and the hypervisor see it.
-#[derive(Clone, Debug, Serialize)]
-pub struct VmStatus {
-    /// The record.
-    #[serde(flatten)]
-    pub record: VmRecord,
-    /// What the hypervisor says now (`None`: no domain).
-    pub domain: Option<DomainState>,
-}
-
-/// One correction made when the records disagreed with the hypervisor.
-#[derive(Clone, Debug, Serialize)]
-pub struct Reconciled {
-    /// The VM.
-    pub vm: String,
-    /// What the record said.
-    pub was: VmState,
-    /// What it says now.
-    pub now: VmState,
-    /// Why.
-    pub reason: String,
-}
-
 /// The host manager.
 #[derive(Debug)]
 pub struct Manager {
-    store: Store,
+    store: std::sync::Arc<Store>,
     root: PathBuf,
     config: ClusterConfig,
     pools: Pools,
@@ -260,7 +206,7 @@ impl Manager {
         config: ClusterConfig,
         driver: Box<dyn Driver>,
     ) -> Result<(Self, Vec<Reconciled>), ManagerError> {
-        let store = Store::open_with_records(root, &records::FAMILIES)?;
+        let store = std::sync::Arc::new(Store::open_with_records(root, &records::FAMILIES)?);
         let host = HostCapacity::from_config(&config);
         let pools = config.pools();
         let m = Manager { store, root: root.to_owned(), config, pools, host, driver };
@@ -271,6 +217,11 @@ impl Manager {
     /// The chunk store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The chunk store, to share with the peer that serves and receives chunks.
+    pub fn shared_store(&self) -> std::sync::Arc<Store> {
+        std::sync::Arc::clone(&self.store)
     }
 
     /// The hypervisor driver.
@@ -295,15 +246,54 @@ impl Manager {
     /// Records `spec` as a deployment (idempotent for the same document): checks its
     /// images are in the store, that the host can hold it, and assigns addresses.
     pub fn submit(&self, spec: &WorkspaceSpec) -> Result<DeploymentRecord, ManagerError> {
+        self.record(spec, None)
+    }
+
+    /// Records this host's share of a cluster deployment the head placed (idempotent
+    /// for the same document and share): the VMs of `share.here`, with the head's
+    /// addresses. Their images must be in the store.
+    pub fn submit_share(
+        &self,
+        spec: &WorkspaceSpec,
+        share: ClusterShare,
+    ) -> Result<DeploymentRecord, ManagerError> {
+        self.record(spec, Some(share))
+    }
+
+    fn record(
+        &self,
+        spec: &WorkspaceSpec,
+        share: Option<ClusterShare>,
+    ) -> Result<DeploymentRecord, ManagerError> {
         let db = self.db();
         if let Some(existing) = db.deployment(&spec.name)? {
-            if existing.spec == *spec {
+            if existing.spec == *spec && existing.share == share {
                 return Ok(existing);
             }
             return Err(ManagerError::DeploymentExists { name: spec.name.clone() });
         }
         let _span = tracing::info_span!("submit", deployment = %spec.name).entered();
-        let vms = spec.vms();
+        let all = spec.vms();
+        let vms: Vec<_> = match &share {
+            None => all,
+            Some(share) => {
+                let mut here = Vec::new();
+                for m in share.here.iter().chain(&share.elsewhere) {
+                    if !all.iter().any(|vm| spec.vm_name(vm) == m.name) {
+                        return Err(ManagerError::UnknownVm {
+                            deployment: spec.name.clone(),
+                            vm: m.name.clone(),
+                        });
+                    }
+                }
+                for vm in all {
+                    if share.here.iter().any(|m| m.name == spec.vm_name(&vm)) {
+                        here.push(vm);
+                    }
+                }
+                here
+            }
+        };
         let names: Vec<String> = vms.iter().map(|vm| spec.vm_name(vm)).collect();
         for name in &names {
             if let Some(other) = db.vm(name)? {
@@ -322,7 +312,7 @@ impl Manager {
                 })?;
             }
         }
-        self.check_capacity(spec, &names)?;
+        self.check_capacity(&vms, &names)?;
 
         let mut records: Vec<VmRecord> = vms
             .iter()
@@ -344,6 +334,7 @@ impl Manager {
             spec: spec.clone(),
             created_ms: now_ms(),
             vms: names,
+            share,
         };
         // One batch: the deployment, its VMs and their addresses (which also puts
         // every VM record, all of them lacking addresses yet).
@@ -355,7 +346,62 @@ impl Manager {
         Ok(deployment)
     }
 
-    fn check_capacity(&self, spec: &WorkspaceSpec, names: &[String]) -> Result<(), ManagerError> {
+    /// What the VMs here take (memory, vCPUs, pinned cores; every VM not unstaged) and
+    /// the addresses they hold: what a head plans around.
+    #[allow(clippy::type_complexity)]
+    pub fn committed(&self) -> Result<(Vec<(u64, u32, Vec<u32>)>, Vec<NicAddress>), ManagerError> {
+        let db = self.db();
+        let deployments = db.deployments()?;
+        let mut taken = Vec::new();
+        let mut nics = Vec::new();
+        for vm in db.vms()? {
+            nics.extend(vm.nics.iter().copied());
+            let Some(d) = deployments.iter().find(|d| d.name == vm.deployment) else { continue };
+            if vm.state == VmState::Unstaged {
+                continue;
+            }
+            let node = node_of(&d.spec, vm.role);
+            let cores = node
+                .cpus
+                .as_deref()
+                .and_then(|c| crate::workspace::cpu_ranges(c).ok())
+                .map(|r| r.iter().flat_map(|&(a, b)| a..=b).collect())
+                .unwrap_or_default();
+            taken.push((node.memory_mib, node.vcpus, cores));
+        }
+        Ok((taken, nics))
+    }
+
+    /// Every VM of `dep`, here and (for a cluster share) elsewhere: what integration
+    /// describes to each guest.
+    fn cluster_of(&self, dep: &DeploymentRecord) -> Result<Vec<VmRecord>, ManagerError> {
+        let mut all = self.db().vms_of(dep)?;
+        if let Some(share) = &dep.share {
+            for vm in dep.spec.vms() {
+                let name = dep.spec.vm_name(&vm);
+                if let Some(m) = share.elsewhere.iter().find(|m| m.name == name) {
+                    all.push(VmRecord {
+                        name,
+                        deployment: dep.name.clone(),
+                        hostname: vm.hostname(),
+                        role: vm.role,
+                        state: VmState::Described,
+                        nics: m.nics.clone(),
+                        staged: None,
+                        timings: Vec::new(),
+                        note: None,
+                    });
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    fn check_capacity(
+        &self,
+        vms: &[crate::workspace::VmSlot<'_>],
+        names: &[String],
+    ) -> Result<(), ManagerError> {
         let db = self.db();
         let deployments = db.deployments()?;
         let mut used: u64 = 0;
@@ -364,7 +410,7 @@ impl Manager {
                 used += node_of(&d.spec, vm.role).memory_mib;
             }
         }
-        for (vm, name) in spec.vms().iter().zip(names) {
+        for (vm, name) in vms.iter().zip(names) {
             let node = vm.node;
             if node.vcpus > self.host.cpus {
                 let reason =
@@ -400,9 +446,36 @@ impl Manager {
         records: &mut [VmRecord],
         batch: &mut RecordBatch,
     ) -> Result<(), ManagerError> {
+        let held = self.db().addresses()?;
+        if let Some(share) = &deployment.share {
+            // The head assigned them, cluster-wide; this host checks none is in use here.
+            for r in records.iter_mut().filter(|r| r.nics.is_empty()) {
+                let m = share.here.iter().find(|m| m.name == r.name).ok_or_else(|| {
+                    ManagerError::UnknownVm {
+                        deployment: deployment.name.clone(),
+                        vm: r.name.clone(),
+                    }
+                })?;
+                for nic in &m.nics {
+                    for key in [format!("ip/{}", nic.ip), format!("mac/{}", nic.mac)] {
+                        if let Some((_, owner)) = held.iter().find(|(k, _)| *k == key) {
+                            return Err(ManagerError::AddressInUse {
+                                vm: r.name.clone(),
+                                address: key,
+                                owner: format!("{} of deployment {}", owner.vm, owner.deployment),
+                            });
+                        }
+                    }
+                }
+                r.nics = m.nics.clone();
+                records::hold_addresses(batch, r);
+                records::put_vm(batch, r);
+            }
+            return Ok(());
+        }
         let mut taken_ips = BTreeSet::new();
         let mut taken_macs = BTreeSet::new();
-        for (key, _) in self.db().addresses()? {
+        for (key, _) in held {
             if let Some(ip) = key.strip_prefix("ip/").and_then(|s| s.parse::<Ipv4Addr>().ok()) {
                 taken_ips.insert(ip);
             } else if let Some(mac) = key.strip_prefix("mac/").and_then(|s| s.parse::<Mac>().ok()) {
@@ -536,7 +609,7 @@ impl Manager {
         let xen = |error| ManagerError::Xen { vm: record.name.clone(), step, error };
         match step {
             Step::Stage => {
-                let all = self.db().vms_of(dep)?;
+                let all = self.cluster_of(dep)?;
                 record.staged = Some(stage::stage_vm(self, dep, record, &all)?);
                 Ok(())
             }

@@ -1,0 +1,17 @@
+//! `/vw/control/1`: how the head drives the hosts of a deployment.
+//!
+//! The head opens one stream per request to each host, all hosts at once. A host
+//! answers only the peers its config marks as heads; anyone else is refused, and the
+//! refusal logged. Requests: inventory (capacity, and which chunks of the
+//! deployment's images the host holds), stage (its share of the virtual cluster, the
+//! manifests, and the planned streams to pull the chunks it lacks), a lifecycle
+//! operation, status. Progress (phase, bytes) streams back while a stage runs.
+//!
+//! The wire format is in [`protocol`]; serving requests on a host in `host`; driving
+//! a deployment from the head in `head`.
+
+#[cfg(feature = "host")]
+pub mod host;
+pub mod protocol;
+
+pub use protocol::{Answer, Request, PROTOCOL_NAME};

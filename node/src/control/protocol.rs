@@ -1,0 +1,307 @@
+//! The wire format of `/vw/control/1`: one [`Request`] from the head per stream, then
+//! from the host any number of [`Reply::Progress`] and one [`Reply::Done`]. Framed by
+//! [`crate::wire`] (length, version byte, postcard), each message at most
+//! [`MAX_MESSAGE`] bytes and checked against its own limits after decoding.
+//!
+//! Untrusted parts are carried in their own formats and parsed by the receiver with
+//! their own limits: the workspace as its XML text, each image as its encoded
+//! manifest.
+
+use serde::{Deserialize, Serialize};
+use vw_chunkstore::ChunkId;
+use vw_planner::address::NicAddress;
+
+use crate::lifecycle::Op;
+use crate::report::{ClusterShare, HostCapacity, VmRecord, VmReport};
+use crate::wire::{FrameError, Message};
+use crate::xen::DomainState;
+
+/// The protocol's name, negotiated by libp2p.
+pub const PROTOCOL_NAME: &str = "/vw/control/1";
+/// The message format version this build speaks.
+pub const VERSION: u8 = 1;
+/// Largest message after its length field (a stage order carries manifests).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Most images one request may name.
+pub const MAX_IMAGES: usize = 64;
+/// Most VMs one cluster share may name.
+pub const MAX_VMS: usize = 65_536;
+/// Most peers one pull list may name.
+pub const MAX_PEERS: usize = 1024;
+/// Longest name, peer id or message.
+pub const MAX_TEXT: usize = 4096;
+/// Largest workspace document (as the XML parser's own limit).
+pub const MAX_WORKSPACE: usize = 1 << 20;
+
+/// Head → host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// What can you give guests, and which of these chunks do you hold?
+    Inventory {
+        /// Per image: its distinct non-zero chunks, in the planner's order.
+        images: Vec<ImageChunks>,
+    },
+    /// Fetch what you lack as planned, then stage your VMs.
+    Stage(Box<StageOrder>),
+    /// A lifecycle operation on your VMs of a deployment (not `stage`: that is
+    /// [`Request::Stage`]).
+    Run {
+        /// The deployment.
+        deployment: String,
+        /// The operation.
+        op: Op,
+    },
+    /// Your VMs (of one deployment, or all).
+    Status {
+        /// The deployment.
+        deployment: Option<String>,
+    },
+}
+
+/// An image as a list of chunk ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageChunks {
+    /// Its name, for messages.
+    pub image: String,
+    /// Its distinct non-zero chunks.
+    pub chunks: Vec<ChunkId>,
+}
+
+/// Everything a host needs to stage its share of a deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageOrder {
+    /// The workspace document (XML), parsed and validated by the host.
+    pub workspace: String,
+    /// Which VMs are here (with the addresses the head assigned) and which elsewhere.
+    pub share: ClusterShare,
+    /// The images its VMs use.
+    pub images: Vec<ImageOrder>,
+}
+
+/// One image of a stage order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageOrder {
+    /// The image reference as the workspace names it.
+    pub image: String,
+    /// Its manifest, encoded (the host decodes and checks it).
+    pub manifest: Vec<u8>,
+    /// The planned streams into this host, each from one peer: in plan order.
+    pub pulls: Vec<Pull>,
+    /// Peers to pull from, in order, whatever a planned stream did not bring (its
+    /// sender died, was slow, or sent a bad chunk): the sender's own parents first,
+    /// then the source.
+    pub fallback: Vec<String>,
+}
+
+/// One planned stream into a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pull {
+    /// The sender's peer id.
+    pub from: String,
+    /// The chunks, in the order to send them.
+    pub chunks: Vec<ChunkId>,
+}
+
+/// Host → head.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// How far the request has got.
+    Progress(Progress),
+    /// The answer; the stream ends.
+    Done(Answer),
+}
+
+/// Progress of a long request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// What it is doing.
+    pub phase: Phase,
+    /// Bytes done.
+    pub bytes: u64,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+/// The parts of a host's stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Receiving the chunks it lacks.
+    Fetch,
+    /// Rebuilding, cloning and integrating images; writing configs.
+    Stage,
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Answer {
+    /// To [`Request::Inventory`].
+    Inventory(InventoryReport),
+    /// To [`Request::Stage`].
+    Staged(StageReport),
+    /// To [`Request::Run`].
+    Ran(Vec<VmReport>),
+    /// To [`Request::Status`]: each VM's record and what the hypervisor says.
+    Status(Vec<(VmRecord, Option<DomainState>)>),
+    /// The request failed; why, naming what.
+    Failed(String),
+    /// The request is not allowed (not from the head, or malformed).
+    Refused(String),
+}
+
+/// What a host can take, and what it holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InventoryReport {
+    /// Memory and CPUs for guests.
+    pub capacity: HostCapacity,
+    /// Upload and download caps, bytes per second (none: uncapped).
+    pub caps: (Option<f64>, Option<f64>),
+    /// What VMs already here take: memory, vCPUs, pinned cores.
+    pub committed: Vec<(u64, u32, Vec<u32>)>,
+    /// Addresses held here.
+    pub addresses: Vec<NicAddress>,
+    /// Per requested image, a bitmap over its chunks (bit i of byte i/8): held.
+    pub held: Vec<Vec<u8>>,
+}
+
+/// What a host's stage did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Bytes of the images' chunks it lacked when the order came.
+    pub lacked: u64,
+    /// Bytes received.
+    pub received: u64,
+    /// Chunks received.
+    pub chunks: u64,
+    /// Bytes per sender (peer id), in the order first used.
+    pub from: Vec<(String, u64)>,
+    /// Senders dropped, and why.
+    pub dropped: Vec<(String, String)>,
+    /// Microseconds fetching, then staging.
+    pub fetch_micros: u64,
+    /// Microseconds rebuilding, cloning, integrating.
+    pub stage_micros: u64,
+    /// The VMs staged.
+    pub vms: Vec<VmReport>,
+}
+
+fn text(what: &str, s: &str) -> Result<(), FrameError> {
+    if s.len() > MAX_TEXT {
+        return Err(FrameError::Invalid(format!(
+            "{what} of {} bytes (at most {MAX_TEXT})",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+fn count(what: &str, n: usize, max: usize) -> Result<(), FrameError> {
+    if n > max {
+        return Err(FrameError::Invalid(format!("{n} {what} (at most {max})")));
+    }
+    Ok(())
+}
+
+impl Message for Request {
+    const VERSION: u8 = VERSION;
+    const MAX: usize = MAX_MESSAGE;
+
+    fn check(&self) -> Result<(), FrameError> {
+        match self {
+            Request::Inventory { images } => {
+                count("images", images.len(), MAX_IMAGES)?;
+                images.iter().try_for_each(|i| text("image name", &i.image))
+            }
+            Request::Stage(order) => {
+                if order.workspace.len() > MAX_WORKSPACE {
+                    return Err(FrameError::Invalid(format!(
+                        "workspace of {} bytes (at most {MAX_WORKSPACE})",
+                        order.workspace.len()
+                    )));
+                }
+                let vms = order.share.here.len() + order.share.elsewhere.len();
+                count("VMs", vms, MAX_VMS)?;
+                for m in order.share.here.iter().chain(&order.share.elsewhere) {
+                    text("VM name", &m.name)?;
+                }
+                count("images", order.images.len(), MAX_IMAGES)?;
+                for i in &order.images {
+                    text("image name", &i.image)?;
+                    count("pulls", i.pulls.len(), MAX_PEERS)?;
+                    count("fallback peers", i.fallback.len(), MAX_PEERS)?;
+                    i.pulls.iter().try_for_each(|p| text("peer id", &p.from))?;
+                    i.fallback.iter().try_for_each(|p| text("peer id", p))?;
+                }
+                Ok(())
+            }
+            Request::Run { deployment, op } => {
+                text("deployment name", deployment)?;
+                if *op == Op::Stage {
+                    return Err(FrameError::Invalid(
+                        "stage comes as a stage order, with the plan".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Request::Status { deployment } => {
+                deployment.as_deref().map_or(Ok(()), |d| text("deployment name", d))
+            }
+        }
+    }
+}
+
+impl Message for Reply {
+    const VERSION: u8 = VERSION;
+    const MAX: usize = MAX_MESSAGE;
+
+    fn check(&self) -> Result<(), FrameError> {
+        match self {
+            Reply::Done(Answer::Failed(m) | Answer::Refused(m)) => text("message", m),
+            Reply::Done(Answer::Inventory(r)) => count("images", r.held.len(), MAX_IMAGES),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Bit `i` of a held-chunks bitmap.
+pub fn bit(map: &[u8], i: usize) -> bool {
+    map.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+/// A bitmap of `n` bits from a predicate.
+pub fn bitmap(n: usize, mut f: impl FnMut(usize) -> bool) -> Vec<u8> {
+    let mut map = vec![0u8; n.div_ceil(8)];
+    for i in 0..n {
+        if f(i) {
+            map[i / 8] |= 1 << (i % 8);
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{decode_body, encode};
+
+    #[test]
+    fn requests_round_trip_and_limits_hold() {
+        let r = Request::Inventory {
+            images: vec![ImageChunks { image: "vo/x:1".into(), chunks: vec![ChunkId::of(b"a")] }],
+        };
+        let bytes = encode(&r).expect("encode");
+        assert_eq!(decode_body::<Request>(&bytes[4..]).expect("decode"), r);
+        let stage = Request::Run { deployment: "d".into(), op: Op::Stage };
+        assert!(encode(&stage).is_err(), "stage goes by stage order");
+        let long = Request::Status { deployment: Some("x".repeat(MAX_TEXT + 1)) };
+        assert!(matches!(encode(&long), Err(FrameError::Invalid(_))));
+    }
+
+    #[test]
+    fn bitmaps_hold_their_bits() {
+        let map = bitmap(19, |i| i % 3 == 0);
+        assert_eq!(map.len(), 3);
+        assert!((0..19).all(|i| bit(&map, i) == (i % 3 == 0)));
+        assert!(!bit(&map, 1000));
+    }
+}

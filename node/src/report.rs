@@ -1,0 +1,190 @@
+//! What hosts record and report about deployments and VMs: the model shared by the
+//! manager (which persists it), the control protocol (which carries it between hosts)
+//! and the CLI (which prints it). Plain data, no store.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use vw_planner::address::NicAddress;
+
+use crate::config::ClusterConfig;
+use crate::lifecycle::{Step, VmState};
+use crate::workspace::{VmRole, WorkspaceSpec};
+use crate::xen::config::Disk;
+use crate::xen::DomainState;
+
+/// A deployment: one workspace on this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    /// The workspace name.
+    pub name: String,
+    /// The validated document.
+    pub spec: WorkspaceSpec,
+    /// When it was first submitted.
+    pub created_ms: u64,
+    /// Its VMs on this host, head first.
+    pub vms: Vec<String>,
+    /// For a share of a cluster deployment (the head placed the VMs): the addresses the
+    /// head assigned to the VMs here, and the VMs of the virtual cluster on other hosts
+    /// (integration needs them: hosts files, batch nodes). `None`: all VMs are here and
+    /// this host assigns addresses from its own pools.
+    pub share: Option<ClusterShare>,
+}
+
+/// This host's part of a virtual cluster that spans several hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterShare {
+    /// The VMs placed here, with the addresses the head assigned.
+    pub here: Vec<Member>,
+    /// The other VMs of the virtual cluster.
+    pub elsewhere: Vec<Member>,
+}
+
+/// One VM of a cluster deployment, as the head placed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its domain name (`<workspace>-<hostname>`).
+    pub name: String,
+    /// Its addresses.
+    pub nics: Vec<NicAddress>,
+}
+
+/// One VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The Xen domain name.
+    pub name: String,
+    /// Its deployment.
+    pub deployment: String,
+    /// Guest hostname.
+    pub hostname: String,
+    /// Head or which worker.
+    pub role: VmRole,
+    /// Where it is.
+    pub state: VmState,
+    /// Its NICs' addresses (empty once unstaged).
+    pub nics: Vec<NicAddress>,
+    /// Its files, once staged.
+    pub staged: Option<StagedFiles>,
+    /// Every step taken, with its duration.
+    pub timings: Vec<Timing>,
+    /// What reconciliation or a failure last noted.
+    pub note: Option<String>,
+}
+
+/// The files a staged VM uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedFiles {
+    /// The domain config.
+    pub config: PathBuf,
+    /// Its disks, as in the config.
+    pub disks: Vec<Disk>,
+    /// Where the stage step's time went.
+    pub phases: StagePhases,
+}
+
+/// The parts of a stage step: durations in microseconds, and how each partition was
+/// placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagePhases {
+    /// Partitions rebuilt from the store for this VM.
+    pub rebuilt: u32,
+    /// Partitions cloned from a rebuilt copy (another VM still needed it).
+    pub cloned: u32,
+    /// Partitions that took a rebuilt copy by rename (its last use).
+    pub taken: u32,
+    /// Rebuilding partitions from the store (zero when the deployment's copy exists).
+    pub rebuild: u64,
+    /// Cloning them for this VM (zero when it took the last use of the copy).
+    pub clone: u64,
+    /// Making the swap partition.
+    pub swap: u64,
+    /// The seed volume or the in-image edits.
+    pub integrate: u64,
+    /// Writing the domain config.
+    pub config: u64,
+}
+
+/// One step's duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// The step.
+    pub step: Step,
+    /// How long it took, in microseconds.
+    pub micros: u64,
+    /// When it finished, milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+/// Who holds an address or MAC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressOwner {
+    /// The deployment.
+    pub deployment: String,
+    /// The VM.
+    pub vm: String,
+}
+
+/// What this host can give guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCapacity {
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Physical CPUs.
+    pub cpus: u32,
+}
+
+impl HostCapacity {
+    /// From the config, defaulting to what the machine has.
+    pub fn from_config(config: &ClusterConfig) -> Self {
+        let memory_mib = config.host.memory_mib.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
+                })
+                .map_or(1024, |kib| kib / 1024)
+        });
+        let cpus = config
+            .host
+            .cpus
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+        HostCapacity { memory_mib, cpus }
+    }
+}
+
+/// What happened to one VM during an operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReport {
+    /// The VM.
+    pub vm: String,
+    /// Its state afterwards.
+    pub state: VmState,
+    /// The steps taken and their durations (none if it was already there).
+    pub steps: Vec<Timing>,
+}
+
+/// A VM as the records and the hypervisor see it.
+/// (Flattened in JSON, so not postcard: the control protocol carries the two parts.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmStatus {
+    /// The record.
+    #[serde(flatten)]
+    pub record: VmRecord,
+    /// What the hypervisor says now (`None`: no domain).
+    pub domain: Option<DomainState>,
+}
+
+/// One correction made when the records disagreed with the hypervisor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciled {
+    /// The VM.
+    pub vm: String,
+    /// What the record said.
+    pub was: VmState,
+    /// What it says now.
+    pub now: VmState,
+    /// Why.
+    pub reason: String,
+}
