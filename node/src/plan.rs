@@ -13,12 +13,13 @@ use serde::Serialize;
 use vw_chunkstore::{ChunkId, ImageRef, ManifestId, Store};
 use vw_planner::address::NicAddress;
 use vw_planner::{
-    place, plan, simulate, Committed, DistributionPlan, HostIx, Image, Inventory, Need, PlanError,
-    Policy, Ranges, Simulation, Strategy, VmDemand,
+    place, plan, simulate, Cluster, Committed, DistributionPlan, HostIx, Image, Inventory, Need,
+    PlanError, Policy, Ranges, Simulation, Strategy, VmDemand,
 };
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, Pools};
 use crate::hosts::HostsFile;
+pub use crate::report::PlacedVm;
 use crate::workspace::WorkspaceSpec;
 
 /// Why `vw plan` could not plan.
@@ -38,21 +39,9 @@ pub enum PlanningError {
     /// Address assignment failed.
     #[error("addresses: {0}")]
     Addresses(vw_planner::address::AddressError),
-}
-
-/// A VM's host.
-#[derive(Clone, Debug, Serialize)]
-pub struct PlacedVm {
-    /// The VM.
-    pub vm: String,
-    /// Its host.
-    pub host: String,
-    /// Cores it is pinned to.
-    pub cores: Option<Vec<u32>>,
-    /// Why.
-    pub reason: String,
-    /// Its addresses.
-    pub nics: Vec<NicAddress>,
+    /// A placement made before names a host that is not in the cluster now.
+    #[error("host {0} holds VMs of this deployment but is not in the cluster now")]
+    UnknownHost(String),
 }
 
 /// One image's share of the plan.
@@ -89,6 +78,19 @@ pub struct PlanReport {
     pub simulation: Simulation,
     /// The plan itself (for `--json`).
     pub plan: DistributionPlan,
+    /// How long each part of planning took.
+    pub micros: PlanTimes,
+}
+
+/// Microseconds spent in each part of planning.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PlanTimes {
+    /// Placing the VMs.
+    pub place: u64,
+    /// Assigning addresses.
+    pub addresses: u64,
+    /// Planning the distribution and simulating it.
+    pub plan: u64,
 }
 
 /// What workspaces planned earlier take: capacity, pinned cores, addresses. Several
@@ -99,6 +101,94 @@ pub struct Taken {
     pub vms: Vec<Committed>,
     /// Their addresses and MACs.
     pub nics: Vec<NicAddress>,
+}
+
+/// A workspace's images as the planner sees them: each image's distinct non-zero
+/// chunks in first-appearance order (zero chunks are never sent, a repeated chunk is
+/// sent once).
+#[derive(Clone, Debug)]
+pub struct WorkspaceImages {
+    /// The references, in order of first use.
+    pub refs: Vec<ImageRef>,
+    /// Their manifests.
+    pub ids: Vec<ManifestId>,
+    /// The planner's view.
+    pub images: Vec<Image>,
+    /// Per image, its distinct non-zero chunk ids (planner index order).
+    pub chunks: Vec<Vec<ChunkId>>,
+}
+
+impl WorkspaceImages {
+    /// Reads the manifests of `spec`'s images from `store`.
+    pub fn load(store: &Store, spec: &WorkspaceSpec) -> Result<Self, PlanningError> {
+        let mut refs: Vec<ImageRef> = Vec::new();
+        for vm in spec.vms() {
+            for p in &vm.node.partitions {
+                if !refs.contains(&p.image) {
+                    refs.push(p.image.clone());
+                }
+            }
+        }
+        let mut out = WorkspaceImages {
+            refs: Vec::new(),
+            ids: Vec::new(),
+            images: Vec::new(),
+            chunks: Vec::new(),
+        };
+        for r in refs {
+            let (id, chunks) = manifest_of(store, &r)?;
+            let mut seen = HashSet::new();
+            let mut sizes = Vec::new();
+            let mut ids = Vec::new();
+            for c in chunks.iter().filter(|c| !c.is_zero()) {
+                if seen.insert(c.id) {
+                    sizes.push(c.len);
+                    ids.push(c.id);
+                }
+            }
+            out.images.push(Image::new(r.to_string(), sizes));
+            out.chunks.push(ids);
+            out.ids.push(id);
+            out.refs.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Chunk id → index, per image.
+    pub fn index(&self) -> Vec<HashMap<ChunkId, u32>> {
+        self.chunks
+            .iter()
+            .map(|ids| ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect())
+            .collect()
+    }
+
+    /// What each VM of `spec` asks of a host.
+    pub fn demands(&self, spec: &WorkspaceSpec) -> Vec<VmDemand> {
+        spec.vms()
+            .iter()
+            .map(|vm| VmDemand {
+                name: spec.vm_name(vm),
+                memory_mib: vm.node.memory_mib,
+                vcpus: vm.node.vcpus,
+                pinned: vm.node.cpus.is_some(),
+                images: vm
+                    .node
+                    .partitions
+                    .iter()
+                    .map(|p| self.refs.iter().position(|r| *r == p.image).expect("collected"))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn manifest_of(
+    store: &Store,
+    image: &ImageRef,
+) -> Result<(ManifestId, Vec<vw_chunkstore::ChunkRef>), PlanningError> {
+    let wrap = |error| PlanningError::Image { image: image.clone(), error: Box::new(error) };
+    let id = store.resolve(image).map_err(wrap)?;
+    Ok((id, store.manifest(&id).map_err(wrap)?.chunks().to_vec()))
 }
 
 /// Plans `spec` on the hosts of `hosts`, with images and chunk lists from `store`,
@@ -112,48 +202,18 @@ pub fn plan_workspace(
     strategy: Strategy,
     taken: &mut Taken,
 ) -> Result<PlanReport, PlanningError> {
-    let manifest_of =
-        |image: &ImageRef| -> Result<(ManifestId, Vec<vw_chunkstore::ChunkRef>), PlanningError> {
-            let wrap =
-                |error| PlanningError::Image { image: image.clone(), error: Box::new(error) };
-            let id = store.resolve(image).map_err(wrap)?;
-            Ok((id, store.manifest(&id).map_err(wrap)?.chunks().to_vec()))
-        };
-    // The workspace's images, in order of first use.
-    let mut refs: Vec<ImageRef> = Vec::new();
-    for vm in spec.vms() {
-        for p in &vm.node.partitions {
-            if !refs.contains(&p.image) {
-                refs.push(p.image.clone());
-            }
-        }
-    }
-    let mut images = Vec::new();
-    let mut index_of: Vec<HashMap<ChunkId, u32>> = Vec::new();
-    for r in &refs {
-        let (_, chunks) = manifest_of(r)?;
-        let mut seen = HashMap::new();
-        let mut sizes = Vec::new();
-        for c in chunks.iter().filter(|c| !c.is_zero()) {
-            if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(c.id) {
-                e.insert(sizes.len() as u32);
-                sizes.push(c.len);
-            }
-        }
-        images.push(Image::new(r.to_string(), sizes));
-        index_of.push(seen);
-    }
-
+    let wi = WorkspaceImages::load(store, spec)?;
+    let index_of = wi.index();
     // Holdings: per distinct list of held images, the chunk ids they contain.
     let cluster = &hosts.cluster;
-    let mut inventory = Inventory::empty(cluster.len(), images.len());
+    let mut inventory = Inventory::empty(cluster.len(), wi.images.len());
     let mut cache: BTreeMap<Vec<String>, Vec<Ranges>> = BTreeMap::new();
     for (h, held) in hosts.images.iter().enumerate() {
         let key: Vec<String> = held.iter().map(ToString::to_string).collect();
         if !cache.contains_key(&key) {
             let mut have: HashSet<ChunkId> = HashSet::new();
             for image in held {
-                have.extend(manifest_of(image)?.1.iter().map(|c| c.id));
+                have.extend(manifest_of(store, image)?.1.iter().map(|c| c.id));
             }
             let ranges = index_of
                 .iter()
@@ -169,44 +229,78 @@ pub fn plan_workspace(
             inventory.add(HostIx(h as u32), i, r);
         }
     }
+    plan_with(cluster, &wi, &inventory, spec, &config.pools(), policy, strategy, taken, None)
+}
 
-    let slots = spec.vms();
-    let demands: Vec<VmDemand> = slots
-        .iter()
-        .map(|vm| VmDemand {
-            name: spec.vm_name(vm),
-            memory_mib: vm.node.memory_mib,
-            vcpus: vm.node.vcpus,
-            pinned: vm.node.cpus.is_some(),
-            images: vm
-                .node
-                .partitions
+/// Places `spec` on `cluster` (or keeps `fixed`, a placement made before), assigns its
+/// addresses, plans the distribution and predicts its time.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_with(
+    cluster: &Cluster,
+    wi: &WorkspaceImages,
+    inventory: &Inventory,
+    spec: &WorkspaceSpec,
+    pools: &Pools,
+    policy: Policy,
+    strategy: Strategy,
+    taken: &mut Taken,
+    fixed: Option<Vec<PlacedVm>>,
+) -> Result<PlanReport, PlanningError> {
+    let images = &wi.images;
+    let demands = wi.demands(spec);
+    let mut micros = PlanTimes::default();
+    let clock = std::time::Instant::now();
+    let (hosts_of, placement) = match fixed {
+        Some(placement) => {
+            let hosts = placement
                 .iter()
-                .map(|p| refs.iter().position(|r| *r == p.image).expect("collected above"))
-                .collect(),
-        })
-        .collect();
-    let placed = place(cluster, &images, &inventory, &demands, &taken.vms, policy)?;
-    let nics = crate::manager::preview_addresses(spec, &config.pools(), &taken.nics)
-        .map_err(PlanningError::Addresses)?;
-    for (p, d) in placed.iter().zip(&demands) {
+                .map(|p| {
+                    cluster.find(&p.host).ok_or_else(|| PlanningError::UnknownHost(p.host.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (hosts, placement)
+        }
+        None => {
+            let placed = place(cluster, images, inventory, &demands, &taken.vms, policy)?;
+            micros.place = clock.elapsed().as_micros() as u64;
+            let nics = crate::manager::preview_addresses(spec, pools, &taken.nics)
+                .map_err(PlanningError::Addresses)?;
+            micros.addresses = clock.elapsed().as_micros() as u64 - micros.place;
+            let hosts = placed.iter().map(|p| p.host).collect();
+            let placement = placed
+                .into_iter()
+                .zip(nics)
+                .map(|(p, nics)| PlacedVm {
+                    vm: p.vm,
+                    host: cluster.host(p.host).name.clone(),
+                    cores: p.cores,
+                    reason: p.reason,
+                    nics,
+                })
+                .collect();
+            (hosts, placement)
+        }
+    };
+    for ((&host, p), d) in hosts_of.iter().zip(&placement).zip(&demands) {
         let cores = p.cores.clone().unwrap_or_default();
-        taken.vms.push(Committed { host: p.host, memory_mib: d.memory_mib, vcpus: d.vcpus, cores });
+        taken.vms.push(Committed { host, memory_mib: d.memory_mib, vcpus: d.vcpus, cores });
+        taken.nics.extend(p.nics.iter().copied());
     }
-    taken.nics.extend(nics.iter().flatten().copied());
 
-    let mut needs: Vec<Need> = placed
+    let planning = std::time::Instant::now();
+    let mut needs: Vec<Need> = hosts_of
         .iter()
         .zip(&demands)
-        .flat_map(|(p, d)| d.images.iter().map(move |&image| Need { host: p.host, image }))
+        .flat_map(|(&host, d)| d.images.iter().map(move |&image| Need { host, image }))
         .collect();
     needs.sort();
     needs.dedup();
-    let distribution = plan(cluster, &images, &inventory, &needs, strategy)?;
-    let simulation = simulate(cluster, &images, &inventory, &distribution)?;
+    let distribution = plan(cluster, images, inventory, &needs, strategy)?;
+    let simulation = simulate(cluster, images, inventory, &distribution)?;
+    micros.plan = planning.elapsed().as_micros() as u64;
 
-    let (sent, _) = distribution.traffic(&images, cluster.len());
-    // The first of the busiest, in hosts-file order.
+    let (sent, _) = distribution.traffic(images, cluster.len());
+    // The first of the busiest, in cluster order.
     let busiest_sender = sent
         .iter()
         .enumerate()
@@ -235,17 +329,6 @@ pub fn plan_workspace(
             }
         })
         .collect();
-    let placement = placed
-        .into_iter()
-        .zip(nics)
-        .map(|(p, nics)| PlacedVm {
-            vm: p.vm,
-            host: cluster.host(p.host).name.clone(),
-            cores: p.cores,
-            reason: p.reason,
-            nics,
-        })
-        .collect();
     Ok(PlanReport {
         workspace: spec.name.clone(),
         placement,
@@ -255,5 +338,6 @@ pub fn plan_workspace(
         busiest_sender,
         simulation,
         plan: distribution,
+        micros,
     })
 }

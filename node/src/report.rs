@@ -188,3 +188,32 @@ pub struct Reconciled {
     /// Why.
     pub reason: String,
 }
+
+/// A deployment the head drives across hosts: what `vw status|pause|… DEPLOYMENT` acts
+/// on, and what a second `vw deploy` of the same document resumes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterDeployment {
+    /// The workspace name.
+    pub name: String,
+    /// The workspace document as deployed.
+    pub workspace: String,
+    /// Each VM's host and addresses.
+    pub placement: Vec<PlacedVm>,
+    /// When it was first deployed.
+    pub created_ms: u64,
+}
+
+/// A VM's host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacedVm {
+    /// The VM.
+    pub vm: String,
+    /// Its host.
+    pub host: String,
+    /// Cores it is pinned to.
+    pub cores: Option<Vec<u32>>,
+    /// Why.
+    pub reason: String,
+    /// Its addresses.
+    pub nics: Vec<NicAddress>,
+}

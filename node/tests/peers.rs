@@ -192,7 +192,6 @@ async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
 
     // a → b → c: b serves c from a relay over its store.
     let relay = Relay::new(b.clone());
-    relay.expect(wanted.iter().map(|c| c.id));
     let pa = Peer::start(config(ka, &[kb]), a.clone()).await.expect("peer a");
     let pb = Peer::start(config(kb, &[ka, kc]), relay.clone()).await.expect("peer b");
     let pc = Peer::start(config(kc, &[kb]), c.clone()).await.expect("peer c");

@@ -392,7 +392,6 @@ pub struct Relay {
 
 #[derive(Default)]
 struct RelayState {
-    expected: std::collections::HashSet<ChunkId>,
     recent: std::collections::HashMap<ChunkId, Vec<u8>>,
     order: VecDeque<ChunkId>,
 }
@@ -414,15 +413,9 @@ impl Relay {
         Arc::new(Relay { store, state: Default::default(), signal })
     }
 
-    /// Chunks this host is about to receive (servers wait for these).
-    pub fn expect(&self, ids: impl IntoIterator<Item = ChunkId>) {
-        self.state.lock().expect("relay lock").expected.extend(ids);
-    }
-
     /// A verified chunk has arrived.
     pub fn arrived(&self, id: ChunkId, data: Vec<u8>) {
         let mut st = self.state.lock().expect("relay lock");
-        st.expected.remove(&id);
         if st.recent.insert(id, data).is_none() {
             st.order.push_back(id);
         }
@@ -449,8 +442,10 @@ impl ChunkSource for Relay {
         self.store.chunk(id)
     }
 
-    fn arriving(&self, id: &ChunkId) -> Option<watch::Receiver<u64>> {
-        let st = self.state.lock().expect("relay lock");
-        (st.expected.contains(id) || !st.order.is_empty()).then(|| self.signal.subscribe())
+    /// Any chunk may still arrive: a child's request can reach this host before the
+    /// head's stage order does. A server waits while chunks keep arriving, and answers
+    /// `Missing` after [`QUIET`] without one.
+    fn arriving(&self, _id: &ChunkId) -> Option<watch::Receiver<u64>> {
+        Some(self.signal.subscribe())
     }
 }

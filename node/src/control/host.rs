@@ -30,6 +30,8 @@ use crate::wire;
 
 /// How often a stage reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often a host repeats its last progress while a request runs.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// What a host serves control requests with.
 pub struct HostService {
@@ -61,8 +63,13 @@ impl HostService {
         HostService { manager: Arc::new(Mutex::new(manager)), store, relay, chunks, caps, heads }
     }
 
+    /// The store.
+    pub(crate) fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
     /// Runs `f` on the manager on a blocking thread.
-    async fn with_manager<T: Send + 'static>(
+    pub(crate) async fn with_manager<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Manager) -> T + Send + 'static,
     ) -> Result<T, String> {
@@ -228,7 +235,6 @@ impl HostService {
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(PullReport, u64, u64), String> {
         let intake = Intake::start(Arc::clone(&self.store), Some(Arc::clone(&self.relay)));
-        self.relay.expect(lacked.iter().map(|c| c.id));
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
 
@@ -365,12 +371,20 @@ async fn serve_one(peer: PeerId, mut stream: Stream, host: &HostService) -> Resu
     let (tx, mut rx) = mpsc::channel(16);
     let work = host.handle(request, tx);
     tokio::pin!(work);
+    // Progress as it comes, and the last again every few seconds so the head knows
+    // this host is alive through long quiet steps. A head that stops reading does not
+    // stop the work.
+    let mut last = Progress { phase: Phase::Fetch, bytes: 0, total: 0 };
+    let mut beat = tokio::time::interval(HEARTBEAT);
     let answer = loop {
         tokio::select! {
             answer = &mut work => break answer,
             Some(p) = rx.recv() => {
-                // A head that stops reading does not stop the work.
+                last = p;
                 let _ = wire::write(&mut stream, &Reply::Progress(p)).await;
+            }
+            _ = beat.tick() => {
+                let _ = wire::write(&mut stream, &Reply::Progress(last)).await;
             }
         }
     };

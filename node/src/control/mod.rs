@@ -11,6 +11,8 @@
 //! a deployment from the head in `head`.
 
 #[cfg(feature = "host")]
+pub mod head;
+#[cfg(feature = "host")]
 pub mod host;
 pub mod protocol;
 

@@ -372,6 +372,30 @@ impl Manager {
         Ok((taken, nics))
     }
 
+    /// On a head: the cluster deployment of that name.
+    pub fn cluster(&self, name: &str) -> Result<Option<records::ClusterDeployment>, ManagerError> {
+        self.db().cluster(name)
+    }
+
+    /// On a head: every cluster deployment.
+    pub fn clusters(&self) -> Result<Vec<records::ClusterDeployment>, ManagerError> {
+        self.db().clusters()
+    }
+
+    /// On a head: records (or replaces) a cluster deployment.
+    pub fn record_cluster(&self, d: &records::ClusterDeployment) -> Result<(), ManagerError> {
+        let mut batch = RecordBatch::default();
+        records::put_cluster(&mut batch, d);
+        self.db().write(batch)
+    }
+
+    /// On a head: forgets a cluster deployment (once unstaged everywhere).
+    pub fn forget_cluster(&self, name: &str) -> Result<(), ManagerError> {
+        let mut batch = RecordBatch::default();
+        batch.delete(records::CLUSTERS, name);
+        self.db().write(batch)
+    }
+
     /// Every VM of `dep`, here and (for a cluster share) elsewhere: what integration
     /// describes to each guest.
     fn cluster_of(&self, dep: &DeploymentRecord) -> Result<Vec<VmRecord>, ManagerError> {

@@ -5,6 +5,7 @@
 //! | `deployments` | deployment name | [`DeploymentRecord`]: the validated workspace |
 //! | `vms` | VM (domain) name | [`VmRecord`]: state, addresses, staged files, timings |
 //! | `addresses` | `ip/10.77.1.10`, `mac/00:16:3e:…` | [`AddressOwner`] |
+//! | `clusters` | deployment name | [`ClusterDeployment`]: on a head, where each VM went |
 //!
 //! Each value carries a version byte; every transition is one synced batch.
 
@@ -12,19 +13,21 @@ use vw_chunkstore::{RecordBatch, Records};
 
 use super::ManagerError;
 pub use crate::report::{
-    AddressOwner, ClusterShare, DeploymentRecord, Member, StagePhases, StagedFiles, Timing,
-    VmRecord,
+    AddressOwner, ClusterDeployment, ClusterShare, DeploymentRecord, Member, StagePhases,
+    StagedFiles, Timing, VmRecord,
 };
 
 pub(crate) const DEPLOYMENTS: &str = "deployments";
 pub(crate) const VMS: &str = "vms";
 pub(crate) const ADDRESSES: &str = "addresses";
+pub(crate) const CLUSTERS: &str = "clusters";
 /// The families the manager opens the store with.
-pub const FAMILIES: [&str; 3] = [DEPLOYMENTS, VMS, ADDRESSES];
+pub const FAMILIES: [&str; 4] = [DEPLOYMENTS, VMS, ADDRESSES, CLUSTERS];
 
 const DEPLOYMENT_V: u8 = 2;
 const VM_V: u8 = 1;
 const ADDRESS_V: u8 = 1;
+const CLUSTER_V: u8 = 1;
 
 /// Typed access to the manager's families.
 pub(crate) struct Db<'s> {
@@ -57,6 +60,14 @@ impl Db<'_> {
         Ok(self.records.scan(ADDRESSES, ADDRESS_V)?)
     }
 
+    pub fn cluster(&self, name: &str) -> Result<Option<ClusterDeployment>, ManagerError> {
+        Ok(self.records.get(CLUSTERS, name, CLUSTER_V)?)
+    }
+
+    pub fn clusters(&self) -> Result<Vec<ClusterDeployment>, ManagerError> {
+        Ok(self.records.scan(CLUSTERS, CLUSTER_V)?.into_iter().map(|(_, d)| d).collect())
+    }
+
     pub fn write(&self, batch: RecordBatch) -> Result<(), ManagerError> {
         Ok(self.records.write(batch)?)
     }
@@ -64,6 +75,10 @@ impl Db<'_> {
 
 pub(crate) fn put_deployment(batch: &mut RecordBatch, d: &DeploymentRecord) {
     batch.put(DEPLOYMENTS, &d.name, DEPLOYMENT_V, d);
+}
+
+pub(crate) fn put_cluster(batch: &mut RecordBatch, d: &ClusterDeployment) {
+    batch.put(CLUSTERS, &d.name, CLUSTER_V, d);
 }
 
 pub(crate) fn put_vm(batch: &mut RecordBatch, vm: &VmRecord) {

@@ -1,0 +1,752 @@
+//! The head's side of `/vw/control/1`: one deployment driven across every host.
+//!
+//! [`Head::deploy`] runs the phases in order: validate the workspace; collect every
+//! host's inventory (capacity, caps, what it runs, which chunks it holds); place the
+//! VMs and assign their addresses; plan the distribution; stage on every host at once
+//! (each pulls what it lacks along the plan, forwarding to its children as chunks
+//! arrive); load; create. A host that fails or vanishes loses its VMs; the others
+//! finish, and the report says which VMs were lost. The head is a host too: it answers
+//! its own requests in process.
+//!
+//! The deployment is recorded on the head (where each VM went, with its addresses), so
+//! `vw status|pause|unpause|stop|unstage DEPLOYMENT` act on every host, and a second
+//! `vw deploy` of the same document resumes: same placement, and each host fetches only
+//! what it still lacks.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use vw_chunkstore::Store;
+use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, Policy, Ranges, Strategy};
+
+use super::host::HostService;
+use super::protocol::{
+    bit, Answer, ImageChunks, ImageOrder, InventoryReport, Progress, Pull, Reply, Request,
+    StageOrder, StageReport, PROTOCOL_NAME,
+};
+use crate::config::Pools;
+use crate::lifecycle::Op;
+use crate::plan::{plan_with, PlanReport, Taken, WorkspaceImages};
+use crate::report::{ClusterDeployment, ClusterShare, Member, PlacedVm, VmRecord, VmReport};
+use crate::wire;
+use crate::xen::DomainState;
+
+/// A host without rate caps is planned as a 1 Gbit/s host.
+pub const UNCAPPED_RATE: f64 = 125e6;
+/// vCPUs a host runs per physical CPU (unpinned VMs share cores).
+pub const VCPUS_PER_CPU: u32 = 4;
+/// How long the head waits for any word from a host (progress comes every 250 ms
+/// while a host fetches, and every 5 s otherwise).
+pub const CALL_QUIET: Duration = Duration::from_secs(60);
+
+/// The control protocol as libp2p names it.
+pub fn control_protocol() -> StreamProtocol {
+    StreamProtocol::new(PROTOCOL_NAME)
+}
+
+/// The phases of a deployment (the paper's Fig. 2(b), with staging split open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployPhase {
+    /// Parse and check the workspace.
+    Validate,
+    /// Ask every host what it can take and holds.
+    Inventory,
+    /// Place the VMs.
+    Place,
+    /// Assign addresses.
+    Addresses,
+    /// Plan the distribution.
+    Plan,
+    /// Fetch and stage on every host.
+    Stage,
+    /// Load the domains.
+    Load,
+    /// Start them.
+    Create,
+}
+
+impl std::fmt::Display for DeployPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+/// What a deployment reports as it goes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "event")]
+pub enum DeployEvent {
+    /// A phase starts.
+    Phase {
+        /// Which.
+        phase: DeployPhase,
+    },
+    /// A host's progress.
+    Progress {
+        /// The host.
+        host: String,
+        /// Where it is.
+        progress: Progress,
+    },
+    /// A host failed; its VMs are lost for this deployment.
+    Lost {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How to deploy.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct DeployOptions {
+    /// The distribution strategy.
+    pub strategy: Strategy,
+    /// Spread or pack.
+    pub policy: Policy,
+}
+
+/// One phase's duration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    /// The phase.
+    pub phase: DeployPhase,
+    /// Microseconds.
+    pub micros: u64,
+}
+
+/// What one host did in a deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostOutcome {
+    /// The host.
+    pub host: String,
+    /// Its VMs.
+    pub vms: Vec<String>,
+    /// Its stage (bytes lacked and received, from whom, how long).
+    pub stage: Option<StageReport>,
+    /// Why it failed, if it did (its VMs are lost).
+    pub error: Option<String>,
+}
+
+/// What `vw deploy` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployReport {
+    /// The deployment.
+    pub deployment: String,
+    /// Whether it resumed an earlier deploy of the same document.
+    pub resumed: bool,
+    /// The strategy used.
+    pub strategy: Strategy,
+    /// Phase timings, in order.
+    pub phases: Vec<PhaseTime>,
+    /// Where each VM went.
+    pub placement: Vec<PlacedVm>,
+    /// Per host with VMs.
+    pub hosts: Vec<HostOutcome>,
+    /// VMs lost with their hosts.
+    pub lost: Vec<String>,
+    /// The planner's predicted staging time, seconds.
+    pub predicted_s: f64,
+    /// The physical limit: the most any host lacks over its downlink, seconds.
+    pub limit_s: f64,
+    /// The VMs at the end.
+    pub vms: Vec<VmReport>,
+}
+
+/// One host's answer to a cluster-wide operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostAnswer<T> {
+    /// The host.
+    pub host: String,
+    /// What it said, or why not.
+    pub result: Result<T, String>,
+}
+
+/// The head: drives deployments across the cluster's hosts.
+pub struct Head {
+    me: (String, PeerId),
+    local: Arc<HostService>,
+    peers: Vec<(String, PeerId)>,
+    control: libp2p_stream::Control,
+    store: Arc<Store>,
+    pools: Pools,
+}
+
+impl std::fmt::Debug for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Head").field("me", &self.me).field("peers", &self.peers).finish()
+    }
+}
+
+/// `Some(x)` if the answer is the expected kind, else the reason.
+macro_rules! expect_answer {
+    ($answer:expr, $kind:path) => {
+        match $answer {
+            Ok($kind(x)) => Ok(x),
+            Ok(Answer::Failed(e)) => Err(e),
+            Ok(Answer::Refused(e)) => Err(format!("refused: {e}")),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e),
+        }
+    };
+}
+
+impl Head {
+    /// A head named `me.0` with peer id `me.1`, serving itself through `local` and
+    /// reaching `peers` through `control`.
+    pub fn new(
+        me: (String, PeerId),
+        local: Arc<HostService>,
+        peers: Vec<(String, PeerId)>,
+        control: libp2p_stream::Control,
+        pools: Pools,
+    ) -> Self {
+        let store = local.store();
+        Head { me, local, peers, control, store, pools }
+    }
+
+    /// Every host: this one first.
+    fn hosts(&self) -> Vec<(String, PeerId)> {
+        std::iter::once(self.me.clone()).chain(self.peers.iter().cloned()).collect()
+    }
+
+    /// Sends `request` to host `ix` of [`Head::hosts`] and waits for the answer,
+    /// passing progress to `events`.
+    async fn call(
+        &self,
+        host: &(String, PeerId),
+        request: Request,
+        events: Option<&mpsc::Sender<DeployEvent>>,
+    ) -> Result<Answer, String> {
+        let forward = |progress: Progress| {
+            if let Some(tx) = events {
+                let _ = tx.try_send(DeployEvent::Progress { host: host.0.clone(), progress });
+            }
+        };
+        if host.1 == self.me.1 {
+            let (tx, mut rx) = mpsc::channel(16);
+            let work = self.local.handle(request, tx);
+            tokio::pin!(work);
+            return Ok(loop {
+                tokio::select! {
+                    answer = &mut work => break answer,
+                    Some(p) = rx.recv() => forward(p),
+                }
+            });
+        }
+        let mut control = self.control.clone();
+        let mut stream = control
+            .open_stream(host.1, control_protocol())
+            .await
+            .map_err(|e| format!("cannot reach it ({e})"))?;
+        wire::write(&mut stream, &request).await.map_err(|e| format!("sending: {e}"))?;
+        loop {
+            match tokio::time::timeout(CALL_QUIET, wire::read::<Reply, _>(&mut stream)).await {
+                Err(_) => return Err(format!("no word for {} s", CALL_QUIET.as_secs())),
+                Ok(Ok(Some(Reply::Progress(p)))) => forward(p),
+                Ok(Ok(Some(Reply::Done(answer)))) => return Ok(answer),
+                Ok(Ok(None)) => return Err("it closed the stream without answering".into()),
+                Ok(Err(e)) => return Err(format!("it broke the protocol or went away: {e}")),
+            }
+        }
+    }
+
+    /// Deploys the workspace document `workspace` (named `source` in errors).
+    pub async fn deploy(
+        &self,
+        workspace: &str,
+        source: &str,
+        options: DeployOptions,
+        events: &mpsc::Sender<DeployEvent>,
+    ) -> Result<DeployReport, String> {
+        let mut clock = Clock::new(events);
+        clock.start(DeployPhase::Validate).await;
+        let spec = crate::workspace::parse(workspace, source).map_err(|e| e.to_string())?;
+        let span = tracing::info_span!("deployment", name = %spec.name);
+        tracing::Instrument::instrument(
+            self.deploy_spec(spec, workspace, options, events, clock),
+            span,
+        )
+        .await
+    }
+
+    async fn deploy_spec(
+        &self,
+        spec: crate::workspace::WorkspaceSpec,
+        workspace: &str,
+        options: DeployOptions,
+        events: &mpsc::Sender<DeployEvent>,
+        mut clock: Clock<'_>,
+    ) -> Result<DeployReport, String> {
+        let name = spec.name.clone();
+        let existing = {
+            let n = name.clone();
+            self.local.with_manager(move |m| m.cluster(&n).map_err(|e| e.to_string())).await??
+        };
+        if let Some(e) = &existing {
+            if e.workspace != workspace {
+                return Err(format!(
+                    "deployment {name} exists with a different workspace document; `vw unstage {name}` first, or rename the workspace"
+                ));
+            }
+        }
+
+        clock.start(DeployPhase::Inventory).await;
+        let wi = {
+            let (store, spec) = (Arc::clone(&self.store), spec.clone());
+            tokio::task::spawn_blocking(move || WorkspaceImages::load(&store, &spec))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+        };
+        let request = Request::Inventory {
+            images: wi
+                .images
+                .iter()
+                .zip(&wi.chunks)
+                .map(|(i, c)| ImageChunks { image: i.name.clone(), chunks: c.clone() })
+                .collect(),
+        };
+        let hosts = self.hosts();
+        let answers = join_all(hosts.iter().map(|h| {
+            let request = request.clone();
+            async move { expect_answer!(self.call(h, request, None).await, Answer::Inventory) }
+        }))
+        .await;
+        let (cluster, inventory, mut taken) = self.cluster(&hosts, &answers, &wi, events)?;
+
+        clock.start(DeployPhase::Place).await;
+        let fixed = existing.as_ref().map(|e| e.placement.clone());
+        let resumed = fixed.is_some();
+        let planned = plan_with(
+            &cluster,
+            &wi,
+            &inventory,
+            &spec,
+            &self.pools,
+            options.policy,
+            options.strategy,
+            &mut taken,
+            fixed,
+        )
+        .map_err(|e| format!("workspace {name}: {e}"))?;
+        clock.parts(&[
+            (DeployPhase::Place, planned.micros.place),
+            (DeployPhase::Addresses, planned.micros.addresses),
+            (DeployPhase::Plan, planned.micros.plan),
+        ]);
+        if existing.is_none() {
+            let record = ClusterDeployment {
+                name: name.clone(),
+                workspace: workspace.to_owned(),
+                placement: planned.placement.clone(),
+                created_ms: crate::manager::now_ms(),
+            };
+            self.local
+                .with_manager(move |m| m.record_cluster(&record).map_err(|e| e.to_string()))
+                .await??;
+        }
+
+        clock.start(DeployPhase::Stage).await;
+        let orders = self.orders(&hosts, &cluster, &wi, &inventory, &planned, &spec, workspace)?;
+        let staged = join_all(orders.into_iter().map(|(h, order)| {
+            let host = &hosts[h];
+            async move {
+                let answer = self.call(host, Request::Stage(Box::new(order)), Some(events)).await;
+                (h, expect_answer!(answer, Answer::Staged))
+            }
+        }))
+        .await;
+        let mut outcomes: Vec<HostOutcome> = Vec::new();
+        let mut alive: Vec<usize> = Vec::new();
+        for (h, result) in staged {
+            let vms = vms_on(&planned, &hosts[h].0);
+            match result {
+                Ok(report) => {
+                    alive.push(h);
+                    outcomes.push(HostOutcome {
+                        host: hosts[h].0.clone(),
+                        vms,
+                        stage: Some(report),
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    lost(events, &hosts[h].0, &e).await;
+                    outcomes.push(HostOutcome {
+                        host: hosts[h].0.clone(),
+                        vms,
+                        stage: None,
+                        error: Some(e),
+                    });
+                }
+            }
+        }
+        let mut vms = Vec::new();
+        for (phase, op) in [(DeployPhase::Load, Op::Load), (DeployPhase::Create, Op::Create)] {
+            clock.start(phase).await;
+            let ran = self.run_on(&hosts, &alive, &name, op).await;
+            let mut still = Vec::new();
+            for (h, result) in alive.iter().zip(ran) {
+                match result {
+                    Ok(reports) => {
+                        still.push(*h);
+                        if op == Op::Create {
+                            vms.extend(reports);
+                        }
+                    }
+                    Err(e) => {
+                        lost(events, &hosts[*h].0, &e).await;
+                        if let Some(o) = outcomes.iter_mut().find(|o| o.host == hosts[*h].0) {
+                            o.error = Some(format!("{op}: {e}"));
+                        }
+                    }
+                }
+            }
+            alive = still;
+        }
+        let phases = clock.finish();
+        let lost: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.error.is_some())
+            .flat_map(|o| o.vms.iter().cloned())
+            .collect();
+        tracing::info!(lost = lost.len(), "deployed");
+        Ok(DeployReport {
+            deployment: name,
+            resumed,
+            strategy: planned.strategy,
+            phases,
+            placement: planned.placement.clone(),
+            hosts: outcomes,
+            lost,
+            predicted_s: planned.simulation.finish,
+            limit_s: planned.simulation.limit,
+            vms,
+        })
+    }
+
+    /// The planner's cluster from the inventories: hosts that did not answer are dead.
+    fn cluster(
+        &self,
+        hosts: &[(String, PeerId)],
+        answers: &[Result<InventoryReport, String>],
+        wi: &WorkspaceImages,
+        events: &mpsc::Sender<DeployEvent>,
+    ) -> Result<(Cluster, Inventory, Taken), String> {
+        let mut list = Vec::new();
+        let mut inventory = Inventory::empty(hosts.len(), wi.images.len());
+        let mut taken = Taken::default();
+        for (h, ((name, _), answer)) in hosts.iter().zip(answers).enumerate() {
+            let ix = HostIx(h as u32);
+            match answer {
+                Ok(r) => {
+                    list.push(Host {
+                        name: name.clone(),
+                        memory_mib: r.capacity.memory_mib,
+                        vcpus: r.capacity.cpus * VCPUS_PER_CPU,
+                        cpus: r.capacity.cpus,
+                        up: r.caps.0.unwrap_or(UNCAPPED_RATE),
+                        down: r.caps.1.unwrap_or(UNCAPPED_RATE),
+                        rack: None,
+                        alive: true,
+                    });
+                    if r.held.len() != wi.images.len() {
+                        return Err(format!(
+                            "host {name} answered for {} images of {}",
+                            r.held.len(),
+                            wi.images.len()
+                        ));
+                    }
+                    for (i, map) in r.held.iter().enumerate() {
+                        let n = wi.chunks[i].len();
+                        inventory.add(
+                            ix,
+                            i,
+                            &Ranges::from_indices(
+                                (0..n).filter(|&c| bit(map, c)).map(|c| c as u32),
+                            ),
+                        );
+                    }
+                    for (memory_mib, vcpus, cores) in &r.committed {
+                        taken.vms.push(Committed {
+                            host: ix,
+                            memory_mib: *memory_mib,
+                            vcpus: *vcpus,
+                            cores: cores.clone(),
+                        });
+                    }
+                    taken.nics.extend(r.addresses.iter().copied());
+                }
+                Err(e) => {
+                    let _ = events.try_send(DeployEvent::Lost {
+                        host: name.clone(),
+                        reason: format!("inventory: {e}"),
+                    });
+                    tracing::warn!(host = %name, error = %e, "no inventory; planning without it");
+                    list.push(Host {
+                        name: name.clone(),
+                        memory_mib: 0,
+                        vcpus: 0,
+                        cpus: 0,
+                        up: UNCAPPED_RATE,
+                        down: UNCAPPED_RATE,
+                        rack: None,
+                        alive: false,
+                    });
+                }
+            }
+        }
+        let cluster = Cluster::new(list).map_err(|e| e.to_string())?;
+        Ok((cluster, inventory, taken))
+    }
+
+    /// A stage order for every host with VMs.
+    #[allow(clippy::too_many_arguments)]
+    fn orders(
+        &self,
+        hosts: &[(String, PeerId)],
+        cluster: &Cluster,
+        wi: &WorkspaceImages,
+        inventory: &Inventory,
+        planned: &PlanReport,
+        spec: &crate::workspace::WorkspaceSpec,
+        workspace: &str,
+    ) -> Result<Vec<(usize, StageOrder)>, String> {
+        let plan = &planned.plan;
+        let demands = wi.demands(spec);
+        let member = |p: &PlacedVm| Member { name: p.vm.clone(), nics: p.nics.clone() };
+        let mut manifests = Vec::new();
+        for id in &wi.ids {
+            manifests.push(self.store.manifest(id).map_err(|e| e.to_string())?.encode());
+        }
+        let mut out = Vec::new();
+        for (h, (name, _)) in hosts.iter().enumerate() {
+            let here: Vec<&PlacedVm> =
+                planned.placement.iter().filter(|p| p.host == *name).collect();
+            if here.is_empty() {
+                continue;
+            }
+            let ix = HostIx(h as u32);
+            let used: BTreeSet<usize> = here
+                .iter()
+                .flat_map(|p| {
+                    demands.iter().filter(|d| d.name == p.vm).flat_map(|d| d.images.clone())
+                })
+                .collect();
+            let mut images = Vec::new();
+            for &i in &used {
+                let pulls: Vec<Pull> = plan
+                    .streams
+                    .iter()
+                    .filter(|s| s.to == ix && s.image == i)
+                    .map(|s| Pull {
+                        from: hosts[s.from.ix()].1.to_string(),
+                        chunks: s
+                            .ranges
+                            .ranges()
+                            .iter()
+                            .flat_map(|&(a, b)| (a..b).map(|c| wi.chunks[i][c as usize]))
+                            .collect(),
+                    })
+                    .collect();
+                // Fallback: the senders' own senders up to the source, then any host
+                // that holds the whole image.
+                let mut fallback: Vec<HostIx> = Vec::new();
+                let mut frontier: Vec<HostIx> = plan
+                    .streams
+                    .iter()
+                    .filter(|s| s.to == ix && s.image == i)
+                    .map(|s| s.from)
+                    .collect();
+                while let Some(f) = frontier.pop() {
+                    for s in plan.streams.iter().filter(|s| s.to == f && s.image == i) {
+                        if s.from != ix && !fallback.contains(&s.from) {
+                            fallback.push(s.from);
+                            frontier.push(s.from);
+                        }
+                    }
+                }
+                if let Some(&src) = plan.sources.get(&i) {
+                    if src != ix && !fallback.contains(&src) {
+                        fallback.push(src);
+                    }
+                }
+                let whole = wi.images[i].all();
+                for other in cluster.ixs() {
+                    if other != ix
+                        && cluster.host(other).alive
+                        && !fallback.contains(&other)
+                        && whole.minus(inventory.held(other, i)).is_empty()
+                    {
+                        fallback.push(other);
+                    }
+                }
+                images.push(ImageOrder {
+                    image: wi.refs[i].to_string(),
+                    manifest: manifests[i].clone(),
+                    pulls,
+                    fallback: fallback.iter().map(|f| hosts[f.ix()].1.to_string()).collect(),
+                });
+            }
+            let share = ClusterShare {
+                here: here.iter().map(|p| member(p)).collect(),
+                elsewhere: planned
+                    .placement
+                    .iter()
+                    .filter(|p| p.host != *name)
+                    .map(member)
+                    .collect(),
+            };
+            out.push((h, StageOrder { workspace: workspace.to_owned(), share, images }));
+        }
+        Ok(out)
+    }
+
+    /// `op` on the VMs of `deployment` on hosts `on` (indices into `hosts`), all at once.
+    async fn run_on(
+        &self,
+        hosts: &[(String, PeerId)],
+        on: &[usize],
+        deployment: &str,
+        op: Op,
+    ) -> Vec<Result<Vec<VmReport>, String>> {
+        join_all(on.iter().map(|&h| {
+            let request = Request::Run { deployment: deployment.to_owned(), op };
+            async move { expect_answer!(self.call(&hosts[h], request, None).await, Answer::Ran) }
+        }))
+        .await
+    }
+
+    /// The hosts of a recorded deployment (in cluster order).
+    async fn hosts_of(&self, deployment: &str) -> Result<(ClusterDeployment, Vec<usize>), String> {
+        let d = deployment.to_owned();
+        let record = self
+            .local
+            .with_manager(move |m| m.cluster(&d).map_err(|e| e.to_string()))
+            .await??
+            .ok_or_else(|| {
+                format!("no cluster deployment {deployment} on this head; `vw status` lists them")
+            })?;
+        let hosts = self.hosts();
+        let mut on = Vec::new();
+        for (h, (name, _)) in hosts.iter().enumerate() {
+            if record.placement.iter().any(|p| p.host == *name) {
+                on.push(h);
+            }
+        }
+        Ok((record, on))
+    }
+
+    /// `op` on every VM of `deployment`, on every host at once. Unstaging everywhere
+    /// forgets the deployment.
+    pub async fn run(
+        &self,
+        deployment: &str,
+        op: Op,
+    ) -> Result<Vec<HostAnswer<Vec<VmReport>>>, String> {
+        if op == Op::Stage {
+            return Err("stage comes with a plan: use `vw deploy`".into());
+        }
+        let (_, on) = self.hosts_of(deployment).await?;
+        let hosts = self.hosts();
+        let results = self.run_on(&hosts, &on, deployment, op).await;
+        if op == Op::Unstage && results.iter().all(|r| r.is_ok()) {
+            let d = deployment.to_owned();
+            self.local
+                .with_manager(move |m| m.forget_cluster(&d).map_err(|e| e.to_string()))
+                .await??;
+        }
+        Ok(on
+            .iter()
+            .zip(results)
+            .map(|(&h, result)| HostAnswer { host: hosts[h].0.clone(), result })
+            .collect())
+    }
+
+    /// The VMs of `deployment` (or of every deployment) on every host concerned.
+    #[allow(clippy::type_complexity)]
+    pub async fn status(
+        &self,
+        deployment: Option<&str>,
+    ) -> Result<Vec<HostAnswer<Vec<(VmRecord, Option<DomainState>)>>>, String> {
+        let hosts = self.hosts();
+        let on: Vec<usize> = match deployment {
+            Some(d) => self.hosts_of(d).await?.1,
+            None => (0..hosts.len()).collect(),
+        };
+        let results = join_all(on.iter().map(|&h| {
+            let request = Request::Status { deployment: deployment.map(str::to_owned) };
+            let host = &hosts[h];
+            async move {
+                let answer = self.call(host, request, None).await;
+                // A host without this deployment simply has none of its VMs.
+                match expect_answer!(answer, Answer::Status) {
+                    Err(e) if e.contains("no deployment") => Ok(Vec::new()),
+                    other => other,
+                }
+            }
+        }))
+        .await;
+        Ok(on
+            .iter()
+            .zip(results)
+            .map(|(&h, result)| HostAnswer { host: hosts[h].0.clone(), result })
+            .collect())
+    }
+}
+
+fn vms_on(planned: &PlanReport, host: &str) -> Vec<String> {
+    planned.placement.iter().filter(|p| p.host == host).map(|p| p.vm.clone()).collect()
+}
+
+async fn lost(events: &mpsc::Sender<DeployEvent>, host: &str, reason: &str) {
+    tracing::warn!(host, reason, "host lost for this deployment");
+    let _ =
+        events.send(DeployEvent::Lost { host: host.to_owned(), reason: reason.to_owned() }).await;
+}
+
+/// Phase timings, announced as each phase starts.
+struct Clock<'a> {
+    events: &'a mpsc::Sender<DeployEvent>,
+    current: Option<(DeployPhase, Instant)>,
+    done: Vec<PhaseTime>,
+}
+
+impl<'a> Clock<'a> {
+    fn new(events: &'a mpsc::Sender<DeployEvent>) -> Self {
+        Clock { events, current: None, done: Vec::new() }
+    }
+
+    fn close(&mut self) {
+        if let Some((phase, at)) = self.current.take() {
+            self.done.push(PhaseTime { phase, micros: at.elapsed().as_micros() as u64 });
+        }
+    }
+
+    async fn start(&mut self, phase: DeployPhase) {
+        self.close();
+        let _ = self.events.send(DeployEvent::Phase { phase }).await;
+        self.current = Some((phase, Instant::now()));
+    }
+
+    /// Records `micros` of the current phase's time as `phase` instead (planning
+    /// places, assigns addresses and plans in one call that times each part).
+    /// Ends the current phase as several, timed by the caller (planning places,
+    /// assigns addresses and plans in one call that times each part).
+    fn parts(&mut self, parts: &[(DeployPhase, u64)]) {
+        self.current = None;
+        self.done.extend(parts.iter().map(|&(phase, micros)| PhaseTime { phase, micros }));
+    }
+
+    fn finish(mut self) -> Vec<PhaseTime> {
+        self.close();
+        self.done
+    }
+}
