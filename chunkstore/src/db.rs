@@ -122,10 +122,24 @@ impl Db {
         if let Some(clash) = extra.iter().find(|name| FAMILIES.contains(name)) {
             panic!("record family {clash} clashes with the store's own");
         }
-        let families = FAMILIES.iter().chain(extra).map(|&name| {
-            let o = if name == CHUNKS { chunk_opts.clone() } else { small.clone() };
-            ColumnFamilyDescriptor::new(name, o)
-        });
+        // Families another opener added (the host manager's records) are opened too,
+        // untouched: RocksDB refuses to open a database without all of them.
+        let others: Vec<String> = DB::list_cf(&opts, dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| {
+                n != "default" && !FAMILIES.contains(&n.as_str()) && !extra.contains(&n.as_str())
+            })
+            .collect();
+        let families = FAMILIES
+            .iter()
+            .chain(extra)
+            .map(|&name| {
+                let o = if name == CHUNKS { chunk_opts.clone() } else { small.clone() };
+                ColumnFamilyDescriptor::new(name, o)
+            })
+            .chain(others.iter().map(|n| ColumnFamilyDescriptor::new(n, small.clone())))
+            .collect::<Vec<_>>();
         let db = DB::open_cf_descriptors(&opts, dir, families).map_err(db_err)?;
         let this = Self { db, dir: dir.to_owned(), extra: extra.to_vec() };
         this.check_format()?;

@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! role = "host"                       # "head" (drives deployments) or "host"
-//! data_dir = "/var/lib/vw"            # the store, images, xen configs
+//! name = "node2"                      # this host in plans and output (default: hostname)
+//! data_dir = "/var/lib/vw"            # the store, images, xen configs, vwd.sock
 //! key_file = "node.key"               # relative to data_dir; made on first start
 //! listen = ["/ip4/0.0.0.0/tcp/7400"]
 //! cluster_config = "/etc/vw/cluster.toml"   # subnet, pools, Xen driver; embedded default if absent
@@ -14,7 +15,8 @@
 //! [[peer]]                            # the only peers allowed to connect
 //! name = "node1"
 //! id = "12D3KooW…"
-//! addr = "/ip4/10.0.0.2/tcp/7400"
+//! addr = "/ip4/10.0.0.1/tcp/7400"
+//! head = true                         # may send control requests (default false)
 //! ```
 
 use std::io::Write as _;
@@ -81,6 +83,8 @@ pub enum Role {
 pub struct DaemonConfig {
     /// `head` or `host`.
     pub role: Role,
+    /// This host's name in plans and output (default: the machine's hostname).
+    pub name: Option<String>,
     /// The data directory (store, images, xen configs).
     pub data_dir: PathBuf,
     /// The identity key, relative to `data_dir` unless absolute (default `node.key`).
@@ -112,6 +116,9 @@ pub struct PeerEntry {
     pub id: String,
     /// Where to reach it.
     pub addr: String,
+    /// Whether it may send control requests (stage, load, …) to this host.
+    #[serde(default)]
+    pub head: bool,
 }
 
 fn default_key() -> PathBuf {
@@ -127,6 +134,8 @@ pub struct Daemon {
     pub listen: Vec<Multiaddr>,
     /// Peers: name, id, address.
     pub peers: Vec<(String, PeerId, Multiaddr)>,
+    /// The peers that may send control requests.
+    pub heads: Vec<PeerId>,
     /// Rate caps in bytes per second (upload, download).
     pub caps: (Option<f64>, Option<f64>),
 }
@@ -161,6 +170,7 @@ impl Daemon {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut peers = Vec::new();
+        let mut heads = Vec::new();
         for (i, p) in config.peer.iter().enumerate() {
             let key = |k: &str| format!("peer[{i}] ({}).{k}", p.name);
             let id =
@@ -172,6 +182,9 @@ impl Daemon {
             if peers.iter().any(|(n, q, _): &(String, PeerId, Multiaddr)| *n == p.name || *q == id)
             {
                 return Err(bad(key("name"), "the same peer (name or id) is listed twice".into()));
+            }
+            if p.head {
+                heads.push(id);
             }
             peers.push((p.name.clone(), id, addr));
         }
@@ -192,12 +205,28 @@ impl Daemon {
         };
         let caps =
             (cap(&config.upload_cap, "upload_cap")?, cap(&config.download_cap, "download_cap")?);
-        Ok(Daemon { config, listen, peers, caps })
+        Ok(Daemon { config, listen, peers, heads, caps })
     }
 
     /// The key file's path.
     pub fn key_path(&self) -> PathBuf {
         self.config.data_dir.join(&self.config.key_file)
+    }
+
+    /// The local socket's path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.config.data_dir.join(crate::local::SOCKET)
+    }
+
+    /// This host's name.
+    pub fn name(&self) -> String {
+        self.config.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "head".into())
+        })
     }
 }
 

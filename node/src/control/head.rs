@@ -199,20 +199,23 @@ macro_rules! expect_answer {
 
 impl Head {
     /// A head named `me.0` with peer id `me.1`, serving itself through `local` and
-    /// reaching `peers` through `control`.
+    /// the other hosts (the peers in `local`'s book) through `control`.
     pub fn new(
         me: (String, PeerId),
         local: Arc<HostService>,
-        peers: Vec<(String, PeerId)>,
         control: libp2p_stream::Control,
         pools: Pools,
     ) -> Self {
         let store = local.store();
+        let peers = local.book().peers().iter().map(|(n, id, _)| (n.clone(), *id)).collect();
         Head { me, local, peers, control, store, pools }
     }
 
-    /// Every host: this one first.
-    fn hosts(&self) -> Vec<(String, PeerId)> {
+    /// Every host: this one first. Connects to the others first (a host that
+    /// restarted is not redialled by itself).
+    async fn hosts(&self) -> Vec<(String, PeerId)> {
+        let ids: Vec<PeerId> = self.peers.iter().map(|(_, id)| *id).collect();
+        self.local.book().reach(&ids).await;
         std::iter::once(self.me.clone()).chain(self.peers.iter().cloned()).collect()
     }
 
@@ -313,7 +316,7 @@ impl Head {
                 .map(|(i, c)| ImageChunks { image: i.name.clone(), chunks: c.clone() })
                 .collect(),
         };
-        let hosts = self.hosts();
+        let hosts = self.hosts().await;
         let answers = join_all(hosts.iter().map(|h| {
             let request = request.clone();
             async move { expect_answer!(self.call(h, request, None).await, Answer::Inventory) }
@@ -634,7 +637,7 @@ impl Head {
             .ok_or_else(|| {
                 format!("no cluster deployment {deployment} on this head; `vw status` lists them")
             })?;
-        let hosts = self.hosts();
+        let hosts = self.hosts().await;
         let mut on = Vec::new();
         for (h, (name, _)) in hosts.iter().enumerate() {
             if record.placement.iter().any(|p| p.host == *name) {
@@ -655,7 +658,7 @@ impl Head {
             return Err("stage comes with a plan: use `vw deploy`".into());
         }
         let (_, on) = self.hosts_of(deployment).await?;
-        let hosts = self.hosts();
+        let hosts = self.hosts().await;
         let results = self.run_on(&hosts, &on, deployment, op).await;
         if op == Op::Unstage && results.iter().all(|r| r.is_ok()) {
             let d = deployment.to_owned();
@@ -676,7 +679,7 @@ impl Head {
         &self,
         deployment: Option<&str>,
     ) -> Result<Vec<HostAnswer<Vec<(VmRecord, Option<DomainState>)>>>, String> {
-        let hosts = self.hosts();
+        let hosts = self.hosts().await;
         let on: Vec<usize> = match deployment {
             Some(d) => self.hosts_of(d).await?.1,
             None => (0..hosts.len()).collect(),

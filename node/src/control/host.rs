@@ -25,7 +25,7 @@ use super::protocol::{
 use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::manager::Manager;
-use crate::peer::short;
+use crate::peer::{short, PeerBook};
 use crate::wire;
 
 /// How often a stage reports its progress.
@@ -39,6 +39,7 @@ pub struct HostService {
     store: Arc<Store>,
     relay: Arc<Relay>,
     chunks: libp2p_stream::Control,
+    book: PeerBook,
     caps: (Option<f64>, Option<f64>),
     heads: Vec<PeerId>,
 }
@@ -50,17 +51,31 @@ impl std::fmt::Debug for HostService {
 }
 
 impl HostService {
-    /// A service over `manager`, fetching through `chunks` into the store and
-    /// forwarding through `relay`; only `heads` may send requests.
+    /// A service over `manager`, fetching through `chunks` (from the peers of `book`)
+    /// into the store and forwarding through `relay`; only `heads` may send requests.
     pub fn new(
         manager: Manager,
         relay: Arc<Relay>,
         chunks: libp2p_stream::Control,
+        book: PeerBook,
         caps: (Option<f64>, Option<f64>),
         heads: Vec<PeerId>,
     ) -> Self {
         let store = manager.shared_store();
-        HostService { manager: Arc::new(Mutex::new(manager)), store, relay, chunks, caps, heads }
+        HostService {
+            manager: Arc::new(Mutex::new(manager)),
+            store,
+            relay,
+            chunks,
+            book,
+            caps,
+            heads,
+        }
+    }
+
+    /// The cluster's peers.
+    pub(crate) fn book(&self) -> &PeerBook {
+        &self.book
     }
 
     /// The store.

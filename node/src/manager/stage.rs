@@ -54,10 +54,12 @@ pub(super) fn stage_vm(
         })
     };
     // The images still to be placed after this VM: every partition of the deployment's
-    // VMs that are not staged yet.
+    // VMs here that are not staged yet.
     let mut pending: Vec<ManifestId> = Vec::new();
     let waiting = |o: &&VmRecord| {
-        o.name != vm.name && matches!(o.state, VmState::Described | VmState::Unstaged)
+        o.name != vm.name
+            && dep.vms.contains(&o.name)
+            && matches!(o.state, VmState::Described | VmState::Unstaged)
     };
     for other in all.iter().filter(waiting) {
         for p in &node_of(&dep.spec, other.role).partitions {

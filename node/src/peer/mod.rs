@@ -113,6 +113,80 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// Dials through a running peer: how the head and hosts (re)connect to the cluster's
+/// peers before they open streams, since a peer that restarted is not redialled by
+/// itself.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Dialer {
+    /// Connects to `addr` (which should end in `/p2p/<peer id>`); at once if connected
+    /// already. Cancel-safe.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), PeerError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Dial { addr, reply }).await.map_err(|_| PeerError::Gone)?;
+        rx.await.map_err(|_| PeerError::Gone)?
+    }
+
+    /// Dials each of `peers` (id and address) at once, giving each `within`; returns
+    /// those that could not be reached, with why.
+    pub async fn reach(
+        &self,
+        peers: &[(PeerId, Multiaddr)],
+        within: std::time::Duration,
+    ) -> Vec<(PeerId, String)> {
+        let dials = peers.iter().map(|(id, addr)| async move {
+            let full = addr.clone().with(libp2p::multiaddr::Protocol::P2p(*id));
+            match tokio::time::timeout(within, self.dial(full)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some((*id, e.to_string())),
+                Err(_) => Some((*id, format!("no connection within {} s", within.as_secs()))),
+            }
+        });
+        futures::future::join_all(dials).await.into_iter().flatten().collect()
+    }
+}
+
+/// The cluster's peers by name, id and address, with a dialer to reach them.
+#[derive(Clone, Debug)]
+pub struct PeerBook {
+    dialer: Dialer,
+    peers: Vec<(String, PeerId, Multiaddr)>,
+}
+
+impl PeerBook {
+    /// A book of `peers`, dialled through `dialer`.
+    pub fn new(dialer: Dialer, peers: Vec<(String, PeerId, Multiaddr)>) -> Self {
+        PeerBook { dialer, peers }
+    }
+
+    /// The peers.
+    pub fn peers(&self) -> &[(String, PeerId, Multiaddr)] {
+        &self.peers
+    }
+
+    /// A peer's name (its short id if it is not in the book).
+    pub fn name(&self, id: &PeerId) -> String {
+        self.peers.iter().find(|(_, p, _)| p == id).map_or_else(|| short(id), |(n, _, _)| n.clone())
+    }
+
+    /// Connects to each of `ids` that is in the book and not connected (5 s each, all
+    /// at once); logs those it cannot reach.
+    pub async fn reach(&self, ids: &[PeerId]) {
+        let wanted: Vec<(PeerId, Multiaddr)> = self
+            .peers
+            .iter()
+            .filter(|(_, id, _)| ids.contains(id))
+            .map(|(_, id, addr)| (*id, addr.clone()))
+            .collect();
+        for (id, why) in self.dialer.reach(&wanted, std::time::Duration::from_secs(5)).await {
+            tracing::warn!(peer = %self.name(&id), reason = %why, "cannot reach a cluster peer");
+        }
+    }
+}
+
 /// The protocol as libp2p names it.
 pub fn chunks_protocol() -> StreamProtocol {
     StreamProtocol::new(PROTOCOL_NAME)
@@ -199,9 +273,12 @@ impl Peer {
 
     /// Connects to `addr` (which should end in `/p2p/<peer id>`). Cancel-safe.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), PeerError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::Dial { addr, reply }).await.map_err(|_| PeerError::Gone)?;
-        rx.await.map_err(|_| PeerError::Gone)?
+        self.dialer().dial(addr).await
+    }
+
+    /// A handle that dials through this peer (cheap to clone).
+    pub fn dialer(&self) -> Dialer {
+        Dialer { commands: self.commands.clone() }
     }
 
     /// A control for opening chunk streams (cheap to clone; one stream at a time each).
@@ -247,6 +324,10 @@ async fn run_swarm(
                         libp2p::multiaddr::Protocol::P2p(id) => Some(id),
                         _ => None,
                     });
+                    if peer.is_some_and(|p| swarm.is_connected(&p)) {
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
                     match (peer, swarm.dial(addr.clone())) {
                         (_, Err(e)) => {
                             let _ = reply.send(Err(PeerError::Dial { addr, reason: e.to_string() }));

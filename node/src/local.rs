@@ -1,0 +1,258 @@
+//! The local socket between `vw` and its host's `vwd`: a Unix socket in the data
+//! directory (mode 0600), one request per connection, as JSON lines. The daemon
+//! answers with any number of [`LocalReply::Event`] lines and one final line.
+//!
+//! Only a head deploys and acts cluster-wide; a host's `vwd` answers `status` for its
+//! own VMs and refuses the rest.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::control::head::{DeployEvent, DeployOptions, DeployReport, Head, HostAnswer};
+use crate::control::host::HostService;
+use crate::control::{Answer, Request};
+use crate::lifecycle::Op;
+use crate::report::{VmRecord, VmReport};
+use crate::xen::DomainState;
+
+/// The socket's file name in the data directory.
+pub const SOCKET: &str = "vwd.sock";
+/// Longest request line (a workspace is at most 1 MiB, escaped as JSON).
+pub const MAX_REQUEST: usize = 4 << 20;
+
+/// `vw` → `vwd`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "request")]
+pub enum LocalRequest {
+    /// Deploy a workspace across the cluster.
+    Deploy {
+        /// The document.
+        workspace: String,
+        /// Its file name, for errors.
+        source: String,
+        /// Strategy and policy.
+        options: DeployOptions,
+    },
+    /// A lifecycle operation on every VM of a deployment.
+    Run {
+        /// The deployment.
+        deployment: String,
+        /// The operation.
+        op: Op,
+    },
+    /// The VMs of a deployment, or of all.
+    Status {
+        /// The deployment.
+        deployment: Option<String>,
+    },
+}
+
+/// The VMs one host reported.
+pub type HostVms = HostAnswer<Vec<(VmRecord, Option<DomainState>)>>;
+
+/// `vwd` → `vw`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "reply")]
+pub enum LocalReply {
+    /// Progress of a deployment.
+    Event {
+        /// What happened.
+        event: DeployEvent,
+    },
+    /// The deployment's report.
+    Deployed {
+        /// It.
+        report: Box<DeployReport>,
+    },
+    /// Each host's answer to a lifecycle operation.
+    Ran {
+        /// Per host.
+        hosts: Vec<HostAnswer<Vec<VmReport>>>,
+    },
+    /// Each host's VMs.
+    Status {
+        /// Per host.
+        hosts: Vec<HostVms>,
+    },
+    /// The request failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Why the local socket could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// Connecting, reading or writing failed.
+    #[error("vwd socket {path}: {error}")]
+    Io {
+        /// The socket.
+        path: String,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// The daemon sent something that is not a reply.
+    #[error("vwd socket {path}: bad reply: {reason}")]
+    Protocol {
+        /// The socket.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Sends `request` to the `vwd` listening at `path`, passing events to `on_event`;
+/// returns the final reply.
+pub fn call(
+    path: &Path,
+    request: &LocalRequest,
+    mut on_event: impl FnMut(&DeployEvent),
+) -> Result<LocalReply, LocalError> {
+    let io = |error| LocalError::Io { path: path.display().to_string(), error };
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    let mut line = serde_json::to_vec(request).expect("requests serialise");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        if reader.read_line(&mut buf).map_err(io)? == 0 {
+            return Err(LocalError::Protocol {
+                path: path.display().to_string(),
+                reason: "the daemon closed the socket without answering (see its log)".into(),
+            });
+        }
+        let reply: LocalReply = serde_json::from_str(&buf).map_err(|e| LocalError::Protocol {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        match reply {
+            LocalReply::Event { event } => on_event(&event),
+            other => return Ok(other),
+        }
+    }
+}
+
+/// What answers the socket: the head (which also serves itself as a host), or a host.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// A head.
+    Head(Arc<Head>),
+    /// A host.
+    Host(Arc<HostService>),
+}
+
+/// Binds the socket at `path` (replacing a stale one; mode 0600).
+pub fn bind(path: &Path) -> Result<UnixListener, LocalError> {
+    let io = |error| LocalError::Io { path: path.display().to_string(), error };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another vwd is listening on it",
+            )));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves the socket until `stop` is set.
+pub async fn serve(listener: UnixListener, role: Role, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let role = role.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_one(stream, role).await {
+                            tracing::warn!(error = %e, "local request failed");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting on the local socket"),
+            },
+        }
+    }
+}
+
+async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let n = tokio::io::BufReader::new(read)
+        .take(MAX_REQUEST as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    let request: Result<LocalRequest, String> = if n > MAX_REQUEST {
+        Err(format!("request longer than {MAX_REQUEST} bytes"))
+    } else {
+        serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
+    };
+    let send = |reply: &LocalReply| {
+        let mut bytes = serde_json::to_vec(reply).expect("replies serialise");
+        bytes.push(b'\n');
+        bytes
+    };
+    let reply = match (request, role) {
+        (Err(error), _) => LocalReply::Failed { error },
+        (Ok(LocalRequest::Deploy { workspace, source, options }), Role::Head(head)) => {
+            let (tx, mut rx) = mpsc::channel(64);
+            let work = head.deploy(&workspace, &source, options, &tx);
+            tokio::pin!(work);
+            let result = loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    Some(event) = rx.recv() => {
+                        // A client that went away does not stop the deployment.
+                        let _ = write.write_all(&send(&LocalReply::Event { event })).await;
+                    }
+                }
+            };
+            while let Ok(event) = rx.try_recv() {
+                let _ = write.write_all(&send(&LocalReply::Event { event })).await;
+            }
+            match result {
+                Ok(report) => LocalReply::Deployed { report: Box::new(report) },
+                Err(error) => LocalReply::Failed { error },
+            }
+        }
+        (Ok(LocalRequest::Run { deployment, op }), Role::Head(head)) => {
+            match head.run(&deployment, op).await {
+                Ok(hosts) => LocalReply::Ran { hosts },
+                Err(error) => LocalReply::Failed { error },
+            }
+        }
+        (Ok(LocalRequest::Status { deployment }), Role::Head(head)) => {
+            match head.status(deployment.as_deref()).await {
+                Ok(hosts) => LocalReply::Status { hosts },
+                Err(error) => LocalReply::Failed { error },
+            }
+        }
+        (Ok(LocalRequest::Status { deployment }), Role::Host(host)) => {
+            let (tx, _rx) = mpsc::channel(1);
+            let result = match host.handle(Request::Status { deployment }, tx).await {
+                Answer::Status(vms) => Ok(vms),
+                Answer::Failed(e) | Answer::Refused(e) => Err(e),
+                other => Err(format!("unexpected answer {other:?}")),
+            };
+            LocalReply::Status { hosts: vec![HostAnswer { host: "this host".into(), result }] }
+        }
+        (Ok(_), Role::Host(_)) => LocalReply::Failed {
+            error: "this vwd is a host, not a head: deploy and cluster-wide operations go to the head's vwd".into(),
+        },
+    };
+    write.write_all(&send(&reply)).await?;
+    write.shutdown().await
+}

@@ -1,0 +1,174 @@
+//! A cluster of `vwd`s on loopback, for `vw demo`, the tests and the benchmarks: one
+//! data directory, key and config per host under a scratch directory, each listening on
+//! its own 127.0.0.1 port, every host listing every other, host 0 the head.
+//!
+//! The configs are ordinary `vwd` configs: [`LocalNet::start`] runs the daemons in
+//! this process, and `vwd --config` runs one as a child process.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use libp2p::{identity, PeerId};
+
+use crate::daemon::{load_or_create_key, Daemon};
+use crate::service::Vwd;
+
+/// The configs of a loopback cluster.
+#[derive(Clone, Debug)]
+pub struct LocalNet {
+    /// Each host's vwd config, host 0 the head.
+    pub configs: Vec<PathBuf>,
+    /// Each host's data directory.
+    pub data_dirs: Vec<PathBuf>,
+    /// Each host's name.
+    pub names: Vec<String>,
+    /// Each host's peer id.
+    pub ids: Vec<PeerId>,
+}
+
+/// How to make one.
+#[derive(Clone, Debug, Default)]
+pub struct LocalNetOptions {
+    /// Upload and download cap for every host (`100Mbit`).
+    pub cap: Option<String>,
+    /// A cluster config for every host; the embedded one (simulated Xen) if none.
+    pub cluster_config: Option<PathBuf>,
+}
+
+impl LocalNet {
+    /// Writes keys and configs for `n` hosts under `dir` (`head`, `node1`, …).
+    pub fn create(dir: &Path, n: usize, options: &LocalNetOptions) -> anyhow::Result<LocalNet> {
+        anyhow::ensure!(n >= 1, "a cluster needs at least one host");
+        let names: Vec<String> =
+            (0..n).map(|i| if i == 0 { "head".into() } else { format!("node{i}") }).collect();
+        let mut keys = Vec::new();
+        let mut data_dirs = Vec::new();
+        for name in &names {
+            let data = dir.join(name);
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
+            keys.push(load_or_create_key(&data.join("node.key"))?);
+            data_dirs.push(data);
+        }
+        let ports = free_ports(n)?;
+        let ids: Vec<PeerId> =
+            keys.iter().map(identity::Keypair::public).map(|k| k.to_peer_id()).collect();
+        let mut configs = Vec::new();
+        for i in 0..n {
+            let mut text = format!(
+                "role = \"{}\"\nname = \"{}\"\ndata_dir = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\n",
+                if i == 0 { "head" } else { "host" },
+                names[i],
+                data_dirs[i].display(),
+                ports[i]
+            );
+            if let Some(cap) = &options.cap {
+                text.push_str(&format!("upload_cap = \"{cap}\"\ndownload_cap = \"{cap}\"\n"));
+            }
+            if let Some(c) = &options.cluster_config {
+                text.push_str(&format!("cluster_config = \"{}\"\n", c.display()));
+            }
+            for j in (0..n).filter(|&j| j != i) {
+                text.push_str(&format!(
+                    "\n[[peer]]\nname = \"{}\"\nid = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/{}\"\nhead = {}\n",
+                    names[j],
+                    ids[j],
+                    ports[j],
+                    j == 0
+                ));
+            }
+            let path = data_dirs[i].join("vwd.toml");
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            configs.push(path);
+        }
+        Ok(LocalNet { configs, data_dirs, names, ids })
+    }
+
+    /// Starts host `i`'s daemon in this process.
+    pub async fn start_one(&self, i: usize) -> anyhow::Result<Vwd> {
+        let daemon = Daemon::load(&self.configs[i])?;
+        let key = load_or_create_key(&daemon.key_path())?;
+        Vwd::start(&daemon, key).await.with_context(|| format!("starting {}", self.names[i]))
+    }
+
+    /// Starts every daemon in this process (the head last, so the hosts are up when it
+    /// dials them).
+    pub async fn start(&self) -> anyhow::Result<Vec<Vwd>> {
+        let mut hosts = Vec::new();
+        for i in 1..self.configs.len() {
+            hosts.push(self.start_one(i).await?);
+        }
+        let mut all = vec![self.start_one(0).await?];
+        all.extend(hosts);
+        Ok(all)
+    }
+
+    /// The head's local socket.
+    pub fn head_socket(&self) -> PathBuf {
+        self.data_dirs[0].join(crate::local::SOCKET)
+    }
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (bound, read, released: another process
+/// could take one in between, which the daemon then reports).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free ports on 127.0.0.1")?;
+    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
+}
+
+/// Generated images for demos and tests: a "base OS" (40% data in extents, holes
+/// elsewhere, like a fresh ext4), a "worker" (the base plus application data in former
+/// holes and a few small edits) and a second VO's worker (the base plus other data).
+/// Each extent's bytes come from its seed, so images that place the same extent share
+/// its chunks.
+#[derive(Clone, Debug)]
+pub struct DemoImages {
+    /// The base OS.
+    pub base: PathBuf,
+    /// The first VO's worker.
+    pub worker: PathBuf,
+    /// The second VO's worker.
+    pub other: PathBuf,
+}
+
+impl DemoImages {
+    /// Writes the three images of `size_mib` MiB each under `dir`.
+    pub fn write(dir: &Path, size_mib: u64) -> anyhow::Result<DemoImages> {
+        const MIB: u64 = 1 << 20;
+        let size = size_mib * MIB;
+        let base: Vec<(u64, u64, u64)> =
+            (0..size / (10 * MIB)).map(|i| (i * 10 * MIB, 4 * MIB, 1000 + i)).collect();
+        let mut worker = base.clone();
+        worker.extend((0..size / (20 * MIB)).map(|i| (i * 20 * MIB + 5 * MIB, 3 * MIB, 9000 + i)));
+        worker.extend((0..8).map(|i| (i * 7 * MIB + 12_288, 4096, 7000 + i)));
+        let mut other = base.clone();
+        other.extend((0..size / (20 * MIB)).map(|i| (i * 20 * MIB + 15 * MIB, 2 * MIB, 5000 + i)));
+        let images = DemoImages {
+            base: dir.join("base.img"),
+            worker: dir.join("worker.img"),
+            other: dir.join("vo2-worker.img"),
+        };
+        write_image(&images.base, size, &base)?;
+        write_image(&images.worker, size, &worker)?;
+        write_image(&images.other, size, &other)?;
+        Ok(images)
+    }
+}
+
+/// Writes a sparse file of `size` bytes: data extents `(offset, len, seed)`, holes
+/// elsewhere.
+pub fn write_image(path: &Path, size: u64, extents: &[(u64, u64, u64)]) -> anyhow::Result<()> {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    f.set_len(size)?;
+    for &(offset, len, seed) in extents {
+        f.seek(SeekFrom::Start(offset))?;
+        f.write_all(&vw_chunkstore::testdata::noise(usize::try_from(len)?, seed))?;
+    }
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `vwd` as a running service: the manager over the store, the libp2p peer serving
+//! `/vw/chunks/1` (through a relay, so chunks are forwarded as they arrive) and
+//! `/vw/control/1`, the head (on a head) and the local socket for `vw`.
+//!
+//! [`Vwd::shutdown`] stops in two steps: signal every task, then wait for each.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use libp2p::{identity, Multiaddr, PeerId};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::chunks::handler::Relay;
+use crate::config::ClusterConfig;
+use crate::control::head::{control_protocol, Head};
+use crate::control::host::{self, HostService};
+use crate::daemon::{Daemon, Role};
+use crate::local;
+use crate::manager::Manager;
+use crate::peer::{Peer, PeerBook, PeerConfig};
+
+/// A running `vwd`.
+pub struct Vwd {
+    peer: Peer,
+    name: String,
+    socket: std::path::PathBuf,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Vwd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vwd").field("name", &self.name).field("peer", &self.peer).finish()
+    }
+}
+
+impl Vwd {
+    /// Opens the store, starts the peer, serves control requests and the local socket,
+    /// and dials the configured peers.
+    pub async fn start(daemon: &Daemon, key: identity::Keypair) -> anyhow::Result<Vwd> {
+        let name = daemon.name();
+        let cluster = match &daemon.config.cluster_config {
+            Some(path) => ClusterConfig::load(path)?,
+            None => ClusterConfig::embedded(),
+        };
+        let data_dir = daemon.config.data_dir.clone();
+        let config = cluster.clone();
+        let (manager, reconciled) =
+            tokio::task::spawn_blocking(move || Manager::open(&data_dir, config))
+                .await?
+                .with_context(|| format!("opening {}", daemon.config.data_dir.display()))?;
+        for r in &reconciled {
+            tracing::warn!(vm = %r.vm, was = %r.was, now = %r.now, reason = %r.reason, "reconciled on start");
+        }
+        let relay = Relay::new(manager.shared_store());
+        let peer = Peer::start(
+            PeerConfig {
+                listen: daemon.listen.clone(),
+                keypair: key,
+                allowed: daemon.peers.iter().map(|(_, id, _)| *id).collect(),
+            },
+            relay.clone(),
+        )
+        .await?;
+        let book = PeerBook::new(peer.dialer(), daemon.peers.clone());
+        let service = Arc::new(HostService::new(
+            manager,
+            relay,
+            peer.control(),
+            book.clone(),
+            daemon.caps,
+            daemon.heads.clone(),
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let span = tracing::info_span!("vwd", host = %name);
+        let mut tasks = Vec::new();
+        let incoming = peer.control().accept(control_protocol())?;
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(
+            host::serve(incoming, Arc::clone(&service), stopped.clone()),
+            span.clone(),
+        )));
+        let role = match daemon.config.role {
+            Role::Head => local::Role::Head(Arc::new(Head::new(
+                (name.clone(), peer.id()),
+                Arc::clone(&service),
+                peer.control(),
+                cluster.pools(),
+            ))),
+            Role::Host => local::Role::Host(service),
+        };
+        let socket = daemon.socket_path();
+        let listener = local::bind(&socket)?;
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(
+            local::serve(listener, role, stopped),
+            span,
+        )));
+        let ids: Vec<PeerId> = daemon.peers.iter().map(|(_, id, _)| *id).collect();
+        book.reach(&ids).await;
+        Ok(Vwd { peer, name, socket, stop, tasks })
+    }
+
+    /// Its peer id.
+    pub fn id(&self) -> PeerId {
+        self.peer.id()
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The local socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// The addresses it listens on, each with `/p2p/<id>`.
+    pub async fn addresses(&self) -> anyhow::Result<Vec<Multiaddr>> {
+        Ok(self
+            .peer
+            .addresses()
+            .await?
+            .into_iter()
+            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(self.peer.id())))
+            .collect())
+    }
+
+    /// Signals every task to stop, then waits for each (the peer last).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.peer.shutdown().await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

@@ -1,0 +1,166 @@
+//! `vw deploy` end to end on loopback: a cluster of vwds in this process, the head
+//! driving them over `/vw/control/1`, chunks moving over `/vw/chunks/1`, `vw`'s side
+//! through the head's local socket.
+
+use std::path::Path;
+
+use vw_node::chunkstore::{ImageName, ImageRef, Store};
+use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
+use vw_node::local::{self, LocalReply, LocalRequest};
+use vw_node::localnet::{DemoImages, LocalNet, LocalNetOptions};
+use vw_node::manager::VmState;
+use vw_node::planner::{Policy, Strategy};
+
+/// A head and `workers` workers, every worker from `image`.
+fn workspace(name: &str, image: &str, workers: usize) -> String {
+    format!(
+        r#"<virtualWorkspace type="cluster" name="{name}" nodeNumber="{n}">
+  <headnode name="head">
+    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="demo/base:1" device="xvda1" role="root"/>
+    <nic network="private"/>
+    <roles><nfsServer export="/home"/><batchServer/></roles>
+  </headnode>
+  <workernode name="worker" count="{workers}">
+    <memory>128</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="{image}" device="xvda1" role="root"/>
+    <nic network="private"/>
+    <roles><nfsClient export="/home"/><batchWorker/></roles>
+  </workernode>
+</virtualWorkspace>"#,
+        n = workers + 1
+    )
+}
+
+/// Imports the demo images into the head's store (before its vwd opens it).
+fn import(head: &Path, images: &DemoImages) {
+    let store = Store::open(head).expect("head store");
+    for (path, name) in [
+        (&images.base, "demo/base:1"),
+        (&images.worker, "demo/worker:1"),
+        (&images.other, "vo2/worker:1"),
+    ] {
+        let name: ImageName = name.parse().expect("name");
+        store.import(path, Some(&name), &()).expect("import");
+    }
+}
+
+async fn deploy(
+    net: &LocalNet,
+    text: String,
+    strategy: Strategy,
+) -> (DeployReport, Vec<DeployEvent>) {
+    let socket = net.head_socket();
+    tokio::task::spawn_blocking(move || {
+        let mut events = Vec::new();
+        let request = LocalRequest::Deploy {
+            workspace: text,
+            source: "test.xml".into(),
+            options: DeployOptions { strategy, policy: Policy::Spread },
+        };
+        match local::call(&socket, &request, |e| events.push(e.clone())).expect("socket") {
+            LocalReply::Deployed { report } => (*report, events),
+            other => panic!("deploy failed: {other:?}"),
+        }
+    })
+    .await
+    .expect("task")
+}
+
+/// Whether every host that runs a VM of `image` holds it byte for byte.
+fn holds_exactly(net: &LocalNet, hosts: &[String], image: &str, original: &Path) {
+    let want = std::fs::read(original).expect("original");
+    for h in hosts {
+        let i = net.names.iter().position(|n| n == h).expect("host");
+        let store = Store::open(&net.data_dirs[i]).expect("store");
+        let id = store.resolve(&ImageRef::Name(image.parse().expect("name"))).expect("resolved");
+        let out = net.data_dirs[i].join("check.img");
+        let _ = std::fs::remove_file(&out);
+        store.export(&id, &out, false, &()).expect("export");
+        assert!(std::fs::read(&out).expect("read") == want, "{image} on {h} is byte-exact");
+        std::fs::remove_file(&out).expect("remove");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), 5, &LocalNetOptions::default()).expect("net");
+    let images = DemoImages::write(dir.path(), 32).expect("images");
+    import(&net.data_dirs[0], &images);
+
+    let vwds = net.start().await.expect("start");
+    let (report, events) =
+        deploy(&net, workspace("grid", "demo/worker:1", 4), Strategy::Chain).await;
+    assert!(report.lost.is_empty(), "{report:#?}");
+    assert_eq!(report.vms.len(), 5);
+    assert!(report.vms.iter().all(|v| v.state == VmState::Running), "{:?}", report.vms);
+    assert!(events.iter().any(|e| matches!(e, DeployEvent::Progress { .. })), "progress streamed");
+    let phases: Vec<String> = report.phases.iter().map(|p| p.phase.to_string()).collect();
+    assert_eq!(
+        phases,
+        ["validate", "inventory", "place", "addresses", "plan", "stage", "load", "create"]
+    );
+    // Every host received exactly what it lacked.
+    for h in &report.hosts {
+        let s = h.stage.as_ref().expect("staged");
+        assert_eq!(s.received, s.lacked, "{}: {s:?}", h.host);
+    }
+    let workers: Vec<String> = report
+        .placement
+        .iter()
+        .filter(|p| p.vm.contains("worker"))
+        .map(|p| p.host.clone())
+        .collect();
+    assert_eq!(workers.len(), 4, "spread: one worker per host");
+
+    // A second VO's cluster shares the base: only its own chunks move.
+    let (second, _) = deploy(&net, workspace("vo2", "vo2/worker:1", 4), Strategy::Chain).await;
+    assert!(second.lost.is_empty(), "{second:#?}");
+    // What a host that holds the first VO's worker lacks of the second VO's.
+    let probe = Store::open(&dir.path().join("probe")).expect("probe");
+    for image in [&images.base, &images.worker] {
+        probe.import(image, None, &()).expect("import");
+    }
+    let other = probe.import(&images.other, None, &()).expect("other");
+    let new_bytes = {
+        let fresh = Store::open(&dir.path().join("probe2")).expect("probe2");
+        fresh.import(&images.worker, None, &()).expect("import");
+        fresh.missing(&probe.manifest(&other.manifest).expect("manifest")).expect("missing").bytes
+    };
+    assert!(
+        new_bytes > 0 && new_bytes < other.len - other.counts.zero_bytes,
+        "the second VO adds some chunks"
+    );
+    let mut received = 0;
+    for h in &second.hosts {
+        let s = h.stage.as_ref().expect("staged");
+        assert_eq!(s.received, s.lacked, "{}: {s:?}", h.host);
+        assert!(
+            s.lacked <= new_bytes,
+            "{}: lacked {} but the second VO adds {new_bytes}",
+            h.host,
+            s.lacked
+        );
+        received += s.received;
+    }
+    assert!(received > 0, "the new chunks moved");
+
+    for v in vwds {
+        v.shutdown().await;
+    }
+    let worker_hosts: Vec<String> = report
+        .placement
+        .iter()
+        .filter(|p| p.vm.contains("worker"))
+        .map(|p| p.host.clone())
+        .collect();
+    holds_exactly(&net, &worker_hosts, "demo/worker:1", &images.worker);
+    let other_hosts: Vec<String> = second
+        .placement
+        .iter()
+        .filter(|p| p.vm.contains("worker"))
+        .map(|p| p.host.clone())
+        .collect();
+    holds_exactly(&net, &other_hosts, "vo2/worker:1", &images.other);
+}
