@@ -1,201 +1,149 @@
-//! `vw demo`: the most complete path there is today, on generated images in a scratch
-//! directory. It grows with the project (the peer issue turns it into a local
-//! multi-peer deployment).
+//! `vw demo`: the main job on a local cluster, in a scratch directory, torn down after.
 //!
-//! Two hosts' stores, two images that share a base OS, and every step the staging path
-//! relies on: import, dedup across images, the missing set a second host would fetch,
-//! a byte-exact sparse export, and a per-VM clone. Then host a deploys a head node and
-//! two workers through its manager with the simulated Xen driver (which says so):
-//! stage, load, start, pause, stop, unstage, each timed.
+//! It starts N `vwd` peers (default 8) on loopback, each with its own store and the
+//! simulated Xen driver (which says so); generates a base OS image, a worker and a head
+//! image built on it, and a second VO's worker; imports them on the head; deploys
+//! `examples/grid3-cluster.xml` through the head's local socket, exactly as `vw deploy`
+//! does; then deploys `examples/vo2-cluster.xml`, a second VO's cluster that shares the
+//! base OS, to show that only new chunks move; prints the phase timings and the bytes
+//! each host lacked and received; stops and unstages both cluster-wide.
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use serde::Serialize;
-use vw_node::chunkstore::testdata::noise;
-use vw_node::chunkstore::{clone_image, ImageName, ImageRef, PinReason, Store};
-use vw_node::config::ClusterConfig;
-use vw_node::manager::{Manager, Op, VmReport};
-use vw_node::workspace;
+use vw_node::chunkstore::{ImageName, ImageRef, ImportReport, PinReason, Store};
+use vw_node::control::head::{DeployOptions, DeployReport};
+use vw_node::local::{LocalReply, LocalRequest};
+use vw_node::localnet::{DemoImages, LocalNet, LocalNetOptions};
+use vw_node::manager::Op;
+use vw_node::planner::{Policy, Strategy};
 
+use crate::cluster::{self, deploy_text};
 use crate::output::{bytes, import_text, Out};
+
+const GRID3: &str = include_str!("../../examples/grid3-cluster.xml");
+const VO2: &str = include_str!("../../examples/vo2-cluster.xml");
 
 #[derive(Serialize)]
 struct DemoReport {
     scratch: String,
-    base: vw_node::chunkstore::ImportReport,
-    worker: vw_node::chunkstore::ImportReport,
-    shared_bytes: u64,
-    host_b_missing_bytes: u64,
-    host_b_missing_chunks: usize,
-    export_identical: bool,
-    export_allocated_bytes: u64,
-    clone_method: vw_node::chunkstore::CloneMethod,
-    lifecycle: Vec<(Op, Vec<VmReport>)>,
+    hosts: Vec<String>,
+    imports: Vec<ImportReport>,
+    deployments: Vec<DeployReport>,
+    /// The second deployment's bytes sent over the bytes its hosts lacked.
+    second_sent_over_lacked: f64,
 }
 
-/// The demo cluster: a head node and two workers, integrated by seed volumes.
-const WORKSPACE: &str = r#"<virtualWorkspace type="cluster" name="demo" nodeNumber="3">
-  <headnode name="head">
-    <memory>512</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="demo/base:1" device="xvda1" role="root"/>
-    <swap device="xvda2"/>
-    <roles><nfsServer export="/home"/><batchServer/></roles>
-  </headnode>
-  <workernode name="worker" count="2">
-    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="demo/worker:1" device="xvda1" role="root"/>
-    <swap device="xvda2"/>
-    <roles><nfsClient export="/home"/><batchWorker/></roles>
-  </workernode>
-</virtualWorkspace>"#;
-
-/// Runs the demo cluster's lifecycle on host a's store.
-fn lifecycle(dir: &Path, out: &Out) -> anyhow::Result<Vec<(Op, Vec<VmReport>)>> {
-    let say = |s: &str| out.note(s);
-    let (m, _) = Manager::open(&dir.join("host-a"), ClusterConfig::embedded())?;
-    anyhow::ensure!(m.driver().simulated(), "the demo uses the simulated Xen driver");
-    say("\n[host a] deploying a head node and two workers (simulated Xen driver: configs are checked and states tracked, no guest runs)");
-    let spec = workspace::parse(WORKSPACE, "(demo workspace)")?;
-    m.submit(&spec)?;
-    let mut done = Vec::new();
-    for (op, vm) in [
-        (Op::Create, None),
-        (Op::Pause, Some("demo-worker1")),
-        (Op::Stop, None),
-        (Op::Unstage, None),
-    ] {
-        let reports = m.run("demo", vm, op)?;
-        for r in &reports {
-            let steps: Vec<String> = r
-                .steps
-                .iter()
-                .map(|t| format!("{} {:.3} s", t.step, t.micros as f64 / 1e6))
-                .collect();
-            say(&format!(
-                "[host a] {:<8} {:<13} → {:<9} {}",
-                op.to_string(),
-                r.vm,
-                r.state.to_string(),
-                steps.join(", ")
-            ));
-        }
-        if op == Op::Create {
-            let cfg = std::fs::read_to_string(m.config_path("demo-head"))?;
-            say(&format!("[host a] xen/demo-head.cfg:\n{}", cfg.trim_end()));
-        }
-        done.push((op, reports));
-    }
-    Ok(done)
+fn sent_and_lacked(r: &DeployReport) -> (u64, u64) {
+    r.hosts
+        .iter()
+        .filter_map(|h| h.stage.as_ref())
+        .fold((0, 0), |(s, l), st| (s + st.received, l + st.lacked))
 }
 
-/// Writes a sparse file of `size` bytes: data extents `(offset, len, seed)`, holes
-/// elsewhere. Each extent's content comes from its seed, so two images that place the
-/// same extent share its bytes.
-fn write_image(path: &Path, size: u64, extents: &[(u64, u64, u64)]) -> anyhow::Result<()> {
-    let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
-    f.set_len(size)?;
-    for &(offset, len, seed) in extents {
-        f.seek(SeekFrom::Start(offset))?;
-        f.write_all(&noise(usize::try_from(len)?, seed))?;
-    }
-    f.sync_all()?;
-    Ok(())
-}
-
-pub fn run(out: &Out, keep: bool, size_mib: u64) -> anyhow::Result<ExitCode> {
+pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(size_mib >= 16, "--size-mib must be at least 16");
+    anyhow::ensure!((1..=64).contains(&hosts), "--hosts must be 1 to 64");
     let scratch = tempfile::Builder::new().prefix("vw-demo-").tempdir()?;
     let dir = scratch.path();
     let say = |s: &str| out.note(s);
-    let size = size_mib << 20;
-    let mib = 1u64 << 20;
 
-    // A "base OS" image: 40% data in extents, the rest holes, like a fresh ext4.
-    let base_extents: Vec<(u64, u64, u64)> =
-        (0..size / (10 * mib)).map(|i| (i * 10 * mib, 4 * mib, 1000 + i)).collect();
-    // A "worker" image: the same base plus application data in former holes and a few
-    // small edits (hostname, config files).
-    let mut worker_extents = base_extents.clone();
-    worker_extents
-        .extend((0..size / (40 * mib)).map(|i| (i * 40 * mib + 5 * mib, 3 * mib, 9000 + i)));
-    worker_extents.extend((0..8).map(|i| (i * 7 * mib + 12_288, 4096, 7000 + i)));
-    let (base_img, worker_img) = (dir.join("base.img"), dir.join("worker.img"));
-    write_image(&base_img, size, &base_extents)?;
-    write_image(&worker_img, size, &worker_extents)?;
-    say(&format!("generated two {size_mib} MiB images in {}", dir.display()));
+    let images = DemoImages::write(dir, size_mib)?;
+    say(&format!("generated three {size_mib} MiB images (a base OS, a worker on it, a second VO's worker on it) in {}", dir.display()));
+    let net = LocalNet::create(&dir.join("cluster"), hosts, &LocalNetOptions::default())?;
 
-    let host_a = Store::open(&dir.join("host-a"))?;
-    let base_name: ImageName = "demo/base:1".parse()?;
-    let worker_name: ImageName = "demo/worker:1".parse()?;
-    let base = host_a.import(&base_img, Some(&base_name), &())?;
-    say(&format!("\n[host a] {}", import_text(&base)));
-    let worker = host_a.import(&worker_img, Some(&worker_name), &())?;
-    say(&format!("\n[host a] {}", import_text(&worker)));
-    host_a.pin(&ImageRef::Name(base_name.clone()), &PinReason::Base)?;
-    let diff =
-        host_a.diff(&ImageRef::Name(base_name.clone()), &ImageRef::Name(worker_name.clone()))?;
-    say(&format!("\n[host a] base and worker share {} of data", bytes(diff.shared_bytes)));
+    // The images live on the head, imported before its vwd opens the store.
+    let mut imports = Vec::new();
+    {
+        let store = Store::open(&net.data_dirs[0])?;
+        for (path, name) in [
+            (&images.base, "grid3/head:1.0"),
+            (&images.worker, "grid3/worker:1.0"),
+            (&images.base, "vo2/head:1.0"),
+            (&images.other, "vo2/worker:1.0"),
+        ] {
+            let name: ImageName = name.parse()?;
+            let r = store.import(path, Some(&name), &())?;
+            say(&format!("[head] {}", import_text(&r)));
+            imports.push(r);
+        }
+        store.pin(&ImageRef::Name("grid3/head:1.0".parse()?), &PinReason::Base)?;
+    }
 
-    // A second host that caches only the base image lacks only the worker's own bytes.
-    let host_b = Store::open(&dir.join("host-b"))?;
-    host_b.import(&base_img, Some(&base_name), &())?;
-    let missing = host_b.missing(&host_a.manifest(&worker.manifest)?)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let vwds = runtime.block_on(net.start())?;
     say(&format!(
-        "[host b] caches only the base: staging the worker would fetch {} in {} chunks, not {}",
-        bytes(missing.bytes),
-        missing.chunks.len(),
-        bytes(worker.len)
+        "\nstarted {hosts} vwd peers on loopback ({}), the head first; Xen driver: simulated (configs are checked and domain states tracked, no guest runs)",
+        net.names.join(", ")
     ));
+    let result = deploy_both(&net, out);
+    runtime.block_on(async {
+        for v in vwds {
+            v.shutdown().await;
+        }
+    });
+    let deployments = result?;
 
-    let exported = dir.join("worker-export.img");
-    host_a.export(&worker.manifest, &exported, false, &())?;
-    let identical = file_hash(&exported)? == file_hash(&worker_img)?;
-    let allocated = std::fs::metadata(&exported)?.blocks() * 512;
-    say(&format!(
-        "\n[host a] exported the worker: byte-identical {identical}, {} allocated of {} (zero chunks are holes)",
-        bytes(allocated),
-        bytes(worker.len)
-    ));
-    let method = clone_image(&exported, &dir.join("worker-vm2.img"))?;
-    say(&format!("[host a] cloned it for a second VM by {method:?}"));
-
+    let (sent, lacked) = sent_and_lacked(&deployments[1]);
+    let ratio = if lacked == 0 { 1.0 } else { sent as f64 / lacked as f64 };
     let report = DemoReport {
         scratch: dir.display().to_string(),
-        base,
-        worker,
-        shared_bytes: diff.shared_bytes,
-        host_b_missing_bytes: missing.bytes,
-        host_b_missing_chunks: missing.chunks.len(),
-        export_identical: identical,
-        export_allocated_bytes: allocated,
-        clone_method: method,
-        lifecycle: Vec::new(),
+        hosts: net.names.clone(),
+        imports,
+        second_sent_over_lacked: ratio,
+        deployments,
     };
-    drop((host_a, host_b));
-    let lifecycle = lifecycle(dir, out)?;
-    let report = DemoReport { lifecycle, ..report };
     if keep {
         let kept = scratch.keep();
         say(&format!("\nkept {}", kept.display()));
     }
+    let lost: usize = report.deployments.iter().map(|d| d.lost.len()).sum();
     out.emit(&report, || {
+        let (first_sent, _) = sent_and_lacked(&report.deployments[0]);
         format!(
-            "\ndemo ok: the worker image shares {} with the base; a host that caches the base fetches {} to stage it; a 3-VM cluster went through create, pause, stop and unstage",
-            bytes(report.shared_bytes),
-            bytes(report.host_b_missing_bytes)
+            "\ndemo ok: grid3 ({} VMs) moved {} to {} hosts; vo2, sharing the base OS, moved {} for {} its hosts lacked ({ratio:.3}×); both stopped and unstaged",
+            report.deployments[0].vms.len(),
+            bytes(first_sent),
+            hosts,
+            bytes(sent),
+            bytes(lacked)
         )
     });
-    anyhow::ensure!(identical, "the exported image differs from the original");
+    anyhow::ensure!(lost == 0, "{lost} VMs were lost");
+    anyhow::ensure!(ratio <= 1.05, "the second VO sent {ratio:.3}× what its hosts lacked");
     Ok(ExitCode::SUCCESS)
 }
 
-fn file_hash(path: &Path) -> anyhow::Result<blake3::Hash> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(File::open(path)?)?;
-    Ok(h.finalize())
+/// Deploys both workspaces through the head's socket, then stops and unstages them.
+fn deploy_both(net: &LocalNet, out: &Out) -> anyhow::Result<Vec<DeployReport>> {
+    let socket = net.head_socket();
+    let mut reports = Vec::new();
+    for (text, source) in [(GRID3, "examples/grid3-cluster.xml"), (VO2, "examples/vo2-cluster.xml")]
+    {
+        out.note(&format!("\nvw deploy {source}"));
+        let request = LocalRequest::Deploy {
+            workspace: text.to_owned(),
+            source: source.to_owned(),
+            options: DeployOptions { strategy: Strategy::Auto, policy: Policy::Spread },
+        };
+        let LocalReply::Deployed { report } = cluster::call(&socket, &request, out)? else {
+            anyhow::bail!("the head answered a deploy with something else");
+        };
+        out.note(&deploy_text(&report));
+        reports.push(*report);
+    }
+    for report in &reports {
+        for op in [Op::Stop, Op::Unstage] {
+            let request = LocalRequest::Run { deployment: report.deployment.clone(), op };
+            let LocalReply::Ran { hosts } = cluster::call(&socket, &request, out)? else {
+                anyhow::bail!("the head answered {op} with something else");
+            };
+            if let Some(failed) = hosts.iter().find(|h| h.result.is_err()) {
+                anyhow::bail!("{op} {} on {}: {:?}", report.deployment, failed.host, failed.result);
+            }
+        }
+        out.note(&format!("\nvw stop {0}; vw unstage {0}: done on every host", report.deployment));
+    }
+    Ok(reports)
 }

@@ -1,5 +1,6 @@
 //! `vw`: the command line of the virtual-workspace stager.
 
+mod cluster;
 mod demo;
 mod host;
 mod output;
@@ -49,6 +50,19 @@ enum Command {
     /// Workspace documents: check one, or show the VMs it describes.
     #[command(subcommand)]
     Workspace(WorkspaceCmd),
+    /// Deploy a workspace across the cluster through the head's vwd: validate, collect
+    /// inventories, place, assign addresses, plan, stage on every host at once, load,
+    /// create. Ends with the phase timings and the bytes each host lacked and received.
+    Deploy {
+        /// The workspace document.
+        workspace: PathBuf,
+        /// star, chain, treeK, stripedSxK or auto.
+        #[arg(long, default_value = "auto")]
+        strategy: vw_node::planner::Strategy,
+        /// spread or pack.
+        #[arg(long, default_value = "spread")]
+        policy: String,
+    },
     /// Rebuild, clone and integrate a workspace's images on this host.
     Stage(Target),
     /// Stage (if needed) and create the domains paused.
@@ -82,12 +96,14 @@ enum Command {
         #[arg(long)]
         simulate: bool,
     },
-    /// The VMs on this host, their states and the hypervisor's view.
+    /// The VMs, their states and the hypervisor's view: across the cluster when the
+    /// head's vwd runs on the store, else this host's.
     Status {
         /// Only this deployment.
         deployment: Option<String>,
     },
-    /// Run the main path on generated images in a scratch store and explain each step.
+    /// Deploy two virtual clusters on a local cluster of vwd peers (loopback, scratch
+    /// stores, simulated Xen driver), print timings and bytes, and tear it all down.
     Demo {
         /// Keep the scratch directory and print its path.
         #[arg(long)]
@@ -95,6 +111,9 @@ enum Command {
         /// Size of each generated image in MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
+        /// Peers in the local cluster (the head is one of them).
+        #[arg(long, default_value_t = 8)]
+        hosts: usize,
     },
 }
 
@@ -215,7 +234,7 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             out.emit(&r, || output::gc_text(&r));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { keep, size_mib } => demo::run(out, keep, size_mib),
+        Command::Demo { keep, size_mib, hosts } => demo::run(out, keep, size_mib, hosts),
         Command::Workspace(WorkspaceCmd::Validate { file }) => host::validate(&file, out),
         Command::Workspace(WorkspaceCmd::Show { file }) => {
             let config = host::cluster_config(cli.cluster.as_deref())?;
@@ -223,12 +242,17 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
         }
         Command::Plan { workspaces, hosts, strategy, policy, simulate } => {
             let config = host::cluster_config(cli.cluster.as_deref())?;
-            let policy = match policy.as_str() {
-                "spread" => vw_node::planner::Policy::Spread,
-                "pack" => vw_node::planner::Policy::Pack,
-                other => anyhow::bail!("policy `{other}`: use spread or pack"),
-            };
+            let policy = parse_policy(&policy)?;
             planning::run(&cli.store, &workspaces, &hosts, config, policy, strategy, simulate, out)
+        }
+        Command::Deploy { workspace, strategy, policy } => {
+            let options =
+                vw_node::control::head::DeployOptions { strategy, policy: parse_policy(&policy)? };
+            cluster::deploy(&cli.store, &workspace, options, out)
+        }
+        Command::Status { deployment } if cluster::socket(&cli.store).is_some() => {
+            let socket = cluster::socket(&cli.store).expect("checked");
+            cluster::status(&socket, deployment.as_deref(), out)
         }
         Command::Status { deployment } => {
             let config = host::cluster_config(cli.cluster.as_deref())?;
@@ -244,6 +268,16 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn parse_policy(policy: &str) -> anyhow::Result<vw_node::planner::Policy> {
+    match policy {
+        "spread" => Ok(vw_node::planner::Policy::Spread),
+        "pack" => Ok(vw_node::planner::Policy::Pack),
+        other => anyhow::bail!("policy `{other}`: use spread or pack"),
+    }
+}
+
+/// A lifecycle command: cluster-wide through the vwd that owns the store (a deployment
+/// name, no `--vm`), else on this host's manager.
 fn lifecycle(
     store: &std::path::Path,
     cluster: Option<&std::path::Path>,
@@ -251,6 +285,15 @@ fn lifecycle(
     op: Op,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(socket) = cluster::socket(store) {
+        if t.vm.is_some() || std::path::Path::new(&t.target).is_file() || op == Op::Stage {
+            anyhow::bail!(
+                "a vwd owns {}: act on whole deployments by name (`vw {op} NAME`), and deploy workspace files with `vw deploy`",
+                store.display()
+            );
+        }
+        return cluster::run(&socket, &t.target, op, out);
+    }
     let config = host::cluster_config(cluster)?;
     host::lifecycle(store, config, &t.target, t.vm.as_deref(), op, out)
 }

@@ -96,7 +96,9 @@ impl Vwd {
             span,
         )));
         let ids: Vec<PeerId> = daemon.peers.iter().map(|(_, id, _)| *id).collect();
-        book.reach(&ids).await;
+        for (peer, why) in book.reach(&ids).await {
+            tracing::info!(%peer, reason = %why, "peer not reachable yet (it dials in when it starts)");
+        }
         Ok(Vwd { peer, name, socket, stop, tasks })
     }
 

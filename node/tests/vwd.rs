@@ -1,5 +1,5 @@
-//! `vwd` as a process: it makes its key once, serves chunks to listed peers, and exits
-//! cleanly on SIGTERM.
+//! `vwd` as a process: it makes its key once, serves chunks to listed peers, refuses
+//! control requests from peers that are not heads, and exits cleanly on SIGTERM.
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
@@ -8,7 +8,11 @@ use std::sync::Arc;
 use libp2p::{identity, Multiaddr};
 use vw_node::chunks::handler::fetch;
 use vw_node::chunkstore::{testdata::noise, Store};
+use vw_node::control::head::control_protocol;
+use vw_node::control::protocol::Reply;
+use vw_node::control::{Answer, Request};
 use vw_node::peer::{Peer, PeerConfig};
+use vw_node::wire;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
@@ -80,6 +84,18 @@ async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
     .await
     .expect("fetch from vwd");
     assert_eq!(got.bytes, missing.bytes);
+
+    // A listed peer that is not a head may fetch chunks but not control the host.
+    let mut control = peer.control();
+    let mut stream = control
+        .open_stream(id.parse().expect("peer id"), control_protocol())
+        .await
+        .expect("control stream");
+    wire::write(&mut stream, &Request::Status { deployment: None }).await.expect("send");
+    match wire::read::<Reply, _>(&mut stream).await.expect("reply") {
+        Some(Reply::Done(Answer::Refused(why))) => assert!(why.contains("not a head"), "{why}"),
+        other => panic!("a non-head's control request must be refused, got {other:?}"),
+    }
     peer.shutdown().await;
 
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");

@@ -1,19 +1,16 @@
 //! `vwd --config FILE`: the per-host peer.
 //!
-//! Today it opens the store, joins the cluster as a libp2p peer (only the peers its
-//! config lists may connect) and serves `/vw/chunks/1` from the store until SIGINT or
-//! SIGTERM, then shuts down in two steps (signal every task, wait for each). The
-//! control protocol, the local socket and `vw deploy` arrive with the rest of issue 5.
+//! It opens the store, joins the cluster as a libp2p peer (only the peers its config
+//! lists may connect), serves `/vw/chunks/1` and `/vw/control/1` (from heads only),
+//! and listens for `vw` on `<data_dir>/vwd.sock`; a head also drives deployments. On
+//! SIGINT or SIGTERM it shuts down in two steps (signal every task, wait for each).
 //! `vwd --config FILE --print-id` prints the peer id (making the key on first use).
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use anyhow::Context as _;
-use vw_node::chunkstore::Store;
 use vw_node::daemon::{load_or_create_key, Daemon};
-use vw_node::peer::{Peer, PeerConfig};
+use vw_node::service::Vwd;
 
 fn usage() -> ExitCode {
     eprintln!("usage: vwd --config FILE [--print-id]");
@@ -55,32 +52,21 @@ fn run(config: &std::path::Path, print_id: bool) -> anyhow::Result<()> {
         println!("{}", key.public().to_peer_id());
         return Ok(());
     }
-    let store = Arc::new(Store::open(&daemon.config.data_dir).context("opening the store")?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let peer_config = PeerConfig {
-            listen: daemon.listen.clone(),
-            keypair: key,
-            allowed: daemon.peers.iter().map(|(_, id, _)| *id).collect(),
-        };
-        let peer = Peer::start(peer_config, store).await?;
-        for addr in peer.addresses().await? {
+        let vwd = Vwd::start(&daemon, key).await?;
+        for addr in vwd.addresses().await? {
             // One line per address on stdout: scripts and tests read it.
-            println!("listening {addr}/p2p/{}", peer.id());
+            println!("listening {addr}");
         }
-        for (name, id, addr) in &daemon.peers {
-            let full = addr.clone().with(libp2p::multiaddr::Protocol::P2p(*id));
-            if let Err(e) = peer.dial(full).await {
-                tracing::warn!(peer = %name, error = %e, "not reachable yet");
-            }
-        }
+        println!("socket {}", vwd.socket().display());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
-        peer.shutdown().await;
+        vwd.shutdown().await;
         anyhow::Ok(())
     })
 }

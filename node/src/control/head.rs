@@ -215,7 +215,9 @@ impl Head {
     /// restarted is not redialled by itself).
     async fn hosts(&self) -> Vec<(String, PeerId)> {
         let ids: Vec<PeerId> = self.peers.iter().map(|(_, id)| *id).collect();
-        self.local.book().reach(&ids).await;
+        for (peer, why) in self.local.book().reach(&ids).await {
+            tracing::warn!(%peer, reason = %why, "cannot reach a host");
+        }
         std::iter::once(self.me.clone()).chain(self.peers.iter().cloned()).collect()
     }
 

@@ -173,17 +173,16 @@ impl PeerBook {
     }
 
     /// Connects to each of `ids` that is in the book and not connected (5 s each, all
-    /// at once); logs those it cannot reach.
-    pub async fn reach(&self, ids: &[PeerId]) {
+    /// at once); returns those it cannot reach, by name, with why.
+    pub async fn reach(&self, ids: &[PeerId]) -> Vec<(String, String)> {
         let wanted: Vec<(PeerId, Multiaddr)> = self
             .peers
             .iter()
             .filter(|(_, id, _)| ids.contains(id))
             .map(|(_, id, addr)| (*id, addr.clone()))
             .collect();
-        for (id, why) in self.dialer.reach(&wanted, std::time::Duration::from_secs(5)).await {
-            tracing::warn!(peer = %self.name(&id), reason = %why, "cannot reach a cluster peer");
-        }
+        let failed = self.dialer.reach(&wanted, std::time::Duration::from_secs(5)).await;
+        failed.into_iter().map(|(id, why)| (self.name(&id), why)).collect()
     }
 }
 
@@ -350,7 +349,7 @@ async fn run_swarm(
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                    tracing::warn!(peer = ?peer_id.map(|p| short(&p)), %error, "connection failed");
+                    tracing::debug!(peer = ?peer_id.map(|p| short(&p)), %error, "connection failed");
                     if let Some(p) = peer_id {
                         for (_, reply, addr) in extract(&mut pending_dials, |q| *q == p) {
                             let _ = reply.send(Err(PeerError::Dial { addr, reason: error.to_string() }));

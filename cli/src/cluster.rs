@@ -1,0 +1,253 @@
+//! Cluster-wide commands through the head's `vwd` (its local socket): `vw deploy`, and
+//! `vw status|pause|unpause|stop|unstage DEPLOYMENT` when a `vwd` runs on the store.
+
+use std::collections::HashMap;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport, HostAnswer};
+use vw_node::control::protocol::Phase;
+use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
+use vw_node::manager::{Op, VmReport};
+
+use crate::output::{bytes, Out};
+
+/// The socket of the `vwd` that owns `store`, if one is listening.
+pub fn socket(store: &Path) -> Option<PathBuf> {
+    let path = store.join(local::SOCKET);
+    std::os::unix::net::UnixStream::connect(&path).is_ok().then_some(path)
+}
+
+fn need_socket(store: &Path) -> anyhow::Result<PathBuf> {
+    socket(store).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no vwd is listening at {}; start the head's vwd (`vwd --config FILE`, docs/operations.md) with this data directory, or pass --store",
+            store.join(local::SOCKET).display()
+        )
+    })
+}
+
+/// Per-host progress bars on a terminal; phase lines otherwise (text mode).
+struct Progress<'a> {
+    out: &'a Out,
+    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(out: &'a Out) -> Self {
+        let bars = (!out.is_json() && std::io::stderr().is_terminal())
+            .then(|| (MultiProgress::new(), HashMap::new()));
+        Progress { out, bars }
+    }
+
+    fn event(&mut self, e: &DeployEvent) {
+        match e {
+            DeployEvent::Phase { phase } => match &self.bars {
+                Some((multi, _)) => {
+                    let _ = multi.println(format!("phase {phase}"));
+                }
+                None => self.out.note(&format!("phase {phase}")),
+            },
+            DeployEvent::Lost { host, reason } => {
+                self.out.note(&format!("host {host} lost: {reason}"));
+            }
+            DeployEvent::Progress { host, progress } => {
+                let Some((multi, bars)) = &mut self.bars else { return };
+                let bar = bars.entry(host.clone()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(progress.total));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix:>8} {msg:5} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                        )
+                        .expect("valid template"),
+                    );
+                    bar.set_prefix(host.clone());
+                    bar
+                });
+                bar.set_length(progress.total);
+                bar.set_position(progress.bytes);
+                bar.set_message(match progress.phase {
+                    Phase::Fetch => "fetch",
+                    Phase::Stage => "stage",
+                });
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Some((multi, bars)) = self.bars {
+            for bar in bars.values() {
+                bar.finish_and_clear();
+            }
+            let _ = multi.clear();
+        }
+    }
+}
+
+/// Sends `request` to the vwd at `socket`, showing progress.
+pub fn call(socket: &Path, request: &LocalRequest, out: &Out) -> anyhow::Result<LocalReply> {
+    let mut progress = Progress::new(out);
+    let reply = local::call(socket, request, |e| progress.event(e));
+    progress.finish();
+    match reply? {
+        LocalReply::Failed { error } => anyhow::bail!("{error}"),
+        other => Ok(other),
+    }
+}
+
+/// `vw deploy WORKSPACE.xml`.
+pub fn deploy(
+    store: &Path,
+    file: &Path,
+    options: DeployOptions,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let socket = need_socket(store)?;
+    let workspace = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let request = LocalRequest::Deploy { workspace, source: file.display().to_string(), options };
+    let LocalReply::Deployed { report } = call(&socket, &request, out)? else {
+        anyhow::bail!("the vwd answered a deploy with something else");
+    };
+    out.emit(&report, || deploy_text(&report));
+    Ok(if report.lost.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn secs(micros: u64) -> String {
+    format!("{:.3} s", micros as f64 / 1e6)
+}
+
+/// The phase table (the paper's Fig. 2(b)) and the bytes each host lacked and got.
+pub fn deploy_text(r: &DeployReport) -> String {
+    let total: u64 = r.phases.iter().map(|p| p.micros).sum();
+    let mut s = format!(
+        "deployed {} ({}{}) in {}: {} VMs running{}",
+        r.deployment,
+        r.strategy,
+        if r.resumed { ", resumed" } else { "" },
+        secs(total),
+        r.vms.len(),
+        if r.lost.is_empty() { String::new() } else { format!(", lost {}", r.lost.join(", ")) }
+    );
+    s.push_str("\n\nphase       time");
+    for p in &r.phases {
+        s.push_str(&format!("\n{:<11} {}", p.phase.to_string(), secs(p.micros)));
+    }
+    let width = r.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    s.push_str(&format!(
+        "\n\n{:<width$}  {:>10}  {:>10}  {:>9}  {:>9}  VMs",
+        "host", "lacked", "received", "fetch", "stage"
+    ));
+    let (mut lacked, mut received) = (0, 0);
+    for h in &r.hosts {
+        match &h.stage {
+            Some(st) => {
+                lacked += st.lacked;
+                received += st.received;
+                s.push_str(&format!(
+                    "\n{:<width$}  {:>10}  {:>10}  {:>9}  {:>9}  {}",
+                    h.host,
+                    bytes(st.lacked),
+                    bytes(st.received),
+                    secs(st.fetch_micros),
+                    secs(st.stage_micros),
+                    h.vms.join(", ")
+                ));
+                for (peer, why) in &st.dropped {
+                    s.push_str(&format!("\n{:<width$}  dropped {peer}: {why}", ""));
+                }
+            }
+            None => s.push_str(&format!(
+                "\n{:<width$}  failed: {}",
+                h.host,
+                h.error.as_deref().unwrap_or("?")
+            )),
+        }
+        if let (Some(_), Some(e)) = (&h.stage, &h.error) {
+            s.push_str(&format!("\n{:<width$}  failed later: {e}", ""));
+        }
+    }
+    s.push_str(&format!(
+        "\n\nsent {} for {} lacked ({:.3}×); predicted {:.2} s, limit {:.2} s",
+        bytes(received),
+        bytes(lacked),
+        if lacked == 0 { 1.0 } else { received as f64 / lacked as f64 },
+        r.predicted_s,
+        r.limit_s
+    ));
+    s
+}
+
+/// `vw pause|unpause|stop|unstage DEPLOYMENT` on every host.
+pub fn run(socket: &Path, deployment: &str, op: Op, out: &Out) -> anyhow::Result<ExitCode> {
+    let request = LocalRequest::Run { deployment: deployment.to_owned(), op };
+    let LocalReply::Ran { hosts } = call(socket, &request, out)? else {
+        anyhow::bail!("the vwd answered {op} with something else");
+    };
+    out.emit(&serde_json::json!({ "deployment": deployment, "op": op, "hosts": hosts }), || {
+        ran_text(deployment, op, &hosts)
+    });
+    Ok(if hosts.iter().all(|h| h.result.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn ran_text(deployment: &str, op: Op, hosts: &[HostAnswer<Vec<VmReport>>]) -> String {
+    let mut s = format!("{op} {deployment}:");
+    for h in hosts {
+        match &h.result {
+            Ok(vms) => {
+                for v in vms {
+                    let took: u64 = v.steps.iter().map(|t| t.micros).sum();
+                    s.push_str(&format!(
+                        "\n  {:<8} {:<20} {:<9} {}",
+                        h.host,
+                        v.vm,
+                        v.state.to_string(),
+                        secs(took)
+                    ));
+                }
+            }
+            Err(e) => s.push_str(&format!("\n  {:<8} failed: {e}", h.host)),
+        }
+    }
+    s
+}
+
+/// `vw status [DEPLOYMENT]` across the cluster.
+pub fn status(socket: &Path, deployment: Option<&str>, out: &Out) -> anyhow::Result<ExitCode> {
+    let request = LocalRequest::Status { deployment: deployment.map(str::to_owned) };
+    let LocalReply::Status { hosts } = call(socket, &request, out)? else {
+        anyhow::bail!("the vwd answered status with something else");
+    };
+    out.emit(&serde_json::json!({ "hosts": hosts }), || status_text(&hosts));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_text(hosts: &[HostVms]) -> String {
+    let mut s = format!(
+        "{:<8} {:<20} {:<12} {:<9} {:<9} private address",
+        "host", "VM", "deployment", "state", "domain"
+    );
+    for h in hosts {
+        match &h.result {
+            Ok(vms) if vms.is_empty() => {}
+            Ok(vms) => {
+                for (r, domain) in vms {
+                    let ip = r.nics.first().map_or("-".to_owned(), |n| n.ip.to_string());
+                    let domain = domain.map_or("-".to_owned(), |d| d.to_string());
+                    s.push_str(&format!(
+                        "\n{:<8} {:<20} {:<12} {:<9} {:<9} {ip}",
+                        h.host,
+                        r.name,
+                        r.deployment,
+                        r.state.to_string(),
+                        domain
+                    ));
+                }
+            }
+            Err(e) => s.push_str(&format!("\n{:<8} unreachable: {e}", h.host)),
+        }
+    }
+    s
+}
