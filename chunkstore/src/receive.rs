@@ -4,8 +4,8 @@
 //! received but not yet listed by a manifest would look unreferenced) until it is
 //! finished or dropped. Each chunk is verified against its id before a byte is written;
 //! a chunk the store holds already is skipped. Pack bytes are synced before the index
-//! entries that point at them ([`Receiving::sync`], also every 64 MiB), so a crash loses
-//! at most unsynced chunks, which a restart fetches again. [`Receiving::finish`] records
+//! entries that point at them ([`Receiving::sync`], also every 64 MiB or every second),
+//! so a crash loses at most unsynced chunks, which a restart fetches again. [`Receiving::finish`] records
 //! the manifest once every chunk it lists is held.
 
 use std::collections::HashSet;
@@ -17,8 +17,11 @@ use crate::db::{self, ChunkRecord};
 use crate::pack::PackWriter;
 use crate::{ChunkId, Error, ImageName, Manifest, ManifestId, Store};
 
-/// Sync pack and index after this many new bytes.
+/// Sync pack and index after this many new bytes…
 const SYNC_EVERY: u64 = 64 << 20;
+/// …or this long after the last sync, so a crash loses at most about a second of
+/// received chunks.
+const SYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A session of chunks received from peers (see the module docs).
 pub struct Receiving<'s> {
@@ -29,6 +32,7 @@ pub struct Receiving<'s> {
     /// Written but not yet synced and indexed.
     unsynced: Vec<ChunkId>,
     unsynced_bytes: u64,
+    last_sync: std::time::Instant,
     /// Written this session (to skip a chunk sent twice before it is indexed).
     written: HashSet<ChunkId>,
     repaired: Vec<ChunkId>,
@@ -52,6 +56,7 @@ impl Store {
             pending: WriteBatch::default(),
             unsynced: Vec::new(),
             unsynced_bytes: 0,
+            last_sync: std::time::Instant::now(),
             written: HashSet::new(),
             repaired: Vec::new(),
         }
@@ -91,7 +96,7 @@ impl Receiving<'_> {
         self.written.insert(*id);
         self.unsynced.push(*id);
         self.unsynced_bytes += data.len() as u64;
-        if self.unsynced_bytes >= SYNC_EVERY {
+        if self.unsynced_bytes >= SYNC_EVERY || self.last_sync.elapsed() >= SYNC_AFTER {
             self.sync()?;
         }
         Ok(true)
@@ -106,6 +111,7 @@ impl Receiving<'_> {
         self.store.held.insert(&self.unsynced);
         self.unsynced.clear();
         self.unsynced_bytes = 0;
+        self.last_sync = std::time::Instant::now();
         Ok(())
     }
 

@@ -50,6 +50,10 @@ impl<'a> Progress<'a> {
                 }
                 None => self.out.note(&format!("phase {phase}")),
             },
+            DeployEvent::Planned { strategy, edges } => {
+                let e: Vec<String> = edges.iter().map(|(a, b)| format!("{a}→{b}")).collect();
+                self.out.note(&format!("plan {strategy}: {}", e.join(" ")));
+            }
             DeployEvent::Lost { host, reason } => {
                 self.out.note(&format!("host {host} lost: {reason}"));
             }

@@ -18,6 +18,7 @@ use crate::control::host::{self, HostService};
 use crate::daemon::{Daemon, Role};
 use crate::local;
 use crate::manager::Manager;
+use crate::peer::rate::RateLimit;
 use crate::peer::{Peer, PeerBook, PeerConfig};
 
 /// A running `vwd`.
@@ -59,6 +60,7 @@ impl Vwd {
                 listen: daemon.listen.clone(),
                 keypair: key,
                 allowed: daemon.peers.iter().map(|(_, id, _)| *id).collect(),
+                upload: daemon.caps.0.map(|r| Arc::new(RateLimit::new(r))),
             },
             relay.clone(),
         )

@@ -14,6 +14,7 @@ fn config(key: &identity::Keypair, allowed: &[&identity::Keypair]) -> PeerConfig
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         keypair: key.clone(),
         allowed: allowed.iter().map(|k| k.public().to_peer_id()).collect(),
+        upload: None,
     }
 }
 

@@ -67,7 +67,12 @@ async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
 
     let mine = Arc::new(Store::open(&dir.path().join("mine")).expect("store"));
     let peer = Peer::start(
-        PeerConfig { listen: vec![], keypair: me, allowed: vec![id.parse().expect("peer id")] },
+        PeerConfig {
+            listen: vec![],
+            keypair: me,
+            allowed: vec![id.parse().expect("peer id")],
+            upload: None,
+        },
         mine.clone(),
     )
     .await

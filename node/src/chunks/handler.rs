@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use vw_chunkstore::{ChunkId, ChunkRef, Store};
 
 use super::protocol::{Frame, FrameError, MAX_WANT};
+use crate::peer::rate::RateLimit;
 use crate::peer::{chunks_protocol, short, PeerError};
 
 /// How long a fetch waits for the next frame before it gives the peer up.
@@ -58,6 +59,7 @@ async fn write_frame(stream: &mut Stream, frame: &Frame) -> Result<(), FrameErro
 pub async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     source: Arc<dyn ChunkSource>,
+    upload: Option<Arc<RateLimit>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -66,8 +68,9 @@ pub async fn serve(
             next = incoming.next() => {
                 let Some((peer, stream)) = next else { break };
                 let source = Arc::clone(&source);
+                let upload = upload.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_one(peer, stream, source.as_ref()).await {
+                    if let Err(e) = serve_one(peer, stream, source.as_ref(), upload.as_deref()).await {
                         tracing::warn!(peer = %short(&peer), error = %e, "chunk stream failed");
                     }
                 });
@@ -99,6 +102,7 @@ async fn serve_one(
     peer: PeerId,
     mut stream: Stream,
     source: &dyn ChunkSource,
+    upload: Option<&RateLimit>,
 ) -> Result<(), FrameError> {
     let mut queue: VecDeque<ChunkId> = VecDeque::new();
     let mut credit: u64 = 0;
@@ -107,7 +111,12 @@ async fn serve_one(
         while credit > 0 {
             let Some(id) = queue.pop_front() else { break };
             let frame = match wait_for(source, &id).await {
-                Some(data) => Frame::Chunk { id, data },
+                Some(data) => {
+                    if let Some(cap) = upload {
+                        cap.take(data.len() as u64).await;
+                    }
+                    Frame::Chunk { id, data }
+                }
                 None => Frame::Missing { id },
             };
             write_frame(&mut stream, &frame).await?;
@@ -158,6 +167,7 @@ pub struct Intake {
     relay: Option<Arc<Relay>>,
     received: std::sync::Mutex<std::collections::HashSet<ChunkId>>,
     bytes: std::sync::atomic::AtomicU64,
+    download: Option<Arc<RateLimit>>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -178,7 +188,21 @@ impl Intake {
             }
             session.sync()
         });
-        Intake { tx, writer, store, relay, received: Default::default(), bytes: Default::default() }
+        Intake {
+            tx,
+            writer,
+            store,
+            relay,
+            received: Default::default(),
+            bytes: Default::default(),
+            download: None,
+        }
+    }
+
+    /// Caps what every stream into this intake receives, together.
+    pub fn with_download_cap(mut self, cap: Option<Arc<RateLimit>>) -> Self {
+        self.download = cap;
+        self
     }
 
     /// Bytes received so far (for progress).
@@ -199,6 +223,11 @@ impl Intake {
     /// Takes a verified chunk; false if the writer has failed (its error comes from
     /// [`Intake::finish`]).
     async fn deliver(&self, id: ChunkId, data: Vec<u8>) -> bool {
+        // Paying for the bytes before taking them delays the next credit: the sender
+        // slows to the cap.
+        if let Some(cap) = &self.download {
+            cap.take(data.len() as u64).await;
+        }
         if !self.received.lock().expect("intake lock").insert(id) {
             return true; // another stream brought it first
         }
@@ -310,7 +339,8 @@ pub async fn fetch_into(
                 break;
             }
         }
-        if write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await.is_err() {
+        if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
+            result = Err(fail(format!("the peer went away: {e}")));
             break;
         }
     }

@@ -87,6 +87,13 @@ pub enum DeployEvent {
         /// Which.
         phase: DeployPhase,
     },
+    /// The distribution plan: who sends to whom.
+    Planned {
+        /// The strategy (auto resolved).
+        strategy: Strategy,
+        /// Distinct (sender, receiver) host pairs.
+        edges: Vec<(String, String)>,
+    },
     /// A host's progress.
     Progress {
         /// The host.
@@ -358,6 +365,15 @@ impl Head {
                 .await??;
         }
 
+        let mut edges: Vec<(String, String)> = planned
+            .plan
+            .streams
+            .iter()
+            .map(|s| (hosts[s.from.ix()].0.clone(), hosts[s.to.ix()].0.clone()))
+            .collect();
+        edges.sort();
+        edges.dedup();
+        let _ = events.send(DeployEvent::Planned { strategy: planned.strategy, edges }).await;
         clock.start(DeployPhase::Stage).await;
         let orders = self.orders(&hosts, &cluster, &wi, &inventory, &planned, &spec, workspace)?;
         let staged = join_all(orders.into_iter().map(|(h, order)| {

@@ -25,6 +25,7 @@ use super::protocol::{
 use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::manager::Manager;
+use crate::peer::rate::RateLimit;
 use crate::peer::{short, PeerBook};
 use crate::wire;
 
@@ -41,6 +42,7 @@ pub struct HostService {
     chunks: libp2p_stream::Control,
     book: PeerBook,
     caps: (Option<f64>, Option<f64>),
+    download: Option<Arc<RateLimit>>,
     heads: Vec<PeerId>,
 }
 
@@ -69,6 +71,7 @@ impl HostService {
             chunks,
             book,
             caps,
+            download: caps.1.map(|r| Arc::new(RateLimit::new(r))),
             heads,
         }
     }
@@ -249,7 +252,8 @@ impl HostService {
         total: u64,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(PullReport, u64, u64), String> {
-        let intake = Intake::start(Arc::clone(&self.store), Some(Arc::clone(&self.relay)));
+        let intake = Intake::start(Arc::clone(&self.store), Some(Arc::clone(&self.relay)))
+            .with_download_cap(self.download.clone());
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
 

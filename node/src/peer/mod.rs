@@ -7,6 +7,8 @@
 //! Only peers on the allow list get a connection at all; a refused one is logged.
 //! [`Peer::shutdown`] signals both tasks, then waits for each.
 
+pub mod rate;
+
 use std::sync::Arc;
 
 use crate::chunks::handler::{self, ChunkSource};
@@ -75,6 +77,8 @@ pub struct PeerConfig {
     pub keypair: identity::Keypair,
     /// The only peers it talks to.
     pub allowed: Vec<PeerId>,
+    /// Its upload cap, shared by every chunk stream it serves.
+    pub upload: Option<Arc<rate::RateLimit>>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -238,7 +242,7 @@ impl Peer {
             span.clone(),
         ));
         let serve_task = tokio::spawn(tracing::Instrument::instrument(
-            handler::serve(incoming, source, stopped),
+            handler::serve(incoming, source, config.upload.clone(), stopped),
             span,
         ));
         let peer = Peer { id, commands, control, stop, tasks: vec![swarm_task, serve_task] };

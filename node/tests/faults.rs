@@ -1,0 +1,207 @@
+//! Faults during a deployment, with hosts as `vwd` child processes on loopback (rate
+//! capped, so a stage lasts long enough to be interrupted): a host killed in the middle
+//! of the chain, and a `vwd` restarted mid-stage.
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use vw_node::chunkstore::{ImageName, Store};
+use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
+use vw_node::local::{self, LocalReply, LocalRequest};
+use vw_node::localnet::{DemoImages, LocalNet, LocalNetOptions};
+use vw_node::planner::{Policy, Strategy};
+
+/// A `vwd` child process, killed when dropped.
+struct Vwd(Child);
+
+impl Vwd {
+    /// Starts `vwd --config config` and waits until it listens on its socket.
+    fn spawn(config: &Path, log: &Path) -> Vwd {
+        let log = std::fs::File::options().create(true).append(true).open(log).expect("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vwd"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start vwd");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        loop {
+            let line = lines.next().expect("vwd printed its socket").expect("read");
+            if line.starts_with("socket ") {
+                break;
+            }
+        }
+        Vwd(child)
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+    }
+}
+
+impl Drop for Vwd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const WORKSPACE: &str = r#"<virtualWorkspace type="cluster" name="grid" nodeNumber="4">
+  <headnode name="head">
+    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="demo/base:1" device="xvda1" role="root"/>
+    <nic network="private"/>
+    <roles><nfsServer export="/home"/><batchServer/></roles>
+  </headnode>
+  <workernode name="worker" count="3">
+    <memory>128</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="demo/worker:1" device="xvda1" role="root"/>
+    <nic network="private"/>
+    <roles><nfsClient export="/home"/><batchWorker/></roles>
+  </workernode>
+</virtualWorkspace>"#;
+
+/// A 4-host net capped at `cap`, the images imported on the head, hosts 1.. started as
+/// child processes. Returns the net, the worker image's distinct bytes, the children.
+fn cluster(dir: &Path, cap: &str) -> (LocalNet, u64, Vec<Vwd>) {
+    let net =
+        LocalNet::create(dir, 4, &LocalNetOptions { cap: Some(cap.into()), ..Default::default() })
+            .expect("net");
+    let images = DemoImages::write(dir, 64).expect("images");
+    let worker_bytes = {
+        let store = Store::open(&net.data_dirs[0]).expect("head store");
+        for (path, name) in [(&images.base, "demo/base:1"), (&images.worker, "demo/worker:1")] {
+            let name: ImageName = name.parse().expect("name");
+            store.import(path, Some(&name), &()).expect("import");
+        }
+        let probe = Store::open(&dir.join("probe")).expect("probe");
+        let r = probe.import(&images.worker, None, &()).expect("import");
+        r.counts.new_bytes
+    };
+    let children = (1..4)
+        .map(|i| Vwd::spawn(&net.configs[i], &dir.join(format!("{}.log", net.names[i]))))
+        .collect();
+    (net, worker_bytes, children)
+}
+
+/// Deploys through the head's socket, calling `on_event` for each event.
+fn deploy(net: &LocalNet, mut on_event: impl FnMut(&DeployEvent)) -> DeployReport {
+    let request = LocalRequest::Deploy {
+        workspace: WORKSPACE.into(),
+        source: "faults.xml".into(),
+        options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
+    };
+    match local::call(&net.head_socket(), &request, &mut on_event).expect("socket") {
+        LocalReply::Deployed { report } => *report,
+        other => panic!("deploy failed: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_killed_mid_chain_loses_its_vms_and_its_children_re_attach() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, _, children) = cluster(dir.path(), "80Mbit");
+    let head = net.start_one(0).await.expect("head");
+
+    let net2 = net.clone();
+    let (report, victim) = tokio::task::spawn_blocking(move || {
+        let mut victim: Option<String> = None;
+        let mut killed = false;
+        let report = deploy(&net2, |e| match e {
+            // The victim relays to another host: not the head, not the chain's tail.
+            DeployEvent::Planned { edges, .. } => {
+                victim = edges.iter().map(|(from, _)| from).find(|f| *f != "head").cloned();
+            }
+            DeployEvent::Progress { host, progress }
+                if Some(host) == victim.as_ref() && progress.bytes > 2 << 20 && !killed =>
+            {
+                let i = net2.names.iter().position(|n| n == host).expect("host");
+                children[i - 1].signal(rustix::process::Signal::KILL);
+                killed = true;
+            }
+            _ => {}
+        });
+        assert!(killed, "the victim was killed mid-stage: {report:#?}");
+        (report, victim.expect("a relaying host"))
+    })
+    .await
+    .expect("task");
+
+    let lost_vms: Vec<String> =
+        report.placement.iter().filter(|p| p.host == victim).map(|p| p.vm.clone()).collect();
+    assert_eq!(report.lost, lost_vms, "{report:#?}");
+    let victim_id =
+        net.ids[net.names.iter().position(|n| *n == victim).expect("victim")].to_string();
+    let mut re_attached = false;
+    for h in report.hosts.iter().filter(|h| h.host != victim) {
+        let s = h.stage.as_ref().unwrap_or_else(|| panic!("{} staged: {h:?}", h.host));
+        assert!(h.error.is_none(), "{h:?}");
+        assert_eq!(s.received, s.lacked, "{}: every chunk it lacked, once", h.host);
+        re_attached |= s.dropped.iter().any(|(p, _)| *p == victim_id);
+    }
+    assert!(
+        re_attached,
+        "a child of the victim dropped it and finished from another holder: {report:#?}"
+    );
+    assert_eq!(report.vms.len(), 4 - lost_vms.len(), "the others run");
+    head.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vwd_restarted_mid_stage_resumes_without_fetching_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, worker_bytes, children) = cluster(dir.path(), "80Mbit");
+    let head = net.start_one(0).await.expect("head");
+
+    // Stop one worker's vwd (SIGTERM: it shuts down cleanly) when it has a third.
+    let net2 = net.clone();
+    let (first, victim, seen, children) = tokio::task::spawn_blocking(move || {
+        let mut victim: Option<(String, u64)> = None;
+        let report = deploy(&net2, |e| {
+            if let DeployEvent::Progress { host, progress } = e {
+                if host != "head" && victim.is_none() && progress.bytes > worker_bytes / 3 {
+                    let i = net2.names.iter().position(|n| n == host).expect("host");
+                    children[i - 1].signal(rustix::process::Signal::TERM);
+                    victim = Some((host.clone(), progress.bytes));
+                }
+            }
+        });
+        let (victim, seen) = victim.expect("a worker was stopped mid-stage");
+        (report, victim, seen, children)
+    })
+    .await
+    .expect("task");
+    assert!(first
+        .lost
+        .iter()
+        .all(|vm| first.placement.iter().any(|p| p.vm == *vm && p.host == victim)));
+    assert!(!first.lost.is_empty(), "{first:#?}");
+
+    // Restart it and deploy the same document again: it resumes.
+    let i = net.names.iter().position(|n| *n == victim).expect("victim");
+    let mut children = children;
+    children[i - 1] = Vwd::spawn(&net.configs[i], &dir.path().join("restarted.log"));
+    let net2 = net.clone();
+    let second = tokio::task::spawn_blocking(move || deploy(&net2, |_| {})).await.expect("task");
+    assert!(second.resumed && second.lost.is_empty(), "{second:#?}");
+    let s = second
+        .hosts
+        .iter()
+        .find(|h| h.host == victim)
+        .and_then(|h| h.stage.clone())
+        .expect("the restarted host staged");
+    assert_eq!(s.received, s.lacked);
+    assert!(
+        s.lacked + seen <= worker_bytes,
+        "it fetched again none of the {seen} bytes it had reported: lacked {} of {worker_bytes}",
+        s.lacked
+    );
+    for h in second.hosts.iter().filter(|h| h.host != victim) {
+        assert_eq!(h.stage.as_ref().map(|s| s.received), Some(0), "{h:?} had everything");
+    }
+    head.shutdown().await;
+}
