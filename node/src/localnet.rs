@@ -172,3 +172,68 @@ pub fn write_image(path: &Path, size: u64, extents: &[(u64, u64, u64)]) -> anyho
     f.sync_all()?;
     Ok(())
 }
+
+/// A `vwd` child process of a [`LocalNet`], killed when dropped.
+#[derive(Debug)]
+pub struct ChildVwd {
+    child: std::process::Child,
+}
+
+impl LocalNet {
+    /// Starts host `i` as a `vwd` child process (the binary at `vwd`, its log appended
+    /// to `log`) and waits until it listens on its socket.
+    pub fn spawn(&self, i: usize, vwd: &Path, log: &Path) -> anyhow::Result<ChildVwd> {
+        use std::io::BufRead as _;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut child = std::process::Command::new(vwd)
+            .arg("--config")
+            .arg(&self.configs[i])
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", vwd.display()))?;
+        let stdout = child.stdout.take().context("vwd's stdout")?;
+        let mut child = ChildVwd { child };
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line?.starts_with("socket ") {
+                return Ok(child);
+            }
+        }
+        let status = child.child.wait()?;
+        anyhow::bail!("{} exited ({status}) before listening; see its log", self.names[i])
+    }
+}
+
+impl ChildVwd {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends it a signal by name (`TERM`, `KILL`).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -s {signal} {} failed", self.child.id());
+        Ok(())
+    }
+
+    /// Its peak resident memory so far, in bytes (`VmHWM`).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+}
+
+impl Drop for ChildVwd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,53 +2,13 @@
 //! capped, so a stage lasts long enough to be interrupted): a host killed in the middle
 //! of the chain, and a `vwd` restarted mid-stage.
 
-use std::io::BufRead as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use vw_node::chunkstore::{ImageName, Store};
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{DemoImages, LocalNet, LocalNetOptions};
+use vw_node::localnet::{ChildVwd, DemoImages, LocalNet, LocalNetOptions};
 use vw_node::planner::{Policy, Strategy};
-
-/// A `vwd` child process, killed when dropped.
-struct Vwd(Child);
-
-impl Vwd {
-    /// Starts `vwd --config config` and waits until it listens on its socket.
-    fn spawn(config: &Path, log: &Path) -> Vwd {
-        let log = std::fs::File::options().create(true).append(true).open(log).expect("log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vwd"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start vwd");
-        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        loop {
-            let line = lines.next().expect("vwd printed its socket").expect("read");
-            if line.starts_with("socket ") {
-                break;
-            }
-        }
-        Vwd(child)
-    }
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).expect("pid");
-        rustix::process::kill_process(pid, signal).expect("signal");
-    }
-}
-
-impl Drop for Vwd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const WORKSPACE: &str = r#"<virtualWorkspace type="cluster" name="grid" nodeNumber="4">
   <headnode name="head">
@@ -67,7 +27,7 @@ const WORKSPACE: &str = r#"<virtualWorkspace type="cluster" name="grid" nodeNumb
 
 /// A 4-host net capped at `cap`, the images imported on the head, hosts 1.. started as
 /// child processes. Returns the net, the worker image's distinct bytes, the children.
-fn cluster(dir: &Path, cap: &str) -> (LocalNet, u64, Vec<Vwd>) {
+fn cluster(dir: &Path, cap: &str) -> (LocalNet, u64, Vec<ChildVwd>) {
     let net =
         LocalNet::create(dir, 4, &LocalNetOptions { cap: Some(cap.into()), ..Default::default() })
             .expect("net");
@@ -82,10 +42,13 @@ fn cluster(dir: &Path, cap: &str) -> (LocalNet, u64, Vec<Vwd>) {
         let r = probe.import(&images.worker, None, &()).expect("import");
         r.counts.new_bytes
     };
-    let children = (1..4)
-        .map(|i| Vwd::spawn(&net.configs[i], &dir.join(format!("{}.log", net.names[i]))))
-        .collect();
+    let children = (1..4).map(|i| spawn(&net, i, dir)).collect();
     (net, worker_bytes, children)
+}
+
+fn spawn(net: &LocalNet, i: usize, dir: &Path) -> ChildVwd {
+    let log = dir.join(format!("{}.log", net.names[i]));
+    net.spawn(i, Path::new(env!("CARGO_BIN_EXE_vwd")), &log).expect("vwd child")
 }
 
 /// Deploys through the head's socket, calling `on_event` for each event.
@@ -120,7 +83,7 @@ async fn a_host_killed_mid_chain_loses_its_vms_and_its_children_re_attach() {
                 if Some(host) == victim.as_ref() && progress.bytes > 2 << 20 && !killed =>
             {
                 let i = net2.names.iter().position(|n| n == host).expect("host");
-                children[i - 1].signal(rustix::process::Signal::KILL);
+                children[i - 1].signal("KILL").expect("kill");
                 killed = true;
             }
             _ => {}
@@ -165,7 +128,7 @@ async fn a_vwd_restarted_mid_stage_resumes_without_fetching_again() {
             if let DeployEvent::Progress { host, progress } = e {
                 if host != "head" && victim.is_none() && progress.bytes > worker_bytes / 3 {
                     let i = net2.names.iter().position(|n| n == host).expect("host");
-                    children[i - 1].signal(rustix::process::Signal::TERM);
+                    children[i - 1].signal("TERM").expect("term");
                     victim = Some((host.clone(), progress.bytes));
                 }
             }
@@ -184,7 +147,7 @@ async fn a_vwd_restarted_mid_stage_resumes_without_fetching_again() {
     // Restart it and deploy the same document again: it resumes.
     let i = net.names.iter().position(|n| *n == victim).expect("victim");
     let mut children = children;
-    children[i - 1] = Vwd::spawn(&net.configs[i], &dir.path().join("restarted.log"));
+    children[i - 1] = spawn(&net, i, dir.path());
     let net2 = net.clone();
     let second = tokio::task::spawn_blocking(move || deploy(&net2, |_| {})).await.expect("task");
     assert!(second.resumed && second.lost.is_empty(), "{second:#?}");
