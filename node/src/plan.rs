@@ -26,7 +26,7 @@ use crate::workspace::WorkspaceSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum PlanningError {
     /// The store failed, or lacks an image the workspace or hosts file names.
-    #[error("image {image}: {error}; `vw plan` reads manifests from this host's store")]
+    #[error("image {image}: {error}; planning reads manifests from this host's store (the head's, for `vw deploy`): import it there")]
     Image {
         /// The image.
         image: ImageRef,

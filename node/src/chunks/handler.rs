@@ -413,7 +413,7 @@ pub async fn fetch_from_any(
 /// Chunks a host is receiving and forwarding at once (a cascade): served to its
 /// children from memory as soon as each is verified, before its own image is complete,
 /// and from the store once written. Memory is bounded: the most recent
-/// [`Relay::KEEP`] chunks.
+/// [`Relay::KEEP_BYTES`] of chunks.
 pub struct Relay {
     store: Arc<Store>,
     state: std::sync::Mutex<RelayState>,
@@ -424,6 +424,7 @@ pub struct Relay {
 struct RelayState {
     recent: std::collections::HashMap<ChunkId, Vec<u8>>,
     order: VecDeque<ChunkId>,
+    bytes: usize,
 }
 
 impl std::fmt::Debug for Relay {
@@ -433,9 +434,10 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// Chunks kept in memory: more than the store writes between syncs at the mean
-    /// chunk size (64 MiB), so a chunk leaves memory only once it can be read back.
-    pub const KEEP: usize = 1536;
+    /// Bytes of chunks kept in memory. A child in a cascade asks for chunks moments
+    /// after its parent receives them; one that falls further behind waits for the
+    /// store's next sync (at most a second) and reads them from there.
+    pub const KEEP_BYTES: usize = 32 << 20;
 
     /// A relay over `store`.
     pub fn new(store: Arc<Store>) -> Arc<Self> {
@@ -446,12 +448,15 @@ impl Relay {
     /// A verified chunk has arrived.
     pub fn arrived(&self, id: ChunkId, data: Vec<u8>) {
         let mut st = self.state.lock().expect("relay lock");
+        let len = data.len();
         if st.recent.insert(id, data).is_none() {
             st.order.push_back(id);
+            st.bytes += len;
         }
-        while st.order.len() > Self::KEEP {
-            if let Some(old) = st.order.pop_front() {
-                st.recent.remove(&old);
+        while st.bytes > Self::KEEP_BYTES {
+            let Some(old) = st.order.pop_front() else { break };
+            if let Some(gone) = st.recent.remove(&old) {
+                st.bytes -= gone.len();
             }
         }
         drop(st);

@@ -44,6 +44,9 @@ pub const VCPUS_PER_CPU: u32 = 4;
 /// while a host fetches, and every 5 s otherwise).
 pub const CALL_QUIET: Duration = Duration::from_secs(60);
 
+/// How long the head waits to open a stream to a host.
+pub const CONNECT: Duration = Duration::from_secs(10);
+
 /// The control protocol as libp2p names it.
 pub fn control_protocol() -> StreamProtocol {
     StreamProtocol::new(PROTOCOL_NAME)
@@ -191,7 +194,7 @@ impl std::fmt::Debug for Head {
     }
 }
 
-/// `Some(x)` if the answer is the expected kind, else the reason.
+/// `Ok(x)` if the answer is the expected kind, else the reason.
 macro_rules! expect_answer {
     ($answer:expr, $kind:path) => {
         match $answer {
@@ -228,8 +231,8 @@ impl Head {
         std::iter::once(self.me.clone()).chain(self.peers.iter().cloned()).collect()
     }
 
-    /// Sends `request` to host `ix` of [`Head::hosts`] and waits for the answer,
-    /// passing progress to `events`.
+    /// Sends `request` to `host` and waits for the answer, passing progress to
+    /// `events`.
     async fn call(
         &self,
         host: &(String, PeerId),
@@ -253,10 +256,11 @@ impl Head {
             });
         }
         let mut control = self.control.clone();
-        let mut stream = control
-            .open_stream(host.1, control_protocol())
-            .await
-            .map_err(|e| format!("cannot reach it ({e})"))?;
+        let mut stream =
+            tokio::time::timeout(CONNECT, control.open_stream(host.1, control_protocol()))
+                .await
+                .map_err(|_| format!("cannot reach it within {} s", CONNECT.as_secs()))?
+                .map_err(|e| format!("cannot reach it ({e})"))?;
         wire::write(&mut stream, &request).await.map_err(|e| format!("sending: {e}"))?;
         loop {
             match tokio::time::timeout(CALL_QUIET, wire::read::<Reply, _>(&mut stream)).await {

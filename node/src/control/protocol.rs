@@ -257,7 +257,15 @@ impl Message for Reply {
     fn check(&self) -> Result<(), FrameError> {
         match self {
             Reply::Done(Answer::Failed(m) | Answer::Refused(m)) => text("message", m),
-            Reply::Done(Answer::Inventory(r)) => count("images", r.held.len(), MAX_IMAGES),
+            Reply::Done(Answer::Inventory(r)) => {
+                count("images", r.held.len(), MAX_IMAGES)?;
+                for cap in [r.caps.0, r.caps.1].into_iter().flatten() {
+                    if !(cap.is_finite() && cap > 0.0) {
+                        return Err(FrameError::Invalid(format!("a rate cap of {cap} bytes/s")));
+                    }
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
