@@ -141,20 +141,22 @@ pub fn deploy_text(r: &DeployReport) -> String {
     }
     let width = r.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
     s.push_str(&format!(
-        "\n\n{:<width$}  {:>10}  {:>10}  {:>9}  {:>9}  VMs",
-        "host", "lacked", "received", "fetch", "stage"
+        "\n\n{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  VMs",
+        "host", "lacked", "received", "on wire", "fetch", "stage"
     ));
-    let (mut lacked, mut received) = (0, 0);
+    let (mut lacked, mut received, mut wire) = (0, 0, 0);
     for h in &r.hosts {
         match &h.stage {
             Some(st) => {
                 lacked += st.lacked;
                 received += st.received;
+                wire += st.wire;
                 s.push_str(&format!(
-                    "\n{:<width$}  {:>10}  {:>10}  {:>9}  {:>9}  {}",
+                    "\n{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  {}",
                     h.host,
                     bytes(st.lacked),
                     bytes(st.received),
+                    bytes(st.wire),
                     secs(st.fetch_micros),
                     secs(st.stage_micros),
                     h.vms.join(", ")
@@ -174,8 +176,9 @@ pub fn deploy_text(r: &DeployReport) -> String {
         }
     }
     s.push_str(&format!(
-        "\n\nsent {} for {} lacked ({:.3}×); predicted {:.2} s, limit {:.2} s",
+        "\n\nsent {} ({} on the wire) for {} lacked ({:.3}×); predicted {:.2} s, limit {:.2} s",
         bytes(received),
+        bytes(wire),
         bytes(lacked),
         if lacked == 0 { 1.0 } else { received as f64 / lacked as f64 },
         r.predicted_s,

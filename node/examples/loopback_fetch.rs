@@ -41,7 +41,7 @@ async fn main() {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         keypair: k.clone(),
         allowed: vec![other.public().to_peer_id()],
-        upload: None,
+        sending: Default::default(),
     };
     let pa = Peer::start(cfg(&ka, &kb), a.clone()).await.expect("a");
     let pb = Peer::start(cfg(&kb, &ka), b.clone()).await.expect("b");

@@ -29,6 +29,7 @@ struct Args {
     strategy: Strategy,
     size_mib: u64,
     image: Option<PathBuf>,
+    compress: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -38,6 +39,7 @@ fn args() -> anyhow::Result<Args> {
         strategy: Strategy::Chain,
         size_mib: 128,
         image: None,
+        compress: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -49,6 +51,7 @@ fn args() -> anyhow::Result<Args> {
             "--strategy" => a.strategy = value.parse().map_err(anyhow::Error::msg)?,
             "--size-mib" => a.size_mib = value.parse()?,
             "--image" => a.image = Some(value.into()),
+            "--compress" => a.compress = Some(value.clone()),
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -80,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     let net = LocalNet::create(
         dir.path(),
         a.hosts,
-        &LocalNetOptions { cap: a.cap.clone(), ..Default::default() },
+        &LocalNetOptions { cap: a.cap.clone(), compress: a.compress.clone(), ..Default::default() },
     )?;
     let worker = match &a.image {
         Some(p) => p.clone(),
@@ -137,6 +140,8 @@ fn main() -> anyhow::Result<()> {
         "image": a.image.as_ref().map_or(format!("generated {} MiB", a.size_mib), |p| p.display().to_string()),
         "lacked_per_host": lacked_max,
         "sent": stages.iter().map(|s| s.received).sum::<u64>(),
+        "wire": stages.iter().map(|s| s.wire).sum::<u64>(),
+        "compress": a.compress.as_deref().unwrap_or("auto"),
         "lacked": stages.iter().map(|s| s.lacked).sum::<u64>(),
         "fetch_s": fetch_max,
         "stage_phase_s": stage_s,

@@ -33,6 +33,8 @@ pub struct LocalNetOptions {
     pub cap: Option<String>,
     /// A cluster config for every host; the embedded one (simulated Xen) if none.
     pub cluster_config: Option<PathBuf>,
+    /// `compress` for every host (`auto`, `always`, `never`); the default if none.
+    pub compress: Option<String>,
 }
 
 impl LocalNet {
@@ -64,6 +66,9 @@ impl LocalNet {
             );
             if let Some(cap) = &options.cap {
                 text.push_str(&format!("upload_cap = \"{cap}\"\ndownload_cap = \"{cap}\"\n"));
+            }
+            if let Some(c) = &options.compress {
+                text.push_str(&format!("compress = \"{c}\"\n"));
             }
             if let Some(c) = &options.cluster_config {
                 text.push_str(&format!("cluster_config = \"{}\"\n", c.display()));

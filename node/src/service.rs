@@ -11,7 +11,7 @@ use libp2p::{identity, Multiaddr, PeerId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::chunks::handler::Relay;
+use crate::chunks::handler::{Relay, Sending};
 use crate::config::ClusterConfig;
 use crate::control::head::{control_protocol, Head};
 use crate::control::host::{self, HostService};
@@ -60,7 +60,10 @@ impl Vwd {
                 listen: daemon.listen.clone(),
                 keypair: key,
                 allowed: daemon.peers.iter().map(|(_, id, _)| *id).collect(),
-                upload: daemon.caps.0.map(|r| Arc::new(RateLimit::new(r))),
+                sending: Sending {
+                    upload: daemon.caps.0.map(|r| Arc::new(RateLimit::new(r))),
+                    compress: daemon.compress(),
+                },
             },
             relay.clone(),
         )

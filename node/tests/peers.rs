@@ -14,7 +14,7 @@ fn config(key: &identity::Keypair, allowed: &[&identity::Keypair]) -> PeerConfig
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         keypair: key.clone(),
         allowed: allowed.iter().map(|k| k.public().to_peer_id()).collect(),
-        upload: None,
+        sending: Default::default(),
     }
 }
 
@@ -224,4 +224,40 @@ async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
     for p in [pa, pb, pc] {
         p.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressing_sender_sends_fewer_bytes_and_the_image_is_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
+    let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
+    // Text-like data: compresses well, but no chunk is all zeros.
+    let mut data = Vec::new();
+    let mut i = 0u64;
+    while data.len() < 4 << 20 {
+        data.extend_from_slice(format!("line {i}: the quick brown fox {}\n", i % 97).as_bytes());
+        i += 1;
+    }
+    let img = dir.path().join("t.img");
+    std::fs::write(&img, &data).expect("write");
+    let report = a.import(&img, None, &()).expect("import");
+    let mut sender = config(&ka, &[&kb]);
+    sender.sending.compress = true;
+    let pa = Peer::start(sender, a.clone()).await.expect("peer a");
+    let pb = Peer::start(config(&kb, &[&ka]), b.clone()).await.expect("peer b");
+    pb.dial(address(&pa).await).await.expect("dial");
+    let manifest = a.manifest(&report.manifest).expect("manifest");
+    let missing = b.missing(&manifest).expect("missing");
+    let got = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
+        .await
+        .expect("fetch");
+    assert_eq!(got.bytes, missing.bytes, "every chunk, counted uncompressed");
+    assert!(got.wire * 2 < got.bytes, "compressed on the wire: {got:?}");
+    b.receiving().finish(&manifest, None).expect("complete");
+    let out = dir.path().join("out.img");
+    b.export(&report.manifest, &out, false, &()).expect("export");
+    assert!(std::fs::read(&out).expect("read") == data, "byte-identical");
+    pa.shutdown().await;
+    pb.shutdown().await;
 }

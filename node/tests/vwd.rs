@@ -71,7 +71,7 @@ async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
             listen: vec![],
             keypair: me,
             allowed: vec![id.parse().expect("peer id")],
-            upload: None,
+            sending: Default::default(),
         },
         mine.clone(),
     )

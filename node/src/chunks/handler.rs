@@ -55,11 +55,34 @@ async fn write_frame(stream: &mut Stream, frame: &Frame) -> Result<(), FrameErro
     crate::wire::write(stream, frame).await
 }
 
+/// How a server sends: its upload cap, and whether it compresses.
+#[derive(Clone, Debug, Default)]
+pub struct Sending {
+    /// The upload cap, shared by every stream.
+    pub upload: Option<Arc<RateLimit>>,
+    /// Send chunks zstd-compressed when that saves at least an eighth.
+    pub compress: bool,
+}
+
+impl Sending {
+    /// The frame for a chunk: packed if compressing pays, plain otherwise.
+    fn frame(&self, id: ChunkId, data: Vec<u8>) -> Frame {
+        if self.compress {
+            if let Ok(packed) = zstd::bulk::compress(&data, 1) {
+                if packed.len() <= data.len() - data.len() / 8 && !packed.is_empty() {
+                    return Frame::Packed { id, len: data.len() as u32, data: packed };
+                }
+            }
+        }
+        Frame::Chunk { id, data }
+    }
+}
+
 /// Serves every incoming chunk stream until `stop` is set.
 pub async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     source: Arc<dyn ChunkSource>,
-    upload: Option<Arc<RateLimit>>,
+    sending: Sending,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -68,9 +91,9 @@ pub async fn serve(
             next = incoming.next() => {
                 let Some((peer, stream)) = next else { break };
                 let source = Arc::clone(&source);
-                let upload = upload.clone();
+                let sending = sending.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_one(peer, stream, source.as_ref(), upload.as_deref()).await {
+                    if let Err(e) = serve_one(peer, stream, source.as_ref(), &sending).await {
                         tracing::warn!(peer = %short(&peer), error = %e, "chunk stream failed");
                     }
                 });
@@ -102,7 +125,7 @@ async fn serve_one(
     peer: PeerId,
     mut stream: Stream,
     source: &dyn ChunkSource,
-    upload: Option<&RateLimit>,
+    sending: &Sending,
 ) -> Result<(), FrameError> {
     let mut queue: VecDeque<ChunkId> = VecDeque::new();
     let mut credit: u64 = 0;
@@ -112,10 +135,13 @@ async fn serve_one(
             let Some(id) = queue.pop_front() else { break };
             let frame = match wait_for(source, &id).await {
                 Some(data) => {
-                    if let Some(cap) = upload {
+                    let frame = sending.frame(id, data);
+                    if let (Some(cap), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
+                        (&sending.upload, &frame)
+                    {
                         cap.take(data.len() as u64).await;
                     }
-                    Frame::Chunk { id, data }
+                    frame
                 }
                 None => Frame::Missing { id },
             };
@@ -144,16 +170,10 @@ pub struct Fetched {
     pub chunks: u64,
     /// Their bytes.
     pub bytes: u64,
+    /// Bytes on the wire (less than `bytes` when the sender compressed).
+    pub wire: u64,
     /// Chunks the sender did not have.
     pub missing: u64,
-}
-
-impl std::ops::AddAssign for Fetched {
-    fn add_assign(&mut self, o: Fetched) {
-        self.chunks += o.chunks;
-        self.bytes += o.bytes;
-        self.missing += o.missing;
-    }
 }
 
 /// Where verified chunks go: one store writer (a receiving session on its own thread)
@@ -222,11 +242,11 @@ impl Intake {
 
     /// Takes a verified chunk; false if the writer has failed (its error comes from
     /// [`Intake::finish`]).
-    async fn deliver(&self, id: ChunkId, data: Vec<u8>) -> bool {
-        // Paying for the bytes before taking them delays the next credit: the sender
-        // slows to the cap.
+    async fn deliver(&self, id: ChunkId, data: Vec<u8>, wire: usize) -> bool {
+        // Paying for the bytes on the wire before taking them delays the next credit:
+        // the sender slows to the cap.
         if let Some(cap) = &self.download {
-            cap.take(data.len() as u64).await;
+            cap.take(wire as u64).await;
         }
         if !self.received.lock().expect("intake lock").insert(id) {
             return true; // another stream brought it first
@@ -321,23 +341,43 @@ pub async fn fetch_into(
                 break;
             }
         };
-        match frame {
+        let (id, data, wire) = match frame {
             Frame::Chunk { id, data } if id == expected.id => {
-                if blake3::hash(&data) != blake3::Hash::from_bytes(*id.as_bytes()) {
-                    result = Err(PeerError::BadChunk { peer, chunk: format!("{id:#}") });
-                    break;
-                }
-                got.chunks += 1;
-                got.bytes += data.len() as u64;
-                if !intake.deliver(id, data).await {
-                    break; // the writer failed; its error comes from Intake::finish
+                let wire = data.len();
+                (id, data, wire)
+            }
+            Frame::Packed { id, len, data } if id == expected.id => {
+                // Bounded: never more than the announced length (at most a chunk).
+                match zstd::bulk::decompress(&data, len as usize) {
+                    Ok(plain) if plain.len() == len as usize => (id, plain, data.len()),
+                    _ => {
+                        result = Err(PeerError::BadChunk { peer, chunk: format!("{id:#}") });
+                        break;
+                    }
                 }
             }
-            Frame::Missing { id } if id == expected.id => got.missing += 1,
+            Frame::Missing { id } if id == expected.id => {
+                got.missing += 1;
+                if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
+                    result = Err(fail(format!("the peer went away: {e}")));
+                    break;
+                }
+                continue;
+            }
             other => {
                 result = Err(fail(format!("expected chunk {:#}, got {other:?}", expected.id)));
                 break;
             }
+        };
+        if blake3::hash(&data) != blake3::Hash::from_bytes(*id.as_bytes()) {
+            result = Err(PeerError::BadChunk { peer, chunk: format!("{id:#}") });
+            break;
+        }
+        got.chunks += 1;
+        got.bytes += data.len() as u64;
+        got.wire += wire as u64;
+        if !intake.deliver(id, data, wire).await {
+            break; // the writer failed; its error comes from Intake::finish
         }
         if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
             result = Err(fail(format!("the peer went away: {e}")));

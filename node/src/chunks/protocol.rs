@@ -65,6 +65,18 @@ pub enum Frame {
         /// A short reason, for the log.
         reason: String,
     },
+    /// Sender → receiver: one chunk's bytes, zstd-compressed (sent only when that
+    /// saves at least an eighth). The receiver decompresses into at most `len` bytes,
+    /// then checks the bytes hash to the id.
+    Packed {
+        /// Its id.
+        id: ChunkId,
+        /// Its length uncompressed.
+        len: u32,
+        /// The zstd frame.
+        #[serde(with = "serde_bytes_compat")]
+        data: Vec<u8>,
+    },
 }
 
 /// Byte strings as postcard byte arrays (length + bytes), not sequences of integers.
@@ -121,6 +133,21 @@ impl Message for Frame {
                 }
                 if data.is_empty() || data.len() > MAX_CHUNK {
                     return bad(format!("chunk {id:#} of {} bytes (1..={MAX_CHUNK})", data.len()));
+                }
+                Ok(())
+            }
+            Frame::Packed { id, len, data } => {
+                if id.is_zero() {
+                    return bad("a zero chunk was sent; zero chunks are holes, never sent".into());
+                }
+                if *len == 0 || *len as usize > MAX_CHUNK {
+                    return bad(format!("packed chunk {id:#} of {len} bytes (1..={MAX_CHUNK})"));
+                }
+                if data.is_empty() || data.len() >= *len as usize {
+                    return bad(format!(
+                        "packed chunk {id:#}: {} compressed bytes for {len}",
+                        data.len()
+                    ));
                 }
                 Ok(())
             }
@@ -232,6 +259,8 @@ mod tests {
             (1u32..).prop_map(|chunks| Frame::Credit { chunks }),
             (id.clone(), proptest::collection::vec(any::<u8>(), 1..3000))
                 .prop_map(|(id, data)| Frame::Chunk { id, data }),
+            (id.clone(), proptest::collection::vec(any::<u8>(), 1..300))
+                .prop_map(|(id, data)| Frame::Packed { id, len: data.len() as u32 + 7, data }),
             id.prop_map(|id| Frame::Missing { id }),
             Just(Frame::Done),
             "[ -~]{0,100}".prop_map(|reason| Frame::Refused { reason }),

@@ -205,6 +205,7 @@ impl HostService {
                 None => report.from.push((peer.clone(), got.bytes)),
             }
         }
+        report.wire = pulled.0.fetched.iter().map(|(_, f)| f.wire).sum();
         report.dropped = pulled.0.dropped;
         report.fetch_micros = started.elapsed().as_micros() as u64;
 

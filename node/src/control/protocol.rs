@@ -169,8 +169,10 @@ pub struct InventoryReport {
 pub struct StageReport {
     /// Bytes of the images' chunks it lacked when the order came.
     pub lacked: u64,
-    /// Bytes received.
+    /// Bytes received (of chunks, uncompressed).
     pub received: u64,
+    /// Bytes on the wire (less than `received` when senders compressed).
+    pub wire: u64,
     /// Chunks received.
     pub chunks: u64,
     /// Bytes per sender (peer id), in the order first used.

@@ -77,8 +77,9 @@ pub struct PeerConfig {
     pub keypair: identity::Keypair,
     /// The only peers it talks to.
     pub allowed: Vec<PeerId>,
-    /// Its upload cap, shared by every chunk stream it serves.
-    pub upload: Option<Arc<rate::RateLimit>>,
+    /// How it sends chunks: its upload cap (shared by every stream it serves) and
+    /// whether it compresses them.
+    pub sending: handler::Sending,
 }
 
 #[derive(NetworkBehaviour)]
@@ -242,7 +243,7 @@ impl Peer {
             span.clone(),
         ));
         let serve_task = tokio::spawn(tracing::Instrument::instrument(
-            handler::serve(incoming, source, config.upload.clone(), stopped),
+            handler::serve(incoming, source, config.sending.clone(), stopped),
             span,
         ));
         let peer = Peer { id, commands, control, stop, tasks: vec![swarm_task, serve_task] };
