@@ -2,8 +2,9 @@
 //!
 //! For each image, the *receivers* are the hosts that need it and lack some of it; the
 //! *source* is the live host holding all of it with the fastest uplink. Receivers are
-//! ordered rack by rack (the source's rack first, then racks as they appear, hosts in
-//! file order), so consecutive hosts of a chain or siblings of a tree share a switch.
+//! ordered rack by rack (the source's rack first, then racks as they appear; within a
+//! rack the fastest first, then file order), so consecutive hosts of a chain or
+//! siblings of a tree share a switch, and a slow host is a chain's tail or a leaf.
 //!
 //! | strategy | topology |
 //! |---|---|
@@ -363,9 +364,12 @@ fn chain_floor(cluster: &Cluster, images: &[Image], lacks: &BTreeMap<Need, Range
 }
 
 /// Receivers rack by rack: the source's rack first, then racks in order of first
-/// appearance; hosts in file order within a rack.
+/// appearance; within a rack the fastest hosts first (by the slower of their two
+/// links), in file order among equals. A slow host so sits at the tail of a chain, or
+/// at the leaves of a tree, where it holds back nobody but itself.
 fn rack_order(cluster: &Cluster, source: HostIx, receivers: &[HostIx]) -> Vec<HostIx> {
     let rack = |h: HostIx| cluster.host(h).rack.as_deref();
+    let speed = |h: HostIx| cluster.host(h).up.min(cluster.host(h).down);
     let mut racks: Vec<Option<&str>> = vec![rack(source)];
     for &r in receivers {
         if !racks.contains(&rack(r)) {
@@ -374,7 +378,9 @@ fn rack_order(cluster: &Cluster, source: HostIx, receivers: &[HostIx]) -> Vec<Ho
     }
     let mut order = Vec::with_capacity(receivers.len());
     for r in &racks {
+        let start = order.len();
         order.extend(receivers.iter().copied().filter(|&h| rack(h) == *r));
+        order[start..].sort_by(|&a, &b| speed(b).total_cmp(&speed(a)));
     }
     order
 }

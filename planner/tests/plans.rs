@@ -152,6 +152,26 @@ fn chain_takes_s_over_b_plus_one_chunk_per_hop() {
 }
 
 #[test]
+fn a_slow_host_goes_to_the_tail_and_holds_back_only_itself() {
+    let images = [Image::new("w", vec![65536; 1000])];
+    let s = images[0].bytes() as f64;
+    let mut hosts = vec![host("src", 12.5 * MB, 12.5 * MB, None)];
+    hosts.push(host("slow", 1.25 * MB, 1.25 * MB, None)); // listed first of the receivers
+    hosts.extend((2..=6).map(|i| host(&format!("h{i}"), 12.5 * MB, 12.5 * MB, None)));
+    let cluster = Cluster::new(hosts).expect("cluster");
+    let mut inv = Inventory::empty(7, 1);
+    inv.add(HostIx(0), 0, &images[0].all());
+    let needs: Vec<Need> = (1..=6).map(|h| Need { host: HostIx(h), image: 0 }).collect();
+    let p = plan(&cluster, &images, &inv, &needs, Strategy::Chain).expect("plan");
+    assert!(p.streams.iter().all(|st| st.from != HostIx(1)), "the slow host relays to nobody");
+    let sim = simulate(&cluster, &images, &inv, &p).expect("sim");
+    for h in 2..=6 {
+        assert!(sim.host_finish[h] < 1.1 * s / (12.5 * MB), "h{h}: {:?}", sim.host_finish);
+    }
+    assert!((sim.host_finish[1] - s / (1.25 * MB)).abs() < 0.02 * sim.host_finish[1]);
+}
+
+#[test]
 fn a_slow_head_link_makes_star_linear_and_chain_flat() {
     // The paper's testbed: 100 Mbit/s hosts, the head host's link about 10 MB/s.
     let images = [Image::new("worker", vec![65536; 8400])]; // ~550 MB
