@@ -8,7 +8,7 @@
 //! key_file = "node.key"               # relative to data_dir; made on first start
 //! listen = ["/ip4/0.0.0.0/tcp/7400"]
 //! cluster_config = "/etc/vw/cluster.toml"   # subnet, pools, Xen driver; embedded default if absent
-//! mdns = false                        # also find peers on the LAN
+//! mdns = false                        # LAN discovery: not in this build (refused if true)
 //! upload_cap = "100Mbit"              # optional rate caps
 //! download_cap = "100Mbit"
 //! compress = "auto"                   # chunks on the wire: auto, always, never
@@ -225,6 +225,12 @@ impl Daemon {
         };
         let caps =
             (cap(&config.upload_cap, "upload_cap")?, cap(&config.download_cap, "download_cap")?);
+        if config.mdns {
+            return Err(bad(
+                "mdns".into(),
+                "mDNS discovery is not in this build (docs/decisions.md 42); list the peers with [[peer]]".into(),
+            ));
+        }
         Ok(Daemon { config, listen, peers, heads, caps })
     }
 
@@ -332,6 +338,12 @@ addr = "/ip4/10.0.0.1/tcp/7400"
             .expect_err("twice")
             .to_string()
             .contains("listed twice"));
+    }
+
+    #[test]
+    fn mdns_is_refused_not_ignored() {
+        let err = Daemon::parse(&format!("mdns = true\n{GOOD}"), "vwd.toml").expect_err("mdns");
+        assert!(err.to_string().contains("mdns: mDNS discovery is not in this build"), "{err}");
     }
 
     #[test]
