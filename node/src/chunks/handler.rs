@@ -188,6 +188,9 @@ pub struct Intake {
     received: std::sync::Mutex<std::collections::HashSet<ChunkId>>,
     bytes: std::sync::atomic::AtomicU64,
     download: Option<Arc<RateLimit>>,
+    /// Peers that failed a stream of this stage (a bad chunk, a broken or stalled
+    /// stream): no other stream of the stage asks them again.
+    dropped: std::sync::Mutex<std::collections::HashSet<PeerId>>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -216,6 +219,7 @@ impl Intake {
             received: Default::default(),
             bytes: Default::default(),
             download: None,
+            dropped: Default::default(),
         }
     }
 
@@ -228,6 +232,16 @@ impl Intake {
     /// Bytes received so far (for progress).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops `peer` for the rest of this stage.
+    fn drop_peer(&self, peer: PeerId) {
+        self.dropped.lock().expect("intake lock").insert(peer);
+    }
+
+    /// Whether `peer` was dropped.
+    fn is_dropped(&self, peer: &PeerId) -> bool {
+        self.dropped.lock().expect("intake lock").contains(peer)
     }
 
     /// Chunks received so far.
@@ -300,22 +314,40 @@ pub async fn fetch_into(
     wanted: &[ChunkRef],
     intake: &Intake,
 ) -> Result<Fetched, PeerError> {
+    let (got, result) = fetch_stream(control, peer, deployment, wanted, intake).await;
+    result.map(|()| got)
+}
+
+/// [`fetch_into`], returning what arrived even when the stream then failed.
+async fn fetch_stream(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    deployment: &str,
+    wanted: &[ChunkRef],
+    intake: &Intake,
+) -> (Fetched, Result<(), PeerError>) {
     let fail = |reason: String| PeerError::Stream { peer, reason };
-    let mut stream = control.open_stream(peer, chunks_protocol()).await.map_err(|e| {
+    let mut got = Fetched::default();
+    let opened = control.open_stream(peer, chunks_protocol()).await.map_err(|e| {
         fail(format!("cannot open a chunk stream ({e}); is this host on the peer's allow list?"))
-    })?;
+    });
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(e) => return (got, Err(e)),
+    };
     for ids in wanted.chunks(MAX_WANT) {
         let want = Frame::Want {
             deployment: deployment.to_owned(),
             ids: ids.iter().map(|c| c.id).collect(),
         };
-        write_frame(&mut stream, &want).await.map_err(|e| fail(e.to_string()))?;
+        if let Err(e) = write_frame(&mut stream, &want).await {
+            return (got, Err(fail(e.to_string())));
+        }
     }
-    write_frame(&mut stream, &Frame::Credit { chunks: WINDOW })
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: WINDOW }).await {
+        return (got, Err(fail(e.to_string())));
+    }
 
-    let mut got = Fetched::default();
     let mut result = Ok(());
     for expected in wanted {
         let next = tokio::time::timeout(QUIET, read_frame(&mut stream)).await;
@@ -386,7 +418,7 @@ pub async fn fetch_into(
     }
     let _ = write_frame(&mut stream, &Frame::Done).await;
     let _ = stream.close().await;
-    result.map(|()| got)
+    (got, result)
 }
 
 /// What [`fetch_from_any`] did.
@@ -399,8 +431,9 @@ pub struct PullReport {
 }
 
 /// Pulls `wanted` from `peers` in order into `intake`: a peer that fails (a bad chunk,
-/// a broken stream, chunks it lacks) is dropped for the deployment and the chunks
-/// still missing are fetched from the next. Ends with every wanted chunk taken, or an
+/// a broken or stalled stream) is dropped for the whole stage (every stream of the
+/// intake skips it), one that lacks chunks only for this pull, and the chunks still
+/// missing are fetched from the next. Ends with every wanted chunk taken, or an
 /// error naming what is still missing after every peer was tried.
 pub async fn fetch_from_any(
     control: &mut libp2p_stream::Control,
@@ -424,17 +457,21 @@ pub async fn fetch_from_any(
         if remaining.is_empty() {
             break;
         }
-        match fetch_into(control, peer, deployment, &remaining, intake).await {
-            Ok(got) => {
-                report.fetched.push((peer.to_string(), got));
-                if got.missing > 0 {
-                    report
-                        .dropped
-                        .push((peer.to_string(), format!("lacked {} chunks", got.missing)));
-                }
+        if intake.is_dropped(&peer) {
+            continue;
+        }
+        let (got, result) = fetch_stream(control, peer, deployment, &remaining, intake).await;
+        if got.chunks > 0 || result.is_ok() {
+            report.fetched.push((peer.to_string(), got));
+        }
+        match result {
+            Ok(()) if got.missing > 0 => {
+                report.dropped.push((peer.to_string(), format!("lacked {} chunks", got.missing)));
             }
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(peer = %short(&peer), error = %e, "dropping the peer for this deployment");
+                intake.drop_peer(peer);
                 report.dropped.push((peer.to_string(), e.to_string()));
             }
         }
