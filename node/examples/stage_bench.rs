@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use vw_node::chunkstore::{ImageName, Store};
 use vw_node::control::head::{DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{write_image, DemoImages, LocalNet, LocalNetOptions};
+use vw_node::localnet::{cluster_workspace, write_image, DemoImages, LocalNet, LocalNetOptions};
 use vw_node::planner::{Policy, Strategy};
 
 struct Args {
@@ -58,24 +58,6 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn workspace(workers: usize) -> String {
-    format!(
-        r#"<virtualWorkspace type="cluster" name="bench" nodeNumber="{n}">
-  <headnode name="head">
-    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="bench/head:1" device="xvda1" role="root"/>
-    <nic network="private"/>
-  </headnode>
-  <workernode name="worker" count="{workers}">
-    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="bench/worker:1" device="xvda1" role="root"/>
-    <nic network="private"/>
-  </workernode>
-</virtualWorkspace>"#,
-        n = workers + 1
-    )
-}
-
 fn main() -> anyhow::Result<()> {
     let a = args()?;
     anyhow::ensure!(a.hosts >= 2, "--hosts must be at least 2");
@@ -110,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     let head = runtime.block_on(net.start_one(0))?;
 
     let request = LocalRequest::Deploy {
-        workspace: workspace(a.hosts - 1),
+        workspace: cluster_workspace("bench", "bench/head:1", "bench/worker:1", a.hosts - 1),
         source: "bench.xml".into(),
         options: DeployOptions { strategy: a.strategy, policy: Policy::Spread },
     };

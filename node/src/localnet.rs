@@ -242,3 +242,31 @@ impl Drop for ChildVwd {
         let _ = self.child.wait();
     }
 }
+
+/// A small virtual cluster for tests and benchmarks: a head node from `head_image`
+/// (NFS and batch server) and `workers` workers from `worker_image`, on the private
+/// network, booted by pygrub.
+pub fn cluster_workspace(
+    name: &str,
+    head_image: &str,
+    worker_image: &str,
+    workers: usize,
+) -> String {
+    format!(
+        r#"<virtualWorkspace type="cluster" name="{name}" nodeNumber="{n}">
+  <headnode name="head">
+    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="{head_image}" device="xvda1" role="root"/>
+    <nic network="private"/>
+    <roles><nfsServer export="/home"/><batchServer/></roles>
+  </headnode>
+  <workernode name="worker" count="{workers}">
+    <memory>128</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
+    <partition image="{worker_image}" device="xvda1" role="root"/>
+    <nic network="private"/>
+    <roles><nfsClient export="/home"/><batchWorker/></roles>
+  </workernode>
+</virtualWorkspace>"#,
+        n = workers + 1
+    )
+}

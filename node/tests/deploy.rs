@@ -7,30 +7,9 @@ use std::path::Path;
 use vw_node::chunkstore::{ImageName, ImageRef, Store};
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{DemoImages, LocalNet, LocalNetOptions};
+use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions};
 use vw_node::manager::VmState;
 use vw_node::planner::{Policy, Strategy};
-
-/// A head and `workers` workers, every worker from `image`.
-fn workspace(name: &str, image: &str, workers: usize) -> String {
-    format!(
-        r#"<virtualWorkspace type="cluster" name="{name}" nodeNumber="{n}">
-  <headnode name="head">
-    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="demo/base:1" device="xvda1" role="root"/>
-    <nic network="private"/>
-    <roles><nfsServer export="/home"/><batchServer/></roles>
-  </headnode>
-  <workernode name="worker" count="{workers}">
-    <memory>128</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="{image}" device="xvda1" role="root"/>
-    <nic network="private"/>
-    <roles><nfsClient export="/home"/><batchWorker/></roles>
-  </workernode>
-</virtualWorkspace>"#,
-        n = workers + 1
-    )
-}
 
 /// Imports the demo images into the head's store (before its vwd opens it).
 fn import(head: &Path, images: &DemoImages) {
@@ -91,7 +70,8 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
 
     let vwds = net.start().await.expect("start");
     let (report, events) =
-        deploy(&net, workspace("grid", "demo/worker:1", 4), Strategy::Chain).await;
+        deploy(&net, cluster_workspace("grid", "demo/base:1", "demo/worker:1", 4), Strategy::Chain)
+            .await;
     assert!(report.lost.is_empty(), "{report:#?}");
     assert_eq!(report.vms.len(), 5);
     assert!(report.vms.iter().all(|v| v.state == VmState::Running), "{:?}", report.vms);
@@ -115,7 +95,9 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
     assert_eq!(workers.len(), 4, "spread: one worker per host");
 
     // A second VO's cluster shares the base: only its own chunks move.
-    let (second, _) = deploy(&net, workspace("vo2", "vo2/worker:1", 4), Strategy::Chain).await;
+    let (second, _) =
+        deploy(&net, cluster_workspace("vo2", "demo/base:1", "vo2/worker:1", 4), Strategy::Chain)
+            .await;
     assert!(second.lost.is_empty(), "{second:#?}");
     // What a host that holds the first VO's worker lacks of the second VO's.
     let probe = Store::open(&dir.path().join("probe")).expect("probe");

@@ -7,23 +7,8 @@ use std::path::Path;
 use vw_node::chunkstore::{ImageName, Store};
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{ChildVwd, DemoImages, LocalNet, LocalNetOptions};
+use vw_node::localnet::{cluster_workspace, ChildVwd, DemoImages, LocalNet, LocalNetOptions};
 use vw_node::planner::{Policy, Strategy};
-
-const WORKSPACE: &str = r#"<virtualWorkspace type="cluster" name="grid" nodeNumber="4">
-  <headnode name="head">
-    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="demo/base:1" device="xvda1" role="root"/>
-    <nic network="private"/>
-    <roles><nfsServer export="/home"/><batchServer/></roles>
-  </headnode>
-  <workernode name="worker" count="3">
-    <memory>128</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="demo/worker:1" device="xvda1" role="root"/>
-    <nic network="private"/>
-    <roles><nfsClient export="/home"/><batchWorker/></roles>
-  </workernode>
-</virtualWorkspace>"#;
 
 /// A 4-host net capped at `cap`, the images imported on the head, hosts 1.. started as
 /// child processes. Returns the net, the worker image's distinct bytes, the children.
@@ -54,7 +39,7 @@ fn spawn(net: &LocalNet, i: usize, dir: &Path) -> ChildVwd {
 /// Deploys through the head's socket, calling `on_event` for each event.
 fn deploy(net: &LocalNet, mut on_event: impl FnMut(&DeployEvent)) -> DeployReport {
     let request = LocalRequest::Deploy {
-        workspace: WORKSPACE.into(),
+        workspace: cluster_workspace("grid", "demo/base:1", "demo/worker:1", 3),
         source: "faults.xml".into(),
         options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
     };

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use futures::{AsyncWriteExt as _, StreamExt as _};
+use futures::AsyncWriteExt as _;
 use libp2p::{PeerId, Stream};
 use tokio::sync::watch;
 use vw_chunkstore::{ChunkId, ChunkRef, Store};
@@ -80,26 +80,16 @@ impl Sending {
 
 /// Serves every incoming chunk stream until `stop` is set.
 pub async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     source: Arc<dyn ChunkSource>,
     sending: Sending,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            next = incoming.next() => {
-                let Some((peer, stream)) = next else { break };
-                let source = Arc::clone(&source);
-                let sending = sending.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve_one(peer, stream, source.as_ref(), &sending).await {
-                        tracing::warn!(peer = %short(&peer), error = %e, "chunk stream failed");
-                    }
-                });
-            }
-        }
-    }
+    crate::peer::accept(incoming, stop, "chunk", move |peer, stream| {
+        let (source, sending) = (Arc::clone(&source), sending.clone());
+        async move { serve_one(peer, stream, source.as_ref(), &sending).await }
+    })
+    .await;
 }
 
 /// The chunk, waiting (up to [`QUIET`] without progress) if it is still arriving: how a

@@ -26,7 +26,7 @@ use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::manager::Manager;
 use crate::peer::rate::RateLimit;
-use crate::peer::{short, PeerBook};
+use crate::peer::PeerBook;
 use crate::wire;
 
 /// How often a stage reports its progress.
@@ -350,24 +350,15 @@ fn merge(into: &mut PullReport, r: PullReport) {
 
 /// Serves every incoming control stream until `stop` is set.
 pub async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    incoming: libp2p_stream::IncomingStreams,
     host: Arc<HostService>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            next = incoming.next() => {
-                let Some((peer, stream)) = next else { break };
-                let host = Arc::clone(&host);
-                tokio::spawn(async move {
-                    if let Err(e) = serve_one(peer, stream, &host).await {
-                        tracing::warn!(peer = %short(&peer), error = %e, "control stream failed");
-                    }
-                });
-            }
-        }
-    }
+    crate::peer::accept(incoming, stop, "control", move |peer, stream| {
+        let host = Arc::clone(&host);
+        async move { serve_one(peer, stream, &host).await }
+    })
+    .await;
 }
 
 async fn serve_one(peer: PeerId, mut stream: Stream, host: &HostService) -> Result<(), String> {

@@ -299,6 +299,34 @@ impl Peer {
     }
 }
 
+/// Accepts streams of one protocol until `stop` is set, each handled on its own task;
+/// a stream that fails is logged as a failed `what` stream.
+pub(crate) async fn accept<F, Fut, E>(
+    mut incoming: libp2p_stream::IncomingStreams,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(PeerId, libp2p::Stream) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { break };
+                let work = handle(peer, stream);
+                tokio::spawn(async move {
+                    if let Err(e) = work.await {
+                        tracing::warn!(peer = %short(&peer), error = %e, "{what} stream failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
 /// The first 8 characters after the common `12D3KooW` prefix.
 pub(crate) fn short(id: &PeerId) -> String {
     let s = id.to_string();
