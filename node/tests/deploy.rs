@@ -146,3 +146,38 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
         .collect();
     holds_exactly(&net, &other_hosts, "vo2/worker:1", &images.other);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), 6, &LocalNetOptions::default()).expect("net");
+    let images = DemoImages::write(dir.path(), 32).expect("images");
+    import(&net.data_dirs[0], &images);
+    let vwds = net.start().await.expect("start");
+    let strategy = Strategy::Striped { stripes: 4, k: 2 };
+    let (report, events) =
+        deploy(&net, cluster_workspace("striped", "demo/base:1", "demo/worker:1", 5), strategy)
+            .await;
+    assert!(report.lost.is_empty(), "{report:#?}");
+    let edges = events.iter().find_map(|e| match e {
+        DeployEvent::Planned { edges, .. } => Some(edges.clone()),
+        _ => None,
+    });
+    let relays = edges.expect("a plan").iter().filter(|(from, _)| from != "head").count();
+    assert!(relays > 0, "hosts forward to each other");
+    for h in &report.hosts {
+        let s = h.stage.as_ref().expect("staged");
+        assert_eq!(s.received, s.lacked, "{}: {s:?}", h.host);
+        assert!(s.dropped.is_empty(), "{}: no sender failed: {:?}", h.host, s.dropped);
+    }
+    for v in vwds {
+        v.shutdown().await;
+    }
+    let workers: Vec<String> = report
+        .placement
+        .iter()
+        .filter(|p| p.vm.contains("worker"))
+        .map(|p| p.host.clone())
+        .collect();
+    holds_exactly(&net, &workers, "demo/worker:1", &images.worker);
+}

@@ -43,6 +43,9 @@ impl ChunkSource for Store {
     }
 }
 
+/// How long an intake waits for more chunks before it syncs those it has.
+const SYNC_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Chunks a fetcher lets be in flight on one stream (4 MiB at the mean chunk size,
 /// 16 MiB at most): 64 measured 297 MB/s on loopback against 253 MB/s for 16.
 pub const WINDOW: u32 = 64;
@@ -105,6 +108,7 @@ async fn wait_for(source: &dyn ChunkSource, id: &ChunkId) -> Option<Vec<u8>> {
             return Some(data);
         }
         if tokio::time::timeout(QUIET, signal.changed()).await.map_or(true, |r| r.is_err()) {
+            tracing::debug!(chunk = %format!("{id:#}"), "gave up waiting for a chunk to arrive");
             return None;
         }
     }
@@ -178,8 +182,8 @@ pub struct Intake {
     received: std::sync::Mutex<std::collections::HashSet<ChunkId>>,
     bytes: std::sync::atomic::AtomicU64,
     download: Option<Arc<RateLimit>>,
-    /// Peers that failed a stream of this stage (a bad chunk, a broken or stalled
-    /// stream): no other stream of the stage asks them again.
+    /// Peers that sent a bad chunk in this stage: no other stream of the stage asks
+    /// them again.
     dropped: std::sync::Mutex<std::collections::HashSet<PeerId>>,
 }
 
@@ -194,12 +198,44 @@ impl Intake {
     pub fn start(store: Arc<Store>, relay: Option<Arc<Relay>>) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(WINDOW as usize);
         let writing = Arc::clone(&store);
+        let waking = relay.clone();
+        let runtime = tokio::runtime::Handle::current();
         let writer = tokio::task::spawn_blocking(move || {
             let mut session = writing.receiving();
-            while let Some((id, data)) = rx.blocking_recv() {
+            // Chunks put but not yet synced cannot be read back from the store. Sync
+            // before the relay could forget them, and when chunks pause, and wake the
+            // servers waiting for them: a child must never wait on chunks that are
+            // here but unreadable (with striped plans, that wait can be a cycle).
+            let mut unsynced = 0usize;
+            let synced = |session: &mut vw_chunkstore::Receiving<'_>| {
+                session.sync()?;
+                if let Some(relay) = &waking {
+                    relay.poke();
+                }
+                Ok::<_, vw_chunkstore::Error>(())
+            };
+            loop {
+                let next = if unsynced == 0 {
+                    rx.blocking_recv()
+                } else {
+                    match runtime.block_on(tokio::time::timeout(SYNC_IDLE, rx.recv())) {
+                        Ok(next) => next,
+                        Err(_) => {
+                            synced(&mut session)?;
+                            unsynced = 0;
+                            continue;
+                        }
+                    }
+                };
+                let Some((id, data)) = next else { break };
                 session.put(&id, &data)?;
+                unsynced += data.len();
+                if unsynced >= Relay::KEEP_BYTES / 2 {
+                    synced(&mut session)?;
+                    unsynced = 0;
+                }
             }
-            session.sync()
+            synced(&mut session)
         });
         Intake {
             tx,
@@ -269,9 +305,6 @@ impl Intake {
             .writer
             .await
             .map_err(|e| PeerError::Transport(format!("the store's writer thread failed: {e}")))?;
-        if let Some(relay) = &self.relay {
-            relay.poke();
-        }
         Ok(written?)
     }
 }
@@ -420,9 +453,9 @@ pub struct PullReport {
     pub dropped: Vec<(String, String)>,
 }
 
-/// Pulls `wanted` from `peers` in order into `intake`: a peer that fails (a bad chunk,
-/// a broken or stalled stream) is dropped for the whole stage (every stream of the
-/// intake skips it), one that lacks chunks only for this pull, and the chunks still
+/// Pulls `wanted` from `peers` in order into `intake`: a peer that sends a bad chunk is
+/// dropped for the whole stage (every stream of the intake skips it), one whose stream
+/// breaks or stalls or that lacks chunks only for this pull, and the chunks still
 /// missing are fetched from the next. Ends with every wanted chunk taken, or an
 /// error naming what is still missing after every peer was tried.
 pub async fn fetch_from_any(
@@ -450,7 +483,19 @@ pub async fn fetch_from_any(
         if intake.is_dropped(&peer) {
             continue;
         }
-        let (got, result) = fetch_stream(control, peer, deployment, &remaining, intake).await;
+        let mut attempt = 0;
+        let (got, result) = loop {
+            let (got, result) = fetch_stream(control, peer, deployment, &remaining, intake).await;
+            // A stream that failed before anything arrived (a busy peer can drop a
+            // stream it has not accepted yet) is opened again, twice at most.
+            let nothing = got.chunks == 0 && got.missing == 0;
+            if attempt < 2 && nothing && matches!(result, Err(PeerError::Stream { .. })) {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                continue;
+            }
+            break (got, result);
+        };
         if got.chunks > 0 || result.is_ok() {
             report.fetched.push((peer.to_string(), got));
         }
@@ -460,8 +505,13 @@ pub async fn fetch_from_any(
             }
             Ok(()) => {}
             Err(e) => {
-                tracing::warn!(peer = %short(&peer), error = %e, "dropping the peer for this deployment");
-                intake.drop_peer(peer);
+                // A bad chunk is deliberate or a broken peer: no stream of this stage asks
+                // it again. A broken stream may be passing (the final pass of a stage
+                // tries every peer again).
+                if matches!(e, PeerError::BadChunk { .. }) {
+                    intake.drop_peer(peer);
+                }
+                tracing::warn!(peer = %short(&peer), error = %e, "dropping the peer for this pull");
                 report.dropped.push((peer.to_string(), e.to_string()));
             }
         }

@@ -375,8 +375,8 @@ async fn run_swarm(
                 }
             },
             event = swarm.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    tracing::debug!(peer = %short(&peer_id), "connected");
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                    tracing::debug!(peer = %short(&peer_id), ?connection_id, dialer = endpoint.is_dialer(), "connected");
                     for (_, reply, _) in extract(&mut pending_dials, |p| *p == peer_id) {
                         let _ = reply.send(Ok(()));
                     }
@@ -392,8 +392,8 @@ async fn run_swarm(
                 SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                     tracing::warn!(from = %send_back_addr, %error, "refused an incoming connection");
                 }
-                SwarmEvent::ConnectionClosed { peer_id, cause: Some(cause), .. } => {
-                    tracing::debug!(peer = %short(&peer_id), %cause, "connection closed");
+                SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, num_established, .. } => {
+                    tracing::debug!(peer = %short(&peer_id), ?connection_id, ?cause, num_established, "connection closed");
                 }
                 _ => {}
             },
