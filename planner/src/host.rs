@@ -61,7 +61,8 @@ impl Cluster {
                     return Err(PlanError::ZeroBandwidth { host: h.name.clone(), link: what });
                 }
             }
-            if h.memory_mib == 0 || h.vcpus == 0 || h.cpus == 0 {
+            // A dead host gives nothing and is given nothing; a live one must have room.
+            if h.alive && (h.memory_mib == 0 || h.vcpus == 0 || h.cpus == 0) {
                 return Err(PlanError::ZeroCapacity { host: h.name.clone() });
             }
         }

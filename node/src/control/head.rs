@@ -255,20 +255,50 @@ impl Head {
                 }
             });
         }
+        // A busy host can drop a stream it has not accepted yet: a call that fails
+        // before any reply is made again (twice at most; every request is idempotent).
+        let mut attempt = 0;
+        loop {
+            match self.call_once(host, &request, &forward).await {
+                Err((e, false)) if attempt < 2 => {
+                    attempt += 1;
+                    tracing::debug!(host = %host.0, error = %e, attempt, "calling again");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                result => return result.map_err(|(e, _)| e),
+            }
+        }
+    }
+
+    /// One call over one stream; on failure, whether any reply had arrived.
+    async fn call_once(
+        &self,
+        host: &(String, PeerId),
+        request: &Request,
+        forward: &impl Fn(Progress),
+    ) -> Result<Answer, (String, bool)> {
         let mut control = self.control.clone();
         let mut stream =
             tokio::time::timeout(CONNECT, control.open_stream(host.1, control_protocol()))
                 .await
-                .map_err(|_| format!("cannot reach it within {} s", CONNECT.as_secs()))?
-                .map_err(|e| format!("cannot reach it ({e})"))?;
-        wire::write(&mut stream, &request).await.map_err(|e| format!("sending: {e}"))?;
+                .map_err(|_| (format!("cannot reach it within {} s", CONNECT.as_secs()), false))?
+                .map_err(|e| (format!("cannot reach it ({e})"), false))?;
+        wire::write(&mut stream, request).await.map_err(|e| (format!("sending: {e}"), false))?;
+        let mut replied = false;
         loop {
             match tokio::time::timeout(CALL_QUIET, wire::read::<Reply, _>(&mut stream)).await {
-                Err(_) => return Err(format!("no word for {} s", CALL_QUIET.as_secs())),
-                Ok(Ok(Some(Reply::Progress(p)))) => forward(p),
+                Err(_) => return Err((format!("no word for {} s", CALL_QUIET.as_secs()), true)),
+                Ok(Ok(Some(Reply::Progress(p)))) => {
+                    replied = true;
+                    forward(p);
+                }
                 Ok(Ok(Some(Reply::Done(answer)))) => return Ok(answer),
-                Ok(Ok(None)) => return Err("it closed the stream without answering".into()),
-                Ok(Err(e)) => return Err(format!("it broke the protocol or went away: {e}")),
+                Ok(Ok(None)) => {
+                    return Err(("it closed the stream without answering".into(), replied))
+                }
+                Ok(Err(e)) => {
+                    return Err((format!("it broke the protocol or went away: {e}"), replied))
+                }
             }
         }
     }
