@@ -46,6 +46,11 @@ async fn deploy(
     .expect("task")
 }
 
+/// The hosts that run the workers of a deployment.
+fn worker_hosts(report: &DeployReport) -> Vec<String> {
+    report.placement.iter().filter(|p| p.vm.contains("worker")).map(|p| p.host.clone()).collect()
+}
+
 /// Whether every host that runs a VM of `image` holds it byte for byte.
 fn holds_exactly(net: &LocalNet, hosts: &[String], image: &str, original: &Path) {
     let want = std::fs::read(original).expect("original");
@@ -86,12 +91,7 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
         let s = h.stage.as_ref().expect("staged");
         assert_eq!(s.received, s.lacked, "{}: {s:?}", h.host);
     }
-    let workers: Vec<String> = report
-        .placement
-        .iter()
-        .filter(|p| p.vm.contains("worker"))
-        .map(|p| p.host.clone())
-        .collect();
+    let workers = worker_hosts(&report);
     assert_eq!(workers.len(), 4, "spread: one worker per host");
 
     // A second VO's cluster shares the base: only its own chunks move.
@@ -131,20 +131,8 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
     for v in vwds {
         v.shutdown().await;
     }
-    let worker_hosts: Vec<String> = report
-        .placement
-        .iter()
-        .filter(|p| p.vm.contains("worker"))
-        .map(|p| p.host.clone())
-        .collect();
-    holds_exactly(&net, &worker_hosts, "demo/worker:1", &images.worker);
-    let other_hosts: Vec<String> = second
-        .placement
-        .iter()
-        .filter(|p| p.vm.contains("worker"))
-        .map(|p| p.host.clone())
-        .collect();
-    holds_exactly(&net, &other_hosts, "vo2/worker:1", &images.other);
+    holds_exactly(&net, &worker_hosts(&report), "demo/worker:1", &images.worker);
+    holds_exactly(&net, &worker_hosts(&second), "vo2/worker:1", &images.other);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -173,11 +161,5 @@ async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
     for v in vwds {
         v.shutdown().await;
     }
-    let workers: Vec<String> = report
-        .placement
-        .iter()
-        .filter(|p| p.vm.contains("worker"))
-        .map(|p| p.host.clone())
-        .collect();
-    holds_exactly(&net, &workers, "demo/worker:1", &images.worker);
+    holds_exactly(&net, &worker_hosts(&report), "demo/worker:1", &images.worker);
 }
