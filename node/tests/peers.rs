@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
-use vw_node::chunks::handler::{fetch, fetch_from_any, fetch_into, Intake, Relay};
-use vw_node::chunkstore::{testdata::noise, Store};
+use vw_node::chunks::handler::{
+    fetch, fetch_from_any, fetch_into, ChunkSource, Intake, Relay, Sending,
+};
+use vw_node::chunkstore::{testdata::noise, ImageName, Manifest, Store};
 use vw_node::peer::{Peer, PeerConfig};
 
 fn config(key: &identity::Keypair, allowed: &[&identity::Keypair]) -> PeerConfig {
@@ -23,10 +25,33 @@ async fn address(peer: &Peer) -> Multiaddr {
     addr.with(libp2p::multiaddr::Protocol::P2p(peer.id()))
 }
 
+/// A sender serving `source` (sending as `sending` says) and a receiver, each allowing
+/// only the other, the receiver connected to the sender.
+async fn pair(
+    source: Arc<dyn ChunkSource>,
+    sending: Sending,
+    receiver: Arc<Store>,
+) -> (Peer, Peer) {
+    let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+    let sender = PeerConfig { sending, ..config(&ka, &[&kb]) };
+    let pa = Peer::start(sender, source).await.expect("sender");
+    let pb = Peer::start(config(&kb, &[&ka]), receiver).await.expect("receiver");
+    pb.dial(address(&pa).await).await.expect("dial");
+    (pa, pb)
+}
+
+/// Records `manifest` in `store` (every chunk must be there), exports it and checks the
+/// image is `data`, byte for byte.
+fn rebuilds_exactly(store: &Store, manifest: &Manifest, name: Option<&ImageName>, data: &[u8]) {
+    store.receiving().finish(manifest, name).expect("complete");
+    let out = tempfile::NamedTempFile::new().expect("tempfile");
+    store.export(&manifest.id(), out.path(), true, &()).expect("export");
+    assert!(std::fs::read(out.path()).expect("read") == data, "byte-identical");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_fetches_what_it_lacks_and_rebuilds_the_image() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
     let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
     let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
     // An image of 6 MiB of data and 2 MiB of zeros; b already holds a part of it.
@@ -38,10 +63,7 @@ async fn a_host_fetches_what_it_lacks_and_rebuilds_the_image() {
     let part = dir.path().join("part.img");
     std::fs::write(&part, &data[..2 << 20]).expect("write");
     b.import(&part, None, &()).expect("import part");
-
-    let pa = Peer::start(config(&ka, &[&kb]), a.clone()).await.expect("peer a");
-    let pb = Peer::start(config(&kb, &[&ka]), b.clone()).await.expect("peer b");
-    pb.dial(address(&pa).await).await.expect("dial");
+    let (pa, pb) = pair(a.clone(), Sending::default(), b.clone()).await;
 
     let manifest = a.manifest(&report.manifest).expect("manifest");
     let missing = b.missing(&manifest).expect("missing");
@@ -51,10 +73,7 @@ async fn a_host_fetches_what_it_lacks_and_rebuilds_the_image() {
         .expect("fetch");
     assert_eq!(got.chunks as usize, missing.chunks.len());
     assert_eq!(got.bytes, missing.bytes, "only what b lacked was sent");
-    b.receiving().finish(&manifest, Some(&"vo/x:1".parse().expect("name"))).expect("complete");
-    let out = dir.path().join("out.img");
-    b.export(&report.manifest, &out, false, &()).expect("export");
-    assert!(std::fs::read(&out).expect("read") == data, "byte-identical");
+    rebuilds_exactly(&b, &manifest, Some(&"vo/x:1".parse().expect("name")), &data);
 
     pa.shutdown().await;
     pb.shutdown().await;
@@ -92,7 +111,7 @@ async fn a_peer_not_on_the_allow_list_gets_nothing() {
 /// Serves every chunk with its last byte flipped.
 struct Corrupting(Arc<Store>);
 
-impl vw_node::chunks::handler::ChunkSource for Corrupting {
+impl ChunkSource for Corrupting {
     fn chunk(&self, id: &vw_node::chunkstore::ChunkId) -> Option<Vec<u8>> {
         let mut data = self.0.read_chunk(id).ok()?;
         *data.last_mut()? ^= 1;
@@ -103,19 +122,13 @@ impl vw_node::chunks::handler::ChunkSource for Corrupting {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_sending_a_bad_chunk_is_caught_before_anything_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
     let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
     let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
     let img = dir.path().join("x.img");
     std::fs::write(&img, noise(1 << 20, 6)).expect("write");
     let report = a.import(&img, None, &()).expect("import");
     let manifest = a.manifest(&report.manifest).expect("manifest");
-
-    let pa = Peer::start(config(&ka, &[&kb]), Arc::new(Corrupting(Arc::clone(&a))))
-        .await
-        .expect("peer a");
-    let pb = Peer::start(config(&kb, &[&ka]), b.clone()).await.expect("peer b");
-    pb.dial(address(&pa).await).await.expect("dial");
+    let (pa, pb) = pair(Arc::new(Corrupting(Arc::clone(&a))), Sending::default(), b.clone()).await;
     let missing = b.missing(&manifest).expect("missing");
     let err = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
         .await
@@ -164,10 +177,7 @@ async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
     assert_eq!(pulled.dropped.len(), 1, "{pulled:?}");
     assert_eq!(pulled.dropped[0].0, pb.id().to_string());
     assert!(pulled.dropped[0].1.contains("do not match its id"), "{pulled:?}");
-    c.receiving().finish(&manifest, None).expect("complete");
-    let out = dir.path().join("out.img");
-    c.export(&report.manifest, &out, false, &()).expect("export");
-    assert!(std::fs::read(&out).expect("read") == data);
+    rebuilds_exactly(&c, &manifest, None, &data);
     for p in [pa, pb, pc] {
         p.shutdown().await;
     }
@@ -215,11 +225,7 @@ async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
     assert_eq!(got_b.bytes, got_c.bytes);
     assert_eq!(got_c.missing, 0, "b never answered Missing for a chunk it was receiving");
     for s in [&b, &c] {
-        s.receiving().finish(&manifest, None).expect("complete");
-        let out = dir.path().join("out.img");
-        let _ = std::fs::remove_file(&out);
-        s.export(&report.manifest, &out, false, &()).expect("export");
-        assert!(std::fs::read(&out).expect("read") == data);
+        rebuilds_exactly(s, &manifest, None, &data);
     }
     for p in [pa, pb, pc] {
         p.shutdown().await;
@@ -229,7 +235,6 @@ async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compressing_sender_sends_fewer_bytes_and_the_image_is_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
     let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
     let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
     // Text-like data: compresses well, but no chunk is all zeros.
@@ -242,11 +247,7 @@ async fn a_compressing_sender_sends_fewer_bytes_and_the_image_is_exact() {
     let img = dir.path().join("t.img");
     std::fs::write(&img, &data).expect("write");
     let report = a.import(&img, None, &()).expect("import");
-    let mut sender = config(&ka, &[&kb]);
-    sender.sending.compress = true;
-    let pa = Peer::start(sender, a.clone()).await.expect("peer a");
-    let pb = Peer::start(config(&kb, &[&ka]), b.clone()).await.expect("peer b");
-    pb.dial(address(&pa).await).await.expect("dial");
+    let (pa, pb) = pair(a.clone(), Sending { compress: true, upload: None }, b.clone()).await;
     let manifest = a.manifest(&report.manifest).expect("manifest");
     let missing = b.missing(&manifest).expect("missing");
     let got = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
@@ -254,10 +255,7 @@ async fn a_compressing_sender_sends_fewer_bytes_and_the_image_is_exact() {
         .expect("fetch");
     assert_eq!(got.bytes, missing.bytes, "every chunk, counted uncompressed");
     assert!(got.wire * 2 < got.bytes, "compressed on the wire: {got:?}");
-    b.receiving().finish(&manifest, None).expect("complete");
-    let out = dir.path().join("out.img");
-    b.export(&report.manifest, &out, false, &()).expect("export");
-    assert!(std::fs::read(&out).expect("read") == data, "byte-identical");
+    rebuilds_exactly(&b, &manifest, None, &data);
     pa.shutdown().await;
     pb.shutdown().await;
 }
