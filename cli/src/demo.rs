@@ -1,8 +1,9 @@
 //! `vw demo`: the main job on a local cluster, in a scratch directory, torn down after.
 //!
 //! It starts N `vwd` peers (default 8) on loopback, each with its own store and the
-//! simulated Xen driver (which says so); generates a base OS image, a worker and a head
-//! image built on it, and a second VO's worker; imports them on the head; deploys
+//! simulated Xen driver (which says so); generates a base OS image, a head and a worker
+//! image built on it, and a second VO's worker; imports them on the head (the base as
+//! the second VO's head image, pinned); deploys
 //! `examples/grid3-cluster.xml` through the head's local socket, exactly as `vw deploy`
 //! does; then deploys `examples/vo2-cluster.xml`, a second VO's cluster that shares the
 //! base OS, to show that only new chunks move; prints the phase timings and the bytes
@@ -50,7 +51,7 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
     let say = |s: &str| out.note(s);
 
     let images = DemoImages::write(dir, size_mib)?;
-    say(&format!("generated three {size_mib} MiB images (a base OS, a worker on it, a second VO's worker on it) in {}", dir.display()));
+    say(&format!("generated four {size_mib} MiB images (a base OS; a head, a worker and a second VO's worker on it) in {}", dir.display()));
     let net = LocalNet::create(&dir.join("cluster"), hosts, &LocalNetOptions::default())?;
 
     // The images live on the head, imported before its vwd opens the store.
@@ -58,7 +59,7 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
     {
         let store = Store::open(&net.data_dirs[0])?;
         for (path, name) in [
-            (&images.base, "grid3/head:1.0"),
+            (&images.head, "grid3/head:1.0"),
             (&images.worker, "grid3/worker:1.0"),
             (&images.base, "vo2/head:1.0"),
             (&images.other, "vo2/worker:1.0"),
@@ -68,7 +69,7 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
             say(&format!("[head] {}", import_text(&r)));
             imports.push(r);
         }
-        store.pin(&ImageRef::Name("grid3/head:1.0".parse()?), &PinReason::Base)?;
+        store.pin(&ImageRef::Name("vo2/head:1.0".parse()?), &PinReason::Base)?;
     }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -376,3 +376,17 @@ fn plan_places_addresses_and_predicts() {
         stderr(&out)
     );
 }
+
+#[test]
+fn deploy_without_a_head_vwd_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = format!("{EXAMPLES}/grid3-cluster.xml");
+    let out = vw(dir.path(), &["deploy", &ws]);
+    assert_eq!(out.status.code(), Some(1));
+    let socket = dir.path().join("vwd.sock");
+    assert!(
+        stderr(&out).contains(&format!("no vwd is listening at {}", socket.display())),
+        "{}",
+        stderr(&out)
+    );
+}

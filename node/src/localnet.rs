@@ -125,14 +125,17 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 /// Generated images for demos and tests: a "base OS" (40% data in extents, holes
-/// elsewhere, like a fresh ext4), a "worker" (the base plus application data in former
-/// holes and a few small edits) and a second VO's worker (the base plus other data).
+/// elsewhere, like a fresh ext4), a "head" and a "worker" built on it (the base plus
+/// their own data in former holes; the worker also a few small edits) and a second VO's
+/// worker (the base plus other data).
 /// Each extent's bytes come from its seed, so images that place the same extent share
 /// its chunks.
 #[derive(Clone, Debug)]
 pub struct DemoImages {
     /// The base OS.
     pub base: PathBuf,
+    /// The first VO's head node.
+    pub head: PathBuf,
     /// The first VO's worker.
     pub worker: PathBuf,
     /// The second VO's worker.
@@ -149,14 +152,18 @@ impl DemoImages {
         let mut worker = base.clone();
         worker.extend((0..size / (20 * MIB)).map(|i| (i * 20 * MIB + 5 * MIB, 3 * MIB, 9000 + i)));
         worker.extend((0..8).map(|i| (i * 7 * MIB + 12_288, 4096, 7000 + i)));
+        let mut head = base.clone();
+        head.extend((0..size / (20 * MIB)).map(|i| (i * 20 * MIB + 12 * MIB, MIB, 3000 + i)));
         let mut other = base.clone();
         other.extend((0..size / (20 * MIB)).map(|i| (i * 20 * MIB + 15 * MIB, 2 * MIB, 5000 + i)));
         let images = DemoImages {
             base: dir.join("base.img"),
+            head: dir.join("head.img"),
             worker: dir.join("worker.img"),
             other: dir.join("vo2-worker.img"),
         };
         write_image(&images.base, size, &base)?;
+        write_image(&images.head, size, &head)?;
         write_image(&images.worker, size, &worker)?;
         write_image(&images.other, size, &other)?;
         Ok(images)

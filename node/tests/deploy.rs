@@ -163,3 +163,56 @@ async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
     }
     holds_exactly(&net, &worker_hosts(&report), "demo/worker:1", &images.worker);
 }
+
+/// Sends a deploy that must fail; returns the head's error.
+async fn deploy_error(net: &LocalNet, workspace: String) -> String {
+    let socket = net.head_socket();
+    tokio::task::spawn_blocking(move || {
+        let request = LocalRequest::Deploy {
+            workspace,
+            source: "bad.xml".into(),
+            options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
+        };
+        match local::call(&socket, &request, |_| {}).expect("socket") {
+            LocalReply::Failed { error } => error,
+            other => panic!("a bad deploy must fail: {other:?}"),
+        }
+    })
+    .await
+    .expect("task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deploys_are_refused_with_what_and_where() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), 2, &LocalNetOptions::default()).expect("net");
+    let images = DemoImages::write(dir.path(), 16).expect("images");
+    import(&net.data_dirs[0], &images);
+    let vwds = net.start().await.expect("start");
+
+    let broken =
+        cluster_workspace("bad", "demo/base:1", "demo/worker:1", 1).replace("</memory>", "");
+    let err = deploy_error(&net, broken).await;
+    assert!(
+        err.starts_with("bad.xml:7:3: malformed XML"),
+        "names the file, line and column: {err}"
+    );
+
+    let err = deploy_error(&net, cluster_workspace("ghost", "demo/base:1", "vo9/ghost:1", 1)).await;
+    assert!(err.contains("vo9/ghost:1") && err.contains("import it there"), "{err}");
+
+    let huge = cluster_workspace("huge", "demo/base:1", "demo/worker:1", 1)
+        .replace("<memory>128</memory>", "<memory>1048576</memory>");
+    let err = deploy_error(&net, huge).await;
+    assert!(err.contains("huge"), "names the workspace that does not fit: {err}");
+
+    // The same name with another document is refused until it is unstaged.
+    deploy(&net, cluster_workspace("twice", "demo/base:1", "demo/worker:1", 1), Strategy::Chain)
+        .await;
+    let err =
+        deploy_error(&net, cluster_workspace("twice", "demo/base:1", "demo/worker:1", 2)).await;
+    assert!(err.contains("exists with a different workspace document"), "{err}");
+    for v in vwds {
+        v.shutdown().await;
+    }
+}
