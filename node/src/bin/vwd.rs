@@ -7,6 +7,7 @@
 //! `vwd --config FILE --print-id` prints the peer id (making the key on first use).
 
 use anyhow::Context as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vw_node::daemon::{load_or_create_key, Daemon};
@@ -54,15 +55,23 @@ fn run(config: &std::path::Path, print_id: bool) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a script may signal vwd as soon as it has read the addresses.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let vwd = Vwd::start(&daemon, key).await?;
-        for addr in vwd.addresses().await? {
-            // One line per address on stdout: scripts and tests read it.
-            println!("listening {addr}");
+        // One line per address, then the socket, on stdout: scripts and tests read them.
+        // A reader that has gone away must not stop the daemon, so write errors are ignored.
+        let addresses = vwd.addresses().await?;
+        let mut out = std::io::stdout().lock();
+        for addr in addresses {
+            let _ = writeln!(out, "listening {addr}");
         }
-        println!("socket {}", vwd.socket().display());
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let _ = writeln!(out, "socket {}", vwd.socket().display());
+        let _ = out.flush();
+        drop(out);
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
