@@ -42,6 +42,7 @@ async fn main() {
         keypair: k.clone(),
         allowed: vec![other.public().to_peer_id()],
         sending: Default::default(),
+        mdns: false,
     };
     let pa = Peer::start(cfg(&ka, &kb), a.clone()).await.expect("a");
     let pb = Peer::start(cfg(&kb, &ka), b.clone()).await.expect("b");

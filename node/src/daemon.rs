@@ -8,7 +8,7 @@
 //! key_file = "node.key"               # relative to data_dir; made on first start
 //! listen = ["/ip4/0.0.0.0/tcp/7400"]
 //! cluster_config = "/etc/vw/cluster.toml"   # subnet, pools, Xen driver; embedded default if absent
-//! mdns = false                        # LAN discovery: not in this build (refused if true)
+//! mdns = false                        # also find listed peers' addresses by mDNS
 //! upload_cap = "100Mbit"              # optional rate caps
 //! download_cap = "100Mbit"
 //! compress = "auto"                   # chunks on the wire: auto, always, never
@@ -16,7 +16,7 @@
 //! [[peer]]                            # the only peers allowed to connect
 //! name = "node1"
 //! id = "12D3KooW…"
-//! addr = "/ip4/10.0.0.1/tcp/7400"
+//! addr = "/ip4/10.0.0.1/tcp/7400"     # optional when mdns = true
 //! head = true                         # may send control requests (default false)
 //! ```
 
@@ -24,6 +24,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use libp2p::{identity, Multiaddr, PeerId};
+
+use crate::peer::ClusterPeer;
 use serde::Deserialize;
 
 /// Why the daemon's configuration or key could not be used.
@@ -95,7 +97,8 @@ pub struct DaemonConfig {
     pub listen: Vec<String>,
     /// The cluster configuration (subnet, pools, Xen driver); the embedded default if absent.
     pub cluster_config: Option<PathBuf>,
-    /// Also discover peers with mDNS (they still need to be listed to be allowed).
+    /// Also find the listed peers' addresses with mDNS on the local network (a peer
+    /// found this way must still be listed to be allowed; others are ignored).
     #[serde(default)]
     pub mdns: bool,
     /// Upload rate cap (`100Mbit`, `12.5MB`); none: unlimited.
@@ -134,8 +137,8 @@ pub struct PeerEntry {
     pub name: String,
     /// Its peer id (from its key).
     pub id: String,
-    /// Where to reach it.
-    pub addr: String,
+    /// Where to reach it; may be left out when `mdns` is on.
+    pub addr: Option<String>,
     /// Whether it may send control requests (stage, load, …) to this host.
     #[serde(default)]
     pub head: bool,
@@ -152,8 +155,8 @@ pub struct Daemon {
     pub config: DaemonConfig,
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
-    /// Peers: name, id, address.
-    pub peers: Vec<(String, PeerId, Multiaddr)>,
+    /// The cluster's peers.
+    pub peers: Vec<ClusterPeer>,
     /// The peers that may send control requests.
     pub heads: Vec<PeerId>,
     /// Rate caps in bytes per second (upload, download).
@@ -195,18 +198,25 @@ impl Daemon {
             let key = |k: &str| format!("peer[{i}] ({}).{k}", p.name);
             let id =
                 p.id.parse::<PeerId>().map_err(|e| bad(key("id"), format!("`{}`: {e}", p.id)))?;
-            let addr = p
-                .addr
-                .parse::<Multiaddr>()
-                .map_err(|e| bad(key("addr"), format!("`{}`: {e}", p.addr)))?;
-            if peers.iter().any(|(n, q, _): &(String, PeerId, Multiaddr)| *n == p.name || *q == id)
-            {
+            let addr = match &p.addr {
+                Some(a) => Some(
+                    a.parse::<Multiaddr>().map_err(|e| bad(key("addr"), format!("`{a}`: {e}")))?,
+                ),
+                None if config.mdns => None,
+                None => {
+                    return Err(bad(
+                        key("addr"),
+                        "missing: give the peer's address, or set `mdns = true` to find it".into(),
+                    ))
+                }
+            };
+            if peers.iter().any(|q: &ClusterPeer| q.name == p.name || q.id == id) {
                 return Err(bad(key("name"), "the same peer (name or id) is listed twice".into()));
             }
             if p.head {
                 heads.push(id);
             }
-            peers.push((p.name.clone(), id, addr));
+            peers.push(ClusterPeer { name: p.name.clone(), id, addr });
         }
         let cap = |v: &Option<String>, key: &str| -> Result<Option<f64>, DaemonError> {
             v.as_deref()
@@ -225,12 +235,6 @@ impl Daemon {
         };
         let caps =
             (cap(&config.upload_cap, "upload_cap")?, cap(&config.download_cap, "download_cap")?);
-        if config.mdns {
-            return Err(bad(
-                "mdns".into(),
-                "mDNS discovery is not in this build (docs/decisions.md 42); list the peers with [[peer]]".into(),
-            ));
-        }
         Ok(Daemon { config, listen, peers, heads, caps })
     }
 
@@ -341,9 +345,17 @@ addr = "/ip4/10.0.0.1/tcp/7400"
     }
 
     #[test]
-    fn mdns_is_refused_not_ignored() {
-        let err = Daemon::parse(&format!("mdns = true\n{GOOD}"), "vwd.toml").expect_err("mdns");
-        assert!(err.to_string().contains("mdns: mDNS discovery is not in this build"), "{err}");
+    fn a_peer_without_an_address_needs_mdns() {
+        let no_addr = GOOD.replace("addr = \"/ip4/10.0.0.1/tcp/7400\"\n", "");
+        let err = Daemon::parse(&no_addr, "vwd.toml").expect_err("no addr, no mdns");
+        assert!(
+            err.to_string().contains("peer[0] (head).addr: missing")
+                && err.to_string().contains("mdns = true"),
+            "{err}"
+        );
+        let d = Daemon::parse(&format!("mdns = true\n{no_addr}"), "vwd.toml").expect("mdns");
+        assert_eq!(d.peers[0].addr, None);
+        assert!(d.config.mdns);
     }
 
     #[test]

@@ -59,11 +59,12 @@ impl Vwd {
             PeerConfig {
                 listen: daemon.listen.clone(),
                 keypair: key,
-                allowed: daemon.peers.iter().map(|(_, id, _)| *id).collect(),
+                allowed: daemon.peers.iter().map(|p| p.id).collect(),
                 sending: Sending {
                     upload: daemon.caps.0.map(|r| Arc::new(RateLimit::new(r))),
                     compress: daemon.compress(),
                 },
+                mdns: daemon.config.mdns,
             },
             relay.clone(),
         )
@@ -100,7 +101,7 @@ impl Vwd {
             local::serve(listener, role, stopped),
             span,
         )));
-        let ids: Vec<PeerId> = daemon.peers.iter().map(|(_, id, _)| *id).collect();
+        let ids: Vec<PeerId> = daemon.peers.iter().map(|p| p.id).collect();
         for (peer, why) in book.reach(&ids).await {
             tracing::info!(%peer, reason = %why, "peer not reachable yet (it dials in when it starts)");
         }

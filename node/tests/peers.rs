@@ -17,6 +17,7 @@ fn config(key: &identity::Keypair, allowed: &[&identity::Keypair]) -> PeerConfig
         keypair: key.clone(),
         allowed: allowed.iter().map(|k| k.public().to_peer_id()).collect(),
         sending: Default::default(),
+        mdns: false,
     }
 }
 

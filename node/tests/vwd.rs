@@ -72,6 +72,7 @@ async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
             keypair: me,
             allowed: vec![id.parse().expect("peer id")],
             sending: Default::default(),
+            mdns: false,
         },
         mine.clone(),
     )

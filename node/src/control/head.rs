@@ -217,7 +217,7 @@ impl Head {
         pools: Pools,
     ) -> Self {
         let store = local.store();
-        let peers = local.book().peers().iter().map(|(n, id, _)| (n.clone(), *id)).collect();
+        let peers = local.book().peers().iter().map(|p| (p.name.clone(), p.id)).collect();
         Head { me, local, peers, control, store, pools }
     }
 

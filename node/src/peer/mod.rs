@@ -5,6 +5,8 @@
 //! [`Peer`] handle sends it bounded commands with one-shot replies). A second task
 //! accepts chunk streams and serves each from the store ([`crate::chunks::handler`]).
 //! Only peers on the allow list get a connection at all; a refused one is logged.
+//! With mDNS on, the peer also learns listed peers' addresses from the local network
+//! (and ignores, with a debug line, peers that are not listed).
 //! [`Peer::shutdown`] signals both tasks, then waits for each.
 
 pub mod rate;
@@ -15,8 +17,12 @@ use crate::chunks::handler::{self, ChunkSource};
 use crate::chunks::protocol::PROTOCOL_NAME;
 use futures::StreamExt as _;
 use libp2p::allow_block_list::{self, AllowedPeers};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    identify, identity, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -80,6 +86,20 @@ pub struct PeerConfig {
     /// How it sends chunks: its upload cap (shared by every stream it serves) and
     /// whether it compresses them.
     pub sending: handler::Sending,
+    /// Whether it also finds the allowed peers' addresses by mDNS.
+    pub mdns: bool,
+}
+
+/// A cluster peer as configured: its name, its id, and where to reach it (none if
+/// mDNS is to find it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterPeer {
+    /// A name for plans, logs and output.
+    pub name: String,
+    /// Its peer id.
+    pub id: PeerId,
+    /// Its address, if configured.
+    pub addr: Option<Multiaddr>,
 }
 
 #[derive(NetworkBehaviour)]
@@ -87,6 +107,7 @@ struct Behaviour {
     allow: allow_block_list::Behaviour<AllowedPeers>,
     identify: identify::Behaviour,
     stream: libp2p_stream::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 enum Command {
@@ -135,15 +156,16 @@ impl Dialer {
         rx.await.map_err(|_| PeerError::Gone)?
     }
 
-    /// Dials each of `peers` (id and address) at once, giving each `within`; returns
-    /// those that could not be reached, with why.
+    /// Dials each of `peers` (id, and address if known; otherwise whatever mDNS found)
+    /// at once, giving each `within`; returns those that could not be reached, with why.
     pub async fn reach(
         &self,
-        peers: &[(PeerId, Multiaddr)],
+        peers: &[(PeerId, Option<Multiaddr>)],
         within: std::time::Duration,
     ) -> Vec<(PeerId, String)> {
         let dials = peers.iter().map(|(id, addr)| async move {
-            let full = addr.clone().with(libp2p::multiaddr::Protocol::P2p(*id));
+            let p2p = libp2p::multiaddr::Protocol::P2p(*id);
+            let full = addr.clone().unwrap_or_else(Multiaddr::empty).with(p2p);
             match tokio::time::timeout(within, self.dial(full)).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some((*id, e.to_string())),
@@ -154,37 +176,37 @@ impl Dialer {
     }
 }
 
-/// The cluster's peers by name, id and address, with a dialer to reach them.
+/// The cluster's peers, with a dialer to reach them.
 #[derive(Clone, Debug)]
 pub struct PeerBook {
     dialer: Dialer,
-    peers: Vec<(String, PeerId, Multiaddr)>,
+    peers: Vec<ClusterPeer>,
 }
 
 impl PeerBook {
     /// A book of `peers`, dialled through `dialer`.
-    pub fn new(dialer: Dialer, peers: Vec<(String, PeerId, Multiaddr)>) -> Self {
+    pub fn new(dialer: Dialer, peers: Vec<ClusterPeer>) -> Self {
         PeerBook { dialer, peers }
     }
 
     /// The peers.
-    pub fn peers(&self) -> &[(String, PeerId, Multiaddr)] {
+    pub fn peers(&self) -> &[ClusterPeer] {
         &self.peers
     }
 
     /// A peer's name (its short id if it is not in the book).
     pub fn name(&self, id: &PeerId) -> String {
-        self.peers.iter().find(|(_, p, _)| p == id).map_or_else(|| short(id), |(n, _, _)| n.clone())
+        self.peers.iter().find(|p| p.id == *id).map_or_else(|| short(id), |p| p.name.clone())
     }
 
     /// Connects to each of `ids` that is in the book and not connected (5 s each, all
     /// at once); returns those it cannot reach, by name, with why.
     pub async fn reach(&self, ids: &[PeerId]) -> Vec<(String, String)> {
-        let wanted: Vec<(PeerId, Multiaddr)> = self
+        let wanted: Vec<(PeerId, Option<Multiaddr>)> = self
             .peers
             .iter()
-            .filter(|(_, id, _)| ids.contains(id))
-            .map(|(_, id, addr)| (*id, addr.clone()))
+            .filter(|p| ids.contains(&p.id))
+            .map(|p| (p.id, p.addr.clone()))
             .collect();
         let failed = self.dialer.reach(&wanted, std::time::Duration::from_secs(5)).await;
         failed.into_iter().map(|(id, why)| (self.name(&id), why)).collect()
@@ -204,6 +226,15 @@ impl Peer {
         source: Arc<dyn ChunkSource>,
     ) -> Result<Peer, PeerError> {
         let transport = |e: &dyn std::fmt::Display| PeerError::Transport(e.to_string());
+        let id = config.keypair.public().to_peer_id();
+        let mdns = if config.mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), id)
+                    .map_err(|e| transport(&e))?,
+            )
+        } else {
+            None
+        };
         let mut swarm: Swarm<Behaviour> =
             libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
                 .with_tokio()
@@ -220,6 +251,7 @@ impl Peer {
                         key.public(),
                     )),
                     stream: libp2p_stream::Behaviour::new(),
+                    mdns: mdns.into(),
                 })
                 .map_err(|e| transport(&e))?
                 .with_swarm_config(|c| {
@@ -232,14 +264,13 @@ impl Peer {
         for addr in &config.listen {
             swarm.listen_on(addr.clone()).map_err(|e| transport(&e))?;
         }
-        let id = *swarm.local_peer_id();
         let mut control = swarm.behaviour().stream.new_control();
         let incoming = control.accept(chunks_protocol()).map_err(|e| transport(&e))?;
         let (commands, rx) = mpsc::channel(16);
         let (stop, stopped) = watch::channel(false);
         let span = tracing::info_span!("peer", id = %short(&id));
         let swarm_task = tokio::spawn(tracing::Instrument::instrument(
-            run_swarm(swarm, rx, stopped.clone()),
+            run_swarm(swarm, rx, config.allowed.clone(), stopped.clone()),
             span.clone(),
         ));
         let serve_task = tokio::spawn(tracing::Instrument::instrument(
@@ -340,6 +371,7 @@ type PendingDial = (PeerId, oneshot::Sender<Result<(), PeerError>>, Multiaddr);
 async fn run_swarm(
     mut swarm: Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
+    allowed: Vec<PeerId>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut pending_dials: Vec<PendingDial> = Vec::new();
@@ -360,7 +392,16 @@ async fn run_swarm(
                         let _ = reply.send(Ok(()));
                         continue;
                     }
-                    match (peer, swarm.dial(addr.clone())) {
+                    // A bare `/p2p/<id>` dials the addresses mDNS found for it.
+                    let opts = match peer {
+                        Some(p) if addr.iter().count() == 1 => DialOpts::peer_id(p).build(),
+                        _ => DialOpts::from(addr.clone()),
+                    };
+                    match (peer, swarm.dial(opts)) {
+                        // Already being dialled (mDNS found it): wait for that dial.
+                        (Some(p), Err(DialError::DialPeerConditionFalse(_))) => {
+                            pending_dials.push((p, reply, addr));
+                        }
                         (_, Err(e)) => {
                             let _ = reply.send(Err(PeerError::Dial { addr, reason: e.to_string() }));
                         }
@@ -394,6 +435,22 @@ async fn run_swarm(
                 }
                 SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, num_established, .. } => {
                     tracing::debug!(peer = %short(&peer_id), ?connection_id, ?cause, num_established, "connection closed");
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                    for (peer, addr) in found {
+                        if allowed.contains(&peer) {
+                            tracing::debug!(peer = %short(&peer), %addr, "found by mDNS");
+                            let opts = DialOpts::peer_id(peer)
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .addresses(vec![addr])
+                                .build();
+                            if let Err(e) = swarm.dial(opts) {
+                                tracing::debug!(peer = %short(&peer), error = %e, "not dialled");
+                            }
+                        } else {
+                            tracing::debug!(peer = %short(&peer), %addr, "found by mDNS, not listed: ignored");
+                        }
+                    }
                 }
                 _ => {}
             },
