@@ -1,6 +1,7 @@
 //! A cluster of `vwd`s on loopback, for `vw demo`, the tests and the benchmarks: one
 //! data directory, key and config per host under a scratch directory, each listening on
-//! its own 127.0.0.1 port, every host listing every other, host 0 the head.
+//! its own 127.0.0.1 port, every host listing every other, host 0 the head. The testnet
+//! uses the same configs with one address per host (each in its own network namespace).
 //!
 //! The configs are ordinary `vwd` configs: [`LocalNet::start`] runs the daemons in
 //! this process, and `vwd --config` runs one as a child process.
@@ -35,7 +36,18 @@ pub struct LocalNetOptions {
     pub cluster_config: Option<PathBuf>,
     /// `compress` for every host (`auto`, `always`, `never`); the default if none.
     pub compress: Option<String>,
+    /// The head's caps, if not `cap`.
+    pub head_cap: Option<String>,
+    /// One address per host, each listening on port [`PORT`] there (hosts in their own
+    /// network namespaces); free ports on 127.0.0.1 if none.
+    pub addresses: Option<Vec<std::net::Ipv4Addr>>,
+    /// Peers listed without addresses, found by mDNS (needs `addresses`: libp2p's mDNS
+    /// ignores loopback).
+    pub mdns: bool,
 }
+
+/// The port hosts listen on when each has its own address.
+pub const PORT: u16 = 7400;
 
 impl LocalNet {
     /// Writes keys and configs for `n` hosts under `dir` (`head`, `node1`, …).
@@ -52,19 +64,34 @@ impl LocalNet {
             keys.push(load_or_create_key(&data.join("node.key"))?);
             data_dirs.push(data);
         }
-        let ports = free_ports(n)?;
+        let listen: Vec<String> = match &options.addresses {
+            Some(a) => {
+                anyhow::ensure!(a.len() == n, "{} addresses for {n} hosts", a.len());
+                a.iter().map(|ip| format!("/ip4/{ip}/tcp/{PORT}")).collect()
+            }
+            None => {
+                anyhow::ensure!(!options.mdns, "mDNS needs an address per host (not loopback)");
+                free_ports(n)?.iter().map(|p| format!("/ip4/127.0.0.1/tcp/{p}")).collect()
+            }
+        };
         let ids: Vec<PeerId> =
             keys.iter().map(identity::Keypair::public).map(|k| k.to_peer_id()).collect();
         let mut configs = Vec::new();
         for i in 0..n {
             let mut text = format!(
-                "role = \"{}\"\nname = \"{}\"\ndata_dir = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\n",
+                "role = \"{}\"\nname = \"{}\"\ndata_dir = \"{}\"\nlisten = [\"{}\"]\nmdns = {}\n",
                 if i == 0 { "head" } else { "host" },
                 names[i],
                 data_dirs[i].display(),
-                ports[i]
+                listen[i],
+                options.mdns,
             );
-            if let Some(cap) = &options.cap {
+            let cap = if i == 0 {
+                options.head_cap.as_ref().or(options.cap.as_ref())
+            } else {
+                options.cap.as_ref()
+            };
+            if let Some(cap) = cap {
                 text.push_str(&format!("upload_cap = \"{cap}\"\ndownload_cap = \"{cap}\"\n"));
             }
             if let Some(c) = &options.compress {
@@ -75,12 +102,14 @@ impl LocalNet {
             }
             for j in (0..n).filter(|&j| j != i) {
                 text.push_str(&format!(
-                    "\n[[peer]]\nname = \"{}\"\nid = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/{}\"\nhead = {}\n",
+                    "\n[[peer]]\nname = \"{}\"\nid = \"{}\"\nhead = {}\n",
                     names[j],
                     ids[j],
-                    ports[j],
                     j == 0
                 ));
+                if !options.mdns {
+                    text.push_str(&format!("addr = \"{}\"\n", listen[j]));
+                }
             }
             let path = data_dirs[i].join("vwd.toml");
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -151,7 +180,7 @@ impl DemoImages {
             (0..size / (10 * MIB)).map(|i| (i * 10 * MIB, 4 * MIB, 1000 + i)).collect();
         let mut worker = base.clone();
         worker.extend((0..size / (20 * MIB)).map(|i| (i * 20 * MIB + 5 * MIB, 3 * MIB, 9000 + i)));
-        worker.extend((0..8).map(|i| (i * 7 * MIB + 12_288, 4096, 7000 + i)));
+        worker.extend((0..8).map(|i| (i * (size / 8) + 12_288, 4096, 7000 + i)));
         let mut head = base.clone();
         head.extend((0..size / (20 * MIB)).map(|i| (i * 20 * MIB + 12 * MIB, MIB, 3000 + i)));
         let mut other = base.clone();
@@ -195,13 +224,33 @@ impl LocalNet {
     /// Starts host `i` as a `vwd` child process (the binary at `vwd`, its log appended
     /// to `log`) and waits until it listens on its socket.
     pub fn spawn(&self, i: usize, vwd: &Path, log: &Path) -> anyhow::Result<ChildVwd> {
+        self.spawn_in(i, None, vwd, log)
+    }
+
+    /// Like [`LocalNet::spawn`], in network namespace `netns` if given (through
+    /// `ip netns exec`, which execs, so the child is `vwd` itself).
+    pub fn spawn_in(
+        &self,
+        i: usize,
+        netns: Option<&str>,
+        vwd: &Path,
+        log: &Path,
+    ) -> anyhow::Result<ChildVwd> {
         use std::io::BufRead as _;
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut child = std::process::Command::new(vwd)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(vwd);
+                c
+            }
+            None => std::process::Command::new(vwd),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&self.configs[i])
             .stdout(std::process::Stdio::piped())
@@ -233,6 +282,12 @@ impl ChildVwd {
             .status()?;
         anyhow::ensure!(status.success(), "kill -s {signal} {} failed", self.child.id());
         Ok(())
+    }
+
+    /// Stops it the way an operator would (SIGTERM) and waits for it to exit.
+    pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal("TERM")?;
+        Ok(self.child.wait()?)
     }
 
     /// Its peak resident memory so far, in bytes (`VmHWM`).

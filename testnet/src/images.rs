@@ -1,0 +1,175 @@
+//! The scenario's images: real Debian images from `make-images.sh`, or generated ones
+//! sharing a base. Imported once into two template stores, copied into each run's
+//! fresh data directories: the head's (every image) and a cached host's (the base OS).
+
+use std::path::{Path, PathBuf};
+
+use vw_node::chunkstore::{ImageName, Store};
+use vw_node::localnet::DemoImages;
+
+use crate::scenario::{ImageSource, Images, WorkerImage};
+use crate::TestnetError;
+
+/// Image names in the stores.
+pub const BASE: &str = "base/os:1";
+/// The first VO's worker.
+pub const WORKER: &str = "vo1/worker:1";
+/// The second VO's worker.
+pub const VO2: &str = "vo2/worker:1";
+
+/// The image files and the template stores made from them.
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    /// The base OS.
+    pub base: PathBuf,
+    /// The first VO's worker.
+    pub worker: PathBuf,
+    /// The second VO's worker.
+    pub vo2: PathBuf,
+    /// A store holding all three (the head's).
+    pub head_store: PathBuf,
+    /// A store holding the base (a host with the base OS cached).
+    pub cached_store: PathBuf,
+}
+
+impl ImageSet {
+    /// Finds or generates the images and imports them into templates under `work`.
+    pub fn prepare(images: &Images, work: &Path) -> Result<ImageSet, TestnetError> {
+        let (base, worker, vo2) = match images.source {
+            ImageSource::Debian => {
+                let dir = std::env::var_os("VW_IMAGES")
+                    .map(PathBuf::from)
+                    .or_else(|| images.dir.clone())
+                    .unwrap_or_else(|| "/var/cache/vw-images".into());
+                let files = ["base.img", "worker.img", "vo2worker.img"].map(|f| dir.join(f));
+                if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+                    return Err(TestnetError::Run(format!(
+                        "{} is missing: build the Debian images with `../shared/make-images.sh {}` \
+                         (or set VW_IMAGES), or use a synthetic scenario",
+                        missing.display(),
+                        dir.display()
+                    )));
+                }
+                let [b, w, v] = files;
+                (b, w, v)
+            }
+            ImageSource::Synthetic => {
+                let dir = work.join("images");
+                std::fs::create_dir_all(&dir).map_err(|error| TestnetError::Io {
+                    op: "create",
+                    path: dir.clone(),
+                    error,
+                })?;
+                let d = DemoImages::write(&dir, images.size_mib.unwrap_or(64))?;
+                (d.base, d.worker, d.other)
+            }
+        };
+        let set = ImageSet {
+            head_store: work.join("template-head"),
+            cached_store: work.join("template-cached"),
+            base,
+            worker,
+            vo2,
+        };
+        import(&set.head_store, &[(&set.base, BASE), (&set.worker, WORKER), (&set.vo2, VO2)])?;
+        import(&set.cached_store, &[(&set.base, BASE)])?;
+        Ok(set)
+    }
+
+    /// A worker image's file and name.
+    pub fn worker(&self, which: WorkerImage) -> (&Path, &'static str) {
+        match which {
+            WorkerImage::Worker => (&self.worker, WORKER),
+            WorkerImage::Vo2 => (&self.vo2, VO2),
+        }
+    }
+}
+
+fn import(store: &Path, images: &[(&PathBuf, &str)]) -> Result<(), TestnetError> {
+    let s =
+        Store::open(store).map_err(|e| TestnetError::Run(format!("{}: {e}", store.display())))?;
+    for (path, name) in images {
+        let name: ImageName =
+            name.parse().map_err(|e| TestnetError::Run(format!("image name {name}: {e}")))?;
+        s.import(path, Some(&name), &())
+            .map_err(|e| TestnetError::Run(format!("importing {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Copies a template store's files into `data_dir` (which already has its key and
+/// config).
+pub fn copy_store(template: &Path, data_dir: &Path) -> Result<(), TestnetError> {
+    let from = format!("{}/.", template.display());
+    crate::net::run("cp", &["-a", "--reflink=auto", &from, &data_dir.display().to_string()])
+        .map(drop)
+}
+
+/// Compares `exported` with `original` byte for byte; the first differing offset if
+/// they differ.
+pub fn first_difference(original: &Path, exported: &Path) -> Result<Option<u64>, TestnetError> {
+    use std::io::Read as _;
+    let open = |p: &Path| {
+        std::fs::File::open(p).map_err(|error| TestnetError::Io {
+            op: "open",
+            path: p.into(),
+            error,
+        })
+    };
+    let (mut a, mut b) = (open(original)?, open(exported)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut offset = 0u64;
+    loop {
+        let na = read_full(&mut a, &mut ba).map_err(|error| TestnetError::Io {
+            op: "read",
+            path: original.into(),
+            error,
+        })?;
+        let nb = read_full(&mut b, &mut bb).map_err(|error| TestnetError::Io {
+            op: "read",
+            path: exported.into(),
+            error,
+        })?;
+        if let Some(i) = ba[..na.min(nb)].iter().zip(&bb[..na.min(nb)]).position(|(x, y)| x != y) {
+            return Ok(Some(offset + i as u64));
+        }
+        if na != nb {
+            return Ok(Some(offset + na.min(nb) as u64));
+        }
+        if na == 0 {
+            return Ok(None);
+        }
+        offset += na as u64;
+    }
+
+    fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_are_found_where_they_are() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let mut bytes = vec![7u8; 3 << 20];
+        std::fs::write(&a, &bytes).expect("write");
+        std::fs::write(&b, &bytes).expect("write");
+        assert_eq!(first_difference(&a, &b).expect("cmp"), None);
+        bytes[(2 << 20) + 5] = 8;
+        std::fs::write(&b, &bytes).expect("write");
+        assert_eq!(first_difference(&a, &b).expect("cmp"), Some((2 << 20) + 5));
+        std::fs::write(&b, &bytes[..100]).expect("write");
+        assert_eq!(first_difference(&a, &b).expect("cmp"), Some(100));
+    }
+}

@@ -1,0 +1,136 @@
+//! What a scenario measured: one [`RunRow`] per staging run and one [`OpRow`] per
+//! cluster-wide lifecycle operation, written as CSV (`runs.csv`, `ops.csv`) and read
+//! back by the plots and the summary.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TestnetError;
+
+/// One staging run: a deployment of `n` worker hosts by one method.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRow {
+    /// The scenario.
+    pub scenario: String,
+    /// The run's label within the scenario (`cold`, `cached`, `fault`, `vo2`, …).
+    pub case: String,
+    /// The distribution method (`star`, `chain`, `auto`, …).
+    pub method: String,
+    /// Receiving hosts (the head, which holds the images, is not counted).
+    pub n: usize,
+    /// Bytes the receiving hosts lacked, summed.
+    pub bytes_lacked: u64,
+    /// Bytes sent to them on the wire, summed (chunk payload, compressed if it was).
+    pub bytes_sent: u64,
+    /// Seconds of the stage phase (fetching and rebuilding on every host at once).
+    pub seconds: f64,
+    /// The physical limit: the most any host lacks over the slower of its downlink
+    /// and the head's uplink (every lacked byte starts at the head), seconds.
+    pub limit_s: f64,
+    /// `seconds / limit_s`.
+    pub ratio: f64,
+    /// The raw image over the same links (the limit a plain copy of the image has),
+    /// seconds.
+    pub raw_limit_s: f64,
+    /// CPU seconds used by every `vwd` during the run.
+    pub cpu_s: f64,
+    /// `cpu_s` over the run's wall time and the machine's cores (1.0: every core busy).
+    pub cpu_share: f64,
+    /// Hosts (the head included) whose images were verified byte-exact after the run
+    /// (every host that ran a VM, but any killed).
+    pub verified: usize,
+}
+
+/// One lifecycle operation across the cluster (the paper's Fig. 2(b)).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpRow {
+    /// The scenario.
+    pub scenario: String,
+    /// Hosts running VMs.
+    pub n: usize,
+    /// The operation (`stage`, `load`, `create`, `pause`, `unpause`, `stop`, `unstage`).
+    pub op: String,
+    /// Seconds, as the head measured it.
+    pub seconds: f64,
+}
+
+/// Writes `rows` as CSV with a header line.
+pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), TestnetError> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        w.serialize(row).map_err(|e| TestnetError::Output(format!("{}: {e}", path.display())))?;
+    }
+    let bytes = w.into_inner().map_err(|e| TestnetError::Output(e.to_string()))?;
+    crate::write_file(path, &bytes)
+}
+
+/// Reads rows written by [`write_csv`].
+pub fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, TestnetError> {
+    let mut r = csv::Reader::from_path(path)
+        .map_err(|e| TestnetError::Output(format!("{}: {e}", path.display())))?;
+    r.deserialize()
+        .collect::<Result<Vec<T>, _>>()
+        .map_err(|e| TestnetError::Output(format!("{}: {e}", path.display())))
+}
+
+/// The markdown summary: a table of runs and one of operations.
+pub fn summary(title: &str, runs: &[RunRow], ops: &[OpRow], notes: &[String]) -> String {
+    let mut s = format!("# {title}\n\n");
+    if !runs.is_empty() {
+        s.push_str(
+            "| case | method | N | lacked MB | sent MB | seconds | limit s | × limit | raw-image limit s | × raw | CPU s | CPU share | hosts verified |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in runs {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.3} | {:.2} | {:.3} | {:.1} | {:.2} | {} |",
+                r.case,
+                r.method,
+                r.n,
+                r.bytes_lacked as f64 / 1e6,
+                r.bytes_sent as f64 / 1e6,
+                r.seconds,
+                r.limit_s,
+                r.ratio,
+                r.raw_limit_s,
+                r.seconds / r.raw_limit_s,
+                r.cpu_s,
+                r.cpu_share,
+                r.verified,
+            );
+        }
+        s.push('\n');
+    }
+    if !ops.is_empty() {
+        s.push_str("| operation | N | seconds |\n|---|---:|---:|\n");
+        for o in ops {
+            let _ = writeln!(s, "| {} | {} | {:.3} |", o.op, o.n, o.seconds);
+        }
+        s.push('\n');
+    }
+    for n in notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_has_a_header_and_a_line_per_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let row = OpRow { scenario: "s".into(), n: 3, op: "load".into(), seconds: 0.25 };
+        let path = dir.path().join("ops.csv");
+        write_csv(&path, &[row.clone(), OpRow { op: "create".into(), ..row }]).expect("csv");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "scenario,n,op,seconds\ns,3,load,0.25\ns,3,create,0.25\n");
+        let back: Vec<OpRow> = read_csv(&path).expect("read back");
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].op, "create");
+    }
+}

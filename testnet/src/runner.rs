@@ -1,0 +1,513 @@
+//! Runs a scenario: builds the testnet, prepares the images, and for every run, host
+//! count and method starts a fresh cluster, deploys through the head's local socket
+//! (killing a mid-cascade host if the run says so), times the lifecycle operations,
+//! stops the daemons, verifies every surviving host's images byte for byte, and
+//! records a row. Then writes the CSVs, plots and summary.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use vw_node::chunkstore::{ImageRef, Store};
+use vw_node::control::head::{DeployEvent, DeployOptions, DeployPhase, DeployReport};
+use vw_node::control::protocol::Phase;
+use vw_node::lifecycle::Op;
+use vw_node::local::{self, LocalReply, LocalRequest};
+use vw_node::localnet::cluster_workspace;
+use vw_node::planner::{Policy, Strategy};
+
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::images::{self, ImageSet};
+use crate::net::{HostNet, Testnet, Topology};
+use crate::results::{self, OpRow, RunRow};
+use crate::scenario::{Checked, Run, WorkerImage};
+use crate::TestnetError;
+
+/// Where things go.
+#[derive(Clone, Debug)]
+pub struct RunnerOptions {
+    /// Results: `runs.csv`, `ops.csv`, PNGs, `summary.md`.
+    pub out: PathBuf,
+    /// Scratch: images, template stores, data directories (removed after each run).
+    pub work: PathBuf,
+    /// The `vwd` binary.
+    pub vwd: PathBuf,
+}
+
+/// What a scenario produced.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// One row per staging run.
+    pub runs: Vec<RunRow>,
+    /// One row per lifecycle operation timed.
+    pub ops: Vec<OpRow>,
+    /// Lines for the summary (checks against the targets).
+    pub notes: Vec<String>,
+}
+
+/// Runs every run of `checked`, writes the results under `options.out`.
+pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, TestnetError> {
+    let s = &checked.scenario;
+    let mkdir = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|error| TestnetError::Io {
+            op: "create",
+            path: p.to_owned(),
+            error,
+        })
+    };
+    mkdir(&options.out)?;
+    mkdir(&options.work)?;
+    let testnet = Testnet::build(&Topology {
+        hosts: checked.max_hosts(),
+        link: checked.link,
+        head_link: checked.head_link,
+        racks: s.network.racks,
+        rack_uplink: checked.rack_uplink,
+    })?;
+    tracing::info!(scenario = %s.name, hosts = testnet.hosts.len(), "testnet up");
+    let images = ImageSet::prepare(&s.images, &options.work)?;
+    let mut outcome = Outcome::default();
+    let mut k = 0;
+    for (run, methods) in s.run.iter().zip(&checked.methods) {
+        for &n in &run.hosts {
+            for &method in methods {
+                k += 1;
+                let dir = options.work.join(format!("run{k}"));
+                mkdir(&dir)?;
+                let ctx = RunContext {
+                    checked,
+                    run,
+                    method,
+                    hosts: &testnet.hosts[..=n],
+                    images: &images,
+                    dir: &dir,
+                    vwd: &options.vwd,
+                };
+                let (rows, ops) = ctx.execute()?;
+                for r in &rows {
+                    tracing::info!(case = %r.case, method = %r.method, n = r.n, seconds = r.seconds, ratio = r.ratio, "run done");
+                }
+                outcome.runs.extend(rows);
+                outcome.ops.extend(ops);
+                std::fs::remove_dir_all(&dir).map_err(|error| TestnetError::Io {
+                    op: "remove",
+                    path: dir.clone(),
+                    error,
+                })?;
+            }
+        }
+    }
+    drop(testnet);
+    outcome.notes = checks(&outcome.runs);
+    write(&s.name, &s.description, &outcome, &options.out)?;
+    Ok(outcome)
+}
+
+/// Writes the CSVs, the plots and the summary.
+pub fn write(
+    name: &str,
+    description: &str,
+    outcome: &Outcome,
+    out: &Path,
+) -> Result<(), TestnetError> {
+    results::write_csv(&out.join("runs.csv"), &outcome.runs)?;
+    if !outcome.ops.is_empty() {
+        results::write_csv(&out.join("ops.csv"), &outcome.ops)?;
+        crate::plot::operations(
+            &outcome.ops,
+            &format!("{name}: operations"),
+            &out.join("ops.png"),
+        )?;
+    }
+    if !outcome.runs.is_empty() {
+        crate::plot::staging_vs_n(
+            &outcome.runs,
+            &format!("{name}: staging time"),
+            &out.join("staging.png"),
+        )?;
+    }
+    let title =
+        if description.is_empty() { name.to_owned() } else { format!("{name}: {description}") };
+    crate::write_file(
+        &out.join("summary.md"),
+        results::summary(&title, &outcome.runs, &outcome.ops, &outcome.notes).as_bytes(),
+    )
+}
+
+/// The targets the issue sets, checked where the runs allow.
+fn checks(runs: &[RunRow]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let find = |case: &str, method: &str| {
+        runs.iter().filter(move |r| r.case == case && r.method == method).collect::<Vec<_>>()
+    };
+    for r in runs.iter().filter(|r| r.method != "star" && r.case != "fault") {
+        let target = if r.n >= 32 { 1.15 } else { 1.10 };
+        if r.n == 8 || r.n == 32 {
+            notes.push(format!(
+                "{} {} N={}: {:.3}× the limit (target ≤ {target}): {}",
+                r.case,
+                r.method,
+                r.n,
+                r.ratio,
+                if r.ratio <= target { "met" } else { "NOT met" }
+            ));
+        }
+    }
+    let mut keys: Vec<(&str, &str)> =
+        runs.iter().map(|r| (r.case.as_str(), r.method.as_str())).collect();
+    keys.dedup();
+    for (case, method) in keys {
+        let series = find(case, method);
+        if series.len() >= 2 && method != "star" {
+            let t: Vec<f64> = series.iter().map(|r| r.seconds).collect();
+            let (lo, hi) = t.iter().fold((f64::MAX, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
+            notes.push(format!(
+                "{case} {method}: staging from N={} to N={} spans {:.2}–{:.2} s, max/min {:.3} (flat within 10%: {})",
+                series[0].n,
+                series[series.len() - 1].n,
+                lo,
+                hi,
+                hi / lo,
+                if hi / lo <= 1.10 { "yes" } else { "no" }
+            ));
+        }
+        if method == "star" {
+            for r in &series {
+                notes.push(format!(
+                    "{case} star N={}: {:.2}× the limit (the paper's method: about N)",
+                    r.n, r.ratio
+                ));
+            }
+        }
+    }
+    for r in runs.iter().filter(|r| r.case.ends_with("+vo2") || r.case.contains("cached")) {
+        notes.push(format!(
+            "{} {} N={}: sent {:.3}× the bytes lacked (target ≤ 1.05)",
+            r.case,
+            r.method,
+            r.n,
+            r.bytes_sent as f64 / r.bytes_lacked.max(1) as f64
+        ));
+    }
+    for f in runs.iter().filter(|r| r.case == "fault") {
+        if let Some(base) =
+            runs.iter().find(|b| b.case != "fault" && b.method == f.method && b.n == f.n)
+        {
+            notes.push(format!(
+                "fault {} N={}: {:.2} s against {:.2} s without the fault, {:.3}× (target ≤ 1.3); {} surviving hosts verified",
+                f.method,
+                f.n,
+                f.seconds,
+                base.seconds,
+                f.seconds / base.seconds,
+                f.verified,
+            ));
+        }
+    }
+    notes
+}
+
+/// One deployment's inputs.
+struct RunContext<'a> {
+    checked: &'a Checked,
+    run: &'a Run,
+    method: Strategy,
+    hosts: &'a [HostNet],
+    images: &'a ImageSet,
+    dir: &'a Path,
+    vwd: &'a Path,
+}
+
+impl RunContext<'_> {
+    fn execute(&self) -> Result<(Vec<RunRow>, Vec<OpRow>), TestnetError> {
+        let n = self.hosts.len() - 1;
+        let _span =
+            tracing::info_span!("run", case = %self.run.case, method = %self.method, n).entered();
+        let mut cluster = Cluster::start(&ClusterOptions {
+            hosts: self.hosts,
+            dir: self.dir,
+            images: self.images,
+            cached: self.run.cached,
+            compress: self.checked.scenario.vwd.compress.clone(),
+            mdns: self.checked.scenario.network.mdns,
+            vwd: self.vwd,
+        })?;
+        let result = self.deployments(&mut cluster);
+        let stopped = cluster.stop();
+        let (mut rows, ops, held) = result?;
+        stopped?;
+        // Every host that finished holds its images byte for byte.
+        for (row, expected) in rows.iter_mut().zip(held) {
+            row.verified = verify(&cluster, &expected, self.images)?;
+        }
+        Ok((rows, ops))
+    }
+
+    /// The deployments of this run, with what each host should then hold.
+    #[allow(clippy::type_complexity)]
+    fn deployments(
+        &self,
+        cluster: &mut Cluster,
+    ) -> Result<(Vec<RunRow>, Vec<OpRow>, Vec<Vec<(String, WorkerImage)>>), TestnetError> {
+        let mut rows = Vec::new();
+        let mut held = Vec::new();
+        let mut ops = Vec::new();
+        let (image, case) = (self.run.image, self.run.case.clone());
+        let (report, row) = self.deploy(cluster, "grid", image, &case, self.run.kill_at)?;
+        held.push(holders(&report, image));
+        rows.push(row);
+        if self.run.ops {
+            ops.extend(self.operations(cluster, &report)?);
+        }
+        if self.run.then_vo2 {
+            let (report, row) =
+                self.deploy(cluster, "vo2", WorkerImage::Vo2, &format!("{case}+vo2"), None)?;
+            held.push(holders(&report, WorkerImage::Vo2));
+            rows.push(row);
+        }
+        Ok((rows, ops, held))
+    }
+
+    /// Deploys a cluster of `n` workers (and a head node, all from `image`), killing a
+    /// mid-cascade host at `kill_at` of its bytes if asked.
+    fn deploy(
+        &self,
+        cluster: &mut Cluster,
+        name: &str,
+        image: WorkerImage,
+        case: &str,
+        kill_at: Option<f64>,
+    ) -> Result<(DeployReport, RunRow), TestnetError> {
+        let n = self.hosts.len() - 1;
+        let (file, image_name) = self.images.worker(image);
+        let workspace = cluster_workspace(name, image_name, image_name, n);
+        let socket = cluster.socket();
+        let request = LocalRequest::Deploy {
+            workspace,
+            source: format!("{name}.xml"),
+            options: DeployOptions { strategy: self.method, policy: Policy::Spread },
+        };
+        let (events_tx, events) = mpsc::sync_channel::<DeployEvent>(1024);
+        let cpu0 = cluster.cpu_seconds();
+        let t0 = Instant::now();
+        let call = std::thread::spawn(move || {
+            local::call(&socket, &request, |e| {
+                let _ = events_tx.send(e.clone());
+            })
+        });
+        let mut victim: Option<(usize, String)> = None;
+        for event in events.iter() {
+            match (&event, kill_at) {
+                (DeployEvent::Planned { edges, .. }, Some(_)) => {
+                    victim = mid_cascade(edges).and_then(|h| Some((cluster.index(&h)?, h)));
+                    tracing::info!(?victim, "chosen to be killed");
+                }
+                (DeployEvent::Progress { host, progress }, Some(at)) => {
+                    if let Some((i, v)) = &victim {
+                        if host == v
+                            && progress.phase == Phase::Fetch
+                            && progress.bytes as f64 >= at * progress.total as f64
+                            && cluster.alive(*i)
+                        {
+                            tracing::info!(host = %v, bytes = progress.bytes, "killing");
+                            cluster.kill(*i)?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let reply = call
+            .join()
+            .map_err(|_| TestnetError::Run("the deploy thread panicked".into()))?
+            .map_err(|e| TestnetError::Run(format!("deploy {name}: {e}")))?;
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu_s = cluster.cpu_seconds() - cpu0;
+        let report = match reply {
+            LocalReply::Deployed { report } => *report,
+            LocalReply::Failed { error } => {
+                return Err(TestnetError::Run(format!("deploy {name}: {error}")))
+            }
+            other => return Err(TestnetError::Run(format!("deploy {name}: unexpected {other:?}"))),
+        };
+        if kill_at.is_some() && victim.as_ref().is_none_or(|(i, _)| cluster.alive(*i)) {
+            return Err(TestnetError::Run(format!(
+                "deploy {name}: no mid-cascade host was killed (victim {victim:?})"
+            )));
+        }
+        let file_len = std::fs::metadata(file)
+            .map_err(|error| TestnetError::Io { op: "stat", path: file.to_owned(), error })?
+            .len();
+        let row = self.row(cluster, &report, case, file_len, wall, cpu_s);
+        Ok((report, row))
+    }
+
+    fn row(
+        &self,
+        cluster: &Cluster,
+        report: &DeployReport,
+        case: &str,
+        image_len: u64,
+        wall: f64,
+        cpu_s: f64,
+    ) -> RunRow {
+        let head_rate = self.hosts[0].rate;
+        let rate_of = |host: &str| cluster.index(host).map_or(head_rate, |i| self.hosts[i].rate);
+        let stages: Vec<(&str, &vw_node::control::protocol::StageReport)> = report
+            .hosts
+            .iter()
+            .filter_map(|h| Some((h.host.as_str(), h.stage.as_ref()?)))
+            .collect();
+        let lacked: u64 = stages.iter().map(|(_, s)| s.lacked).sum();
+        let sent: u64 = stages.iter().map(|(_, s)| s.wire).sum();
+        let limit = stages
+            .iter()
+            .map(|(h, s)| s.lacked as f64 / rate_of(h).min(head_rate))
+            .fold(0.0, f64::max);
+        let seconds = report
+            .phases
+            .iter()
+            .find(|p| p.phase == DeployPhase::Stage)
+            .map_or(0.0, |p| p.micros as f64 / 1e6);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        RunRow {
+            scenario: self.checked.scenario.name.clone(),
+            case: case.to_owned(),
+            method: self.method.to_string(),
+            n: self.hosts.len() - 1,
+            bytes_lacked: lacked,
+            bytes_sent: sent,
+            seconds,
+            limit_s: limit,
+            ratio: if limit > 0.0 { seconds / limit } else { 0.0 },
+            raw_limit_s: image_len as f64 / self.checked.link.min(head_rate),
+            cpu_s,
+            cpu_share: cpu_s / (wall * cores),
+            verified: 0,
+        }
+    }
+
+    /// The deploy's own phases, then pause, unpause, stop and unstage across the
+    /// cluster, each timed from here.
+    fn operations(
+        &self,
+        cluster: &Cluster,
+        report: &DeployReport,
+    ) -> Result<Vec<OpRow>, TestnetError> {
+        let n = self.hosts.len() - 1;
+        let row = |op: &str, seconds: f64| OpRow {
+            scenario: self.checked.scenario.name.clone(),
+            n,
+            op: op.to_owned(),
+            seconds,
+        };
+        let mut rows: Vec<OpRow> = report
+            .phases
+            .iter()
+            .filter(|p| {
+                matches!(p.phase, DeployPhase::Stage | DeployPhase::Load | DeployPhase::Create)
+            })
+            .map(|p| row(&p.phase.to_string(), p.micros as f64 / 1e6))
+            .collect();
+        for op in [Op::Pause, Op::Unpause, Op::Stop, Op::Unstage] {
+            let t = Instant::now();
+            let request = LocalRequest::Run { deployment: report.deployment.clone(), op };
+            match local::call(&cluster.socket(), &request, |_| {})
+                .map_err(|e| TestnetError::Run(format!("{op}: {e}")))?
+            {
+                LocalReply::Ran { hosts } => {
+                    if let Some(h) = hosts.iter().find(|h| h.result.is_err()) {
+                        return Err(TestnetError::Run(format!(
+                            "{op} on {}: {:?}",
+                            h.host, h.result
+                        )));
+                    }
+                }
+                other => return Err(TestnetError::Run(format!("{op}: {other:?}"))),
+            }
+            rows.push(row(&op.to_string(), t.elapsed().as_secs_f64()));
+        }
+        Ok(rows)
+    }
+}
+
+/// The hosts that ran a VM of a deployment and finished, with the image they hold.
+fn holders(report: &DeployReport, image: WorkerImage) -> Vec<(String, WorkerImage)> {
+    report
+        .hosts
+        .iter()
+        .filter(|h| h.error.is_none() && !h.vms.is_empty())
+        .map(|h| (h.host.clone(), image))
+        .collect()
+}
+
+/// A host in the middle of the cascade: the receiver at half the depth of the
+/// deepest path from the head that still has children of its own.
+fn mid_cascade(edges: &[(String, String)]) -> Option<String> {
+    let children = |h: &str| -> Vec<String> {
+        edges.iter().filter(|(s, _)| s == h).map(|(_, r)| r.clone()).collect()
+    };
+    let mut path = vec!["head".to_owned()];
+    while let Some(next) = children(path.last()?).into_iter().find(|c| !path.contains(c)) {
+        path.push(next);
+    }
+    let mid = (path.len() / 2).max(1);
+    path.get(mid).filter(|h| !children(h).is_empty()).cloned()
+}
+
+/// Exports each image each host should hold and compares it with the original file;
+/// returns how many hosts hold everything exactly.
+fn verify(
+    cluster: &Cluster,
+    expected: &[(String, WorkerImage)],
+    images: &ImageSet,
+) -> Result<usize, TestnetError> {
+    let mut ok = 0;
+    for (host, image) in expected {
+        let i = cluster.index(host).ok_or_else(|| TestnetError::Run(format!("no host {host}")))?;
+        let data = &cluster.net.data_dirs[i];
+        let (original, name) = images.worker(*image);
+        let store = Store::open(data).map_err(|e| TestnetError::Run(format!("{host}: {e}")))?;
+        let name_ref = ImageRef::Name(
+            name.parse().map_err(|e| TestnetError::Run(format!("image name {name}: {e}")))?,
+        );
+        let id = store.resolve(&name_ref).map_err(|e| TestnetError::Run(format!("{host}: {e}")))?;
+        let out = data.join("verify.img");
+        store
+            .export(&id, &out, false, &())
+            .map_err(|e| TestnetError::Run(format!("{host}: exporting {name}: {e}")))?;
+        if let Some(offset) = images::first_difference(original, &out)? {
+            return Err(TestnetError::Mismatch {
+                host: host.clone(),
+                image: name.to_owned(),
+                original: original.to_owned(),
+                offset,
+            });
+        }
+        std::fs::remove_file(&out).map_err(|error| TestnetError::Io {
+            op: "remove",
+            path: out.clone(),
+            error,
+        })?;
+        ok += 1;
+    }
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edges(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_victim_is_mid_chain_and_has_children() {
+        let chain =
+            edges(&[("head", "node1"), ("node1", "node2"), ("node2", "node3"), ("node3", "node4")]);
+        assert_eq!(mid_cascade(&chain).as_deref(), Some("node2"));
+        let star = edges(&[("head", "node1"), ("head", "node2"), ("head", "node3")]);
+        assert_eq!(mid_cascade(&star), None, "a star has no mid-cascade host");
+    }
+}

@@ -1,0 +1,302 @@
+//! Scenario files (TOML, unknown keys refused): the topology, the images, and the runs.
+//!
+//! ```toml
+//! name = "paper-fig2a"
+//! description = "Staging time against cluster size"
+//!
+//! [network]
+//! link = "100Mbit"        # every host's link, shaped both ways
+//! head_link = "100Mbit"   # the head's link (default: link)
+//! racks = 1               # switches the hosts are spread over (default 1)
+//! rack_uplink = "1Gbit"   # each rack switch's link to the core switch (default: unshaped)
+//! mdns = false            # peers find each other's addresses by mDNS
+//!
+//! [images]
+//! source = "debian"       # or "synthetic"
+//! dir = "/var/cache/vw-images"   # debian: make-images.sh output (base, worker, vo2worker)
+//! size_mib = 64           # synthetic: each image's size
+//!
+//! [vwd]
+//! compress = "never"      # vwd's wire compression: auto, always, never
+//!
+//! [[run]]
+//! case = "cold"           # a label for the rows
+//! methods = ["star", "chain"]   # planner strategies
+//! hosts = [1, 2, 4, 8]    # receiving hosts N (the head holds the images)
+//! cached = false          # the base OS already on every receiving host
+//! image = "worker"        # the workers' image: worker, or vo2 (the second VO's)
+//! then_vo2 = false        # then deploy the second VO's cluster on the same hosts
+//! ops = false             # then time pause, unpause, stop, unstage across the cluster
+//! kill_at = 0.33          # kill a mid-cascade host when it has this share of its bytes
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use vw_node::planner::Strategy;
+
+use crate::TestnetError;
+
+/// A scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name (in rows, plots and the summary).
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// The topology.
+    pub network: Network,
+    /// The images.
+    pub images: Images,
+    /// Settings for every `vwd`.
+    #[serde(default)]
+    pub vwd: VwdSettings,
+    /// The runs, in order.
+    pub run: Vec<Run>,
+}
+
+/// The topology.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Every host's link rate (`100Mbit`), shaped in both directions.
+    pub link: String,
+    /// The head's link rate; `link` if absent.
+    pub head_link: Option<String>,
+    /// Switches the hosts are spread over (the head on the first).
+    #[serde(default = "one")]
+    pub racks: usize,
+    /// Each rack switch's link to the core switch; unshaped if absent.
+    pub rack_uplink: Option<String>,
+    /// Whether peers are listed without addresses and found by mDNS.
+    #[serde(default)]
+    pub mdns: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Where the images come from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Images {
+    /// `debian` (real images from `make-images.sh`) or `synthetic` (generated).
+    pub source: ImageSource,
+    /// For `debian`: the directory with `base.img`, `worker.img`, `vo2worker.img`
+    /// (`VW_IMAGES` overrides it).
+    pub dir: Option<PathBuf>,
+    /// For `synthetic`: each image's size in MiB.
+    pub size_mib: Option<u64>,
+}
+
+/// Image sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSource {
+    /// Debian images built by `../shared/make-images.sh`.
+    Debian,
+    /// Generated images sharing a base (`vw_node::localnet::DemoImages`).
+    Synthetic,
+}
+
+/// Settings for every `vwd`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VwdSettings {
+    /// Wire compression (`auto`, `always`, `never`); vwd's default if absent.
+    pub compress: Option<String>,
+}
+
+/// One run: a deployment per method and host count.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    /// A label for its rows.
+    pub case: String,
+    /// Planner strategies (`star`, `chain`, `tree2`, `striped4x2`, `auto`).
+    pub methods: Vec<String>,
+    /// Receiving host counts.
+    pub hosts: Vec<usize>,
+    /// Whether the base OS is already on every receiving host.
+    #[serde(default)]
+    pub cached: bool,
+    /// The workers' image.
+    #[serde(default)]
+    pub image: WorkerImage,
+    /// Then deploy the second VO's cluster on the same hosts.
+    #[serde(default)]
+    pub then_vo2: bool,
+    /// Then time the lifecycle operations across the cluster.
+    #[serde(default)]
+    pub ops: bool,
+    /// Kill a mid-cascade host when it has received this share of what it lacks.
+    pub kill_at: Option<f64>,
+}
+
+/// Which worker image a cluster runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerImage {
+    /// The first VO's worker.
+    #[default]
+    Worker,
+    /// The second VO's worker (on the same base).
+    Vo2,
+}
+
+/// A scenario checked and with its rates in bytes per second.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The file.
+    pub scenario: Scenario,
+    /// Every host's link, bytes per second.
+    pub link: f64,
+    /// The head's link, bytes per second.
+    pub head_link: f64,
+    /// The rack uplinks, bytes per second.
+    pub rack_uplink: Option<f64>,
+    /// Each run's methods, parsed.
+    pub methods: Vec<Vec<Strategy>>,
+}
+
+impl Checked {
+    /// The most hosts any run needs, the head included.
+    pub fn max_hosts(&self) -> usize {
+        self.scenario.run.iter().flat_map(|r| r.hosts.iter()).max().copied().unwrap_or(0) + 1
+    }
+}
+
+/// At most this many receiving hosts (addresses, interface names, and these cores).
+pub const MAX_HOSTS: usize = 64;
+
+/// Reads and checks a scenario file.
+pub fn load(path: &Path) -> Result<Checked, TestnetError> {
+    let text = std::fs::read_to_string(path).map_err(|error| TestnetError::Io {
+        op: "read",
+        path: path.to_owned(),
+        error,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and checks `text` (from `path`, for errors).
+pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
+    let bad = |message: String| TestnetError::Scenario { path: path.to_owned(), message };
+    let scenario: Scenario =
+        toml::from_str(text).map_err(|e| bad(e.to_string().trim_end().to_owned()))?;
+    let rate = |key: &str, t: &str| {
+        vw_node::hosts::parse_rate(t)
+            .and_then(|r| if r > 0.0 { Ok(r) } else { Err(format!("`{t}` must be more than 0")) })
+            .map_err(|m| bad(format!("{key}: {m}")))
+    };
+    let link = rate("network.link", &scenario.network.link)?;
+    let head_link = match &scenario.network.head_link {
+        Some(t) => rate("network.head_link", t)?,
+        None => link,
+    };
+    let rack_uplink = scenario
+        .network
+        .rack_uplink
+        .as_deref()
+        .map(|t| rate("network.rack_uplink", t))
+        .transpose()?;
+    if scenario.network.racks == 0 {
+        return Err(bad("network.racks: must be at least 1".into()));
+    }
+    match scenario.images.source {
+        ImageSource::Synthetic if scenario.images.size_mib.is_none_or(|s| s < 16) => {
+            return Err(bad("images.size_mib: synthetic images need a size of at least 16".into()))
+        }
+        _ => {}
+    }
+    if scenario.run.is_empty() {
+        return Err(bad("no [[run]]".into()));
+    }
+    let mut methods = Vec::new();
+    for (i, run) in scenario.run.iter().enumerate() {
+        let key = |k: &str| format!("run[{i}] ({}).{k}", run.case);
+        if run.methods.is_empty() || run.hosts.is_empty() {
+            return Err(bad(format!(
+                "{}: needs at least one method and one host count",
+                key("methods")
+            )));
+        }
+        if let Some(&n) = run.hosts.iter().find(|&&n| n == 0 || n > MAX_HOSTS) {
+            return Err(bad(format!("{}: {n} is not within 1..={MAX_HOSTS}", key("hosts"))));
+        }
+        if let Some(k) = run.kill_at {
+            if !(0.0..1.0).contains(&k) {
+                return Err(bad(format!("{}: {k} is not a share in [0, 1)", key("kill_at"))));
+            }
+            if run.hosts.iter().any(|&n| n < 3) {
+                return Err(bad(format!(
+                    "{}: a mid-cascade host needs at least 3 receiving hosts",
+                    key("hosts")
+                )));
+            }
+        }
+        methods.push(
+            run.methods
+                .iter()
+                .map(|m| m.parse::<Strategy>().map_err(|e| bad(format!("{}: {e}", key("methods")))))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    Ok(Checked { scenario, link, head_link, rack_uplink, methods })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"name = "t"
+[network]
+link = "100Mbit"
+[images]
+source = "synthetic"
+size_mib = 32
+[[run]]
+case = "cold"
+methods = ["star", "chain"]
+hosts = [1, 2]
+"#;
+
+    #[test]
+    fn a_good_scenario_parses() {
+        let c = parse(GOOD, Path::new("t.toml")).expect("parses");
+        assert_eq!(c.link, 12.5e6);
+        assert_eq!(c.head_link, 12.5e6);
+        assert_eq!(c.max_hosts(), 3);
+        assert_eq!(c.methods[0], vec![Strategy::Star, Strategy::Chain]);
+    }
+
+    #[test]
+    fn bad_scenarios_say_what_and_where() {
+        let check = |text: String, want: &str| {
+            let err = parse(&text, Path::new("t.toml")).expect_err(want).to_string();
+            assert!(err.contains("t.toml") && err.contains(want), "{err} (wanted {want})");
+        };
+        check(GOOD.replace("link =", "lnk ="), "unknown field `lnk`");
+        check(GOOD.replace("100Mbit", "fast"), "network.link");
+        check(GOOD.replace("\"chain\"", "\"ring\""), "run[0] (cold).methods");
+        check(GOOD.replace("[1, 2]", "[0]"), "run[0] (cold).hosts: 0 is not within");
+        check(format!("{GOOD}kill_at = 0.3\n"), "needs at least 3 receiving hosts");
+        check(GOOD.replace("size_mib = 32", "size_mib = 1"), "images.size_mib");
+        check(GOOD.replace("hosts = [1, 2]", "hosts = \"two\""), "line 10, column 9");
+    }
+
+    #[test]
+    fn the_shipped_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("scenarios dir") {
+            let path = entry.expect("entry").path();
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+        assert!(n >= 6, "{n} scenarios");
+    }
+}

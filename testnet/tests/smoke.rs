@@ -1,0 +1,168 @@
+//! The testnet for real: the `smoke` scenario (3 hosts in network namespaces, shaped
+//! links, peers found by mDNS) end to end, and a run interrupted with SIGINT leaving
+//! nothing behind. Both need root; without it they are skipped with a line saying so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vw_testnet::runner::{self, RunnerOptions};
+use vw_testnet::{scenario, TestnetError};
+
+fn scenario_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{name}.toml"))
+}
+
+/// `target/<profile>/<name>`: test binaries live in `target/<profile>/deps`.
+fn binary(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("test binary");
+    let path = me.parent().and_then(Path::parent).expect("target dir").join(name);
+    assert!(path.is_file(), "{} is not built", path.display());
+    path
+}
+
+fn root_or_skip(test: &str) -> bool {
+    if vw_testnet::is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: the testnet needs root (network namespaces, bridges, tc)");
+    false
+}
+
+#[test]
+fn the_smoke_scenario_deploys_verifies_and_reports() {
+    if !root_or_skip("the_smoke_scenario_deploys_verifies_and_reports") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checked = scenario::load(&scenario_path("smoke")).expect("scenario");
+    let options = RunnerOptions {
+        out: dir.path().join("out"),
+        work: dir.path().join("work"),
+        vwd: binary("vwd"),
+    };
+    let outcome = runner::run(&checked, &options).expect("smoke runs");
+
+    // chain and star, each then the second VO; then the lifecycle run.
+    let cases: Vec<(&str, &str)> =
+        outcome.runs.iter().map(|r| (r.case.as_str(), r.method.as_str())).collect();
+    assert_eq!(
+        cases,
+        [
+            ("cold", "chain"),
+            ("cold+vo2", "chain"),
+            ("cold", "star"),
+            ("cold+vo2", "star"),
+            ("ops", "chain")
+        ]
+    );
+    for r in &outcome.runs {
+        assert_eq!(r.n, 3);
+        // The head and the three hosts each ran a VM and hold its image byte for byte.
+        assert_eq!(r.verified, 4, "{r:?}");
+        assert!(r.bytes_lacked > 0 && r.limit_s > 0.0 && r.seconds > 0.0, "{r:?}");
+        // No compression in this scenario: exactly the lacked bytes cross the links.
+        assert_eq!(r.bytes_sent, r.bytes_lacked, "{r:?}");
+    }
+    // The second VO lacks only what its worker adds to the base the hosts now hold.
+    let (first, second) = (&outcome.runs[0], &outcome.runs[1]);
+    assert!(second.bytes_lacked < first.bytes_lacked / 2, "{first:?} {second:?}");
+    let ops: Vec<&str> = outcome.ops.iter().map(|o| o.op.as_str()).collect();
+    assert_eq!(ops, ["stage", "load", "create", "pause", "unpause", "stop", "unstage"]);
+    for file in ["runs.csv", "ops.csv", "staging.png", "ops.png", "summary.md"] {
+        let path = options.out.join(file);
+        assert!(path.metadata().is_ok_and(|m| m.len() > 0), "{} written", path.display());
+    }
+    let back: Vec<vw_testnet::results::RunRow> =
+        vw_testnet::results::read_csv(&options.out.join("runs.csv")).expect("csv");
+    assert_eq!(back.len(), outcome.runs.len());
+    assert_no_leftovers(&format!("vwt{:04}", std::process::id() % 10_000));
+}
+
+#[test]
+fn an_interrupted_run_tears_everything_down() {
+    if !root_or_skip("an_interrupted_run_tears_everything_down") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(binary("vw-testnet"))
+        .args(["run", &scenario_path("smoke").display().to_string(), "--out"])
+        .arg(dir.path().join("out"))
+        .arg("--work")
+        .arg(dir.path().join("work"))
+        .arg("--vwd")
+        .arg(binary("vwd"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vw-testnet");
+    let tag = format!("vwt{:04}", child.id() % 10_000);
+    // Wait until its vwds are up: their data directories have sockets.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let socket = dir.path().join("work/run1/head/vwd.sock");
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the run never started its vwds");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(namespaces().iter().any(|n| n.starts_with(&tag)), "its namespaces exist");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "exits 130 on SIGINT");
+    assert_no_leftovers(&tag);
+    let vwds = Command::new("pgrep").args(["-f", &dir.path().display().to_string()]).output();
+    if let Ok(out) = vwds {
+        assert!(out.stdout.is_empty(), "no vwd of the run survives: {out:?}");
+    }
+}
+
+#[test]
+fn without_root_the_harness_refuses_clearly() {
+    // Checked as root by dropping to `nobody`; as another user, directly.
+    let scenario = scenario_path("smoke").display().to_string();
+    let out = if vw_testnet::is_root() {
+        if Command::new("runuser").arg("--help").output().is_err() {
+            eprintln!("SKIPPED without_root_the_harness_refuses_clearly: no runuser");
+            return;
+        }
+        let bin = binary("vw-testnet");
+        // `nobody` must be able to reach the binary: copy it somewhere public.
+        let public = std::env::temp_dir().join(format!("vw-testnet-{}", std::process::id()));
+        std::fs::copy(&bin, &public).expect("copy");
+        let out = Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(&public)
+            .args(["run", &scenario, "--out", "/nonexistent"])
+            .output()
+            .expect("runuser");
+        std::fs::remove_file(&public).expect("remove");
+        out
+    } else {
+        Command::new(binary("vw-testnet"))
+            .args(["run", &scenario, "--out", "/nonexistent"])
+            .output()
+            .expect("run")
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&TestnetError::NotRoot.to_string()), "{stderr}");
+}
+
+fn namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+fn assert_no_leftovers(tag: &str) {
+    let ns: Vec<String> = namespaces().into_iter().filter(|n| n.starts_with(tag)).collect();
+    assert!(ns.is_empty(), "namespaces left: {ns:?}");
+    let links = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link");
+    let left: Vec<String> = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter(|n| n.starts_with(tag))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "links left: {left:?}");
+}
