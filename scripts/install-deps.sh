@@ -8,11 +8,15 @@
 #   gcc libc6-dev the C compiler that builds that checker
 #   dosfstools    mkfs.vfat for cloud-init seed volumes
 #   mtools        mcopy/mtype: writes and reads back seed volume files without mounting
+#   iproute2      ip and tc: the testnet's namespaces, bridges and shaped links
+#   procps        pgrep: the testnet's teardown test looks for surviving vwds
+#   fonts-dejavu-core  the font the testnet's PNG plots are labelled with
 # With --experiments it also installs what the real-image experiments need:
 #   debootstrap   building Debian partition images (../shared/make-images.sh)
 #   casync        the baseline the import is compared with
 set -euo pipefail
-pkgs=(libclang-dev clang e2fsprogs util-linux xfsprogs libxen-dev gcc libc6-dev dosfstools mtools)
+pkgs=(libclang-dev clang e2fsprogs util-linux xfsprogs libxen-dev gcc libc6-dev dosfstools mtools
+      iproute2 procps fonts-dejavu-core)
 if [ "${1:-}" = "--experiments" ]; then pkgs+=(debootstrap casync); fi
 missing=()
 for p in "${pkgs[@]}"; do

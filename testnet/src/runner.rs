@@ -65,6 +65,8 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
         rack_uplink: checked.rack_uplink,
     })?;
     tracing::info!(scenario = %s.name, hosts = testnet.hosts.len(), "testnet up");
+    let reports = options.out.join("reports");
+    mkdir(&reports)?;
     let images = ImageSet::prepare(&s.images, &options.work)?;
     let mut outcome = Outcome::default();
     let mut k = 0;
@@ -82,10 +84,11 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                     images: &images,
                     dir: &dir,
                     vwd: &options.vwd,
+                    reports: &reports,
                 };
                 let (rows, ops) = ctx.execute()?;
                 for r in &rows {
-                    tracing::info!(case = %r.case, method = %r.method, n = r.n, seconds = r.seconds, ratio = r.ratio, "run done");
+                    tracing::info!(case = %r.case, method = %r.method, n = r.n, transfer = r.fetch_s, stage = r.seconds, ratio = r.ratio, "run done");
                 }
                 outcome.runs.extend(rows);
                 outcome.ops.extend(ops);
@@ -98,6 +101,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
         }
     }
     drop(testnet);
+    images.remove()?;
     outcome.notes = checks(&outcome.runs);
     write(&s.name, &s.description, &outcome, &options.out)?;
     Ok(outcome)
@@ -159,10 +163,10 @@ fn checks(runs: &[RunRow]) -> Vec<String> {
     for (case, method) in keys {
         let series = find(case, method);
         if series.len() >= 2 && method != "star" {
-            let t: Vec<f64> = series.iter().map(|r| r.seconds).collect();
+            let t: Vec<f64> = series.iter().map(|r| r.fetch_s).collect();
             let (lo, hi) = t.iter().fold((f64::MAX, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
             notes.push(format!(
-                "{case} {method}: staging from N={} to N={} spans {:.2}–{:.2} s, max/min {:.3} (flat within 10%: {})",
+                "{case} {method}: the transfer from N={} to N={} spans {:.2}–{:.2} s, max/min {:.3} (flat within 10%: {})",
                 series[0].n,
                 series[series.len() - 1].n,
                 lo,
@@ -197,9 +201,9 @@ fn checks(runs: &[RunRow]) -> Vec<String> {
                 "fault {} N={}: {:.2} s against {:.2} s without the fault, {:.3}× (target ≤ 1.3); {} surviving hosts verified",
                 f.method,
                 f.n,
-                f.seconds,
-                base.seconds,
-                f.seconds / base.seconds,
+                f.fetch_s,
+                base.fetch_s,
+                f.fetch_s / base.fetch_s,
                 f.verified,
             ));
         }
@@ -216,6 +220,8 @@ struct RunContext<'a> {
     images: &'a ImageSet,
     dir: &'a Path,
     vwd: &'a Path,
+    /// Where each deploy's full report goes (JSON).
+    reports: &'a Path,
 }
 
 impl RunContext<'_> {
@@ -228,12 +234,31 @@ impl RunContext<'_> {
             dir: self.dir,
             images: self.images,
             cached: self.run.cached,
-            compress: self.checked.scenario.vwd.compress.clone(),
+            compress: self
+                .run
+                .compress
+                .clone()
+                .or_else(|| self.checked.scenario.vwd.compress.clone()),
             mdns: self.checked.scenario.network.mdns,
             vwd: self.vwd,
         })?;
         let result = self.deployments(&mut cluster);
         let stopped = cluster.stop();
+        // Each host's vwd log, kept beside the reports.
+        let logs = self.reports.join(format!("{}-{}-n{n}-logs", self.run.case, self.method));
+        std::fs::create_dir_all(&logs).map_err(|error| TestnetError::Io {
+            op: "create",
+            path: logs.clone(),
+            error,
+        })?;
+        for (name, data) in cluster.net.names.iter().zip(&cluster.net.data_dirs) {
+            let (from, to) = (data.join("vwd.log"), logs.join(format!("{name}.log")));
+            std::fs::copy(&from, &to).map_err(|error| TestnetError::Io {
+                op: "copy",
+                path: from.clone(),
+                error,
+            })?;
+        }
         let (mut rows, ops, held) = result?;
         stopped?;
         // Every host that finished holds its images byte for byte.
@@ -296,7 +321,17 @@ impl RunContext<'_> {
             })
         });
         let mut victim: Option<(usize, String)> = None;
+        let mut timeline = String::from("seconds,host,phase,bytes,total\n");
         for event in events.iter() {
+            if let DeployEvent::Progress { host, progress } = &event {
+                timeline.push_str(&format!(
+                    "{:.3},{host},{:?},{},{}\n",
+                    t0.elapsed().as_secs_f64(),
+                    progress.phase,
+                    progress.bytes,
+                    progress.total
+                ));
+            }
             match (&event, kill_at) {
                 (DeployEvent::Planned { edges, .. }, Some(_)) => {
                     victim = mid_cascade(edges).and_then(|h| Some((cluster.index(&h)?, h)));
@@ -306,6 +341,8 @@ impl RunContext<'_> {
                     if let Some((i, v)) = &victim {
                         if host == v
                             && progress.phase == Phase::Fetch
+                            && progress.total > 0
+                            && progress.bytes > 0
                             && progress.bytes as f64 >= at * progress.total as f64
                             && cluster.alive(*i)
                         {
@@ -339,6 +376,11 @@ impl RunContext<'_> {
             .map_err(|error| TestnetError::Io { op: "stat", path: file.to_owned(), error })?
             .len();
         let row = self.row(cluster, &report, case, file_len, wall, cpu_s);
+        let json = serde_json::to_vec_pretty(&report)
+            .map_err(|e| TestnetError::Output(format!("deploy report: {e}")))?;
+        let file = format!("{}-{case}-{}-n{n}", self.checked.scenario.name, self.method);
+        crate::write_file(&self.reports.join(format!("{file}.json")), &json)?;
+        crate::write_file(&self.reports.join(format!("{file}-progress.csv")), timeline.as_bytes())?;
         Ok((report, row))
     }
 
@@ -364,6 +406,7 @@ impl RunContext<'_> {
             .iter()
             .map(|(h, s)| s.lacked as f64 / rate_of(h).min(head_rate))
             .fold(0.0, f64::max);
+        let fetch_s = stages.iter().map(|(_, s)| s.fetch_micros as f64 / 1e6).fold(0.0, f64::max);
         let seconds = report
             .phases
             .iter()
@@ -378,8 +421,9 @@ impl RunContext<'_> {
             bytes_lacked: lacked,
             bytes_sent: sent,
             seconds,
+            fetch_s,
             limit_s: limit,
-            ratio: if limit > 0.0 { seconds / limit } else { 0.0 },
+            ratio: if limit > 0.0 { fetch_s / limit } else { 0.0 },
             raw_limit_s: image_len as f64 / self.checked.link.min(head_rate),
             cpu_s,
             cpu_share: cpu_s / (wall * cores),

@@ -28,6 +28,7 @@
 //! then_vo2 = false        # then deploy the second VO's cluster on the same hosts
 //! ops = false             # then time pause, unpause, stop, unstage across the cluster
 //! kill_at = 0.33          # kill a mid-cascade host when it has this share of its bytes
+//! compress = "auto"       # this run's vwd compression, if not [vwd]'s
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -134,6 +135,8 @@ pub struct Run {
     pub ops: bool,
     /// Kill a mid-cascade host when it has received this share of what it lacks.
     pub kill_at: Option<f64>,
+    /// vwd's wire compression for this run, if not the scenario's.
+    pub compress: Option<String>,
 }
 
 /// Which worker image a cluster runs.
@@ -215,6 +218,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
     if scenario.run.is_empty() {
         return Err(bad("no [[run]]".into()));
     }
+    let compress_ok = |key: String, c: &Option<String>| match c.as_deref() {
+        None | Some("auto" | "always" | "never") => Ok(()),
+        Some(other) => Err(bad(format!("{key}: `{other}` is not auto, always or never"))),
+    };
+    compress_ok("vwd.compress".into(), &scenario.vwd.compress)?;
     let mut methods = Vec::new();
     for (i, run) in scenario.run.iter().enumerate() {
         let key = |k: &str| format!("run[{i}] ({}).{k}", run.case);
@@ -227,6 +235,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
         if let Some(&n) = run.hosts.iter().find(|&&n| n == 0 || n > MAX_HOSTS) {
             return Err(bad(format!("{}: {n} is not within 1..={MAX_HOSTS}", key("hosts"))));
         }
+        compress_ok(key("compress"), &run.compress)?;
         if let Some(k) = run.kill_at {
             if !(0.0..1.0).contains(&k) {
                 return Err(bad(format!("{}: {k} is not a share in [0, 1)", key("kill_at"))));
@@ -285,6 +294,7 @@ hosts = [1, 2]
         check(GOOD.replace("[1, 2]", "[0]"), "run[0] (cold).hosts: 0 is not within");
         check(format!("{GOOD}kill_at = 0.3\n"), "needs at least 3 receiving hosts");
         check(GOOD.replace("size_mib = 32", "size_mib = 1"), "images.size_mib");
+        check(format!("{GOOD}compress = \"zip\"\n"), "run[0] (cold).compress: `zip`");
         check(GOOD.replace("hosts = [1, 2]", "hosts = \"two\""), "line 10, column 9");
     }
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The testnet scenarios (docs/experiments.md, "Testnet"): each in network namespaces
+# with tc-shaped links, one vwd per host. Results (runs.csv, ops.csv, PNGs, summary.md)
+# go to perf/testnet/<scenario>/. Needs root. The binaries are copied aside first, so a
+# rebuild during a long run does not change them under it.
+#
+#   scripts/experiments/testnet.sh [SCENARIO...]   # default: every shipped scenario
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/vw-target}"
+bash "$here/scripts/install-deps.sh"
+(cd "$here" && cargo build -q --profile dev -p vw-node --bin vwd -p vw-testnet --bin vw-testnet)
+bin=$(mktemp -d /var/tmp/vw-testnet-bin.XXXXXX)
+trap 'rm -rf "$bin"' EXIT
+cp "$CARGO_TARGET_DIR/debug/vwd" "$CARGO_TARGET_DIR/debug/vw-testnet" "$bin/"
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(smoke paper-fig2a paper-fig2b scale two-vo fault)
+for s in "${scenarios[@]}"; do
+  echo "== $s"
+  "$bin/vw-testnet" run "$here/testnet/scenarios/$s.toml" --out "$here/perf/testnet/$s" --vwd "$bin/vwd"
+done
