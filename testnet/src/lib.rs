@@ -8,6 +8,7 @@
 //! PNG plots and a markdown summary ([`results`], [`plot`]). Everything it made is torn
 //! down when it ends, fails, panics or is interrupted.
 
+pub mod baseline;
 pub mod cluster;
 pub mod images;
 pub mod net;

@@ -20,7 +20,7 @@ use crate::cluster::{Cluster, ClusterOptions};
 use crate::images::{self, ImageSet};
 use crate::net::{HostNet, Testnet, Topology};
 use crate::results::{self, OpRow, RunRow};
-use crate::scenario::{Checked, Run, WorkerImage};
+use crate::scenario::{Checked, Method, Run, WorkerImage};
 use crate::TestnetError;
 
 /// Where things go.
@@ -32,6 +32,8 @@ pub struct RunnerOptions {
     pub work: PathBuf,
     /// The `vwd` binary.
     pub vwd: PathBuf,
+    /// The `vw-testnet` binary (its `pipe` and `send` commands run the baselines).
+    pub testnet: PathBuf,
 }
 
 /// What a scenario produced.
@@ -86,7 +88,12 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                     vwd: &options.vwd,
                     reports: &reports,
                 };
-                let (rows, ops) = ctx.execute()?;
+                let (rows, ops) = match method {
+                    Method::Vw(strategy) => ctx.execute(strategy)?,
+                    Method::TcpChain | Method::TcpStar => {
+                        (vec![ctx.baseline(method == Method::TcpChain, &options.testnet)?], vec![])
+                    }
+                };
                 for r in &rows {
                     tracing::info!(case = %r.case, method = %r.method, n = r.n, transfer = r.fetch_s, stage = r.seconds, ratio = r.ratio, "run done");
                 }
@@ -215,7 +222,7 @@ fn checks(runs: &[RunRow]) -> Vec<String> {
 struct RunContext<'a> {
     checked: &'a Checked,
     run: &'a Run,
-    method: Strategy,
+    method: Method,
     hosts: &'a [HostNet],
     images: &'a ImageSet,
     dir: &'a Path,
@@ -225,7 +232,7 @@ struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
-    fn execute(&self) -> Result<(Vec<RunRow>, Vec<OpRow>), TestnetError> {
+    fn execute(&self, strategy: Strategy) -> Result<(Vec<RunRow>, Vec<OpRow>), TestnetError> {
         let n = self.hosts.len() - 1;
         let _span =
             tracing::info_span!("run", case = %self.run.case, method = %self.method, n).entered();
@@ -242,7 +249,7 @@ impl RunContext<'_> {
             mdns: self.checked.scenario.network.mdns,
             vwd: self.vwd,
         })?;
-        let result = self.deployments(&mut cluster);
+        let result = self.deployments(&mut cluster, strategy);
         let stopped = cluster.stop();
         // Each host's vwd log, kept beside the reports.
         let logs = self.reports.join(format!("{}-{}-n{n}-logs", self.run.case, self.method));
@@ -273,20 +280,28 @@ impl RunContext<'_> {
     fn deployments(
         &self,
         cluster: &mut Cluster,
+        strategy: Strategy,
     ) -> Result<(Vec<RunRow>, Vec<OpRow>, Vec<Vec<(String, WorkerImage)>>), TestnetError> {
         let mut rows = Vec::new();
         let mut held = Vec::new();
         let mut ops = Vec::new();
         let (image, case) = (self.run.image, self.run.case.clone());
-        let (report, row) = self.deploy(cluster, "grid", image, &case, self.run.kill_at)?;
+        let (report, row) =
+            self.deploy(cluster, strategy, "grid", image, &case, self.run.kill_at)?;
         held.push(holders(&report, image));
         rows.push(row);
         if self.run.ops {
             ops.extend(self.operations(cluster, &report)?);
         }
         if self.run.then_vo2 {
-            let (report, row) =
-                self.deploy(cluster, "vo2", WorkerImage::Vo2, &format!("{case}+vo2"), None)?;
+            let (report, row) = self.deploy(
+                cluster,
+                strategy,
+                "vo2",
+                WorkerImage::Vo2,
+                &format!("{case}+vo2"),
+                None,
+            )?;
             held.push(holders(&report, WorkerImage::Vo2));
             rows.push(row);
         }
@@ -298,6 +313,7 @@ impl RunContext<'_> {
     fn deploy(
         &self,
         cluster: &mut Cluster,
+        strategy: Strategy,
         name: &str,
         image: WorkerImage,
         case: &str,
@@ -310,7 +326,7 @@ impl RunContext<'_> {
         let request = LocalRequest::Deploy {
             workspace,
             source: format!("{name}.xml"),
-            options: DeployOptions { strategy: self.method, policy: Policy::Spread },
+            options: DeployOptions { strategy, policy: Policy::Spread },
         };
         let (events_tx, events) = mpsc::sync_channel::<DeployEvent>(1024);
         let cpu0 = cluster.cpu_seconds();
@@ -429,6 +445,98 @@ impl RunContext<'_> {
             cpu_share: cpu_s / (wall * cores),
             verified: 0,
         }
+    }
+
+    /// A baseline: the raw worker image from the head to every host by plain TCP, down
+    /// a pipelined chain or as a star; every host's copy compared with the original.
+    fn baseline(&self, chain: bool, testnet: &Path) -> Result<RunRow, TestnetError> {
+        use std::io::BufRead as _;
+        let n = self.hosts.len() - 1;
+        let (file, _) = self.images.worker(self.run.image);
+        let image_len = std::fs::metadata(file)
+            .map_err(|error| TestnetError::Io { op: "stat", path: file.to_owned(), error })?
+            .len();
+        let addr = |i: usize| format!("{}:{}", self.hosts[i].addr, crate::baseline::PORT);
+        let command = |i: usize| {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &self.hosts[i].netns]).arg(testnet);
+            c
+        };
+        let cpu0 = crate::baseline::children_cpu();
+        // The receivers, last first, each ready (listening) before the next starts.
+        let mut pipes = Vec::new();
+        for i in (1..=n).rev() {
+            let mut c = command(i);
+            c.args(["pipe", "--listen", &format!("0.0.0.0:{}", crate::baseline::PORT), "--out"])
+                .arg(self.dir.join(format!("h{i}.img")));
+            if chain && i < n {
+                c.args(["--next", &addr(i + 1)]);
+            }
+            let mut child = c
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| TestnetError::Run(format!("starting a pipe: {e}")))?;
+            crate::net::register_process(child.id());
+            let stdout =
+                child.stdout.take().ok_or_else(|| TestnetError::Run("pipe stdout".into()))?;
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map_err(|e| TestnetError::Run(format!("pipe on host {i}: {e}")))?;
+            if line.trim() != "ready" {
+                return Err(TestnetError::Run(format!("pipe on host {i} did not start: {line:?}")));
+            }
+            pipes.push(child);
+        }
+        let t0 = Instant::now();
+        let targets: Vec<String> = if chain { vec![addr(1)] } else { (1..=n).map(addr).collect() };
+        let mut send = command(0);
+        send.args(["send", "--file"])
+            .arg(file)
+            .args(targets.iter().flat_map(|t| ["--to", t.as_str()]));
+        let sent = send.status().map_err(|e| TestnetError::Run(format!("send: {e}")))?;
+        let mut failed = (!sent.success()).then(|| format!("send exited {sent}"));
+        for mut p in pipes {
+            let status = p.wait().map_err(|e| TestnetError::Run(format!("pipe: {e}")))?;
+            crate::net::forget_process(p.id());
+            if !status.success() {
+                failed.get_or_insert(format!("a pipe exited {status}"));
+            }
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let cpu_s = crate::baseline::children_cpu() - cpu0;
+        if let Some(f) = failed {
+            return Err(TestnetError::Run(format!("{} baseline: {f}", self.method)));
+        }
+        for i in 1..=n {
+            let copy = self.dir.join(format!("h{i}.img"));
+            if let Some(offset) = images::first_difference(file, &copy)? {
+                return Err(TestnetError::Mismatch {
+                    host: format!("node{i}"),
+                    image: self.method.to_string(),
+                    original: file.to_owned(),
+                    offset,
+                });
+            }
+        }
+        let rate = self.checked.link.min(self.hosts[0].rate);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        Ok(RunRow {
+            scenario: self.checked.scenario.name.clone(),
+            case: self.run.case.clone(),
+            method: self.method.to_string(),
+            n,
+            bytes_lacked: image_len * n as u64,
+            bytes_sent: image_len * n as u64,
+            seconds,
+            fetch_s: seconds,
+            limit_s: image_len as f64 / rate,
+            ratio: seconds / (image_len as f64 / rate),
+            raw_limit_s: image_len as f64 / rate,
+            cpu_s,
+            cpu_share: cpu_s / (seconds * cores),
+            verified: n,
+        })
     }
 
     /// The deploy's own phases, then pause, unpause, stop and unstage across the

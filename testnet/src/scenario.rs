@@ -21,7 +21,7 @@
 //!
 //! [[run]]
 //! case = "cold"           # a label for the rows
-//! methods = ["star", "chain"]   # planner strategies
+//! methods = ["star", "chain"]   # planner strategies, or baselines: tcp-chain, tcp-star
 //! hosts = [1, 2, 4, 8]    # receiving hosts N (the head holds the images)
 //! cached = false          # the base OS already on every receiving host
 //! image = "worker"        # the workers' image: worker, or vo2 (the second VO's)
@@ -117,7 +117,8 @@ pub struct VwdSettings {
 pub struct Run {
     /// A label for its rows.
     pub case: String,
-    /// Planner strategies (`star`, `chain`, `tree2`, `striped4x2`, `auto`).
+    /// Planner strategies (`star`, `chain`, `tree2`, `striped4x2`, `auto`) or
+    /// baselines (`tcp-chain`, `tcp-star`).
     pub methods: Vec<String>,
     /// Receiving host counts.
     pub hosts: Vec<usize>,
@@ -162,7 +163,43 @@ pub struct Checked {
     /// The rack uplinks, bytes per second.
     pub rack_uplink: Option<f64>,
     /// Each run's methods, parsed.
-    pub methods: Vec<Vec<Strategy>>,
+    pub methods: Vec<Vec<Method>>,
+}
+
+/// How a run moves the images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `vw deploy` with this planner strategy.
+    Vw(Strategy),
+    /// Baseline: the raw image down a pipelined chain of plain TCP copies (like `nc`).
+    TcpChain,
+    /// Baseline: the raw image from the head to every host at once (like an HTTP star).
+    TcpStar,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp-chain" => Ok(Method::TcpChain),
+            "tcp-star" => Ok(Method::TcpStar),
+            other => other
+                .parse::<Strategy>()
+                .map(Method::Vw)
+                .map_err(|e| format!("{e}; or a baseline: tcp-chain, tcp-star")),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Vw(s) => write!(f, "{s}"),
+            Method::TcpChain => f.write_str("tcp-chain"),
+            Method::TcpStar => f.write_str("tcp-star"),
+        }
+    }
 }
 
 impl Checked {
@@ -247,12 +284,19 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
                 )));
             }
         }
-        methods.push(
-            run.methods
-                .iter()
-                .map(|m| m.parse::<Strategy>().map_err(|e| bad(format!("{}: {e}", key("methods")))))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
+        let parsed = run
+            .methods
+            .iter()
+            .map(|m| m.parse::<Method>().map_err(|e| bad(format!("{}: {e}", key("methods")))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let baseline = parsed.iter().any(|m| !matches!(m, Method::Vw(_)));
+        if baseline && (run.cached || run.then_vo2 || run.ops || run.kill_at.is_some()) {
+            return Err(bad(format!(
+                "{}: the tcp baselines copy the raw image only (no cached, then_vo2, ops or kill_at)",
+                key("methods")
+            )));
+        }
+        methods.push(parsed);
     }
     Ok(Checked { scenario, link, head_link, rack_uplink, methods })
 }
@@ -279,7 +323,13 @@ hosts = [1, 2]
         assert_eq!(c.link, 12.5e6);
         assert_eq!(c.head_link, 12.5e6);
         assert_eq!(c.max_hosts(), 3);
-        assert_eq!(c.methods[0], vec![Strategy::Star, Strategy::Chain]);
+        assert_eq!(c.methods[0], vec![Method::Vw(Strategy::Star), Method::Vw(Strategy::Chain)]);
+        let c = parse(
+            &GOOD.replace("\"star\", \"chain\"", "\"tcp-chain\", \"tcp-star\""),
+            Path::new("t.toml"),
+        )
+        .expect("baselines");
+        assert_eq!(c.methods[0], vec![Method::TcpChain, Method::TcpStar]);
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn the_smoke_scenario_deploys_verifies_and_reports() {
         out: dir.path().join("out"),
         work: dir.path().join("work"),
         vwd: binary("vwd"),
+        testnet: binary("vw-testnet"),
     };
     let outcome = runner::run(&checked, &options).expect("smoke runs");
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vw_testnet::runner::{self, RunnerOptions};
-use vw_testnet::{net, scenario, TestnetError};
+use vw_testnet::{baseline, net, scenario, TestnetError};
 
 #[derive(Parser, Debug)]
 #[command(name = "vw-testnet", about = "Multi-host vw experiments in network namespaces (root)")]
@@ -41,6 +41,25 @@ enum Command {
     },
     /// Removes namespaces and links a killed harness left (names starting `vwt`).
     Clean,
+    /// Baseline receiver (run by the harness in a host's namespace): accepts one
+    /// connection, writes it to a file, forwards it to the next host.
+    #[command(hide = true)]
+    Pipe {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        next: Option<std::net::SocketAddr>,
+    },
+    /// Baseline sender: the file to every address at once.
+    #[command(hide = true)]
+    Send {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, required = true)]
+        to: Vec<std::net::SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +91,8 @@ fn run(command: Command) -> Result<(), TestnetError> {
             );
             Ok(())
         }
+        Command::Pipe { listen, out, next } => baseline::pipe(listen, &out, next).map(drop),
+        Command::Send { file, to } => baseline::send(&file, &to),
         Command::Clean => {
             if !vw_testnet::is_root() {
                 return Err(TestnetError::NotRoot);
@@ -90,7 +111,9 @@ fn run(command: Command) -> Result<(), TestnetError> {
                 Some(v) => v,
                 None => beside_me("vwd")?,
             };
-            let options = RunnerOptions { out: out.clone(), work, vwd };
+            let testnet = std::env::current_exe()
+                .map_err(|e| TestnetError::Run(format!("finding this binary: {e}")))?;
+            let options = RunnerOptions { out: out.clone(), work, vwd, testnet };
             let outcome = interruptible(move || runner::run(&checked, &options))?;
             for note in &outcome.notes {
                 println!("{note}");

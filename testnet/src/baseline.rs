@@ -1,0 +1,129 @@
+//! Baselines over the same links: the raw image copied by plain TCP, as `nc` would.
+//!
+//! - `tcp-chain`: a pipelined chain: the head sends the image to host 1, each host
+//!   writes what it receives to its disk and forwards it to the next as it goes (a plain
+//!   `nc` chain).
+//! - `tcp-star`: the head sends the whole image to every host at once (an HTTP or
+//!   GridFTP star, the paper's method).
+//!
+//! Both move every byte of the image, zeros included, and verify nothing on the way;
+//! the harness compares each host's file with the original afterwards. The processes
+//! are this binary's own `pipe` and `send` commands run in the hosts' namespaces.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+
+use crate::TestnetError;
+
+/// The port the baselines listen on.
+pub const PORT: u16 = 7500;
+
+const BUFFER: usize = 1 << 20;
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TestnetError + 'a {
+    move |error| TestnetError::Io { op, path: path.to_owned(), error }
+}
+
+/// Listens on `listen`, says `ready` on stdout, then runs [`pipe_on`].
+pub fn pipe(listen: SocketAddr, out: &Path, next: Option<SocketAddr>) -> Result<u64, TestnetError> {
+    let listener = TcpListener::bind(listen).map_err(io("listen", Path::new("<socket>")))?;
+    // Ready: the harness waits for this line before it starts the sender.
+    println!("ready");
+    std::io::stdout().flush().map_err(io("write", Path::new("<stdout>")))?;
+    pipe_on(&listener, out, next)
+}
+
+/// Accepts one connection, writes everything it sends to `out` (synced at the end) and
+/// forwards it to `next` as it arrives. Returns the bytes received.
+pub fn pipe_on(
+    listener: &TcpListener,
+    out: &Path,
+    next: Option<SocketAddr>,
+) -> Result<u64, TestnetError> {
+    let here = Path::new("<socket>");
+    let (mut from, _) = listener.accept().map_err(io("accept", here))?;
+    let mut to = next.map(TcpStream::connect).transpose().map_err(io("connect", here))?;
+    let mut file = std::fs::File::create(out).map_err(io("create", out))?;
+    let mut buf = vec![0u8; BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).map_err(io("receive", here))?;
+        if n == 0 {
+            break;
+        }
+        if let Some(t) = to.as_mut() {
+            t.write_all(&buf[..n]).map_err(io("forward", here))?;
+        }
+        file.write_all(&buf[..n]).map_err(io("write", out))?;
+        total += n as u64;
+    }
+    file.sync_all().map_err(io("sync", out))?;
+    Ok(total)
+}
+
+/// Sends `file` to every one of `to` at once, each over its own connection.
+pub fn send(file: &Path, to: &[SocketAddr]) -> Result<(), TestnetError> {
+    std::thread::scope(|s| {
+        let sends: Vec<_> = to
+            .iter()
+            .map(|addr| {
+                s.spawn(move || -> Result<(), TestnetError> {
+                    let here = Path::new("<socket>");
+                    let mut stream = TcpStream::connect(addr).map_err(io("connect", here))?;
+                    let mut f = std::fs::File::open(file).map_err(io("open", file))?;
+                    std::io::copy(&mut f, &mut stream).map_err(io("send", file))?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for s in sends {
+            s.join().map_err(|_| TestnetError::Run("a sender thread panicked".into()))??;
+        }
+        Ok(())
+    })
+}
+
+/// CPU seconds used by this process's waited-for children so far.
+pub fn children_cpu() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given, which lives on this stack.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) != 0 {
+            return 0.0;
+        }
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_of_pipes_delivers_the_file_to_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let original = dir.path().join("image");
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&original, &bytes).expect("write");
+        let bind = || TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (la, lb) = (bind(), bind());
+        let (a, b) = (la.local_addr().expect("addr"), lb.local_addr().expect("addr"));
+        let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
+        let tail = std::thread::spawn({
+            let out_b = out_b.clone();
+            move || pipe_on(&lb, &out_b, None)
+        });
+        let head = std::thread::spawn({
+            let out_a = out_a.clone();
+            move || pipe_on(&la, &out_a, Some(b))
+        });
+        send(&original, &[a]).expect("send");
+        assert_eq!(head.join().expect("join").expect("pipe a"), bytes.len() as u64);
+        assert_eq!(tail.join().expect("join").expect("pipe b"), bytes.len() as u64);
+        assert_eq!(std::fs::read(&out_a).expect("a"), bytes);
+        assert_eq!(std::fs::read(&out_b).expect("b"), bytes);
+    }
+}
