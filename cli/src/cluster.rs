@@ -6,7 +6,7 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport, HostAnswer};
 use vw_node::control::protocol::Phase;
 use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
@@ -63,7 +63,7 @@ impl<'a> Progress<'a> {
                     let bar = multi.add(ProgressBar::new(progress.total));
                     bar.set_style(
                         ProgressStyle::with_template(
-                            "{prefix:>8} {msg:5} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                            "{prefix:>8} {msg:16} {bar:30} {bytes}/{total_bytes} eta {eta}",
                         )
                         .expect("valid template"),
                     );
@@ -73,8 +73,9 @@ impl<'a> Progress<'a> {
                 bar.set_length(progress.total);
                 bar.set_position(progress.bytes);
                 bar.set_message(match progress.phase {
-                    Phase::Fetch => "fetch",
-                    Phase::Stage => "stage",
+                    // The host's own rate over its last progress interval.
+                    Phase::Fetch => format!("fetch {}/s", HumanBytes(progress.rate)),
+                    Phase::Stage => "stage".to_owned(),
                 });
             }
         }

@@ -43,6 +43,7 @@ async fn main() {
         allowed: vec![other.public().to_peer_id()],
         sending: Default::default(),
         mdns: false,
+        known: vec![],
     };
     let pa = Peer::start(cfg(&ka, &kb), a.clone()).await.expect("a");
     let pb = Peer::start(cfg(&kb, &ka), b.clone()).await.expect("b");

@@ -65,6 +65,7 @@ impl Vwd {
                     compress: daemon.compress(),
                 },
                 mdns: daemon.config.mdns,
+                known: daemon.peers.iter().filter_map(|p| Some((p.id, p.addr.clone()?))).collect(),
             },
             relay.clone(),
         )

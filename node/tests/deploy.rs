@@ -164,6 +164,40 @@ async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
     holds_exactly(&net, &worker_hosts(&report), "demo/worker:1", &images.worker);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_host_is_the_tail_of_the_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = LocalNet::create(dir.path(), 4, &LocalNetOptions::default()).expect("net");
+    // node1 has the slowest link: told by its caps, which it reports in its inventory.
+    let slow = &net.configs[1];
+    let config = std::fs::read_to_string(slow).expect("config");
+    std::fs::write(slow, format!("upload_cap = \"400Mbit\"\ndownload_cap = \"400Mbit\"\n{config}"))
+        .expect("config");
+    let images = DemoImages::write(dir.path(), 16).expect("images");
+    import(&net.data_dirs[0], &images);
+    let vwds = net.start().await.expect("start");
+    let (report, events) =
+        deploy(&net, cluster_workspace("slow", "demo/base:1", "demo/worker:1", 3), Strategy::Chain)
+            .await;
+    assert!(report.lost.is_empty(), "{report:#?}");
+    let edges = events
+        .iter()
+        .find_map(|e| match e {
+            DeployEvent::Planned { edges, .. } => Some(edges.clone()),
+            _ => None,
+        })
+        .expect("a plan");
+    assert!(edges.iter().any(|(_, to)| to == "node1"), "node1 receives: {edges:?}");
+    assert!(
+        edges.iter().all(|(from, _)| from != "node1"),
+        "the slow host feeds no one, so it holds back only itself: {edges:?}"
+    );
+    for v in vwds {
+        v.shutdown().await;
+    }
+    holds_exactly(&net, &worker_hosts(&report), "demo/worker:1", &images.worker);
+}
+
 /// Sends a deploy that must fail; returns the head's error.
 async fn deploy_error(net: &LocalNet, workspace: String) -> String {
     let socket = net.head_socket();

@@ -18,6 +18,7 @@ fn config(key: &identity::Keypair, allowed: &[&identity::Keypair]) -> PeerConfig
         allowed: allowed.iter().map(|k| k.public().to_peer_id()).collect(),
         sending: Default::default(),
         mdns: false,
+        known: vec![],
     }
 }
 
@@ -76,6 +77,34 @@ async fn a_host_fetches_what_it_lacks_and_rebuilds_the_image() {
     assert_eq!(got.bytes, missing.bytes, "only what b lacked was sent");
     rebuilds_exactly(&b, &manifest, Some(&"vo/x:1".parse().expect("name")), &data);
 
+    pa.shutdown().await;
+    pb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_peer_is_reached_without_an_earlier_connection() {
+    // A stream opened by peer id must find the address from the configuration: a host
+    // whose connection to its sender never came up (or idled out) must still pull.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
+    let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
+    let img = dir.path().join("x.img");
+    let data = noise(1 << 20, 9);
+    std::fs::write(&img, &data).expect("write");
+    let report = a.import(&img, None, &()).expect("import");
+    let manifest = a.manifest(&report.manifest).expect("manifest");
+    let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+    let pa = Peer::start(config(&ka, &[&kb]), a.clone()).await.expect("sender");
+    let known = vec![(pa.id(), pa.addresses().await.expect("addresses")[0].clone())];
+    let pb = Peer::start(PeerConfig { known, ..config(&kb, &[&ka]) }, b.clone())
+        .await
+        .expect("receiver");
+    let missing = b.missing(&manifest).expect("missing");
+    let got = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
+        .await
+        .expect("dialled by id from the configured address");
+    assert_eq!(got.bytes, missing.bytes);
+    rebuilds_exactly(&b, &manifest, None, &data);
     pa.shutdown().await;
     pb.shutdown().await;
 }

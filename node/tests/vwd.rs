@@ -73,6 +73,7 @@ async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
             allowed: vec![id.parse().expect("peer id")],
             sending: Default::default(),
             mdns: false,
+            known: vec![],
         },
         mine.clone(),
     )

@@ -164,9 +164,12 @@ fn checks(runs: &[RunRow]) -> Vec<String> {
             ));
         }
     }
-    let mut keys: Vec<(&str, &str)> =
-        runs.iter().map(|r| (r.case.as_str(), r.method.as_str())).collect();
-    keys.dedup();
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for r in runs {
+        if !keys.contains(&(r.case.as_str(), r.method.as_str())) {
+            keys.push((r.case.as_str(), r.method.as_str()));
+        }
+    }
     for (case, method) in keys {
         let series = find(case, method);
         if series.len() >= 2 && method != "star" {
@@ -383,6 +386,18 @@ impl RunContext<'_> {
             }
             other => return Err(TestnetError::Run(format!("deploy {name}: unexpected {other:?}"))),
         };
+        if kill_at.is_none() && !report.lost.is_empty() {
+            let why: Vec<String> = report
+                .hosts
+                .iter()
+                .filter_map(|h| Some(format!("{}: {}", h.host, h.error.as_ref()?)))
+                .collect();
+            return Err(TestnetError::Run(format!(
+                "deploy {name} lost {} with no fault injected: {}",
+                report.lost.join(", "),
+                why.join("; ")
+            )));
+        }
         if kill_at.is_some() && victim.as_ref().is_none_or(|(i, _)| cluster.alive(*i)) {
             return Err(TestnetError::Run(format!(
                 "deploy {name}: no mid-cascade host was killed (victim {victim:?})"

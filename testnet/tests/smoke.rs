@@ -43,7 +43,7 @@ fn the_smoke_scenario_deploys_verifies_and_reports() {
     };
     let outcome = runner::run(&checked, &options).expect("smoke runs");
 
-    // chain and star, each then the second VO; then the lifecycle run.
+    // chain and star, each then the second VO; the lifecycle run; the baselines.
     let cases: Vec<(&str, &str)> =
         outcome.runs.iter().map(|r| (r.case.as_str(), r.method.as_str())).collect();
     assert_eq!(
@@ -53,10 +53,17 @@ fn the_smoke_scenario_deploys_verifies_and_reports() {
             ("cold+vo2", "chain"),
             ("cold", "star"),
             ("cold+vo2", "star"),
-            ("ops", "chain")
+            ("ops", "chain"),
+            ("raw", "tcp-chain"),
+            ("raw", "tcp-star"),
         ]
     );
-    for r in &outcome.runs {
+    for r in outcome.runs.iter().filter(|r| r.case == "raw") {
+        // The baselines copy the whole image, zeros included, to each of the 3 hosts.
+        assert_eq!(r.verified, 3, "{r:?}");
+        assert_eq!(r.bytes_sent, r.bytes_lacked);
+    }
+    for r in outcome.runs.iter().filter(|r| r.case != "raw") {
         assert_eq!(r.n, 3);
         // The head and the three hosts each ran a VM and hold its image byte for byte.
         assert_eq!(r.verified, 4, "{r:?}");

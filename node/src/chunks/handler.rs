@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures::AsyncWriteExt as _;
 use libp2p::{PeerId, Stream};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 use vw_chunkstore::{ChunkId, ChunkRef, Store};
 
 use super::protocol::{Frame, FrameError, MAX_WANT};
@@ -362,8 +363,14 @@ pub async fn fetch_into(
     wanted: &[ChunkRef],
     intake: &Intake,
 ) -> Result<Fetched, PeerError> {
-    let (got, result) = fetch_stream(control, peer, deployment, wanted, intake).await;
+    let (got, result) =
+        fetch_stream(control, peer, deployment, wanted, intake).instrument(pull_span(&peer)).await;
     result.map(|()| got)
+}
+
+/// The span of one outgoing chunk stream: the peer it pulls from.
+fn pull_span(peer: &PeerId) -> tracing::Span {
+    tracing::info_span!("pull", peer = %short(peer))
 }
 
 /// [`fetch_into`], returning what arrived even when the stream then failed.
@@ -510,7 +517,9 @@ pub async fn fetch_from_any(
         }
         let mut attempt = 0;
         let (got, result) = loop {
-            let (got, result) = fetch_stream(control, peer, deployment, &remaining, intake).await;
+            let (got, result) = fetch_stream(control, peer, deployment, &remaining, intake)
+                .instrument(pull_span(&peer))
+                .await;
             // A stream that failed before anything arrived (a busy peer can drop a
             // stream it has not accepted yet) is opened again, twice at most.
             let nothing = got.chunks == 0 && got.missing == 0;

@@ -221,7 +221,7 @@ impl HostService {
                 (m, name)
             })
             .collect();
-        let _ = progress.try_send(Progress { phase: Phase::Stage, bytes: 0, total: 0 });
+        let _ = progress.try_send(Progress::started(Phase::Stage));
         let staging = Instant::now();
         let vms = self
             .with_manager(move |m| -> Result<_, String> {
@@ -285,6 +285,9 @@ impl HostService {
 
         let mut report = PullReport::default();
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        let mut meter = RateMeter::default();
+        let mut fetched =
+            |bytes: u64| Progress { phase: Phase::Fetch, bytes, total, rate: meter.rate(bytes) };
         let mut failure = None;
         loop {
             tokio::select! {
@@ -294,7 +297,7 @@ impl HostService {
                     Some(Err(e)) => failure = Some(e.to_string()),
                 },
                 _ = tick.tick() => {
-                    let _ = progress.try_send(Progress { phase: Phase::Fetch, bytes: intake.bytes(), total });
+                    let _ = progress.try_send(fetched(intake.bytes()));
                 }
             }
         }
@@ -334,7 +337,7 @@ impl HostService {
             }
         }
         let (bytes, chunks) = (intake.bytes(), intake.chunks());
-        let _ = progress.try_send(Progress { phase: Phase::Fetch, bytes, total });
+        let _ = progress.try_send(fetched(bytes));
         intake.finish().await.map_err(|e| e.to_string())?;
         match failure {
             Some(e) => Err(e),
@@ -385,7 +388,7 @@ async fn serve_one(peer: PeerId, mut stream: Stream, host: &HostService) -> Resu
     // Progress as it comes, and the last again every few seconds so the head knows
     // this host is alive through long quiet steps. A head that stops reading does not
     // stop the work.
-    let mut last = Progress { phase: Phase::Fetch, bytes: 0, total: 0 };
+    let mut last = Progress::started(Phase::Fetch);
     let mut beat = tokio::time::interval(HEARTBEAT);
     let answer = loop {
         tokio::select! {
@@ -402,4 +405,43 @@ async fn serve_one(peer: PeerId, mut stream: Stream, host: &HostService) -> Resu
     wire::write(&mut stream, &Reply::Done(answer)).await.map_err(|e| e.to_string())?;
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
     Ok(())
+}
+
+/// Bytes per second between successive readings of a growing count.
+#[derive(Debug, Default)]
+struct RateMeter {
+    last: Option<(Instant, u64)>,
+}
+
+impl RateMeter {
+    /// The rate since the previous reading (0 at the first).
+    fn rate(&mut self, bytes: u64) -> u64 {
+        let now = Instant::now();
+        let rate = self.last.map_or(0, |(at, before)| {
+            let secs = now.duration_since(at).as_secs_f64();
+            if secs > 0.0 {
+                (bytes.saturating_sub(before) as f64 / secs) as u64
+            } else {
+                0
+            }
+        });
+        self.last = Some((now, bytes));
+        rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_the_growth_since_the_last_reading() {
+        let mut meter = RateMeter::default();
+        assert_eq!(meter.rate(1_000), 0, "no rate before a second reading");
+        std::thread::sleep(Duration::from_millis(20));
+        let rate = meter.rate(1_000_000);
+        // 999,000 bytes in at least 20 ms: at most 49.95 MB/s, and not nothing.
+        assert!(rate > 0 && rate <= 49_950_000, "{rate}");
+        assert_eq!(meter.rate(1_000_000).min(1), 0, "no growth, no rate");
+    }
 }

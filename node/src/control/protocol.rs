@@ -120,6 +120,15 @@ pub struct Progress {
     pub bytes: u64,
     /// Bytes in all.
     pub total: u64,
+    /// Bytes per second since the previous progress of this phase (0 if none yet).
+    pub rate: u64,
+}
+
+impl Progress {
+    /// Progress of `phase` with no bytes to count.
+    pub fn started(phase: Phase) -> Self {
+        Progress { phase, bytes: 0, total: 0, rate: 0 }
+    }
 }
 
 /// The parts of a host's stage.

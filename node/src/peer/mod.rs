@@ -9,6 +9,7 @@
 //! (and ignores, with a debug line, peers that are not listed).
 //! [`Peer::shutdown`] signals both tasks, then waits for each.
 
+pub mod addresses;
 pub mod rate;
 
 use std::sync::Arc;
@@ -88,6 +89,8 @@ pub struct PeerConfig {
     pub sending: handler::Sending,
     /// Whether it also finds the allowed peers' addresses by mDNS.
     pub mdns: bool,
+    /// Configured addresses of allowed peers: any dial by id finds them.
+    pub known: Vec<(PeerId, Multiaddr)>,
 }
 
 /// A cluster peer as configured: its name, its id, and where to reach it (none if
@@ -108,6 +111,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     stream: libp2p_stream::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    addresses: addresses::Addresses,
 }
 
 enum Command {
@@ -252,6 +256,7 @@ impl Peer {
                     )),
                     stream: libp2p_stream::Behaviour::new(),
                     mdns: mdns.into(),
+                    addresses: addresses::Addresses::new(config.known.iter().cloned()),
                 })
                 .map_err(|e| transport(&e))?
                 .with_swarm_config(|c| {
@@ -348,11 +353,13 @@ pub(crate) async fn accept<F, Fut, E>(
             next = incoming.next() => {
                 let Some((peer, stream)) = next else { break };
                 let work = handle(peer, stream);
-                tokio::spawn(async move {
+                // A span per incoming stream: which peer, which protocol.
+                let span = tracing::info_span!("stream", what, peer = %short(&peer));
+                tokio::spawn(tracing::Instrument::instrument(async move {
                     if let Err(e) = work.await {
-                        tracing::warn!(peer = %short(&peer), error = %e, "{what} stream failed");
+                        tracing::warn!(error = %e, "{what} stream failed");
                     }
-                });
+                }, span));
             }
         }
     }
