@@ -14,6 +14,11 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 
+use std::time::Instant;
+
+use crate::images;
+use crate::results::RunRow;
+use crate::runner::RunContext;
 use crate::TestnetError;
 
 /// The port the baselines listen on.
@@ -82,6 +87,100 @@ pub fn send(file: &Path, to: &[SocketAddr]) -> Result<(), TestnetError> {
         }
         Ok(())
     })
+}
+
+impl RunContext<'_> {
+    /// A baseline: the raw worker image from the head to every host by plain TCP, down
+    /// a pipelined chain or as a star; every host's copy compared with the original.
+    pub(crate) fn baseline(&self, chain: bool, testnet: &Path) -> Result<RunRow, TestnetError> {
+        use std::io::BufRead as _;
+        let n = self.hosts.len() - 1;
+        let (file, _) = self.images.worker(self.run.image);
+        let image_len = std::fs::metadata(file)
+            .map_err(|error| TestnetError::Io { op: "stat", path: file.to_owned(), error })?
+            .len();
+        let addr = |i: usize| format!("{}:{}", self.hosts[i].addr, PORT);
+        let command = |i: usize| {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &self.hosts[i].netns]).arg(testnet);
+            c
+        };
+        let cpu0 = children_cpu();
+        // The receivers, last first, each ready (listening) before the next starts.
+        let mut pipes = Vec::new();
+        for i in (1..=n).rev() {
+            let mut c = command(i);
+            c.args(["pipe", "--listen", &format!("0.0.0.0:{}", PORT), "--out"])
+                .arg(self.dir.join(format!("h{i}.img")));
+            if chain && i < n {
+                c.args(["--next", &addr(i + 1)]);
+            }
+            let mut child = c
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| TestnetError::Run(format!("starting a pipe: {e}")))?;
+            crate::net::register_process(child.id());
+            let stdout =
+                child.stdout.take().ok_or_else(|| TestnetError::Run("pipe stdout".into()))?;
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map_err(|e| TestnetError::Run(format!("pipe on host {i}: {e}")))?;
+            if line.trim() != "ready" {
+                return Err(TestnetError::Run(format!("pipe on host {i} did not start: {line:?}")));
+            }
+            pipes.push(child);
+        }
+        let t0 = Instant::now();
+        let targets: Vec<String> = if chain { vec![addr(1)] } else { (1..=n).map(addr).collect() };
+        let mut send = command(0);
+        send.args(["send", "--file"])
+            .arg(file)
+            .args(targets.iter().flat_map(|t| ["--to", t.as_str()]));
+        let sent = send.status().map_err(|e| TestnetError::Run(format!("send: {e}")))?;
+        let mut failed = (!sent.success()).then(|| format!("send exited {sent}"));
+        for mut p in pipes {
+            let status = p.wait().map_err(|e| TestnetError::Run(format!("pipe: {e}")))?;
+            crate::net::forget_process(p.id());
+            if !status.success() {
+                failed.get_or_insert(format!("a pipe exited {status}"));
+            }
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let cpu_s = children_cpu() - cpu0;
+        if let Some(f) = failed {
+            return Err(TestnetError::Run(format!("{} baseline: {f}", self.method)));
+        }
+        for i in 1..=n {
+            let copy = self.dir.join(format!("h{i}.img"));
+            if let Some(offset) = images::first_difference(file, &copy)? {
+                return Err(TestnetError::Mismatch {
+                    host: format!("node{i}"),
+                    image: self.method.to_string(),
+                    original: file.to_owned(),
+                    offset,
+                });
+            }
+        }
+        let rate = self.checked.link.min(self.hosts[0].rate);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        Ok(RunRow {
+            scenario: self.checked.scenario.name.clone(),
+            case: self.run.case.clone(),
+            method: self.method.to_string(),
+            n,
+            bytes_lacked: image_len * n as u64,
+            bytes_sent: image_len * n as u64,
+            seconds,
+            fetch_s: seconds,
+            limit_s: image_len as f64 / rate,
+            ratio: seconds / (image_len as f64 / rate),
+            raw_limit_s: image_len as f64 / rate,
+            cpu_s,
+            cpu_share: cpu_s / (seconds * cores),
+            verified: n,
+        })
+    }
 }
 
 /// CPU seconds used by this process's waited-for children so far.

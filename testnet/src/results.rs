@@ -1,6 +1,6 @@
 //! What a scenario measured: one [`RunRow`] per staging run and one [`OpRow`] per
 //! cluster-wide lifecycle operation, written as CSV (`runs.csv`, `ops.csv`) and read
-//! back by the plots and the summary.
+//! back by the plots and the summary; the summary's checks against the issue's targets.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -120,6 +120,82 @@ pub fn summary(title: &str, runs: &[RunRow], ops: &[OpRow], notes: &[String]) ->
         let _ = writeln!(s, "- {n}");
     }
     s
+}
+
+/// The targets the issue sets, checked where the runs allow.
+pub fn checks(runs: &[RunRow]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let find = |case: &str, method: &str| {
+        runs.iter().filter(move |r| r.case == case && r.method == method).collect::<Vec<_>>()
+    };
+    for r in runs.iter().filter(|r| r.method != "star" && r.case != "fault") {
+        let target = if r.n >= 32 { 1.15 } else { 1.10 };
+        if r.n == 8 || r.n == 32 {
+            notes.push(format!(
+                "{} {} N={}: {:.3}× the limit (target ≤ {target}): {}",
+                r.case,
+                r.method,
+                r.n,
+                r.ratio,
+                if r.ratio <= target { "met" } else { "NOT met" }
+            ));
+        }
+    }
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for r in runs {
+        if !keys.contains(&(r.case.as_str(), r.method.as_str())) {
+            keys.push((r.case.as_str(), r.method.as_str()));
+        }
+    }
+    for (case, method) in keys {
+        let series = find(case, method);
+        if series.len() >= 2 && method != "star" {
+            let t: Vec<f64> = series.iter().map(|r| r.fetch_s).collect();
+            let (lo, hi) = t.iter().fold((f64::MAX, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
+            notes.push(format!(
+                "{case} {method}: the transfer from N={} to N={} spans {:.2}–{:.2} s, max/min {:.3} (flat within 10%: {})",
+                series[0].n,
+                series[series.len() - 1].n,
+                lo,
+                hi,
+                hi / lo,
+                if hi / lo <= 1.10 { "yes" } else { "no" }
+            ));
+        }
+        if method == "star" {
+            for r in &series {
+                notes.push(format!(
+                    "{case} star N={}: {:.2}× the limit (the paper's method: about N)",
+                    r.n, r.ratio
+                ));
+            }
+        }
+    }
+    for r in runs.iter().filter(|r| r.case.ends_with("+vo2") || r.case.contains("cached")) {
+        notes.push(format!(
+            "{} {} N={}: sent {:.3}× the bytes lacked (target ≤ 1.05)",
+            r.case,
+            r.method,
+            r.n,
+            r.bytes_sent as f64 / r.bytes_lacked.max(1) as f64
+        ));
+    }
+    for f in runs.iter().filter(|r| r.case == "fault") {
+        if let Some(base) =
+            runs.iter().find(|b| b.case != "fault" && b.method == f.method && b.n == f.n)
+        {
+            notes.push(format!(
+                "fault {} N={}: {:.2} s against {:.2} s without the fault, {:.3}× (target ≤ 1.3); {} surviving hosts verified",
+                f.method,
+                f.n,
+                f.fetch_s,
+                base.fetch_s,
+                f.fetch_s / base.fetch_s,
+                f.verified,
+            ));
+        }
+    }
+    notes
 }
 
 #[cfg(test)]

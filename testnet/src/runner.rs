@@ -109,7 +109,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
     }
     drop(testnet);
     images.remove()?;
-    outcome.notes = checks(&outcome.runs);
+    outcome.notes = results::checks(&outcome.runs);
     write(&s.name, &s.description, &outcome, &options.out)?;
     Ok(outcome)
 }
@@ -145,90 +145,14 @@ pub fn write(
     )
 }
 
-/// The targets the issue sets, checked where the runs allow.
-fn checks(runs: &[RunRow]) -> Vec<String> {
-    let mut notes = Vec::new();
-    let find = |case: &str, method: &str| {
-        runs.iter().filter(move |r| r.case == case && r.method == method).collect::<Vec<_>>()
-    };
-    for r in runs.iter().filter(|r| r.method != "star" && r.case != "fault") {
-        let target = if r.n >= 32 { 1.15 } else { 1.10 };
-        if r.n == 8 || r.n == 32 {
-            notes.push(format!(
-                "{} {} N={}: {:.3}× the limit (target ≤ {target}): {}",
-                r.case,
-                r.method,
-                r.n,
-                r.ratio,
-                if r.ratio <= target { "met" } else { "NOT met" }
-            ));
-        }
-    }
-    let mut keys: Vec<(&str, &str)> = Vec::new();
-    for r in runs {
-        if !keys.contains(&(r.case.as_str(), r.method.as_str())) {
-            keys.push((r.case.as_str(), r.method.as_str()));
-        }
-    }
-    for (case, method) in keys {
-        let series = find(case, method);
-        if series.len() >= 2 && method != "star" {
-            let t: Vec<f64> = series.iter().map(|r| r.fetch_s).collect();
-            let (lo, hi) = t.iter().fold((f64::MAX, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
-            notes.push(format!(
-                "{case} {method}: the transfer from N={} to N={} spans {:.2}–{:.2} s, max/min {:.3} (flat within 10%: {})",
-                series[0].n,
-                series[series.len() - 1].n,
-                lo,
-                hi,
-                hi / lo,
-                if hi / lo <= 1.10 { "yes" } else { "no" }
-            ));
-        }
-        if method == "star" {
-            for r in &series {
-                notes.push(format!(
-                    "{case} star N={}: {:.2}× the limit (the paper's method: about N)",
-                    r.n, r.ratio
-                ));
-            }
-        }
-    }
-    for r in runs.iter().filter(|r| r.case.ends_with("+vo2") || r.case.contains("cached")) {
-        notes.push(format!(
-            "{} {} N={}: sent {:.3}× the bytes lacked (target ≤ 1.05)",
-            r.case,
-            r.method,
-            r.n,
-            r.bytes_sent as f64 / r.bytes_lacked.max(1) as f64
-        ));
-    }
-    for f in runs.iter().filter(|r| r.case == "fault") {
-        if let Some(base) =
-            runs.iter().find(|b| b.case != "fault" && b.method == f.method && b.n == f.n)
-        {
-            notes.push(format!(
-                "fault {} N={}: {:.2} s against {:.2} s without the fault, {:.3}× (target ≤ 1.3); {} surviving hosts verified",
-                f.method,
-                f.n,
-                f.fetch_s,
-                base.fetch_s,
-                f.fetch_s / base.fetch_s,
-                f.verified,
-            ));
-        }
-    }
-    notes
-}
-
 /// One deployment's inputs.
-struct RunContext<'a> {
-    checked: &'a Checked,
-    run: &'a Run,
-    method: Method,
-    hosts: &'a [HostNet],
-    images: &'a ImageSet,
-    dir: &'a Path,
+pub(crate) struct RunContext<'a> {
+    pub(crate) checked: &'a Checked,
+    pub(crate) run: &'a Run,
+    pub(crate) method: Method,
+    pub(crate) hosts: &'a [HostNet],
+    pub(crate) images: &'a ImageSet,
+    pub(crate) dir: &'a Path,
     vwd: &'a Path,
     /// Where each deploy's full report goes (JSON).
     reports: &'a Path,
@@ -460,98 +384,6 @@ impl RunContext<'_> {
             cpu_share: cpu_s / (wall * cores),
             verified: 0,
         }
-    }
-
-    /// A baseline: the raw worker image from the head to every host by plain TCP, down
-    /// a pipelined chain or as a star; every host's copy compared with the original.
-    fn baseline(&self, chain: bool, testnet: &Path) -> Result<RunRow, TestnetError> {
-        use std::io::BufRead as _;
-        let n = self.hosts.len() - 1;
-        let (file, _) = self.images.worker(self.run.image);
-        let image_len = std::fs::metadata(file)
-            .map_err(|error| TestnetError::Io { op: "stat", path: file.to_owned(), error })?
-            .len();
-        let addr = |i: usize| format!("{}:{}", self.hosts[i].addr, crate::baseline::PORT);
-        let command = |i: usize| {
-            let mut c = std::process::Command::new("ip");
-            c.args(["netns", "exec", &self.hosts[i].netns]).arg(testnet);
-            c
-        };
-        let cpu0 = crate::baseline::children_cpu();
-        // The receivers, last first, each ready (listening) before the next starts.
-        let mut pipes = Vec::new();
-        for i in (1..=n).rev() {
-            let mut c = command(i);
-            c.args(["pipe", "--listen", &format!("0.0.0.0:{}", crate::baseline::PORT), "--out"])
-                .arg(self.dir.join(format!("h{i}.img")));
-            if chain && i < n {
-                c.args(["--next", &addr(i + 1)]);
-            }
-            let mut child = c
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| TestnetError::Run(format!("starting a pipe: {e}")))?;
-            crate::net::register_process(child.id());
-            let stdout =
-                child.stdout.take().ok_or_else(|| TestnetError::Run("pipe stdout".into()))?;
-            let mut line = String::new();
-            std::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .map_err(|e| TestnetError::Run(format!("pipe on host {i}: {e}")))?;
-            if line.trim() != "ready" {
-                return Err(TestnetError::Run(format!("pipe on host {i} did not start: {line:?}")));
-            }
-            pipes.push(child);
-        }
-        let t0 = Instant::now();
-        let targets: Vec<String> = if chain { vec![addr(1)] } else { (1..=n).map(addr).collect() };
-        let mut send = command(0);
-        send.args(["send", "--file"])
-            .arg(file)
-            .args(targets.iter().flat_map(|t| ["--to", t.as_str()]));
-        let sent = send.status().map_err(|e| TestnetError::Run(format!("send: {e}")))?;
-        let mut failed = (!sent.success()).then(|| format!("send exited {sent}"));
-        for mut p in pipes {
-            let status = p.wait().map_err(|e| TestnetError::Run(format!("pipe: {e}")))?;
-            crate::net::forget_process(p.id());
-            if !status.success() {
-                failed.get_or_insert(format!("a pipe exited {status}"));
-            }
-        }
-        let seconds = t0.elapsed().as_secs_f64();
-        let cpu_s = crate::baseline::children_cpu() - cpu0;
-        if let Some(f) = failed {
-            return Err(TestnetError::Run(format!("{} baseline: {f}", self.method)));
-        }
-        for i in 1..=n {
-            let copy = self.dir.join(format!("h{i}.img"));
-            if let Some(offset) = images::first_difference(file, &copy)? {
-                return Err(TestnetError::Mismatch {
-                    host: format!("node{i}"),
-                    image: self.method.to_string(),
-                    original: file.to_owned(),
-                    offset,
-                });
-            }
-        }
-        let rate = self.checked.link.min(self.hosts[0].rate);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-        Ok(RunRow {
-            scenario: self.checked.scenario.name.clone(),
-            case: self.run.case.clone(),
-            method: self.method.to_string(),
-            n,
-            bytes_lacked: image_len * n as u64,
-            bytes_sent: image_len * n as u64,
-            seconds,
-            fetch_s: seconds,
-            limit_s: image_len as f64 / rate,
-            ratio: seconds / (image_len as f64 / rate),
-            raw_limit_s: image_len as f64 / rate,
-            cpu_s,
-            cpu_share: cpu_s / (seconds * cores),
-            verified: n,
-        })
     }
 
     /// The deploy's own phases, then pause, unpause, stop and unstage across the
