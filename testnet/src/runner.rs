@@ -67,7 +67,15 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
         rack_uplink: checked.rack_uplink,
     })?;
     tracing::info!(scenario = %s.name, hosts = testnet.hosts.len(), "testnet up");
+    // Reports of an earlier run of this scenario would sit beside this run's: start empty.
     let reports = options.out.join("reports");
+    if reports.exists() {
+        std::fs::remove_dir_all(&reports).map_err(|error| TestnetError::Io {
+            op: "remove",
+            path: reports.clone(),
+            error,
+        })?;
+    }
     mkdir(&reports)?;
     let images = ImageSet::prepare(&s.images, &options.work)?;
     let mut outcome = Outcome::default();
