@@ -123,6 +123,43 @@ fn an_interrupted_run_tears_everything_down() {
 }
 
 #[test]
+fn a_run_that_fails_tears_everything_down() {
+    if !root_or_skip("a_run_that_fails_tears_everything_down") {
+        return;
+    }
+    // The testnet is built, then the Debian images are not where the scenario says.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("missing.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"missing\"\n[network]\nlink = \"100Mbit\"\n[images]\nsource = \"debian\"\n\
+         [[run]]\ncase = \"cold\"\nmethods = [\"chain\"]\nhosts = [2]\n",
+    )
+    .expect("scenario");
+    let child = Command::new(binary("vw-testnet"))
+        .args(["run", &scenario.display().to_string(), "--out"])
+        .arg(dir.path().join("out"))
+        .arg("--work")
+        .arg(dir.path().join("work"))
+        .arg("--vwd")
+        .arg(binary("vwd"))
+        .env("VW_IMAGES", dir.path().join("no-images"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vw-testnet");
+    let tag = format!("vwt{:04}", child.id() % 10_000);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no-images/base.img is missing") && stderr.contains("make-images.sh"),
+        "{stderr}"
+    );
+    assert_no_leftovers(&tag);
+}
+
+#[test]
 fn without_root_the_harness_refuses_clearly() {
     // Checked as root by dropping to `nobody`; as another user, directly.
     let scenario = scenario_path("smoke").display().to_string();
