@@ -128,7 +128,9 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
     let find = |case: &str, method: &str| {
         runs.iter().filter(move |r| r.case == case && r.method == method).collect::<Vec<_>>()
     };
-    for r in runs.iter().filter(|r| r.method != "star" && r.case != "fault") {
+    let star = |m: &str| m == "star" || m == "tcp-star";
+    let cascade = |m: &str| !star(m) && !m.starts_with("tcp-");
+    for r in runs.iter().filter(|r| cascade(&r.method) && r.case != "fault") {
         let target = if r.n >= 32 { 1.15 } else { 1.10 };
         if r.n == 8 || r.n == 32 {
             notes.push(format!(
@@ -149,7 +151,7 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
     }
     for (case, method) in keys {
         let series = find(case, method);
-        if series.len() >= 2 && method != "star" {
+        if series.len() >= 2 && !star(method) {
             let t: Vec<f64> = series.iter().map(|r| r.fetch_s).collect();
             let (lo, hi) = t.iter().fold((f64::MAX, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
             notes.push(format!(
@@ -162,13 +164,13 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
                 if hi / lo <= 1.10 { "yes" } else { "no" }
             ));
         }
-        if method == "star" {
-            for r in &series {
-                notes.push(format!(
-                    "{case} star N={}: {:.2}× the limit (the paper's method: about N)",
-                    r.n, r.ratio
-                ));
-            }
+        if star(method) {
+            let ratios: Vec<String> =
+                series.iter().map(|r| format!("N={}: {:.2}×", r.n, r.ratio)).collect();
+            notes.push(format!(
+                "{case} {method}: {} the limit (the paper's method: about N)",
+                ratios.join(", ")
+            ));
         }
     }
     for r in runs.iter().filter(|r| r.case.ends_with("+vo2") || r.case.contains("cached")) {

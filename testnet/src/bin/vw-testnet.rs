@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vw_testnet::runner::{self, RunnerOptions};
-use vw_testnet::{baseline, net, scenario, TestnetError};
+use vw_testnet::{baseline, net, results, scenario, TestnetError};
 
 #[derive(Parser, Debug)]
 #[command(name = "vw-testnet", about = "Multi-host vw experiments in network namespaces (root)")]
@@ -33,6 +33,14 @@ enum Command {
         /// The vwd binary (default: next to this one).
         #[arg(long)]
         vwd: Option<PathBuf>,
+    },
+    /// Writes the plots and the summary again from a run's CSVs (no root needed).
+    Report {
+        /// The scenario file the results came from.
+        scenario: PathBuf,
+        /// The results directory (with runs.csv, and ops.csv if any).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Checks a scenario file without running it (no root needed).
     Check {
@@ -89,6 +97,17 @@ fn run(command: Command) -> Result<(), TestnetError> {
                 c.scenario.run.len(),
                 c.max_hosts()
             );
+            Ok(())
+        }
+        Command::Report { scenario, out } => {
+            let c = scenario::load(&scenario)?;
+            let runs = results::read_csv(&out.join("runs.csv"))?;
+            let ops_csv = out.join("ops.csv");
+            let ops = if ops_csv.exists() { results::read_csv(&ops_csv)? } else { Vec::new() };
+            let notes = results::checks(&runs);
+            let outcome = runner::Outcome { runs, ops, notes };
+            runner::write(&c.scenario.name, &c.scenario.description, &outcome, &out)?;
+            println!("wrote {}", out.display());
             Ok(())
         }
         Command::Pipe { listen, out, next } => baseline::pipe(listen, &out, next).map(drop),
