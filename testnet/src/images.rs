@@ -1,6 +1,7 @@
 //! The scenario's images: real Debian images from `make-images.sh`, or generated ones
 //! sharing a base. Imported once into two template stores, copied into each run's
 //! fresh data directories: the head's (every image) and a cached host's (the base OS).
+//! The templates and generated images are scratch, removed with the testnet.
 
 use std::path::{Path, PathBuf};
 
@@ -30,14 +31,11 @@ pub struct ImageSet {
     pub head_store: PathBuf,
     /// A store holding the base (a host with the base OS cached).
     pub cached_store: PathBuf,
-    /// The directory of generated images, if they were generated.
-    pub generated: Option<PathBuf>,
 }
 
 impl ImageSet {
     /// Finds or generates the images and imports them into templates under `work`.
     pub fn prepare(images: &Images, work: &Path) -> Result<ImageSet, TestnetError> {
-        let mut generated = None;
         let (base, worker, vo2) = match images.source {
             ImageSource::Debian => {
                 let dir = std::env::var_os("VW_IMAGES")
@@ -63,8 +61,8 @@ impl ImageSet {
                     path: dir.clone(),
                     error,
                 })?;
+                crate::net::register_dir(&dir);
                 let d = DemoImages::write(&dir, images.size_mib.unwrap_or(64))?;
-                generated = Some(dir);
                 (d.base, d.worker, d.other)
             }
         };
@@ -74,23 +72,14 @@ impl ImageSet {
             base,
             worker,
             vo2,
-            generated,
         };
+        // Scratch: removed with the testnet.
+        for d in [&set.head_store, &set.cached_store] {
+            crate::net::register_dir(d);
+        }
         import(&set.head_store, &[(&set.base, BASE), (&set.worker, WORKER), (&set.vo2, VO2)])?;
         import(&set.cached_store, &[(&set.base, BASE)])?;
         Ok(set)
-    }
-
-    /// Removes the template stores, and the images if they were generated.
-    pub fn remove(&self) -> Result<(), TestnetError> {
-        for d in [&self.head_store, &self.cached_store].into_iter().chain(&self.generated) {
-            std::fs::remove_dir_all(d).map_err(|error| TestnetError::Io {
-                op: "remove",
-                path: d.clone(),
-                error,
-            })?;
-        }
-        Ok(())
     }
 
     /// A worker image's file and name.

@@ -9,7 +9,7 @@
 //!
 //! Everything made is recorded in a process-wide registry as it is made, and
 //! [`teardown_all`] removes it (processes first, then namespaces, then links and
-//! bridges). [`Testnet`]'s `Drop` calls it, so a failure or a panic tears down too;
+//! bridges, then scratch directories). [`Testnet`]'s `Drop` calls it, so a failure or a panic tears down too;
 //! `vw-testnet` calls it on SIGINT and SIGTERM. `vw-testnet clean` removes leftovers of a
 //! killed harness by name prefix.
 
@@ -28,6 +28,8 @@ enum Resource {
     Process(u32),
     Netns(String),
     Link(String),
+    /// Scratch: a run's data directories, template stores, generated images.
+    Dir(std::path::PathBuf),
 }
 
 static LIVE: Mutex<Vec<Resource>> = Mutex::new(Vec::new());
@@ -41,6 +43,24 @@ pub fn register_process(pid: u32) {
     register(Resource::Process(pid));
 }
 
+/// Records a scratch directory to remove on teardown.
+pub fn register_dir(path: &std::path::Path) {
+    register(Resource::Dir(path.to_owned()));
+}
+
+/// Removes a scratch directory now and forgets it.
+pub fn remove_dir(path: &std::path::Path) -> Result<(), TestnetError> {
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|r| *r != Resource::Dir(path.to_owned()));
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(TestnetError::Io { op: "remove", path: path.to_owned(), error: e })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Forgets a process that has exited.
 pub fn forget_process(pid: u32) {
     LIVE.lock()
@@ -49,8 +69,8 @@ pub fn forget_process(pid: u32) {
 }
 
 /// Removes everything made so far: kills registered processes, deletes namespaces,
-/// links and bridges. Idempotent; errors are logged, not returned (it runs on the way
-/// out).
+/// links and bridges, then scratch directories. Idempotent; errors are logged, not
+/// returned (it runs on the way out).
 pub fn teardown_all() {
     let live: Vec<Resource> =
         std::mem::take(&mut *LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
@@ -63,7 +83,7 @@ pub fn teardown_all() {
     }
     for r in live.iter().rev() {
         let result = match r {
-            Resource::Process(_) => continue,
+            Resource::Process(_) | Resource::Dir(_) => continue,
             Resource::Netns(name) => ip(&["netns", "delete", name]),
             Resource::Link(name) => ip(&["link", "delete", name]),
         };
@@ -71,6 +91,16 @@ pub fn teardown_all() {
             // A veth's other end goes with its namespace: already gone is fine.
             if !e.to_string().contains("Cannot find device") {
                 tracing::warn!(error = %e, "teardown");
+            }
+        }
+    }
+    for r in &live {
+        if let Resource::Dir(path) = r {
+            match std::fs::remove_dir_all(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %path.display(), error = %e, "teardown");
+                }
+                _ => {}
             }
         }
     }

@@ -86,6 +86,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                 k += 1;
                 let dir = options.work.join(format!("run{k}"));
                 mkdir(&dir)?;
+                crate::net::register_dir(&dir);
                 let ctx = RunContext {
                     checked,
                     run,
@@ -107,16 +108,12 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                 }
                 outcome.runs.extend(rows);
                 outcome.ops.extend(ops);
-                std::fs::remove_dir_all(&dir).map_err(|error| TestnetError::Io {
-                    op: "remove",
-                    path: dir.clone(),
-                    error,
-                })?;
+                crate::net::remove_dir(&dir)?;
             }
         }
     }
+    // Tears down the namespaces, links and scratch (the template stores too).
     drop(testnet);
-    images.remove()?;
     outcome.notes = results::checks(&outcome.runs);
     write(&s.name, &s.description, &outcome, &options.out)?;
     Ok(outcome)

@@ -84,6 +84,8 @@ fn the_smoke_scenario_deploys_verifies_and_reports() {
         vw_testnet::results::read_csv(&options.out.join("runs.csv")).expect("csv");
     assert_eq!(back.len(), outcome.runs.len());
     assert_no_leftovers(&format!("vwt{:04}", std::process::id() % 10_000));
+    let scratch: Vec<_> = std::fs::read_dir(&options.work).expect("work").collect();
+    assert!(scratch.is_empty(), "scratch removed: {scratch:?}");
 }
 
 #[test]
