@@ -208,8 +208,8 @@ impl Testnet {
         if !crate::is_root() {
             return Err(TestnetError::NotRoot);
         }
-        let net = Testnet { hosts: Vec::new() };
         // Dropping `net` on an error below tears down what was registered.
+        let mut net = Testnet { hosts: Vec::new() };
         // Four digits, so that no tag is a prefix of another.
         let tag = format!("{PREFIX}{:04}", std::process::id() % 10_000);
         let racks = topology.racks.min(topology.hosts).max(1);
@@ -232,7 +232,6 @@ impl Testnet {
                 }
             }
         }
-        let mut net = net;
         for i in 0..topology.hosts {
             let host = HostNet {
                 netns: format!("{tag}-h{i}"),
