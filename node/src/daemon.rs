@@ -9,6 +9,7 @@
 //! listen = ["/ip4/0.0.0.0/tcp/7400"]
 //! cluster_config = "/etc/vw/cluster.toml"   # subnet, pools, Xen driver; embedded default if absent
 //! mdns = false                        # also find listed peers' addresses by mDNS
+//! rack = "r1"                        # optional: its switch, for the planner
 //! upload_cap = "100Mbit"              # optional rate caps
 //! download_cap = "100Mbit"
 //! compress = "auto"                   # chunks on the wire: auto, always, never
@@ -101,6 +102,9 @@ pub struct DaemonConfig {
     /// found this way must still be listed to be allowed; others are ignored).
     #[serde(default)]
     pub mdns: bool,
+    /// The rack (switch) this host is on, reported to the head for planning; none: the
+    /// planner treats all hosts as one rack.
+    pub rack: Option<String>,
     /// Upload rate cap (`100Mbit`, `12.5MB`); none: unlimited.
     pub upload_cap: Option<String>,
     /// Download rate cap; none: unlimited.
@@ -303,6 +307,7 @@ mod tests {
     const GOOD: &str = r#"role = "host"
 data_dir = "/tmp/vw-test"
 listen = ["/ip4/127.0.0.1/tcp/0"]
+rack = "r2"
 upload_cap = "100Mbit"
 
 [[peer]]
@@ -317,6 +322,7 @@ addr = "/ip4/10.0.0.1/tcp/7400"
         assert_eq!(d.config.role, Role::Host);
         assert_eq!(d.peers.len(), 1);
         assert_eq!(d.caps, (Some(12.5e6), None));
+        assert_eq!(d.config.rack.as_deref(), Some("r2"));
         assert_eq!(d.key_path(), PathBuf::from("/tmp/vw-test/node.key"));
     }
 
@@ -329,7 +335,7 @@ addr = "/ip4/10.0.0.1/tcp/7400"
         .expect_err("unknown key");
         assert!(
             err.to_string().contains("unknown field `uplaod_cap`")
-                && err.to_string().contains("line 4"),
+                && err.to_string().contains("line 5"),
             "{err}"
         );
         let err = Daemon::parse(&GOOD.replace("12D3KooW", "nope"), "vwd.toml").expect_err("bad id");

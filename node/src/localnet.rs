@@ -44,6 +44,8 @@ pub struct LocalNetOptions {
     /// Peers listed without addresses, found by mDNS (needs `addresses`: libp2p's mDNS
     /// ignores loopback).
     pub mdns: bool,
+    /// Each host's rack, if any.
+    pub racks: Option<Vec<String>>,
 }
 
 /// The port hosts listen on when each has its own address.
@@ -96,6 +98,9 @@ impl LocalNet {
             }
             if let Some(c) = &options.compress {
                 text.push_str(&format!("compress = \"{c}\"\n"));
+            }
+            if let Some(rack) = options.racks.as_ref().and_then(|r| r.get(i)) {
+                text.push_str(&format!("rack = \"{rack}\"\n"));
             }
             if let Some(c) = &options.cluster_config {
                 text.push_str(&format!("cluster_config = \"{}\"\n", c.display()));

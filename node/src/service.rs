@@ -77,6 +77,7 @@ impl Vwd {
             peer.control(),
             book.clone(),
             daemon.caps,
+            daemon.config.rack.clone(),
             daemon.heads.clone(),
         ));
         let (stop, stopped) = watch::channel(false);

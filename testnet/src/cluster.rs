@@ -56,6 +56,7 @@ impl Cluster {
                 compress: o.compress.clone(),
                 addresses: Some(o.hosts.iter().map(|h| h.addr).collect()),
                 mdns: o.mdns,
+                racks: Some(o.hosts.iter().map(|h| format!("r{}", h.rack)).collect()),
                 cluster_config: None,
             },
         )?;

@@ -509,7 +509,7 @@ impl Head {
                         cpus: r.capacity.cpus,
                         up: r.caps.0.unwrap_or(UNCAPPED_RATE),
                         down: r.caps.1.unwrap_or(UNCAPPED_RATE),
-                        rack: None,
+                        rack: r.rack.clone(),
                         alive: true,
                     });
                     if r.held.len() != wi.images.len() {

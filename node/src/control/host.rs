@@ -42,6 +42,7 @@ pub struct HostService {
     chunks: libp2p_stream::Control,
     book: PeerBook,
     caps: (Option<f64>, Option<f64>),
+    rack: Option<String>,
     download: Option<Arc<RateLimit>>,
     heads: Vec<PeerId>,
 }
@@ -61,6 +62,7 @@ impl HostService {
         chunks: libp2p_stream::Control,
         book: PeerBook,
         caps: (Option<f64>, Option<f64>),
+        rack: Option<String>,
         heads: Vec<PeerId>,
     ) -> Self {
         let store = manager.shared_store();
@@ -71,6 +73,7 @@ impl HostService {
             chunks,
             book,
             caps,
+            rack,
             download: caps.1.map(|r| Arc::new(RateLimit::new(r))),
             heads,
         }
@@ -124,7 +127,7 @@ impl HostService {
         &self,
         images: Vec<super::protocol::ImageChunks>,
     ) -> Result<InventoryReport, String> {
-        let caps = self.caps;
+        let (caps, rack) = (self.caps, self.rack.clone());
         let store = Arc::clone(&self.store);
         self.with_manager(move |m| {
             let (committed, addresses) = m.committed().map_err(|e| e.to_string())?;
@@ -136,7 +139,7 @@ impl HostService {
                 }
                 held.push(bitmap(map.len(), |i| map[i]));
             }
-            Ok(InventoryReport { capacity: m.host(), caps, committed, addresses, held })
+            Ok(InventoryReport { capacity: m.host(), caps, rack, committed, addresses, held })
         })
         .await
         .and_then(|r| r)

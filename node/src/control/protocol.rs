@@ -165,6 +165,8 @@ pub struct InventoryReport {
     pub capacity: HostCapacity,
     /// Upload and download caps, bytes per second (none: uncapped).
     pub caps: (Option<f64>, Option<f64>),
+    /// Its rack (switch), if configured: the planner keeps cascades within racks.
+    pub rack: Option<String>,
     /// What VMs already here take: memory, vCPUs, pinned cores.
     pub committed: Vec<(u64, u32, Vec<u32>)>,
     /// Addresses held here.
