@@ -1,5 +1,6 @@
 //! The topology: one network namespace per host, one Linux bridge per switch, veth
-//! links shaped with `tc` (an HTB class per direction) in both directions.
+//! links shaped with `tc` (HTB) in both directions; optionally with pure TCP ACKs in a
+//! class of their own ahead of data, as a host's fq_codel would keep them.
 //!
 //! Host `i` lives in namespace `<tag>-h<i>` with address `10.77.x.y/16` on its `eth0`;
 //! the other end of its veth, `<tag>h<i>`, is a port of its rack's bridge `<tag>r<k>`.
@@ -150,9 +151,11 @@ fn ip(args: &[&str]) -> Result<(), TestnetError> {
     run("ip", args).map(drop)
 }
 
-/// Shapes egress of `dev` (in namespace `ns`, if given) to `rate` bytes per second.
-fn shape(ns: Option<&str>, dev: &str, rate: f64) -> Result<(), TestnetError> {
-    let bits = format!("{}bit", (rate * 8.0).round() as u64);
+/// Shapes egress of `dev` (in namespace `ns`, if given) to `rate` bytes per second. With
+/// `ack_priority`, pure TCP ACKs go ahead of data (as a host's fq_codel would let them),
+/// so a host that uploads at full rate does not delay the ACKs of its download.
+fn shape(ns: Option<&str>, dev: &str, rate: f64, ack_priority: bool) -> Result<(), TestnetError> {
+    let bits = |share: f64| format!("{}bit", (rate * 8.0 * share).round() as u64);
     // A burst of a few milliseconds at the rate, at least 32 KiB (GSO packets).
     let burst = format!("{}b", ((rate * 0.004) as u64).max(32 * 1024));
     let prefix: Vec<&str> = ns.map_or_else(Vec::new, |n| vec!["-n", n]);
@@ -160,10 +163,43 @@ fn shape(ns: Option<&str>, dev: &str, rate: f64) -> Result<(), TestnetError> {
         let args: Vec<&str> = prefix.iter().copied().chain(rest.iter().copied()).collect();
         run("tc", &args).map(drop)
     };
-    tc(&["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])?;
+    let class = |parent: &str, id: &str, share: f64, prio: &str| {
+        tc(&[
+            "class",
+            "add",
+            "dev",
+            dev,
+            "parent",
+            parent,
+            "classid",
+            id,
+            "htb",
+            "rate",
+            &bits(share),
+            "ceil",
+            &bits(1.0),
+            "burst",
+            &burst,
+            "cburst",
+            &burst,
+            "prio",
+            prio,
+        ])
+    };
+    if !ack_priority {
+        tc(&["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])?;
+        return class("1:", "1:1", 1.0, "0");
+    }
+    tc(&["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "20"])?;
+    class("1:", "1:1", 1.0, "0")?;
+    class("1:1", "1:10", 0.05, "0")?;
+    class("1:1", "1:20", 0.95, "1")?;
+    // IPv4, TCP, total length under 64, flags exactly ACK: a pure ACK.
     tc(&[
-        "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", &bits, "ceil",
-        &bits, "burst", &burst, "cburst", &burst,
+        "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "10", "u32",
+        "match", "ip", "protocol", "6", "0xff", "match", "u8", "0x05", "0x0f", "at", "0", "match",
+        "u16", "0x0000", "0xffc0", "at", "2", "match", "u8", "0x10", "0xff", "at", "33", "flowid",
+        "1:10",
     ])
 }
 
@@ -180,6 +216,8 @@ pub struct Topology {
     pub racks: usize,
     /// Each rack's link to the core switch, bytes per second (unshaped if none).
     pub rack_uplink: Option<f64>,
+    /// Pure TCP ACKs ahead of data on every shaped link.
+    pub ack_priority: bool,
 }
 
 /// One host's place in the testnet.
@@ -227,8 +265,8 @@ impl Testnet {
                 ip(&["link", "set", &up, "master", &core, "up"])?;
                 ip(&["link", "set", &down, "master", &bridge(k), "up"])?;
                 if let Some(rate) = topology.rack_uplink {
-                    shape(None, &up, rate)?; // core → rack
-                    shape(None, &down, rate)?; // rack → core
+                    shape(None, &up, rate, topology.ack_priority)?; // core → rack
+                    shape(None, &down, rate, topology.ack_priority)?; // rack → core
                 }
             }
         }
@@ -260,8 +298,8 @@ impl Testnet {
             ip(&["-n", ns, "addr", "add", &format!("{}/16", host.addr), "dev", "eth0"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            shape(None, &port, host.rate)?; // download
-            shape(Some(ns), "eth0", host.rate)?; // upload
+            shape(None, &port, host.rate, topology.ack_priority)?; // download
+            shape(Some(ns), "eth0", host.rate, topology.ack_priority)?; // upload
             net.hosts.push(host);
         }
         Ok(net)

@@ -65,6 +65,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
         head_link: checked.head_link,
         racks: s.network.racks,
         rack_uplink: checked.rack_uplink,
+        ack_priority: s.network.ack_priority,
     })?;
     tracing::info!(scenario = %s.name, hosts = testnet.hosts.len(), "testnet up");
     // Reports of an earlier run of this scenario would sit beside this run's: start empty.

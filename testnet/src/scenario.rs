@@ -10,6 +10,7 @@
 //! racks = 1               # switches the hosts are spread over (default 1)
 //! rack_uplink = "1Gbit"   # each rack switch's link to the core switch (default: unshaped)
 //! mdns = false            # peers find each other's addresses by mDNS
+//! ack_priority = false    # pure TCP ACKs ahead of data on every link
 //!
 //! [images]
 //! source = "debian"       # or "synthetic"
@@ -74,6 +75,10 @@ pub struct Network {
     /// Whether peers are listed without addresses and found by mDNS.
     #[serde(default)]
     pub mdns: bool,
+    /// Whether pure TCP ACKs go ahead of data on every link (a host's fq_codel would
+    /// keep them from waiting behind its own uploads; this kernel has no fq_codel).
+    #[serde(default)]
+    pub ack_priority: bool,
 }
 
 fn one() -> usize {
