@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The testnet scenarios (docs/experiments.md, "Testnet"): each in network namespaces
-# with tc-shaped links, one vwd per host. Results (runs.csv, ops.csv, PNGs, summary.md)
-# go to perf/testnet/<scenario>/. Needs root. The binaries are copied aside first, so a
+# with tc-shaped links, one vwd per host. Results (runs.csv, ops.csv, PNGs, summary.md,
+# and reports/ with every deploy's report, timeline and vwd logs) go to
+# perf/testnet/<scenario>/ (not in git); the tables and plots are copied to
+# docs/results/testnet/<scenario>/, which docs/experiments.md shows. Needs root. The binaries are copied aside first, so a
 # rebuild during a long run does not change them under it.
 #
 #   scripts/experiments/testnet.sh [SCENARIO...]   # default: every shipped scenario
@@ -18,4 +20,7 @@ scenarios=("$@")
 for s in "${scenarios[@]}"; do
   echo "== $s"
   "$bin/vw-testnet" run "$here/testnet/scenarios/$s.toml" --out "$here/perf/testnet/$s" --vwd "$bin/vwd"
+  mkdir -p "$here/docs/results/testnet/$s"
+  cp "$here/perf/testnet/$s/"{runs.csv,summary.md,*.png} "$here/docs/results/testnet/$s/"
+  [ -f "$here/perf/testnet/$s/ops.csv" ] && cp "$here/perf/testnet/$s/ops.csv" "$here/docs/results/testnet/$s/"
 done
