@@ -16,11 +16,13 @@ bin=$(mktemp -d /var/tmp/vw-testnet-bin.XXXXXX)
 trap 'rm -rf "$bin"' EXIT
 cp "$CARGO_TARGET_DIR/debug/vwd" "$CARGO_TARGET_DIR/debug/vw-testnet" "$bin/"
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(smoke paper-fig2a paper-fig2b scale two-vo fault)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(smoke paper-fig2a paper-fig2a-ack paper-fig2b scale two-vo fault)
 for s in "${scenarios[@]}"; do
   echo "== $s"
   "$bin/vw-testnet" run "$here/testnet/scenarios/$s.toml" --out "$here/perf/testnet/$s" --vwd "$bin/vwd"
   mkdir -p "$here/docs/results/testnet/$s"
   cp "$here/perf/testnet/$s/"{runs.csv,summary.md,*.png} "$here/docs/results/testnet/$s/"
-  [ -f "$here/perf/testnet/$s/ops.csv" ] && cp "$here/perf/testnet/$s/ops.csv" "$here/docs/results/testnet/$s/"
+  if [ -f "$here/perf/testnet/$s/ops.csv" ]; then
+    cp "$here/perf/testnet/$s/ops.csv" "$here/docs/results/testnet/$s/"
+  fi
 done
