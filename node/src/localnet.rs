@@ -229,17 +229,19 @@ impl LocalNet {
     /// Starts host `i` as a `vwd` child process (the binary at `vwd`, its log appended
     /// to `log`) and waits until it listens on its socket.
     pub fn spawn(&self, i: usize, vwd: &Path, log: &Path) -> anyhow::Result<ChildVwd> {
-        self.spawn_in(i, None, vwd, log)
+        self.spawn_in(i, None, vwd, log, |_| {})
     }
 
     /// Like [`LocalNet::spawn`], in network namespace `netns` if given (through
-    /// `ip netns exec`, which execs, so the child is `vwd` itself).
+    /// `ip netns exec`, which execs, so the child is `vwd` itself). `started` gets the
+    /// process id at once, before it listens (so a caller can kill it on the way out).
     pub fn spawn_in(
         &self,
         i: usize,
         netns: Option<&str>,
         vwd: &Path,
         log: &Path,
+        started: impl FnOnce(u32),
     ) -> anyhow::Result<ChildVwd> {
         use std::io::BufRead as _;
         let log = std::fs::File::options()
@@ -262,6 +264,7 @@ impl LocalNet {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", vwd.display()))?;
+        started(child.id());
         let stdout = child.stdout.take().context("vwd's stdout")?;
         let mut child = ChildVwd { child };
         for line in std::io::BufReader::new(stdout).lines() {

@@ -72,8 +72,9 @@ impl Cluster {
         let mut started: Vec<(usize, ChildVwd)> = Vec::new();
         for i in order {
             let log = cluster.net.data_dirs[i].join("vwd.log");
-            let child = cluster.net.spawn_in(i, Some(&o.hosts[i].netns), o.vwd, &log)?;
-            register_process(child.pid());
+            // Registered before it listens: a signal in between must still kill it.
+            let child =
+                cluster.net.spawn_in(i, Some(&o.hosts[i].netns), o.vwd, &log, register_process)?;
             started.push((i, child));
         }
         started.sort_by_key(|(i, _)| *i);
