@@ -46,6 +46,26 @@ async fn deploy(
     .expect("task")
 }
 
+/// A loopback cluster of `hosts` under `dir` with demo images of `size_mib` MiB
+/// imported on the head (its vwds not started yet).
+fn cluster(dir: &Path, hosts: usize, size_mib: u64) -> (LocalNet, DemoImages) {
+    let net = LocalNet::create(dir, hosts, &LocalNetOptions::default()).expect("net");
+    let images = DemoImages::write(dir, size_mib).expect("images");
+    import(&net.data_dirs[0], &images);
+    (net, images)
+}
+
+/// The plan's (sender, receiver) edges, from a deploy's events.
+fn planned_edges(events: &[DeployEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .find_map(|e| match e {
+            DeployEvent::Planned { edges, .. } => Some(edges.clone()),
+            _ => None,
+        })
+        .expect("a plan")
+}
+
 /// The hosts that run the workers of a deployment.
 fn worker_hosts(report: &DeployReport) -> Vec<String> {
     report.placement.iter().filter(|p| p.vm.contains("worker")).map(|p| p.host.clone()).collect()
@@ -69,9 +89,7 @@ fn holds_exactly(net: &LocalNet, hosts: &[String], image: &str, original: &Path)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = LocalNet::create(dir.path(), 5, &LocalNetOptions::default()).expect("net");
-    let images = DemoImages::write(dir.path(), 32).expect("images");
-    import(&net.data_dirs[0], &images);
+    let (net, images) = cluster(dir.path(), 5, 32);
 
     let vwds = net.start().await.expect("start");
     let (report, events) =
@@ -138,20 +156,14 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = LocalNet::create(dir.path(), 6, &LocalNetOptions::default()).expect("net");
-    let images = DemoImages::write(dir.path(), 32).expect("images");
-    import(&net.data_dirs[0], &images);
+    let (net, images) = cluster(dir.path(), 6, 32);
     let vwds = net.start().await.expect("start");
     let strategy = Strategy::Striped { stripes: 4, k: 2 };
     let (report, events) =
         deploy(&net, cluster_workspace("striped", "demo/base:1", "demo/worker:1", 5), strategy)
             .await;
     assert!(report.lost.is_empty(), "{report:#?}");
-    let edges = events.iter().find_map(|e| match e {
-        DeployEvent::Planned { edges, .. } => Some(edges.clone()),
-        _ => None,
-    });
-    let relays = edges.expect("a plan").iter().filter(|(from, _)| from != "head").count();
+    let relays = planned_edges(&events).iter().filter(|(from, _)| from != "head").count();
     assert!(relays > 0, "hosts forward to each other");
     for h in &report.hosts {
         let s = h.stage.as_ref().expect("staged");
@@ -167,26 +179,18 @@ async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_host_is_the_tail_of_the_chain() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = LocalNet::create(dir.path(), 4, &LocalNetOptions::default()).expect("net");
+    let (net, images) = cluster(dir.path(), 4, 16);
     // node1 has the slowest link: told by its caps, which it reports in its inventory.
     let slow = &net.configs[1];
     let config = std::fs::read_to_string(slow).expect("config");
     std::fs::write(slow, format!("upload_cap = \"400Mbit\"\ndownload_cap = \"400Mbit\"\n{config}"))
         .expect("config");
-    let images = DemoImages::write(dir.path(), 16).expect("images");
-    import(&net.data_dirs[0], &images);
     let vwds = net.start().await.expect("start");
     let (report, events) =
         deploy(&net, cluster_workspace("slow", "demo/base:1", "demo/worker:1", 3), Strategy::Chain)
             .await;
     assert!(report.lost.is_empty(), "{report:#?}");
-    let edges = events
-        .iter()
-        .find_map(|e| match e {
-            DeployEvent::Planned { edges, .. } => Some(edges.clone()),
-            _ => None,
-        })
-        .expect("a plan");
+    let edges = planned_edges(&events);
     assert!(edges.iter().any(|(_, to)| to == "node1"), "node1 receives: {edges:?}");
     assert!(
         edges.iter().all(|(from, _)| from != "node1"),
@@ -219,9 +223,7 @@ async fn deploy_error(net: &LocalNet, workspace: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_deploys_are_refused_with_what_and_where() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = LocalNet::create(dir.path(), 2, &LocalNetOptions::default()).expect("net");
-    let images = DemoImages::write(dir.path(), 16).expect("images");
-    import(&net.data_dirs[0], &images);
+    let (net, _images) = cluster(dir.path(), 2, 16);
     let vwds = net.start().await.expect("start");
 
     let broken =

@@ -95,10 +95,8 @@ impl RunContext<'_> {
     pub(crate) fn baseline(&self, chain: bool, testnet: &Path) -> Result<RunRow, TestnetError> {
         use std::io::BufRead as _;
         let n = self.hosts.len() - 1;
-        let (file, _) = self.images.worker(self.run.image);
-        let image_len = std::fs::metadata(file)
-            .map_err(|error| TestnetError::Io { op: "stat", path: file.to_owned(), error })?
-            .len();
+        let worker = self.images.worker(self.run.image);
+        let (file, image_len) = (worker.path, worker.len);
         let addr = |i: usize| format!("{}:{}", self.hosts[i].addr, PORT);
         let command = |i: usize| {
             let mut c = std::process::Command::new("ip");
@@ -163,7 +161,6 @@ impl RunContext<'_> {
             }
         }
         let rate = self.checked.link.min(self.hosts[0].rate);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         Ok(RunRow {
             scenario: self.checked.scenario.name.clone(),
             case: self.run.case.clone(),
@@ -173,11 +170,12 @@ impl RunContext<'_> {
             bytes_sent: image_len * n as u64,
             seconds,
             fetch_s: seconds,
+            // Each host lacks the whole raw image: the limit is the raw-image limit.
             limit_s: image_len as f64 / rate,
-            ratio: seconds / (image_len as f64 / rate),
+            ratio: seconds * rate / image_len as f64,
             raw_limit_s: image_len as f64 / rate,
             cpu_s,
-            cpu_share: cpu_s / (seconds * cores),
+            cpu_share: crate::results::cpu_share(cpu_s, seconds),
             verified: n,
         })
     }

@@ -31,6 +31,19 @@ pub struct ImageSet {
     pub head_store: PathBuf,
     /// A store holding the base (a host with the base OS cached).
     pub cached_store: PathBuf,
+    /// The two worker images' lengths in bytes (worker, vo2).
+    lens: (u64, u64),
+}
+
+/// A worker image: its file, its name in the stores, its length.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerFile<'a> {
+    /// The original file.
+    pub path: &'a Path,
+    /// Its name in the stores.
+    pub name: &'static str,
+    /// Its length in bytes.
+    pub len: u64,
 }
 
 impl ImageSet {
@@ -66,12 +79,21 @@ impl ImageSet {
                 (d.base, d.worker, d.other)
             }
         };
+        let len = |p: &Path| {
+            std::fs::metadata(p).map(|m| m.len()).map_err(|error| TestnetError::Io {
+                op: "stat",
+                path: p.to_owned(),
+                error,
+            })
+        };
+        let lens = (len(&worker)?, len(&vo2)?);
         let set = ImageSet {
             head_store: work.join("template-head"),
             cached_store: work.join("template-cached"),
             base,
             worker,
             vo2,
+            lens,
         };
         // Scratch: removed with the testnet.
         for d in [&set.head_store, &set.cached_store] {
@@ -82,11 +104,13 @@ impl ImageSet {
         Ok(set)
     }
 
-    /// A worker image's file and name.
-    pub fn worker(&self, which: WorkerImage) -> (&Path, &'static str) {
+    /// A worker image's file, name and length.
+    pub fn worker(&self, which: WorkerImage) -> WorkerFile<'_> {
         match which {
-            WorkerImage::Worker => (&self.worker, WORKER),
-            WorkerImage::Vo2 => (&self.vo2, VO2),
+            WorkerImage::Worker => {
+                WorkerFile { path: &self.worker, name: WORKER, len: self.lens.0 }
+            }
+            WorkerImage::Vo2 => WorkerFile { path: &self.vo2, name: VO2, len: self.lens.1 },
         }
     }
 }

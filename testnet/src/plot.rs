@@ -185,17 +185,7 @@ pub fn staging_vs_n(runs: &[RunRow], title: &str, out: &Path) -> Result<(), Test
             )
             .map_err(|e| err(&e))?;
     }
-    if series.is_empty() {
-        return root.present().map_err(|e| err(&e));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    finish(&mut chart, &root, (!series.is_empty()).then_some(SeriesLabelPosition::UpperLeft), out)
 }
 
 /// Lifecycle operations (Fig. 2(b)), written to `out` as PNG.
@@ -269,16 +259,26 @@ pub fn operations(ops: &[OpRow], title: &str, out: &Path) -> Result<(), TestnetE
             }))
             .map_err(|e| err(&e))?;
     }
-    if ns.is_empty() {
-        return root.present().map_err(|e| err(&e));
+    finish(&mut chart, &root, (!ns.is_empty()).then_some(SeriesLabelPosition::UpperRight), out)
+}
+
+/// Draws the legend at `legend` (none: no series to name) and writes the PNG.
+fn finish<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
+    root: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    legend: Option<SeriesLabelPosition>,
+    out: &Path,
+) -> Result<(), TestnetError> {
+    let err = |e: &dyn std::fmt::Display| TestnetError::Output(format!("{}: {e}", out.display()));
+    if let Some(position) = legend {
+        chart
+            .configure_series_labels()
+            .position(position)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }
 

@@ -60,6 +60,12 @@ pub struct OpRow {
     pub seconds: f64,
 }
 
+/// `cpu_s` over `wall` seconds and the machine's cores (1.0: every core busy).
+pub fn cpu_share(cpu_s: f64, wall: f64) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    cpu_s / (wall * cores)
+}
+
 /// Writes `rows` as CSV with a header line.
 pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<(), TestnetError> {
     let mut w = csv::Writer::from_writer(Vec::new());

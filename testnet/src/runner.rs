@@ -253,8 +253,8 @@ impl RunContext<'_> {
         kill_at: Option<f64>,
     ) -> Result<(DeployReport, RunRow), TestnetError> {
         let n = self.hosts.len() - 1;
-        let (file, image_name) = self.images.worker(image);
-        let workspace = cluster_workspace(name, image_name, image_name, n);
+        let worker = self.images.worker(image);
+        let workspace = cluster_workspace(name, worker.name, worker.name, n);
         let socket = cluster.socket();
         let request = LocalRequest::Deploy {
             workspace,
@@ -333,10 +333,7 @@ impl RunContext<'_> {
                 "deploy {name}: no mid-cascade host was killed (victim {victim:?})"
             )));
         }
-        let file_len = std::fs::metadata(file)
-            .map_err(|error| TestnetError::Io { op: "stat", path: file.to_owned(), error })?
-            .len();
-        let row = self.row(cluster, &report, case, file_len, wall, cpu_s);
+        let row = self.row(cluster, &report, case, worker.len, wall, cpu_s);
         let json = serde_json::to_vec_pretty(&report)
             .map_err(|e| TestnetError::Output(format!("deploy report: {e}")))?;
         let file = format!("{}-{case}-{}-n{n}", self.checked.scenario.name, self.method);
@@ -373,7 +370,6 @@ impl RunContext<'_> {
             .iter()
             .find(|p| p.phase == DeployPhase::Stage)
             .map_or(0.0, |p| p.micros as f64 / 1e6);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         RunRow {
             scenario: self.checked.scenario.name.clone(),
             case: case.to_owned(),
@@ -387,7 +383,7 @@ impl RunContext<'_> {
             ratio: if limit > 0.0 { fetch_s / limit } else { 0.0 },
             raw_limit_s: image_len as f64 / self.checked.link.min(head_rate),
             cpu_s,
-            cpu_share: cpu_s / (wall * cores),
+            cpu_share: results::cpu_share(cpu_s, wall),
             verified: 0,
         }
     }
@@ -471,7 +467,7 @@ fn verify(
     for (host, image) in expected {
         let i = cluster.index(host).ok_or_else(|| TestnetError::Run(format!("no host {host}")))?;
         let data = &cluster.net.data_dirs[i];
-        let (original, name) = images.worker(*image);
+        let images::WorkerFile { path: original, name, .. } = images.worker(*image);
         let store = Store::open(data).map_err(|e| TestnetError::Run(format!("{host}: {e}")))?;
         let name_ref = ImageRef::Name(
             name.parse().map_err(|e| TestnetError::Run(format!("image name {name}: {e}")))?,
