@@ -8,6 +8,7 @@
 //! | `corrupt` | chunk id | [`CorruptRecord`]: when its bytes were found not to match |
 //! | `manifests` | manifest id | the manifest's canonical encoding (itself versioned) |
 //! | `names` | `vo/name:tag` | [`NameRecord`]: the manifest it points at |
+//! | `seals` | `vo/name:tag` | the name's [`crate::Seal`], encoded: its VO's signature |
 //! | `pins` | manifest id + reason | [`PinRecord`] |
 //! | `usage` | manifest id | [`UsageRecord`]: imported and last used |
 
@@ -34,7 +35,8 @@ pub(crate) const NAMES: &str = "names";
 pub(crate) const PINS: &str = "pins";
 pub(crate) const USAGE: &str = "usage";
 pub(crate) const CORRUPT: &str = "corrupt";
-const FAMILIES: [&str; 7] = [META, CHUNKS, MANIFESTS, NAMES, PINS, USAGE, CORRUPT];
+pub(crate) const SEALS: &str = "seals";
+const FAMILIES: [&str; 8] = [META, CHUNKS, MANIFESTS, NAMES, PINS, USAGE, CORRUPT, SEALS];
 
 const CHUNK_RECORD_V: u8 = 1;
 const NAME_RECORD_V: u8 = 1;
@@ -42,6 +44,7 @@ const PIN_RECORD_V: u8 = 1;
 const USAGE_RECORD_V: u8 = 1;
 const CORRUPT_RECORD_V: u8 = 1;
 const META_V: u8 = 1;
+const SEAL_RECORD_V: u8 = 1;
 
 /// Where a stored chunk is and what the store knows about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +265,15 @@ impl Db {
         batch.put_cf(self.cf(NAMES), name.as_bytes(), record::encode(NAME_RECORD_V, rec));
     }
 
+    pub(crate) fn put_seal(&self, batch: &mut WriteBatch, seal: &crate::Seal) {
+        let name = seal.name().to_string();
+        batch.put_cf(
+            self.cf(SEALS),
+            name.as_bytes(),
+            record::encode(SEAL_RECORD_V, &seal.encode()),
+        );
+    }
+
     pub(crate) fn put_pin(&self, batch: &mut WriteBatch, key: &[u8], rec: &PinRecord) {
         batch.put_cf(self.cf(PINS), key, record::encode(PIN_RECORD_V, rec));
     }
@@ -283,6 +295,17 @@ pub(crate) fn decode_chunk(id: &ChunkId, bytes: &[u8]) -> Result<ChunkRecord, Er
 
 pub(crate) fn decode_name(name: &str, bytes: &[u8]) -> Result<NameRecord, Error> {
     record::decode(NAMES, &name, NAME_RECORD_V, bytes)
+}
+
+/// A stored seal: decoded and checked for form (the signature is the reader's to
+/// verify against the key it trusts).
+pub(crate) fn decode_seal(name: &str, bytes: &[u8]) -> Result<crate::Seal, Error> {
+    let encoded: Vec<u8> = record::decode(SEALS, &name, SEAL_RECORD_V, bytes)?;
+    crate::Seal::decode(&encoded).map_err(|e| Error::BadRecord {
+        table: SEALS,
+        key: name.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 pub(crate) fn decode_pin(key: &str, bytes: &[u8]) -> Result<PinRecord, Error> {

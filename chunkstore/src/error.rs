@@ -157,6 +157,23 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// A seal (a VO's signed statement naming a manifest) is malformed or does not
+    /// verify.
+    #[error("the seal of image {name} is refused: {reason}")]
+    BadSeal {
+        /// The image name it carries.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A VO key file cannot be used.
+    #[error("VO key {path}: {reason}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A malformed id.
     #[error("`{input}` is not a {what} (64 hex digits)")]
     BadId {

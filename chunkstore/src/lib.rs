@@ -20,6 +20,7 @@ mod id;
 mod manifest;
 mod name;
 pub mod testdata;
+pub mod vo;
 
 #[cfg(feature = "store")]
 mod clone;
@@ -50,6 +51,7 @@ pub use error::Error;
 pub use id::{ChunkId, ManifestId};
 pub use manifest::{ChunkRef, Manifest};
 pub use name::{ImageName, ImageRef};
+pub use vo::{Seal, Visibility, VoKey, VoPublic};
 
 #[cfg(feature = "store")]
 pub use clone::{clone_image, CloneMethod};

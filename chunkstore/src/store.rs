@@ -76,6 +76,8 @@ pub struct ImageInfo {
     pub id: ManifestId,
     /// Names pointing at it.
     pub names: Vec<String>,
+    /// The names that carry a VO's seal, with the visibility it gives.
+    pub sealed: Vec<(String, crate::Visibility)>,
     /// Image length.
     pub len: u64,
     /// Number of chunks (zero chunks included).
@@ -237,6 +239,35 @@ impl Store {
         self.db.write(batch, true)
     }
 
+    /// Records `seal`: its name now points at its manifest (which must be stored), and
+    /// the seal is kept beside the name, in one write. The signature is not checked
+    /// here: the caller verified it against the key it trusts.
+    pub fn put_seal(&self, seal: &crate::Seal) -> Result<(), Error> {
+        self.manifest(&seal.manifest())?;
+        let mut batch = WriteBatch::default();
+        let rec = NameRecord { manifest: seal.manifest(), created_ms: db::now_ms() };
+        self.db.put_name(&mut batch, &seal.name().to_string(), &rec);
+        self.db.put_seal(&mut batch, seal);
+        self.db.write(batch, true)
+    }
+
+    /// The seal recorded for `name`, if any.
+    pub fn seal(&self, name: &ImageName) -> Result<Option<crate::Seal>, Error> {
+        let key = name.to_string();
+        self.db.get(db::SEALS, key.as_bytes())?.map(|v| db::decode_seal(&key, &v)).transpose()
+    }
+
+    /// Every recorded seal, by name.
+    pub fn seals(&self) -> Result<Vec<crate::Seal>, Error> {
+        self.db
+            .scan(db::SEALS)
+            .map(|r| {
+                let (k, v) = r?;
+                db::decode_seal(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
     /// Which chunks of `manifest` (and how many bytes) this store lacks. Zero chunks are
     /// never missing. Corrupt chunks count as missing.
     ///
@@ -368,6 +399,13 @@ impl Store {
         for (name, id) in self.names()? {
             names.entry(id).or_default().push(name);
         }
+        let mut sealed: BTreeMap<ManifestId, Vec<(String, crate::Visibility)>> = BTreeMap::new();
+        for seal in self.seals()? {
+            sealed
+                .entry(seal.manifest())
+                .or_default()
+                .push((seal.name().to_string(), seal.visibility()));
+        }
         let pins = self.pins()?;
         let mut out = Vec::new();
         for id in self.manifest_ids()? {
@@ -375,6 +413,7 @@ impl Store {
             out.push(ImageInfo {
                 id,
                 names: names.remove(&id).unwrap_or_default(),
+                sealed: sealed.remove(&id).unwrap_or_default(),
                 len: m.len(),
                 chunks: m.chunks().len(),
                 zero_bytes: m.zero_bytes(),
@@ -433,6 +472,7 @@ impl Store {
         }
         for n in drop_names {
             batch.delete_cf(self.db.cf(db::NAMES), n.as_bytes());
+            batch.delete_cf(self.db.cf(db::SEALS), n.as_bytes());
         }
         self.db.write(batch, true)?;
         Ok(drop_manifest.then_some(id))

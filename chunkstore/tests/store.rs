@@ -125,6 +125,32 @@ fn names_ls_rm_and_pins() {
 }
 
 #[test]
+fn a_seal_names_its_manifest_and_goes_with_the_name() {
+    use vw_chunkstore::{Seal, Visibility, VoKey};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.img");
+    write_image(&a, 2 * MIB, &[(0, 1_000_000, 31)]);
+    let store = Store::open(&dir.path().join("s")).expect("open");
+    let r = store.import(&a, None, &()).expect("import");
+    let key = VoKey::generate("grid3").expect("key");
+    let seal =
+        Seal::sign(&key, &name("grid3/base:1"), r.manifest, Visibility::Public).expect("sign");
+    store.put_seal(&seal).expect("seal");
+    assert_eq!(store.resolve(&ImageRef::Name(name("grid3/base:1"))).expect("named"), r.manifest);
+    let back = store.seal(&name("grid3/base:1")).expect("read").expect("stored");
+    back.verify(&key.public()).expect("still verifies");
+    let ls = store.images().expect("ls");
+    assert_eq!(ls[0].sealed, vec![("grid3/base:1".to_string(), Visibility::Public)]);
+
+    // A seal on a manifest the store lacks is refused; removing the name drops its seal.
+    let absent = vw_chunkstore::ManifestId::from(blake3::hash(b"absent"));
+    let other = Seal::sign(&key, &name("grid3/x:1"), absent, Visibility::Private).expect("sign");
+    assert!(matches!(store.put_seal(&other), Err(Error::UnknownManifest { .. })));
+    store.remove(&ImageRef::Name(name("grid3/base:1"))).expect("rm");
+    assert!(store.seal(&name("grid3/base:1")).expect("read").is_none());
+}
+
+#[test]
 fn clone_keeps_holes_and_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src.img");
