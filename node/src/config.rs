@@ -54,6 +54,48 @@ pub struct ClusterConfig {
     /// This host's capacity (defaults: what the machine has).
     #[serde(default)]
     pub host: HostConfig,
+    /// The virtual organisations this cluster trusts: only images they sealed are
+    /// staged, and only deployments they signed run (`[[vo]]`, none by default).
+    #[serde(default)]
+    pub vo: Vec<VoConfig>,
+}
+
+/// `[[vo]]`: one trusted virtual organisation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoConfig {
+    /// Its name, the first part of its image names (`grid3` in `grid3/worker:1`).
+    pub name: String,
+    /// Its public key, `ed25519:` and 64 hex digits (`vw vo export NAME` prints it).
+    pub key: String,
+    /// Never share this VO's chunks with other VOs' deployments: a host counts a chunk
+    /// as held for a deployment only if an image the deploying VO may see lists it, so
+    /// no other VO can learn from a faster deploy that this VO holds a file (default
+    /// false; docs/security.md).
+    #[serde(default)]
+    pub isolated: bool,
+    /// Its limits across the cluster (none: unlimited).
+    #[serde(default)]
+    pub quota: Quota,
+}
+
+/// `[vo.quota]`: what one VO's deployments may take together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Guest memory in MiB, over every host.
+    pub memory_mib: Option<u64>,
+    /// Physical hosts running its VMs.
+    pub hosts: Option<u32>,
+    /// Bytes of distinct chunks its images take in one host's cache.
+    pub cache_bytes: Option<u64>,
+}
+
+impl VoConfig {
+    /// The VO's public key (checked when the config was parsed).
+    pub fn public(&self) -> vw_chunkstore::VoPublic {
+        self.key.parse().expect("VO keys were checked when the config was parsed")
+    }
 }
 
 /// `[network]`.
@@ -250,7 +292,44 @@ impl ClusterConfig {
                 return Err(ConfigError::Value { source_name: source.to_owned(), key, message });
             }
         }
+        config.check_vos(source)?;
         Ok(config)
+    }
+
+    /// The trusted VO named `name`.
+    pub fn vo(&self, name: &str) -> Option<&VoConfig> {
+        self.vo.iter().find(|v| v.name == name)
+    }
+
+    /// Whether any trusted VO keeps its chunks to itself.
+    pub fn any_isolated(&self) -> bool {
+        self.vo.iter().any(|v| v.isolated)
+    }
+
+    fn check_vos(&self, source: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Value {
+            source_name: source.to_owned(),
+            key: "vo",
+            message,
+        };
+        for (i, vo) in self.vo.iter().enumerate() {
+            vw_chunkstore::vo::check_vo(&vo.name)
+                .map_err(|e| bad(format!("vo[{i}].name: {e}")))?;
+            vo.key
+                .parse::<vw_chunkstore::VoPublic>()
+                .map_err(|e| bad(format!("vo[{i}] ({}).key: {e}", vo.name)))?;
+            if self.vo[..i].iter().any(|v| v.name == vo.name) {
+                return Err(bad(format!("vo[{i}]: VO {} is listed twice", vo.name)));
+            }
+            let q = vo.quota;
+            if q.memory_mib == Some(0) || q.hosts == Some(0) || q.cache_bytes == Some(0) {
+                return Err(bad(format!(
+                    "vo[{i}] ({}).quota: a limit of 0 allows nothing; leave it out for no limit",
+                    vo.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The address pools.

@@ -15,6 +15,7 @@
 pub use vw_chunkstore as chunkstore;
 pub use vw_planner as planner;
 
+pub mod access;
 pub mod chunks;
 pub mod config;
 pub mod control;

@@ -36,6 +36,8 @@ pub enum LocalRequest {
         workspace: String,
         /// Its file name, for errors.
         source: String,
+        /// The deploying VO's signed ticket for the document (encoded).
+        ticket: Vec<u8>,
         /// Strategy and policy.
         options: DeployOptions,
     },
@@ -79,6 +81,9 @@ pub enum LocalReply {
     Status {
         /// Per host.
         hosts: Vec<HostVms>,
+        /// On a head: what each VO's deployments take, against its quota.
+        #[serde(default)]
+        vos: Vec<crate::control::usage::VoUsage>,
     },
     /// The request failed.
     Failed {
@@ -207,9 +212,9 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
     };
     let reply = match (request, role) {
         (Err(error), _) => LocalReply::Failed { error },
-        (Ok(LocalRequest::Deploy { workspace, source, options }), Role::Head(head)) => {
+        (Ok(LocalRequest::Deploy { workspace, source, ticket, options }), Role::Head(head)) => {
             let (tx, mut rx) = mpsc::channel(64);
-            let work = head.deploy(&workspace, &source, options, &tx);
+            let work = head.deploy(&workspace, &source, &ticket, options, &tx);
             tokio::pin!(work);
             let result = loop {
                 tokio::select! {
@@ -235,19 +240,23 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
             }
         }
         (Ok(LocalRequest::Status { deployment }), Role::Head(head)) => {
-            match head.status(deployment.as_deref()).await {
-                Ok(hosts) => LocalReply::Status { hosts },
-                Err(error) => LocalReply::Failed { error },
+            let usage = head.usage().await;
+            match (head.status(deployment.as_deref()).await, usage) {
+                (Ok(hosts), Ok(vos)) => LocalReply::Status { hosts, vos },
+                (Err(error), _) | (_, Err(error)) => LocalReply::Failed { error },
             }
         }
         (Ok(LocalRequest::Status { deployment }), Role::Host(host)) => {
             let (tx, _rx) = mpsc::channel(1);
-            let result = match host.handle(Request::Status { deployment }, tx).await {
+            let result = match host.handle("local", Request::Status { deployment }, tx).await {
                 Answer::Status(vms) => Ok(vms),
                 Answer::Failed(e) | Answer::Refused(e) => Err(e),
                 other => Err(format!("unexpected answer {other:?}")),
             };
-            LocalReply::Status { hosts: vec![HostAnswer { host: "this host".into(), result }] }
+            LocalReply::Status {
+                hosts: vec![HostAnswer { host: "this host".into(), result }],
+                vos: Vec::new(),
+            }
         }
         (Ok(_), Role::Host(_)) => LocalReply::Failed {
             error: "this vwd is a host, not a head: deploy and cluster-wide operations go to the head's vwd".into(),

@@ -22,6 +22,8 @@ pub struct DeploymentRecord {
     pub spec: WorkspaceSpec,
     /// When it was first submitted.
     pub created_ms: u64,
+    /// The VO it was deployed for (none: submitted on this host by its operator).
+    pub vo: Option<String>,
     /// Its VMs on this host, head first.
     pub vms: Vec<String>,
     /// For a share of a cluster deployment (the head placed the VMs): the addresses the
@@ -29,6 +31,13 @@ pub struct DeploymentRecord {
     /// (integration needs them: hosts files, batch nodes). `None`: all VMs are here and
     /// this host assigns addresses from its own pools.
     pub share: Option<ClusterShare>,
+}
+
+impl DeploymentRecord {
+    /// The cores the head pinned VM `vm` to, in xl's `cpus` syntax (`2,3`), if it did.
+    pub fn pinned_cores(&self, vm: &str) -> Option<Vec<u32>> {
+        self.share.as_ref()?.here.iter().find(|m| m.name == vm)?.cores.clone()
+    }
 }
 
 /// This host's part of a virtual cluster that spans several hosts.
@@ -47,6 +56,9 @@ pub struct Member {
     pub name: String,
     /// Its addresses.
     pub nics: Vec<NicAddress>,
+    /// The physical cores the head pinned it to (a VM whose node asks for `cpus`):
+    /// disjoint from every other pinned VM's on the host, whichever VO it belongs to.
+    pub cores: Option<Vec<u32>>,
 }
 
 /// One VM.
@@ -197,6 +209,8 @@ pub struct ClusterDeployment {
     pub name: String,
     /// The workspace document as deployed.
     pub workspace: String,
+    /// The VO it was deployed for.
+    pub vo: String,
     /// Each VM's host and addresses.
     pub placement: Vec<PlacedVm>,
     /// When it was first deployed.

@@ -11,6 +11,8 @@ use libp2p::{identity, Multiaddr, PeerId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::audit::Audit;
+use crate::access::Gate;
 use crate::chunks::handler::{Relay, Sending};
 use crate::config::ClusterConfig;
 use crate::control::head::{control_protocol, Head};
@@ -54,6 +56,13 @@ impl Vwd {
         for r in &reconciled {
             tracing::warn!(vm = %r.vm, was = %r.was, now = %r.now, reason = %r.reason, "reconciled on start");
         }
+        let gate = Gate {
+            config: Arc::new(cluster.clone()),
+            grants: Arc::default(),
+            audit: Arc::new(
+                Audit::open(&daemon.config.data_dir).context("opening the audit log")?,
+            ),
+        };
         let relay = Relay::new(manager.shared_store());
         let peer = Peer::start(
             PeerConfig {
@@ -63,6 +72,8 @@ impl Vwd {
                 sending: Sending {
                     upload: daemon.caps.0.map(|r| Arc::new(RateLimit::new(r))),
                     compress: daemon.compress(),
+                    grants: Arc::clone(&gate.grants),
+                    audit: Some(Arc::clone(&gate.audit)),
                 },
                 mdns: daemon.config.mdns,
                 known: daemon.peers.iter().filter_map(|p| Some((p.id, p.addr.clone()?))).collect(),
@@ -79,6 +90,7 @@ impl Vwd {
             daemon.caps,
             daemon.config.rack.clone(),
             daemon.heads.clone(),
+            gate,
         ));
         let (stop, stopped) = watch::channel(false);
         let span = tracing::info_span!("vwd", host = %name);

@@ -29,6 +29,11 @@ impl Image {
         Image { name: name.into(), sizes, offsets }
     }
 
+    /// Sizes of its chunks, in order.
+    pub fn sizes(&self) -> &[u32] {
+        &self.sizes
+    }
+
     /// Number of chunks.
     pub fn chunks(&self) -> u32 {
         self.sizes.len() as u32

@@ -1,8 +1,10 @@
-//! Per-stream logic of `/vw/chunks/1`: serving chunks from the store, and fetching
+//! Per-stream logic of `/vw/chunks/2`: serving chunks from the store, and fetching
 //! chunks into it.
 //!
-//! Serving: read `Want`s and `Credit`s; send each wanted chunk (or `Missing`) in order,
-//! never more in flight than the credit granted. Fetching: send `Want` for the ids and
+//! Serving: read `Want`s and `Credit`s; check each want against the host's
+//! [`Grants`] (the peer stages that manifest for that deployment, and the manifest lists
+//! every id), refusing the stream otherwise; send each wanted chunk (or `Missing`) in
+//! order, never more in flight than the credit granted. Fetching: send `Want` for the ids and
 //! a window of credit, verify each chunk against its id as it arrives, hand it to the
 //! store's receiving session on its own thread (bounded channel: memory in flight is
 //! the window), and grant one more credit per chunk taken.
@@ -14,9 +16,11 @@ use futures::AsyncWriteExt as _;
 use libp2p::{PeerId, Stream};
 use tokio::sync::watch;
 use tracing::Instrument as _;
-use vw_chunkstore::{ChunkId, ChunkRef, Store};
+use vw_chunkstore::{ChunkId, ChunkRef, ManifestId, Store};
 
 use super::protocol::{Frame, FrameError, MAX_WANT};
+use crate::access::audit::Audit;
+use crate::access::grants::{Grants, Verdict};
 use crate::peer::rate::RateLimit;
 use crate::peer::{chunks_protocol, short, PeerError};
 
@@ -59,13 +63,28 @@ async fn write_frame(stream: &mut Stream, frame: &Frame) -> Result<(), FrameErro
     crate::wire::write(stream, frame).await
 }
 
-/// How a server sends: its upload cap, and whether it compresses.
+/// How a server sends and to whom: its upload cap, whether it compresses, the grants
+/// it checks every want against, and the audit log.
 #[derive(Clone, Debug, Default)]
 pub struct Sending {
     /// The upload cap, shared by every stream.
     pub upload: Option<Arc<RateLimit>>,
     /// Send chunks zstd-compressed when that saves at least an eighth.
     pub compress: bool,
+    /// Who may fetch what (empty: nothing is served).
+    pub grants: Arc<Grants>,
+    /// Where served and refused streams are recorded.
+    pub audit: Option<Arc<Audit>>,
+}
+
+/// What a fetch is for: the deployment, and the manifest (staged for it) that lists the
+/// chunks wanted. The sender checks both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purpose {
+    /// The deployment.
+    pub deployment: String,
+    /// The manifest.
+    pub manifest: ManifestId,
 }
 
 impl Sending {
@@ -125,6 +144,13 @@ async fn serve_one(
     let mut queue: VecDeque<ChunkId> = VecDeque::new();
     let mut credit: u64 = 0;
     let mut sent = 0u64;
+    // The (VO, deployment, manifest) of the wants allowed so far, for the audit log.
+    let mut served: Vec<(String, String, ManifestId)> = Vec::new();
+    let audit = |vo: &str, deployment: &str, outcome: &str, detail: &str| {
+        if let Some(a) = &sending.audit {
+            a.record(vo, &peer.to_string(), "chunks", deployment, outcome, detail);
+        }
+    };
     loop {
         while credit > 0 {
             let Some(id) = queue.pop_front() else { break };
@@ -145,7 +171,23 @@ async fn serve_one(
             sent += 1;
         }
         match read_frame(&mut stream).await? {
-            Some(Frame::Want { ids, .. }) => queue.extend(ids),
+            Some(Frame::Want { deployment, manifest, ids }) => {
+                match sending.grants.check(&peer, &deployment, &manifest, &ids) {
+                    Verdict::Allowed { vo } => {
+                        if !served.iter().any(|(_, d, m)| *d == deployment && *m == manifest) {
+                            served.push((vo, deployment, manifest));
+                        }
+                        queue.extend(ids);
+                    }
+                    Verdict::Refused { vo, reason } => {
+                        tracing::warn!(peer = %short(&peer), %reason, "refused a chunk request");
+                        audit(vo.as_deref().unwrap_or("-"), &deployment, "refused", &reason);
+                        write_frame(&mut stream, &Frame::Refused { reason }).await?;
+                        let _ = stream.close().await;
+                        return Ok(());
+                    }
+                }
+            }
             Some(Frame::Credit { chunks }) => credit += u64::from(chunks),
             Some(Frame::Done) | None => break,
             Some(other) => {
@@ -154,6 +196,9 @@ async fn serve_one(
         }
     }
     tracing::debug!(peer = %short(&peer), sent, "served");
+    for (vo, deployment, manifest) in &served {
+        audit(vo, deployment, "ok", &format!("manifest {manifest}: {sent} chunks sent on this stream"));
+    }
     let _ = stream.close().await;
     Ok(())
 }
@@ -335,19 +380,19 @@ impl Intake {
     }
 }
 
-/// Fetches `wanted` from `peer` into `store` for `deployment` and waits until the
+/// Fetches `wanted` from `peer` into `store` for `purpose` and waits until the
 /// chunks are durable. Every chunk is verified before it is stored; a bad one ends the
 /// fetch with [`PeerError::BadChunk`] (the caller drops the peer and fetches the rest
 /// elsewhere).
 pub async fn fetch(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
-    deployment: &str,
+    purpose: &Purpose,
     wanted: &[ChunkRef],
     store: Arc<Store>,
 ) -> Result<Fetched, PeerError> {
     let intake = Intake::start(store, None);
-    let got = fetch_into(control, peer, deployment, wanted, &intake).await;
+    let got = fetch_into(control, peer, purpose, wanted, &intake).await;
     let written = intake.finish().await;
     let got = got?;
     written.map(|()| got)
@@ -359,12 +404,12 @@ pub async fn fetch(
 pub async fn fetch_into(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
-    deployment: &str,
+    purpose: &Purpose,
     wanted: &[ChunkRef],
     intake: &Intake,
 ) -> Result<Fetched, PeerError> {
     let (got, result) =
-        fetch_stream(control, peer, deployment, wanted, intake).instrument(pull_span(&peer)).await;
+        fetch_stream(control, peer, purpose, wanted, intake).instrument(pull_span(&peer)).await;
     result.map(|()| got)
 }
 
@@ -377,7 +422,7 @@ fn pull_span(peer: &PeerId) -> tracing::Span {
 async fn fetch_stream(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
-    deployment: &str,
+    purpose: &Purpose,
     wanted: &[ChunkRef],
     intake: &Intake,
 ) -> (Fetched, Result<(), PeerError>) {
@@ -392,7 +437,8 @@ async fn fetch_stream(
     };
     for ids in wanted.chunks(MAX_WANT) {
         let want = Frame::Want {
-            deployment: deployment.to_owned(),
+            deployment: purpose.deployment.clone(),
+            manifest: purpose.manifest,
             ids: ids.iter().map(|c| c.id).collect(),
         };
         if let Err(e) = write_frame(&mut stream, &want).await {
@@ -442,6 +488,10 @@ async fn fetch_stream(
                         break;
                     }
                 }
+            }
+            Frame::Refused { reason } => {
+                result = Err(fail(format!("refused: {reason}")));
+                break;
             }
             Frame::Missing { id } if id == expected.id => {
                 got.missing += 1;
@@ -493,7 +543,7 @@ pub struct PullReport {
 pub async fn fetch_from_any(
     control: &mut libp2p_stream::Control,
     peers: &[PeerId],
-    deployment: &str,
+    purpose: &Purpose,
     wanted: &[ChunkRef],
     intake: &Intake,
 ) -> Result<PullReport, PeerError> {
@@ -517,7 +567,7 @@ pub async fn fetch_from_any(
         }
         let mut attempt = 0;
         let (got, result) = loop {
-            let (got, result) = fetch_stream(control, peer, deployment, &remaining, intake)
+            let (got, result) = fetch_stream(control, peer, purpose, &remaining, intake)
                 .instrument(pull_span(&peer))
                 .await;
             // A stream that failed before anything arrived (a busy peer can drop a

@@ -2,7 +2,7 @@
 //! a postcard-encoded [`Frame`].
 //!
 //! ```text
-//! frame   = length:u32 BE | version:u8 (1) | body:postcard(Frame)
+//! frame   = length:u32 BE | version:u8 (2) | body:postcard(Frame)
 //! length  = bytes after the length field (version + body), at most MAX_FRAME
 //! ```
 //!
@@ -12,15 +12,15 @@
 //! breaks a rule is a protocol violation, and the peer is dropped for the deployment.
 
 use serde::{Deserialize, Serialize};
-use vw_chunkstore::ChunkId;
+use vw_chunkstore::{ChunkId, ManifestId};
 
 pub use crate::wire::FrameError;
 use crate::wire::{self, Message};
 
 /// The protocol's name, negotiated by libp2p.
-pub const PROTOCOL_NAME: &str = "/vw/chunks/1";
-/// The frame format version this build speaks.
-pub const VERSION: u8 = 1;
+pub const PROTOCOL_NAME: &str = "/vw/chunks/2";
+/// The frame format version this build speaks (2: a want names its manifest).
+pub const VERSION: u8 = 2;
 /// Largest chunk carried (the chunker's maximum).
 pub const MAX_CHUNK: usize = 256 << 10;
 /// Most chunk ids one request may name.
@@ -33,10 +33,14 @@ pub const MAX_FRAME: usize = MAX_CHUNK + 1024;
 /// One frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// Receiver → sender: send these chunks, for this deployment.
+    /// Receiver → sender: send these chunks of this manifest, for this deployment. The
+    /// sender serves them only if it granted the receiver that manifest for that
+    /// deployment, and every id is in the manifest.
     Want {
-        /// The deployment they are for (the sender checks the peer may ask).
+        /// The deployment they are for.
         deployment: String,
+        /// The manifest the receiver is staging that lists them.
+        manifest: ManifestId,
         /// Chunk ids, in the order wanted.
         ids: Vec<ChunkId>,
     },
@@ -113,7 +117,7 @@ impl Message for Frame {
     fn check(&self) -> Result<(), FrameError> {
         let bad = |why: String| Err(FrameError::Invalid(why));
         match self {
-            Frame::Want { deployment, ids } => {
+            Frame::Want { deployment, ids, .. } => {
                 if deployment.len() > MAX_TEXT {
                     return bad(format!("deployment name of {} bytes", deployment.len()));
                 }
@@ -199,6 +203,10 @@ mod tests {
         ChunkId::from_bytes([b; 32])
     }
 
+    fn mid(b: u8) -> ManifestId {
+        ManifestId::from_bytes([b; 32])
+    }
+
     fn hex(v: &[u8]) -> String {
         v.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -208,8 +216,10 @@ mod tests {
     #[test]
     fn golden_bytes() {
         let want =
-            Frame::Want { deployment: "g".into(), ids: vec![id(1)] }.encode().expect("encode");
-        assert_eq!(hex(&want), format!("000000250100016701{}", "01".repeat(32)));
+            Frame::Want { deployment: "g".into(), manifest: mid(3), ids: vec![id(1)] }
+                .encode()
+                .expect("encode");
+        assert_eq!(hex(&want), format!("0000004502000167{}01{}", "03".repeat(32), "01".repeat(32)));
         let chunk = Frame::Chunk { id: id(2), data: vec![7, 8, 9] }.encode().expect("encode");
         assert_eq!(hex(&chunk), format!("000000260102{}03070809", "02".repeat(32)));
         assert_eq!(
@@ -223,8 +233,8 @@ mod tests {
     fn limits_are_checked_both_ways() {
         assert!(Frame::Chunk { id: ChunkId::ZERO, data: vec![0; 10] }.encode().is_err());
         assert!(Frame::Chunk { id: id(1), data: vec![1; MAX_CHUNK + 1] }.encode().is_err());
-        assert!(Frame::Want { deployment: "d".into(), ids: vec![] }.encode().is_err());
-        assert!(Frame::Want { deployment: "d".into(), ids: vec![id(1); MAX_WANT + 1] }
+        assert!(Frame::Want { deployment: "d".into(), manifest: mid(1), ids: vec![] }.encode().is_err());
+        assert!(Frame::Want { deployment: "d".into(), manifest: mid(1), ids: vec![id(1); MAX_WANT + 1] }
             .encode()
             .is_err());
         let mut d = FrameDecoder::default();
@@ -254,8 +264,12 @@ mod tests {
             .prop_filter("not zero", |b| b != &[0; 32])
             .prop_map(ChunkId::from_bytes);
         prop_oneof![
-            ("[a-z0-9-]{0,40}", proptest::collection::vec(id.clone(), 1..50))
-                .prop_map(|(deployment, ids)| Frame::Want { deployment, ids }),
+            ("[a-z0-9-]{0,40}", any::<[u8; 32]>(), proptest::collection::vec(id.clone(), 1..50))
+                .prop_map(|(deployment, m, ids)| Frame::Want {
+                    deployment,
+                    manifest: ManifestId::from_bytes(m),
+                    ids
+                }),
             (1u32..).prop_map(|chunks| Frame::Credit { chunks }),
             (id.clone(), proptest::collection::vec(any::<u8>(), 1..3000))
                 .prop_map(|(id, data)| Frame::Chunk { id, data }),

@@ -21,10 +21,12 @@ use futures::future::join_all;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use vw_chunkstore::Store;
+use vw_chunkstore::{ImageRef, Store};
 use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, Policy, Ranges, Strategy};
 
 use super::host::HostService;
+use super::usage::{Usage, VoUsage};
+use crate::access::{check_seal, check_ticket, AccessError};
 use super::protocol::{
     bit, Answer, ImageChunks, ImageOrder, InventoryReport, Progress, Pull, Reply, Request,
     StageOrder, StageReport, PROTOCOL_NAME,
@@ -246,7 +248,8 @@ impl Head {
         };
         if host.1 == self.me.1 {
             let (tx, mut rx) = mpsc::channel(16);
-            let work = self.local.handle(request, tx);
+            let me = self.me.1.to_string();
+            let work = self.local.handle(&me, request, tx);
             tokio::pin!(work);
             return Ok(loop {
                 tokio::select! {
@@ -303,37 +306,65 @@ impl Head {
         }
     }
 
-    /// Deploys the workspace document `workspace` (named `source` in errors).
+    /// Deploys the workspace document `workspace` (named `source` in errors) on behalf
+    /// of the VO whose signed `ticket` (encoded) comes with it. Audited.
     pub async fn deploy(
         &self,
         workspace: &str,
         source: &str,
+        ticket: &[u8],
         options: DeployOptions,
         events: &mpsc::Sender<DeployEvent>,
     ) -> Result<DeployReport, String> {
         let mut clock = Clock::new(events);
         clock.start(DeployPhase::Validate).await;
         let spec = crate::workspace::parse(workspace, source).map_err(|e| e.to_string())?;
-        let span = tracing::info_span!("deployment", name = %spec.name);
-        tracing::Instrument::instrument(
-            self.deploy_spec(spec, workspace, options, events, clock),
+        let gate = self.local.gate();
+        let audit = |vo: &str, outcome: &str, detail: &str| {
+            gate.audit.record(vo, "local", "deploy", &spec.name, outcome, detail);
+        };
+        let vo = match check_ticket(&gate.config, ticket, &spec.name, workspace) {
+            Ok(vo) => vo,
+            Err(e) => {
+                audit("-", "refused", &e.to_string());
+                return Err(e.to_string());
+            }
+        };
+        let span = tracing::info_span!("deployment", name = %spec.name, vo = %vo);
+        let result = tracing::Instrument::instrument(
+            self.deploy_spec(spec.clone(), &vo, ticket, workspace, options, events, clock),
             span,
         )
-        .await
+        .await;
+        gate.grants.revoke(&spec.name);
+        match &result {
+            Ok(r) => audit(&vo, "ok", &format!("{} VMs, {} lost", r.placement.len(), r.lost.len())),
+            Err(e) => audit(&vo, "failed", e),
+        }
+        result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn deploy_spec(
         &self,
         spec: crate::workspace::WorkspaceSpec,
+        vo: &str,
+        ticket: &[u8],
         workspace: &str,
         options: DeployOptions,
         events: &mpsc::Sender<DeployEvent>,
         mut clock: Clock<'_>,
     ) -> Result<DeployReport, String> {
         let name = spec.name.clone();
-        let existing = {
+        let (existing, others) = {
             let n = name.clone();
-            self.local.with_manager(move |m| m.cluster(&n).map_err(|e| e.to_string())).await??
+            self.local
+                .with_manager(move |m| -> Result<_, String> {
+                    let all = m.clusters().map_err(|e| e.to_string())?;
+                    let (this, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| c.name == n);
+                    Ok((this.into_iter().next(), others))
+                })
+                .await??
         };
         if let Some(e) = &existing {
             if e.workspace != workspace {
@@ -341,17 +372,30 @@ impl Head {
                     "deployment {name} exists with a different workspace document; `vw unstage {name}` first, or rename the workspace"
                 ));
             }
+            if e.vo != vo {
+                return Err(format!("deployment {name} belongs to VO {}, not {vo}", e.vo));
+            }
         }
 
         clock.start(DeployPhase::Inventory).await;
-        let wi = {
-            let (store, spec) = (Arc::clone(&self.store), spec.clone());
-            tokio::task::spawn_blocking(move || WorkspaceImages::load(&store, &spec))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?
+        let (wi, seals) = {
+            let (store, spec, config, vo) =
+                (Arc::clone(&self.store), spec.clone(), Arc::clone(&self.local.gate().config), vo.to_owned());
+            tokio::task::spawn_blocking(move || -> Result<_, String> {
+                let wi = WorkspaceImages::load(&store, &spec).map_err(|e| e.to_string())?;
+                let seals = wi
+                    .refs
+                    .iter()
+                    .zip(&wi.ids)
+                    .map(|(r, id)| sealed(&store, &config, &vo, r, *id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((wi, seals))
+            })
+            .await
+            .map_err(|e| e.to_string())??
         };
         let request = Request::Inventory {
+            vo: vo.to_owned(),
             images: wi
                 .images
                 .iter()
@@ -382,6 +426,7 @@ impl Head {
             fixed,
         )
         .map_err(|e| format!("workspace {name}: {e}"))?;
+        self.check_quota(vo, &spec, &wi, &planned.placement, &others).await?;
         clock.parts(&[
             (DeployPhase::Place, planned.micros.place),
             (DeployPhase::Addresses, planned.micros.addresses),
@@ -391,6 +436,7 @@ impl Head {
             let record = ClusterDeployment {
                 name: name.clone(),
                 workspace: workspace.to_owned(),
+                vo: vo.to_owned(),
                 placement: planned.placement.clone(),
                 created_ms: crate::manager::now_ms(),
             };
@@ -409,7 +455,22 @@ impl Head {
         edges.dedup();
         let _ = events.send(DeployEvent::Planned { strategy: planned.strategy, edges }).await;
         clock.start(DeployPhase::Stage).await;
-        let orders = self.orders(&hosts, &cluster, &wi, &inventory, &planned, &spec, workspace)?;
+        let orders = self.orders(
+            &hosts,
+            &cluster,
+            &wi,
+            &inventory,
+            &planned,
+            &spec,
+            Sealed { workspace, ticket, seals: &seals },
+        )?;
+        // This host serves every image as a source or relay: the stagers of each may
+        // fetch its chunks for this deployment, until the stage phase ends.
+        for (i, id) in wi.ids.iter().enumerate() {
+            let manifest = self.store.manifest(id).map_err(|e| e.to_string())?;
+            let stagers = stagers_of(&hosts, &wi, &spec, &planned, i);
+            self.local.gate().grants.allow(&name, vo, &manifest, &stagers);
+        }
         let staged = join_all(orders.into_iter().map(|(h, order)| {
             let host = &hosts[h];
             async move {
@@ -572,11 +633,17 @@ impl Head {
         inventory: &Inventory,
         planned: &PlanReport,
         spec: &crate::workspace::WorkspaceSpec,
-        workspace: &str,
+        sealed: Sealed<'_>,
     ) -> Result<Vec<(usize, StageOrder)>, String> {
         let plan = &planned.plan;
         let demands = wi.demands(spec);
-        let member = |p: &PlacedVm| Member { name: p.vm.clone(), nics: p.nics.clone() };
+        let member = |p: &PlacedVm| Member {
+            name: p.vm.clone(),
+            nics: p.nics.clone(),
+            cores: p.cores.clone(),
+        };
+        let stagers: Vec<Vec<PeerId>> =
+            (0..wi.ids.len()).map(|i| stagers_of(hosts, wi, spec, planned, i)).collect();
         let mut manifests = Vec::new();
         for id in &wi.ids {
             manifests.push(self.store.manifest(id).map_err(|e| e.to_string())?.encode());
@@ -633,9 +700,12 @@ impl Head {
                         fallback.push(src);
                     }
                 }
+                // Only hosts of this deployment serve its chunks (no other host has
+                // been granted them).
                 let whole = wi.images[i].all();
                 for other in cluster.ixs() {
                     if other != ix
+                        && stagers[i].contains(&hosts[other.ix()].1)
                         && cluster.host(other).alive
                         && !fallback.contains(&other)
                         && whole.minus(inventory.held(other, i)).is_empty()
@@ -646,6 +716,8 @@ impl Head {
                 images.push(ImageOrder {
                     image: wi.refs[i].to_string(),
                     manifest: manifests[i].clone(),
+                    seal: sealed.seals[i].clone(),
+                    stagers: stagers[i].iter().map(PeerId::to_string).collect(),
                     pulls,
                     fallback: fallback.iter().map(|f| hosts[f.ix()].1.to_string()).collect(),
                 });
@@ -659,7 +731,15 @@ impl Head {
                     .map(member)
                     .collect(),
             };
-            out.push((h, StageOrder { workspace: workspace.to_owned(), share, images }));
+            out.push((
+                h,
+                StageOrder {
+                    workspace: sealed.workspace.to_owned(),
+                    ticket: sealed.ticket.to_vec(),
+                    share,
+                    images,
+                },
+            ));
         }
         Ok(out)
     }
@@ -697,6 +777,45 @@ impl Head {
             }
         }
         Ok((record, on))
+    }
+
+    /// Checks that `vo`'s deployments with this one (`spec` placed as `placement`) stay
+    /// within its quota. `others` are the other recorded deployments.
+    async fn check_quota(
+        &self,
+        vo: &str,
+        spec: &crate::workspace::WorkspaceSpec,
+        wi: &WorkspaceImages,
+        placement: &[PlacedVm],
+        others: &[ClusterDeployment],
+    ) -> Result<(), String> {
+        let config = Arc::clone(&self.local.gate().config);
+        let quota = config.vo(vo).map(|v| v.quota).unwrap_or_default();
+        if quota == crate::config::Quota::default() {
+            return Ok(());
+        }
+        let mine: Vec<ClusterDeployment> = others.iter().filter(|c| c.vo == vo).cloned().collect();
+        let store = Arc::clone(&self.store);
+        let mut usage = tokio::task::spawn_blocking(move || usage_of(&store, &mine))
+            .await
+            .map_err(|e| e.to_string())??;
+        usage.add(vo, spec, wi, placement);
+        let all = usage.finish(&config);
+        match all.iter().find(|u| u.vo == vo) {
+            Some(u) => u.check(&quota).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// What each VO's recorded deployments take, with its quota.
+    pub async fn usage(&self) -> Result<Vec<VoUsage>, String> {
+        let config = Arc::clone(&self.local.gate().config);
+        let all = self.local.with_manager(|m| m.clusters().map_err(|e| e.to_string())).await??;
+        let store = Arc::clone(&self.store);
+        let usage = tokio::task::spawn_blocking(move || usage_of(&store, &all))
+            .await
+            .map_err(|e| e.to_string())??;
+        Ok(usage.finish(&config))
     }
 
     /// `op` on every VM of `deployment`, on every host at once. Unstaging everywhere
@@ -755,6 +874,83 @@ impl Head {
             .map(|(&h, result)| HostAnswer { host: hosts[h].0.clone(), result })
             .collect())
     }
+}
+
+/// What the head sends with every stage order: the document, the VO's ticket for it,
+/// and each image's seal (encoded, in `WorkspaceImages` order).
+#[derive(Clone, Copy)]
+struct Sealed<'a> {
+    workspace: &'a str,
+    ticket: &'a [u8],
+    seals: &'a [Vec<u8>],
+}
+
+/// The seal that lets `vo` deploy image `reference` (manifest `id`), encoded: the
+/// seal of its name, or for a manifest id, a seal on it by `vo` or a public one. The
+/// head checks it as every host will.
+fn sealed(
+    store: &Store,
+    config: &crate::config::ClusterConfig,
+    vo: &str,
+    reference: &ImageRef,
+    id: vw_chunkstore::ManifestId,
+) -> Result<Vec<u8>, String> {
+    let candidates: Vec<vw_chunkstore::Seal> = match reference {
+        ImageRef::Name(name) => store.seal(name).map_err(|e| e.to_string())?.into_iter().collect(),
+        ImageRef::Id(_) => {
+            let mut all: Vec<_> = store
+                .seals()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|s| s.manifest() == id)
+                .collect();
+            // The VO's own seal first, then public ones.
+            all.sort_by_key(|s| s.vo() != vo);
+            all
+        }
+    };
+    let mut refusal = AccessError::Unsealed { image: reference.to_string() }.to_string();
+    for seal in candidates {
+        let bytes = seal.encode();
+        match check_seal(config, vo, reference, id, &bytes) {
+            Ok(_) => return Ok(bytes),
+            Err(e) => refusal = e.to_string(),
+        }
+    }
+    Err(refusal)
+}
+
+/// The peers of the hosts with a VM that uses image `i`.
+fn stagers_of(
+    hosts: &[(String, PeerId)],
+    wi: &WorkspaceImages,
+    spec: &crate::workspace::WorkspaceSpec,
+    planned: &PlanReport,
+    i: usize,
+) -> Vec<PeerId> {
+    let users: Vec<String> =
+        wi.demands(spec).into_iter().filter(|d| d.images.contains(&i)).map(|d| d.name).collect();
+    let mut out: Vec<PeerId> = Vec::new();
+    for p in planned.placement.iter().filter(|p| users.contains(&p.vm)) {
+        if let Some((_, id)) = hosts.iter().find(|(h, _)| *h == p.host) {
+            if !out.contains(id) {
+                out.push(*id);
+            }
+        }
+    }
+    out
+}
+
+/// Adds up recorded deployments (their documents and images read again).
+fn usage_of(store: &Store, deployments: &[ClusterDeployment]) -> Result<Usage, String> {
+    let mut usage = Usage::default();
+    for d in deployments {
+        let spec = crate::workspace::parse(&d.workspace, &format!("(deployment {})", d.name))
+            .map_err(|e| e.to_string())?;
+        let wi = WorkspaceImages::load(store, &spec).map_err(|e| e.to_string())?;
+        usage.add(&d.vo, &spec, &wi, &d.placement);
+    }
+    Ok(usage)
 }
 
 fn vms_on(planned: &PlanReport, host: &str) -> Vec<String> {

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, watch};
-use vw_chunkstore::{ChunkRef, ImageRef, Manifest, Store};
+use vw_chunkstore::{ChunkId, ChunkRef, ImageRef, Manifest, Seal, Store};
 
 use super::protocol::{
     bitmap, Answer, ImageOrder, InventoryReport, Phase, Progress, Reply, Request, StageOrder,
     StageReport,
 };
-use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Relay, QUIET};
+use crate::access::{check_seal, check_ticket, shareable, Gate};
+use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::manager::Manager;
 use crate::peer::rate::RateLimit;
@@ -45,6 +46,7 @@ pub struct HostService {
     rack: Option<String>,
     download: Option<Arc<RateLimit>>,
     heads: Vec<PeerId>,
+    gate: Gate,
 }
 
 impl std::fmt::Debug for HostService {
@@ -55,7 +57,9 @@ impl std::fmt::Debug for HostService {
 
 impl HostService {
     /// A service over `manager`, fetching through `chunks` (from the peers of `book`)
-    /// into the store and forwarding through `relay`; only `heads` may send requests.
+    /// into the store and forwarding through `relay`; only `heads` may send requests,
+    /// and `gate` checks what they ask.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         manager: Manager,
         relay: Arc<Relay>,
@@ -64,6 +68,7 @@ impl HostService {
         caps: (Option<f64>, Option<f64>),
         rack: Option<String>,
         heads: Vec<PeerId>,
+        gate: Gate,
     ) -> Self {
         let store = manager.shared_store();
         HostService {
@@ -76,7 +81,13 @@ impl HostService {
             rack,
             download: caps.1.map(|r| Arc::new(RateLimit::new(r))),
             heads,
+            gate,
         }
+    }
+
+    /// The VO checks, grants and audit log.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// The cluster's peers.
@@ -100,16 +111,46 @@ impl HostService {
             .map_err(|e| format!("the manager's thread failed: {e}"))
     }
 
-    /// Answers one request, sending progress to `progress` as it goes.
-    pub async fn handle(&self, request: Request, progress: mpsc::Sender<Progress>) -> Answer {
+    /// Answers one request from `peer`, sending progress to `progress` as it goes.
+    /// Stages and lifecycle operations are written to the audit log.
+    pub async fn handle(
+        &self,
+        peer: &str,
+        request: Request,
+        progress: mpsc::Sender<Progress>,
+    ) -> Answer {
         let result = match request {
-            Request::Inventory { images } => self.inventory(images).await.map(Answer::Inventory),
-            Request::Stage(order) => self.stage(*order, progress).await.map(Answer::Staged),
-            Request::Run { deployment, op } => self
-                .with_manager(move |m| m.run(&deployment, None, op).map_err(|e| e.to_string()))
-                .await
-                .and_then(|r| r)
-                .map(Answer::Ran),
+            Request::Inventory { vo, images } => {
+                self.inventory(vo, images).await.map(Answer::Inventory)
+            }
+            Request::Stage(order) => {
+                return self.stage(peer, *order, progress).await;
+            }
+            Request::Run { deployment, op } => {
+                let d = deployment.clone();
+                let result = self
+                    .with_manager(move |m| -> Result<_, String> {
+                        let vo = m.deployment(&d).ok().flatten().and_then(|r| r.vo);
+                        let ran = m.run(&d, None, op).map_err(|e| e.to_string());
+                        Ok((vo, ran))
+                    })
+                    .await
+                    .and_then(|r| r);
+                let (vo, ran) = match result {
+                    Ok((vo, ran)) => (vo, ran),
+                    Err(e) => (None, Err(e)),
+                };
+                let (outcome, detail) = match &ran {
+                    Ok(vms) => ("ok", format!("{} VMs", vms.len())),
+                    Err(e) => ("failed", e.clone()),
+                };
+                let vo = vo.as_deref().unwrap_or("-");
+                self.gate.audit.record(vo, peer, &op.to_string(), &deployment, outcome, &detail);
+                if op == Op::Unstage && ran.is_ok() {
+                    self.gate.grants.revoke(&deployment);
+                }
+                ran.map(Answer::Ran)
+            }
             Request::Status { deployment } => self
                 .with_manager(move |m| {
                     m.status(deployment.as_deref())
@@ -125,17 +166,21 @@ impl HostService {
 
     async fn inventory(
         &self,
+        vo: String,
         images: Vec<super::protocol::ImageChunks>,
     ) -> Result<InventoryReport, String> {
         let (caps, rack) = (self.caps, self.rack.clone());
         let store = Arc::clone(&self.store);
+        let config = Arc::clone(&self.gate.config);
         self.with_manager(move |m| {
             let (committed, addresses) = m.committed().map_err(|e| e.to_string())?;
+            let visible = visible_chunks(&store, &config, &vo)?;
             let mut held = Vec::new();
             for image in &images {
                 let mut map = Vec::with_capacity(image.chunks.len());
                 for id in &image.chunks {
-                    map.push(store.holds(id).map_err(|e| e.to_string())?);
+                    let shareable = visible.as_ref().is_none_or(|v| v.contains(id));
+                    map.push(shareable && store.holds(id).map_err(|e| e.to_string())?);
                 }
                 held.push(bitmap(map.len(), |i| map[i]));
             }
@@ -145,52 +190,109 @@ impl HostService {
         .and_then(|r| r)
     }
 
+    /// Checks and runs a stage order from `peer`, and audits it.
     async fn stage(
         &self,
+        peer: &str,
         order: StageOrder,
         progress: mpsc::Sender<Progress>,
-    ) -> Result<StageReport, String> {
-        let spec = crate::workspace::parse(&order.workspace, "(the head's stage order)")
-            .map_err(|e| e.to_string())?;
-        let span = tracing::info_span!("stage", deployment = %spec.name);
-        tracing::Instrument::instrument(
-            self.stage_spec(spec, order.share, order.images, progress),
+    ) -> Answer {
+        let audit = |vo: &str, deployment: &str, outcome: &str, detail: &str| {
+            self.gate.audit.record(vo, peer, "stage", deployment, outcome, detail);
+        };
+        let spec = match crate::workspace::parse(&order.workspace, "(the head's stage order)") {
+            Ok(spec) => spec,
+            Err(e) => return Answer::Failed(e.to_string()),
+        };
+        let checked = self.check_order(&spec.name, &order);
+        let (vo, images) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(deployment = %spec.name, error = %e, "refused a stage order");
+                audit("-", &spec.name, "refused", &e);
+                return Answer::Refused(e);
+            }
+        };
+        let deployment = spec.name.clone();
+        let span = tracing::info_span!("stage", deployment = %spec.name, vo = %vo);
+        let staged = tracing::Instrument::instrument(
+            self.stage_spec(spec, &vo, order.share, images, progress),
             span,
         )
-        .await
+        .await;
+        match staged {
+            Ok(report) => {
+                audit(&vo, &deployment, "ok", &format!("{} bytes received", report.received));
+                Answer::Staged(report)
+            }
+            Err(e) => {
+                audit(&vo, &deployment, "failed", &e);
+                Answer::Failed(e)
+            }
+        }
+    }
+
+    /// Checks a stage order against this host's own cluster config before anything is
+    /// fetched: the VO's ticket, and each image's manifest and seal. Grants the
+    /// stagers of each image its chunks. Returns the VO and the checked images.
+    fn check_order(&self, deployment: &str, order: &StageOrder) -> Result<(String, Vec<Checked>), String> {
+        let config = &self.gate.config;
+        let vo = check_ticket(config, &order.ticket, deployment, &order.workspace)
+            .map_err(|e| e.to_string())?;
+        let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
+        let mut images = Vec::new();
+        for image in &order.images {
+            let reference: ImageRef =
+                image.image.parse().map_err(|e| format!("image `{}`: {e}", image.image))?;
+            let manifest =
+                Manifest::decode(&image.manifest).map_err(|e| format!("image {reference}: {e}"))?;
+            let seal = check_seal(config, &vo, &reference, manifest.id(), &image.seal)
+                .map_err(|e| e.to_string())?;
+            let stagers = image.stagers.iter().map(|s| peer(s)).collect::<Result<Vec<_>, _>>()?;
+            images.push(Checked { order: image.clone(), manifest, seal, stagers });
+        }
+        for c in &images {
+            self.gate.grants.allow(deployment, &vo, &c.manifest, &c.stagers);
+        }
+        Ok((vo, images))
     }
 
     async fn stage_spec(
         &self,
         spec: crate::workspace::WorkspaceSpec,
+        vo: &str,
         share: crate::report::ClusterShare,
-        orders: Vec<ImageOrder>,
+        checked: Vec<Checked>,
         progress: mpsc::Sender<Progress>,
     ) -> Result<StageReport, String> {
         let mut report = StageReport::default();
         let started = Instant::now();
 
-        // Decode and check every manifest first: nothing is fetched for a bad order.
-        let mut images: Vec<(ImageOrder, Manifest, Vec<ChunkRef>)> = Vec::new();
-        for image in orders {
-            let reference: ImageRef =
-                image.image.parse().map_err(|e| format!("image `{}`: {e}", image.image))?;
-            let manifest =
-                Manifest::decode(&image.manifest).map_err(|e| format!("image {reference}: {e}"))?;
-            if let ImageRef::Id(id) = &reference {
-                if *id != manifest.id() {
-                    return Err(format!(
-                        "image {reference}: the manifest sent is {}",
-                        manifest.id()
-                    ));
+        // What this host lacks: what the store does not hold, and (when a VO keeps its
+        // chunks to itself) what it holds only for an image this VO may not see, which
+        // crosses the network again like any chunk it lacks.
+        let visible = {
+            let (store, config, vo) = (Arc::clone(&self.store), Arc::clone(&self.gate.config), vo.to_owned());
+            tokio::task::spawn_blocking(move || visible_chunks(&store, &config, &vo))
+                .await
+                .map_err(|e| e.to_string())??
+        };
+        let mut images: Vec<(ImageOrder, Manifest, Vec<ChunkRef>, Seal)> = Vec::new();
+        for Checked { order, manifest, seal, .. } in checked {
+            let mut lacked = self.store.missing(&manifest).map_err(|e| e.to_string())?.chunks;
+            if let Some(visible) = &visible {
+                let mut seen: HashSet<ChunkId> = lacked.iter().map(|c| c.id).collect();
+                for c in manifest.chunks() {
+                    if !c.is_zero() && !visible.contains(&c.id) && seen.insert(c.id) {
+                        lacked.push(*c);
+                    }
                 }
             }
-            let lacked = self.store.missing(&manifest).map_err(|e| e.to_string())?.chunks;
-            images.push((image, manifest, lacked));
+            images.push((order, manifest, lacked, seal));
         }
         let lacked: Vec<ChunkRef> = {
             let mut seen = HashSet::new();
-            images.iter().flat_map(|(_, _, l)| l).filter(|c| seen.insert(c.id)).copied().collect()
+            images.iter().flat_map(|(_, _, l, _)| l).filter(|c| seen.insert(c.id)).copied().collect()
         };
         report.lacked = lacked.iter().map(|c| u64::from(c.len)).sum();
         tracing::info!(
@@ -212,26 +314,19 @@ impl HostService {
         report.dropped = pulled.0.dropped;
         report.fetch_micros = started.elapsed().as_micros() as u64;
 
-        // Every chunk is here: record the manifests under their names, then stage.
+        // Every chunk is here: record the manifests under their sealed names, then stage.
         let store = Arc::clone(&self.store);
-        let named: Vec<(Manifest, Option<vw_chunkstore::ImageName>)> = images
-            .into_iter()
-            .map(|(o, m, _)| {
-                let name = match o.image.parse::<ImageRef>() {
-                    Ok(ImageRef::Name(n)) => Some(n),
-                    _ => None,
-                };
-                (m, name)
-            })
-            .collect();
+        let sealed: Vec<(Manifest, Seal)> = images.into_iter().map(|(_, m, _, s)| (m, s)).collect();
+        let vo = vo.to_owned();
         let _ = progress.try_send(Progress::started(Phase::Stage));
         let staging = Instant::now();
         let vms = self
             .with_manager(move |m| -> Result<_, String> {
-                for (manifest, name) in &named {
-                    store.receiving().finish(manifest, name.as_ref()).map_err(|e| e.to_string())?;
+                for (manifest, seal) in &sealed {
+                    store.receiving().finish(manifest, None).map_err(|e| e.to_string())?;
+                    store.put_seal(seal).map_err(|e| e.to_string())?;
                 }
-                m.submit_share(&spec, share).map_err(|e| e.to_string())?;
+                m.submit_share(&spec, share, &vo).map_err(|e| e.to_string())?;
                 m.run(&spec.name, None, Op::Stage).map_err(|e| e.to_string())
             })
             .await??;
@@ -251,7 +346,7 @@ impl HostService {
     async fn fetch(
         &self,
         deployment: &str,
-        images: &[(ImageOrder, Manifest, Vec<ChunkRef>)],
+        images: &[(ImageOrder, Manifest, Vec<ChunkRef>, Seal)],
         lacked: &[ChunkRef],
         total: u64,
         progress: &mpsc::Sender<Progress>,
@@ -261,8 +356,10 @@ impl HostService {
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
 
+        let purpose =
+            |m: &Manifest| Purpose { deployment: deployment.to_owned(), manifest: m.id() };
         let mut streams = Vec::new();
-        for (order, _, _) in images {
+        for (order, manifest, _, _) in images {
             let fallback = order.fallback.iter().map(|p| peer(p)).collect::<Result<Vec<_>, _>>()?;
             for pull in &order.pulls {
                 let from = peer(&pull.from)?;
@@ -271,20 +368,15 @@ impl HostService {
                 // Only chunks of this image that this host lacks.
                 let wanted: Vec<ChunkRef> =
                     pull.chunks.iter().filter_map(|id| by_id.get(id).copied()).collect();
-                streams.push((peers, wanted));
+                streams.push((peers, purpose(manifest), wanted));
             }
         }
-        let mut pulls =
-            futures::stream::iter(
-                streams.into_iter().map(|(peers, wanted)| {
-                    let mut control = self.chunks.clone();
-                    let intake = &intake;
-                    async move {
-                        fetch_from_any(&mut control, &peers, deployment, &wanted, intake).await
-                    }
-                }),
-            )
-            .buffer_unordered(64);
+        let mut pulls = futures::stream::iter(streams.into_iter().map(|(peers, purpose, wanted)| {
+            let mut control = self.chunks.clone();
+            let intake = &intake;
+            async move { fetch_from_any(&mut control, &peers, &purpose, &wanted, intake).await }
+        }))
+        .buffer_unordered(64);
 
         let mut report = PullReport::default();
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -305,39 +397,48 @@ impl HostService {
             }
         }
         drop(pulls);
-        // Chunks no planned stream named (or whose streams all failed): any fallback.
-        let rest: Vec<ChunkRef> = {
-            let mut out = Vec::new();
-            for c in lacked {
-                if !intake.has(&c.id).map_err(|e| e.to_string())? {
-                    out.push(*c);
+        // Chunks no planned stream named (or whose streams all failed): any fallback,
+        // each asked for as part of the first image here that lists it.
+        let mut peers: Vec<PeerId> = Vec::new();
+        for (order, _, _, _) in images {
+            for p in order.fallback.iter().chain(order.pulls.iter().map(|p| &p.from)) {
+                let p = peer(p)?;
+                if !peers.contains(&p) {
+                    peers.push(p);
                 }
             }
-            out
-        };
-        if !rest.is_empty() {
-            let mut peers: Vec<PeerId> = Vec::new();
-            for (order, _, _) in images {
-                for p in order.fallback.iter().chain(order.pulls.iter().map(|p| &p.from)) {
-                    let p = peer(p)?;
-                    if !peers.contains(&p) {
-                        peers.push(p);
-                    }
+        }
+        let mut asked: HashSet<ChunkId> = HashSet::new();
+        let mut passes = Vec::new();
+        for (_, manifest, image_lacked, _) in images {
+            let mut rest = Vec::new();
+            for c in image_lacked {
+                if asked.insert(c.id) && !intake.has(&c.id).map_err(|e| e.to_string())? {
+                    rest.push(*c);
                 }
             }
+            if !rest.is_empty() {
+                passes.push((purpose(manifest), rest));
+            }
+        }
+        // The final pass decides: what it could not bring is the stage's failure.
+        let ran_passes = !passes.is_empty();
+        let mut pass_failure = None;
+        for (purpose, rest) in passes {
             tracing::info!(
                 chunks = rest.len(),
                 peers = peers.len(),
+                manifest = %purpose.manifest,
                 "pulling what the plan did not bring"
             );
             let mut control = self.chunks.clone();
-            match fetch_from_any(&mut control, &peers, deployment, &rest, &intake).await {
-                Ok(r) => {
-                    merge(&mut report, r);
-                    failure = None;
-                }
-                Err(e) => failure = Some(e.to_string()),
+            match fetch_from_any(&mut control, &peers, &purpose, &rest, &intake).await {
+                Ok(r) => merge(&mut report, r),
+                Err(e) => pass_failure = Some(e.to_string()),
             }
+        }
+        if ran_passes {
+            failure = pass_failure;
         }
         let (bytes, chunks) = (intake.bytes(), intake.chunks());
         let _ = progress.try_send(fetched(bytes));
@@ -347,6 +448,35 @@ impl HostService {
             None => Ok((report, bytes, chunks)),
         }
     }
+}
+
+/// An image of a stage order after its checks.
+struct Checked {
+    order: ImageOrder,
+    manifest: Manifest,
+    seal: Seal,
+    stagers: Vec<PeerId>,
+}
+
+/// When some trusted VO is isolated: the chunks this host may count as held for a
+/// deployment of `vo`, those listed by a stored image whose seal lets `vo` share it
+/// ([`shareable`]). `None` when no VO is isolated: every held chunk counts.
+fn visible_chunks(
+    store: &Store,
+    config: &crate::config::ClusterConfig,
+    vo: &str,
+) -> Result<Option<HashSet<ChunkId>>, String> {
+    if !config.any_isolated() {
+        return Ok(None);
+    }
+    let mut visible = HashSet::new();
+    for seal in store.seals().map_err(|e| e.to_string())? {
+        if shareable(config, &seal, vo) {
+            let manifest = store.manifest(&seal.manifest()).map_err(|e| e.to_string())?;
+            visible.extend(manifest.chunks().iter().map(|c| c.id));
+        }
+    }
+    Ok(Some(visible))
 }
 
 fn merge(into: &mut PullReport, r: PullReport) {
@@ -386,7 +516,8 @@ async fn serve_one(peer: PeerId, mut stream: Stream, host: &HostService) -> Resu
         return wire::write(&mut stream, &Reply::Done(answer)).await.map_err(|e| e.to_string());
     }
     let (tx, mut rx) = mpsc::channel(16);
-    let work = host.handle(request, tx);
+    let from = peer.to_string();
+    let work = host.handle(&from, request, tx);
     tokio::pin!(work);
     // Progress as it comes, and the last again every few seconds so the head knows
     // this host is alive through long quiet steps. A head that stops reading does not

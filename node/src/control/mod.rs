@@ -15,5 +15,7 @@ pub mod head;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod protocol;
+#[cfg(feature = "host")]
+pub mod usage;
 
 pub use protocol::{Answer, Request, PROTOCOL_NAME};

@@ -17,9 +17,9 @@ use crate::wire::{FrameError, Message};
 use crate::xen::DomainState;
 
 /// The protocol's name, negotiated by libp2p.
-pub const PROTOCOL_NAME: &str = "/vw/control/1";
-/// The message format version this build speaks.
-pub const VERSION: u8 = 1;
+pub const PROTOCOL_NAME: &str = "/vw/control/2";
+/// The message format version this build speaks (2: VO tickets, seals, stagers).
+pub const VERSION: u8 = 2;
 /// Largest message after its length field (a stage order carries manifests).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most images one request may name.
@@ -38,6 +38,9 @@ pub const MAX_WORKSPACE: usize = 1 << 20;
 pub enum Request {
     /// What can you give guests, and which of these chunks do you hold?
     Inventory {
+        /// The VO deploying: a host counts a chunk as held only if it may share it with
+        /// this VO (an isolated VO's chunks count for that VO alone).
+        vo: String,
         /// Per image: its distinct non-zero chunks, in the planner's order.
         images: Vec<ImageChunks>,
     },
@@ -72,6 +75,9 @@ pub struct ImageChunks {
 pub struct StageOrder {
     /// The workspace document (XML), parsed and validated by the host.
     pub workspace: String,
+    /// The deploying VO's signed ticket for this document (encoded; the host checks it
+    /// against the VO's key in its own cluster config).
+    pub ticket: Vec<u8>,
     /// Which VMs are here (with the addresses the head assigned) and which elsewhere.
     pub share: ClusterShare,
     /// The images its VMs use.
@@ -85,6 +91,12 @@ pub struct ImageOrder {
     pub image: String,
     /// Its manifest, encoded (the host decodes and checks it).
     pub manifest: Vec<u8>,
+    /// The seal of the VO that published it, encoded: the host checks it names this
+    /// manifest, verifies with that VO's key, and lets the deploying VO use it.
+    pub seal: Vec<u8>,
+    /// The peers staging this image in the deployment: the only ones this host serves
+    /// its chunks to, for this deployment.
+    pub stagers: Vec<String>,
     /// The planned streams into this host, each from one peer: in plan order.
     pub pulls: Vec<Pull>,
     /// Peers to pull from, in order, whatever a planned stream did not bring (its
@@ -221,7 +233,8 @@ impl Message for Request {
 
     fn check(&self) -> Result<(), FrameError> {
         match self {
-            Request::Inventory { images } => {
+            Request::Inventory { vo, images } => {
+                text("VO name", vo)?;
                 count("images", images.len(), MAX_IMAGES)?;
                 images.iter().try_for_each(|i| text("image name", &i.image))
             }
@@ -234,6 +247,7 @@ impl Message for Request {
                 }
                 let vms = order.share.here.len() + order.share.elsewhere.len();
                 count("VMs", vms, MAX_VMS)?;
+                count("ticket bytes", order.ticket.len(), crate::access::MAX_TICKET)?;
                 for m in order.share.here.iter().chain(&order.share.elsewhere) {
                     text("VM name", &m.name)?;
                 }
@@ -242,6 +256,9 @@ impl Message for Request {
                     text("image name", &i.image)?;
                     count("pulls", i.pulls.len(), MAX_PEERS)?;
                     count("fallback peers", i.fallback.len(), MAX_PEERS)?;
+                    count("stagers", i.stagers.len(), MAX_PEERS)?;
+                    count("seal bytes", i.seal.len(), vw_chunkstore::vo::MAX_SEAL)?;
+                    i.stagers.iter().try_for_each(|p| text("peer id", p))?;
                     i.pulls.iter().try_for_each(|p| text("peer id", &p.from))?;
                     i.fallback.iter().try_for_each(|p| text("peer id", p))?;
                 }
@@ -308,6 +325,7 @@ mod tests {
     #[test]
     fn requests_round_trip_and_limits_hold() {
         let r = Request::Inventory {
+            vo: "vo".into(),
             images: vec![ImageChunks { image: "vo/x:1".into(), chunks: vec![ChunkId::of(b"a")] }],
         };
         let bytes = encode(&r).expect("encode");

@@ -238,6 +238,11 @@ impl Manager {
         Db { records: self.store.records() }
     }
 
+    /// The recorded deployment `name`, if any.
+    pub fn deployment(&self, name: &str) -> Result<Option<DeploymentRecord>, ManagerError> {
+        self.db().deployment(name)
+    }
+
     /// The recorded deployments.
     pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, ManagerError> {
         self.db().deployments()
@@ -246,28 +251,30 @@ impl Manager {
     /// Records `spec` as a deployment (idempotent for the same document): checks its
     /// images are in the store, that the host can hold it, and assigns addresses.
     pub fn submit(&self, spec: &WorkspaceSpec) -> Result<DeploymentRecord, ManagerError> {
-        self.record(spec, None)
+        self.record(spec, None, None)
     }
 
     /// Records this host's share of a cluster deployment the head placed (idempotent
     /// for the same document and share): the VMs of `share.here`, with the head's
-    /// addresses. Their images must be in the store.
+    /// addresses, deployed for `vo`. Their images must be in the store.
     pub fn submit_share(
         &self,
         spec: &WorkspaceSpec,
         share: ClusterShare,
+        vo: &str,
     ) -> Result<DeploymentRecord, ManagerError> {
-        self.record(spec, Some(share))
+        self.record(spec, Some(share), Some(vo))
     }
 
     fn record(
         &self,
         spec: &WorkspaceSpec,
         share: Option<ClusterShare>,
+        vo: Option<&str>,
     ) -> Result<DeploymentRecord, ManagerError> {
         let db = self.db();
         if let Some(existing) = db.deployment(&spec.name)? {
-            if existing.spec == *spec && existing.share == share {
+            if existing.spec == *spec && existing.share == share && existing.vo.as_deref() == vo {
                 return Ok(existing);
             }
             return Err(ManagerError::DeploymentExists { name: spec.name.clone() });
@@ -333,6 +340,7 @@ impl Manager {
             name: spec.name.clone(),
             spec: spec.clone(),
             created_ms: now_ms(),
+            vo: vo.map(str::to_owned),
             vms: names,
             share,
         };
@@ -361,12 +369,13 @@ impl Manager {
                 continue;
             }
             let node = node_of(&d.spec, vm.role);
-            let cores = node
-                .cpus
-                .as_deref()
-                .and_then(|c| crate::workspace::cpu_ranges(c).ok())
-                .map(|r| r.iter().flat_map(|&(a, b)| a..=b).collect())
-                .unwrap_or_default();
+            let cores = d.pinned_cores(&vm.name).unwrap_or_else(|| {
+                node.cpus
+                    .as_deref()
+                    .and_then(|c| crate::workspace::cpu_ranges(c).ok())
+                    .map(|r| r.iter().flat_map(|&(a, b)| a..=b).collect())
+                    .unwrap_or_default()
+            });
             taken.push((node.memory_mib, node.vcpus, cores));
         }
         Ok((taken, nics))

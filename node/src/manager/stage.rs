@@ -135,7 +135,11 @@ pub(super) fn stage_vm(
         name: vm.name.clone(),
         memory_mib: node.memory_mib,
         vcpus: node.vcpus,
-        cpus: node.cpus.clone(),
+        // The head's choice of cores when it placed the VM; else the document's own.
+        cpus: match dep.pinned_cores(&vm.name) {
+            Some(cores) => Some(cores.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            None => node.cpus.clone(),
+        },
         boot: node.boot.clone(),
         disks,
         vifs: vm
