@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
+use vw_node::access::Ticket;
+use vw_node::chunkstore::VoKey;
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport, HostAnswer};
+use vw_node::control::usage::VoUsage;
 use vw_node::control::protocol::Phase;
 use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
 use vw_node::manager::{Op, VmReport};
@@ -106,13 +109,21 @@ pub fn call(socket: &Path, request: &LocalRequest, out: &Out) -> anyhow::Result<
 pub fn deploy(
     store: &Path,
     file: &Path,
+    key: &VoKey,
     options: DeployOptions,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
     let socket = need_socket(store)?;
     let workspace = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let request = LocalRequest::Deploy { workspace, source: file.display().to_string(), options };
+    // The ticket names the deployment as the document does; a document that does not
+    // parse is refused by the head, with its line and column.
+    let name = vw_node::workspace::parse(&workspace, &file.display().to_string())
+        .map(|s| s.name)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ticket = Ticket::sign(key, &name, &workspace).encode();
+    let request =
+        LocalRequest::Deploy { workspace, source: file.display().to_string(), ticket, options };
     let LocalReply::Deployed { report } = call(&socket, &request, out)? else {
         anyhow::bail!("the vwd answered a deploy with something else");
     };
@@ -225,11 +236,51 @@ fn ran_text(deployment: &str, op: Op, hosts: &[HostAnswer<Vec<VmReport>>]) -> St
 /// `vw status [DEPLOYMENT]` across the cluster.
 pub fn status(socket: &Path, deployment: Option<&str>, out: &Out) -> anyhow::Result<ExitCode> {
     let request = LocalRequest::Status { deployment: deployment.map(str::to_owned) };
-    let LocalReply::Status { hosts } = call(socket, &request, out)? else {
+    let LocalReply::Status { hosts, vos } = call(socket, &request, out)? else {
         anyhow::bail!("the vwd answered status with something else");
     };
-    out.emit(&serde_json::json!({ "hosts": hosts }), || status_text(&hosts));
+    out.emit(&serde_json::json!({ "hosts": hosts, "vos": vos }), || {
+        let mut s = status_text(&hosts);
+        if !vos.is_empty() {
+            s.push_str("\n\n");
+            s.push_str(&vos_text(&vos));
+        }
+        s
+    });
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each VO's deployments and what they take, against its quota.
+fn vos_text(vos: &[VoUsage]) -> String {
+    let limit = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map_or("no limit".into(), f);
+    let mut s = format!(
+        "{:<10} {:>4} {:>11} {:>6} {:>6} {:>12}  deployments",
+        "VO", "VMs", "memory", "vCPUs", "hosts", "cache/host"
+    );
+    for u in vos {
+        let cache = u.cache_bytes.values().max().copied().unwrap_or(0);
+        s.push_str(&format!(
+            "\n{:<10} {:>4} {:>7} MiB {:>6} {:>6} {:>12}  {}",
+            u.vo,
+            u.vms,
+            u.memory_mib,
+            u.vcpus,
+            u.hosts.len(),
+            bytes(cache),
+            u.deployments.join(", ")
+        ));
+        s.push_str(&format!(
+            "\n{:<10} quota: memory {}, hosts {}, cache {}",
+            "",
+            limit(u.quota.memory_mib, &|m| format!("{m} MiB")),
+            limit(u.quota.hosts.map(u64::from), &|h| h.to_string()),
+            limit(u.quota.cache_bytes, &|b| bytes(b)),
+        ));
+        for (host, cores) in &u.cores {
+            s.push_str(&format!("\n{:<10} pinned on {host}: cores {cores:?}", ""));
+        }
+    }
+    s
 }
 
 fn status_text(hosts: &[HostVms]) -> String {

@@ -13,10 +13,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde::Serialize;
-use vw_node::chunkstore::{ImageName, ImageRef, ImportReport, PinReason, Store};
+use vw_node::chunkstore::{ImageRef, ImportReport, PinReason, Store, Visibility};
 use vw_node::control::head::{DeployOptions, DeployReport};
 use vw_node::local::{LocalReply, LocalRequest};
-use vw_node::localnet::{DemoImages, LocalNet, LocalNetOptions};
+use vw_node::localnet::{DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::manager::Op;
 use vw_node::planner::{Policy, Strategy};
 
@@ -52,9 +52,15 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
 
     let images = DemoImages::write(dir, size_mib)?;
     say(&format!("generated four {size_mib} MiB images (a base OS; a head, a worker and a second VO's worker on it) in {}", dir.display()));
-    let net = LocalNet::create(&dir.join("cluster"), hosts, &LocalNetOptions::default())?;
+    // Two VOs, each with its own key; every host's cluster config trusts both.
+    let vos = LocalVos::create(&dir.join("cluster.toml"), &[("grid3", false, ""), ("vo2", false, "")])?;
+    say("made ed25519 keys for VOs grid3 and vo2; every host's cluster config trusts them");
+    let options =
+        LocalNetOptions { cluster_config: Some(vos.cluster_config.clone()), ..Default::default() };
+    let net = LocalNet::create(&dir.join("cluster"), hosts, &options)?;
 
-    // The images live on the head, imported before its vwd opens the store.
+    // The images live on the head, imported and sealed by their VOs before its vwd
+    // opens the store.
     let mut imports = Vec::new();
     {
         let store = Store::open(&net.data_dirs[0])?;
@@ -64,9 +70,8 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
             (&images.base, "vo2/head:1.0"),
             (&images.other, "vo2/worker:1.0"),
         ] {
-            let name: ImageName = name.parse()?;
-            let r = store.import(path, Some(&name), &())?;
-            say(&format!("[head] {}", import_text(&r)));
+            let r = vos.import(&store, path, name, Visibility::Private)?;
+            say(&format!("[head] {} (sealed by {})", import_text(&r), name.split('/').next().unwrap_or("?")));
             imports.push(r);
         }
         store.pin(&ImageRef::Name("vo2/head:1.0".parse()?), &PinReason::Base)?;
@@ -78,7 +83,7 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
         "\nstarted {hosts} vwd peers on loopback ({}), the head first; Xen driver: simulated (configs are checked and domain states tracked, no guest runs)",
         net.names.join(", ")
     ));
-    let result = deploy_both(&net, out);
+    let result = deploy_both(&net, &vos, out);
     runtime.block_on(async {
         for v in vwds {
             v.shutdown().await;
@@ -117,15 +122,18 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
 }
 
 /// Deploys both workspaces through the head's socket, then stops and unstages them.
-fn deploy_both(net: &LocalNet, out: &Out) -> anyhow::Result<Vec<DeployReport>> {
+fn deploy_both(net: &LocalNet, vos: &LocalVos, out: &Out) -> anyhow::Result<Vec<DeployReport>> {
     let socket = net.head_socket();
     let mut reports = Vec::new();
-    for (text, source) in [(GRID3, "examples/grid3-cluster.xml"), (VO2, "examples/vo2-cluster.xml")]
-    {
-        out.note(&format!("\nvw deploy {source}"));
+    for (text, source, vo) in [
+        (GRID3, "examples/grid3-cluster.xml", "grid3"),
+        (VO2, "examples/vo2-cluster.xml", "vo2"),
+    ] {
+        out.note(&format!("\nvw deploy --vo {vo} {source}"));
         let request = LocalRequest::Deploy {
             workspace: text.to_owned(),
             source: source.to_owned(),
+            ticket: vos.ticket(vo, text)?,
             options: DeployOptions { strategy: Strategy::Auto, policy: Policy::Spread },
         };
         let LocalReply::Deployed { report } = cluster::call(&socket, &request, out)? else {

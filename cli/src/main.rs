@@ -6,13 +6,14 @@ mod host;
 mod output;
 mod planning;
 mod progress;
+mod vo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vw_node::chunkstore::{ImageName, ImageRef, PinReason, Store};
+use vw_node::chunkstore::{ImageName, ImageRef, PinReason, Seal, Store, Visibility};
 use vw_node::manager::Op;
 
 use crate::output::{bytes, Out};
@@ -33,6 +34,9 @@ struct Cli {
     /// the embedded default (simulated Xen) when absent.
     #[arg(long, global = true, env = "VW_CLUSTER")]
     cluster: Option<PathBuf>,
+    /// Where this user's VO keys are (default ~/.config/vw/vo).
+    #[arg(long, global = true, env = "VW_VO_DIR")]
+    vo_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +46,9 @@ enum Command {
     /// Partition images: import, export, list, remove, verify, compare.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Virtual organisations: the signing keys this user holds.
+    #[command(subcommand)]
+    Vo(VoCmd),
     /// The chunk cache: occupancy, pins, capacity.
     #[command(subcommand)]
     Cache(CacheCmd),
@@ -56,6 +63,10 @@ enum Command {
     Deploy {
         /// The workspace document.
         workspace: PathBuf,
+        /// The VO deploying it: its key signs the request, and every image must be its
+        /// own or public.
+        #[arg(long, env = "VW_VO")]
+        vo: String,
         /// star, chain, treeK, stripedSxK or auto.
         #[arg(long, default_value = "auto")]
         strategy: vw_node::planner::Strategy,
@@ -119,13 +130,17 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ImageCmd {
-    /// Split an image file into chunks and store what the store lacks.
+    /// Split an image file into chunks, store what the store lacks, and seal it with
+    /// its VO's key.
     Import {
         /// The partition image file.
         file: PathBuf,
-        /// The name to give it, VO/NAME:TAG.
+        /// The name to give it, VO/NAME:TAG; VO's key (in the VO directory) seals it.
         #[arg(long)]
         name: ImageName,
+        /// Let every trusted VO deploy it (a shared base OS); private otherwise.
+        #[arg(long)]
+        public: bool,
     },
     /// Rebuild an image into a file (holes for zero chunks, verified, atomic).
     Export {
@@ -183,6 +198,22 @@ enum WorkspaceCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum VoCmd {
+    /// Make a VO's ed25519 key (NAME.key, mode 0600) and print its cluster-config entry.
+    Create {
+        /// The VO's name (the first part of its image names).
+        name: String,
+    },
+    /// The VO keys held here, with their public keys.
+    Ls,
+    /// Print a VO's public key as a `[[vo]]` cluster-config entry.
+    Export {
+        /// The VO.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CacheCmd {
     /// Occupancy: chunks, bytes, pinned, loose, pack files.
     Stats,
@@ -227,7 +258,15 @@ fn open(store: &std::path::Path) -> anyhow::Result<Store> {
 
 fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Image(cmd) => image(&cli.store, cmd, out),
+        Command::Image(cmd) => image(&cli.store, cli.vo_dir.as_deref(), cmd, out),
+        Command::Vo(cmd) => {
+            let dir = vo::dir(cli.vo_dir.as_deref())?;
+            match cmd {
+                VoCmd::Create { name } => vo::create(&dir, &name, out),
+                VoCmd::Ls => vo::ls(&dir, out),
+                VoCmd::Export { name } => vo::export(&dir, &name, out),
+            }
+        }
         Command::Cache(cmd) => cache(&cli.store, cmd, out),
         Command::Gc => {
             let r = open(&cli.store)?.gc()?;
@@ -245,10 +284,11 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             let policy = parse_policy(&policy)?;
             planning::run(&cli.store, &workspaces, &hosts, config, policy, strategy, simulate, out)
         }
-        Command::Deploy { workspace, strategy, policy } => {
+        Command::Deploy { workspace, vo, strategy, policy } => {
             let options =
                 vw_node::control::head::DeployOptions { strategy, policy: parse_policy(&policy)? };
-            cluster::deploy(&cli.store, &workspace, options, out)
+            let key = vo::key(&vo::dir(cli.vo_dir.as_deref())?, &vo)?;
+            cluster::deploy(&cli.store, &workspace, &key, options, out)
         }
         Command::Status { deployment } if cluster::socket(&cli.store).is_some() => {
             let socket = cluster::socket(&cli.store).expect("checked");
@@ -298,13 +338,28 @@ fn lifecycle(
     host::lifecycle(store, config, &t.target, t.vm.as_deref(), op, out)
 }
 
-fn image(dir: &std::path::Path, cmd: ImageCmd, out: &Out) -> anyhow::Result<ExitCode> {
+fn image(
+    dir: &std::path::Path,
+    vo_dir: Option<&std::path::Path>,
+    cmd: ImageCmd,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    // The key first: nothing is imported under a name no key can seal.
+    let key = match &cmd {
+        ImageCmd::Import { name, .. } => Some(vo::key(&vo::dir(vo_dir)?, name.vo())?),
+        _ => None,
+    };
     let store = open(dir)?;
     match cmd {
-        ImageCmd::Import { file, name } => {
+        ImageCmd::Import { file, name, public } => {
+            let key = key.expect("loaded above");
+            let visibility = if public { Visibility::Public } else { Visibility::Private };
             let bar = Bar::new(out, "import");
-            let r = store.import(&file, Some(&name), &bar)?;
+            let r = store.import(&file, None, &bar)?;
             bar.finish();
+            let seal = Seal::sign(&key, &name, r.manifest, visibility)?;
+            store.put_seal(&seal)?;
+            let r = vw_node::chunkstore::ImportReport { name: Some(name.to_string()), ..r };
             out.emit(&r, || output::import_text(&r));
             if !r.eviction.evicted.is_empty() || r.eviction.chunks_removed > 0 {
                 out.note(&output::gc_text(&r.eviction));

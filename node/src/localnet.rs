@@ -148,6 +148,63 @@ impl LocalNet {
     }
 }
 
+/// The VOs of a local cluster: a key per VO (in memory: the demo and the tests sign
+/// with them directly) and a cluster config that trusts them all, for
+/// [`LocalNetOptions::cluster_config`].
+#[derive(Debug)]
+pub struct LocalVos {
+    /// The keys.
+    pub keys: Vec<vw_chunkstore::VoKey>,
+    /// The cluster config: the embedded one, plus `[[vo]]` for each.
+    pub cluster_config: PathBuf,
+}
+
+impl LocalVos {
+    /// Keys for `vos` (name, isolated) and a cluster config at `path` that trusts them,
+    /// with `extra` (more `[[vo]]` keys, like quotas) appended after each VO's entry.
+    pub fn create(path: &Path, vos: &[(&str, bool, &str)]) -> anyhow::Result<LocalVos> {
+        let mut text = crate::config::ClusterConfig::EMBEDDED.to_owned();
+        let mut keys = Vec::new();
+        for (vo, isolated, extra) in vos {
+            let key = vw_chunkstore::VoKey::generate(vo)?;
+            text.push_str(&format!(
+                "\n[[vo]]\nname = \"{vo}\"\nkey = \"{}\"\nisolated = {isolated}\n{extra}",
+                key.public()
+            ));
+            keys.push(key);
+        }
+        crate::config::ClusterConfig::parse(&text, &path.display().to_string())?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(LocalVos { keys, cluster_config: path.to_owned() })
+    }
+
+    /// The key of `vo`.
+    pub fn key(&self, vo: &str) -> &vw_chunkstore::VoKey {
+        self.keys.iter().find(|k| k.vo() == vo).expect("a VO of this local cluster")
+    }
+
+    /// Imports `path` into `store` as `name`, sealed by its VO.
+    pub fn import(
+        &self,
+        store: &vw_chunkstore::Store,
+        path: &Path,
+        name: &str,
+        visibility: vw_chunkstore::Visibility,
+    ) -> anyhow::Result<vw_chunkstore::ImportReport> {
+        let name: vw_chunkstore::ImageName = name.parse()?;
+        let report = store.import(path, None, &())?;
+        let seal = vw_chunkstore::Seal::sign(self.key(name.vo()), &name, report.manifest, visibility)?;
+        store.put_seal(&seal)?;
+        Ok(vw_chunkstore::ImportReport { name: Some(name.to_string()), ..report })
+    }
+
+    /// `vo`'s ticket for deploying the workspace document `workspace`.
+    pub fn ticket(&self, vo: &str, workspace: &str) -> anyhow::Result<Vec<u8>> {
+        let spec = crate::workspace::parse(workspace, "(ticket)")?;
+        Ok(crate::access::Ticket::sign(self.key(vo), &spec.name, workspace).encode())
+    }
+}
+
 /// `n` distinct free TCP ports on 127.0.0.1 (bound, read, released: another process
 /// could take one in between, which the daemon then reports).
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
