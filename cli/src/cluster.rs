@@ -10,8 +10,8 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use vw_node::access::Ticket;
 use vw_node::chunkstore::VoKey;
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport, HostAnswer};
-use vw_node::control::usage::VoUsage;
 use vw_node::control::protocol::Phase;
+use vw_node::control::usage::VoUsage;
 use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
 use vw_node::manager::{Op, VmReport};
 

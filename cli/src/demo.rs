@@ -53,7 +53,8 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
     let images = DemoImages::write(dir, size_mib)?;
     say(&format!("generated four {size_mib} MiB images (a base OS; a head, a worker and a second VO's worker on it) in {}", dir.display()));
     // Two VOs, each with its own key; every host's cluster config trusts both.
-    let vos = LocalVos::create(&dir.join("cluster.toml"), &[("grid3", false, ""), ("vo2", false, "")])?;
+    let vos =
+        LocalVos::create(&dir.join("cluster.toml"), &[("grid3", false, ""), ("vo2", false, "")])?;
     say("made ed25519 keys for VOs grid3 and vo2; every host's cluster config trusts them");
     let options =
         LocalNetOptions { cluster_config: Some(vos.cluster_config.clone()), ..Default::default() };
@@ -71,7 +72,11 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
             (&images.other, "vo2/worker:1.0"),
         ] {
             let r = vos.import(&store, path, name, Visibility::Private)?;
-            say(&format!("[head] {} (sealed by {})", import_text(&r), name.split('/').next().unwrap_or("?")));
+            say(&format!(
+                "[head] {} (sealed by {})",
+                import_text(&r),
+                name.split('/').next().unwrap_or("?")
+            ));
             imports.push(r);
         }
         store.pin(&ImageRef::Name("vo2/head:1.0".parse()?), &PinReason::Base)?;
@@ -125,10 +130,9 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
 fn deploy_both(net: &LocalNet, vos: &LocalVos, out: &Out) -> anyhow::Result<Vec<DeployReport>> {
     let socket = net.head_socket();
     let mut reports = Vec::new();
-    for (text, source, vo) in [
-        (GRID3, "examples/grid3-cluster.xml", "grid3"),
-        (VO2, "examples/vo2-cluster.xml", "vo2"),
-    ] {
+    for (text, source, vo) in
+        [(GRID3, "examples/grid3-cluster.xml", "grid3"), (VO2, "examples/vo2-cluster.xml", "vo2")]
+    {
         out.note(&format!("\nvw deploy --vo {vo} {source}"));
         let request = LocalRequest::Deploy {
             workspace: text.to_owned(),

@@ -55,16 +55,13 @@ pub fn create(dir: &Path, vo: &str, out: &Out) -> anyhow::Result<ExitCode> {
     let key = VoKey::generate(vo)?;
     key.save(&path)?;
     let public = key.public();
-    out.emit(
-        &serde_json::json!({ "vo": vo, "key": public.to_string(), "file": path }),
-        || {
-            format!(
-                "created VO {vo}: {} (mode 0600)\nadd this to the cluster config of every host:\n\n{}",
-                path.display(),
-                entry(vo, &public)
-            )
-        },
-    );
+    out.emit(&serde_json::json!({ "vo": vo, "key": public.to_string(), "file": path }), || {
+        format!(
+            "created VO {vo}: {} (mode 0600)\nadd this to the cluster config of every host:\n\n{}",
+            path.display(),
+            entry(vo, &public)
+        )
+    });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -80,7 +77,9 @@ pub fn ls(dir: &Path, out: &Out) -> anyhow::Result<ExitCode> {
         files.sort();
         for f in files {
             let key = VoKey::load(&f)?;
-            keys.push(serde_json::json!({ "vo": key.vo(), "key": key.public().to_string(), "file": f }));
+            keys.push(
+                serde_json::json!({ "vo": key.vo(), "key": key.public().to_string(), "file": f }),
+            );
         }
     }
     out.emit(&keys, || {
@@ -88,7 +87,13 @@ pub fn ls(dir: &Path, out: &Out) -> anyhow::Result<ExitCode> {
             return format!("no VO keys in {} (`vw vo create NAME`)", dir.display());
         }
         keys.iter()
-            .map(|k| format!("{:<12} {}", k["vo"].as_str().unwrap_or("?"), k["key"].as_str().unwrap_or("?")))
+            .map(|k| {
+                format!(
+                    "{:<12} {}",
+                    k["vo"].as_str().unwrap_or("?"),
+                    k["key"].as_str().unwrap_or("?")
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     });

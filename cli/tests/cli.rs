@@ -8,12 +8,27 @@ use serde_json::Value;
 #[path = "../../node/tests/support/xlcheck.rs"]
 mod xlcheck;
 
+/// The VO directory beside a test's store, with a key for VO `vo` (which the tests
+/// import under).
+fn vo_dir(store: &Path) -> std::path::PathBuf {
+    let dir = store.parent().expect("a store inside the test's directory").join("vo");
+    if !dir.join("vo.key").exists() {
+        let out = Command::new(env!("CARGO_BIN_EXE_vw"))
+            .args(["--vo-dir", dir.to_str().expect("utf8"), "vo", "create", "vo"])
+            .output()
+            .expect("run vw");
+        assert!(out.status.success(), "vw vo create: {}", stderr(&out));
+    }
+    dir
+}
+
 fn vw(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vw"))
         .arg("--store")
         .arg(store)
         .args(args)
         .env_remove("VW_STORE")
+        .env("VW_VO_DIR", vo_dir(store))
         .output()
         .expect("run vw")
 }
@@ -137,17 +152,28 @@ fn an_unreadable_file_is_refused() {
     image(&img, 3, 1);
     std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let store = dir.path().join("store");
-    let mut cmd = if rustix_is_root() {
-        // Root reads everything: run vw as nobody, who cannot read a 0600 root file.
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-        c.arg(env!("CARGO_BIN_EXE_vw"));
-        c
-    } else {
-        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-        Command::new(env!("CARGO_BIN_EXE_vw"))
+    let root = rustix_is_root();
+    let caller = || {
+        if root {
+            // Root reads everything: run vw as nobody, who cannot read a 0600 root file.
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+            c.arg(env!("CARGO_BIN_EXE_vw"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_vw"))
+        }
     };
-    let out = cmd
+    if !root {
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    }
+    // The caller's own VO key, so that the import gets as far as the file.
+    let vos = dir.path().join("vo");
+    let made =
+        caller().args(["--vo-dir", vos.to_str().expect("utf8"), "vo", "create", "vo"]).output();
+    assert!(made.expect("run vw").status.success(), "vw vo create");
+    let out = caller()
+        .env("VW_VO_DIR", &vos)
         .arg("--store")
         .arg(&store)
         .args(["image", "import", img.to_str().expect("utf8"), "--name", "vo/s:1"])
@@ -177,6 +203,7 @@ fn a_killed_import_leaves_a_consistent_store() {
     for (round, delay_ms) in [20u64, 80, 160, 320].into_iter().enumerate() {
         let store = dir.path().join(format!("store-{round}"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_vw"))
+            .env("VW_VO_DIR", vo_dir(&store))
             .arg("--store")
             .arg(&store)
             .args(["image", "import", img.to_str().expect("utf8"), "--name", "vo/big:1"])

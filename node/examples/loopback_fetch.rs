@@ -37,11 +37,15 @@ async fn main() {
     let report = a.import(&img, None, &()).expect("import");
     let manifest = a.manifest(&report.manifest).expect("manifest");
     let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+    let grants = Arc::new(vw_node::access::grants::Grants::default());
     let cfg = |k: &identity::Keypair, other: &identity::Keypair| PeerConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         keypair: k.clone(),
         allowed: vec![other.public().to_peer_id()],
-        sending: Default::default(),
+        sending: vw_node::chunks::handler::Sending {
+            grants: Arc::clone(&grants),
+            ..Default::default()
+        },
         mdns: false,
         known: vec![],
     };
@@ -51,11 +55,14 @@ async fn main() {
         .clone()
         .with(libp2p::multiaddr::Protocol::P2p(pa.id()));
     pb.dial(addr).await.expect("dial");
+    grants.allow("bench", "bench", &manifest, &[pb.id()]);
+    let purpose =
+        vw_node::chunks::handler::Purpose { deployment: "bench".into(), manifest: manifest.id() };
     let missing = b.missing(&manifest).expect("missing");
     // Peak RSS from here on only (writing 5 to clear_refs resets VmHWM).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let (t0, c0) = (Instant::now(), cpu_seconds());
-    let got = fetch(&mut pb.control(), pa.id(), "bench", &missing.chunks, Arc::clone(&b))
+    let got = fetch(&mut pb.control(), pa.id(), &purpose, &missing.chunks, Arc::clone(&b))
         .await
         .expect("fetch");
     let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);

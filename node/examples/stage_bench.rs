@@ -17,10 +17,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use vw_node::chunkstore::{ImageName, Store};
+use vw_node::chunkstore::{Store, Visibility};
 use vw_node::control::head::{DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{cluster_workspace, write_image, DemoImages, LocalNet, LocalNetOptions};
+use vw_node::localnet::{
+    cluster_workspace, write_image, DemoImages, LocalNet, LocalNetOptions, LocalVos,
+};
 use vw_node::planner::{Policy, Strategy};
 
 struct Args {
@@ -62,10 +64,16 @@ fn main() -> anyhow::Result<()> {
     let a = args()?;
     anyhow::ensure!(a.hosts >= 2, "--hosts must be at least 2");
     let dir = tempfile::Builder::new().prefix("vw-stage-bench-").tempdir_in("/var/tmp")?;
+    let vos = LocalVos::create(&dir.path().join("cluster.toml"), &[("bench", false, "")])?;
     let net = LocalNet::create(
         dir.path(),
         a.hosts,
-        &LocalNetOptions { cap: a.cap.clone(), compress: a.compress.clone(), ..Default::default() },
+        &LocalNetOptions {
+            cap: a.cap.clone(),
+            compress: a.compress.clone(),
+            cluster_config: Some(vos.cluster_config.clone()),
+            ..Default::default()
+        },
     )?;
     let worker = match &a.image {
         Some(p) => p.clone(),
@@ -76,8 +84,7 @@ fn main() -> anyhow::Result<()> {
     {
         let store = Store::open(&net.data_dirs[0])?;
         for (path, name) in [(&head_img, "bench/head:1"), (&worker, "bench/worker:1")] {
-            let name: ImageName = name.parse()?;
-            store.import(path, Some(&name), &())?;
+            vos.import(&store, path, name, Visibility::Private)?;
         }
     }
     let vwd = std::env::current_exe()?
@@ -91,8 +98,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let head = runtime.block_on(net.start_one(0))?;
 
+    let workspace = cluster_workspace("bench", "bench/head:1", "bench/worker:1", a.hosts - 1);
     let request = LocalRequest::Deploy {
-        workspace: cluster_workspace("bench", "bench/head:1", "bench/worker:1", a.hosts - 1),
+        ticket: vos.ticket("bench", &workspace)?,
+        workspace,
         source: "bench.xml".into(),
         options: DeployOptions { strategy: a.strategy, policy: Policy::Spread },
     };

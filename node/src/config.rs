@@ -313,8 +313,7 @@ impl ClusterConfig {
             message,
         };
         for (i, vo) in self.vo.iter().enumerate() {
-            vw_chunkstore::vo::check_vo(&vo.name)
-                .map_err(|e| bad(format!("vo[{i}].name: {e}")))?;
+            vw_chunkstore::vo::check_vo(&vo.name).map_err(|e| bad(format!("vo[{i}].name: {e}")))?;
             vo.key
                 .parse::<vw_chunkstore::VoPublic>()
                 .map_err(|e| bad(format!("vo[{i}] ({}).key: {e}", vo.name)))?;

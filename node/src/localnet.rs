@@ -193,7 +193,8 @@ impl LocalVos {
     ) -> anyhow::Result<vw_chunkstore::ImportReport> {
         let name: vw_chunkstore::ImageName = name.parse()?;
         let report = store.import(path, None, &())?;
-        let seal = vw_chunkstore::Seal::sign(self.key(name.vo()), &name, report.manifest, visibility)?;
+        let seal =
+            vw_chunkstore::Seal::sign(self.key(name.vo()), &name, report.manifest, visibility)?;
         store.put_seal(&seal)?;
         Ok(vw_chunkstore::ImportReport { name: Some(name.to_string()), ..report })
     }

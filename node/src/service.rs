@@ -59,9 +59,7 @@ impl Vwd {
         let gate = Gate {
             config: Arc::new(cluster.clone()),
             grants: Arc::default(),
-            audit: Arc::new(
-                Audit::open(&daemon.config.data_dir).context("opening the audit log")?,
-            ),
+            audit: Arc::new(Audit::open(&daemon.config.data_dir).context("opening the audit log")?),
         };
         let relay = Relay::new(manager.shared_store());
         let peer = Peer::start(

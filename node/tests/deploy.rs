@@ -1,40 +1,45 @@
 //! `vw deploy` end to end on loopback: a cluster of vwds in this process, the head
-//! driving them over `/vw/control/1`, chunks moving over `/vw/chunks/1`, `vw`'s side
-//! through the head's local socket.
+//! driving them over `/vw/control/2`, chunks moving over `/vw/chunks/2`, `vw`'s side
+//! through the head's local socket, each deployment on behalf of a VO (`demo`, whose
+//! base OS is public and worker private, or `vo2`).
 
 use std::path::Path;
 
-use vw_node::chunkstore::{ImageName, ImageRef, Store};
+use vw_node::chunkstore::{ImageRef, Store, Visibility};
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions};
+use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::manager::VmState;
 use vw_node::planner::{Policy, Strategy};
 
-/// Imports the demo images into the head's store (before its vwd opens it).
-fn import(head: &Path, images: &DemoImages) {
+/// Imports the demo images into the head's store (before its vwd opens it), sealed:
+/// `demo`'s base public, its worker private, `vo2`'s worker private.
+fn import(head: &Path, images: &DemoImages, vos: &LocalVos) {
     let store = Store::open(head).expect("head store");
-    for (path, name) in [
-        (&images.base, "demo/base:1"),
-        (&images.worker, "demo/worker:1"),
-        (&images.other, "vo2/worker:1"),
+    for (path, name, visibility) in [
+        (&images.base, "demo/base:1", Visibility::Public),
+        (&images.worker, "demo/worker:1", Visibility::Private),
+        (&images.other, "vo2/worker:1", Visibility::Private),
     ] {
-        let name: ImageName = name.parse().expect("name");
-        store.import(path, Some(&name), &()).expect("import");
+        vos.import(&store, path, name, visibility).expect("import");
     }
 }
 
 async fn deploy(
     net: &LocalNet,
+    vos: &LocalVos,
+    vo: &str,
     text: String,
     strategy: Strategy,
 ) -> (DeployReport, Vec<DeployEvent>) {
     let socket = net.head_socket();
+    let ticket = vos.ticket(vo, &text).expect("ticket");
     tokio::task::spawn_blocking(move || {
         let mut events = Vec::new();
         let request = LocalRequest::Deploy {
             workspace: text,
             source: "test.xml".into(),
+            ticket,
             options: DeployOptions { strategy, policy: Policy::Spread },
         };
         match local::call(&socket, &request, |e| events.push(e.clone())).expect("socket") {
@@ -46,13 +51,30 @@ async fn deploy(
     .expect("task")
 }
 
-/// A loopback cluster of `hosts` under `dir` with demo images of `size_mib` MiB
+/// A loopback cluster of `hosts` under `dir` trusting VOs `demo` and `vo2` (with
+/// `vo2_quota`, `[vo.quota]` lines, if any), with demo images of `size_mib` MiB
 /// imported on the head (its vwds not started yet).
-fn cluster(dir: &Path, hosts: usize, size_mib: u64) -> (LocalNet, DemoImages) {
-    let net = LocalNet::create(dir, hosts, &LocalNetOptions::default()).expect("net");
+fn cluster_with(
+    dir: &Path,
+    hosts: usize,
+    size_mib: u64,
+    vo2_quota: &str,
+) -> (LocalNet, DemoImages, LocalVos) {
+    let vos = LocalVos::create(
+        &dir.join("cluster.toml"),
+        &[("demo", false, ""), ("vo2", false, vo2_quota)],
+    )
+    .expect("VOs");
+    let options =
+        LocalNetOptions { cluster_config: Some(vos.cluster_config.clone()), ..Default::default() };
+    let net = LocalNet::create(dir, hosts, &options).expect("net");
     let images = DemoImages::write(dir, size_mib).expect("images");
-    import(&net.data_dirs[0], &images);
-    (net, images)
+    import(&net.data_dirs[0], &images, &vos);
+    (net, images, vos)
+}
+
+fn cluster(dir: &Path, hosts: usize, size_mib: u64) -> (LocalNet, DemoImages, LocalVos) {
+    cluster_with(dir, hosts, size_mib, "")
 }
 
 /// The plan's (sender, receiver) edges, from a deploy's events.
@@ -89,12 +111,17 @@ fn holds_exactly(net: &LocalNet, hosts: &[String], image: &str, original: &Path)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (net, images) = cluster(dir.path(), 5, 32);
+    let (net, images, vos) = cluster(dir.path(), 5, 32);
 
     let vwds = net.start().await.expect("start");
-    let (report, events) =
-        deploy(&net, cluster_workspace("grid", "demo/base:1", "demo/worker:1", 4), Strategy::Chain)
-            .await;
+    let (report, events) = deploy(
+        &net,
+        &vos,
+        "demo",
+        cluster_workspace("grid", "demo/base:1", "demo/worker:1", 4),
+        Strategy::Chain,
+    )
+    .await;
     assert!(report.lost.is_empty(), "{report:#?}");
     assert_eq!(report.vms.len(), 5);
     assert!(report.vms.iter().all(|v| v.state == VmState::Running), "{:?}", report.vms);
@@ -113,9 +140,14 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
     assert_eq!(workers.len(), 4, "spread: one worker per host");
 
     // A second VO's cluster shares the base: only its own chunks move.
-    let (second, _) =
-        deploy(&net, cluster_workspace("vo2", "demo/base:1", "vo2/worker:1", 4), Strategy::Chain)
-            .await;
+    let (second, _) = deploy(
+        &net,
+        &vos,
+        "vo2",
+        cluster_workspace("vo2", "demo/base:1", "vo2/worker:1", 4),
+        Strategy::Chain,
+    )
+    .await;
     assert!(second.lost.is_empty(), "{second:#?}");
     // What a host that holds the first VO's worker lacks of the second VO's.
     let probe = Store::open(&dir.path().join("probe")).expect("probe");
@@ -156,12 +188,17 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (net, images) = cluster(dir.path(), 6, 32);
+    let (net, images, vos) = cluster(dir.path(), 6, 32);
     let vwds = net.start().await.expect("start");
     let strategy = Strategy::Striped { stripes: 4, k: 2 };
-    let (report, events) =
-        deploy(&net, cluster_workspace("striped", "demo/base:1", "demo/worker:1", 5), strategy)
-            .await;
+    let (report, events) = deploy(
+        &net,
+        &vos,
+        "demo",
+        cluster_workspace("striped", "demo/base:1", "demo/worker:1", 5),
+        strategy,
+    )
+    .await;
     assert!(report.lost.is_empty(), "{report:#?}");
     let relays = planned_edges(&events).iter().filter(|(from, _)| from != "head").count();
     assert!(relays > 0, "hosts forward to each other");
@@ -179,16 +216,21 @@ async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_host_is_the_tail_of_the_chain() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (net, images) = cluster(dir.path(), 4, 16);
+    let (net, images, vos) = cluster(dir.path(), 4, 16);
     // node1 has the slowest link: told by its caps, which it reports in its inventory.
     let slow = &net.configs[1];
     let config = std::fs::read_to_string(slow).expect("config");
     std::fs::write(slow, format!("upload_cap = \"400Mbit\"\ndownload_cap = \"400Mbit\"\n{config}"))
         .expect("config");
     let vwds = net.start().await.expect("start");
-    let (report, events) =
-        deploy(&net, cluster_workspace("slow", "demo/base:1", "demo/worker:1", 3), Strategy::Chain)
-            .await;
+    let (report, events) = deploy(
+        &net,
+        &vos,
+        "demo",
+        cluster_workspace("slow", "demo/base:1", "demo/worker:1", 3),
+        Strategy::Chain,
+    )
+    .await;
     assert!(report.lost.is_empty(), "{report:#?}");
     let edges = planned_edges(&events);
     assert!(edges.iter().any(|(_, to)| to == "node1"), "node1 receives: {edges:?}");
@@ -203,12 +245,13 @@ async fn a_slow_host_is_the_tail_of_the_chain() {
 }
 
 /// Sends a deploy that must fail; returns the head's error.
-async fn deploy_error(net: &LocalNet, workspace: String) -> String {
+async fn deploy_error(net: &LocalNet, ticket: Vec<u8>, workspace: String) -> String {
     let socket = net.head_socket();
     tokio::task::spawn_blocking(move || {
         let request = LocalRequest::Deploy {
             workspace,
             source: "bad.xml".into(),
+            ticket,
             options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
         };
         match local::call(&socket, &request, |_| {}).expect("socket") {
@@ -223,30 +266,37 @@ async fn deploy_error(net: &LocalNet, workspace: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_deploys_are_refused_with_what_and_where() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (net, _images) = cluster(dir.path(), 2, 16);
+    let (net, _images, vos) = cluster(dir.path(), 2, 16);
     let vwds = net.start().await.expect("start");
 
     let broken =
         cluster_workspace("bad", "demo/base:1", "demo/worker:1", 1).replace("</memory>", "");
-    let err = deploy_error(&net, broken).await;
+    let err = deploy_error(&net, vec![], broken).await;
     assert!(
         err.starts_with("bad.xml:7:3: malformed XML"),
         "names the file, line and column: {err}"
     );
 
-    let err = deploy_error(&net, cluster_workspace("ghost", "demo/base:1", "vo9/ghost:1", 1)).await;
+    let ghost = cluster_workspace("ghost", "demo/base:1", "vo9/ghost:1", 1);
+    let err = deploy_error(&net, vos.ticket("demo", &ghost).expect("ticket"), ghost).await;
     assert!(err.contains("vo9/ghost:1") && err.contains("import it there"), "{err}");
 
     let huge = cluster_workspace("huge", "demo/base:1", "demo/worker:1", 1)
         .replace("<memory>128</memory>", "<memory>1048576</memory>");
-    let err = deploy_error(&net, huge).await;
+    let err = deploy_error(&net, vos.ticket("demo", &huge).expect("ticket"), huge).await;
     assert!(err.contains("huge"), "names the workspace that does not fit: {err}");
 
     // The same name with another document is refused until it is unstaged.
-    deploy(&net, cluster_workspace("twice", "demo/base:1", "demo/worker:1", 1), Strategy::Chain)
-        .await;
-    let err =
-        deploy_error(&net, cluster_workspace("twice", "demo/base:1", "demo/worker:1", 2)).await;
+    deploy(
+        &net,
+        &vos,
+        "demo",
+        cluster_workspace("twice", "demo/base:1", "demo/worker:1", 1),
+        Strategy::Chain,
+    )
+    .await;
+    let twice = cluster_workspace("twice", "demo/base:1", "demo/worker:1", 2);
+    let err = deploy_error(&net, vos.ticket("demo", &twice).expect("ticket"), twice).await;
     assert!(err.contains("exists with a different workspace document"), "{err}");
     for v in vwds {
         v.shutdown().await;

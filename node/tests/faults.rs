@@ -4,25 +4,33 @@
 
 use std::path::Path;
 
-use vw_node::chunkstore::{ImageName, Store};
+use vw_node::chunkstore::{Store, Visibility};
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{cluster_workspace, ChildVwd, DemoImages, LocalNet, LocalNetOptions};
+use vw_node::localnet::{
+    cluster_workspace, ChildVwd, DemoImages, LocalNet, LocalNetOptions, LocalVos,
+};
 use vw_node::planner::{Policy, Strategy};
 
 /// A 4-host net capped at `cap`, the images imported on the head, hosts 1.. started as
 /// child processes. Returns the net, the worker image's distinct bytes, the children.
 fn cluster(dir: &Path, cap: &str) -> (LocalNet, u64, Vec<ChildVwd>) {
-    let net =
-        LocalNet::create(dir, 4, &LocalNetOptions { cap: Some(cap.into()), ..Default::default() })
-            .expect("net");
+    let vos = LocalVos::create(&dir.join("cluster.toml"), &[("demo", false, "")]).expect("VO");
+    let options = LocalNetOptions {
+        cap: Some(cap.into()),
+        cluster_config: Some(vos.cluster_config.clone()),
+        ..Default::default()
+    };
+    let net = LocalNet::create(dir, 4, &options).expect("net");
     let images = DemoImages::write(dir, 64).expect("images");
     let worker_bytes = {
         let store = Store::open(&net.data_dirs[0]).expect("head store");
         for (path, name) in [(&images.base, "demo/base:1"), (&images.worker, "demo/worker:1")] {
-            let name: ImageName = name.parse().expect("name");
-            store.import(path, Some(&name), &()).expect("import");
+            vos.import(&store, path, name, Visibility::Private).expect("import");
         }
+        let workspace = cluster_workspace("grid", "demo/base:1", "demo/worker:1", 3);
+        std::fs::write(dir.join("ticket"), vos.ticket("demo", &workspace).expect("ticket"))
+            .expect("ticket");
         let probe = Store::open(&dir.join("probe")).expect("probe");
         let r = probe.import(&images.worker, None, &()).expect("import");
         r.counts.new_bytes
@@ -38,9 +46,13 @@ fn spawn(net: &LocalNet, i: usize, dir: &Path) -> ChildVwd {
 
 /// Deploys through the head's socket, calling `on_event` for each event.
 fn deploy(net: &LocalNet, mut on_event: impl FnMut(&DeployEvent)) -> DeployReport {
+    let workspace = cluster_workspace("grid", "demo/base:1", "demo/worker:1", 3);
+    // The VO's ticket for this document, signed when the cluster was made.
+    let ticket = std::fs::read(net.data_dirs[0].join("../ticket")).expect("ticket");
     let request = LocalRequest::Deploy {
-        workspace: cluster_workspace("grid", "demo/base:1", "demo/worker:1", 3),
+        workspace,
         source: "faults.xml".into(),
+        ticket,
         options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
     };
     match local::call(&net.head_socket(), &request, &mut on_event).expect("socket") {

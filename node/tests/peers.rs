@@ -1,22 +1,37 @@
 //! Peers on loopback: a host fetches the chunks it lacks from another over
-//! `/vw/chunks/1` and rebuilds the image byte for byte; a peer not on the allow list
-//! gets nothing.
+//! `/vw/chunks/2` and rebuilds the image byte for byte; a peer not on the allow list
+//! gets nothing, and a listed peer only the chunks of a manifest it was granted.
 
 use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
+use vw_node::access::grants::Grants;
 use vw_node::chunks::handler::{
-    fetch, fetch_from_any, fetch_into, ChunkSource, Intake, Relay, Sending,
+    fetch, fetch_from_any, fetch_into, ChunkSource, Intake, Purpose, Relay, Sending,
 };
 use vw_node::chunkstore::{testdata::noise, ImageName, Manifest, Store};
 use vw_node::peer::{Peer, PeerConfig};
 
-fn config(key: &identity::Keypair, allowed: &[&identity::Keypair]) -> PeerConfig {
+/// The deployment every test fetches for.
+fn purpose(m: &Manifest) -> Purpose {
+    Purpose { deployment: "d".into(), manifest: m.id() }
+}
+
+/// Lets `peers` fetch `manifest` for deployment `d` from every peer sharing `grants`.
+fn grant(grants: &Grants, manifest: &Manifest, peers: &[libp2p::PeerId]) {
+    grants.allow("d", "vo", manifest, peers);
+}
+
+fn config(
+    key: &identity::Keypair,
+    allowed: &[&identity::Keypair],
+    grants: &Arc<Grants>,
+) -> PeerConfig {
     PeerConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         keypair: key.clone(),
         allowed: allowed.iter().map(|k| k.public().to_peer_id()).collect(),
-        sending: Default::default(),
+        sending: Sending { grants: Arc::clone(grants), ..Default::default() },
         mdns: false,
         known: vec![],
     }
@@ -35,9 +50,10 @@ async fn pair(
     receiver: Arc<Store>,
 ) -> (Peer, Peer) {
     let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
-    let sender = PeerConfig { sending, ..config(&ka, &[&kb]) };
+    let none = Arc::new(Grants::default());
+    let sender = PeerConfig { sending, ..config(&ka, &[&kb], &none) };
     let pa = Peer::start(sender, source).await.expect("sender");
-    let pb = Peer::start(config(&kb, &[&ka]), receiver).await.expect("receiver");
+    let pb = Peer::start(config(&kb, &[&ka], &none), receiver).await.expect("receiver");
     pb.dial(address(&pa).await).await.expect("dial");
     (pa, pb)
 }
@@ -65,14 +81,18 @@ async fn a_host_fetches_what_it_lacks_and_rebuilds_the_image() {
     let part = dir.path().join("part.img");
     std::fs::write(&part, &data[..2 << 20]).expect("write");
     b.import(&part, None, &()).expect("import part");
-    let (pa, pb) = pair(a.clone(), Sending::default(), b.clone()).await;
+    let grants = Arc::new(Grants::default());
+    let sending = Sending { grants: grants.clone(), ..Default::default() };
+    let (pa, pb) = pair(a.clone(), sending, b.clone()).await;
 
     let manifest = a.manifest(&report.manifest).expect("manifest");
+    grant(&grants, &manifest, &[pb.id()]);
     let missing = b.missing(&manifest).expect("missing");
     assert!(missing.bytes < 6 << 20, "b holds part of it already");
-    let got = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
-        .await
-        .expect("fetch");
+    let got =
+        fetch(&mut pb.control(), pa.id(), &purpose(&manifest), &missing.chunks, Arc::clone(&b))
+            .await
+            .expect("fetch");
     assert_eq!(got.chunks as usize, missing.chunks.len());
     assert_eq!(got.bytes, missing.bytes, "only what b lacked was sent");
     rebuilds_exactly(&b, &manifest, Some(&"vo/x:1".parse().expect("name")), &data);
@@ -94,15 +114,18 @@ async fn a_configured_peer_is_reached_without_an_earlier_connection() {
     let report = a.import(&img, None, &()).expect("import");
     let manifest = a.manifest(&report.manifest).expect("manifest");
     let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
-    let pa = Peer::start(config(&ka, &[&kb]), a.clone()).await.expect("sender");
+    let grants = Arc::new(Grants::default());
+    let pa = Peer::start(config(&ka, &[&kb], &grants), a.clone()).await.expect("sender");
     let known = vec![(pa.id(), pa.addresses().await.expect("addresses")[0].clone())];
-    let pb = Peer::start(PeerConfig { known, ..config(&kb, &[&ka]) }, b.clone())
+    let pb = Peer::start(PeerConfig { known, ..config(&kb, &[&ka], &grants) }, b.clone())
         .await
         .expect("receiver");
+    grant(&grants, &manifest, &[pb.id()]);
     let missing = b.missing(&manifest).expect("missing");
-    let got = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
-        .await
-        .expect("dialled by id from the configured address");
+    let got =
+        fetch(&mut pb.control(), pa.id(), &purpose(&manifest), &missing.chunks, Arc::clone(&b))
+            .await
+            .expect("dialled by id from the configured address");
     assert_eq!(got.bytes, missing.bytes);
     rebuilds_exactly(&b, &manifest, None, &data);
     pa.shutdown().await;
@@ -121,13 +144,15 @@ async fn a_peer_not_on_the_allow_list_gets_nothing() {
     let manifest = a.manifest(&report.manifest).expect("manifest");
 
     // a allows nobody; c allows a.
-    let pa = Peer::start(config(&ka, &[]), a.clone()).await.expect("peer a");
-    let pc = Peer::start(config(&kc, &[&ka]), c.clone()).await.expect("peer c");
+    let grants = Arc::new(Grants::default());
+    let pa = Peer::start(config(&ka, &[], &grants), a.clone()).await.expect("peer a");
+    let pc = Peer::start(config(&kc, &[&ka], &grants), c.clone()).await.expect("peer c");
+    grant(&grants, &manifest, &[pc.id()]);
     let _ = pc.dial(address(&pa).await).await;
     let missing = c.missing(&manifest).expect("missing");
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        fetch(&mut pc.control(), pa.id(), "d", &missing.chunks, Arc::clone(&c)),
+        fetch(&mut pc.control(), pa.id(), &purpose(&manifest), &missing.chunks, Arc::clone(&c)),
     )
     .await
     .expect("refused promptly, not hanging");
@@ -158,11 +183,15 @@ async fn a_peer_sending_a_bad_chunk_is_caught_before_anything_is_stored() {
     std::fs::write(&img, noise(1 << 20, 6)).expect("write");
     let report = a.import(&img, None, &()).expect("import");
     let manifest = a.manifest(&report.manifest).expect("manifest");
-    let (pa, pb) = pair(Arc::new(Corrupting(Arc::clone(&a))), Sending::default(), b.clone()).await;
+    let grants = Arc::new(Grants::default());
+    let sending = Sending { grants: grants.clone(), ..Default::default() };
+    let (pa, pb) = pair(Arc::new(Corrupting(Arc::clone(&a))), sending, b.clone()).await;
+    grant(&grants, &manifest, &[pb.id()]);
     let missing = b.missing(&manifest).expect("missing");
-    let err = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
-        .await
-        .expect_err("bad chunk");
+    let err =
+        fetch(&mut pb.control(), pa.id(), &purpose(&manifest), &missing.chunks, Arc::clone(&b))
+            .await
+            .expect_err("bad chunk");
     assert!(err.to_string().contains("do not match its id"), "{err}");
     assert!(
         err.to_string().contains(&format!("{:#}", missing.chunks[0].id)),
@@ -192,17 +221,26 @@ async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
     let manifest = a.manifest(&report.manifest).expect("manifest");
 
     // b is a corrupting copy of a; c pulls from b first, then a.
-    let pa = Peer::start(config(ka, &[kc]), a.clone()).await.expect("peer a");
-    let pb = Peer::start(config(kb, &[kc]), Arc::new(Corrupting(a.clone()))).await.expect("peer b");
-    let pc = Peer::start(config(kc, &[ka, kb]), c.clone()).await.expect("peer c");
+    let grants = Arc::new(Grants::default());
+    let pa = Peer::start(config(ka, &[kc], &grants), a.clone()).await.expect("peer a");
+    let pb = Peer::start(config(kb, &[kc], &grants), Arc::new(Corrupting(a.clone())))
+        .await
+        .expect("peer b");
+    let pc = Peer::start(config(kc, &[ka, kb], &grants), c.clone()).await.expect("peer c");
+    grant(&grants, &manifest, &[pc.id()]);
     pc.dial(address(&pa).await).await.expect("dial a");
     pc.dial(address(&pb).await).await.expect("dial b");
     let missing = c.missing(&manifest).expect("missing");
     let intake = Intake::start(c.clone(), None);
-    let pulled =
-        fetch_from_any(&mut pc.control(), &[pb.id(), pa.id()], "d", &missing.chunks, &intake)
-            .await
-            .expect("completes from the good peer");
+    let pulled = fetch_from_any(
+        &mut pc.control(),
+        &[pb.id(), pa.id()],
+        &purpose(&manifest),
+        &missing.chunks,
+        &intake,
+    )
+    .await
+    .expect("completes from the good peer");
     intake.finish().await.expect("durable");
     assert_eq!(pulled.dropped.len(), 1, "{pulled:?}");
     assert_eq!(pulled.dropped[0].0, pb.id().to_string());
@@ -233,9 +271,11 @@ async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
 
     // a → b → c: b serves c from a relay over its store.
     let relay = Relay::new(b.clone());
-    let pa = Peer::start(config(ka, &[kb]), a.clone()).await.expect("peer a");
-    let pb = Peer::start(config(kb, &[ka, kc]), relay.clone()).await.expect("peer b");
-    let pc = Peer::start(config(kc, &[kb]), c.clone()).await.expect("peer c");
+    let grants = Arc::new(Grants::default());
+    let pa = Peer::start(config(ka, &[kb], &grants), a.clone()).await.expect("peer a");
+    let pb = Peer::start(config(kb, &[ka, kc], &grants), relay.clone()).await.expect("peer b");
+    let pc = Peer::start(config(kc, &[kb], &grants), c.clone()).await.expect("peer c");
+    grant(&grants, &manifest, &[pb.id(), pc.id()]);
     pb.dial(address(&pa).await).await.expect("dial a");
     pc.dial(address(&pb).await).await.expect("dial b");
 
@@ -244,12 +284,13 @@ async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
     let (b_id, a_id) = (pb.id(), pa.id());
     let (wb, wc) = (wanted.clone(), wanted.clone());
     let (b2, c2, relay2) = (b.clone(), c.clone(), relay.clone());
+    let (m2, m3) = (manifest.clone(), manifest.clone());
     let from_a = tokio::spawn(async move {
         let intake = Intake::start(b2, Some(relay2));
-        let got = fetch_into(&mut cb, a_id, "d", &wb, &intake).await;
+        let got = fetch_into(&mut cb, a_id, &purpose(&m2), &wb, &intake).await;
         intake.finish().await.map(|()| got)
     });
-    let from_b = tokio::spawn(async move { fetch(&mut cc, b_id, "d", &wc, c2).await });
+    let from_b = tokio::spawn(async move { fetch(&mut cc, b_id, &purpose(&m3), &wc, c2).await });
     let got_b = from_a.await.expect("task").expect("b's store").expect("b fetches from a");
     let got_c = from_b.await.expect("task").expect("c fetches from b while b is still receiving");
     assert_eq!(got_b.bytes, got_c.bytes);
@@ -277,15 +318,63 @@ async fn a_compressing_sender_sends_fewer_bytes_and_the_image_is_exact() {
     let img = dir.path().join("t.img");
     std::fs::write(&img, &data).expect("write");
     let report = a.import(&img, None, &()).expect("import");
-    let (pa, pb) = pair(a.clone(), Sending { compress: true, upload: None }, b.clone()).await;
+    let grants = Arc::new(Grants::default());
+    let sending = Sending { compress: true, grants: grants.clone(), ..Default::default() };
+    let (pa, pb) = pair(a.clone(), sending, b.clone()).await;
     let manifest = a.manifest(&report.manifest).expect("manifest");
+    grant(&grants, &manifest, &[pb.id()]);
     let missing = b.missing(&manifest).expect("missing");
-    let got = fetch(&mut pb.control(), pa.id(), "d", &missing.chunks, Arc::clone(&b))
-        .await
-        .expect("fetch");
+    let got =
+        fetch(&mut pb.control(), pa.id(), &purpose(&manifest), &missing.chunks, Arc::clone(&b))
+            .await
+            .expect("fetch");
     assert_eq!(got.bytes, missing.bytes, "every chunk, counted uncompressed");
     assert!(got.wire * 2 < got.bytes, "compressed on the wire: {got:?}");
     rebuilds_exactly(&b, &manifest, None, &data);
+    pa.shutdown().await;
+    pb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knowing_a_chunk_id_is_not_enough_to_fetch_it() {
+    // a holds VO A's private image and VO B's image; b stages B's image for deployment
+    // d. b may fetch B's chunks, but neither A's chunks (even named under B's manifest)
+    // nor anything for a deployment it is not staging.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
+    let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
+    let (private, theirs) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    std::fs::write(&private, noise(1 << 20, 31)).expect("write");
+    std::fs::write(&theirs, noise(1 << 20, 32)).expect("write");
+    let private = a.manifest(&a.import(&private, None, &()).expect("import").manifest).expect("m");
+    let theirs = a.manifest(&a.import(&theirs, None, &()).expect("import").manifest).expect("m");
+    let grants = Arc::new(Grants::default());
+    let sending = Sending { grants: grants.clone(), ..Default::default() };
+    let (pa, pb) = pair(a.clone(), sending, b.clone()).await;
+    grants.allow("d", "vo-b", &theirs, &[pb.id()]);
+    grants.allow("d-a", "vo-a", &private, &[pa.id()]);
+
+    let refused = |r: Result<_, vw_node::peer::PeerError>| r.expect_err("refused").to_string();
+    let secret = b.missing(&private).expect("missing").chunks;
+    // A's chunks asked for as part of B's manifest.
+    let as_theirs = Purpose { deployment: "d".into(), manifest: theirs.id() };
+    let err = refused(fetch(&mut pb.control(), pa.id(), &as_theirs, &secret, b.clone()).await);
+    assert!(err.contains("is not in manifest"), "{err}");
+    // A's manifest, for A's deployment, which b does not stage.
+    let as_a = Purpose { deployment: "d-a".into(), manifest: private.id() };
+    let err = refused(fetch(&mut pb.control(), pa.id(), &as_a, &secret, b.clone()).await);
+    assert!(err.contains("is not staging"), "{err}");
+    // A's manifest under b's own deployment.
+    let mixed = Purpose { deployment: "d".into(), manifest: private.id() };
+    let err = refused(fetch(&mut pb.control(), pa.id(), &mixed, &secret, b.clone()).await);
+    assert!(err.contains("not part of deployment d"), "{err}");
+    assert_eq!(b.missing(&private).expect("missing").chunks.len(), secret.len(), "nothing of A's");
+    // What b is staging comes.
+    let wanted = b.missing(&theirs).expect("missing");
+    let got = fetch(&mut pb.control(), pa.id(), &as_theirs, &wanted.chunks, b.clone())
+        .await
+        .expect("its own image");
+    assert_eq!(got.bytes, wanted.bytes);
     pa.shutdown().await;
     pb.shutdown().await;
 }

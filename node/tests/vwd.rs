@@ -1,12 +1,14 @@
-//! `vwd` as a process: it makes its key once, serves chunks to listed peers, refuses
-//! control requests from peers that are not heads, and exits cleanly on SIGTERM.
+//! `vwd` as a process: it makes its key once, refuses chunks to a listed peer that
+//! stages nothing through it (knowing the ids is not enough) and control requests from
+//! peers that are not heads, audits both, and exits cleanly on SIGTERM.
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
-use vw_node::chunks::handler::fetch;
+use vw_node::access::audit::Audit;
+use vw_node::chunks::handler::{fetch, Purpose};
 use vw_node::chunkstore::{testdata::noise, Store};
 use vw_node::control::head::control_protocol;
 use vw_node::control::protocol::Reply;
@@ -15,7 +17,7 @@ use vw_node::peer::{Peer, PeerConfig};
 use vw_node::wire;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
+async fn vwd_refuses_chunks_outside_a_deployment_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let img = dir.path().join("x.img");
@@ -26,6 +28,7 @@ async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
         store.manifest(&r.manifest).expect("manifest")
     };
     let me = identity::Keypair::generate_ed25519();
+    let peer_id = me.public().to_peer_id();
     let config = dir.path().join("vwd.toml");
     std::fs::write(
         &config,
@@ -81,16 +84,18 @@ async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
     .expect("peer");
     peer.dial(addr).await.expect("dial vwd");
     let missing = mine.missing(&manifest).expect("missing");
-    let got = fetch(
+    let purpose = Purpose { deployment: "d".into(), manifest: manifest.id() };
+    let err = fetch(
         &mut peer.control(),
         id.parse().expect("peer id"),
-        "d",
+        &purpose,
         &missing.chunks,
         mine.clone(),
     )
     .await
-    .expect("fetch from vwd");
-    assert_eq!(got.bytes, missing.bytes);
+    .expect_err("no deployment grants these chunks")
+    .to_string();
+    assert!(err.contains("refused: deployment d is not being staged"), "{err}");
 
     // A listed peer that is not a head may fetch chunks but not control the host.
     let mut control = peer.control();
@@ -109,4 +114,12 @@ async fn vwd_serves_chunks_to_listed_peers_and_stops_on_sigterm() {
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
     let status = child.wait().expect("wait");
     assert!(status.success(), "vwd exits cleanly on SIGTERM: {status}");
+
+    // The refusal is in the audit log, with the peer that asked.
+    let entries = Audit::read(&data).expect("audit log");
+    let me = peer_id.to_string();
+    assert!(
+        entries.iter().any(|e| e.op == "chunks" && e.outcome == "refused" && e.peer == me),
+        "{entries:?}"
+    );
 }

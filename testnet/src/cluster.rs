@@ -57,7 +57,7 @@ impl Cluster {
                 addresses: Some(o.hosts.iter().map(|h| h.addr).collect()),
                 mdns: o.mdns,
                 racks: Some(o.hosts.iter().map(|h| format!("r{}", h.rack)).collect()),
-                cluster_config: None,
+                cluster_config: Some(o.images.vos.cluster_config.clone()),
             },
         )?;
         copy_store(&o.images.head_store, &net.data_dirs[0])?;

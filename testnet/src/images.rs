@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use vw_node::chunkstore::{ImageName, Store};
-use vw_node::localnet::DemoImages;
+use std::sync::Arc;
+
+use vw_node::chunkstore::{Store, Visibility};
+use vw_node::localnet::{DemoImages, LocalVos};
 
 use crate::scenario::{ImageSource, Images, WorkerImage};
 use crate::TestnetError;
@@ -33,6 +35,9 @@ pub struct ImageSet {
     pub cached_store: PathBuf,
     /// The two worker images' lengths in bytes (worker, vo2).
     lens: (u64, u64),
+    /// The VOs (`base`, whose OS image is public, `vo1`, `vo2`): their keys, and the
+    /// cluster config every vwd trusts them by.
+    pub vos: Arc<LocalVos>,
 }
 
 /// A worker image: its file, its name in the stores, its length.
@@ -87,7 +92,20 @@ impl ImageSet {
             })
         };
         let lens = (len(&worker)?, len(&vo2)?);
+        let vo_dir = work.join("vos");
+        std::fs::create_dir_all(&vo_dir).map_err(|error| TestnetError::Io {
+            op: "create",
+            path: vo_dir.clone(),
+            error,
+        })?;
+        crate::net::register_dir(&vo_dir);
+        let config = vo_dir.join("cluster.toml");
+        let vos = LocalVos::create(
+            &config,
+            &[("base", false, ""), ("vo1", false, ""), ("vo2", false, "")],
+        )?;
         let set = ImageSet {
+            vos: Arc::new(vos),
             head_store: work.join("template-head"),
             cached_store: work.join("template-cached"),
             base,
@@ -99,8 +117,12 @@ impl ImageSet {
         for d in [&set.head_store, &set.cached_store] {
             crate::net::register_dir(d);
         }
-        import(&set.head_store, &[(&set.base, BASE), (&set.worker, WORKER), (&set.vo2, VO2)])?;
-        import(&set.cached_store, &[(&set.base, BASE)])?;
+        import(
+            &set.vos,
+            &set.head_store,
+            &[(&set.base, BASE), (&set.worker, WORKER), (&set.vo2, VO2)],
+        )?;
+        import(&set.vos, &set.cached_store, &[(&set.base, BASE)])?;
         Ok(set)
     }
 
@@ -115,13 +137,13 @@ impl ImageSet {
     }
 }
 
-fn import(store: &Path, images: &[(&PathBuf, &str)]) -> Result<(), TestnetError> {
+/// Imports each image, sealed by its VO (the base OS public, the workers private).
+fn import(vos: &LocalVos, store: &Path, images: &[(&PathBuf, &str)]) -> Result<(), TestnetError> {
     let s =
         Store::open(store).map_err(|e| TestnetError::Run(format!("{}: {e}", store.display())))?;
     for (path, name) in images {
-        let name: ImageName =
-            name.parse().map_err(|e| TestnetError::Run(format!("image name {name}: {e}")))?;
-        s.import(path, Some(&name), &())
+        let visibility = if *name == BASE { Visibility::Public } else { Visibility::Private };
+        vos.import(&s, path, name, visibility)
             .map_err(|e| TestnetError::Run(format!("importing {}: {e}", path.display())))?;
     }
     Ok(())

@@ -256,9 +256,13 @@ impl RunContext<'_> {
         let worker = self.images.worker(image);
         let workspace = cluster_workspace(name, worker.name, worker.name, n);
         let socket = cluster.socket();
+        // Deployed by the VO that owns the worker image.
+        let vo = worker.name.split('/').next().unwrap_or_default();
+        let ticket = self.images.vos.ticket(vo, &workspace)?;
         let request = LocalRequest::Deploy {
             workspace,
             source: format!("{name}.xml"),
+            ticket,
             options: DeployOptions { strategy, policy: Policy::Spread },
         };
         let (events_tx, events) = mpsc::sync_channel::<DeployEvent>(1024);

@@ -59,7 +59,15 @@ impl Audit {
     }
 
     /// Appends one entry; a failed write is logged, never fatal to the operation.
-    pub fn record(&self, vo: &str, peer: &str, op: &str, deployment: &str, outcome: &str, detail: &str) {
+    pub fn record(
+        &self,
+        vo: &str,
+        peer: &str,
+        op: &str,
+        deployment: &str,
+        outcome: &str,
+        detail: &str,
+    ) {
         let entry = Entry {
             time_ms: now_ms(),
             vo: vo.to_owned(),
@@ -84,9 +92,7 @@ impl Audit {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        text.lines()
-            .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
-            .collect()
+        text.lines().map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
     }
 }
 

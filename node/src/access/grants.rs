@@ -70,7 +70,8 @@ impl Grants {
     ) -> Verdict {
         let grant = self.lock().get(&(deployment.to_owned(), *manifest)).cloned();
         let Some(grant) = grant else {
-            let known = self.lock().iter().find(|((d, _), _)| d == deployment).map(|(_, g)| g.vo.clone());
+            let known =
+                self.lock().iter().find(|((d, _), _)| d == deployment).map(|(_, g)| g.vo.clone());
             let reason = match known {
                 Some(_) => format!("manifest {manifest} is not part of deployment {deployment}"),
                 None => format!("deployment {deployment} is not being staged through this host"),
@@ -120,10 +121,17 @@ mod tests {
         };
         assert!(refused(grants.check(&stranger, "d", &m.id(), &ids)).contains("is not staging"));
         let theirs = [other.chunks()[0].id];
-        assert!(refused(grants.check(&staging, "d", &m.id(), &theirs)).contains("is not in manifest"));
-        assert!(refused(grants.check(&staging, "d", &other.id(), &theirs)).contains("not part of deployment d"));
-        assert!(refused(grants.check(&staging, "e", &m.id(), &ids)).contains("deployment e is not being staged"));
+        assert!(
+            refused(grants.check(&staging, "d", &m.id(), &theirs)).contains("is not in manifest")
+        );
+        assert!(refused(grants.check(&staging, "d", &other.id(), &theirs))
+            .contains("not part of deployment d"));
+        assert!(refused(grants.check(&staging, "e", &m.id(), &ids))
+            .contains("deployment e is not being staged"));
         grants.revoke("d");
-        assert!(matches!(grants.check(&staging, "d", &m.id(), &ids), Verdict::Refused { vo: None, .. }));
+        assert!(matches!(
+            grants.check(&staging, "d", &m.id(), &ids),
+            Verdict::Refused { vo: None, .. }
+        ));
     }
 }

@@ -132,10 +132,8 @@ pub fn check_ticket(
     if ticket.is_empty() {
         return Err(AccessError::NoTicket { deployment: deployment.to_owned() });
     }
-    let ticket = Ticket::decode(ticket).map_err(|reason| AccessError::BadTicket {
-        deployment: deployment.to_owned(),
-        reason,
-    })?;
+    let ticket = Ticket::decode(ticket)
+        .map_err(|reason| AccessError::BadTicket { deployment: deployment.to_owned(), reason })?;
     let vo = ticket.vo().to_owned();
     let trusted = config.vo(&vo).ok_or_else(|| AccessError::Untrusted {
         what: format!("deployment {deployment}"),
@@ -176,14 +174,19 @@ pub fn check_seal(
     if seal.is_empty() {
         return Err(AccessError::Unsealed { image });
     }
-    let seal = Seal::decode(seal)
-        .map_err(|e| AccessError::BadSignature { what: format!("image {image}"), reason: e.to_string() })?;
+    let seal = Seal::decode(seal).map_err(|e| AccessError::BadSignature {
+        what: format!("image {image}"),
+        reason: e.to_string(),
+    })?;
     let owner = seal.vo().to_owned();
-    let trusted = config
-        .vo(&owner)
-        .ok_or_else(|| AccessError::Untrusted { what: format!("image {image}"), vo: owner.clone() })?;
-    seal.verify(&trusted.public())
-        .map_err(|e| AccessError::BadSignature { what: format!("image {image}"), reason: e.to_string() })?;
+    let trusted = config.vo(&owner).ok_or_else(|| AccessError::Untrusted {
+        what: format!("image {image}"),
+        vo: owner.clone(),
+    })?;
+    seal.verify(&trusted.public()).map_err(|e| AccessError::BadSignature {
+        what: format!("image {image}"),
+        reason: e.to_string(),
+    })?;
     if seal.manifest() != manifest {
         return Err(AccessError::SealMismatch {
             image,

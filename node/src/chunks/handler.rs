@@ -197,7 +197,12 @@ async fn serve_one(
     }
     tracing::debug!(peer = %short(&peer), sent, "served");
     for (vo, deployment, manifest) in &served {
-        audit(vo, deployment, "ok", &format!("manifest {manifest}: {sent} chunks sent on this stream"));
+        audit(
+            vo,
+            deployment,
+            "ok",
+            &format!("manifest {manifest}: {sent} chunks sent on this stream"),
+        );
     }
     let _ = stream.close().await;
     Ok(())

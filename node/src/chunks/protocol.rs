@@ -215,10 +215,9 @@ mod tests {
     /// version and the protocol name).
     #[test]
     fn golden_bytes() {
-        let want =
-            Frame::Want { deployment: "g".into(), manifest: mid(3), ids: vec![id(1)] }
-                .encode()
-                .expect("encode");
+        let want = Frame::Want { deployment: "g".into(), manifest: mid(3), ids: vec![id(1)] }
+            .encode()
+            .expect("encode");
         assert_eq!(hex(&want), format!("0000004502000167{}01{}", "03".repeat(32), "01".repeat(32)));
         let chunk = Frame::Chunk { id: id(2), data: vec![7, 8, 9] }.encode().expect("encode");
         assert_eq!(hex(&chunk), format!("000000260102{}03070809", "02".repeat(32)));
@@ -233,10 +232,16 @@ mod tests {
     fn limits_are_checked_both_ways() {
         assert!(Frame::Chunk { id: ChunkId::ZERO, data: vec![0; 10] }.encode().is_err());
         assert!(Frame::Chunk { id: id(1), data: vec![1; MAX_CHUNK + 1] }.encode().is_err());
-        assert!(Frame::Want { deployment: "d".into(), manifest: mid(1), ids: vec![] }.encode().is_err());
-        assert!(Frame::Want { deployment: "d".into(), manifest: mid(1), ids: vec![id(1); MAX_WANT + 1] }
+        assert!(Frame::Want { deployment: "d".into(), manifest: mid(1), ids: vec![] }
             .encode()
             .is_err());
+        assert!(Frame::Want {
+            deployment: "d".into(),
+            manifest: mid(1),
+            ids: vec![id(1); MAX_WANT + 1]
+        }
+        .encode()
+        .is_err());
         let mut d = FrameDecoder::default();
         d.push(&((MAX_FRAME + 1) as u32).to_be_bytes());
         assert_eq!(

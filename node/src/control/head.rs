@@ -25,12 +25,12 @@ use vw_chunkstore::{ImageRef, Store};
 use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, Policy, Ranges, Strategy};
 
 use super::host::HostService;
-use super::usage::{Usage, VoUsage};
-use crate::access::{check_seal, check_ticket, AccessError};
 use super::protocol::{
     bit, Answer, ImageChunks, ImageOrder, InventoryReport, Progress, Pull, Reply, Request,
     StageOrder, StageReport, PROTOCOL_NAME,
 };
+use super::usage::{Usage, VoUsage};
+use crate::access::{check_seal, check_ticket, AccessError};
 use crate::config::Pools;
 use crate::lifecycle::Op;
 use crate::plan::{plan_with, PlanReport, Taken, WorkspaceImages};
@@ -361,7 +361,8 @@ impl Head {
             self.local
                 .with_manager(move |m| -> Result<_, String> {
                     let all = m.clusters().map_err(|e| e.to_string())?;
-                    let (this, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| c.name == n);
+                    let (this, others): (Vec<_>, Vec<_>) =
+                        all.into_iter().partition(|c| c.name == n);
                     Ok((this.into_iter().next(), others))
                 })
                 .await??
@@ -379,8 +380,12 @@ impl Head {
 
         clock.start(DeployPhase::Inventory).await;
         let (wi, seals) = {
-            let (store, spec, config, vo) =
-                (Arc::clone(&self.store), spec.clone(), Arc::clone(&self.local.gate().config), vo.to_owned());
+            let (store, spec, config, vo) = (
+                Arc::clone(&self.store),
+                spec.clone(),
+                Arc::clone(&self.local.gate().config),
+                vo.to_owned(),
+            );
             tokio::task::spawn_blocking(move || -> Result<_, String> {
                 let wi = WorkspaceImages::load(&store, &spec).map_err(|e| e.to_string())?;
                 let seals = wi

@@ -235,7 +235,11 @@ impl HostService {
     /// Checks a stage order against this host's own cluster config before anything is
     /// fetched: the VO's ticket, and each image's manifest and seal. Grants the
     /// stagers of each image its chunks. Returns the VO and the checked images.
-    fn check_order(&self, deployment: &str, order: &StageOrder) -> Result<(String, Vec<Checked>), String> {
+    fn check_order(
+        &self,
+        deployment: &str,
+        order: &StageOrder,
+    ) -> Result<(String, Vec<Checked>), String> {
         let config = &self.gate.config;
         let vo = check_ticket(config, &order.ticket, deployment, &order.workspace)
             .map_err(|e| e.to_string())?;
@@ -272,7 +276,8 @@ impl HostService {
         // chunks to itself) what it holds only for an image this VO may not see, which
         // crosses the network again like any chunk it lacks.
         let visible = {
-            let (store, config, vo) = (Arc::clone(&self.store), Arc::clone(&self.gate.config), vo.to_owned());
+            let (store, config, vo) =
+                (Arc::clone(&self.store), Arc::clone(&self.gate.config), vo.to_owned());
             tokio::task::spawn_blocking(move || visible_chunks(&store, &config, &vo))
                 .await
                 .map_err(|e| e.to_string())??
@@ -292,7 +297,12 @@ impl HostService {
         }
         let lacked: Vec<ChunkRef> = {
             let mut seen = HashSet::new();
-            images.iter().flat_map(|(_, _, l, _)| l).filter(|c| seen.insert(c.id)).copied().collect()
+            images
+                .iter()
+                .flat_map(|(_, _, l, _)| l)
+                .filter(|c| seen.insert(c.id))
+                .copied()
+                .collect()
         };
         report.lacked = lacked.iter().map(|c| u64::from(c.len)).sum();
         tracing::info!(
@@ -371,12 +381,13 @@ impl HostService {
                 streams.push((peers, purpose(manifest), wanted));
             }
         }
-        let mut pulls = futures::stream::iter(streams.into_iter().map(|(peers, purpose, wanted)| {
-            let mut control = self.chunks.clone();
-            let intake = &intake;
-            async move { fetch_from_any(&mut control, &peers, &purpose, &wanted, intake).await }
-        }))
-        .buffer_unordered(64);
+        let mut pulls =
+            futures::stream::iter(streams.into_iter().map(|(peers, purpose, wanted)| {
+                let mut control = self.chunks.clone();
+                let intake = &intake;
+                async move { fetch_from_any(&mut control, &peers, &purpose, &wanted, intake).await }
+            }))
+            .buffer_unordered(64);
 
         let mut report = PullReport::default();
         let mut tick = tokio::time::interval(PROGRESS_EVERY);

@@ -45,7 +45,13 @@ pub struct Usage {
 
 impl Usage {
     /// Counts one deployment of `vo`: `spec` placed as `placement`, its images `wi`.
-    pub fn add(&mut self, vo: &str, spec: &WorkspaceSpec, wi: &WorkspaceImages, placement: &[PlacedVm]) {
+    pub fn add(
+        &mut self,
+        vo: &str,
+        spec: &WorkspaceSpec,
+        wi: &WorkspaceImages,
+        placement: &[PlacedVm],
+    ) {
         let (u, chunks) = self.by_vo.entry(vo.to_owned()).or_default();
         u.vo = vo.to_owned();
         u.deployments.push(spec.name.clone());
@@ -93,13 +99,19 @@ impl VoUsage {
         if let Some(max) = quota.memory_mib.filter(|&m| self.memory_mib > m) {
             return over(
                 "memory_mib",
-                format!("its deployments would take {} MiB of guest memory, the quota is {max} MiB", self.memory_mib),
+                format!(
+                    "its deployments would take {} MiB of guest memory, the quota is {max} MiB",
+                    self.memory_mib
+                ),
             );
         }
         if let Some(max) = quota.hosts.filter(|&h| self.hosts.len() > h as usize) {
             return over(
                 "hosts",
-                format!("its deployments would run on {} hosts, the quota is {max}", self.hosts.len()),
+                format!(
+                    "its deployments would run on {} hosts, the quota is {max}",
+                    self.hosts.len()
+                ),
             );
         }
         if let Some(max) = quota.cache_bytes {
