@@ -8,16 +8,18 @@ use serde_json::Value;
 #[path = "../../node/tests/support/xlcheck.rs"]
 mod xlcheck;
 
-/// The VO directory beside a test's store, with a key for VO `vo` (which the tests
-/// import under).
+/// The VO directory beside a test's store, with keys for the VOs the tests import
+/// under (`vo`, `grid3`, `vo2`).
 fn vo_dir(store: &Path) -> std::path::PathBuf {
     let dir = store.parent().expect("a store inside the test's directory").join("vo");
-    if !dir.join("vo.key").exists() {
-        let out = Command::new(env!("CARGO_BIN_EXE_vw"))
-            .args(["--vo-dir", dir.to_str().expect("utf8"), "vo", "create", "vo"])
-            .output()
-            .expect("run vw");
-        assert!(out.status.success(), "vw vo create: {}", stderr(&out));
+    for vo in ["vo", "grid3", "vo2"] {
+        if !dir.join(format!("{vo}.key")).exists() {
+            let out = Command::new(env!("CARGO_BIN_EXE_vw"))
+                .args(["--vo-dir", dir.to_str().expect("utf8"), "vo", "create", vo])
+                .output()
+                .expect("run vw");
+            assert!(out.status.success(), "vw vo create: {}", stderr(&out));
+        }
     }
     dir
 }
@@ -405,12 +407,53 @@ fn plan_places_addresses_and_predicts() {
 }
 
 #[test]
+fn vo_keys_are_private_files_and_their_public_half_is_a_config_entry() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let vos = vo_dir(&store);
+    let mode = std::fs::metadata(vos.join("grid3.key")).expect("key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let ls = json(&store, &["vo", "ls"]);
+    let names: Vec<&str> =
+        ls.as_array().expect("list").iter().filter_map(|k| k["vo"].as_str()).collect();
+    assert_eq!(names, ["grid3", "vo", "vo2"]);
+    let out = vw(&store, &["vo", "export", "grid3"]);
+    let entry = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(entry.starts_with("[[vo]]\nname = \"grid3\"\nkey = \"ed25519:"), "{entry}");
+    // The entry is what a cluster config takes.
+    let text = format!("{}\n{entry}", vw_node::config::ClusterConfig::EMBEDDED);
+    let config = vw_node::config::ClusterConfig::parse(&text, "t").expect("trusted");
+    assert!(config.vo("grid3").is_some());
+    let again = vw(&store, &["vo", "create", "grid3"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("has a key already"), "{}", stderr(&again));
+    // An import under a VO without a key here says how to make one, and stores nothing.
+    let img = dir.path().join("x.img");
+    image(&img, 5, 1);
+    let out = vw(&store, &["image", "import", img.to_str().expect("utf8"), "--name", "atlas/x:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no key for VO atlas") && stderr(&out).contains("vw vo create atlas"),
+        "{}",
+        stderr(&out)
+    );
+    // A sealed import says so in `image ls`.
+    json(
+        &store,
+        &["image", "import", img.to_str().expect("utf8"), "--name", "grid3/x:1", "--public"],
+    );
+    let ls = json(&store, &["image", "ls"]);
+    assert_eq!(ls[0]["sealed"][0], serde_json::json!(["grid3/x:1", "public"]), "{ls}");
+}
+
+#[test]
 fn deploy_without_a_head_vwd_says_where_it_looked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ws = format!("{EXAMPLES}/grid3-cluster.xml");
-    let out = vw(dir.path(), &["deploy", &ws]);
+    let out = vw(&dir.path().join("store"), &["deploy", "--vo", "grid3", &ws]);
     assert_eq!(out.status.code(), Some(1));
-    let socket = dir.path().join("vwd.sock");
+    let socket = dir.path().join("store/vwd.sock");
     assert!(
         stderr(&out).contains(&format!("no vwd is listening at {}", socket.display())),
         "{}",
