@@ -266,8 +266,30 @@ async fn deploy_error(net: &LocalNet, ticket: Vec<u8>, workspace: String) -> Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_deploys_are_refused_with_what_and_where() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (net, _images, vos) = cluster(dir.path(), 2, 16);
+    // vo2 may take 200 MiB of guest memory in all.
+    let (net, _images, vos) = cluster_with(dir.path(), 2, 16, "[vo.quota]\nmemory_mib = 200\n");
     let vwds = net.start().await.expect("start");
+
+    // VO vo2 may not deploy demo's private worker; demo's public base it may.
+    let theirs = cluster_workspace("theirs", "demo/base:1", "demo/worker:1", 1);
+    let err = deploy_error(&net, vos.ticket("vo2", &theirs).expect("ticket"), theirs).await;
+    assert!(err.contains("image demo/worker:1 is private to VO demo; VO vo2 may not"), "{err}");
+    // A VO the cluster does not trust, even under a trusted VO's name.
+    let intruder = LocalVos::create(&dir.path().join("other.toml"), &[("demo", false, "")])
+        .expect("another demo key");
+    let mine = cluster_workspace("mine", "demo/base:1", "demo/worker:1", 1);
+    let err =
+        deploy_error(&net, intruder.ticket("demo", &mine).expect("ticket"), mine.clone()).await;
+    assert!(err.contains("does not verify with VO demo's key"), "{err}");
+    let err = deploy_error(&net, vec![], mine).await;
+    assert!(err.contains("carries no VO ticket") && err.contains("--vo NAME"), "{err}");
+    // Over the quota: a head node and a worker.
+    let big = cluster_workspace("big", "demo/base:1", "vo2/worker:1", 1);
+    let err = deploy_error(&net, vos.ticket("vo2", &big).expect("ticket"), big).await;
+    assert!(
+        err.contains("VO vo2 is over its memory_mib quota: its deployments would take 256 MiB"),
+        "{err}"
+    );
 
     let broken =
         cluster_workspace("bad", "demo/base:1", "demo/worker:1", 1).replace("</memory>", "");

@@ -1,4 +1,4 @@
-//! The wire format of `/vw/chunks/1`: length-prefixed frames, each a version byte and
+//! The wire format of `/vw/chunks/2`: length-prefixed frames, each a version byte and
 //! a postcard-encoded [`Frame`].
 //!
 //! ```text
@@ -220,12 +220,12 @@ mod tests {
             .expect("encode");
         assert_eq!(hex(&want), format!("0000004502000167{}01{}", "03".repeat(32), "01".repeat(32)));
         let chunk = Frame::Chunk { id: id(2), data: vec![7, 8, 9] }.encode().expect("encode");
-        assert_eq!(hex(&chunk), format!("000000260102{}03070809", "02".repeat(32)));
+        assert_eq!(hex(&chunk), format!("000000260202{}03070809", "02".repeat(32)));
         assert_eq!(
             hex(&Frame::Credit { chunks: 300 }.encode().expect("encode")),
-            "000000040101ac02"
+            "000000040201ac02"
         );
-        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020104");
+        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020204");
     }
 
     #[test]
@@ -250,9 +250,9 @@ mod tests {
         );
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 2, 9, 4]);
-        assert_eq!(d.next_frame(), Err(FrameError::Version { found: 9, speaks: 1 }));
+        assert_eq!(d.next_frame(), Err(FrameError::Version { found: 9, speaks: 2 }));
         let mut d = FrameDecoder::default();
-        d.push(&[0, 0, 0, 3, 1, 4, 0]);
+        d.push(&[0, 0, 0, 3, 2, 4, 0]);
         assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));
     }
 

@@ -1,4 +1,4 @@
-//! The head's side of `/vw/control/1`: one deployment driven across every host.
+//! The head's side of `/vw/control/2`: one deployment driven across every host.
 //!
 //! [`Head::deploy`] runs the phases in order: validate the workspace; collect every
 //! host's inventory (capacity, caps, what it runs, which chunks it holds); place the

@@ -1,4 +1,4 @@
-//! A host's side of `/vw/control/1`: requests from the head, served from the manager
+//! A host's side of `/vw/control/2`: requests from the head, served from the manager
 //! and the store.
 //!
 //! A stage order runs in two parts. First the chunks: every planned stream at once,

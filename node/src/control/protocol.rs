@@ -1,4 +1,4 @@
-//! The wire format of `/vw/control/1`: one [`Request`] from the head per stream, then
+//! The wire format of `/vw/control/2`: one [`Request`] from the head per stream, then
 //! from the host any number of [`Reply::Progress`] and one [`Reply::Done`]. Framed by
 //! [`crate::wire`] (length, version byte, postcard), each message at most
 //! [`MAX_MESSAGE`] bytes and checked against its own limits after decoding.
