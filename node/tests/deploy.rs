@@ -287,7 +287,8 @@ async fn bad_deploys_are_refused_with_what_and_where() {
     let big = cluster_workspace("big", "demo/base:1", "vo2/worker:1", 1);
     let err = deploy_error(&net, vos.ticket("vo2", &big).expect("ticket"), big).await;
     assert!(
-        err.contains("VO vo2 is over its memory_mib quota: its deployments would take 256 MiB"),
+        err.contains("VO vo2 is over its memory_mib quota: its deployments would take 384 MiB")
+            && err.contains("the quota is 200 MiB"),
         "{err}"
     );
 
