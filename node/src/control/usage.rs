@@ -37,10 +37,13 @@ pub struct VoUsage {
     pub quota: Quota,
 }
 
+/// Per host, the distinct chunks (and their sizes) a VO's images take there.
+type HostChunks = HashMap<String, HashMap<ChunkId, u32>>;
+
 /// Adds up deployments as they are recorded, per VO.
 #[derive(Debug, Default)]
 pub struct Usage {
-    by_vo: BTreeMap<String, (VoUsage, HashMap<String, HashMap<ChunkId, u32>>)>,
+    by_vo: BTreeMap<String, (VoUsage, HostChunks)>,
 }
 
 impl Usage {
