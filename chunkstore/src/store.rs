@@ -251,6 +251,23 @@ impl Store {
         self.db.write(batch, true)
     }
 
+    /// Imports the image at `path` as `name`, sealed by `key` (its VO's) with
+    /// `visibility`: the manifest is stored first, then the name with its seal in one
+    /// write, so no name is ever left unsealed.
+    pub fn import_sealed(
+        &self,
+        path: &Path,
+        name: &ImageName,
+        key: &crate::VoKey,
+        visibility: crate::Visibility,
+        progress: &dyn crate::Progress,
+    ) -> Result<crate::ImportReport, Error> {
+        key.may_sign(name)?;
+        let report = self.import(path, None, progress)?;
+        self.put_seal(&crate::Seal::sign(key, name, report.manifest, visibility)?)?;
+        Ok(crate::ImportReport { name: Some(name.to_string()), ..report })
+    }
+
     /// The seal recorded for `name`, if any.
     pub fn seal(&self, name: &ImageName) -> Result<Option<crate::Seal>, Error> {
         let key = name.to_string();

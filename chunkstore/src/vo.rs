@@ -19,6 +19,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, ImageName, ManifestId};
@@ -31,6 +32,48 @@ const KEY_MAGIC: [u8; 4] = *b"VWVK";
 const KEY_VERSION: u8 = 1;
 /// Largest key file read.
 const MAX_KEY_FILE: u64 = 4096;
+
+/// The signed bytes of a message: `magic | version | postcard(body)`. Every signed
+/// message of vw (a seal, a deployment ticket) has its own magic, so none can stand for
+/// another.
+pub fn envelope<T: Serialize>(magic: [u8; 4], version: u8, body: &T) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    out.push(version);
+    postcard::to_io(body, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Opens untrusted `envelope | signature` bytes (a `what`): at most `max` bytes, the
+/// magic and version checked, the body decoded with nothing trailing, and the whole in
+/// canonical form (it encodes back to the same bytes). The signature is the caller's to
+/// verify.
+pub fn open<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+    magic: [u8; 4],
+    version: u8,
+    max: usize,
+    what: &str,
+) -> Result<(T, [u8; 64]), String> {
+    if bytes.len() > max {
+        return Err(format!("{} bytes (at most {max})", bytes.len()));
+    }
+    if bytes.len() < 5 + 64 || bytes[..4] != magic {
+        return Err(format!("not a {what}"));
+    }
+    if bytes[4] != version {
+        return Err(format!("{what} version {}, this build reads {version}", bytes[4]));
+    }
+    let (body, signature) = bytes[5..].split_at(bytes.len() - 5 - 64);
+    let body: T = match postcard::take_from_bytes(body) {
+        Ok((b, [])) => b,
+        Ok((_, rest)) => return Err(format!("{} trailing bytes", rest.len())),
+        Err(e) => return Err(e.to_string()),
+    };
+    if envelope(magic, version, &body) != bytes[..bytes.len() - 64] {
+        return Err("not in canonical form".into());
+    }
+    Ok((body, signature.try_into().expect("64 bytes split off")))
+}
 
 /// Checks a VO name: the rules of the VO part of an image name.
 pub fn check_vo(vo: &str) -> Result<(), Error> {
@@ -79,6 +122,17 @@ impl VoKey {
     /// The public half.
     pub fn public(&self) -> VoPublic {
         VoPublic(self.key.verifying_key())
+    }
+
+    /// Whether this key may seal `name`: only names under its own VO.
+    pub fn may_sign(&self, name: &ImageName) -> Result<(), Error> {
+        if name.vo() == self.vo {
+            return Ok(());
+        }
+        Err(Error::BadName {
+            input: name.to_string(),
+            reason: format!("the key is VO {}'s; sign names under {}/", self.vo, self.vo),
+        })
     }
 
     /// Signs `message`.
@@ -249,12 +303,7 @@ impl Seal {
         manifest: ManifestId,
         visibility: Visibility,
     ) -> Result<Self, Error> {
-        if name.vo() != key.vo() {
-            return Err(Error::BadName {
-                input: name.to_string(),
-                reason: format!("the key is VO {}'s; sign names under {}/", key.vo(), key.vo()),
-            });
-        }
+        key.may_sign(name)?;
         let mut seal = Seal { name: name.clone(), manifest, visibility, signature: [0; 64] };
         seal.signature = key.sign(&seal.statement());
         Ok(seal)
@@ -282,15 +331,12 @@ impl Seal {
 
     /// The signed bytes.
     fn statement(&self) -> Vec<u8> {
-        let mut out = SEAL_MAGIC.to_vec();
-        out.push(SEAL_VERSION);
         let statement = Statement {
             name: self.name.clone(),
             manifest: self.manifest,
             visibility: self.visibility,
         };
-        postcard::to_io(&statement, &mut out).expect("writing to a Vec cannot fail");
-        out
+        envelope(SEAL_MAGIC, SEAL_VERSION, &statement)
     }
 
     /// Checks the signature against the VO's key.
@@ -317,34 +363,12 @@ impl Seal {
 
     /// Decodes an encoded seal (untrusted bytes: bounded, canonical, nothing trailing).
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let bad = |reason: String| Error::BadSeal { name: "(undecoded)".into(), reason };
-        if bytes.len() > MAX_SEAL {
-            return Err(bad(format!("{} bytes (at most {MAX_SEAL})", bytes.len())));
-        }
-        if bytes.len() < 5 + 64 || bytes[..4] != SEAL_MAGIC {
-            return Err(bad("not a seal".into()));
-        }
-        if bytes[4] != SEAL_VERSION {
-            return Err(bad(format!("seal version {}, this build reads 1", bytes[4])));
-        }
-        let (body, signature) = bytes[5..].split_at(bytes.len() - 5 - 64);
-        let statement: Statement = match postcard::take_from_bytes(body) {
-            Ok((s, [])) => s,
-            Ok((_, rest)) => return Err(bad(format!("{} trailing bytes", rest.len()))),
-            Err(e) => return Err(bad(e.to_string())),
-        };
+        let (statement, signature): (Statement, _) =
+            open(bytes, SEAL_MAGIC, SEAL_VERSION, MAX_SEAL, "seal")
+                .map_err(|reason| Error::BadSeal { name: "(undecoded)".into(), reason })?;
         // The name was parsed field by field by serde: check it as text too.
         let name: ImageName = statement.name.to_string().parse()?;
-        let seal = Seal {
-            name,
-            manifest: statement.manifest,
-            visibility: statement.visibility,
-            signature: signature.try_into().expect("64 bytes split off"),
-        };
-        if seal.encode() != bytes {
-            return Err(bad("not in canonical form".into()));
-        }
-        Ok(seal)
+        Ok(Seal { name, manifest: statement.manifest, visibility: statement.visibility, signature })
     }
 }
 

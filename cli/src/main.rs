@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vw_node::chunkstore::{ImageName, ImageRef, PinReason, Seal, Store, Visibility};
+use vw_node::chunkstore::{ImageName, ImageRef, PinReason, Store, Visibility};
 use vw_node::manager::Op;
 
 use crate::output::{bytes, Out};
@@ -355,11 +355,8 @@ fn image(
             let key = key.expect("loaded above");
             let visibility = if public { Visibility::Public } else { Visibility::Private };
             let bar = Bar::new(out, "import");
-            let r = store.import(&file, None, &bar)?;
+            let r = store.import_sealed(&file, &name, &key, visibility, &bar)?;
             bar.finish();
-            let seal = Seal::sign(&key, &name, r.manifest, visibility)?;
-            store.put_seal(&seal)?;
-            let r = vw_node::chunkstore::ImportReport { name: Some(name.to_string()), ..r };
             out.emit(&r, || output::import_text(&r));
             if !r.eviction.evicted.is_empty() || r.eviction.chunks_removed > 0 {
                 out.note(&output::gc_text(&r.eviction));

@@ -192,11 +192,7 @@ impl LocalVos {
         visibility: vw_chunkstore::Visibility,
     ) -> anyhow::Result<vw_chunkstore::ImportReport> {
         let name: vw_chunkstore::ImageName = name.parse()?;
-        let report = store.import(path, None, &())?;
-        let seal =
-            vw_chunkstore::Seal::sign(self.key(name.vo()), &name, report.manifest, visibility)?;
-        store.put_seal(&seal)?;
-        Ok(vw_chunkstore::ImportReport { name: Some(name.to_string()), ..report })
+        Ok(store.import_sealed(path, &name, self.key(name.vo()), visibility, &())?)
     }
 
     /// `vo`'s ticket for deploying the workspace document `workspace`.

@@ -69,7 +69,7 @@ impl Audit {
         detail: &str,
     ) {
         let entry = Entry {
-            time_ms: now_ms(),
+            time_ms: crate::manager::now_ms(),
             vo: vo.to_owned(),
             peer: peer.to_owned(),
             op: op.to_owned(),
@@ -94,10 +94,4 @@ impl Audit {
         };
         text.lines().map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

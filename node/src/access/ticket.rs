@@ -8,6 +8,7 @@
 //! seal's, so neither can stand for the other.
 
 use serde::{Deserialize, Serialize};
+use vw_chunkstore::vo::{envelope, open};
 use vw_chunkstore::{VoKey, VoPublic};
 
 /// Largest encoded ticket accepted.
@@ -70,34 +71,13 @@ impl Ticket {
 
     /// Decodes untrusted bytes: bounded, canonical, nothing trailing.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() > MAX_TICKET {
-            return Err(format!("{} bytes (at most {MAX_TICKET})", bytes.len()));
-        }
-        if bytes.len() < 5 + 64 || bytes[..4] != MAGIC {
-            return Err("not a vw ticket".into());
-        }
-        if bytes[4] != VERSION {
-            return Err(format!("ticket version {}, this build reads {VERSION}", bytes[4]));
-        }
-        let (body, signature) = bytes[5..].split_at(bytes.len() - 5 - 64);
-        let body: Body = match postcard::take_from_bytes(body) {
-            Ok((b, [])) => b,
-            Ok((_, rest)) => return Err(format!("{} trailing bytes", rest.len())),
-            Err(e) => return Err(e.to_string()),
-        };
-        let ticket = Ticket { body, signature: signature.try_into().expect("64 bytes") };
-        if ticket.encode() != bytes {
-            return Err("not in canonical form".into());
-        }
-        Ok(ticket)
+        let (body, signature) = open(bytes, MAGIC, VERSION, MAX_TICKET, "vw ticket")?;
+        Ok(Ticket { body, signature })
     }
 }
 
 fn signed(body: &Body) -> Vec<u8> {
-    let mut out = MAGIC.to_vec();
-    out.push(VERSION);
-    postcard::to_io(body, &mut out).expect("writing to a Vec cannot fail");
-    out
+    envelope(MAGIC, VERSION, body)
 }
 
 #[cfg(test)]

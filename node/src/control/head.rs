@@ -21,7 +21,7 @@ use futures::future::join_all;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use vw_chunkstore::{ImageRef, Store};
+use vw_chunkstore::{ImageRef, Manifest, Store};
 use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, Policy, Ranges, Strategy};
 
 use super::host::HostService;
@@ -460,22 +460,20 @@ impl Head {
         edges.dedup();
         let _ = events.send(DeployEvent::Planned { strategy: planned.strategy, edges }).await;
         clock.start(DeployPhase::Stage).await;
-        let orders = self.orders(
-            &hosts,
-            &cluster,
-            &wi,
-            &inventory,
-            &planned,
-            &spec,
-            Sealed { workspace, ticket, seals: &seals },
-        )?;
+        let manifests = wi
+            .ids
+            .iter()
+            .map(|id| self.store.manifest(id).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stagers = stagers(&hosts, &wi, &spec, &planned);
         // This host serves every image as a source or relay: the stagers of each may
         // fetch its chunks for this deployment, until the stage phase ends.
-        for (i, id) in wi.ids.iter().enumerate() {
-            let manifest = self.store.manifest(id).map_err(|e| e.to_string())?;
-            let stagers = stagers_of(&hosts, &wi, &spec, &planned, i);
-            self.local.gate().grants.allow(&name, vo, &manifest, &stagers);
+        for (manifest, peers) in manifests.iter().zip(&stagers) {
+            self.local.gate().grants.allow(&name, vo, manifest, peers);
         }
+        let sealed =
+            Sealed { workspace, ticket, seals: &seals, manifests: &manifests, stagers: &stagers };
+        let orders = self.orders(&hosts, &cluster, &wi, &inventory, &planned, &spec, sealed);
         let staged = join_all(orders.into_iter().map(|(h, order)| {
             let host = &hosts[h];
             async move {
@@ -639,7 +637,7 @@ impl Head {
         planned: &PlanReport,
         spec: &crate::workspace::WorkspaceSpec,
         sealed: Sealed<'_>,
-    ) -> Result<Vec<(usize, StageOrder)>, String> {
+    ) -> Vec<(usize, StageOrder)> {
         let plan = &planned.plan;
         let demands = wi.demands(spec);
         let member = |p: &PlacedVm| Member {
@@ -647,12 +645,8 @@ impl Head {
             nics: p.nics.clone(),
             cores: p.cores.clone(),
         };
-        let stagers: Vec<Vec<PeerId>> =
-            (0..wi.ids.len()).map(|i| stagers_of(hosts, wi, spec, planned, i)).collect();
-        let mut manifests = Vec::new();
-        for id in &wi.ids {
-            manifests.push(self.store.manifest(id).map_err(|e| e.to_string())?.encode());
-        }
+        let stagers = sealed.stagers;
+        let manifests: Vec<Vec<u8>> = sealed.manifests.iter().map(Manifest::encode).collect();
         let mut out = Vec::new();
         for (h, (name, _)) in hosts.iter().enumerate() {
             let here: Vec<&PlacedVm> =
@@ -746,7 +740,7 @@ impl Head {
                 },
             ));
         }
-        Ok(out)
+        out
     }
 
     /// `op` on the VMs of `deployment` on hosts `on` (indices into `hosts`), all at once.
@@ -882,12 +876,15 @@ impl Head {
 }
 
 /// What the head sends with every stage order: the document, the VO's ticket for it,
-/// and each image's seal (encoded, in `WorkspaceImages` order).
+/// and per image (in `WorkspaceImages` order) its manifest, its seal (encoded) and the
+/// peers staging it.
 #[derive(Clone, Copy)]
 struct Sealed<'a> {
     workspace: &'a str,
     ticket: &'a [u8],
     seals: &'a [Vec<u8>],
+    manifests: &'a [Manifest],
+    stagers: &'a [Vec<PeerId>],
 }
 
 /// The seal that lets `vo` deploy image `reference` (manifest `id`), encoded: the
@@ -925,21 +922,20 @@ fn sealed(
     Err(refusal)
 }
 
-/// The peers of the hosts with a VM that uses image `i`.
-fn stagers_of(
+/// Per image, the peers of the hosts with a VM that uses it.
+fn stagers(
     hosts: &[(String, PeerId)],
     wi: &WorkspaceImages,
     spec: &crate::workspace::WorkspaceSpec,
     planned: &PlanReport,
-    i: usize,
-) -> Vec<PeerId> {
-    let users: Vec<String> =
-        wi.demands(spec).into_iter().filter(|d| d.images.contains(&i)).map(|d| d.name).collect();
-    let mut out: Vec<PeerId> = Vec::new();
-    for p in planned.placement.iter().filter(|p| users.contains(&p.vm)) {
-        if let Some((_, id)) = hosts.iter().find(|(h, _)| *h == p.host) {
-            if !out.contains(id) {
-                out.push(*id);
+) -> Vec<Vec<PeerId>> {
+    let mut out: Vec<Vec<PeerId>> = vec![Vec::new(); wi.ids.len()];
+    for d in wi.demands(spec) {
+        let Some(p) = planned.placement.iter().find(|p| p.vm == d.name) else { continue };
+        let Some((_, id)) = hosts.iter().find(|(h, _)| *h == p.host) else { continue };
+        for &i in &d.images {
+            if !out[i].contains(id) {
+                out[i].push(*id);
             }
         }
     }

@@ -128,18 +128,13 @@ impl HostService {
             }
             Request::Run { deployment, op } => {
                 let d = deployment.clone();
-                let result = self
-                    .with_manager(move |m| -> Result<_, String> {
+                let (vo, ran) = self
+                    .with_manager(move |m| {
                         let vo = m.deployment(&d).ok().flatten().and_then(|r| r.vo);
-                        let ran = m.run(&d, None, op).map_err(|e| e.to_string());
-                        Ok((vo, ran))
+                        (vo, m.run(&d, None, op).map_err(|e| e.to_string()))
                     })
                     .await
-                    .and_then(|r| r);
-                let (vo, ran) = match result {
-                    Ok((vo, ran)) => (vo, ran),
-                    Err(e) => (None, Err(e)),
-                };
+                    .unwrap_or_else(|e| (None, Err(e)));
                 let (outcome, detail) = match &ran {
                     Ok(vms) => ("ok", format!("{} VMs", vms.len())),
                     Err(e) => ("failed", e.clone()),
