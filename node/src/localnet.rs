@@ -157,25 +157,38 @@ pub struct LocalVos {
     pub keys: Vec<vw_chunkstore::VoKey>,
     /// The cluster config: the embedded one, plus `[[vo]]` for each.
     pub cluster_config: PathBuf,
+    /// Each key's `isolated` flag and extra `[[vo]]` lines, as created.
+    entries: Vec<(bool, String)>,
 }
 
 impl LocalVos {
     /// Keys for `vos` (name, isolated) and a cluster config at `path` that trusts them,
     /// with `extra` (more `[[vo]]` keys, like quotas) appended after each VO's entry.
     pub fn create(path: &Path, vos: &[(&str, bool, &str)]) -> anyhow::Result<LocalVos> {
+        let keys = vos
+            .iter()
+            .map(|(vo, _, _)| vw_chunkstore::VoKey::generate(vo))
+            .collect::<Result<Vec<_>, _>>()?;
+        let entries = vos.iter().map(|(_, isolated, extra)| (*isolated, (*extra).to_owned()));
+        let vos = LocalVos { keys, cluster_config: path.to_owned(), entries: entries.collect() };
+        vos.write_config(path, &[])?;
+        Ok(vos)
+    }
+
+    /// Writes a cluster config trusting these VOs to `path`, with the VOs in `isolate`
+    /// isolated as well as those created so (another cluster with the same VOs).
+    pub fn write_config(&self, path: &Path, isolate: &[String]) -> anyhow::Result<()> {
         let mut text = crate::config::ClusterConfig::EMBEDDED.to_owned();
-        let mut keys = Vec::new();
-        for (vo, isolated, extra) in vos {
-            let key = vw_chunkstore::VoKey::generate(vo)?;
+        for (key, (isolated, extra)) in self.keys.iter().zip(&self.entries) {
+            let isolated = *isolated || isolate.iter().any(|v| v == key.vo());
             text.push_str(&format!(
-                "\n[[vo]]\nname = \"{vo}\"\nkey = \"{}\"\nisolated = {isolated}\n{extra}",
+                "\n[[vo]]\nname = \"{}\"\nkey = \"{}\"\nisolated = {isolated}\n{extra}",
+                key.vo(),
                 key.public()
             ));
-            keys.push(key);
         }
         crate::config::ClusterConfig::parse(&text, &path.display().to_string())?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(LocalVos { keys, cluster_config: path.to_owned() })
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 
     /// The key of `vo`.

@@ -51,20 +51,16 @@ async fn deploy(
     .expect("task")
 }
 
-/// A loopback cluster of `hosts` under `dir` trusting VOs `demo` and `vo2` (with
-/// `vo2_quota`, `[vo.quota]` lines, if any), with demo images of `size_mib` MiB
-/// imported on the head (its vwds not started yet).
+/// A loopback cluster of `hosts` under `dir` trusting `vos` (name, isolated, extra
+/// `[[vo]]` lines such as a quota), with demo images of `size_mib` MiB imported on the
+/// head (its vwds not started yet).
 fn cluster_with(
     dir: &Path,
     hosts: usize,
     size_mib: u64,
-    vo2_quota: &str,
+    vos: &[(&str, bool, &str)],
 ) -> (LocalNet, DemoImages, LocalVos) {
-    let vos = LocalVos::create(
-        &dir.join("cluster.toml"),
-        &[("demo", false, ""), ("vo2", false, vo2_quota)],
-    )
-    .expect("VOs");
+    let vos = LocalVos::create(&dir.join("cluster.toml"), vos).expect("VOs");
     let options =
         LocalNetOptions { cluster_config: Some(vos.cluster_config.clone()), ..Default::default() };
     let net = LocalNet::create(dir, hosts, &options).expect("net");
@@ -73,8 +69,9 @@ fn cluster_with(
     (net, images, vos)
 }
 
+/// A loopback cluster trusting `demo` and `vo2`, neither isolated.
 fn cluster(dir: &Path, hosts: usize, size_mib: u64) -> (LocalNet, DemoImages, LocalVos) {
-    cluster_with(dir, hosts, size_mib, "")
+    cluster_with(dir, hosts, size_mib, &[("demo", false, ""), ("vo2", false, "")])
 }
 
 /// The plan's (sender, receiver) edges, from a deploy's events.
@@ -267,7 +264,12 @@ async fn deploy_error(net: &LocalNet, ticket: Vec<u8>, workspace: String) -> Str
 async fn bad_deploys_are_refused_with_what_and_where() {
     let dir = tempfile::tempdir().expect("tempdir");
     // vo2 may take 200 MiB of guest memory in all.
-    let (net, _images, vos) = cluster_with(dir.path(), 2, 16, "[vo.quota]\nmemory_mib = 200\n");
+    let (net, _images, vos) = cluster_with(
+        dir.path(),
+        2,
+        16,
+        &[("demo", false, ""), ("vo2", false, "[vo.quota]\nmemory_mib = 200\n")],
+    );
     let vwds = net.start().await.expect("start");
 
     // VO vo2 may not deploy demo's private worker; demo's public base it may.
@@ -324,4 +326,134 @@ async fn bad_deploys_are_refused_with_what_and_where() {
     for v in vwds {
         v.shutdown().await;
     }
+}
+
+/// The cores each VM of `host` is pinned to, from the domain configs its vwd wrote.
+fn pinned_in_configs(data_dir: &Path) -> Vec<(String, Vec<u32>)> {
+    let mut vms = Vec::new();
+    for entry in std::fs::read_dir(data_dir.join("xen")).expect("xen configs") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "cfg") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("config");
+        let cpus = text
+            .lines()
+            .find_map(|l| l.strip_prefix("cpus = \""))
+            .unwrap_or_else(|| panic!("{}: no cpus line in\n{text}", path.display()));
+        let cores = cpus.trim_end_matches('"').split(',').map(|c| c.parse().expect("core"));
+        let vm = path.file_stem().expect("stem").to_string_lossy().into_owned();
+        vms.push((vm, cores.collect()));
+    }
+    vms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pinned_co_located_clusters_never_share_a_core() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, _images, vos) = cluster(dir.path(), 3, 16);
+    // Four cores per host: room for two VMs of two pinned vCPUs each.
+    let text = std::fs::read_to_string(&vos.cluster_config).expect("cluster config");
+    assert!(text.contains("\n[host]\n"), "the cluster config has a [host] table");
+    std::fs::write(&vos.cluster_config, text.replacen("\n[host]\n", "\n[host]\ncpus = 4\n", 1))
+        .expect("cluster config");
+    let vwds = net.start().await.expect("start");
+    let pinned = |name: &str, worker: &str| {
+        cluster_workspace(name, "demo/base:1", worker, 2)
+            .replace("<vcpus>1</vcpus>", "<vcpus>2</vcpus><cpus>0-3</cpus>")
+    };
+    // Two VOs' clusters, one VM of each on every host.
+    let (first, _) =
+        deploy(&net, &vos, "demo", pinned("one", "demo/worker:1"), Strategy::Chain).await;
+    let (second, _) =
+        deploy(&net, &vos, "vo2", pinned("two", "vo2/worker:1"), Strategy::Chain).await;
+    for report in [&first, &second] {
+        assert!(report.lost.is_empty(), "{report:#?}");
+        let hosts: std::collections::BTreeSet<&str> =
+            report.placement.iter().map(|p| p.host.as_str()).collect();
+        assert_eq!(hosts.len(), 3, "spread over every host: {:?}", report.placement);
+    }
+
+    // What each host's vwd wrote for xl: every VM on two cores of its own.
+    for (name, data) in net.names.iter().zip(&net.data_dirs) {
+        let vms = pinned_in_configs(data);
+        assert_eq!(vms.len(), 2, "{name}: one VM of each VO: {vms:?}");
+        let mut seen = std::collections::BTreeSet::new();
+        for (vm, cores) in &vms {
+            assert_eq!(cores.len(), 2, "{name}: {vm} has its two vCPUs' cores: {vms:?}");
+            assert!(cores.iter().all(|c| *c < 4 && seen.insert(*c)), "{name}: shared: {vms:?}");
+        }
+        // The head's records agree with what the host wrote.
+        for report in [&first, &second] {
+            for p in report.placement.iter().filter(|p| &p.host == name) {
+                let (_, written) = vms.iter().find(|(vm, _)| *vm == p.vm).expect("written");
+                assert_eq!(p.cores.as_ref(), Some(written), "{name}: {}", p.vm);
+            }
+        }
+    }
+
+    // `vw status` shows each VO holding two cores of every host, none of them shared.
+    let socket = net.head_socket();
+    let usage = tokio::task::spawn_blocking(move || {
+        match local::call(&socket, &LocalRequest::Status { deployment: None }, |_| {}) {
+            Ok(LocalReply::Status { vos, .. }) => vos,
+            other => panic!("status: {other:?}"),
+        }
+    })
+    .await
+    .expect("task");
+    let cores = |vo: &str| &usage.iter().find(|u| u.vo == vo).expect("VO in status").cores;
+    for name in &net.names {
+        let (a, b) = (&cores("demo")[name], &cores("vo2")[name]);
+        assert!(a.len() == 2 && b.len() == 2 && a.iter().all(|c| !b.contains(c)), "{usage:?}");
+    }
+
+    // No core is left: a third pinned cluster is refused, naming why.
+    let third = pinned("three", "demo/worker:1");
+    let err = deploy_error(&net, vos.ticket("demo", &third).expect("ticket"), third).await;
+    assert!(err.contains("0 unpinned cores"), "{err}");
+    for v in vwds {
+        v.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_vos_chunks_are_not_counted_for_another_vo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, images, vos) =
+        cluster_with(dir.path(), 3, 32, &[("demo", true, ""), ("vo2", false, "")]);
+    // What a host lacks of vo2's worker when empty, and when it holds demo's worker.
+    let manifest = {
+        let probe = Store::open(&dir.path().join("probe")).expect("probe");
+        let id = probe.import(&images.other, None, &()).expect("import").manifest;
+        probe.manifest(&id).expect("manifest")
+    };
+    let (cold, after_demo) = {
+        let empty = Store::open(&dir.path().join("empty")).expect("store");
+        let cold = empty.missing(&manifest).expect("missing").bytes;
+        empty.import(&images.worker, None, &()).expect("import");
+        (cold, empty.missing(&manifest).expect("missing").bytes)
+    };
+    assert!(after_demo < cold, "demo's worker shares chunks with vo2's: {after_demo} of {cold}");
+
+    let vwds = net.start().await.expect("start");
+    // Only demo's private worker lands on the hosts: no public image to share from.
+    let workspace = |name: &str, image: &str| cluster_workspace(name, image, image, 2);
+    let (first, _) =
+        deploy(&net, &vos, "demo", workspace("grid", "demo/worker:1"), Strategy::Chain).await;
+    let (second, _) =
+        deploy(&net, &vos, "vo2", workspace("vo2", "vo2/worker:1"), Strategy::Chain).await;
+    assert!(first.lost.is_empty() && second.lost.is_empty(), "{first:#?} {second:#?}");
+    let mut hosts = 0;
+    for h in second.hosts.iter().filter(|h| h.host != "head") {
+        // The host holds demo's worker, yet lacks and receives all of vo2's as if cold.
+        let s = h.stage.as_ref().expect("staged");
+        assert_eq!((s.lacked, s.received), (cold, cold), "{}: {s:?}", h.host);
+        hosts += 1;
+    }
+    assert_eq!(hosts, 2, "both hosts staged vo2's worker after demo's");
+    for v in vwds {
+        v.shutdown().await;
+    }
+    holds_exactly(&net, &worker_hosts(&second), "vo2/worker:1", &images.other);
 }

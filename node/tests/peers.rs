@@ -19,7 +19,7 @@ fn purpose(m: &Manifest) -> Purpose {
 
 /// Lets `peers` fetch `manifest` for deployment `d` from every peer sharing `grants`.
 fn grant(grants: &Grants, manifest: &Manifest, peers: &[libp2p::PeerId]) {
-    grants.allow("d", "vo", manifest, peers);
+    grants.allow("d", "vo", &[(manifest, peers)]);
 }
 
 fn config(
@@ -351,8 +351,8 @@ async fn knowing_a_chunk_id_is_not_enough_to_fetch_it() {
     let grants = Arc::new(Grants::default());
     let sending = Sending { grants: grants.clone(), ..Default::default() };
     let (pa, pb) = pair(a.clone(), sending, b.clone()).await;
-    grants.allow("d", "vo-b", &theirs, &[pb.id()]);
-    grants.allow("d-a", "vo-a", &private, &[pa.id()]);
+    grants.allow("d", "vo-b", &[(&theirs, &[pb.id()])]);
+    grants.allow("d-a", "vo-a", &[(&private, &[pa.id()])]);
 
     let refused = |r: Result<_, vw_node::peer::PeerError>| r.expect_err("refused").to_string();
     let secret = b.missing(&private).expect("missing").chunks;
@@ -375,6 +375,43 @@ async fn knowing_a_chunk_id_is_not_enough_to_fetch_it() {
         .await
         .expect("its own image");
     assert_eq!(got.bytes, wanted.bytes);
+    pa.shutdown().await;
+    pb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_arrives_just_before_its_grant_is_served() {
+    // In a cascade a receiver may ask its sender before the sender has checked its own
+    // stage order (and granted the deployment): the sender waits for the grant, longer
+    // than the receiver's own retries of a refused stream would.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
+    let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
+    let img = dir.path().join("x.img");
+    std::fs::write(&img, noise(1 << 20, 41)).expect("write");
+    let manifest = a.manifest(&a.import(&img, None, &()).expect("import").manifest).expect("m");
+    let grants = Arc::new(Grants::default());
+    let sending = Sending { grants: grants.clone(), ..Default::default() };
+    let (pa, pb) = pair(a.clone(), sending, b.clone()).await;
+    let late = {
+        let (grants, manifest, id) = (grants.clone(), manifest.clone(), pb.id());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            grant(&grants, &manifest, &[id]);
+        })
+    };
+    let wanted = b.missing(&manifest).expect("missing");
+    let t = std::time::Instant::now();
+    let intake = Intake::start(b.clone(), None);
+    let got =
+        fetch_from_any(&mut pb.control(), &[pa.id()], &purpose(&manifest), &wanted.chunks, &intake)
+            .await
+            .expect("served once granted");
+    intake.finish().await.expect("finish");
+    assert!(t.elapsed() >= std::time::Duration::from_secs(1), "served after the grant");
+    assert!(got.dropped.is_empty(), "never refused: {got:?}");
+    assert_eq!(got.fetched.iter().map(|(_, f)| f.bytes).sum::<u64>(), wanted.bytes);
+    late.await.expect("grant");
     pa.shutdown().await;
     pb.shutdown().await;
 }

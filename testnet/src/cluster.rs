@@ -31,6 +31,8 @@ pub struct ClusterOptions<'a> {
     pub dir: &'a Path,
     /// The images and templates.
     pub images: &'a ImageSet,
+    /// The cluster config every vwd reads (the VOs it trusts).
+    pub cluster_config: &'a Path,
     /// Whether every host but the head starts with the base OS.
     pub cached: bool,
     /// Wire compression for every vwd.
@@ -57,7 +59,7 @@ impl Cluster {
                 addresses: Some(o.hosts.iter().map(|h| h.addr).collect()),
                 mdns: o.mdns,
                 racks: Some(o.hosts.iter().map(|h| format!("r{}", h.rack)).collect()),
-                cluster_config: Some(o.images.vos.cluster_config.clone()),
+                cluster_config: Some(o.cluster_config.to_owned()),
             },
         )?;
         copy_store(&o.images.head_store, &net.data_dirs[0])?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use vw_node::chunkstore::{Store, Visibility};
+use vw_node::chunkstore::{ImageName, ImageRef, Store, Visibility};
 use vw_node::localnet::{DemoImages, LocalVos};
 
 use crate::scenario::{ImageSource, Images, WorkerImage};
@@ -35,6 +35,12 @@ pub struct ImageSet {
     pub cached_store: PathBuf,
     /// The two worker images' lengths in bytes (worker, vo2).
     lens: (u64, u64),
+    /// What the second VO's worker holds that the first's does not: distinct non-zero
+    /// chunk bytes, what a host holding only the first VO's worker lacks of it.
+    pub vo2_unique: u64,
+    /// The second VO's worker in distinct non-zero chunk bytes: what a host lacks of it
+    /// when it may count none of the first VO's chunks (the first VO isolated).
+    pub vo2_distinct: u64,
     /// The VOs (`base`, whose OS image is public, `vo1`, `vo2`): their keys, and the
     /// cluster config every vwd trusts them by.
     pub vos: Arc<LocalVos>,
@@ -104,7 +110,7 @@ impl ImageSet {
             &config,
             &[("base", false, ""), ("vo1", false, ""), ("vo2", false, "")],
         )?;
-        let set = ImageSet {
+        let mut set = ImageSet {
             vos: Arc::new(vos),
             head_store: work.join("template-head"),
             cached_store: work.join("template-cached"),
@@ -112,6 +118,8 @@ impl ImageSet {
             worker,
             vo2,
             lens,
+            vo2_unique: 0,
+            vo2_distinct: 0,
         };
         // Scratch: removed with the testnet.
         for d in [&set.head_store, &set.cached_store] {
@@ -123,6 +131,7 @@ impl ImageSet {
             &[(&set.base, BASE), (&set.worker, WORKER), (&set.vo2, VO2)],
         )?;
         import(&set.vos, &set.cached_store, &[(&set.base, BASE)])?;
+        (set.vo2_unique, set.vo2_distinct) = unique_bytes(&set.head_store, VO2, WORKER)?;
         Ok(set)
     }
 
@@ -147,6 +156,27 @@ fn import(vos: &LocalVos, store: &Path, images: &[(&PathBuf, &str)]) -> Result<(
             .map_err(|e| TestnetError::Run(format!("importing {}: {e}", path.display())))?;
     }
     Ok(())
+}
+
+/// The distinct non-zero chunk bytes of image `name` in `store` that image `other`
+/// lacks, and all of them.
+fn unique_bytes(store: &Path, name: &str, other: &str) -> Result<(u64, u64), TestnetError> {
+    let fail = |e: &dyn std::fmt::Display| TestnetError::Run(format!("{}: {e}", store.display()));
+    let s = Store::open(store).map_err(|e| fail(&e))?;
+    let chunks = |name: &str| -> Result<std::collections::HashMap<_, u64>, TestnetError> {
+        let name: ImageName = name.parse().map_err(|e| fail(&e))?;
+        let id = s.resolve(&ImageRef::Name(name)).map_err(|e| fail(&e))?;
+        let manifest = s.manifest(&id).map_err(|e| fail(&e))?;
+        Ok(manifest
+            .chunks()
+            .iter()
+            .filter(|c| !c.is_zero())
+            .map(|c| (c.id, u64::from(c.len)))
+            .collect())
+    };
+    let (mine, theirs) = (chunks(name)?, chunks(other)?);
+    let unique = mine.iter().filter(|(id, _)| !theirs.contains_key(*id)).map(|(_, len)| len).sum();
+    Ok((unique, mine.values().sum()))
 }
 
 /// Copies a template store's files into `data_dir` (which already has its key and

@@ -206,6 +206,34 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
     notes
 }
 
+/// The second VO's cluster, deployed on hosts that hold the first's: the bytes it sent
+/// against `unique` (per receiving host: what of its image the hosts could not count,
+/// described by `what`), and its transfer time against its cold case.
+pub fn second_vo(row: &RunRow, unique: u64, what: &str, cold: Option<&RunRow>) -> String {
+    let expected = unique * row.n as u64;
+    let mut note = format!(
+        "{} {} N={}: sent {:.1} MB, {:.3}× its unique bytes ({:.1} MB per host × {} hosts: {what})",
+        row.case,
+        row.method,
+        row.n,
+        row.bytes_sent as f64 / 1e6,
+        row.bytes_sent as f64 / expected.max(1) as f64,
+        unique as f64 / 1e6,
+        row.n,
+    );
+    if let Some(cold) = cold {
+        let _ = write!(
+            note,
+            "; transfer {:.2} s, {:.3}× the cold case ({} {:.2} s)",
+            row.fetch_s,
+            row.fetch_s / cold.fetch_s,
+            cold.case,
+            cold.fetch_s
+        );
+    }
+    note
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

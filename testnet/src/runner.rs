@@ -80,6 +80,8 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
     mkdir(&reports)?;
     let images = ImageSet::prepare(&s.images, &options.work)?;
     let mut outcome = Outcome::default();
+    // The second VO's cold runs, and the notes comparing its later runs with them.
+    let (mut cold_vo2, mut vo_notes) = (Vec::new(), Vec::new());
     let mut k = 0;
     for (run, methods) in s.run.iter().zip(&checked.methods) {
         for &n in &run.hosts {
@@ -107,6 +109,21 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                 for r in &rows {
                     tracing::info!(case = %r.case, method = %r.method, n = r.n, transfer = r.fetch_s, stage = r.seconds, ratio = r.ratio, "run done");
                 }
+                if let (Some(first), Some(second)) = (rows.first(), rows.last()) {
+                    if run.image == WorkerImage::Vo2 && !run.cached && run.kill_at.is_none() {
+                        cold_vo2.push(first.clone());
+                    }
+                    if run.then_vo2 {
+                        let cold =
+                            cold_vo2.iter().find(|c| c.n == second.n && c.method == second.method);
+                        let (unique, what) = if run.isolated.iter().any(|v| v == "vo1") {
+                            (images.vo2_distinct, "all of vo2's, as vo1 is isolated")
+                        } else {
+                            (images.vo2_unique, "vo2's bytes that vo1's worker lacks")
+                        };
+                        vo_notes.push(results::second_vo(second, unique, what, cold));
+                    }
+                }
                 outcome.runs.extend(rows);
                 outcome.ops.extend(ops);
                 crate::net::remove_dir(&dir)?;
@@ -116,6 +133,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
     // Tears down the namespaces, links and scratch (the template stores too).
     drop(testnet);
     outcome.notes = results::checks(&outcome.runs);
+    outcome.notes.extend(vo_notes);
     write(&s.name, &s.description, &outcome, &options.out)?;
     Ok(outcome)
 }
@@ -169,10 +187,18 @@ impl RunContext<'_> {
         let n = self.hosts.len() - 1;
         let _span =
             tracing::info_span!("run", case = %self.run.case, method = %self.method, n).entered();
+        let cluster_config = if self.run.isolated.is_empty() {
+            self.images.vos.cluster_config.clone()
+        } else {
+            let path = self.dir.join("cluster.toml");
+            self.images.vos.write_config(&path, &self.run.isolated)?;
+            path
+        };
         let mut cluster = Cluster::start(&ClusterOptions {
             hosts: self.hosts,
             dir: self.dir,
             images: self.images,
+            cluster_config: &cluster_config,
             cached: self.run.cached,
             compress: self
                 .run

@@ -27,6 +27,7 @@
 //! cached = false          # the base OS already on every receiving host
 //! image = "worker"        # the workers' image: worker, or vo2 (the second VO's)
 //! then_vo2 = false        # then deploy the second VO's cluster on the same hosts
+//! isolated = ["vo1"]      # VOs isolated in this run's cluster config (base, vo1, vo2)
 //! ops = false             # then time pause, unpause, stop, unstage across the cluster
 //! kill_at = 0.33          # kill a mid-cascade host when it has this share of its bytes
 //! compress = "auto"       # this run's vwd compression, if not [vwd]'s
@@ -38,6 +39,9 @@ use serde::Deserialize;
 use vw_node::planner::Strategy;
 
 use crate::TestnetError;
+
+/// The testnet's VOs (`images::BASE`, `WORKER`, `VO2` belong to them in turn).
+pub const VOS: [&str; 3] = ["base", "vo1", "vo2"];
 
 /// A scenario file.
 #[derive(Clone, Debug, Deserialize)]
@@ -136,6 +140,9 @@ pub struct Run {
     /// Then deploy the second VO's cluster on the same hosts.
     #[serde(default)]
     pub then_vo2: bool,
+    /// VOs isolated in this run's cluster config (`base`, `vo1`, `vo2`).
+    #[serde(default)]
+    pub isolated: Vec<String>,
     /// Then time the lifecycle operations across the cluster.
     #[serde(default)]
     pub ops: bool,
@@ -278,6 +285,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
             return Err(bad(format!("{}: {n} is not within 1..={MAX_HOSTS}", key("hosts"))));
         }
         compress_ok(key("compress"), &run.compress)?;
+        if let Some(vo) = run.isolated.iter().find(|v| !VOS.contains(&v.as_str())) {
+            return Err(bad(format!("{}: `{vo}` is not one of {VOS:?}", key("isolated"))));
+        }
         if let Some(k) = run.kill_at {
             if !(0.0..1.0).contains(&k) {
                 return Err(bad(format!("{}: {k} is not a share in [0, 1)", key("kill_at"))));
@@ -350,6 +360,7 @@ hosts = [1, 2]
         check(format!("{GOOD}kill_at = 0.3\n"), "needs at least 3 receiving hosts");
         check(GOOD.replace("size_mib = 32", "size_mib = 1"), "images.size_mib");
         check(format!("{GOOD}compress = \"zip\"\n"), "run[0] (cold).compress: `zip`");
+        check(format!("{GOOD}isolated = [\"vo3\"]\n"), "run[0] (cold).isolated: `vo3`");
         check(GOOD.replace("hosts = [1, 2]", "hosts = \"two\""), "line 10, column 9");
     }
 

@@ -5,9 +5,15 @@
 //! It lets the hosts staging one of the deployment's manifests fetch that manifest's
 //! chunks, and nothing else. Knowing a chunk's id is not enough: a request names the
 //! deployment and the manifest, and each id must be in the manifest.
+//!
+//! In a cascade a receiver may ask its sender before the sender has checked its own
+//! stage order: the head sends every order at once. So a request for a deployment this
+//! host does not know yet waits a little for its grant ([`Grants::check_within`])
+//! before it is refused.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use vw_chunkstore::{ChunkId, Manifest, ManifestId};
@@ -16,6 +22,8 @@ use vw_chunkstore::{ChunkId, Manifest, ManifestId};
 #[derive(Debug, Default)]
 pub struct Grants {
     by: Mutex<HashMap<(String, ManifestId), Arc<Grant>>>,
+    /// Woken whenever a deployment is granted.
+    granted: tokio::sync::Notify,
 }
 
 /// One manifest of one deployment.
@@ -44,15 +52,20 @@ pub enum Verdict {
 }
 
 impl Grants {
-    /// Lets `peers` fetch `manifest`'s chunks for `deployment` of `vo` (replacing an
-    /// earlier grant for the same pair).
-    pub fn allow(&self, deployment: &str, vo: &str, manifest: &Manifest, peers: &[PeerId]) {
-        let grant = Grant {
-            vo: vo.to_owned(),
-            peers: peers.iter().copied().collect(),
-            chunks: manifest.chunks().iter().filter(|c| !c.is_zero()).map(|c| c.id).collect(),
-        };
-        self.lock().insert((deployment.to_owned(), manifest.id()), Arc::new(grant));
+    /// Lets the peers listed with each manifest fetch its chunks for `deployment` of
+    /// `vo`, all at once (replacing earlier grants for the same pairs).
+    pub fn allow(&self, deployment: &str, vo: &str, manifests: &[(&Manifest, &[PeerId])]) {
+        let mut by = self.lock();
+        for (manifest, peers) in manifests {
+            let grant = Grant {
+                vo: vo.to_owned(),
+                peers: peers.iter().copied().collect(),
+                chunks: manifest.chunks().iter().filter(|c| !c.is_zero()).map(|c| c.id).collect(),
+            };
+            by.insert((deployment.to_owned(), manifest.id()), Arc::new(grant));
+        }
+        drop(by);
+        self.granted.notify_waiters();
     }
 
     /// Withdraws every grant of `deployment`.
@@ -90,6 +103,33 @@ impl Grants {
         Verdict::Allowed { vo: grant.vo.clone() }
     }
 
+    /// [`Grants::check`], but a request for a deployment not known here yet waits up to
+    /// `wait` for it to be granted (its stage order may be on its way) before it is
+    /// refused. Every other refusal is final at once.
+    pub async fn check_within(
+        &self,
+        peer: &PeerId,
+        deployment: &str,
+        manifest: &ManifestId,
+        ids: &[ChunkId],
+        wait: Duration,
+    ) -> Verdict {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Listening before checking: a grant made in between still wakes us.
+            let granted = self.granted.notified();
+            tokio::pin!(granted);
+            granted.as_mut().enable();
+            let verdict = self.check(peer, deployment, manifest, ids);
+            if !matches!(verdict, Verdict::Refused { vo: None, .. }) {
+                return verdict;
+            }
+            if tokio::time::timeout_at(deadline, granted).await.is_err() {
+                return verdict;
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, ManifestId), Arc<Grant>>> {
         self.by.lock().expect("grants lock")
     }
@@ -112,7 +152,7 @@ mod tests {
         let grants = Grants::default();
         let (m, other) = (manifest(b"m"), manifest(b"o"));
         let (staging, stranger) = (PeerId::random(), PeerId::random());
-        grants.allow("d", "a", &m, &[staging]);
+        grants.allow("d", "a", &[(&m, &[staging])]);
         let ids = [m.chunks()[0].id];
         assert_eq!(grants.check(&staging, "d", &m.id(), &ids), Verdict::Allowed { vo: "a".into() });
         let refused = |v: Verdict| match v {
@@ -133,5 +173,35 @@ mod tests {
             grants.check(&staging, "d", &m.id(), &ids),
             Verdict::Refused { vo: None, .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_grant_on_its_way_but_not_for_ever() {
+        let grants = Arc::new(Grants::default());
+        let m = manifest(b"m");
+        let (staging, ids) = (PeerId::random(), [m.chunks()[0].id]);
+        let later = {
+            let (grants, m) = (Arc::clone(&grants), m.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                grants.allow("d", "a", &[(&m, &[staging])]);
+            })
+        };
+        let (id, long) = (m.id(), Duration::from_secs(60));
+        let verdict = grants.check_within(&staging, "d", &id, &ids, long);
+        assert_eq!(verdict.await, Verdict::Allowed { vo: "a".into() }, "allowed once granted");
+        later.await.expect("granted");
+        // A refusal of a known deployment is final at once; of an unknown one, after
+        // the wait.
+        let wait = Duration::from_millis(300);
+        let t = tokio::time::Instant::now();
+        let stranger = PeerId::random();
+        let verdict = grants.check_within(&stranger, "d", &id, &ids, long).await;
+        assert!(matches!(verdict, Verdict::Refused { vo: Some(_), .. }), "{verdict:?}");
+        assert!(t.elapsed() < long, "no wait for a final refusal");
+        let t = tokio::time::Instant::now();
+        let verdict = grants.check_within(&staging, "e", &id, &ids, wait).await;
+        assert!(matches!(verdict, Verdict::Refused { vo: None, .. }), "{verdict:?}");
+        assert!(t.elapsed() >= wait);
     }
 }

@@ -24,6 +24,10 @@ use crate::access::grants::{Grants, Verdict};
 use crate::peer::rate::RateLimit;
 use crate::peer::{chunks_protocol, short, PeerError};
 
+/// How long a request for a deployment this host does not know yet waits for its
+/// grant (its stage order may still be on its way) before it is refused; well within
+/// a fetcher's [`QUIET`].
+pub const GRANT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a fetch waits for the next frame before it gives the peer up.
 pub const QUIET: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -172,7 +176,9 @@ async fn serve_one(
         }
         match read_frame(&mut stream).await? {
             Some(Frame::Want { deployment, manifest, ids }) => {
-                match sending.grants.check(&peer, &deployment, &manifest, &ids) {
+                let verdict =
+                    sending.grants.check_within(&peer, &deployment, &manifest, &ids, GRANT_WAIT);
+                match verdict.await {
                     Verdict::Allowed { vo } => {
                         if !served.iter().any(|(_, d, m)| *d == deployment && *m == manifest) {
                             served.push((vo, deployment, manifest));
@@ -254,6 +260,9 @@ pub struct Intake {
     /// Peers that sent a bad chunk in this stage: no other stream of the stage asks
     /// them again.
     dropped: std::sync::Mutex<std::collections::HashSet<PeerId>>,
+    /// Chunks the store holds that this stage must receive all the same (held only for
+    /// images of an isolated VO).
+    hidden: std::collections::HashSet<ChunkId>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -318,12 +327,20 @@ impl Intake {
             bytes: Default::default(),
             download: None,
             dropped: Default::default(),
+            hidden: Default::default(),
         }
     }
 
     /// Caps what every stream into this intake receives, together.
     pub fn with_download_cap(mut self, cap: Option<Arc<RateLimit>>) -> Self {
         self.download = cap;
+        self
+    }
+
+    /// Chunks to receive even though the store holds them: they count as lacked for
+    /// this stage (an isolated VO's), so they cross the network like any other.
+    pub fn with_hidden(mut self, hidden: std::collections::HashSet<ChunkId>) -> Self {
+        self.hidden = hidden;
         self
     }
 
@@ -347,9 +364,10 @@ impl Intake {
         self.received.lock().expect("intake lock").len() as u64
     }
 
-    /// Whether the chunk is held or on its way into the store.
+    /// Whether the chunk was received in this stage, or is held (and not hidden).
     pub fn has(&self, id: &ChunkId) -> Result<bool, PeerError> {
-        Ok(self.received.lock().expect("intake lock").contains(id) || self.store.holds(id)?)
+        Ok(self.received.lock().expect("intake lock").contains(id)
+            || (!self.hidden.contains(id) && self.store.holds(id)?))
     }
 
     /// Takes a verified chunk; false if the writer has failed (its error comes from

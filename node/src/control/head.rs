@@ -468,9 +468,8 @@ impl Head {
         let stagers = stagers(&hosts, &wi, &spec, &planned);
         // This host serves every image as a source or relay: the stagers of each may
         // fetch its chunks for this deployment, until the stage phase ends.
-        for (manifest, peers) in manifests.iter().zip(&stagers) {
-            self.local.gate().grants.allow(&name, vo, manifest, peers);
-        }
+        let granted: Vec<_> = manifests.iter().zip(&stagers).map(|(m, p)| (m, &p[..])).collect();
+        self.local.gate().grants.allow(&name, vo, &granted);
         let sealed =
             Sealed { workspace, ticket, seals: &seals, manifests: &manifests, stagers: &stagers };
         let orders = self.orders(&hosts, &cluster, &wi, &inventory, &planned, &spec, sealed);
@@ -721,6 +720,19 @@ impl Head {
                     fallback: fallback.iter().map(|f| hosts[f.ix()].1.to_string()).collect(),
                 });
             }
+            // Images it sends in the plan but does not stage: it grants them too.
+            let serves = (0..wi.images.len())
+                .filter(|i| !used.contains(i))
+                .filter(|&i| plan.streams.iter().any(|s| s.from == ix && s.image == i))
+                .map(|i| ImageOrder {
+                    image: wi.refs[i].to_string(),
+                    manifest: manifests[i].clone(),
+                    seal: sealed.seals[i].clone(),
+                    stagers: stagers[i].iter().map(PeerId::to_string).collect(),
+                    pulls: vec![],
+                    fallback: vec![],
+                })
+                .collect();
             let share = ClusterShare {
                 here: here.iter().map(|p| member(p)).collect(),
                 elsewhere: planned
@@ -737,6 +749,7 @@ impl Head {
                     ticket: sealed.ticket.to_vec(),
                     share,
                     images,
+                    serves,
                 },
             ));
         }

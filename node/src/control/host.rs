@@ -228,8 +228,9 @@ impl HostService {
     }
 
     /// Checks a stage order against this host's own cluster config before anything is
-    /// fetched: the VO's ticket, and each image's manifest and seal. Grants the
-    /// stagers of each image its chunks. Returns the VO and the checked images.
+    /// fetched: the VO's ticket, and each image's manifest and seal (those it stages
+    /// and those it only serves). Grants the stagers of each image its chunks. Returns
+    /// the VO and the checked images to stage.
     fn check_order(
         &self,
         deployment: &str,
@@ -240,7 +241,7 @@ impl HostService {
             .map_err(|e| e.to_string())?;
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
         let mut images = Vec::new();
-        for image in &order.images {
+        for image in order.images.iter().chain(&order.serves) {
             let reference: ImageRef =
                 image.image.parse().map_err(|e| format!("image `{}`: {e}", image.image))?;
             let manifest =
@@ -250,9 +251,9 @@ impl HostService {
             let stagers = image.stagers.iter().map(|s| peer(s)).collect::<Result<Vec<_>, _>>()?;
             images.push(Checked { order: image.clone(), manifest, seal, stagers });
         }
-        for c in &images {
-            self.gate.grants.allow(deployment, &vo, &c.manifest, &c.stagers);
-        }
+        let granted: Vec<_> = images.iter().map(|c| (&c.manifest, &c.stagers[..])).collect();
+        self.gate.grants.allow(deployment, &vo, &granted);
+        images.truncate(order.images.len());
         Ok((vo, images))
     }
 
@@ -278,6 +279,8 @@ impl HostService {
                 .map_err(|e| e.to_string())??
         };
         let mut images: Vec<(ImageOrder, Manifest, Vec<ChunkRef>, Seal)> = Vec::new();
+        // Held, but only for images this VO may not see: fetched all the same.
+        let mut hidden = HashSet::new();
         for Checked { order, manifest, seal, .. } in checked {
             let mut lacked = self.store.missing(&manifest).map_err(|e| e.to_string())?.chunks;
             if let Some(visible) = &visible {
@@ -285,6 +288,7 @@ impl HostService {
                 for c in manifest.chunks() {
                     if !c.is_zero() && !visible.contains(&c.id) && seen.insert(c.id) {
                         lacked.push(*c);
+                        hidden.insert(c.id);
                     }
                 }
             }
@@ -306,7 +310,8 @@ impl HostService {
             "fetching what this host lacks"
         );
 
-        let pulled = self.fetch(&spec.name, &images, &lacked, report.lacked, &progress).await?;
+        let pulled =
+            self.fetch(&spec.name, &images, &lacked, hidden, report.lacked, &progress).await?;
         report.received = pulled.1;
         report.chunks = pulled.2;
         for (peer, got) in &pulled.0.fetched {
@@ -347,17 +352,21 @@ impl HostService {
     }
 
     /// Runs every planned stream at once, then pulls whatever is still missing from
-    /// the fallback peers. Returns what each peer sent, and the bytes and chunks taken.
+    /// the fallback peers (`hidden`: held, but to be fetched all the same). Returns
+    /// what each peer sent, and the bytes and chunks taken.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         deployment: &str,
         images: &[(ImageOrder, Manifest, Vec<ChunkRef>, Seal)],
         lacked: &[ChunkRef],
+        hidden: HashSet<ChunkId>,
         total: u64,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(PullReport, u64, u64), String> {
         let intake = Intake::start(Arc::clone(&self.store), Some(Arc::clone(&self.relay)))
-            .with_download_cap(self.download.clone());
+            .with_download_cap(self.download.clone())
+            .with_hidden(hidden);
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
 

@@ -82,6 +82,10 @@ pub struct StageOrder {
     pub share: ClusterShare,
     /// The images its VMs use.
     pub images: Vec<ImageOrder>,
+    /// Images the plan has this host send chunks of without staging them (it holds
+    /// those chunks for other images): checked like `images` and granted to their
+    /// stagers, but not fetched (no pulls, no fallback).
+    pub serves: Vec<ImageOrder>,
 }
 
 /// One image of a stage order.

@@ -1,0 +1,206 @@
+//! A host checks every stage order itself, against its own cluster config, whoever
+//! sends it. Here the test speaks as the host's head (with the head's own key, so the
+//! host takes its control requests) and sends orders a head would never send: a
+//! forged or mismatched ticket, a tampered or substituted manifest, a missing or
+//! forged seal, an image the VO may not use (to stage or only to serve). Each is refused before anything is
+//! fetched or recorded, and audited; the honest order gets past the checks.
+
+use std::sync::Arc;
+
+use vw_node::access::audit::Audit;
+use vw_node::chunkstore::{ImageName, ImageRef, Seal, Store, Visibility};
+use vw_node::control::head::control_protocol;
+use vw_node::control::protocol::{ImageOrder, Reply, StageOrder};
+use vw_node::control::{Answer, Request};
+use vw_node::daemon::load_or_create_key;
+use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
+use vw_node::peer::{Peer, PeerConfig};
+use vw_node::report::ClusterShare;
+use vw_node::wire;
+
+/// Sends `order` to `host` as `head` and returns the host's final answer.
+async fn send(head: &Peer, host: libp2p::PeerId, order: StageOrder) -> Answer {
+    let mut stream =
+        head.control().open_stream(host, control_protocol()).await.expect("control stream");
+    wire::write(&mut stream, &Request::Stage(Box::new(order))).await.expect("send");
+    loop {
+        match wire::read::<Reply, _>(&mut stream).await.expect("reply") {
+            Some(Reply::Progress(_)) => continue,
+            Some(Reply::Done(answer)) => return answer,
+            None => panic!("the host closed the stream without an answer"),
+        }
+    }
+}
+
+/// The order for `image` as the head's store holds it: its manifest and seal.
+fn image_order(store: &Store, image: &str) -> ImageOrder {
+    let name: ImageName = image.parse().expect("name");
+    let id = store.resolve(&ImageRef::Name(name.clone())).expect("resolve");
+    ImageOrder {
+        image: image.to_owned(),
+        manifest: store.manifest(&id).expect("manifest").encode(),
+        seal: store.seal(&name).expect("seal").expect("sealed").encode(),
+        stagers: vec![],
+        pulls: vec![],
+        fallback: vec![],
+    }
+}
+
+fn refused(answer: &Answer, want: &str) {
+    match answer {
+        Answer::Refused(why) => assert!(why.contains(want), "refused, but why? {why}"),
+        other => panic!("a forged order must be refused ({want}), got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vos = LocalVos::create(
+        &dir.path().join("cluster.toml"),
+        &[("demo", false, ""), ("vo2", false, "")],
+    )
+    .expect("VOs");
+    let options =
+        LocalNetOptions { cluster_config: Some(vos.cluster_config.clone()), ..Default::default() };
+    let net = LocalNet::create(dir.path(), 2, &options).expect("net");
+    let images = DemoImages::write(dir.path(), 16).expect("images");
+    // The head's store (its vwd never starts: the test is the head).
+    let store = Store::open(&net.data_dirs[0]).expect("head store");
+    for (path, name, visibility) in [
+        (&images.base, "demo/base:1", Visibility::Public),
+        (&images.worker, "demo/worker:1", Visibility::Private),
+    ] {
+        vos.import(&store, path, name, visibility).expect("import");
+    }
+
+    let host = net.start_one(1).await.expect("host");
+    let head = Peer::start(
+        PeerConfig {
+            listen: vec![],
+            keypair: load_or_create_key(&net.data_dirs[0].join("node.key")).expect("head key"),
+            allowed: vec![host.id()],
+            sending: Default::default(),
+            mdns: false,
+            known: vec![],
+        },
+        Arc::new(Store::open(&dir.path().join("scratch")).expect("store")),
+    )
+    .await
+    .expect("peer");
+    head.dial(host.addresses().await.expect("addresses")[0].clone()).await.expect("dial");
+
+    let workspace = cluster_workspace("forged", "demo/base:1", "demo/worker:1", 1);
+    let honest = StageOrder {
+        ticket: vos.ticket("demo", &workspace).expect("ticket"),
+        workspace: workspace.clone(),
+        share: ClusterShare { here: vec![], elsewhere: vec![] },
+        images: vec![image_order(&store, "demo/base:1"), image_order(&store, "demo/worker:1")],
+        serves: vec![],
+    };
+    let with_worker = |f: &dyn Fn(&mut ImageOrder)| {
+        let mut order = honest.clone();
+        f(&mut order.images[1]);
+        order
+    };
+    let impostor = LocalVos::create(&dir.path().join("impostor.toml"), &[("demo", false, "")])
+        .expect("another key named demo");
+    let base_manifest = honest.images[0].manifest.clone();
+    let worker_manifest = honest.images[1].manifest.clone();
+    let worker_name: ImageName = "demo/worker:1".parse().expect("name");
+
+    let forged: Vec<(&str, StageOrder, &str)> = vec![
+        (
+            "a ticket signed by a key the host does not trust",
+            StageOrder {
+                ticket: impostor.ticket("demo", &workspace).expect("ticket"),
+                ..honest.clone()
+            },
+            "does not verify with VO demo's key",
+        ),
+        ("no ticket", StageOrder { ticket: vec![], ..honest.clone() }, "carries no VO ticket"),
+        (
+            "a ticket for another document of the same name",
+            StageOrder {
+                workspace: workspace.replace("<memory>128</memory>", "<memory>64</memory>"),
+                ..honest.clone()
+            },
+            "another workspace document",
+        ),
+        (
+            "another VO's ticket for an image private to demo",
+            StageOrder { ticket: vos.ticket("vo2", &workspace).expect("ticket"), ..honest.clone() },
+            "image demo/worker:1 is private to VO demo; VO vo2 may not",
+        ),
+        (
+            "another VO's image to serve, private to demo",
+            {
+                let base = cluster_workspace("forged", "demo/base:1", "demo/base:1", 1);
+                StageOrder {
+                    ticket: vos.ticket("vo2", &base).expect("ticket"),
+                    workspace: base,
+                    images: vec![honest.images[0].clone()],
+                    serves: vec![honest.images[1].clone()],
+                    ..honest.clone()
+                }
+            },
+            "image demo/worker:1 is private to VO demo; VO vo2 may not",
+        ),
+        (
+            "the worker's seal on the base's manifest",
+            with_worker(&|i| i.manifest = base_manifest.clone()),
+            "image demo/worker:1: its seal is for manifest",
+        ),
+        (
+            "a manifest with one byte flipped",
+            with_worker(&|i| {
+                let mut m = worker_manifest.clone();
+                let at = m.len() - 7;
+                m[at] ^= 1;
+                i.manifest = m;
+            }),
+            "demo/worker:1",
+        ),
+        ("no seal", with_worker(&|i| i.seal = vec![]), "image demo/worker:1 is not sealed"),
+        (
+            "a seal made with an untrusted key",
+            with_worker(&|i| {
+                let manifest =
+                    vw_node::chunkstore::Manifest::decode(&i.manifest).expect("manifest");
+                let seal = Seal::sign(
+                    impostor.key("demo"),
+                    &worker_name,
+                    manifest.id(),
+                    Visibility::Public,
+                )
+                .expect("seal");
+                i.seal = seal.encode();
+            }),
+            "does not verify with VO demo's key",
+        ),
+    ];
+    let count = forged.len();
+    for (what, order, want) in forged {
+        let answer = send(&head, host.id(), order).await;
+        refused(&answer, want);
+        eprintln!("{what}: {answer:?}");
+    }
+    // The honest order gets past every check (and then fails: this test's head sends no
+    // share of the cluster to stage).
+    let answer = send(&head, host.id(), honest).await;
+    assert!(!matches!(answer, Answer::Refused(_)), "the honest order is not refused: {answer:?}");
+
+    host.shutdown().await;
+    head.shutdown().await;
+    // Nothing was fetched or recorded for the forged orders; each refusal is audited
+    // with the head's peer id.
+    let hosted = Store::open(&net.data_dirs[1]).expect("host store");
+    assert!(hosted.images().expect("images").is_empty(), "no image was staged");
+    let head_id = net.ids[0].to_string();
+    let refusals = Audit::read(&net.data_dirs[1])
+        .expect("audit log")
+        .into_iter()
+        .filter(|e| e.op == "stage" && e.outcome == "refused" && e.peer == head_id)
+        .count();
+    assert_eq!(refusals, count, "every forged order is in the audit log");
+}
