@@ -296,7 +296,7 @@ pub fn plan_with(
     needs.sort();
     needs.dedup();
     // Only hosts of the deployment send its chunks: those its VMs run on, and host 0
-    // (the head, where deployments start). No other host has checked the deployment,
+    // (the head, where deployments start; a hosts file's first host). No other host has checked the deployment,
     // so none would serve them (each host grants only what its own order lists).
     let mut sending = Inventory::empty(cluster.len(), images.len());
     for h in cluster.ixs().filter(|h| h.ix() == 0 || hosts_of.contains(h)) {

@@ -253,6 +253,7 @@ impl HostService {
         }
         let granted: Vec<_> = images.iter().map(|c| (&c.manifest, &c.stagers[..])).collect();
         self.gate.grants.allow(deployment, &vo, &granted);
+        // The served images are granted, not staged.
         images.truncate(order.images.len());
         Ok((vo, images))
     }
