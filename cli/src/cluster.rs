@@ -310,3 +310,38 @@ fn status_text(hosts: &[HostVms]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vw_node::config::Quota;
+
+    #[test]
+    fn status_shows_each_vo_s_deployments_use_and_quota() {
+        let grid3 = VoUsage {
+            vo: "grid3".into(),
+            deployments: vec!["grid".into(), "night".into()],
+            vms: 3,
+            memory_mib: 384,
+            vcpus: 4,
+            hosts: ["node1".to_owned(), "node2".to_owned()].into(),
+            cache_bytes: [("node1".to_owned(), 3 << 20), ("node2".to_owned(), 5 << 20)].into(),
+            cores: [("node1".to_owned(), vec![0, 1])].into(),
+            quota: Quota { memory_mib: Some(1024), hosts: None, cache_bytes: Some(1 << 30) },
+        };
+        let vo2 =
+            VoUsage { vo: "vo2".into(), deployments: vec!["vo2".into()], ..Default::default() };
+        let text = vos_text(&[grid3, vo2]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        // The largest cache on any one host, and every deployment.
+        assert_eq!(row, ["grid3", "3", "384", "MiB", "4", "2", "5.0", "MiB", "grid,", "night"]);
+        assert!(
+            lines[2].contains("quota: memory 1024 MiB, hosts no limit, cache 1.0 GiB"),
+            "{text}"
+        );
+        assert!(lines[3].contains("pinned on node1: cores [0, 1]"), "{text}");
+        assert!(lines[4].starts_with("vo2") && lines[4].ends_with("vo2"), "{text}");
+    }
+}

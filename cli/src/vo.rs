@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use vw_node::chunkstore::{VoKey, VoPublic};
+use vw_node::chunkstore::VoKey;
+use vw_node::config::VoConfig;
 
 use crate::output::Out;
 
@@ -40,11 +41,6 @@ pub fn key(dir: &Path, vo: &str) -> anyhow::Result<VoKey> {
     Ok(VoKey::load(&path)?)
 }
 
-/// The `[[vo]]` entry a cluster config needs to trust this key.
-pub fn entry(vo: &str, key: &VoPublic) -> String {
-    format!("[[vo]]\nname = \"{vo}\"\nkey = \"{key}\"\n")
-}
-
 /// `vw vo create NAME`.
 pub fn create(dir: &Path, vo: &str, out: &Out) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -59,7 +55,7 @@ pub fn create(dir: &Path, vo: &str, out: &Out) -> anyhow::Result<ExitCode> {
         format!(
             "created VO {vo}: {} (mode 0600)\nadd this to the cluster config of every host:\n\n{}",
             path.display(),
-            entry(vo, &public)
+            VoConfig::entry(vo, &public, false)
         )
     });
     Ok(ExitCode::SUCCESS)
@@ -104,7 +100,7 @@ pub fn ls(dir: &Path, out: &Out) -> anyhow::Result<ExitCode> {
 pub fn export(dir: &Path, vo: &str, out: &Out) -> anyhow::Result<ExitCode> {
     let public = key(dir, vo)?.public();
     out.emit(&serde_json::json!({ "vo": vo, "key": public.to_string() }), || {
-        entry(vo, &public).trim_end().to_owned()
+        VoConfig::entry(vo, &public, false).trim_end().to_owned()
     });
     Ok(ExitCode::SUCCESS)
 }

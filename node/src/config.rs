@@ -79,6 +79,17 @@ pub struct VoConfig {
     pub quota: Quota,
 }
 
+impl VoConfig {
+    /// The `[[vo]]` entry that trusts `key` as VO `vo` (`vw vo export` prints it).
+    pub fn entry(vo: &str, key: &vw_chunkstore::VoPublic, isolated: bool) -> String {
+        let mut entry = format!("[[vo]]\nname = \"{vo}\"\nkey = \"{key}\"\n");
+        if isolated {
+            entry.push_str("isolated = true\n");
+        }
+        entry
+    }
+}
+
 /// `[vo.quota]`: what one VO's deployments may take together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -181,11 +181,8 @@ impl LocalVos {
         let mut text = crate::config::ClusterConfig::EMBEDDED.to_owned();
         for (key, (isolated, extra)) in self.keys.iter().zip(&self.entries) {
             let isolated = *isolated || isolate.iter().any(|v| v == key.vo());
-            text.push_str(&format!(
-                "\n[[vo]]\nname = \"{}\"\nkey = \"{}\"\nisolated = {isolated}\n{extra}",
-                key.vo(),
-                key.public()
-            ));
+            let entry = crate::config::VoConfig::entry(key.vo(), &key.public(), isolated);
+            text.push_str(&format!("\n{entry}{extra}"));
         }
         crate::config::ClusterConfig::parse(&text, &path.display().to_string())?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))

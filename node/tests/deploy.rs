@@ -74,6 +74,18 @@ fn cluster(dir: &Path, hosts: usize, size_mib: u64) -> (LocalNet, DemoImages, Lo
     cluster_with(dir, hosts, size_mib, &[("demo", false, ""), ("vo2", false, "")])
 }
 
+/// The distinct bytes a store holding the images `held` lacks of `image` (scratch
+/// stores under `dir`).
+fn lacks(dir: &Path, held: &[&Path], image: &Path) -> u64 {
+    let source = Store::open(&dir.join("source")).expect("store");
+    let id = source.import(image, None, &()).expect("import").manifest;
+    let holder = Store::open(&dir.join("holder")).expect("store");
+    for h in held {
+        holder.import(h, None, &()).expect("import");
+    }
+    holder.missing(&source.manifest(&id).expect("manifest")).expect("missing").bytes
+}
+
 /// The plan's (sender, receiver) edges, from a deploy's events.
 fn planned_edges(events: &[DeployEvent]) -> Vec<(String, String)> {
     events
@@ -147,18 +159,9 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
     .await;
     assert!(second.lost.is_empty(), "{second:#?}");
     // What a host that holds the first VO's worker lacks of the second VO's.
-    let probe = Store::open(&dir.path().join("probe")).expect("probe");
-    for image in [&images.base, &images.worker] {
-        probe.import(image, None, &()).expect("import");
-    }
-    let other = probe.import(&images.other, None, &()).expect("other");
-    let new_bytes = {
-        let fresh = Store::open(&dir.path().join("probe2")).expect("probe2");
-        fresh.import(&images.worker, None, &()).expect("import");
-        fresh.missing(&probe.manifest(&other.manifest).expect("manifest")).expect("missing").bytes
-    };
+    let new_bytes = lacks(&dir.path().join("probe"), &[&images.worker], &images.other);
     assert!(
-        new_bytes > 0 && new_bytes < other.len - other.counts.zero_bytes,
+        new_bytes > 0 && new_bytes < lacks(&dir.path().join("cold"), &[], &images.other),
         "the second VO adds some chunks"
     );
     let mut received = 0;
@@ -423,17 +426,8 @@ async fn an_isolated_vos_chunks_are_not_counted_for_another_vo() {
     let (net, images, vos) =
         cluster_with(dir.path(), 3, 32, &[("demo", true, ""), ("vo2", false, "")]);
     // What a host lacks of vo2's worker when empty, and when it holds demo's worker.
-    let manifest = {
-        let probe = Store::open(&dir.path().join("probe")).expect("probe");
-        let id = probe.import(&images.other, None, &()).expect("import").manifest;
-        probe.manifest(&id).expect("manifest")
-    };
-    let (cold, after_demo) = {
-        let empty = Store::open(&dir.path().join("empty")).expect("store");
-        let cold = empty.missing(&manifest).expect("missing").bytes;
-        empty.import(&images.worker, None, &()).expect("import");
-        (cold, empty.missing(&manifest).expect("missing").bytes)
-    };
+    let cold = lacks(&dir.path().join("cold"), &[], &images.other);
+    let after_demo = lacks(&dir.path().join("probe"), &[&images.worker], &images.other);
     assert!(after_demo < cold, "demo's worker shares chunks with vo2's: {after_demo} of {cold}");
 
     let vwds = net.start().await.expect("start");

@@ -80,12 +80,7 @@ impl ImageSet {
             }
             ImageSource::Synthetic => {
                 let dir = work.join("images");
-                std::fs::create_dir_all(&dir).map_err(|error| TestnetError::Io {
-                    op: "create",
-                    path: dir.clone(),
-                    error,
-                })?;
-                crate::net::register_dir(&dir);
+                crate::net::scratch_dir(&dir)?;
                 let d = DemoImages::write(&dir, images.size_mib.unwrap_or(64))?;
                 (d.base, d.worker, d.other)
             }
@@ -99,12 +94,7 @@ impl ImageSet {
         };
         let lens = (len(&worker)?, len(&vo2)?);
         let vo_dir = work.join("vos");
-        std::fs::create_dir_all(&vo_dir).map_err(|error| TestnetError::Io {
-            op: "create",
-            path: vo_dir.clone(),
-            error,
-        })?;
-        crate::net::register_dir(&vo_dir);
+        crate::net::scratch_dir(&vo_dir)?;
         let config = vo_dir.join("cluster.toml");
         let vos = LocalVos::create(
             &config,

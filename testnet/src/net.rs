@@ -49,6 +49,17 @@ pub fn register_dir(path: &std::path::Path) {
     register(Resource::Dir(path.to_owned()));
 }
 
+/// Creates a scratch directory, removed on teardown.
+pub fn scratch_dir(path: &std::path::Path) -> Result<(), TestnetError> {
+    std::fs::create_dir_all(path).map_err(|error| TestnetError::Io {
+        op: "create",
+        path: path.to_owned(),
+        error,
+    })?;
+    register_dir(path);
+    Ok(())
+}
+
 /// Removes a scratch directory now and forgets it.
 pub fn remove_dir(path: &std::path::Path) -> Result<(), TestnetError> {
     LIVE.lock()

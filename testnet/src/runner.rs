@@ -88,8 +88,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
             for &method in methods {
                 k += 1;
                 let dir = options.work.join(format!("run{k}"));
-                mkdir(&dir)?;
-                crate::net::register_dir(&dir);
+                crate::net::scratch_dir(&dir)?;
                 let ctx = RunContext {
                     checked,
                     run,

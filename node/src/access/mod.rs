@@ -226,11 +226,8 @@ mod tests {
     fn config(vos: &[(&VoKey, bool)]) -> ClusterConfig {
         let mut text = ClusterConfig::EMBEDDED.to_owned();
         for (key, isolated) in vos {
-            text.push_str(&format!(
-                "\n[[vo]]\nname = \"{}\"\nkey = \"{}\"\nisolated = {isolated}\n",
-                key.vo(),
-                key.public()
-            ));
+            text.push('\n');
+            text.push_str(&crate::config::VoConfig::entry(key.vo(), &key.public(), *isolated));
         }
         ClusterConfig::parse(&text, "test").expect("config")
     }
