@@ -1,8 +1,9 @@
 //! A host checks every stage order itself, against its own cluster config, whoever
 //! sends it. Here the test speaks as the host's head (with the head's own key, so the
 //! host takes its control requests) and sends orders a head would never send: a
-//! forged or mismatched ticket, a tampered or substituted manifest, a missing or
-//! forged seal, an image the VO may not use (to stage or only to serve). Each is refused before anything is
+//! forged, mismatched or untrusted ticket, a tampered or substituted manifest, a
+//! missing, forged or untrusted seal, an image the VO may not use (to stage or only to
+//! serve). Each is refused before anything is
 //! fetched or recorded, and audited; the honest order gets past the checks.
 
 use std::sync::Arc;
@@ -103,8 +104,11 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         f(&mut order.images[1]);
         order
     };
-    let impostor = LocalVos::create(&dir.path().join("impostor.toml"), &[("demo", false, "")])
-        .expect("another key named demo");
+    let impostor = LocalVos::create(
+        &dir.path().join("impostor.toml"),
+        &[("demo", false, ""), ("vo9", false, "")],
+    )
+    .expect("another key named demo, and a VO the host does not trust");
     let base_manifest = honest.images[0].manifest.clone();
     let worker_manifest = honest.images[1].manifest.clone();
     let worker_name: ImageName = "demo/worker:1".parse().expect("name");
@@ -177,6 +181,28 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
                 i.seal = seal.encode();
             }),
             "does not verify with VO demo's key",
+        ),
+        (
+            "a ticket of a VO the host does not trust",
+            StageOrder {
+                ticket: impostor.ticket("vo9", &workspace).expect("ticket"),
+                ..honest.clone()
+            },
+            "VO vo9 is not trusted by this cluster",
+        ),
+        (
+            "an image sealed by a VO the host does not trust",
+            with_worker(&|i| {
+                let manifest =
+                    vw_node::chunkstore::Manifest::decode(&i.manifest).expect("manifest");
+                let name: ImageName = "vo9/worker:1".parse().expect("name");
+                let seal =
+                    Seal::sign(impostor.key("vo9"), &name, manifest.id(), Visibility::Public)
+                        .expect("seal");
+                i.image = name.to_string();
+                i.seal = seal.encode();
+            }),
+            "image vo9/worker:1: VO vo9 is not trusted by this cluster",
         ),
     ];
     let count = forged.len();
