@@ -1,0 +1,48 @@
+#!/bin/sh
+# One host's part of a lab run, in dom0 (started by vwlab-boot with the host's number).
+# Starts vwd with the xl driver; host 1 (the head) then runs the scenario's `head`
+# function and marks the run done; the others serve until then.
+set -u
+N=$1
+OUT=/vwlab/out/host$N
+export PATH=/vwlab/bin:$PATH VW_STORE=/var/lib/vw VW_VO_DIR=/vwlab/vo VW_CLUSTER=/vwlab/cluster.toml
+mkdir -p /var/lib/vw
+install -m 0600 "/vwlab/host$N/node.key" /var/lib/vw/node.key
+. /vwlab/scenario.sh
+
+# Times a command in ms: `t NAME cmd...` appends NAME,ms,rc to $OUT/times.csv.
+t() {
+  name=$1; shift
+  a=$(date +%s%N); "$@"; rc=$?; b=$(date +%s%N)
+  echo "$name,$(( (b - a) / 1000000 )),$rc" >> "$OUT/times.csv"
+  return $rc
+}
+
+start_vwd() {
+  RUST_LOG=${RUST_LOG:-info} vwd --config "/vwlab/host$N/vwd.toml" > "$OUT/vwd.out" 2> "$OUT/vwd.log" &
+  VWD=$!
+  for i in $(seq 120); do grep -q '^socket ' "$OUT/vwd.out" 2>/dev/null && return 0; sleep 1; done
+  echo "vwd did not start; see vwd.log"; return 1
+}
+
+stop_vwd() { kill "$VWD" 2>/dev/null; wait "$VWD" 2>/dev/null; }
+
+# Guest consoles are kept with the results.
+save_consoles() { cp /var/log/xen/console/*.log "$OUT/" 2>/dev/null || true; }
+
+if [ "$N" = 1 ]; then
+  prepare 2>&1 || { echo "prepare failed"; exit 1; }
+  start_vwd || exit 1
+  head
+  rc=$?
+  save_consoles
+  stop_vwd
+  touch /vwlab/out/done
+  exit $rc
+else
+  start_vwd || exit 1
+  while [ ! -e /vwlab/out/done ]; do sleep 2; done
+  save_consoles
+  stop_vwd
+  exit 0
+fi
