@@ -14,10 +14,20 @@
 # With --experiments it also installs what the real-image experiments need:
 #   debootstrap   building Debian partition images (../shared/make-images.sh)
 #   casync        the baseline the import is compared with
+# With --xenlab, what the Xen lab (scripts/xenlab) needs:
+#   debootstrap        the dom0 and guest trees
+#   qemu-system-x86    Xen hosts as QEMU guests (virtio, 9p, taps)
+#   openssh-client     ssh-keygen for the lab's key
 set -euo pipefail
 pkgs=(libclang-dev clang e2fsprogs util-linux xfsprogs libxen-dev gcc libc6-dev dosfstools mtools
       iproute2 procps fonts-dejavu-core)
-if [ "${1:-}" = "--experiments" ]; then pkgs+=(debootstrap casync); fi
+for arg in "$@"; do
+  case $arg in
+    --experiments) pkgs+=(debootstrap casync) ;;
+    --xenlab) pkgs+=(debootstrap qemu-system-x86 openssh-client) ;;
+    *) echo "install-deps.sh: unknown option $arg (--experiments, --xenlab)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,6 +14,7 @@ use vw_node::control::protocol::Phase;
 use vw_node::control::usage::VoUsage;
 use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
 use vw_node::manager::{Op, VmReport};
+use vw_node::report::VmReady;
 
 use crate::output::{bytes, Out};
 
@@ -128,7 +129,8 @@ pub fn deploy(
         anyhow::bail!("the vwd answered a deploy with something else");
     };
     out.emit(&report, || deploy_text(&report));
-    Ok(if report.lost.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let all_ready = report.ready.iter().all(VmReady::ok);
+    Ok(if report.lost.is_empty() && all_ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn secs(micros: u64) -> String {
@@ -138,8 +140,9 @@ fn secs(micros: u64) -> String {
 /// The phase table (the paper's Fig. 2(b)) and the bytes each host lacked and got.
 pub fn deploy_text(r: &DeployReport) -> String {
     let total: u64 = r.phases.iter().map(|p| p.micros).sum();
+    let ready = r.ready.iter().filter(|v| v.ok()).count();
     let mut s = format!(
-        "deployed {} ({}{}) in {}: {} VMs running{}",
+        "deployed {} ({}{}) in {}: {} VMs running, {ready} ready{}",
         r.deployment,
         r.strategy,
         if r.resumed { ", resumed" } else { "" },
@@ -187,6 +190,7 @@ pub fn deploy_text(r: &DeployReport) -> String {
             s.push_str(&format!("\n{:<width$}  failed later: {e}", ""));
         }
     }
+    s.push_str(&ready_text(&r.ready));
     s.push_str(&format!(
         "\n\nsent {} ({} on the wire) for {} lacked ({:.3}×); predicted {:.2} s, limit {:.2} s",
         bytes(received),
@@ -196,6 +200,43 @@ pub fn deploy_text(r: &DeployReport) -> String {
         r.predicted_s,
         r.limit_s
     ));
+    s
+}
+
+/// Per VM: the time from its start to its guest's report, and the report; for a VM
+/// that is not ready, why and the end of its console.
+pub(crate) fn ready_text(ready: &[VmReady]) -> String {
+    if ready.is_empty() {
+        return String::new();
+    }
+    let width = ready.iter().map(|v| v.vm.len()).max().unwrap_or(2).max(2);
+    let mut s = format!("\n\n{:<width$}  {:>9}  guest report", "VM", "ready");
+    for v in ready {
+        match (&v.report, v.ready_ms) {
+            (Some(report), Some(ms)) => {
+                s.push_str(&format!(
+                    "\n{:<width$}  {:>9}  {}",
+                    v.vm,
+                    format!("{:.1} s", ms as f64 / 1e3),
+                    report.line()
+                ));
+                for d in &v.disagreements {
+                    s.push_str(&format!("\n{:<width$}  {:>9}  DISAGREES: {d}", "", ""));
+                }
+            }
+            _ => {
+                s.push_str(&format!(
+                    "\n{:<width$}  {:>9}  {}",
+                    v.vm,
+                    "NOT READY",
+                    v.problem.as_deref().unwrap_or("?")
+                ));
+                for line in &v.console {
+                    s.push_str(&format!("\n{:<width$}  {:>9}  | {line}", "", ""));
+                }
+            }
+        }
+    }
     s
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -198,15 +199,26 @@ pub fn lifecycle(
     out.note(&driver_note(&m));
     let dep = deployment_of(&m, target)?;
     let reports = m.run(&dep, vm, op)?;
+    // A VM is ready when its guest says so; `create` waits for that.
+    let ready = if op == Op::Create {
+        let timeout = Duration::from_secs(m.config().xen.ready_timeout_s);
+        let mut ready = m.await_ready(&dep, timeout, Duration::from_secs(1))?;
+        ready.retain(|r| vm.is_none_or(|v| v == r.vm));
+        ready
+    } else {
+        Vec::new()
+    };
     let doc = serde_json::json!({
         "deployment": dep,
         "op": op,
         "driver": m.driver().name(),
         "simulated": m.driver().simulated(),
         "vms": reports,
+        "ready": ready,
     });
-    out.emit(&doc, || reports_text(&dep, op, &reports));
-    Ok(ExitCode::SUCCESS)
+    out.emit(&doc, || reports_text(&dep, op, &reports) + &crate::cluster::ready_text(&ready));
+    let all_ready = ready.iter().all(vw_node::report::VmReady::ok);
+    Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn secs(micros: u64) -> String {

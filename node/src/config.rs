@@ -170,6 +170,17 @@ pub struct XenConfig {
     /// When it crashes (default `destroy`).
     #[serde(default = "default_destroy")]
     pub on_crash: String,
+    /// Seconds a deploy waits for every guest to report that it is up (default 300).
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_s: u64,
+    /// The program that reads a guest's report from xenstore (default `xenstore-read`).
+    #[serde(default = "default_xenstore_read")]
+    pub xenstore_read: PathBuf,
+    /// Where xenconsoled logs guest consoles (`--log=guest --log-dir=DIR`); a guest
+    /// that never becomes ready is reported with the end of its log (default
+    /// `/var/log/xen/console`; `""`: none).
+    #[serde(default = "default_console_dir")]
+    pub console_dir: PathBuf,
 }
 
 /// Which driver hands domains to the hypervisor.
@@ -208,6 +219,15 @@ fn default_shutdown_timeout() -> u64 {
 fn default_command_timeout() -> u64 {
     120
 }
+fn default_ready_timeout() -> u64 {
+    300
+}
+fn default_xenstore_read() -> PathBuf {
+    "xenstore-read".into()
+}
+fn default_console_dir() -> PathBuf {
+    "/var/log/xen/console".into()
+}
 fn default_destroy() -> String {
     "destroy".into()
 }
@@ -225,6 +245,9 @@ impl Default for XenConfig {
             on_poweroff: default_destroy(),
             on_reboot: default_restart(),
             on_crash: default_destroy(),
+            ready_timeout_s: default_ready_timeout(),
+            xenstore_read: default_xenstore_read(),
+            console_dir: default_console_dir(),
         }
     }
 }
@@ -290,7 +313,10 @@ impl ClusterConfig {
                 "must be more than 0; leave it out to use the machine's CPUs",
             ));
         }
-        if config.xen.shutdown_timeout_s == 0 || config.xen.command_timeout_s == 0 {
+        if config.xen.shutdown_timeout_s == 0
+            || config.xen.command_timeout_s == 0
+            || config.xen.ready_timeout_s == 0
+        {
             return Err(zero("xen.*_timeout_s", "timeouts must be at least 1 second"));
         }
         for (key, value) in [

@@ -11,7 +11,7 @@ use crate::config::ClusterConfig;
 use crate::lifecycle::{Step, VmState};
 use crate::workspace::{VmRole, WorkspaceSpec};
 use crate::xen::config::Disk;
-use crate::xen::DomainState;
+use crate::xen::{DomainState, GuestReport};
 
 /// A deployment: one workspace on this host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +175,32 @@ pub struct VmReport {
     pub state: VmState,
     /// The steps taken and their durations (none if it was already there).
     pub steps: Vec<Timing>,
+}
+
+/// Whether one VM's guest said it is up, and how long that took.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReady {
+    /// The VM.
+    pub vm: String,
+    /// Milliseconds from the start of its `start` step to its guest's report; `None`:
+    /// it never reported within the timeout.
+    pub ready_ms: Option<u64>,
+    /// What the guest reported (the simulated driver's report says it is simulated).
+    pub report: Option<GuestReport>,
+    /// Why it is not ready (its domain is gone, its report is unreadable), if known.
+    pub problem: Option<String>,
+    /// Where its guest's report disagrees with what vw gave it (addresses, MACs, swap,
+    /// NFS mounts); a VM with any is reported, and the deploy fails.
+    pub disagreements: Vec<String>,
+    /// The end of its console, when it is not ready.
+    pub console: Vec<String>,
+}
+
+impl VmReady {
+    /// Its guest reported, and agrees with what vw gave it.
+    pub fn ok(&self) -> bool {
+        self.report.is_some() && self.disagreements.is_empty()
+    }
 }
 
 /// A VM as the records and the hypervisor see it.

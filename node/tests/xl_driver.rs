@@ -9,6 +9,8 @@ use vw_node::xen::xl::XlDriver;
 use vw_node::xen::{DomainState, Driver, StopHow, XenError};
 
 const FAKE_XL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake-xl");
+const FAKE_XENSTORE_READ: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake-xenstore-read");
 
 /// A fake `xl` with its own state directory, behind a wrapper script that sets the
 /// knobs (the driver passes no environment of its own).
@@ -23,9 +25,14 @@ impl Fake {
 
     /// A wrapper running fake-xl with `env` (like `FAKE_XL_PAUSE_NOOP=1`).
     fn xl(&self, env: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("xl{}", env.len()));
+        self.wrapper(&format!("xl{}", env.len()), FAKE_XL, env)
+    }
+
+    /// A wrapper running `program` over the fake's state with `env`.
+    fn wrapper(&self, name: &str, program: &str, env: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
         let script = format!(
-            "#!/bin/sh\nFAKE_XL_STATE='{}' {env} exec '{FAKE_XL}' \"$@\"\n",
+            "#!/bin/sh\nFAKE_XL_STATE='{}' {env} exec '{program}' \"$@\"\n",
             self.dir.path().join("state").display()
         );
         std::fs::write(&path, script).expect("write wrapper");
@@ -37,6 +44,22 @@ impl Fake {
 
     fn driver(&self, env: &str, shutdown: Duration) -> XlDriver {
         XlDriver::new(self.xl(env), shutdown, Duration::from_secs(20))
+    }
+
+    /// A driver that reads guest reports through fake-xenstore-read and consoles from
+    /// `consoles/`.
+    fn guest_driver(&self) -> XlDriver {
+        self.driver("", Duration::from_secs(10)).with_guest_channel(
+            self.wrapper("xenstore-read", FAKE_XENSTORE_READ, ""),
+            Some(self.dir.path().join("consoles")),
+        )
+    }
+
+    /// What the guest of domain `domid` writes to its `data/vw-ready`.
+    fn guest_writes(&self, domid: u32, report: &str) {
+        let dir = self.dir.path().join(format!("state/xenstore/local/domain/{domid}/data"));
+        std::fs::create_dir_all(&dir).expect("xenstore dir");
+        std::fs::write(dir.join("vw-ready"), report).expect("report");
     }
 
     fn config(&self, name: &str) -> PathBuf {
@@ -129,4 +152,43 @@ fn a_missing_xl_says_where_it_looked() {
     assert!(matches!(err, XenError::XlMissing { .. }), "{err}");
     assert!(err.to_string().contains("cannot run /nonexistent/xl"), "{err}");
     assert!(err.to_string().contains("[xen] xl"), "{err}");
+}
+
+#[test]
+fn a_guest_is_ready_once_it_writes_its_report_to_xenstore() {
+    let fake = Fake::new();
+    let xl = fake.guest_driver();
+    assert!(xl.guest_report("vm1").expect("no domain").is_none());
+    xl.load("vm1", &fake.config("vm1")).expect("load");
+    xl.unpause("vm1").expect("unpause");
+    assert!(xl.guest_report("vm1").expect("not yet").is_none());
+    // The first domain fake-xl creates is domain 1, as on a fresh Xen.
+    fake.guest_writes(1, "v=1 host=vm1 nics=eth0=00:16:3e:00:00:01=10.77.1.10/16 swap_kib=65532");
+    let report = xl.guest_report("vm1").expect("read").expect("ready");
+    assert_eq!(report.get("host"), Some("vm1"));
+    assert_eq!(report.get("swap_kib"), Some("65532"));
+    assert!(!report.simulated);
+    let calls = fake.calls();
+    assert!(calls.contains("domid vm1"), "{calls}");
+
+    // A hostile guest's report is refused, naming the domain.
+    fake.guest_writes(1, "v=1 host=\u{1b}[2J");
+    let err = xl.guest_report("vm1").expect_err("unprintable");
+    assert!(matches!(err, XenError::BadReport { .. }), "{err}");
+    assert!(err.to_string().contains("domain vm1"), "{err}");
+}
+
+#[test]
+fn a_console_tail_is_the_end_of_the_guest_log() {
+    let fake = Fake::new();
+    let xl = fake.guest_driver();
+    let dir = fake.dir.path().join("consoles");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log: String = (1..=100).map(|i| format!("line {i}\r\n")).collect();
+    std::fs::write(dir.join("guest-vm1.log"), log).expect("log");
+    let tail = xl.console_tail("vm1", 3);
+    assert_eq!(tail, vec!["line 98", "line 99", "line 100"]);
+    let none = xl.console_tail("vm2", 3);
+    assert_eq!(none.len(), 1);
+    assert!(none[0].contains("no console log at"), "{none:?}");
 }

@@ -145,6 +145,11 @@ guest_base() {
   install -m 0644 "$here/guest/vw-ready.service" "$R/etc/systemd/system/vw-ready.service"
   ln -sf /etc/systemd/system/vw-ready.service "$R/etc/systemd/system/multi-user.target.wants/vw-ready.service"
   rm -f "$R"/etc/systemd/system/timers.target.wants/*
+  # Emulated Xen is slow: udev can take minutes to announce a disk (the default 90 s
+  # wait dropped the swap partition when the machine was busy).
+  mkdir -p "$R/etc/systemd/system.conf.d"
+  printf '[Manager]\nDefaultDeviceTimeoutSec=900\nDefaultTimeoutStartSec=900\n' \
+    > "$R/etc/systemd/system.conf.d/vwlab-slow.conf"
   # The lab reaches guests over ssh with its own key (made once, kept in the cache).
   # Every image shares the base's munge key and ssh host keys: a lab, not a site.
   [ -e "$C/lab_key" ] || ssh-keygen -q -t ed25519 -N '' -C vwlab -f "$C/lab_key"

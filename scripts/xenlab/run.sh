@@ -47,14 +47,16 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 
 # ---- acceleration: KVM only where it boots a stock kernel ----------------------------
+# The probe's answer is kept until the machine reboots (/run is a tmpfs).
 accel() {
   if [ -n "${VW_XENLAB_ACCEL:-}" ]; then echo "$VW_XENLAB_ACCEL"; return; fi
   [ -w /dev/kvm ] || { echo tcg; return; }
-  local probe=$RUN/kvm-probe.log
+  local known=/run/vw-xenlab-accel probe=$RUN/kvm-probe.log
+  [ -s "$known" ] && { cat "$known"; return; }
   timeout 30 qemu-system-x86_64 -accel kvm -cpu host -m 256 -kernel "$C/kernels/vmlinuz-vw-guest" \
     -append "console=ttyS0 panic=-1" -display none -monitor none -serial "file:$probe" \
     -no-reboot >/dev/null 2>&1 || true
-  if grep -q "Linux version" "$probe" 2>/dev/null; then echo kvm; else echo tcg; fi
+  if grep -q "Linux version" "$probe" 2>/dev/null; then echo kvm; else echo tcg; fi | tee "$known"
 }
 ACCEL=$(accel)
 if [ "$ACCEL" = kvm ]; then QACCEL=(-accel kvm -cpu host); else QACCEL=(-accel tcg -cpu qemu64); fi
@@ -67,11 +69,12 @@ cp "$here/dom0/host.sh" "$SHARE/host.sh"
 cp "$here/scenarios/$SCENARIO.sh" "$SHARE/scenario.sh"
 cp -r "$here/workspaces" "$SHARE/workspaces"
 echo "$ACCEL" > "$SHARE/accel"
+install -m 0600 "$C/lab_key" "$SHARE/lab_key"
 addr() { echo "10.77.0.$((10 + $1))"; }
 ids=()
 for n in $(seq "$HOSTS"); do
   mkdir -p "$SHARE/host$n"
-  printf 'data_dir = "%s"\nlisten = []\n' "$SHARE/host$n" > "$RUN/id.toml"
+  printf 'role = "host"\ndata_dir = "%s"\nlisten = []\n' "$SHARE/host$n" > "$RUN/id.toml"
   ids+=("$("$BIN/vwd" --config "$RUN/id.toml" --print-id)")
 done
 "$BIN/vw" vo create lab --vo-dir "$SHARE/vo" >/dev/null

@@ -34,7 +34,9 @@ use crate::access::{check_seal, check_ticket, AccessError};
 use crate::config::Pools;
 use crate::lifecycle::Op;
 use crate::plan::{plan_with, PlanReport, Taken, WorkspaceImages};
-use crate::report::{ClusterDeployment, ClusterShare, Member, PlacedVm, VmRecord, VmReport};
+use crate::report::{
+    ClusterDeployment, ClusterShare, Member, PlacedVm, VmReady, VmRecord, VmReport,
+};
 use crate::wire;
 use crate::xen::DomainState;
 
@@ -74,6 +76,8 @@ pub enum DeployPhase {
     Load,
     /// Start them.
     Create,
+    /// Wait for their guests to say they are up.
+    Ready,
 }
 
 impl std::fmt::Display for DeployPhase {
@@ -169,6 +173,8 @@ pub struct DeployReport {
     pub limit_s: f64,
     /// The VMs at the end.
     pub vms: Vec<VmReport>,
+    /// Per running VM: whether its guest said it is up, and after how long.
+    pub ready: Vec<VmReady>,
 }
 
 /// One host's answer to a cluster-wide operation.
@@ -529,6 +535,21 @@ impl Head {
             }
             alive = still;
         }
+        clock.start(DeployPhase::Ready).await;
+        let timeout_s = self.local.gate().config.xen.ready_timeout_s;
+        let mut ready = Vec::new();
+        for (h, result) in
+            alive.iter().zip(self.await_ready(&hosts, &alive, &name, timeout_s).await)
+        {
+            match result {
+                Ok(vms) => ready.extend(vms),
+                Err(e) => {
+                    if let Some(o) = outcomes.iter_mut().find(|o| o.host == hosts[*h].0) {
+                        o.error = Some(format!("waiting for its guests: {e}"));
+                    }
+                }
+            }
+        }
         let phases = clock.finish();
         let lost: Vec<String> = outcomes
             .iter()
@@ -547,6 +568,7 @@ impl Head {
             predicted_s: planned.simulation.finish,
             limit_s: planned.simulation.limit,
             vms,
+            ready,
         })
     }
 
@@ -767,6 +789,21 @@ impl Head {
         join_all(on.iter().map(|&h| {
             let request = Request::Run { deployment: deployment.to_owned(), op };
             async move { expect_answer!(self.call(&hosts[h], request, None).await, Answer::Ran) }
+        }))
+        .await
+    }
+
+    /// Asks each host of `on` to wait up to `timeout_s` for its guests of `deployment`.
+    async fn await_ready(
+        &self,
+        hosts: &[(String, PeerId)],
+        on: &[usize],
+        deployment: &str,
+        timeout_s: u64,
+    ) -> Vec<Result<Vec<VmReady>, String>> {
+        join_all(on.iter().map(|&h| {
+            let request = Request::AwaitReady { deployment: deployment.to_owned(), timeout_s };
+            async move { expect_answer!(self.call(&hosts[h], request, None).await, Answer::Ready) }
         }))
         .await
     }

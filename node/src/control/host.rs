@@ -25,6 +25,7 @@ use super::protocol::{
 use crate::access::{check_seal, check_ticket, shareable, Gate};
 use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
+use crate::manager::ready::{self, ReadyWait};
 use crate::manager::Manager;
 use crate::peer::rate::RateLimit;
 use crate::peer::PeerBook;
@@ -32,6 +33,8 @@ use crate::wire;
 
 /// How often a stage reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often a host asks its guests whether they are up.
+const READY_POLL: Duration = Duration::from_secs(1);
 /// How often a host repeats its last progress while a request runs.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -155,8 +158,35 @@ impl HostService {
                 .await
                 .and_then(|r| r)
                 .map(Answer::Status),
+            Request::AwaitReady { deployment, timeout_s } => {
+                self.await_ready(deployment, timeout_s).await.map(Answer::Ready)
+            }
         };
         result.unwrap_or_else(Answer::Failed)
+    }
+
+    /// Probes the guests of `deployment` every [`READY_POLL`] until each has reported
+    /// or `timeout_s` has passed; the manager is held only while it probes.
+    async fn await_ready(
+        &self,
+        deployment: String,
+        timeout_s: u64,
+    ) -> Result<Vec<crate::report::VmReady>, String> {
+        let deadline = Instant::now() + Duration::from_secs(timeout_s);
+        let mut wait = ReadyWait::default();
+        loop {
+            let d = deployment.clone();
+            let probes =
+                self.with_manager(move |m| m.probe_ready(&d).map_err(|e| e.to_string())).await??;
+            if wait.absorb(probes, crate::manager::now_ms()) || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        self.with_manager(move |m| {
+            wait.finish(timeout_s, |vm| m.driver().console_tail(vm, ready::CONSOLE_LINES))
+        })
+        .await
     }
 
     async fn inventory(

@@ -12,7 +12,7 @@ use vw_chunkstore::ChunkId;
 use vw_planner::address::NicAddress;
 
 use crate::lifecycle::Op;
-use crate::report::{ClusterShare, HostCapacity, VmRecord, VmReport};
+use crate::report::{ClusterShare, HostCapacity, VmReady, VmRecord, VmReport};
 use crate::wire::{FrameError, Message};
 use crate::xen::DomainState;
 
@@ -32,6 +32,8 @@ pub const MAX_PEERS: usize = 1024;
 pub const MAX_TEXT: usize = 4096;
 /// Largest workspace document (as the XML parser's own limit).
 pub const MAX_WORKSPACE: usize = 1 << 20;
+/// Longest a host is asked to wait for its guests, in seconds.
+pub const MAX_READY_WAIT_S: u64 = 6 * 3600;
 
 /// Head → host.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +60,14 @@ pub enum Request {
     Status {
         /// The deployment.
         deployment: Option<String>,
+    },
+    /// Wait until the guest of each of your running VMs of a deployment says it is up,
+    /// or until the timeout.
+    AwaitReady {
+        /// The deployment.
+        deployment: String,
+        /// How long to wait, in seconds.
+        timeout_s: u64,
     },
 }
 
@@ -168,6 +178,8 @@ pub enum Answer {
     Ran(Vec<VmReport>),
     /// To [`Request::Status`]: each VM's record and what the hypervisor says.
     Status(Vec<(VmRecord, Option<DomainState>)>),
+    /// To [`Request::AwaitReady`]: each running VM, ready or why not.
+    Ready(Vec<VmReady>),
     /// The request failed; why, naming what.
     Failed(String),
     /// The request is not allowed (not from the head, or malformed).
@@ -279,6 +291,15 @@ impl Message for Request {
             }
             Request::Status { deployment } => {
                 deployment.as_deref().map_or(Ok(()), |d| text("deployment name", d))
+            }
+            Request::AwaitReady { deployment, timeout_s } => {
+                text("deployment name", deployment)?;
+                if *timeout_s > MAX_READY_WAIT_S {
+                    return Err(FrameError::Invalid(format!(
+                        "a ready timeout of {timeout_s} s (at most {MAX_READY_WAIT_S})"
+                    )));
+                }
+                Ok(())
             }
         }
     }

@@ -63,13 +63,25 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
         wanted.push((f.path.clone(), content));
     }
 
+    // Only directories that are missing are made: debugfs 1.47's `mkdir` of one that
+    // exists can leave an unconnected directory behind (e2fsck then fails). `dump`
+    // of a directory succeeds, so it tells which exist.
+    let mut dirs: Vec<String> = Vec::new();
+    for (path, _) in &wanted {
+        for dir in parents(path) {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    let existing = dump(image, dirs.iter().map(String::as_str), staging)?;
     let mut script = String::new();
+    for dir in dirs.iter().filter(|d| existing.get(*d).is_some_and(|e| e.is_none())) {
+        script.push_str(&format!("mkdir {}\n", quote(Path::new(dir))?));
+    }
     for (i, (path, content)) in wanted.iter().enumerate() {
         let local = staging.join(format!("in{i}"));
         fs::write(&local, content).map_err(|e| IntegrationError::io("write", &local, e))?;
-        for dir in parents(path) {
-            script.push_str(&format!("mkdir {}\n", quote(Path::new(&dir))?));
-        }
         let (local, path) = (quote(&local)?, quote(Path::new(path))?);
         script.push_str(&format!(
             "rm {path}\nwrite {local} {path}\nsif {path} mode 0100644\nsif {path} uid 0\nsif {path} gid 0\n"
@@ -120,7 +132,7 @@ fn quote(path: &Path) -> Result<String, IntegrationError> {
 }
 
 /// Each directory above `path`, outermost first (`/etc/network/interfaces` → `/etc`,
-/// `/etc/network`). debugfs refuses to make one that exists, harmlessly.
+/// `/etc/network`).
 fn parents(path: &str) -> Vec<String> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     (1..parts.len()).map(|n| format!("/{}", parts[..n].join("/"))).collect()
@@ -179,6 +191,44 @@ fn fsck(image: &Path) -> Result<(), IntegrationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ext4 image made by `mkfs.ext4 -d` from a tree holding `/etc/hostname`.
+    fn image_with_etc(dir: &Path) -> PathBuf {
+        let tree = dir.join("tree");
+        fs::create_dir_all(tree.join("etc")).expect("tree");
+        fs::write(tree.join("etc/hostname"), "debian\n").expect("hostname");
+        let image = dir.join("root.img");
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .arg("16M")
+            .output()
+            .expect("mkfs.ext4 runs (install e2fsprogs)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        image
+    }
+
+    #[test]
+    fn edits_under_existing_and_new_directories_leave_a_clean_file_system() {
+        // debugfs 1.47's `mkdir` of a directory that exists leaves an unconnected
+        // directory behind: found when the lab's first guest image failed e2fsck.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = image_with_etc(dir.path());
+        let file = |path: &str, content: &str| GuestFile {
+            path: path.into(),
+            content: content.into(),
+            append: false,
+        };
+        let files = [
+            file("/etc/hostname", "worker1\n"),
+            file("/etc/slurm/slurm.conf", "ClusterName=lab\n"),
+            file("/etc/slurm/plugstack.conf.d/x", "y\n"),
+        ];
+        edit(&image, &files).expect("edits and a clean e2fsck");
+        // Twice: every directory exists the second time.
+        edit(&image, &files).expect("edits and a clean e2fsck again");
+    }
 
     #[test]
     fn parents_outermost_first() {

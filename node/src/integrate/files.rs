@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use super::VmSetup;
-use crate::workspace::{BatchRole, Network};
+use crate::workspace::{BatchRole, BatchSystem, Network};
 
 /// Torque's spool directory on Debian (`torque-common`).
 pub const TORQUE_HOME: &str = "/var/spool/torque";
@@ -74,37 +74,88 @@ pub fn exports(setup: &VmSetup) -> Option<String> {
     (!lines.is_empty()).then_some(lines)
 }
 
-/// The fstab entries of the NFS mounts.
+/// The fstab entries: the swap partition, then the NFS mounts.
 pub fn fstab_entries(setup: &VmSetup) -> Vec<[String; 6]> {
     let head = &setup.cluster.head;
-    setup
-        .roles
-        .nfs_mounts
-        .iter()
-        .map(|m| {
-            [
-                format!("{head}:{}", m.export),
-                m.mount.clone(),
-                "nfs".into(),
-                "defaults,_netdev".into(),
-                "0".into(),
-                "0".into(),
-            ]
-        })
-        .collect()
+    let swap = setup.swap.iter().map(|dev| {
+        [format!("/dev/{dev}"), "none".into(), "swap".into(), "sw".into(), "0".into(), "0".into()]
+    });
+    let nfs = setup.roles.nfs_mounts.iter().map(|m| {
+        [
+            format!("{head}:{}", m.export),
+            m.mount.clone(),
+            "nfs".into(),
+            "defaults,_netdev".into(),
+            "0".into(),
+            "0".into(),
+        ]
+    });
+    swap.chain(nfs).collect()
 }
 
-/// Torque's files: every node names the server; the server lists the workers.
+/// The batch system's files. Torque: every node names the server, the server lists the
+/// workers. Slurm: every node has the same `slurm.conf`, naming the controller and
+/// every worker (Slurm wants it identical everywhere).
 pub fn batch_files(setup: &VmSetup) -> Vec<(String, String)> {
     let Some(role) = setup.roles.batch else { return Vec::new() };
-    let mut files =
-        vec![(format!("{TORQUE_HOME}/server_name"), format!("{}\n", setup.cluster.head))];
-    if role == BatchRole::Server {
-        let nodes: String =
-            setup.cluster.batch_nodes.iter().map(|(n, np)| format!("{n} np={np}\n")).collect();
-        files.push((format!("{TORQUE_HOME}/server_priv/nodes"), nodes));
+    match setup.cluster.batch_system {
+        Some(BatchSystem::Slurm) => vec![(SLURM_CONF.to_owned(), slurm_conf(setup))],
+        Some(BatchSystem::Torque) | None => {
+            let mut files =
+                vec![(format!("{TORQUE_HOME}/server_name"), format!("{}\n", setup.cluster.head))];
+            if role == BatchRole::Server {
+                let nodes: String = setup
+                    .cluster
+                    .batch_nodes
+                    .iter()
+                    .map(|(n, np)| format!("{n} np={np}\n"))
+                    .collect();
+                files.push((format!("{TORQUE_HOME}/server_priv/nodes"), nodes));
+            }
+            files
+        }
     }
-    files
+}
+
+/// Slurm's configuration on Debian (`slurm-wlm`).
+pub const SLURM_CONF: &str = "/etc/slurm/slurm.conf";
+
+/// `slurm.conf`: the head runs `slurmctld`, every batch worker a node of one partition.
+/// Authentication is munge's, with the key the images carry.
+pub fn slurm_conf(setup: &VmSetup) -> String {
+    let c = &setup.cluster;
+    let mut out = format!(
+        "# Written by vw for the virtual cluster.\n\
+         ClusterName={}\nSlurmctldHost={}\nAuthType=auth/munge\nCryptoType=crypto/munge\n\
+         SlurmUser=slurm\nStateSaveLocation=/var/lib/slurm/slurmctld\n\
+         SlurmdSpoolDir=/var/lib/slurm/slurmd\nSlurmctldPidFile=/run/slurmctld.pid\n\
+         SlurmdPidFile=/run/slurmd.pid\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
+         SchedulerType=sched/backfill\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n\
+         MpiDefault=none\nReturnToService=2\nSlurmctldTimeout=300\nSlurmdTimeout=300\n",
+        slurm_name(&c.name),
+        c.head
+    );
+    for (node, cpus) in &c.batch_nodes {
+        let _ = writeln!(out, "NodeName={node} CPUs={cpus} State=UNKNOWN");
+    }
+    if !c.batch_nodes.is_empty() {
+        let nodes: Vec<&str> = c.batch_nodes.iter().map(|(n, _)| n.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "PartitionName=batch Nodes={} Default=YES MaxTime=INFINITE State=UP",
+            nodes.join(",")
+        );
+    }
+    out
+}
+
+/// Slurm's cluster name: lowercase letters, digits and `-`, at most 40 characters.
+fn slurm_name(cluster: &str) -> String {
+    cluster
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(40)
+        .collect()
 }
 
 /// Every file an in-image edit writes, in order.
@@ -199,10 +250,14 @@ pub fn user_data(setup: &VmSetup) -> String {
     if !setup.roles.nfs_exports.is_empty() {
         cmds.push("exportfs -ra");
     }
-    match setup.roles.batch {
-        Some(BatchRole::Server) => cmds.push("systemctl restart pbs_server"),
-        Some(BatchRole::Worker) => cmds.push("systemctl restart pbs_mom"),
-        None => {}
+    match (setup.roles.batch, setup.cluster.batch_system) {
+        (Some(BatchRole::Server), _) => cmds.push("systemctl restart pbs_server"),
+        (Some(BatchRole::SlurmServer), _) => cmds.push("systemctl restart slurmctld"),
+        (Some(BatchRole::Worker), Some(BatchSystem::Slurm)) => {
+            cmds.push("systemctl restart slurmd")
+        }
+        (Some(BatchRole::Worker), _) => cmds.push("systemctl restart pbs_mom"),
+        (None, _) => {}
     }
     if !cmds.is_empty() {
         out.push_str("runcmd:\n");
@@ -245,7 +300,9 @@ mod tests {
                 batch: Some(BatchRole::Server),
             },
             vcpus: 2,
+            swap: None,
             cluster: ClusterView {
+                name: "grid3".into(),
                 hosts: vec![
                     ("head".into(), "10.77.1.10".parse().expect("ip")),
                     ("worker1".into(), "10.77.1.11".parse().expect("ip")),
@@ -253,6 +310,7 @@ mod tests {
                 head: "head".into(),
                 private_net: "10.77.0.0/16".parse().expect("net"),
                 batch_nodes: vec![("worker1".into(), 1)],
+                batch_system: Some(BatchSystem::Torque),
             },
         }
     }
@@ -309,6 +367,40 @@ mod tests {
     }
 
     #[test]
+    fn slurm_nodes_share_one_conf_naming_the_controller_and_every_worker() {
+        let mut h = head();
+        h.roles.batch = Some(BatchRole::SlurmServer);
+        h.cluster.batch_system = Some(BatchSystem::Slurm);
+        h.cluster.batch_nodes = vec![("worker1".into(), 1), ("worker2".into(), 2)];
+        let mut w = h.clone();
+        w.hostname = "worker2".into();
+        w.roles.batch = Some(BatchRole::Worker);
+        w.roles.nfs_exports.clear();
+        let (hf, wf) = (batch_files(&h), batch_files(&w));
+        assert_eq!(hf, wf, "slurm.conf is the same on every node");
+        assert_eq!(hf.len(), 1);
+        let conf = &hf[0].1;
+        assert_eq!(hf[0].0, "/etc/slurm/slurm.conf");
+        for line in [
+            "ClusterName=grid3\n",
+            "SlurmctldHost=head\n",
+            "AuthType=auth/munge\n",
+            "NodeName=worker1 CPUs=1 State=UNKNOWN\n",
+            "NodeName=worker2 CPUs=2 State=UNKNOWN\n",
+            "PartitionName=batch Nodes=worker1,worker2 Default=YES",
+        ] {
+            assert!(conf.contains(line), "{line} missing from\n{conf}");
+        }
+        assert!(!guest_files(&h).iter().any(|f| f.path.contains("torque")));
+        let doc = yaml(&user_data(&h));
+        let cmds: Vec<&str> =
+            doc["runcmd"].as_vec().expect("runcmd").iter().filter_map(Yaml::as_str).collect();
+        assert!(cmds.contains(&"systemctl restart slurmctld"), "{cmds:?}");
+        let doc = yaml(&user_data(&w));
+        assert_eq!(doc["runcmd"][0].as_str(), Some("systemctl restart slurmd"));
+    }
+
+    #[test]
     fn a_worker_mounts_the_head_export() {
         let mut w = head();
         w.hostname = "worker1".into();
@@ -329,6 +421,19 @@ mod tests {
         let files = guest_files(&w);
         let fstab = files.iter().find(|f| f.path == "/etc/fstab").expect("fstab");
         assert!(fstab.append);
+        assert_eq!(fstab.content, "head:/home\t/home\tnfs\tdefaults,_netdev\t0\t0\n");
+        // With a swap partition, it is in fstab (both strategies) before the mounts.
+        w.swap = Some("xvda2".into());
+        let files = guest_files(&w);
+        let fstab = files.iter().find(|f| f.path == "/etc/fstab").expect("fstab");
+        assert!(
+            fstab.content.starts_with("/dev/xvda2\tnone\tswap\tsw\t0\t0\n"),
+            "{}",
+            fstab.content
+        );
+        let doc = yaml(&user_data(&w));
+        assert_eq!(doc["mounts"][0][2].as_str(), Some("swap"));
+        assert_eq!(doc["mounts"][1][0].as_str(), Some("head:/home"));
         assert!(
             !files.iter().any(|f| f.path.ends_with("server_priv/nodes")),
             "only the server lists nodes"

@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use vw_planner::address::Mac;
 
-use crate::workspace::{Network, Roles};
+use crate::workspace::{BatchSystem, Network, Roles};
 
 /// Everything one VM's integration needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,8 @@ pub struct VmSetup {
     pub roles: Roles,
     /// vCPUs (the batch system's processor count for this node).
     pub vcpus: u32,
+    /// The guest device of its swap partition, if it has one (`xvda2`).
+    pub swap: Option<String>,
     /// The rest of the cluster.
     pub cluster: ClusterView,
 }
@@ -57,6 +59,8 @@ pub struct NicSetup {
 /// What every VM knows about the others.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
+    /// The virtual cluster's name (the deployment's).
+    pub name: String,
     /// Every VM's hostname and private address, head first.
     pub hosts: Vec<(String, Ipv4Addr)>,
     /// The head node's hostname (NFS server, batch server).
@@ -65,6 +69,8 @@ pub struct ClusterView {
     pub private_net: Ipv4Net,
     /// Batch workers and their processor counts.
     pub batch_nodes: Vec<(String, u32)>,
+    /// The batch system the head's server runs, if any.
+    pub batch_system: Option<BatchSystem>,
 }
 
 /// Why integration failed.

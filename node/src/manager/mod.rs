@@ -14,6 +14,7 @@
 //! (each partition rebuilt once per deployment), `images/<deployment>/<vm>/` (per-VM
 //! clones, swap, seed volume) and `xen/<vm>.cfg`.
 
+pub mod ready;
 pub mod records;
 mod stage;
 
@@ -191,11 +192,18 @@ impl Manager {
     ) -> Result<(Self, Vec<Reconciled>), ManagerError> {
         let driver: Box<dyn Driver> = match config.xen.driver {
             DriverKind::Simulated => Box::new(SimulatedDriver::new(&root.join("xen-sim"))),
-            DriverKind::Xl => Box::new(XlDriver::new(
-                config.xen.xl.clone(),
-                std::time::Duration::from_secs(config.xen.shutdown_timeout_s),
-                std::time::Duration::from_secs(config.xen.command_timeout_s),
-            )),
+            DriverKind::Xl => Box::new(
+                XlDriver::new(
+                    config.xen.xl.clone(),
+                    std::time::Duration::from_secs(config.xen.shutdown_timeout_s),
+                    std::time::Duration::from_secs(config.xen.command_timeout_s),
+                )
+                .with_guest_channel(
+                    config.xen.xenstore_read.clone(),
+                    (!config.xen.console_dir.as_os_str().is_empty())
+                        .then(|| config.xen.console_dir.clone()),
+                ),
+            ),
         };
         Self::with_driver(root, config, driver)
     }
@@ -227,6 +235,11 @@ impl Manager {
     /// The hypervisor driver.
     pub fn driver(&self) -> &dyn Driver {
         self.driver.as_ref()
+    }
+
+    /// The cluster configuration it runs with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
     }
 
     /// This host's capacity.
@@ -686,6 +699,69 @@ impl Manager {
         }
         batch.delete(records::DEPLOYMENTS, &dep.name);
         db.write(batch)
+    }
+
+    /// Asks the guest of every running VM of `deployment` whether it is up.
+    pub fn probe_ready(&self, deployment: &str) -> Result<Vec<ready::Probe>, ManagerError> {
+        let db = self.db();
+        let dep = db
+            .deployment(deployment)?
+            .ok_or_else(|| ManagerError::UnknownDeployment { name: deployment.to_owned() })?;
+        let mut probes = Vec::new();
+        for record in db.vms_of(&dep)?.into_iter().filter(|r| r.state == VmState::Running) {
+            let started_ms = record
+                .timings
+                .iter()
+                .rev()
+                .find(|t| matches!(t.step, Step::Start | Step::Unpause))
+                .map_or_else(now_ms, |t| t.at_ms.saturating_sub(t.micros / 1000));
+            let seen = match self.driver.guest_report(&record.name) {
+                Ok(Some(report)) => {
+                    let node = node_of(&dep.spec, record.role);
+                    let expected = crate::xen::ready::Expected {
+                        nics: record.nics.iter().map(|n| (n.mac, n.ip)).collect(),
+                        swap_bytes: node.swap.as_ref().map(|s| s.size),
+                        nfs_mounts: node.roles.nfs_mounts.iter().map(|m| m.mount.clone()).collect(),
+                    };
+                    let disagreements = crate::xen::ready::disagreements(&report, &expected);
+                    ready::Seen::Ready(report, disagreements)
+                }
+                Ok(None) => match self.driver.status(&record.name) {
+                    Ok(None) => ready::Seen::Failed(
+                        "its domain is gone (crashed, or shut down by the guest)".to_owned(),
+                    ),
+                    Ok(Some(_)) => ready::Seen::Waiting,
+                    Err(e) => {
+                        tracing::warn!(vm = %record.name, error = %e, "status while waiting for the guest");
+                        ready::Seen::Waiting
+                    }
+                },
+                Err(e @ XenError::BadReport { .. }) => ready::Seen::Failed(e.to_string()),
+                Err(e) => {
+                    tracing::warn!(vm = %record.name, error = %e, "reading the guest's report");
+                    ready::Seen::Waiting
+                }
+            };
+            probes.push(ready::Probe { vm: record.name, started_ms, seen });
+        }
+        Ok(probes)
+    }
+
+    /// Probes every `poll` until each running VM of `deployment` is ready or `timeout`
+    /// has passed (for callers that own the manager; the daemon polls
+    /// [`Manager::probe_ready`] itself, so as not to hold the manager meanwhile).
+    pub fn await_ready(
+        &self,
+        deployment: &str,
+        timeout: std::time::Duration,
+        poll: std::time::Duration,
+    ) -> Result<Vec<crate::report::VmReady>, ManagerError> {
+        let deadline = Instant::now() + timeout;
+        let mut wait = ready::ReadyWait::default();
+        while !wait.absorb(self.probe_ready(deployment)?, now_ms()) && Instant::now() < deadline {
+            std::thread::sleep(poll);
+        }
+        Ok(wait.finish(timeout.as_secs(), |vm| self.driver.console_tail(vm, ready::CONSOLE_LINES)))
     }
 
     /// The VMs of one deployment (or all), with what the hypervisor says now.

@@ -210,11 +210,14 @@ fn setup(m: &Manager, dep: &DeploymentRecord, vm: &VmRecord, all: &[VmRecord]) -
         dns: net.dns.clone(),
         roles: node.roles.clone(),
         vcpus: node.vcpus,
+        swap: node.swap.as_ref().map(|s| s.device.clone()),
         cluster: ClusterView {
+            name: dep.name.clone(),
             hosts,
             head: dep.spec.head_hostname().to_owned(),
             private_net: net.subnet.trunc(),
             batch_nodes,
+            batch_system: dep.spec.head.roles.batch.and_then(BatchRole::server_of),
         },
     }
 }

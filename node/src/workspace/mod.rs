@@ -268,10 +268,39 @@ pub struct NfsMount {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchRole {
-    /// Runs the server (Torque `pbs_server`); knows every worker.
+    /// Runs Torque's server (`pbs_server`); knows every worker.
     Server,
-    /// Runs jobs (`pbs_mom`); knows the server.
+    /// Runs jobs (Torque's `pbs_mom`, Slurm's `slurmd`); knows the server.
     Worker,
+    /// Runs Slurm's controller (`slurmctld`); knows every worker. (A variant of its own,
+    /// after the others, so that recorded deployments still read.)
+    SlurmServer,
+}
+
+/// The batch system a cluster runs: its head's server says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchSystem {
+    /// Torque (PBS), as in the paper.
+    Torque,
+    /// Slurm.
+    Slurm,
+}
+
+impl BatchRole {
+    /// The system a server role runs; `None` for a worker.
+    pub fn server_of(self) -> Option<BatchSystem> {
+        match self {
+            BatchRole::Server => Some(BatchSystem::Torque),
+            BatchRole::SlurmServer => Some(BatchSystem::Slurm),
+            BatchRole::Worker => None,
+        }
+    }
+
+    /// Whether this node runs the server.
+    pub fn is_server(self) -> bool {
+        self.server_of().is_some()
+    }
 }
 
 /// The CPU ranges of xl's `cpus` syntax (`0-3,6`; `all` is no ranges), each checked.

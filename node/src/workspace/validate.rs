@@ -377,15 +377,16 @@ fn roles(doc: &Document<'_>, slot: Slot, x: Option<&XRoles>) -> Result<Roles> {
         if slot == Slot::Worker {
             return Err(doc.error(&path, "only the head node runs the batch server"));
         }
-        match server.system.as_deref() {
-            None | Some("torque") => {}
+        roles.batch = Some(match server.system.as_deref() {
+            None | Some("torque") => BatchRole::Server,
+            Some("slurm") => BatchRole::SlurmServer,
             Some(other) => {
-                let message =
-                    format!("batch system `{other}` is not supported; vw configures `torque`");
+                let message = format!(
+                    "batch system `{other}` is not supported; vw configures `torque` or `slurm`"
+                );
                 return Err(doc.error(&format!("{path}.@system"), &message));
             }
-        }
-        roles.batch = Some(BatchRole::Server);
+        });
     }
     if x.batch_worker.is_some() {
         if roles.batch.is_some() {
@@ -429,7 +430,7 @@ fn cross_checks(doc: &Document<'_>, spec: &WorkspaceSpec) -> Result<()> {
         }
     }
     if workers.template.roles.batch == Some(BatchRole::Worker)
-        && spec.head.roles.batch != Some(BatchRole::Server)
+        && !spec.head.roles.batch.is_some_and(BatchRole::is_server)
     {
         let message = "workers are batch workers but the head node has no <batchServer/>";
         return Err(doc.error("workernode.roles.batchWorker", message));

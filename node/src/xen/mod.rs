@@ -8,6 +8,7 @@
 //! every report ([`Driver::simulated`]).
 
 pub mod config;
+pub mod ready;
 pub mod simulated;
 pub mod xl;
 
@@ -15,6 +16,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use ready::GuestReport;
 
 /// What the hypervisor says about a domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +72,10 @@ pub trait Driver: fmt::Debug + Send + Sync {
     fn destroy(&self, domain: &str) -> Result<StopHow, XenError>;
     /// The domain's state; `None` if the hypervisor has no such domain.
     fn status(&self, domain: &str) -> Result<Option<DomainState>, XenError>;
+    /// What the guest reported once it was up ([`ready`]); `None` until it has.
+    fn guest_report(&self, domain: &str) -> Result<Option<GuestReport>, XenError>;
+    /// The last `lines` lines the guest printed on its console, where they are kept.
+    fn console_tail(&self, domain: &str, lines: usize) -> Vec<String>;
 }
 
 /// Why the hypervisor hand-off failed.
@@ -126,6 +133,15 @@ pub enum XenError {
         domain: String,
         /// What `xl list` says.
         found: DomainState,
+    },
+    /// The guest wrote a report that cannot be read (it is untrusted input).
+    #[error("domain {domain}: {error}")]
+    BadReport {
+        /// The domain.
+        domain: String,
+        /// What is wrong with it.
+        #[source]
+        error: ready::ReportError,
     },
     /// Output of `xl` that vw cannot read.
     #[error("cannot read the output of `{command}`: {output:?}")]

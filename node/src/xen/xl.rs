@@ -8,6 +8,8 @@
 //! | stop | `xl shutdown -w NAME` under the shutdown timeout | `xl destroy NAME` if it did not finish |
 //! | destroy (stop of a loaded VM that never ran) | `xl destroy NAME` | gone from `xl list` |
 //! | status | `xl list NAME` | an unknown name means no domain |
+//! | guest report | `xl domid NAME`, `xenstore-read /local/domain/ID/data/vw-ready` | absent until the guest writes it |
+//! | console tail | the end of `CONSOLE_DIR/guest-NAME.log` | xenconsoled `--log=guest` |
 //!
 //! A paused guest cannot answer a shutdown request, so `stop` unpauses it first.
 //! Every call runs under a timeout and passes `xl`'s stderr on when it fails.
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{DomainState, Driver, StopHow, XenError};
+use super::{ready, DomainState, Driver, GuestReport, StopHow, XenError};
 
 /// The `xl` driver.
 #[derive(Debug, Clone)]
@@ -25,7 +27,12 @@ pub struct XlDriver {
     xl: PathBuf,
     shutdown_timeout: Duration,
     command_timeout: Duration,
+    xenstore_read: PathBuf,
+    console_dir: Option<PathBuf>,
 }
+
+/// Bytes read from the end of a console log for its tail.
+const CONSOLE_TAIL_BYTES: u64 = 16 << 10;
 
 /// What a finished command printed.
 struct Output {
@@ -37,7 +44,25 @@ struct Output {
 impl XlDriver {
     /// A driver running `xl` (a path, or a name looked up on `PATH`).
     pub fn new(xl: PathBuf, shutdown_timeout: Duration, command_timeout: Duration) -> Self {
-        XlDriver { xl, shutdown_timeout, command_timeout }
+        XlDriver {
+            xl,
+            shutdown_timeout,
+            command_timeout,
+            xenstore_read: "xenstore-read".into(),
+            console_dir: Some("/var/log/xen/console".into()),
+        }
+    }
+
+    /// Reads guest reports with `xenstore_read` and console logs from `console_dir`
+    /// (xenconsoled's `--log-dir`; none: no console tails).
+    pub fn with_guest_channel(
+        mut self,
+        xenstore_read: PathBuf,
+        console_dir: Option<PathBuf>,
+    ) -> Self {
+        self.xenstore_read = xenstore_read;
+        self.console_dir = console_dir;
+        self
     }
 
     fn command_line(&self, args: &[&str]) -> String {
@@ -46,13 +71,23 @@ impl XlDriver {
 
     /// Runs `xl args` to completion or `timeout`, whichever comes first.
     fn run(&self, args: &[&str], timeout: Duration) -> Result<Output, XenError> {
-        let mut child = Command::new(&self.xl)
+        self.run_program(&self.xl, args, timeout)
+    }
+
+    /// Runs `program args` to completion or `timeout`, whichever comes first.
+    fn run_program(
+        &self,
+        program: &Path,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Output, XenError> {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|error| XenError::XlMissing { path: self.xl.clone(), error })?;
+            .map_err(|error| XenError::XlMissing { path: program.to_owned(), error })?;
         // Drain both pipes on threads so a chatty xl cannot block on a full pipe.
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
@@ -60,7 +95,7 @@ impl XlDriver {
         let Some(status) = status else {
             let _ = child.kill();
             let _ = child.wait();
-            let command = self.command_line(args);
+            let command = format!("{} {}", program.display(), args.join(" "));
             return Err(XenError::XlTimeout { command, seconds: timeout.as_secs() });
         };
         let stdout = stdout.join().unwrap_or_default();
@@ -210,6 +245,49 @@ impl Driver for XlDriver {
                 domain: domain.to_owned(),
                 found,
             }),
+        }
+    }
+
+    fn guest_report(&self, domain: &str) -> Result<Option<GuestReport>, XenError> {
+        let args = ["domid", domain];
+        let out = self.run(&args, self.command_timeout)?;
+        if !out.status.success() {
+            // main_domid's words for a name it cannot find: no domain, no report.
+            if out.stderr.contains("Can't get domid") {
+                return Ok(None);
+            }
+            return Err(self.failed(&args, &out));
+        }
+        let domid: u32 = out.stdout.trim().parse().map_err(|_| XenError::BadOutput {
+            command: self.command_line(&args),
+            output: out.stdout.clone(),
+        })?;
+        let path = format!("/local/domain/{domid}/{}", ready::KEY);
+        let out = self.run_program(&self.xenstore_read, &[&path], self.command_timeout)?;
+        if !out.status.success() {
+            // Not written yet (xenstore-read: "couldn't read path ...").
+            return Ok(None);
+        }
+        GuestReport::parse(&out.stdout)
+            .map(Some)
+            .map_err(|error| XenError::BadReport { domain: domain.to_owned(), error })
+    }
+
+    fn console_tail(&self, domain: &str, lines: usize) -> Vec<String> {
+        let Some(dir) = &self.console_dir else { return Vec::new() };
+        let path = dir.join(format!("guest-{domain}.log"));
+        let read = || -> std::io::Result<Vec<u8>> {
+            use std::io::{Seek, SeekFrom};
+            let mut f = std::fs::File::open(&path)?;
+            let len = f.metadata()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)))?;
+            let mut bytes = Vec::new();
+            f.take(CONSOLE_TAIL_BYTES).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        };
+        match read() {
+            Ok(bytes) => ready::tail_lines(&bytes, lines),
+            Err(e) => vec![format!("(no console log at {}: {e})", path.display())],
         }
     }
 

@@ -41,7 +41,10 @@ if [ "$N" = 1 ]; then
   exit $rc
 else
   start_vwd || exit 1
-  while [ ! -e /vwlab/out/done ]; do sleep 2; done
+  # A scenario may serve the head meanwhile (snapshots of `xl list`); or just wait.
+  if type serve > /dev/null 2>&1; then serve; else
+    while [ ! -e /vwlab/out/done ]; do sleep 2; done
+  fi
   save_consoles
   stop_vwd
   exit 0
