@@ -192,3 +192,27 @@ fn a_console_tail_is_the_end_of_the_guest_log() {
     assert_eq!(none.len(), 1);
     assert!(none[0].contains("no console log at"), "{none:?}");
 }
+
+#[test]
+fn a_domain_that_lingers_after_shutdown_is_waited_for_not_destroyed() {
+    // Real xl: `shutdown -w` returns while the domain is still listed, dying (`--ps--`),
+    // and `xl destroy` of it fails. The stop must wait, and count as a clean shutdown.
+    let fake = Fake::new();
+    let xl = fake.driver("FAKE_XL_LINGER=2", Duration::from_secs(10));
+    xl.load("vm1", &fake.config("vm1")).expect("load");
+    xl.unpause("vm1").expect("unpause");
+    assert_eq!(xl.stop("vm1").expect("stop"), StopHow::Shutdown);
+    assert_eq!(xl.status("vm1").expect("status"), None);
+    assert!(!fake.calls().contains("destroy vm1"), "{}", fake.calls());
+
+    // A destroy that meets a dying domain waits for it to go.
+    xl.load("vm2", &fake.config("vm2")).expect("load");
+    xl.unpause("vm2").expect("unpause");
+    std::process::Command::new(fake.xl("FAKE_XL_LINGER=2"))
+        .args(["shutdown", "vm2"])
+        .status()
+        .expect("shutdown");
+    assert_eq!(xl.status("vm2").expect("status"), Some(DomainState::Stopping));
+    assert_eq!(xl.destroy("vm2").expect("destroy"), StopHow::Destroyed);
+    assert!(fake.calls().contains("destroy vm2"), "{}", fake.calls());
+}

@@ -11,7 +11,9 @@
 //! | guest report | `xl domid NAME`, `xenstore-read /local/domain/ID/data/vw-ready` | absent until the guest writes it |
 //! | console tail | the end of `CONSOLE_DIR/guest-NAME.log` | xenconsoled `--log=guest` |
 //!
-//! A paused guest cannot answer a shutdown request, so `stop` unpauses it first.
+//! A paused guest cannot answer a shutdown request, so `stop` unpauses it first. A domain
+//! stays listed as dying (`--ps--`) for seconds after `shutdown -w` returns, and `xl
+//! destroy` of it fails (its devices are already going): both wait for it to go.
 //! Every call runs under a timeout and passes `xl`'s stderr on when it fails.
 
 use std::io::Read;
@@ -30,6 +32,12 @@ pub struct XlDriver {
     xenstore_read: PathBuf,
     console_dir: Option<PathBuf>,
 }
+
+/// How long a dying domain may stay listed before it counts as stuck (seen: 1.5–8 s
+/// under emulated Xen).
+const GONE_WAIT: Duration = Duration::from_secs(30);
+/// How often a dying domain is looked for.
+const GONE_POLL: Duration = Duration::from_millis(250);
 
 /// Bytes read from the end of a console log for its tail.
 const CONSOLE_TAIL_BYTES: u64 = 16 << 10;
@@ -118,6 +126,20 @@ impl XlDriver {
             command: self.command_line(args),
             status: out.status.to_string(),
             stderr: out.stderr.trim().to_owned(),
+        }
+    }
+
+    /// Whether `domain` leaves `xl list` within `within`.
+    fn gone_within(&self, domain: &str, within: Duration) -> Result<bool, XenError> {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.status(domain)?.is_none() {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(GONE_POLL);
         }
     }
 
@@ -225,7 +247,7 @@ impl Driver for XlDriver {
             }
             Err(e) => return Err(e),
         };
-        if clean && self.status(domain)?.is_none() {
+        if clean && self.gone_within(domain, GONE_WAIT)? {
             return Ok(StopHow::Shutdown);
         }
         // Gone in the meantime counts as shut down.
@@ -233,11 +255,22 @@ impl Driver for XlDriver {
     }
 
     fn destroy(&self, domain: &str) -> Result<StopHow, XenError> {
-        if self.status(domain)?.is_none() {
+        let Some(before) = self.status(domain)? else {
             return Ok(StopHow::Absent);
-        }
+        };
         let args = ["destroy", domain];
-        self.ok(&args)?;
+        let out = self.run(&args, self.command_timeout)?;
+        // A dying domain's destroy fails while it goes anyway: wait for it.
+        let dying = before == DomainState::Stopping;
+        if !out.status.success() && !dying {
+            return Err(self.failed(&args, &out));
+        }
+        if self.gone_within(domain, GONE_WAIT)? {
+            return Ok(StopHow::Destroyed);
+        }
+        if !out.status.success() {
+            return Err(self.failed(&args, &out));
+        }
         match self.status(domain)? {
             None => Ok(StopHow::Destroyed),
             Some(found) => Err(XenError::NotGone {

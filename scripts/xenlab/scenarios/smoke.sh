@@ -1,5 +1,5 @@
 # smoke: one Xen host, one guest from a vw-staged image through the xl driver, to ready.
-HOSTS=1 HOST_MEM=2048 DOM0_MEM=768
+HOSTS=1 HOST_MEM=3072 DOM0_MEM=768
 
 # In dom0 before vwd starts (it owns the store afterwards): import the image.
 prepare() {
