@@ -138,8 +138,11 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
     let phases: Vec<String> = report.phases.iter().map(|p| p.phase.to_string()).collect();
     assert_eq!(
         phases,
-        ["validate", "inventory", "place", "addresses", "plan", "stage", "load", "create"]
+        ["validate", "inventory", "place", "addresses", "plan", "stage", "load", "create", "ready"]
     );
+    // Simulated guests are ready at once, and say they are simulated.
+    assert_eq!(report.ready.len(), 5, "{:?}", report.ready);
+    assert!(report.ready.iter().all(|r| r.ok() && r.report.as_ref().is_some_and(|g| g.simulated)));
     // Every host received exactly what it lacked.
     for h in &report.hosts {
         let s = h.stage.as_ref().expect("staged");

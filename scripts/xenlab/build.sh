@@ -20,10 +20,11 @@ mkdir -p "$C"
 log() { echo "xenlab: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || { log "run as root (debootstrap, chroot)"; exit 1; }
 
-# Newer than every file under scripts/xenlab/{guest,dom0} and this script?
-fresh() { # marker
-  [ -e "$1" ] || return 1
-  [ -z "$(find "$here/build.sh" "$here/guest" "$here/dom0" -newer "$1" -print -quit)" ]
+# Is the marker newer than this script and every file under the given inputs?
+fresh() { # marker inputs...
+  local marker=$1; shift
+  [ -e "$marker" ] || return 1
+  [ -z "$(find "$here/build.sh" "$@" -newer "$marker" -print -quit)" ]
 }
 
 # Unmounts whatever a chroot step mounted, on any exit.
@@ -75,10 +76,13 @@ DOM0_PKGS="xen-system-amd64 xen-utils-4.17 xen-hypervisor-4.17-amd64 linux-image
   dosfstools mtools libstdc++6 xenstore-utils openssh-client"
 dom0() {
   tree dom0-tree $DOM0_PKGS
-  fresh "$C/dom0.img.done" && return 0
+  fresh "$C/dom0.img.done" "$here/dom0" "$C/guest-base.done" && return 0
   local R=$C/dom0-tree
   log "dom0 configuration and disk"
   echo xendom0 > "$R/etc/hostname"
+  # Each boot makes its own machine id (one shared by every host gave their bridges
+  # the same MAC).
+  : > "$R/etc/machine-id"; rm -f "$R/var/lib/dbus/machine-id"
   printf '127.0.0.1 localhost\n' > "$R/etc/hosts"
   printf 'LABEL=vwdom0 / ext4 errors=remount-ro 0 1\n' > "$R/etc/fstab"
   chroot "$R" sh -c 'echo root:vwlab | chpasswd'
@@ -121,7 +125,7 @@ GUEST_PKGS="linux-image-cloud-amd64 initramfs-tools systemd-sysv udev kmod ifupd
   iproute2 iputils-ping procps xenstore-utils e2fsprogs util-linux munge openssh-server"
 guest_base() {
   tree guest-base $GUEST_PKGS
-  fresh "$C/guest-base.done" && return 0
+  fresh "$C/guest-base.done" "$here/guest" && return 0
   local R=$C/guest-base
   log "guest base: kernel, initramfs, vw-ready"
   local kv; kv=$(ls "$R/lib/modules" | sort -V | tail -1)
@@ -140,6 +144,8 @@ guest_base() {
   printf 'LABEL=vwroot / ext4 errors=remount-ro 0 1\n' > "$R/etc/fstab"
   printf 'auto lo\niface lo inet loopback\n' > "$R/etc/network/interfaces"
   echo vwguest > "$R/etc/hostname"
+  # Every guest makes its own machine id at first boot.
+  : > "$R/etc/machine-id"; rm -f "$R/var/lib/dbus/machine-id"
   chroot "$R" sh -c 'echo root:vwlab | chpasswd'
   install -m 0755 "$here/guest/vw-ready" "$R/usr/local/sbin/vw-ready"
   install -m 0644 "$here/guest/vw-ready.service" "$R/etc/systemd/system/vw-ready.service"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # One host's part of a lab run, in dom0 (started by vwlab-boot with the host's number).
-# Starts vwd with the xl driver; host 1 (the head) then runs the scenario's `head`
+# Starts vwd with the xl driver; host 1 (the head) then runs the scenario's `on_head_host`
 # function and marks the run done; the others serve until then.
 set -u
 N=$1
@@ -33,7 +33,7 @@ save_consoles() { cp /var/log/xen/console/*.log "$OUT/" 2>/dev/null || true; }
 if [ "$N" = 1 ]; then
   prepare 2>&1 || { echo "prepare failed"; exit 1; }
   start_vwd || exit 1
-  head
+  on_head_host
   rc=$?
   save_consoles
   stop_vwd

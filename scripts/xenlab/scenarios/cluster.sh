@@ -13,7 +13,7 @@ prepare() {
   t import-worker vw image import /vwimages/worker.img --name lab/worker:1
 }
 
-head() {
+on_head_host() {
   OUT=/vwlab/out/host1
   check() { # check NAME cmd...: runs, records ok/FAILED in checks.txt
     name=$1; shift

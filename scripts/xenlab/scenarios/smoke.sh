@@ -6,7 +6,7 @@ prepare() {
   t import vw image import /vwimages/worker.img --name lab/worker:1
 }
 
-head() {
+on_head_host() {
   OUT=/vwlab/out/host1
   t deploy vw deploy --vo lab /vwlab/workspaces/smoke.xml > "$OUT/deploy.txt" 2>&1
   rc=$?
