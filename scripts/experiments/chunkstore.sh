@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
 # Real-image chunk store experiment (docs/experiments.md, "Chunk store on real images").
 #
-# Builds the Debian images with ../shared/make-images.sh if needed, then for each image:
+# Builds the project's Debian images (scripts/xenlab/build.sh) if needed, then for each image:
 # import time with vw and with `casync make` (same page-cache state, same run), per-image
 # chunks and stored bytes, the bytes each pair of images shares, the dedup ratio of all
 # four in one store for both tools, and vw's peak RSS importing a 10 GiB image.
 #
 #   scripts/experiments/chunkstore.sh [IMAGES_DIR] [OUT_DIR]
 #
-# IMAGES_DIR defaults to /var/cache/vw-images, OUT_DIR to perf/chunkstore (git-ignored).
+# IMAGES_DIR defaults to /var/cache/vw-xenlab/images, OUT_DIR to perf/chunkstore (git-ignored).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-images=${1:-/var/cache/vw-images}
+images=${1:-/var/cache/vw-xenlab/images}
 out=${2:-$here/perf/chunkstore}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/vw-target}"
 mkdir -p "$out"
 bash "$here/scripts/install-deps.sh" --experiments
-[ -f "$images/vo2worker.img" ] || bash "$here/../shared/make-images.sh" "$images"
+[ -f "$images/vo2worker.img" ] || bash "$here/scripts/xenlab/build.sh" guests
 (cd "$here" && cargo build -q --bin vw --example chunk_sweep -p vw-cli -p vw-chunkstore)
 vw="$CARGO_TARGET_DIR/debug/vw"
 sweep="$CARGO_TARGET_DIR/debug/examples/chunk_sweep"
 work=$(mktemp -d /var/tmp/vw-exp.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-names=(base worker head vo2worker)
+names=(guest-base worker head vo2worker)
 now() { date +%s.%N; }
 
 # Best of 3 for both tools: the disk is shared and noisy. Each timed run starts with a
@@ -107,7 +107,7 @@ rm -rf "$work/ca-all" "$work/vw-all"
 
 echo | tee -a "$out/import.md"
 echo "## chunk size sweep" | tee -a "$out/import.md"
-"$sweep" "$images/base.img" "$images/worker.img" "$images/head.img" "$images/vo2worker.img" 2>/dev/null | tee -a "$out/import.md" || true
+"$sweep" "$images/guest-base.img" "$images/worker.img" "$images/head.img" "$images/vo2worker.img" 2>/dev/null | tee -a "$out/import.md" || true
 
 echo | tee -a "$out/import.md"
 echo "## peak RSS importing a 10 GiB image" | tee -a "$out/import.md"

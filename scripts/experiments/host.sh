@@ -10,15 +10,15 @@
 #
 #   scripts/experiments/host.sh [IMAGES_DIR] [OUT_DIR]
 #
-# IMAGES_DIR defaults to /var/cache/vw-images, OUT_DIR to perf/host (git-ignored).
+# IMAGES_DIR defaults to /var/cache/vw-xenlab/images, OUT_DIR to perf/host (git-ignored).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-images=${1:-/var/cache/vw-images}
+images=${1:-/var/cache/vw-xenlab/images}
 out=${2:-$here/perf/host}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/vw-target}"
 mkdir -p "$out"
 bash "$here/scripts/install-deps.sh" --experiments
-[ -f "$images/worker.img" ] || bash "$here/../shared/make-images.sh" "$images"
+[ -f "$images/worker.img" ] || bash "$here/scripts/xenlab/build.sh" guests
 (cd "$here" && cargo build -q --bin vw -p vw-cli)
 vw="$CARGO_TARGET_DIR/debug/vw"
 work=$(mktemp -d /var/tmp/vw-host.XXXXXX)

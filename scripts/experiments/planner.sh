@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Predicted staging time against cluster size, per strategy, cold and with the base OS
 # cached (docs/experiments.md, "The planner: predicted staging time"). Uses `vw plan`
-# on the real Debian images (../shared/make-images.sh) and generated hosts files: a
+# on the real Debian images (scripts/xenlab/build.sh) and generated hosts files: a
 # head host holding the images on a ~10 MB/s link (the paper's), N hosts at 100 Mbit/s,
 # a head node and N workers. Writes perf/planner/scaling.md and scaling.csv.
 #
 #   scripts/experiments/planner.sh [IMAGES_DIR] [OUT_DIR]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
-images=${1:-/var/cache/vw-images}
+images=${1:-/var/cache/vw-xenlab/images}
 out=${2:-$here/perf/planner}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/vw-target}"
 mkdir -p "$out"
 bash "$here/scripts/install-deps.sh" --experiments
-[ -f "$images/head.img" ] || bash "$here/../shared/make-images.sh" "$images"
+[ -f "$images/head.img" ] || bash "$here/scripts/xenlab/build.sh" guests
 (cd "$here" && cargo build -q --bin vw -p vw-cli)
 vw="$CARGO_TARGET_DIR/debug/vw"
 work=$(mktemp -d /var/tmp/vw-plan.XXXXXX)

@@ -21,8 +21,8 @@ for strategy in chain star; do
 done
 # A multi-GB worker image, uncapped: the hosts' vwd peak RSS while staging it.
 "$bench" --hosts 3 --cap none --strategy chain --size-mib 4096 2>> "$out/log" | tee -a "$out/results.jsonl"
-# Wire compression on a real image (../shared/make-images.sh), if there is one.
-worker=/var/cache/vw-images/worker.img
+# Wire compression on a real image (scripts/xenlab/build.sh), if there is one.
+worker=/var/cache/vw-xenlab/images/worker.img
 if [ -f "$worker" ]; then
   for c in never always; do
     "$bench" --hosts 4 --cap 100Mbit --strategy chain --image "$worker" --compress "$c" 2>> "$out/log" | tee -a "$out/results.jsonl"

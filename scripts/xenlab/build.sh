@@ -11,7 +11,8 @@
 #   base/                debootstrap --variant=minbase bookworm
 #   dom0/ dom0.img       the dom0 tree and its disk; boot/xen.elf vmlinuz initrd.img
 #   guest-*/             guest trees; kernels/vmlinuz-vw-guest initrd-vw-guest.img
-#   images/{head,worker,vo2worker}.img   ext4 root partitions, sizes as in the paper
+#   images/{head,worker,vo2worker,guest-base}.img   ext4 root partitions, sizes as in
+#                        the paper (guest-base: the base OS alone, for the testnet)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 C=${VW_XENLAB_CACHE:-/var/cache/vw-xenlab}
@@ -121,8 +122,9 @@ dom0() {
 }
 
 # ---- guests -----------------------------------------------------------------------
+# dbus: slurmd's cgroup v2 plugin asks systemd for its scope over D-Bus.
 GUEST_PKGS="linux-image-cloud-amd64 initramfs-tools systemd-sysv udev kmod ifupdown
-  iproute2 iputils-ping procps xenstore-utils e2fsprogs util-linux munge openssh-server"
+  iproute2 iputils-ping procps xenstore-utils e2fsprogs util-linux munge openssh-server dbus"
 guest_base() {
   tree guest-base $GUEST_PKGS
   fresh "$C/guest-base.done" "$here/guest" && return 0
@@ -191,11 +193,13 @@ guests() {
   guest_base
   # The paper's worker: MPI, the batch system's node daemon, an NFS client.
   guest worker nfs-common slurmd slurm-client mpich
-  # The head: NFS server, the batch server (and a node daemon), MPI with its compiler.
-  guest head nfs-kernel-server nfs-common slurmctld slurmd slurm-client mpich \
+  # The head: NFS server, the batch server, MPI with its compiler.
+  guest head nfs-kernel-server nfs-common slurmctld slurm-client mpich \
     libmpich-dev gcc libc6-dev
   # A second VO's worker on the same base: a different science stack.
   guest vo2worker nfs-common slurmd slurm-client python3-numpy openmpi-bin
+  # The base OS alone: the testnet's cached hosts hold it.
+  image guest-base 550M
   image worker 550M
   image head 1100M
   image vo2worker 1400M

@@ -1,4 +1,4 @@
-//! The scenario's images: real Debian images from `make-images.sh`, or generated ones
+//! The scenario's images: the project's Debian images (`scripts/xenlab/build.sh`), or generated ones
 //! sharing a base. Imported once into two template stores, copied into each run's
 //! fresh data directories: the head's (every image) and a cached host's (the base OS).
 //! The templates and generated images are scratch, removed with the testnet.
@@ -12,6 +12,9 @@ use vw_node::localnet::{DemoImages, LocalVos};
 
 use crate::scenario::{ImageSource, Images, WorkerImage};
 use crate::TestnetError;
+
+/// Where `scripts/xenlab/build.sh` puts the project's Debian images.
+pub const DEBIAN_IMAGES: &str = "/var/cache/vw-xenlab/images";
 
 /// Image names in the stores.
 pub const BASE: &str = "base/os:1";
@@ -65,14 +68,13 @@ impl ImageSet {
                 let dir = std::env::var_os("VW_IMAGES")
                     .map(PathBuf::from)
                     .or_else(|| images.dir.clone())
-                    .unwrap_or_else(|| "/var/cache/vw-images".into());
-                let files = ["base.img", "worker.img", "vo2worker.img"].map(|f| dir.join(f));
+                    .unwrap_or_else(|| DEBIAN_IMAGES.into());
+                let files = ["guest-base.img", "worker.img", "vo2worker.img"].map(|f| dir.join(f));
                 if let Some(missing) = files.iter().find(|f| !f.is_file()) {
                     return Err(TestnetError::Run(format!(
-                        "{} is missing: build the Debian images with `../shared/make-images.sh {}` \
-                         (or set VW_IMAGES), or use a synthetic scenario",
-                        missing.display(),
-                        dir.display()
+                        "{} is missing: build the Debian images with `scripts/xenlab/build.sh guests` \
+                         (they go to {DEBIAN_IMAGES}; or set VW_IMAGES), or use a synthetic scenario",
+                        missing.display()
                     )));
                 }
                 let [b, w, v] = files;

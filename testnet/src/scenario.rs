@@ -14,7 +14,7 @@
 //!
 //! [images]
 //! source = "debian"       # or "synthetic"
-//! dir = "/var/cache/vw-images"   # debian: make-images.sh output (base, worker, vo2worker)
+//! dir = "/var/cache/vw-xenlab/images"   # debian: scripts/xenlab/build.sh's (guest-base, worker, vo2worker)
 //! size_mib = 64           # synthetic: each image's size
 //!
 //! [vwd]
@@ -93,7 +93,7 @@ fn one() -> usize {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Images {
-    /// `debian` (real images from `make-images.sh`) or `synthetic` (generated).
+    /// `debian` (the project's images from `scripts/xenlab/build.sh`) or `synthetic` (generated).
     pub source: ImageSource,
     /// For `debian`: the directory with `base.img`, `worker.img`, `vo2worker.img`
     /// (`VW_IMAGES` overrides it).
@@ -106,7 +106,7 @@ pub struct Images {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageSource {
-    /// Debian images built by `../shared/make-images.sh`.
+    /// Debian images built by `scripts/xenlab/build.sh` (bootable: the Xen lab's).
     Debian,
     /// Generated images sharing a base (`vw_node::localnet::DemoImages`).
     Synthetic,
