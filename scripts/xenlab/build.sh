@@ -136,7 +136,9 @@ guest_base() {
   mkdir -p "$R/etc/systemd/network"
   ln -sf /dev/null "$R/etc/systemd/network/99-default.link"
   sed -i 's/^MODULES=.*/MODULES=list/' "$R/etc/initramfs-tools/initramfs.conf"
-  printf 'xen-blkfront\n' > "$R/etc/initramfs-tools/modules"
+  # Both front ends load in the initramfs: under emulation udev took up to 12 minutes
+  # to load xen-netfront from the root file system when hosts were busy.
+  printf 'xen-blkfront\nxen-netfront\n' > "$R/etc/initramfs-tools/modules"
   mount -t proc proc "$R/proc"; mounted+=("$R/proc")
   chroot "$R" update-initramfs -u -k "$kv" >/dev/null
   umount "$R/proc"
@@ -153,6 +155,9 @@ guest_base() {
   install -m 0644 "$here/guest/vw-ready.service" "$R/etc/systemd/system/vw-ready.service"
   ln -sf /etc/systemd/system/vw-ready.service "$R/etc/systemd/system/multi-user.target.wants/vw-ready.service"
   rm -f "$R"/etc/systemd/system/timers.target.wants/*
+  # ifupdown-pre waits for udev to settle, which failed after minutes under emulation;
+  # the NICs come from the initramfs, so networking need not wait for it.
+  ln -sf /dev/null "$R/etc/systemd/system/ifupdown-pre.service"
   # Emulated Xen is slow: udev can take minutes to announce a disk (the default 90 s
   # wait dropped the swap partition when the machine was busy).
   mkdir -p "$R/etc/systemd/system.conf.d"

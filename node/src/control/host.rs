@@ -175,9 +175,10 @@ impl HostService {
         let deadline = Instant::now() + Duration::from_secs(timeout_s);
         let mut wait = ReadyWait::default();
         loop {
-            let d = deployment.clone();
-            let probes =
-                self.with_manager(move |m| m.probe_ready(&d).map_err(|e| e.to_string())).await??;
+            let (d, answered) = (deployment.clone(), wait.answered());
+            let probes = self
+                .with_manager(move |m| m.probe_ready(&d, &answered).map_err(|e| e.to_string()))
+                .await??;
             if wait.absorb(probes, crate::manager::now_ms()) || Instant::now() >= deadline {
                 break;
             }

@@ -701,14 +701,20 @@ impl Manager {
         db.write(batch)
     }
 
-    /// Asks the guest of every running VM of `deployment` whether it is up.
-    pub fn probe_ready(&self, deployment: &str) -> Result<Vec<ready::Probe>, ManagerError> {
+    /// Asks the guest of every running VM of `deployment` but those in `answered`
+    /// whether it is up.
+    pub fn probe_ready(
+        &self,
+        deployment: &str,
+        answered: &[String],
+    ) -> Result<Vec<ready::Probe>, ManagerError> {
         let db = self.db();
         let dep = db
             .deployment(deployment)?
             .ok_or_else(|| ManagerError::UnknownDeployment { name: deployment.to_owned() })?;
         let mut probes = Vec::new();
-        for record in db.vms_of(&dep)?.into_iter().filter(|r| r.state == VmState::Running) {
+        let pending = |r: &VmRecord| r.state == VmState::Running && !answered.contains(&r.name);
+        for record in db.vms_of(&dep)?.into_iter().filter(pending) {
             let started_ms = record
                 .timings
                 .iter()
@@ -758,7 +764,9 @@ impl Manager {
     ) -> Result<Vec<crate::report::VmReady>, ManagerError> {
         let deadline = Instant::now() + timeout;
         let mut wait = ready::ReadyWait::default();
-        while !wait.absorb(self.probe_ready(deployment)?, now_ms()) && Instant::now() < deadline {
+        while !wait.absorb(self.probe_ready(deployment, &wait.answered())?, now_ms())
+            && Instant::now() < deadline
+        {
             std::thread::sleep(poll);
         }
         Ok(wait.finish(timeout.as_secs(), |vm| self.driver.console_tail(vm, ready::CONSOLE_LINES)))

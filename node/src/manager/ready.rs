@@ -69,6 +69,15 @@ impl ReadyWait {
         self.waiting().next().is_none()
     }
 
+    /// The VMs whose answer is in (ready, or never will be): no need to probe them again.
+    pub fn answered(&self) -> Vec<String> {
+        self.vms
+            .values()
+            .filter(|v| v.report.is_some() || v.problem.is_some())
+            .map(|v| v.vm.clone())
+            .collect()
+    }
+
     /// The VMs still waiting.
     pub fn waiting(&self) -> impl Iterator<Item = &str> {
         self.vms
@@ -113,6 +122,7 @@ mod tests {
             4_500
         ));
         assert_eq!(wait.waiting().collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(wait.answered(), vec!["a".to_owned()]);
         // A later probe does not change an answer already had.
         assert!(wait.absorb(
             vec![probe("a", Seen::Waiting), probe("b", Seen::Failed("domain gone".into()))],

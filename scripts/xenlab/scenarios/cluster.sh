@@ -160,14 +160,43 @@ EOC
 }
 
 summary() {
+  phase() { awk -v p="$1" '$1 == p && $3 == "s" {print $2}' "$OUT/deploy.txt"; }
+  took() { awk -F, -v n="$1" '$1 == n {printf "%.3f", $2 / 1000}' "$OUT/times.csv"; }
   {
     echo "# cluster on Xen 4.17 ($(cat /vwlab/accel), nested in QEMU), $HOSTS hosts"
+    echo
+    echo "A head (NFS server, Slurm controller, public NIC) and 2 workers, deployed by vw"
+    echo "with the xl driver from images it staged; checks from inside the guests:"
     echo
     echo '```'
     cat "$OUT/checks.txt"
     echo '```'
     echo
-    echo "step,ms,exit"
+    echo "## Fig. 2(b): the operations across the cluster"
+    echo
+    echo "vw: the deploy's phases (stage, load, create, ready), then each \`vw OP lab\` as run"
+    echo "on the head. xl: the same operation on one domain, directly in dom0, same run."
+    echo "Slowdown: xl here over the paper's figure."
+    echo
+    echo "| operation | vw, cluster (s) | xl in dom0, 1 domain (s) | paper (s) | slowdown |"
+    echo "|---|---:|---:|---:|---:|"
+    row() { # name vw xl paper
+      slow=$(awk -v a="$3" -v b="$4" 'BEGIN { if (a != "" && b != "") printf "%.0f×", a / b; else print "–" }')
+      echo "| $1 | ${2:-–} | ${3:-–} | ${4:-–} | $slow |"
+    }
+    row stage "$(phase stage)" "" ""
+    row load "$(phase load)" "$(took xl-create-p)" 2.83
+    row "create (start)" "$(phase create)" "$(took xl-unpause)" 0.453
+    row "ready (guest's word)" "$(phase ready)" "" ""
+    row pause "$(took pause)" "$(took xl-pause)" 0.27
+    row unpause "$(took unpause)" "$(took xl-unpause-again)" ""
+    row stop "$(took stop)" "$(took xl-shutdown-w)" 1.01
+    row unstage "$(took unstage)" "" ""
+    echo
+    echo "Every timed step (name, ms, exit):"
+    echo
+    echo '```'
     cat "$OUT/times.csv"
+    echo '```'
   } > "$OUT/summary.md"
 }
