@@ -41,7 +41,7 @@ on_head_host() {
     on_head 'sinfo -N; scontrol show nodes' ; return 1
   }
   check "slurm lists every worker, up" slurm_up
-  on_head 'srun -N2 -n2 hostname' > "$OUT/srun.txt" 2>&1
+  on_head 'timeout 300 srun -N2 -n2 hostname' > "$OUT/srun.txt" 2>&1
   check "srun -N2 hostname ran on worker1 and worker2" \
     sh -c "grep -qx worker1 '$OUT/srun.txt' && grep -qx worker2 '$OUT/srun.txt'"
   on_head 'cat > /home/hello.c' <<'EOC'
@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
 }
 EOC
   check "mpicc builds the job on the head, into the NFS export" on_head 'mpicc -o /home/hello /home/hello.c'
-  on_head 'cd /home && salloc -N2 -n2 mpiexec -n 2 /home/hello' > "$OUT/mpi.txt" 2>&1
+  on_head 'cd /home && timeout 600 salloc -N2 -n2 mpiexec -n 2 /home/hello' > "$OUT/mpi.txt" 2>&1
   cat "$OUT/mpi.txt"
   check "an MPI job over NFS runs across both workers" \
     sh -c "grep -q 'rank 0 of 2 on worker' '$OUT/mpi.txt' && grep -q 'rank 1 of 2 on worker' '$OUT/mpi.txt' && [ \$(grep -o 'on worker[0-9]*' '$OUT/mpi.txt' | sort -u | wc -l) = 2 ]"
@@ -138,7 +138,7 @@ type = "pv"
 kernel = "/var/lib/vw-kernels/vmlinuz-vw-guest"
 ramdisk = "/var/lib/vw-kernels/initrd-vw-guest.img"
 root = "/dev/xvda1 ro"
-extra = "console=hvc0"
+extra = "console=hvc0 net.ifnames=0"
 memory = 384
 vcpus = 1
 disk = [ "format=raw, vdev=xvda1, access=rw, target=/var/lib/direct.img", "format=raw, vdev=xvda2, access=rw, target=/var/lib/direct.swap" ]
