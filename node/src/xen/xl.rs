@@ -129,6 +129,19 @@ impl XlDriver {
         }
     }
 
+    /// Runs `xl args`: its output on success, `None` when it failed saying `absent`
+    /// (xl's words for a domain that does not exist), an error otherwise.
+    fn unless_absent(&self, args: &[&str], absent: &str) -> Result<Option<Output>, XenError> {
+        let out = self.run(args, self.command_timeout)?;
+        if out.status.success() {
+            Ok(Some(out))
+        } else if out.stderr.contains(absent) {
+            Ok(None)
+        } else {
+            Err(self.failed(args, &out))
+        }
+    }
+
     /// Whether `domain` leaves `xl list` within `within`.
     fn gone_within(&self, domain: &str, within: Duration) -> Result<bool, XenError> {
         let deadline = Instant::now() + within;
@@ -283,14 +296,10 @@ impl Driver for XlDriver {
 
     fn guest_report(&self, domain: &str) -> Result<Option<GuestReport>, XenError> {
         let args = ["domid", domain];
-        let out = self.run(&args, self.command_timeout)?;
-        if !out.status.success() {
-            // main_domid's words for a name it cannot find: no domain, no report.
-            if out.stderr.contains("Can't get domid") {
-                return Ok(None);
-            }
-            return Err(self.failed(&args, &out));
-        }
+        // main_domid's words for a name it cannot find: no domain, no report.
+        let Some(out) = self.unless_absent(&args, "Can't get domid")? else {
+            return Ok(None);
+        };
         let domid: u32 = out.stdout.trim().parse().map_err(|_| XenError::BadOutput {
             command: self.command_line(&args),
             output: out.stdout.clone(),
@@ -326,14 +335,10 @@ impl Driver for XlDriver {
 
     fn status(&self, domain: &str) -> Result<Option<DomainState>, XenError> {
         let args = ["list", domain];
-        let out = self.run(&args, self.command_timeout)?;
-        if !out.status.success() {
-            // xl's words for "no such domain" (find_domain, libxl_name_to_domid).
-            if out.stderr.contains("invalid domain identifier") {
-                return Ok(None);
-            }
-            return Err(self.failed(&args, &out));
-        }
+        // xl's words for "no such domain" (find_domain, libxl_name_to_domid).
+        let Some(out) = self.unless_absent(&args, "invalid domain identifier")? else {
+            return Ok(None);
+        };
         match parse_list(domain, &out.stdout) {
             Some(state) => Ok(Some(state)),
             None => {
