@@ -155,7 +155,8 @@ fn a_run_that_fails_tears_everything_down() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("no-images/base.img is missing") && stderr.contains("make-images.sh"),
+        stderr.contains("no-images/guest-base.img is missing")
+            && stderr.contains("scripts/xenlab/build.sh guests"),
         "{stderr}"
     );
     assert_no_leftovers(&tag);
