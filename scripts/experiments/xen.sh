@@ -20,10 +20,14 @@ status=0
 for s in "${scenarios[@]}"; do
   echo "== $s"
   VW_BIN=$bin bash "$here/scripts/xenlab/run.sh" "$s" "$here/perf/xenlab/$s" || status=1
-  mkdir -p "$here/docs/results/xen/$s"
-  cp "$here/perf/xenlab/$s/accel" "$here/docs/results/xen/$s/"
-  for f in summary.md checks.txt times.csv deploy.txt srun.txt mpi.txt; do
-    [ -f "$here/perf/xenlab/$s/host1/$f" ] && cp "$here/perf/xenlab/$s/host1/$f" "$here/docs/results/xen/$s/"
+  # The raw results: every host's text and CSV outputs (not the serial logs).
+  res=$here/docs/results/xen/$s
+  rm -rf "$res"; mkdir -p "$res"
+  cp "$here/perf/xenlab/$s/accel" "$res/"
+  for h in "$here/perf/xenlab/$s"/host*/; do
+    mkdir -p "$res/$(basename "$h")"
+    find "$h" -maxdepth 1 -type f \( -name '*.txt' -o -name '*.csv' -o -name '*.md' \) \
+      -exec cp {} "$res/$(basename "$h")/" \;
   done
 done
 exit $status

@@ -28,8 +28,9 @@ done
 for b in vw vwd; do [ -x "$BIN/$b" ] || { log "$BIN/$b is missing: cargo build --bins (or set VW_BIN)"; exit 1; }; done
 command -v qemu-system-x86_64 >/dev/null || { log "qemu-system-x86_64 is missing: scripts/install-deps.sh --xenlab"; exit 1; }
 
-# The scenario says how many hosts and how big: HOSTS, HOST_MEM (MiB), DOM0_MEM (MiB).
-HOSTS=1 HOST_MEM=2048 DOM0_MEM=768
+# The scenario says how many hosts and how big: HOSTS, HOST_CPUS (QEMU vCPUs, Xen's
+# physical CPUs), HOST_MEM and DOM0_MEM (MiB).
+HOSTS=1 HOST_CPUS=2 HOST_MEM=2048 DOM0_MEM=768
 # shellcheck source=/dev/null
 . "$here/scenarios/$SCENARIO.sh"
 
@@ -80,7 +81,9 @@ done
 "$BIN/vw" vo create lab --vo-dir "$SHARE/vo" >/dev/null
 {
   cat "$here/cluster.toml"
-  echo
+  # What Xen has for guests in a lab host: QEMU's memory less dom0's and Xen's own
+  # (256 MiB), not dom0's /proc/meminfo, which is all vw reads without this.
+  printf '\n[host]\nmemory_mib = %d\ncpus = %d\n\n' "$((HOST_MEM - DOM0_MEM - 256))" "$HOST_CPUS"
   "$BIN/vw" vo export lab --vo-dir "$SHARE/vo"
 } > "$SHARE/cluster.toml"
 for n in $(seq "$HOSTS"); do
@@ -117,9 +120,9 @@ done
 T0=$(date +%s.%N)
 for n in $(seq "$HOSTS"); do
   mkdir -p "$SHARE/out/host$n"
-  XENCMD="console=com1 com1=115200,8n1 dom0_mem=${DOM0_MEM}M,max:${DOM0_MEM}M dom0_max_vcpus=2 noreboot"
+  XENCMD="console=com1 com1=115200,8n1 dom0_mem=${DOM0_MEM}M,max:${DOM0_MEM}M dom0_max_vcpus=$HOST_CPUS noreboot"
   DOM0CMD="root=/dev/vda ro console=hvc0 vwlab.run vwlab.host=$n vwlab.addr=$(addr "$n")/16"
-  ip netns exec "$NS" qemu-system-x86_64 "${QACCEL[@]}" -smp 2 -m "$HOST_MEM" -no-reboot \
+  ip netns exec "$NS" qemu-system-x86_64 "${QACCEL[@]}" -smp "$HOST_CPUS" -m "$HOST_MEM" -no-reboot \
     -kernel "$C/boot/xen.elf" -append "$XENCMD" \
     -initrd "$C/boot/vmlinuz $DOM0CMD,$C/boot/initrd.img" \
     -drive "file=$C/dom0.img,if=virtio,format=raw,snapshot=on" \
