@@ -27,13 +27,15 @@ guest() { # guest IP cmd...
 # emulation, so both start at an agreed instant (guests on one host share Xen's clock);
 # the CSV keeps each job's start and end, and the summary how long they overlapped.
 run_both() { # case run
-  at=$(( $(date +%s) + 20 ))
+  at=$(( $(date +%s) + 20 )) started=""
   for w in a b; do
     guest "$(cat "$OUT/ip-$w")" "while [ \$(date +%s) -lt $at ]; do sleep 0.1; done
       a=\$(date +%s.%N); dd if=/dev/zero bs=1M count=$JOB_MIB 2>/dev/null | sha256sum > /dev/null
       b=\$(date +%s.%N); echo \"\$a \$b\"" > "$OUT/job-$1-$2-$w.txt" 2>&1 &
+    started="$started $!"
   done
-  wait
+  # Not a bare `wait`: vwd runs in the background of this shell too.
+  wait $started
   for w in a b; do
     awk -v c="$1" -v r="$2" -v w="$w" 'NF == 2 { printf "%s,%s,t2%s,%.3f,%.3f,%.3f\n", c, r, w, $2 - $1, $1, $2 }' \
       "$OUT/job-$1-$2-$w.txt" >> "$OUT/table2.csv"
