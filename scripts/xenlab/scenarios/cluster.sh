@@ -198,7 +198,7 @@ summary() {
     echo "| operation | vw, cluster (s) | xl in dom0, 1 domain (s) | paper (s) | slowdown |"
     echo "|---|---:|---:|---:|---:|"
     row() { # name vw xl paper
-      slow=$(awk -v a="$3" -v b="$4" 'BEGIN { if (a != "" && b != "") printf "%.0f×", a / b; else print "–" }')
+      slow=$(awk -v a="$3" -v b="$4" 'BEGIN { if (a != "" && b != "") printf "%.2f×", a / b; else print "–" }')
       echo "| $1 | ${2:-–} | ${3:-–} | ${4:-–} | $slow |"
     }
     row stage "$(phase stage)" "" ""
