@@ -243,6 +243,18 @@ fn count(what: &str, n: usize, max: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
+/// One image of a stage order, staged or only served: the same bounds either way.
+fn check_image_order(i: &ImageOrder) -> Result<(), FrameError> {
+    text("image name", &i.image)?;
+    count("pulls", i.pulls.len(), MAX_PEERS)?;
+    count("fallback peers", i.fallback.len(), MAX_PEERS)?;
+    count("stagers", i.stagers.len(), MAX_PEERS)?;
+    count("seal bytes", i.seal.len(), vw_chunkstore::vo::MAX_SEAL)?;
+    i.stagers.iter().try_for_each(|p| text("peer id", p))?;
+    i.pulls.iter().try_for_each(|p| text("peer id", &p.from))?;
+    i.fallback.iter().try_for_each(|p| text("peer id", p))
+}
+
 impl Message for Request {
     const VERSION: u8 = VERSION;
     const MAX: usize = MAX_MESSAGE;
@@ -268,17 +280,8 @@ impl Message for Request {
                     text("VM name", &m.name)?;
                 }
                 count("images", order.images.len(), MAX_IMAGES)?;
-                for i in &order.images {
-                    text("image name", &i.image)?;
-                    count("pulls", i.pulls.len(), MAX_PEERS)?;
-                    count("fallback peers", i.fallback.len(), MAX_PEERS)?;
-                    count("stagers", i.stagers.len(), MAX_PEERS)?;
-                    count("seal bytes", i.seal.len(), vw_chunkstore::vo::MAX_SEAL)?;
-                    i.stagers.iter().try_for_each(|p| text("peer id", p))?;
-                    i.pulls.iter().try_for_each(|p| text("peer id", &p.from))?;
-                    i.fallback.iter().try_for_each(|p| text("peer id", p))?;
-                }
-                Ok(())
+                count("served images", order.serves.len(), MAX_IMAGES)?;
+                order.images.iter().chain(&order.serves).try_for_each(check_image_order)
             }
             Request::Run { deployment, op } => {
                 text("deployment name", deployment)?;
@@ -359,6 +362,35 @@ mod tests {
         assert!(encode(&stage).is_err(), "stage goes by stage order");
         let long = Request::Status { deployment: Some("x".repeat(MAX_TEXT + 1)) };
         assert!(matches!(encode(&long), Err(FrameError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_stage_order_bounds_the_images_it_serves_as_those_it_stages() {
+        let image = |stagers: usize| ImageOrder {
+            image: "vo/x:1".into(),
+            manifest: Vec::new(),
+            seal: Vec::new(),
+            stagers: vec!["peer".into(); stagers],
+            pulls: Vec::new(),
+            fallback: Vec::new(),
+        };
+        let order = |serves: Vec<ImageOrder>| {
+            Request::Stage(Box::new(StageOrder {
+                workspace: String::new(),
+                ticket: Vec::new(),
+                share: ClusterShare { here: Vec::new(), elsewhere: Vec::new() },
+                images: vec![image(1)],
+                serves,
+            }))
+        };
+        assert!(order(vec![image(1)]).check().is_ok());
+        let many = order(vec![image(1); MAX_IMAGES + 1]).check().expect_err("too many served");
+        assert!(many.to_string().contains("served images"), "{many}");
+        let wide = order(vec![image(MAX_PEERS + 1)]).check().expect_err("too many stagers");
+        assert!(wide.to_string().contains("stagers"), "{wide}");
+        let mut bad = image(1);
+        bad.stagers[0] = "x".repeat(MAX_TEXT + 1);
+        assert!(order(vec![bad]).check().is_err(), "a served image's peer ids are text");
     }
 
     #[test]
