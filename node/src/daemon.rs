@@ -61,6 +61,17 @@ pub enum DaemonError {
         /// What is wrong.
         message: String,
     },
+    /// The key file lets other users read it.
+    #[error(
+        "identity key {path} has mode {mode:o}, which lets other users read it: `chmod 600 {path}` \
+         (or, if it may have been read, move it away to make a new one; the peer id changes)"
+    )]
+    KeyExposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The key file is not a libp2p key.
     #[error("identity key {path} is unreadable ({reason}); move it away to make a new one (the peer id changes)")]
     BadKey {
@@ -276,9 +287,22 @@ impl Daemon {
 /// Loads the identity key, making one (ed25519, mode 0600, written atomically) if the
 /// file does not exist.
 pub fn load_or_create_key(path: &Path) -> Result<identity::Keypair, DaemonError> {
-    match std::fs::read(path) {
-        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
-            .map_err(|e| DaemonError::BadKey { path: path.to_owned(), reason: e.to_string() }),
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    match std::fs::File::open(path) {
+        Ok(mut file) => {
+            let io = |op, error| DaemonError::Io { op, path: path.to_owned(), error };
+            let meta = file.metadata().map_err(|e| io("stat", e))?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(DaemonError::KeyExposed {
+                    path: path.to_owned(),
+                    mode: meta.mode() & 0o777,
+                });
+            }
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| io("read", e))?;
+            identity::Keypair::from_protobuf_encoding(&bytes)
+                .map_err(|e| DaemonError::BadKey { path: path.to_owned(), reason: e.to_string() })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = identity::Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().expect("ed25519 keys encode");
@@ -286,10 +310,15 @@ pub fn load_or_create_key(path: &Path) -> Result<identity::Keypair, DaemonError>
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
             }
+            // A file already at the temp name (a crash's leftover, or planted) is
+            // removed, never written through: the key goes into a file made here.
             let tmp = path.with_extension("tmp");
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", e)),
+                _ => {}
+            }
             let mut f = std::fs::OpenOptions::new();
-            f.write(true).create(true).truncate(true);
-            std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+            f.write(true).create_new(true).mode(0o600);
             let mut file = f.open(&tmp).map_err(|e| io("create", e))?;
             file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(|e| io("write", e))?;
             std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
@@ -376,5 +405,31 @@ addr = "/ip4/10.0.0.1/tcp/7400"
         std::fs::write(&path, b"garbage").expect("write");
         let err = load_or_create_key(&path).expect_err("bad key");
         assert!(err.to_string().contains("move it away"), "{err}");
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.key");
+        load_or_create_key(&path).expect("made");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = load_or_create_key(&path).expect_err("readable by others");
+        assert!(
+            err.to_string().contains("mode 644") && err.to_string().contains("chmod 600"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_new_key_is_never_written_through_a_planted_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").expect("victim");
+        let path = dir.path().join("node.key");
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).expect("plant");
+        load_or_create_key(&path).expect("made");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
+        assert!(!std::fs::symlink_metadata(&path).expect("key").file_type().is_symlink());
     }
 }
