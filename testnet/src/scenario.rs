@@ -95,7 +95,7 @@ fn one() -> usize {
 pub struct Images {
     /// `debian` (the project's images from `scripts/xenlab/build.sh`) or `synthetic` (generated).
     pub source: ImageSource,
-    /// For `debian`: the directory with `base.img`, `worker.img`, `vo2worker.img`
+    /// For `debian`: the directory with `guest-base.img`, `worker.img`, `vo2worker.img`
     /// (`VW_IMAGES` overrides it).
     pub dir: Option<PathBuf>,
     /// For `synthetic`: each image's size in MiB.
