@@ -77,6 +77,8 @@ pub struct VoConfig {
     /// Its limits across the cluster (none: unlimited).
     #[serde(default)]
     pub quota: Quota,
+    /// The kernel directories its deployments may use instead of `[xen] kernel_dirs`.
+    pub kernel_dirs: Option<Vec<PathBuf>>,
 }
 
 impl VoConfig {
@@ -181,6 +183,16 @@ pub struct XenConfig {
     /// `/var/log/xen/console`; `""`: none).
     #[serde(default = "default_console_dir")]
     pub console_dir: PathBuf,
+    /// The directories a workspace's `<kernel path ramdisk>` may name files in (absolute;
+    /// none by default, which refuses every kernel boot). A bare file name is looked up
+    /// in them in order; any path must resolve, symlinks followed, inside one of them.
+    #[serde(default)]
+    pub kernel_dirs: Vec<PathBuf>,
+    /// The user pygrub runs as (`LIBXL_BOOTLOADER_USER`); vw always runs it restricted
+    /// (`LIBXL_BOOTLOADER_RESTRICT=1`), and without a user libxl picks its QEMU
+    /// deprivileging users (default: none).
+    #[serde(default)]
+    pub bootloader_user: Option<String>,
 }
 
 /// Which driver hands domains to the hypervisor.
@@ -248,6 +260,8 @@ impl Default for XenConfig {
             ready_timeout_s: default_ready_timeout(),
             xenstore_read: default_xenstore_read(),
             console_dir: default_console_dir(),
+            kernel_dirs: Vec::new(),
+            bootloader_user: None,
         }
     }
 }
@@ -330,7 +344,41 @@ impl ClusterConfig {
             }
         }
         config.check_vos(source)?;
+        config.check_boot(source)?;
         Ok(config)
+    }
+
+    /// The kernel directories `vo`'s deployments may use (`None`: a local deployment).
+    pub fn kernel_dirs(&self, vo: Option<&str>) -> &[PathBuf] {
+        vo.and_then(|vo| self.vo(vo))
+            .and_then(|v| v.kernel_dirs.as_deref())
+            .unwrap_or(&self.xen.kernel_dirs)
+    }
+
+    fn check_boot(&self, source: &str) -> Result<(), ConfigError> {
+        let bad = |key, message: String| ConfigError::Value {
+            source_name: source.to_owned(),
+            key,
+            message,
+        };
+        let lists = std::iter::once(("xen.kernel_dirs", &self.xen.kernel_dirs)).chain(
+            self.vo.iter().filter_map(|v| Some(("vo.kernel_dirs", v.kernel_dirs.as_ref()?))),
+        );
+        for (key, dirs) in lists {
+            if let Some(d) = dirs.iter().find(|d| !d.is_absolute()) {
+                return Err(bad(key, format!("`{}` is not an absolute path", d.display())));
+            }
+        }
+        if let Some(user) = &self.xen.bootloader_user {
+            let ok = !user.is_empty()
+                && user.len() <= 32
+                && !user.starts_with('-')
+                && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !ok {
+                return Err(bad("xen.bootloader_user", format!("`{user}` is not a user name")));
+            }
+        }
+        Ok(())
     }
 
     /// The trusted VO named `name`.
@@ -438,6 +486,28 @@ mod tests {
     }
 
     #[test]
+    fn a_vo_may_have_its_own_kernel_directories() {
+        let text = format!(
+            "{}\n{}kernel_dirs = [\"/srv/vo2-kernels\"]\n{}",
+            ClusterConfig::EMBEDDED.replacen("[xen]\n", "[xen]\nkernel_dirs = [\"/boot\"]\n", 1),
+            VoConfig::entry(
+                "vo2",
+                &vw_chunkstore::VoKey::generate("vo2").expect("key").public(),
+                false
+            ),
+            VoConfig::entry(
+                "grid3",
+                &vw_chunkstore::VoKey::generate("grid3").expect("key").public(),
+                false
+            ),
+        );
+        let c = ClusterConfig::parse(&text, "c.toml").expect("config");
+        assert_eq!(c.kernel_dirs(Some("vo2")), [PathBuf::from("/srv/vo2-kernels")]);
+        assert_eq!(c.kernel_dirs(Some("grid3")), [PathBuf::from("/boot")]);
+        assert_eq!(c.kernel_dirs(None), [PathBuf::from("/boot")]);
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         let base = ClusterConfig::EMBEDDED;
         for (from, to, expect) in [
@@ -448,6 +518,16 @@ mod tests {
             ),
             ("on_crash = \"destroy\"", "on_crash = \"explode\"", "xen.on_crash: `explode`"),
             ("driver = \"simulated\"", "driver = \"qemu\"", "unknown variant `qemu`"),
+            (
+                "[xen]\n",
+                "[xen]\nkernel_dirs = [\"boot\"]\n",
+                "xen.kernel_dirs: `boot` is not an absolute path",
+            ),
+            (
+                "[xen]\n",
+                "[xen]\nbootloader_user = \"-u0\"\n",
+                "xen.bootloader_user: `-u0` is not a user name",
+            ),
         ] {
             let text = base.replacen(from, to, 1);
             assert_ne!(text, base, "{from}");

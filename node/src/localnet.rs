@@ -148,6 +148,20 @@ impl LocalNet {
     }
 }
 
+/// The kernel and ramdisk the example workspaces name (`vmlinuz-6.1.0-vw`,
+/// `initrd.img-6.1.0-vw`), in `dir/kernels`: placeholders, since the simulated Xen
+/// driver boots nothing, but real files for the host's kernel-directory check.
+pub fn placeholder_kernels(dir: &Path) -> anyhow::Result<PathBuf> {
+    let kernels = dir.join("kernels");
+    std::fs::create_dir_all(&kernels).with_context(|| format!("creating {}", kernels.display()))?;
+    for name in ["vmlinuz-6.1.0-vw", "initrd.img-6.1.0-vw"] {
+        let path = kernels.join(name);
+        std::fs::write(&path, "not a kernel: a placeholder for vw's simulated Xen driver\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(kernels)
+}
+
 /// The VOs of a local cluster: a key per VO (in memory: the demo and the tests sign
 /// with them directly) and a cluster config that trusts them all, for
 /// [`LocalNetOptions::cluster_config`].
@@ -178,7 +192,12 @@ impl LocalVos {
     /// Writes a cluster config trusting these VOs to `path`, with the VOs in `isolate`
     /// isolated as well as those created so (another cluster with the same VOs).
     pub fn write_config(&self, path: &Path, isolate: &[String]) -> anyhow::Result<()> {
-        let mut text = crate::config::ClusterConfig::EMBEDDED.to_owned();
+        let kernels = placeholder_kernels(path.parent().unwrap_or(Path::new(".")))?;
+        let mut text = crate::config::ClusterConfig::EMBEDDED.replacen(
+            "[xen]\n",
+            &format!("[xen]\nkernel_dirs = [{:?}]\n", kernels.display()),
+            1,
+        );
         for (key, (isolated, extra)) in self.keys.iter().zip(&self.entries) {
             let isolated = *isolated || isolate.iter().any(|v| v == key.vo());
             let entry = crate::config::VoConfig::entry(key.vo(), &key.public(), isolated);

@@ -3,7 +3,8 @@
 //! host takes its control requests) and sends orders a head would never send: a
 //! forged, mismatched or untrusted ticket, a tampered or substituted manifest, a
 //! missing, forged or untrusted seal, an image the VO may not use (to stage or only to
-//! serve). Each is refused before anything is
+//! serve), a VO-signed workspace that boots from a host file outside the kernel
+//! directories. Each is refused before anything is
 //! fetched or recorded, and audited; the honest order gets past the checks.
 
 use std::sync::Arc;
@@ -203,6 +204,23 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
                 i.seal = seal.encode();
             }),
             "image vo9/worker:1: VO vo9 is not trusted by this cluster",
+        ),
+        (
+            "a signed workspace whose ramdisk is the host's own key",
+            {
+                let key = net.data_dirs[1].join("node.key");
+                let stolen = workspace.replacen(
+                    "<bootloader path=\"pygrub\"/>",
+                    &format!("<kernel path=\"vmlinuz-6.1.0-vw\" ramdisk=\"{}\"/>", key.display()),
+                    1,
+                );
+                StageOrder {
+                    ticket: vos.ticket("demo", &stolen).expect("ticket"),
+                    workspace: stolen,
+                    ..honest.clone()
+                }
+            },
+            "node head: ramdisk",
         ),
     ];
     let count = forged.len();

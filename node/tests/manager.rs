@@ -79,7 +79,7 @@ const CLUSTER: &str = r#"<virtualWorkspace type="cluster" name="t" nodeNumber="3
   <headnode name="head">
     <memory>256</memory>
     <vcpus>1</vcpus>
-    <kernel type="pvh" path="/boot/vmlinuz" ramdisk="/boot/initrd.img"/>
+    <kernel type="pvh" path="vmlinuz-6.1.0-vw" ramdisk="initrd.img-6.1.0-vw"/>
     <partition image="vo/head:1" device="xvda1" role="root"/>
     <swap device="xvda2" size="1MB"/>
     <roles><nfsServer export="/home"/><batchServer/></roles>
@@ -98,8 +98,17 @@ fn spec(text: &str) -> WorkspaceSpec {
     workspace::parse(text, "cluster.xml").expect("valid workspace")
 }
 
+/// `text` (a cluster config) with placeholder kernels beside the store `root` allowed.
+fn with_kernels(root: &Path, text: &str) -> ClusterConfig {
+    let parent = root.parent().expect("a store inside a directory");
+    let kernels = vw_node::localnet::placeholder_kernels(parent).expect("kernels");
+    let text = text.replacen("[xen]\n", &format!("[xen]\nkernel_dirs = [{:?}]\n", kernels), 1);
+    ClusterConfig::parse(&text, "cluster.toml").expect("config")
+}
+
 fn open(root: &Path) -> Manager {
-    let (m, reconciled) = Manager::open(root, ClusterConfig::embedded()).expect("open");
+    let config = with_kernels(root, ClusterConfig::EMBEDDED);
+    let (m, reconciled) = Manager::open(root, config).expect("open");
     assert!(reconciled.is_empty(), "{reconciled:?}");
     m
 }
@@ -289,7 +298,8 @@ fn a_restarted_manager_reconciles_with_the_hypervisor() {
     doc["domains"]["t-worker2"]["state"] = "running".into();
     fs::write(&state_file, serde_json::to_vec(&doc).expect("json")).expect("write");
 
-    let (m, reconciled) = Manager::open(&fx.root, ClusterConfig::embedded()).expect("open");
+    let config = with_kernels(&fx.root, ClusterConfig::EMBEDDED);
+    let (m, reconciled) = Manager::open(&fx.root, config).expect("open");
     let mut changes: Vec<(String, VmState, VmState)> =
         reconciled.into_iter().map(|r| (r.vm, r.was, r.now)).collect();
     changes.sort_by(|a, b| a.0.cmp(&b.0));
@@ -347,7 +357,7 @@ fn bad_inputs_are_refused_with_clear_errors() {
 fn an_exhausted_address_pool_is_a_clear_error() {
     let fx = fixture();
     let config = ClusterConfig::EMBEDDED.replace("10.77.1.10-10.77.1.250", "10.77.1.10-10.77.1.13");
-    let config = ClusterConfig::parse(&config, "small.toml").expect("config");
+    let config = with_kernels(&fx.root, &config);
     let (m, _) = Manager::open(&fx.root, config).expect("open");
     m.submit(&spec(CLUSTER)).expect("three of four addresses");
     let second = spec(&CLUSTER.replace("name=\"t\"", "name=\"u\""));
@@ -468,7 +478,7 @@ fn the_xl_driver_runs_a_cluster_through_a_fake_xl() {
     let config = ClusterConfig::EMBEDDED
         .replace("driver = \"simulated\"", "driver = \"xl\"")
         .replace("xl = \"xl\"", &format!("xl = \"{}\"", wrapper.display()));
-    let config = ClusterConfig::parse(&config, "xl.toml").expect("config");
+    let config = with_kernels(&fx.root, &config);
     let (m, _) = Manager::open(&fx.root, config.clone()).expect("open");
     assert!(!m.driver().simulated());
     m.submit(&spec(CLUSTER)).expect("submit");
@@ -487,4 +497,54 @@ fn the_xl_driver_runs_a_cluster_through_a_fake_xl() {
     m.run("t", None, Op::Stop).expect("stop");
     let calls = fs::read_to_string(state.join("calls.log")).expect("calls");
     assert_eq!(calls.matches("create -p").count(), 3, "{calls}");
+}
+
+/// A ramdisk is loaded into the guest, which can read it back: a workspace must not
+/// pick the host's key, directly or through a symlink planted in a kernel directory.
+/// Refused when the deployment is submitted, before any record or file is written.
+#[test]
+fn a_kernel_or_ramdisk_outside_the_kernel_directories_is_refused_before_anything_is_written() {
+    let fx = fixture();
+    let m = open(&fx.root);
+    let kernels = fx.root.parent().expect("parent").join("kernels");
+    let key = fx.root.join("node.key");
+    fs::write(&key, "secret").expect("key");
+    std::os::unix::fs::symlink(&key, kernels.join("initrd-link")).expect("symlink");
+    let before = files_under(&fx.root);
+    for ramdisk in [key.display().to_string(), "initrd-link".into(), "initrd.img-6.1.0".into()] {
+        let text =
+            CLUSTER.replace("ramdisk=\"initrd.img-6.1.0-vw\"", &format!("ramdisk=\"{ramdisk}\""));
+        let err = m.submit(&spec(&text)).expect_err(&ramdisk).to_string();
+        assert!(err.contains("node head: ramdisk"), "{ramdisk}: {err}");
+        assert!(
+            err.contains("outside this host's kernel directories") || err.contains("no such file"),
+            "{ramdisk}: {err}"
+        );
+        assert!(m.deployment("t").expect("db").is_none(), "{ramdisk}: recorded");
+        assert_eq!(files_under(&fx.root), before, "{ramdisk}: wrote a file");
+    }
+    // The domain config names the resolved file, not the document's text.
+    m.submit(&spec(CLUSTER)).expect("submit");
+    m.run("t", Some("t-head"), Op::Stage).expect("stage");
+    let cfg = fs::read_to_string(fx.root.join("xen/t-head.cfg")).expect("config");
+    let real = fs::canonicalize(kernels.join("vmlinuz-6.1.0-vw")).expect("real");
+    assert!(cfg.contains(&format!("kernel = \"{}\"", real.display())), "{cfg}");
+}
+
+/// Every file under `dir` but the store's database, which RocksDB touches on its own.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !path.components().any(|c| c.as_os_str() == "db") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -198,3 +198,35 @@ fn a_byte_order_mark_is_ignored_and_odd_bytes_do_not_panic() {
     let crash = include_bytes!("data/fuzz-bom-crash.xml");
     assert!(workspace::parse(&String::from_utf8_lossy(crash), "t.xml").is_err());
 }
+
+/// The workspace is untrusted on every host: it picks pygrub or nothing as bootloader,
+/// only pygrub options that choose inside the guest's disk, and kernel files without
+/// `..` (the host then resolves them inside its kernel directories: `xen::boot`).
+#[test]
+fn boot_fields_cannot_name_host_programs_or_leave_the_kernel_directories() {
+    let pygrub = "<bootloader path=\"pygrub\"/>";
+    for (bad, expect) in [
+        ("<bootloader path=\"/bin/sh\"/>", "bootloader `/bin/sh` is not `pygrub`"),
+        ("<bootloader path=\"pygrub\" args=\"--output=/etc/shadow\"/>", "`--output=/etc/shadow`"),
+        ("<bootloader path=\"pygrub\" args=\"--runas=0\"/>", "`--runas=0`"),
+        ("<bootloader path=\"pygrub\" args=\"/dev/sda\"/>", "`/dev/sda`"),
+        ("<kernel path=\"../../var/lib/vw/node.key\"/>", "without `..`"),
+        ("<kernel path=\"vmlinuz\" ramdisk=\"/boot/../var/lib/vw/node.key\"/>", "without `..`"),
+    ] {
+        let (line, _, message) = refuse(&GOOD.replacen(pygrub, bad, 1));
+        assert_eq!(line, 5, "{message}");
+        assert!(message.contains(expect), "{bad}: {message}");
+    }
+    let ok = GOOD.replacen(
+        pygrub,
+        "<bootloader path=\"pygrub\" args=\"--entry=1 --kernel=/boot/vmlinuz\"/>",
+        1,
+    );
+    workspace::parse(&ok, "t.xml").expect("pygrub with options inside the guest disk");
+    let ok = GOOD.replacen(
+        pygrub,
+        "<kernel path=\"vmlinuz-6.1\" ramdisk=\"/var/lib/vw-kernels/initrd\"/>",
+        1,
+    );
+    workspace::parse(&ok, "t.xml").expect("a name, and an absolute path the host checks");
+}

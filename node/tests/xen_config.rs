@@ -30,6 +30,7 @@ fn config(name: &str, kernel: &str, extra: &str, target: &str) -> DomainConfig {
         on_poweroff: "destroy".into(),
         on_reboot: "restart".into(),
         on_crash: "destroy".into(),
+        bootloader_user: None,
     }
 }
 
@@ -60,11 +61,53 @@ fn awkward_values_survive_both_parsers() {
 }
 
 #[test]
-fn a_bootloader_config_is_accepted() {
+fn a_bootloader_is_pygrub_run_restricted_as_the_configured_user() {
     let mut c = config("db", "/k", "", "/x.img");
-    c.boot = Boot::Bootloader { path: "pygrub".into(), args: Some("--kernel=/vmlinuz".into()) };
+    c.boot = Boot::Bootloader {
+        path: "pygrub".into(),
+        args: Some("--kernel=/vmlinuz --entry=1".into()),
+    };
+    c.bootloader_user = Some("vw-pygrub".into());
     let (xen, _) = through_xen(&c);
-    assert!(xen.contains("name: db"), "{xen}");
+    for line in [
+        "bootloader: pygrub\n",
+        "bootloader_arg: --kernel=/vmlinuz\nbootloader_arg: --entry=1\n",
+        "bootloader_restrict: 1\n",
+        "bootloader_user: vw-pygrub\n",
+    ] {
+        assert!(xen.contains(line), "{line:?} in {xen}");
+    }
+}
+
+/// The workspace chooses a kernel, a ramdisk and a bootloader that xl runs as root:
+/// the config writer names nothing but pygrub and resolved absolute files, and the
+/// simulated driver's check (which stands in for xl) refuses the rest.
+#[test]
+fn a_config_never_names_another_bootloader_or_an_unresolved_kernel() {
+    let mut shell = config("a", "/k", "", "/x.img");
+    shell.boot = Boot::Bootloader { path: "/bin/sh".into(), args: None };
+    let err = shell.render().expect_err("a shell as bootloader").to_string();
+    assert!(err.contains("`bootloader`") && err.contains("is not `pygrub`"), "{err}");
+    let relative = config("a", "vmlinuz", "", "/x.img");
+    let err = relative.render().expect_err("an unresolved kernel").to_string();
+    assert!(err.contains("`kernel`") && err.contains("was not resolved"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("x.img");
+    std::fs::write(&img, b"").expect("write");
+    let mut c = config("a", "/k", "", img.to_str().expect("utf-8"));
+    c.boot = Boot::Bootloader { path: "pygrub".into(), args: None };
+    let good = c.render().expect("render");
+    assert_eq!(check(&good).as_deref(), Ok("a"));
+    for (from, to, why) in [
+        ("\"pygrub\"", "\"/bin/sh\"", "is not pygrub"),
+        ("bootloader_restrict = 1\n", "", "without `bootloader_restrict = 1`"),
+        ("bootloader = \"pygrub\"", "kernel = \"vmlinuz\"", "not an absolute path"),
+    ] {
+        let bad = good.replace(from, to);
+        assert_ne!(bad, good, "{from}");
+        assert!(check(&bad).expect_err(from).contains(why), "{from}");
+    }
 }
 
 #[test]

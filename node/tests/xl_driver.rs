@@ -216,3 +216,30 @@ fn a_domain_that_lingers_after_shutdown_is_waited_for_not_destroyed() {
     assert_eq!(xl.destroy("vm2").expect("destroy"), StopHow::Destroyed);
     assert!(fake.calls().contains("destroy vm2"), "{}", fake.calls());
 }
+
+/// Xen 4.17 takes the XSA-443 restriction of pygrub from `xl`'s environment: every `xl`
+/// call carries it, with the configured user.
+#[test]
+fn xl_runs_with_the_bootloader_restricted() {
+    let fake = Fake::new();
+    let seen = fake.dir.path().join("env.log");
+    let logger = fake.dir.path().join("env-log");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\nenv | grep '^LIBXL_BOOTLOADER' | sort >> '{}'\nexec '{FAKE_XL}' \"$@\"\n",
+            seen.display()
+        ),
+    )
+    .expect("write");
+    let xl =
+        fake.wrapper("xl-env", "/bin/sh", &format!("exec /bin/sh '{}' \"$@\"; ", logger.display()));
+    let driver = XlDriver::new(xl, Duration::from_secs(10), Duration::from_secs(20))
+        .with_bootloader_user(Some("vw-pygrub".into()));
+    driver.load("vm1", &fake.config("vm1")).expect("load");
+    let env = std::fs::read_to_string(&seen).expect("env log");
+    assert!(
+        env.starts_with("LIBXL_BOOTLOADER_RESTRICT=1\nLIBXL_BOOTLOADER_USER=vw-pygrub\n"),
+        "{env}"
+    );
+}

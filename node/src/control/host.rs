@@ -230,8 +230,8 @@ impl HostService {
             Ok(spec) => spec,
             Err(e) => return Answer::Failed(e.to_string()),
         };
-        let checked = self.check_order(&spec.name, &order);
-        let (vo, images) = match checked {
+        let checked = self.check_order(&spec, &order);
+        let (spec, vo, images) = match checked {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(deployment = %spec.name, error = %e, "refused a stage order");
@@ -259,17 +259,21 @@ impl HostService {
     }
 
     /// Checks a stage order against this host's own cluster config before anything is
-    /// fetched: the VO's ticket, and each image's manifest and seal (those it stages
-    /// and those it only serves). Grants the stagers of each image its chunks. Returns
-    /// the VO and the checked images to stage.
+    /// fetched: the VO's ticket, the kernels its nodes boot, and each image's manifest
+    /// and seal (those it stages and those it only serves). Grants the stagers of each
+    /// image its chunks. Returns the workspace with its kernels resolved, the VO and the
+    /// checked images to stage.
     fn check_order(
         &self,
-        deployment: &str,
+        spec: &crate::workspace::WorkspaceSpec,
         order: &StageOrder,
-    ) -> Result<(String, Vec<Checked>), String> {
+    ) -> Result<(crate::workspace::WorkspaceSpec, String, Vec<Checked>), String> {
         let config = &self.gate.config;
+        let deployment = spec.name.as_str();
         let vo = check_ticket(config, &order.ticket, deployment, &order.workspace)
             .map_err(|e| e.to_string())?;
+        let spec = crate::xen::boot::resolve_spec(spec, config.kernel_dirs(Some(&vo)))
+            .map_err(|e| format!("deployment {deployment}: {e}"))?;
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
         let mut images = Vec::new();
         for image in order.images.iter().chain(&order.serves) {
@@ -286,7 +290,7 @@ impl HostService {
         self.gate.grants.allow(deployment, &vo, &granted);
         // The served images are granted, not staged.
         images.truncate(order.images.len());
-        Ok((vo, images))
+        Ok((spec, vo, images))
     }
 
     async fn stage_spec(

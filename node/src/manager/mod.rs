@@ -61,6 +61,15 @@ pub enum ManagerError {
         #[source]
         error: Box<vw_chunkstore::Error>,
     },
+    /// A node boots from a host file this host does not allow.
+    #[error("deployment {deployment}: {error}")]
+    Boot {
+        /// The deployment.
+        deployment: String,
+        /// Which file, and why.
+        #[source]
+        error: XenError,
+    },
     /// The hypervisor hand-off failed.
     #[error("VM {vm}: {step}: {error}")]
     Xen {
@@ -202,7 +211,8 @@ impl Manager {
                     config.xen.xenstore_read.clone(),
                     (!config.xen.console_dir.as_os_str().is_empty())
                         .then(|| config.xen.console_dir.clone()),
-                ),
+                )
+                .with_bootloader_user(config.xen.bootloader_user.clone()),
             ),
         };
         Self::with_driver(root, config, driver)
@@ -279,12 +289,26 @@ impl Manager {
         self.record(spec, Some(share), Some(vo))
     }
 
+    /// `spec` with every kernel and ramdisk resolved to a file in the kernel directories
+    /// this host allows `vo` (docs/security.md); refused if any lies elsewhere.
+    pub fn resolve_boot(
+        &self,
+        spec: &WorkspaceSpec,
+        vo: Option<&str>,
+    ) -> Result<WorkspaceSpec, ManagerError> {
+        crate::xen::boot::resolve_spec(spec, self.config.kernel_dirs(vo))
+            .map_err(|error| ManagerError::Boot { deployment: spec.name.clone(), error })
+    }
+
     fn record(
         &self,
         spec: &WorkspaceSpec,
         share: Option<ClusterShare>,
         vo: Option<&str>,
     ) -> Result<DeploymentRecord, ManagerError> {
+        // Before anything is recorded or written: the spec with its kernels resolved
+        // inside this host's allowed directories, which is what the domain configs name.
+        let spec = &self.resolve_boot(spec, vo)?;
         let db = self.db();
         if let Some(existing) = db.deployment(&spec.name)? {
             if existing.spec == *spec && existing.share == share && existing.vo.as_deref() == vo {

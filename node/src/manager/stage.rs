@@ -150,6 +150,7 @@ pub(super) fn stage_vm(
         on_poweroff: m.config.xen.on_poweroff.clone(),
         on_reboot: m.config.xen.on_reboot.clone(),
         on_crash: m.config.xen.on_crash.clone(),
+        bootloader_user: m.config.xen.bootloader_user.clone(),
     };
     let text = config.render().map_err(|error| ManagerError::Xen {
         vm: vm.name.clone(),

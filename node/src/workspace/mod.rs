@@ -21,6 +21,7 @@ use vw_chunkstore::ImageRef;
 
 pub use error::{Error, Position};
 pub use size::parse_size;
+pub use validate::PYGRUB;
 pub use vw_planner::address::Network;
 
 /// Largest workspace document read, in bytes.

@@ -263,9 +263,13 @@ fn boot(doc: &Document<'_>, el: &str, x: &XNode, partitions: &[Partition]) -> Re
         (None, None) => Err(doc.error(el, &format!("<{el}> needs a <kernel> or a <bootloader>"))),
         (None, Some(b)) => {
             let path = required(doc, &at("bootloader.@path"), b.path.as_deref(), "bootloader")?;
-            text_value(doc, &at("bootloader.@path"), path)?;
+            if path != PYGRUB {
+                let message =
+                    format!("bootloader `{path}` is not `{PYGRUB}`, the only one vw runs");
+                return Err(doc.error(&at("bootloader.@path"), &message));
+            }
             if let Some(args) = &b.args {
-                text_value(doc, &at("bootloader.@args"), args)?;
+                bootloader_args(doc, &at("bootloader.@args"), args)?;
             }
             Ok(Boot::Bootloader { path: path.to_owned(), args: b.args.clone() })
         }
@@ -508,10 +512,37 @@ fn vdev(device: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// A host path for the domain config: absolute, no control characters.
+/// The only bootloader a workspace may ask for (run restricted: docs/security.md).
+pub const PYGRUB: &str = "pygrub";
+
+/// Options of pygrub that choose what to boot inside the guest's own disk; the rest
+/// (`--output`, `--runas`, `--output-directory`, `--isconfig`, …) name host files or
+/// users, and a bare word would be taken as the disk.
+const PYGRUB_OPTIONS: [&str; 4] = ["--entry=", "--kernel=", "--ramdisk=", "--args="];
+
+/// pygrub's arguments: whitespace-separated `--entry=`, `--kernel=`, `--ramdisk=` or
+/// `--args=` options.
+fn bootloader_args(doc: &Document<'_>, path: &str, value: &str) -> Result<()> {
+    text_value(doc, path, value)?;
+    for arg in value.split_whitespace() {
+        if !PYGRUB_OPTIONS.iter().any(|o| arg.starts_with(o)) || arg.contains(['"', '\\']) {
+            let message = format!(
+                "pygrub argument `{arg}` is not one of {}VALUE (no spaces or quotes in VALUE)",
+                PYGRUB_OPTIONS.join("VALUE, ")
+            );
+            return Err(doc.error(path, &message));
+        }
+    }
+    Ok(())
+}
+
+/// A kernel or ramdisk: a file name, or a path, in one of the host's kernel directories
+/// (the host resolves it: `crate::xen::boot`). No `..`, no control characters.
 fn host_path(doc: &Document<'_>, path: &str, value: &str) -> Result<()> {
-    if !value.starts_with('/') {
-        return Err(doc.error(path, &format!("`{value}` must be an absolute path on the host")));
+    if value.is_empty() || value.split('/').any(|part| part == "..") {
+        let message =
+            format!("`{value}` must name a file in the host's kernel directories, without `..`");
+        return Err(doc.error(path, &message));
     }
     text_value(doc, path, value)
 }

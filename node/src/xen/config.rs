@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use vw_planner::address::Mac;
 
 use super::XenError;
-use crate::workspace::{Access, Boot, GuestType};
+use crate::workspace::{Access, Boot, GuestType, PYGRUB};
 
 /// Largest config file read back, in bytes.
 const MAX_CONFIG: usize = 64 << 10;
@@ -47,6 +47,8 @@ pub struct DomainConfig {
     pub on_reboot: String,
     /// See `on_poweroff`.
     pub on_crash: String,
+    /// The user a bootloader runs as (`[xen] bootloader_user`; none: libxl's choice).
+    pub bootloader_user: Option<String>,
 }
 
 /// A raw disk.
@@ -94,9 +96,9 @@ impl DomainConfig {
                     GuestType::Pvh => "pvh",
                 };
                 line("type", quote(mode).map_err(|e| bad("type", e))?);
-                line("kernel", quote(kernel).map_err(|e| bad("kernel", e))?);
+                line("kernel", host_file(kernel).map_err(|e| bad("kernel", e))?);
                 if let Some(r) = ramdisk {
-                    line("ramdisk", quote(r).map_err(|e| bad("ramdisk", e))?);
+                    line("ramdisk", host_file(r).map_err(|e| bad("ramdisk", e))?);
                 }
                 line("root", quote(root).map_err(|e| bad("root", e))?);
                 if let Some(x) = extra {
@@ -104,13 +106,24 @@ impl DomainConfig {
                 }
             }
             Boot::Bootloader { path, args } => {
+                if path != PYGRUB {
+                    return Err(bad("bootloader", format!("`{path}` is not `{PYGRUB}`")));
+                }
                 line("type", quote("pv").map_err(|e| bad("type", e))?);
-                line("bootloader", quote(path).map_err(|e| bad("bootloader", e))?);
+                line("bootloader", quote(PYGRUB).map_err(|e| bad("bootloader", e))?);
                 if let Some(a) = args {
-                    line(
-                        "bootloader_args",
-                        format!("[ {} ]", quote(a).map_err(|e| bad("bootloader_args", e))?),
-                    );
+                    let a: Vec<String> = a
+                        .split_whitespace()
+                        .map(quote)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| bad("bootloader_args", e))?;
+                    line("bootloader_args", format!("[ {} ]", a.join(", ")));
+                }
+                // Xen 4.18 and later read these; 4.17 takes the same from the
+                // environment `xl` runs in (XlDriver sets it).
+                line("bootloader_restrict", "1".into());
+                if let Some(user) = &self.bootloader_user {
+                    line("bootloader_user", quote(user).map_err(|e| bad("bootloader_user", e))?);
                 }
             }
         }
@@ -162,6 +175,14 @@ fn quote(value: &str) -> Result<String, String> {
         return Err(format!("{value:?} contains control character {c:?}"));
     }
     Ok(format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")))
+}
+
+/// A kernel or ramdisk: the absolute path [`super::boot`] resolved it to.
+fn host_file(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("`{path}` was not resolved to a file in the kernel directories"));
+    }
+    quote(path)
 }
 
 /// A value inside a disk or vif spec other than the target: no `,` `=` or spaces.
@@ -388,10 +409,33 @@ pub fn check(text: &str) -> Result<String, String> {
         None | Some("pv" | "pvh" | "hvm") => {}
         Some(t) => return Err(format!("type {t:?} is not pv, pvh or hvm")),
     }
-    if string("kernel")?.is_none() && string("bootloader")?.is_none() {
-        return Err("neither `kernel` nor `bootloader`".into());
+    match (string("kernel")?, string("bootloader")?) {
+        (None, None) => return Err("neither `kernel` nor `bootloader`".into()),
+        (Some(_), Some(_)) => return Err("both `kernel` and `bootloader`".into()),
+        (Some(_), None) => {}
+        (None, Some(PYGRUB)) => {
+            if keys.get("bootloader_restrict") != Some(&Value::Num(1)) {
+                return Err("pygrub without `bootloader_restrict = 1`".into());
+            }
+        }
+        (None, Some(other)) => return Err(format!("bootloader {other:?} is not pygrub")),
     }
-    for k in ["on_poweroff", "on_reboot", "on_crash", "cpus", "ramdisk", "root", "extra"] {
+    for k in ["kernel", "ramdisk"] {
+        if let Some(path) = string(k)?.filter(|p| !p.starts_with('/')) {
+            return Err(format!("`{k}` {path:?} is not an absolute path"));
+        }
+    }
+    let known = [
+        "on_poweroff",
+        "on_reboot",
+        "on_crash",
+        "cpus",
+        "ramdisk",
+        "root",
+        "extra",
+        "bootloader_user",
+    ];
+    for k in known {
         string(k)?;
     }
     let items = |k: &str| match keys.get(k) {

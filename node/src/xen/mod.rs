@@ -7,6 +7,7 @@
 //! file, for machines without Xen (tests, CI, the demo). The simulated one says so in
 //! every report ([`Driver::simulated`]).
 
+pub mod boot;
 pub mod config;
 pub mod ready;
 pub mod simulated;
@@ -159,6 +160,18 @@ pub enum XenError {
         /// The config key.
         key: String,
         /// Why.
+        reason: String,
+    },
+    /// A workspace names a kernel or ramdisk this host does not allow.
+    #[error("node {node}: {key} `{path}`: {reason}")]
+    HostFile {
+        /// The node (head or worker template) that names it.
+        node: String,
+        /// `kernel` or `ramdisk`.
+        key: &'static str,
+        /// What the workspace says.
+        path: String,
+        /// Why it was refused.
         reason: String,
     },
     /// A config was refused (by the simulated driver's check).

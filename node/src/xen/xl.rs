@@ -15,6 +15,11 @@
 //! stays listed as dying (`--ps--`) for seconds after `shutdown -w` returns, and `xl
 //! destroy` of it fails (its devices are already going): both wait for it to go.
 //! Every call runs under a timeout and passes `xl`'s stderr on when it fails.
+//!
+//! `xl` runs with `LIBXL_BOOTLOADER_RESTRICT=1` (and `LIBXL_BOOTLOADER_USER` when the
+//! cluster config names one): Xen 4.17's fix for XSA-443 reads the restriction of
+//! pygrub from the environment, where 4.18 and later read it from the domain config,
+//! which says the same.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,7 @@ pub struct XlDriver {
     command_timeout: Duration,
     xenstore_read: PathBuf,
     console_dir: Option<PathBuf>,
+    bootloader_user: Option<String>,
 }
 
 /// How long a dying domain may stay listed before it counts as stuck (seen: 1.5–8 s
@@ -58,7 +64,14 @@ impl XlDriver {
             command_timeout,
             xenstore_read: "xenstore-read".into(),
             console_dir: Some("/var/log/xen/console".into()),
+            bootloader_user: None,
         }
+    }
+
+    /// Runs pygrub as `user` (`LIBXL_BOOTLOADER_USER`).
+    pub fn with_bootloader_user(mut self, user: Option<String>) -> Self {
+        self.bootloader_user = user;
+        self
     }
 
     /// Reads guest reports with `xenstore_read` and console logs from `console_dir`
@@ -89,7 +102,12 @@ impl XlDriver {
         args: &[&str],
         timeout: Duration,
     ) -> Result<Output, XenError> {
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command.env("LIBXL_BOOTLOADER_RESTRICT", "1");
+        if let Some(user) = &self.bootloader_user {
+            command.env("LIBXL_BOOTLOADER_USER", user);
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

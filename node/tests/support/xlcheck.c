@@ -188,6 +188,26 @@ static int check_vifs(XLU_Config *cfg)
     return 0;
 }
 
+/* What a bootloader boot adds: its arguments (a list, as xl wants since
+ * 4.x), the XSA-443 restriction and its user. */
+static int check_bootloader(XLU_Config *cfg)
+{
+    XLU_ConfigList *list;
+    const char *user;
+    long restrict_;
+    int n, i, rc;
+
+    rc = xlu_cfg_get_list(cfg, "bootloader_args", &list, &n, 1);
+    if (rc && rc != ESRCH) return bad("bootloader_args", "must be a list [ '...', ... ]");
+    for (i = 0; !rc && i < n; i++) {
+        const char *arg = xlu_cfg_get_listitem(list, i);
+        if (!arg) return bad("bootloader_args", "list item is not a string");
+        show("bootloader_arg", arg);
+    }
+    if (get_pos(cfg, "bootloader_restrict", 0, &restrict_)) return 1;
+    return get_str(cfg, "bootloader_user", 0, &user);
+}
+
 static const char *const types[] = { "pv", "pvh", "hvm", NULL };
 static const char *const actions[] = {
     "destroy", "restart", "preserve", "rename-restart",
@@ -224,6 +244,7 @@ static int check_keys(XLU_Config *cfg)
         return bad("kernel", "PV/PVH guest needs `kernel' or `bootloader'");
     for (k = plain; *k; k++)
         if (get_str(cfg, *k, 0, &s)) return 1;
+    if (bootloader && check_bootloader(cfg)) return 1;
     for (k = on; *k; k++)
         if (get_word(cfg, *k, actions, &s)) return 1;
 
