@@ -122,9 +122,12 @@ dom0() {
 }
 
 # ---- guests -----------------------------------------------------------------------
-# dbus: slurmd's cgroup v2 plugin asks systemd for its scope over D-Bus.
+# dbus: slurmd's cgroup v2 plugin asks systemd for its scope over D-Bus. cloud-init:
+# the `seed` integration strategy (vw's NoCloud volume); net-tools: the `route` that
+# cloud-init 22.4's ifupdown renderer writes for routes.
 GUEST_PKGS="linux-image-cloud-amd64 initramfs-tools systemd-sysv udev kmod ifupdown
-  iproute2 iputils-ping procps xenstore-utils e2fsprogs util-linux munge openssh-server dbus"
+  iproute2 iputils-ping procps xenstore-utils e2fsprogs util-linux munge openssh-server dbus
+  cloud-init net-tools"
 guest_base() {
   tree guest-base $GUEST_PKGS
   fresh "$C/guest-base.done" "$here/guest" && return 0
@@ -146,7 +149,17 @@ guest_base() {
   cp "$R/boot/vmlinuz-$kv" "$C/kernels/vmlinuz-vw-guest"
   cp "$R/boot/initrd.img-$kv" "$C/kernels/initrd-vw-guest.img"
   printf 'LABEL=vwroot / ext4 errors=remount-ro 0 1\n' > "$R/etc/fstab"
-  printf 'auto lo\niface lo inet loopback\n' > "$R/etc/network/interfaces"
+  # cloud-init writes the seed's network config to interfaces.d (vw's edits replace
+  # this file whole).
+  printf 'auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n' \
+    > "$R/etc/network/interfaces"
+  install -m 0644 "$here/guest/90-vw.cfg" "$R/etc/cloud/cloud.cfg.d/90-vw.cfg"
+  # No manuals or documentation in guests (copyright files stay), now or from the
+  # packages the head and workers add: it keeps the images near the paper's sizes.
+  printf 'path-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\npath-exclude=/usr/share/man/*\n' \
+    > "$R/etc/dpkg/dpkg.cfg.d/vw-nodoc"
+  find "$R/usr/share/doc" -type f ! -name copyright -delete
+  rm -rf "$R"/usr/share/man/*
   echo vwguest > "$R/etc/hostname"
   # Every guest makes its own machine id at first boot.
   : > "$R/etc/machine-id"; rm -f "$R/var/lib/dbus/machine-id"

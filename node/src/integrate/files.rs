@@ -203,9 +203,11 @@ pub fn network_config(setup: &VmSetup) -> String {
             json(&nic.address.to_string())
         );
         if let Some(gw) = nic.gateway {
+            // `0.0.0.0/0`, not `default`: cloud-init before 23.1 (Debian 12 has 22.4)
+            // refuses the whole network config over `default`.
             let _ = writeln!(
                 out,
-                "    routes:\n      - to: default\n        via: {}",
+                "    routes:\n      - to: 0.0.0.0/0\n        via: {}",
                 json(&gw.to_string())
             );
         }
@@ -330,6 +332,7 @@ mod tests {
         assert_eq!(eth1["match"]["macaddress"].as_str(), Some("00:16:3e:00:00:02"));
         assert_eq!(eth1["addresses"][0].as_str(), Some("172.30.0.10/24"));
         assert_eq!(eth1["routes"][0]["via"].as_str(), Some("172.30.0.1"));
+        assert_eq!(eth1["routes"][0]["to"].as_str(), Some("0.0.0.0/0"));
         assert_eq!(
             doc["ethernets"]["eth0"]["nameservers"]["addresses"][0].as_str(),
             Some("10.77.0.1")
