@@ -166,6 +166,13 @@ pub fn guest_files(setup: &VmSetup) -> Vec<GuestFile> {
         whole("/etc/hostname", format!("{}\n", setup.hostname)),
         whole("/etc/hosts", hosts(setup)),
         whole("/etc/network/interfaces", interfaces(setup)),
+        // An image with cloud-init would otherwise run it without a datasource and lay
+        // its fallback network config over these edits.
+        whole(
+            "/etc/cloud/cloud-init.disabled",
+            "# Written by vw: this VM is configured by edits to its image, not by cloud-init.\n"
+                .into(),
+        ),
     ];
     if let Some(r) = resolv_conf(setup) {
         files.push(whole("/etc/resolv.conf", r));
@@ -240,7 +247,13 @@ pub fn user_data(setup: &VmSetup) -> String {
     for (path, content) in batch_files(setup) {
         write(&path, &content);
     }
-    let mounts = fstab_entries(setup);
+    let mut mounts = fstab_entries(setup);
+    // cloud-init mounts with `mount -a` inside its own unit, which sshd and the rest of
+    // the boot wait for; an NFS server that is not up yet (the head boots beside its
+    // workers) must not hold it there, so NFS mounts retry in the background.
+    for m in mounts.iter_mut().filter(|m| m[2] == "nfs") {
+        m[3].push_str(",bg");
+    }
     if !mounts.is_empty() {
         out.push_str("mounts:\n");
         for m in &mounts {
@@ -417,13 +430,15 @@ mod tests {
         let doc = yaml(&user_data(&w));
         let mount: Vec<&str> =
             doc["mounts"][0].as_vec().expect("mount").iter().filter_map(Yaml::as_str).collect();
-        assert_eq!(mount, ["head:/home", "/home", "nfs", "defaults,_netdev", "0", "0"]);
+        assert_eq!(mount, ["head:/home", "/home", "nfs", "defaults,_netdev,bg", "0", "0"]);
         assert!(interfaces(&w).contains(
             "iface eth0 inet static\n    address 10.77.1.10/16\n    gateway 10.77.0.1\n"
         ));
         let files = guest_files(&w);
         let fstab = files.iter().find(|f| f.path == "/etc/fstab").expect("fstab");
         assert!(fstab.append);
+        // Edits turn off a cloud-init in the image, which would undo them.
+        assert!(files.iter().any(|f| f.path == "/etc/cloud/cloud-init.disabled" && !f.append));
         assert_eq!(fstab.content, "head:/home\t/home\tnfs\tdefaults,_netdev\t0\t0\n");
         // With a swap partition, it is in fstab (both strategies) before the mounts.
         w.swap = Some("xvda2".into());

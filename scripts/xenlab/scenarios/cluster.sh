@@ -27,13 +27,33 @@ on_head_host() {
   t deploy vw deploy --vo lab /vwlab/workspaces/cluster.xml > "$OUT/deploy.txt" 2>&1
   check "deploy: every guest ready with its addresses, MACs, swap and NFS mounts" [ $? = 0 ]
   cat "$OUT/deploy.txt"
-  # The head's private address, as its guest reported it (vw checked it against its own).
-  HEAD_IP=$(sed -n 's/.*host=head .*nics=eth0=[^=]*=\([0-9.]*\)\/.*/\1/p' "$OUT/deploy.txt" | head -1)
-  echo "head at $HEAD_IP"
-  on_head() { ssh -i /vwlab/lab_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-    -o ConnectTimeout=30 -o LogLevel=ERROR "root@$HEAD_IP" "$@"; }
+  # A guest's private address, as it reported it (vw checked it against its own).
+  guest_ip() { sed -n "s/.*host=$1 .*nics=eth0=[^=]*=\([0-9.]*\)\/.*/\1/p" "$OUT/deploy.txt" | head -1; }
+  on_guest() { # on_guest NAME cmd: runs cmd in guest NAME over ssh
+    ip=$(guest_ip "$1"); shift
+    ssh -n -i /vwlab/lab_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+      -o ConnectTimeout=30 -o LogLevel=ERROR "root@$ip" "$@"
+  }
+  on_head() { # like on_guest head, but passes stdin on
+    ssh -i /vwlab/lab_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+      -o ConnectTimeout=30 -o LogLevel=ERROR "root@$(guest_ip head)" "$@"
+  }
   check "ssh to the head" on_head true
   check "the head's public NIC has its public address" on_head 'ip -4 -o addr show eth1 | grep -q "inet 172\.30\."'
+  # Both integration strategies: edits to the head's image (cloud-init finds no seed
+  # and stays off) and cloud-init from vw's seed volume on the workers.
+  strategies() {
+    on_guest head 'cloud-init status' | grep -qx 'status: disabled' &&
+      on_guest worker1 'cloud-init status' | grep -qx 'status: done' &&
+      on_guest worker2 'cloud-init status' | grep -qx 'status: done'
+  }
+  check "the head was integrated by edits, the workers by cloud-init from the seed" strategies
+  routes() {
+    on_guest head 'ip route show default' | grep -q 'via 172\.30\.0\.1 dev eth1' &&
+      on_guest worker1 'ip route show default' | grep -q 'via 10\.77\.0\.1 dev eth0' &&
+      on_guest worker2 'ip route show default' | grep -q 'via 10\.77\.0\.1 dev eth0'
+  }
+  check "each guest's default route is the gateway vw gave it" routes
   slurm_up() {
     for i in $(seq 60); do
       n=$(on_head 'sinfo -h -N -o "%N %t"' | grep -cE '^worker[0-9]+ (idle|mix|alloc)')
@@ -86,11 +106,11 @@ EOC
 # What each guest's own system says about the services the checks need, for a failed
 # check's cause: guest-NAME.txt.
 inspect_guests() {
-  sed -n 's/.*host=\([a-z0-9-]*\) .*nics=eth0=[^=]*=\([0-9.]*\)\/.*/\1 \2/p' "$OUT/deploy.txt" |
-    while read -r name ip; do
-      ssh -n -i /vwlab/lab_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-        -o ConnectTimeout=30 -o LogLevel=ERROR "root@$ip" \
+  sed -n 's/.*host=\([a-z0-9-]*\) .*/\1/p' "$OUT/deploy.txt" |
+    while read -r name; do
+      on_guest "$name" \
         'uptime; free -m; systemctl --failed --no-pager; findmnt -t nfs,nfs4; swapon --show
+         ip route; cloud-init status --long
          systemctl status --no-pager munge slurmd slurmctld nfs-server 2>&1 | grep -E "^[^ ]|Active:"
          journalctl -b --no-pager -u munge -u slurmd -u slurmctld | tail -40
          dmesg | grep -iE "oom|killed process" | tail' > "$OUT/guest-$name.txt" 2>&1
