@@ -199,7 +199,9 @@ guest() { # name packages...
 
 image() { # name size
   local name=$1 size=$2 out=$C/images/$1.img
-  [ -e "$out" ] && [ "$out" -nt "$C/$name/.vw-packages" ] && return 0
+  # Stale when its tree's packages or the guest base's configuration changed.
+  [ -e "$out" ] && [ "$out" -nt "$C/$name/.vw-packages" ] && [ "$out" -nt "$C/guest-base.done" ] \
+    && return 0
   mkdir -p "$C/images"
   log "image $name ($size)"
   rm -f "$out.tmp"

@@ -218,7 +218,12 @@ fn wait(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 
 /// Reads the state column of `xl list NAME` (`r-----`, `--p---`, …).
 fn parse_list(domain: &str, stdout: &str) -> Option<DomainState> {
-    let line = stdout.lines().find(|l| l.split_whitespace().next() == Some(domain))?;
+    let row = |name: &str| stdout.lines().find(|l| l.split_whitespace().next() == Some(name));
+    let Some(line) = row(domain) else {
+        // A dying domain loses its name in xenstore before it goes: `xl list NAME`,
+        // which just found it by that name, then prints it as `(null)`.
+        return row("(null)").map(|_| DomainState::Stopping);
+    };
     // Name ID Mem VCPUs State Time(s)
     let flags = line.split_whitespace().nth(4)?;
     let flag = |i: usize| flags.as_bytes().get(i).is_some_and(|&c| c != b'-');
@@ -381,5 +386,9 @@ mod tests {
         assert_eq!(parse_list("vm2", out), Some(DomainState::Running));
         assert_eq!(parse_list("vm3", out), Some(DomainState::Stopping));
         assert_eq!(parse_list("vm4", out), None);
+        // What Xen 4.17's `xl list lab-head` printed while the head was dying.
+        let dying = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n\
+                     (null)                                       1   512     1     --ps--     129.2\n";
+        assert_eq!(parse_list("lab-head", dying), Some(DomainState::Stopping));
     }
 }
