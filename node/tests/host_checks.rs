@@ -17,7 +17,8 @@ use vw_node::control::{Answer, Request};
 use vw_node::daemon::load_or_create_key;
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::peer::{Peer, PeerConfig};
-use vw_node::report::ClusterShare;
+use vw_node::planner::address::{Network, NicAddress};
+use vw_node::report::{ClusterShare, Member};
 use vw_node::wire;
 
 /// Sends `order` to `host` as `head` and returns the host's final answer.
@@ -74,6 +75,11 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         (&images.worker, "demo/worker:1", Visibility::Private),
     ] {
         vos.import(&store, path, name, visibility).expect("import");
+    }
+    // Another VO's private image, already in the host's store from an earlier deploy.
+    {
+        let hosted = Store::open(&net.data_dirs[1]).expect("host store");
+        vos.import(&hosted, &images.other, "vo2/secret:1", Visibility::Private).expect("import");
     }
 
     let host = net.start_one(1).await.expect("host");
@@ -222,6 +228,31 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             },
             "node head: ramdisk",
         ),
+        (
+            "no image to check, and a workspace that stages another VO's image the host holds",
+            {
+                let secret = cluster_workspace("forged", "demo/base:1", "vo2/secret:1", 1);
+                StageOrder {
+                    ticket: vos.ticket("demo", &secret).expect("ticket"),
+                    workspace: secret,
+                    share: ClusterShare {
+                        here: vec![Member {
+                            name: "forged-worker1".into(),
+                            nics: vec![NicAddress {
+                                network: Network::Private,
+                                ip: "10.77.1.20".parse().expect("ip"),
+                                mac: "00:16:3e:00:00:20".parse().expect("mac"),
+                            }],
+                            cores: None,
+                        }],
+                        elsewhere: vec![],
+                    },
+                    images: vec![],
+                    ..honest.clone()
+                }
+            },
+            "partition xvda1 names image vo2/secret:1, which this stage order does not carry",
+        ),
     ];
     let count = forged.len();
     for (what, order, want) in forged {
@@ -236,10 +267,12 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
 
     host.shutdown().await;
     head.shutdown().await;
-    // Nothing was fetched or recorded for the forged orders; each refusal is audited
-    // with the head's peer id.
+    // Nothing was fetched or recorded for the forged orders (the host holds only what it
+    // held before), and no deployment; each refusal is audited with the head's peer id.
     let hosted = Store::open(&net.data_dirs[1]).expect("host store");
-    assert!(hosted.images().expect("images").is_empty(), "no image was staged");
+    let names: Vec<Vec<String>> =
+        hosted.images().expect("images").into_iter().map(|i| i.names).collect();
+    assert_eq!(names, [["vo2/secret:1"]], "no image was staged, none recorded");
     let head_id = net.ids[0].to_string();
     let refusals = Audit::read(&net.data_dirs[1])
         .expect("audit log")

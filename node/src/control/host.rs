@@ -284,8 +284,11 @@ impl HostService {
             let seal = check_seal(config, &vo, &reference, manifest.id(), &image.seal)
                 .map_err(|e| e.to_string())?;
             let stagers = image.stagers.iter().map(|s| peer(s)).collect::<Result<Vec<_>, _>>()?;
-            images.push(Checked { order: image.clone(), manifest, seal, stagers });
+            images.push(Checked { order: image.clone(), reference, manifest, seal, stagers });
         }
+        // The VMs here stage exactly the manifests checked above, never a name looked
+        // up in this host's store later.
+        let spec = bind_partitions(&spec, &order.share, &images[..order.images.len()])?;
         let granted: Vec<_> = images.iter().map(|c| (&c.manifest, &c.stagers[..])).collect();
         self.gate.grants.allow(deployment, &vo, &granted);
         // The served images are granted, not staged.
@@ -504,9 +507,48 @@ impl HostService {
 /// An image of a stage order after its checks.
 struct Checked {
     order: ImageOrder,
+    reference: ImageRef,
     manifest: Manifest,
     seal: Seal,
     stagers: Vec<PeerId>,
+}
+
+/// `spec` with every partition of the nodes that have VMs here bound to the manifest
+/// id of the image `staged` carries for it: a stage order cannot list one image for
+/// the checks and have the host stage another (another VO's private image it holds,
+/// or an older manifest under the same name). Refused if `staged` carries none.
+fn bind_partitions(
+    spec: &crate::workspace::WorkspaceSpec,
+    share: &crate::report::ClusterShare,
+    staged: &[Checked],
+) -> Result<crate::workspace::WorkspaceSpec, String> {
+    use crate::workspace::VmRole;
+    let here: Vec<VmRole> = spec
+        .vms()
+        .iter()
+        .filter(|vm| share.here.iter().any(|m| m.name == spec.vm_name(vm)))
+        .map(|vm| vm.role)
+        .collect();
+    let mut out = spec.clone();
+    let mut nodes = Vec::new();
+    if here.contains(&VmRole::Head) {
+        nodes.push(&mut out.head);
+    }
+    if let Some(w) = out.workers.as_mut().filter(|_| here.iter().any(|r| *r != VmRole::Head)) {
+        nodes.push(&mut w.template);
+    }
+    for node in nodes {
+        for p in &mut node.partitions {
+            let Some(c) = staged.iter().find(|c| c.reference == p.image) else {
+                return Err(format!(
+                    "node {}: partition {} names image {}, which this stage order does not carry",
+                    node.name, p.device, p.image
+                ));
+            };
+            p.image = ImageRef::Id(c.manifest.id());
+        }
+    }
+    Ok(out)
 }
 
 /// When some trusted VO is isolated: the chunks this host may count as held for a
