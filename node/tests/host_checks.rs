@@ -4,8 +4,9 @@
 //! forged, mismatched or untrusted ticket, a tampered or substituted manifest, a
 //! missing, forged or untrusted seal, an image the VO may not use (to stage or only to
 //! serve), a VO-signed workspace that boots from a host file outside the kernel
-//! directories. Each is refused before anything is
-//! fetched or recorded, and audited; the honest order gets past the checks.
+//! directories, a workspace whose partition names an image the order does not carry
+//! (another VO's, which the host holds). Each is refused before anything is fetched or
+//! recorded, and audited; the honest order gets past the checks.
 
 use std::sync::Arc;
 
