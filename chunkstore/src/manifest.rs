@@ -19,6 +19,11 @@ pub const VERSION: u8 = 1;
 /// 110 GiB of image at the default 64 KiB average.
 pub const MAX_ENCODED_LEN: usize = 64 << 20;
 
+/// The largest chunk a manifest may list: a chunk crosses the network whole, in one
+/// frame, and the chunk protocol's frames carry at most this much (`ChunkerParams::DEFAULT`
+/// cuts at most this much).
+pub const MAX_CHUNK_LEN: u32 = 256 << 10;
+
 /// One chunk of an image, in image order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkRef {
@@ -75,6 +80,13 @@ impl Manifest {
 
     fn check(&self) -> Result<(), String> {
         self.params.validate().map_err(|e| e.to_string())?;
+        if self.params.max > MAX_CHUNK_LEN {
+            return Err(format!(
+                "cut with chunks of up to {} bytes; a chunk travels whole, in one frame of \
+                 at most {MAX_CHUNK_LEN} bytes, so such an image could never be distributed",
+                self.params.max
+            ));
+        }
         let mut sum = 0u64;
         let last = self.chunks.len().saturating_sub(1);
         for (i, c) in self.chunks.iter().enumerate() {
@@ -228,6 +240,29 @@ mod tests {
         let m = sample();
         let err = Manifest::new(m.params(), 5000, m.image_hash(), m.chunks().to_vec());
         assert!(err.is_err());
+    }
+
+    /// fastcdc cuts chunks of up to 16 MiB, but the chunk protocol carries 256 KiB: a
+    /// manifest with bigger chunks is refused, built here or decoded from the wire.
+    #[test]
+    fn chunks_the_wire_cannot_carry_are_refused() {
+        let params = ChunkerParams { min: 64 << 10, avg: 256 << 10, max: 1 << 20 };
+        let chunks = vec![ChunkRef { id: ChunkId::of(b"big"), len: 512 << 10 }];
+        let err = Manifest::new(params, 512 << 10, blake3::hash(b"x"), chunks.clone())
+            .expect_err("512 KiB chunks")
+            .to_string();
+        assert!(err.contains("could never be distributed"), "{err}");
+        let wire = Wire {
+            magic: MAGIC,
+            version: VERSION,
+            params,
+            len: 512 << 10,
+            image_hash: [0; 32],
+            chunks,
+        };
+        let bytes = postcard::to_stdvec(&wire).expect("encode");
+        let err = Manifest::decode(&bytes).expect_err("decoded").to_string();
+        assert!(err.contains("could never be distributed"), "{err}");
     }
 
     proptest! {

@@ -21,8 +21,9 @@ use crate::wire::{self, Message};
 pub const PROTOCOL_NAME: &str = "/vw/chunks/2";
 /// The frame format version this build speaks (2: a want names its manifest).
 pub const VERSION: u8 = 2;
-/// Largest chunk carried (the chunker's maximum).
-pub const MAX_CHUNK: usize = 256 << 10;
+/// Largest chunk carried: the largest a manifest may list, so every stored image can
+/// be distributed.
+pub const MAX_CHUNK: usize = vw_chunkstore::MAX_CHUNK_LEN as usize;
 /// Most chunk ids one request may name.
 pub const MAX_WANT: usize = 4096;
 /// Longest deployment name or error message.
