@@ -124,7 +124,7 @@ pub fn place(
             host.alive
                 && f.memory_mib >= vm.memory_mib
                 && f.vcpus >= vm.vcpus
-                && (!vm.pinned || host.cpus - f.pinned.len() as u32 >= vm.vcpus)
+                && (!vm.pinned || unpinned(host.cpus, f) >= vm.vcpus)
         };
         // One pass: how many hosts fit, and the best of them.
         let mut fitting = 0usize;
@@ -180,13 +180,21 @@ pub fn place(
     Ok(out)
 }
 
+/// The cores of a host of `cpus` that no VM is pinned to (what others committed comes
+/// from their inventories, so it is counted, not subtracted).
+fn unpinned(cpus: u32, f: &Free) -> u32 {
+    (0..cpus).filter(|c| !f.pinned.contains(c)).count() as u32
+}
+
 /// The whole workspace against the whole (live) cluster, before placing anything.
 fn check_totals(cluster: &Cluster, vms: &[VmDemand], free: &[Free]) -> Result<(), PlanError> {
     let live = || cluster.ixs().filter(|h| cluster.host(*h).alive);
-    let want_mem: u64 = vms.iter().map(|v| v.memory_mib).sum();
-    let have_mem: u64 = live().map(|h| free[h.ix()].memory_mib).sum();
-    let want_cpu: u64 = vms.iter().map(|v| u64::from(v.vcpus)).sum();
-    let have_cpu: u64 = live().map(|h| u64::from(free[h.ix()].vcpus)).sum();
+    // Saturating: the hosts' figures come from their inventories.
+    let sum = |it: &mut dyn Iterator<Item = u64>| it.fold(0u64, u64::saturating_add);
+    let want_mem = sum(&mut vms.iter().map(|v| v.memory_mib));
+    let have_mem = sum(&mut live().map(|h| free[h.ix()].memory_mib));
+    let want_cpu = sum(&mut vms.iter().map(|v| u64::from(v.vcpus)));
+    let have_cpu = sum(&mut live().map(|h| u64::from(free[h.ix()].vcpus)));
     if want_mem > have_mem || want_cpu > have_cpu {
         return Err(PlanError::DoesNotFit(format!(
             "the workspace needs {want_mem} MiB and {want_cpu} vCPUs for {} VMs; the {} live hosts have {have_mem} MiB and {have_cpu} vCPUs free",
@@ -209,7 +217,7 @@ fn why_not(cluster: &Cluster, vm: &VmDemand, free: &[Free]) -> String {
         } else if f.vcpus < vm.vcpus {
             format!("{} vCPUs free", f.vcpus)
         } else {
-            format!("{} unpinned cores", host.cpus - f.pinned.len() as u32)
+            format!("{} unpinned cores", unpinned(host.cpus, f))
         };
         short.push(format!("{} {why}", host.name));
     }
@@ -283,6 +291,23 @@ mod tests {
             place(&cluster, &images, &inv, &[vm("c", 512, 3, true)], &committed, Policy::Pack)
                 .expect_err("no cores");
         assert!(err.to_string().contains("h0 2 unpinned cores"), "{err}");
+    }
+
+    /// What other hosts say they have committed is their word: an impossible claim
+    /// (more pinned cores than CPUs, capacities that overflow a sum) makes a host
+    /// full, never a panic.
+    #[test]
+    fn impossible_commitments_do_not_panic_the_planner() {
+        let cluster =
+            Cluster::new(vec![host("h0", u64::MAX, 2), host("h1", u64::MAX, 2)]).expect("cluster");
+        let images = vec![Image::new("w", vec![10])];
+        let inv = Inventory::empty(2, 1);
+        let committed =
+            [Committed { host: HostIx(0), memory_mib: 1, vcpus: 1, cores: (0..5).collect() }];
+        let vms = [vm("a", 512, 2, true), vm("b", 512, 2, true)];
+        let err = place(&cluster, &images, &inv, &vms, &committed, Policy::Pack)
+            .expect_err("h0 has no free core");
+        assert!(err.to_string().contains("h0 0 unpinned cores"), "{err}");
     }
 
     #[test]

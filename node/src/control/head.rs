@@ -606,6 +606,14 @@ impl Head {
                     }
                     for (i, map) in r.held.iter().enumerate() {
                         let n = wi.chunks[i].len();
+                        if map.len() != n.div_ceil(8) {
+                            return Err(format!(
+                                "host {name} answered a bitmap of {} bytes for image {} of \
+                                 {n} chunks",
+                                map.len(),
+                                wi.refs[i]
+                            ));
+                        }
                         inventory.add(
                             ix,
                             i,

@@ -34,6 +34,10 @@ pub const MAX_TEXT: usize = 4096;
 pub const MAX_WORKSPACE: usize = 1 << 20;
 /// Longest a host is asked to wait for its guests, in seconds.
 pub const MAX_READY_WAIT_S: u64 = 6 * 3600;
+/// Most physical CPUs a host may report.
+pub const MAX_HOST_CPUS: u32 = 4096;
+/// Most guest memory a host may report, in MiB (1 PiB).
+pub const MAX_HOST_MEMORY_MIB: u64 = 1 << 30;
 
 /// Head → host.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -315,18 +319,48 @@ impl Message for Reply {
     fn check(&self) -> Result<(), FrameError> {
         match self {
             Reply::Done(Answer::Failed(m) | Answer::Refused(m)) => text("message", m),
-            Reply::Done(Answer::Inventory(r)) => {
-                count("images", r.held.len(), MAX_IMAGES)?;
-                for cap in [r.caps.0, r.caps.1].into_iter().flatten() {
-                    if !(cap.is_finite() && cap > 0.0) {
-                        return Err(FrameError::Invalid(format!("a rate cap of {cap} bytes/s")));
-                    }
-                }
-                Ok(())
-            }
+            Reply::Done(Answer::Inventory(r)) => check_inventory(r),
             _ => Ok(()),
         }
     }
+}
+
+/// An inventory is one host's word about itself, and the head plans with it: its
+/// numbers are bounded, and what its VMs take must be possible on the host it
+/// describes (pinned cores exist and are each pinned once), so the planner never meets
+/// an impossible host.
+fn check_inventory(r: &InventoryReport) -> Result<(), FrameError> {
+    let bad = |what: String| Err(FrameError::Invalid(format!("inventory: {what}")));
+    count("images", r.held.len(), MAX_IMAGES)?;
+    count("VMs", r.committed.len(), MAX_VMS)?;
+    count("addresses", r.addresses.len(), MAX_VMS)?;
+    if let Some(rack) = &r.rack {
+        text("rack", rack)?;
+    }
+    for cap in [r.caps.0, r.caps.1].into_iter().flatten() {
+        if !(cap.is_finite() && cap > 0.0) {
+            return bad(format!("a rate cap of {cap} bytes/s"));
+        }
+    }
+    let HostCapacity { memory_mib, cpus } = r.capacity;
+    if cpus == 0 || cpus > MAX_HOST_CPUS || memory_mib > MAX_HOST_MEMORY_MIB {
+        return bad(format!(
+            "{cpus} CPUs and {memory_mib} MiB (1..={MAX_HOST_CPUS} CPUs, at most \
+             {MAX_HOST_MEMORY_MIB} MiB)"
+        ));
+    }
+    let mut pinned = std::collections::BTreeSet::new();
+    for (i, (_, _, cores)) in r.committed.iter().enumerate() {
+        for &core in cores {
+            if core >= cpus || !pinned.insert(core) {
+                return bad(format!(
+                    "VM {i} is pinned to core {core}, which a host of {cpus} CPUs does not \
+                     have or another VM holds"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bit `i` of a held-chunks bitmap.
@@ -349,6 +383,62 @@ pub fn bitmap(n: usize, mut f: impl FnMut(usize) -> bool) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::wire::{decode_body, encode};
+
+    /// A host's inventory is untrusted at the head: one that claims the impossible is
+    /// refused when it is read, before the planner sees it.
+    #[test]
+    fn impossible_inventories_are_refused_when_read() {
+        let good = InventoryReport {
+            capacity: HostCapacity { memory_mib: 4096, cpus: 2 },
+            caps: (None, None),
+            rack: None,
+            committed: vec![(512, 1, vec![0]), (512, 1, vec![1])],
+            addresses: vec![],
+            held: vec![],
+        };
+        // What `wire::read` runs on every decoded reply (encoding runs it too).
+        let check = |r: &InventoryReport| {
+            Reply::Done(Answer::Inventory(r.clone())).check().map_err(|e| e.to_string())
+        };
+        assert_eq!(check(&good), Ok(()));
+        for (r, why) in [
+            (
+                InventoryReport { committed: vec![(512, 1, vec![0, 1, 2])], ..good.clone() },
+                "core 2",
+            ),
+            (
+                InventoryReport {
+                    committed: vec![(1, 1, vec![0]), (1, 1, vec![0])],
+                    ..good.clone()
+                },
+                "core 0",
+            ),
+            (
+                InventoryReport {
+                    capacity: HostCapacity { memory_mib: 1, cpus: 0 },
+                    ..good.clone()
+                },
+                "0 CPUs",
+            ),
+            (
+                InventoryReport {
+                    capacity: HostCapacity { memory_mib: u64::MAX, cpus: 2 },
+                    ..good.clone()
+                },
+                "MiB",
+            ),
+            (
+                InventoryReport {
+                    capacity: HostCapacity { memory_mib: 1, cpus: u32::MAX },
+                    ..good.clone()
+                },
+                "CPUs",
+            ),
+        ] {
+            let err = check(&r).expect_err(why);
+            assert!(err.contains("inventory") && err.contains(why), "{why}: {err}");
+        }
+    }
 
     #[test]
     fn requests_round_trip_and_limits_hold() {
