@@ -154,6 +154,14 @@ impl Store {
             names.entry(id).or_default().push(name);
         }
         let mut batch = WriteBatch::default();
+        // A seal goes with its manifest: one left behind would name an image nothing
+        // can stage or read, and whoever trusts the seals (an isolated VO's inventory)
+        // would fail on it.
+        for seal in self.seals()? {
+            if plan.manifests.contains(&seal.manifest()) {
+                batch.delete_cf(self.db.cf(db::SEALS), seal.name().to_string().as_bytes());
+            }
+        }
         for id in &plan.manifests {
             batch.delete_cf(self.db.cf(db::MANIFESTS), id.as_bytes());
             batch.delete_cf(self.db.cf(db::USAGE), id.as_bytes());

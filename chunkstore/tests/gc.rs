@@ -82,3 +82,32 @@ fn capacity_evicts_least_recently_used_unpinned_images() {
     assert_eq!(f.eviction.over_capacity, a.counts.new_bytes + f.counts.new_bytes - 1000);
     store.resolve(&name("vo/f:1")).expect("the new image stays, even over capacity");
 }
+
+/// Eviction under a capacity limit takes an image's seal with its manifest and name:
+/// every seal left names a manifest the store still has.
+#[test]
+fn eviction_takes_the_seal_with_the_manifest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s")).expect("open");
+    let key = vw_chunkstore::VoKey::generate("vo").expect("key");
+    let mut imported = Vec::new();
+    for (n, seed) in [("vo/a:1", 21), ("vo/b:1", 22)] {
+        let img = dir.path().join(format!("{seed}.img"));
+        write_image(&img, 8 * MIB, &[(0, 4_000_000, seed)]);
+        let name: ImageName = n.parse().expect("name");
+        let r = store
+            .import_sealed(&img, &name, &key, vw_chunkstore::Visibility::Private, &())
+            .expect("import");
+        imported.push(r);
+    }
+    store.pin(&name("vo/b:1"), &PinReason::Base).expect("pin");
+    let r = store.set_capacity(Some(imported[1].counts.new_bytes + 1000)).expect("limit");
+    assert_eq!(r.evicted.iter().map(|e| e.0).collect::<Vec<_>>(), vec![imported[0].manifest]);
+    let seals = store.seals().expect("seals");
+    let names: Vec<String> = seals.iter().map(|s| s.name().to_string()).collect();
+    assert_eq!(names, ["vo/b:1"]);
+    for seal in &seals {
+        store.manifest(&seal.manifest()).expect("a seal's manifest is stored");
+    }
+    assert!(store.seal(&"vo/a:1".parse().expect("name")).expect("lookup").is_none());
+}
