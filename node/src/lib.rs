@@ -34,6 +34,7 @@ pub mod manager;
 pub mod peer;
 #[cfg(feature = "host")]
 pub mod plan;
+pub mod process;
 pub mod report;
 #[cfg(feature = "host")]
 pub mod service;

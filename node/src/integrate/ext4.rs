@@ -166,16 +166,9 @@ fn dump<'a>(
 
 /// `e2fsck -fn`: a forced, read-only check.
 fn fsck(image: &Path) -> Result<(), IntegrationError> {
-    let out = std::process::Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(image)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|error| IntegrationError::ToolMissing {
-            tool: "e2fsck",
-            package: "e2fsprogs",
-            error,
-        })?;
+    let mut command = std::process::Command::new("e2fsck");
+    command.args(["-f", "-n"]).arg(image);
+    let out = super::tool_output("e2fsck", "e2fsprogs", &mut command, image)?;
     if out.status.success() {
         Ok(())
     } else {

@@ -99,6 +99,16 @@ pub enum IntegrationError {
         /// What it printed.
         stderr: String,
     },
+    /// A tool ran past its deadline and was killed.
+    #[error("`{command}` did not finish within {seconds} s on {path} and was killed")]
+    ToolTimeout {
+        /// The command.
+        command: String,
+        /// The image or volume.
+        path: PathBuf,
+        /// The deadline.
+        seconds: u64,
+    },
     /// An edit did not read back as written (debugfs exits 0 even when a write fails).
     #[error("{image}: {file} reads back differently from what was written ({detail}); is the file system full or damaged?")]
     Readback {
@@ -155,23 +165,49 @@ pub(crate) fn run_tool(
     args: &[&std::ffi::OsStr],
     path: &std::path::Path,
 ) -> Result<Vec<u8>, IntegrationError> {
-    let out = std::process::Command::new(tool)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|error| IntegrationError::ToolMissing { tool, package, error })?;
+    let out = tool_output(tool, package, std::process::Command::new(tool).args(args), path)?;
     if !out.status.success() {
-        let command = std::iter::once(tool.to_owned())
-            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
-            .collect::<Vec<_>>()
-            .join(" ");
         return Err(IntegrationError::ToolFailed {
-            command,
+            command: command_line(tool, args),
             path: path.to_owned(),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
     Ok(out.stdout)
+}
+
+/// How long one run of an integration tool may take: they work on a VO's file system,
+/// which may be built to make them hang.
+pub(crate) const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// Output kept from an integration tool (they print a few lines; a file read back is
+/// read from a file, not from here).
+const TOOL_OUTPUT: usize = 1 << 20;
+
+/// Runs `command` (the program `tool`, from `package`) on `path` under
+/// [`TOOL_TIMEOUT`], keeping at most [`TOOL_OUTPUT`] bytes of each output stream.
+pub(crate) fn tool_output(
+    tool: &'static str,
+    package: &'static str,
+    command: &mut std::process::Command,
+    path: &std::path::Path,
+) -> Result<crate::process::Finished, IntegrationError> {
+    match crate::process::run(command.env("MTOOLS_SKIP_CHECK", "1"), TOOL_TIMEOUT, TOOL_OUTPUT) {
+        Ok(out) => Ok(out),
+        Err(crate::process::RunError::Spawn(error)) => {
+            Err(IntegrationError::ToolMissing { tool, package, error })
+        }
+        Err(crate::process::RunError::Timeout) => Err(IntegrationError::ToolTimeout {
+            command: command_line(tool, &command.get_args().collect::<Vec<_>>()),
+            path: path.to_owned(),
+            seconds: TOOL_TIMEOUT.as_secs(),
+        }),
+    }
+}
+
+fn command_line(tool: &str, args: &[&std::ffi::OsStr]) -> String {
+    std::iter::once(tool.to_owned())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -23,10 +23,11 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use super::{ready, DomainState, Driver, GuestReport, StopHow, XenError};
+use crate::process::RunError;
 
 /// The `xl` driver.
 #[derive(Debug, Clone)]
@@ -107,25 +108,17 @@ impl XlDriver {
         if let Some(user) = &self.bootloader_user {
             command.env("LIBXL_BOOTLOADER_USER", user);
         }
-        let mut child = command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|error| XenError::XlMissing { path: program.to_owned(), error })?;
-        // Drain both pipes on threads so a chatty xl cannot block on a full pipe.
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-        let status = wait(&mut child, timeout);
-        let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let command = format!("{} {}", program.display(), args.join(" "));
-            return Err(XenError::XlTimeout { command, seconds: timeout.as_secs() });
-        };
-        let stdout = stdout.join().unwrap_or_default();
-        let stderr = stderr.join().unwrap_or_default();
+        // Output beyond 1 MiB is dropped: xl never prints that much.
+        let done =
+            crate::process::run(command.args(args), timeout, 1 << 20).map_err(|e| match e {
+                RunError::Spawn(error) => XenError::XlMissing { path: program.to_owned(), error },
+                RunError::Timeout => XenError::XlTimeout {
+                    command: format!("{} {}", program.display(), args.join(" ")),
+                    seconds: timeout.as_secs(),
+                },
+            })?;
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        let (status, stdout, stderr) = (done.status, text(done.stdout), text(done.stderr));
         Ok(Output { status, stdout, stderr })
     }
 
@@ -184,34 +177,6 @@ impl XlDriver {
                 found: found.map_or("absent".to_owned(), |s| s.to_string()),
                 expected,
             }),
-        }
-    }
-}
-
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut p) = pipe {
-            // Output beyond 1 MiB is dropped: xl never prints that much.
-            let _ = p.by_ref().take(1 << 20).read_to_string(&mut text);
-            let _ = std::io::copy(&mut p, &mut std::io::sink());
-        }
-        text
-    })
-}
-
-/// Waits for `child` up to `timeout`; `None` if it is still running.
-fn wait(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    let mut nap = Duration::from_millis(1);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(50));
-            }
-            _ => return None,
         }
     }
 }
