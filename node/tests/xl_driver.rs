@@ -232,8 +232,10 @@ fn xl_runs_with_the_bootloader_restricted() {
         ),
     )
     .expect("write");
-    let xl =
-        fake.wrapper("xl-env", "/bin/sh", &format!("exec /bin/sh '{}' \"$@\"; ", logger.display()));
+    let mut perm = std::fs::metadata(&logger).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&logger, perm).expect("chmod");
+    let xl = fake.wrapper("xl-env", logger.to_str().expect("utf-8"), "");
     let driver = XlDriver::new(xl, Duration::from_secs(10), Duration::from_secs(20))
         .with_bootloader_user(Some("vw-pygrub".into()));
     driver.load("vm1", &fake.config("vm1")).expect("load");

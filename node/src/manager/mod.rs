@@ -291,7 +291,7 @@ impl Manager {
 
     /// `spec` with every kernel and ramdisk resolved to a file in the kernel directories
     /// this host allows `vo` (docs/security.md); refused if any lies elsewhere.
-    pub fn resolve_boot(
+    fn resolve_boot(
         &self,
         spec: &WorkspaceSpec,
         vo: Option<&str>,
