@@ -155,7 +155,9 @@ pub enum Role {
     Host(Arc<HostService>),
 }
 
-/// Binds the socket at `path` (replacing a stale one; mode 0600).
+/// Binds the socket at `path` (replacing a stale one; mode 0600). The socket is made
+/// in a fresh directory only its owner can enter, given its mode there, then renamed
+/// into place: it never sits at `path` with the mode the umask gave it.
 pub fn bind(path: &Path) -> Result<UnixListener, LocalError> {
     let io = |error| LocalError::Io { path: path.display().to_string(), error };
     if path.exists() {
@@ -167,10 +169,23 @@ pub fn bind(path: &Path) -> Result<UnixListener, LocalError> {
         }
         std::fs::remove_file(path).map_err(io)?;
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let private = parent.join(format!(".vw-socket.{}", std::process::id()));
+    // A leftover of an earlier run of this pid is removed, never entered.
+    let _ = std::fs::remove_dir_all(&private);
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&private)
         .map_err(io)?;
-    Ok(listener)
+    let made = private.join("socket");
+    let bound = UnixListener::bind(&made)
+        .and_then(|l| {
+            std::fs::set_permissions(&made, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            std::fs::rename(&made, path)?;
+            Ok(l)
+        })
+        .map_err(io);
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Serves the socket until `stop` is set.
@@ -264,4 +279,26 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
     };
     write.write_all(&send(&reply)).await?;
     write.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// The socket appears at its path already 0600 (it is made in a private directory
+    /// and renamed), nothing else is left beside it, and a second vwd is refused.
+    #[tokio::test]
+    async fn the_socket_is_private_from_the_moment_it_appears() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vwd.sock");
+        let _listener = bind(&path).expect("bind");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").flatten().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        let err = bind(&path).expect_err("in use").to_string();
+        assert!(err.contains("another vwd is listening"), "{err}");
+    }
 }
