@@ -148,10 +148,11 @@ impl LocalNet {
     }
 }
 
-/// The kernel and ramdisk the example workspaces name (`vmlinuz-6.1.0-vw`,
-/// `initrd.img-6.1.0-vw`), in `dir/kernels`: placeholders, since the simulated Xen
-/// driver boots nothing, but real files for the host's kernel-directory check.
-pub fn placeholder_kernels(dir: &Path) -> anyhow::Result<PathBuf> {
+/// `config` (a cluster config's text, with an `[xen]` table) allowing the kernel and
+/// ramdisk the example workspaces name (`vmlinuz-6.1.0-vw`, `initrd.img-6.1.0-vw`),
+/// made in `dir/kernels`: placeholders, since the simulated Xen driver boots nothing,
+/// but real files for the host's kernel-directory check.
+pub fn with_placeholder_kernels(config: &str, dir: &Path) -> anyhow::Result<String> {
     let kernels = dir.join("kernels");
     std::fs::create_dir_all(&kernels).with_context(|| format!("creating {}", kernels.display()))?;
     for name in ["vmlinuz-6.1.0-vw", "initrd.img-6.1.0-vw"] {
@@ -159,7 +160,8 @@ pub fn placeholder_kernels(dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::write(&path, "not a kernel: a placeholder for vw's simulated Xen driver\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(kernels)
+    let allowed = format!("[xen]\nkernel_dirs = [{:?}]\n", kernels.display());
+    Ok(config.replacen("[xen]\n", &allowed, 1))
 }
 
 /// The VOs of a local cluster: a key per VO (in memory: the demo and the tests sign
@@ -192,12 +194,10 @@ impl LocalVos {
     /// Writes a cluster config trusting these VOs to `path`, with the VOs in `isolate`
     /// isolated as well as those created so (another cluster with the same VOs).
     pub fn write_config(&self, path: &Path, isolate: &[String]) -> anyhow::Result<()> {
-        let kernels = placeholder_kernels(path.parent().unwrap_or(Path::new(".")))?;
-        let mut text = crate::config::ClusterConfig::EMBEDDED.replacen(
-            "[xen]\n",
-            &format!("[xen]\nkernel_dirs = [{:?}]\n", kernels.display()),
-            1,
-        );
+        let mut text = with_placeholder_kernels(
+            crate::config::ClusterConfig::EMBEDDED,
+            path.parent().unwrap_or(Path::new(".")),
+        )?;
         for (key, (isolated, extra)) in self.keys.iter().zip(&self.entries) {
             let isolated = *isolated || isolate.iter().any(|v| v == key.vo());
             let entry = crate::config::VoConfig::entry(key.vo(), &key.public(), isolated);

@@ -107,6 +107,12 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         images: vec![image_order(&store, "demo/base:1"), image_order(&store, "demo/worker:1")],
         serves: vec![],
     };
+    // The honest order, for another document the VO `vo` signed.
+    let signed = |vo: &str, workspace: String| StageOrder {
+        ticket: vos.ticket(vo, &workspace).expect("ticket"),
+        workspace,
+        ..honest.clone()
+    };
     let with_worker = |f: &dyn Fn(&mut ImageOrder)| {
         let mut order = honest.clone();
         f(&mut order.images[1]);
@@ -146,15 +152,10 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         ),
         (
             "another VO's image to serve, private to demo",
-            {
-                let base = cluster_workspace("forged", "demo/base:1", "demo/base:1", 1);
-                StageOrder {
-                    ticket: vos.ticket("vo2", &base).expect("ticket"),
-                    workspace: base,
-                    images: vec![honest.images[0].clone()],
-                    serves: vec![honest.images[1].clone()],
-                    ..honest.clone()
-                }
+            StageOrder {
+                images: vec![honest.images[0].clone()],
+                serves: vec![honest.images[1].clone()],
+                ..signed("vo2", cluster_workspace("forged", "demo/base:1", "demo/base:1", 1))
             },
             "image demo/worker:1 is private to VO demo; VO vo2 may not",
         ),
@@ -221,11 +222,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
                     &format!("<kernel path=\"vmlinuz-6.1.0-vw\" ramdisk=\"{}\"/>", key.display()),
                     1,
                 );
-                StageOrder {
-                    ticket: vos.ticket("demo", &stolen).expect("ticket"),
-                    workspace: stolen,
-                    ..honest.clone()
-                }
+                signed("demo", stolen)
             },
             "node head: ramdisk",
         ),
@@ -234,8 +231,6 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             {
                 let secret = cluster_workspace("forged", "demo/base:1", "vo2/secret:1", 1);
                 StageOrder {
-                    ticket: vos.ticket("demo", &secret).expect("ticket"),
-                    workspace: secret,
                     share: ClusterShare {
                         here: vec![Member {
                             name: "forged-worker1".into(),
@@ -249,7 +244,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
                         elsewhere: vec![],
                     },
                     images: vec![],
-                    ..honest.clone()
+                    ..signed("demo", secret)
                 }
             },
             "partition xvda1 names image vo2/secret:1, which this stage order does not carry",

@@ -101,8 +101,7 @@ fn spec(text: &str) -> WorkspaceSpec {
 /// `text` (a cluster config) with placeholder kernels beside the store `root` allowed.
 fn with_kernels(root: &Path, text: &str) -> ClusterConfig {
     let parent = root.parent().expect("a store inside a directory");
-    let kernels = vw_node::localnet::placeholder_kernels(parent).expect("kernels");
-    let text = text.replacen("[xen]\n", &format!("[xen]\nkernel_dirs = [{:?}]\n", kernels), 1);
+    let text = vw_node::localnet::with_placeholder_kernels(text, parent).expect("kernels");
     ClusterConfig::parse(&text, "cluster.toml").expect("config")
 }
 
