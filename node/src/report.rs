@@ -49,6 +49,13 @@ pub struct ClusterShare {
     pub elsewhere: Vec<Member>,
 }
 
+impl ClusterShare {
+    /// The Xen domain names of the VMs placed here.
+    pub fn here_names(&self) -> Vec<String> {
+        self.here.iter().map(|m| m.name.clone()).collect()
+    }
+}
+
 /// One VM of a cluster deployment, as the head placed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

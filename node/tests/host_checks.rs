@@ -107,6 +107,19 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         images: vec![image_order(&store, "demo/base:1"), image_order(&store, "demo/worker:1")],
         serves: vec![],
     };
+    // A share that places the VM `vm` (its Xen domain name) on this host.
+    let here = |vm: &str| ClusterShare {
+        here: vec![Member {
+            name: vm.into(),
+            nics: vec![NicAddress {
+                network: Network::Private,
+                ip: "10.77.1.20".parse().expect("ip"),
+                mac: "00:16:3e:00:00:20".parse().expect("mac"),
+            }],
+            cores: None,
+        }],
+        elsewhere: vec![],
+    };
     // The honest order, for another document the VO `vo` signed.
     let signed = |vo: &str, workspace: String| StageOrder {
         ticket: vos.ticket(vo, &workspace).expect("ticket"),
@@ -222,7 +235,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
                     &format!("<kernel path=\"vmlinuz-6.1.0-vw\" ramdisk=\"{}\"/>", key.display()),
                     1,
                 );
-                signed("demo", stolen)
+                StageOrder { share: here("forged-head"), ..signed("demo", stolen) }
             },
             "node head: ramdisk",
         ),
@@ -231,18 +244,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             {
                 let secret = cluster_workspace("forged", "demo/base:1", "vo2/secret:1", 1);
                 StageOrder {
-                    share: ClusterShare {
-                        here: vec![Member {
-                            name: "forged-worker1".into(),
-                            nics: vec![NicAddress {
-                                network: Network::Private,
-                                ip: "10.77.1.20".parse().expect("ip"),
-                                mac: "00:16:3e:00:00:20".parse().expect("mac"),
-                            }],
-                            cores: None,
-                        }],
-                        elsewhere: vec![],
-                    },
+                    share: here("forged-worker1"),
                     images: vec![],
                     ..signed("demo", secret)
                 }

@@ -272,8 +272,12 @@ impl HostService {
         let deployment = spec.name.as_str();
         let vo = check_ticket(config, &order.ticket, deployment, &order.workspace)
             .map_err(|e| e.to_string())?;
-        let spec = crate::xen::boot::resolve_spec(spec, config.kernel_dirs(Some(&vo)))
-            .map_err(|e| format!("deployment {deployment}: {e}"))?;
+        let spec = crate::xen::boot::resolve_spec(
+            spec,
+            &order.share.here_names(),
+            config.kernel_dirs(Some(&vo)),
+        )
+        .map_err(|e| format!("deployment {deployment}: {e}"))?;
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
         let mut images = Vec::new();
         for image in order.images.iter().chain(&order.serves) {
@@ -522,22 +526,8 @@ fn bind_partitions(
     share: &crate::report::ClusterShare,
     staged: &[Checked],
 ) -> Result<crate::workspace::WorkspaceSpec, String> {
-    use crate::workspace::VmRole;
-    let here: Vec<VmRole> = spec
-        .vms()
-        .iter()
-        .filter(|vm| share.here.iter().any(|m| m.name == spec.vm_name(vm)))
-        .map(|vm| vm.role)
-        .collect();
     let mut out = spec.clone();
-    let mut nodes = Vec::new();
-    if here.contains(&VmRole::Head) {
-        nodes.push(&mut out.head);
-    }
-    if let Some(w) = out.workers.as_mut().filter(|_| here.iter().any(|r| *r != VmRole::Head)) {
-        nodes.push(&mut w.template);
-    }
-    for node in nodes {
+    for node in out.nodes_of_mut(&share.here_names()) {
         for p in &mut node.partitions {
             let Some(c) = staged.iter().find(|c| c.reference == p.image) else {
                 return Err(format!(

@@ -289,14 +289,20 @@ impl Manager {
         self.record(spec, Some(share), Some(vo))
     }
 
-    /// `spec` with every kernel and ramdisk resolved to a file in the kernel directories
-    /// this host allows `vo` (docs/security.md); refused if any lies elsewhere.
+    /// `spec` with the kernel and ramdisk of each node with a VM here (`share`, or every
+    /// VM of a local deployment) resolved to a file in the kernel directories this host
+    /// allows `vo` (docs/security.md); refused if any lies elsewhere.
     fn resolve_boot(
         &self,
         spec: &WorkspaceSpec,
+        share: Option<&ClusterShare>,
         vo: Option<&str>,
     ) -> Result<WorkspaceSpec, ManagerError> {
-        crate::xen::boot::resolve_spec(spec, self.config.kernel_dirs(vo))
+        let here = match share {
+            Some(share) => share.here_names(),
+            None => spec.vms().iter().map(|vm| spec.vm_name(vm)).collect(),
+        };
+        crate::xen::boot::resolve_spec(spec, &here, self.config.kernel_dirs(vo))
             .map_err(|error| ManagerError::Boot { deployment: spec.name.clone(), error })
     }
 
@@ -308,7 +314,7 @@ impl Manager {
     ) -> Result<DeploymentRecord, ManagerError> {
         // Before anything is recorded or written: the spec with its kernels resolved
         // inside this host's allowed directories, which is what the domain configs name.
-        let spec = &self.resolve_boot(spec, vo)?;
+        let spec = &self.resolve_boot(spec, share.as_ref(), vo)?;
         let db = self.db();
         if let Some(existing) = db.deployment(&spec.name)? {
             if existing.spec == *spec && existing.share == share && existing.vo.as_deref() == vo {

@@ -378,6 +378,27 @@ impl WorkspaceSpec {
         format!("{}-{}", self.name, slot.hostname())
     }
 
+    /// The nodes (the head, the worker template) that some VM `here` names (by its Xen
+    /// domain name) is made from, to change in place: what one host checks and binds
+    /// of a cluster it runs part of.
+    pub fn nodes_of_mut(&mut self, here: &[String]) -> Vec<&mut NodeSpec> {
+        let roles: Vec<VmRole> = self
+            .vms()
+            .iter()
+            .filter(|vm| here.contains(&self.vm_name(vm)))
+            .map(|vm| vm.role)
+            .collect();
+        let mut nodes = Vec::new();
+        if roles.contains(&VmRole::Head) {
+            nodes.push(&mut self.head);
+        }
+        if let Some(w) = self.workers.as_mut().filter(|_| roles.iter().any(|r| *r != VmRole::Head))
+        {
+            nodes.push(&mut w.template);
+        }
+        nodes
+    }
+
     /// The head node's hostname (NFS and batch server).
     pub fn head_hostname(&self) -> &str {
         &self.head.name

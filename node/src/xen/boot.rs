@@ -18,13 +18,18 @@ use std::path::{Path, PathBuf};
 use super::XenError;
 use crate::workspace::{Boot, NodeSpec, WorkspaceSpec};
 
-/// `spec` with every node's kernel and ramdisk replaced by the file it resolves to in
-/// `dirs`; refused if any resolves elsewhere, or to nothing.
-pub fn resolve_spec(spec: &WorkspaceSpec, dirs: &[PathBuf]) -> Result<WorkspaceSpec, XenError> {
+/// `spec` with the kernel and ramdisk of every node with a VM `here` (Xen domain names)
+/// replaced by the file it resolves to in `dirs`; refused if any resolves elsewhere, or
+/// to nothing. The other nodes boot on other hosts, which check them against their own
+/// directories.
+pub fn resolve_spec(
+    spec: &WorkspaceSpec,
+    here: &[String],
+    dirs: &[PathBuf],
+) -> Result<WorkspaceSpec, XenError> {
     let mut out = spec.clone();
-    resolve_node(&mut out.head, dirs)?;
-    if let Some(w) = &mut out.workers {
-        resolve_node(&mut w.template, dirs)?;
+    for node in out.nodes_of_mut(here) {
+        resolve_node(node, dirs)?;
     }
     Ok(out)
 }
@@ -112,6 +117,34 @@ mod tests {
         assert_eq!(resolve("vmlinuz", &dirs), Ok(real.display().to_string()));
         let absolute = kernels.join("vmlinuz").display().to_string();
         assert_eq!(resolve(&absolute, &dirs), Ok(real.display().to_string()));
+    }
+
+    /// A host checks the kernels of the nodes it runs VMs of; the head's kernel is the
+    /// head's host's business (each host has its own directories).
+    #[test]
+    fn only_the_nodes_with_vms_here_are_resolved() {
+        let (_dir, kernels) = lab();
+        let spec = crate::workspace::parse(
+            r#"<virtualWorkspace type="cluster" name="c" nodeNumber="2">
+  <headnode name="head"><memory>64</memory><vcpus>1</vcpus><kernel path="head-only"/>
+    <partition image="vo/head:1" device="xvda1" role="root"/></headnode>
+  <workernode name="w" count="1"><memory>64</memory><vcpus>1</vcpus><kernel path="vmlinuz"/>
+    <partition image="vo/w:1" device="xvda1" role="root"/></workernode>
+</virtualWorkspace>"#,
+            "c.xml",
+        )
+        .expect("workspace");
+        let dirs = [kernels.clone()];
+        let out = resolve_spec(&spec, &["c-w1".into()], &dirs).expect("the worker's kernel");
+        let kernel = |n: &NodeSpec| match &n.boot {
+            Boot::Kernel { kernel, .. } => kernel.clone(),
+            Boot::Bootloader { .. } => unreachable!(),
+        };
+        assert_eq!(kernel(&out.head), "head-only");
+        let worker = &out.workers.as_ref().expect("workers").template;
+        assert!(kernel(worker).starts_with('/'), "{}", kernel(worker));
+        let err = resolve_spec(&spec, &["c-head".into()], &dirs).expect_err("no head kernel");
+        assert!(err.to_string().contains("node head: kernel `head-only`"), "{err}");
     }
 
     #[test]
