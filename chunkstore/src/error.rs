@@ -34,6 +34,16 @@ pub enum Error {
         /// Bytes read.
         read: u64,
     },
+    /// An image is not the manifest its seal names.
+    #[error("{path} is manifest {found}, but its seal is for manifest {sealed}: it is not the image the VO sealed (seal it again with `vw vo seal` on this very file)")]
+    SealMismatch {
+        /// The image file.
+        path: PathBuf,
+        /// The manifest the seal names.
+        sealed: ManifestId,
+        /// The manifest the file is.
+        found: ManifestId,
+    },
     /// An I/O operation failed.
     #[error("cannot {op} {path}: {error}")]
     Io {

@@ -271,6 +271,45 @@ fn open_image(path: &Path) -> Result<(File, u64), Error> {
     Ok((file, meta.len()))
 }
 
+/// The manifest the image file at `path` would have if imported, cut with `params`,
+/// without a store: what a VO seals where its key lives (`vw vo seal`), so that the
+/// head imports the image under that seal and never holds the key. Reads the file once,
+/// on the import's reader and hasher threads, with the same bounded memory.
+pub fn manifest_of_file(
+    path: &Path,
+    params: crate::chunker::ChunkerParams,
+) -> Result<Manifest, Error> {
+    let (file, len) = open_image(path)?;
+    let chunker = Chunker::new(params)?;
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(POOL);
+    for _ in 0..POOL {
+        pool_tx.send(Vec::with_capacity(BLOCK)).expect("the pool has room");
+    }
+    let (cut_tx, cut_rx) = bounded::<Block>(1);
+    let (hashed_tx, hashed_rx) = bounded::<HashedBlock>(1);
+    let (read, image_hash, chunks) = std::thread::scope(|s| {
+        let (chunker, pool_rx) = (&chunker, &pool_rx);
+        let reader = s.spawn(move || read_and_cut(file, path, chunker, pool_rx, cut_tx));
+        let hasher = s.spawn(move || hash_blocks(cut_rx, hashed_tx));
+        let mut chunks = Vec::new();
+        for HashedBlock { block, ids } in hashed_rx {
+            for (span, id) in block.spans.iter().zip(ids) {
+                chunks.push(ChunkRef { id, len: span.len as u32 });
+            }
+            // The reader may have stopped taking buffers (it read the last block).
+            let _ = pool_tx.send(block.buf);
+        }
+        drop(pool_tx);
+        let read = reader.join().expect("reader thread panicked");
+        (read, hasher.join().expect("hasher thread panicked"), chunks)
+    });
+    let read = read?;
+    if read != len {
+        return Err(Error::FileChanged { path: path.to_owned(), expected: len, read });
+    }
+    Manifest::new(params, len, image_hash, chunks)
+}
+
 /// Reader stage: fills pooled buffers, carrying each block's unfinished tail into the
 /// next. Returns the bytes read.
 fn read_and_cut(

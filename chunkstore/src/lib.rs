@@ -60,7 +60,7 @@ pub use export::ExportReport;
 #[cfg(feature = "store")]
 pub use gc::{CacheStats, GcReport};
 #[cfg(feature = "store")]
-pub use import::{ChunkCounts, ImportReport};
+pub use import::{manifest_of_file, ChunkCounts, ImportReport};
 #[cfg(feature = "store")]
 pub use receive::Receiving;
 #[cfg(feature = "store")]

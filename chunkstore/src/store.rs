@@ -268,6 +268,33 @@ impl Store {
         Ok(crate::ImportReport { name: Some(name.to_string()), ..report })
     }
 
+    /// Imports the image at `path` under `seal`, made where its VO's key lives (`vw vo
+    /// seal`): the image must be the manifest the seal names, or nothing is named and
+    /// a manifest this import added is removed again. The seal's signature is not
+    /// checked here: the caller verified it against the key it trusts.
+    pub fn import_presealed(
+        &self,
+        path: &Path,
+        seal: &crate::Seal,
+        progress: &dyn crate::Progress,
+    ) -> Result<crate::ImportReport, Error> {
+        let before: HashSet<ManifestId> = self.manifest_ids()?.into_iter().collect();
+        let report = self.import(path, None, progress)?;
+        if report.manifest != seal.manifest() {
+            // Only what this import added goes; a manifest stored before stays.
+            if !before.contains(&report.manifest) {
+                self.remove(&ImageRef::Id(report.manifest))?;
+            }
+            return Err(Error::SealMismatch {
+                path: path.to_owned(),
+                sealed: seal.manifest(),
+                found: report.manifest,
+            });
+        }
+        self.put_seal(seal)?;
+        Ok(crate::ImportReport { name: Some(seal.name().to_string()), ..report })
+    }
+
     /// The seal recorded for `name`, if any.
     pub fn seal(&self, name: &ImageName) -> Result<Option<crate::Seal>, Error> {
         let key = name.to_string();

@@ -240,3 +240,29 @@ fn missing_set_follows_imports_and_gc() {
     store.gc().expect("gc");
     assert_eq!(store.missing(&twin).expect("missing"), after_a, "gc'd chunks are missing again");
 }
+
+/// A VO seals an image where its key lives (no store), and a store without the key
+/// imports it under that seal; a different file under the same seal is refused, and
+/// leaves nothing behind.
+#[test]
+fn an_image_sealed_elsewhere_imports_under_its_seal_only() {
+    use vw_chunkstore::{manifest_of_file, ImageRef, Seal, Visibility, VoKey};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (img, other) = (dir.path().join("w.img"), dir.path().join("x.img"));
+    std::fs::write(&img, noise(3 << 20, 1)).expect("write");
+    std::fs::write(&other, noise(3 << 20, 2)).expect("write");
+    let key = VoKey::generate("vo").expect("key");
+    let name = "vo/w:1".parse().expect("name");
+    let manifest =
+        manifest_of_file(&img, vw_chunkstore::chunker::ChunkerParams::DEFAULT).expect("manifest");
+    let seal = Seal::sign(&key, &name, manifest.id(), Visibility::Private).expect("seal");
+
+    let store = Store::open(&dir.path().join("store")).expect("open");
+    let err = store.import_presealed(&other, &seal, &()).expect_err("another file");
+    assert!(err.to_string().contains("its seal is for manifest"), "{err}");
+    assert!(store.manifest_ids().expect("ids").is_empty(), "the refused import left nothing");
+    let r = store.import_presealed(&img, &seal, &()).expect("import");
+    assert_eq!(r.manifest, manifest.id(), "the store cuts as the VO did");
+    assert_eq!(store.resolve(&ImageRef::Name(name.clone())).expect("named"), manifest.id());
+    assert_eq!(store.seal(&name).expect("seal"), Some(seal));
+}

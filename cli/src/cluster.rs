@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
-use vw_node::access::Ticket;
+use vw_node::access::{Ticket, TicketTerms};
 use vw_node::chunkstore::VoKey;
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport, HostAnswer};
 use vw_node::control::protocol::Phase;
@@ -106,25 +106,56 @@ pub fn call(socket: &Path, request: &LocalRequest, out: &Out) -> anyhow::Result<
     }
 }
 
+/// Who signs a deployment.
+#[derive(Debug)]
+pub enum Signer {
+    /// The VO's key, here: a ticket is signed for this deploy.
+    Key(Box<VoKey>),
+    /// A ticket file the VO signed elsewhere.
+    Ticket(PathBuf),
+}
+
+/// How long a ticket signed for one `vw deploy` stays valid.
+const DEPLOY_TICKET_S: u64 = 15 * 60;
+
 /// `vw deploy WORKSPACE.xml`.
 pub fn deploy(
     store: &Path,
     file: &Path,
-    key: &VoKey,
+    signer: Signer,
     options: DeployOptions,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
     let socket = need_socket(store)?;
     let workspace = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    // The ticket names the deployment as the document does; a document that does not
-    // parse is refused by the head, with its line and column.
-    let name = vw_node::workspace::parse(&workspace, &file.display().to_string())
-        .map(|s| s.name)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ticket = Ticket::sign(key, &name, &workspace).encode();
-    let request =
-        LocalRequest::Deploy { workspace, source: file.display().to_string(), ticket, options };
+    let source = file.display().to_string();
+    let ticket = match signer {
+        Signer::Ticket(path) => std::fs::read(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read the ticket {}: {e}", path.display()))?,
+        Signer::Key(key) => {
+            // The ticket names the deployment as the document does, and the manifests
+            // its images are on this cluster (the head says which); a document that
+            // does not parse is refused with its line and column.
+            let name = vw_node::workspace::parse(&workspace, &source)
+                .map(|s| s.name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let request =
+                LocalRequest::Resolve { workspace: workspace.clone(), source: source.clone() };
+            let LocalReply::Resolved { cluster, images } = call(&socket, &request, out)? else {
+                anyhow::bail!("the vwd answered a resolve with something else");
+            };
+            let terms = TicketTerms {
+                cluster,
+                deployment: name,
+                workspace: blake3::hash(workspace.as_bytes()),
+                manifests: images.into_iter().map(|(_, id)| id).collect(),
+                expires_s: crate::vo::now_s() + DEPLOY_TICKET_S,
+            };
+            Ticket::sign(&key, &terms).map_err(anyhow::Error::msg)?.encode()
+        }
+    };
+    let request = LocalRequest::Deploy { workspace, source, ticket, options };
     let LocalReply::Deployed { report } = call(&socket, &request, out)? else {
         anyhow::bail!("the vwd answered a deploy with something else");
     };

@@ -63,10 +63,15 @@ enum Command {
     Deploy {
         /// The workspace document.
         workspace: PathBuf,
-        /// The VO deploying it: its key signs the request, and every image must be its
-        /// own or public.
-        #[arg(long, env = "VW_VO")]
-        vo: String,
+        /// The VO deploying it: its key (in the VO directory) signs a ticket for this
+        /// document, this cluster and the images' manifests, valid for 15 minutes.
+        /// Every image must be the VO's own or public.
+        #[arg(long, env = "VW_VO", required_unless_present = "ticket")]
+        vo: Option<String>,
+        /// A ticket the VO signed elsewhere (`vw vo sign-ticket`): the head needs no VO
+        /// key.
+        #[arg(long)]
+        ticket: Option<PathBuf>,
         /// star, chain, treeK, stripedSxK or auto.
         #[arg(long, default_value = "auto")]
         strategy: vw_node::planner::Strategy,
@@ -139,8 +144,13 @@ enum ImageCmd {
         #[arg(long)]
         name: ImageName,
         /// Let every trusted VO deploy it (a shared base OS); private otherwise.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "seal")]
         public: bool,
+        /// A seal the VO made where its key lives (`vw vo seal`): checked against the
+        /// VO's key in the cluster config (--cluster), and the file must be the image it
+        /// sealed. No VO key is needed here.
+        #[arg(long)]
+        seal: Option<PathBuf>,
     },
     /// Rebuild an image into a file (holes for zero chunks, verified, atomic).
     Export {
@@ -211,6 +221,48 @@ enum VoCmd {
         /// The VO.
         name: String,
     },
+    /// Seal an image file where the VO's key lives (no store needed): the head imports
+    /// it with `vw image import FILE --seal SEAL`.
+    Seal {
+        /// The partition image file.
+        file: PathBuf,
+        /// The name to give it, VO/NAME:TAG.
+        #[arg(long)]
+        name: ImageName,
+        /// Let every trusted VO deploy it; private otherwise.
+        #[arg(long)]
+        public: bool,
+        /// The seal file to write.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Sign a ticket where the VO's key lives, for `vw deploy WORKSPACE --ticket FILE`
+    /// on the head: it names the cluster, the document, the manifests its images may
+    /// be, and an expiry; each host accepts it once.
+    SignTicket {
+        /// The workspace document.
+        workspace: PathBuf,
+        /// The VO.
+        #[arg(long, env = "VW_VO")]
+        vo: String,
+        /// The cluster's name (`[cluster] name` in its config).
+        #[arg(long)]
+        cluster_name: String,
+        /// Seal files (from `vw vo seal`) giving the manifests of the images it names.
+        #[arg(long)]
+        seal: Vec<PathBuf>,
+        /// NAME=MANIFEST-ID for an image without a seal file here (a public base image
+        /// of another VO; `vw image ls` on the head shows ids).
+        #[arg(long)]
+        image: Vec<String>,
+        /// How long it stays valid: seconds, or with s, m, h or d (at most the
+        /// cluster's `ticket_lifetime_max_s`).
+        #[arg(long, default_value = "1h")]
+        valid: String,
+        /// The ticket file to write.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,13 +310,29 @@ fn open(store: &std::path::Path) -> anyhow::Result<Store> {
 
 fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Image(cmd) => image(&cli.store, cli.vo_dir.as_deref(), cmd, out),
+        Command::Image(cmd) => {
+            image(&cli.store, cli.vo_dir.as_deref(), cli.cluster.as_deref(), cmd, out)
+        }
         Command::Vo(cmd) => {
             let dir = vo::dir(cli.vo_dir.as_deref())?;
             match cmd {
                 VoCmd::Create { name } => vo::create(&dir, &name, out),
                 VoCmd::Ls => vo::ls(&dir, out),
                 VoCmd::Export { name } => vo::export(&dir, &name, out),
+                VoCmd::Seal { file, name, public, out: to } => {
+                    let visibility = if public { Visibility::Public } else { Visibility::Private };
+                    vo::seal(&dir, &file, &name, visibility, &to, out)
+                }
+                VoCmd::SignTicket { workspace, vo, cluster_name, seal, image, valid, out: to } => {
+                    let request = vo::TicketRequest {
+                        workspace: &workspace,
+                        cluster: &cluster_name,
+                        seals: &seal,
+                        images: &image,
+                        valid_s: vo::parse_duration(&valid)?,
+                    };
+                    vo::sign_ticket(&dir, &vo, &request, &to, out)
+                }
             }
         }
         Command::Cache(cmd) => cache(&cli.store, cmd, out),
@@ -284,11 +352,19 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             let policy = parse_policy(&policy)?;
             planning::run(&cli.store, &workspaces, &hosts, config, policy, strategy, simulate, out)
         }
-        Command::Deploy { workspace, vo, strategy, policy } => {
+        Command::Deploy { workspace, vo, ticket, strategy, policy } => {
             let options =
                 vw_node::control::head::DeployOptions { strategy, policy: parse_policy(&policy)? };
-            let key = vo::key(&vo::dir(cli.vo_dir.as_deref())?, &vo)?;
-            cluster::deploy(&cli.store, &workspace, &key, options, out)
+            let signer = match (vo, ticket) {
+                (_, Some(path)) => cluster::Signer::Ticket(path),
+                (Some(vo), None) => {
+                    cluster::Signer::Key(Box::new(vo::key(&vo::dir(cli.vo_dir.as_deref())?, &vo)?))
+                }
+                (None, None) => {
+                    anyhow::bail!("deploy on behalf of a VO: --vo NAME or --ticket FILE")
+                }
+            };
+            cluster::deploy(&cli.store, &workspace, signer, options, out)
         }
         Command::Status { deployment } if cluster::socket(&cli.store).is_some() => {
             let socket = cluster::socket(&cli.store).expect("checked");
@@ -338,24 +414,66 @@ fn lifecycle(
     host::lifecycle(store, config, &t.target, t.vm.as_deref(), op, out)
 }
 
+/// What seals an imported image.
+enum Sealer {
+    /// The VO's key, here.
+    Key(vw_node::chunkstore::VoKey),
+    /// A seal the VO made elsewhere, checked.
+    Seal(vw_node::chunkstore::Seal),
+}
+
+/// The seal in `path`, for the image `name`: it decodes, names `name`, and verifies
+/// with the key the cluster config (`cluster`, else the embedded one) trusts for the VO.
+fn checked_seal(
+    path: &std::path::Path,
+    name: &ImageName,
+    cluster: Option<&std::path::Path>,
+) -> anyhow::Result<vw_node::chunkstore::Seal> {
+    let config = host::cluster_config(cluster)?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the seal {}: {e}", path.display()))?;
+    let seal = vw_node::chunkstore::Seal::decode(&bytes)
+        .map_err(|e| anyhow::anyhow!("seal {}: {e}", path.display()))?;
+    if seal.name() != name {
+        anyhow::bail!("seal {} is for {}, not {name}", path.display(), seal.name());
+    }
+    let vo = config.vo(name.vo()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "seal {}: VO {} is not trusted by the cluster config (no [[vo]] entry; pass --cluster FILE)",
+            path.display(),
+            name.vo()
+        )
+    })?;
+    seal.verify(&vo.public()).map_err(|e| anyhow::anyhow!("seal {}: {e}", path.display()))?;
+    Ok(seal)
+}
+
 fn image(
     dir: &std::path::Path,
     vo_dir: Option<&std::path::Path>,
+    cluster: Option<&std::path::Path>,
     cmd: ImageCmd,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
-    // The key first: nothing is imported under a name no key can seal.
-    let key = match &cmd {
-        ImageCmd::Import { name, .. } => Some(vo::key(&vo::dir(vo_dir)?, name.vo())?),
+    // The key or the seal first: nothing is imported under a name no key sealed.
+    let sealer = match &cmd {
+        ImageCmd::Import { name, seal: None, .. } => {
+            Some(Sealer::Key(vo::key(&vo::dir(vo_dir)?, name.vo())?))
+        }
+        ImageCmd::Import { name, seal: Some(path), .. } => {
+            Some(Sealer::Seal(checked_seal(path, name, cluster)?))
+        }
         _ => None,
     };
     let store = open(dir)?;
     match cmd {
-        ImageCmd::Import { file, name, public } => {
-            let key = key.expect("loaded above");
+        ImageCmd::Import { file, name, public, .. } => {
             let visibility = if public { Visibility::Public } else { Visibility::Private };
             let bar = Bar::new(out, "import");
-            let r = store.import_sealed(&file, &name, &key, visibility, &bar)?;
+            let r = match sealer.expect("made above") {
+                Sealer::Key(key) => store.import_sealed(&file, &name, &key, visibility, &bar)?,
+                Sealer::Seal(seal) => store.import_presealed(&file, &seal, &bar)?,
+            };
             bar.finish();
             out.emit(&r, || output::import_text(&r));
             if !r.eviction.evicted.is_empty() || r.eviction.chunks_removed > 0 {

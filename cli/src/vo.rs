@@ -1,4 +1,4 @@
-//! `vw vo create|ls|export`: the VO keys this user holds, one `NAME.key` file (mode
+//! `vw vo create|ls|export|seal|sign-ticket`: the VO keys this user holds, one `NAME.key` file (mode
 //! 0600) per VO in the VO directory (`--vo-dir`, `$VW_VO_DIR`, else
 //! `~/.config/vw/vo`). The secret half never leaves it; the public half goes into the
 //! cluster config's `[[vo]]` list.
@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use vw_node::chunkstore::VoKey;
+use vw_node::access::{Ticket, TicketTerms};
+use vw_node::chunkstore::chunker::ChunkerParams;
+use vw_node::chunkstore::{
+    manifest_of_file, ImageName, ImageRef, ManifestId, Seal, Visibility, VoKey,
+};
 use vw_node::config::VoConfig;
 
 use crate::output::Out;
@@ -103,4 +107,185 @@ pub fn export(dir: &Path, vo: &str, out: &Out) -> anyhow::Result<ExitCode> {
         VoConfig::entry(vo, &public, false).trim_end().to_owned()
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vw vo seal FILE --name VO/NAME:TAG`: seals an image where the VO's key lives,
+/// without a store. The head then imports the file under the seal (`vw image import
+/// FILE --seal SEAL`) and never needs the key.
+pub fn seal(
+    dir: &Path,
+    file: &Path,
+    name: &ImageName,
+    visibility: Visibility,
+    to: &Path,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let key = key(dir, name.vo())?;
+    key.may_sign(name)?;
+    let manifest = manifest_of_file(file, ChunkerParams::DEFAULT)?;
+    let seal = Seal::sign(&key, name, manifest.id(), visibility)?;
+    write_new(to, &seal.encode())?;
+    let report = serde_json::json!({
+        "name": name.to_string(),
+        "manifest": manifest.id(),
+        "visibility": visibility,
+        "seal": to,
+    });
+    out.emit(&report, || {
+        format!(
+            "sealed {name} ({visibility:?}) = manifest {} in {}\nimport it on the head with `vw image import {} --seal {}`",
+            manifest.id().to_hex(),
+            to.display(),
+            file.display(),
+            to.display()
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `vw vo sign-ticket` signs for.
+#[derive(Debug)]
+pub struct TicketRequest<'a> {
+    /// The workspace document.
+    pub workspace: &'a Path,
+    /// The cluster's name.
+    pub cluster: &'a str,
+    /// Seal files naming the manifests of the document's images.
+    pub seals: &'a [PathBuf],
+    /// `NAME=MANIFEST-ID` pairs for images the VO holds no seal file for.
+    pub images: &'a [String],
+    /// Seconds it stays valid.
+    pub valid_s: u64,
+}
+
+/// `vw vo sign-ticket WORKSPACE --vo VO --cluster-name NAME`: a ticket signed where the
+/// VO's key lives, for `vw deploy --ticket FILE` on a head that holds no VO key.
+pub fn sign_ticket(
+    dir: &Path,
+    vo: &str,
+    request: &TicketRequest<'_>,
+    to: &Path,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let key = key(dir, vo)?;
+    let text = std::fs::read_to_string(request.workspace)
+        .with_context(|| format!("reading {}", request.workspace.display()))?;
+    let spec = vw_node::workspace::parse(&text, &request.workspace.display().to_string())?;
+    let mut known: Vec<(String, ManifestId)> = Vec::new();
+    for path in request.seals {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let seal = Seal::decode(&bytes).with_context(|| format!("seal {}", path.display()))?;
+        known.push((seal.name().to_string(), seal.manifest()));
+    }
+    for pair in request.images {
+        let (name, id) = pair
+            .split_once('=')
+            .with_context(|| format!("--image `{pair}`: write NAME=MANIFEST-ID"))?;
+        let id: ManifestId =
+            id.parse().map_err(|e| anyhow::anyhow!("--image `{pair}`: manifest id: {e}"))?;
+        known.push((name.to_owned(), id));
+    }
+    let mut manifests = std::collections::BTreeSet::new();
+    for r in spec.image_refs() {
+        let id = match r {
+            ImageRef::Id(id) => *id,
+            ImageRef::Name(n) => known.iter().find(|(k, _)| *k == n.to_string()).map(|(_, id)| *id).with_context(|| {
+                format!(
+                    "image {n}: no manifest id for it; pass its seal (--seal FILE, from `vw vo seal`) or --image {n}=ID (from `vw image ls` on the head)"
+                )
+            })?,
+        };
+        manifests.insert(id);
+    }
+    let terms = TicketTerms {
+        cluster: request.cluster.to_owned(),
+        deployment: spec.name.clone(),
+        workspace: blake3::hash(text.as_bytes()),
+        manifests,
+        expires_s: now_s() + request.valid_s,
+    };
+    let ticket = Ticket::sign(&key, &terms).map_err(anyhow::Error::msg)?;
+    write_new(to, &ticket.encode())?;
+    let report = serde_json::json!({
+        "vo": vo,
+        "cluster": terms.cluster,
+        "deployment": terms.deployment,
+        "manifests": terms.manifests,
+        "expires_s": terms.expires_s,
+        "ticket": to,
+    });
+    out.emit(&report, || {
+        format!(
+            "VO {vo} may deploy {} on cluster {} from {} manifests for {} s: {}\ndeploy it on the head with `vw deploy {} --ticket {}`",
+            terms.deployment,
+            terms.cluster,
+            terms.manifests.len(),
+            request.valid_s,
+            to.display(),
+            request.workspace.display(),
+            to.display()
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds since the epoch.
+pub fn now_s() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A duration: seconds, or a number with `s`, `m`, `h` or `d`.
+pub fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = digits.parse().with_context(|| format!("`{text}`: not a duration"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("`{text}`: a number with s, m, h or d"),
+    };
+    n.checked_mul(scale).with_context(|| format!("`{text}`: too long"))
+}
+
+/// Writes `bytes` to a new file `to` (never over an existing one): at a temp name
+/// first, then renamed, so a reader never sees half a file.
+fn write_new(to: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if to.exists() {
+        anyhow::bail!("{} exists; remove it or name another file", to.display());
+    }
+    let name = to.file_name().with_context(|| format!("{}: not a file name", to.display()))?;
+    let temp = to.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let _ = std::fs::remove_file(&temp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .with_context(|| format!("creating {}", temp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::hard_link(&temp, to).with_context(|| format!("writing {}", to.display()))?;
+    let _ = std::fs::remove_file(&temp);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_seconds() {
+        assert_eq!(parse_duration("90").expect("secs"), 90);
+        assert_eq!(parse_duration("15m").expect("mins"), 900);
+        assert_eq!(parse_duration("2h").expect("hours"), 7200);
+        assert_eq!(parse_duration("1d").expect("days"), 86_400);
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
 }

@@ -460,3 +460,131 @@ fn deploy_without_a_head_vwd_says_where_it_looked() {
         stderr(&out)
     );
 }
+
+/// Detached signing: the VO seals and signs where its key lives; the head imports under
+/// the seal with no VO key (a store in another directory, with its own empty VO
+/// directory), checked against the cluster config, and a file that is not the sealed
+/// image is refused.
+#[test]
+fn a_vo_seals_and_signs_where_its_key_lives_and_the_head_needs_no_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vo_store = dir.path().join("vo-side/store");
+    vo_dir(&vo_store);
+    let (img, other) = (dir.path().join("w.img"), dir.path().join("x.img"));
+    image(&img, 11, 2);
+    image(&other, 12, 2);
+    let seal = dir.path().join("w.seal");
+    let sealed = json(
+        &vo_store,
+        &[
+            "vo",
+            "seal",
+            img.to_str().expect("utf8"),
+            "--name",
+            "grid3/worker:1",
+            "-o",
+            seal.to_str().expect("utf8"),
+        ],
+    );
+    assert!(!vo_store.exists(), "sealing needs no store");
+    // The head trusts grid3's public key, and holds no VO key at all.
+    let entry = vw(&vo_store, &["vo", "export", "grid3"]);
+    let cluster = dir.path().join("cluster.toml");
+    let text = format!(
+        "{}\n{}",
+        vw_node::config::ClusterConfig::EMBEDDED,
+        String::from_utf8_lossy(&entry.stdout)
+    );
+    std::fs::write(&cluster, text).expect("cluster config");
+    let head = dir.path().join("head/store");
+    let head_vw = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vw"))
+            .args([
+                "--store",
+                head.to_str().expect("utf8"),
+                "--cluster",
+                cluster.to_str().expect("utf8"),
+            ])
+            .args(["--vo-dir", dir.path().join("head/no-keys").to_str().expect("utf8")])
+            .args(args)
+            .output()
+            .expect("run vw")
+    };
+    let s = seal.to_str().expect("utf8");
+    let out = head_vw(&[
+        "image",
+        "import",
+        other.to_str().expect("utf8"),
+        "--name",
+        "grid3/worker:1",
+        "--seal",
+        s,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("its seal is for manifest"), "{}", stderr(&out));
+    let out = head_vw(&[
+        "image",
+        "import",
+        img.to_str().expect("utf8"),
+        "--name",
+        "grid3/other:1",
+        "--seal",
+        s,
+    ]);
+    assert!(stderr(&out).contains("is for grid3/worker:1, not grid3/other:1"), "{}", stderr(&out));
+    let out = head_vw(&[
+        "--json",
+        "image",
+        "import",
+        img.to_str().expect("utf8"),
+        "--name",
+        "grid3/worker:1",
+        "--seal",
+        s,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ls: Value =
+        serde_json::from_slice(&head_vw(&["--json", "image", "ls"]).stdout).expect("json");
+    assert_eq!(ls.as_array().expect("list").len(), 1, "the refused import left nothing: {ls}");
+    assert_eq!(ls[0]["id"], sealed["manifest"], "{ls}");
+    assert_eq!(ls[0]["sealed"][0], serde_json::json!(["grid3/worker:1", "private"]), "{ls}");
+
+    // The ticket: from the seal, for a workspace naming the sealed image.
+    let ws = dir.path().join("ws.xml");
+    std::fs::write(
+        &ws,
+        vw_node::localnet::cluster_workspace("g", "grid3/worker:1", "grid3/worker:1", 1),
+    )
+    .expect("workspace");
+    let ticket = dir.path().join("g.ticket");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "vo",
+            "sign-ticket",
+            ws.to_str().expect("utf8"),
+            "--vo",
+            "grid3",
+            "--cluster-name",
+            "demo",
+            "--valid",
+            "2h",
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| vw(&vo_store, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(args(&["-o", ticket.to_str().expect("utf8")]));
+    assert!(
+        stderr(&out).contains("image grid3/worker:1: no manifest id for it"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(args(&["--seal", s, "-o", ticket.to_str().expect("utf8")]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t =
+        vw_node::access::Ticket::decode(&std::fs::read(&ticket).expect("ticket")).expect("decodes");
+    assert_eq!((t.vo(), t.cluster(), t.deployment()), ("grid3", "demo", "g"));
+    let id: vw_node::chunkstore::ManifestId =
+        sealed["manifest"].as_str().expect("hex").parse().expect("id");
+    assert!(t.allows(&id));
+}

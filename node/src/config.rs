@@ -46,6 +46,9 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// The cluster's identity and how long a VO's ticket may live.
+    #[serde(default)]
+    pub cluster: ClusterIdentity,
     /// Networks and address pools.
     pub network: NetworkConfig,
     /// The hypervisor hand-off.
@@ -58,6 +61,42 @@ pub struct ClusterConfig {
     /// staged, and only deployments they signed run (`[[vo]]`, none by default).
     #[serde(default)]
     pub vo: Vec<VoConfig>,
+}
+
+/// `[cluster]`: the name every VO ticket must carry, so that a ticket signed for one
+/// cluster cannot be replayed on another.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterIdentity {
+    /// The cluster's name (default `vw`). Give each cluster that trusts the same VO its
+    /// own name: a ticket names the cluster it is for, and every host refuses another
+    /// cluster's.
+    #[serde(default = "ClusterIdentity::default_name")]
+    pub name: String,
+    /// The longest a ticket may be valid, in seconds from when a host checks it
+    /// (default 86400, a day). A ticket expiring later is refused, which bounds how
+    /// long a host must remember the tickets it accepted.
+    #[serde(default = "ClusterIdentity::default_lifetime")]
+    pub ticket_lifetime_max_s: u64,
+}
+
+impl ClusterIdentity {
+    fn default_name() -> String {
+        "vw".to_owned()
+    }
+
+    fn default_lifetime() -> u64 {
+        86_400
+    }
+}
+
+impl Default for ClusterIdentity {
+    fn default() -> Self {
+        ClusterIdentity {
+            name: Self::default_name(),
+            ticket_lifetime_max_s: Self::default_lifetime(),
+        }
+    }
 }
 
 /// `[[vo]]`: one trusted virtual organisation.
@@ -342,6 +381,21 @@ impl ClusterConfig {
                 let message = format!("`{value}` is not one of {}", ACTIONS.join(", "));
                 return Err(ConfigError::Value { source_name: source.to_owned(), key, message });
             }
+        }
+        let name = &config.cluster.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            let message = format!("`{name}`: 1 to 64 letters, digits, `.`, `_` or `-`");
+            return Err(ConfigError::Value {
+                source_name: source.to_owned(),
+                key: "cluster.name",
+                message,
+            });
+        }
+        if config.cluster.ticket_lifetime_max_s == 0 {
+            return Err(zero("cluster.ticket_lifetime_max_s", "must be at least 1 second"));
         }
         config.check_vos(source)?;
         config.check_boot(source)?;

@@ -41,6 +41,14 @@ pub enum LocalRequest {
         /// Strategy and policy.
         options: DeployOptions,
     },
+    /// What a VO signs a ticket for: this cluster's name and the manifest each image
+    /// of a workspace document resolves to here.
+    Resolve {
+        /// The document.
+        workspace: String,
+        /// Its file name, for errors.
+        source: String,
+    },
     /// A lifecycle operation on every VM of a deployment.
     Run {
         /// The deployment.
@@ -71,6 +79,13 @@ pub enum LocalReply {
     Deployed {
         /// It.
         report: Box<DeployReport>,
+    },
+    /// What a ticket for the document must name.
+    Resolved {
+        /// The cluster's name.
+        cluster: String,
+        /// Each image as the document names it, with its manifest id here.
+        images: Vec<(String, vw_chunkstore::ManifestId)>,
     },
     /// Each host's answer to a lifecycle operation.
     Ran {
@@ -245,6 +260,12 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
             }
             match result {
                 Ok(report) => LocalReply::Deployed { report: Box::new(report) },
+                Err(error) => LocalReply::Failed { error },
+            }
+        }
+        (Ok(LocalRequest::Resolve { workspace, source }), Role::Head(head)) => {
+            match head.resolve(&workspace, &source).await {
+                Ok((cluster, images)) => LocalReply::Resolved { cluster, images },
                 Err(error) => LocalReply::Failed { error },
             }
         }

@@ -175,6 +175,8 @@ pub struct LocalVos {
     pub cluster_config: PathBuf,
     /// Each key's `isolated` flag and extra `[[vo]]` lines, as created.
     entries: Vec<(bool, String)>,
+    /// The manifest each name it sealed stands for (a ticket lists them).
+    sealed: std::sync::Mutex<std::collections::BTreeMap<String, vw_chunkstore::ManifestId>>,
 }
 
 impl LocalVos {
@@ -186,7 +188,12 @@ impl LocalVos {
             .map(|(vo, _, _)| vw_chunkstore::VoKey::generate(vo))
             .collect::<Result<Vec<_>, _>>()?;
         let entries = vos.iter().map(|(_, isolated, extra)| (*isolated, (*extra).to_owned()));
-        let vos = LocalVos { keys, cluster_config: path.to_owned(), entries: entries.collect() };
+        let vos = LocalVos {
+            keys,
+            cluster_config: path.to_owned(),
+            entries: entries.collect(),
+            sealed: Default::default(),
+        };
         vos.write_config(path, &[])?;
         Ok(vos)
     }
@@ -221,13 +228,47 @@ impl LocalVos {
         visibility: vw_chunkstore::Visibility,
     ) -> anyhow::Result<vw_chunkstore::ImportReport> {
         let name: vw_chunkstore::ImageName = name.parse()?;
-        Ok(store.import_sealed(path, &name, self.key(name.vo()), visibility, &())?)
+        let report = store.import_sealed(path, &name, self.key(name.vo()), visibility, &())?;
+        self.sealed.lock().expect("sealed lock").insert(name.to_string(), report.manifest);
+        Ok(report)
     }
 
-    /// `vo`'s ticket for deploying the workspace document `workspace`.
+    /// `vo`'s ticket for deploying the workspace document `workspace` on the embedded
+    /// cluster, valid for an hour. It allows the manifests the document names by id
+    /// and those its names stood for when this imported them; a name it never imported
+    /// is left out (a deploy that uses it is refused).
     pub fn ticket(&self, vo: &str, workspace: &str) -> anyhow::Result<Vec<u8>> {
+        self.ticket_with(vo, workspace, |_| ())
+    }
+
+    /// [`LocalVos::ticket`] with its terms changed by `change` before it is signed (a
+    /// test's forged or expired ticket).
+    pub fn ticket_with(
+        &self,
+        vo: &str,
+        workspace: &str,
+        change: impl FnOnce(&mut crate::access::TicketTerms),
+    ) -> anyhow::Result<Vec<u8>> {
         let spec = crate::workspace::parse(workspace, "(ticket)")?;
-        Ok(crate::access::Ticket::sign(self.key(vo), &spec.name, workspace).encode())
+        let manifests = {
+            let sealed = self.sealed.lock().expect("sealed lock");
+            spec.image_refs()
+                .into_iter()
+                .filter_map(|r| match r {
+                    vw_chunkstore::ImageRef::Id(id) => Some(*id),
+                    vw_chunkstore::ImageRef::Name(n) => sealed.get(&n.to_string()).copied(),
+                })
+                .collect()
+        };
+        let mut terms = crate::access::TicketTerms {
+            cluster: crate::config::ClusterConfig::embedded().cluster.name,
+            deployment: spec.name.clone(),
+            workspace: blake3::hash(workspace.as_bytes()),
+            manifests,
+            expires_s: crate::manager::now_ms() / 1000 + 3600,
+        };
+        change(&mut terms);
+        Ok(crate::access::Ticket::sign(self.key(vo), &terms).map_err(anyhow::Error::msg)?.encode())
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access::audit::Audit;
+use crate::access::replay::Seen;
 use crate::access::Gate;
 use crate::chunks::handler::{Relay, Sending};
 use crate::config::ClusterConfig;
@@ -60,6 +61,10 @@ impl Vwd {
             config: Arc::new(cluster.clone()),
             grants: Arc::default(),
             audit: Arc::new(Audit::open(&daemon.config.data_dir).context("opening the audit log")?),
+            tickets: Arc::new(Seen::open(
+                &daemon.config.data_dir,
+                crate::manager::now_ms() / 1000,
+            )?),
         };
         let relay = Relay::new(manager.shared_store());
         let peer = Peer::start(

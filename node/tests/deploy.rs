@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use vw_node::access::{Ticket, TicketTerms};
 use vw_node::chunkstore::{ImageRef, Store, Visibility};
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
@@ -453,4 +454,64 @@ async fn an_isolated_vos_chunks_are_not_counted_for_another_vo() {
         v.shutdown().await;
     }
     holds_exactly(&net, &worker_hosts(&second), "vo2/worker:1", &images.other);
+}
+
+/// The detached path: the head says what a ticket must name (`vw vo sign-ticket` gets
+/// it from the operator, `vw deploy --vo` from the head), the VO signs elsewhere, the
+/// head deploys with no VO key. The ticket deploys once: a replay is refused by the
+/// head before it plans, and would be by every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_signed_elsewhere_deploys_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, _images, vos) = cluster(dir.path(), 2, 16);
+    let vwds = net.start().await.expect("start");
+    let text = cluster_workspace("once", "demo/base:1", "demo/worker:1", 1);
+    let socket = net.head_socket();
+    let request = LocalRequest::Resolve { workspace: text.clone(), source: "once.xml".into() };
+    let (cluster, images) = tokio::task::spawn_blocking(move || {
+        match local::call(&socket, &request, |_| {}).expect("socket") {
+            LocalReply::Resolved { cluster, images } => (cluster, images),
+            other => panic!("resolve failed: {other:?}"),
+        }
+    })
+    .await
+    .expect("task");
+    assert_eq!(cluster, "demo");
+    let names: Vec<&str> = images.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["demo/base:1", "demo/worker:1"]);
+    // Signed by the VO from what the head said, as `vw vo sign-ticket` does.
+    let terms = TicketTerms {
+        cluster,
+        deployment: "once".into(),
+        workspace: blake3::hash(text.as_bytes()),
+        manifests: images.iter().map(|(_, id)| *id).collect(),
+        expires_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 600,
+    };
+    let ticket = Ticket::sign(vos.key("demo"), &terms).expect("sign").encode();
+    let socket = net.head_socket();
+    let (t, w) = (ticket.clone(), text.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        let request = LocalRequest::Deploy {
+            workspace: w,
+            source: "once.xml".into(),
+            ticket: t,
+            options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
+        };
+        match local::call(&socket, &request, |_| {}).expect("socket") {
+            LocalReply::Deployed { report } => report,
+            other => panic!("deploy failed: {other:?}"),
+        }
+    })
+    .await
+    .expect("task");
+    assert!(report.lost.is_empty(), "{report:#?}");
+    let err = deploy_error(&net, ticket, text).await;
+    assert!(err.contains("was used already"), "{err}");
+    for v in vwds {
+        v.shutdown().await;
+    }
 }

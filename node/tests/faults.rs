@@ -29,8 +29,11 @@ fn cluster(dir: &Path, cap: &str) -> (LocalNet, u64, Vec<ChildVwd>) {
             vos.import(&store, path, name, Visibility::Private).expect("import");
         }
         let workspace = cluster_workspace("grid", "demo/base:1", "demo/worker:1", 3);
-        std::fs::write(dir.join("ticket"), vos.ticket("demo", &workspace).expect("ticket"))
-            .expect("ticket");
+        // A ticket deploys once: one per deploy the tests make.
+        for n in 1..=2 {
+            let ticket = vos.ticket("demo", &workspace).expect("ticket");
+            std::fs::write(dir.join(format!("ticket-{n}")), ticket).expect("ticket");
+        }
         let probe = Store::open(&dir.join("probe")).expect("probe");
         let r = probe.import(&images.worker, None, &()).expect("import");
         r.counts.new_bytes
@@ -44,11 +47,11 @@ fn spawn(net: &LocalNet, i: usize, dir: &Path) -> ChildVwd {
     net.spawn(i, Path::new(env!("CARGO_BIN_EXE_vwd")), &log).expect("vwd child")
 }
 
-/// Deploys through the head's socket, calling `on_event` for each event.
-fn deploy(net: &LocalNet, mut on_event: impl FnMut(&DeployEvent)) -> DeployReport {
+/// Deploys through the head's socket with the VO's `n`th ticket (signed when the
+/// cluster was made), calling `on_event` for each event.
+fn deploy(net: &LocalNet, n: usize, mut on_event: impl FnMut(&DeployEvent)) -> DeployReport {
     let workspace = cluster_workspace("grid", "demo/base:1", "demo/worker:1", 3);
-    // The VO's ticket for this document, signed when the cluster was made.
-    let ticket = std::fs::read(net.data_dirs[0].join("../ticket")).expect("ticket");
+    let ticket = std::fs::read(net.data_dirs[0].join(format!("../ticket-{n}"))).expect("ticket");
     let request = LocalRequest::Deploy {
         workspace,
         source: "faults.xml".into(),
@@ -71,7 +74,7 @@ async fn a_host_killed_mid_chain_loses_its_vms_and_its_children_re_attach() {
     let (report, victim) = tokio::task::spawn_blocking(move || {
         let mut victim: Option<String> = None;
         let mut killed = false;
-        let report = deploy(&net2, |e| match e {
+        let report = deploy(&net2, 1, |e| match e {
             // The victim relays to another host: not the head, not the chain's tail.
             DeployEvent::Planned { edges, .. } => {
                 victim = edges.iter().map(|(from, _)| from).find(|f| *f != "head").cloned();
@@ -121,7 +124,7 @@ async fn a_vwd_restarted_mid_stage_resumes_without_fetching_again() {
     let net2 = net.clone();
     let (first, victim, seen, children) = tokio::task::spawn_blocking(move || {
         let mut victim: Option<(String, u64)> = None;
-        let report = deploy(&net2, |e| {
+        let report = deploy(&net2, 1, |e| {
             if let DeployEvent::Progress { host, progress } = e {
                 if host != "head" && victim.is_none() && progress.bytes > worker_bytes / 3 {
                     let i = net2.names.iter().position(|n| n == host).expect("host");
@@ -141,12 +144,13 @@ async fn a_vwd_restarted_mid_stage_resumes_without_fetching_again() {
         .all(|vm| first.placement.iter().any(|p| p.vm == *vm && p.host == victim)));
     assert!(!first.lost.is_empty(), "{first:#?}");
 
-    // Restart it and deploy the same document again: it resumes.
+    // Restart it and deploy the same document again (with a new ticket: the first was
+    // used): it resumes.
     let i = net.names.iter().position(|n| *n == victim).expect("victim");
     let mut children = children;
     children[i - 1] = spawn(&net, i, dir.path());
     let net2 = net.clone();
-    let second = tokio::task::spawn_blocking(move || deploy(&net2, |_| {})).await.expect("task");
+    let second = tokio::task::spawn_blocking(move || deploy(&net2, 2, |_| {})).await.expect("task");
     assert!(second.resumed && second.lost.is_empty(), "{second:#?}");
     let s = second
         .hosts

@@ -5,7 +5,9 @@
 //! missing, forged or untrusted seal, an image the VO may not use (to stage or only to
 //! serve), a VO-signed workspace that boots from a host file outside the kernel
 //! directories, a workspace whose partition names an image the order does not carry
-//! (another VO's, which the host holds). Each is refused before anything is fetched or
+//! (another VO's, which the host holds), an expired or overlong ticket, a ticket for
+//! another cluster or for other manifests (a tag sealed again since), and a replayed
+//! ticket. Each is refused before anything is fetched or
 //! recorded, and audited; the honest order gets past the checks.
 
 use std::sync::Arc;
@@ -21,6 +23,11 @@ use vw_node::peer::{Peer, PeerConfig};
 use vw_node::planner::address::{Network, NicAddress};
 use vw_node::report::{ClusterShare, Member};
 use vw_node::wire;
+
+fn now_s() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("after 1970").as_secs()
+}
 
 /// Sends `order` to `host` as `head` and returns the host's final answer.
 async fn send(head: &Peer, host: libp2p::PeerId, order: StageOrder) -> Answer {
@@ -165,12 +172,66 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         ),
         (
             "another VO's image to serve, private to demo",
-            StageOrder {
-                images: vec![honest.images[0].clone()],
-                serves: vec![honest.images[1].clone()],
-                ..signed("vo2", cluster_workspace("forged", "demo/base:1", "demo/base:1", 1))
+            {
+                let w = cluster_workspace("forged", "demo/base:1", "demo/base:1", 1);
+                // vo2's ticket allows both manifests: the seal is what refuses it.
+                let both = [&honest.images[0], &honest.images[1]]
+                    .iter()
+                    .map(|i| vw_node::chunkstore::Manifest::decode(&i.manifest).expect("m").id())
+                    .collect();
+                StageOrder {
+                    images: vec![honest.images[0].clone()],
+                    serves: vec![honest.images[1].clone()],
+                    ticket: vos.ticket_with("vo2", &w, |t| t.manifests = both).expect("ticket"),
+                    ..signed("vo2", w)
+                }
             },
             "image demo/worker:1 is private to VO demo; VO vo2 may not",
+        ),
+        (
+            "an expired ticket",
+            StageOrder {
+                ticket: vos
+                    .ticket_with("demo", &workspace, |t| t.expires_s = now_s() - 10)
+                    .expect("ticket"),
+                ..honest.clone()
+            },
+            "the VO ticket expired",
+        ),
+        (
+            "a ticket valid for longer than the cluster allows",
+            StageOrder {
+                ticket: vos
+                    .ticket_with("demo", &workspace, |t| t.expires_s = now_s() + 30 * 86_400)
+                    .expect("ticket"),
+                ..honest.clone()
+            },
+            "ticket_lifetime_max_s",
+        ),
+        (
+            "a ticket for another cluster",
+            StageOrder {
+                ticket: vos
+                    .ticket_with("demo", &workspace, |t| t.cluster = "elsewhere".into())
+                    .expect("ticket"),
+                ..honest.clone()
+            },
+            "the VO ticket is for cluster elsewhere, this is cluster demo",
+        ),
+        (
+            "a ticket that allows the base image only",
+            {
+                let base = [vw_node::chunkstore::Manifest::decode(&base_manifest).expect("m").id()]
+                    .into_iter()
+                    .collect();
+                StageOrder {
+                    ticket: vos
+                        .ticket_with("demo", &workspace, |t| t.manifests = base)
+                        .expect("ticket"),
+                    ..honest.clone()
+                }
+            },
+            "image demo/worker:1 is manifest",
         ),
         (
             "the worker's seal on the base's manifest",
@@ -252,16 +313,35 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             "partition xvda1 names image vo2/secret:1, which this stage order does not carry",
         ),
     ];
-    let count = forged.len();
+    let mut count = forged.len();
     for (what, order, want) in forged {
         let answer = send(&head, host.id(), order).await;
         refused(&answer, want);
         eprintln!("{what}: {answer:?}");
     }
+    // Signed now, before the VO seals its tag again below.
+    let before_reseal = vos.ticket("demo", &workspace).expect("ticket");
     // The honest order gets past every check (and then fails: this test's head sends no
     // share of the cluster to stage).
-    let answer = send(&head, host.id(), honest).await;
+    let answer = send(&head, host.id(), honest.clone()).await;
     assert!(!matches!(answer, Answer::Refused(_)), "the honest order is not refused: {answer:?}");
+    // A ticket deploys once: the same order again is a replay.
+    refused(&send(&head, host.id(), honest.clone()).await, "was used already");
+    // The VO seals demo/worker:1 again, on other contents: the ticket signed before
+    // does not deploy the new manifest (a re-sealed tag cannot change what a ticket
+    // deploys).
+    let newer = dir.path().join("worker-2.img");
+    let mut bytes = std::fs::read(&images.worker).expect("read");
+    bytes.iter_mut().step_by(4096).for_each(|b| *b ^= 0x5a);
+    std::fs::write(&newer, bytes).expect("write");
+    vos.import(&store, &newer, "demo/worker:1", Visibility::Private).expect("re-seal");
+    let resealed = StageOrder {
+        ticket: before_reseal,
+        images: vec![image_order(&store, "demo/base:1"), image_order(&store, "demo/worker:1")],
+        ..honest.clone()
+    };
+    refused(&send(&head, host.id(), resealed).await, "does not allow");
+    count += 2;
 
     host.shutdown().await;
     head.shutdown().await;

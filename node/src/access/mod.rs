@@ -19,9 +19,11 @@
 pub mod audit;
 #[cfg(feature = "host")]
 pub mod grants;
+#[cfg(feature = "host")]
+pub mod replay;
 mod ticket;
 
-pub use ticket::{Ticket, MAX_TICKET};
+pub use ticket::{Ticket, TicketTerms, MAX_TICKET, MAX_TICKET_MANIFESTS};
 
 /// What a host checks requests with: the VOs its cluster config trusts, the chunk grants
 /// it made, and its audit log.
@@ -34,6 +36,8 @@ pub struct Gate {
     pub grants: std::sync::Arc<grants::Grants>,
     /// The audit log.
     pub audit: std::sync::Arc<audit::Audit>,
+    /// The tickets this host accepted, until they expire.
+    pub tickets: std::sync::Arc<replay::Seen>,
 }
 use vw_chunkstore::{ImageRef, ManifestId, Seal, Visibility};
 
@@ -65,6 +69,42 @@ pub enum AccessError {
         vo: String,
         /// What differs.
         what: String,
+    },
+    /// The ticket is for another cluster.
+    #[error("deployment {deployment}: the VO ticket is for cluster {ticket}, this is cluster {here}; sign one for {here}")]
+    OtherCluster {
+        /// The deployment.
+        deployment: String,
+        /// The cluster the ticket names.
+        ticket: String,
+        /// This cluster's name.
+        here: String,
+    },
+    /// The ticket expired, or would stay valid longer than this cluster allows.
+    #[error("deployment {deployment}: the VO ticket {why}; sign a new one")]
+    Expiry {
+        /// The deployment.
+        deployment: String,
+        /// What is wrong with its expiry.
+        why: String,
+    },
+    /// The ticket was used already.
+    #[error("deployment {deployment}: this VO ticket (VO {vo}) was used already; a ticket deploys once, sign a new one")]
+    Replayed {
+        /// The deployment.
+        deployment: String,
+        /// The signer.
+        vo: String,
+    },
+    /// An image resolves to a manifest the ticket does not allow.
+    #[error("deployment {deployment}: image {image} is manifest {manifest}, which the VO ticket does not allow (was the tag sealed again since the ticket was signed? sign a new one)")]
+    ManifestNotAllowed {
+        /// The deployment.
+        deployment: String,
+        /// The image as referenced.
+        image: String,
+        /// The manifest it resolves to.
+        manifest: ManifestId,
     },
     /// The VO is not in this host's cluster config.
     #[error("{what}: VO {vo} is not trusted by this cluster (no [[vo]] entry named {vo} in the cluster config)")]
@@ -121,14 +161,18 @@ pub enum AccessError {
 }
 
 /// Checks `ticket` (encoded) for the deployment `deployment` of the document
-/// `workspace`: decodable, signed by a VO this cluster trusts, for exactly this name
-/// and document. Returns the VO.
+/// `workspace` at `now_s` (seconds since the epoch): decodable, signed by a VO this
+/// cluster trusts, for this cluster, this exact name and document, not expired and not
+/// valid for longer than the cluster allows. Returns the ticket; whether it was used
+/// before, and the manifests it allows, are for the caller to check
+/// ([`replay::Seen`], [`check_manifest`]).
 pub fn check_ticket(
     config: &ClusterConfig,
     ticket: &[u8],
     deployment: &str,
     workspace: &str,
-) -> Result<String, AccessError> {
+    now_s: u64,
+) -> Result<Ticket, AccessError> {
     if ticket.is_empty() {
         return Err(AccessError::NoTicket { deployment: deployment.to_owned() });
     }
@@ -145,6 +189,14 @@ pub fn check_ticket(
             reason: format!("the ticket's signature does not verify with VO {vo}'s key"),
         });
     }
+    let here = &config.cluster.name;
+    if ticket.cluster() != here {
+        return Err(AccessError::OtherCluster {
+            deployment: deployment.to_owned(),
+            ticket: ticket.cluster().to_owned(),
+            here: here.clone(),
+        });
+    }
     let mismatch = |what: String| AccessError::TicketMismatch {
         deployment: deployment.to_owned(),
         vo: vo.clone(),
@@ -156,7 +208,38 @@ pub fn check_ticket(
     if ticket.workspace() != blake3::hash(workspace.as_bytes()) {
         return Err(mismatch("another workspace document".into()));
     }
-    Ok(vo)
+    let expiry = |why: String| AccessError::Expiry { deployment: deployment.to_owned(), why };
+    let expires = ticket.expires_s();
+    if expires <= now_s {
+        return Err(expiry(format!("expired {} s ago", now_s - expires)));
+    }
+    let max = config.cluster.ticket_lifetime_max_s;
+    if expires - now_s > max {
+        return Err(expiry(format!(
+            "is valid for {} s more; this cluster accepts at most {max} s \
+             ([cluster] ticket_lifetime_max_s)",
+            expires - now_s
+        )));
+    }
+    Ok(ticket)
+}
+
+/// Checks that `ticket` allows the image `image` (as referenced), which resolves to
+/// `manifest`, in deployment `deployment`.
+pub fn check_manifest(
+    ticket: &Ticket,
+    deployment: &str,
+    image: &ImageRef,
+    manifest: ManifestId,
+) -> Result<(), AccessError> {
+    if ticket.allows(&manifest) {
+        return Ok(());
+    }
+    Err(AccessError::ManifestNotAllowed {
+        deployment: deployment.to_owned(),
+        image: image.to_string(),
+        manifest,
+    })
 }
 
 /// Checks that `seal` (encoded) lets VO `vo` deploy `manifest`, referenced as
@@ -236,23 +319,77 @@ mod tests {
         ManifestId::from(blake3::hash(b))
     }
 
+    const NOW: u64 = 1_800_000_000;
+
+    fn ticket(
+        key: &VoKey,
+        cluster: &str,
+        deployment: &str,
+        ids: &[ManifestId],
+        expires_s: u64,
+    ) -> Vec<u8> {
+        let terms = TicketTerms {
+            cluster: cluster.into(),
+            deployment: deployment.into(),
+            workspace: blake3::hash(b"<doc/>"),
+            manifests: ids.iter().copied().collect(),
+            expires_s,
+        };
+        Ticket::sign(key, &terms).expect("sign").encode()
+    }
+
     #[test]
-    fn a_ticket_holds_for_its_own_deployment_and_document_only() {
+    fn a_ticket_holds_for_its_own_cluster_deployment_and_document_only() {
         let a = VoKey::generate("a").expect("key");
         let stranger = VoKey::generate("s").expect("key");
         let c = config(&[(&a, false)]);
-        let t = Ticket::sign(&a, "d1", "<doc/>").encode();
-        assert_eq!(check_ticket(&c, &t, "d1", "<doc/>").expect("ok"), "a");
-        let err = |r: Result<String, AccessError>| r.expect_err("refused").to_string();
-        assert!(err(check_ticket(&c, &t, "d2", "<doc/>")).contains("ticket is for deployment d1"));
-        assert!(err(check_ticket(&c, &t, "d1", "<other/>")).contains("another workspace"));
-        assert!(err(check_ticket(&c, &[], "d1", "<doc/>")).contains("--vo NAME"));
-        let s = Ticket::sign(&stranger, "d1", "<doc/>").encode();
-        assert!(err(check_ticket(&c, &s, "d1", "<doc/>")).contains("VO s is not trusted"));
+        let here = c.cluster.name.clone();
+        let t = ticket(&a, &here, "d1", &[], NOW + 60);
+        assert_eq!(check_ticket(&c, &t, "d1", "<doc/>", NOW).expect("ok").vo(), "a");
+        let err = |r: Result<Ticket, AccessError>| r.expect_err("refused").to_string();
+        assert!(
+            err(check_ticket(&c, &t, "d2", "<doc/>", NOW)).contains("ticket is for deployment d1")
+        );
+        assert!(err(check_ticket(&c, &t, "d1", "<other/>", NOW)).contains("another workspace"));
+        assert!(err(check_ticket(&c, &[], "d1", "<doc/>", NOW)).contains("--vo NAME"));
+        let s = ticket(&stranger, &here, "d1", &[], NOW + 60);
+        assert!(err(check_ticket(&c, &s, "d1", "<doc/>", NOW)).contains("VO s is not trusted"));
         let mut forged = t.clone();
         let last = forged.len() - 1;
         forged[last] ^= 1;
-        assert!(err(check_ticket(&c, &forged, "d1", "<doc/>")).contains("does not verify"));
+        assert!(err(check_ticket(&c, &forged, "d1", "<doc/>", NOW)).contains("does not verify"));
+        let elsewhere = ticket(&a, "other-cluster", "d1", &[], NOW + 60);
+        let e = err(check_ticket(&c, &elsewhere, "d1", "<doc/>", NOW));
+        assert!(e.contains("for cluster other-cluster, this is cluster demo"), "{e}");
+    }
+
+    #[test]
+    fn an_expired_or_overlong_ticket_is_refused() {
+        let a = VoKey::generate("a").expect("key");
+        let c = config(&[(&a, false)]);
+        let here = c.cluster.name.clone();
+        let err = |r: Result<Ticket, AccessError>| r.expect_err("refused").to_string();
+        let t = ticket(&a, &here, "d1", &[], NOW + 60);
+        let e = err(check_ticket(&c, &t, "d1", "<doc/>", NOW + 61));
+        assert!(e.contains("expired 1 s ago"), "{e}");
+        let max = c.cluster.ticket_lifetime_max_s;
+        let long = ticket(&a, &here, "d1", &[], NOW + max + 1);
+        let e = err(check_ticket(&c, &long, "d1", "<doc/>", NOW));
+        assert!(e.contains("ticket_lifetime_max_s"), "{e}");
+        check_ticket(&c, &long, "d1", "<doc/>", NOW + 1).expect("within the limit a second later");
+    }
+
+    #[test]
+    fn a_ticket_allows_its_manifests_only() {
+        let a = VoKey::generate("a").expect("key");
+        let c = config(&[(&a, false)]);
+        let t = ticket(&a, &c.cluster.name, "d1", &[id(b"w1")], NOW + 60);
+        let t = check_ticket(&c, &t, "d1", "<doc/>", NOW).expect("ok");
+        let name = ImageRef::Name("a/w:1".parse().expect("name"));
+        check_manifest(&t, "d1", &name, id(b"w1")).expect("allowed");
+        // The tag re-sealed to another manifest after the ticket was signed.
+        let e = check_manifest(&t, "d1", &name, id(b"w2")).expect_err("not allowed").to_string();
+        assert!(e.contains("image a/w:1 is manifest") && e.contains("does not allow"), "{e}");
     }
 
     #[test]

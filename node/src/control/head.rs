@@ -30,7 +30,7 @@ use super::protocol::{
     StageOrder, StageReport, PROTOCOL_NAME,
 };
 use super::usage::{Usage, VoUsage};
-use crate::access::{check_seal, check_ticket, AccessError};
+use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticket};
 use crate::config::Pools;
 use crate::lifecycle::Op;
 use crate::plan::{plan_with, PlanReport, Taken, WorkspaceImages};
@@ -312,6 +312,27 @@ impl Head {
         }
     }
 
+    /// What a VO's ticket for the workspace document `workspace` (named `source` in
+    /// errors) must name: this cluster's name, and the manifest each of its images
+    /// resolves to in this head's store.
+    pub async fn resolve(
+        &self,
+        workspace: &str,
+        source: &str,
+    ) -> Result<(String, Vec<(String, vw_chunkstore::ManifestId)>), String> {
+        let spec = crate::workspace::parse(workspace, source).map_err(|e| e.to_string())?;
+        let store = Arc::clone(&self.store);
+        let images = tokio::task::spawn_blocking(move || {
+            spec.image_refs()
+                .into_iter()
+                .map(|r| Ok((r.to_string(), store.resolve(r).map_err(|e| e.to_string())?)))
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok((self.local.gate().config.cluster.name.clone(), images))
+    }
+
     /// Deploys the workspace document `workspace` (named `source` in errors) on behalf
     /// of the VO whose signed `ticket` (encoded) comes with it. Audited.
     pub async fn deploy(
@@ -329,16 +350,27 @@ impl Head {
         let audit = |vo: &str, outcome: &str, detail: &str| {
             gate.audit.record(vo, "local", "deploy", &spec.name, outcome, detail);
         };
-        let vo = match check_ticket(&gate.config, ticket, &spec.name, workspace) {
-            Ok(vo) => vo,
+        let now_s = crate::manager::now_ms() / 1000;
+        let checked =
+            check_ticket(&gate.config, ticket, &spec.name, workspace, now_s).and_then(|t| {
+                // The hosts refuse a replay too; the head says so before it plans.
+                if gate.tickets.was_admitted(&t, now_s) {
+                    let (deployment, vo) = (spec.name.clone(), t.vo().to_owned());
+                    return Err(AccessError::Replayed { deployment, vo });
+                }
+                Ok(t)
+            });
+        let signed = match checked {
+            Ok(t) => t,
             Err(e) => {
                 audit("-", "refused", &e.to_string());
                 return Err(e.to_string());
             }
         };
+        let vo = signed.vo().to_owned();
         let span = tracing::info_span!("deployment", name = %spec.name, vo = %vo);
         let result = tracing::Instrument::instrument(
-            self.deploy_spec(spec.clone(), &vo, ticket, workspace, options, events, clock),
+            self.deploy_spec(spec.clone(), (&signed, ticket), workspace, options, events, clock),
             span,
         )
         .await;
@@ -354,14 +386,14 @@ impl Head {
     async fn deploy_spec(
         &self,
         spec: crate::workspace::WorkspaceSpec,
-        vo: &str,
-        ticket: &[u8],
+        (signed, ticket): (&Ticket, &[u8]),
         workspace: &str,
         options: DeployOptions,
         events: &mpsc::Sender<DeployEvent>,
         mut clock: Clock<'_>,
     ) -> Result<DeployReport, String> {
         let name = spec.name.clone();
+        let vo = signed.vo();
         let (existing, others) = {
             let n = name.clone();
             self.local
@@ -386,19 +418,23 @@ impl Head {
 
         clock.start(DeployPhase::Inventory).await;
         let (wi, seals) = {
-            let (store, spec, config, vo) = (
+            let (store, spec, config, signed) = (
                 Arc::clone(&self.store),
                 spec.clone(),
                 Arc::clone(&self.local.gate().config),
-                vo.to_owned(),
+                signed.clone(),
             );
             tokio::task::spawn_blocking(move || -> Result<_, String> {
+                let vo = signed.vo();
                 let wi = WorkspaceImages::load(&store, &spec).map_err(|e| e.to_string())?;
+                for (r, id) in wi.refs.iter().zip(&wi.ids) {
+                    check_manifest(&signed, &spec.name, r, *id).map_err(|e| e.to_string())?;
+                }
                 let seals = wi
                     .refs
                     .iter()
                     .zip(&wi.ids)
-                    .map(|(r, id)| sealed(&store, &config, &vo, r, *id))
+                    .map(|(r, id)| sealed(&store, &config, vo, r, *id))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((wi, seals))
             })

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, watch};
-use vw_chunkstore::{ChunkId, ChunkRef, ImageRef, Manifest, Seal, Store};
+use vw_chunkstore::{ChunkId, ChunkRef, Manifest, Seal, Store};
 
+use super::check;
 use super::protocol::{
     bitmap, Answer, ImageOrder, InventoryReport, Phase, Progress, Reply, Request, StageOrder,
     StageReport,
 };
-use crate::access::{check_seal, check_ticket, shareable, Gate};
+use crate::access::{shareable, Gate};
 use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::manager::ready::{self, ReadyWait};
@@ -226,16 +227,15 @@ impl HostService {
         let audit = |vo: &str, deployment: &str, outcome: &str, detail: &str| {
             self.gate.audit.record(vo, peer, "stage", deployment, outcome, detail);
         };
-        let spec = match crate::workspace::parse(&order.workspace, "(the head's stage order)") {
-            Ok(spec) => spec,
-            Err(e) => return Answer::Failed(e.to_string()),
-        };
-        let checked = self.check_order(&spec, &order);
-        let (spec, vo, images) = match checked {
+        let (spec, vo, images) = match self.admit_order(&order) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(deployment = %spec.name, error = %e, "refused a stage order");
-                audit("-", &spec.name, "refused", &e);
+                // Name the deployment in the audit log if the document says which.
+                let name = crate::workspace::parse(&order.workspace, "(the head's stage order)")
+                    .map(|s| s.name)
+                    .unwrap_or_else(|_| "-".to_owned());
+                tracing::warn!(deployment = %name, error = %e, "refused a stage order");
+                audit("-", &name, "refused", &e);
                 return Answer::Refused(e);
             }
         };
@@ -259,45 +259,33 @@ impl HostService {
     }
 
     /// Checks a stage order against this host's own cluster config before anything is
-    /// fetched: the VO's ticket, the kernels its nodes boot, and each image's manifest
-    /// and seal (those it stages and those it only serves). Grants the stagers of each
-    /// image its chunks. Returns the workspace with its kernels resolved, the VO and the
-    /// checked images to stage.
-    fn check_order(
+    /// fetched ([`check::check_order`]), admits its ticket (once: a replayed ticket is
+    /// refused) and grants the stagers of each image its chunks. Returns the checked
+    /// workspace, the VO and the images to stage.
+    fn admit_order(
         &self,
-        spec: &crate::workspace::WorkspaceSpec,
         order: &StageOrder,
     ) -> Result<(crate::workspace::WorkspaceSpec, String, Vec<Checked>), String> {
-        let config = &self.gate.config;
-        let deployment = spec.name.as_str();
-        let vo = check_ticket(config, &order.ticket, deployment, &order.workspace)
-            .map_err(|e| e.to_string())?;
-        let spec = crate::xen::boot::resolve_spec(
-            spec,
-            &order.share.here_names(),
-            config.kernel_dirs(Some(&vo)),
-        )
-        .map_err(|e| format!("deployment {deployment}: {e}"))?;
+        let now_s = crate::manager::now_ms() / 1000;
+        let checked = check::check_order(&self.gate.config, order, now_s)?;
+        let deployment = checked.spec.name.clone();
+        let vo = checked.vo().to_owned();
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
         let mut images = Vec::new();
-        for image in order.images.iter().chain(&order.serves) {
-            let reference: ImageRef =
-                image.image.parse().map_err(|e| format!("image `{}`: {e}", image.image))?;
-            let manifest =
-                Manifest::decode(&image.manifest).map_err(|e| format!("image {reference}: {e}"))?;
-            let seal = check_seal(config, &vo, &reference, manifest.id(), &image.seal)
-                .map_err(|e| e.to_string())?;
-            let stagers = image.stagers.iter().map(|s| peer(s)).collect::<Result<Vec<_>, _>>()?;
-            images.push(Checked { order: image.clone(), reference, manifest, seal, stagers });
+        for image in checked.images.into_iter().chain(checked.serves) {
+            let stagers =
+                image.order.stagers.iter().map(|s| peer(s)).collect::<Result<Vec<_>, _>>()?;
+            images.push(Checked { image, stagers });
         }
-        // The VMs here stage exactly the manifests checked above, never a name looked
-        // up in this host's store later.
-        let spec = bind_partitions(&spec, &order.share, &images[..order.images.len()])?;
-        let granted: Vec<_> = images.iter().map(|c| (&c.manifest, &c.stagers[..])).collect();
-        self.gate.grants.allow(deployment, &vo, &granted);
+        let fresh = self.gate.tickets.admit(&checked.ticket, now_s).map_err(|e| e.to_string())?;
+        if !fresh {
+            return Err(crate::access::AccessError::Replayed { deployment, vo }.to_string());
+        }
+        let granted: Vec<_> = images.iter().map(|c| (&c.image.manifest, &c.stagers[..])).collect();
+        self.gate.grants.allow(&deployment, &vo, &granted);
         // The served images are granted, not staged.
         images.truncate(order.images.len());
-        Ok((spec, vo, images))
+        Ok((checked.spec, vo, images))
     }
 
     async fn stage_spec(
@@ -324,7 +312,7 @@ impl HostService {
         let mut images: Vec<(ImageOrder, Manifest, Vec<ChunkRef>, Seal)> = Vec::new();
         // Held, but only for images this VO may not see: fetched all the same.
         let mut hidden = HashSet::new();
-        for Checked { order, manifest, seal, .. } in checked {
+        for Checked { image: check::CheckedImage { order, manifest, seal, .. }, .. } in checked {
             let mut lacked = self.store.missing(&manifest).map_err(|e| e.to_string())?.chunks;
             if let Some(visible) = &visible {
                 let mut seen: HashSet<ChunkId> = lacked.iter().map(|c| c.id).collect();
@@ -510,35 +498,8 @@ impl HostService {
 
 /// An image of a stage order after its checks.
 struct Checked {
-    order: ImageOrder,
-    reference: ImageRef,
-    manifest: Manifest,
-    seal: Seal,
+    image: check::CheckedImage,
     stagers: Vec<PeerId>,
-}
-
-/// `spec` with every partition of the nodes that have VMs here bound to the manifest
-/// id of the image `staged` carries for it: a stage order cannot list one image for
-/// the checks and have the host stage another (another VO's private image it holds,
-/// or an older manifest under the same name). Refused if `staged` carries none.
-fn bind_partitions(
-    spec: &crate::workspace::WorkspaceSpec,
-    share: &crate::report::ClusterShare,
-    staged: &[Checked],
-) -> Result<crate::workspace::WorkspaceSpec, String> {
-    let mut out = spec.clone();
-    for node in out.nodes_of_mut(&share.here_names()) {
-        for p in &mut node.partitions {
-            let Some(c) = staged.iter().find(|c| c.reference == p.image) else {
-                return Err(format!(
-                    "node {}: partition {} names image {}, which this stage order does not carry",
-                    node.name, p.device, p.image
-                ));
-            };
-            p.image = ImageRef::Id(c.manifest.id());
-        }
-    }
-    Ok(out)
 }
 
 /// When some trusted VO is isolated: the chunks this host may count as held for a

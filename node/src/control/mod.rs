@@ -10,6 +10,7 @@
 //! The wire format is in [`protocol`]; serving requests on a host in `host`; driving
 //! a deployment from the head in `head`.
 
+pub mod check;
 #[cfg(feature = "host")]
 pub mod head;
 #[cfg(feature = "host")]

@@ -373,6 +373,18 @@ impl WorkspaceSpec {
         vms
     }
 
+    /// The images its partitions name, each once, the head's first.
+    pub fn image_refs(&self) -> Vec<&ImageRef> {
+        let mut refs: Vec<&ImageRef> = Vec::new();
+        let nodes = std::iter::once(&self.head).chain(self.workers.as_ref().map(|w| &w.template));
+        for p in nodes.flat_map(|n| &n.partitions) {
+            if !refs.contains(&&p.image) {
+                refs.push(&p.image);
+            }
+        }
+        refs
+    }
+
     /// The Xen domain name of a VM: `<workspace>-<hostname>`.
     pub fn vm_name(&self, slot: &VmSlot<'_>) -> String {
         format!("{}-{}", self.name, slot.hostname())

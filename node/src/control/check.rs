@@ -1,0 +1,118 @@
+//! What a host checks in a stage order before it fetches anything: pure, against its
+//! own cluster config and the time it is given (no store, no network), so that the
+//! whole check is fuzzed (`node/fuzz` target `check_order`).
+//!
+//! The order is untrusted even though it comes from a head: a compromised head can send
+//! anything. [`check_order`] returns what the host may then do: the workspace with its
+//! kernels resolved and every partition here bound to a checked manifest, the VO's
+//! ticket, and the checked images. The host then admits the ticket (once, see
+//! [`crate::access::replay`]) and grants the images' stagers their chunks.
+
+use vw_chunkstore::{ImageRef, Manifest, Seal};
+
+use super::protocol::{ImageOrder, StageOrder};
+use crate::access::{check_manifest, check_seal, check_ticket, Ticket};
+use crate::config::ClusterConfig;
+use crate::report::ClusterShare;
+use crate::workspace::WorkspaceSpec;
+
+/// One image of an order, checked: its manifest decoded, the VO's ticket allowing it,
+/// its seal verified and letting the VO deploy it.
+#[derive(Clone, Debug)]
+pub struct CheckedImage {
+    /// The image as the order carried it.
+    pub order: ImageOrder,
+    /// Its reference (name or id).
+    pub reference: ImageRef,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its seal.
+    pub seal: Seal,
+}
+
+/// A stage order that passed every check.
+#[derive(Clone, Debug)]
+pub struct CheckedOrder {
+    /// The workspace: kernels resolved inside the allowed directories, every partition
+    /// of a node with VMs here bound to the id of a checked manifest.
+    pub spec: WorkspaceSpec,
+    /// The VO's ticket (not yet admitted).
+    pub ticket: Ticket,
+    /// The images this host stages.
+    pub images: Vec<CheckedImage>,
+    /// The images it only serves (sends in the plan).
+    pub serves: Vec<CheckedImage>,
+}
+
+impl CheckedOrder {
+    /// The deploying VO.
+    pub fn vo(&self) -> &str {
+        self.ticket.vo()
+    }
+}
+
+/// Checks `order` at `now_s` (seconds since the epoch) against `config`: the
+/// workspace parses; the VO's ticket verifies and is for this cluster, deployment and
+/// document, and unexpired; the kernels of the nodes with VMs here lie in the allowed
+/// directories; each image (staged or served) has a manifest the ticket allows and a
+/// seal that lets the VO deploy it; and every partition here names an image the order
+/// carries. The error says which check failed, on what.
+pub fn check_order(
+    config: &ClusterConfig,
+    order: &StageOrder,
+    now_s: u64,
+) -> Result<CheckedOrder, String> {
+    let spec = crate::workspace::parse(&order.workspace, "(the head's stage order)")
+        .map_err(|e| e.to_string())?;
+    let deployment = spec.name.as_str();
+    let ticket = check_ticket(config, &order.ticket, deployment, &order.workspace, now_s)
+        .map_err(|e| e.to_string())?;
+    let vo = ticket.vo();
+    let spec = crate::xen::boot::resolve_spec(
+        &spec,
+        &order.share.here_names(),
+        config.kernel_dirs(Some(vo)),
+    )
+    .map_err(|e| format!("deployment {deployment}: {e}"))?;
+    let check = |image: &ImageOrder| -> Result<CheckedImage, String> {
+        let reference: ImageRef =
+            image.image.parse().map_err(|e| format!("image `{}`: {e}", image.image))?;
+        let manifest =
+            Manifest::decode(&image.manifest).map_err(|e| format!("image {reference}: {e}"))?;
+        check_manifest(&ticket, deployment, &reference, manifest.id())
+            .map_err(|e| e.to_string())?;
+        let seal = check_seal(config, vo, &reference, manifest.id(), &image.seal)
+            .map_err(|e| e.to_string())?;
+        Ok(CheckedImage { order: image.clone(), reference, manifest, seal })
+    };
+    let images = order.images.iter().map(check).collect::<Result<Vec<_>, _>>()?;
+    let serves = order.serves.iter().map(check).collect::<Result<Vec<_>, _>>()?;
+    // The VMs here stage exactly the manifests checked above, never a name looked up
+    // in the host's store later.
+    let spec = bind_partitions(&spec, &order.share, &images)?;
+    Ok(CheckedOrder { spec, ticket, images, serves })
+}
+
+/// `spec` with every partition of the nodes that have VMs here bound to the manifest
+/// id of the image `staged` carries for it: a stage order cannot list one image for
+/// the checks and have the host stage another (another VO's private image it holds,
+/// or an older manifest under the same name). Refused if `staged` carries none.
+fn bind_partitions(
+    spec: &WorkspaceSpec,
+    share: &ClusterShare,
+    staged: &[CheckedImage],
+) -> Result<WorkspaceSpec, String> {
+    let mut out = spec.clone();
+    for node in out.nodes_of_mut(&share.here_names()) {
+        for p in &mut node.partitions {
+            let Some(c) = staged.iter().find(|c| c.reference == p.image) else {
+                return Err(format!(
+                    "node {}: partition {} names image {}, which this stage order does not carry",
+                    node.name, p.device, p.image
+                ));
+            };
+            p.image = ImageRef::Id(c.manifest.id());
+        }
+    }
+    Ok(out)
+}
