@@ -515,3 +515,48 @@ async fn a_ticket_signed_elsewhere_deploys_once() {
         v.shutdown().await;
     }
 }
+
+/// Two deploys of one VO at once, each within its memory quota alone but not together:
+/// the head checks and records each in one step, so exactly one is admitted. (Before,
+/// both read the recorded deployments before planning and both passed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deploys_cannot_both_take_the_last_of_a_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Each cluster takes 256 + 128 MiB; vo2 may take 500.
+    let (net, _images, vos) = cluster_with(
+        dir.path(),
+        2,
+        16,
+        &[("demo", false, ""), ("vo2", false, "[vo.quota]\nmemory_mib = 500\n")],
+    );
+    let vwds = net.start().await.expect("start");
+    let attempt = |name: &str| {
+        let text = cluster_workspace(name, "demo/base:1", "vo2/worker:1", 1);
+        let ticket = vos.ticket("vo2", &text).expect("ticket");
+        let socket = net.head_socket();
+        tokio::task::spawn_blocking(move || {
+            let request = LocalRequest::Deploy {
+                workspace: text,
+                source: "race.xml".into(),
+                ticket,
+                options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
+            };
+            local::call(&socket, &request, |_| {}).expect("socket")
+        })
+    };
+    let (a, b) = tokio::join!(attempt("race-a"), attempt("race-b"));
+    let outcomes = [a.expect("task"), b.expect("task")];
+    let deployed = outcomes.iter().filter(|o| matches!(o, LocalReply::Deployed { .. })).count();
+    let refused: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            LocalReply::Failed { error } => Some(error),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deployed, 1, "exactly one is admitted: {outcomes:#?}");
+    assert!(refused[0].contains("over its memory_mib quota"), "{refused:?}");
+    for v in vwds {
+        v.shutdown().await;
+    }
+}

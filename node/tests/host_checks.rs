@@ -7,8 +7,9 @@
 //! directories, a workspace whose partition names an image the order does not carry
 //! (another VO's, which the host holds), an expired or overlong ticket, a ticket for
 //! another cluster or for other manifests (a tag sealed again since), and a replayed
-//! ticket. Each is refused before anything is fetched or
-//! recorded, and audited; the honest order gets past the checks.
+//! ticket, and a VO's share over the quota this host can see (memory, cache). Each is
+//! refused before anything is fetched or recorded, and audited; the honest order gets
+//! past the checks.
 
 use std::sync::Arc;
 
@@ -69,7 +70,10 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vos = LocalVos::create(
         &dir.path().join("cluster.toml"),
-        &[("demo", false, ""), ("vo2", false, "")],
+        &[
+            ("demo", false, ""),
+            ("vo2", false, "[vo.quota]\nmemory_mib = 1000\ncache_bytes = 1048576\n"),
+        ],
     )
     .expect("VOs");
     let options =
@@ -313,6 +317,42 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             "partition xvda1 names image vo2/secret:1, which this stage order does not carry",
         ),
     ];
+    // What a host sees of a VO's quota, whatever the head decided: vo2 may take 1000
+    // MiB and 1 MiB of this host's cache.
+    let workers = |n: usize| ClusterShare {
+        here: (1..=n)
+            .map(|i| Member {
+                name: format!("q-worker{i}"),
+                nics: vec![NicAddress {
+                    network: Network::Private,
+                    ip: format!("10.77.1.{}", 20 + i).parse().expect("ip"),
+                    mac: format!("00:16:3e:00:01:{i:02x}").parse().expect("mac"),
+                }],
+                cores: None,
+            })
+            .collect(),
+        elsewhere: vec![],
+    };
+    let quota_order = |n: usize| {
+        let w = cluster_workspace("q", "demo/base:1", "demo/base:1", n);
+        StageOrder {
+            share: workers(n),
+            images: vec![honest.images[0].clone()],
+            serves: vec![],
+            ..signed("vo2", w)
+        }
+    };
+    let mut forged = forged;
+    forged.push((
+        "eight 128 MiB workers of a VO allowed 1000 MiB, all on this host",
+        quota_order(8),
+        "VO vo2 is over its memory_mib quota: its VMs on this host alone would take 1024 MiB",
+    ));
+    forged.push((
+        "a 16 MiB image for a VO allowed 1 MiB of this host's cache",
+        quota_order(1),
+        "VO vo2 is over its cache_bytes quota",
+    ));
     let mut count = forged.len();
     for (what, order, want) in forged {
         let answer = send(&head, host.id(), order).await;

@@ -194,6 +194,8 @@ pub struct Head {
     control: libp2p_stream::Control,
     store: Arc<Store>,
     pools: Pools,
+    /// Held while a deploy is checked against its VO's quota and recorded.
+    admission: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Head {
@@ -226,7 +228,7 @@ impl Head {
     ) -> Self {
         let store = local.store();
         let peers = local.book().peers().iter().map(|p| (p.name.clone(), p.id)).collect();
-        Head { me, local, peers, control, store, pools }
+        Head { me, local, peers, control, store, pools, admission: tokio::sync::Mutex::new(()) }
     }
 
     /// Every host: this one first. Connects to the others first (a host that
@@ -394,16 +396,9 @@ impl Head {
     ) -> Result<DeployReport, String> {
         let name = spec.name.clone();
         let vo = signed.vo();
-        let (existing, others) = {
+        let existing = {
             let n = name.clone();
-            self.local
-                .with_manager(move |m| -> Result<_, String> {
-                    let all = m.clusters().map_err(|e| e.to_string())?;
-                    let (this, others): (Vec<_>, Vec<_>) =
-                        all.into_iter().partition(|c| c.name == n);
-                    Ok((this.into_iter().next(), others))
-                })
-                .await??
+            self.local.with_manager(move |m| m.cluster(&n).map_err(|e| e.to_string())).await??
         };
         if let Some(e) = &existing {
             if e.workspace != workspace {
@@ -473,24 +468,19 @@ impl Head {
             fixed,
         )
         .map_err(|e| format!("workspace {name}: {e}"))?;
-        self.check_quota(vo, &spec, &wi, &planned.placement, &others).await?;
+        let record = existing.is_none().then(|| ClusterDeployment {
+            name: name.clone(),
+            workspace: workspace.to_owned(),
+            vo: vo.to_owned(),
+            placement: planned.placement.clone(),
+            created_ms: crate::manager::now_ms(),
+        });
+        self.admit(vo, &spec, &wi, &planned.placement, record).await?;
         clock.parts(&[
             (DeployPhase::Place, planned.micros.place),
             (DeployPhase::Addresses, planned.micros.addresses),
             (DeployPhase::Plan, planned.micros.plan),
         ]);
-        if existing.is_none() {
-            let record = ClusterDeployment {
-                name: name.clone(),
-                workspace: workspace.to_owned(),
-                vo: vo.to_owned(),
-                placement: planned.placement.clone(),
-                created_ms: crate::manager::now_ms(),
-            };
-            self.local
-                .with_manager(move |m| m.record_cluster(&record).map_err(|e| e.to_string()))
-                .await??;
-        }
 
         let mut edges: Vec<(String, String)> = planned
             .plan
@@ -873,31 +863,46 @@ impl Head {
     }
 
     /// Checks that `vo`'s deployments with this one (`spec` placed as `placement`) stay
-    /// within its quota. `others` are the other recorded deployments.
-    async fn check_quota(
+    /// within its quota and, for a new deployment, records it (`record`), in one step:
+    /// deploys are admitted one at a time, each against the deployments recorded when
+    /// it is admitted, so two deploys of one VO cannot both pass on the same room, and
+    /// two of one name cannot both be recorded.
+    async fn admit(
         &self,
         vo: &str,
         spec: &crate::workspace::WorkspaceSpec,
         wi: &WorkspaceImages,
         placement: &[PlacedVm],
-        others: &[ClusterDeployment],
+        record: Option<ClusterDeployment>,
     ) -> Result<(), String> {
+        let _one_at_a_time = self.admission.lock().await;
+        let all = self.local.with_manager(|m| m.clusters().map_err(|e| e.to_string())).await??;
+        if record.is_some() && all.iter().any(|c| c.name == spec.name) {
+            return Err(format!(
+                "deployment {} was recorded by another deploy meanwhile; `vw status` shows it",
+                spec.name
+            ));
+        }
         let config = Arc::clone(&self.local.gate().config);
         let quota = config.vo(vo).map(|v| v.quota).unwrap_or_default();
-        if quota == crate::config::Quota::default() {
-            return Ok(());
+        if quota != crate::config::Quota::default() {
+            let mine: Vec<ClusterDeployment> =
+                all.into_iter().filter(|c| c.vo == vo && c.name != spec.name).collect();
+            let store = Arc::clone(&self.store);
+            let mut usage = tokio::task::spawn_blocking(move || usage_of(&store, &mine))
+                .await
+                .map_err(|e| e.to_string())??;
+            usage.add(vo, spec, wi, placement);
+            if let Some(u) = usage.finish(&config).iter().find(|u| u.vo == vo) {
+                u.check(&quota).map_err(|e| e.to_string())?;
+            }
         }
-        let mine: Vec<ClusterDeployment> = others.iter().filter(|c| c.vo == vo).cloned().collect();
-        let store = Arc::clone(&self.store);
-        let mut usage = tokio::task::spawn_blocking(move || usage_of(&store, &mine))
-            .await
-            .map_err(|e| e.to_string())??;
-        usage.add(vo, spec, wi, placement);
-        let all = usage.finish(&config);
-        match all.iter().find(|u| u.vo == vo) {
-            Some(u) => u.check(&quota).map_err(|e| e.to_string()),
-            None => Ok(()),
+        if let Some(record) = record {
+            self.local
+                .with_manager(move |m| m.record_cluster(&record).map_err(|e| e.to_string()))
+                .await??;
         }
+        Ok(())
     }
 
     /// What each VO's recorded deployments take, with its quota.

@@ -23,6 +23,7 @@ use super::protocol::{
     bitmap, Answer, ImageOrder, InventoryReport, Phase, Progress, Reply, Request, StageOrder,
     StageReport,
 };
+use super::usage::{check_host, HostShare};
 use crate::access::{shareable, Gate};
 use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
@@ -51,6 +52,10 @@ pub struct HostService {
     download: Option<Arc<RateLimit>>,
     heads: Vec<PeerId>,
     gate: Gate,
+    /// Per (VO, deployment), what its VMs take on this host, from when its order was
+    /// admitted until it is unstaged (or its stage fails): the host's quota check
+    /// counts stages still running.
+    admitted: Mutex<HashMap<(String, String), HostShare>>,
 }
 
 impl std::fmt::Debug for HostService {
@@ -86,6 +91,7 @@ impl HostService {
             download: caps.1.map(|r| Arc::new(RateLimit::new(r))),
             heads,
             gate,
+            admitted: Mutex::default(),
         }
     }
 
@@ -147,6 +153,10 @@ impl HostService {
                 self.gate.audit.record(vo, peer, &op.to_string(), &deployment, outcome, &detail);
                 if op == Op::Unstage && ran.is_ok() {
                     self.gate.grants.revoke(&deployment);
+                    self.admitted
+                        .lock()
+                        .expect("admitted lock")
+                        .retain(|(_, d), _| *d != deployment);
                 }
                 ran.map(Answer::Ran)
             }
@@ -227,7 +237,7 @@ impl HostService {
         let audit = |vo: &str, deployment: &str, outcome: &str, detail: &str| {
             self.gate.audit.record(vo, peer, "stage", deployment, outcome, detail);
         };
-        let (spec, vo, images) = match self.admit_order(&order) {
+        let (spec, vo, images) = match self.admit_order(&order).await {
             Ok(c) => c,
             Err(e) => {
                 // Name the deployment in the audit log if the document says which.
@@ -252,6 +262,10 @@ impl HostService {
                 Answer::Staged(report)
             }
             Err(e) => {
+                self.admitted
+                    .lock()
+                    .expect("admitted lock")
+                    .remove(&(vo.clone(), deployment.clone()));
                 audit(&vo, &deployment, "failed", &e);
                 Answer::Failed(e)
             }
@@ -259,10 +273,11 @@ impl HostService {
     }
 
     /// Checks a stage order against this host's own cluster config before anything is
-    /// fetched ([`check::check_order`]), admits its ticket (once: a replayed ticket is
-    /// refused) and grants the stagers of each image its chunks. Returns the checked
-    /// workspace, the VO and the images to stage.
-    fn admit_order(
+    /// fetched ([`check::check_order`]), checks and reserves what the VO's deployments
+    /// then take on this host against its quota, admits the ticket (once: a replayed
+    /// ticket is refused) and grants the stagers of each image its chunks. Returns the
+    /// checked workspace, the VO and the images to stage.
+    async fn admit_order(
         &self,
         order: &StageOrder,
     ) -> Result<(crate::workspace::WorkspaceSpec, String, Vec<Checked>), String> {
@@ -277,15 +292,69 @@ impl HostService {
                 image.order.stagers.iter().map(|s| peer(s)).collect::<Result<Vec<_>, _>>()?;
             images.push(Checked { image, stagers });
         }
-        let fresh = self.gate.tickets.admit(&checked.ticket, now_s).map_err(|e| e.to_string())?;
-        if !fresh {
-            return Err(crate::access::AccessError::Replayed { deployment, vo }.to_string());
+        let share = HostShare::of(&checked.spec, &order.share.here_names());
+        let key = (vo.clone(), deployment.clone());
+        self.reserve(&key, share, &images[..order.images.len()]).await?;
+        match self.gate.tickets.admit(&checked.ticket, now_s) {
+            Ok(true) => {}
+            outcome => {
+                self.admitted.lock().expect("admitted lock").remove(&key);
+                return Err(match outcome {
+                    Err(e) => e.to_string(),
+                    Ok(_) => crate::access::AccessError::Replayed { deployment, vo }.to_string(),
+                });
+            }
         }
         let granted: Vec<_> = images.iter().map(|c| (&c.image.manifest, &c.stagers[..])).collect();
-        self.gate.grants.allow(&deployment, &vo, &granted);
+        self.gate.grants.allow(&key.1, &vo, &granted);
         // The served images are granted, not staged.
         images.truncate(order.images.len());
         Ok((checked.spec, vo, images))
+    }
+
+    /// Checks what VO `key.0`'s deployments would take on this host with `share`, the
+    /// new deployment `key.1` (whose images are `staged`), against the VO's quota, and
+    /// reserves it: the check and the reservation are one step, so two stages of one
+    /// VO cannot both pass on the same room. Deployments recorded here and those
+    /// admitted but still staging count; a deployment counts once.
+    async fn reserve(
+        &self,
+        key: &(String, String),
+        share: HostShare,
+        staged: &[Checked],
+    ) -> Result<(), String> {
+        let quota = self.gate.config.vo(&key.0).map(|v| v.quota).unwrap_or_default();
+        if quota.memory_mib.is_none() && quota.cache_bytes.is_none() {
+            self.admitted.lock().expect("admitted lock").insert(key.clone(), share);
+            return Ok(());
+        }
+        let vo = key.0.clone();
+        let recorded = self
+            .with_manager(move |m| m.deployments().map_err(|e| e.to_string()))
+            .await??
+            .into_iter()
+            .filter(|r| r.vo.as_deref() == Some(vo.as_str()))
+            .map(|r| (r.name.clone(), HostShare::of(&r.spec, &r.vms)));
+        let new: HashMap<_, _> = staged
+            .iter()
+            .map(|c| (c.image.manifest.id(), c.image.manifest.chunks().to_vec()))
+            .collect();
+        let chunks = |id: &vw_chunkstore::ManifestId| match new.get(id) {
+            Some(c) => Ok(c.clone()),
+            None => self.store.manifest(id).map(|m| m.chunks().to_vec()).map_err(|e| e.to_string()),
+        };
+        let mut admitted = self.admitted.lock().expect("admitted lock");
+        let mut shares: HashMap<String, HostShare> = recorded.collect();
+        for ((v, name), s) in admitted.iter() {
+            if *v == key.0 {
+                shares.insert(name.clone(), s.clone());
+            }
+        }
+        shares.insert(key.1.clone(), share.clone());
+        let shares: Vec<HostShare> = shares.into_values().collect();
+        check_host(&quota, &key.0, &shares, chunks)?;
+        admitted.insert(key.clone(), share);
+        Ok(())
     }
 
     async fn stage_spec(

@@ -128,3 +128,98 @@ impl VoUsage {
         Ok(())
     }
 }
+
+/// What one deployment of a VO takes on one host: the guest memory of its VMs there,
+/// and the manifests they stage there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostShare {
+    /// Guest memory of its VMs here, MiB.
+    pub memory_mib: u64,
+    /// The manifests its VMs here stage (partitions bound by id, decision 60).
+    pub manifests: BTreeSet<vw_chunkstore::ManifestId>,
+}
+
+impl HostShare {
+    /// The share of `spec` whose VMs `here` (Xen domain names) run on this host; `spec`
+    /// as a host records it, every partition of those VMs bound to a manifest id.
+    pub fn of(spec: &WorkspaceSpec, here: &[String]) -> HostShare {
+        let mut share = HostShare::default();
+        for vm in spec.vms().iter().filter(|vm| here.contains(&spec.vm_name(vm))) {
+            share.memory_mib = share.memory_mib.saturating_add(vm.node.memory_mib);
+            for p in &vm.node.partitions {
+                if let vw_chunkstore::ImageRef::Id(id) = &p.image {
+                    share.manifests.insert(*id);
+                }
+            }
+        }
+        share
+    }
+}
+
+/// Checks what VO `vo`'s deployments would take on this host, `shares` (those it runs
+/// here and the new one), against the part of `quota` one host can see: guest memory
+/// (a host's part of the cluster-wide quota cannot exceed it) and the bytes of distinct
+/// chunks its images take in this cache. `chunks` gives a manifest's chunks.
+pub fn check_host(
+    quota: &Quota,
+    vo: &str,
+    shares: &[HostShare],
+    chunks: impl Fn(&vw_chunkstore::ManifestId) -> Result<Vec<vw_chunkstore::ChunkRef>, String>,
+) -> Result<(), String> {
+    let over = |what, detail| AccessError::Quota { vo: vo.to_owned(), what, detail }.to_string();
+    let memory = shares.iter().fold(0u64, |sum, s| sum.saturating_add(s.memory_mib));
+    if let Some(max) = quota.memory_mib.filter(|&m| memory > m) {
+        return Err(over(
+            "memory_mib",
+            format!("its VMs on this host alone would take {memory} MiB of guest memory, the quota is {max} MiB"),
+        ));
+    }
+    if let Some(max) = quota.cache_bytes {
+        let manifests: BTreeSet<_> = shares.iter().flat_map(|s| &s.manifests).collect();
+        let mut sizes: HashMap<ChunkId, u32> = HashMap::new();
+        for id in manifests {
+            sizes.extend(chunks(id)?.into_iter().filter(|c| !c.is_zero()).map(|c| (c.id, c.len)));
+        }
+        let bytes: u64 = sizes.values().map(|&l| u64::from(l)).sum();
+        if bytes > max {
+            return Err(over(
+                "cache_bytes",
+                format!("its images would take {bytes} bytes of this host's cache, the quota is {max} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vw_chunkstore::{ChunkRef, ManifestId};
+
+    fn share(memory_mib: u64, manifests: &[u8]) -> HostShare {
+        HostShare {
+            memory_mib,
+            manifests: manifests.iter().map(|&m| ManifestId::from_bytes([m; 32])).collect(),
+        }
+    }
+
+    /// Manifest m lists chunks m and m+1 of 100 bytes each, and a zero chunk.
+    fn chunks(id: &ManifestId) -> Result<Vec<ChunkRef>, String> {
+        let m = id.as_bytes()[0];
+        let c = |b: u8| ChunkRef { id: ChunkId::from_bytes([b; 32]), len: 100 };
+        Ok(vec![c(m), c(m + 1), ChunkRef { id: ChunkId::ZERO, len: 4096 }])
+    }
+
+    #[test]
+    fn a_host_checks_the_memory_and_cache_it_sees() {
+        let quota = Quota { memory_mib: Some(512), hosts: None, cache_bytes: Some(300) };
+        check_host(&quota, "v", &[share(256, &[1]), share(256, &[2])], chunks).expect("fits");
+        let err = check_host(&quota, "v", &[share(256, &[1]), share(257, &[1])], chunks)
+            .expect_err("memory");
+        assert!(err.contains("this host alone would take 513 MiB"), "{err}");
+        // Chunks 1, 2, 3 and 4: shared chunks count once, zero chunks never.
+        let err =
+            check_host(&quota, "v", &[share(1, &[1]), share(1, &[3])], chunks).expect_err("cache");
+        assert!(err.contains("would take 400 bytes of this host's cache"), "{err}");
+    }
+}
