@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 use vw_chunkstore::{ChunkId, ChunkRef, ManifestId, Store};
 
-use super::protocol::{Frame, FrameError, MAX_WANT};
+use super::protocol::{pack, unpack, Frame, FrameError, MAX_WANT};
 use crate::access::audit::Audit;
 use crate::access::grants::{Grants, Verdict};
 use crate::peer::rate::RateLimit;
@@ -95,13 +95,10 @@ impl Sending {
     /// The frame for a chunk: packed if compressing pays, plain otherwise.
     fn frame(&self, id: ChunkId, data: Vec<u8>) -> Frame {
         if self.compress {
-            if let Ok(packed) = zstd::bulk::compress(&data, 1) {
-                if packed.len() <= data.len() - data.len() / 8 && !packed.is_empty() {
-                    return Frame::Packed { id, len: data.len() as u32, data: packed };
-                }
-            }
+            pack(id, data)
+        } else {
+            Frame::Chunk { id, data }
         }
-        Frame::Chunk { id, data }
     }
 }
 
@@ -504,9 +501,9 @@ async fn fetch_stream(
             }
             Frame::Packed { id, len, data } if id == expected.id => {
                 // Bounded: never more than the announced length (at most a chunk).
-                match zstd::bulk::decompress(&data, len as usize) {
-                    Ok(plain) if plain.len() == len as usize => (id, plain, data.len()),
-                    _ => {
+                match unpack(&id, len, &data) {
+                    Ok(plain) => (id, plain, data.len()),
+                    Err(_) => {
                         result = Err(PeerError::BadChunk { peer, chunk: format!("{id:#}") });
                         break;
                     }
