@@ -18,5 +18,6 @@ pub mod host;
 pub mod protocol;
 #[cfg(feature = "host")]
 pub mod usage;
+pub mod view;
 
 pub use protocol::{Answer, Request, PROTOCOL_NAME};

@@ -1,0 +1,313 @@
+//! The head's view of the physical cluster, made from the hosts' inventory answers.
+//!
+//! Each host answers [`Request::Inventory`](super::Request::Inventory) with an
+//! [`InventoryReport`] (checked when it was read: `Reply::check`); [`cluster_view`]
+//! turns the answers into what the planner takes: its [`Cluster`] of hosts (a host that
+//! did not answer is dead: it gets no VMs and sends nothing), the chunks each host
+//! holds ([`Inventory`]), and what VMs already on the hosts take (capacity, pinned
+//! cores, addresses). Pure: no I/O, no clock, so the head, the tests and the
+//! `inventory` fuzz target run the same code.
+
+use vw_chunkstore::ImageRef;
+use vw_planner::address::NicAddress;
+use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, PlanError, Ranges};
+
+use super::protocol::{bit, InventoryReport};
+
+/// A host without rate caps is planned as a 1 Gbit/s host.
+pub const UNCAPPED_RATE: f64 = 125e6;
+/// vCPUs a host runs per physical CPU (unpinned VMs share cores).
+pub const VCPUS_PER_CPU: u32 = 4;
+
+/// What the inventories say about the physical cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterView {
+    /// Every host asked, in the order asked; those without an inventory are dead.
+    pub cluster: Cluster,
+    /// Which chunks of each image each host holds.
+    pub inventory: Inventory,
+    /// What the VMs already on the hosts take (capacity and pinned cores), per host.
+    pub committed: Vec<Committed>,
+    /// The addresses and MACs held on the hosts.
+    pub nics: Vec<NicAddress>,
+    /// The hosts without an inventory, each with why (the caller reports them lost).
+    pub dead: Vec<(String, String)>,
+}
+
+/// Why the inventories cannot be planned with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ViewError {
+    /// Not one answer per host (a bug in the caller).
+    #[error("{answers} inventory answers for {hosts} hosts")]
+    Answers {
+        /// Hosts asked.
+        hosts: usize,
+        /// Answers given.
+        answers: usize,
+    },
+    /// A host answered for another number of images than it was asked about.
+    #[error(
+        "host {host} answered for {answered} images of {asked}; is it running another \
+         version of vwd?"
+    )]
+    Images {
+        /// The host.
+        host: String,
+        /// Images it answered for.
+        answered: usize,
+        /// Images it was asked about.
+        asked: usize,
+    },
+    /// A held-chunks bitmap of the wrong length.
+    #[error(
+        "host {host} answered a bitmap of {bytes} bytes for image {image} of {chunks} \
+         chunks; is it running another version of vwd?"
+    )]
+    Bitmap {
+        /// The host.
+        host: String,
+        /// The image.
+        image: ImageRef,
+        /// The bitmap's length.
+        bytes: usize,
+        /// The image's chunks.
+        chunks: usize,
+    },
+    /// A host reports more CPUs than vCPUs can be counted for (an unchecked report).
+    #[error("host {host} reports {cpus} CPUs, more than can be planned with")]
+    Cpus {
+        /// The host.
+        host: String,
+        /// What it reports.
+        cpus: u32,
+    },
+    /// The planner refuses the hosts.
+    #[error(transparent)]
+    Cluster(#[from] PlanError),
+}
+
+/// The planner's view of `names` (the hosts asked, in order) from their `answers` (one
+/// per host: its inventory, or why there is none). `images` are the workspace's
+/// images in planner order, each with its count of distinct non-zero chunks: every
+/// inventory must hold one bitmap of that many bits per image. A host without an
+/// inventory is planned dead, with no capacity and uncapped links; a host without rate
+/// caps is planned at [`UNCAPPED_RATE`], with [`VCPUS_PER_CPU`] vCPUs per CPU.
+pub fn cluster_view(
+    names: &[String],
+    answers: &[Result<InventoryReport, String>],
+    images: &[(ImageRef, usize)],
+) -> Result<ClusterView, ViewError> {
+    if names.len() != answers.len() {
+        return Err(ViewError::Answers { hosts: names.len(), answers: answers.len() });
+    }
+    let mut hosts = Vec::with_capacity(names.len());
+    let mut inventory = Inventory::empty(names.len(), images.len());
+    let (mut committed, mut nics, mut dead) = (Vec::new(), Vec::new(), Vec::new());
+    for (h, (name, answer)) in names.iter().zip(answers).enumerate() {
+        let ix = HostIx(h as u32);
+        let r = match answer {
+            Ok(r) => r,
+            Err(e) => {
+                dead.push((name.clone(), e.clone()));
+                hosts.push(Host {
+                    name: name.clone(),
+                    memory_mib: 0,
+                    vcpus: 0,
+                    cpus: 0,
+                    up: UNCAPPED_RATE,
+                    down: UNCAPPED_RATE,
+                    rack: None,
+                    alive: false,
+                });
+                continue;
+            }
+        };
+        let cpus = r.capacity.cpus;
+        let vcpus = cpus
+            .checked_mul(VCPUS_PER_CPU)
+            .ok_or_else(|| ViewError::Cpus { host: name.clone(), cpus })?;
+        hosts.push(Host {
+            name: name.clone(),
+            memory_mib: r.capacity.memory_mib,
+            vcpus,
+            cpus,
+            up: r.caps.0.unwrap_or(UNCAPPED_RATE),
+            down: r.caps.1.unwrap_or(UNCAPPED_RATE),
+            rack: r.rack.clone(),
+            alive: true,
+        });
+        if r.held.len() != images.len() {
+            return Err(ViewError::Images {
+                host: name.clone(),
+                answered: r.held.len(),
+                asked: images.len(),
+            });
+        }
+        for (i, (map, (image, n))) in r.held.iter().zip(images).enumerate() {
+            if map.len() != n.div_ceil(8) {
+                return Err(ViewError::Bitmap {
+                    host: name.clone(),
+                    image: image.clone(),
+                    bytes: map.len(),
+                    chunks: *n,
+                });
+            }
+            let held = (0..*n).filter(|&c| bit(map, c)).map(|c| c as u32);
+            inventory.add(ix, i, &Ranges::from_indices(held));
+        }
+        committed.extend(r.committed.iter().map(|(memory_mib, vcpus, cores)| Committed {
+            host: ix,
+            memory_mib: *memory_mib,
+            vcpus: *vcpus,
+            cores: cores.clone(),
+        }));
+        nics.extend(r.addresses.iter().copied());
+    }
+    let cluster = Cluster::new(hosts)?;
+    Ok(ClusterView { cluster, inventory, committed, nics, dead })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use vw_planner::address::{Mac, Network};
+
+    use super::*;
+    use crate::control::protocol::bitmap;
+    use crate::report::HostCapacity;
+
+    fn image(name: &str) -> ImageRef {
+        name.parse().expect("image ref")
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("h{i}")).collect()
+    }
+
+    fn report(held: Vec<Vec<u8>>) -> InventoryReport {
+        InventoryReport {
+            capacity: HostCapacity { memory_mib: 4096, cpus: 2 },
+            caps: (None, None),
+            rack: None,
+            committed: vec![],
+            addresses: vec![],
+            held,
+        }
+    }
+
+    #[test]
+    fn answers_become_hosts_holdings_and_what_is_taken() {
+        let images = [(image("vo/base:1"), 10), (image("vo/worker:1"), 3)];
+        let nic = NicAddress {
+            network: Network::Private,
+            ip: "10.0.0.7".parse().expect("ip"),
+            mac: Mac([0x00, 0x16, 0x3e, 1, 2, 3]),
+        };
+        let first = InventoryReport {
+            capacity: HostCapacity { memory_mib: 8192, cpus: 4 },
+            caps: (Some(1e6), Some(2e6)),
+            rack: Some("r1".into()),
+            committed: vec![(512, 2, vec![1, 3])],
+            addresses: vec![nic],
+            held: vec![bitmap(10, |c| c == 0 || c == 9), vec![0b111]],
+        };
+        let answers =
+            vec![Ok(first), Err("cannot reach it".into()), Ok(report(vec![vec![0, 0], vec![0]]))];
+        let view = cluster_view(&names(3), &answers, &images).expect("view");
+
+        let hosts = view.cluster.hosts();
+        assert_eq!(hosts.len(), 3);
+        assert_eq!(
+            hosts[0],
+            Host {
+                name: "h0".into(),
+                memory_mib: 8192,
+                vcpus: 4 * VCPUS_PER_CPU,
+                cpus: 4,
+                up: 1e6,
+                down: 2e6,
+                rack: Some("r1".into()),
+                alive: true,
+            }
+        );
+        assert!(!hosts[1].alive);
+        assert_eq!((hosts[1].memory_mib, hosts[1].vcpus, hosts[1].cpus), (0, 0, 0));
+        assert_eq!((hosts[1].up, hosts[1].down), (UNCAPPED_RATE, UNCAPPED_RATE));
+        assert_eq!(
+            (hosts[2].up, hosts[2].down, hosts[2].alive),
+            (UNCAPPED_RATE, UNCAPPED_RATE, true)
+        );
+
+        assert_eq!(view.inventory.held(HostIx(0), 0), &Ranges::from_indices([0, 9]));
+        assert_eq!(view.inventory.held(HostIx(0), 1), &Ranges::span(0, 3));
+        for (h, i) in [(1, 0), (1, 1), (2, 0), (2, 1)] {
+            assert!(view.inventory.held(HostIx(h), i).is_empty(), "host {h} image {i}");
+        }
+        assert_eq!(
+            view.committed,
+            vec![Committed { host: HostIx(0), memory_mib: 512, vcpus: 2, cores: vec![1, 3] }]
+        );
+        assert_eq!(view.nics, vec![nic]);
+        assert_eq!(view.dead, vec![("h1".to_owned(), "cannot reach it".to_owned())]);
+    }
+
+    #[test]
+    fn answers_of_the_wrong_shape_are_refused_naming_the_host() {
+        let images = [(image("vo/base:1"), 9)];
+        let view = |answers: Vec<Result<InventoryReport, String>>| {
+            cluster_view(&names(answers.len()), &answers, &images).map(|_| ())
+        };
+        assert_eq!(
+            view(vec![Ok(report(vec![vec![0, 0]])), Ok(report(vec![]))]),
+            Err(ViewError::Images { host: "h1".into(), answered: 0, asked: 1 })
+        );
+        let err = view(vec![Ok(report(vec![vec![0]]))]).expect_err("one byte for 9 chunks");
+        assert_eq!(
+            err,
+            ViewError::Bitmap { host: "h0".into(), image: image("vo/base:1"), bytes: 1, chunks: 9 }
+        );
+        assert!(err.to_string().contains("image vo/base:1 of 9 chunks"), "{err}");
+        assert_eq!(
+            cluster_view(&names(2), &[Ok(report(vec![vec![0, 0]]))], &images).map(|_| ()),
+            Err(ViewError::Answers { hosts: 2, answers: 1 })
+        );
+        let mut huge = report(vec![vec![0, 0]]);
+        huge.capacity.cpus = u32::MAX;
+        assert!(matches!(view(vec![Ok(huge)]), Err(ViewError::Cpus { .. })));
+        // The planner's own rules: hosts exist, and a live one has room.
+        assert_eq!(view(vec![]), Err(ViewError::Cluster(PlanError::NoHosts)));
+        let mut empty = report(vec![vec![0, 0]]);
+        empty.capacity.memory_mib = 0;
+        assert!(matches!(
+            view(vec![Ok(empty)]),
+            Err(ViewError::Cluster(PlanError::ZeroCapacity { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_cluster_of_dead_hosts_is_still_a_cluster() {
+        let answers = vec![Err("gone".into()), Err("refused".into())];
+        let view = cluster_view(&names(2), &answers, &[]).expect("view");
+        assert!(view.cluster.hosts().iter().all(|h| !h.alive));
+        assert_eq!(view.dead.len(), 2);
+    }
+
+    proptest! {
+        /// A host holds exactly the chunks whose bits are set; bits past the image's
+        /// last chunk are ignored.
+        #[test]
+        fn holdings_are_the_set_bits(n in 0usize..200, seed in any::<u64>(), spill in any::<u8>()) {
+            let held = |c: usize| (seed >> (c % 64)) & 1 == 1;
+            let mut map = bitmap(n, held);
+            if n % 8 != 0 {
+                // Bits past chunk n - 1 in the last byte.
+                let last = map.len() - 1;
+                map[last] |= spill & !((1u8 << (n % 8)) - 1);
+            }
+            let images = [(image("vo/x:1"), n)];
+            let view = cluster_view(&names(1), &[Ok(report(vec![map]))], &images).expect("view");
+            let want = Ranges::from_indices((0..n).filter(|&c| held(c)).map(|c| c as u32));
+            prop_assert_eq!(view.inventory.held(HostIx(0), 0), &want);
+        }
+    }
+}
