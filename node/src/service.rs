@@ -77,6 +77,7 @@ impl Vwd {
                     compress: daemon.compress(),
                     grants: Arc::clone(&gate.grants),
                     audit: Some(Arc::clone(&gate.audit)),
+                    limits: Default::default(),
                 },
                 mdns: daemon.config.mdns,
                 known: daemon.peers.iter().filter_map(|p| Some((p.id, p.addr.clone()?))).collect(),

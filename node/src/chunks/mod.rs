@@ -12,6 +12,11 @@
 //! that sends a bad one is dropped for the deployment and the chunk fetched elsewhere.
 //! Zero chunks are never sent. The wire format is in [`protocol`]; the per-stream logic
 //! (serving, fetching) in `handler`.
+//!
+//! A server bounds what peers can make it hold: streams served at once (in all, and per
+//! peer; an excess stream gets [`Frame::Refused`] with the reason), the time a fetcher
+//! has to send its request, and the time a served stream may go without progress
+//! (`handler::ServeLimits`).
 
 #[cfg(feature = "host")]
 pub mod handler;
