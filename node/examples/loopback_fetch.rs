@@ -55,7 +55,7 @@ async fn main() {
         .clone()
         .with(libp2p::multiaddr::Protocol::P2p(pa.id()));
     pb.dial(addr).await.expect("dial");
-    grants.allow("bench", "bench", &[(&manifest, &[pb.id()])]);
+    grants.allow("bench", "bench", &[(&manifest, &[pb.id()])], u64::MAX);
     let purpose =
         vw_node::chunks::handler::Purpose { deployment: "bench".into(), manifest: manifest.id() };
     let missing = b.missing(&manifest).expect("missing");

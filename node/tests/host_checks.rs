@@ -32,9 +32,14 @@ fn now_s() -> u64 {
 
 /// Sends `order` to `host` as `head` and returns the host's final answer.
 async fn send(head: &Peer, host: libp2p::PeerId, order: StageOrder) -> Answer {
+    call(head, host, Request::Stage(Box::new(order))).await
+}
+
+/// Sends `request` to `host` as `head` and returns the host's final answer.
+async fn call(head: &Peer, host: libp2p::PeerId, request: Request) -> Answer {
     let mut stream =
         head.control().open_stream(host, control_protocol()).await.expect("control stream");
-    wire::write(&mut stream, &Request::Stage(Box::new(order))).await.expect("send");
+    wire::write(&mut stream, &request).await.expect("send");
     loop {
         match wire::read::<Reply, _>(&mut stream).await.expect("reply") {
             Some(Reply::Progress(_)) => continue,
@@ -112,6 +117,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
 
     let workspace = cluster_workspace("forged", "demo/base:1", "demo/worker:1", 1);
     let honest = StageOrder {
+        stage: vw_node::access::new_stage("forged"),
         ticket: vos.ticket("demo", &workspace).expect("ticket"),
         workspace: workspace.clone(),
         share: ClusterShare { here: vec![], elsewhere: vec![] },
@@ -133,6 +139,9 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     };
     // The honest order, for another document the VO `vo` signed.
     let signed = |vo: &str, workspace: String| StageOrder {
+        stage: vw_node::access::new_stage(
+            &vw_node::workspace::parse(&workspace, "test").expect("workspace").name,
+        ),
         ticket: vos.ticket(vo, &workspace).expect("ticket"),
         workspace,
         ..honest.clone()
@@ -161,6 +170,11 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             "does not verify with VO demo's key",
         ),
         ("no ticket", StageOrder { ticket: vec![], ..honest.clone() }, "carries no VO ticket"),
+        (
+            "a stage named for another deployment (grants are keyed by the stage)",
+            StageOrder { stage: vw_node::access::new_stage("other"), ..honest.clone() },
+            "is not a stage of deployment forged",
+        ),
         (
             "a ticket for another document of the same name",
             StageOrder {
@@ -367,6 +381,10 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     assert!(!matches!(answer, Answer::Refused(_)), "the honest order is not refused: {answer:?}");
     // A ticket deploys once: the same order again is a replay.
     refused(&send(&head, host.id(), honest.clone()).await, "was used already");
+    // The head ends the stage: its grants (one per image) go, and only once.
+    let over = || Request::StageOver { stage: honest.stage.clone() };
+    assert_eq!(call(&head, host.id(), over()).await, Answer::Revoked(2));
+    assert_eq!(call(&head, host.id(), over()).await, Answer::Revoked(0));
     // The VO seals demo/worker:1 again, on other contents: the ticket signed before
     // does not deploy the new manifest (a re-sealed tag cannot change what a ticket
     // deploys).

@@ -19,7 +19,7 @@ fn purpose(m: &Manifest) -> Purpose {
 
 /// Lets `peers` fetch `manifest` for deployment `d` from every peer sharing `grants`.
 fn grant(grants: &Grants, manifest: &Manifest, peers: &[libp2p::PeerId]) {
-    grants.allow("d", "vo", &[(manifest, peers)]);
+    grants.allow("d", "vo", &[(manifest, peers)], u64::MAX);
 }
 
 fn config(
@@ -351,8 +351,8 @@ async fn knowing_a_chunk_id_is_not_enough_to_fetch_it() {
     let grants = Arc::new(Grants::default());
     let sending = Sending { grants: grants.clone(), ..Default::default() };
     let (pa, pb) = pair(a.clone(), sending, b.clone()).await;
-    grants.allow("d", "vo-b", &[(&theirs, &[pb.id()])]);
-    grants.allow("d-a", "vo-a", &[(&private, &[pa.id()])]);
+    grants.allow("d", "vo-b", &[(&theirs, &[pb.id()])], u64::MAX);
+    grants.allow("d-a", "vo-a", &[(&private, &[pa.id()])], u64::MAX);
 
     let refused = |r: Result<_, vw_node::peer::PeerError>| r.expect_err("refused").to_string();
     let secret = b.missing(&private).expect("missing").chunks;
@@ -367,7 +367,7 @@ async fn knowing_a_chunk_id_is_not_enough_to_fetch_it() {
     // A's manifest under b's own deployment.
     let mixed = Purpose { deployment: "d".into(), manifest: private.id() };
     let err = refused(fetch(&mut pb.control(), pa.id(), &mixed, &secret, b.clone()).await);
-    assert!(err.contains("not part of deployment d"), "{err}");
+    assert!(err.contains("not part of stage d"), "{err}");
     assert_eq!(b.missing(&private).expect("missing").chunks.len(), secret.len(), "nothing of A's");
     // What b is staging comes.
     let wanted = b.missing(&theirs).expect("missing");

@@ -95,7 +95,7 @@ async fn vwd_refuses_chunks_outside_a_deployment_and_stops_on_sigterm() {
     .await
     .expect_err("no deployment grants these chunks")
     .to_string();
-    assert!(err.contains("refused: deployment d is not being staged"), "{err}");
+    assert!(err.contains("refused: stage d is not being staged"), "{err}");
 
     // A listed peer that is not a head may fetch chunks but not control the host.
     let mut control = peer.control();

@@ -77,6 +77,7 @@ fn fixture() -> &'static (ClusterConfig, StageOrder) {
             expires_s: NOW + 600,
         };
         let order = StageOrder {
+            stage: "fz@0123456789abcdef".into(),
             workspace: WORKSPACE.to_owned(),
             ticket: Ticket::sign(&key, &terms).expect("ticket").encode(),
             share: ClusterShare {

@@ -6,10 +6,17 @@
 //! chunks, and nothing else. Knowing a chunk's id is not enough: a request names the
 //! deployment and the manifest, and each id must be in the manifest.
 //!
+//! Grants are keyed by the *stage*: one deploy attempt of a deployment, named by the
+//! head as `NAME@NONCE` ([`super::new_stage`]) and carried in every stage order and chunk
+//! request. A VO chooses deployment names, so a name alone would let another VO's
+//! failed deploy of the same name revoke a running one's grants. A stage's grants end
+//! when the head says the stage is over (every host answered, either way), when the
+//! deployment is unstaged, or at the latest when the VO's ticket expires.
+//!
 //! In a cascade a receiver may ask its sender before the sender has checked its own
-//! stage order: the head sends every order at once. So a request for a deployment this
-//! host does not know yet waits a little for its grant ([`Grants::check_within`])
-//! before it is refused.
+//! stage order: the head sends every order at once. So a request for a stage this host
+//! does not know yet waits a little for its grant ([`Grants::check_within`]) before it
+//! is refused.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,20 +25,24 @@ use std::time::Duration;
 use libp2p::PeerId;
 use vw_chunkstore::{ChunkId, Manifest, ManifestId};
 
+use super::deployment_of;
+
 /// The grants of one host.
 #[derive(Debug, Default)]
 pub struct Grants {
     by: Mutex<HashMap<(String, ManifestId), Arc<Grant>>>,
-    /// Woken whenever a deployment is granted.
+    /// Woken whenever a stage is granted.
     granted: tokio::sync::Notify,
 }
 
-/// One manifest of one deployment.
+/// One manifest of one stage.
 #[derive(Debug)]
 struct Grant {
     vo: String,
     peers: HashSet<PeerId>,
     chunks: HashSet<ChunkId>,
+    /// Seconds since the epoch when it lapses (the VO's ticket expires).
+    expires_s: u64,
 }
 
 /// What [`Grants::check`] found.
@@ -52,49 +63,77 @@ pub enum Verdict {
 }
 
 impl Grants {
-    /// Lets the peers listed with each manifest fetch its chunks for `deployment` of
-    /// `vo`, all at once (replacing earlier grants for the same pairs).
-    pub fn allow(&self, deployment: &str, vo: &str, manifests: &[(&Manifest, &[PeerId])]) {
+    /// Lets the peers listed with each manifest fetch its chunks for `stage` of `vo`,
+    /// all at once (replacing earlier grants for the same pairs), until `expires_s`.
+    pub fn allow(
+        &self,
+        stage: &str,
+        vo: &str,
+        manifests: &[(&Manifest, &[PeerId])],
+        expires_s: u64,
+    ) {
         let mut by = self.lock();
         for (manifest, peers) in manifests {
             let grant = Grant {
                 vo: vo.to_owned(),
                 peers: peers.iter().copied().collect(),
                 chunks: manifest.chunks().iter().filter(|c| !c.is_zero()).map(|c| c.id).collect(),
+                expires_s,
             };
-            by.insert((deployment.to_owned(), manifest.id()), Arc::new(grant));
+            by.insert((stage.to_owned(), manifest.id()), Arc::new(grant));
         }
         drop(by);
         self.granted.notify_waiters();
     }
 
-    /// Withdraws every grant of `deployment`.
-    pub fn revoke(&self, deployment: &str) {
-        self.lock().retain(|(d, _), _| d != deployment);
+    /// Withdraws every grant of `stage`.
+    pub fn revoke_stage(&self, stage: &str) {
+        self.lock().retain(|(s, _), _| s != stage);
     }
 
-    /// May `peer` fetch `ids` of `manifest` for `deployment`?
+    /// Withdraws every grant of every stage of `deployment`.
+    pub fn revoke(&self, deployment: &str) {
+        self.lock().retain(|(s, _), _| deployment_of(s) != Some(deployment));
+    }
+
+    /// How many (stage, manifest) grants are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// May `peer` fetch `ids` of `manifest` for `stage`?
     pub fn check(
         &self,
         peer: &PeerId,
-        deployment: &str,
+        stage: &str,
         manifest: &ManifestId,
         ids: &[ChunkId],
     ) -> Verdict {
-        let grant = self.lock().get(&(deployment.to_owned(), *manifest)).cloned();
+        let now_s = crate::manager::now_ms() / 1000;
+        let grant = {
+            let mut by = self.lock();
+            // Lapsed grants go as they are met.
+            by.retain(|_, g| g.expires_s > now_s);
+            by.get(&(stage.to_owned(), *manifest)).cloned()
+        };
         let Some(grant) = grant else {
             let known =
-                self.lock().iter().find(|((d, _), _)| d == deployment).map(|(_, g)| g.vo.clone());
+                self.lock().iter().find(|((s, _), _)| s == stage).map(|(_, g)| g.vo.clone());
             let reason = match known {
-                Some(_) => format!("manifest {manifest} is not part of deployment {deployment}"),
-                None => format!("deployment {deployment} is not being staged through this host"),
+                Some(_) => format!("manifest {manifest} is not part of stage {stage}"),
+                None => format!("stage {stage} is not being staged through this host"),
             };
             return Verdict::Refused { vo: known, reason };
         };
         let refuse = |reason: String| Verdict::Refused { vo: Some(grant.vo.clone()), reason };
         if !grant.peers.contains(peer) {
             return refuse(format!(
-                "peer {peer} is not staging manifest {manifest} for deployment {deployment}"
+                "peer {peer} is not staging manifest {manifest} for stage {stage}"
             ));
         }
         if let Some(id) = ids.iter().find(|id| !grant.chunks.contains(id)) {
@@ -103,13 +142,13 @@ impl Grants {
         Verdict::Allowed { vo: grant.vo.clone() }
     }
 
-    /// [`Grants::check`], but a request for a deployment not known here yet waits up to
+    /// [`Grants::check`], but a request for a stage not known here yet waits up to
     /// `wait` for it to be granted (its stage order may be on its way) before it is
     /// refused. Every other refusal is final at once.
     pub async fn check_within(
         &self,
         peer: &PeerId,
-        deployment: &str,
+        stage: &str,
         manifest: &ManifestId,
         ids: &[ChunkId],
         wait: Duration,
@@ -120,7 +159,7 @@ impl Grants {
             let granted = self.granted.notified();
             tokio::pin!(granted);
             granted.as_mut().enable();
-            let verdict = self.check(peer, deployment, manifest, ids);
+            let verdict = self.check(peer, stage, manifest, ids);
             if !matches!(verdict, Verdict::Refused { vo: None, .. }) {
                 return verdict;
             }
@@ -138,6 +177,7 @@ impl Grants {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::new_stage;
     use vw_chunkstore::chunker::ChunkerParams;
     use vw_chunkstore::ChunkRef;
 
@@ -152,7 +192,7 @@ mod tests {
         let grants = Grants::default();
         let (m, other) = (manifest(b"m"), manifest(b"o"));
         let (staging, stranger) = (PeerId::random(), PeerId::random());
-        grants.allow("d", "a", &[(&m, &[staging])]);
+        grants.allow("d", "a", &[(&m, &[staging])], u64::MAX);
         let ids = [m.chunks()[0].id];
         assert_eq!(grants.check(&staging, "d", &m.id(), &ids), Verdict::Allowed { vo: "a".into() });
         let refused = |v: Verdict| match v {
@@ -165,10 +205,10 @@ mod tests {
             refused(grants.check(&staging, "d", &m.id(), &theirs)).contains("is not in manifest")
         );
         assert!(refused(grants.check(&staging, "d", &other.id(), &theirs))
-            .contains("not part of deployment d"));
+            .contains("not part of stage d"));
         assert!(refused(grants.check(&staging, "e", &m.id(), &ids))
-            .contains("deployment e is not being staged"));
-        grants.revoke("d");
+            .contains("stage e is not being staged"));
+        grants.revoke_stage("d");
         assert!(matches!(
             grants.check(&staging, "d", &m.id(), &ids),
             Verdict::Refused { vo: None, .. }
@@ -184,7 +224,7 @@ mod tests {
             let (grants, m) = (Arc::clone(&grants), m.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                grants.allow("d", "a", &[(&m, &[staging])]);
+                grants.allow("d", "a", &[(&m, &[staging])], u64::MAX);
             })
         };
         let (id, long) = (m.id(), Duration::from_secs(60));
@@ -203,5 +243,41 @@ mod tests {
         let verdict = grants.check_within(&staging, "e", &id, &ids, wait).await;
         assert!(matches!(verdict, Verdict::Refused { vo: None, .. }), "{verdict:?}");
         assert!(t.elapsed() >= wait);
+    }
+
+    /// Two VOs deploy under one name; one stage ends (or fails): only its grants go.
+    /// (Keyed by the name, the second VO's failed deploy revoked the first's grants.)
+    #[test]
+    fn a_stage_s_end_revokes_its_own_grants_only() {
+        let grants = Grants::default();
+        let (m, n) = (manifest(b"m"), manifest(b"n"));
+        let (pa, pb) = (PeerId::random(), PeerId::random());
+        let (a, b) = (new_stage("grid"), new_stage("grid"));
+        assert_ne!(a, b);
+        assert_eq!(deployment_of(&a), Some("grid"));
+        grants.allow(&a, "vo1", &[(&m, &[pa])], u64::MAX);
+        grants.allow(&b, "vo2", &[(&n, &[pb])], u64::MAX);
+        grants.revoke_stage(&b);
+        let ids = [m.chunks()[0].id];
+        assert_eq!(grants.check(&pa, &a, &m.id(), &ids), Verdict::Allowed { vo: "vo1".into() });
+        assert!(matches!(
+            grants.check(&pb, &b, &n.id(), &[n.chunks()[0].id]),
+            Verdict::Refused { .. }
+        ));
+        // Unstaging the deployment ends every stage of it.
+        grants.revoke("grid");
+        assert!(grants.is_empty());
+    }
+
+    #[test]
+    fn a_grant_lapses_when_its_ticket_expires() {
+        let grants = Grants::default();
+        let m = manifest(b"m");
+        let p = PeerId::random();
+        let now_s = crate::manager::now_ms() / 1000;
+        grants.allow("d@1", "a", &[(&m, &[p])], now_s - 1);
+        let verdict = grants.check(&p, "d@1", &m.id(), &[m.chunks()[0].id]);
+        assert!(matches!(verdict, Verdict::Refused { vo: None, .. }), "{verdict:?}");
+        assert!(grants.is_empty(), "a lapsed grant is dropped");
     }
 }

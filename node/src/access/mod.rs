@@ -160,6 +160,27 @@ pub enum AccessError {
     },
 }
 
+/// A new stage (one deploy attempt) of `deployment`: `deployment@` and 16 random hex
+/// digits. Chunk grants and requests are keyed by it (`grants`).
+pub fn new_stage(deployment: &str) -> String {
+    let mut nonce = [0u8; 8];
+    if getrandom::fill(&mut nonce).is_err() {
+        // Without randomness the time still tells two stages of one deployment apart.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        nonce = now.map(|d| d.as_nanos() as u64).unwrap_or(0).to_le_bytes();
+    }
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{deployment}@{hex}")
+}
+
+/// The deployment a stage is of, if `stage` is `NAME@` and 16 lowercase hex digits.
+pub fn deployment_of(stage: &str) -> Option<&str> {
+    let (name, nonce) = stage.split_once('@')?;
+    let hex = nonce.len() == 16
+        && nonce.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (hex && !name.is_empty()).then_some(name)
+}
+
 /// Checks `ticket` (encoded) for the deployment `deployment` of the document
 /// `workspace` at `now_s` (seconds since the epoch): decodable, signed by a VO this
 /// cluster trusts, for this cluster, this exact name and document, not expired and not

@@ -11,7 +11,7 @@
 use vw_chunkstore::{ImageRef, Manifest, Seal};
 
 use super::protocol::{ImageOrder, StageOrder};
-use crate::access::{check_manifest, check_seal, check_ticket, Ticket};
+use crate::access::{check_manifest, check_seal, check_ticket, deployment_of, Ticket};
 use crate::config::ClusterConfig;
 use crate::report::ClusterShare;
 use crate::workspace::WorkspaceSpec;
@@ -52,7 +52,7 @@ impl CheckedOrder {
 }
 
 /// Checks `order` at `now_s` (seconds since the epoch) against `config`: the
-/// workspace parses; the VO's ticket verifies and is for this cluster, deployment and
+/// workspace parses; the stage is one of its deployment; the VO's ticket verifies and is for this cluster, deployment and
 /// document, and unexpired; the kernels of the nodes with VMs here lie in the allowed
 /// directories; each image (staged or served) has a manifest the ticket allows and a
 /// seal that lets the VO deploy it; and every partition here names an image the order
@@ -65,6 +65,12 @@ pub fn check_order(
     let spec = crate::workspace::parse(&order.workspace, "(the head's stage order)")
         .map_err(|e| e.to_string())?;
     let deployment = spec.name.as_str();
+    if deployment_of(&order.stage) != Some(deployment) {
+        return Err(format!(
+            "stage `{}` is not a stage of deployment {deployment} (`{deployment}@` and 16 hex digits)",
+            order.stage
+        ));
+    }
     let ticket = check_ticket(config, &order.ticket, deployment, &order.workspace, now_s)
         .map_err(|e| e.to_string())?;
     let vo = ticket.vo();

@@ -22,12 +22,12 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use vw_chunkstore::{ImageRef, Manifest, Store};
-use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, Policy, Ranges, Strategy};
+use vw_planner::{Cluster, HostIx, Inventory, Policy, Strategy};
 
 use super::host::HostService;
 use super::protocol::{
-    bit, Answer, ImageChunks, ImageOrder, InventoryReport, Progress, Pull, Reply, Request,
-    StageOrder, StageReport, PROTOCOL_NAME,
+    Answer, ImageChunks, ImageOrder, InventoryReport, Progress, Pull, Reply, Request, StageOrder,
+    StageReport, PROTOCOL_NAME,
 };
 use super::usage::{Usage, VoUsage};
 use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticket};
@@ -40,10 +40,7 @@ use crate::report::{
 use crate::wire;
 use crate::xen::DomainState;
 
-/// A host without rate caps is planned as a 1 Gbit/s host.
-pub const UNCAPPED_RATE: f64 = 125e6;
-/// vCPUs a host runs per physical CPU (unpinned VMs share cores).
-pub const VCPUS_PER_CPU: u32 = 4;
+pub use super::view::{UNCAPPED_RATE, VCPUS_PER_CPU};
 /// How long the head waits for any word from a host (progress comes every 250 ms
 /// while a host fetches, and every 5 s otherwise).
 pub const CALL_QUIET: Duration = Duration::from_secs(60);
@@ -203,6 +200,10 @@ impl std::fmt::Debug for Head {
         f.debug_struct("Head").field("me", &self.me).field("peers", &self.peers).finish()
     }
 }
+
+/// How long the head waits for a host to end a stage's grants (a host that does not
+/// answer keeps them until the ticket expires).
+const STAGE_OVER_WAIT: Duration = Duration::from_secs(5);
 
 /// `Ok(x)` if the answer is the expected kind, else the reason.
 macro_rules! expect_answer {
@@ -376,7 +377,6 @@ impl Head {
             span,
         )
         .await;
-        gate.grants.revoke(&spec.name);
         match &result {
             Ok(r) => audit(&vo, "ok", &format!("{} VMs, {} lost", r.placement.len(), r.lost.len())),
             Err(e) => audit(&vo, "failed", e),
@@ -398,7 +398,7 @@ impl Head {
         let vo = signed.vo();
         let existing = {
             let n = name.clone();
-            self.local.with_manager(move |m| m.cluster(&n).map_err(|e| e.to_string())).await??
+            self.local.read_manager(move |m| m.cluster(&n).map_err(|e| e.to_string())).await??
         };
         if let Some(e) = &existing {
             if e.workspace != workspace {
@@ -500,11 +500,21 @@ impl Head {
         let stagers = stagers(&hosts, &wi, &spec, &planned);
         // This host serves every image as a source or relay: the stagers of each may
         // fetch its chunks for this deployment, until the stage phase ends.
+        // This deploy attempt: the grants here and on every host are keyed by it, and
+        // end with it.
+        let stage = crate::access::new_stage(&name);
         let granted: Vec<_> = manifests.iter().zip(&stagers).map(|(m, p)| (m, &p[..])).collect();
-        self.local.gate().grants.allow(&name, vo, &granted);
-        let sealed =
-            Sealed { workspace, ticket, seals: &seals, manifests: &manifests, stagers: &stagers };
+        self.local.gate().grants.allow(&stage, vo, &granted, signed.expires_s());
+        let sealed = Sealed {
+            stage: &stage,
+            workspace,
+            ticket,
+            seals: &seals,
+            manifests: &manifests,
+            stagers: &stagers,
+        };
         let orders = self.orders(&hosts, &cluster, &wi, &inventory, &planned, &spec, sealed);
+        let ordered: Vec<usize> = orders.iter().map(|(h, _)| *h).collect();
         let staged = join_all(orders.into_iter().map(|(h, order)| {
             let host = &hosts[h];
             async move {
@@ -513,6 +523,7 @@ impl Head {
             }
         }))
         .await;
+        self.stage_over(&hosts, &ordered, &stage).await;
         let mut outcomes: Vec<HostOutcome> = Vec::new();
         let mut alive: Vec<usize> = Vec::new();
         for (h, result) in staged {
@@ -598,7 +609,8 @@ impl Head {
         })
     }
 
-    /// The planner's cluster from the inventories: hosts that did not answer are dead.
+    /// The planner's cluster from the inventories (`view::cluster_view`, what the
+    /// `inventory` fuzz target drives): hosts that did not answer are dead, and lost.
     fn cluster(
         &self,
         hosts: &[(String, PeerId)],
@@ -606,79 +618,18 @@ impl Head {
         wi: &WorkspaceImages,
         events: &mpsc::Sender<DeployEvent>,
     ) -> Result<(Cluster, Inventory, Taken), String> {
-        let mut list = Vec::new();
-        let mut inventory = Inventory::empty(hosts.len(), wi.images.len());
-        let mut taken = Taken::default();
-        for (h, ((name, _), answer)) in hosts.iter().zip(answers).enumerate() {
-            let ix = HostIx(h as u32);
-            match answer {
-                Ok(r) => {
-                    list.push(Host {
-                        name: name.clone(),
-                        memory_mib: r.capacity.memory_mib,
-                        vcpus: r.capacity.cpus * VCPUS_PER_CPU,
-                        cpus: r.capacity.cpus,
-                        up: r.caps.0.unwrap_or(UNCAPPED_RATE),
-                        down: r.caps.1.unwrap_or(UNCAPPED_RATE),
-                        rack: r.rack.clone(),
-                        alive: true,
-                    });
-                    if r.held.len() != wi.images.len() {
-                        return Err(format!(
-                            "host {name} answered for {} images of {}",
-                            r.held.len(),
-                            wi.images.len()
-                        ));
-                    }
-                    for (i, map) in r.held.iter().enumerate() {
-                        let n = wi.chunks[i].len();
-                        if map.len() != n.div_ceil(8) {
-                            return Err(format!(
-                                "host {name} answered a bitmap of {} bytes for image {} of \
-                                 {n} chunks",
-                                map.len(),
-                                wi.refs[i]
-                            ));
-                        }
-                        inventory.add(
-                            ix,
-                            i,
-                            &Ranges::from_indices(
-                                (0..n).filter(|&c| bit(map, c)).map(|c| c as u32),
-                            ),
-                        );
-                    }
-                    for (memory_mib, vcpus, cores) in &r.committed {
-                        taken.vms.push(Committed {
-                            host: ix,
-                            memory_mib: *memory_mib,
-                            vcpus: *vcpus,
-                            cores: cores.clone(),
-                        });
-                    }
-                    taken.nics.extend(r.addresses.iter().copied());
-                }
-                Err(e) => {
-                    let _ = events.try_send(DeployEvent::Lost {
-                        host: name.clone(),
-                        reason: format!("inventory: {e}"),
-                    });
-                    tracing::warn!(host = %name, error = %e, "no inventory; planning without it");
-                    list.push(Host {
-                        name: name.clone(),
-                        memory_mib: 0,
-                        vcpus: 0,
-                        cpus: 0,
-                        up: UNCAPPED_RATE,
-                        down: UNCAPPED_RATE,
-                        rack: None,
-                        alive: false,
-                    });
-                }
-            }
+        let names: Vec<String> = hosts.iter().map(|(n, _)| n.clone()).collect();
+        let images: Vec<(ImageRef, usize)> =
+            wi.refs.iter().cloned().zip(wi.chunks.iter().map(Vec::len)).collect();
+        let view =
+            super::view::cluster_view(&names, answers, &images).map_err(|e| e.to_string())?;
+        for (host, e) in &view.dead {
+            let reason = format!("inventory: {e}");
+            let _ = events.try_send(DeployEvent::Lost { host: host.clone(), reason });
+            tracing::warn!(host = %host, error = %e, "no inventory; planning without it");
         }
-        let cluster = Cluster::new(list).map_err(|e| e.to_string())?;
-        Ok((cluster, inventory, taken))
+        let taken = Taken { vms: view.committed, nics: view.nics };
+        Ok((view.cluster, view.inventory, taken))
     }
 
     /// A stage order for every host with VMs.
@@ -801,6 +752,7 @@ impl Head {
             out.push((
                 h,
                 StageOrder {
+                    stage: sealed.stage.to_owned(),
                     workspace: sealed.workspace.to_owned(),
                     ticket: sealed.ticket.to_vec(),
                     share,
@@ -810,6 +762,30 @@ impl Head {
             ));
         }
         out
+    }
+
+    /// Ends `stage` here and on hosts `on` (indices into `hosts`, those sent an order):
+    /// every host has answered, so no chunk of it is fetched any more, and its grants
+    /// are withdrawn, whether it staged or failed. A host that does not answer keeps
+    /// them until the VO's ticket expires.
+    async fn stage_over(&self, hosts: &[(String, PeerId)], on: &[usize], stage: &str) {
+        self.local.gate().grants.revoke_stage(stage);
+        let results = join_all(on.iter().map(|&h| {
+            let request = Request::StageOver { stage: stage.to_owned() };
+            async move {
+                let answer =
+                    tokio::time::timeout(STAGE_OVER_WAIT, self.call(&hosts[h], request, None))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {STAGE_OVER_WAIT:?}")));
+                (h, expect_answer!(answer, Answer::Revoked))
+            }
+        }))
+        .await;
+        for (h, result) in results {
+            if let Err(e) = result {
+                tracing::warn!(host = %hosts[h].0, error = %e, "could not end the stage's grants there");
+            }
+        }
     }
 
     /// `op` on the VMs of `deployment` on hosts `on` (indices into `hosts`), all at once.
@@ -847,7 +823,7 @@ impl Head {
         let d = deployment.to_owned();
         let record = self
             .local
-            .with_manager(move |m| m.cluster(&d).map_err(|e| e.to_string()))
+            .read_manager(move |m| m.cluster(&d).map_err(|e| e.to_string()))
             .await??
             .ok_or_else(|| {
                 format!("no cluster deployment {deployment} on this head; `vw status` lists them")
@@ -876,7 +852,7 @@ impl Head {
         record: Option<ClusterDeployment>,
     ) -> Result<(), String> {
         let _one_at_a_time = self.admission.lock().await;
-        let all = self.local.with_manager(|m| m.clusters().map_err(|e| e.to_string())).await??;
+        let all = self.local.read_manager(|m| m.clusters().map_err(|e| e.to_string())).await??;
         if record.is_some() && all.iter().any(|c| c.name == spec.name) {
             return Err(format!(
                 "deployment {} was recorded by another deploy meanwhile; `vw status` shows it",
@@ -908,7 +884,7 @@ impl Head {
     /// What each VO's recorded deployments take, with its quota.
     pub async fn usage(&self) -> Result<Vec<VoUsage>, String> {
         let config = Arc::clone(&self.local.gate().config);
-        let all = self.local.with_manager(|m| m.clusters().map_err(|e| e.to_string())).await??;
+        let all = self.local.read_manager(|m| m.clusters().map_err(|e| e.to_string())).await??;
         let store = Arc::clone(&self.store);
         let usage = tokio::task::spawn_blocking(move || usage_of(&store, &all))
             .await
@@ -979,6 +955,7 @@ impl Head {
 /// peers staging it.
 #[derive(Clone, Copy)]
 struct Sealed<'a> {
+    stage: &'a str,
     workspace: &'a str,
     ticket: &'a [u8],
     seals: &'a [Vec<u8>],

@@ -23,6 +23,7 @@ use super::protocol::{
     bitmap, Answer, ImageOrder, InventoryReport, Phase, Progress, Reply, Request, StageOrder,
     StageReport,
 };
+use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
 use crate::access::{shareable, Gate};
 use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Purpose, Relay, QUIET};
@@ -42,7 +43,9 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// What a host serves control requests with.
 pub struct HostService {
-    manager: Arc<Mutex<Manager>>,
+    /// The manager: operations that change things (stage, lifecycle, records) run one
+    /// at a time; reads (status, quotas) never wait for them.
+    manager: Serialized<Manager>,
     store: Arc<Store>,
     relay: Arc<Relay>,
     chunks: libp2p_stream::Control,
@@ -81,7 +84,7 @@ impl HostService {
     ) -> Self {
         let store = manager.shared_store();
         HostService {
-            manager: Arc::new(Mutex::new(manager)),
+            manager: Serialized::new(manager),
             store,
             relay,
             chunks,
@@ -110,15 +113,24 @@ impl HostService {
         Arc::clone(&self.store)
     }
 
-    /// Runs `f` on the manager on a blocking thread.
+    /// Runs `f`, which changes things, on the manager on a blocking thread, after every
+    /// other such operation here (a stage, with its image tools, is one).
     pub(crate) async fn with_manager<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Manager) -> T + Send + 'static,
     ) -> Result<T, String> {
-        let m = Arc::clone(&self.manager);
-        tokio::task::spawn_blocking(move || f(&m.lock().expect("manager lock")))
-            .await
-            .map_err(|e| format!("the manager's thread failed: {e}"))
+        self.manager.op(f).await.map_err(|e| format!("the manager's thread failed: {e}"))
+    }
+
+    /// Runs `f`, which only reads (records, the hypervisor's view), on the manager on a
+    /// blocking thread, without waiting for a stage or lifecycle operation in progress:
+    /// `vw status` answers while a stage runs its image tools. (An inventory still
+    /// waits: what a stage in progress will commit is not recorded until it ends.)
+    pub(crate) async fn read_manager<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Manager) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        self.manager.read(f).await.map_err(|e| format!("the manager's thread failed: {e}"))
     }
 
     /// Answers one request from `peer`, sending progress to `progress` as it goes.
@@ -161,7 +173,7 @@ impl HostService {
                 ran.map(Answer::Ran)
             }
             Request::Status { deployment } => self
-                .with_manager(move |m| {
+                .read_manager(move |m| {
                     m.status(deployment.as_deref())
                         .map(|v| v.into_iter().map(|s| (s.record, s.domain)).collect())
                         .map_err(|e| e.to_string())
@@ -171,6 +183,12 @@ impl HostService {
                 .map(Answer::Status),
             Request::AwaitReady { deployment, timeout_s } => {
                 self.await_ready(deployment, timeout_s).await.map(Answer::Ready)
+            }
+            Request::StageOver { stage } => {
+                let before = self.gate.grants.len();
+                self.gate.grants.revoke_stage(&stage);
+                let gone = before.saturating_sub(self.gate.grants.len());
+                Ok(Answer::Revoked(u32::try_from(gone).unwrap_or(u32::MAX)))
             }
         };
         result.unwrap_or_else(Answer::Failed)
@@ -250,9 +268,9 @@ impl HostService {
             }
         };
         let deployment = spec.name.clone();
-        let span = tracing::info_span!("stage", deployment = %spec.name, vo = %vo);
+        let span = tracing::info_span!("stage", stage = %order.stage, vo = %vo);
         let staged = tracing::Instrument::instrument(
-            self.stage_spec(spec, &vo, order.share, images, progress),
+            self.stage_spec(spec, &vo, &order.stage, order.share, images, progress),
             span,
         )
         .await;
@@ -306,7 +324,7 @@ impl HostService {
             }
         }
         let granted: Vec<_> = images.iter().map(|c| (&c.image.manifest, &c.stagers[..])).collect();
-        self.gate.grants.allow(&key.1, &vo, &granted);
+        self.gate.grants.allow(&order.stage, &vo, &granted, checked.ticket.expires_s());
         // The served images are granted, not staged.
         images.truncate(order.images.len());
         Ok((checked.spec, vo, images))
@@ -330,7 +348,7 @@ impl HostService {
         }
         let vo = key.0.clone();
         let recorded = self
-            .with_manager(move |m| m.deployments().map_err(|e| e.to_string()))
+            .read_manager(move |m| m.deployments().map_err(|e| e.to_string()))
             .await??
             .into_iter()
             .filter(|r| r.vo.as_deref() == Some(vo.as_str()))
@@ -361,6 +379,7 @@ impl HostService {
         &self,
         spec: crate::workspace::WorkspaceSpec,
         vo: &str,
+        stage: &str,
         share: crate::report::ClusterShare,
         checked: Vec<Checked>,
         progress: mpsc::Sender<Progress>,
@@ -410,8 +429,7 @@ impl HostService {
             "fetching what this host lacks"
         );
 
-        let pulled =
-            self.fetch(&spec.name, &images, &lacked, hidden, report.lacked, &progress).await?;
+        let pulled = self.fetch(stage, &images, &lacked, hidden, report.lacked, &progress).await?;
         report.received = pulled.1;
         report.chunks = pulled.2;
         for (peer, got) in &pulled.0.fetched {
@@ -457,7 +475,7 @@ impl HostService {
     #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
-        deployment: &str,
+        stage: &str,
         images: &[(ImageOrder, Manifest, Vec<ChunkRef>, Seal)],
         lacked: &[ChunkRef],
         hidden: HashSet<ChunkId>,
@@ -470,8 +488,7 @@ impl HostService {
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
 
-        let purpose =
-            |m: &Manifest| Purpose { deployment: deployment.to_owned(), manifest: m.id() };
+        let purpose = |m: &Manifest| Purpose { deployment: stage.to_owned(), manifest: m.id() };
         let mut streams = Vec::new();
         for (order, manifest, _, _) in images {
             let fallback = order.fallback.iter().map(|p| peer(p)).collect::<Result<Vec<_>, _>>()?;
@@ -597,37 +614,94 @@ fn merge(into: &mut PullReport, r: PullReport) {
     into.dropped.extend(r.dropped);
 }
 
+/// Most control streams one head may have open here at once. A deploy keeps one per
+/// request it has in flight (a stage, then lifecycle steps, readiness): a handful.
+pub const MAX_CONTROL_STREAMS_PER_PEER: usize = 32;
+
 /// Serves every incoming control stream until `stop` is set.
 pub async fn serve(
     incoming: libp2p_stream::IncomingStreams,
     host: Arc<HostService>,
     stop: watch::Receiver<bool>,
 ) {
+    let open = Arc::new(OpenStreams::default());
     crate::peer::accept(incoming, stop, "control", move |peer, stream| {
-        let host = Arc::clone(&host);
-        async move { serve_one(peer, stream, &host).await }
+        let (host, open) = (Arc::clone(&host), Arc::clone(&open));
+        async move { serve_one(peer, stream, &host, &open).await }
     })
     .await;
 }
 
-async fn serve_one(peer: PeerId, mut stream: Stream, host: &HostService) -> Result<(), String> {
+/// How many control streams each peer has open here.
+#[derive(Debug, Default)]
+struct OpenStreams(Mutex<HashMap<PeerId, usize>>);
+
+/// One open stream of a peer, counted until dropped.
+struct StreamSlot<'a>(&'a OpenStreams, PeerId);
+
+impl OpenStreams {
+    /// A slot for one more stream of `peer`, or `None` if it has its share open.
+    fn take(&self, peer: PeerId) -> Option<StreamSlot<'_>> {
+        let mut open = self.0.lock().expect("open streams lock");
+        let n = open.entry(peer).or_default();
+        if *n >= MAX_CONTROL_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot(self, peer))
+    }
+}
+
+impl Drop for StreamSlot<'_> {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().expect("open streams lock");
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Serves one control stream from `peer`. Who the peer is is checked before a byte of
+/// its request is read: a peer that is not a head is refused at once, whatever it
+/// sends, so it cannot make this host hold its frames; and a head may keep at most
+/// [`MAX_CONTROL_STREAMS_PER_PEER`] streams open. The request itself is read as its
+/// bytes arrive (`wire::read`), up to the message limit.
+async fn serve_one(
+    peer: PeerId,
+    mut stream: Stream,
+    host: &HostService,
+    open: &OpenStreams,
+) -> Result<(), String> {
+    let refuse = |why: String| Reply::Done(Answer::Refused(why));
+    if !host.heads.contains(&peer) {
+        tracing::warn!(peer = %peer, "refused a control stream: the peer is not a head in this host's config");
+        host.gate.audit.record("-", &peer.to_string(), "control", "-", "refused", "not a head");
+        let why = format!(
+            "peer {peer} may not send control requests to this host (it is not a head in its config)"
+        );
+        let _ = wire::write(&mut stream, &refuse(why)).await;
+        let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        return Ok(());
+    }
+    let Some(_slot) = open.take(peer) else {
+        let why = format!(
+            "peer {peer} has {MAX_CONTROL_STREAMS_PER_PEER} control streams open here already"
+        );
+        let _ = wire::write(&mut stream, &refuse(why.clone())).await;
+        return Err(why);
+    };
     let request = match tokio::time::timeout(QUIET, wire::read::<Request, _>(&mut stream)).await {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => {
-            let answer = Answer::Refused(format!("malformed request: {e}"));
-            let _ = wire::write(&mut stream, &Reply::Done(answer)).await;
+            let _ = wire::write(&mut stream, &refuse(format!("malformed request: {e}"))).await;
             return Err(format!("malformed request: {e}"));
         }
         Err(_) => return Err("no request within the timeout".into()),
     };
-    if !host.heads.contains(&peer) {
-        tracing::warn!(peer = %peer, "refused a control request: the peer is not a head in this host's config");
-        let answer = Answer::Refused(format!(
-            "peer {peer} may not send control requests to this host (it is not a head in its config)"
-        ));
-        return wire::write(&mut stream, &Reply::Done(answer)).await.map_err(|e| e.to_string());
-    }
     let (tx, mut rx) = mpsc::channel(16);
     let from = peer.to_string();
     let work = host.handle(&from, request, tx);

@@ -17,6 +17,8 @@ pub mod head;
 pub mod host;
 pub mod protocol;
 #[cfg(feature = "host")]
+pub mod serial;
+#[cfg(feature = "host")]
 pub mod usage;
 pub mod view;
 

@@ -30,6 +30,9 @@ pub const MAX_VMS: usize = 65_536;
 pub const MAX_PEERS: usize = 1024;
 /// Longest name, peer id or message.
 pub const MAX_TEXT: usize = 4096;
+/// Longest stage name (`NAME@NONCE`: a deployment name, a DNS label of at most 32,
+/// `@`, 16 hex digits).
+pub const MAX_STAGE: usize = 64;
 /// Largest workspace document (as the XML parser's own limit).
 pub const MAX_WORKSPACE: usize = 1 << 20;
 /// Longest a host is asked to wait for its guests, in seconds.
@@ -73,6 +76,11 @@ pub enum Request {
         /// How long to wait, in seconds.
         timeout_s: u64,
     },
+    /// The stage is over on every host (staged or failed): withdraw its chunk grants.
+    StageOver {
+        /// The stage (`NAME@NONCE`, as its stage order named it).
+        stage: String,
+    },
 }
 
 /// An image as a list of chunk ids.
@@ -87,6 +95,9 @@ pub struct ImageChunks {
 /// Everything a host needs to stage its share of a deployment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageOrder {
+    /// This deploy attempt, made by the head: `NAME@NONCE`, NAME the deployment's. Chunk
+    /// grants, and chunk requests, are keyed by it.
+    pub stage: String,
     /// The workspace document (XML), parsed and validated by the host.
     pub workspace: String,
     /// The deploying VO's signed ticket for this document (encoded; the host checks it
@@ -188,6 +199,8 @@ pub enum Answer {
     Failed(String),
     /// The request is not allowed (not from the head, or malformed).
     Refused(String),
+    /// To [`Request::StageOver`]: how many grants were withdrawn.
+    Revoked(u32),
 }
 
 /// What a host can take, and what it holds.
@@ -271,6 +284,7 @@ impl Message for Request {
                 images.iter().try_for_each(|i| text("image name", &i.image))
             }
             Request::Stage(order) => {
+                count("stage name bytes", order.stage.len(), MAX_STAGE)?;
                 if order.workspace.len() > MAX_WORKSPACE {
                     return Err(FrameError::Invalid(format!(
                         "workspace of {} bytes (at most {MAX_WORKSPACE})",
@@ -308,6 +322,7 @@ impl Message for Request {
                 }
                 Ok(())
             }
+            Request::StageOver { stage } => count("stage name bytes", stage.len(), MAX_STAGE),
         }
     }
 }
@@ -466,6 +481,7 @@ mod tests {
         };
         let order = |serves: Vec<ImageOrder>| {
             Request::Stage(Box::new(StageOrder {
+                stage: "d@0000000000000000".into(),
                 workspace: String::new(),
                 ticket: Vec::new(),
                 share: ClusterShare { here: Vec::new(), elsewhere: Vec::new() },

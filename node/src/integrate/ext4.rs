@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::files::GuestFile;
 use super::{run_tool, IntegrationError};
@@ -41,7 +41,7 @@ pub fn edit(image: &Path, files: &[GuestFile]) -> Result<(), IntegrationError> {
 fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), IntegrationError> {
     // Appends need the current content first.
     let mut wanted = Vec::new();
-    let current = dump(image, files.iter().filter(|f| f.append).map(|f| f.path.as_str()), staging)?;
+    let current = dump(image, files.iter().filter(|f| f.append).map(|f| f.path.as_str()))?;
     for f in files {
         let content = if f.append {
             let old = current.get(&f.path).cloned().flatten().unwrap_or_default();
@@ -64,8 +64,8 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
     }
 
     // Only directories that are missing are made: debugfs 1.47's `mkdir` of one that
-    // exists can leave an unconnected directory behind (e2fsck then fails). `dump`
-    // of a directory succeeds, so it tells which exist.
+    // exists can leave an unconnected directory behind (e2fsck then fails). `cat` of a
+    // directory succeeds, so `dump` tells which exist.
     let mut dirs: Vec<String> = Vec::new();
     for (path, _) in &wanted {
         for dir in parents(path) {
@@ -74,7 +74,7 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
             }
         }
     }
-    let existing = dump(image, dirs.iter().map(String::as_str), staging)?;
+    let existing = dump(image, dirs.iter().map(String::as_str))?;
     let mut script = String::new();
     for dir in dirs.iter().filter(|d| existing.get(*d).is_some_and(|e| e.is_none())) {
         script.push_str(&format!("mkdir {}\n", quote(Path::new(dir))?));
@@ -96,7 +96,7 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
         image,
     )?;
 
-    let back = dump(image, wanted.iter().map(|(p, _)| p.as_str()), staging)?;
+    let back = dump(image, wanted.iter().map(|(p, _)| p.as_str()))?;
     for (path, content) in &wanted {
         match back.get(path).cloned().flatten() {
             Some(bytes) if bytes == content.as_bytes() => {}
@@ -138,28 +138,44 @@ fn parents(path: &str) -> Vec<String> {
     (1..parts.len()).map(|n| format!("/{}", parts[..n].join("/"))).collect()
 }
 
-/// Reads files out of `image` with one debugfs run; `None` for files that do not exist.
+/// The largest file read back from a guest image: vw reads and writes only small
+/// configuration files there (hosts, fstab, interfaces); anything larger is refused
+/// rather than copied onto the host or into memory.
+pub const MAX_GUEST_FILE: usize = 1 << 20;
+
+/// Reads files out of `image` (`None` for files that do not exist), each with its own
+/// `debugfs -R cat` whose output is capped at [`MAX_GUEST_FILE`]: the image is the
+/// VO's, and a file in it may be made huge (or a sparse file of terabytes) to fill the
+/// host's disk or memory. Nothing is written to the host.
 fn dump<'a>(
     image: &Path,
     paths: impl Iterator<Item = &'a str>,
-    staging: &Path,
 ) -> Result<std::collections::BTreeMap<String, Option<Vec<u8>>>, IntegrationError> {
-    let paths: Vec<&str> = paths.collect();
     let mut out = std::collections::BTreeMap::new();
-    if paths.is_empty() {
-        return Ok(out);
-    }
-    let locals: Vec<PathBuf> = (0..paths.len()).map(|i| staging.join(format!("out{i}"))).collect();
-    let mut script = String::new();
-    for (path, local) in paths.iter().zip(&locals) {
-        let _ = fs::remove_file(local);
-        script.push_str(&format!("dump {} {}\n", quote(Path::new(path))?, quote(local)?));
-    }
-    let cmds = staging.join("dump.cmds");
-    fs::write(&cmds, &script).map_err(|e| IntegrationError::io("write", &cmds, e))?;
-    run_tool("debugfs", "e2fsprogs", &["-f".as_ref(), cmds.as_os_str(), image.as_os_str()], image)?;
-    for (path, local) in paths.iter().zip(&locals) {
-        out.insert((*path).to_owned(), fs::read(local).ok());
+    for path in paths {
+        let request = format!("cat {}", quote(Path::new(path))?);
+        let mut command = std::process::Command::new("debugfs");
+        command.arg("-R").arg(&request).arg(image);
+        let read =
+            super::tool_output_within("debugfs", "e2fsprogs", &mut command, image, MAX_GUEST_FILE)?;
+        if read.truncated {
+            return Err(IntegrationError::GuestFileTooLarge {
+                image: image.to_owned(),
+                file: path.to_owned(),
+                max: MAX_GUEST_FILE,
+            });
+        }
+        let missing =
+            String::from_utf8_lossy(&read.stderr).contains("File not found by ext2_lookup");
+        if !read.status.success() {
+            return Err(IntegrationError::ToolFailed {
+                command: format!("debugfs -R '{request}' {}", image.display()),
+                path: image.to_owned(),
+                status: read.status.to_string(),
+                stderr: String::from_utf8_lossy(&read.stderr).trim().to_owned(),
+            });
+        }
+        out.insert(path.to_owned(), (!missing).then_some(read.stdout));
     }
     Ok(out)
 }
@@ -186,7 +202,7 @@ mod tests {
     use super::*;
 
     /// An ext4 image made by `mkfs.ext4 -d` from a tree holding `/etc/hostname`.
-    fn image_with_etc(dir: &Path) -> PathBuf {
+    fn image_with_etc(dir: &Path) -> std::path::PathBuf {
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("etc")).expect("tree");
         fs::write(tree.join("etc/hostname"), "debian\n").expect("hostname");
@@ -221,6 +237,33 @@ mod tests {
         edit(&image, &files).expect("edits and a clean e2fsck");
         // Twice: every directory exists the second time.
         edit(&image, &files).expect("edits and a clean e2fsck again");
+    }
+
+    /// A VO's image whose /etc/hosts is 64 MiB: vw appends to that file, and used to
+    /// copy it whole onto the host and into memory. Now the read stops at the limit and
+    /// the edit is refused, naming the file; nothing of it lands on the host.
+    #[test]
+    fn a_huge_guest_file_is_refused_not_copied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("etc")).expect("tree");
+        fs::write(tree.join("etc/hosts"), vec![b'#'; 64 << 20]).expect("hosts");
+        let image = dir.path().join("root.img");
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .arg("128M")
+            .output()
+            .expect("mkfs.ext4 runs (install e2fsprogs)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let append = GuestFile {
+            path: "/etc/hosts".into(),
+            content: "10.0.0.1 head\n".into(),
+            append: true,
+        };
+        let err = edit(&image, &[append]).expect_err("refused").to_string();
+        assert!(err.contains("/etc/hosts is larger than 1048576 bytes"), "{err}");
     }
 
     #[test]

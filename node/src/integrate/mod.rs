@@ -119,6 +119,16 @@ pub enum IntegrationError {
         /// How it differs.
         detail: String,
     },
+    /// A file read from a guest image is larger than vw ever writes or reads there.
+    #[error("{image}: {file} is larger than {max} bytes; vw reads only small configuration files from an image, so this one is refused as hostile or damaged")]
+    GuestFileTooLarge {
+        /// The image.
+        image: PathBuf,
+        /// The file inside it.
+        file: String,
+        /// The limit.
+        max: usize,
+    },
     /// In-image edits need ext2/3/4.
     #[error("{image} is not an ext4 file system, so it cannot be edited in place; use <integration strategy=\"seed\"/> for this node")]
     NotExt4 {
@@ -192,7 +202,18 @@ pub(crate) fn tool_output(
     command: &mut std::process::Command,
     path: &std::path::Path,
 ) -> Result<crate::process::Finished, IntegrationError> {
-    match crate::process::run(command.env("MTOOLS_SKIP_CHECK", "1"), TOOL_TIMEOUT, TOOL_OUTPUT) {
+    tool_output_within(tool, package, command, path, TOOL_OUTPUT)
+}
+
+/// [`tool_output`], keeping at most `max_output` bytes of each stream.
+pub(crate) fn tool_output_within(
+    tool: &'static str,
+    package: &'static str,
+    command: &mut std::process::Command,
+    path: &std::path::Path,
+    max_output: usize,
+) -> Result<crate::process::Finished, IntegrationError> {
+    match crate::process::run(command.env("MTOOLS_SKIP_CHECK", "1"), TOOL_TIMEOUT, max_output) {
         Ok(out) => Ok(out),
         Err(crate::process::RunError::Spawn(error)) => {
             Err(IntegrationError::ToolMissing { tool, package, error })
