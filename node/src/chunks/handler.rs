@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream};
@@ -711,7 +711,13 @@ async fn fetch_stream(
     }
 
     let mut result = Ok(());
+    let mut floor =
+        ProgressFloor::new(Instant::now(), wanted.iter().map(|c| u64::from(c.len)).sum());
     for expected in wanted {
+        if let Err(why) = floor.check(Instant::now()) {
+            result = Err(fail(why));
+            break;
+        }
         let next = tokio::time::timeout(QUIET, read_frame(&mut stream)).await;
         let Ok(next) = next else {
             result = Err(fail(format!(
@@ -756,6 +762,7 @@ async fn fetch_stream(
             }
             Frame::Missing { id } if id == expected.id => {
                 got.missing += 1;
+                floor.add(u64::from(expected.len));
                 if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
                     result = Err(fail(format!("the peer went away: {e}")));
                     break;
@@ -772,6 +779,7 @@ async fn fetch_stream(
             break;
         }
         got.chunks += 1;
+        floor.add(u64::from(expected.len));
         got.bytes += data.len() as u64;
         got.wire += wire as u64;
         if !intake.deliver(id, data, wire).await {
@@ -785,6 +793,56 @@ async fn fetch_stream(
     let _ = write_frame(&mut stream, &Frame::Done).await;
     let _ = stream.close().await;
     (got, result)
+}
+
+/// Bytes per second a sender must keep up, measured over [`FLOOR_WINDOW`]: far below any
+/// link vw stages over (a 100 Mbit/s link split 16 ways is 780 KiB/s; the nested Xen
+/// lab moves 6 MB/s), far above a sender that trickles a frame every few seconds to
+/// keep a deployment alive for ever.
+pub const FLOOR_RATE: u64 = 256 << 10;
+/// How long a sender's rate is measured before it is held to [`FLOOR_RATE`].
+pub const FLOOR_WINDOW: Duration = Duration::from_secs(20);
+
+/// A stage's progress floor on one stream: a sender that delivers less than
+/// [`FLOOR_RATE`] over a [`FLOOR_WINDOW`] (while more than that is still wanted) is
+/// dropped, and the receiver pulls the rest from other holders, as when a host dies.
+#[derive(Debug)]
+struct ProgressFloor {
+    since: Instant,
+    got: u64,
+    left: u64,
+}
+
+impl ProgressFloor {
+    fn new(now: Instant, wanted: u64) -> Self {
+        ProgressFloor { since: now, got: 0, left: wanted }
+    }
+
+    /// `bytes` more arrived (or were answered missing).
+    fn add(&mut self, bytes: u64) {
+        self.got += bytes;
+        self.left = self.left.saturating_sub(bytes);
+    }
+
+    /// At `now`: an error if the window has passed with less than the floor's worth,
+    /// else a new window starts when the last one is over.
+    fn check(&mut self, now: Instant) -> Result<(), String> {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < FLOOR_WINDOW {
+            return Ok(());
+        }
+        let floor = (FLOOR_RATE as f64 * elapsed.as_secs_f64()) as u64;
+        if self.got < floor.min(self.got + self.left) {
+            return Err(format!(
+                "too slow: {} bytes in {:.0} s, below the floor of {} KiB/s",
+                self.got,
+                elapsed.as_secs_f64(),
+                FLOOR_RATE >> 10
+            ));
+        }
+        (self.since, self.got) = (now, 0);
+        Ok(())
+    }
 }
 
 /// What [`fetch_from_any`] did.
@@ -982,5 +1040,29 @@ mod tests {
             let why = open.take(PeerId::random()).expect_err("full");
             Frame::Refused { reason: why }.encode().expect("a refusal fits its frame");
         }
+    }
+
+    /// A sender that trickles a frame every 29 s (never quiet for the 30 s that drops
+    /// a silent one) is dropped at the first frame past the window; one at the floor is
+    /// not, nor one that has sent all but the last few bytes slowly.
+    #[test]
+    fn a_trickling_sender_falls_below_the_progress_floor() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut trickle = ProgressFloor::new(t0, 1 << 30);
+        trickle.check(at(0)).expect("at the start");
+        trickle.add(64 << 10);
+        let err = trickle.check(at(29)).expect_err("below the floor");
+        assert!(err.contains("too slow: 65536 bytes in 29 s"), "{err}");
+
+        let mut steady = ProgressFloor::new(t0, 1 << 30);
+        for s in 0..=60 {
+            steady.check(at(s)).expect("at the floor");
+            steady.add(FLOOR_RATE);
+        }
+        // A stream that wanted little is held to what it wanted, not to the floor.
+        let mut small = ProgressFloor::new(t0, 100);
+        small.add(100);
+        small.check(at(25)).expect("it sent all it was asked for");
     }
 }
