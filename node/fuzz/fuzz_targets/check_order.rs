@@ -55,11 +55,12 @@ fn fixture() -> &'static (ClusterConfig, StageOrder) {
                 Manifest::new(params, len, blake3::hash(&[seed]), chunks).expect("manifest");
             let name = name.parse().expect("name");
             let seal = Seal::sign(&key, &name, manifest.id(), Visibility::Private).expect("seal");
+            let encoded = manifest.encode();
             (
                 manifest,
                 ImageOrder {
                     image: name.to_string(),
-                    manifest: manifest.encode(),
+                    manifest: encoded,
                     seal: seal.encode(),
                     stagers: vec![],
                     pulls: vec![],
