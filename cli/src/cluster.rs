@@ -187,9 +187,10 @@ pub fn deploy_text(r: &DeployReport) -> String {
     }
     let width = r.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
     s.push_str(&format!(
-        "\n\n{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  VMs",
-        "host", "lacked", "received", "on wire", "fetch", "stage"
+        "\n\n{:<width$}  {:<9}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  VMs",
+        "host", "driver", "lacked", "received", "on wire", "fetch", "stage"
     ));
+    let driver = |h: &vw_node::control::head::HostOutcome| h.driver.map_or("?", |d| d.name());
     let (mut lacked, mut received, mut wire) = (0, 0, 0);
     for h in &r.hosts {
         match &h.stage {
@@ -198,8 +199,9 @@ pub fn deploy_text(r: &DeployReport) -> String {
                 received += st.received;
                 wire += st.wire;
                 s.push_str(&format!(
-                    "\n{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  {}",
+                    "\n{:<width$}  {:<9}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  {}",
                     h.host,
+                    driver(h),
                     bytes(st.lacked),
                     bytes(st.received),
                     bytes(st.wire),
@@ -212,8 +214,9 @@ pub fn deploy_text(r: &DeployReport) -> String {
                 }
             }
             None => s.push_str(&format!(
-                "\n{:<width$}  failed: {}",
+                "\n{:<width$}  {:<9}  failed: {}",
                 h.host,
+                driver(h),
                 h.error.as_deref().unwrap_or("?")
             )),
         }
@@ -222,6 +225,11 @@ pub fn deploy_text(r: &DeployReport) -> String {
         }
     }
     s.push_str(&ready_text(&r.ready));
+    s.push_str(&simulated_note(
+        r.hosts
+            .iter()
+            .filter_map(|h| h.driver.is_some_and(|d| d.simulated()).then_some(h.host.as_str())),
+    ));
     s.push_str(&format!(
         "\n\nsent {} ({} on the wire) for {} lacked ({:.3}×); predicted {:.2} s, limit {:.2} s",
         bytes(received),
@@ -355,21 +363,34 @@ fn vos_text(vos: &[VoUsage]) -> String {
     s
 }
 
+/// A line naming the hosts whose driver is simulated, if any: their VMs do not exist.
+fn simulated_note<'a>(hosts: impl Iterator<Item = &'a str>) -> String {
+    let hosts: Vec<&str> = hosts.collect();
+    if hosts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n\nSIMULATED Xen driver on {}: no hypervisor there, no guest runs; states are tracked in a file",
+        hosts.join(", ")
+    )
+}
+
 fn status_text(hosts: &[HostVms]) -> String {
     let mut s = format!(
-        "{:<8} {:<20} {:<12} {:<9} {:<9} private address",
-        "host", "VM", "deployment", "state", "domain"
+        "{:<8} {:<9} {:<20} {:<12} {:<9} {:<9} private address",
+        "host", "driver", "VM", "deployment", "state", "domain"
     );
     for h in hosts {
         match &h.result {
-            Ok(vms) if vms.is_empty() => {}
-            Ok(vms) => {
-                for (r, domain) in vms {
+            Ok(st) if st.vms.is_empty() => {}
+            Ok(st) => {
+                for (r, domain) in &st.vms {
                     let ip = r.nics.first().map_or("-".to_owned(), |n| n.ip.to_string());
                     let domain = domain.map_or("-".to_owned(), |d| d.to_string());
                     s.push_str(&format!(
-                        "\n{:<8} {:<20} {:<12} {:<9} {:<9} {ip}",
+                        "\n{:<8} {:<9} {:<20} {:<12} {:<9} {:<9} {ip}",
                         h.host,
+                        st.driver.name(),
                         r.name,
                         r.deployment,
                         r.state.to_string(),
@@ -380,13 +401,35 @@ fn status_text(hosts: &[HostVms]) -> String {
             Err(e) => s.push_str(&format!("\n{:<8} unreachable: {e}", h.host)),
         }
     }
+    s.push_str(&simulated_note(hosts.iter().filter_map(|h| {
+        h.result.as_ref().ok().filter(|st| st.driver.simulated()).map(|_| h.host.as_str())
+    })));
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vw_node::config::Quota;
+    use vw_node::config::{DriverKind, Quota};
+    use vw_node::control::head::HostAnswer;
+    use vw_node::control::protocol::HostStatus;
+
+    #[test]
+    fn status_names_each_host_s_driver_and_says_which_simulate() {
+        let host = |host: &str, driver| HostAnswer {
+            host: host.into(),
+            result: Ok(HostStatus { driver, vms: vec![] }),
+        };
+        let text = status_text(&[
+            host("node1", DriverKind::Xl),
+            host("node2", DriverKind::Simulated),
+            HostAnswer { host: "node3".into(), result: Err("gone".into()) },
+        ]);
+        assert!(text.contains("SIMULATED Xen driver on node2: no hypervisor"), "{text}");
+        assert!(!text.contains("on node1"), "{text}");
+        let real = status_text(&[host("node1", DriverKind::Xl)]);
+        assert!(!real.contains("SIMULATED"), "{real}");
+    }
 
     #[test]
     fn status_shows_each_vo_s_deployments_use_and_quota() {

@@ -113,7 +113,7 @@ pub fn run(out: &Out, keep: bool, size_mib: u64, hosts: usize) -> anyhow::Result
     out.emit(&report, || {
         let (first_sent, _) = sent_and_lacked(&report.deployments[0]);
         format!(
-            "\ndemo ok: grid3 ({} VMs) moved {} to {} hosts; vo2, sharing the base OS, moved {} for {} its hosts lacked ({ratio:.3}×); both stopped and unstaged",
+            "\ndemo ok: grid3 ({} VMs) moved {} to {} hosts; vo2, sharing the base OS, moved {} for {} its hosts lacked ({ratio:.3}×); both stopped and unstaged (simulated Xen driver: no guest ran)",
             report.deployments[0].vms.len(),
             bytes(first_sent),
             hosts,
@@ -138,7 +138,11 @@ fn deploy_both(net: &LocalNet, vos: &LocalVos, out: &Out) -> anyhow::Result<Vec<
             workspace: text.to_owned(),
             source: source.to_owned(),
             ticket: vos.ticket(vo, text)?,
-            options: DeployOptions { strategy: Strategy::Auto, policy: Policy::Spread },
+            options: DeployOptions {
+                strategy: Strategy::Auto,
+                policy: Policy::Spread,
+                mixed_drivers: false,
+            },
         };
         let LocalReply::Deployed { report } = cluster::call(&socket, &request, out)? else {
             anyhow::bail!("the head answered a deploy with something else");

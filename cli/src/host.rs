@@ -32,10 +32,10 @@ pub fn open(store: &Path, config: ClusterConfig, out: &Out) -> anyhow::Result<Ma
 }
 
 fn driver_note(m: &Manager) -> String {
-    if m.driver().simulated() {
+    if m.driver().kind().simulated() {
         "Xen driver: simulated (no hypervisor here: configs are checked and domain states tracked, no guest runs)".to_owned()
     } else {
-        format!("Xen driver: {}", m.driver().name())
+        format!("Xen driver: {}", m.driver().kind().name())
     }
 }
 
@@ -211,8 +211,8 @@ pub fn lifecycle(
     let doc = serde_json::json!({
         "deployment": dep,
         "op": op,
-        "driver": m.driver().name(),
-        "simulated": m.driver().simulated(),
+        "driver": m.driver().kind().name(),
+        "simulated": m.driver().kind().simulated(),
         "vms": reports,
         "ready": ready,
     });
@@ -253,18 +253,23 @@ pub fn status(
 ) -> anyhow::Result<ExitCode> {
     let m = open(store, config, out)?;
     let vms = m.status(deployment)?;
+    let host = m.host()?;
     let doc = serde_json::json!({
-        "driver": m.driver().name(),
-        "simulated": m.driver().simulated(),
-        "host": m.host(),
+        "driver": m.driver().kind().name(),
+        "simulated": m.driver().kind().simulated(),
+        "host": host,
         "vms": vms,
     });
-    out.emit(&doc, || status_text(&m, &vms));
+    out.emit(&doc, || status_text(&m, &host, &vms));
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_text(m: &Manager, vms: &[VmStatus]) -> String {
+fn status_text(m: &Manager, host: &manager::HostCapacity, vms: &[VmStatus]) -> String {
     let mut s = driver_note(m);
+    s.push_str(&format!(
+        "\ncapacity: {} MiB ({}), {} CPUs ({}), {} vCPUs per CPU",
+        host.memory_mib, host.memory_from, host.cpus, host.cpus_from, host.vcpus_per_cpu
+    ));
     if vms.is_empty() {
         s.push_str("\nno deployments on this host");
         return s;

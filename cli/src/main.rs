@@ -78,6 +78,10 @@ enum Command {
         /// spread or pack.
         #[arg(long, default_value = "spread")]
         policy: String,
+        /// Deploy even if the hosts run different Xen drivers (a simulated host among
+        /// real ones runs no guest); refused otherwise.
+        #[arg(long)]
+        mixed_drivers: bool,
     },
     /// Rebuild, clone and integrate a workspace's images on this host.
     Stage(Target),
@@ -352,9 +356,12 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             let policy = parse_policy(&policy)?;
             planning::run(&cli.store, &workspaces, &hosts, config, policy, strategy, simulate, out)
         }
-        Command::Deploy { workspace, vo, ticket, strategy, policy } => {
-            let options =
-                vw_node::control::head::DeployOptions { strategy, policy: parse_policy(&policy)? };
+        Command::Deploy { workspace, vo, ticket, strategy, policy, mixed_drivers } => {
+            let options = vw_node::control::head::DeployOptions {
+                strategy,
+                policy: parse_policy(&policy)?,
+                mixed_drivers,
+            };
             let signer = match (vo, ticket) {
                 (_, Some(path)) => cluster::Signer::Ticket(path),
                 (Some(vo), None) => {

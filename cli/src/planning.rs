@@ -58,8 +58,23 @@ pub fn run(
 
 fn text(r: &PlanReport, hosts: &HostsFile, policy: Policy, per_host: bool) -> String {
     let width = r.placement.iter().map(|p| p.vm.len()).max().unwrap_or(0);
-    let mut s =
-        format!("placement ({}):", if policy == Policy::Spread { "spread" } else { "pack" });
+    let mut s = String::from("hosts:");
+    let name_width = hosts.cluster.hosts().iter().map(|h| h.name.len()).max().unwrap_or(0);
+    for h in hosts.cluster.hosts() {
+        s.push_str(&format!(
+            "\n  {:<name_width$}  {} MiB, {} CPUs, {} vCPUs ({:.1} per CPU){}",
+            h.name,
+            h.memory_mib,
+            h.cpus,
+            h.vcpus,
+            f64::from(h.vcpus) / f64::from(h.cpus.max(1)),
+            if h.alive { "" } else { ", dead" }
+        ));
+    }
+    s.push_str(&format!(
+        "\nplacement ({}):",
+        if policy == Policy::Spread { "spread" } else { "pack" }
+    ));
     for p in &r.placement {
         let cores = p.cores.as_ref().map(|c| format!(" cores {c:?}")).unwrap_or_default();
         s.push_str(&format!("\n  {:<width$} → {}{cores}   {}", p.vm, p.host, p.reason));

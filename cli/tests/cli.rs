@@ -24,6 +24,22 @@ fn vo_dir(store: &Path) -> std::path::PathBuf {
     dir
 }
 
+/// A cluster config beside a test's store that names the simulated driver (this
+/// machine is no dom0, and vw never simulates unless told to).
+fn simulated_cluster(store: &Path) -> std::path::PathBuf {
+    let dir = store.parent().expect("a store inside the test's directory");
+    let path = dir.join("simulated-cluster.toml");
+    if !path.exists() {
+        let text = vw_node::localnet::with_placeholder_kernels(
+            vw_node::config::ClusterConfig::EMBEDDED,
+            dir,
+        )
+        .expect("cluster config");
+        std::fs::write(&path, text).expect("write cluster config");
+    }
+    path
+}
+
 fn vw(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vw"))
         .arg("--store")
@@ -31,6 +47,7 @@ fn vw(store: &Path, args: &[&str]) -> Output {
         .args(args)
         .env_remove("VW_STORE")
         .env("VW_VO_DIR", vo_dir(store))
+        .env("VW_CLUSTER", simulated_cluster(store))
         .output()
         .expect("run vw")
 }

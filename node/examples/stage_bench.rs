@@ -103,7 +103,11 @@ fn main() -> anyhow::Result<()> {
         ticket: vos.ticket("bench", &workspace)?,
         workspace,
         source: "bench.xml".into(),
-        options: DeployOptions { strategy: a.strategy, policy: Policy::Spread },
+        options: DeployOptions {
+            strategy: a.strategy,
+            policy: Policy::Spread,
+            mixed_drivers: false,
+        },
     };
     let report: DeployReport = match local::call(&net.head_socket(), &request, |_| {})? {
         LocalReply::Deployed { report } => *report,

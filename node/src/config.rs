@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use vw_planner::address::{Pool, Segment};
 
 /// Why a cluster configuration was refused.
@@ -29,6 +29,19 @@ pub enum ConfigError {
         source_name: String,
         /// toml's message, with the offending line.
         message: String,
+    },
+    /// No `[xen] driver` is set and this host is not a Xen control domain.
+    #[error(
+        "cluster config {source_name} sets no [xen] driver, and this host is not a Xen dom0 \
+         ({XEN_CAPABILITIES} {found}): set `driver = \"xl\"` on a Xen host, or \
+         `driver = \"simulated\"` to run without a hypervisor (no guest then runs; vw says \
+         so in every report)"
+    )]
+    NoDriver {
+        /// The file, or `(embedded)`.
+        source_name: String,
+        /// What the capabilities file said (`is missing`, `says \"\"`).
+        found: String,
     },
     /// A value is wrong.
     #[error("cluster config {source_name}: {key}: {message}")]
@@ -61,6 +74,9 @@ pub struct ClusterConfig {
     /// staged, and only deployments they signed run (`[[vo]]`, none by default).
     #[serde(default)]
     pub vo: Vec<VoConfig>,
+    /// Where it was read from (a path, or `(embedded)`), for messages.
+    #[serde(skip)]
+    pub source: String,
 }
 
 /// `[cluster]`: the name every VO ticket must carry, so that a ticket signed for one
@@ -190,9 +206,11 @@ pub struct PublicConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XenConfig {
-    /// `xl` or `simulated` (default `simulated`, which says so wherever it reports).
+    /// `xl` or `simulated`. Left out: `xl` on a host that is a Xen control domain
+    /// (dom0), refused on any other: the simulated driver runs no guest, so it is only
+    /// ever chosen by name (and says so wherever it reports).
     #[serde(default)]
-    pub driver: DriverKind,
+    pub driver: Option<DriverKind>,
     /// The `xl` program (default `xl`, found on `PATH`).
     #[serde(default = "default_xl")]
     pub xl: PathBuf,
@@ -235,25 +253,84 @@ pub struct XenConfig {
 }
 
 /// Which driver hands domains to the hypervisor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
     /// The real toolstack through `xl`.
     Xl,
     /// No hypervisor: configs are checked and states tracked in a file.
-    #[default]
     Simulated,
 }
 
+impl DriverKind {
+    /// `xl` or `simulated`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Xl => "xl",
+            DriverKind::Simulated => "simulated",
+        }
+    }
+
+    /// Whether it only pretends (no hypervisor, no guest runs).
+    pub fn simulated(self) -> bool {
+        self == DriverKind::Simulated
+    }
+}
+
+impl std::fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where the kernel says what Xen made this machine (`control_d` in a dom0).
+pub const XEN_CAPABILITIES: &str = "/proc/xen/capabilities";
+
 /// `[host]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
-    /// Memory for guests in MiB (default: the machine's total memory).
+    /// Memory for guests in MiB, exactly (default: measured: with the `xl` driver, `xl
+    /// info`'s free memory plus what vw's running guests hold; else the machine's
+    /// memory; less `reserved_mib` either way).
     pub memory_mib: Option<u64>,
-    /// Physical CPUs (default: what the machine has).
+    /// Physical CPUs (default: `xl info`'s `nr_cpus` with the `xl` driver, else what
+    /// the machine has).
     pub cpus: Option<u32>,
+    /// Memory kept back from guests when it is measured (not when `memory_mib` is
+    /// set): dom0's own growth and Xen's per-domain overheads, or without Xen the host's
+    /// own programs (default 512).
+    #[serde(default = "HostConfig::default_reserved")]
+    pub reserved_mib: u64,
+    /// vCPUs per physical CPU the planner may place on this host (default 1: no
+    /// overcommit; at most 16). Pinned VMs always get whole cores.
+    #[serde(default = "HostConfig::default_vcpus_per_cpu")]
+    pub vcpus_per_cpu: u32,
 }
+
+impl HostConfig {
+    fn default_reserved() -> u64 {
+        512
+    }
+
+    fn default_vcpus_per_cpu() -> u32 {
+        1
+    }
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            memory_mib: None,
+            cpus: None,
+            reserved_mib: Self::default_reserved(),
+            vcpus_per_cpu: Self::default_vcpus_per_cpu(),
+        }
+    }
+}
+
+/// Most vCPUs per CPU a cluster config may allow.
+pub const MAX_VCPUS_PER_CPU: u32 = 16;
 
 fn default_private_bridge() -> String {
     "xenbr0".into()
@@ -289,7 +366,7 @@ fn default_restart() -> String {
 impl Default for XenConfig {
     fn default() -> Self {
         XenConfig {
-            driver: DriverKind::default(),
+            driver: None,
             xl: default_xl(),
             shutdown_timeout_s: default_shutdown_timeout(),
             command_timeout_s: default_command_timeout(),
@@ -327,7 +404,8 @@ pub struct Pools {
 
 impl ClusterConfig {
     /// The embedded default: a made-up private subnet and public pool that exist only
-    /// in the generated configs (nothing is ever sent to them), the simulated driver.
+    /// in the generated configs (nothing is ever sent to them), and no driver named
+    /// (`xl` on a dom0, refused elsewhere: [`ClusterConfig::driver`]).
     pub const EMBEDDED: &'static str = include_str!("../../examples/cluster.toml");
 
     /// Reads and checks a file.
@@ -344,10 +422,11 @@ impl ClusterConfig {
 
     /// Parses and checks `text`; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self, ConfigError> {
-        let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let mut config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             source_name: source.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        config.source = source.to_owned();
         config.pools_from(source)?;
         let zero = |key, message: &str| ConfigError::Value {
             source_name: source.to_owned(),
@@ -365,6 +444,9 @@ impl ClusterConfig {
                 "host.cpus",
                 "must be more than 0; leave it out to use the machine's CPUs",
             ));
+        }
+        if !(1..=MAX_VCPUS_PER_CPU).contains(&config.host.vcpus_per_cpu) {
+            return Err(zero("host.vcpus_per_cpu", "must be 1 (no overcommit) to 16"));
         }
         if config.xen.shutdown_timeout_s == 0
             || config.xen.command_timeout_s == 0
@@ -400,6 +482,36 @@ impl ClusterConfig {
         config.check_vos(source)?;
         config.check_boot(source)?;
         Ok(config)
+    }
+
+    /// The driver this host runs: the one the config names, else `xl` if this host is a
+    /// Xen control domain (dom0); refused otherwise.
+    pub fn driver(&self) -> Result<DriverKind, ConfigError> {
+        let capabilities = std::fs::read_to_string(XEN_CAPABILITIES);
+        self.driver_given(capabilities.as_deref().ok())
+    }
+
+    /// [`ClusterConfig::driver`] given what [`XEN_CAPABILITIES`] holds (`None`: no
+    /// such file, no Xen).
+    pub fn driver_given(&self, capabilities: Option<&str>) -> Result<DriverKind, ConfigError> {
+        if let Some(kind) = self.xen.driver {
+            return Ok(kind);
+        }
+        match capabilities {
+            Some(c)
+                if c.split(|ch: char| ch == ',' || ch.is_whitespace())
+                    .any(|w| w == "control_d") =>
+            {
+                Ok(DriverKind::Xl)
+            }
+            found => Err(ConfigError::NoDriver {
+                source_name: self.source.clone(),
+                found: match found {
+                    None => "is missing".to_owned(),
+                    Some(c) => format!("says {:?}, not control_d", c.trim()),
+                },
+            }),
+        }
     }
 
     /// The kernel directories `vo`'s deployments may use (`None`: a local deployment).
@@ -535,8 +647,32 @@ mod tests {
     #[test]
     fn embedded_default_is_valid() {
         let c = ClusterConfig::embedded();
-        assert_eq!(c.xen.driver, DriverKind::Simulated);
+        assert_eq!(c.xen.driver, None);
         assert!(c.pools().private.size() >= 64);
+    }
+
+    #[test]
+    fn the_simulated_driver_is_only_chosen_by_name() {
+        let auto = ClusterConfig::embedded();
+        assert_eq!(auto.driver_given(Some("control_d\n")).expect("dom0"), DriverKind::Xl);
+        for (capabilities, says) in
+            [(None, "is missing"), (Some(""), "says \"\""), (Some("domU\n"), "says \"domU\"")]
+        {
+            let err = auto.driver_given(capabilities).expect_err("not a dom0").to_string();
+            assert!(err.contains("(embedded) sets no [xen] driver"), "{err}");
+            assert!(err.contains(&format!("{XEN_CAPABILITIES} {says}")), "{err}");
+            assert!(err.contains("driver = \"simulated\""), "{err}");
+        }
+        for (name, kind) in [("simulated", DriverKind::Simulated), ("xl", DriverKind::Xl)] {
+            let text = ClusterConfig::EMBEDDED.replacen(
+                "[xen]\n",
+                &format!("[xen]\ndriver = \"{name}\"\n"),
+                1,
+            );
+            let c = ClusterConfig::parse(&text, "c.toml").expect("config");
+            assert_eq!(c.driver_given(None).expect("named"), kind);
+            assert_eq!(c.driver_given(Some("control_d")).expect("named"), kind);
+        }
     }
 
     #[test]
@@ -571,7 +707,7 @@ mod tests {
                 "network.private: segment 10.78.1.10-10.78.1.250 is not inside",
             ),
             ("on_crash = \"destroy\"", "on_crash = \"explode\"", "xen.on_crash: `explode`"),
-            ("driver = \"simulated\"", "driver = \"qemu\"", "unknown variant `qemu`"),
+            ("[xen]\n", "[xen]\ndriver = \"qemu\"\n", "unknown variant `qemu`"),
             (
                 "[xen]\n",
                 "[xen]\nkernel_dirs = [\"boot\"]\n",

@@ -12,6 +12,8 @@
 //! rack = "r1"                        # optional: its switch, for the planner
 //! upload_cap = "100Mbit"              # optional rate caps
 //! download_cap = "100Mbit"
+//! link_rate = "10Gbit"                # optional: else the NIC's speed, else 1 Gbit/s assumed
+//! nic = "eth0"                        # optional: the NIC to read (default: the default route's)
 //! compress = "auto"                   # chunks on the wire: auto, always, never
 //!
 //! [[peer]]                            # the only peers allowed to connect
@@ -120,6 +122,11 @@ pub struct DaemonConfig {
     pub upload_cap: Option<String>,
     /// Download rate cap; none: unlimited.
     pub download_cap: Option<String>,
+    /// The link's speed each way (`10Gbit`, `1.25GB`); none: the speed the kernel
+    /// reports for `nic`, else 1 Gbit/s, assumed (the inventory says which).
+    pub link_rate: Option<String>,
+    /// The NIC whose speed is read (default: the one on the IPv4 default route).
+    pub nic: Option<String>,
     /// Whether chunks are sent zstd-compressed (each only if that saves an eighth):
     /// `auto` (default: when the upload cap is at most 1 Gbit/s), `always`, `never`.
     #[serde(default)]
@@ -166,8 +173,12 @@ fn default_key() -> PathBuf {
 /// The configuration with its strings checked and parsed.
 #[derive(Clone, Debug)]
 pub struct Daemon {
+    /// Where it was read from, for messages.
+    pub source: String,
     /// The file as written.
     pub config: DaemonConfig,
+    /// This host's name: `name`, else the machine's hostname; unique among its peers.
+    pub name: String,
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
     /// The cluster's peers.
@@ -176,6 +187,8 @@ pub struct Daemon {
     pub heads: Vec<PeerId>,
     /// Rate caps in bytes per second (upload, download).
     pub caps: (Option<f64>, Option<f64>),
+    /// `link_rate`, in bytes per second.
+    pub link_rate: Option<f64>,
 }
 
 impl Daemon {
@@ -225,9 +238,17 @@ impl Daemon {
                     ))
                 }
             };
-            if peers.iter().any(|q: &ClusterPeer| q.name == p.name || q.id == id) {
-                return Err(bad(key("name"), "the same peer (name or id) is listed twice".into()));
+            if let Some(q) = peers.iter().find(|q: &&ClusterPeer| q.name == p.name || q.id == id) {
+                return Err(bad(
+                    key("name"),
+                    format!(
+                        "peer {} ({}) and peer {} ({}) share a name or an id: each host is \
+                         listed once, under a name of its own",
+                        q.name, q.id, p.name, p.id
+                    ),
+                ));
             }
+            check_name(&p.name).map_err(|m| bad(key("name"), m))?;
             if p.head {
                 heads.push(id);
             }
@@ -250,7 +271,50 @@ impl Daemon {
         };
         let caps =
             (cap(&config.upload_cap, "upload_cap")?, cap(&config.download_cap, "download_cap")?);
-        Ok(Daemon { config, listen, peers, heads, caps })
+        let name = match config.name.clone().or_else(hostname) {
+            Some(n) => n,
+            None => {
+                return Err(bad(
+                    "name".into(),
+                    "not set, and this machine's hostname is unreadable: set `name`".into(),
+                ))
+            }
+        };
+        check_name(&name).map_err(|m| bad("name".into(), m))?;
+        if let Some(p) = peers.iter().find(|p| p.name == name) {
+            return Err(bad(
+                "name".into(),
+                format!(
+                    "this host's name `{name}`{} is also peer {}'s ({}): host names must be \
+                     unique in plans and reports; set `name` here or rename the peer",
+                    if config.name.is_none() { " (its hostname)" } else { "" },
+                    p.name,
+                    p.id
+                ),
+            ));
+        }
+        let link_rate = cap(&config.link_rate, "link_rate")?;
+        if let Some(nic) = &config.nic {
+            // It names a file under /sys/class/net: an interface name, nothing more.
+            let ok = !nic.is_empty()
+                && nic.len() < 16
+                && nic != "."
+                && nic != ".."
+                && !nic.bytes().any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0);
+            if !ok {
+                return Err(bad("nic".into(), format!("`{nic}` is not a network interface name")));
+            }
+        }
+        Ok(Daemon {
+            source: source.to_owned(),
+            config,
+            name,
+            listen,
+            peers,
+            heads,
+            caps,
+            link_rate,
+        })
     }
 
     /// The key file's path.
@@ -258,12 +322,25 @@ impl Daemon {
         self.config.data_dir.join(&self.config.key_file)
     }
 
-    /// Whether this daemon sends chunks compressed.
-    pub fn compress(&self) -> bool {
+    /// This host's link: `link_rate`, else what the kernel says of `nic` (or the
+    /// default route's NIC), else assumed ([`crate::machine::link_rate`]).
+    pub fn link(&self) -> crate::machine::LinkRate {
+        crate::machine::link_rate(self.link_rate, self.config.nic.as_deref())
+    }
+
+    /// Whether this daemon sends chunks compressed, on `link`: `auto` does when what
+    /// it may send (its upload cap, or a link speed that was configured or read, not
+    /// assumed) is at most 1 Gbit/s.
+    pub fn compress(&self, link: &crate::machine::LinkRate) -> bool {
+        let known = (link.source != crate::machine::Source::Assumed).then_some(link.bytes_per_s);
+        let up = match (self.caps.0, known) {
+            (Some(cap), Some(link)) => Some(cap.min(link)),
+            (cap, link) => cap.or(link),
+        };
         match self.config.compress {
             Compress::Always => true,
             Compress::Never => false,
-            Compress::Auto => self.caps.0.is_some_and(|up| up <= 125e6),
+            Compress::Auto => up.is_some_and(|up| up <= 125e6),
         }
     }
 
@@ -272,15 +349,37 @@ impl Daemon {
         self.config.data_dir.join(crate::local::SOCKET)
     }
 
-    /// This host's name.
-    pub fn name(&self) -> String {
-        self.config.name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "head".into())
-        })
+    /// Refuses a peer listed with this host's own id.
+    pub fn check_own_id(&self, me: &PeerId) -> Result<(), DaemonError> {
+        match self.peers.iter().find(|p| p.id == *me) {
+            Some(p) => Err(DaemonError::Value {
+                path: self.source.clone(),
+                key: format!("peer ({})", p.name),
+                message: format!(
+                    "peer {} has this host's own id {me}: list the other hosts, not this one",
+                    p.name
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The machine's hostname, if it has one.
+fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(h.trim().to_owned()).filter(|h| !h.is_empty())
+}
+
+/// A host name as plans and reports show it: 1 to 64 letters, digits, `.`, `_`, `-`.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}`: 1 to 64 letters, digits, `.`, `_` or `-`"))
     }
 }
 
@@ -373,10 +472,35 @@ addr = "/ip4/10.0.0.1/tcp/7400"
             .expect_err("bad addr");
         assert!(err.to_string().contains("listen: `tcp:7400`"), "{err}");
         let twice = format!("{GOOD}\n[[peer]]\nname = \"head\"\nid = \"12D3KooWDfbXdEiogerEyKenjhbaKnk3Ezvb1EcMxJ8vmhDwSu68\"\naddr = \"/ip4/10.0.0.1/tcp/7400\"\n");
-        assert!(Daemon::parse(&twice, "vwd.toml")
-            .expect_err("twice")
-            .to_string()
-            .contains("listed twice"));
+        let err = Daemon::parse(&twice, "vwd.toml").expect_err("twice").to_string();
+        assert!(err.contains("peer head (12D3KooW") && err.contains("share a name"), "{err}");
+    }
+
+    /// Two hosts of one name make plans and reports ambiguous: this host's own name
+    /// (given, or its hostname) must differ from every peer's, and the error names both.
+    #[test]
+    fn a_host_named_like_one_of_its_peers_is_refused() {
+        let err = Daemon::parse(&format!("name = \"head\"\n{GOOD}"), "vwd.toml")
+            .expect_err("same name")
+            .to_string();
+        assert!(err.contains("this host's name `head` is also peer head's (12D3KooW"), "{err}");
+        if let Some(h) = hostname().filter(|h| check_name(h).is_ok()) {
+            let err = Daemon::parse(
+                &GOOD.replace("name = \"head\"", &format!("name = \"{h}\"")),
+                "vwd.toml",
+            )
+            .expect_err("hostname")
+            .to_string();
+            assert!(err.contains("(its hostname)"), "{err}");
+        }
+        let d = Daemon::parse(&format!("name = \"node7\"\n{GOOD}"), "vwd.toml").expect("unique");
+        assert_eq!(d.name, "node7");
+        let me: PeerId =
+            "12D3KooWDfbXdEiogerEyKenjhbaKnk3Ezvb1EcMxJ8vmhDwSu68".parse().expect("id");
+        let err = d.check_own_id(&me).expect_err("own id").to_string();
+        assert!(err.contains("peer head has this host's own id"), "{err}");
+        let bad = Daemon::parse(&format!("name = \"a b\"\n{GOOD}"), "vwd.toml").expect_err("space");
+        assert!(bad.to_string().contains("name: `a b`"), "{bad}");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! ```toml
 //! [defaults]                 # applied to every host that does not say otherwise
 //! memory_mib = 2048
-//! vcpus = 4                  # vCPUs it runs in all
 //! cpus = 2                   # physical cores (pinned VMs get them exclusively)
+//! vcpus_per_cpu = 2          # vCPUs it runs per core (default 1); or `vcpus = 4` in all
 //! up = "100Mbit"             # link rates: 100Mbit, 1Gbit, 12.5MB, 10MiB (per second)
 //! down = "100Mbit"
 //! images = []                # whole images every host holds, unless it says otherwise
@@ -89,8 +89,10 @@ struct Entry {
     name: Option<String>,
     /// Memory for guests, MiB.
     memory_mib: Option<u64>,
-    /// vCPUs it runs in all.
+    /// vCPUs it runs in all (default: `cpus` × `vcpus_per_cpu`).
     vcpus: Option<u32>,
+    /// vCPUs per physical core, when `vcpus` is not given (default 1: no overcommit).
+    vcpus_per_cpu: Option<u32>,
     /// Physical cores.
     cpus: Option<u32>,
     /// Uplink rate.
@@ -170,11 +172,23 @@ impl HostsFile {
                 let error = PlanError::EmptySource { host: name.clone() };
                 return Err(HostsError::Cluster { source_name: source.to_owned(), error });
             }
+            let memory_mib = need(e.memory_mib.or(d.memory_mib), "memory_mib")?;
+            let cpus = need(e.cpus.or(d.cpus).map(u64::from), "cpus")? as u32;
+            let per_cpu = e.vcpus_per_cpu.or(d.vcpus_per_cpu).unwrap_or(1);
+            if !(1..=crate::config::MAX_VCPUS_PER_CPU).contains(&per_cpu) {
+                return Err(bad(format!("vcpus_per_cpu {per_cpu}: 1 (no overcommit) to 16")));
+            }
+            let vcpus = match e.vcpus.or(d.vcpus) {
+                Some(v) => v,
+                None => cpus
+                    .checked_mul(per_cpu)
+                    .ok_or_else(|| bad(format!("{cpus} CPUs × {per_cpu} vCPUs overflows")))?,
+            };
             hosts.push(Host {
                 name: name.clone(),
-                memory_mib: need(e.memory_mib.or(d.memory_mib), "memory_mib")?,
-                vcpus: need(e.vcpus.or(d.vcpus).map(u64::from), "vcpus")? as u32,
-                cpus: need(e.cpus.or(d.cpus).map(u64::from), "cpus")? as u32,
+                memory_mib,
+                vcpus,
+                cpus,
                 up: rate(if e.up.is_some() { &e.up } else { &d.up }, "up")?,
                 down: rate(if e.down.is_some() { &e.down } else { &d.down }, "down")?,
                 rack: e.rack.clone().or_else(|| d.rack.clone()),
@@ -266,5 +280,20 @@ mod tests {
         assert!(err.to_string().contains("source a holds nothing"), "{err}");
         let err = HostsFile::parse("[[host]]\nname = \"a\"\n", "h.toml").expect_err("no memory");
         assert!(err.to_string().contains("host a: has no memory_mib"), "{err}");
+        let err = HostsFile::parse(
+            &format!("{base}[[host]]\nname = \"a\"\nvcpus_per_cpu = 0\n"),
+            "h.toml",
+        )
+        .expect_err("zero ratio");
+        assert!(err.to_string().contains("host a: vcpus_per_cpu 0"), "{err}");
+        // Without vcpus, a host runs cpus × vcpus_per_cpu (default 1).
+        let base = base.replace("vcpus = 2\n", "");
+        let f = HostsFile::parse(
+            &format!("{base}[[host]]\nname = \"a\"\n[[host]]\nname = \"b\"\ncpus = 4\nvcpus_per_cpu = 3\n"),
+            "h.toml",
+        )
+        .expect("hosts");
+        let vcpus: Vec<u32> = f.cluster.hosts().iter().map(|h| h.vcpus).collect();
+        assert_eq!(vcpus, [1, 12]);
     }
 }

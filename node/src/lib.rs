@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod local;
 #[cfg(feature = "host")]
 pub mod localnet;
+pub mod machine;
 #[cfg(feature = "host")]
 pub mod manager;
 #[cfg(feature = "host")]

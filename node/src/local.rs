@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::control::head::{DeployEvent, DeployOptions, DeployReport, Head, HostAnswer};
 use crate::control::host::HostService;
+use crate::control::protocol::HostStatus;
 use crate::control::{Answer, Request};
 use crate::lifecycle::Op;
-use crate::report::{VmRecord, VmReport};
-use crate::xen::DomainState;
+use crate::report::VmReport;
 
 /// The socket's file name in the data directory.
 pub const SOCKET: &str = "vwd.sock";
@@ -63,8 +63,8 @@ pub enum LocalRequest {
     },
 }
 
-/// The VMs one host reported.
-pub type HostVms = HostAnswer<Vec<(VmRecord, Option<DomainState>)>>;
+/// The VMs one host reported, with its driver.
+pub type HostVms = HostAnswer<HostStatus>;
 
 /// `vwd` → `vw`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -284,8 +284,13 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
         }
         (Ok(LocalRequest::Status { deployment }), Role::Host(host)) => {
             let (tx, _rx) = mpsc::channel(1);
-            let result = match host.handle("local", Request::Status { deployment }, tx).await {
-                Answer::Status(vms) => Ok(vms),
+            let request = Request::Status { deployment: deployment.clone() };
+            let result = match host.handle("local", request, tx).await {
+                Answer::Status(s) if s.vms.is_empty() && deployment.is_some() => Err(format!(
+                    "no deployment {} on this host; `vw status` lists them",
+                    deployment.as_deref().unwrap_or_default()
+                )),
+                Answer::Status(s) => Ok(s),
                 Answer::Failed(e) | Answer::Refused(e) => Err(e),
                 other => Err(format!("unexpected answer {other:?}")),
             };

@@ -148,10 +148,11 @@ impl LocalNet {
     }
 }
 
-/// `config` (a cluster config's text, with an `[xen]` table) allowing the kernel and
-/// ramdisk the example workspaces name (`vmlinuz-6.1.0-vw`, `initrd.img-6.1.0-vw`),
-/// made in `dir/kernels`: placeholders, since the simulated Xen driver boots nothing,
-/// but real files for the host's kernel-directory check.
+/// `config` (a cluster config's text, with an `[xen]` table and no driver) set to the
+/// simulated Xen driver, by name, and allowing the kernel and ramdisk the example
+/// workspaces name (`vmlinuz-6.1.0-vw`, `initrd.img-6.1.0-vw`), made in `dir/kernels`:
+/// placeholders, since the simulated driver boots nothing, but real files for the
+/// host's kernel-directory check.
 pub fn with_placeholder_kernels(config: &str, dir: &Path) -> anyhow::Result<String> {
     let kernels = dir.join("kernels");
     std::fs::create_dir_all(&kernels).with_context(|| format!("creating {}", kernels.display()))?;
@@ -160,7 +161,8 @@ pub fn with_placeholder_kernels(config: &str, dir: &Path) -> anyhow::Result<Stri
         std::fs::write(&path, "not a kernel: a placeholder for vw's simulated Xen driver\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let allowed = format!("[xen]\nkernel_dirs = [{:?}]\n", kernels.display());
+    let allowed =
+        format!("[xen]\ndriver = \"simulated\"\nkernel_dirs = [{:?}]\n", kernels.display());
     Ok(config.replacen("[xen]\n", &allowed, 1))
 }
 

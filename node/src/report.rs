@@ -9,6 +9,7 @@ use vw_planner::address::NicAddress;
 
 use crate::config::ClusterConfig;
 use crate::lifecycle::{Step, VmState};
+use crate::machine::{Counted, Source, XlInfo};
 use crate::workspace::{VmRole, WorkspaceSpec};
 use crate::xen::config::Disk;
 use crate::xen::{DomainState, GuestReport};
@@ -144,32 +145,48 @@ pub struct AddressOwner {
     pub vm: String,
 }
 
-/// What this host can give guests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What this host can give guests, and where each figure came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostCapacity {
-    /// Memory in MiB.
+    /// Memory for guests in MiB (vw's own running guests' included).
     pub memory_mib: u64,
     /// Physical CPUs.
     pub cpus: u32,
+    /// vCPUs it runs per physical CPU (unpinned VMs share cores).
+    pub vcpus_per_cpu: u32,
+    /// Where `memory_mib` came from.
+    pub memory_from: Source,
+    /// Where `cpus` came from.
+    pub cpus_from: Source,
 }
 
 impl HostCapacity {
-    /// From the config, defaulting to what the machine has.
-    pub fn from_config(config: &ClusterConfig) -> Self {
-        let memory_mib = config.host.memory_mib.unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| {
-                    let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
-                })
-                .map_or(1024, |kib| kib / 1024)
-        });
-        let cpus = config
-            .host
-            .cpus
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-        HostCapacity { memory_mib, cpus }
+    /// What this host gives guests: the config's `[host]` figures where set. Else, where
+    /// Xen says (`xen`: `xl info`), its free memory plus `running_mib` (what vw's own
+    /// domains hold now) less `[host] reserved_mib`, and its CPUs. Else the machine's
+    /// memory less the reserve, and its CPUs.
+    pub fn measure(
+        config: &ClusterConfig,
+        xen: Option<XlInfo>,
+        running_mib: u64,
+        machine: &Counted,
+    ) -> Self {
+        let reserve = config.host.reserved_mib;
+        let (memory_mib, memory_from) = match (config.host.memory_mib, xen, machine.memory_mib) {
+            (Some(m), _, _) => (m, Source::Configured),
+            (None, Some(x), _) => {
+                (x.free_mib.saturating_add(running_mib).saturating_sub(reserve), Source::Xen)
+            }
+            (None, None, Some(m)) => (m.saturating_sub(reserve), Source::Machine),
+            (None, None, None) => (0, Source::Assumed),
+        };
+        let (cpus, cpus_from) = match (config.host.cpus, xen) {
+            (Some(c), _) => (c, Source::Configured),
+            (None, Some(x)) => (x.cpus, Source::Xen),
+            (None, None) => (machine.cpus, Source::Machine),
+        };
+        let vcpus_per_cpu = config.host.vcpus_per_cpu;
+        HostCapacity { memory_mib, cpus, vcpus_per_cpu, memory_from, cpus_from }
     }
 }
 

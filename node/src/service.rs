@@ -17,7 +17,7 @@ use crate::access::Gate;
 use crate::chunks::handler::{Relay, Sending};
 use crate::config::ClusterConfig;
 use crate::control::head::{control_protocol, Head};
-use crate::control::host::{self, HostService};
+use crate::control::host::{self, HostLinks, HostService};
 use crate::daemon::{Daemon, Role};
 use crate::local;
 use crate::manager::Manager;
@@ -43,7 +43,8 @@ impl Vwd {
     /// Opens the store, starts the peer, serves control requests and the local socket,
     /// and dials the configured peers.
     pub async fn start(daemon: &Daemon, key: identity::Keypair) -> anyhow::Result<Vwd> {
-        let name = daemon.name();
+        let name = daemon.name.clone();
+        daemon.check_own_id(&key.public().to_peer_id())?;
         let cluster = match &daemon.config.cluster_config {
             Some(path) => ClusterConfig::load(path)?,
             None => ClusterConfig::embedded(),
@@ -57,6 +58,18 @@ impl Vwd {
         for r in &reconciled {
             tracing::warn!(vm = %r.vm, was = %r.was, now = %r.now, reason = %r.reason, "reconciled on start");
         }
+        let driver = manager.driver().kind();
+        if driver.simulated() {
+            tracing::warn!(%driver, config = %cluster.source, "Xen driver: simulated, chosen by the cluster config: no guest runs on this host, and every report says so");
+        } else {
+            tracing::info!(%driver, config = %cluster.source, "Xen driver");
+        }
+        let link = daemon.link();
+        tracing::info!(
+            mbit_s = link.bytes_per_s * 8.0 / 1e6,
+            source = %link.source,
+            "link",
+        );
         let gate = Gate {
             config: Arc::new(cluster.clone()),
             grants: Arc::default(),
@@ -74,7 +87,7 @@ impl Vwd {
                 allowed: daemon.peers.iter().map(|p| p.id).collect(),
                 sending: Sending {
                     upload: daemon.caps.0.map(|r| Arc::new(RateLimit::new(r))),
-                    compress: daemon.compress(),
+                    compress: daemon.compress(&link),
                     grants: Arc::clone(&gate.grants),
                     audit: Some(Arc::clone(&gate.audit)),
                     limits: Default::default(),
@@ -91,8 +104,7 @@ impl Vwd {
             relay,
             peer.control(),
             book.clone(),
-            daemon.caps,
-            daemon.config.rack.clone(),
+            HostLinks { caps: daemon.caps, link, rack: daemon.config.rack.clone() },
             daemon.heads.clone(),
             gate,
         ));

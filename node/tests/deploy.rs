@@ -7,6 +7,7 @@ use std::path::Path;
 
 use vw_node::access::{Ticket, TicketTerms};
 use vw_node::chunkstore::{ImageRef, Store, Visibility};
+use vw_node::config::DriverKind;
 use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
@@ -41,10 +42,16 @@ async fn deploy(
             workspace: text,
             source: "test.xml".into(),
             ticket,
-            options: DeployOptions { strategy, policy: Policy::Spread },
+            options: DeployOptions { strategy, policy: Policy::Spread, mixed_drivers: false },
         };
         match local::call(&socket, &request, |e| events.push(e.clone())).expect("socket") {
-            LocalReply::Deployed { report } => (*report, events),
+            LocalReply::Deployed { report } => {
+                // Every host says which driver ran its VMs: here, by name, simulated.
+                for h in &report.hosts {
+                    assert_eq!(h.driver, Some(DriverKind::Simulated), "{}", h.host);
+                }
+                (*report, events)
+            }
             other => panic!("deploy failed: {other:?}"),
         }
     })
@@ -256,7 +263,11 @@ async fn deploy_error(net: &LocalNet, ticket: Vec<u8>, workspace: String) -> Str
             workspace,
             source: "bad.xml".into(),
             ticket,
-            options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
+            options: DeployOptions {
+                strategy: Strategy::Chain,
+                policy: Policy::Spread,
+                mixed_drivers: false,
+            },
         };
         match local::call(&socket, &request, |_| {}).expect("socket") {
             LocalReply::Failed { error } => error,
@@ -359,11 +370,16 @@ fn pinned_in_configs(data_dir: &Path) -> Vec<(String, Vec<u32>)> {
 async fn pinned_co_located_clusters_never_share_a_core() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (net, _images, vos) = cluster(dir.path(), 3, 16);
-    // Four cores per host: room for two VMs of two pinned vCPUs each.
+    // Four cores per host: room for two VMs of two pinned vCPUs each; vCPUs
+    // overcommitted 4:1, so that cores, not vCPUs, run out.
     let text = std::fs::read_to_string(&vos.cluster_config).expect("cluster config");
-    assert!(text.contains("\n[host]\n"), "the cluster config has a [host] table");
-    std::fs::write(&vos.cluster_config, text.replacen("\n[host]\n", "\n[host]\ncpus = 4\n", 1))
-        .expect("cluster config");
+    let text = text.replacen("\n[host]\n", "\n[host]\ncpus = 4\n", 1).replacen(
+        "\nvcpus_per_cpu = 1 ",
+        "\nvcpus_per_cpu = 4 ",
+        1,
+    );
+    assert!(text.contains("cpus = 4\n") && text.contains("vcpus_per_cpu = 4"), "{text}");
+    std::fs::write(&vos.cluster_config, text).expect("cluster config");
     let vwds = net.start().await.expect("start");
     let pinned = |name: &str, worker: &str| {
         cluster_workspace(name, "demo/base:1", worker, 2)
@@ -499,7 +515,11 @@ async fn a_ticket_signed_elsewhere_deploys_once() {
             workspace: w,
             source: "once.xml".into(),
             ticket: t,
-            options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
+            options: DeployOptions {
+                strategy: Strategy::Chain,
+                policy: Policy::Spread,
+                mixed_drivers: false,
+            },
         };
         match local::call(&socket, &request, |_| {}).expect("socket") {
             LocalReply::Deployed { report } => report,
@@ -539,7 +559,11 @@ async fn concurrent_deploys_cannot_both_take_the_last_of_a_quota() {
                 workspace: text,
                 source: "race.xml".into(),
                 ticket,
-                options: DeployOptions { strategy: Strategy::Chain, policy: Policy::Spread },
+                options: DeployOptions {
+                    strategy: Strategy::Chain,
+                    policy: Policy::Spread,
+                    mixed_drivers: false,
+                },
             };
             local::call(&socket, &request, |_| {}).expect("socket")
         })

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vw_node::config::ClusterConfig;
+use vw_node::machine::Source;
 use vw_node::manager::{Manager, ManagerError, Op, Step, VmState};
 use vw_node::workspace::{self, WorkspaceSpec};
 use vw_node::xen::DomainState;
@@ -136,7 +137,7 @@ fn states(m: &Manager) -> Vec<(String, VmState, Option<DomainState>)> {
 fn create_stages_integrates_and_runs_a_cluster() {
     let fx = fixture();
     let m = open(&fx.root);
-    assert!(m.driver().simulated());
+    assert!(m.driver().kind().simulated());
     m.submit(&spec(CLUSTER)).expect("submit");
     let reports = m.run("t", None, Op::Create).expect("create");
     assert_eq!(reports.len(), 3);
@@ -474,14 +475,25 @@ fn the_xl_driver_runs_a_cluster_through_a_fake_xl() {
     )
     .expect("wrapper");
     Command::new("chmod").arg("+x").arg(&wrapper).status().expect("chmod");
-    let config = ClusterConfig::EMBEDDED
+    let parent = fx.root.parent().expect("parent");
+    let text = vw_node::localnet::with_placeholder_kernels(ClusterConfig::EMBEDDED, parent)
+        .expect("kernels")
         .replace("driver = \"simulated\"", "driver = \"xl\"")
         .replace("xl = \"xl\"", &format!("xl = \"{}\"", wrapper.display()));
-    let config = with_kernels(&fx.root, &config);
+    let config = ClusterConfig::parse(&text, "cluster.toml").expect("config");
     let (m, _) = Manager::open(&fx.root, config.clone()).expect("open");
-    assert!(!m.driver().simulated());
+    assert!(!m.driver().kind().simulated());
+    // Capacity is Xen's word: fake-xl's machine has 8192 MiB, dom0 holds 1024, and
+    // the config keeps 512 back; what vw's own running guests hold counts as theirs.
+    let xen = |m: &Manager| {
+        let h = m.host().expect("capacity");
+        (h.memory_mib, h.memory_from, h.cpus, h.cpus_from, h.vcpus_per_cpu)
+    };
+    let measured = (8192 - 1024 - 512, Source::Xen, 4, Source::Xen, 1);
+    assert_eq!(xen(&m), measured);
     m.submit(&spec(CLUSTER)).expect("submit");
     m.run("t", None, Op::Create).expect("create");
+    assert_eq!(xen(&m), measured);
     xen_accepts_all(&fx.root);
     m.run("t", Some("t-worker2"), Op::Pause).expect("pause");
     let s = states(&m);

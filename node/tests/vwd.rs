@@ -1,6 +1,7 @@
-//! `vwd` as a process: it makes its key once, refuses chunks to a listed peer that
-//! stages nothing through it (knowing the ids is not enough) and control requests from
-//! peers that are not heads, audits both, and exits cleanly on SIGTERM.
+//! `vwd` as a process: it never simulates Xen unless told to, makes its key once,
+//! refuses chunks to a listed peer that stages nothing through it (knowing the ids is
+//! not enough) and control requests from peers that are not heads, audits both, and
+//! exits cleanly on SIGTERM.
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
@@ -30,17 +31,38 @@ async fn vwd_refuses_chunks_outside_a_deployment_and_stops_on_sigterm() {
     let me = identity::Keypair::generate_ed25519();
     let peer_id = me.public().to_peer_id();
     let config = dir.path().join("vwd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"host\"\ndata_dir = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\n[[peer]]\nname = \"test\"\nid = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/1\"\n",
+    let write_config = |cluster: &str| {
+        let text = format!(
+            "role = \"host\"\ndata_dir = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n{cluster}\n[[peer]]\nname = \"test\"\nid = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/1\"\n",
             data.display(),
             me.public().to_peer_id()
-        ),
-    )
-    .expect("config");
-
+        );
+        std::fs::write(&config, text).expect("config");
+    };
     let vwd = env!("CARGO_BIN_EXE_vwd");
+
+    // No cluster config, so no driver named: on a host that is not a Xen dom0, vwd
+    // refuses to start rather than pretend (before, it ran the simulated driver and
+    // reported VMs that did not exist).
+    write_config("");
+    let dom0 = std::fs::read_to_string(vw_node::config::XEN_CAPABILITIES)
+        .is_ok_and(|c| c.contains("control_d"));
+    if !dom0 {
+        let out = Command::new(vwd).arg("--config").arg(&config).output().expect("run vwd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "vwd started without a driver: {err}");
+        assert!(err.contains("cluster config (embedded) sets no [xen] driver"), "{err}");
+        assert!(err.contains("driver = \"simulated\""), "{err}");
+    }
+    let cluster = dir.path().join("cluster.toml");
+    let text = vw_node::localnet::with_placeholder_kernels(
+        vw_node::config::ClusterConfig::EMBEDDED,
+        dir.path(),
+    )
+    .expect("cluster config");
+    std::fs::write(&cluster, text).expect("cluster config");
+    write_config(&format!("cluster_config = \"{}\"\n", cluster.display()));
+
     let id =
         Command::new(vwd).arg("--config").arg(&config).arg("--print-id").output().expect("run vwd");
     assert!(id.status.success(), "{}", String::from_utf8_lossy(&id.stderr));

@@ -78,7 +78,7 @@ impl Fake {
 fn lifecycle_maps_onto_xl_commands() {
     let fake = Fake::new();
     let xl = fake.driver("", Duration::from_secs(10));
-    assert!(!xl.simulated());
+    assert!(!xl.kind().simulated());
     assert_eq!(xl.status("vm1").expect("status"), None);
     xl.load("vm1", &fake.config("vm1")).expect("load");
     assert_eq!(xl.status("vm1").expect("status"), Some(DomainState::Paused));

@@ -26,6 +26,8 @@ use vw_node::planner::address::{assign, Mac, Network, NicAddress, Pool, VmNics};
 use vw_node::planner::{
     place, plan, simulate, HostIx, Image, Inventory, Need, PlanError, Policy, Strategy, VmDemand,
 };
+use vw_node::config::DriverKind;
+use vw_node::machine::{LinkRate, Source};
 use vw_node::report::HostCapacity;
 use vw_node::wire;
 
@@ -100,8 +102,20 @@ fn report(u: &mut Unstructured<'_>, chunks: &[usize]) -> Result<InventoryReport>
     if u.ratio(1, 32)? {
         held.pop();
     }
+    let sources = [Source::Configured, Source::Nic("eth0".into()), Source::Xen, Source::Assumed];
+    let source = |u: &mut Unstructured<'_>| -> Result<Source> {
+        Ok(sources[u.int_in_range(0..=3)?].clone())
+    };
     Ok(InventoryReport {
-        capacity: HostCapacity { memory_mib: small(u, 16384)?, cpus },
+        driver: if u.ratio(1, 8)? { DriverKind::Simulated } else { DriverKind::Xl },
+        capacity: HostCapacity {
+            memory_mib: small(u, 16384)?,
+            cpus,
+            vcpus_per_cpu: small(u, 17)?,
+            memory_from: source(u)?,
+            cpus_from: source(u)?,
+        },
+        link: LinkRate { bytes_per_s: cap(u)?.unwrap_or(125e6), source: source(u)? },
         caps: (cap(u)?, cap(u)?),
         rack: if u.arbitrary()? {
             Some(["r1", "r2"][usize::from(u.arbitrary::<bool>()?)].into())
@@ -119,7 +133,7 @@ fn report(u: &mut Unstructured<'_>, chunks: &[usize]) -> Result<InventoryReport>
 fn frame(reply: &Reply) -> Vec<u8> {
     let body = postcard::to_allocvec(reply).expect("encode");
     let mut out = ((body.len() + 1) as u32).to_be_bytes().to_vec();
-    out.push(2);
+    out.push(vw_node::control::protocol::VERSION);
     out.extend(body);
     out
 }

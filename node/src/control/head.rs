@@ -26,21 +26,17 @@ use vw_planner::{Cluster, HostIx, Inventory, Policy, Strategy};
 
 use super::host::HostService;
 use super::protocol::{
-    Answer, ImageChunks, ImageOrder, InventoryReport, Progress, Pull, Reply, Request, StageOrder,
-    StageReport, PROTOCOL_NAME,
+    Answer, HostStatus, ImageChunks, ImageOrder, InventoryReport, Progress, Pull, Reply, Request,
+    StageOrder, StageReport, PROTOCOL_NAME,
 };
 use super::usage::{Usage, VoUsage};
 use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticket};
-use crate::config::Pools;
+use crate::config::{DriverKind, Pools};
 use crate::lifecycle::Op;
 use crate::plan::{plan_with, PlanReport, Taken, WorkspaceImages};
-use crate::report::{
-    ClusterDeployment, ClusterShare, Member, PlacedVm, VmReady, VmRecord, VmReport,
-};
+use crate::report::{ClusterDeployment, ClusterShare, Member, PlacedVm, VmReady, VmReport};
 use crate::wire;
-use crate::xen::DomainState;
 
-pub use super::view::{UNCAPPED_RATE, VCPUS_PER_CPU};
 /// How long the head waits for any word from a host (progress comes every 250 ms
 /// while a host fetches, and every 5 s otherwise).
 pub const CALL_QUIET: Duration = Duration::from_secs(60);
@@ -123,6 +119,9 @@ pub struct DeployOptions {
     pub strategy: Strategy,
     /// Spread or pack.
     pub policy: Policy,
+    /// Deploy across hosts whose Xen drivers differ (else refused).
+    #[serde(default)]
+    pub mixed_drivers: bool,
 }
 
 /// One phase's duration.
@@ -139,6 +138,9 @@ pub struct PhaseTime {
 pub struct HostOutcome {
     /// The host.
     pub host: String,
+    /// The Xen driver it runs its VMs with (`simulated`: no guest exists), as its
+    /// inventory said.
+    pub driver: Option<DriverKind>,
     /// Its VMs.
     pub vms: Vec<String>,
     /// Its stage (bytes lacked and received, from whom, how long).
@@ -451,7 +453,10 @@ impl Head {
             async move { expect_answer!(self.call(h, request, None).await, Answer::Inventory) }
         }))
         .await;
-        let (cluster, inventory, mut taken) = self.cluster(&hosts, &answers, &wi, events)?;
+        let view = self.cluster(&hosts, &answers, &wi, options.mixed_drivers, events)?;
+        let (cluster, inventory, drivers) = (view.cluster, view.inventory, view.drivers);
+        let mut taken = Taken { vms: view.committed, nics: view.nics };
+        let driver_of = |host: &str| drivers.iter().find(|(h, _)| h == host).map(|(_, d)| *d);
 
         clock.start(DeployPhase::Place).await;
         let fixed = existing.as_ref().map(|e| e.placement.clone());
@@ -533,6 +538,7 @@ impl Head {
                     alive.push(h);
                     outcomes.push(HostOutcome {
                         host: hosts[h].0.clone(),
+                        driver: driver_of(&hosts[h].0),
                         vms,
                         stage: Some(report),
                         error: None,
@@ -542,6 +548,7 @@ impl Head {
                     lost(events, &hosts[h].0, &e).await;
                     outcomes.push(HostOutcome {
                         host: hosts[h].0.clone(),
+                        driver: driver_of(&hosts[h].0),
                         vms,
                         stage: None,
                         error: Some(e),
@@ -609,15 +616,17 @@ impl Head {
         })
     }
 
-    /// The planner's cluster from the inventories (`view::cluster_view`, what the
-    /// `inventory` fuzz target drives): hosts that did not answer are dead, and lost.
+    /// The planner's view of the cluster from the inventories (`view::cluster_view`,
+    /// what the `inventory` fuzz target drives): hosts that did not answer are dead, and
+    /// lost; live hosts whose drivers differ are refused unless `mixed_drivers`.
     fn cluster(
         &self,
         hosts: &[(String, PeerId)],
         answers: &[Result<InventoryReport, String>],
         wi: &WorkspaceImages,
+        mixed_drivers: bool,
         events: &mpsc::Sender<DeployEvent>,
-    ) -> Result<(Cluster, Inventory, Taken), String> {
+    ) -> Result<super::view::ClusterView, String> {
         let names: Vec<String> = hosts.iter().map(|(n, _)| n.clone()).collect();
         let images: Vec<(ImageRef, usize)> =
             wi.refs.iter().cloned().zip(wi.chunks.iter().map(Vec::len)).collect();
@@ -628,8 +637,8 @@ impl Head {
             let _ = events.try_send(DeployEvent::Lost { host: host.clone(), reason });
             tracing::warn!(host = %host, error = %e, "no inventory; planning without it");
         }
-        let taken = Taken { vms: view.committed, nics: view.nics };
-        Ok((view.cluster, view.inventory, taken))
+        view.check_drivers(mixed_drivers).map_err(|e| e.to_string())?;
+        Ok(view)
     }
 
     /// A stage order for every host with VMs.
@@ -918,12 +927,12 @@ impl Head {
             .collect())
     }
 
-    /// The VMs of `deployment` (or of every deployment) on every host concerned.
-    #[allow(clippy::type_complexity)]
+    /// The VMs of `deployment` (or of every deployment) on every host concerned, with
+    /// each host's driver.
     pub async fn status(
         &self,
         deployment: Option<&str>,
-    ) -> Result<Vec<HostAnswer<Vec<(VmRecord, Option<DomainState>)>>>, String> {
+    ) -> Result<Vec<HostAnswer<HostStatus>>, String> {
         let hosts = self.hosts().await;
         let on: Vec<usize> = match deployment {
             Some(d) => self.hosts_of(d).await?.1,
@@ -932,14 +941,7 @@ impl Head {
         let results = join_all(on.iter().map(|&h| {
             let request = Request::Status { deployment: deployment.map(str::to_owned) };
             let host = &hosts[h];
-            async move {
-                let answer = self.call(host, request, None).await;
-                // A host without this deployment simply has none of its VMs.
-                match expect_answer!(answer, Answer::Status) {
-                    Err(e) if e.contains("no deployment") => Ok(Vec::new()),
-                    other => other,
-                }
-            }
+            async move { expect_answer!(self.call(host, request, None).await, Answer::Status) }
         }))
         .await;
         Ok(on

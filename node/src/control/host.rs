@@ -20,14 +20,15 @@ use vw_chunkstore::{ChunkId, ChunkRef, Manifest, Seal, Store};
 
 use super::check;
 use super::protocol::{
-    bitmap, Answer, ImageOrder, InventoryReport, Phase, Progress, Reply, Request, StageOrder,
-    StageReport,
+    bitmap, Answer, HostStatus, ImageOrder, InventoryReport, Phase, Progress, Reply, Request,
+    StageOrder, StageReport,
 };
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
 use crate::access::{shareable, Gate};
 use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
+use crate::machine::LinkRate;
 use crate::manager::ready::{self, ReadyWait};
 use crate::manager::Manager;
 use crate::peer::rate::RateLimit;
@@ -41,6 +42,17 @@ const READY_POLL: Duration = Duration::from_secs(1);
 /// How often a host repeats its last progress while a request runs.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// What a host says of its network in its inventory.
+#[derive(Clone, Debug)]
+pub struct HostLinks {
+    /// Upload and download caps the operator set, bytes per second (none: uncapped).
+    pub caps: (Option<f64>, Option<f64>),
+    /// Its link's speed, and where that came from.
+    pub link: LinkRate,
+    /// Its rack (switch), if configured.
+    pub rack: Option<String>,
+}
+
 /// What a host serves control requests with.
 pub struct HostService {
     /// The manager: operations that change things (stage, lifecycle, records) run one
@@ -50,8 +62,7 @@ pub struct HostService {
     relay: Arc<Relay>,
     chunks: libp2p_stream::Control,
     book: PeerBook,
-    caps: (Option<f64>, Option<f64>),
-    rack: Option<String>,
+    links: HostLinks,
     download: Option<Arc<RateLimit>>,
     heads: Vec<PeerId>,
     gate: Gate,
@@ -77,8 +88,7 @@ impl HostService {
         relay: Arc<Relay>,
         chunks: libp2p_stream::Control,
         book: PeerBook,
-        caps: (Option<f64>, Option<f64>),
-        rack: Option<String>,
+        links: HostLinks,
         heads: Vec<PeerId>,
         gate: Gate,
     ) -> Self {
@@ -89,9 +99,8 @@ impl HostService {
             relay,
             chunks,
             book,
-            caps,
-            rack,
-            download: caps.1.map(|r| Arc::new(RateLimit::new(r))),
+            download: links.caps.1.map(|r| Arc::new(RateLimit::new(r))),
+            links,
             heads,
             gate,
             admitted: Mutex::default(),
@@ -174,9 +183,13 @@ impl HostService {
             }
             Request::Status { deployment } => self
                 .read_manager(move |m| {
-                    m.status(deployment.as_deref())
-                        .map(|v| v.into_iter().map(|s| (s.record, s.domain)).collect())
-                        .map_err(|e| e.to_string())
+                    // A host without the deployment has none of its VMs.
+                    let vms = match m.status(deployment.as_deref()) {
+                        Err(crate::manager::ManagerError::UnknownDeployment { .. }) => Vec::new(),
+                        other => other.map_err(|e| e.to_string())?,
+                    };
+                    let vms = vms.into_iter().map(|s| (s.record, s.domain)).collect();
+                    Ok(HostStatus { driver: m.driver().kind(), vms })
                 })
                 .await
                 .and_then(|r| r)
@@ -224,7 +237,7 @@ impl HostService {
         vo: String,
         images: Vec<super::protocol::ImageChunks>,
     ) -> Result<InventoryReport, String> {
-        let (caps, rack) = (self.caps, self.rack.clone());
+        let links = self.links.clone();
         let store = Arc::clone(&self.store);
         let config = Arc::clone(&self.gate.config);
         self.with_manager(move |m| {
@@ -239,7 +252,16 @@ impl HostService {
                 }
                 held.push(bitmap(map.len(), |i| map[i]));
             }
-            Ok(InventoryReport { capacity: m.host(), caps, rack, committed, addresses, held })
+            Ok(InventoryReport {
+                driver: m.driver().kind(),
+                capacity: m.host().map_err(|e| e.to_string())?,
+                link: links.link,
+                caps: links.caps,
+                rack: links.rack,
+                committed,
+                addresses,
+                held,
+            })
         })
         .await
         .and_then(|r| r)

@@ -11,15 +11,18 @@ use serde::{Deserialize, Serialize};
 use vw_chunkstore::ChunkId;
 use vw_planner::address::NicAddress;
 
+use crate::config::{DriverKind, MAX_VCPUS_PER_CPU};
 use crate::lifecycle::Op;
+use crate::machine::{LinkRate, Source};
 use crate::report::{ClusterShare, HostCapacity, VmReady, VmRecord, VmReport};
 use crate::wire::{FrameError, Message};
 use crate::xen::DomainState;
 
 /// The protocol's name, negotiated by libp2p.
-pub const PROTOCOL_NAME: &str = "/vw/control/2";
-/// The message format version this build speaks (2: VO tickets, seals, stagers).
-pub const VERSION: u8 = 2;
+pub const PROTOCOL_NAME: &str = "/vw/control/3";
+/// The message format version this build speaks (2: VO tickets, seals, stagers; 3:
+/// each host's Xen driver in its inventory and status).
+pub const VERSION: u8 = 3;
 /// Largest message after its length field (a stage order carries manifests).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most images one request may name.
@@ -39,6 +42,8 @@ pub const MAX_WORKSPACE: usize = 1 << 20;
 pub const MAX_READY_WAIT_S: u64 = 6 * 3600;
 /// Most physical CPUs a host may report.
 pub const MAX_HOST_CPUS: u32 = 4096;
+/// Fastest link or cap a host may report, bytes per second (8 Tbit/s).
+pub const MAX_LINK_RATE: f64 = 1e12;
 /// Most guest memory a host may report, in MiB (1 PiB).
 pub const MAX_HOST_MEMORY_MIB: u64 = 1 << 30;
 
@@ -191,8 +196,9 @@ pub enum Answer {
     Staged(StageReport),
     /// To [`Request::Run`].
     Ran(Vec<VmReport>),
-    /// To [`Request::Status`]: each VM's record and what the hypervisor says.
-    Status(Vec<(VmRecord, Option<DomainState>)>),
+    /// To [`Request::Status`]: the host's driver, each VM's record and what the
+    /// hypervisor says.
+    Status(HostStatus),
     /// To [`Request::AwaitReady`]: each running VM, ready or why not.
     Ready(Vec<VmReady>),
     /// The request failed; why, naming what.
@@ -203,11 +209,24 @@ pub enum Answer {
     Revoked(u32),
 }
 
+/// A host's VMs as its records and its hypervisor see them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// The driver it runs them with (`simulated`: no guest exists).
+    pub driver: DriverKind,
+    /// Each VM's record and what the hypervisor says (`None`: no domain).
+    pub vms: Vec<(VmRecord, Option<DomainState>)>,
+}
+
 /// What a host can take, and what it holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InventoryReport {
+    /// The driver its VMs run with (`simulated`: they do not run).
+    pub driver: DriverKind,
     /// Memory and CPUs for guests.
     pub capacity: HostCapacity,
+    /// Its link's speed each way, and where that came from.
+    pub link: LinkRate,
     /// Upload and download caps, bytes per second (none: uncapped).
     pub caps: (Option<f64>, Option<f64>),
     /// Its rack (switch), if configured: the planner keeps cascades within racks.
@@ -352,12 +371,20 @@ fn check_inventory(r: &InventoryReport) -> Result<(), FrameError> {
     if let Some(rack) = &r.rack {
         text("rack", rack)?;
     }
-    for cap in [r.caps.0, r.caps.1].into_iter().flatten() {
-        if !(cap.is_finite() && cap > 0.0) {
-            return bad(format!("a rate cap of {cap} bytes/s"));
+    for cap in [r.caps.0, r.caps.1, Some(r.link.bytes_per_s)].into_iter().flatten() {
+        if !(cap.is_finite() && cap > 0.0 && cap <= MAX_LINK_RATE) {
+            return bad(format!("a rate of {cap} bytes/s (more than 0, at most {MAX_LINK_RATE})"));
         }
     }
-    let HostCapacity { memory_mib, cpus } = r.capacity;
+    if let Source::Nic(nic) = &r.link.source {
+        if nic.len() > MAX_TEXT {
+            return bad(format!("a NIC name of {} bytes (at most {MAX_TEXT})", nic.len()));
+        }
+    }
+    let HostCapacity { memory_mib, cpus, vcpus_per_cpu, .. } = r.capacity;
+    if !(1..=MAX_VCPUS_PER_CPU).contains(&vcpus_per_cpu) {
+        return bad(format!("{vcpus_per_cpu} vCPUs per CPU (1..={MAX_VCPUS_PER_CPU})"));
+    }
     if cpus == 0 || cpus > MAX_HOST_CPUS || memory_mib > MAX_HOST_MEMORY_MIB {
         return bad(format!(
             "{cpus} CPUs and {memory_mib} MiB (1..={MAX_HOST_CPUS} CPUs, at most \
@@ -403,8 +430,17 @@ mod tests {
     /// refused when it is read, before the planner sees it.
     #[test]
     fn impossible_inventories_are_refused_when_read() {
+        let capacity = |memory_mib, cpus| HostCapacity {
+            memory_mib,
+            cpus,
+            vcpus_per_cpu: 1,
+            memory_from: Source::Xen,
+            cpus_from: Source::Xen,
+        };
         let good = InventoryReport {
-            capacity: HostCapacity { memory_mib: 4096, cpus: 2 },
+            driver: DriverKind::Xl,
+            capacity: capacity(4096, 2),
+            link: LinkRate { bytes_per_s: 1.25e9, source: Source::Nic("eth0".into()) },
             caps: (None, None),
             rack: None,
             committed: vec![(512, 1, vec![0]), (512, 1, vec![1])],
@@ -428,26 +464,29 @@ mod tests {
                 },
                 "core 0",
             ),
+            (InventoryReport { capacity: capacity(1, 0), ..good.clone() }, "0 CPUs"),
+            (InventoryReport { capacity: capacity(u64::MAX, 2), ..good.clone() }, "MiB"),
+            (InventoryReport { capacity: capacity(1, u32::MAX), ..good.clone() }, "CPUs"),
             (
                 InventoryReport {
-                    capacity: HostCapacity { memory_mib: 1, cpus: 0 },
+                    capacity: HostCapacity { vcpus_per_cpu: 0, ..capacity(1, 2) },
                     ..good.clone()
                 },
-                "0 CPUs",
+                "0 vCPUs per CPU",
             ),
             (
                 InventoryReport {
-                    capacity: HostCapacity { memory_mib: u64::MAX, cpus: 2 },
+                    link: LinkRate { bytes_per_s: f64::INFINITY, source: Source::Assumed },
                     ..good.clone()
                 },
-                "MiB",
+                "a rate of inf",
             ),
             (
                 InventoryReport {
-                    capacity: HostCapacity { memory_mib: 1, cpus: u32::MAX },
+                    link: LinkRate { bytes_per_s: 1e9, source: Source::Nic("x".repeat(5000)) },
                     ..good.clone()
                 },
-                "CPUs",
+                "NIC name",
             ),
         ] {
             let err = check(&r).expect_err(why);

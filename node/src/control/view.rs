@@ -13,11 +13,8 @@ use vw_planner::address::NicAddress;
 use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, PlanError, Ranges};
 
 use super::protocol::{bit, InventoryReport};
-
-/// A host without rate caps is planned as a 1 Gbit/s host.
-pub const UNCAPPED_RATE: f64 = 125e6;
-/// vCPUs a host runs per physical CPU (unpinned VMs share cores).
-pub const VCPUS_PER_CPU: u32 = 4;
+use crate::config::DriverKind;
+use crate::machine::ASSUMED_LINK_RATE;
 
 /// What the inventories say about the physical cluster.
 #[derive(Clone, Debug)]
@@ -32,6 +29,31 @@ pub struct ClusterView {
     pub nics: Vec<NicAddress>,
     /// The hosts without an inventory, each with why (the caller reports them lost).
     pub dead: Vec<(String, String)>,
+    /// The Xen driver of each host with an inventory.
+    pub drivers: Vec<(String, DriverKind)>,
+}
+
+impl ClusterView {
+    /// Refuses a cluster whose live hosts run different Xen drivers (a simulated host
+    /// among real ones would report VMs that do not exist), unless `mixed` allows it.
+    pub fn check_drivers(&self, mixed: bool) -> Result<(), ViewError> {
+        let mut kinds: Vec<DriverKind> = self.drivers.iter().map(|(_, d)| *d).collect();
+        kinds.sort_by_key(|d| d.name());
+        kinds.dedup();
+        if kinds.len() <= 1 || mixed {
+            return Ok(());
+        }
+        let by_driver = kinds
+            .iter()
+            .map(|k| {
+                let hosts: Vec<&str> =
+                    self.drivers.iter().filter(|(_, d)| d == k).map(|(h, _)| h.as_str()).collect();
+                format!("{k} on {}", hosts.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ViewError::MixedDrivers { by_driver })
+    }
 }
 
 /// Why the inventories cannot be planned with.
@@ -81,6 +103,15 @@ pub enum ViewError {
         /// What it reports.
         cpus: u32,
     },
+    /// The live hosts run different Xen drivers.
+    #[error(
+        "the hosts run different Xen drivers ({by_driver}): a simulated host runs no guest; \
+         set [xen] driver in each host's cluster config, or deploy with --mixed-drivers"
+    )]
+    MixedDrivers {
+        /// Each driver with its hosts.
+        by_driver: String,
+    },
     /// The planner refuses the hosts.
     #[error(transparent)]
     Cluster(#[from] PlanError),
@@ -90,8 +121,8 @@ pub enum ViewError {
 /// per host: its inventory, or why there is none). `images` are the workspace's
 /// images in planner order, each with its count of distinct non-zero chunks: every
 /// inventory must hold one bitmap of that many bits per image. A host without an
-/// inventory is planned dead, with no capacity and uncapped links; a host without rate
-/// caps is planned at [`UNCAPPED_RATE`], with [`VCPUS_PER_CPU`] vCPUs per CPU.
+/// inventory is planned dead, with no capacity; a live one at the lower of its link's
+/// speed and its caps, with the vCPUs per CPU it allows.
 pub fn cluster_view(
     names: &[String],
     answers: &[Result<InventoryReport, String>],
@@ -103,6 +134,7 @@ pub fn cluster_view(
     let mut hosts = Vec::with_capacity(names.len());
     let mut inventory = Inventory::empty(names.len(), images.len());
     let (mut committed, mut nics, mut dead) = (Vec::new(), Vec::new(), Vec::new());
+    let mut drivers = Vec::new();
     for (h, (name, answer)) in names.iter().zip(answers).enumerate() {
         let ix = HostIx(h as u32);
         let r = match answer {
@@ -114,8 +146,8 @@ pub fn cluster_view(
                     memory_mib: 0,
                     vcpus: 0,
                     cpus: 0,
-                    up: UNCAPPED_RATE,
-                    down: UNCAPPED_RATE,
+                    up: ASSUMED_LINK_RATE,
+                    down: ASSUMED_LINK_RATE,
                     rack: None,
                     alive: false,
                 });
@@ -124,15 +156,17 @@ pub fn cluster_view(
         };
         let cpus = r.capacity.cpus;
         let vcpus = cpus
-            .checked_mul(VCPUS_PER_CPU)
+            .checked_mul(r.capacity.vcpus_per_cpu)
             .ok_or_else(|| ViewError::Cpus { host: name.clone(), cpus })?;
+        let link = r.link.bytes_per_s;
+        drivers.push((name.clone(), r.driver));
         hosts.push(Host {
             name: name.clone(),
             memory_mib: r.capacity.memory_mib,
             vcpus,
             cpus,
-            up: r.caps.0.unwrap_or(UNCAPPED_RATE),
-            down: r.caps.1.unwrap_or(UNCAPPED_RATE),
+            up: r.caps.0.map_or(link, |cap| cap.min(link)),
+            down: r.caps.1.map_or(link, |cap| cap.min(link)),
             rack: r.rack.clone(),
             alive: true,
         });
@@ -164,7 +198,7 @@ pub fn cluster_view(
         nics.extend(r.addresses.iter().copied());
     }
     let cluster = Cluster::new(hosts)?;
-    Ok(ClusterView { cluster, inventory, committed, nics, dead })
+    Ok(ClusterView { cluster, inventory, committed, nics, dead, drivers })
 }
 
 #[cfg(test)]
@@ -174,7 +208,22 @@ mod tests {
 
     use super::*;
     use crate::control::protocol::bitmap;
+    use crate::machine::{LinkRate, Source};
     use crate::report::HostCapacity;
+
+    fn capacity(memory_mib: u64, cpus: u32, vcpus_per_cpu: u32) -> HostCapacity {
+        HostCapacity {
+            memory_mib,
+            cpus,
+            vcpus_per_cpu,
+            memory_from: Source::Configured,
+            cpus_from: Source::Machine,
+        }
+    }
+
+    fn link(bytes_per_s: f64, source: Source) -> LinkRate {
+        LinkRate { bytes_per_s, source }
+    }
 
     fn image(name: &str) -> ImageRef {
         name.parse().expect("image ref")
@@ -186,7 +235,9 @@ mod tests {
 
     fn report(held: Vec<Vec<u8>>) -> InventoryReport {
         InventoryReport {
-            capacity: HostCapacity { memory_mib: 4096, cpus: 2 },
+            driver: DriverKind::Simulated,
+            capacity: capacity(4096, 2, 1),
+            link: link(ASSUMED_LINK_RATE, Source::Assumed),
             caps: (None, None),
             rack: None,
             committed: vec![],
@@ -204,7 +255,9 @@ mod tests {
             mac: Mac([0x00, 0x16, 0x3e, 1, 2, 3]),
         };
         let first = InventoryReport {
-            capacity: HostCapacity { memory_mib: 8192, cpus: 4 },
+            driver: DriverKind::Simulated,
+            capacity: capacity(8192, 4, 3),
+            link: link(1.5e6, Source::Nic("eth0".into())),
             caps: (Some(1e6), Some(2e6)),
             rack: Some("r1".into()),
             committed: vec![(512, 2, vec![1, 3])],
@@ -222,20 +275,19 @@ mod tests {
             Host {
                 name: "h0".into(),
                 memory_mib: 8192,
-                vcpus: 4 * VCPUS_PER_CPU,
+                vcpus: 4 * 3,
                 cpus: 4,
                 up: 1e6,
-                down: 2e6,
+                down: 1.5e6,
                 rack: Some("r1".into()),
                 alive: true,
             }
         );
         assert!(!hosts[1].alive);
         assert_eq!((hosts[1].memory_mib, hosts[1].vcpus, hosts[1].cpus), (0, 0, 0));
-        assert_eq!((hosts[1].up, hosts[1].down), (UNCAPPED_RATE, UNCAPPED_RATE));
         assert_eq!(
-            (hosts[2].up, hosts[2].down, hosts[2].alive),
-            (UNCAPPED_RATE, UNCAPPED_RATE, true)
+            (hosts[2].up, hosts[2].down, hosts[2].vcpus, hosts[2].alive),
+            (ASSUMED_LINK_RATE, ASSUMED_LINK_RATE, 2, true)
         );
 
         assert_eq!(view.inventory.held(HostIx(0), 0), &Ranges::from_indices([0, 9]));
@@ -273,6 +325,7 @@ mod tests {
         );
         let mut huge = report(vec![vec![0, 0]]);
         huge.capacity.cpus = u32::MAX;
+        huge.capacity.vcpus_per_cpu = 2;
         assert!(matches!(view(vec![Ok(huge)]), Err(ViewError::Cpus { .. })));
         // The planner's own rules: hosts exist, and a live one has room.
         assert_eq!(view(vec![]), Err(ViewError::Cluster(PlanError::NoHosts)));
@@ -282,6 +335,24 @@ mod tests {
             view(vec![Ok(empty)]),
             Err(ViewError::Cluster(PlanError::ZeroCapacity { .. }))
         ));
+    }
+
+    #[test]
+    fn hosts_with_different_drivers_are_refused_unless_allowed() {
+        let images = [(image("vo/base:1"), 1)];
+        let mut xl = report(vec![vec![0]]);
+        xl.driver = DriverKind::Xl;
+        let answers = vec![Ok(xl.clone()), Ok(report(vec![vec![0]])), Ok(xl), Err("gone".into())];
+        let view = cluster_view(&names(4), &answers, &images).expect("view");
+        let err = view.check_drivers(false).expect_err("mixed");
+        let text = err.to_string();
+        assert!(text.contains("(simulated on h1; xl on h0, h2)"), "{text}");
+        assert!(text.contains("--mixed-drivers"), "{text}");
+        view.check_drivers(true).expect("allowed");
+        // One driver (the dead host has none) is fine.
+        let answers = vec![Ok(report(vec![vec![0]])), Err("gone".into())];
+        let view = cluster_view(&names(2), &answers, &images).expect("view");
+        view.check_drivers(false).expect("one driver");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum ManagerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] vw_chunkstore::Error),
+    /// The cluster config does not say which Xen driver to run here.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// A partition names an image the store does not have.
     #[error("VM {vm}: image {image} is not in the store ({error}); import it with `vw image import` first")]
     MissingImage {
@@ -81,6 +84,11 @@ pub enum ManagerError {
         #[source]
         error: XenError,
     },
+    /// The hypervisor could not say what the machine has.
+    #[error(
+        "cannot measure this host's capacity (set [host] memory_mib and cpus to skip it): {0}"
+    )]
+    XenMachine(#[source] XenError),
     /// The hypervisor could not say what state a domain is in.
     #[error("VM {vm}: cannot read its domain's state: {error}")]
     XenStatus {
@@ -189,7 +197,6 @@ pub struct Manager {
     root: PathBuf,
     config: ClusterConfig,
     pools: Pools,
-    host: HostCapacity,
     driver: Box<dyn Driver>,
 }
 
@@ -199,7 +206,7 @@ impl Manager {
         root: &Path,
         config: ClusterConfig,
     ) -> Result<(Self, Vec<Reconciled>), ManagerError> {
-        let driver: Box<dyn Driver> = match config.xen.driver {
+        let driver: Box<dyn Driver> = match config.driver()? {
             DriverKind::Simulated => Box::new(SimulatedDriver::new(&root.join("xen-sim"))),
             DriverKind::Xl => Box::new(
                 XlDriver::new(
@@ -225,9 +232,8 @@ impl Manager {
         driver: Box<dyn Driver>,
     ) -> Result<(Self, Vec<Reconciled>), ManagerError> {
         let store = std::sync::Arc::new(Store::open_with_records(root, &records::FAMILIES)?);
-        let host = HostCapacity::from_config(&config);
         let pools = config.pools();
-        let m = Manager { store, root: root.to_owned(), config, pools, host, driver };
+        let m = Manager { store, root: root.to_owned(), config, pools, driver };
         let reconciled = m.reconcile()?;
         Ok((m, reconciled))
     }
@@ -252,9 +258,32 @@ impl Manager {
         &self.config
     }
 
-    /// This host's capacity.
-    pub fn host(&self) -> HostCapacity {
-        self.host
+    /// What this host gives guests, measured now where the config does not say
+    /// ([`HostCapacity::measure`]; with the `xl` driver that runs `xl info`).
+    pub fn host(&self) -> Result<HostCapacity, ManagerError> {
+        let host = &self.config.host;
+        let xen = match (host.memory_mib, host.cpus) {
+            (Some(_), Some(_)) => None,
+            _ => self.driver.machine().map_err(ManagerError::XenMachine)?,
+        };
+        let running_mib = if xen.is_some() { self.running_mib()? } else { 0 };
+        Ok(HostCapacity::measure(&self.config, xen, running_mib, &crate::machine::Counted::here()))
+    }
+
+    /// Guest memory vw's domains hold now, by their records.
+    fn running_mib(&self) -> Result<u64, ManagerError> {
+        let db = self.db();
+        let deployments = db.deployments()?;
+        let holding = [VmState::Loaded, VmState::Running, VmState::Paused];
+        Ok(db
+            .vms()?
+            .iter()
+            .filter(|vm| holding.contains(&vm.state))
+            .filter_map(|vm| {
+                let d = deployments.iter().find(|d| d.name == vm.deployment)?;
+                Some(node_of(&d.spec, vm.role).memory_mib)
+            })
+            .fold(0u64, u64::saturating_add))
     }
 
     fn db(&self) -> Db<'_> {
@@ -478,6 +507,7 @@ impl Manager {
         vms: &[crate::workspace::VmSlot<'_>],
         names: &[String],
     ) -> Result<(), ManagerError> {
+        let host = self.host()?;
         let db = self.db();
         let deployments = db.deployments()?;
         let mut used: u64 = 0;
@@ -488,25 +518,24 @@ impl Manager {
         }
         for (vm, name) in vms.iter().zip(names) {
             let node = vm.node;
-            if node.vcpus > self.host.cpus {
-                let reason =
-                    format!("{} vCPUs but this host has {} CPUs", node.vcpus, self.host.cpus);
+            if node.vcpus > host.cpus {
+                let reason = format!("{} vCPUs but this host has {} CPUs", node.vcpus, host.cpus);
                 return Err(ManagerError::Capacity { vm: name.clone(), reason });
             }
             if let (Some(cpus), Some(highest)) = (&node.cpus, node.highest_cpu()) {
-                if highest >= self.host.cpus {
+                if highest >= host.cpus {
                     let reason = format!(
                         "cpus `{cpus}` names a CPU this host lacks (it has 0-{})",
-                        self.host.cpus - 1
+                        host.cpus - 1
                     );
                     return Err(ManagerError::Capacity { vm: name.clone(), reason });
                 }
             }
             used += node.memory_mib;
-            if used > self.host.memory_mib {
+            if used > host.memory_mib {
                 let reason = format!(
-                    "{used} MiB of guest memory needed with the VMs already here, but this host has {} MiB; set [host] memory_mib if that is wrong",
-                    self.host.memory_mib
+                    "{used} MiB of guest memory needed with the VMs already here, but this host has {} MiB ({}); set [host] memory_mib if that is wrong",
+                    host.memory_mib, host.memory_from
                 );
                 return Err(ManagerError::Capacity { vm: name.clone(), reason });
             }

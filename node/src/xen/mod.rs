@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::DriverKind;
 pub use ready::GuestReport;
 
 /// What the hypervisor says about a domain.
@@ -57,10 +58,12 @@ pub enum StopHow {
 /// Hands domains to a hypervisor. Calls block; each is bounded by the driver's
 /// timeouts.
 pub trait Driver: fmt::Debug + Send + Sync {
-    /// `xl` or `simulated`.
-    fn name(&self) -> &'static str;
-    /// Whether this driver only pretends (no hypervisor).
-    fn simulated(&self) -> bool;
+    /// `xl`, or `simulated` (which only pretends: no hypervisor).
+    fn kind(&self) -> DriverKind;
+    /// What the hypervisor says the machine has (`xl info`); `None` without one.
+    fn machine(&self) -> Result<Option<crate::machine::XlInfo>, XenError> {
+        Ok(None)
+    }
     /// Creates the domain from `cfg`, paused.
     fn load(&self, domain: &str, cfg: &Path) -> Result<(), XenError>;
     /// Lets a paused domain run (also how a loaded domain starts).

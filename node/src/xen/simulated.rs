@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::{config, DomainState, Driver, GuestReport, StopHow, XenError};
+use super::{config, DomainState, Driver, DriverKind, GuestReport, StopHow, XenError};
 
 /// The simulated hypervisor's state file, under its directory.
 const STATE_FILE: &str = "domains.json";
@@ -109,12 +109,8 @@ fn absent(domain: &str, op: &str) -> XenError {
 }
 
 impl Driver for SimulatedDriver {
-    fn name(&self) -> &'static str {
-        "simulated"
-    }
-
-    fn simulated(&self) -> bool {
-        true
+    fn kind(&self) -> DriverKind {
+        DriverKind::Simulated
     }
 
     fn load(&self, domain: &str, cfg: &Path) -> Result<(), XenError> {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use super::{ready, DomainState, Driver, GuestReport, StopHow, XenError};
+use super::{ready, DomainState, Driver, DriverKind, GuestReport, StopHow, XenError};
 use crate::process::RunError;
 
 /// The `xl` driver.
@@ -202,12 +202,19 @@ fn parse_list(domain: &str, stdout: &str) -> Option<DomainState> {
 }
 
 impl Driver for XlDriver {
-    fn name(&self) -> &'static str {
-        "xl"
+    fn kind(&self) -> DriverKind {
+        DriverKind::Xl
     }
 
-    fn simulated(&self) -> bool {
-        false
+    fn machine(&self) -> Result<Option<crate::machine::XlInfo>, XenError> {
+        let args = ["info"];
+        let out = self.ok(&args)?;
+        match crate::machine::parse_xl_info(&out.stdout) {
+            Some(info) => Ok(Some(info)),
+            None => {
+                Err(XenError::BadOutput { command: self.command_line(&args), output: out.stdout })
+            }
+        }
     }
 
     fn load(&self, domain: &str, cfg: &Path) -> Result<(), XenError> {
