@@ -56,47 +56,46 @@ impl Store {
         overwrite: bool,
         progress: &dyn Progress,
     ) -> Result<ExportReport, Error> {
+        let target = ExportTarget::create(out, overwrite)?;
+        let report = self.export_into(id, target.file(), out, progress)?;
+        target.commit()?;
+        Ok(report)
+    }
+
+    /// Rebuilds manifest `id` into `file` (open for writing; an [`ExportTarget`]'s,
+    /// perhaps in another process), named `out` in messages: sizes it, writes every
+    /// non-zero chunk at its offset, checks the whole image's hash and syncs the file.
+    /// Renaming it into place is the caller's ([`ExportTarget::commit`]).
+    pub fn export_into(
+        &self,
+        id: &ManifestId,
+        file: &File,
+        out: &Path,
+        progress: &dyn Progress,
+    ) -> Result<ExportReport, Error> {
         let started = Instant::now();
         let manifest = self.manifest(id)?;
-        if out.is_dir() {
-            return Err(Error::NotRegularFile { path: out.to_owned(), kind: "directory" });
-        }
-        if !overwrite && out.exists() {
-            return Err(Error::OutputExists { path: out.to_owned() });
-        }
-        let tmp = temp_path(out);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        let result = self.write_image(&manifest, &file, &tmp, progress).and_then(|hash| {
+        let written = self.write_image(&manifest, file, out, progress).and_then(|hash| {
             if hash != manifest.image_hash() {
                 return Err(Error::CorruptImage {
                     manifest: *id,
                     chunks: self.find_corrupt(&manifest)?,
                 });
             }
-            file.sync_all().map_err(|e| Error::io("fsync", out, e))?;
-            std::fs::rename(&tmp, out).map_err(|e| Error::io("rename", out, e))?;
-            pack::sync_dir(
-                out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
-            )
+            file.sync_all().map_err(|e| Error::io("fsync", out, e))
         });
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = written {
             return Err(match e {
                 Error::NoSpace { .. } => Error::NoSpace { path: out.to_owned() },
                 e => e,
             });
         }
         self.touch(id)?;
-        let hole_bytes = manifest.zero_bytes();
         Ok(ExportReport {
             manifest: *id,
             path: out.to_owned(),
             len: manifest.len(),
-            hole_bytes,
+            hole_bytes: manifest.zero_bytes(),
             millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }
@@ -188,6 +187,59 @@ impl Store {
 }
 
 /// A hidden temporary name beside `out`, unique to this process.
+/// Where an export is written: a new temporary file beside `out`, renamed to `out` by
+/// [`ExportTarget::commit`] once the image in it is whole and verified, and removed if
+/// it is dropped before that. So no partial image ever exists under `out`.
+#[derive(Debug)]
+pub struct ExportTarget {
+    out: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl ExportTarget {
+    /// Makes the temporary file for `out` (refusing a directory, and an existing file
+    /// unless `overwrite`).
+    pub fn create(out: &Path, overwrite: bool) -> Result<Self, Error> {
+        if out.is_dir() {
+            return Err(Error::NotRegularFile { path: out.to_owned(), kind: "directory" });
+        }
+        if !overwrite && out.exists() {
+            return Err(Error::OutputExists { path: out.to_owned() });
+        }
+        let tmp = temp_path(out);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(ExportTarget { out: out.to_owned(), tmp, file, committed: false })
+    }
+
+    /// The temporary file, open for writing.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Renames the (written, verified, synced) file into place and syncs its directory.
+    pub fn commit(mut self) -> Result<(), Error> {
+        std::fs::rename(&self.tmp, &self.out).map_err(|e| Error::io("rename", &self.out, e))?;
+        self.committed = true;
+        pack::sync_dir(
+            self.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+        )
+    }
+}
+
+impl Drop for ExportTarget {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 pub(crate) fn temp_path(out: &Path) -> PathBuf {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     out.with_file_name(format!(".{name}.vw-part-{}", std::process::id()))

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -104,8 +104,20 @@ impl Store {
         name: Option<&ImageName>,
         progress: &dyn Progress,
     ) -> Result<ImportReport, Error> {
+        self.import_from(ImageFile::open(path)?, name, progress)
+    }
+
+    /// [`Store::import`] of a file already open (one a client handed `vwd` over its
+    /// socket, opened with the client's own permissions).
+    pub fn import_from(
+        &self,
+        image: ImageFile,
+        name: Option<&ImageName>,
+        progress: &dyn Progress,
+    ) -> Result<ImportReport, Error> {
         let started = Instant::now();
-        let (file, len) = open_image(path)?;
+        let ImageFile { file, len, path } = image;
+        let path = path.as_path();
         let chunker = Chunker::new(self.params)?;
         let collect = self.collect.read().expect("collect lock");
         // Held for the whole import; a pack is opened only when a chunk is new.
@@ -243,12 +255,42 @@ pub(crate) fn append(
     slot.as_mut().expect("just opened").append(id, data)
 }
 
-/// Opens an image file for import: it must exist, be a regular file and be readable.
-fn open_image(path: &Path) -> Result<(File, u64), Error> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => Error::FileNotFound { path: path.to_owned() },
-        _ => Error::io("read", path, e),
-    })?;
+/// An image file open for import: a regular file, its length, and the path that names
+/// it in messages.
+#[derive(Debug)]
+pub struct ImageFile {
+    file: File,
+    len: u64,
+    path: PathBuf,
+}
+
+impl ImageFile {
+    /// Opens `path`: it must exist, be a regular file and be readable.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::FileNotFound { path: path.to_owned() },
+            _ => Error::io("read", path, e),
+        })?;
+        regular(&meta, path)?;
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        Ok(ImageFile { file, len: meta.len(), path: path.to_owned() })
+    }
+
+    /// A file someone else opened, named `path` in messages: it must be a regular file.
+    pub fn from_file(file: File, path: &Path) -> Result<Self, Error> {
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        regular(&meta, path)?;
+        Ok(ImageFile { file, len: meta.len(), path: path.to_owned() })
+    }
+
+    /// The path that names it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Refuses anything but a regular file, naming what it is.
+fn regular(meta: &std::fs::Metadata, path: &Path) -> Result<(), Error> {
     let ft = meta.file_type();
     if !ft.is_file() {
         use std::os::unix::fs::FileTypeExt;
@@ -267,8 +309,7 @@ fn open_image(path: &Path) -> Result<(File, u64), Error> {
         };
         return Err(Error::NotRegularFile { path: path.to_owned(), kind });
     }
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    Ok((file, meta.len()))
+    Ok(())
 }
 
 /// The manifest the image file at `path` would have if imported, cut with `params`,
@@ -279,7 +320,7 @@ pub fn manifest_of_file(
     path: &Path,
     params: crate::chunker::ChunkerParams,
 ) -> Result<Manifest, Error> {
-    let (file, len) = open_image(path)?;
+    let ImageFile { file, len, .. } = ImageFile::open(path)?;
     let chunker = Chunker::new(params)?;
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(POOL);
     for _ in 0..POOL {

@@ -56,11 +56,11 @@ pub use vo::{Seal, Visibility, VoKey, VoPublic};
 #[cfg(feature = "store")]
 pub use clone::{clone_image, CloneMethod};
 #[cfg(feature = "store")]
-pub use export::ExportReport;
+pub use export::{ExportReport, ExportTarget};
 #[cfg(feature = "store")]
 pub use gc::{CacheStats, GcReport};
 #[cfg(feature = "store")]
-pub use import::{manifest_of_file, ChunkCounts, ImportReport};
+pub use import::{manifest_of_file, ChunkCounts, ImageFile, ImportReport};
 #[cfg(feature = "store")]
 pub use receive::Receiving;
 #[cfg(feature = "store")]

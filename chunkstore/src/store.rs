@@ -262,8 +262,20 @@ impl Store {
         visibility: crate::Visibility,
         progress: &dyn crate::Progress,
     ) -> Result<crate::ImportReport, Error> {
+        self.import_sealed_from(crate::ImageFile::open(path)?, name, key, visibility, progress)
+    }
+
+    /// [`Store::import_sealed`] of a file already open.
+    pub fn import_sealed_from(
+        &self,
+        image: crate::ImageFile,
+        name: &ImageName,
+        key: &crate::VoKey,
+        visibility: crate::Visibility,
+        progress: &dyn crate::Progress,
+    ) -> Result<crate::ImportReport, Error> {
         key.may_sign(name)?;
-        let report = self.import(path, None, progress)?;
+        let report = self.import_from(image, None, progress)?;
         self.put_seal(&crate::Seal::sign(key, name, report.manifest, visibility)?)?;
         Ok(crate::ImportReport { name: Some(name.to_string()), ..report })
     }
@@ -278,15 +290,26 @@ impl Store {
         seal: &crate::Seal,
         progress: &dyn crate::Progress,
     ) -> Result<crate::ImportReport, Error> {
+        self.import_presealed_from(crate::ImageFile::open(path)?, seal, progress)
+    }
+
+    /// [`Store::import_presealed`] of a file already open.
+    pub fn import_presealed_from(
+        &self,
+        image: crate::ImageFile,
+        seal: &crate::Seal,
+        progress: &dyn crate::Progress,
+    ) -> Result<crate::ImportReport, Error> {
+        let path = image.path().to_owned();
         let before: HashSet<ManifestId> = self.manifest_ids()?.into_iter().collect();
-        let report = self.import(path, None, progress)?;
+        let report = self.import_from(image, None, progress)?;
         if report.manifest != seal.manifest() {
             // Only what this import added goes; a manifest stored before stays.
             if !before.contains(&report.manifest) {
                 self.remove(&ImageRef::Id(report.manifest))?;
             }
             return Err(Error::SealMismatch {
-                path: path.to_owned(),
+                path,
                 sealed: seal.manifest(),
                 found: report.manifest,
             });

@@ -48,6 +48,42 @@ fn import_export_is_byte_identical_and_sparse() {
     store.export(&r.manifest, &out, true, &()).expect("overwrite");
 }
 
+/// What `vwd` does with files a client opened and handed over: it imports from an open
+/// file (naming the client's path in messages) and exports into an open temporary file
+/// the client then commits; a target dropped before its commit leaves nothing.
+#[test]
+fn imports_and_exports_work_on_files_opened_elsewhere() {
+    use vw_chunkstore::{ExportTarget, ImageFile};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("a.img");
+    write_image(&img, 8 * MIB, &[(0, 3_000_000, 4)]);
+    let store = Store::open(&dir.path().join("store")).expect("open");
+    let file = std::fs::File::open(&img).expect("open image");
+    let r = store
+        .import_from(ImageFile::from_file(file, &img).expect("a file"), None, &())
+        .expect("import");
+    let d = std::fs::File::open(dir.path()).expect("open dir");
+    let err = ImageFile::from_file(d, dir.path()).expect_err("a directory").to_string();
+    assert!(err.contains("directory"), "{err}");
+
+    let out = dir.path().join("out.img");
+    let target = ExportTarget::create(&out, false).expect("target");
+    let e = store.export_into(&r.manifest, target.file(), &out, &()).expect("export");
+    assert_eq!(e.path, out);
+    assert!(!out.exists(), "nothing under the final name before the commit");
+    target.commit().expect("commit");
+    assert_eq!(read(&out), read(&img));
+
+    let other = dir.path().join("other.img");
+    drop(ExportTarget::create(&other, false).expect("target"));
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("vw-part") && n != "other.img"), "{names:?}");
+}
+
 #[test]
 fn a_second_image_stores_only_what_it_adds() {
     let dir = tempfile::tempdir().expect("tempdir");
