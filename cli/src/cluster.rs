@@ -18,14 +18,44 @@ use vw_node::report::VmReady;
 
 use crate::output::{bytes, Out};
 
-/// The socket of the `vwd` that owns `store`, if one is listening.
-pub fn socket(store: &Path) -> Option<PathBuf> {
+/// The socket of the `vwd` that owns `store`: `None` when there is none (no socket, or
+/// a stale one nobody listens on), so the caller opens the store itself; an error
+/// naming the socket and why when one is there but this user cannot use it.
+pub fn socket(store: &Path) -> anyhow::Result<Option<PathBuf>> {
     let path = store.join(local::SOCKET);
-    std::os::unix::net::UnixStream::connect(&path).is_ok().then_some(path)
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!(
+            "cannot look for vwd's socket {}: {e}{}",
+            path.display(),
+            permission_hint(&e)
+        ),
+        Ok(_) => {}
+    }
+    match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(_) => Ok(Some(path)),
+        // A socket left by a vwd that is gone: nobody owns the store.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(None),
+        Err(e) => anyhow::bail!(
+            "cannot connect to vwd's socket {}: {e}{}",
+            path.display(),
+            permission_hint(&e)
+        ),
+    }
+}
+
+/// What to do about a permission error on vwd's socket.
+fn permission_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "; the socket belongs to root and the `vw` group (docs/operations.md): add yourself \
+         to it (`sudo usermod -aG vw $USER`, then log in again) or run as root"
+    } else {
+        ""
+    }
 }
 
 fn need_socket(store: &Path) -> anyhow::Result<PathBuf> {
-    socket(store).ok_or_else(|| {
+    socket(store)?.ok_or_else(|| {
         anyhow::anyhow!(
             "no vwd is listening at {}; start the head's vwd (`vwd --config FILE`, docs/operations.md) with this data directory, or pass --store",
             store.join(local::SOCKET).display()

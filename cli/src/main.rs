@@ -373,14 +373,13 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             };
             cluster::deploy(&cli.store, &workspace, signer, options, out)
         }
-        Command::Status { deployment } if cluster::socket(&cli.store).is_some() => {
-            let socket = cluster::socket(&cli.store).expect("checked");
-            cluster::status(&socket, deployment.as_deref(), out)
-        }
-        Command::Status { deployment } => {
-            let config = host::cluster_config(cli.cluster.as_deref())?;
-            host::status(&cli.store, config, deployment.as_deref(), out)
-        }
+        Command::Status { deployment } => match cluster::socket(&cli.store)? {
+            Some(socket) => cluster::status(&socket, deployment.as_deref(), out),
+            None => {
+                let config = host::cluster_config(cli.cluster.as_deref())?;
+                host::status(&cli.store, config, deployment.as_deref(), out)
+            }
+        },
         Command::Stage(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Stage, out),
         Command::Load(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Load, out),
         Command::Create(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Create, out),
@@ -408,7 +407,7 @@ fn lifecycle(
     op: Op,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(socket) = cluster::socket(store) {
+    if let Some(socket) = cluster::socket(store)? {
         if t.vm.is_some() || std::path::Path::new(&t.target).is_file() || op == Op::Stage {
             anyhow::bail!(
                 "a vwd owns {}: act on whole deployments by name (`vw {op} NAME`), and deploy workspace files with `vw deploy`",

@@ -481,6 +481,45 @@ fn deploy_without_a_head_vwd_says_where_it_looked() {
     );
 }
 
+/// A user who may not use vwd's socket is told which socket and what to do, not
+/// "store in use" from opening the store behind vwd's back; a stale socket (no vwd)
+/// is passed over. Run as an unprivileged user (`setpriv`), since root may use any
+/// socket.
+#[test]
+fn a_socket_this_user_may_not_use_is_named_with_the_remedy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).expect("store dir");
+    let socket = store.join("vwd.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    for d in [dir.path(), &store] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vw")])
+        .arg("--store")
+        .arg(&store)
+        .arg("status")
+        .env("VW_CLUSTER", simulated_cluster(&store))
+        .output()
+        .expect("run setpriv");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to vwd's socket {}", socket.display()))
+            && err.contains("Permission denied")
+            && err.contains("add yourself"),
+        "{err}"
+    );
+    // No vwd behind the socket any more: status opens the store itself.
+    drop(listener);
+    let out = vw(&store, &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Detached signing: the VO seals and signs where its key lives; the head imports under
 /// the seal with no VO key (a store in another directory, with its own empty VO
 /// directory), checked against the cluster config, and a file that is not the sealed

@@ -14,6 +14,7 @@
 //! download_cap = "100Mbit"
 //! link_rate = "10Gbit"                # optional: else the NIC's speed, else 1 Gbit/s assumed
 //! nic = "eth0"                        # optional: the NIC to read (default: the default route's)
+//! socket_group = "vw"                 # may use vwd.sock (mode 0660); default vw if it exists
 //! compress = "auto"                   # chunks on the wire: auto, always, never
 //!
 //! [[peer]]                            # the only peers allowed to connect
@@ -127,6 +128,10 @@ pub struct DaemonConfig {
     pub link_rate: Option<String>,
     /// The NIC whose speed is read (default: the one on the IPv4 default route).
     pub nic: Option<String>,
+    /// The group whose members may use the local socket (mode 0660), as docker's and
+    /// libvirt's sockets do. Default `vw` if that group exists, else none (mode 0600,
+    /// root only); a group named here must exist.
+    pub socket_group: Option<String>,
     /// Whether chunks are sent zstd-compressed (each only if that saves an eighth):
     /// `auto` (default: when the upload cap is at most 1 Gbit/s), `always`, `never`.
     #[serde(default)]
@@ -349,6 +354,25 @@ impl Daemon {
         self.config.data_dir.join(crate::local::SOCKET)
     }
 
+    /// The group id that may use the local socket (`None`: root only), from
+    /// `/etc/group`: `socket_group`, else `vw` if it exists.
+    pub fn socket_group(&self) -> Result<Option<u32>, DaemonError> {
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        match &self.config.socket_group {
+            Some(name) => match crate::local::group_id(&groups, name) {
+                Some(gid) => Ok(Some(gid)),
+                None => Err(DaemonError::Value {
+                    path: self.source.clone(),
+                    key: "socket_group".into(),
+                    message: format!(
+                        "no group `{name}` in /etc/group: make it (`addgroup --system {name}`) or leave socket_group out"
+                    ),
+                }),
+            },
+            None => Ok(crate::local::group_id(&groups, "vw")),
+        }
+    }
+
     /// Refuses a peer listed with this host's own id.
     pub fn check_own_id(&self, me: &PeerId) -> Result<(), DaemonError> {
         match self.peers.iter().find(|p| p.id == *me) {
@@ -501,6 +525,17 @@ addr = "/ip4/10.0.0.1/tcp/7400"
         assert!(err.contains("peer head has this host's own id"), "{err}");
         let bad = Daemon::parse(&format!("name = \"a b\"\n{GOOD}"), "vwd.toml").expect_err("space");
         assert!(bad.to_string().contains("name: `a b`"), "{bad}");
+    }
+
+    #[test]
+    fn a_socket_group_named_must_exist() {
+        let d = Daemon::parse(&format!("socket_group = \"no-such-group-vw\"\n{GOOD}"), "vwd.toml")
+            .expect("parses");
+        let err = d.socket_group().expect_err("no such group").to_string();
+        assert!(err.contains("vwd.toml: socket_group: no group `no-such-group-vw`"), "{err}");
+        let d =
+            Daemon::parse(&format!("socket_group = \"root\"\n{GOOD}"), "vwd.toml").expect("parses");
+        assert_eq!(d.socket_group().expect("root exists"), Some(0));
     }
 
     #[test]

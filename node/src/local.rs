@@ -170,10 +170,20 @@ pub enum Role {
     Host(Arc<HostService>),
 }
 
-/// Binds the socket at `path` (replacing a stale one; mode 0600). The socket is made
-/// in a fresh directory only its owner can enter, given its mode there, then renamed
-/// into place: it never sits at `path` with the mode the umask gave it.
-pub fn bind(path: &Path) -> Result<UnixListener, LocalError> {
+/// The id of group `name` in `/etc/group` text (`name:x:gid:members` lines).
+pub fn group_id(etc_group: &str, name: &str) -> Option<u32> {
+    etc_group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+/// Binds the socket at `path` (replacing a stale one): mode 0600, or 0660 owned by
+/// group `group`. The socket is made in a fresh directory only its owner can enter,
+/// given its mode and group there, then renamed into place: it never sits at `path`
+/// with the mode the umask gave it.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, LocalError> {
     let io = |error| LocalError::Io { path: path.display().to_string(), error };
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -194,7 +204,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, LocalError> {
     let made = private.join("socket");
     let bound = UnixListener::bind(&made)
         .and_then(|l| {
-            std::fs::set_permissions(&made, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            let mode = match group {
+                Some(gid) => {
+                    std::os::unix::fs::chown(&made, None, Some(gid))?;
+                    0o660
+                }
+                None => 0o600,
+            };
+            std::fs::set_permissions(&made, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
             std::fs::rename(&made, path)?;
             Ok(l)
         })
@@ -319,12 +336,34 @@ mod tests {
     async fn the_socket_is_private_from_the_moment_it_appears() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("vwd.sock");
-        let _listener = bind(&path).expect("bind");
+        let _listener = bind(&path, None).expect("bind");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").flatten().collect();
         assert_eq!(left.len(), 1, "{left:?}");
-        let err = bind(&path).expect_err("in use").to_string();
+        let err = bind(&path, None).expect_err("in use").to_string();
         assert!(err.contains("another vwd is listening"), "{err}");
+    }
+
+    /// With a group, the socket is 0660 and the group's (this process's own group
+    /// here: a test makes no system group).
+    #[tokio::test]
+    async fn a_socket_group_may_use_the_socket() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vwd.sock");
+        let gid = std::fs::metadata(dir.path()).expect("stat").gid();
+        let _listener = bind(&path, Some(gid)).expect("bind");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert_eq!((meta.permissions().mode() & 0o777, meta.gid()), (0o660, gid));
+    }
+
+    #[test]
+    fn groups_are_found_by_name() {
+        let etc = "root:x:0:\nvwx:x:998:\nvw:x:997:alice,bob\n";
+        assert_eq!(group_id(etc, "vw"), Some(997));
+        assert_eq!(group_id(etc, "root"), Some(0));
+        assert_eq!(group_id(etc, "v"), None);
+        assert_eq!(group_id("vw:x:notanumber:\n", "vw"), None);
     }
 }

@@ -126,7 +126,9 @@ impl Vwd {
             Role::Host => local::Role::Host(service),
         };
         let socket = daemon.socket_path();
-        let listener = local::bind(&socket)?;
+        let group = daemon.socket_group()?;
+        let listener = local::bind(&socket, group)?;
+        tracing::info!(socket = %socket.display(), ?group, "local socket (mode 0660 for the group, else 0600)");
         tasks.push(tokio::spawn(tracing::Instrument::instrument(
             local::serve(listener, role, stopped),
             span,
