@@ -39,6 +39,7 @@ for spec in "$@"; do
         packed_frames) extra=(-malloc_limit_mb=64) ;;
         workspace_xml) corpus=(fuzz/corpus/workspace_xml ../examples) ;;
     esac
+    [ ${#corpus[@]} -eq 0 ] || mkdir -p "$root/$crate/${corpus[0]}"
     log=$logs/$target.log
     cmd="CARGO_TARGET_DIR=fuzz/target RUSTC_BOOTSTRAP=1 cargo fuzz run -O -s none $target ${corpus[*]:-} -- -runs=$runs ${extra[*]:-}"
     echo "counts.sh: $crate: $cmd" >&2
