@@ -287,6 +287,11 @@ impl ImageFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The open file.
+    pub fn into_file(self) -> File {
+        self.file
+    }
 }
 
 /// Refuses anything but a regular file, naming what it is.

@@ -21,7 +21,8 @@ use vw_node::manager::Op;
 use vw_node::planner::{Policy, Strategy};
 
 use crate::cluster::{self, deploy_text};
-use crate::output::{bytes, import_text, Out};
+use crate::output::{bytes, Out};
+use vw_node::storecmd::import_text;
 
 const GRID3: &str = include_str!("../../examples/grid3-cluster.xml");
 const VO2: &str = include_str!("../../examples/vo2-cluster.xml");

@@ -13,10 +13,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vw_node::chunkstore::{ImageName, ImageRef, PinReason, Store, Visibility};
+use vw_node::chunkstore::chunker::ChunkerParams;
+use vw_node::chunkstore::Progress as _;
+use vw_node::chunkstore::{
+    manifest_of_file, ExportTarget, ImageFile, ImageName, ImageRef, Seal, Store, Visibility,
+};
+use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::manager::Op;
+use vw_node::storecmd::{self, StoreOp};
 
-use crate::output::{bytes, Out};
+use crate::output::Out;
 use crate::progress::Bar;
 
 /// Stage and deploy virtual clusters: the chunk store (images, cache, gc), workspace
@@ -340,11 +346,7 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Cache(cmd) => cache(&cli.store, cmd, out),
-        Command::Gc => {
-            let r = open(&cli.store)?.gc()?;
-            out.emit(&r, || output::gc_text(&r));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Gc => store_cmd(&cli.store, None, StoreOp::Gc, None, out),
         Command::Demo { keep, size_mib, hosts } => demo::run(out, keep, size_mib, hosts),
         Command::Workspace(WorkspaceCmd::Validate { file }) => host::validate(&file, out),
         Command::Workspace(WorkspaceCmd::Show { file }) => {
@@ -420,38 +422,48 @@ fn lifecycle(
     host::lifecycle(store, config, &t.target, t.vm.as_deref(), op, out)
 }
 
-/// What seals an imported image.
-enum Sealer {
-    /// The VO's key, here.
-    Key(vw_node::chunkstore::VoKey),
-    /// A seal the VO made elsewhere, checked.
-    Seal(vw_node::chunkstore::Seal),
-}
-
-/// The seal in `path`, for the image `name`: it decodes, names `name`, and verifies
-/// with the key the cluster config (`cluster`, else the embedded one) trusts for the VO.
-fn checked_seal(
-    path: &std::path::Path,
-    name: &ImageName,
+/// Runs a store command: through the socket of the `vwd` that owns `store` if one
+/// listens there (the file, if any, handed over as a descriptor), else on the store
+/// opened here (seals checked against `cluster`). Same results, same words.
+fn store_cmd(
+    store: &std::path::Path,
     cluster: Option<&std::path::Path>,
-) -> anyhow::Result<vw_node::chunkstore::Seal> {
-    let config = host::cluster_config(cluster)?;
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the seal {}: {e}", path.display()))?;
-    let seal = vw_node::chunkstore::Seal::decode(&bytes)
-        .map_err(|e| anyhow::anyhow!("seal {}: {e}", path.display()))?;
-    if seal.name() != name {
-        anyhow::bail!("seal {} is for {}, not {name}", path.display(), seal.name());
+    op: StoreOp,
+    file: Option<std::fs::File>,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let bar = Bar::new(out, op.verb());
+    let outcome = match cluster::socket(store)? {
+        Some(socket) => {
+            let mut last = None;
+            let request = LocalRequest::Store { op };
+            let reply = local::call_with(&socket, &request, file.as_ref(), |reply| {
+                if let LocalReply::Progress { done, total } = *reply {
+                    let before = *last.get_or_insert_with(|| {
+                        bar.start(total);
+                        0
+                    });
+                    bar.advance(done.saturating_sub(before));
+                    last = Some(done.max(before));
+                }
+            })?;
+            match reply {
+                LocalReply::Stored { outcome } => outcome,
+                LocalReply::Failed { error } => anyhow::bail!("{error}"),
+                other => anyhow::bail!("the vwd answered a store command with {other:?}"),
+            }
+        }
+        None => {
+            let config = host::cluster_config(cluster)?;
+            storecmd::run(&open(store)?, &config, op, file, &bar)?
+        }
+    };
+    bar.finish();
+    out.emit(&outcome.json, || outcome.text.clone());
+    if let Some(note) = &outcome.note {
+        out.note(note);
     }
-    let vo = config.vo(name.vo()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "seal {}: VO {} is not trusted by the cluster config (no [[vo]] entry; pass --cluster FILE)",
-            path.display(),
-            name.vo()
-        )
-    })?;
-    seal.verify(&vo.public()).map_err(|e| anyhow::anyhow!("seal {}: {e}", path.display()))?;
-    Ok(seal)
+    Ok(if outcome.failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn image(
@@ -461,114 +473,74 @@ fn image(
     cmd: ImageCmd,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
-    // The key or the seal first: nothing is imported under a name no key sealed.
-    let sealer = match &cmd {
-        ImageCmd::Import { name, seal: None, .. } => {
-            Some(Sealer::Key(vo::key(&vo::dir(vo_dir)?, name.vo())?))
-        }
-        ImageCmd::Import { name, seal: Some(path), .. } => {
-            Some(Sealer::Seal(checked_seal(path, name, cluster)?))
-        }
-        _ => None,
-    };
-    let store = open(dir)?;
-    match cmd {
-        ImageCmd::Import { file, name, public, .. } => {
-            let visibility = if public { Visibility::Public } else { Visibility::Private };
-            let bar = Bar::new(out, "import");
-            let r = match sealer.expect("made above") {
-                Sealer::Key(key) => store.import_sealed(&file, &name, &key, visibility, &bar)?,
-                Sealer::Seal(seal) => store.import_presealed(&file, &seal, &bar)?,
+    let op = match cmd {
+        ImageCmd::Import { file, name, public, seal } => {
+            // Opened here, with this user's permissions; checked to be a regular file.
+            let image = ImageFile::open(&file)?;
+            let seal = match seal {
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("cannot read the seal {}", path.display()))?;
+                    let seal = Seal::decode(&bytes)
+                        .map_err(|e| anyhow::anyhow!("seal {}: {e}", path.display()))?;
+                    if seal.name() != &name {
+                        anyhow::bail!("seal {} is for {}, not {name}", path.display(), seal.name());
+                    }
+                    bytes
+                }
+                None => {
+                    let key = vo::key(&vo::dir(vo_dir)?, name.vo())?;
+                    key.may_sign(&name)?;
+                    let visibility = if public { Visibility::Public } else { Visibility::Private };
+                    if cluster::socket(dir)?.is_none() {
+                        // The store is here: one pass, the key seals what was stored.
+                        let bar = Bar::new(out, "import");
+                        let r =
+                            open(dir)?.import_sealed_from(image, &name, &key, visibility, &bar)?;
+                        bar.finish();
+                        out.emit(&r, || storecmd::import_text(&r));
+                        if !r.eviction.evicted.is_empty() || r.eviction.chunks_removed > 0 {
+                            out.note(&storecmd::gc_text(&r.eviction));
+                        }
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    // A vwd owns the store and never sees the key: seal here, import there.
+                    let manifest = manifest_of_file(&file, ChunkerParams::DEFAULT)?;
+                    Seal::sign(&key, &name, manifest.id(), visibility)?.encode()
+                }
             };
-            bar.finish();
-            out.emit(&r, || output::import_text(&r));
-            if !r.eviction.evicted.is_empty() || r.eviction.chunks_removed > 0 {
-                out.note(&output::gc_text(&r.eviction));
-            }
+            let op = StoreOp::Import { path: file, seal };
+            return store_cmd(dir, cluster, op, Some(image.into_file()), out);
         }
         ImageCmd::Export { image, out: path, force } => {
-            let id = store.resolve(&image)?;
-            let bar = Bar::new(out, "export");
-            let r = store.export(&id, &path, force, &bar)?;
-            bar.finish();
-            out.emit(&r, || {
-                format!(
-                    "wrote {} ({}, {} as holes) from {id} in {} ms",
-                    r.path.display(),
-                    bytes(r.len),
-                    bytes(r.hole_bytes),
-                    r.millis
-                )
-            });
+            // Made here, with this user's permissions; renamed into place once verified.
+            let target = ExportTarget::create(&path, force)?;
+            let file = target.file().try_clone().context("duplicating the export's file")?;
+            let op = StoreOp::Export { image: image.to_string(), out: path };
+            let code = store_cmd(dir, cluster, op, Some(file), out)?;
+            target.commit()?;
+            return Ok(code);
         }
-        ImageCmd::Ls => {
-            let images = store.images()?;
-            out.emit(&images, || output::ls_text(&images));
-        }
-        ImageCmd::Rm { image } => {
-            let removed = store.remove(&image)?;
-            let r =
-                serde_json::json!({ "removed": image.to_string(), "manifest_removed": removed });
-            out.emit(&r, || match removed {
-                Some(id) => {
-                    format!("removed {image} (manifest {id}; its chunks stay cached until gc)")
-                }
-                None => format!("removed the name {image}; its manifest has other names"),
-            });
-        }
-        ImageCmd::Verify { image } => {
-            let id = image.as_ref().map(|i| store.resolve(i)).transpose()?;
-            let bar = Bar::new(out, "verify");
-            let r = store.verify(id.as_ref(), &bar)?;
-            bar.finish();
-            out.emit(&r, || output::verify_text(&r));
-            if !r.is_clean() {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-        ImageCmd::Diff { a, b } => {
-            let d = store.diff(&a, &b)?;
-            out.emit(&d, || output::diff_text(&a, &b, &d));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+        ImageCmd::Ls => StoreOp::Ls,
+        ImageCmd::Rm { image } => StoreOp::Rm { image: image.to_string() },
+        ImageCmd::Verify { image } => StoreOp::Verify { image: image.map(|i| i.to_string()) },
+        ImageCmd::Diff { a, b } => StoreOp::Diff { a: a.to_string(), b: b.to_string() },
+    };
+    store_cmd(dir, cluster, op, None, out)
 }
 
 fn cache(dir: &std::path::Path, cmd: CacheCmd, out: &Out) -> anyhow::Result<ExitCode> {
-    let store = open(dir)?;
-    match cmd {
-        CacheCmd::Stats => {
-            let s = store.stats()?;
-            out.emit(&s, || output::stats_text(&s));
-        }
-        CacheCmd::Pin { image } => {
-            let id = store.pin(&image, &PinReason::Base)?;
-            let r = serde_json::json!({ "pinned": image.to_string(), "manifest": id });
-            out.emit(&r, || format!("pinned {image} ({id}) as a base image"));
-        }
-        CacheCmd::Unpin { image } => {
-            let existed = store.unpin(&image, &PinReason::Base)?;
-            let r = serde_json::json!({ "unpinned": image.to_string(), "was_pinned": existed });
-            out.emit(&r, || {
-                if existed {
-                    format!("unpinned {image}")
-                } else {
-                    format!("{image} was not pinned")
-                }
-            });
-        }
-        CacheCmd::Limit { size } => {
-            let cap = if size == "none" {
+    let op = match cmd {
+        CacheCmd::Stats => StoreOp::Stats,
+        CacheCmd::Pin { image } => StoreOp::Pin { image: image.to_string() },
+        CacheCmd::Unpin { image } => StoreOp::Unpin { image: image.to_string() },
+        CacheCmd::Limit { size } => StoreOp::Limit {
+            capacity: if size == "none" {
                 None
             } else {
                 Some(output::parse_size(&size).with_context(|| format!("cache limit {size}"))?)
-            };
-            let r = store.set_capacity(cap)?;
-            out.emit(&serde_json::json!({ "capacity": cap, "gc": r }), || {
-                let limit = cap.map_or("none".to_string(), bytes);
-                format!("capacity {limit}\n{}", output::gc_text(&r))
-            });
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+            },
+        },
+    };
+    store_cmd(dir, None, op, None, out)
 }

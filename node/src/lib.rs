@@ -39,6 +39,8 @@ pub mod process;
 pub mod report;
 #[cfg(feature = "host")]
 pub mod service;
+#[cfg(feature = "host")]
+pub mod storecmd;
 pub mod wire;
 pub mod workspace;
 pub mod xen;

@@ -61,6 +61,12 @@ pub enum LocalRequest {
         /// The deployment.
         deployment: Option<String>,
     },
+    /// A store command on the store this vwd owns (import and export come with the
+    /// file, as a descriptor).
+    Store {
+        /// The command.
+        op: crate::storecmd::StoreOp,
+    },
 }
 
 /// The VMs one host reported, with its driver.
@@ -100,6 +106,18 @@ pub enum LocalReply {
         #[serde(default)]
         vos: Vec<crate::control::usage::VoUsage>,
     },
+    /// How far a store command has got.
+    Progress {
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// What a store command did.
+    Stored {
+        /// It, in both forms.
+        outcome: crate::storecmd::Outcome,
+    },
     /// The request failed.
     Failed {
         /// Why.
@@ -135,11 +153,40 @@ pub fn call(
     request: &LocalRequest,
     mut on_event: impl FnMut(&DeployEvent),
 ) -> Result<LocalReply, LocalError> {
+    call_with(path, request, None, |reply| {
+        if let LocalReply::Event { event } = reply {
+            on_event(event);
+        }
+    })
+}
+
+/// Sends `request` with `file` (its descriptor, SCM_RIGHTS, with the request's first
+/// bytes) to the `vwd` listening at `path`, passing each reply before the last to
+/// `on_reply` (events, progress); returns the last.
+pub fn call_with(
+    path: &Path,
+    request: &LocalRequest,
+    file: Option<&std::fs::File>,
+    mut on_reply: impl FnMut(&LocalReply),
+) -> Result<LocalReply, LocalError> {
     let io = |error| LocalError::Io { path: path.display().to_string(), error };
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
     let mut line = serde_json::to_vec(request).expect("requests serialise");
     line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    let sent = match file {
+        None => 0,
+        Some(file) => {
+            use std::os::fd::AsFd as _;
+            let fds = [file.as_fd()];
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+            cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+            let bytes = [std::io::IoSlice::new(&line)];
+            rustix::net::sendmsg(&stream, &bytes, &mut cmsg, rustix::net::SendFlags::empty())
+                .map_err(|e| io(e.into()))?
+        }
+    };
+    stream.write_all(&line[sent..]).map_err(io)?;
     let mut reader = BufReader::new(stream);
     let mut buf = String::new();
     loop {
@@ -155,8 +202,38 @@ pub fn call(
             reason: e.to_string(),
         })?;
         match reply {
-            LocalReply::Event { event } => on_event(&event),
+            LocalReply::Event { .. } | LocalReply::Progress { .. } => on_reply(&reply),
             other => return Ok(other),
+        }
+    }
+}
+
+/// A store command's progress, sent to the client at most every 100 ms (dropped when
+/// the client reads slower).
+struct SocketProgress {
+    tx: mpsc::Sender<(u64, u64)>,
+    counts: std::sync::Mutex<(u64, u64, std::time::Instant)>,
+}
+
+impl SocketProgress {
+    fn new(tx: mpsc::Sender<(u64, u64)>) -> Self {
+        SocketProgress { tx, counts: std::sync::Mutex::new((0, 0, std::time::Instant::now())) }
+    }
+}
+
+impl vw_chunkstore::Progress for SocketProgress {
+    fn start(&self, total: u64) {
+        let mut c = self.counts.lock().expect("progress lock");
+        *c = (0, total, std::time::Instant::now());
+        let _ = self.tx.try_send((0, total));
+    }
+
+    fn advance(&self, bytes: u64) {
+        let mut c = self.counts.lock().expect("progress lock");
+        c.0 = c.0.saturating_add(bytes);
+        if c.2.elapsed() >= std::time::Duration::from_millis(100) || c.0 >= c.1 {
+            c.2 = std::time::Instant::now();
+            let _ = self.tx.try_send((c.0, c.1));
         }
     }
 }
@@ -240,13 +317,55 @@ pub async fn serve(listener: UnixListener, role: Role, mut stop: watch::Receiver
     }
 }
 
+/// Reads the first bytes of a request into `buf`, with the file descriptor sent with
+/// them, if any (SCM_RIGHTS; any more than one are closed).
+async fn recv_first(
+    stream: &UnixStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
+    loop {
+        stream.readable().await?;
+        let received = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut cmsg = rustix::net::RecvAncillaryBuffer::new(&mut space);
+            let mut bytes = [std::io::IoSliceMut::new(buf)];
+            let got = rustix::net::recvmsg(
+                stream,
+                &mut bytes,
+                &mut cmsg,
+                rustix::net::RecvFlags::CMSG_CLOEXEC,
+            )?;
+            let fd = cmsg.drain().find_map(|m| match m {
+                rustix::net::RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+                _ => None,
+            });
+            Ok((got.bytes, fd))
+        });
+        match received {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
 async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
+    let mut first = vec![0u8; 64 << 10];
+    let (n, fd) = recv_first(&stream, &mut first).await?;
+    first.truncate(n);
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
-    let n = tokio::io::BufReader::new(read)
-        .take(MAX_REQUEST as u64 + 1)
-        .read_until(b'\n', &mut line)
-        .await?;
+    if let Some(end) = first.iter().position(|&b| b == b'\n') {
+        line.extend_from_slice(&first[..=end]);
+    } else {
+        line = first;
+        if !line.is_empty() {
+            tokio::io::BufReader::new(read)
+                .take((MAX_REQUEST + 1).saturating_sub(line.len()) as u64)
+                .read_until(b'\n', &mut line)
+                .await?;
+        }
+    }
+    let n = line.len();
     let request: Result<LocalRequest, String> = if n > MAX_REQUEST {
         Err(format!("request longer than {MAX_REQUEST} bytes"))
     } else {
@@ -290,6 +409,33 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
             match head.run(&deployment, op).await {
                 Ok(hosts) => LocalReply::Ran { hosts },
                 Err(error) => LocalReply::Failed { error },
+            }
+        }
+        (Ok(LocalRequest::Store { op }), role) => {
+            let service = match &role {
+                Role::Head(head) => head.host(),
+                Role::Host(host) => Arc::clone(host),
+            };
+            let file = fd.map(std::fs::File::from);
+            let (tx, mut rx) = mpsc::channel(8);
+            let work = tokio::task::spawn_blocking(move || {
+                let progress = SocketProgress::new(tx);
+                let config = Arc::clone(&service.gate().config);
+                crate::storecmd::run(&service.store(), &config, op, file, &progress)
+            });
+            tokio::pin!(work);
+            let result = loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    Some((done, total)) = rx.recv() => {
+                        let _ = write.write_all(&send(&LocalReply::Progress { done, total })).await;
+                    }
+                }
+            };
+            match result {
+                Ok(Ok(outcome)) => LocalReply::Stored { outcome },
+                Ok(Err(e)) => LocalReply::Failed { error: e.to_string() },
+                Err(e) => LocalReply::Failed { error: format!("the store command stopped: {e}") },
             }
         }
         (Ok(LocalRequest::Status { deployment }), Role::Head(head)) => {

@@ -234,6 +234,11 @@ impl Head {
         Head { me, local, peers, control, store, pools, admission: tokio::sync::Mutex::new(()) }
     }
 
+    /// The host service this head serves itself with (its store, its gate).
+    pub(crate) fn host(&self) -> Arc<HostService> {
+        Arc::clone(&self.local)
+    }
+
     /// Every host: this one first. Connects to the others first (a host that
     /// restarted is not redialled by itself).
     async fn hosts(&self) -> Vec<(String, PeerId)> {
