@@ -39,16 +39,62 @@ impl std::fmt::Debug for Vwd {
     }
 }
 
+/// The cluster config `daemon` names, or the embedded one.
+fn cluster_config(daemon: &Daemon) -> Result<ClusterConfig, crate::config::ConfigError> {
+    match &daemon.config.cluster_config {
+        Some(path) => ClusterConfig::load(path),
+        None => Ok(ClusterConfig::embedded()),
+    }
+}
+
+/// What `vwd --check-config` checks without starting anything or writing a file: the
+/// vwd config (already parsed into `daemon`), its cluster config, the driver this host
+/// would run, the socket's group, the identity key if it exists, and the link. Returns
+/// a line per finding; the first problem is the error.
+pub fn check_config(daemon: &Daemon) -> anyhow::Result<Vec<String>> {
+    let cluster = cluster_config(daemon)?;
+    let driver = cluster.driver()?;
+    let group = daemon.socket_group()?;
+    let key = daemon.key_path();
+    let identity = if key.exists() {
+        let id = crate::daemon::load_or_create_key(&key)?.public().to_peer_id();
+        daemon.check_own_id(&id)?;
+        format!("identity {} (peer {id})", key.display())
+    } else {
+        format!("identity {}: made on first start", key.display())
+    };
+    let link = daemon.link();
+    Ok(vec![
+        format!(
+            "{:?} {} ({}), {} peers",
+            daemon.config.role,
+            daemon.name,
+            daemon.source,
+            daemon.peers.len()
+        ),
+        format!("cluster {} ({}), {} VOs", cluster.cluster.name, cluster.source, cluster.vo.len()),
+        format!(
+            "Xen driver {driver}{}",
+            if driver.simulated() { ": simulated, no guest will run" } else { "" }
+        ),
+        match group {
+            Some(gid) => {
+                format!("socket {} (mode 0660, group id {gid})", daemon.socket_path().display())
+            }
+            None => format!("socket {} (mode 0600, root only)", daemon.socket_path().display()),
+        },
+        identity,
+        format!("link {:.0} Mbit/s ({})", link.bytes_per_s * 8.0 / 1e6, link.source),
+    ])
+}
+
 impl Vwd {
     /// Opens the store, starts the peer, serves control requests and the local socket,
     /// and dials the configured peers.
     pub async fn start(daemon: &Daemon, key: identity::Keypair) -> anyhow::Result<Vwd> {
         let name = daemon.name.clone();
         daemon.check_own_id(&key.public().to_peer_id())?;
-        let cluster = match &daemon.config.cluster_config {
-            Some(path) => ClusterConfig::load(path)?,
-            None => ClusterConfig::embedded(),
-        };
+        let cluster = cluster_config(daemon)?;
         let data_dir = daemon.config.data_dir.clone();
         let config = cluster.clone();
         let (manager, reconciled) =

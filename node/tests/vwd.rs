@@ -48,6 +48,11 @@ async fn vwd_refuses_chunks_outside_a_deployment_and_stops_on_sigterm() {
     let dom0 = std::fs::read_to_string(vw_node::config::XEN_CAPABILITIES)
         .is_ok_and(|c| c.contains("control_d"));
     if !dom0 {
+        // `--check-config` says so first, and writes nothing.
+        let out = Command::new(vwd).arg("--check-config").arg(&config).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("sets no [xen] driver"), "{err}");
+        assert!(!data.join("node.key").exists(), "a check writes nothing");
         let out = Command::new(vwd).arg("--config").arg(&config).output().expect("run vwd");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "vwd started without a driver: {err}");
@@ -62,6 +67,11 @@ async fn vwd_refuses_chunks_outside_a_deployment_and_stops_on_sigterm() {
     .expect("cluster config");
     std::fs::write(&cluster, text).expect("cluster config");
     write_config(&format!("cluster_config = \"{}\"\n", cluster.display()));
+    let out = Command::new(vwd).arg("--check-config").arg(&config).output().expect("run");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("Xen driver simulated: simulated, no guest will run"), "{said}");
+    assert!(said.contains("identity ") && said.ends_with(": ok\n"), "{said}");
 
     let id =
         Command::new(vwd).arg("--config").arg(&config).arg("--print-id").output().expect("run vwd");

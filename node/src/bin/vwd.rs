@@ -1,10 +1,11 @@
 //! `vwd --config FILE`: the per-host peer.
 //!
 //! It opens the store, joins the cluster as a libp2p peer (only the peers its config
-//! lists may connect), serves `/vw/chunks/2` and `/vw/control/2` (from heads only),
+//! lists may connect), serves `/vw/chunks/2` and `/vw/control/3` (from heads only),
 //! and listens for `vw` on `<data_dir>/vwd.sock`; a head also drives deployments. On
 //! SIGINT or SIGTERM it shuts down in two steps (signal every task, wait for each).
-//! `vwd --config FILE --print-id` prints the peer id (making the key on first use).
+//! `vwd --config FILE --print-id` prints the peer id (making the key on first use);
+//! `vwd --check-config FILE` checks the config and everything it names, and exits.
 
 use anyhow::Context as _;
 use std::io::Write as _;
@@ -14,20 +15,39 @@ use vw_node::daemon::{load_or_create_key, Daemon};
 use vw_node::service::Vwd;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: vwd --config FILE [--print-id]");
+    eprintln!("usage: vwd --config FILE [--print-id] | vwd --check-config FILE");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut config, mut print_id) = (None, false);
+    let (mut config, mut print_id, mut check) = (None, false, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--config" => config = it.next().map(PathBuf::from),
             "--print-id" => print_id = true,
+            "--check-config" => check = it.next().map(PathBuf::from),
             _ => return usage(),
         }
+    }
+    if let Some(path) = check {
+        return match Daemon::load(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|d| vw_node::service::check_config(&d))
+        {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vwd: {}: {e:#}", path.display());
+                ExitCode::FAILURE
+            }
+        };
     }
     let Some(config) = config else { return usage() };
     tracing_subscriber::fmt()
