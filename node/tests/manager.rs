@@ -190,6 +190,9 @@ fn create_stages_integrates_and_runs_a_cluster() {
     assert!(fstab.contains("head:/home\t/home\tnfs"), "{fstab}");
     assert!(ext4_cat(&w1, "/etc/hosts").contains("\thead\n"));
     assert!(ext4_cat(&w1, "/etc/network/interfaces").contains("address 10.77.1.11/16"));
+    // The NIC is found by its MAC, whatever the guest's kernel names it.
+    let link = ext4_cat(&w1, "/etc/systemd/network/10-vw-eth0.link");
+    assert!(link.contains("[Match]\nMACAddress=00:16:3e:") && link.contains("Name=eth0"), "{link}");
     assert_eq!(ext4_cat(&w1, "/var/spool/torque/server_name"), "head\n");
     assert_eq!(
         ext4_cat(&fx.root.join("images/t/t-worker2/xvda1.img"), "/etc/hostname"),

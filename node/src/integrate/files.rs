@@ -57,6 +57,28 @@ pub fn interfaces(setup: &VmSetup) -> String {
     out
 }
 
+/// A systemd `.link` file per NIC (`/etc/systemd/network/10-vw-ethN.link`): udev names
+/// the NIC with vw's MAC `ethN` whatever the kernel or predictable naming called it
+/// (`enX0` for Xen's netfront), so the ifupdown stanzas above find it. The seed
+/// strategy gets the same from cloud-init's `match: macaddress` with `set-name`.
+pub fn link_files(setup: &VmSetup) -> Vec<(String, String)> {
+    setup
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(i, nic)| {
+            let name = nic_name(i);
+            (
+                format!("/etc/systemd/network/10-vw-{name}.link"),
+                format!(
+                    "# Written by vw: the NIC with this MAC is {name}.\n[Match]\nMACAddress={}\n\n[Link]\nName={name}\n",
+                    nic.mac
+                ),
+            )
+        })
+        .collect()
+}
+
 /// `/etc/resolv.conf`, if name servers are configured.
 pub fn resolv_conf(setup: &VmSetup) -> Option<String> {
     (!setup.dns.is_empty()).then(|| setup.dns.iter().map(|d| format!("nameserver {d}\n")).collect())
@@ -174,6 +196,7 @@ pub fn guest_files(setup: &VmSetup) -> Vec<GuestFile> {
                 .into(),
         ),
     ];
+    files.extend(link_files(setup).into_iter().map(|(p, c)| whole(&p, c)));
     if let Some(r) = resolv_conf(setup) {
         files.push(whole("/etc/resolv.conf", r));
     }
@@ -354,6 +377,25 @@ mod tests {
             doc["ethernets"]["eth0"]["routes"].is_badvalue(),
             "one default route, on the public NIC"
         );
+    }
+
+    /// Both strategies find a NIC by its MAC: the seed by cloud-init's `match`, the
+    /// edits by a `.link` file per NIC that names it `ethN` whatever the kernel called it.
+    #[test]
+    fn edits_name_each_nic_by_its_mac() {
+        let files = guest_files(&head());
+        let link = |n: &str| {
+            let path = format!("/etc/systemd/network/10-vw-{n}.link");
+            files.iter().find(|f| f.path == path).map(|f| f.content.clone()).expect(&path)
+        };
+        assert!(
+            link("eth0").contains("[Match]\nMACAddress=00:16:3e:00:00:01\n"),
+            "{}",
+            link("eth0")
+        );
+        assert!(link("eth1").contains("MACAddress=00:16:3e:00:00:02\n\n[Link]\nName=eth1\n"));
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths.iter().filter(|p| p.ends_with(".link")).count(), 2, "{paths:?}");
     }
 
     #[test]
