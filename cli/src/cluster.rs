@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use vw_node::access::{Ticket, TicketTerms};
 use vw_node::chunkstore::VoKey;
-use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport, HostAnswer};
+use vw_node::control::head::{DeployEvent, DeployOptions, DeployPhase, DeployReport, HostAnswer};
 use vw_node::control::protocol::Phase;
 use vw_node::control::usage::VoUsage;
 use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
@@ -185,9 +185,20 @@ pub fn deploy(
             Ticket::sign(&key, &terms).map_err(anyhow::Error::msg)?.encode()
         }
     };
-    let request = LocalRequest::Deploy { workspace, source, ticket, options };
-    let LocalReply::Deployed { report } = call(&socket, &request, out)? else {
-        anyhow::bail!("the vwd answered a deploy with something else");
+    report(&socket, &LocalRequest::Deploy { workspace, source, ticket, options }, out)
+}
+
+/// `vw create NAME` of a cluster staged with `vw deploy --stage-only`: load and start
+/// it on every host, and wait for its guests, with a deploy's report.
+pub fn create(socket: &Path, deployment: &str, out: &Out) -> anyhow::Result<ExitCode> {
+    report(socket, &LocalRequest::Create { deployment: deployment.to_owned() }, out)
+}
+
+/// Sends a request answered by a deployment's report, and prints it; fails if a VM
+/// was lost or a guest is not ready.
+fn report(socket: &Path, request: &LocalRequest, out: &Out) -> anyhow::Result<ExitCode> {
+    let LocalReply::Deployed { report } = call(socket, request, out)? else {
+        anyhow::bail!("the vwd answered with something other than a deployment's report");
     };
     out.emit(&report, || deploy_text(&report));
     let all_ready = report.ready.iter().all(VmReady::ok);
@@ -202,15 +213,22 @@ fn secs(micros: u64) -> String {
 pub fn deploy_text(r: &DeployReport) -> String {
     let total: u64 = r.phases.iter().map(|p| p.micros).sum();
     let ready = r.ready.iter().filter(|v| v.ok()).count();
-    let mut s = format!(
-        "deployed {} ({}{}) in {}: {} VMs running, {ready} ready{}",
-        r.deployment,
-        r.strategy,
-        if r.resumed { ", resumed" } else { "" },
-        secs(total),
-        r.vms.len(),
-        if r.lost.is_empty() { String::new() } else { format!(", lost {}", r.lost.join(", ")) }
-    );
+    let started = r.phases.iter().any(|p| p.phase == DeployPhase::Create);
+    let how = r
+        .strategy
+        .map(|s| format!(" ({s}{})", if r.resumed { ", resumed" } else { "" }))
+        .unwrap_or_default();
+    let (verb, state) = match (started, r.strategy) {
+        (false, _) => (
+            "staged",
+            format!("{} VMs staged; `vw create {}` starts them", r.vms.len(), r.deployment),
+        ),
+        (true, None) => ("created", format!("{} VMs running, {ready} ready", r.vms.len())),
+        (true, Some(_)) => ("deployed", format!("{} VMs running, {ready} ready", r.vms.len())),
+    };
+    let lost =
+        if r.lost.is_empty() { String::new() } else { format!(", lost {}", r.lost.join(", ")) };
+    let mut s = format!("{verb} {}{how} in {}: {state}{lost}", r.deployment, secs(total));
     s.push_str("\n\nphase       time");
     for p in &r.phases {
         s.push_str(&format!("\n{:<11} {}", p.phase.to_string(), secs(p.micros)));
@@ -243,12 +261,18 @@ pub fn deploy_text(r: &DeployReport) -> String {
                     s.push_str(&format!("\n{:<width$}  dropped {peer}: {why}", ""));
                 }
             }
-            None => s.push_str(&format!(
-                "\n{:<width$}  {:<9}  failed: {}",
-                h.host,
-                driver(h),
-                h.error.as_deref().unwrap_or("?")
-            )),
+            None => match &h.error {
+                Some(e) => {
+                    s.push_str(&format!("\n{:<width$}  {:<9}  failed: {e}", h.host, driver(h)))
+                }
+                None => s.push_str(&format!(
+                    "\n{:<width$}  {:<9}  {:>10}  staged before  {}",
+                    h.host,
+                    driver(h),
+                    "-",
+                    h.vms.join(", ")
+                )),
+            },
         }
         if let (Some(_), Some(e)) = (&h.stage, &h.error) {
             s.push_str(&format!("\n{:<width$}  failed later: {e}", ""));
@@ -260,6 +284,9 @@ pub fn deploy_text(r: &DeployReport) -> String {
             .iter()
             .filter_map(|h| h.driver.is_some_and(|d| d.simulated()).then_some(h.host.as_str())),
     ));
+    if r.strategy.is_none() {
+        return s;
+    }
     s.push_str(&format!(
         "\n\nsent {} ({} on the wire) for {} lacked ({:.3}×); predicted {:.2} s, limit {:.2} s",
         bytes(received),
@@ -443,6 +470,44 @@ mod tests {
     use vw_node::config::{DriverKind, Quota};
     use vw_node::control::head::HostAnswer;
     use vw_node::control::protocol::HostStatus;
+
+    #[test]
+    fn staged_and_created_clusters_say_so() {
+        use vw_node::control::head::{HostOutcome, PhaseTime};
+        let phase = |phase| PhaseTime { phase, micros: 1_000 };
+        let mut r = DeployReport {
+            deployment: "pre".into(),
+            resumed: true,
+            strategy: None,
+            phases: [DeployPhase::Load, DeployPhase::Create, DeployPhase::Ready]
+                .map(phase)
+                .to_vec(),
+            placement: vec![],
+            hosts: vec![HostOutcome {
+                host: "node1".into(),
+                driver: Some(DriverKind::Xl),
+                vms: vec!["pre-worker1".into()],
+                stage: None,
+                error: None,
+            }],
+            lost: vec![],
+            predicted_s: 0.0,
+            limit_s: 0.0,
+            vms: vec![],
+            ready: vec![],
+        };
+        let text = deploy_text(&r);
+        assert!(text.starts_with("created pre in 0.003 s: 0 VMs running"), "{text}");
+        assert!(text.contains("staged before  pre-worker1") && !text.contains("sent "), "{text}");
+        r.strategy = Some(vw_node::planner::Strategy::Chain);
+        r.resumed = false;
+        r.phases = [DeployPhase::Validate, DeployPhase::Stage].map(phase).to_vec();
+        let text = deploy_text(&r);
+        assert!(
+            text.starts_with("staged pre (chain) in 0.002 s: 0 VMs staged; `vw create pre`"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn status_names_each_host_s_driver_and_says_which_simulate() {

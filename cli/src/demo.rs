@@ -139,11 +139,7 @@ fn deploy_both(net: &LocalNet, vos: &LocalVos, out: &Out) -> anyhow::Result<Vec<
             workspace: text.to_owned(),
             source: source.to_owned(),
             ticket: vos.ticket(vo, text)?,
-            options: DeployOptions {
-                strategy: Strategy::Auto,
-                policy: Policy::Spread,
-                mixed_drivers: false,
-            },
+            options: DeployOptions::new(Strategy::Auto, Policy::Spread),
         };
         let LocalReply::Deployed { report } = cluster::call(&socket, &request, out)? else {
             anyhow::bail!("the head answered a deploy with something else");

@@ -88,6 +88,10 @@ enum Command {
         /// real ones runs no guest); refused otherwise.
         #[arg(long)]
         mixed_drivers: bool,
+        /// Stage on every host and stop there (pre-staging); `vw create NAME` starts
+        /// the cluster later.
+        #[arg(long)]
+        stage_only: bool,
     },
     /// Rebuild, clone and integrate a workspace's images on this host.
     Stage(Target),
@@ -358,11 +362,12 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             let policy = parse_policy(&policy)?;
             planning::run(&cli.store, &workspaces, &hosts, config, policy, strategy, simulate, out)
         }
-        Command::Deploy { workspace, vo, ticket, strategy, policy, mixed_drivers } => {
+        Command::Deploy { workspace, vo, ticket, strategy, policy, mixed_drivers, stage_only } => {
             let options = vw_node::control::head::DeployOptions {
                 strategy,
                 policy: parse_policy(&policy)?,
                 mixed_drivers,
+                stage_only,
             };
             let signer = match (vo, ticket) {
                 (_, Some(path)) => cluster::Signer::Ticket(path),
@@ -415,6 +420,9 @@ fn lifecycle(
                 "a vwd owns {}: act on whole deployments by name (`vw {op} NAME`), and deploy workspace files with `vw deploy`",
                 store.display()
             );
+        }
+        if op == Op::Create {
+            return cluster::create(&socket, &t.target, out);
         }
         return cluster::run(&socket, &t.target, op, out);
     }

@@ -103,11 +103,7 @@ fn main() -> anyhow::Result<()> {
         ticket: vos.ticket("bench", &workspace)?,
         workspace,
         source: "bench.xml".into(),
-        options: DeployOptions {
-            strategy: a.strategy,
-            policy: Policy::Spread,
-            mixed_drivers: false,
-        },
+        options: DeployOptions::new(a.strategy, Policy::Spread),
     };
     let report: DeployReport = match local::call(&net.head_socket(), &request, |_| {})? {
         LocalReply::Deployed { report } => *report,
@@ -129,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         .map_or(0.0, |p| p.micros as f64 / 1e6);
     let limit = cap.map(|c| lacked_max as f64 / c);
     let line = serde_json::json!({
-        "strategy": report.strategy.to_string(),
+        "strategy": report.strategy.map(|s| s.to_string()),
         "hosts": a.hosts,
         "cap_bytes_per_s": cap,
         "image": a.image.as_ref().map_or(format!("generated {} MiB", a.size_mib), |p| p.display().to_string()),

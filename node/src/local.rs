@@ -49,6 +49,11 @@ pub enum LocalRequest {
         /// Its file name, for errors.
         source: String,
     },
+    /// Load and start a staged deployment on every host, and wait for its guests.
+    Create {
+        /// The deployment.
+        deployment: String,
+    },
     /// A lifecycle operation on every VM of a deployment.
     Run {
         /// The deployment.
@@ -317,6 +322,43 @@ pub async fn serve(listener: UnixListener, role: Role, mut stop: watch::Receiver
     }
 }
 
+/// Runs `work`, writing each event it sends on `rx` to the client as it comes (a
+/// client that went away does not stop the work), then any left.
+async fn with_events<T>(
+    work: impl std::future::Future<Output = T>,
+    rx: &mut mpsc::Receiver<DeployEvent>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> T {
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            Some(event) = rx.recv() => {
+                let _ = write.write_all(&reply_line(&LocalReply::Event { event })).await;
+            }
+        }
+    };
+    while let Ok(event) = rx.try_recv() {
+        let _ = write.write_all(&reply_line(&LocalReply::Event { event })).await;
+    }
+    result
+}
+
+/// A deployment's report, or why there is none.
+fn deployed(result: Result<DeployReport, String>) -> LocalReply {
+    match result {
+        Ok(report) => LocalReply::Deployed { report: Box::new(report) },
+        Err(error) => LocalReply::Failed { error },
+    }
+}
+
+/// A reply as one line of JSON.
+fn reply_line(reply: &LocalReply) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(reply).expect("replies serialise");
+    bytes.push(b'\n');
+    bytes
+}
+
 /// Reads the first bytes of a request into `buf`, with the file descriptor sent with
 /// them, if any (SCM_RIGHTS; any more than one are closed).
 async fn recv_first(
@@ -371,33 +413,16 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
     } else {
         serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
     };
-    let send = |reply: &LocalReply| {
-        let mut bytes = serde_json::to_vec(reply).expect("replies serialise");
-        bytes.push(b'\n');
-        bytes
-    };
     let reply = match (request, role) {
         (Err(error), _) => LocalReply::Failed { error },
         (Ok(LocalRequest::Deploy { workspace, source, ticket, options }), Role::Head(head)) => {
             let (tx, mut rx) = mpsc::channel(64);
             let work = head.deploy(&workspace, &source, &ticket, options, &tx);
-            tokio::pin!(work);
-            let result = loop {
-                tokio::select! {
-                    r = &mut work => break r,
-                    Some(event) = rx.recv() => {
-                        // A client that went away does not stop the deployment.
-                        let _ = write.write_all(&send(&LocalReply::Event { event })).await;
-                    }
-                }
-            };
-            while let Ok(event) = rx.try_recv() {
-                let _ = write.write_all(&send(&LocalReply::Event { event })).await;
-            }
-            match result {
-                Ok(report) => LocalReply::Deployed { report: Box::new(report) },
-                Err(error) => LocalReply::Failed { error },
-            }
+            deployed(with_events(work, &mut rx, &mut write).await)
+        }
+        (Ok(LocalRequest::Create { deployment }), Role::Head(head)) => {
+            let (tx, mut rx) = mpsc::channel(64);
+            deployed(with_events(head.create(&deployment, &tx), &mut rx, &mut write).await)
         }
         (Ok(LocalRequest::Resolve { workspace, source }), Role::Head(head)) => {
             match head.resolve(&workspace, &source).await {
@@ -428,7 +453,7 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
                 tokio::select! {
                     r = &mut work => break r,
                     Some((done, total)) = rx.recv() => {
-                        let _ = write.write_all(&send(&LocalReply::Progress { done, total })).await;
+                        let _ = write.write_all(&reply_line(&LocalReply::Progress { done, total })).await;
                     }
                 }
             };
@@ -466,7 +491,7 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
             error: "this vwd is a host, not a head: deploy and cluster-wide operations go to the head's vwd".into(),
         },
     };
-    write.write_all(&send(&reply)).await?;
+    write.write_all(&reply_line(&reply)).await?;
     write.shutdown().await
 }
 

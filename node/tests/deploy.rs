@@ -8,7 +8,7 @@ use std::path::Path;
 use vw_node::access::{Ticket, TicketTerms};
 use vw_node::chunkstore::{ImageRef, Store, Visibility};
 use vw_node::config::DriverKind;
-use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
+use vw_node::control::head::{DeployEvent, DeployOptions, DeployPhase, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::manager::VmState;
@@ -34,16 +34,22 @@ async fn deploy(
     text: String,
     strategy: Strategy,
 ) -> (DeployReport, Vec<DeployEvent>) {
-    let socket = net.head_socket();
     let ticket = vos.ticket(vo, &text).expect("ticket");
+    let request = LocalRequest::Deploy {
+        workspace: text,
+        source: "test.xml".into(),
+        ticket,
+        options: DeployOptions::new(strategy, Policy::Spread),
+    };
+    deployed(net, request).await
+}
+
+/// Sends `request` (a deploy, or a create) to the head and returns its report and
+/// events; every host's driver must be the simulated one, by name.
+async fn deployed(net: &LocalNet, request: LocalRequest) -> (DeployReport, Vec<DeployEvent>) {
+    let socket = net.head_socket();
     tokio::task::spawn_blocking(move || {
         let mut events = Vec::new();
-        let request = LocalRequest::Deploy {
-            workspace: text,
-            source: "test.xml".into(),
-            ticket,
-            options: DeployOptions { strategy, policy: Policy::Spread, mixed_drivers: false },
-        };
         match local::call(&socket, &request, |e| events.push(e.clone())).expect("socket") {
             LocalReply::Deployed { report } => {
                 // Every host says which driver ran its VMs: here, by name, simulated.
@@ -196,6 +202,47 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
     holds_exactly(&net, &worker_hosts(&second), "vo2/worker:1", &images.other);
 }
 
+/// The paper's operations apart: a cluster staged now (on every host, the whole plan)
+/// and created later by name, with the same reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_staged_now_is_created_later_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, _images, vos) = cluster(dir.path(), 3, 16);
+    let vwds = net.start().await.expect("start");
+    let text = cluster_workspace("pre", "demo/base:1", "demo/worker:1", 2);
+    let mut options = DeployOptions::new(Strategy::Chain, Policy::Spread);
+    options.stage_only = true;
+    let ticket = vos.ticket("demo", &text).expect("ticket");
+    let request =
+        LocalRequest::Deploy { workspace: text, source: "pre.xml".into(), ticket, options };
+    let (staged, _) = deployed(&net, request).await;
+    let phases: Vec<DeployPhase> = staged.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(phases.last(), Some(&DeployPhase::Stage), "{phases:?}");
+    assert!(staged.ready.is_empty() && staged.lost.is_empty(), "{staged:#?}");
+    assert_eq!(staged.vms.len(), 3);
+    assert!(staged.vms.iter().all(|v| v.state == VmState::Staged), "{:?}", staged.vms);
+    for h in &staged.hosts {
+        let s = h.stage.as_ref().expect("every host staged");
+        assert!(h.host == "head" || s.received > 0, "{}: {s:?}", h.host);
+    }
+
+    let (created, _) = deployed(&net, LocalRequest::Create { deployment: "pre".into() }).await;
+    let phases: Vec<DeployPhase> = created.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(phases, [DeployPhase::Load, DeployPhase::Create, DeployPhase::Ready]);
+    assert_eq!(created.strategy, None, "nothing was staged");
+    assert!(created.lost.is_empty(), "{created:#?}");
+    assert_eq!(created.vms.len(), 3);
+    assert!(created.vms.iter().all(|v| v.state == VmState::Running), "{:?}", created.vms);
+    assert_eq!(created.ready.iter().filter(|r| r.ok()).count(), 3, "{:?}", created.ready);
+    assert_eq!(created.placement, staged.placement);
+    // A deployment the head does not know is refused by name.
+    let unknown = deploy_error_of(&net, LocalRequest::Create { deployment: "nope".into() }).await;
+    assert!(unknown.contains("nope"), "{unknown}");
+    for v in vwds {
+        v.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_striped_plan_deploys_with_every_host_both_sender_and_receiver() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -257,22 +304,21 @@ async fn a_slow_host_is_the_tail_of_the_chain() {
 
 /// Sends a deploy that must fail; returns the head's error.
 async fn deploy_error(net: &LocalNet, ticket: Vec<u8>, workspace: String) -> String {
+    let request = LocalRequest::Deploy {
+        workspace,
+        source: "bad.xml".into(),
+        ticket,
+        options: DeployOptions::new(Strategy::Chain, Policy::Spread),
+    };
+    deploy_error_of(net, request).await
+}
+
+/// Sends a request that must fail; returns the head's error.
+async fn deploy_error_of(net: &LocalNet, request: LocalRequest) -> String {
     let socket = net.head_socket();
-    tokio::task::spawn_blocking(move || {
-        let request = LocalRequest::Deploy {
-            workspace,
-            source: "bad.xml".into(),
-            ticket,
-            options: DeployOptions {
-                strategy: Strategy::Chain,
-                policy: Policy::Spread,
-                mixed_drivers: false,
-            },
-        };
-        match local::call(&socket, &request, |_| {}).expect("socket") {
-            LocalReply::Failed { error } => error,
-            other => panic!("a bad deploy must fail: {other:?}"),
-        }
+    tokio::task::spawn_blocking(move || match local::call(&socket, &request, |_| {}) {
+        Ok(LocalReply::Failed { error }) => error,
+        other => panic!("the request must fail: {other:?}"),
     })
     .await
     .expect("task")
@@ -515,11 +561,7 @@ async fn a_ticket_signed_elsewhere_deploys_once() {
             workspace: w,
             source: "once.xml".into(),
             ticket: t,
-            options: DeployOptions {
-                strategy: Strategy::Chain,
-                policy: Policy::Spread,
-                mixed_drivers: false,
-            },
+            options: DeployOptions::new(Strategy::Chain, Policy::Spread),
         };
         match local::call(&socket, &request, |_| {}).expect("socket") {
             LocalReply::Deployed { report } => report,
@@ -559,11 +601,7 @@ async fn concurrent_deploys_cannot_both_take_the_last_of_a_quota() {
                 workspace: text,
                 source: "race.xml".into(),
                 ticket,
-                options: DeployOptions {
-                    strategy: Strategy::Chain,
-                    policy: Policy::Spread,
-                    mixed_drivers: false,
-                },
+                options: DeployOptions::new(Strategy::Chain, Policy::Spread),
             };
             local::call(&socket, &request, |_| {}).expect("socket")
         })

@@ -56,11 +56,7 @@ fn deploy(net: &LocalNet, n: usize, mut on_event: impl FnMut(&DeployEvent)) -> D
         workspace,
         source: "faults.xml".into(),
         ticket,
-        options: DeployOptions {
-            strategy: Strategy::Chain,
-            policy: Policy::Spread,
-            mixed_drivers: false,
-        },
+        options: DeployOptions::new(Strategy::Chain, Policy::Spread),
     };
     match local::call(&net.head_socket(), &request, &mut on_event).expect("socket") {
         LocalReply::Deployed { report } => *report,

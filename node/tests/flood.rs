@@ -114,11 +114,7 @@ async fn a_control_flood_from_a_non_head_peer_holds_no_memory_and_deploys_go_on(
             workspace: text,
             source: "after.xml".into(),
             ticket,
-            options: DeployOptions {
-                strategy: Strategy::Chain,
-                policy: Policy::Spread,
-                mixed_drivers: false,
-            },
+            options: DeployOptions::new(Strategy::Chain, Policy::Spread),
         };
         local::call(&socket, &request, |_| {}).expect("socket")
     })

@@ -288,7 +288,7 @@ impl RunContext<'_> {
             workspace,
             source: format!("{name}.xml"),
             ticket,
-            options: DeployOptions { strategy, policy: Policy::Spread, mixed_drivers: false },
+            options: DeployOptions::new(strategy, Policy::Spread),
         };
         let (events_tx, events) = mpsc::sync_channel::<DeployEvent>(1024);
         let cpu0 = cluster.cpu_seconds();

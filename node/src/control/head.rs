@@ -122,6 +122,17 @@ pub struct DeployOptions {
     /// Deploy across hosts whose Xen drivers differ (else refused).
     #[serde(default)]
     pub mixed_drivers: bool,
+    /// Stop after the stage phase: the cluster is staged on every host, and `vw create
+    /// NAME` starts it later.
+    #[serde(default)]
+    pub stage_only: bool,
+}
+
+impl DeployOptions {
+    /// `strategy` and `policy`, every host's driver alike, to the end.
+    pub fn new(strategy: Strategy, policy: Policy) -> Self {
+        DeployOptions { strategy, policy, mixed_drivers: false, stage_only: false }
+    }
 }
 
 /// One phase's duration.
@@ -156,8 +167,9 @@ pub struct DeployReport {
     pub deployment: String,
     /// Whether it resumed an earlier deploy of the same document.
     pub resumed: bool,
-    /// The strategy used.
-    pub strategy: Strategy,
+    /// The strategy used (`None`: nothing was staged, as by `vw create` of a staged
+    /// cluster).
+    pub strategy: Option<Strategy>,
     /// Phase timings, in order.
     pub phases: Vec<PhaseTime>,
     /// Where each VM went.
@@ -561,10 +573,52 @@ impl Head {
                 }
             }
         }
+        let (vms, ready) = if options.stage_only {
+            let staged =
+                outcomes.iter().filter_map(|o| o.stage.as_ref()).flat_map(|r| r.vms.clone());
+            (staged.collect(), Vec::new())
+        } else {
+            self.start_and_wait(&hosts, alive, &name, &mut outcomes, &mut clock, events).await
+        };
+        let phases = clock.finish();
+        let lost: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.error.is_some())
+            .flat_map(|o| o.vms.iter().cloned())
+            .collect();
+        tracing::info!(lost = lost.len(), "deployed");
+        Ok(DeployReport {
+            deployment: name,
+            resumed,
+            strategy: Some(planned.strategy),
+            phases,
+            placement: planned.placement.clone(),
+            hosts: outcomes,
+            lost,
+            predicted_s: planned.simulation.finish,
+            limit_s: planned.simulation.limit,
+            vms,
+            ready,
+        })
+    }
+
+    /// Loads and starts the VMs of deployment `name` on the hosts `alive`, then waits
+    /// until their guests say they are up: a deploy's last three phases, and all of
+    /// `vw create` of a staged cluster. A host that fails is lost for the rest, its
+    /// outcome in `outcomes` saying why. Returns the VMs started and their readiness.
+    async fn start_and_wait(
+        &self,
+        hosts: &[(String, PeerId)],
+        mut alive: Vec<usize>,
+        name: &str,
+        outcomes: &mut [HostOutcome],
+        clock: &mut Clock<'_>,
+        events: &mpsc::Sender<DeployEvent>,
+    ) -> (Vec<VmReport>, Vec<VmReady>) {
         let mut vms = Vec::new();
         for (phase, op) in [(DeployPhase::Load, Op::Load), (DeployPhase::Create, Op::Create)] {
             clock.start(phase).await;
-            let ran = self.run_on(&hosts, &alive, &name, op).await;
+            let ran = self.run_on(hosts, &alive, name, op).await;
             let mut still = Vec::new();
             for (h, result) in alive.iter().zip(ran) {
                 match result {
@@ -587,11 +641,10 @@ impl Head {
         clock.start(DeployPhase::Ready).await;
         let timeout_s = self.local.gate().config.xen.ready_timeout_s;
         let mut ready = Vec::new();
-        for (h, result) in
-            alive.iter().zip(self.await_ready(&hosts, &alive, &name, timeout_s).await)
+        for (h, result) in alive.iter().zip(self.await_ready(hosts, &alive, name, timeout_s).await)
         {
             match result {
-                Ok(vms) => ready.extend(vms),
+                Ok(v) => ready.extend(v),
                 Err(e) => {
                     if let Some(o) = outcomes.iter_mut().find(|o| o.host == hosts[*h].0) {
                         o.error = Some(format!("waiting for its guests: {e}"));
@@ -599,26 +652,78 @@ impl Head {
                 }
             }
         }
-        let phases = clock.finish();
-        let lost: Vec<String> = outcomes
-            .iter()
-            .filter(|o| o.error.is_some())
-            .flat_map(|o| o.vms.iter().cloned())
-            .collect();
-        tracing::info!(lost = lost.len(), "deployed");
-        Ok(DeployReport {
-            deployment: name,
-            resumed,
-            strategy: planned.strategy,
-            phases,
-            placement: planned.placement.clone(),
-            hosts: outcomes,
-            lost,
-            predicted_s: planned.simulation.finish,
-            limit_s: planned.simulation.limit,
-            vms,
-            ready,
-        })
+        (vms, ready)
+    }
+
+    /// Loads and starts a cluster staged earlier (`vw deploy --stage-only`) on every
+    /// host it was placed on, and waits for its guests: `vw create NAME` through the
+    /// head, with a deploy's report (its phases from load on).
+    pub async fn create(
+        &self,
+        name: &str,
+        events: &mpsc::Sender<DeployEvent>,
+    ) -> Result<DeployReport, String> {
+        let (record, on) = self.hosts_of(name).await?;
+        let span = tracing::info_span!("deployment", name = %name, vo = %record.vo);
+        tracing::Instrument::instrument(
+            async move {
+                let hosts = self.hosts().await;
+                let mut clock = Clock::new(events);
+                let mut outcomes: Vec<HostOutcome> = on
+                    .iter()
+                    .map(|&h| HostOutcome {
+                        host: hosts[h].0.clone(),
+                        driver: None,
+                        vms: record
+                            .placement
+                            .iter()
+                            .filter(|p| p.host == hosts[h].0)
+                            .map(|p| p.vm.clone())
+                            .collect(),
+                        stage: None,
+                        error: None,
+                    })
+                    .collect();
+                // Each host's driver, as `status` gives it (a host that does not answer
+                // is lost here, before anything starts).
+                let mut alive = Vec::new();
+                let status = self.status(Some(name)).await?;
+                for ((&h, answer), outcome) in on.iter().zip(status).zip(outcomes.iter_mut()) {
+                    match answer.result {
+                        Ok(s) => {
+                            outcome.driver = Some(s.driver);
+                            alive.push(h);
+                        }
+                        Err(e) => {
+                            lost(events, &outcome.host, &e).await;
+                            outcome.error = Some(e);
+                        }
+                    }
+                }
+                let (vms, ready) = self
+                    .start_and_wait(&hosts, alive, name, &mut outcomes, &mut clock, events)
+                    .await;
+                let lost =
+                    outcomes.iter().filter(|o| o.error.is_some()).flat_map(|o| o.vms.clone());
+                let report = DeployReport {
+                    deployment: name.to_owned(),
+                    resumed: true,
+                    strategy: None,
+                    phases: clock.finish(),
+                    placement: record.placement.clone(),
+                    lost: lost.collect(),
+                    hosts: outcomes,
+                    predicted_s: 0.0,
+                    limit_s: 0.0,
+                    vms,
+                    ready,
+                };
+                tracing::info!(lost = report.lost.len(), "created");
+                Ok(report)
+            },
+            span,
+        )
+        .await
     }
 
     /// The planner's view of the cluster from the inventories (`view::cluster_view`,
@@ -1071,8 +1176,6 @@ impl<'a> Clock<'a> {
         self.current = Some((phase, Instant::now()));
     }
 
-    /// Records `micros` of the current phase's time as `phase` instead (planning
-    /// places, assigns addresses and plans in one call that times each part).
     /// Ends the current phase as several, timed by the caller (planning places,
     /// assigns addresses and plans in one call that times each part).
     fn parts(&mut self, parts: &[(DeployPhase, u64)]) {
