@@ -81,9 +81,9 @@ done
 "$BIN/vw" vo create lab --vo-dir "$SHARE/vo" >/dev/null
 {
   cat "$here/cluster.toml"
-  # What Xen has for guests in a lab host: QEMU's memory less dom0's and Xen's own
-  # (256 MiB), not dom0's /proc/meminfo, which is all vw reads without this.
-  printf '\n[host]\nmemory_mib = %d\ncpus = %d\n\n' "$((HOST_MEM - DOM0_MEM - 256))" "$HOST_CPUS"
+  # Memory and CPUs are measured by vwd (`xl info`). The lab's hosts have one or two
+  # emulated CPUs, which its guests share: allow four vCPUs on each.
+  printf '\n[host]\nvcpus_per_cpu = 4\n\n'
   "$BIN/vw" vo export lab --vo-dir "$SHARE/vo"
 } > "$SHARE/cluster.toml"
 for n in $(seq "$HOSTS"); do
