@@ -33,16 +33,21 @@ fn path(dir: &Path, vo: &str) -> PathBuf {
     dir.join(format!("{vo}.key"))
 }
 
-/// Loads `vo`'s key from `dir`, saying how to make one if there is none.
+/// Where VO keys kept for the whole host live (root's, mode 0700): looked in after the
+/// user's directory, so `sudo vw deploy` finds them whatever root's home holds.
+pub const SYSTEM_DIR: &str = "/etc/vw/vo";
+
+/// Loads `vo`'s key from `dir`, else from [`SYSTEM_DIR`], saying where it looked and
+/// how to make one if there is none.
 pub fn key(dir: &Path, vo: &str) -> anyhow::Result<VoKey> {
-    let path = path(dir, vo);
-    if !path.exists() {
-        anyhow::bail!(
-            "no key for VO {vo} in {}: create one with `vw vo create {vo}` (and add `vw vo export {vo}` to the cluster config), or pass --vo-dir",
+    let dirs = [dir, Path::new(SYSTEM_DIR)];
+    match dirs.iter().map(|d| path(d, vo)).find(|p| p.exists()) {
+        Some(path) => Ok(VoKey::load(&path)?),
+        None => anyhow::bail!(
+            "no key for VO {vo} in {} or {SYSTEM_DIR}: create one with `vw vo create {vo}` (and add `vw vo export {vo}` to the cluster config), or pass --vo-dir",
             dir.display()
-        );
+        ),
     }
-    Ok(VoKey::load(&path)?)
 }
 
 /// `vw vo create NAME`.
