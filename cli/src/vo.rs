@@ -40,13 +40,20 @@ pub const SYSTEM_DIR: &str = "/etc/vw/vo";
 /// Loads `vo`'s key from `dir`, else from [`SYSTEM_DIR`], saying where it looked and
 /// how to make one if there is none.
 pub fn key(dir: &Path, vo: &str) -> anyhow::Result<VoKey> {
-    let dirs = [dir, Path::new(SYSTEM_DIR)];
+    key_in(&[dir, Path::new(SYSTEM_DIR)], vo)
+}
+
+/// Loads `vo`'s key from the first of `dirs` that has it.
+fn key_in(dirs: &[&Path], vo: &str) -> anyhow::Result<VoKey> {
     match dirs.iter().map(|d| path(d, vo)).find(|p| p.exists()) {
         Some(path) => Ok(VoKey::load(&path)?),
-        None => anyhow::bail!(
-            "no key for VO {vo} in {} or {SYSTEM_DIR}: create one with `vw vo create {vo}` (and add `vw vo export {vo}` to the cluster config), or pass --vo-dir",
-            dir.display()
-        ),
+        None => {
+            let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            anyhow::bail!(
+                "no key for VO {vo} in {}: create one with `vw vo create {vo}` (and add `vw vo export {vo}` to the cluster config), or pass --vo-dir",
+                looked.join(" or ")
+            )
+        }
     }
 }
 
@@ -292,5 +299,25 @@ mod tests {
         assert_eq!(parse_duration("1d").expect("days"), 86_400);
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    /// A key is found in the user's directory first, then in the host's.
+    #[test]
+    fn keys_are_found_in_the_users_directory_then_the_hosts() {
+        let (user, host) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let save = |dir: &Path, vo: &str| {
+            let key = VoKey::generate(vo).expect("key");
+            key.save(&path(dir, vo)).expect("save");
+            key.public()
+        };
+        let mine = save(user.path(), "grid3");
+        save(host.path(), "grid3");
+        let site = save(host.path(), "site");
+        let dirs = [user.path(), host.path()];
+        assert_eq!(key_in(&dirs, "grid3").expect("user's").public(), mine);
+        assert_eq!(key_in(&dirs, "site").expect("host's").public(), site);
+        let err = key_in(&dirs, "atlas").expect_err("none").to_string();
+        let both = format!("{} or {}", user.path().display(), host.path().display());
+        assert!(err.contains(&both), "{err}");
     }
 }
