@@ -371,20 +371,92 @@ fn ran_text(deployment: &str, op: Op, hosts: &[HostAnswer<Vec<VmReport>>]) -> St
 }
 
 /// `vw status [DEPLOYMENT]` across the cluster.
-pub fn status(socket: &Path, deployment: Option<&str>, out: &Out) -> anyhow::Result<ExitCode> {
+/// `vw status [DEPLOYMENT]` through the head, once, or every `watch` until
+/// interrupted (a live view: the screen redrawn on a terminal, a JSON document per
+/// look with `--json`; a failed look is shown and the watch goes on).
+pub fn status(
+    socket: &Path,
+    deployment: Option<&str>,
+    watch: Option<std::time::Duration>,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
     let request = LocalRequest::Status { deployment: deployment.map(str::to_owned) };
-    let LocalReply::Status { hosts, vos } = call(socket, &request, out)? else {
-        anyhow::bail!("the vwd answered status with something else");
-    };
-    out.emit(&serde_json::json!({ "hosts": hosts, "vos": vos }), || {
-        let mut s = status_text(&hosts);
-        if !vos.is_empty() {
-            s.push_str("\n\n");
-            s.push_str(&vos_text(&vos));
+    let redraw = watch.is_some() && !out.is_json() && std::io::stdout().is_terminal();
+    loop {
+        let looked = match call(socket, &request, out) {
+            Ok(LocalReply::Status { hosts, vos, mut live }) => {
+                live.retain(|d| deployment.is_none_or(|n| n == d.deployment));
+                Ok((hosts, vos, live))
+            }
+            Ok(_) => Err(anyhow::anyhow!("the vwd answered status with something else")),
+            Err(e) => Err(e),
+        };
+        let Some(every) = watch else {
+            let (hosts, vos, live) = looked?;
+            out.emit(&serde_json::json!({ "hosts": hosts, "vos": vos, "live": live }), || {
+                status_doc(&hosts, &vos, &live)
+            });
+            return Ok(ExitCode::SUCCESS);
+        };
+        if redraw {
+            print!("\x1b[2J\x1b[H");
         }
-        s
-    });
-    Ok(ExitCode::SUCCESS)
+        match looked {
+            Ok((hosts, vos, live)) => {
+                let json = serde_json::json!({ "hosts": hosts, "vos": vos, "live": live });
+                if out.is_json() {
+                    println!("{json}");
+                } else {
+                    println!("{}", status_doc(&hosts, &vos, &live));
+                }
+            }
+            Err(e) => out.error(&e),
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The status of the hosts, the deployments under way, and each VO's use.
+fn status_doc(
+    hosts: &[HostVms],
+    vos: &[VoUsage],
+    live: &[vw_node::control::live::LiveDeployment],
+) -> String {
+    let mut s = live_text(live);
+    s.push_str(&status_text(hosts));
+    if !vos.is_empty() {
+        s.push_str("\n\n");
+        s.push_str(&vos_text(vos));
+    }
+    s
+}
+
+/// Each deployment under way: its phase, and per host what it has fetched or staged,
+/// of how much, at what rate.
+fn live_text(live: &[vw_node::control::live::LiveDeployment]) -> String {
+    let mut s = String::new();
+    for d in live {
+        let phase = d.phase.map_or("starting".to_owned(), |p| p.to_string());
+        s.push_str(&format!(
+            "{} under way: {phase}, {:.1} s\n",
+            d.deployment,
+            d.elapsed_ms as f64 / 1e3
+        ));
+        for (host, p) in &d.hosts {
+            let of = if p.total > 0 { format!(" of {}", bytes(p.total)) } else { String::new() };
+            s.push_str(&format!(
+                "  {host:<8} {:<5} {:>10}{of}  {}/s\n",
+                format!("{:?}", p.phase).to_lowercase(),
+                bytes(p.bytes),
+                bytes(p.rate)
+            ));
+        }
+        for (host, why) in &d.lost {
+            s.push_str(&format!("  {host:<8} lost: {why}\n"));
+        }
+        s.push('\n');
+    }
+    s
 }
 
 /// Each VO's deployments and what they take, against its quota.
@@ -470,6 +542,28 @@ mod tests {
     use vw_node::config::{DriverKind, Quota};
     use vw_node::control::head::HostAnswer;
     use vw_node::control::protocol::HostStatus;
+
+    #[test]
+    fn a_deployment_under_way_shows_its_phase_and_each_host() {
+        use vw_node::control::live::LiveDeployment;
+        use vw_node::control::protocol::{Phase, Progress};
+        let live = LiveDeployment {
+            deployment: "grid3".into(),
+            phase: Some(DeployPhase::Stage),
+            elapsed_ms: 12_345,
+            hosts: [(
+                "node1".to_owned(),
+                Progress { phase: Phase::Fetch, bytes: 3 << 20, total: 8 << 20, rate: 1 << 20 },
+            )]
+            .into(),
+            lost: vec![("node2".into(), "cannot reach it".into())],
+        };
+        let text = live_text(&[live]);
+        assert!(text.starts_with("grid3 under way: stage, 12.3 s\n"), "{text}");
+        assert!(text.contains("node1    fetch    3.0 MiB of 8.0 MiB  1.0 MiB/s"), "{text}");
+        assert!(text.contains("node2    lost: cannot reach it"), "{text}");
+        assert_eq!(live_text(&[]), "");
+    }
 
     #[test]
     fn staged_and_created_clusters_say_so() {

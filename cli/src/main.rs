@@ -131,6 +131,10 @@ enum Command {
     Status {
         /// Only this deployment.
         deployment: Option<String>,
+        /// Look again every SECONDS (default 2) until interrupted: a live view of the
+        /// deployments under way (phase, and per host bytes and rate). Through a head.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
     /// Deploy two virtual clusters on a local cluster of vwd peers (loopback, scratch
     /// stores, simulated Xen driver), print timings and bytes, and tear it all down.
@@ -380,8 +384,23 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             };
             cluster::deploy(&cli.store, &workspace, signer, options, out)
         }
-        Command::Status { deployment } => match cluster::socket(&cli.store)? {
-            Some(socket) => cluster::status(&socket, deployment.as_deref(), out),
+        Command::Status { deployment, watch } => match cluster::socket(&cli.store)? {
+            Some(socket) => {
+                let every = watch
+                    .map(|s| {
+                        anyhow::ensure!(
+                            s.is_finite() && (0.1..=3600.0).contains(&s),
+                            "--watch {s}: 0.1 to 3600 seconds"
+                        );
+                        Ok(std::time::Duration::from_secs_f64(s))
+                    })
+                    .transpose()?;
+                cluster::status(&socket, deployment.as_deref(), every, out)
+            }
+            None if watch.is_some() => anyhow::bail!(
+                "--watch follows deployments through the head's vwd, and none listens at {}",
+                cli.store.join(local::SOCKET).display()
+            ),
             None => {
                 let config = host::cluster_config(cli.cluster.as_deref())?;
                 host::status(&cli.store, config, deployment.as_deref(), out)

@@ -110,6 +110,9 @@ pub enum LocalReply {
         /// On a head: what each VO's deployments take, against its quota.
         #[serde(default)]
         vos: Vec<crate::control::usage::VoUsage>,
+        /// On a head: the deployments under way, with each host's progress.
+        #[serde(default)]
+        live: Vec<crate::control::live::LiveDeployment>,
     },
     /// How far a store command has got.
     Progress {
@@ -323,23 +326,37 @@ pub async fn serve(listener: UnixListener, role: Role, mut stop: watch::Receiver
 }
 
 /// Runs `work`, writing each event it sends on `rx` to the client as it comes (a
-/// client that went away does not stop the work), then any left.
+/// client that went away does not stop the work), then any left; and, with `live`,
+/// noting each under the deployment's name for `vw status` until the work ends.
 async fn with_events<T>(
     work: impl std::future::Future<Output = T>,
     rx: &mut mpsc::Receiver<DeployEvent>,
     write: &mut tokio::net::unix::OwnedWriteHalf,
+    live: Option<(&crate::control::live::Live, &str)>,
 ) -> T {
+    if let Some((live, name)) = live {
+        live.begin(name);
+    }
+    let note = |event: &DeployEvent| {
+        if let Some((live, name)) = live {
+            live.note(name, event);
+        }
+    };
     tokio::pin!(work);
     let result = loop {
         tokio::select! {
             r = &mut work => break r,
             Some(event) = rx.recv() => {
+                note(&event);
                 let _ = write.write_all(&reply_line(&LocalReply::Event { event })).await;
             }
         }
     };
     while let Ok(event) = rx.try_recv() {
         let _ = write.write_all(&reply_line(&LocalReply::Event { event })).await;
+    }
+    if let Some((live, name)) = live {
+        live.end(name);
     }
     result
 }
@@ -416,13 +433,18 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
     let reply = match (request, role) {
         (Err(error), _) => LocalReply::Failed { error },
         (Ok(LocalRequest::Deploy { workspace, source, ticket, options }), Role::Head(head)) => {
+            // Seen by `vw status` under its name while it runs (a document that does not
+            // parse fails at once, unseen).
+            let name = crate::workspace::parse(&workspace, &source).map(|s| s.name).ok();
             let (tx, mut rx) = mpsc::channel(64);
             let work = head.deploy(&workspace, &source, &ticket, options, &tx);
-            deployed(with_events(work, &mut rx, &mut write).await)
+            let live = name.as_deref().map(|n| (head.live(), n));
+            deployed(with_events(work, &mut rx, &mut write, live).await)
         }
         (Ok(LocalRequest::Create { deployment }), Role::Head(head)) => {
             let (tx, mut rx) = mpsc::channel(64);
-            deployed(with_events(head.create(&deployment, &tx), &mut rx, &mut write).await)
+            let live = Some((head.live(), deployment.as_str()));
+            deployed(with_events(head.create(&deployment, &tx), &mut rx, &mut write, live).await)
         }
         (Ok(LocalRequest::Resolve { workspace, source }), Role::Head(head)) => {
             match head.resolve(&workspace, &source).await {
@@ -466,7 +488,7 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
         (Ok(LocalRequest::Status { deployment }), Role::Head(head)) => {
             let usage = head.usage().await;
             match (head.status(deployment.as_deref()).await, usage) {
-                (Ok(hosts), Ok(vos)) => LocalReply::Status { hosts, vos },
+                (Ok(hosts), Ok(vos)) => LocalReply::Status { hosts, vos, live: head.live().now() },
                 (Err(error), _) | (_, Err(error)) => LocalReply::Failed { error },
             }
         }
@@ -485,6 +507,7 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
             LocalReply::Status {
                 hosts: vec![HostAnswer { host: "this host".into(), result }],
                 vos: Vec::new(),
+                live: Vec::new(),
             }
         }
         (Ok(_), Role::Host(_)) => LocalReply::Failed {

@@ -207,6 +207,8 @@ pub struct Head {
     pools: Pools,
     /// Held while a deploy is checked against its VO's quota and recorded.
     admission: tokio::sync::Mutex<()>,
+    /// The deployments under way, for `vw status`.
+    live: super::live::Live,
 }
 
 impl std::fmt::Debug for Head {
@@ -243,7 +245,21 @@ impl Head {
     ) -> Self {
         let store = local.store();
         let peers = local.book().peers().iter().map(|p| (p.name.clone(), p.id)).collect();
-        Head { me, local, peers, control, store, pools, admission: tokio::sync::Mutex::new(()) }
+        Head {
+            me,
+            local,
+            peers,
+            control,
+            store,
+            pools,
+            admission: tokio::sync::Mutex::new(()),
+            live: Default::default(),
+        }
+    }
+
+    /// The deployments under way.
+    pub fn live(&self) -> &super::live::Live {
+        &self.live
     }
 
     /// The host service this head serves itself with (its store, its gate).

@@ -15,6 +15,8 @@ pub mod check;
 pub mod head;
 #[cfg(feature = "host")]
 pub mod host;
+#[cfg(feature = "host")]
+pub mod live;
 pub mod protocol;
 #[cfg(feature = "host")]
 pub mod serial;
