@@ -55,6 +55,9 @@ async fn a_control_flood_from_a_non_head_peer_holds_no_memory_and_deploys_go_on(
         net.spawn_in(1, None, vwd, &dir.join("target.log"), |p| pid = p).expect("target vwd");
     let head = net.start_one(0).await.expect("head");
 
+    // The attacker knows the target's address, so that a connection the target closed
+    // (idle between refused streams) is dialled again rather than waited for.
+    let target = vw_node::daemon::Daemon::load(&net.configs[1]).expect("target config");
     let attacker = Peer::start(
         PeerConfig {
             listen: vec![],
@@ -62,13 +65,12 @@ async fn a_control_flood_from_a_non_head_peer_holds_no_memory_and_deploys_go_on(
             allowed: vec![net.ids[1]],
             sending: Default::default(),
             mdns: false,
-            known: vec![],
+            known: vec![(net.ids[1], target.listen[0].clone())],
         },
         Arc::new(Store::open(&dir.join("scratch")).expect("store")),
     )
     .await
     .expect("attacker");
-    let target = vw_node::daemon::Daemon::load(&net.configs[1]).expect("target config");
     attacker.dial(target.listen[0].clone()).await.expect("dial the target");
 
     let before = rss(pid);
@@ -77,7 +79,11 @@ async fn a_control_flood_from_a_non_head_peer_holds_no_memory_and_deploys_go_on(
     let mut held = Vec::new();
     let mut refused_at_once = 0;
     for _ in 0..STREAMS {
-        let Ok(mut s) = attacker.control().open_stream(net.ids[1], control_protocol()).await else {
+        // A stream the target never takes is as good as refused: the flood goes on.
+        let mut control = attacker.control();
+        let opening = control.open_stream(net.ids[1], control_protocol());
+        let Ok(Ok(mut s)) = tokio::time::timeout(std::time::Duration::from_secs(5), opening).await
+        else {
             continue;
         };
         // The body goes out as far as the stream takes it; a refused stream ends early.
@@ -103,6 +109,8 @@ async fn a_control_flood_from_a_non_head_peer_holds_no_memory_and_deploys_go_on(
         "the flood grew the host by {} MiB",
         (after.saturating_sub(before)) >> 20
     );
+    // The flood happened: most streams were opened and pushed at the target.
+    assert!(held.len() >= STREAMS / 2, "only {} of {STREAMS} streams opened", held.len());
     drop(held);
 
     // The head still deploys, with the target staging its VMs.
