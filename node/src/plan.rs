@@ -350,3 +350,75 @@ pub fn plan_with(
         micros,
     })
 }
+
+/// What the plan expects of each of its streams, in plan order, in bytes per second:
+/// the stream's bytes over the time the simulation gives its receiver to have
+/// everything (a lower bound of the stream's own average rate). 0 where the plan
+/// cannot say: a host at either end planned at an assumed link rate (`known`, per
+/// host, is false), or a receiver done at once. A receiver holds each planned sender to
+/// a fraction of it (`chunks::handler::Floor`).
+pub fn expected_rates(
+    images: &[Image],
+    plan: &DistributionPlan,
+    simulation: &Simulation,
+    known: &[bool],
+) -> Vec<u64> {
+    let known = |h: HostIx| known.get(h.ix()).copied().unwrap_or(false);
+    plan.streams
+        .iter()
+        .map(|s| {
+            let finish = simulation.host_finish.get(s.to.ix()).copied().unwrap_or(0.0);
+            if !(known(s.from) && known(s.to)) || finish <= 0.0 {
+                return 0;
+            }
+            (images[s.image].bytes_of(&s.ranges) as f64 / finish) as u64
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use vw_planner::{Host, Strategy};
+
+    use super::*;
+
+    fn cluster(n: usize, rate: f64) -> Cluster {
+        let host = |i: usize| Host {
+            name: format!("h{i}"),
+            memory_mib: 1024,
+            vcpus: 1,
+            cpus: 1,
+            up: rate,
+            down: rate,
+            rack: None,
+            alive: true,
+        };
+        Cluster::new((0..n).map(host).collect()).expect("cluster")
+    }
+
+    /// A chain of three hosts at 1 MB/s: each stream is expected at about the link's
+    /// rate; a host whose rate was assumed makes the streams it is on unknown.
+    #[test]
+    fn a_stream_is_expected_at_its_bytes_over_its_receivers_finish() {
+        let cluster = cluster(3, 1e6);
+        let image = Image::new("vo/img:1", vec![1 << 16; 64]);
+        let images = [image];
+        let mut inventory = Inventory::empty(3, 1);
+        inventory.add(HostIx(0), 0, &images[0].all());
+        let needs: Vec<Need> = (1..3).map(|h| Need { host: HostIx(h), image: 0 }).collect();
+        let plan = plan(&cluster, &images, &inventory, &needs, Strategy::Chain).expect("plan");
+        let sim = simulate(&cluster, &images, &inventory, &plan).expect("simulate");
+        let rates = expected_rates(&images, &plan, &sim, &[true; 3]);
+        assert_eq!(rates.len(), plan.streams.len());
+        for (s, rate) in plan.streams.iter().zip(&rates) {
+            let bytes = images[0].bytes_of(&s.ranges) as f64;
+            assert_eq!(*rate, (bytes / sim.host_finish[s.to.ix()]) as u64);
+            assert!((0.8e6..=1e6).contains(&(*rate as f64)), "about the link: {rate}");
+        }
+        let unknown = expected_rates(&images, &plan, &sim, &[true, false, true]);
+        for (s, rate) in plan.streams.iter().zip(&unknown) {
+            let touches = s.from == HostIx(1) || s.to == HostIx(1);
+            assert_eq!(*rate == 0, touches, "{s:?}");
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! Faults during a deployment, with hosts as `vwd` child processes on loopback (rate
 //! capped, so a stage lasts long enough to be interrupted): a host killed in the middle
-//! of the chain, and a `vwd` restarted mid-stage.
+//! of the chain, one that stalls there, and a `vwd` restarted mid-stage.
 
 use std::path::Path;
 
@@ -111,6 +111,64 @@ async fn a_host_killed_mid_chain_loses_its_vms_and_its_children_re_attach() {
         "a child of the victim dropped it and finished from another holder: {report:#?}"
     );
     assert_eq!(report.vms.len(), 4 - lost_vms.len(), "the others run");
+    head.shutdown().await;
+}
+
+/// A relay that stops sending mid-stage (its `vwd` frozen with SIGSTOP for 15 s: every
+/// connection stays open, nothing moves) is dropped by its child for falling below the
+/// rate the plan expects of it, well before the 30 s that give a silent peer up, and the
+/// child finishes from another holder. Thawed, the relay finishes too: nobody is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_that_stalls_mid_chain_is_dropped_by_the_plans_floor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, _, children) = cluster(dir.path(), "80Mbit");
+    let head = net.start_one(0).await.expect("head");
+
+    let net2 = net.clone();
+    let (report, victim) = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            let mut victim: Option<String> = None;
+            let mut frozen = false;
+            let report = deploy(&net2, 1, |e| match e {
+                DeployEvent::Planned { edges, .. } => {
+                    victim = edges.iter().map(|(from, _)| from).find(|f| *f != "head").cloned();
+                }
+                DeployEvent::Progress { host, progress }
+                    if Some(host) == victim.as_ref() && progress.bytes > 2 << 20 && !frozen =>
+                {
+                    let i = net2.names.iter().position(|n| n == host).expect("host");
+                    let child = &children[i - 1];
+                    child.signal("STOP").expect("stop");
+                    frozen = true;
+                    scope.spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_secs(15));
+                        child.signal("CONT").expect("cont");
+                    });
+                }
+                _ => {}
+            });
+            assert!(frozen, "the victim was frozen mid-stage: {report:#?}");
+            (report, victim.expect("a relaying host"))
+        })
+    })
+    .await
+    .expect("task");
+
+    assert!(report.lost.is_empty(), "the frozen host came back and finished: {report:#?}");
+    let victim_id =
+        net.ids[net.names.iter().position(|n| *n == victim).expect("victim")].to_string();
+    let mut dropped = Vec::new();
+    for h in &report.hosts {
+        let s = h.stage.as_ref().unwrap_or_else(|| panic!("{} staged: {h:?}", h.host));
+        assert!(h.error.is_none(), "{h:?}");
+        assert_eq!(s.received, s.lacked, "{}: every chunk it lacked, once", h.host);
+        dropped.extend(s.dropped.iter().filter(|(p, _)| *p == victim_id).map(|(_, why)| why));
+    }
+    assert!(
+        dropped.iter().any(|why| why.contains("too slow") && why.contains("planned")),
+        "a child of the frozen relay dropped it below the plan's floor: {report:#?}"
+    );
+    assert_eq!(report.vms.len(), 4, "every VM runs");
     head.shutdown().await;
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use libp2p::{identity, Multiaddr};
 use vw_node::access::grants::Grants;
 use vw_node::chunks::handler::{
-    fetch, fetch_from_any, fetch_into, ChunkSource, Intake, Purpose, Relay, Sending,
+    fetch, fetch_from_any, fetch_into, ChunkSource, Floor, Intake, Purpose, Relay, Sending,
 };
 use vw_node::chunkstore::{testdata::noise, ImageName, Manifest, Store};
 use vw_node::peer::{Peer, PeerConfig};
@@ -238,6 +238,7 @@ async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
         &purpose(&manifest),
         &missing.chunks,
         &intake,
+        Floor::Fixed,
     )
     .await
     .expect("completes from the good peer");
@@ -403,10 +404,16 @@ async fn a_request_that_arrives_just_before_its_grant_is_served() {
     let wanted = b.missing(&manifest).expect("missing");
     let t = std::time::Instant::now();
     let intake = Intake::start(b.clone(), None);
-    let got =
-        fetch_from_any(&mut pb.control(), &[pa.id()], &purpose(&manifest), &wanted.chunks, &intake)
-            .await
-            .expect("served once granted");
+    let got = fetch_from_any(
+        &mut pb.control(),
+        &[pa.id()],
+        &purpose(&manifest),
+        &wanted.chunks,
+        &intake,
+        Floor::Fixed,
+    )
+    .await
+    .expect("served once granted");
     intake.finish().await.expect("finish");
     assert!(t.elapsed() >= std::time::Duration::from_secs(1), "served after the grant");
     assert!(got.dropped.is_empty(), "never refused: {got:?}");

@@ -669,8 +669,9 @@ pub async fn fetch_into(
     wanted: &[ChunkRef],
     intake: &Intake,
 ) -> Result<Fetched, PeerError> {
-    let (got, result) =
-        fetch_stream(control, peer, purpose, wanted, intake).instrument(pull_span(&peer)).await;
+    let (got, result) = fetch_stream(control, peer, purpose, wanted, intake, Floor::Fixed)
+        .instrument(pull_span(&peer))
+        .await;
     result.map(|()| got)
 }
 
@@ -679,13 +680,15 @@ fn pull_span(peer: &PeerId) -> tracing::Span {
     tracing::info_span!("pull", peer = %short(peer))
 }
 
-/// [`fetch_into`], returning what arrived even when the stream then failed.
+/// [`fetch_into`] with the sender held to `floor`, returning what arrived even when
+/// the stream then failed.
 async fn fetch_stream(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     purpose: &Purpose,
     wanted: &[ChunkRef],
     intake: &Intake,
+    floor: Floor,
 ) -> (Fetched, Result<(), PeerError>) {
     let fail = |reason: String| PeerError::Stream { peer, reason };
     let mut got = Fetched::default();
@@ -712,19 +715,14 @@ async fn fetch_stream(
 
     let mut result = Ok(());
     let mut floor =
-        ProgressFloor::new(Instant::now(), wanted.iter().map(|c| u64::from(c.len)).sum());
+        ProgressFloor::new(Instant::now(), wanted.iter().map(|c| u64::from(c.len)).sum(), floor);
     for expected in wanted {
-        if let Err(why) = floor.check(Instant::now()) {
-            result = Err(fail(why));
-            break;
-        }
-        let next = tokio::time::timeout(QUIET, read_frame(&mut stream)).await;
-        let Ok(next) = next else {
-            result = Err(fail(format!(
-                "nothing for {} s; the peer is stalled or gone",
-                QUIET.as_secs()
-            )));
-            break;
+        let next = match next_frame(&mut stream, &mut floor).await {
+            Ok(next) => next,
+            Err(why) => {
+                result = Err(fail(why));
+                break;
+            }
         };
         let frame = match next {
             Ok(Some(f)) => f,
@@ -782,9 +780,12 @@ async fn fetch_stream(
         floor.add(u64::from(expected.len));
         got.bytes += data.len() as u64;
         got.wire += wire as u64;
+        // Time this host's writer keeps the chunk waiting is not the sender's.
+        let delivering = Instant::now();
         if !intake.deliver(id, data, wire).await {
             break; // the writer failed; its error comes from Intake::finish
         }
+        floor.pause(delivering.elapsed());
         if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
             result = Err(fail(format!("the peer went away: {e}")));
             break;
@@ -795,27 +796,69 @@ async fn fetch_stream(
     (got, result)
 }
 
-/// Bytes per second a sender must keep up, measured over [`FLOOR_WINDOW`]: far below any
-/// link vw stages over (a 100 Mbit/s link split 16 ways is 780 KiB/s; the nested Xen
-/// lab moves 6 MB/s), far above a sender that trickles a frame every few seconds to
-/// keep a deployment alive for ever.
+/// Bytes per second any sender must keep up, measured over [`FLOOR_WINDOW`]: far below
+/// any link vw stages over (a 100 Mbit/s link split 16 ways is 780 KiB/s; the nested
+/// Xen lab moves 6 MB/s), far above a sender that trickles a frame every few seconds
+/// to keep a deployment alive for ever.
 pub const FLOOR_RATE: u64 = 256 << 10;
 /// How long a sender's rate is measured before it is held to [`FLOOR_RATE`].
 pub const FLOOR_WINDOW: Duration = Duration::from_secs(20);
+/// A planned sender is dropped below this fraction of the rate the plan expects of
+/// its stream. Far below: the testnet's worst dip of a healthy chain was half speed
+/// for about 5 s, so an eighth leaves four times that margin; a sender this slow
+/// holds back everyone below it in the chain, and its parents can do better.
+pub const PLAN_FRACTION: u64 = 8;
+/// How long a planned sender's rate is measured before it is held to its floor: past
+/// TCP's slow start and a few backed-off retransmissions (0.2 + 0.4 + 0.8 s), short
+/// enough that a stalled sender is dropped in seconds, not after [`QUIET`].
+pub const PLAN_WINDOW: Duration = Duration::from_secs(5);
 
-/// A stage's progress floor on one stream: a sender that delivers less than
-/// [`FLOOR_RATE`] over a [`FLOOR_WINDOW`] (while more than that is still wanted) is
-/// dropped, and the receiver pulls the rest from other holders, as when a host dies.
+/// The rate a stream's sender must keep up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// [`FLOOR_RATE`] over [`FLOOR_WINDOW`]: for a sender no plan chose (a fallback),
+    /// or one whose rate the plan could not predict.
+    Fixed,
+    /// A planned sender the plan expects this many bytes per second of, on average:
+    /// held to 1/[`PLAN_FRACTION`] of it (never less than [`FLOOR_RATE`]) over
+    /// [`PLAN_WINDOW`].
+    Planned(u64),
+}
+
+impl Floor {
+    /// The floor for a planned stream the plan expects `rate` bytes per second of (0:
+    /// it cannot say).
+    pub fn planned(rate: u64) -> Self {
+        if rate == 0 {
+            Floor::Fixed
+        } else {
+            Floor::Planned(rate)
+        }
+    }
+}
+
+/// A stage's progress floor on one stream: a sender that delivers less than its
+/// [`Floor`] over a window (while more than that is still wanted) is dropped, and the
+/// receiver pulls the rest from other holders, as when a host dies.
 #[derive(Debug)]
 struct ProgressFloor {
     since: Instant,
     got: u64,
     left: u64,
+    rate: u64,
+    window: Duration,
+    expected: Option<u64>,
 }
 
 impl ProgressFloor {
-    fn new(now: Instant, wanted: u64) -> Self {
-        ProgressFloor { since: now, got: 0, left: wanted }
+    fn new(now: Instant, wanted: u64, floor: Floor) -> Self {
+        let (rate, window, expected) = match floor {
+            Floor::Fixed => (FLOOR_RATE, FLOOR_WINDOW, None),
+            Floor::Planned(expected) => {
+                ((expected / PLAN_FRACTION).max(FLOOR_RATE), PLAN_WINDOW, Some(expected))
+            }
+        };
+        ProgressFloor { since: now, got: 0, left: wanted, rate, window, expected }
     }
 
     /// `bytes` more arrived (or were answered missing).
@@ -824,24 +867,67 @@ impl ProgressFloor {
         self.left = self.left.saturating_sub(bytes);
     }
 
+    /// The receiver spent `d` on its own work: the window ends that much later.
+    fn pause(&mut self, d: Duration) {
+        self.since += d;
+    }
+
+    /// When the current window ends.
+    fn window_end(&self) -> Instant {
+        self.since + self.window
+    }
+
     /// At `now`: an error if the window has passed with less than the floor's worth,
     /// else a new window starts when the last one is over.
     fn check(&mut self, now: Instant) -> Result<(), String> {
         let elapsed = now.saturating_duration_since(self.since);
-        if elapsed < FLOOR_WINDOW {
+        if elapsed < self.window {
             return Ok(());
         }
-        let floor = (FLOOR_RATE as f64 * elapsed.as_secs_f64()) as u64;
+        let floor = (self.rate as f64 * elapsed.as_secs_f64()) as u64;
         if self.got < floor.min(self.got + self.left) {
+            let plan = match self.expected {
+                Some(e) => format!(" (1/{PLAN_FRACTION} of the {} KiB/s planned)", e >> 10),
+                None => String::new(),
+            };
             return Err(format!(
-                "too slow: {} bytes in {:.0} s, below the floor of {} KiB/s",
+                "too slow: {} bytes in {:.0} s, below the floor of {} KiB/s{plan}",
                 self.got,
                 elapsed.as_secs_f64(),
-                FLOOR_RATE >> 10
+                self.rate >> 10
             ));
         }
         (self.since, self.got) = (now, 0);
         Ok(())
+    }
+}
+
+/// The next frame of a fetch, or why the sender is given up: it fell below `floor`
+/// (checked at the end of each window, whether or not a frame arrives), or sent
+/// nothing for [`QUIET`].
+async fn next_frame(
+    stream: &mut Stream,
+    floor: &mut ProgressFloor,
+) -> Result<Result<Option<Frame>, FrameError>, String> {
+    let quiet_at = Instant::now() + QUIET;
+    let read = read_frame(stream);
+    tokio::pin!(read);
+    loop {
+        let wake = tokio::time::Instant::from_std(floor.window_end().min(quiet_at));
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                floor.check(now)?;
+                if now >= quiet_at {
+                    return Err(format!(
+                        "nothing for {} s; the peer is stalled or gone",
+                        QUIET.as_secs()
+                    ));
+                }
+            }
+            frame = &mut read => return Ok(frame),
+        }
     }
 }
 
@@ -856,15 +942,18 @@ pub struct PullReport {
 
 /// Pulls `wanted` from `peers` in order into `intake`: a peer that sends a bad chunk is
 /// dropped for the whole stage (every stream of the intake skips it), one whose stream
-/// breaks or stalls or that lacks chunks only for this pull, and the chunks still
-/// missing are fetched from the next. Ends with every wanted chunk taken, or an
-/// error naming what is still missing after every peer was tried.
+/// breaks or stalls, falls below its floor, or that lacks chunks only for this pull,
+/// and the chunks still missing are fetched from the next. The first peer is held to
+/// `first` (its place in the plan), the others to [`Floor::Fixed`]. Ends with every
+/// wanted chunk taken, or an error naming what is still missing after every peer was
+/// tried.
 pub async fn fetch_from_any(
     control: &mut libp2p_stream::Control,
     peers: &[PeerId],
     purpose: &Purpose,
     wanted: &[ChunkRef],
     intake: &Intake,
+    first: Floor,
 ) -> Result<PullReport, PeerError> {
     let mut report = PullReport::default();
     let still_missing = || -> Result<Vec<ChunkRef>, PeerError> {
@@ -877,16 +966,17 @@ pub async fn fetch_from_any(
         Ok(out)
     };
     let mut remaining = still_missing()?;
-    for &peer in peers {
+    for (i, &peer) in peers.iter().enumerate() {
         if remaining.is_empty() {
             break;
         }
+        let floor = if i == 0 { first } else { Floor::Fixed };
         if intake.is_dropped(&peer) {
             continue;
         }
         let mut attempt = 0;
         let (got, result) = loop {
-            let (got, result) = fetch_stream(control, peer, purpose, &remaining, intake)
+            let (got, result) = fetch_stream(control, peer, purpose, &remaining, intake, floor)
                 .instrument(pull_span(&peer))
                 .await;
             // A stream that failed before anything arrived (a busy peer can drop a
@@ -1049,20 +1139,44 @@ mod tests {
     fn a_trickling_sender_falls_below_the_progress_floor() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut trickle = ProgressFloor::new(t0, 1 << 30);
+        let mut trickle = ProgressFloor::new(t0, 1 << 30, Floor::Fixed);
         trickle.check(at(0)).expect("at the start");
         trickle.add(64 << 10);
         let err = trickle.check(at(29)).expect_err("below the floor");
         assert!(err.contains("too slow: 65536 bytes in 29 s"), "{err}");
 
-        let mut steady = ProgressFloor::new(t0, 1 << 30);
+        let mut steady = ProgressFloor::new(t0, 1 << 30, Floor::Fixed);
         for s in 0..=60 {
             steady.check(at(s)).expect("at the floor");
             steady.add(FLOOR_RATE);
         }
         // A stream that wanted little is held to what it wanted, not to the floor.
-        let mut small = ProgressFloor::new(t0, 100);
+        let mut small = ProgressFloor::new(t0, 100, Floor::Fixed);
         small.add(100);
         small.check(at(25)).expect("it sent all it was asked for");
+    }
+
+    /// A planned sender answers to the plan: an eighth of what the plan expects, over
+    /// five seconds, where the fixed floor would have waited twenty and let it pass.
+    #[test]
+    fn a_planned_sender_is_held_to_a_fraction_of_the_planned_rate() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let planned = 80 << 20; // 80 MiB/s expected: the floor is 10 MiB/s
+        let mut slow = ProgressFloor::new(t0, 1 << 34, Floor::planned(planned));
+        assert_eq!(slow.window_end(), at(5));
+        slow.add(40 << 20); // 8 MiB/s over the window: fine for the fixed floor
+        let err = slow.check(at(5)).expect_err("below an eighth of the plan");
+        assert!(err.contains("below the floor of 10240 KiB/s (1/8 of the 81920 KiB/s planned)"));
+
+        let mut ok = ProgressFloor::new(t0, 1 << 34, Floor::planned(planned));
+        for s in 1..=30 {
+            ok.add(10 << 20);
+            ok.check(at(s)).expect("at an eighth of the plan");
+        }
+        // A plan that expects less than the fixed floor does not lower it.
+        let low = ProgressFloor::new(t0, 1 << 34, Floor::planned(1000));
+        assert_eq!(low.rate, FLOOR_RATE);
+        assert_eq!(Floor::planned(0), Floor::Fixed);
     }
 }

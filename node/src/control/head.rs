@@ -33,7 +33,7 @@ use super::usage::{Usage, VoUsage};
 use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticket};
 use crate::config::{DriverKind, Pools};
 use crate::lifecycle::Op;
-use crate::plan::{plan_with, PlanReport, Taken, WorkspaceImages};
+use crate::plan::{expected_rates, plan_with, PlanReport, Taken, WorkspaceImages};
 use crate::report::{ClusterDeployment, ClusterShare, Member, PlacedVm, VmReady, VmReport};
 use crate::wire;
 
@@ -488,6 +488,7 @@ impl Head {
         .await;
         let view = self.cluster(&hosts, &answers, &wi, options.mixed_drivers, events)?;
         let (cluster, inventory, drivers) = (view.cluster, view.inventory, view.drivers);
+        let links_known = view.links_known;
         let mut taken = Taken { vms: view.committed, nics: view.nics };
         let driver_of = |host: &str| drivers.iter().find(|(h, _)| h == host).map(|(_, d)| *d);
 
@@ -551,7 +552,9 @@ impl Head {
             manifests: &manifests,
             stagers: &stagers,
         };
-        let orders = self.orders(&hosts, &cluster, &wi, &inventory, &planned, &spec, sealed);
+        let rates = expected_rates(&wi.images, &planned.plan, &planned.simulation, &links_known);
+        let orders =
+            self.orders(&hosts, &cluster, &wi, &inventory, &planned, &rates, &spec, sealed);
         let ordered: Vec<usize> = orders.iter().map(|(h, _)| *h).collect();
         let staged = join_all(orders.into_iter().map(|(h, order)| {
             let host = &hosts[h];
@@ -767,7 +770,8 @@ impl Head {
         Ok(view)
     }
 
-    /// A stage order for every host with VMs.
+    /// A stage order for every host with VMs; `rates`: what the plan expects of each
+    /// of its streams.
     #[allow(clippy::too_many_arguments)]
     fn orders(
         &self,
@@ -776,6 +780,7 @@ impl Head {
         wi: &WorkspaceImages,
         inventory: &Inventory,
         planned: &PlanReport,
+        rates: &[u64],
         spec: &crate::workspace::WorkspaceSpec,
         sealed: Sealed<'_>,
     ) -> Vec<(usize, StageOrder)> {
@@ -807,8 +812,9 @@ impl Head {
                 let pulls: Vec<Pull> = plan
                     .streams
                     .iter()
-                    .filter(|s| s.to == ix && s.image == i)
-                    .map(|s| Pull {
+                    .zip(rates)
+                    .filter(|(s, _)| s.to == ix && s.image == i)
+                    .map(|(s, &rate)| Pull {
                         from: hosts[s.from.ix()].1.to_string(),
                         chunks: s
                             .ranges
@@ -816,6 +822,7 @@ impl Head {
                             .iter()
                             .flat_map(|&(a, b)| (a..b).map(|c| wi.chunks[i][c as usize]))
                             .collect(),
+                        rate,
                     })
                     .collect();
                 // Fallback: the senders' own senders up to the source, then any host

@@ -26,7 +26,7 @@ use super::protocol::{
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
 use crate::access::{shareable, Gate};
-use crate::chunks::handler::{fetch_from_any, Intake, PullReport, Purpose, Relay, QUIET};
+use crate::chunks::handler::{fetch_from_any, Floor, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::machine::LinkRate;
 use crate::manager::ready::{self, ReadyWait};
@@ -521,14 +521,16 @@ impl HostService {
                 // Only chunks of this image that this host lacks.
                 let wanted: Vec<ChunkRef> =
                     pull.chunks.iter().filter_map(|id| by_id.get(id).copied()).collect();
-                streams.push((peers, purpose(manifest), wanted));
+                streams.push((peers, purpose(manifest), wanted, Floor::planned(pull.rate)));
             }
         }
         let mut pulls =
-            futures::stream::iter(streams.into_iter().map(|(peers, purpose, wanted)| {
+            futures::stream::iter(streams.into_iter().map(|(peers, purpose, wanted, floor)| {
                 let mut control = self.chunks.clone();
                 let intake = &intake;
-                async move { fetch_from_any(&mut control, &peers, &purpose, &wanted, intake).await }
+                async move {
+                    fetch_from_any(&mut control, &peers, &purpose, &wanted, intake, floor).await
+                }
             }))
             .buffer_unordered(64);
 
@@ -586,7 +588,8 @@ impl HostService {
                 "pulling what the plan did not bring"
             );
             let mut control = self.chunks.clone();
-            match fetch_from_any(&mut control, &peers, &purpose, &rest, &intake).await {
+            match fetch_from_any(&mut control, &peers, &purpose, &rest, &intake, Floor::Fixed).await
+            {
                 Ok(r) => merge(&mut report, r),
                 Err(e) => pass_failure = Some(e.to_string()),
             }

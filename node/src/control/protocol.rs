@@ -19,10 +19,11 @@ use crate::wire::{FrameError, Message};
 use crate::xen::DomainState;
 
 /// The protocol's name, negotiated by libp2p.
-pub const PROTOCOL_NAME: &str = "/vw/control/3";
+pub const PROTOCOL_NAME: &str = "/vw/control/4";
 /// The message format version this build speaks (2: VO tickets, seals, stagers; 3:
-/// each host's Xen driver in its inventory and status).
-pub const VERSION: u8 = 3;
+/// each host's Xen driver in its inventory and status; 4: the rate the plan expects of
+/// each planned stream).
+pub const VERSION: u8 = 4;
 /// Largest message after its length field (a stage order carries manifests).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Most images one request may name.
@@ -146,6 +147,9 @@ pub struct Pull {
     pub from: String,
     /// The chunks, in the order to send them.
     pub chunks: Vec<ChunkId>,
+    /// Bytes per second the plan expects of this stream on average (0: it cannot say,
+    /// a link rate was assumed). The receiver drops a sender far below it.
+    pub rate: u64,
 }
 
 /// Host → head.

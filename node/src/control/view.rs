@@ -14,7 +14,7 @@ use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, PlanError, Ranges}
 
 use super::protocol::{bit, InventoryReport};
 use crate::config::DriverKind;
-use crate::machine::ASSUMED_LINK_RATE;
+use crate::machine::{Source, ASSUMED_LINK_RATE};
 
 /// What the inventories say about the physical cluster.
 #[derive(Clone, Debug)]
@@ -31,6 +31,11 @@ pub struct ClusterView {
     pub dead: Vec<(String, String)>,
     /// The Xen driver of each host with an inventory.
     pub drivers: Vec<(String, DriverKind)>,
+    /// Per host: whether the rates it is planned at were configured or measured (its
+    /// link's speed from the operator or the NIC, or a lower cap), so that what the
+    /// plan expects of its streams means something. False for an assumed link and for
+    /// a dead host.
+    pub links_known: Vec<bool>,
 }
 
 impl ClusterView {
@@ -134,13 +139,14 @@ pub fn cluster_view(
     let mut hosts = Vec::with_capacity(names.len());
     let mut inventory = Inventory::empty(names.len(), images.len());
     let (mut committed, mut nics, mut dead) = (Vec::new(), Vec::new(), Vec::new());
-    let mut drivers = Vec::new();
+    let (mut drivers, mut links_known) = (Vec::new(), Vec::new());
     for (h, (name, answer)) in names.iter().zip(answers).enumerate() {
         let ix = HostIx(h as u32);
         let r = match answer {
             Ok(r) => r,
             Err(e) => {
                 dead.push((name.clone(), e.clone()));
+                links_known.push(false);
                 hosts.push(Host {
                     name: name.clone(),
                     memory_mib: 0,
@@ -159,6 +165,10 @@ pub fn cluster_view(
             .checked_mul(r.capacity.vcpus_per_cpu)
             .ok_or_else(|| ViewError::Cpus { host: name.clone(), cpus })?;
         let link = r.link.bytes_per_s;
+        let known = |cap: Option<f64>| {
+            r.link.source != Source::Assumed || cap.is_some_and(|cap| cap < link)
+        };
+        links_known.push(known(r.caps.0) && known(r.caps.1));
         drivers.push((name.clone(), r.driver));
         hosts.push(Host {
             name: name.clone(),
@@ -198,7 +208,7 @@ pub fn cluster_view(
         nics.extend(r.addresses.iter().copied());
     }
     let cluster = Cluster::new(hosts)?;
-    Ok(ClusterView { cluster, inventory, committed, nics, dead, drivers })
+    Ok(ClusterView { cluster, inventory, committed, nics, dead, drivers, links_known })
 }
 
 #[cfg(test)]
@@ -301,6 +311,23 @@ mod tests {
         );
         assert_eq!(view.nics, vec![nic]);
         assert_eq!(view.dead, vec![("h1".to_owned(), "cannot reach it".to_owned())]);
+        // The NIC's speed is known; an assumed one is not, nor a dead host's.
+        assert_eq!(view.links_known, vec![true, false, false]);
+    }
+
+    /// An assumed link capped below its assumed speed both ways is planned at the
+    /// operator's caps: known. One way uncapped: not.
+    #[test]
+    fn caps_below_an_assumed_link_make_its_rates_known() {
+        let images = [(image("vo/base:1"), 1)];
+        let capped = |caps| InventoryReport { caps, ..report(vec![vec![0]]) };
+        let answers = vec![
+            Ok(capped((Some(1e7), Some(1e7)))),
+            Ok(capped((Some(1e7), None))),
+            Ok(capped((Some(1e7), Some(ASSUMED_LINK_RATE * 2.0)))),
+        ];
+        let view = cluster_view(&names(3), &answers, &images).expect("view");
+        assert_eq!(view.links_known, vec![true, false, false]);
     }
 
     #[test]
