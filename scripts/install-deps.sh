@@ -11,6 +11,8 @@
 #   iproute2      ip and tc: the testnet's namespaces, bridges and shaped links
 #   procps        pgrep: the testnet's teardown test looks for surviving vwds
 #   fonts-dejavu-core  the font the testnet's PNG plots are labelled with
+#   dpkg-dev systemd   cargo-deb's library dependencies (dpkg-shlibdeps); systemd-analyze
+#                 verifies the package's unit (scripts/package)
 # With --experiments it also installs what the real-image experiments need:
 #   debootstrap   building Debian partition images (../shared/make-images.sh)
 #   casync        the baseline the import is compared with
@@ -20,7 +22,7 @@
 #   openssh-client     ssh-keygen for the lab's key
 set -euo pipefail
 pkgs=(libclang-dev clang e2fsprogs util-linux xfsprogs libxen-dev gcc libc6-dev dosfstools mtools
-      iproute2 procps fonts-dejavu-core)
+      iproute2 procps fonts-dejavu-core dpkg-dev systemd)
 for arg in "$@"; do
   case $arg in
     --experiments) pkgs+=(debootstrap casync) ;;

@@ -456,6 +456,15 @@ pub fn load_or_create_key(path: &Path) -> Result<identity::Keypair, DaemonError>
 mod tests {
     use super::*;
 
+    /// The example the package ships parses as it stands.
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../examples/vwd.toml");
+        let d = Daemon::parse(text, "examples/vwd.toml").expect("the example parses");
+        assert_eq!(d.config.socket_group.as_deref(), Some("vw"));
+        assert_eq!(d.config.data_dir, Path::new("/var/lib/vw"));
+    }
+
     const GOOD: &str = r#"role = "host"
 data_dir = "/tmp/vw-test"
 listen = ["/ip4/127.0.0.1/tcp/0"]

@@ -18,14 +18,38 @@ t() {
   return $rc
 }
 
+# vwd runs under the unit the package ships (packaging/vwd.service: its capabilities and
+# sandbox are what this run checks), with a drop-in for the lab's paths, and a `vw`
+# group for its socket as the package makes.
 start_vwd() {
-  RUST_LOG=${RUST_LOG:-info} vwd --config "/vwlab/host$N/vwd.toml" > "$OUT/vwd.out" 2> "$OUT/vwd.log" &
-  VWD=$!
+  getent group vw > /dev/null || groupadd --system vw
+  install -m 0644 /vwlab/vwd.service /etc/systemd/system/vwd.service
+  mkdir -p /etc/systemd/system/vwd.service.d
+  cat > /etc/systemd/system/vwd.service.d/lab.conf <<EOF
+[Unit]
+ConditionPathExists=
+[Service]
+ExecStartPre=
+ExecStartPre=/vwlab/bin/vwd --check-config /vwlab/host$N/vwd.toml
+ExecStart=
+ExecStart=/vwlab/bin/vwd --config /vwlab/host$N/vwd.toml
+Environment=RUST_LOG=${RUST_LOG:-info}
+StandardOutput=truncate:$OUT/vwd.out
+StandardError=truncate:$OUT/vwd.log
+EOF
+  systemctl daemon-reload
+  if ! systemctl start vwd; then
+    systemctl status vwd > "$OUT/vwd.status" 2>&1
+    echo "vwd did not start; see vwd.log and vwd.status"; return 1
+  fi
   for i in $(seq 120); do grep -q '^socket ' "$OUT/vwd.out" 2>/dev/null && return 0; sleep 1; done
   echo "vwd did not start; see vwd.log"; return 1
 }
 
-stop_vwd() { kill "$VWD" 2>/dev/null; wait "$VWD" 2>/dev/null; }
+stop_vwd() {
+  systemctl show vwd -p CapabilityBoundingSet -p NRestarts > "$OUT/vwd.unit" 2>&1
+  systemctl stop vwd
+}
 
 # Guest consoles are kept with the results.
 save_consoles() { cp /var/log/xen/console/*.log "$OUT/" 2>/dev/null || true; }
