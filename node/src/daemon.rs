@@ -16,6 +16,7 @@
 //! nic = "eth0"                        # optional: the NIC to read (default: the default route's)
 //! socket_group = "vw"                 # may use vwd.sock (mode 0660); default vw if it exists
 //! compress = "auto"                   # chunks on the wire: auto, always, never
+//! metrics = "127.0.0.1:9474"          # optional: a Prometheus scrape endpoint
 //!
 //! [[peer]]                            # the only peers allowed to connect
 //! name = "node1"
@@ -136,6 +137,9 @@ pub struct DaemonConfig {
     /// `auto` (default: when the upload cap is at most 1 Gbit/s), `always`, `never`.
     #[serde(default)]
     pub compress: Compress,
+    /// Where to serve Prometheus metrics (`127.0.0.1:9474`): bytes per peer and
+    /// deployment, cache hits, store size, stage and phase times, refusals. None: off.
+    pub metrics: Option<std::net::SocketAddr>,
     /// The cluster's peers: the only ones allowed to connect.
     #[serde(default)]
     pub peer: Vec<PeerEntry>,

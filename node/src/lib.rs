@@ -32,6 +32,8 @@ pub mod machine;
 #[cfg(feature = "host")]
 pub mod manager;
 #[cfg(feature = "host")]
+pub mod metrics;
+#[cfg(feature = "host")]
 pub mod peer;
 #[cfg(feature = "host")]
 pub mod plan;

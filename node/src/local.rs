@@ -479,6 +479,7 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
                     }
                 }
             };
+            crate::metrics::STORE_CHANGED.notify_one();
             match result {
                 Ok(Ok(outcome)) => LocalReply::Stored { outcome },
                 Ok(Err(e)) => LocalReply::Failed { error: e.to_string() },

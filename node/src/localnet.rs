@@ -46,7 +46,13 @@ pub struct LocalNetOptions {
     pub mdns: bool,
     /// Each host's rack, if any.
     pub racks: Option<Vec<String>>,
+    /// Each host serves Prometheus metrics on [`METRICS_PORT`] of its address (needs
+    /// `addresses`; one endpoint per process, so for `vwd` child processes only).
+    pub metrics: bool,
 }
+
+/// The port hosts serve metrics on when [`LocalNetOptions::metrics`] is set.
+pub const METRICS_PORT: u16 = 9474;
 
 /// The port hosts listen on when each has its own address.
 pub const PORT: u16 = 7400;
@@ -73,6 +79,7 @@ impl LocalNet {
             }
             None => {
                 anyhow::ensure!(!options.mdns, "mDNS needs an address per host (not loopback)");
+                anyhow::ensure!(!options.metrics, "metrics need an address per host");
                 free_ports(n)?.iter().map(|p| format!("/ip4/127.0.0.1/tcp/{p}")).collect()
             }
         };
@@ -98,6 +105,9 @@ impl LocalNet {
             }
             if let Some(c) = &options.compress {
                 text.push_str(&format!("compress = \"{c}\"\n"));
+            }
+            if let (true, Some(addresses)) = (options.metrics, &options.addresses) {
+                text.push_str(&format!("metrics = \"{}:{METRICS_PORT}\"\n", addresses[i]));
             }
             if let Some(rack) = options.racks.as_ref().and_then(|r| r.get(i)) {
                 text.push_str(&format!("rack = \"{rack}\"\n"));

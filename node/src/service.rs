@@ -5,6 +5,7 @@
 //! [`Vwd::shutdown`] stops in two steps: signal every task, then wait for each.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use libp2p::{identity, Multiaddr, PeerId};
@@ -116,6 +117,10 @@ impl Vwd {
             source = %link.source,
             "link",
         );
+        if let Some(addr) = daemon.config.metrics {
+            crate::metrics::serve(addr).map_err(anyhow::Error::msg)?;
+            tracing::info!(%addr, "metrics endpoint (Prometheus)");
+        }
         let gate = Gate {
             config: Arc::new(cluster.clone()),
             grants: Arc::default(),
@@ -126,6 +131,7 @@ impl Vwd {
             )?),
         };
         let relay = Relay::new(manager.shared_store());
+        let store = manager.shared_store();
         let peer = Peer::start(
             PeerConfig {
                 listen: daemon.listen.clone(),
@@ -179,6 +185,9 @@ impl Vwd {
             local::serve(listener, role, stopped),
             span,
         )));
+        if daemon.config.metrics.is_some() {
+            tasks.push(tokio::spawn(store_gauges(store, stop.subscribe())));
+        }
         let ids: Vec<PeerId> = daemon.peers.iter().map(|p| p.id).collect();
         for (peer, why) in book.reach(&ids).await {
             tracing::info!(%peer, reason = %why, "peer not reachable yet (it dials in when it starts)");
@@ -220,5 +229,28 @@ impl Vwd {
         }
         self.peer.shutdown().await;
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// How often the store's gauges are refreshed for the metrics endpoint when nothing
+/// says it changed (each refresh reads every manifest's record, off the runtime).
+const STORE_GAUGES_EVERY: Duration = Duration::from_secs(60);
+
+/// Refreshes the store's gauges, at start, after each stage and every
+/// [`STORE_GAUGES_EVERY`] (imports, removals, gc), until `stop`.
+async fn store_gauges(store: Arc<vw_chunkstore::Store>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(STORE_GAUGES_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = crate::metrics::STORE_CHANGED.notified() => {}
+            _ = stop.changed() => break,
+        }
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.stats()).await {
+            Ok(Ok(stats)) => crate::metrics::store(&stats),
+            Ok(Err(e)) => tracing::warn!(error = %e, "store stats for the metrics"),
+            Err(e) => tracing::warn!(error = %e, "store stats for the metrics"),
+        }
     }
 }

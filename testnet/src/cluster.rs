@@ -60,6 +60,7 @@ impl Cluster {
                 mdns: o.mdns,
                 racks: Some(o.hosts.iter().map(|h| format!("r{}", h.rack)).collect()),
                 cluster_config: Some(o.cluster_config.to_owned()),
+                metrics: true,
             },
         )?;
         copy_store(&o.images.head_store, &net.data_dirs[0])?;
@@ -87,6 +88,26 @@ impl Cluster {
     /// The head's local socket.
     pub fn socket(&self) -> PathBuf {
         self.net.head_socket()
+    }
+
+    /// Host `i`'s Prometheus metrics, scraped from inside its namespace by `testnet`
+    /// (this harness's binary).
+    pub fn scrape(&self, i: usize, testnet: &Path) -> Result<String, TestnetError> {
+        let addr = format!("{}:{}", self.hosts[i].addr, crate::metrics::PORT);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i].netns])
+            .arg(testnet)
+            .args(["scrape", &addr])
+            .output();
+        let command = format!("ip netns exec {} vw-testnet scrape {addr}", self.hosts[i].netns);
+        match out {
+            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            Ok(o) => Err(TestnetError::Command {
+                command,
+                message: String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            }),
+            Err(e) => Err(TestnetError::Command { command, message: e.to_string() }),
+        }
     }
 
     /// A host's index by name.

@@ -11,6 +11,7 @@
 pub mod baseline;
 pub mod cluster;
 pub mod images;
+pub mod metrics;
 pub mod net;
 pub mod plot;
 pub mod results;

@@ -97,6 +97,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                     images: &images,
                     dir: &dir,
                     vwd: &options.vwd,
+                    testnet: &options.testnet,
                     reports: &reports,
                 };
                 let (rows, ops) = match method {
@@ -177,6 +178,8 @@ pub(crate) struct RunContext<'a> {
     pub(crate) images: &'a ImageSet,
     pub(crate) dir: &'a Path,
     vwd: &'a Path,
+    /// This harness's binary (scrapes metrics inside a host's namespace).
+    testnet: &'a Path,
     /// Where each deploy's full report goes (JSON).
     reports: &'a Path,
 }
@@ -208,14 +211,16 @@ impl RunContext<'_> {
             vwd: self.vwd,
         })?;
         let result = self.deployments(&mut cluster, strategy);
-        let stopped = cluster.stop();
-        // Each host's vwd log, kept beside the reports.
+        // Each live host's metrics after the run's deployments, then its vwd log, kept
+        // beside the reports.
         let logs = self.reports.join(format!("{}-{}-n{n}-logs", self.run.case, self.method));
         std::fs::create_dir_all(&logs).map_err(|error| TestnetError::Io {
             op: "create",
             path: logs.clone(),
             error,
         })?;
+        let scraped = self.scrape_all(&cluster, &logs);
+        let stopped = cluster.stop();
         for (name, data) in cluster.net.names.iter().zip(&cluster.net.data_dirs) {
             let (from, to) = (data.join("vwd.log"), logs.join(format!("{name}.log")));
             std::fs::copy(&from, &to).map_err(|error| TestnetError::Io {
@@ -226,11 +231,29 @@ impl RunContext<'_> {
         }
         let (mut rows, ops, held) = result?;
         stopped?;
+        scraped?;
         // Every host that finished holds its images byte for byte.
         for (row, expected) in rows.iter_mut().zip(held) {
             row.verified = verify(&cluster, &expected, self.images)?;
         }
         Ok((rows, ops))
+    }
+
+    /// Scrapes every live host's metrics endpoint into `dir/NAME.prom`.
+    fn scrape_all(&self, cluster: &Cluster, dir: &Path) -> Result<(), TestnetError> {
+        for (i, name) in cluster.net.names.iter().enumerate() {
+            if !cluster.alive(i) {
+                continue;
+            }
+            let text = cluster.scrape(i, self.testnet)?;
+            let path = dir.join(format!("{name}.prom"));
+            std::fs::write(&path, text).map_err(|error| TestnetError::Io {
+                op: "write",
+                path,
+                error,
+            })?;
+        }
+        Ok(())
     }
 
     /// The deployments of this run, with what each host should then hold.

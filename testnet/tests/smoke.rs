@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vw_testnet::runner::{self, RunnerOptions};
-use vw_testnet::{scenario, TestnetError};
+use vw_testnet::{metrics, scenario, TestnetError};
 
 fn scenario_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{name}.toml"))
@@ -80,6 +80,31 @@ fn the_smoke_scenario_deploys_verifies_and_reports() {
         let path = options.out.join(file);
         assert!(path.metadata().is_ok_and(|m| m.len() > 0), "{} written", path.display());
     }
+    // Every vwd's metrics endpoint, scraped in its namespace after the cold chain run's
+    // two deployments, agrees with the deploy reports.
+    let scrapes: Vec<(String, String)> = ["head", "node1", "node2", "node3"]
+        .iter()
+        .map(|h| {
+            let path = options.out.join(format!("reports/cold-chain-n3-logs/{h}.prom"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (h.to_string(), text)
+        })
+        .collect();
+    let total = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrapes.iter().map(|(_, t)| metrics::sum(t, name, labels)).sum()
+    };
+    for (deployment, run) in [("grid", first), ("vo2", second)] {
+        let d = [("deployment", deployment)];
+        assert_eq!(total("vw_chunk_bytes_received_total", &d), run.bytes_sent as f64, "{run:?}");
+        assert_eq!(total("vw_chunk_bytes_sent_total", &d), run.bytes_sent as f64, "{run:?}");
+    }
+    let lacked = (first.bytes_lacked + second.bytes_lacked) as f64;
+    assert_eq!(total("vw_chunk_cache_bytes_total", &[("result", "miss")]), lacked);
+    assert!(total("vw_chunk_cache_bytes_total", &[("result", "hit")]) > 0.0, "vo2 shares the base");
+    let head = &scrapes[0].1;
+    assert_eq!(metrics::sum(head, "vw_deploy_phase_seconds_count", &[("phase", "stage")]), 2.0);
+    assert!(metrics::sum(head, "vw_store_chunk_bytes", &[]) > 0.0, "{head}");
     let back: Vec<vw_testnet::results::RunRow> =
         vw_testnet::results::read_csv(&options.out.join("runs.csv")).expect("csv");
     assert_eq!(back.len(), outcome.runs.len());

@@ -164,6 +164,9 @@ impl Audit {
         outcome: &str,
         detail: &str,
     ) {
+        if outcome == "refused" {
+            crate::metrics::refused(op);
+        }
         let entry = Entry {
             time_ms: crate::manager::now_ms(),
             vo: vo.to_owned(),

@@ -88,6 +88,9 @@ fn run(config: &std::path::Path, print_id: bool) -> anyhow::Result<()> {
             let _ = writeln!(out, "listening {addr}");
         }
         let _ = writeln!(out, "socket {}", vwd.socket().display());
+        if let Some(addr) = daemon.config.metrics {
+            let _ = writeln!(out, "metrics http://{addr}/metrics");
+        }
         let _ = out.flush();
         drop(out);
         tokio::select! {

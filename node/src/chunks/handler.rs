@@ -369,6 +369,9 @@ async fn serve_one(
     let mut first = true;
     // The (VO, deployment, manifest) of the wants allowed so far, for the audit log.
     let mut served: Vec<(String, String, ManifestId)> = Vec::new();
+    // Bytes sent, counted under the deployment of the stream's first allowed want (a
+    // fetcher asks for one deployment per stream).
+    let mut sent_bytes: Option<metrics::Counter> = None;
     let audit = |vo: &str, deployment: &str, outcome: &str, detail: &str| {
         if let Some(a) = &sending.audit {
             a.record(vo, &peer.to_string(), "chunks", deployment, outcome, detail);
@@ -390,6 +393,11 @@ async fn serve_one(
                 None => Frame::Missing { id },
             };
             send(&mut stream, &frame, limits.stall).await?;
+            if let (Some(counter), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
+                (&sent_bytes, &frame)
+            {
+                counter.increment(data.len() as u64);
+            }
             credit -= 1;
             sent += 1;
         }
@@ -408,6 +416,9 @@ async fn serve_one(
                     sending.grants.check_within(&peer, &deployment, &manifest, &ids, GRANT_WAIT);
                 match verdict.await {
                     Verdict::Allowed { vo } => {
+                        if sent_bytes.is_none() {
+                            sent_bytes = Some(crate::metrics::sent(&peer, &deployment));
+                        }
                         if !served.iter().any(|(_, d, m)| *d == deployment && *m == manifest) {
                             served.push((vo, deployment, manifest));
                         }
@@ -716,6 +727,7 @@ async fn fetch_stream(
     let mut result = Ok(());
     let mut floor =
         ProgressFloor::new(Instant::now(), wanted.iter().map(|c| u64::from(c.len)).sum(), floor);
+    let received = crate::metrics::received(&peer, &purpose.deployment);
     for expected in wanted {
         let next = match next_frame(&mut stream, &mut floor).await {
             Ok(next) => next,
@@ -780,6 +792,7 @@ async fn fetch_stream(
         floor.add(u64::from(expected.len));
         got.bytes += data.len() as u64;
         got.wire += wire as u64;
+        received.increment(data.len() as u64);
         // Time this host's writer keeps the chunk waiting is not the sender's.
         let delivering = Instant::now();
         if !intake.deliver(id, data, wire).await {

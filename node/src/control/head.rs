@@ -1208,6 +1208,9 @@ impl<'a> Clock<'a> {
 
     fn finish(mut self) -> Vec<PhaseTime> {
         self.close();
+        for p in &self.done {
+            crate::metrics::phase(&p.phase.to_string(), p.micros as f64 / 1e6);
+        }
         self.done
     }
 }

@@ -445,6 +445,20 @@ impl HostService {
                 .collect()
         };
         report.lacked = lacked.iter().map(|c| u64::from(c.len)).sum();
+        let needed: HashMap<ChunkId, u32> = images
+            .iter()
+            .flat_map(|(_, m, _, _)| m.chunks())
+            .filter(|c| !c.is_zero())
+            .map(|c| (c.id, c.len))
+            .collect();
+        let needed_bytes: u64 = needed.values().map(|&l| u64::from(l)).sum();
+        crate::metrics::cache(
+            (
+                needed.len().saturating_sub(lacked.len()) as u64,
+                needed_bytes.saturating_sub(report.lacked),
+            ),
+            (lacked.len() as u64, report.lacked),
+        );
         tracing::info!(
             lacked = report.lacked,
             chunks = lacked.len(),
@@ -481,6 +495,11 @@ impl HostService {
             })
             .await??;
         report.stage_micros = staging.elapsed().as_micros() as u64;
+        crate::metrics::stage_times(
+            Duration::from_micros(report.fetch_micros),
+            Duration::from_micros(report.stage_micros),
+        );
+        crate::metrics::STORE_CHANGED.notify_one();
         report.vms = vms;
         tracing::info!(
             received = report.received,

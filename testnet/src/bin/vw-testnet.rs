@@ -60,6 +60,9 @@ enum Command {
         #[arg(long)]
         next: Option<std::net::SocketAddr>,
     },
+    /// Prints a vwd's Prometheus metrics (run by the harness in a host's namespace).
+    #[command(hide = true)]
+    Scrape { addr: std::net::SocketAddr },
     /// Baseline sender: the file to every address at once.
     #[command(hide = true)]
     Send {
@@ -112,6 +115,10 @@ fn run(command: Command) -> Result<(), TestnetError> {
         }
         Command::Pipe { listen, out, next } => baseline::pipe(listen, &out, next).map(drop),
         Command::Send { file, to } => baseline::send(&file, &to),
+        Command::Scrape { addr } => {
+            print!("{}", vw_testnet::metrics::scrape(addr)?);
+            Ok(())
+        }
         Command::Clean => {
             if !vw_testnet::is_root() {
                 return Err(TestnetError::NotRoot);
