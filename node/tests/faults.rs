@@ -64,6 +64,28 @@ fn deploy(net: &LocalNet, n: usize, mut on_event: impl FnMut(&DeployEvent)) -> D
     }
 }
 
+/// Deploys with the VO's first ticket and, once a host that relays (not the head, not
+/// the chain's tail) has received 2 MiB, calls `hit` with its index, once. Returns the
+/// report and that host.
+fn deploy_hitting_a_relay(net: &LocalNet, mut hit: impl FnMut(usize)) -> (DeployReport, String) {
+    let mut victim: Option<String> = None;
+    let mut done = false;
+    let report = deploy(net, 1, |e| match e {
+        DeployEvent::Planned { edges, .. } => {
+            victim = edges.iter().map(|(from, _)| from).find(|f| *f != "head").cloned();
+        }
+        DeployEvent::Progress { host, progress }
+            if Some(host) == victim.as_ref() && progress.bytes > 2 << 20 && !done =>
+        {
+            hit(net.names.iter().position(|n| n == host).expect("host"));
+            done = true;
+        }
+        _ => {}
+    });
+    assert!(done, "the relay was hit mid-stage: {report:#?}");
+    (report, victim.expect("a relaying host"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_killed_mid_chain_loses_its_vms_and_its_children_re_attach() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,24 +94,7 @@ async fn a_host_killed_mid_chain_loses_its_vms_and_its_children_re_attach() {
 
     let net2 = net.clone();
     let (report, victim) = tokio::task::spawn_blocking(move || {
-        let mut victim: Option<String> = None;
-        let mut killed = false;
-        let report = deploy(&net2, 1, |e| match e {
-            // The victim relays to another host: not the head, not the chain's tail.
-            DeployEvent::Planned { edges, .. } => {
-                victim = edges.iter().map(|(from, _)| from).find(|f| *f != "head").cloned();
-            }
-            DeployEvent::Progress { host, progress }
-                if Some(host) == victim.as_ref() && progress.bytes > 2 << 20 && !killed =>
-            {
-                let i = net2.names.iter().position(|n| n == host).expect("host");
-                children[i - 1].signal("KILL").expect("kill");
-                killed = true;
-            }
-            _ => {}
-        });
-        assert!(killed, "the victim was killed mid-stage: {report:#?}");
-        (report, victim.expect("a relaying host"))
+        deploy_hitting_a_relay(&net2, |i| children[i - 1].signal("KILL").expect("kill"))
     })
     .await
     .expect("task");
@@ -127,28 +132,14 @@ async fn a_relay_that_stalls_mid_chain_is_dropped_by_the_plans_floor() {
     let net2 = net.clone();
     let (report, victim) = tokio::task::spawn_blocking(move || {
         std::thread::scope(|scope| {
-            let mut victim: Option<String> = None;
-            let mut frozen = false;
-            let report = deploy(&net2, 1, |e| match e {
-                DeployEvent::Planned { edges, .. } => {
-                    victim = edges.iter().map(|(from, _)| from).find(|f| *f != "head").cloned();
-                }
-                DeployEvent::Progress { host, progress }
-                    if Some(host) == victim.as_ref() && progress.bytes > 2 << 20 && !frozen =>
-                {
-                    let i = net2.names.iter().position(|n| n == host).expect("host");
-                    let child = &children[i - 1];
-                    child.signal("STOP").expect("stop");
-                    frozen = true;
-                    scope.spawn(move || {
-                        std::thread::sleep(std::time::Duration::from_secs(15));
-                        child.signal("CONT").expect("cont");
-                    });
-                }
-                _ => {}
-            });
-            assert!(frozen, "the victim was frozen mid-stage: {report:#?}");
-            (report, victim.expect("a relaying host"))
+            deploy_hitting_a_relay(&net2, |i| {
+                let child = &children[i - 1];
+                child.signal("STOP").expect("stop");
+                scope.spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_secs(15));
+                    child.signal("CONT").expect("cont");
+                });
+            })
         })
     })
     .await
