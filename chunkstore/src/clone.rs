@@ -6,14 +6,14 @@
 //! (`copy_file_range` over a hole on ext4 would write zeros). Like export, the clone is
 //! written to a temporary name, synced and renamed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 
 use rustix::fs::{copy_file_range, seek, SeekFrom};
 use rustix::io::Errno;
 use serde::Serialize;
 
-use crate::export::temp_path;
+use crate::export::create_temp;
 use crate::{pack, Error};
 
 /// How a clone was made.
@@ -28,12 +28,7 @@ pub enum CloneMethod {
 /// Clones `src` to `dst` (which must not exist).
 pub fn clone_image(src: &Path, dst: &Path) -> Result<CloneMethod, Error> {
     let from = File::open(src).map_err(|e| Error::io("open", src, e))?;
-    let tmp = temp_path(dst);
-    let to = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
+    let (tmp, to) = create_temp(dst)?;
     let result = copy(&from, &to, src, &tmp).and_then(|method| {
         to.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         std::fs::hard_link(&tmp, dst).map_err(|e| match e.kind() {

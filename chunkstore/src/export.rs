@@ -208,12 +208,7 @@ impl ExportTarget {
         if !overwrite && out.exists() {
             return Err(Error::OutputExists { path: out.to_owned() });
         }
-        let tmp = temp_path(out);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
+        let (tmp, file) = create_temp(out)?;
         Ok(ExportTarget { out: out.to_owned(), tmp, file, committed: false })
     }
 
@@ -240,7 +235,18 @@ impl Drop for ExportTarget {
     }
 }
 
-pub(crate) fn temp_path(out: &Path) -> PathBuf {
+fn temp_path(out: &Path) -> PathBuf {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     out.with_file_name(format!(".{name}.vw-part-{}", std::process::id()))
+}
+
+/// Makes `out`'s temporary file ([`temp_path`]), which must not exist, open for writing.
+pub(crate) fn create_temp(out: &Path) -> Result<(PathBuf, File), Error> {
+    let tmp = temp_path(out);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    Ok((tmp, file))
 }

@@ -459,8 +459,20 @@ fn store_cmd(
     file: Option<std::fs::File>,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
+    store_cmd_at(store, cluster::socket(store)?, cluster, op, file, out)
+}
+
+/// [`store_cmd`] with the socket already looked for (`None`: no vwd owns `store`).
+fn store_cmd_at(
+    store: &std::path::Path,
+    socket: Option<PathBuf>,
+    cluster: Option<&std::path::Path>,
+    op: StoreOp,
+    file: Option<std::fs::File>,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
     let bar = Bar::new(out, op.verb());
-    let outcome = match cluster::socket(store)? {
+    let outcome = match socket {
         Some(socket) => {
             let mut last = None;
             let request = LocalRequest::Store { op };
@@ -504,6 +516,7 @@ fn image(
         ImageCmd::Import { file, name, public, seal } => {
             // Opened here, with this user's permissions; checked to be a regular file.
             let image = ImageFile::open(&file)?;
+            let socket = cluster::socket(dir)?;
             let seal = match seal {
                 Some(path) => {
                     let bytes = std::fs::read(&path)
@@ -519,7 +532,7 @@ fn image(
                     let key = vo::key(&vo::dir(vo_dir)?, name.vo())?;
                     key.may_sign(&name)?;
                     let visibility = if public { Visibility::Public } else { Visibility::Private };
-                    if cluster::socket(dir)?.is_none() {
+                    if socket.is_none() {
                         // The store is here: one pass, the key seals what was stored.
                         let bar = Bar::new(out, "import");
                         let r =
@@ -537,7 +550,7 @@ fn image(
                 }
             };
             let op = StoreOp::Import { path: file, seal };
-            return store_cmd(dir, cluster, op, Some(image.into_file()), out);
+            return store_cmd_at(dir, socket, cluster, op, Some(image.into_file()), out);
         }
         ImageCmd::Export { image, out: path, force } => {
             // Made here, with this user's permissions; renamed into place once verified.

@@ -82,7 +82,6 @@ impl HostService {
     /// A service over `manager`, fetching through `chunks` (from the peers of `book`)
     /// into the store and forwarding through `relay`; only `heads` may send requests,
     /// and `gate` checks what they ask.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         manager: Manager,
         relay: Arc<Relay>,

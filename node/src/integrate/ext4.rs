@@ -201,17 +201,20 @@ fn fsck(image: &Path) -> Result<(), IntegrationError> {
 mod tests {
     use super::*;
 
-    /// An ext4 image made by `mkfs.ext4 -d` from a tree holding `/etc/hostname`.
-    fn image_with_etc(dir: &Path) -> std::path::PathBuf {
+    /// An ext4 image of `size` (`16M`) made by `mkfs.ext4 -d` from a tree holding
+    /// `/etc/NAME` for each of `etc`.
+    fn image_with_etc(dir: &Path, etc: &[(&str, &[u8])], size: &str) -> std::path::PathBuf {
         let tree = dir.join("tree");
         fs::create_dir_all(tree.join("etc")).expect("tree");
-        fs::write(tree.join("etc/hostname"), "debian\n").expect("hostname");
+        for (name, content) in etc {
+            fs::write(tree.join("etc").join(name), content).expect("etc file");
+        }
         let image = dir.join("root.img");
         let out = std::process::Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(&tree)
             .arg(&image)
-            .arg("16M")
+            .arg(size)
             .output()
             .expect("mkfs.ext4 runs (install e2fsprogs)");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -223,7 +226,7 @@ mod tests {
         // debugfs 1.47's `mkdir` of a directory that exists leaves an unconnected
         // directory behind: found when the lab's first guest image failed e2fsck.
         let dir = tempfile::tempdir().expect("tempdir");
-        let image = image_with_etc(dir.path());
+        let image = image_with_etc(dir.path(), &[("hostname", b"debian\n")], "16M");
         let file = |path: &str, content: &str| GuestFile {
             path: path.into(),
             content: content.into(),
@@ -245,18 +248,7 @@ mod tests {
     #[test]
     fn a_huge_guest_file_is_refused_not_copied() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tree = dir.path().join("tree");
-        fs::create_dir_all(tree.join("etc")).expect("tree");
-        fs::write(tree.join("etc/hosts"), vec![b'#'; 64 << 20]).expect("hosts");
-        let image = dir.path().join("root.img");
-        let out = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&tree)
-            .arg(&image)
-            .arg("128M")
-            .output()
-            .expect("mkfs.ext4 runs (install e2fsprogs)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let image = image_with_etc(dir.path(), &[("hosts", &vec![b'#'; 64 << 20])], "128M");
         let append = GuestFile {
             path: "/etc/hosts".into(),
             content: "10.0.0.1 head\n".into(),
