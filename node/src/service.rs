@@ -130,6 +130,11 @@ impl Vwd {
                 crate::manager::now_ms() / 1000,
             )?),
         };
+        // Per-deployment secrets on the head come from this host's identity.
+        let head_secret = blake3::derive_key(
+            "vw 2026-12-05 head secret for per-deployment keys",
+            &key.to_protobuf_encoding().context("encoding the identity key")?,
+        );
         let relay = Relay::new(manager.shared_store());
         let store = manager.shared_store();
         let peer = Peer::start(
@@ -174,6 +179,7 @@ impl Vwd {
                 Arc::clone(&service),
                 peer.control(),
                 cluster.pools(),
+                head_secret,
             ))),
             Role::Host => local::Role::Host(service),
         };

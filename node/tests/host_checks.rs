@@ -123,6 +123,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         share: ClusterShare { here: vec![], elsewhere: vec![] },
         images: vec![image_order(&store, "demo/base:1"), image_order(&store, "demo/worker:1")],
         serves: vec![],
+        munge_key: None,
     };
     // A share that places the VM `vm` (its Xen domain name) on this host.
     let here = |vm: &str| ClusterShare {
@@ -170,6 +171,14 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             "does not verify with VO demo's key",
         ),
         ("no ticket", StageOrder { ticket: vec![], ..honest.clone() }, "carries no VO ticket"),
+        (
+            "a MUNGE key for a cluster that does not run Slurm",
+            StageOrder {
+                munge_key: Some(vw_node::integrate::MungeKey::derive(&[7; 32], "forged", 1)),
+                ..honest.clone()
+            },
+            "does not run Slurm, yet its stage order carries a MUNGE key",
+        ),
         (
             "a stage named for another deployment (grants are keyed by the stage)",
             StageOrder { stage: vw_node::access::new_stage("other"), ..honest.clone() },

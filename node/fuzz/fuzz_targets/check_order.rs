@@ -87,6 +87,7 @@ fn fixture() -> &'static (ClusterConfig, StageOrder) {
             },
             images: vec![base_order, worker_order],
             serves: vec![],
+            munge_key: None,
         };
         check_order(&config, &order, NOW).expect("the honest order passes");
         (config, order)

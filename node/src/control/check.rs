@@ -71,6 +71,17 @@ pub fn check_order(
             order.stage
         ));
     }
+    match (spec.runs_slurm(), order.munge_key.is_some()) {
+        (true, false) => {
+            return Err(format!(
+                "deployment {deployment} runs Slurm, and its stage order carries no MUNGE key"
+            ))
+        }
+        (false, true) => return Err(format!(
+            "deployment {deployment} does not run Slurm, yet its stage order carries a MUNGE key"
+        )),
+        _ => {}
+    }
     let ticket = check_ticket(config, &order.ticket, deployment, &order.workspace, now_s)
         .map_err(|e| e.to_string())?;
     let vo = ticket.vo();

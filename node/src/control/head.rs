@@ -32,6 +32,7 @@ use super::protocol::{
 use super::usage::{Usage, VoUsage};
 use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticket};
 use crate::config::{DriverKind, Pools};
+use crate::integrate::MungeKey;
 use crate::lifecycle::Op;
 use crate::plan::{expected_rates, plan_with, PlanReport, Taken, WorkspaceImages};
 use crate::report::{ClusterDeployment, ClusterShare, Member, PlacedVm, VmReady, VmReport};
@@ -209,6 +210,9 @@ pub struct Head {
     admission: tokio::sync::Mutex<()>,
     /// The deployments under way, for `vw status`.
     live: super::live::Live,
+    /// What per-deployment secrets (a Slurm cluster's MUNGE key) are derived from; made
+    /// from this host's identity key, so they outlive a restart without being stored.
+    secret: [u8; 32],
 }
 
 impl std::fmt::Debug for Head {
@@ -236,12 +240,14 @@ macro_rules! expect_answer {
 
 impl Head {
     /// A head named `me.0` with peer id `me.1`, serving itself through `local` and
-    /// the other hosts (the peers in `local`'s book) through `control`.
+    /// the other hosts (the peers in `local`'s book) through `control`; per-deployment
+    /// secrets come from `secret`.
     pub fn new(
         me: (String, PeerId),
         local: Arc<HostService>,
         control: libp2p_stream::Control,
         pools: Pools,
+        secret: [u8; 32],
     ) -> Self {
         let store = local.store();
         let peers = local.book().peers().iter().map(|p| (p.name.clone(), p.id)).collect();
@@ -254,6 +260,7 @@ impl Head {
             pools,
             admission: tokio::sync::Mutex::new(()),
             live: Default::default(),
+            secret,
         }
     }
 
@@ -507,12 +514,13 @@ impl Head {
             fixed,
         )
         .map_err(|e| format!("workspace {name}: {e}"))?;
+        let created_ms = existing.as_ref().map_or_else(crate::manager::now_ms, |e| e.created_ms);
         let record = existing.is_none().then(|| ClusterDeployment {
             name: name.clone(),
             workspace: workspace.to_owned(),
             vo: vo.to_owned(),
             placement: planned.placement.clone(),
-            created_ms: crate::manager::now_ms(),
+            created_ms,
         });
         self.admit(vo, &spec, &wi, &planned.placement, record).await?;
         clock.parts(&[
@@ -544,6 +552,9 @@ impl Head {
         let stage = crate::access::new_stage(&name);
         let granted: Vec<_> = manifests.iter().zip(&stagers).map(|(m, p)| (m, &p[..])).collect();
         self.local.gate().grants.allow(&stage, vo, &granted, signed.expires_s());
+        // Every VM of a Slurm cluster shares one MUNGE key, the same at every stage of it.
+        let munge_key =
+            spec.runs_slurm().then(|| MungeKey::derive(&self.secret, &name, created_ms));
         let sealed = Sealed {
             stage: &stage,
             workspace,
@@ -551,6 +562,7 @@ impl Head {
             seals: &seals,
             manifests: &manifests,
             stagers: &stagers,
+            munge_key: munge_key.as_ref(),
         };
         let rates = expected_rates(&wi.images, &planned.plan, &planned.simulation, &links_known);
         let orders =
@@ -900,6 +912,7 @@ impl Head {
                     share,
                     images,
                     serves,
+                    munge_key: sealed.munge_key.cloned(),
                 },
             ));
         }
@@ -1096,6 +1109,8 @@ struct Sealed<'a> {
     seals: &'a [Vec<u8>],
     manifests: &'a [Manifest],
     stagers: &'a [Vec<PeerId>],
+    /// The cluster's MUNGE key, when it runs Slurm.
+    munge_key: Option<&'a MungeKey>,
 }
 
 /// The seal that lets `vo` deploy image `reference` (manifest `id`), encoded: the

@@ -289,6 +289,12 @@ impl HostService {
             }
         };
         let deployment = spec.name.clone();
+        if let Some(key) = order.munge_key {
+            let name = deployment.clone();
+            if let Err(e) = self.with_manager(move |m| m.keep_munge_key(&name, key)).await {
+                return Answer::Failed(e);
+            }
+        }
         let span = tracing::info_span!("stage", stage = %order.stage, vo = %vo);
         let staged = tracing::Instrument::instrument(
             self.stage_spec(spec, &vo, &order.stage, order.share, images, progress),

@@ -12,6 +12,7 @@ use vw_chunkstore::ChunkId;
 use vw_planner::address::NicAddress;
 
 use crate::config::{DriverKind, MAX_VCPUS_PER_CPU};
+use crate::integrate::MungeKey;
 use crate::lifecycle::Op;
 use crate::machine::{LinkRate, Source};
 use crate::report::{ClusterShare, HostCapacity, VmReady, VmRecord, VmReport};
@@ -117,6 +118,9 @@ pub struct StageOrder {
     /// those chunks for other images): checked like `images` and granted to their
     /// stagers, but not fetched (no pulls, no fallback).
     pub serves: Vec<ImageOrder>,
+    /// The virtual cluster's MUNGE key, exactly when its workspace runs Slurm (the host
+    /// writes it into each Slurm node; it is never stored on the host).
+    pub munge_key: Option<MungeKey>,
 }
 
 /// One image of a stage order.
@@ -530,6 +534,7 @@ mod tests {
                 share: ClusterShare { here: Vec::new(), elsewhere: Vec::new() },
                 images: vec![image(1)],
                 serves,
+                munge_key: None,
             }))
         };
         assert!(order(vec![image(1)]).check().is_ok());

@@ -62,6 +62,7 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
         };
         wanted.push((f.path.clone(), content));
     }
+    let owners = owners(image, files)?;
 
     // Only directories that are missing are made: debugfs 1.47's `mkdir` of one that
     // exists can leave an unconnected directory behind (e2fsck then fails). `cat` of a
@@ -79,12 +80,14 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
     for dir in dirs.iter().filter(|d| existing.get(*d).is_some_and(|e| e.is_none())) {
         script.push_str(&format!("mkdir {}\n", quote(Path::new(dir))?));
     }
-    for (i, (path, content)) in wanted.iter().enumerate() {
+    for (i, ((path, content), (uid, gid))) in wanted.iter().zip(&owners).enumerate() {
         let local = staging.join(format!("in{i}"));
         fs::write(&local, content).map_err(|e| IntegrationError::io("write", &local, e))?;
         let (local, path) = (quote(&local)?, quote(Path::new(path))?);
+        // A regular file (0o100000) with the file's permission bits.
+        let mode = 0o100000 | (files[i].mode & 0o7777);
         script.push_str(&format!(
-            "rm {path}\nwrite {local} {path}\nsif {path} mode 0100644\nsif {path} uid 0\nsif {path} gid 0\n"
+            "rm {path}\nwrite {local} {path}\nsif {path} mode 0{mode:o}\nsif {path} uid {uid}\nsif {path} gid {gid}\n"
         ));
     }
     let cmds = staging.join("edit.cmds");
@@ -119,6 +122,37 @@ fn edit_in(image: &Path, files: &[GuestFile], staging: &Path) -> Result<(), Inte
         }
     }
     fsck(image)
+}
+
+/// Each file's owner as (uid, gid) in the guest: root's, or the named user's and that
+/// user's group from the image's own `/etc/passwd` (read like any guest file: capped,
+/// and parsed field by field; a line that does not parse is skipped).
+fn owners(image: &Path, files: &[GuestFile]) -> Result<Vec<(u32, u32)>, IntegrationError> {
+    let passwd = if files.iter().any(|f| f.owner.is_some()) {
+        dump(image, std::iter::once("/etc/passwd"))?.remove("/etc/passwd").flatten()
+    } else {
+        None
+    };
+    let passwd = String::from_utf8_lossy(passwd.as_deref().unwrap_or_default()).into_owned();
+    files
+        .iter()
+        .map(|f| match &f.owner {
+            None => Ok((0, 0)),
+            Some(user) => passwd
+                .lines()
+                .filter_map(|l| {
+                    let fields: Vec<&str> = l.split(':').collect();
+                    let (uid, gid) = (fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?);
+                    (fields[0] == user).then_some((uid, gid))
+                })
+                .next()
+                .ok_or_else(|| IntegrationError::UnknownUser {
+                    image: image.to_owned(),
+                    user: user.clone(),
+                    file: f.path.clone(),
+                }),
+        })
+        .collect()
 }
 
 /// A path as one debugfs argument: in double quotes (debugfs splits commands at
@@ -227,11 +261,7 @@ mod tests {
         // directory behind: found when the lab's first guest image failed e2fsck.
         let dir = tempfile::tempdir().expect("tempdir");
         let image = image_with_etc(dir.path(), &[("hostname", b"debian\n")], "16M");
-        let file = |path: &str, content: &str| GuestFile {
-            path: path.into(),
-            content: content.into(),
-            append: false,
-        };
+        let file = |path: &str, content: &str| GuestFile::whole(path, content.into());
         let files = [
             file("/etc/hostname", "worker1\n"),
             file("/etc/slurm/slurm.conf", "ClusterName=lab\n"),
@@ -249,13 +279,45 @@ mod tests {
     fn a_huge_guest_file_is_refused_not_copied() {
         let dir = tempfile::tempdir().expect("tempdir");
         let image = image_with_etc(dir.path(), &[("hosts", &vec![b'#'; 64 << 20])], "128M");
-        let append = GuestFile {
-            path: "/etc/hosts".into(),
-            content: "10.0.0.1 head\n".into(),
-            append: true,
-        };
+        let append =
+            GuestFile { append: true, ..GuestFile::whole("/etc/hosts", "10.0.0.1 head\n".into()) };
         let err = edit(&image, &[append]).expect_err("refused").to_string();
         assert!(err.contains("/etc/hosts is larger than 1048576 bytes"), "{err}");
+    }
+
+    /// A file for a guest user gets that user's ids from the image's own /etc/passwd
+    /// and its mode; an image without the user is refused, naming the user.
+    #[test]
+    fn a_file_for_a_guest_user_is_theirs_with_its_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let passwd: &[u8] = b"root:x:0:0:root:/root:/bin/bash\nbroken\n\
+            munge:x:105:111::/nonexistent:/usr/sbin/nologin\n";
+        let image = image_with_etc(dir.path(), &[("passwd", passwd)], "16M");
+        let key = GuestFile {
+            mode: 0o400,
+            owner: Some("munge".into()),
+            ..GuestFile::whole("/etc/munge/munge.key", "ab".repeat(512))
+        };
+        edit(&image, std::slice::from_ref(&key)).expect("written, read back, clean");
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", "stat /etc/munge/munge.key"])
+            .arg(&image)
+            .output()
+            .expect("debugfs");
+        let stat = String::from_utf8_lossy(&out.stdout).into_owned();
+        let after = |label: &str| {
+            let mut words = stat.split_whitespace().skip_while(|w| *w != label);
+            words.nth(1).map(str::to_owned)
+        };
+        assert_eq!(after("Mode:").as_deref(), Some("0400"), "{stat}");
+        assert_eq!(after("User:").as_deref(), Some("105"), "{stat}");
+        assert_eq!(after("Group:").as_deref(), Some("111"), "{stat}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image =
+            image_with_etc(dir.path(), &[("passwd", b"root:x:0:0::/root:/bin/sh\n")], "16M");
+        let err = edit(&image, &[key]).expect_err("no munge user").to_string();
+        assert!(err.contains("no user `munge` in /etc/passwd for /etc/munge/munge.key"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,32 @@ pub struct GuestFile {
     pub content: String,
     /// Append `content` (once) rather than replace the file.
     pub append: bool,
+    /// Its permission bits (`0o644`).
+    pub mode: u32,
+    /// The guest user (and that user's group) it belongs to; root if none.
+    pub owner: Option<String>,
+}
+
+impl GuestFile {
+    /// A whole file of root's, mode 0644.
+    pub fn whole(path: &str, content: String) -> Self {
+        GuestFile { path: path.to_owned(), content, append: false, mode: 0o644, owner: None }
+    }
+}
+
+/// MUNGE's key in the guest (Debian's `munge`).
+pub const MUNGE_KEY: &str = "/etc/munge/munge.key";
+
+/// The MUNGE key of a Slurm node: the `munge` user's alone (munged refuses a key anyone
+/// else may read).
+fn munge_key(setup: &VmSetup) -> Option<GuestFile> {
+    let key = setup.cluster.munge_key.as_ref()?;
+    let slurm = setup.cluster.batch_system == Some(BatchSystem::Slurm);
+    (slurm && setup.roles.batch.is_some()).then(|| GuestFile {
+        mode: 0o400,
+        owner: Some("munge".into()),
+        ..GuestFile::whole(MUNGE_KEY, key.as_str().to_owned())
+    })
 }
 
 fn json(s: &str) -> String {
@@ -182,8 +208,7 @@ fn slurm_name(cluster: &str) -> String {
 
 /// Every file an in-image edit writes, in order.
 pub fn guest_files(setup: &VmSetup) -> Vec<GuestFile> {
-    let whole =
-        |path: &str, content: String| GuestFile { path: path.to_owned(), content, append: false };
+    let whole = GuestFile::whole;
     let mut files = vec![
         whole("/etc/hostname", format!("{}\n", setup.hostname)),
         whole("/etc/hosts", hosts(setup)),
@@ -206,9 +231,10 @@ pub fn guest_files(setup: &VmSetup) -> Vec<GuestFile> {
     let fstab: String =
         fstab_entries(setup).iter().map(|f| format!("{}\n", f.join("\t"))).collect();
     if !fstab.is_empty() {
-        files.push(GuestFile { path: "/etc/fstab".into(), content: fstab, append: true });
+        files.push(GuestFile { append: true, ..whole("/etc/fstab", fstab) });
     }
     files.extend(batch_files(setup).into_iter().map(|(p, c)| whole(&p, c)));
+    files.extend(munge_key(setup));
     files
 }
 
@@ -270,6 +296,17 @@ pub fn user_data(setup: &VmSetup) -> String {
     for (path, content) in batch_files(setup) {
         write(&path, &content);
     }
+    if let Some(k) = munge_key(setup) {
+        let owner = k.owner.as_deref().unwrap_or("root");
+        let _ = writeln!(
+            out,
+            "  - path: {}\n    owner: {}\n    permissions: \"0{:o}\"\n    content: {}",
+            json(&k.path),
+            json(&format!("{owner}:{owner}")),
+            k.mode,
+            json(&k.content)
+        );
+    }
     let mut mounts = fstab_entries(setup);
     // cloud-init mounts with `mount -a` inside its own unit, which sshd and the rest of
     // the boot wait for; an NFS server that is not up yet (the head boots beside its
@@ -290,9 +327,12 @@ pub fn user_data(setup: &VmSetup) -> String {
     }
     match (setup.roles.batch, setup.cluster.batch_system) {
         (Some(BatchRole::Server), _) => cmds.push("systemctl restart pbs_server"),
-        (Some(BatchRole::SlurmServer), _) => cmds.push("systemctl restart slurmctld"),
+        // munged read the image's key at boot, before write_files laid down the cluster's.
+        (Some(BatchRole::SlurmServer), _) => {
+            cmds.extend(["systemctl restart munge", "systemctl restart slurmctld"])
+        }
         (Some(BatchRole::Worker), Some(BatchSystem::Slurm)) => {
-            cmds.push("systemctl restart slurmd")
+            cmds.extend(["systemctl restart munge", "systemctl restart slurmd"])
         }
         (Some(BatchRole::Worker), _) => cmds.push("systemctl restart pbs_mom"),
         (None, _) => {}
@@ -349,6 +389,7 @@ mod tests {
                 private_net: "10.77.0.0/16".parse().expect("net"),
                 batch_nodes: vec![("worker1".into(), 1)],
                 batch_system: Some(BatchSystem::Torque),
+                munge_key: None,
             },
         }
     }
@@ -455,7 +496,45 @@ mod tests {
             doc["runcmd"].as_vec().expect("runcmd").iter().filter_map(Yaml::as_str).collect();
         assert!(cmds.contains(&"systemctl restart slurmctld"), "{cmds:?}");
         let doc = yaml(&user_data(&w));
-        assert_eq!(doc["runcmd"][0].as_str(), Some("systemctl restart slurmd"));
+        assert_eq!(doc["runcmd"][0].as_str(), Some("systemctl restart munge"));
+        assert_eq!(doc["runcmd"][1].as_str(), Some("systemctl restart slurmd"));
+    }
+
+    /// Every Slurm node gets the cluster's MUNGE key, the munge user's alone (in the
+    /// image and through cloud-init); a Torque cluster gets none.
+    #[test]
+    fn slurm_nodes_get_the_clusters_munge_key_for_the_munge_user_alone() {
+        let key = crate::integrate::MungeKey::derive(&[1; 32], "grid3", 7);
+        let mut h = head();
+        h.roles.batch = Some(BatchRole::SlurmServer);
+        h.cluster.batch_system = Some(BatchSystem::Slurm);
+        h.cluster.munge_key = Some(key.clone());
+        let mut w = h.clone();
+        w.roles.batch = Some(BatchRole::Worker);
+        for setup in [&h, &w] {
+            let files = guest_files(setup);
+            let k = files.iter().find(|f| f.path == MUNGE_KEY).expect("the key is written");
+            assert_eq!(
+                (k.content.as_str(), k.mode, k.owner.as_deref()),
+                (key.as_str(), 0o400, Some("munge"))
+            );
+            let doc = yaml(&user_data(setup));
+            let entry = doc["write_files"]
+                .as_vec()
+                .expect("write_files")
+                .iter()
+                .find(|f| f["path"].as_str() == Some(MUNGE_KEY))
+                .expect("cloud-init writes the key");
+            assert_eq!(entry["owner"].as_str(), Some("munge:munge"));
+            assert_eq!(entry["permissions"].as_str(), Some("0400"));
+            assert_eq!(entry["content"].as_str(), Some(key.as_str()));
+        }
+        // A node outside the batch system, or a Torque cluster, gets no key.
+        let mut outside = w.clone();
+        outside.roles.batch = None;
+        assert!(!guest_files(&outside).iter().any(|f| f.path == MUNGE_KEY));
+        assert!(!guest_files(&head()).iter().any(|f| f.path == MUNGE_KEY));
+        assert!(!user_data(&head()).contains("munge"));
     }
 
     #[test]

@@ -71,6 +71,96 @@ pub struct ClusterView {
     pub batch_nodes: Vec<(String, u32)>,
     /// The batch system the head's server runs, if any.
     pub batch_system: Option<BatchSystem>,
+    /// Slurm's MUNGE key, the same on every VM of the cluster (with Slurm only).
+    pub munge_key: Option<MungeKey>,
+}
+
+/// A virtual cluster's MUNGE key, which Slurm's daemons authenticate each other with:
+/// 512 random-looking bytes as 1024 lowercase hex digits (munged takes any key file of
+/// at least 32 bytes). The head derives it per deployment from a secret of its own, so
+/// every host, and every later stage of the same deployment, gets the same one without
+/// anything being stored; it travels only in stage orders, on the encrypted control
+/// protocol. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MungeKey(String);
+
+impl MungeKey {
+    /// Hex digits in a key.
+    pub const LEN: usize = 1024;
+
+    /// The key of deployment `name` (created at `created_ms`) under the head's `secret`.
+    pub fn derive(secret: &[u8; 32], name: &str, created_ms: u64) -> Self {
+        let mut h = blake3::Hasher::new_keyed(secret);
+        h.update(b"vw munge key\0");
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&created_ms.to_le_bytes());
+        let mut bytes = [0u8; Self::LEN / 2];
+        h.finalize_xof().fill(&mut bytes);
+        MungeKey(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The key as written to `/etc/munge/munge.key`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MungeKey {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() != Self::LEN || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!(
+                "a MUNGE key is {} lowercase hex digits; this one has {} characters",
+                Self::LEN,
+                s.len()
+            ));
+        }
+        Ok(MungeKey(s))
+    }
+}
+
+impl From<MungeKey> for String {
+    fn from(k: MungeKey) -> String {
+        k.0
+    }
+}
+
+impl std::fmt::Debug for MungeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MungeKey(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One key per deployment and head secret, the same every time it is derived;
+    /// only well-formed keys decode; `Debug` keeps it out of logs.
+    #[test]
+    fn a_munge_key_is_derived_per_deployment_and_never_shown() {
+        let key = MungeKey::derive(&[9; 32], "grid3", 1000);
+        assert_eq!(key, MungeKey::derive(&[9; 32], "grid3", 1000));
+        for other in [
+            MungeKey::derive(&[8; 32], "grid3", 1000),
+            MungeKey::derive(&[9; 32], "grid4", 1000),
+            MungeKey::derive(&[9; 32], "grid3", 1001),
+        ] {
+            assert_ne!(key, other);
+        }
+        assert_eq!(key.as_str().len(), MungeKey::LEN);
+        assert_eq!(MungeKey::try_from(key.as_str().to_owned()), Ok(key.clone()));
+        for bad in ["".to_owned(), "A".repeat(MungeKey::LEN), "0".repeat(MungeKey::LEN - 1)] {
+            assert!(MungeKey::try_from(bad).is_err());
+        }
+        assert_eq!(format!("{key:?}"), "MungeKey(..)");
+        let wire = postcard::to_allocvec(&Some(key.clone())).expect("encodes");
+        let back: Option<MungeKey> = postcard::from_bytes(&wire).expect("decodes");
+        assert_eq!(back, Some(key));
+    }
 }
 
 /// Why integration failed.
@@ -118,6 +208,16 @@ pub enum IntegrationError {
         file: String,
         /// How it differs.
         detail: String,
+    },
+    /// A file must belong to a user the image does not have.
+    #[error("{image}: no user `{user}` in /etc/passwd for {file}; install the package that makes it in the image ({user} for Slurm's MUNGE key)")]
+    UnknownUser {
+        /// The image.
+        image: PathBuf,
+        /// The user.
+        user: String,
+        /// The file that was to be theirs.
+        file: String,
     },
     /// A file read from a guest image is larger than vw ever writes or reads there.
     #[error("{image}: {file} is larger than {max} bytes; vw reads only small configuration files from an image, so this one is refused as hostile or damaged")]

@@ -18,7 +18,7 @@ pub mod ready;
 pub mod records;
 mod stage;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,7 +27,7 @@ use vw_chunkstore::{ImageRef, ManifestId, PinReason, RecordBatch, Store};
 use vw_planner::address::{self, AddressError, Mac, NicAddress, VmNics};
 
 use crate::config::{ClusterConfig, DriverKind, Pools};
-use crate::integrate::IntegrationError;
+use crate::integrate::{IntegrationError, MungeKey};
 pub use crate::lifecycle::{self, Op, Refusal, Step, VmState};
 pub use crate::report::{HostCapacity, Reconciled, VmReport, VmStatus};
 use crate::workspace::{NodeSpec, VmRole, WorkspaceSpec};
@@ -42,6 +42,9 @@ pub enum ManagerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] vw_chunkstore::Error),
+    /// The system gave no randomness.
+    #[error("no randomness from the system: {0}")]
+    Random(String),
     /// The cluster config does not say which Xen driver to run here.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -198,6 +201,9 @@ pub struct Manager {
     config: ClusterConfig,
     pools: Pools,
     driver: Box<dyn Driver>,
+    /// MUNGE keys by deployment, as the head sent them (memory only), and the secret
+    /// this process derives keys from for deployments staged without a head.
+    munge: std::sync::Mutex<(HashMap<String, MungeKey>, [u8; 32])>,
 }
 
 impl Manager {
@@ -233,9 +239,24 @@ impl Manager {
     ) -> Result<(Self, Vec<Reconciled>), ManagerError> {
         let store = std::sync::Arc::new(Store::open_with_records(root, &records::FAMILIES)?);
         let pools = config.pools();
-        let m = Manager { store, root: root.to_owned(), config, pools, driver };
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| ManagerError::Random(e.to_string()))?;
+        let munge = std::sync::Mutex::new((HashMap::new(), secret));
+        let m = Manager { store, root: root.to_owned(), config, pools, driver, munge };
         let reconciled = m.reconcile()?;
         Ok((m, reconciled))
+    }
+
+    /// Keeps the MUNGE key the head sent for deployment `name`, for its stages.
+    pub fn keep_munge_key(&self, name: &str, key: MungeKey) {
+        self.munge.lock().expect("munge keys").0.insert(name.to_owned(), key);
+    }
+
+    /// Deployment `name`'s MUNGE key: the head's, else (staged on this host alone) one
+    /// derived from this process's own secret, the same for all its VMs here.
+    pub(crate) fn munge_key(&self, name: &str, created_ms: u64) -> MungeKey {
+        let keys = self.munge.lock().expect("munge keys");
+        keys.0.get(name).cloned().unwrap_or_else(|| MungeKey::derive(&keys.1, name, created_ms))
     }
 
     /// The chunk store.

@@ -204,6 +204,7 @@ fn setup(m: &Manager, dep: &DeploymentRecord, vm: &VmRecord, all: &[VmRecord]) -
             .collect(),
         _ => Vec::new(),
     };
+    let batch_system = dep.spec.batch_system();
     VmSetup {
         instance_id: format!("{}-{}-{}", dep.name, vm.name, dep.created_ms),
         hostname: vm.hostname.clone(),
@@ -218,7 +219,8 @@ fn setup(m: &Manager, dep: &DeploymentRecord, vm: &VmRecord, all: &[VmRecord]) -
             head: dep.spec.head_hostname().to_owned(),
             private_net: net.subnet.trunc(),
             batch_nodes,
-            batch_system: dep.spec.head.roles.batch.and_then(BatchRole::server_of),
+            batch_system,
+            munge_key: dep.spec.runs_slurm().then(|| m.munge_key(&dep.name, dep.created_ms)),
         },
     }
 }

@@ -415,4 +415,14 @@ impl WorkspaceSpec {
     pub fn head_hostname(&self) -> &str {
         &self.head.name
     }
+
+    /// The batch system the head's server runs, if any.
+    pub fn batch_system(&self) -> Option<BatchSystem> {
+        self.head.roles.batch.and_then(BatchRole::server_of)
+    }
+
+    /// Whether it runs Slurm (its VMs then share a MUNGE key).
+    pub fn runs_slurm(&self) -> bool {
+        self.batch_system() == Some(BatchSystem::Slurm)
+    }
 }
