@@ -177,7 +177,8 @@ guest_base() {
   printf '[Manager]\nDefaultDeviceTimeoutSec=900\nDefaultTimeoutStartSec=900\n' \
     > "$R/etc/systemd/system.conf.d/vwlab-slow.conf"
   # The lab reaches guests over ssh with its own key (made once, kept in the cache).
-  # Every image shares the base's munge key and ssh host keys: a lab, not a site.
+  # Every image shares the base's ssh host keys: a lab, not a site. (Its munge key is
+  # replaced by vw with each deployment's own.)
   [ -e "$C/lab_key" ] || ssh-keygen -q -t ed25519 -N '' -C vwlab -f "$C/lab_key"
   install -d -m 0700 "$R/root/.ssh"
   install -m 0600 "$C/lab_key.pub" "$R/root/.ssh/authorized_keys"
