@@ -77,9 +77,11 @@ pub fn check_order(
                 "deployment {deployment} runs Slurm, and its stage order carries no MUNGE key"
             ))
         }
-        (false, true) => return Err(format!(
+        (false, true) => {
+            return Err(format!(
             "deployment {deployment} does not run Slurm, yet its stage order carries a MUNGE key"
-        )),
+        ))
+        }
         _ => {}
     }
     let ticket = check_ticket(config, &order.ticket, deployment, &order.workspace, now_s)

@@ -762,6 +762,7 @@ impl Manager {
             return Ok(());
         }
         stage::remove_deployment_files(self, dep)?;
+        self.munge.lock().expect("munge keys").0.remove(&dep.name);
         let reason = PinReason::Deployment(dep.name.clone());
         let manifests: BTreeSet<ManifestId> = dep
             .spec

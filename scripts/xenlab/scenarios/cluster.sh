@@ -145,7 +145,8 @@ serve() {
 agrees() {
   awk -v snap="$1" '
     FNR == 1 { file = FILENAME }
-    file ~ /status-/ && FNR > 1 && $3 == "lab" { want[$2] = $4; host[$2] = $1; next }
+    # vw status: host, driver, VM, deployment, state, ...
+    file ~ /status-/ && FNR > 1 && $4 == "lab" { want[$3] = $5; host[$3] = $1; next }
     file ~ /xl-/ && FNR > 1 {
       h = file; sub(/.*\/host/, "host", h); sub(/\/.*/, "", h)
       st = ($5 ~ /p/) ? "paused" : "running"
