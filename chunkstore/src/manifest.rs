@@ -129,6 +129,14 @@ impl Manifest {
         &self.chunks
     }
 
+    /// Its distinct non-zero chunks in first-appearance order: what crosses the network
+    /// (a zero chunk never, a repeated one once), and what the planner and the stage
+    /// orders number chunks by.
+    pub fn distinct(&self) -> Vec<ChunkRef> {
+        let mut seen = std::collections::HashSet::new();
+        self.chunks.iter().filter(|c| !c.is_zero() && seen.insert(c.id)).copied().collect()
+    }
+
     /// The distinct ids of the chunks a store must hold (zero chunks left out), sorted.
     pub fn stored_ids(&self) -> Vec<ChunkId> {
         let mut ids: Vec<ChunkId> =
@@ -233,6 +241,18 @@ mod tests {
         let mut v2 = bytes.clone();
         v2[4] = 2;
         assert!(err(&v2).contains("format version 2"));
+    }
+
+    /// What the network carries, numbered as the planner and stage orders number it:
+    /// each non-zero chunk once, in first-appearance order.
+    #[test]
+    fn distinct_chunks_skip_zeros_and_repeats_in_first_appearance_order() {
+        let params = ChunkerParams { min: 1024, avg: 4096, max: 16384 };
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let r = |id, len| ChunkRef { id, len };
+        let chunks = vec![r(b, 4096), r(ChunkId::ZERO, 4096), r(a, 4096), r(b, 4096), r(a, 100)];
+        let m = Manifest::new(params, 4 * 4096 + 100, blake3::hash(b"i"), chunks).expect("valid");
+        assert_eq!(m.distinct(), vec![r(b, 4096), r(a, 4096)]);
     }
 
     #[test]

@@ -136,18 +136,9 @@ impl WorkspaceImages {
             chunks: Vec::new(),
         };
         for r in refs {
-            let (id, chunks) = manifest_of(store, &r)?;
-            let mut seen = HashSet::new();
-            let mut sizes = Vec::new();
-            let mut ids = Vec::new();
-            for c in chunks.iter().filter(|c| !c.is_zero()) {
-                if seen.insert(c.id) {
-                    sizes.push(c.len);
-                    ids.push(c.id);
-                }
-            }
-            out.images.push(Image::new(r.to_string(), sizes));
-            out.chunks.push(ids);
+            let (id, distinct) = manifest_of(store, &r)?;
+            out.images.push(Image::new(r.to_string(), distinct.iter().map(|c| c.len).collect()));
+            out.chunks.push(distinct.iter().map(|c| c.id).collect());
             out.ids.push(id);
             out.refs.push(r);
         }
@@ -182,13 +173,14 @@ impl WorkspaceImages {
     }
 }
 
+/// `image`'s manifest id and its distinct non-zero chunks (`Manifest::distinct`).
 fn manifest_of(
     store: &Store,
     image: &ImageRef,
 ) -> Result<(ManifestId, Vec<vw_chunkstore::ChunkRef>), PlanningError> {
     let wrap = |error| PlanningError::Image { image: image.clone(), error: Box::new(error) };
     let id = store.resolve(image).map_err(wrap)?;
-    Ok((id, store.manifest(&id).map_err(wrap)?.chunks().to_vec()))
+    Ok((id, store.manifest(&id).map_err(wrap)?.distinct()))
 }
 
 /// Plans `spec` on the hosts of `hosts`, with images and chunk lists from `store`,

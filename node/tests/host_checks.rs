@@ -16,7 +16,7 @@ use std::sync::Arc;
 use vw_node::access::audit::Audit;
 use vw_node::chunkstore::{ImageName, ImageRef, Seal, Store, Visibility};
 use vw_node::control::head::control_protocol;
-use vw_node::control::protocol::{ImageOrder, Reply, StageOrder};
+use vw_node::control::protocol::{ImageOrder, Pull, Reply, StageOrder};
 use vw_node::control::{Answer, Request};
 use vw_node::daemon::load_or_create_key;
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
@@ -276,6 +276,13 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             "demo/worker:1",
         ),
         ("no seal", with_worker(&|i| i.seal = vec![]), "image demo/worker:1 is not sealed"),
+        (
+            "a pull numbering chunks past the image's end",
+            with_worker(&|i| {
+                i.pulls = vec![Pull { from: "somebody".into(), ranges: vec![(0, 1 << 30)], rate: 0 }]
+            }),
+            "image demo/worker:1: the pull from somebody names chunks 0..1073741824, and the image has",
+        ),
         (
             "a seal made with an untrusted key",
             with_worker(&|i| {

@@ -102,6 +102,16 @@ pub fn check_order(
             .map_err(|e| e.to_string())?;
         let seal = check_seal(config, vo, &reference, manifest.id(), &image.seal)
             .map_err(|e| e.to_string())?;
+        // Pulls number the manifest's distinct non-zero chunks: none past its end.
+        let n = manifest.distinct().len();
+        for pull in &image.pulls {
+            if let Some(&(a, b)) = pull.ranges.iter().find(|&&(_, b)| b as usize > n) {
+                return Err(format!(
+                    "image {reference}: the pull from {} names chunks {a}..{b}, and the image has {n}",
+                    pull.from
+                ));
+            }
+        }
         Ok(CheckedImage { order: image.clone(), reference, manifest, seal })
     };
     let images = order.images.iter().map(check).collect::<Result<Vec<_>, _>>()?;

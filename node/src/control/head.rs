@@ -828,12 +828,7 @@ impl Head {
                     .filter(|(s, _)| s.to == ix && s.image == i)
                     .map(|(s, &rate)| Pull {
                         from: hosts[s.from.ix()].1.to_string(),
-                        chunks: s
-                            .ranges
-                            .ranges()
-                            .iter()
-                            .flat_map(|&(a, b)| (a..b).map(|c| wi.chunks[i][c as usize]))
-                            .collect(),
+                        ranges: s.ranges.ranges().to_vec(),
                         rate,
                     })
                     .collect();

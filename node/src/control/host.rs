@@ -538,13 +538,20 @@ impl HostService {
         let mut streams = Vec::new();
         for (order, manifest, _, _) in images {
             let fallback = order.fallback.iter().map(|p| peer(p)).collect::<Result<Vec<_>, _>>()?;
+            // The planner's numbering of this image's chunks (the order's ranges were
+            // checked against it).
+            let distinct = manifest.distinct();
             for pull in &order.pulls {
                 let from = peer(&pull.from)?;
                 let mut peers = vec![from];
                 peers.extend(fallback.iter().filter(|p| **p != from));
                 // Only chunks of this image that this host lacks.
-                let wanted: Vec<ChunkRef> =
-                    pull.chunks.iter().filter_map(|id| by_id.get(id).copied()).collect();
+                let wanted: Vec<ChunkRef> = pull
+                    .ranges
+                    .iter()
+                    .flat_map(|&(a, b)| distinct.get(a as usize..b as usize).unwrap_or_default())
+                    .filter_map(|c| by_id.get(&c.id).copied())
+                    .collect();
                 streams.push((peers, purpose(manifest), wanted, Floor::planned(pull.rate)));
             }
         }

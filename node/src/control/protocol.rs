@@ -22,8 +22,8 @@ use crate::xen::DomainState;
 /// The protocol's name, negotiated by libp2p.
 pub const PROTOCOL_NAME: &str = "/vw/control/4";
 /// The message format version this build speaks (2: VO tickets, seals, stagers; 3:
-/// each host's Xen driver in its inventory and status; 4: the rate the plan expects of
-/// each planned stream).
+/// each host's Xen driver in its inventory and status; 4: each planned stream as index
+/// ranges with the rate the plan expects of it, a Slurm cluster's MUNGE key).
 pub const VERSION: u8 = 4;
 /// Largest message after its length field (a stage order carries manifests).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -149,8 +149,11 @@ pub struct ImageOrder {
 pub struct Pull {
     /// The sender's peer id.
     pub from: String,
-    /// The chunks, in the order to send them.
-    pub chunks: Vec<ChunkId>,
+    /// The chunks, as half-open ranges of indices into the image's distinct non-zero
+    /// chunks (`Manifest::distinct`, the planner's numbering), sent in that order: the
+    /// host takes the ids from the manifest it checked, so an order costs a few bytes
+    /// per stream, not 32 per chunk.
+    pub ranges: Vec<(u32, u32)>,
     /// Bytes per second the plan expects of this stream on average (0: it cannot say,
     /// a link rate was assumed). The receiver drops a sender far below it.
     pub rate: u64,
@@ -295,7 +298,12 @@ fn check_image_order(i: &ImageOrder) -> Result<(), FrameError> {
     count("stagers", i.stagers.len(), MAX_PEERS)?;
     count("seal bytes", i.seal.len(), vw_chunkstore::vo::MAX_SEAL)?;
     i.stagers.iter().try_for_each(|p| text("peer id", p))?;
-    i.pulls.iter().try_for_each(|p| text("peer id", &p.from))?;
+    for p in &i.pulls {
+        text("peer id", &p.from)?;
+        if let Some(&(a, b)) = p.ranges.iter().find(|(a, b)| a >= b) {
+            return Err(FrameError::Invalid(format!("an empty chunk range {a}..{b}")));
+        }
+    }
     i.fallback.iter().try_for_each(|p| text("peer id", p))
 }
 
