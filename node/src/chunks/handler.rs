@@ -848,6 +848,22 @@ impl Floor {
             Floor::Planned(rate)
         }
     }
+
+    /// Bytes per second the sender must keep up.
+    fn rate(self) -> u64 {
+        match self {
+            Floor::Fixed => FLOOR_RATE,
+            Floor::Planned(expected) => (expected / PLAN_FRACTION).max(FLOOR_RATE),
+        }
+    }
+
+    /// How long its rate is measured.
+    fn window(self) -> Duration {
+        match self {
+            Floor::Fixed => FLOOR_WINDOW,
+            Floor::Planned(_) => PLAN_WINDOW,
+        }
+    }
 }
 
 /// A stage's progress floor on one stream: a sender that delivers less than its
@@ -858,20 +874,12 @@ struct ProgressFloor {
     since: Instant,
     got: u64,
     left: u64,
-    rate: u64,
-    window: Duration,
-    expected: Option<u64>,
+    floor: Floor,
 }
 
 impl ProgressFloor {
     fn new(now: Instant, wanted: u64, floor: Floor) -> Self {
-        let (rate, window, expected) = match floor {
-            Floor::Fixed => (FLOOR_RATE, FLOOR_WINDOW, None),
-            Floor::Planned(expected) => {
-                ((expected / PLAN_FRACTION).max(FLOOR_RATE), PLAN_WINDOW, Some(expected))
-            }
-        };
-        ProgressFloor { since: now, got: 0, left: wanted, rate, window, expected }
+        ProgressFloor { since: now, got: 0, left: wanted, floor }
     }
 
     /// `bytes` more arrived (or were answered missing).
@@ -887,27 +895,29 @@ impl ProgressFloor {
 
     /// When the current window ends.
     fn window_end(&self) -> Instant {
-        self.since + self.window
+        self.since + self.floor.window()
     }
 
     /// At `now`: an error if the window has passed with less than the floor's worth,
     /// else a new window starts when the last one is over.
     fn check(&mut self, now: Instant) -> Result<(), String> {
         let elapsed = now.saturating_duration_since(self.since);
-        if elapsed < self.window {
+        if elapsed < self.floor.window() {
             return Ok(());
         }
-        let floor = (self.rate as f64 * elapsed.as_secs_f64()) as u64;
+        let floor = (self.floor.rate() as f64 * elapsed.as_secs_f64()) as u64;
         if self.got < floor.min(self.got + self.left) {
-            let plan = match self.expected {
-                Some(e) => format!(" (1/{PLAN_FRACTION} of the {} KiB/s planned)", e >> 10),
-                None => String::new(),
+            let plan = match self.floor {
+                Floor::Planned(e) => {
+                    format!(" (1/{PLAN_FRACTION} of the {} KiB/s planned)", e >> 10)
+                }
+                Floor::Fixed => String::new(),
             };
             return Err(format!(
                 "too slow: {} bytes in {:.0} s, below the floor of {} KiB/s{plan}",
                 self.got,
                 elapsed.as_secs_f64(),
-                self.rate >> 10
+                self.floor.rate() >> 10
             ));
         }
         (self.since, self.got) = (now, 0);
@@ -1188,8 +1198,7 @@ mod tests {
             ok.check(at(s)).expect("at an eighth of the plan");
         }
         // A plan that expects less than the fixed floor does not lower it.
-        let low = ProgressFloor::new(t0, 1 << 34, Floor::planned(1000));
-        assert_eq!(low.rate, FLOOR_RATE);
+        assert_eq!(Floor::planned(1000).rate(), FLOOR_RATE);
         assert_eq!(Floor::planned(0), Floor::Fixed);
     }
 }

@@ -201,9 +201,10 @@ pub struct Manager {
     config: ClusterConfig,
     pools: Pools,
     driver: Box<dyn Driver>,
-    /// MUNGE keys by deployment, as the head sent them (memory only), and the secret
-    /// this process derives keys from for deployments staged without a head.
-    munge: std::sync::Mutex<(HashMap<String, MungeKey>, [u8; 32])>,
+    /// MUNGE keys by deployment, as the head sent them (memory only).
+    munge_keys: std::sync::Mutex<HashMap<String, MungeKey>>,
+    /// What this process derives MUNGE keys from for deployments staged without a head.
+    munge_secret: [u8; 32],
 }
 
 impl Manager {
@@ -239,24 +240,33 @@ impl Manager {
     ) -> Result<(Self, Vec<Reconciled>), ManagerError> {
         let store = std::sync::Arc::new(Store::open_with_records(root, &records::FAMILIES)?);
         let pools = config.pools();
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| ManagerError::Random(e.to_string()))?;
-        let munge = std::sync::Mutex::new((HashMap::new(), secret));
-        let m = Manager { store, root: root.to_owned(), config, pools, driver, munge };
+        let mut munge_secret = [0u8; 32];
+        getrandom::fill(&mut munge_secret).map_err(|e| ManagerError::Random(e.to_string()))?;
+        let m = Manager {
+            store,
+            root: root.to_owned(),
+            config,
+            pools,
+            driver,
+            munge_keys: Default::default(),
+            munge_secret,
+        };
         let reconciled = m.reconcile()?;
         Ok((m, reconciled))
     }
 
     /// Keeps the MUNGE key the head sent for deployment `name`, for its stages.
     pub fn keep_munge_key(&self, name: &str, key: MungeKey) {
-        self.munge.lock().expect("munge keys").0.insert(name.to_owned(), key);
+        self.munge_keys.lock().expect("munge keys").insert(name.to_owned(), key);
     }
 
     /// Deployment `name`'s MUNGE key: the head's, else (staged on this host alone) one
     /// derived from this process's own secret, the same for all its VMs here.
     pub(crate) fn munge_key(&self, name: &str, created_ms: u64) -> MungeKey {
-        let keys = self.munge.lock().expect("munge keys");
-        keys.0.get(name).cloned().unwrap_or_else(|| MungeKey::derive(&keys.1, name, created_ms))
+        let keys = self.munge_keys.lock().expect("munge keys");
+        keys.get(name)
+            .cloned()
+            .unwrap_or_else(|| MungeKey::derive(&self.munge_secret, name, created_ms))
     }
 
     /// The chunk store.
@@ -762,7 +772,7 @@ impl Manager {
             return Ok(());
         }
         stage::remove_deployment_files(self, dep)?;
-        self.munge.lock().expect("munge keys").0.remove(&dep.name);
+        self.munge_keys.lock().expect("munge keys").remove(&dep.name);
         let reason = PinReason::Deployment(dep.name.clone());
         let manifests: BTreeSet<ManifestId> = dep
             .spec
