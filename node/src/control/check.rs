@@ -8,7 +8,7 @@
 //! ticket, and the checked images. The host then admits the ticket (once, see
 //! [`crate::access::replay`]) and grants the images' stagers their chunks.
 
-use vw_chunkstore::{ImageRef, Manifest, Seal};
+use vw_chunkstore::{ChunkRef, ImageRef, Manifest, Seal};
 
 use super::protocol::{ImageOrder, StageOrder};
 use crate::access::{check_manifest, check_seal, check_ticket, deployment_of, Ticket};
@@ -26,6 +26,9 @@ pub struct CheckedImage {
     pub reference: ImageRef,
     /// Its manifest.
     pub manifest: Manifest,
+    /// The manifest's distinct non-zero chunks (`Manifest::distinct`): what the pulls'
+    /// ranges number.
+    pub distinct: Vec<ChunkRef>,
     /// Its seal.
     pub seal: Seal,
 }
@@ -103,7 +106,8 @@ pub fn check_order(
         let seal = check_seal(config, vo, &reference, manifest.id(), &image.seal)
             .map_err(|e| e.to_string())?;
         // Pulls number the manifest's distinct non-zero chunks: none past its end.
-        let n = manifest.distinct().len();
+        let distinct = manifest.distinct();
+        let n = distinct.len();
         for pull in &image.pulls {
             if let Some(&(a, b)) = pull.ranges.iter().find(|&&(_, b)| b as usize > n) {
                 return Err(format!(
@@ -112,7 +116,7 @@ pub fn check_order(
                 ));
             }
         }
-        Ok(CheckedImage { order: image.clone(), reference, manifest, seal })
+        Ok(CheckedImage { order: image.clone(), reference, manifest, distinct, seal })
     };
     let images = order.images.iter().map(check).collect::<Result<Vec<_>, _>>()?;
     let serves = order.serves.iter().map(check).collect::<Result<Vec<_>, _>>()?;

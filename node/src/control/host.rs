@@ -424,38 +424,32 @@ impl HostService {
                 .await
                 .map_err(|e| e.to_string())??
         };
-        let mut images: Vec<(ImageOrder, Manifest, Vec<ChunkRef>, Seal)> = Vec::new();
+        let mut images: Vec<Staging> = Vec::new();
         // Held, but only for images this VO may not see: fetched all the same.
         let mut hidden = HashSet::new();
-        for Checked { image: check::CheckedImage { order, manifest, seal, .. }, .. } in checked {
+        for Checked {
+            image: check::CheckedImage { order, manifest, distinct, seal, .. }, ..
+        } in checked
+        {
             let mut lacked = self.store.missing(&manifest).map_err(|e| e.to_string())?.chunks;
             if let Some(visible) = &visible {
                 let mut seen: HashSet<ChunkId> = lacked.iter().map(|c| c.id).collect();
-                for c in manifest.chunks() {
-                    if !c.is_zero() && !visible.contains(&c.id) && seen.insert(c.id) {
+                for c in &distinct {
+                    if !visible.contains(&c.id) && seen.insert(c.id) {
                         lacked.push(*c);
                         hidden.insert(c.id);
                     }
                 }
             }
-            images.push((order, manifest, lacked, seal));
+            images.push(Staging { order, manifest, distinct, lacked, seal });
         }
         let lacked: Vec<ChunkRef> = {
             let mut seen = HashSet::new();
-            images
-                .iter()
-                .flat_map(|(_, _, l, _)| l)
-                .filter(|c| seen.insert(c.id))
-                .copied()
-                .collect()
+            images.iter().flat_map(|i| &i.lacked).filter(|c| seen.insert(c.id)).copied().collect()
         };
         report.lacked = lacked.iter().map(|c| u64::from(c.len)).sum();
-        let needed: HashMap<ChunkId, u32> = images
-            .iter()
-            .flat_map(|(_, m, _, _)| m.chunks())
-            .filter(|c| !c.is_zero())
-            .map(|c| (c.id, c.len))
-            .collect();
+        let needed: HashMap<ChunkId, u32> =
+            images.iter().flat_map(|i| &i.distinct).map(|c| (c.id, c.len)).collect();
         let needed_bytes: u64 = needed.values().map(|&l| u64::from(l)).sum();
         crate::metrics::cache(
             (
@@ -485,7 +479,8 @@ impl HostService {
 
         // Every chunk is here: record the manifests under their sealed names, then stage.
         let store = Arc::clone(&self.store);
-        let sealed: Vec<(Manifest, Seal)> = images.into_iter().map(|(_, m, _, s)| (m, s)).collect();
+        let sealed: Vec<(Manifest, Seal)> =
+            images.into_iter().map(|i| (i.manifest, i.seal)).collect();
         let vo = vo.to_owned();
         let _ = progress.try_send(Progress::started(Phase::Stage));
         let staging = Instant::now();
@@ -522,7 +517,7 @@ impl HostService {
     async fn fetch(
         &self,
         stage: &str,
-        images: &[(ImageOrder, Manifest, Vec<ChunkRef>, Seal)],
+        images: &[Staging],
         lacked: &[ChunkRef],
         hidden: HashSet<ChunkId>,
         total: u64,
@@ -536,11 +531,8 @@ impl HostService {
 
         let purpose = |m: &Manifest| Purpose { deployment: stage.to_owned(), manifest: m.id() };
         let mut streams = Vec::new();
-        for (order, manifest, _, _) in images {
+        for Staging { order, manifest, distinct, .. } in images {
             let fallback = order.fallback.iter().map(|p| peer(p)).collect::<Result<Vec<_>, _>>()?;
-            // The planner's numbering of this image's chunks (the order's ranges were
-            // checked against it).
-            let distinct = manifest.distinct();
             for pull in &order.pulls {
                 let from = peer(&pull.from)?;
                 let mut peers = vec![from];
@@ -587,7 +579,7 @@ impl HostService {
         // Chunks no planned stream named (or whose streams all failed): any fallback,
         // each asked for as part of the first image here that lists it.
         let mut peers: Vec<PeerId> = Vec::new();
-        for (order, _, _, _) in images {
+        for Staging { order, .. } in images {
             for p in order.fallback.iter().chain(order.pulls.iter().map(|p| &p.from)) {
                 let p = peer(p)?;
                 if !peers.contains(&p) {
@@ -597,7 +589,7 @@ impl HostService {
         }
         let mut asked: HashSet<ChunkId> = HashSet::new();
         let mut passes = Vec::new();
-        for (_, manifest, image_lacked, _) in images {
+        for Staging { manifest, lacked: image_lacked, .. } in images {
             let mut rest = Vec::new();
             for c in image_lacked {
                 if asked.insert(c.id) && !intake.has(&c.id).map_err(|e| e.to_string())? {
@@ -636,6 +628,17 @@ impl HostService {
             None => Ok((report, bytes, chunks)),
         }
     }
+}
+
+/// An image this host stages: its order, checked manifest and seal, the manifest's
+/// distinct chunks (what the pulls' ranges number, computed once at the check), and
+/// those of them this host lacks.
+struct Staging {
+    order: ImageOrder,
+    manifest: Manifest,
+    distinct: Vec<ChunkRef>,
+    lacked: Vec<ChunkRef>,
+    seal: Seal,
 }
 
 /// An image of a stage order after its checks.
