@@ -184,6 +184,11 @@ impl Db {
         self.db.get_cf(self.cf(cf), key).map_err(|e| self.err(e))
     }
 
+    /// Whether `key` is in a family (its value is not copied out).
+    pub(crate) fn contains(&self, cf: &str, key: &[u8]) -> Result<bool, Error> {
+        Ok(self.db.get_pinned_cf(self.cf(cf), key).map_err(|e| self.err(e))?.is_some())
+    }
+
     /// Applies `batch` atomically; with `sync`, durably before returning.
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {
         let mut opts = WriteOptions::default();

@@ -49,7 +49,7 @@ mod verify;
 
 pub use error::Error;
 pub use id::{ChunkId, ManifestId};
-pub use manifest::{ChunkRef, Manifest, MAX_CHUNK_LEN};
+pub use manifest::{ChunkRef, Manifest, MAX_CHUNK_LEN, MAX_ENCODED_LEN as MAX_MANIFEST_LEN};
 pub use name::{ImageName, ImageRef};
 pub use vo::{Seal, Visibility, VoKey, VoPublic};
 

@@ -15,9 +15,11 @@ use crate::{ChunkId, Error, ManifestId};
 pub const MAGIC: [u8; 4] = *b"VWMF";
 /// The encoding version this build writes and reads.
 pub const VERSION: u8 = 1;
-/// Largest encoded manifest accepted: 64 MiB, about 1.8 million chunks, which is
-/// 110 GiB of image at the default 64 KiB average.
-pub const MAX_ENCODED_LEN: usize = 64 << 20;
+/// Largest encoded manifest accepted: 1 GiB, about 30 million chunks, which is 1.9 TiB
+/// of image at the default 64 KiB average. A bound on what an untrusted manifest may
+/// make a host allocate, not a limit of the protocols: a manifest crosses the network
+/// in pieces (docs/protocol.md).
+pub const MAX_ENCODED_LEN: usize = 1 << 30;
 
 /// The largest chunk a manifest may list: a chunk crosses the network whole, in one
 /// frame, and the chunk protocol's frames carry at most this much (`ChunkerParams::DEFAULT`

@@ -193,6 +193,11 @@ impl Store {
         })
     }
 
+    /// Whether the store records manifest `id` (without reading it).
+    pub fn has_manifest(&self, id: &ManifestId) -> Result<bool, Error> {
+        self.db.contains(db::MANIFESTS, id.as_bytes())
+    }
+
     /// Records `manifest` (all of whose chunks must already be stored and durable) and
     /// points `name` at it, in one durable batch together with what `batch` holds.
     pub(crate) fn commit_manifest(

@@ -8,9 +8,10 @@
 //! simulation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
-use vw_chunkstore::{ChunkId, ImageRef, ManifestId, Store};
+use vw_chunkstore::{ChunkId, ImageRef, Manifest, Store};
 use vw_planner::address::NicAddress;
 use vw_planner::{
     place, plan, simulate, Cluster, Committed, DistributionPlan, HostIx, Image, Inventory, Need,
@@ -110,8 +111,8 @@ pub struct Taken {
 pub struct WorkspaceImages {
     /// The references, in order of first use.
     pub refs: Vec<ImageRef>,
-    /// Their manifests.
-    pub ids: Vec<ManifestId>,
+    /// Their manifests, read once.
+    pub manifests: Vec<Arc<Manifest>>,
     /// The planner's view.
     pub images: Vec<Image>,
     /// Per image, its distinct non-zero chunk ids (planner index order).
@@ -131,15 +132,16 @@ impl WorkspaceImages {
         }
         let mut out = WorkspaceImages {
             refs: Vec::new(),
-            ids: Vec::new(),
+            manifests: Vec::new(),
             images: Vec::new(),
             chunks: Vec::new(),
         };
         for r in refs {
-            let (id, distinct) = manifest_of(store, &r)?;
+            let manifest = manifest_of(store, &r)?;
+            let distinct = manifest.distinct();
             out.images.push(Image::new(r.to_string(), distinct.iter().map(|c| c.len).collect()));
             out.chunks.push(distinct.iter().map(|c| c.id).collect());
-            out.ids.push(id);
+            out.manifests.push(Arc::new(manifest));
             out.refs.push(r);
         }
         Ok(out)
@@ -173,14 +175,11 @@ impl WorkspaceImages {
     }
 }
 
-/// `image`'s manifest id and its distinct non-zero chunks (`Manifest::distinct`).
-fn manifest_of(
-    store: &Store,
-    image: &ImageRef,
-) -> Result<(ManifestId, Vec<vw_chunkstore::ChunkRef>), PlanningError> {
+/// `image`'s manifest.
+fn manifest_of(store: &Store, image: &ImageRef) -> Result<Manifest, PlanningError> {
     let wrap = |error| PlanningError::Image { image: image.clone(), error: Box::new(error) };
     let id = store.resolve(image).map_err(wrap)?;
-    Ok((id, store.manifest(&id).map_err(wrap)?.distinct()))
+    store.manifest(&id).map_err(wrap)
 }
 
 /// Plans `spec` on the hosts of `hosts`, with images and chunk lists from `store`,
@@ -205,7 +204,7 @@ pub fn plan_workspace(
         if !cache.contains_key(&key) {
             let mut have: HashSet<ChunkId> = HashSet::new();
             for image in held {
-                have.extend(manifest_of(store, image)?.1.iter().map(|c| c.id));
+                have.extend(manifest_of(store, image)?.chunks().iter().map(|c| c.id));
             }
             let ranges = index_of
                 .iter()

@@ -1,7 +1,7 @@
 //! A host checks every stage order itself, against its own cluster config, whoever
 //! sends it. Here the test speaks as the host's head (with the head's own key, so the
 //! host takes its control requests) and sends orders a head would never send: a
-//! forged, mismatched or untrusted ticket, a tampered or substituted manifest, a
+//! forged, mismatched or untrusted ticket, a tampered, substituted or unsent manifest, a
 //! missing, forged or untrusted seal, an image the VO may not use (to stage or only to
 //! serve), a VO-signed workspace that boots from a host file outside the kernel
 //! directories, a workspace whose partition names an image the order does not carry
@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use vw_node::access::audit::Audit;
-use vw_node::chunkstore::{ImageName, ImageRef, Seal, Store, Visibility};
+use vw_node::chunkstore::{ImageName, ImageRef, ManifestId, Seal, Store, Visibility};
 use vw_node::control::head::control_protocol;
-use vw_node::control::protocol::{ImageOrder, Pull, Reply, StageOrder};
+use vw_node::control::protocol::{ImageOrder, ManifestPiece, Pull, Reply, StageOrder};
 use vw_node::control::{Answer, Request};
 use vw_node::daemon::load_or_create_key;
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
@@ -55,12 +55,32 @@ fn image_order(store: &Store, image: &str) -> ImageOrder {
     let id = store.resolve(&ImageRef::Name(name.clone())).expect("resolve");
     ImageOrder {
         image: image.to_owned(),
-        manifest: store.manifest(&id).expect("manifest").encode(),
+        manifest: id,
         seal: store.seal(&name).expect("seal").expect("sealed").encode(),
         stagers: vec![],
         pulls: vec![],
         fallback: vec![],
     }
+}
+
+/// Sends `host` the encoding `bytes` as manifest `id`, in one piece, as a head does
+/// before it names a manifest; returns the host's answer.
+async fn send_manifest(
+    head: &Peer,
+    host: libp2p::PeerId,
+    id: ManifestId,
+    bytes: Vec<u8>,
+) -> Answer {
+    let piece = ManifestPiece { id, len: bytes.len() as u64, offset: 0, bytes };
+    call(head, host, Request::Manifest(piece)).await
+}
+
+/// Sends `host` the manifest of `image` in `store`, as a head does before it names it.
+async fn send_image_manifest(head: &Peer, host: libp2p::PeerId, store: &Store, image: &str) {
+    let id = image_order(store, image).manifest;
+    let bytes = store.manifest(&id).expect("manifest").encode();
+    let len = bytes.len() as u64;
+    assert_eq!(send_manifest(head, host, id, bytes).await, Answer::Manifest(len));
 }
 
 fn refused(answer: &Answer, want: &str) {
@@ -157,8 +177,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         &[("demo", false, ""), ("vo9", false, "")],
     )
     .expect("another key named demo, and a VO the host does not trust");
-    let base_manifest = honest.images[0].manifest.clone();
-    let worker_manifest = honest.images[1].manifest.clone();
+    let base_manifest = honest.images[0].manifest;
     let worker_name: ImageName = "demo/worker:1".parse().expect("name");
 
     let forged: Vec<(&str, StageOrder, &str)> = vec![
@@ -204,7 +223,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
                 // vo2's ticket allows both manifests: the seal is what refuses it.
                 let both = [&honest.images[0], &honest.images[1]]
                     .iter()
-                    .map(|i| vw_node::chunkstore::Manifest::decode(&i.manifest).expect("m").id())
+                    .map(|i| i.manifest)
                     .collect();
                 StageOrder {
                     images: vec![honest.images[0].clone()],
@@ -248,9 +267,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         (
             "a ticket that allows the base image only",
             {
-                let base = [vw_node::chunkstore::Manifest::decode(&base_manifest).expect("m").id()]
-                    .into_iter()
-                    .collect();
+                let base = [base_manifest].into_iter().collect();
                 StageOrder {
                     ticket: vos
                         .ticket_with("demo", &workspace, |t| t.manifests = base)
@@ -262,18 +279,13 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         ),
         (
             "the worker's seal on the base's manifest",
-            with_worker(&|i| i.manifest = base_manifest.clone()),
+            with_worker(&|i| i.manifest = base_manifest),
             "image demo/worker:1: its seal is for manifest",
         ),
         (
-            "a manifest with one byte flipped",
-            with_worker(&|i| {
-                let mut m = worker_manifest.clone();
-                let at = m.len() - 7;
-                m[at] ^= 1;
-                i.manifest = m;
-            }),
-            "demo/worker:1",
+            "a manifest the host was never sent",
+            with_worker(&|i| i.manifest = ManifestId::from_bytes([9; 32])),
+            "image demo/worker:1: manifest 0909",
         ),
         ("no seal", with_worker(&|i| i.seal = vec![]), "image demo/worker:1 is not sealed"),
         (
@@ -286,15 +298,9 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         (
             "a seal made with an untrusted key",
             with_worker(&|i| {
-                let manifest =
-                    vw_node::chunkstore::Manifest::decode(&i.manifest).expect("manifest");
-                let seal = Seal::sign(
-                    impostor.key("demo"),
-                    &worker_name,
-                    manifest.id(),
-                    Visibility::Public,
-                )
-                .expect("seal");
+                let seal =
+                    Seal::sign(impostor.key("demo"), &worker_name, i.manifest, Visibility::Public)
+                        .expect("seal");
                 i.seal = seal.encode();
             }),
             "does not verify with VO demo's key",
@@ -310,12 +316,9 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         (
             "an image sealed by a VO the host does not trust",
             with_worker(&|i| {
-                let manifest =
-                    vw_node::chunkstore::Manifest::decode(&i.manifest).expect("manifest");
                 let name: ImageName = "vo9/worker:1".parse().expect("name");
-                let seal =
-                    Seal::sign(impostor.key("vo9"), &name, manifest.id(), Visibility::Public)
-                        .expect("seal");
+                let seal = Seal::sign(impostor.key("vo9"), &name, i.manifest, Visibility::Public)
+                    .expect("seal");
                 i.image = name.to_string();
                 i.seal = seal.encode();
             }),
@@ -383,6 +386,17 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         quota_order(1),
         "VO vo2 is over its cache_bytes quota",
     ));
+    // The head sends each manifest before it names one; a manifest sent with a byte
+    // flipped is refused whole, naming it, and never used.
+    let worker_id = honest.images[1].manifest;
+    let mut tampered = store.manifest(&worker_id).expect("manifest").encode();
+    let at = tampered.len() - 7;
+    tampered[at] ^= 1;
+    let answer = send_manifest(&head, host.id(), worker_id, tampered).await;
+    refused(&answer, &format!("sent as manifest {worker_id} hash to"));
+    for image in ["demo/base:1", "demo/worker:1"] {
+        send_image_manifest(&head, host.id(), &store, image).await;
+    }
     let mut count = forged.len();
     for (what, order, want) in forged {
         let answer = send(&head, host.id(), order).await;
@@ -409,6 +423,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     bytes.iter_mut().step_by(4096).for_each(|b| *b ^= 0x5a);
     std::fs::write(&newer, bytes).expect("write");
     vos.import(&store, &newer, "demo/worker:1", Visibility::Private).expect("re-seal");
+    send_image_manifest(&head, host.id(), &store, "demo/worker:1").await;
     let resealed = StageOrder {
         ticket: before_reseal,
         images: vec![image_order(&store, "demo/base:1"), image_order(&store, "demo/worker:1")],
@@ -432,4 +447,10 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         .filter(|e| e.op == "stage" && e.outcome == "refused" && e.peer == head_id)
         .count();
     assert_eq!(refusals, count, "every forged order is in the audit log");
+    let manifests = Audit::read(&net.data_dirs[1])
+        .expect("audit log")
+        .into_iter()
+        .filter(|e| e.op == "manifest" && e.outcome == "refused" && e.peer == head_id)
+        .count();
+    assert_eq!(manifests, 1, "the tampered manifest is in the audit log");
 }

@@ -2,18 +2,23 @@
 //! hostile head could send. The harness holds an honest order, signed by a VO its
 //! cluster config trusts, and the first byte picks which part of it the rest of the
 //! input replaces: the workspace, the ticket, a manifest, a seal, an image reference,
-//! the share of the cluster, or the whole order. The honest order must pass (so the
+//! the share of the cluster, or the whole order. A manifest comes as what a host holds
+//! once a head sent it (bytes that decode, under their own id) or as an id it was
+//! never sent. The honest order must pass (so the
 //! checks behind the signatures are reached), anything must be checked or refused
 //! without a panic, and an order that passes must bind every partition here to a
 //! manifest its ticket allows.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use vw_node::access::{Ticket, TicketTerms};
 use vw_node::chunkstore::chunker::ChunkerParams;
-use vw_node::chunkstore::{ChunkId, ChunkRef, ImageRef, Manifest, Seal, Visibility, VoKey};
+use vw_node::chunkstore::{
+    ChunkId, ChunkRef, ImageRef, Manifest, ManifestId, Seal, Visibility, VoKey,
+};
 use vw_node::config::{ClusterConfig, VoConfig};
 use vw_node::control::check::check_order;
 use vw_node::control::protocol::{ImageOrder, StageOrder};
@@ -37,8 +42,11 @@ const WORKSPACE: &str = r#"<virtualWorkspace type="cluster" name="fz" nodeNumber
   </workernode>
 </virtualWorkspace>"#;
 
-fn fixture() -> &'static (ClusterConfig, StageOrder) {
-    static F: OnceLock<(ClusterConfig, StageOrder)> = OnceLock::new();
+/// Manifests a host holds, by id.
+type Held = HashMap<ManifestId, Arc<Manifest>>;
+
+fn fixture() -> &'static (ClusterConfig, StageOrder, Held) {
+    static F: OnceLock<(ClusterConfig, StageOrder, Held)> = OnceLock::new();
     F.get_or_init(|| {
         let key = VoKey::generate("vo").expect("key");
         let mut text = ClusterConfig::EMBEDDED.to_owned();
@@ -55,12 +63,11 @@ fn fixture() -> &'static (ClusterConfig, StageOrder) {
                 Manifest::new(params, len, blake3::hash(&[seed]), chunks).expect("manifest");
             let name = name.parse().expect("name");
             let seal = Seal::sign(&key, &name, manifest.id(), Visibility::Private).expect("seal");
-            let encoded = manifest.encode();
             (
-                manifest,
+                manifest.clone(),
                 ImageOrder {
                     image: name.to_string(),
-                    manifest: encoded,
+                    manifest: manifest.id(),
                     seal: seal.encode(),
                     stagers: vec![],
                     pulls: vec![],
@@ -89,20 +96,33 @@ fn fixture() -> &'static (ClusterConfig, StageOrder) {
             serves: vec![],
             munge_key: None,
         };
-        check_order(&config, &order, NOW).expect("the honest order passes");
-        (config, order)
+        let held: Held =
+            [base, worker].into_iter().map(|m| (m.id(), Arc::new(m))).collect();
+        check_order(&config, &order, &held, NOW).expect("the honest order passes");
+        (config, order, held)
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (config, honest) = fixture();
+    let (config, honest, held) = fixture();
     let Some((&pick, rest)) = data.split_first() else { return };
     let text = || String::from_utf8_lossy(rest).into_owned();
     let mut order = honest.clone();
+    let mut held = held.clone();
+    // A manifest from the input: held if it decodes (as a head sent it), else an id
+    // this host was never sent.
+    let mut manifest = || match Manifest::decode(rest) {
+        Ok(m) => {
+            let id = m.id();
+            held.insert(id, Arc::new(m));
+            id
+        }
+        Err(_) => ManifestId::from(blake3::hash(rest)),
+    };
     match pick % 10 {
         0 => order.workspace = text(),
         1 => order.ticket = rest.to_vec(),
-        2 => order.images[1].manifest = rest.to_vec(),
+        2 => order.images[1].manifest = manifest(),
         3 => order.images[1].seal = rest.to_vec(),
         4 => order.images[1].image = text(),
         5 => {
@@ -123,7 +143,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         8 => {
-            order.serves = vec![ImageOrder { manifest: rest.to_vec(), ..honest.images[0].clone() }]
+            order.serves = vec![ImageOrder { manifest: manifest(), ..honest.images[0].clone() }]
         }
         _ => {
             // The whole time axis: expired, valid, too far ahead.
@@ -131,13 +151,13 @@ fuzz_target!(|data: &[u8]| {
             let n = rest.len().min(8);
             now[..n].copy_from_slice(&rest[..n]);
             let now = u64::from_le_bytes(now);
-            if let Ok(c) = check_order(config, &order, now) {
+            if let Ok(c) = check_order(config, &order, &held, now) {
                 assert!(now < c.ticket.expires_s());
             }
             return;
         }
     }
-    if let Ok(checked) = check_order(config, &order, NOW) {
+    if let Ok(checked) = check_order(config, &order, &held, NOW) {
         let here: Vec<String> = order.share.here.iter().map(|m| m.name.clone()).collect();
         let mut spec = checked.spec.clone();
         for node in spec.nodes_of_mut(&here) {

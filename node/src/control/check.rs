@@ -1,6 +1,7 @@
 //! What a host checks in a stage order before it fetches anything: pure, against its
-//! own cluster config and the time it is given (no store, no network), so that the
-//! whole check is fuzzed (`node/fuzz` target `check_order`).
+//! own cluster config, the manifests it was sent (or records) and the time it is given
+//! (no store, no network), so that the whole check is fuzzed (`node/fuzz` target
+//! `check_order`).
 //!
 //! The order is untrusted even though it comes from a head: a compromised head can send
 //! anything. [`check_order`] returns what the host may then do: the workspace with its
@@ -8,7 +9,10 @@
 //! ticket, and the checked images. The host then admits the ticket (once, see
 //! [`crate::access::replay`]) and grants the images' stagers their chunks.
 
-use vw_chunkstore::{ChunkRef, ImageRef, Manifest, Seal};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use vw_chunkstore::{ChunkRef, ImageRef, Manifest, ManifestId, Seal};
 
 use super::protocol::{ImageOrder, StageOrder};
 use crate::access::{check_manifest, check_seal, check_ticket, deployment_of, Ticket};
@@ -25,7 +29,7 @@ pub struct CheckedImage {
     /// Its reference (name or id).
     pub reference: ImageRef,
     /// Its manifest.
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     /// The manifest's distinct non-zero chunks (`Manifest::distinct`): what the pulls'
     /// ranges number.
     pub distinct: Vec<ChunkRef>,
@@ -54,15 +58,17 @@ impl CheckedOrder {
     }
 }
 
-/// Checks `order` at `now_s` (seconds since the epoch) against `config`: the
-/// workspace parses; the stage is one of its deployment; the VO's ticket verifies and is for this cluster, deployment and
+/// Checks `order` at `now_s` (seconds since the epoch) against `config`, with the
+/// manifests this host holds (`manifests`: those the head sent, checked against their
+/// ids, and those its store records): the workspace parses; the stage is one of its deployment; the VO's ticket verifies and is for this cluster, deployment and
 /// document, and unexpired; the kernels of the nodes with VMs here lie in the allowed
-/// directories; each image (staged or served) has a manifest the ticket allows and a
-/// seal that lets the VO deploy it; and every partition here names an image the order
+/// directories; each image (staged or served) names a manifest held here that the
+/// ticket allows and a seal that lets the VO deploy it; and every partition here names an image the order
 /// carries. The error says which check failed, on what.
 pub fn check_order(
     config: &ClusterConfig,
     order: &StageOrder,
+    manifests: &HashMap<ManifestId, Arc<Manifest>>,
     now_s: u64,
 ) -> Result<CheckedOrder, String> {
     let spec = crate::workspace::parse(&order.workspace, "(the head's stage order)")
@@ -99,8 +105,13 @@ pub fn check_order(
     let check = |image: &ImageOrder| -> Result<CheckedImage, String> {
         let reference: ImageRef =
             image.image.parse().map_err(|e| format!("image `{}`: {e}", image.image))?;
-        let manifest =
-            Manifest::decode(&image.manifest).map_err(|e| format!("image {reference}: {e}"))?;
+        let manifest = manifests.get(&image.manifest).cloned().ok_or_else(|| {
+            format!(
+                "image {reference}: manifest {} was never sent to this host (a head sends \
+                 each manifest before it names it)",
+                image.manifest
+            )
+        })?;
         check_manifest(&ticket, deployment, &reference, manifest.id())
             .map_err(|e| e.to_string())?;
         let seal = check_seal(config, vo, &reference, manifest.id(), &image.seal)

@@ -21,13 +21,13 @@ use futures::future::join_all;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use vw_chunkstore::{ImageRef, Manifest, Store};
+use vw_chunkstore::{ImageRef, ManifestId, Store};
 use vw_planner::{Cluster, HostIx, Inventory, Policy, Strategy};
 
 use super::host::HostService;
 use super::protocol::{
-    Answer, HostStatus, ImageChunks, ImageOrder, InventoryReport, Progress, Pull, Reply, Request,
-    StageOrder, StageReport, PROTOCOL_NAME,
+    Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Progress, Pull,
+    Reply, Request, StageOrder, StageReport, MAX_PIECE, PROTOCOL_NAME,
 };
 use super::usage::{Usage, VoUsage};
 use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticket};
@@ -364,7 +364,7 @@ impl Head {
         &self,
         workspace: &str,
         source: &str,
-    ) -> Result<(String, Vec<(String, vw_chunkstore::ManifestId)>), String> {
+    ) -> Result<(String, Vec<(String, ManifestId)>), String> {
         let spec = crate::workspace::parse(workspace, source).map_err(|e| e.to_string())?;
         let store = Arc::clone(&self.store);
         let images = tokio::task::spawn_blocking(move || {
@@ -464,14 +464,14 @@ impl Head {
             tokio::task::spawn_blocking(move || -> Result<_, String> {
                 let vo = signed.vo();
                 let wi = WorkspaceImages::load(&store, &spec).map_err(|e| e.to_string())?;
-                for (r, id) in wi.refs.iter().zip(&wi.ids) {
-                    check_manifest(&signed, &spec.name, r, *id).map_err(|e| e.to_string())?;
+                for (r, m) in wi.refs.iter().zip(&wi.manifests) {
+                    check_manifest(&signed, &spec.name, r, m.id()).map_err(|e| e.to_string())?;
                 }
                 let seals = wi
                     .refs
                     .iter()
-                    .zip(&wi.ids)
-                    .map(|(r, id)| sealed(&store, &config, vo, r, *id))
+                    .zip(&wi.manifests)
+                    .map(|(r, m)| sealed(&store, &config, vo, r, m.id()))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((wi, seals))
             })
@@ -483,14 +483,19 @@ impl Head {
             images: wi
                 .images
                 .iter()
-                .zip(&wi.chunks)
-                .map(|(i, c)| ImageChunks { image: i.name.clone(), chunks: c.clone() })
+                .zip(&wi.manifests)
+                .map(|(i, m)| ImageManifest { image: i.name.clone(), manifest: m.id() })
                 .collect(),
         };
         let hosts = self.hosts().await;
+        let encoded: Vec<(ManifestId, Vec<u8>)> =
+            wi.manifests.iter().map(|m| (m.id(), m.encode())).collect();
         let answers = join_all(hosts.iter().map(|h| {
-            let request = request.clone();
-            async move { expect_answer!(self.call(h, request, None).await, Answer::Inventory) }
+            let (request, encoded) = (request.clone(), &encoded);
+            async move {
+                self.send_manifests(h, encoded).await?;
+                expect_answer!(self.call(h, request, None).await, Answer::Inventory)
+            }
         }))
         .await;
         let view = self.cluster(&hosts, &answers, &wi, options.mixed_drivers, events)?;
@@ -539,18 +544,14 @@ impl Head {
         edges.dedup();
         let _ = events.send(DeployEvent::Planned { strategy: planned.strategy, edges }).await;
         clock.start(DeployPhase::Stage).await;
-        let manifests = wi
-            .ids
-            .iter()
-            .map(|id| self.store.manifest(id).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
         let stagers = stagers(&hosts, &wi, &spec, &planned);
         // This host serves every image as a source or relay: the stagers of each may
         // fetch its chunks for this deployment, until the stage phase ends.
         // This deploy attempt: the grants here and on every host are keyed by it, and
         // end with it.
         let stage = crate::access::new_stage(&name);
-        let granted: Vec<_> = manifests.iter().zip(&stagers).map(|(m, p)| (m, &p[..])).collect();
+        let granted: Vec<_> =
+            wi.manifests.iter().zip(&stagers).map(|(m, p)| (&**m, &p[..])).collect();
         self.local.gate().grants.allow(&stage, vo, &granted, signed.expires_s());
         // Every VM of a Slurm cluster shares one MUNGE key, the same at every stage of it.
         let munge_key =
@@ -560,7 +561,6 @@ impl Head {
             workspace,
             ticket,
             seals: &seals,
-            manifests: &manifests,
             stagers: &stagers,
             munge_key: munge_key.as_ref(),
         };
@@ -757,6 +757,44 @@ impl Head {
         .await
     }
 
+    /// Sends `host` each of `manifests` (id, encoding) that it does not hold, in pieces
+    /// of at most [`MAX_PIECE`] bytes, before an inventory or a stage order names them by
+    /// id. This head's own host reads them from the store.
+    async fn send_manifests(
+        &self,
+        host: &(String, PeerId),
+        manifests: &[(ManifestId, Vec<u8>)],
+    ) -> Result<(), String> {
+        if host.1 == self.me.1 {
+            return Ok(());
+        }
+        for (id, bytes) in manifests {
+            let (id, len) = (*id, bytes.len() as u64);
+            // The first, empty, piece asks how much the host holds.
+            let (mut at, mut piece) = (0, Vec::new());
+            loop {
+                let sent = !piece.is_empty();
+                let request =
+                    Request::Manifest(ManifestPiece { id, len, offset: at, bytes: piece });
+                let have = expect_answer!(self.call(host, request, None).await, Answer::Manifest)
+                    .map_err(|e| format!("sending manifest {id}: {e}"))?;
+                if have >= len {
+                    break;
+                }
+                if sent && have <= at {
+                    return Err(format!(
+                        "sending manifest {id}: the host holds {have} of its {len} bytes after \
+                         the piece at {at}"
+                    ));
+                }
+                at = have;
+                let end = usize::try_from(at).map_or(bytes.len(), |a| a.saturating_add(MAX_PIECE));
+                piece = bytes[at as usize..end.min(bytes.len())].to_vec();
+            }
+        }
+        Ok(())
+    }
+
     /// The planner's view of the cluster from the inventories (`view::cluster_view`,
     /// what the `inventory` fuzz target drives): hosts that did not answer are dead, and
     /// lost; live hosts whose drivers differ are refused unless `mixed_drivers`.
@@ -804,7 +842,6 @@ impl Head {
             cores: p.cores.clone(),
         };
         let stagers = sealed.stagers;
-        let manifests: Vec<Vec<u8>> = sealed.manifests.iter().map(Manifest::encode).collect();
         let mut out = Vec::new();
         for (h, (name, _)) in hosts.iter().enumerate() {
             let here: Vec<&PlacedVm> =
@@ -869,7 +906,7 @@ impl Head {
                 }
                 images.push(ImageOrder {
                     image: wi.refs[i].to_string(),
-                    manifest: manifests[i].clone(),
+                    manifest: wi.manifests[i].id(),
                     seal: sealed.seals[i].clone(),
                     stagers: stagers[i].iter().map(PeerId::to_string).collect(),
                     pulls,
@@ -882,7 +919,7 @@ impl Head {
                 .filter(|&i| plan.streams.iter().any(|s| s.from == ix && s.image == i))
                 .map(|i| ImageOrder {
                     image: wi.refs[i].to_string(),
-                    manifest: manifests[i].clone(),
+                    manifest: wi.manifests[i].id(),
                     seal: sealed.seals[i].clone(),
                     stagers: stagers[i].iter().map(PeerId::to_string).collect(),
                     pulls: vec![],
@@ -1094,15 +1131,14 @@ impl Head {
 }
 
 /// What the head sends with every stage order: the document, the VO's ticket for it,
-/// and per image (in `WorkspaceImages` order) its manifest, its seal (encoded) and the
-/// peers staging it.
+/// and per image (in `WorkspaceImages` order) its seal (encoded) and the peers staging
+/// it.
 #[derive(Clone, Copy)]
 struct Sealed<'a> {
     stage: &'a str,
     workspace: &'a str,
     ticket: &'a [u8],
     seals: &'a [Vec<u8>],
-    manifests: &'a [Manifest],
     stagers: &'a [Vec<PeerId>],
     /// The cluster's MUNGE key, when it runs Slurm.
     munge_key: Option<&'a MungeKey>,
@@ -1116,7 +1152,7 @@ fn sealed(
     config: &crate::config::ClusterConfig,
     vo: &str,
     reference: &ImageRef,
-    id: vw_chunkstore::ManifestId,
+    id: ManifestId,
 ) -> Result<Vec<u8>, String> {
     let candidates: Vec<vw_chunkstore::Seal> = match reference {
         ImageRef::Name(name) => store.seal(name).map_err(|e| e.to_string())?.into_iter().collect(),
@@ -1150,7 +1186,7 @@ fn stagers(
     spec: &crate::workspace::WorkspaceSpec,
     planned: &PlanReport,
 ) -> Vec<Vec<PeerId>> {
-    let mut out: Vec<Vec<PeerId>> = vec![Vec::new(); wi.ids.len()];
+    let mut out: Vec<Vec<PeerId>> = vec![Vec::new(); wi.manifests.len()];
     for d in wi.demands(spec) {
         let Some(p) = planned.placement.iter().find(|p| p.vm == d.name) else { continue };
         let Some((_, id)) = hosts.iter().find(|(h, _)| *h == p.host) else { continue };

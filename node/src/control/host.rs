@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, watch};
-use vw_chunkstore::{ChunkId, ChunkRef, Manifest, Seal, Store};
+use vw_chunkstore::{ChunkId, ChunkRef, Manifest, ManifestId, Seal, Store};
 
 use super::check;
+use super::manifests::Received;
 use super::protocol::{
-    bitmap, Answer, HostStatus, ImageOrder, InventoryReport, Phase, Progress, Reply, Request,
-    StageOrder, StageReport,
+    bitmap, Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Phase,
+    Progress, Reply, Request, StageOrder, StageReport,
 };
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
@@ -59,6 +60,8 @@ pub struct HostService {
     /// at a time; reads (status, quotas) never wait for them.
     manager: Serialized<Manager>,
     store: Arc<Store>,
+    /// Manifests the head sent, until a stage records them in the store.
+    received: Arc<Received>,
     relay: Arc<Relay>,
     chunks: libp2p_stream::Control,
     book: PeerBook,
@@ -95,6 +98,7 @@ impl HostService {
         HostService {
             manager: Serialized::new(manager),
             store,
+            received: Arc::default(),
             relay,
             chunks,
             book,
@@ -152,6 +156,17 @@ impl HostService {
         let result = match request {
             Request::Inventory { vo, images } => {
                 self.inventory(vo, images).await.map(Answer::Inventory)
+            }
+            Request::Manifest(piece) => {
+                return self.manifest_piece(piece).await.map_or_else(
+                    |why| {
+                        // Bytes that are not the manifest they came as, or too many: the
+                        // head is refused, on the record.
+                        self.gate.audit.record("-", peer, "manifest", "-", "refused", &why);
+                        Answer::Refused(why)
+                    },
+                    Answer::Manifest,
+                );
             }
             Request::Stage(order) => {
                 return self.stage(peer, *order, progress).await;
@@ -231,23 +246,47 @@ impl HostService {
         .await
     }
 
+    /// Takes a piece of a manifest the head will name; answers how many of its bytes
+    /// are here (all of them at once if the store records it).
+    async fn manifest_piece(&self, piece: ManifestPiece) -> Result<u64, String> {
+        let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
+        tokio::task::spawn_blocking(move || {
+            if !received.knows(&piece.id)
+                && store.has_manifest(&piece.id).map_err(|e| e.to_string())?
+            {
+                return Ok(piece.len);
+            }
+            received.put(piece, Instant::now())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     async fn inventory(
         &self,
         vo: String,
-        images: Vec<super::protocol::ImageChunks>,
+        images: Vec<ImageManifest>,
     ) -> Result<InventoryReport, String> {
         let links = self.links.clone();
-        let store = Arc::clone(&self.store);
+        let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
         let config = Arc::clone(&self.gate.config);
         self.with_manager(move |m| {
             let (committed, addresses) = m.committed().map_err(|e| e.to_string())?;
             let visible = visible_chunks(&store, &config, &vo)?;
             let mut held = Vec::new();
             for image in &images {
-                let mut map = Vec::with_capacity(image.chunks.len());
-                for id in &image.chunks {
-                    let shareable = visible.as_ref().is_none_or(|v| v.contains(id));
-                    map.push(shareable && store.holds(id).map_err(|e| e.to_string())?);
+                let manifest =
+                    held_manifest(&received, &store, &image.manifest)?.ok_or_else(|| {
+                        format!(
+                            "image {}: manifest {} was never sent to this host",
+                            image.image, image.manifest
+                        )
+                    })?;
+                let distinct = manifest.distinct();
+                let mut map = Vec::with_capacity(distinct.len());
+                for c in &distinct {
+                    let shareable = visible.as_ref().is_none_or(|v| v.contains(&c.id));
+                    map.push(shareable && store.holds(&c.id).map_err(|e| e.to_string())?);
                 }
                 held.push(bitmap(map.len(), |i| map[i]));
             }
@@ -327,7 +366,23 @@ impl HostService {
         order: &StageOrder,
     ) -> Result<(crate::workspace::WorkspaceSpec, String, Vec<Checked>), String> {
         let now_s = crate::manager::now_ms() / 1000;
-        let checked = check::check_order(&self.gate.config, order, now_s)?;
+        let manifests = {
+            let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
+            let ids: Vec<ManifestId> =
+                order.images.iter().chain(&order.serves).map(|i| i.manifest).collect();
+            tokio::task::spawn_blocking(move || {
+                let mut found = HashMap::new();
+                for id in ids {
+                    if let Some(m) = held_manifest(&received, &store, &id)? {
+                        found.insert(id, m);
+                    }
+                }
+                Ok::<_, String>(found)
+            })
+            .await
+            .map_err(|e| e.to_string())??
+        };
+        let checked = check::check_order(&self.gate.config, order, &manifests, now_s)?;
         let deployment = checked.spec.name.clone();
         let vo = checked.vo().to_owned();
         let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
@@ -350,7 +405,7 @@ impl HostService {
                 });
             }
         }
-        let granted: Vec<_> = images.iter().map(|c| (&c.image.manifest, &c.stagers[..])).collect();
+        let granted: Vec<_> = images.iter().map(|c| (&*c.image.manifest, &c.stagers[..])).collect();
         self.gate.grants.allow(&order.stage, &vo, &granted, checked.ticket.expires_s());
         // The served images are granted, not staged.
         images.truncate(order.images.len());
@@ -384,7 +439,7 @@ impl HostService {
             .iter()
             .map(|c| (c.image.manifest.id(), c.image.manifest.chunks().to_vec()))
             .collect();
-        let chunks = |id: &vw_chunkstore::ManifestId| match new.get(id) {
+        let chunks = |id: &ManifestId| match new.get(id) {
             Some(c) => Ok(c.clone()),
             None => self.store.manifest(id).map(|m| m.chunks().to_vec()).map_err(|e| e.to_string()),
         };
@@ -478,8 +533,8 @@ impl HostService {
         report.fetch_micros = started.elapsed().as_micros() as u64;
 
         // Every chunk is here: record the manifests under their sealed names, then stage.
-        let store = Arc::clone(&self.store);
-        let sealed: Vec<(Manifest, Seal)> =
+        let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
+        let sealed: Vec<(Arc<Manifest>, Seal)> =
             images.into_iter().map(|i| (i.manifest, i.seal)).collect();
         let vo = vo.to_owned();
         let _ = progress.try_send(Progress::started(Phase::Stage));
@@ -490,6 +545,8 @@ impl HostService {
                     store.receiving().finish(manifest, None).map_err(|e| e.to_string())?;
                     store.put_seal(seal).map_err(|e| e.to_string())?;
                 }
+                // The store has them now.
+                received.forget(&sealed.iter().map(|(m, _)| m.id()).collect::<Vec<_>>());
                 m.submit_share(&spec, share, &vo).map_err(|e| e.to_string())?;
                 m.run(&spec.name, None, Op::Stage).map_err(|e| e.to_string())
             })
@@ -635,7 +692,7 @@ impl HostService {
 /// those of them this host lacks.
 struct Staging {
     order: ImageOrder,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     distinct: Vec<ChunkRef>,
     lacked: Vec<ChunkRef>,
     seal: Seal,
@@ -645,6 +702,22 @@ struct Staging {
 struct Checked {
     image: check::CheckedImage,
     stagers: Vec<PeerId>,
+}
+
+/// Manifest `id` as the head sent it, or as the store records it (`None`: neither).
+fn held_manifest(
+    received: &Received,
+    store: &Store,
+    id: &ManifestId,
+) -> Result<Option<Arc<Manifest>>, String> {
+    if let Some(m) = received.get(id, Instant::now()) {
+        return Ok(Some(m));
+    }
+    match store.manifest(id) {
+        Ok(m) => Ok(Some(Arc::new(m))),
+        Err(vw_chunkstore::Error::UnknownManifest { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// When some trusted VO is isolated: the chunks this host may count as held for a

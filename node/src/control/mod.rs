@@ -1,14 +1,16 @@
-//! `/vw/control/2`: how the head drives the hosts of a deployment.
+//! `/vw/control/5`: how the head drives the hosts of a deployment.
 //!
 //! The head opens one stream per request to each host, all hosts at once. A host
 //! answers only the peers its config marks as heads; anyone else is refused, and the
-//! refusal logged. Requests: inventory (capacity, and which chunks of the
-//! deployment's images the host holds), stage (its share of the virtual cluster, the
-//! manifests, and the planned streams to pull the chunks it lacks), a lifecycle
-//! operation, status. Progress (phase, bytes) streams back while a stage runs.
+//! refusal logged. Requests: a manifest piece (each manifest the head will name, sent
+//! once), inventory (capacity, and which chunks of the deployment's images the host
+//! holds), stage (its share of the virtual cluster, the manifests by id, and the
+//! planned streams to pull the chunks it lacks), a lifecycle operation, status.
+//! Progress (phase, bytes) streams back while a stage runs.
 //!
-//! The wire format is in [`protocol`]; serving requests on a host in `host`; driving
-//! a deployment from the head in `head`.
+//! The wire format is in [`protocol`]; serving requests on a host in `host`, keeping
+//! the manifests it was sent in `manifests`; driving a deployment from the head in
+//! `head`.
 
 pub mod check;
 #[cfg(feature = "host")]
@@ -17,6 +19,8 @@ pub mod head;
 pub mod host;
 #[cfg(feature = "host")]
 pub mod live;
+#[cfg(feature = "host")]
+pub mod manifests;
 pub mod protocol;
 #[cfg(feature = "host")]
 pub mod serial;

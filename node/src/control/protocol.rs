@@ -4,11 +4,13 @@
 //! [`MAX_MESSAGE`] bytes and checked against its own limits after decoding.
 //!
 //! Untrusted parts are carried in their own formats and parsed by the receiver with
-//! their own limits: the workspace as its XML text, each image as its encoded
-//! manifest.
+//! their own limits: the workspace as its XML text, each manifest as its encoding.
+//! A manifest crosses once, before the inventory that names it, in pieces of at most
+//! [`MAX_PIECE`] bytes ([`Request::Manifest`]); inventories and stage orders then name
+//! it by id, so no message grows with an image's size.
 
 use serde::{Deserialize, Serialize};
-use vw_chunkstore::ChunkId;
+use vw_chunkstore::ManifestId;
 use vw_planner::address::NicAddress;
 
 use crate::config::{DriverKind, MAX_VCPUS_PER_CPU};
@@ -20,13 +22,18 @@ use crate::wire::{FrameError, Message};
 use crate::xen::DomainState;
 
 /// The protocol's name, negotiated by libp2p.
-pub const PROTOCOL_NAME: &str = "/vw/control/4";
+pub const PROTOCOL_NAME: &str = "/vw/control/5";
 /// The message format version this build speaks (2: VO tickets, seals, stagers; 3:
 /// each host's Xen driver in its inventory and status; 4: each planned stream as index
-/// ranges with the rate the plan expects of it, a Slurm cluster's MUNGE key).
-pub const VERSION: u8 = 4;
-/// Largest message after its length field (a stage order carries manifests).
+/// ranges with the rate the plan expects of it, a Slurm cluster's MUNGE key; 5:
+/// manifests sent once, in pieces, and named by id in inventories and stage orders).
+pub const VERSION: u8 = 5;
+/// Largest message after its length field. Nothing in a message grows with an image's
+/// size but an inventory's bitmaps, one bit per chunk: 64 MiB holds the bits of 500
+/// million chunks.
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest piece of a manifest one [`Request::Manifest`] carries.
+pub const MAX_PIECE: usize = 8 << 20;
 /// Most images one request may name.
 pub const MAX_IMAGES: usize = 64;
 /// Most VMs one cluster share may name.
@@ -57,9 +64,15 @@ pub enum Request {
         /// The VO deploying: a host counts a chunk as held only if it may share it with
         /// this VO (an isolated VO's chunks count for that VO alone).
         vo: String,
-        /// Per image: its distinct non-zero chunks, in the planner's order.
-        images: Vec<ImageChunks>,
+        /// Per image, its manifest (sent before, [`Request::Manifest`]): the host
+        /// answers over its distinct non-zero chunks, in the planner's order.
+        images: Vec<ImageManifest>,
     },
+    /// A piece of a manifest this head will name in an inventory or a stage order; the
+    /// host answers with how many of its bytes it now holds ([`Answer::Manifest`]),
+    /// all of them once it has checked the whole against its id. An empty piece asks
+    /// only that.
+    Manifest(ManifestPiece),
     /// Fetch what you lack as planned, then stage your VMs.
     Stage(Box<StageOrder>),
     /// A lifecycle operation on your VMs of a deployment (not `stage`: that is
@@ -90,13 +103,38 @@ pub enum Request {
     },
 }
 
-/// An image as a list of chunk ids.
+/// An image by its manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageChunks {
+pub struct ImageManifest {
     /// Its name, for messages.
     pub image: String,
-    /// Its distinct non-zero chunks.
-    pub chunks: Vec<ChunkId>,
+    /// Its manifest.
+    pub manifest: ManifestId,
+}
+
+/// Bytes `offset..offset + bytes.len()` of the encoding of manifest `id`, which is
+/// `len` bytes long.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestPiece {
+    /// The manifest: BLAKE3 of its whole encoding, checked once every piece is in.
+    pub id: ManifestId,
+    /// Length of the whole encoding.
+    pub len: u64,
+    /// Where this piece starts.
+    pub offset: u64,
+    /// Its bytes (none: a question).
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for ManifestPiece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManifestPiece")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .field("offset", &self.offset)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 /// Everything a host needs to stage its share of a deployment.
@@ -128,8 +166,8 @@ pub struct StageOrder {
 pub struct ImageOrder {
     /// The image reference as the workspace names it.
     pub image: String,
-    /// Its manifest, encoded (the host decodes and checks it).
-    pub manifest: Vec<u8>,
+    /// Its manifest, sent before ([`Request::Manifest`]) and checked by the host.
+    pub manifest: ManifestId,
     /// The seal of the VO that published it, encoded: the host checks it names this
     /// manifest, verifies with that VO's key, and lets the deploying VO use it.
     pub seal: Vec<u8>,
@@ -218,6 +256,10 @@ pub enum Answer {
     Refused(String),
     /// To [`Request::StageOver`]: how many grants were withdrawn.
     Revoked(u32),
+    /// To [`Request::Manifest`]: how many bytes of the manifest the host holds (its
+    /// whole length once checked, or when it had it before); the head sends on from
+    /// there.
+    Manifest(u64),
 }
 
 /// A host's VMs as its records and its hypervisor see them.
@@ -307,6 +349,23 @@ fn check_image_order(i: &ImageOrder) -> Result<(), FrameError> {
     i.fallback.iter().try_for_each(|p| text("peer id", p))
 }
 
+/// A manifest piece lies within a manifest no longer than a host will take.
+fn check_piece(p: &ManifestPiece) -> Result<(), FrameError> {
+    let max = vw_chunkstore::MAX_MANIFEST_LEN as u64;
+    count("manifest piece bytes", p.bytes.len(), MAX_PIECE)?;
+    let end = p.offset.checked_add(p.bytes.len() as u64);
+    if p.len == 0 || p.len > max || end.is_none_or(|end| end > p.len) {
+        return Err(FrameError::Invalid(format!(
+            "manifest {}: a piece at {} of {} bytes, of a manifest of {} bytes (1..={max})",
+            p.id,
+            p.offset,
+            p.bytes.len(),
+            p.len
+        )));
+    }
+    Ok(())
+}
+
 impl Message for Request {
     const VERSION: u8 = VERSION;
     const MAX: usize = MAX_MESSAGE;
@@ -318,6 +377,7 @@ impl Message for Request {
                 count("images", images.len(), MAX_IMAGES)?;
                 images.iter().try_for_each(|i| text("image name", &i.image))
             }
+            Request::Manifest(piece) => check_piece(piece),
             Request::Stage(order) => {
                 count("stage name bytes", order.stage.len(), MAX_STAGE)?;
                 if order.workspace.len() > MAX_WORKSPACE {
@@ -512,9 +572,10 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_limits_hold() {
+        let manifest = ManifestId::from_bytes([7; 32]);
         let r = Request::Inventory {
             vo: "vo".into(),
-            images: vec![ImageChunks { image: "vo/x:1".into(), chunks: vec![ChunkId::of(b"a")] }],
+            images: vec![ImageManifest { image: "vo/x:1".into(), manifest }],
         };
         let bytes = encode(&r).expect("encode");
         assert_eq!(decode_body::<Request>(&bytes[4..]).expect("decode"), r);
@@ -524,11 +585,37 @@ mod tests {
         assert!(matches!(encode(&long), Err(FrameError::Invalid(_))));
     }
 
+    /// A piece lies inside its manifest, and a manifest is no longer than a host takes.
+    #[test]
+    fn manifest_pieces_lie_within_their_manifest() {
+        let max = vw_chunkstore::MAX_MANIFEST_LEN as u64;
+        let piece = |len, offset, n| {
+            Request::Manifest(ManifestPiece {
+                id: ManifestId::from_bytes([1; 32]),
+                len,
+                offset,
+                bytes: vec![0; n],
+            })
+        };
+        for (request, ok) in [
+            (piece(100, 0, 0), true),
+            (piece(100, 60, 40), true),
+            (piece(max, max - 10, 10), true),
+            (piece(100, 61, 40), false),
+            (piece(100, u64::MAX, 1), false),
+            (piece(0, 0, 0), false),
+            (piece(max + 1, 0, 0), false),
+            (piece(u64::MAX, 0, MAX_PIECE + 1), false),
+        ] {
+            assert_eq!(request.check().is_ok(), ok, "{request:?}");
+        }
+    }
+
     #[test]
     fn a_stage_order_bounds_the_images_it_serves_as_those_it_stages() {
         let image = |stagers: usize| ImageOrder {
             image: "vo/x:1".into(),
-            manifest: Vec::new(),
+            manifest: ManifestId::from_bytes([0; 32]),
             seal: Vec::new(),
             stagers: vec!["peer".into(); stagers],
             pulls: Vec::new(),
