@@ -56,7 +56,6 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// The strategies `Auto` chooses from.
     /// The strategies `Auto` chooses from, the usually fastest first (so the others'
     /// lower bounds can rule them out without simulating them).
     pub const CANDIDATES: [Strategy; 6] = [
