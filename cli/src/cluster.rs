@@ -188,7 +188,7 @@ pub fn deploy(
     report(&socket, &LocalRequest::Deploy { workspace, source, ticket, options }, out)
 }
 
-/// `vw create NAME` of a cluster staged with `vw deploy --stage-only`: load and start
+/// `vw create NAME` of a cluster staged with `vw stage FILE` (`vw deploy --stage-only`): load and start
 /// it on every host, and wait for its guests, with a deploy's report.
 pub fn create(socket: &Path, deployment: &str, out: &Out) -> anyhow::Result<ExitCode> {
     report(socket, &LocalRequest::Create { deployment: deployment.to_owned() }, out)

@@ -69,32 +69,23 @@ enum Command {
     Deploy {
         /// The workspace document.
         workspace: PathBuf,
-        /// The VO deploying it: its key (in the VO directory) signs a ticket for this
-        /// document, this cluster and the images' manifests, valid for 15 minutes.
-        /// Every image must be the VO's own or public.
-        #[arg(long, env = "VW_VO", required_unless_present = "ticket")]
-        vo: Option<String>,
-        /// A ticket the VO signed elsewhere (`vw vo sign-ticket`): the head needs no VO
-        /// key.
-        #[arg(long)]
-        ticket: Option<PathBuf>,
-        /// star, chain, treeK, stripedSxK or auto.
-        #[arg(long, default_value = "auto")]
-        strategy: vw_node::planner::Strategy,
-        /// spread or pack.
-        #[arg(long, default_value = "spread")]
-        policy: String,
-        /// Deploy even if the hosts run different Xen drivers (a simulated host among
-        /// real ones runs no guest); refused otherwise.
-        #[arg(long)]
-        mixed_drivers: bool,
-        /// Stage on every host and stop there (pre-staging); `vw create NAME` starts
-        /// the cluster later.
+        #[command(flatten)]
+        how: DeployArgs,
+        /// Stage on every host and stop there (pre-staging, as `vw stage FILE`); `vw
+        /// create NAME` starts the cluster later.
         #[arg(long)]
         stage_only: bool,
     },
-    /// Rebuild, clone and integrate a workspace's images on this host.
-    Stage(Target),
+    /// Through the head's vwd, stage a workspace file on every host and stop there
+    /// (pre-staging: a deploy's phases up to stage, with its report; `vw create NAME`
+    /// starts the cluster later). Without a vwd, rebuild, clone and integrate a
+    /// workspace's images on this host.
+    Stage {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        how: DeployArgs,
+    },
     /// Stage (if needed) and create the domains paused.
     Load(Target),
     /// Stage and load (if needed) and run the domains.
@@ -202,6 +193,41 @@ enum ImageCmd {
 }
 
 /// What a lifecycle command acts on.
+/// On whose behalf and how a deployment is staged across the cluster (`vw deploy`, and
+/// `vw stage` through a vwd).
+#[derive(Debug, clap::Args)]
+struct DeployArgs {
+    /// The VO deploying it: its key (in the VO directory) signs a ticket for this
+    /// document, this cluster and the images' manifests, valid for 15 minutes. Every
+    /// image must be the VO's own or public.
+    #[arg(long, env = "VW_VO")]
+    vo: Option<String>,
+    /// A ticket the VO signed elsewhere (`vw vo sign-ticket`): the head needs no VO key.
+    #[arg(long)]
+    ticket: Option<PathBuf>,
+    /// star, chain, treeK, stripedSxK or auto (default auto).
+    #[arg(long)]
+    strategy: Option<vw_node::planner::Strategy>,
+    /// spread or pack (default spread).
+    #[arg(long)]
+    policy: Option<String>,
+    /// Deploy even if the hosts run different Xen drivers (a simulated host among real
+    /// ones runs no guest); refused otherwise.
+    #[arg(long)]
+    mixed_drivers: bool,
+}
+
+impl DeployArgs {
+    /// Whether any option that only a deployment through a vwd takes was given (the
+    /// VO may come from `VW_VO` and is not counted).
+    fn any(&self) -> bool {
+        self.ticket.is_some()
+            || self.strategy.is_some()
+            || self.policy.is_some()
+            || self.mixed_drivers
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct Target {
     /// A workspace file (recorded as a deployment first) or a deployment name.
@@ -366,23 +392,8 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             let policy = parse_policy(&policy)?;
             planning::run(&cli.store, &workspaces, &hosts, config, policy, strategy, simulate, out)
         }
-        Command::Deploy { workspace, vo, ticket, strategy, policy, mixed_drivers, stage_only } => {
-            let options = vw_node::control::head::DeployOptions {
-                strategy,
-                policy: parse_policy(&policy)?,
-                mixed_drivers,
-                stage_only,
-            };
-            let signer = match (vo, ticket) {
-                (_, Some(path)) => cluster::Signer::Ticket(path),
-                (Some(vo), None) => {
-                    cluster::Signer::Key(Box::new(vo::key(&vo::dir(cli.vo_dir.as_deref())?, &vo)?))
-                }
-                (None, None) => {
-                    anyhow::bail!("deploy on behalf of a VO: --vo NAME or --ticket FILE")
-                }
-            };
-            cluster::deploy(&cli.store, &workspace, signer, options, out)
+        Command::Deploy { workspace, how, stage_only } => {
+            deploy(&cli.store, cli.vo_dir.as_deref(), &workspace, how, stage_only, out)
         }
         Command::Status { deployment, watch } => match cluster::socket(&cli.store)? {
             Some(socket) => {
@@ -406,7 +417,25 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
                 host::status(&cli.store, config, deployment.as_deref(), out)
             }
         },
-        Command::Stage(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Stage, out),
+        Command::Stage { target, how } => match cluster::socket(&cli.store)? {
+            Some(_) if target.vm.is_none() && std::path::Path::new(&target.target).is_file() => {
+                let file = PathBuf::from(&target.target);
+                deploy(&cli.store, cli.vo_dir.as_deref(), &file, how, true, out)
+            }
+            Some(_) => anyhow::bail!(
+                "a vwd owns {}: stage a workspace file on every host with `vw stage FILE --vo \
+                 VO` (not a deployment name or one VM)",
+                cli.store.display()
+            ),
+            None if how.any() => anyhow::bail!(
+                "--ticket, --strategy, --policy and --mixed-drivers stage across the cluster, \
+                 through the head's vwd, and none listens at {}; `vw stage {}` alone stages \
+                 on this host",
+                cli.store.join(local::SOCKET).display(),
+                target.target
+            ),
+            None => lifecycle(&cli.store, cli.cluster.as_deref(), target, Op::Stage, out),
+        },
         Command::Load(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Load, out),
         Command::Create(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Create, out),
         Command::Pause(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Pause, out),
@@ -414,6 +443,30 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
         Command::Stop(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Stop, out),
         Command::Unstage(t) => lifecycle(&cli.store, cli.cluster.as_deref(), t, Op::Unstage, out),
     }
+}
+
+/// Deploys `workspace` across the cluster through the vwd that owns `store` (with
+/// `stage_only`, up to stage), signed by the VO's key in `vo_dir` or by its ticket.
+fn deploy(
+    store: &std::path::Path,
+    vo_dir: Option<&std::path::Path>,
+    workspace: &std::path::Path,
+    how: DeployArgs,
+    stage_only: bool,
+    out: &Out,
+) -> anyhow::Result<ExitCode> {
+    let options = vw_node::control::head::DeployOptions {
+        strategy: how.strategy.unwrap_or(vw_node::planner::Strategy::Auto),
+        policy: parse_policy(how.policy.as_deref().unwrap_or("spread"))?,
+        mixed_drivers: how.mixed_drivers,
+        stage_only,
+    };
+    let signer = match (how.vo, how.ticket) {
+        (_, Some(path)) => cluster::Signer::Ticket(path),
+        (Some(vo), None) => cluster::Signer::Key(Box::new(vo::key(&vo::dir(vo_dir)?, &vo)?)),
+        (None, None) => anyhow::bail!("deploy on behalf of a VO: --vo NAME or --ticket FILE"),
+    };
+    cluster::deploy(store, workspace, signer, options, out)
 }
 
 fn parse_policy(policy: &str) -> anyhow::Result<vw_node::planner::Policy> {
@@ -434,9 +487,9 @@ fn lifecycle(
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
     if let Some(socket) = cluster::socket(store)? {
-        if t.vm.is_some() || std::path::Path::new(&t.target).is_file() || op == Op::Stage {
+        if t.vm.is_some() || std::path::Path::new(&t.target).is_file() {
             anyhow::bail!(
-                "a vwd owns {}: act on whole deployments by name (`vw {op} NAME`), and deploy workspace files with `vw deploy`",
+                "a vwd owns {}: act on whole deployments by name (`vw {op} NAME`), and deploy workspace files with `vw deploy` (or stage them with `vw stage FILE`)",
                 store.display()
             );
         }

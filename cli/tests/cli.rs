@@ -653,41 +653,105 @@ fn a_vo_seals_and_signs_where_its_key_lives_and_the_head_needs_no_key() {
     assert!(t.allows(&id));
 }
 
+/// A one-host cluster under `dir` whose `vwd` owns the store at `store`, trusting the
+/// VO `vo` whose key the CLI holds.
+struct OneHost {
+    store: std::path::PathBuf,
+    runtime: tokio::runtime::Runtime,
+    vwd: vw_node::service::Vwd,
+}
+
+impl OneHost {
+    /// Imports `images` (file, name) with the store opened here, then starts the vwd.
+    fn start(dir: &Path, images: &[(&Path, &str)]) -> OneHost {
+        let base = dir.join("cluster");
+        std::fs::create_dir_all(&base).expect("dir");
+        let store = base.join("head");
+        let keys = vo_dir(&store);
+        for (file, name) in images {
+            json(&store, &["image", "import", file.to_str().expect("utf8"), "--name", name]);
+        }
+        // The cluster config trusts the VO whose key the CLI holds.
+        let entry = vw(&store, &["vo", "export", "vo"]);
+        let text = vw_node::localnet::with_placeholder_kernels(
+            vw_node::config::ClusterConfig::EMBEDDED,
+            dir,
+        )
+        .expect("config");
+        let cluster = dir.join("cluster.toml");
+        std::fs::write(&cluster, format!("{text}\n{}", String::from_utf8_lossy(&entry.stdout)))
+            .expect("cluster config");
+        let options = vw_node::localnet::LocalNetOptions {
+            cluster_config: Some(cluster),
+            ..Default::default()
+        };
+        let net = vw_node::localnet::LocalNet::create(&base, 1, &options).expect("net");
+        assert_eq!(net.data_dirs[0], store);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let vwd = runtime.block_on(net.start_one(0)).expect("start vwd");
+        assert!(keys.join("vo.key").exists());
+        OneHost { store, runtime, vwd }
+    }
+
+    fn stop(self) {
+        self.runtime.block_on(self.vwd.shutdown());
+    }
+}
+
+/// `vw stage FILE` through the head's vwd stages the workspace on every host and stops
+/// there, with a deploy's report; `vw create NAME` starts it later. Before, `vw stage`
+/// through a vwd was refused (only `vw deploy --stage-only` pre-staged).
+#[test]
+fn a_workspace_staged_through_the_vwd_is_created_later_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("w.img");
+    image(&img, 31, 3);
+    let ws = dir.path().join("pre.xml");
+    std::fs::write(&ws, vw_node::localnet::cluster_workspace("pre", "vo/w:1", "vo/w:1", 1))
+        .expect("workspace");
+    let ws = ws.to_str().expect("utf8");
+    // Without a vwd, the cluster's options are refused, naming the socket looked for.
+    let alone = vw(&dir.path().join("alone"), &["stage", ws, "--strategy", "chain"]);
+    assert_eq!(alone.status.code(), Some(1));
+    assert!(stderr(&alone).contains("none listens at"), "{}", stderr(&alone));
+
+    let head = OneHost::start(dir.path(), &[(&img, "vo/w:1")]);
+    let staged = json(&head.store, &["stage", ws, "--vo", "vo"]);
+    let phases: Vec<&str> = staged["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert!(phases.contains(&"stage") && !phases.contains(&"create"), "{staged}");
+    assert_eq!(staged["vms"].as_array().map(Vec::len), Some(2), "{staged}");
+    assert!(staged["ready"].as_array().is_some_and(Vec::is_empty), "{staged}");
+    let by_name = vw(&head.store, &["stage", "pre"]);
+    assert!(stderr(&by_name).contains("`vw stage FILE --vo VO`"), "{}", stderr(&by_name));
+    let created = json(&head.store, &["create", "pre"]);
+    let phases: Vec<&str> = created["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert!(phases.contains(&"create") && !phases.contains(&"stage"), "{created}");
+    head.stop();
+}
+
 /// With a `vwd` holding the store's lock, the store commands go through its socket
 /// (files handed over as descriptors, progress coming back) and give what they give on
 /// the store opened directly: before, each failed with "store in use".
 #[test]
 fn store_commands_go_through_the_vwd_that_owns_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = dir.path().join("cluster");
-    std::fs::create_dir_all(&base).expect("dir");
-    let store = base.join("head");
-    let keys = vo_dir(&store);
     let (a, b, c) = (dir.path().join("a.img"), dir.path().join("b.img"), dir.path().join("c.img"));
     image(&a, 21, 3);
     image(&b, 22, 3);
     image(&c, 23, 3);
     let s = |p: &Path| p.to_str().expect("utf8").to_owned();
-    // Imported with the store opened here.
-    json(&store, &["image", "import", &s(&a), "--name", "vo/a:1"]);
-
-    // The cluster config trusts the VO whose key the CLI holds.
-    let entry = vw(&store, &["vo", "export", "vo"]);
-    let text = vw_node::localnet::with_placeholder_kernels(
-        vw_node::config::ClusterConfig::EMBEDDED,
-        dir.path(),
-    )
-    .expect("config");
-    let cluster = dir.path().join("cluster.toml");
-    std::fs::write(&cluster, format!("{text}\n{}", String::from_utf8_lossy(&entry.stdout)))
-        .expect("cluster config");
-    let options =
-        vw_node::localnet::LocalNetOptions { cluster_config: Some(cluster), ..Default::default() };
-    let net = vw_node::localnet::LocalNet::create(&base, 1, &options).expect("net");
-    assert_eq!(net.data_dirs[0], store);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let vwd = runtime.block_on(net.start_one(0)).expect("start vwd");
-    assert!(keys.join("vo.key").exists());
+    let head = OneHost::start(dir.path(), &[(&a, "vo/a:1")]);
+    let store = head.store.clone();
     let locked = vw_node::chunkstore::Store::open(&store).expect_err("vwd holds the store");
     assert!(locked.to_string().contains("in use"), "{locked}");
 
@@ -719,7 +783,7 @@ fn store_commands_go_through_the_vwd_that_owns_the_store() {
     assert!(stderr(&missing).contains("nope.img"), "{}", stderr(&missing));
     let through = json(&store, &["image", "ls"]);
 
-    runtime.block_on(vwd.shutdown());
+    head.stop();
     // Opened directly again: the same store, the same answers.
     assert_eq!(json(&store, &["image", "ls"]), through);
     assert_eq!(json(&store, &["cache", "stats"]), stats);

@@ -488,16 +488,19 @@ impl Head {
                 .collect(),
         };
         let hosts = self.hosts().await;
-        let encoded: Vec<(ManifestId, Vec<u8>)> =
-            wi.manifests.iter().map(|m| (m.id(), m.encode())).collect();
-        let answers = join_all(hosts.iter().map(|h| {
-            let (request, encoded) = (request.clone(), &encoded);
-            async move {
-                self.send_manifests(h, encoded).await?;
-                expect_answer!(self.call(h, request, None).await, Answer::Inventory)
-            }
-        }))
-        .await;
+        let answers = {
+            // Each manifest, encoded once for every host that lacks it.
+            let encoded: Vec<(ManifestId, Vec<u8>)> =
+                wi.manifests.iter().map(|m| (m.id(), m.encode())).collect();
+            join_all(hosts.iter().map(|h| {
+                let (request, encoded) = (request.clone(), &encoded);
+                async move {
+                    self.send_manifests(h, encoded).await?;
+                    expect_answer!(self.call(h, request, None).await, Answer::Inventory)
+                }
+            }))
+            .await
+        };
         let view = self.cluster(&hosts, &answers, &wi, options.mixed_drivers, events)?;
         let (cluster, inventory, drivers) = (view.cluster, view.inventory, view.drivers);
         let links_known = view.links_known;
