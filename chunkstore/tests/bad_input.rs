@@ -8,8 +8,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{is_root, noise, write_image, Mounted};
+use common::{noise, write_image, Mounted};
 use vw_chunkstore::{Error, ImageName, ImageRef, Manifest, Store};
+use vw_testkit::{is_root, root_or_skip};
 
 const MIB: u64 = 1 << 20;
 
@@ -153,8 +154,7 @@ fn corrupt_chunk_is_found_on_read_and_by_verify_and_repaired_by_reimport() {
 
 #[test]
 fn disk_full_during_import_and_export() {
-    if !is_root() {
-        eprintln!("disk_full_during_import_and_export: needs root to mount a tmpfs; CI runs it");
+    if !root_or_skip("disk_full_during_import_and_export", "mount a tmpfs") {
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");

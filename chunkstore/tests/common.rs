@@ -22,10 +22,6 @@ pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read back")
 }
 
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 /// A file system mounted for a test (needs root), unmounted on drop before its mount
 /// point and backing file are removed.
 #[derive(Debug)]

@@ -171,7 +171,7 @@ fn an_unreadable_file_is_refused() {
     image(&img, 3, 1);
     std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let store = dir.path().join("store");
-    let root = rustix_is_root();
+    let root = vw_testkit::is_root();
     let caller = || {
         if root {
             // Root reads everything: run vw as nobody, who cannot read a 0600 root file.
@@ -203,12 +203,6 @@ fn an_unreadable_file_is_refused() {
         stderr(&out).trim(),
         format!("error: cannot open {}: Permission denied (os error 13)", img.display())
     );
-}
-
-fn rustix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
 }
 
 /// SIGKILL during an import, at several moments: whatever the moment, the reopened
@@ -487,9 +481,8 @@ fn deploy_without_a_head_vwd_says_where_it_looked() {
 /// socket.
 #[test]
 fn a_socket_this_user_may_not_use_is_named_with_the_remedy() {
-    let uid = Command::new("id").arg("-u").output().expect("id");
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: setpriv needs root to become another user");
+    let test = "a_socket_this_user_may_not_use_is_named_with_the_remedy";
+    if !vw_testkit::root_or_skip(test, "become another user (setpriv)") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -399,7 +399,7 @@ fn in_image_edits_of_a_non_ext4_partition_suggest_the_seed_strategy() {
 
 #[test]
 fn disk_full_while_cloning_leaves_the_vm_described_and_no_partial_file() {
-    assert!(common::is_root(), "this test mounts a tmpfs: run the tests as root (CI does)");
+    assert!(vw_testkit::is_root(), "this test mounts a tmpfs: run the tests as root (CI does)");
     let fs_ = common::Mounted::tmpfs("64m");
     let root = fs_.path.join("store");
     let images = tempfile::tempdir().expect("tempdir");

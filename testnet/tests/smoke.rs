@@ -1,6 +1,7 @@
 //! The testnet for real: the `smoke` scenario (3 hosts in network namespaces, shaped
 //! links, peers found by mDNS) end to end, and a run interrupted with SIGINT leaving
-//! nothing behind. Both need root; without it they are skipped with a line saying so.
+//! nothing behind. Both need root; without it they are skipped with a line saying so,
+//! and fail under `CI=true` (`vw_testkit::root_or_skip`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,11 +22,7 @@ fn binary(name: &str) -> PathBuf {
 }
 
 fn root_or_skip(test: &str) -> bool {
-    if vw_testnet::is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: the testnet needs root (network namespaces, bridges, tc)");
-    false
+    vw_testkit::root_or_skip(test, "make network namespaces, bridges and tc shapes")
 }
 
 #[test]
@@ -193,7 +190,7 @@ fn without_root_the_harness_refuses_clearly() {
     let scenario = scenario_path("smoke").display().to_string();
     let out = if vw_testnet::is_root() {
         if Command::new("runuser").arg("--help").output().is_err() {
-            eprintln!("SKIPPED without_root_the_harness_refuses_clearly: no runuser");
+            vw_testkit::skip("without_root_the_harness_refuses_clearly", "no runuser");
             return;
         }
         let bin = binary("vw-testnet");

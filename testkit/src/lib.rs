@@ -1,0 +1,62 @@
+//! What vw's test suites share (a dev-dependency only).
+//!
+//! Some tests need root (a tmpfs or XFS mount, network namespaces, another user) or a
+//! tool; on a developer's machine without them they say so and pass. In CI (`CI=true`,
+//! as `.ci/run` is run) a skipped test fails instead: a CI without root must not go
+//! green having run none of them.
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Whether `CI=true`: skipping is then a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// For test `test`, which needs root (`why`: for what): whether it may run. If not,
+/// it prints a SKIPPED line and the caller returns; in CI it fails instead.
+#[track_caller]
+pub fn root_or_skip(test: &str, why: &str) -> bool {
+    is_root() || skip(test, &format!("needs root to {why}"))
+}
+
+/// Test `test` cannot run here (`why`): prints a SKIPPED line and returns false for the
+/// caller to return; in CI, panics (a skip fails the run).
+#[track_caller]
+pub fn skip(test: &str, why: &str) -> bool {
+    assert!(!in_ci(), "{test} {why}, and under CI=true a skipped test fails the run");
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule itself: outside CI a skip is a line and `false`; in CI a panic. (Run
+    /// in a child process so the environment of this one is left alone.)
+    #[test]
+    fn a_skip_fails_under_ci_only() {
+        if std::env::var_os("VW_TESTKIT_CHILD").is_some() {
+            skip("child", "cannot run here");
+            return;
+        }
+        let me = std::env::current_exe().expect("test binary");
+        let run = |ci: &str| {
+            std::process::Command::new(&me)
+                .args(["--exact", "tests::a_skip_fails_under_ci_only", "--nocapture"])
+                .env("VW_TESTKIT_CHILD", "1")
+                .env("CI", ci)
+                .output()
+                .expect("child")
+        };
+        let outside = run("false");
+        assert!(outside.status.success());
+        assert!(String::from_utf8_lossy(&outside.stderr).contains("SKIPPED child: cannot run here"));
+        let inside = run("true");
+        assert!(!inside.status.success(), "a skip under CI=true fails");
+        assert!(String::from_utf8_lossy(&inside.stderr).contains("a skipped test fails the run"));
+    }
+}
