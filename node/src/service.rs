@@ -1,6 +1,6 @@
 //! `vwd` as a running service: the manager over the store, the libp2p peer serving
-//! `/vw/chunks/2` (through a relay, so chunks are forwarded as they arrive) and
-//! `/vw/control/2`, the head (on a head) and the local socket for `vw`.
+//! `/vw/chunks` (through a relay, so chunks are forwarded as they arrive) and
+//! `/vw/control`, the head (on a head) and the local socket for `vw`.
 //!
 //! [`Vwd::shutdown`] stops in two steps: signal every task, then wait for each.
 

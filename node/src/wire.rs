@@ -14,6 +14,9 @@ use serde::Serialize;
 
 /// A message type of one protocol.
 pub trait Message: Serialize + DeserializeOwned {
+    /// The protocol's name, as libp2p negotiates it: the same in every version, so that
+    /// peers of different versions meet at the first frame and say which they speak.
+    const PROTOCOL: &'static str;
     /// The version byte this build speaks.
     const VERSION: u8;
     /// Largest frame after its length field.
@@ -36,9 +39,11 @@ pub enum FrameError {
     /// An empty frame (no version byte).
     #[error("empty frame")]
     Empty,
-    /// A version this build does not speak.
-    #[error("frame version {found}, this build speaks {speaks}")]
+    /// A version this build does not speak: the peer runs another release.
+    #[error("the peer speaks {protocol} version {found}, this build speaks version {speaks}")]
     Version {
+        /// The protocol.
+        protocol: &'static str,
         /// The version byte.
         found: u8,
         /// Ours.
@@ -69,7 +74,11 @@ pub fn encode<M: Message>(m: &M) -> Result<Vec<u8>, FrameError> {
 pub fn decode_body<M: Message>(body: &[u8]) -> Result<M, FrameError> {
     let (&version, rest) = body.split_first().ok_or(FrameError::Empty)?;
     if version != M::VERSION {
-        return Err(FrameError::Version { found: version, speaks: M::VERSION });
+        return Err(FrameError::Version {
+            protocol: M::PROTOCOL,
+            found: version,
+            speaks: M::VERSION,
+        });
     }
     let m = match postcard::take_from_bytes::<M>(rest) {
         Ok((m, [])) => m,

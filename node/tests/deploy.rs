@@ -1,5 +1,5 @@
 //! `vw deploy` end to end on loopback: a cluster of vwds in this process, the head
-//! driving them over `/vw/control/2`, chunks moving over `/vw/chunks/2`, `vw`'s side
+//! driving them over `/vw/control`, chunks moving over `/vw/chunks`, `vw`'s side
 //! through the head's local socket, each deployment on behalf of a VO (`demo`, whose
 //! base OS is public and worker private, or `vo2`).
 

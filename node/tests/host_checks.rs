@@ -14,13 +14,14 @@
 use std::sync::Arc;
 
 use vw_node::access::audit::Audit;
+use vw_node::chunks::Frame;
 use vw_node::chunkstore::{ImageName, ImageRef, ManifestId, Seal, Store, Visibility};
 use vw_node::control::head::control_protocol;
-use vw_node::control::protocol::{ImageOrder, ManifestPiece, Pull, Reply, StageOrder};
+use vw_node::control::protocol::{ImageOrder, ManifestPiece, Pull, Reply, StageOrder, VERSION};
 use vw_node::control::{Answer, Request};
 use vw_node::daemon::load_or_create_key;
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
-use vw_node::peer::{Peer, PeerConfig};
+use vw_node::peer::{chunks_protocol, Peer, PeerConfig};
 use vw_node::planner::address::{Network, NicAddress};
 use vw_node::report::{ClusterShare, Member};
 use vw_node::wire;
@@ -431,6 +432,29 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     };
     refused(&send(&head, host.id(), resealed).await, "does not allow");
     count += 2;
+
+    // A head of another release (control version one lower) is refused at its first
+    // frame, both versions named, in an answer this release's head reads; so is a
+    // fetcher of another chunk protocol version.
+    let older = |version: u8| vec![0, 0, 0, 2, version, 0];
+    let mut stream = head.control().open_stream(host.id(), control_protocol()).await.expect("s");
+    futures::AsyncWriteExt::write_all(&mut stream, &older(VERSION - 1)).await.expect("send");
+    match wire::read::<Reply, _>(&mut stream).await.expect("reply") {
+        Some(Reply::Done(Answer::Refused(why))) => assert!(
+            why.contains(&format!("/vw/control version {}", VERSION - 1))
+                && why.contains(&format!("speaks version {VERSION}")),
+            "{why}"
+        ),
+        other => panic!("a head of another release must be refused, got {other:?}"),
+    }
+    let mut stream = head.control().open_stream(host.id(), chunks_protocol()).await.expect("s");
+    futures::AsyncWriteExt::write_all(&mut stream, &older(1)).await.expect("send");
+    match wire::read::<Frame, _>(&mut stream).await.expect("reply") {
+        Some(Frame::Refused { reason }) => {
+            assert!(reason.contains("/vw/chunks version 1"), "{reason}")
+        }
+        other => panic!("a fetcher of another release must be refused, got {other:?}"),
+    }
 
     host.shutdown().await;
     head.shutdown().await;

@@ -1,5 +1,5 @@
 //! Peers on loopback: a host fetches the chunks it lacks from another over
-//! `/vw/chunks/2` and rebuilds the image byte for byte; a peer not on the allow list
+//! `/vw/chunks` and rebuilds the image byte for byte; a peer not on the allow list
 //! gets nothing, and a listed peer only the chunks of a manifest it was granted.
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! `vwd --config FILE`: the per-host peer.
 //!
 //! It opens the store, joins the cluster as a libp2p peer (only the peers its config
-//! lists may connect), serves `/vw/chunks/2` and `/vw/control/5` (from heads only),
+//! lists may connect), serves `/vw/chunks` and `/vw/control` (from heads only),
 //! and listens for `vw` on `<data_dir>/vwd.sock`; a head also drives deployments. On
 //! SIGINT or SIGTERM it shuts down in two steps (signal every task, wait for each).
 //! `vwd --config FILE --print-id` prints the peer id (making the key on first use);

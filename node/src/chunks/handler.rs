@@ -1,4 +1,4 @@
-//! Per-stream logic of `/vw/chunks/2`: serving chunks from the store, and fetching
+//! Per-stream logic of `/vw/chunks`: serving chunks from the store, and fetching
 //! chunks into it.
 //!
 //! Serving: read `Want`s and `Credit`s; check each want against the host's
@@ -410,6 +410,12 @@ async fn serve_one(
                 .await
                 .map_err(|_| ServeError::Stalled { what: "sent nothing", after: limits.stall })?
         };
+        if let Err(e @ FrameError::Version { .. }) = &next {
+            // A fetcher of another release: it is told which versions, and refused.
+            audit("-", "-", "refused", &e.to_string());
+            let refusal = Frame::Refused { reason: e.to_string() };
+            let _ = send(&mut stream, &refusal, limits.stall).await;
+        }
         match next? {
             Some(Frame::Want { deployment, manifest, ids }) => {
                 let verdict =

@@ -1,4 +1,4 @@
-//! `/vw/chunks/2`: chunk exchange between peers.
+//! `/vw/chunks`: chunk exchange between peers.
 //!
 //! A receiver opens a stream to a sender per deployment and sends [`Frame::Want`] with
 //! the ids it needs from that sender (its parent in the plan, or any holder when it

@@ -1,5 +1,6 @@
-//! The wire format of `/vw/chunks/2`: length-prefixed frames, each a version byte and
-//! a postcard-encoded [`Frame`].
+//! The wire format of `/vw/chunks`: length-prefixed frames, each a version byte and
+//! a postcard-encoded [`Frame`]. The name carries no version: a peer of another
+//! release meets this one at its first frame and is refused, both versions named.
 //!
 //! ```text
 //! frame   = length:u32 BE | version:u8 (2) | body:postcard(Frame)
@@ -18,7 +19,7 @@ pub use crate::wire::FrameError;
 use crate::wire::{self, Message};
 
 /// The protocol's name, negotiated by libp2p.
-pub const PROTOCOL_NAME: &str = "/vw/chunks/2";
+pub const PROTOCOL_NAME: &str = "/vw/chunks";
 /// The frame format version this build speaks (2: a want names its manifest).
 pub const VERSION: u8 = 2;
 /// Largest chunk carried: the largest a manifest may list, so every stored image can
@@ -111,6 +112,7 @@ mod serde_bytes_compat {
 }
 
 impl Message for Frame {
+    const PROTOCOL: &'static str = PROTOCOL_NAME;
     const VERSION: u8 = VERSION;
     const MAX: usize = MAX_FRAME;
 
@@ -337,7 +339,10 @@ mod tests {
         );
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 2, 9, 4]);
-        assert_eq!(d.next_frame(), Err(FrameError::Version { found: 9, speaks: 2 }));
+        assert_eq!(
+            d.next_frame(),
+            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: 2 })
+        );
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 3, 2, 4, 0]);
         assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));

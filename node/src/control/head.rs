@@ -1,4 +1,4 @@
-//! The head's side of `/vw/control/2`: one deployment driven across every host.
+//! The head's side of `/vw/control`: one deployment driven across every host.
 //!
 //! [`Head::deploy`] runs the phases in order: validate the workspace; collect every
 //! host's inventory (capacity, caps, what it runs, which chunks it holds); place the
@@ -349,6 +349,9 @@ impl Head {
                 Ok(Ok(Some(Reply::Done(answer)))) => return Ok(answer),
                 Ok(Ok(None)) => {
                     return Err(("it closed the stream without answering".into(), replied))
+                }
+                Ok(Err(e @ wire::FrameError::Version { .. })) => {
+                    return Err((format!("it runs another release: {e}"), true))
                 }
                 Ok(Err(e)) => {
                     return Err((format!("it broke the protocol or went away: {e}"), replied))

@@ -1,4 +1,4 @@
-//! A host's side of `/vw/control/2`: requests from the head, served from the manager
+//! A host's side of `/vw/control`: requests from the head, served from the manager
 //! and the store.
 //!
 //! A stage order runs in two parts. First the chunks: every planned stream at once,
@@ -829,8 +829,14 @@ async fn serve_one(
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => {
-            let _ = wire::write(&mut stream, &refuse(format!("malformed request: {e}"))).await;
-            return Err(format!("malformed request: {e}"));
+            // A head of another release is told which versions both speak.
+            let why = match e {
+                wire::FrameError::Version { .. } => format!("refused: {e}"),
+                _ => format!("malformed request: {e}"),
+            };
+            host.gate.audit.record("-", &peer.to_string(), "control", "-", "refused", &why);
+            let _ = wire::write(&mut stream, &refuse(why.clone())).await;
+            return Err(why);
         }
         Err(_) => return Err("no request within the timeout".into()),
     };

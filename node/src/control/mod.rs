@@ -1,4 +1,4 @@
-//! `/vw/control/5`: how the head drives the hosts of a deployment.
+//! `/vw/control`: how the head drives the hosts of a deployment.
 //!
 //! The head opens one stream per request to each host, all hosts at once. A host
 //! answers only the peers its config marks as heads; anyone else is refused, and the

@@ -1,4 +1,4 @@
-//! The wire format of `/vw/control/2`: one [`Request`] from the head per stream, then
+//! The wire format of `/vw/control`: one [`Request`] from the head per stream, then
 //! from the host any number of [`Reply::Progress`] and one [`Reply::Done`]. Framed by
 //! [`crate::wire`] (length, version byte, postcard), each message at most
 //! [`MAX_MESSAGE`] bytes and checked against its own limits after decoding.
@@ -21,8 +21,10 @@ use crate::report::{ClusterShare, HostCapacity, VmReady, VmRecord, VmReport};
 use crate::wire::{FrameError, Message};
 use crate::xen::DomainState;
 
-/// The protocol's name, negotiated by libp2p.
-pub const PROTOCOL_NAME: &str = "/vw/control/5";
+/// The protocol's name, negotiated by libp2p: the same in every version (the version is
+/// each frame's first byte), so a head and a host of different releases meet at the
+/// first frame and the one that cannot read it says which versions both speak.
+pub const PROTOCOL_NAME: &str = "/vw/control";
 /// The message format version this build speaks (2: VO tickets, seals, stagers; 3:
 /// each host's Xen driver in its inventory and status; 4: each planned stream as index
 /// ranges with the rate the plan expects of it, a Slurm cluster's MUNGE key; 5:
@@ -367,6 +369,7 @@ fn check_piece(p: &ManifestPiece) -> Result<(), FrameError> {
 }
 
 impl Message for Request {
+    const PROTOCOL: &'static str = PROTOCOL_NAME;
     const VERSION: u8 = VERSION;
     const MAX: usize = MAX_MESSAGE;
 
@@ -423,6 +426,7 @@ impl Message for Request {
 }
 
 impl Message for Reply {
+    const PROTOCOL: &'static str = PROTOCOL_NAME;
     const VERSION: u8 = VERSION;
     const MAX: usize = MAX_MESSAGE;
 

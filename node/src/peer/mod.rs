@@ -1,5 +1,5 @@
 //! The libp2p peer: TCP + Noise + Yamux, identify, an allow list of cluster peers, and
-//! `/vw/chunks/2` on raw streams.
+//! `/vw/chunks` on raw streams.
 //!
 //! [`Peer::start`] builds the swarm and runs it in a task that owns it (an actor: the
 //! [`Peer`] handle sends it bounded commands with one-shot replies). A second task
