@@ -38,13 +38,13 @@ pub(crate) const CORRUPT: &str = "corrupt";
 pub(crate) const SEALS: &str = "seals";
 const FAMILIES: [&str; 8] = [META, CHUNKS, MANIFESTS, NAMES, PINS, USAGE, CORRUPT, SEALS];
 
-const CHUNK_RECORD_V: u8 = 1;
-const NAME_RECORD_V: u8 = 1;
-const PIN_RECORD_V: u8 = 1;
-const USAGE_RECORD_V: u8 = 1;
-const CORRUPT_RECORD_V: u8 = 1;
-const META_V: u8 = 1;
-const SEAL_RECORD_V: u8 = 1;
+pub(crate) const CHUNK_RECORD_V: u8 = 1;
+pub(crate) const NAME_RECORD_V: u8 = 1;
+pub(crate) const PIN_RECORD_V: u8 = 1;
+pub(crate) const USAGE_RECORD_V: u8 = 1;
+pub(crate) const CORRUPT_RECORD_V: u8 = 1;
+pub(crate) const META_V: u8 = 1;
+pub(crate) const SEAL_RECORD_V: u8 = 1;
 
 /// Where a stored chunk is and what the store knows about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

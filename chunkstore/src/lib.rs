@@ -30,6 +30,8 @@ mod db;
 mod export;
 #[cfg(feature = "store")]
 mod gc;
+#[cfg(all(test, feature = "store"))]
+mod golden;
 #[cfg(feature = "store")]
 mod held;
 #[cfg(feature = "store")]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ChunkId, Error};
 
 const MAGIC: [u8; 8] = *b"VWPACK\0\0";
-const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 const HEADER_LEN: u64 = 16;
 const RECORD_HEADER_LEN: u64 = 4 + 32;
 /// A pack is closed and a new one started once it passes this size.

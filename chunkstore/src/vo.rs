@@ -27,9 +27,9 @@ use crate::{Error, ImageName, ManifestId};
 /// Largest encoded seal accepted (a name is at most 200 bytes).
 pub const MAX_SEAL: usize = 1024;
 const SEAL_MAGIC: [u8; 4] = *b"VWSL";
-const SEAL_VERSION: u8 = 1;
+pub(crate) const SEAL_VERSION: u8 = 1;
 const KEY_MAGIC: [u8; 4] = *b"VWVK";
-const KEY_VERSION: u8 = 1;
+pub(crate) const KEY_VERSION: u8 = 1;
 /// Largest key file read.
 const MAX_KEY_FILE: u64 = 4096;
 
@@ -111,6 +111,13 @@ impl VoKey {
             path: format!("a key for VO {vo}").into(),
             error: std::io::Error::other(e.to_string()),
         })?;
+        Self::from_seed(vo, seed)
+    }
+
+    /// The key of `vo` whose secret is `seed` (the golden tests' fixed keys; a key
+    /// kept elsewhere).
+    pub fn from_seed(vo: &str, seed: [u8; 32]) -> Result<Self, Error> {
+        check_vo(vo)?;
         Ok(VoKey { vo: vo.to_owned(), key: SigningKey::from_bytes(&seed) })
     }
 

@@ -1,4 +1,5 @@
-//! What vw's test suites share (a dev-dependency only).
+//! What vw's test suites share (a dev-dependency only): the rule for tests that need
+//! root, and golden files for every format that leaves the process.
 //!
 //! Some tests need root (a tmpfs or XFS mount, network namespaces, another user) or a
 //! tool; on a developer's machine without them they say so and pass. In CI (`CI=true`,
@@ -29,6 +30,41 @@ pub fn skip(test: &str, why: &str) -> bool {
     assert!(!in_ci(), "{test} {why}, and under CI=true a skipped test fails the run");
     eprintln!("SKIPPED {test}: {why}");
     false
+}
+
+/// Checks that `bytes`, an encoding that leaves the process (a wire message, a stored
+/// record, a file), are exactly those in the golden file `dir/NAME.hex` (hex, 32 bytes
+/// a line). NAME carries the format's version (`vm_record-v1`), so changing a format
+/// on purpose means bumping its version, which names a new file, and keeping the old
+/// one shows what the previous release wrote. A missing file is written when
+/// `VW_BLESS=1`, and is otherwise an error; an existing file is never rewritten.
+#[track_caller]
+pub fn golden(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    let path = dir.join(format!("{name}.hex"));
+    let hex: String = bytes
+        .chunks(32)
+        .map(|line| line.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+        .collect();
+    match std::fs::read_to_string(&path) {
+        Ok(want) => assert!(
+            want == hex,
+            "format {name} changed: its bytes differ from {}.\nA stored or wire format \
+             changes only with a new version (bump its version constant, which names a new \
+             golden file, and read or migrate the old one).\nnow:\n{hex}",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var("VW_BLESS").is_ok_and(|v| v == "1"),
+                "no golden file {} for format {name}: run the test with VW_BLESS=1 to write \
+                 it, and commit it",
+                path.display()
+            );
+            std::fs::create_dir_all(dir).expect("golden directory");
+            std::fs::write(&path, hex).expect("golden file");
+        }
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    }
 }
 
 #[cfg(test)]
