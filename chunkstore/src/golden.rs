@@ -85,9 +85,6 @@ fn vo_key_file_and_seal() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = tmp.path().join("grid3.key");
     key().save(&path).expect("save");
-    golden(
-        &format!("vo_key-v{}", crate::vo::KEY_VERSION),
-        &std::fs::read(&path).expect("read"),
-    );
+    golden(&format!("vo_key-v{}", crate::vo::KEY_VERSION), &std::fs::read(&path).expect("read"));
     golden(&format!("seal-v{}", crate::vo::SEAL_VERSION), &seal().encode());
 }

@@ -26,7 +26,13 @@ pub struct RecordBatch {
 impl RecordBatch {
     /// Sets `family[key]` to `value` behind version byte `version`.
     pub fn put<T: Serialize>(&mut self, family: &'static str, key: &str, version: u8, value: &T) {
-        self.ops.push((family, key.to_owned(), Some(record::encode(version, value))));
+        self.ops.push((family, key.to_owned(), Some(Self::encoded(version, value))));
+    }
+
+    /// The bytes [`Self::put`] stores for `value` behind version byte `version` (for
+    /// the layers' golden tests).
+    pub fn encoded<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+        record::encode(version, value)
     }
 
     /// Deletes `family[key]`.

@@ -21,6 +21,8 @@ pub mod config;
 pub mod control;
 #[cfg(feature = "host")]
 pub mod daemon;
+#[cfg(all(test, feature = "host"))]
+mod golden;
 pub mod hosts;
 pub mod integrate;
 pub mod lifecycle;

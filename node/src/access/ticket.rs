@@ -22,7 +22,7 @@ pub const MAX_TICKET_MANIFESTS: usize = 256;
 /// Largest encoded ticket accepted.
 pub const MAX_TICKET: usize = 1024 + 33 * MAX_TICKET_MANIFESTS;
 const MAGIC: [u8; 4] = *b"VWTK";
-const VERSION: u8 = 2;
+pub(crate) const VERSION: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Body {
@@ -64,14 +64,20 @@ pub struct Ticket {
 impl Ticket {
     /// `key`'s ticket on `terms`, with a fresh random nonce.
     pub fn sign(key: &VoKey, terms: &TicketTerms) -> Result<Self, String> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| format!("no randomness for a nonce: {e}"))?;
+        Self::sign_with_nonce(key, terms, nonce)
+    }
+
+    /// `key`'s ticket on `terms` with `nonce` (a fresh one for every ticket: a host
+    /// admits a nonce once).
+    fn sign_with_nonce(key: &VoKey, terms: &TicketTerms, nonce: [u8; 16]) -> Result<Self, String> {
         if terms.manifests.len() > MAX_TICKET_MANIFESTS {
             return Err(format!(
                 "{} manifests; a ticket allows at most {MAX_TICKET_MANIFESTS}",
                 terms.manifests.len()
             ));
         }
-        let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce).map_err(|e| format!("no randomness for a nonce: {e}"))?;
         let body = Body {
             vo: key.vo().to_owned(),
             cluster: terms.cluster.clone(),
@@ -225,5 +231,21 @@ mod tests {
         bytes.extend_from_slice(&[0; 100]);
         let err = Ticket::decode(&bytes).expect_err("v1");
         assert!(err.contains("version 1, this build reads 2"), "{err}");
+    }
+
+    /// The ticket's encoding (`vw_testkit::golden`, `node/tests/golden/`).
+    #[test]
+    fn golden_bytes() {
+        let key = VoKey::from_seed("grid3", [7; 32]).expect("key");
+        let terms = TicketTerms {
+            cluster: "demo".into(),
+            deployment: "g".into(),
+            workspace: blake3::hash(b"<virtualWorkspace/>"),
+            manifests: [ManifestId::from_bytes([9; 32])].into_iter().collect(),
+            expires_s: 1_800_000_000,
+        };
+        let ticket = Ticket::sign_with_nonce(&key, &terms, [5; 16]).expect("ticket");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        vw_testkit::golden(&dir, &format!("ticket-v{VERSION}"), &ticket.encode());
     }
 }

@@ -24,10 +24,10 @@ pub(crate) const CLUSTERS: &str = "clusters";
 /// The families the manager opens the store with.
 pub const FAMILIES: [&str; 4] = [DEPLOYMENTS, VMS, ADDRESSES, CLUSTERS];
 
-const DEPLOYMENT_V: u8 = 3;
-const VM_V: u8 = 1;
-const ADDRESS_V: u8 = 1;
-const CLUSTER_V: u8 = 2;
+pub(crate) const DEPLOYMENT_V: u8 = 3;
+pub(crate) const VM_V: u8 = 1;
+pub(crate) const ADDRESS_V: u8 = 1;
+pub(crate) const CLUSTER_V: u8 = 2;
 
 /// Typed access to the manager's families.
 pub(crate) struct Db<'s> {
