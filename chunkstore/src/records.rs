@@ -1,15 +1,14 @@
 //! Records of higher layers kept in the store's database: the host manager's VMs,
 //! deployments and address allocations live beside the chunks (`docs/ARCHITECTURE.md`),
 //! in column families the caller names when it opens the store. The store does not know
-//! what they mean; it versions and encodes them like its own ([`crate::record`]) and
-//! writes each batch atomically and durably.
+//! what they mean, nor how they are encoded (the layer that owns a family versions its
+//! records and reads the versions it wrote before); it writes each batch atomically and
+//! durably.
 
 use rocksdb::WriteBatch;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::db::Db;
-use crate::{record, Error, Store};
+use crate::{Error, Store};
 
 /// Typed access to the extra families (see [`Store::open_with_records`]).
 #[derive(Debug)]
@@ -24,15 +23,9 @@ pub struct RecordBatch {
 }
 
 impl RecordBatch {
-    /// Sets `family[key]` to `value` behind version byte `version`.
-    pub fn put<T: Serialize>(&mut self, family: &'static str, key: &str, version: u8, value: &T) {
-        self.ops.push((family, key.to_owned(), Some(Self::encoded(version, value))));
-    }
-
-    /// The bytes [`Self::put`] stores for `value` behind version byte `version` (for
-    /// the layers' golden tests).
-    pub fn encoded<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-        record::encode(version, value)
+    /// Sets `family[key]` to `value`, encoded by the layer that owns the family.
+    pub fn put(&mut self, family: &'static str, key: &str, value: Vec<u8>) {
+        self.ops.push((family, key.to_owned(), Some(value)));
     }
 
     /// Deletes `family[key]`.
@@ -58,34 +51,20 @@ impl Records<'_> {
         assert!(self.db.extra.contains(&family), "record family {family} was not opened");
     }
 
-    /// `family[key]`, decoded as version `version`.
-    pub fn get<T: DeserializeOwned>(
-        &self,
-        family: &'static str,
-        key: &str,
-        version: u8,
-    ) -> Result<Option<T>, Error> {
+    /// `family[key]`, as the layer that owns the family encoded it.
+    pub fn get(&self, family: &'static str, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.check(family);
-        self.db
-            .get(family, key.as_bytes())?
-            .map(|bytes| record::decode(family, &key, version, &bytes))
-            .transpose()
+        self.db.get(family, key.as_bytes())
     }
 
     /// Every record of `family`, in key order.
-    pub fn scan<T: DeserializeOwned>(
-        &self,
-        family: &'static str,
-        version: u8,
-    ) -> Result<Vec<(String, T)>, Error> {
+    pub fn scan(&self, family: &'static str) -> Result<Vec<(String, Vec<u8>)>, Error> {
         self.check(family);
         self.db
             .scan(family)
             .map(|entry| {
                 let (k, v) = entry?;
-                let key = String::from_utf8_lossy(&k).into_owned();
-                let value = record::decode(family, &key, version, &v)?;
-                Ok((key, value))
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.into_vec()))
             })
             .collect()
     }

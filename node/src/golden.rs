@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vw_chunkstore::{ManifestId, RecordBatch};
+use vw_chunkstore::ManifestId;
 use vw_planner::address::{Network, NicAddress};
 
 use crate::config::DriverKind;
@@ -17,17 +17,20 @@ use crate::integrate::MungeKey;
 use crate::lifecycle::{Op, Step, VmState};
 use crate::machine::{LinkRate, Source};
 use crate::manager::records::{
-    AddressOwner, ClusterDeployment, ClusterShare, DeploymentRecord, Member, StagePhases,
-    StagedFiles, Timing, VmRecord, ADDRESS_V, CLUSTER_V, DEPLOYMENT_V, VM_V,
+    encode, AddressOwner, ClusterDeployment, ClusterShare, DeploymentRecord, Family, Member,
+    StagePhases, StagedFiles, Timing, VmRecord,
 };
 use crate::report::{HostCapacity, PlacedVm, VmReady, VmReport};
 use crate::workspace::{Access, VmRole};
 use crate::xen::config::Disk;
 use crate::xen::{DomainState, GuestReport};
 
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
 fn golden(name: &str, bytes: &[u8]) {
-    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    vw_testkit::golden(&dir, name, bytes);
+    vw_testkit::golden(&dir(), name, bytes);
 }
 
 const MS: u64 = 1_800_000_000_123;
@@ -92,6 +95,16 @@ fn workspace() -> String {
     crate::localnet::cluster_workspace("g", "grid3/base:1", "grid3/worker:1", 1)
 }
 
+/// Checks family `F`'s record `value` against its golden file at the current version,
+/// and that the golden file of the version before (what the previous release wrote)
+/// still reads as the same value.
+fn family<F: Family + PartialEq + std::fmt::Debug>(name: &str, value: &F) {
+    golden(&format!("{name}-v{}", F::VERSION), &encode(value));
+    let old = vw_testkit::golden_bytes(&dir(), &format!("{name}-v{}", F::POSTCARD));
+    let read: F = crate::manager::records::decode("golden", &old).expect("the old version reads");
+    assert_eq!(&read, value, "{name} version {} reads as written", F::POSTCARD);
+}
+
 /// The manager's record families, as `manager/records.rs` stores them.
 #[test]
 fn manager_records() {
@@ -104,13 +117,9 @@ fn manager_records() {
         vms: vec!["g-head".into()],
         share: Some(share()),
     };
-    golden(
-        &format!("deployment_record-v{DEPLOYMENT_V}"),
-        &RecordBatch::encoded(DEPLOYMENT_V, &deployment),
-    );
-    golden(&format!("vm_record-v{VM_V}"), &RecordBatch::encoded(VM_V, &vm_record()));
-    let owner = AddressOwner { deployment: "g".into(), vm: "g-head".into() };
-    golden(&format!("address_owner-v{ADDRESS_V}"), &RecordBatch::encoded(ADDRESS_V, &owner));
+    family("deployment_record", &deployment);
+    family("vm_record", &vm_record());
+    family("address_owner", &AddressOwner { deployment: "g".into(), vm: "g-head".into() });
     let cluster = ClusterDeployment {
         name: "g".into(),
         workspace: workspace(),
@@ -124,7 +133,7 @@ fn manager_records() {
         }],
         created_ms: MS,
     };
-    golden(&format!("cluster_deployment-v{CLUSTER_V}"), &RecordBatch::encoded(CLUSTER_V, &cluster));
+    family("cluster_deployment", &cluster);
 }
 
 /// One of each control request and answer, framed as they cross the network.

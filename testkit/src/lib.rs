@@ -67,6 +67,23 @@ pub fn golden(dir: &std::path::Path, name: &str, bytes: &[u8]) {
     }
 }
 
+/// The bytes of the golden file `dir/NAME.hex` (what a previous release wrote: the
+/// reader of each older version is tested against it).
+#[track_caller]
+pub fn golden_bytes(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let path = dir.join(format!("{name}.hex"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let hex: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    hex.chunks(2)
+        .map(|pair| {
+            let digits = std::str::from_utf8(pair).expect("ascii");
+            u8::from_str_radix(digits, 16)
+                .unwrap_or_else(|e| panic!("{}: `{digits}`: {e}", path.display()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 pub mod ready;
 pub mod records;
 mod stage;
+mod stored;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -42,6 +43,16 @@ pub enum ManagerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] vw_chunkstore::Error),
+    /// A record of the manager's is unreadable (written by another release, or damaged).
+    #[error("stored {family} record {key} is unreadable: {reason}")]
+    Record {
+        /// The family.
+        family: &'static str,
+        /// The record's key.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// The system gave no randomness.
     #[error("no randomness from the system: {0}")]
     Random(String),
@@ -251,6 +262,14 @@ impl Manager {
             munge_keys: Default::default(),
             munge_secret,
         };
+        let migrated = records::migrate(&m.db())?;
+        if migrated > 0 {
+            tracing::info!(
+                records = migrated,
+                store = %root.display(),
+                "rewrote records an earlier release wrote in this release's versions"
+            );
+        }
         let reconciled = m.reconcile()?;
         Ok((m, reconciled))
     }

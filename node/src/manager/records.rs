@@ -7,10 +7,15 @@
 //! | `addresses` | `ip/10.77.1.10`, `mac/00:16:3e:…` | [`AddressOwner`] |
 //! | `clusters` | deployment name | [`ClusterDeployment`]: on a head, where each VM went |
 //!
-//! Each value carries a version byte; every transition is one synced batch.
+//! Each value is a version byte, then its stored type ([`super::stored`]) as JSON; every
+//! transition is one synced batch. The version before each (postcard of the domain
+//! type) is still read, and [`migrate`] rewrites such records once.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use vw_chunkstore::{RecordBatch, Records};
 
+use super::stored;
 use super::ManagerError;
 pub use crate::report::{
     AddressOwner, ClusterDeployment, ClusterShare, DeploymentRecord, Member, StagePhases,
@@ -24,10 +29,91 @@ pub(crate) const CLUSTERS: &str = "clusters";
 /// The families the manager opens the store with.
 pub const FAMILIES: [&str; 4] = [DEPLOYMENTS, VMS, ADDRESSES, CLUSTERS];
 
-pub(crate) const DEPLOYMENT_V: u8 = 3;
-pub(crate) const VM_V: u8 = 1;
-pub(crate) const ADDRESS_V: u8 = 1;
-pub(crate) const CLUSTER_V: u8 = 2;
+/// One family's record: its domain type, its stored type and their versions.
+pub(crate) trait Family: Sized + DeserializeOwned {
+    /// The column family.
+    const NAME: &'static str;
+    /// The version written now (JSON of [`Self::Stored`]).
+    const VERSION: u8;
+    /// The version before it: postcard of the domain type, read and migrated.
+    const POSTCARD: u8;
+    /// The stored type.
+    type Stored: Serialize + DeserializeOwned + for<'a> From<&'a Self>;
+    /// The domain value of a stored one.
+    fn from_stored(s: Self::Stored) -> Result<Self, String>;
+}
+
+impl Family for DeploymentRecord {
+    const NAME: &'static str = DEPLOYMENTS;
+    const VERSION: u8 = 4;
+    const POSTCARD: u8 = 3;
+    type Stored = stored::Deployment;
+    fn from_stored(s: stored::Deployment) -> Result<Self, String> {
+        s.try_into()
+    }
+}
+
+impl Family for VmRecord {
+    const NAME: &'static str = VMS;
+    const VERSION: u8 = 2;
+    const POSTCARD: u8 = 1;
+    type Stored = stored::Vm;
+    fn from_stored(s: stored::Vm) -> Result<Self, String> {
+        s.try_into()
+    }
+}
+
+impl Family for AddressOwner {
+    const NAME: &'static str = ADDRESSES;
+    const VERSION: u8 = 2;
+    const POSTCARD: u8 = 1;
+    type Stored = stored::Owner;
+    fn from_stored(s: stored::Owner) -> Result<Self, String> {
+        Ok(s.into())
+    }
+}
+
+impl Family for ClusterDeployment {
+    const NAME: &'static str = CLUSTERS;
+    const VERSION: u8 = 3;
+    const POSTCARD: u8 = 2;
+    type Stored = stored::Cluster;
+    fn from_stored(s: stored::Cluster) -> Result<Self, String> {
+        s.try_into()
+    }
+}
+
+/// `value` as its family stores it now.
+pub(crate) fn encode<F: Family>(value: &F) -> Vec<u8> {
+    let mut out = vec![F::VERSION];
+    serde_json::to_writer(&mut out, &F::Stored::from(value)).expect("stored types encode");
+    out
+}
+
+/// A record of family `F` under `key`, of the current version or the one before.
+pub(crate) fn decode<F: Family>(key: &str, bytes: &[u8]) -> Result<F, ManagerError> {
+    let bad =
+        |reason: String| ManagerError::Record { family: F::NAME, key: key.to_owned(), reason };
+    match bytes.split_first() {
+        Some((&v, body)) if v == F::VERSION => {
+            let stored = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+            F::from_stored(stored).map_err(bad)
+        }
+        Some((&v, body)) if v == F::POSTCARD => match postcard::take_from_bytes(body) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(bad(format!("{} trailing bytes", rest.len()))),
+            Err(e) => Err(bad(e.to_string())),
+        },
+        Some((&v, _)) => Err(bad(format!(
+            "record version {v}, which this release does not read (it reads {} and {}): \
+             written by {} release",
+            F::POSTCARD,
+            F::VERSION,
+            if v > F::VERSION { "a newer" } else { "an older" }
+        ))),
+        None => Err(bad("an empty value".into())),
+    }
+}
 
 /// Typed access to the manager's families.
 pub(crate) struct Db<'s> {
@@ -35,20 +121,32 @@ pub(crate) struct Db<'s> {
 }
 
 impl Db<'_> {
+    fn get<F: Family>(&self, key: &str) -> Result<Option<F>, ManagerError> {
+        self.records.get(F::NAME, key)?.map(|b| decode(key, &b)).transpose()
+    }
+
+    fn scan<F: Family>(&self) -> Result<Vec<(String, F)>, ManagerError> {
+        self.records
+            .scan(F::NAME)?
+            .into_iter()
+            .map(|(k, b)| Ok((k.clone(), decode(&k, &b)?)))
+            .collect()
+    }
+
     pub fn deployment(&self, name: &str) -> Result<Option<DeploymentRecord>, ManagerError> {
-        Ok(self.records.get(DEPLOYMENTS, name, DEPLOYMENT_V)?)
+        self.get(name)
     }
 
     pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, ManagerError> {
-        Ok(self.records.scan(DEPLOYMENTS, DEPLOYMENT_V)?.into_iter().map(|(_, d)| d).collect())
+        Ok(self.scan()?.into_iter().map(|(_, d)| d).collect())
     }
 
     pub fn vm(&self, name: &str) -> Result<Option<VmRecord>, ManagerError> {
-        Ok(self.records.get(VMS, name, VM_V)?)
+        self.get(name)
     }
 
     pub fn vms(&self) -> Result<Vec<VmRecord>, ManagerError> {
-        Ok(self.records.scan(VMS, VM_V)?.into_iter().map(|(_, v)| v).collect())
+        Ok(self.scan()?.into_iter().map(|(_, v)| v).collect())
     }
 
     /// The VMs of `dep`, in its order (head first).
@@ -57,15 +155,15 @@ impl Db<'_> {
     }
 
     pub fn addresses(&self) -> Result<Vec<(String, AddressOwner)>, ManagerError> {
-        Ok(self.records.scan(ADDRESSES, ADDRESS_V)?)
+        self.scan()
     }
 
     pub fn cluster(&self, name: &str) -> Result<Option<ClusterDeployment>, ManagerError> {
-        Ok(self.records.get(CLUSTERS, name, CLUSTER_V)?)
+        self.get(name)
     }
 
     pub fn clusters(&self) -> Result<Vec<ClusterDeployment>, ManagerError> {
-        Ok(self.records.scan(CLUSTERS, CLUSTER_V)?.into_iter().map(|(_, d)| d).collect())
+        Ok(self.scan()?.into_iter().map(|(_, d)| d).collect())
     }
 
     pub fn write(&self, batch: RecordBatch) -> Result<(), ManagerError> {
@@ -73,24 +171,28 @@ impl Db<'_> {
     }
 }
 
+fn put<F: Family>(batch: &mut RecordBatch, key: &str, value: &F) {
+    batch.put(F::NAME, key, encode(value));
+}
+
 pub(crate) fn put_deployment(batch: &mut RecordBatch, d: &DeploymentRecord) {
-    batch.put(DEPLOYMENTS, &d.name, DEPLOYMENT_V, d);
+    put(batch, &d.name, d);
 }
 
 pub(crate) fn put_cluster(batch: &mut RecordBatch, d: &ClusterDeployment) {
-    batch.put(CLUSTERS, &d.name, CLUSTER_V, d);
+    put(batch, &d.name, d);
 }
 
 pub(crate) fn put_vm(batch: &mut RecordBatch, vm: &VmRecord) {
-    batch.put(VMS, &vm.name, VM_V, vm);
+    put(batch, &vm.name, vm);
 }
 
 /// Records `vm`'s NICs as taken.
 pub(crate) fn hold_addresses(batch: &mut RecordBatch, vm: &VmRecord) {
     let owner = AddressOwner { deployment: vm.deployment.clone(), vm: vm.name.clone() };
     for nic in &vm.nics {
-        batch.put(ADDRESSES, &format!("ip/{}", nic.ip), ADDRESS_V, &owner);
-        batch.put(ADDRESSES, &format!("mac/{}", nic.mac), ADDRESS_V, &owner);
+        put(batch, &format!("ip/{}", nic.ip), &owner);
+        put(batch, &format!("mac/{}", nic.mac), &owner);
     }
 }
 
@@ -100,4 +202,29 @@ pub(crate) fn release_addresses(batch: &mut RecordBatch, vm: &VmRecord) {
         batch.delete(ADDRESSES, &format!("ip/{}", nic.ip));
         batch.delete(ADDRESSES, &format!("mac/{}", nic.mac));
     }
+}
+
+/// Rewrites every record an earlier release wrote (each family's postcard version) in
+/// the current version, in one synced batch; returns how many. A record neither
+/// version reads stops it, naming the record, before anything is written.
+pub(crate) fn migrate(db: &Db<'_>) -> Result<usize, ManagerError> {
+    fn family<F: Family>(db: &Db<'_>, batch: &mut RecordBatch) -> Result<usize, ManagerError> {
+        let mut n = 0;
+        for (key, bytes) in db.records.scan(F::NAME)? {
+            if bytes.first() == Some(&F::POSTCARD) {
+                put(batch, &key, &decode::<F>(&key, &bytes)?);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+    let mut batch = RecordBatch::default();
+    let n = family::<DeploymentRecord>(db, &mut batch)?
+        + family::<VmRecord>(db, &mut batch)?
+        + family::<AddressOwner>(db, &mut batch)?
+        + family::<ClusterDeployment>(db, &mut batch)?;
+    if n > 0 {
+        db.write(batch)?;
+    }
+    Ok(n)
 }
