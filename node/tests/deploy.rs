@@ -204,6 +204,34 @@ async fn a_cluster_deploys_end_to_end_and_a_second_vo_moves_only_new_chunks() {
 
 /// The paper's operations apart: a cluster staged now (on every host, the whole plan)
 /// and created later by name, with the same reports.
+/// Two image names with the same contents are one manifest: a cluster whose head and
+/// workers use the two names stages on every host. Before, the head granted the
+/// manifest to the second name's stagers only, and the host staging the first was
+/// refused its chunks and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_names_of_one_image_stage_on_every_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, images, vos) = cluster(dir.path(), 4, 16);
+    {
+        let store = Store::open(&net.data_dirs[0]).expect("head store");
+        vos.import(&store, &images.worker, "demo/twin:1", Visibility::Private).expect("import");
+    }
+    let vwds = net.start().await.expect("start");
+    // A first cluster takes the head host, so the second's head node (the first name)
+    // goes to a host that must fetch it.
+    let first = cluster_workspace("first", "demo/base:1", "demo/base:1", 1);
+    deploy(&net, &vos, "demo", first, Strategy::Chain).await;
+    let text = cluster_workspace("twin", "demo/twin:1", "demo/worker:1", 2);
+    let (report, _) = deploy(&net, &vos, "demo", text, Strategy::Chain).await;
+    let head = report.placement.iter().find(|p| p.vm == "twin-head").expect("placed");
+    assert_ne!(head.host, "head", "the first name is staged by a host that fetches it");
+    assert!(report.lost.is_empty(), "{report:#?}");
+    assert_eq!(report.ready.iter().filter(|r| r.ok()).count(), 3, "{:?}", report.ready);
+    for v in vwds {
+        v.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_staged_now_is_created_later_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -64,7 +64,9 @@ pub enum Verdict {
 
 impl Grants {
     /// Lets the peers listed with each manifest fetch its chunks for `stage` of `vo`,
-    /// all at once (replacing earlier grants for the same pairs), until `expires_s`.
+    /// all at once (replacing earlier grants for the same pairs), until `expires_s`. A
+    /// manifest listed more than once (two image names with the same contents) is
+    /// granted to the peers of every listing.
     pub fn allow(
         &self,
         stage: &str,
@@ -72,15 +74,27 @@ impl Grants {
         manifests: &[(&Manifest, &[PeerId])],
         expires_s: u64,
     ) {
-        let mut by = self.lock();
+        let mut grants: HashMap<ManifestId, Grant> = HashMap::new();
         for (manifest, peers) in manifests {
-            let grant = Grant {
-                vo: vo.to_owned(),
-                peers: peers.iter().copied().collect(),
-                chunks: manifest.chunks().iter().filter(|c| !c.is_zero()).map(|c| c.id).collect(),
-                expires_s,
-            };
-            by.insert((stage.to_owned(), manifest.id()), Arc::new(grant));
+            grants
+                .entry(manifest.id())
+                .or_insert_with(|| Grant {
+                    vo: vo.to_owned(),
+                    peers: Default::default(),
+                    chunks: manifest
+                        .chunks()
+                        .iter()
+                        .filter(|c| !c.is_zero())
+                        .map(|c| c.id)
+                        .collect(),
+                    expires_s,
+                })
+                .peers
+                .extend(peers.iter().copied());
+        }
+        let mut by = self.lock();
+        for (id, grant) in grants {
+            by.insert((stage.to_owned(), id), Arc::new(grant));
         }
         drop(by);
         self.granted.notify_waiters();
@@ -213,6 +227,26 @@ mod tests {
             grants.check(&staging, "d", &m.id(), &ids),
             Verdict::Refused { vo: None, .. }
         ));
+    }
+
+    /// Two image names with the same contents are one manifest: the peers staging
+    /// either may fetch it. Before, the second listing replaced the first, and a host
+    /// staging the first name was refused ("is not staging manifest …"; `vw demo
+    /// --size-mib 16` lost vo2's head node so).
+    #[test]
+    fn a_manifest_listed_twice_is_granted_to_the_peers_of_both() {
+        let grants = Grants::default();
+        let m = manifest(b"m");
+        let (first, second) = (PeerId::random(), PeerId::random());
+        grants.allow("d", "a", &[(&m, &[first]), (&m, &[second])], u64::MAX);
+        let ids = [m.chunks()[0].id];
+        for peer in [first, second] {
+            assert_eq!(
+                grants.check(&peer, "d", &m.id(), &ids),
+                Verdict::Allowed { vo: "a".into() }
+            );
+        }
+        assert_eq!(grants.len(), 1);
     }
 
     #[tokio::test]
