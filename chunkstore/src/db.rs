@@ -317,9 +317,4 @@ pub(crate) fn decode_pin(key: &str, bytes: &[u8]) -> Result<PinRecord, Error> {
     record::decode(PINS, &key, PIN_RECORD_V, bytes)
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use crate::now_ms;

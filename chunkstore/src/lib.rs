@@ -87,3 +87,11 @@ pub trait Progress: Sync {
 
 /// No progress reporting.
 impl Progress for () {}
+
+/// Milliseconds since the Unix epoch: how the store stamps its records, and the
+/// layers above theirs.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

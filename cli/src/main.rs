@@ -99,24 +99,7 @@ enum Command {
     /// Release the images, configs and addresses of stopped VMs.
     Unstage(Target),
     /// Place workspaces on a cluster, plan their distribution and predict staging time.
-    Plan {
-        /// Workspace documents, planned in order: each after what the earlier ones take
-        /// (two VOs' clusters sharing hosts).
-        #[arg(required = true)]
-        workspaces: Vec<PathBuf>,
-        /// The hosts file (TOML; docs/operations.md).
-        #[arg(long)]
-        hosts: PathBuf,
-        /// star, chain, treeK, stripedSxK or auto.
-        #[arg(long, default_value = "auto")]
-        strategy: vw_node::planner::Strategy,
-        /// spread or pack.
-        #[arg(long, default_value = "spread")]
-        policy: String,
-        /// Also print each host's predicted finish.
-        #[arg(long)]
-        simulate: bool,
-    },
+    Plan(planning::PlanArgs),
     /// The VMs, their states and the hypervisor's view: across the cluster when the
     /// head's vwd runs on the store, else this host's.
     Status {
@@ -387,10 +370,10 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             let config = host::cluster_config(cli.cluster.as_deref())?;
             host::show(&file, &cli.store, config, out)
         }
-        Command::Plan { workspaces, hosts, strategy, policy, simulate } => {
+        Command::Plan(args) => {
             let config = host::cluster_config(cli.cluster.as_deref())?;
-            let policy = parse_policy(&policy)?;
-            planning::run(&cli.store, &workspaces, &hosts, config, policy, strategy, simulate, out)
+            let policy = parse_policy(&args.policy)?;
+            planning::run(&cli.store, config, policy, &args, out)
         }
         Command::Deploy { workspace, how, stage_only } => {
             deploy(&cli.store, cli.vo_dir.as_deref(), &workspace, how, stage_only, out)

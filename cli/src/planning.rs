@@ -12,17 +12,38 @@ use vw_node::workspace;
 
 use crate::output::{bytes, Out};
 
-#[allow(clippy::too_many_arguments)]
+/// `vw plan`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Workspace documents, planned in order: each after what the earlier ones take
+    /// (two VOs' clusters sharing hosts).
+    #[arg(required = true)]
+    pub workspaces: Vec<std::path::PathBuf>,
+    /// The hosts file (TOML; docs/operations.md).
+    #[arg(long)]
+    pub hosts: std::path::PathBuf,
+    /// star, chain, treeK, stripedSxK or auto.
+    #[arg(long, default_value = "auto")]
+    pub strategy: Strategy,
+    /// spread or pack.
+    #[arg(long, default_value = "spread")]
+    pub policy: String,
+    /// Also print each host's predicted finish.
+    #[arg(long)]
+    pub simulate: bool,
+}
+
+/// Plans `args`'s workspaces, in order, on its hosts file, with `policy` (parsed from
+/// `args.policy`) and the images in `store`.
 pub fn run(
     store: &Path,
-    workspace_files: &[std::path::PathBuf],
-    hosts_file: &Path,
     config: ClusterConfig,
     policy: Policy,
-    strategy: Strategy,
-    per_host: bool,
+    args: &PlanArgs,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
+    let PlanArgs { workspaces: workspace_files, hosts: hosts_file, strategy, simulate, .. } = args;
+    let (strategy, per_host) = (*strategy, *simulate);
     let hosts = HostsFile::load(hosts_file)?;
     let store = Store::open(store)?;
     let mut taken = Taken::default();

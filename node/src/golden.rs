@@ -194,7 +194,7 @@ fn control_messages() {
         link: LinkRate { bytes_per_s: 1.25e9, source: Source::Nic("eth0".into()) },
         caps: (Some(6.25e7), None),
         rack: Some("r1".into()),
-        committed: vec![(512, 1, vec![2])],
+        committed: vec![crate::report::VmTake { memory_mib: 512, vcpus: 1, cores: vec![2] }],
         addresses: vec![nic(10)],
         held: vec![vec![0b1010_0101, 0b0000_0011]],
     };

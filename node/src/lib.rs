@@ -1,16 +1,24 @@
-//! `vw-node`: the host peer (`vwd`).
+//! `vw-node`: the host peer (`vwd`) and everything a host does with a virtual cluster
+//! (docs/ARCHITECTURE.md has the map).
 //!
-//! What one host does with a virtual cluster:
-//! - [`workspace`]: the workspace document (XML) and its validated model;
-//! - [`config`]: the cluster configuration (subnet, address pools, bridges, Xen driver);
-//! - [`manager`]: the VM lifecycle (stage, load, create, pause, unpause, stop, unstage),
-//!   persisted in the store's database and reconciled with the hypervisor on open;
-//! - [`integrate`]: fitting images into the cluster (a cloud-init seed volume or edits
-//!   to the VM's own ext4 copy);
-//! - [`xen`]: the domain config and the drivers (`xl`, and a simulated one).
+//! - The documents: [`workspace`] (the workspace XML and its validated model),
+//!   [`config`] (the cluster configuration), [`hosts`] (the planner's hosts file).
+//! - One host's VMs: [`manager`] (the lifecycle, persisted in the store's database and
+//!   reconciled with the hypervisor), [`lifecycle`] (states and steps), [`integrate`]
+//!   (fitting images into the cluster), [`xen`] (domain configs, the `xl` and simulated
+//!   drivers), [`machine`] (what the host has), [`report`] (what hosts record and
+//!   report).
+//! - Between hosts: [`peer`] (libp2p: transport, allow list, streams), [`wire`] (the
+//!   framing both protocols share), [`chunks`] (`/vw/chunks`: serving, fetching,
+//!   relaying), [`control`] (`/vw/control`: the head's deployments and a host's
+//!   answers), [`access`] (VO tickets, seals, grants, the audit log), [`plan`] (the
+//!   head's planning from inventories).
+//! - The daemon: [`service`] (one `vwd`), [`daemon`] (its config and key), [`local`]
+//!   (the socket `vw` talks to), [`storecmd`] (store commands either way), [`metrics`].
+//! - [`localnet`]: a cluster of `vwd`s on one machine, for `vw demo`, tests and the
+//!   testnet.
 //!
-//! The libp2p peer and the control socket arrive with issue 5. The chunk store is
-//! re-exported for the CLI.
+//! The chunk store and the planner are re-exported for the CLI.
 
 pub use vw_chunkstore as chunkstore;
 pub use vw_planner as planner;

@@ -220,23 +220,35 @@ pub fn plan_workspace(
             inventory.add(HostIx(h as u32), i, r);
         }
     }
-    plan_with(cluster, &wi, &inventory, spec, &config.pools(), policy, strategy, taken, None)
+    let on = Planning { cluster, images: &wi, inventory: &inventory, spec, pools: &config.pools() };
+    plan_with(&on, (policy, strategy), taken, None)
 }
 
-/// Places `spec` on `cluster` (or keeps `fixed`, a placement made before), assigns its
+/// What a workspace is planned on: the cluster, what its hosts hold of the workspace's
+/// images, and the address pools.
+#[derive(Clone, Copy, Debug)]
+pub struct Planning<'a> {
+    /// The hosts, and which are alive.
+    pub cluster: &'a Cluster,
+    /// The workspace's images.
+    pub images: &'a WorkspaceImages,
+    /// What each host holds of them.
+    pub inventory: &'a Inventory,
+    /// The workspace.
+    pub spec: &'a WorkspaceSpec,
+    /// The address pools.
+    pub pools: &'a Pools,
+}
+
+/// Places the workspace of `on` (or keeps `fixed`, a placement made before), assigns its
 /// addresses, plans the distribution and predicts its time.
-#[allow(clippy::too_many_arguments)]
 pub fn plan_with(
-    cluster: &Cluster,
-    wi: &WorkspaceImages,
-    inventory: &Inventory,
-    spec: &WorkspaceSpec,
-    pools: &Pools,
-    policy: Policy,
-    strategy: Strategy,
+    on: &Planning<'_>,
+    (policy, strategy): (Policy, Strategy),
     taken: &mut Taken,
     fixed: Option<Vec<PlacedVm>>,
 ) -> Result<PlanReport, PlanningError> {
+    let Planning { cluster, images: wi, inventory, spec, pools } = *on;
     let images = &wi.images;
     let demands = wi.demands(spec);
     let mut micros = PlanTimes::default();

@@ -190,6 +190,26 @@ impl HostCapacity {
     }
 }
 
+/// What one VM on a host takes: memory, vCPUs and the cores it is pinned to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmTake {
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Physical cores it is pinned to (none: it shares the unpinned ones).
+    pub cores: Vec<u32>,
+}
+
+/// What the VMs on a host take, and the addresses they hold: what a head plans around.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Commitments {
+    /// Each VM not unstaged.
+    pub vms: Vec<VmTake>,
+    /// Every address held here.
+    pub addresses: Vec<NicAddress>,
+}
+
 /// What happened to one VM during an operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmReport {

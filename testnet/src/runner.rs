@@ -229,7 +229,7 @@ impl RunContext<'_> {
                 error,
             })?;
         }
-        let (mut rows, ops, held) = result?;
+        let Deployed { mut rows, ops, held } = result?;
         stopped?;
         scraped?;
         // Every host that finished holds its images byte for byte.
@@ -257,12 +257,11 @@ impl RunContext<'_> {
     }
 
     /// The deployments of this run, with what each host should then hold.
-    #[allow(clippy::type_complexity)]
     fn deployments(
         &self,
         cluster: &mut Cluster,
         strategy: Strategy,
-    ) -> Result<(Vec<RunRow>, Vec<OpRow>, Vec<Vec<(String, WorkerImage)>>), TestnetError> {
+    ) -> Result<Deployed, TestnetError> {
         let mut rows = Vec::new();
         let mut held = Vec::new();
         let mut ops = Vec::new();
@@ -286,7 +285,7 @@ impl RunContext<'_> {
             held.push(holders(&report, WorkerImage::Vo2));
             rows.push(row);
         }
-        Ok((rows, ops, held))
+        Ok(Deployed { rows, ops, held })
     }
 
     /// Deploys a cluster of `n` workers (and a head node, all from `image`), killing a
@@ -485,6 +484,14 @@ impl RunContext<'_> {
 }
 
 /// The hosts that ran a VM of a deployment and finished, with the image they hold.
+/// What a run's deployments did: a row per deployment, the lifecycle operations timed,
+/// and per deployment the hosts that should hold its image.
+struct Deployed {
+    rows: Vec<RunRow>,
+    ops: Vec<OpRow>,
+    held: Vec<Vec<(String, WorkerImage)>>,
+}
+
 fn holders(report: &DeployReport, image: WorkerImage) -> Vec<(String, WorkerImage)> {
     report
         .hosts

@@ -28,7 +28,7 @@ use vw_node::planner::{
 };
 use vw_node::config::DriverKind;
 use vw_node::machine::{LinkRate, Source};
-use vw_node::report::HostCapacity;
+use vw_node::report::{HostCapacity, VmTake};
 use vw_node::wire;
 
 const STRATEGIES: [Strategy; 5] = [
@@ -82,7 +82,7 @@ fn report(u: &mut Unstructured<'_>, chunks: &[usize]) -> Result<InventoryReport>
     let mut committed = Vec::new();
     for _ in 0..u.int_in_range(0..=4)? {
         let cores = (0..u.int_in_range(0..=2)?).map(|_| small(u, 9)).collect::<Result<_>>()?;
-        committed.push((small(u, 4096)?, small(u, 8)?, cores));
+        committed.push(VmTake { memory_mib: small(u, 4096)?, vcpus: small(u, 8)?, cores });
     }
     let mut addresses = Vec::new();
     for _ in 0..u.int_in_range(0..=3)? {

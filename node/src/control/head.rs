@@ -22,7 +22,7 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use vw_chunkstore::{ImageRef, ManifestId, Store};
-use vw_planner::{Cluster, HostIx, Inventory, Policy, Strategy};
+use vw_planner::{HostIx, Policy, Strategy};
 
 use super::host::HostService;
 use super::protocol::{
@@ -34,7 +34,7 @@ use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticke
 use crate::config::{DriverKind, Pools};
 use crate::integrate::MungeKey;
 use crate::lifecycle::Op;
-use crate::plan::{expected_rates, plan_with, PlanReport, Taken, WorkspaceImages};
+use crate::plan::{expected_rates, plan_with, PlanReport, Planning, Taken, WorkspaceImages};
 use crate::report::{ClusterDeployment, ClusterShare, Member, PlacedVm, VmReady, VmReport};
 use crate::wire;
 
@@ -418,7 +418,12 @@ impl Head {
         let vo = signed.vo().to_owned();
         let span = tracing::info_span!("deployment", name = %spec.name, vo = %vo);
         let result = tracing::Instrument::instrument(
-            self.deploy_spec(spec.clone(), (&signed, ticket), workspace, options, events, clock),
+            self.deploy_spec(
+                Submitted { spec: spec.clone(), workspace, signed: &signed, ticket },
+                options,
+                events,
+                clock,
+            ),
             span,
         )
         .await;
@@ -429,16 +434,14 @@ impl Head {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn deploy_spec(
         &self,
-        spec: crate::workspace::WorkspaceSpec,
-        (signed, ticket): (&Ticket, &[u8]),
-        workspace: &str,
+        submitted: Submitted<'_>,
         options: DeployOptions,
         events: &mpsc::Sender<DeployEvent>,
         mut clock: Clock<'_>,
     ) -> Result<DeployReport, String> {
+        let Submitted { spec, workspace, signed, ticket } = submitted;
         let name = spec.name.clone();
         let vo = signed.vo();
         let existing = {
@@ -513,18 +516,15 @@ impl Head {
         clock.start(DeployPhase::Place).await;
         let fixed = existing.as_ref().map(|e| e.placement.clone());
         let resumed = fixed.is_some();
-        let planned = plan_with(
-            &cluster,
-            &wi,
-            &inventory,
-            &spec,
-            &self.pools,
-            options.policy,
-            options.strategy,
-            &mut taken,
-            fixed,
-        )
-        .map_err(|e| format!("workspace {name}: {e}"))?;
+        let on = Planning {
+            cluster: &cluster,
+            images: &wi,
+            inventory: &inventory,
+            spec: &spec,
+            pools: &self.pools,
+        };
+        let planned = plan_with(&on, (options.policy, options.strategy), &mut taken, fixed)
+            .map_err(|e| format!("workspace {name}: {e}"))?;
         let created_ms = existing.as_ref().map_or_else(crate::manager::now_ms, |e| e.created_ms);
         let record = existing.is_none().then(|| ClusterDeployment {
             name: name.clone(),
@@ -571,8 +571,7 @@ impl Head {
             munge_key: munge_key.as_ref(),
         };
         let rates = expected_rates(&wi.images, &planned.plan, &planned.simulation, &links_known);
-        let orders =
-            self.orders(&hosts, &cluster, &wi, &inventory, &planned, &rates, &spec, sealed);
+        let orders = self.orders(&hosts, &on, &planned, &rates, sealed);
         let ordered: Vec<usize> = orders.iter().map(|(h, _)| *h).collect();
         let staged = join_all(orders.into_iter().map(|(h, order)| {
             let host = &hosts[h];
@@ -826,20 +825,17 @@ impl Head {
         Ok(view)
     }
 
-    /// A stage order for every host with VMs; `rates`: what the plan expects of each
-    /// of its streams.
-    #[allow(clippy::too_many_arguments)]
+    /// A stage order for every host with VMs of the workspace planned `on`; `rates`:
+    /// what the plan expects of each of its streams.
     fn orders(
         &self,
         hosts: &[(String, PeerId)],
-        cluster: &Cluster,
-        wi: &WorkspaceImages,
-        inventory: &Inventory,
+        on: &Planning<'_>,
         planned: &PlanReport,
         rates: &[u64],
-        spec: &crate::workspace::WorkspaceSpec,
         sealed: Sealed<'_>,
     ) -> Vec<(usize, StageOrder)> {
+        let Planning { cluster, images: wi, inventory, spec, .. } = *on;
         let plan = &planned.plan;
         let demands = wi.demands(spec);
         let member = |p: &PlacedVm| Member {
@@ -1134,6 +1130,15 @@ impl Head {
             .map(|(&h, result)| HostAnswer { host: hosts[h].0.clone(), result })
             .collect())
     }
+}
+
+/// A workspace submitted for deployment, its ticket checked: the validated document,
+/// its text, and the VO's ticket (checked, and as encoded, for the hosts to check).
+struct Submitted<'a> {
+    spec: crate::workspace::WorkspaceSpec,
+    workspace: &'a str,
+    signed: &'a Ticket,
+    ticket: &'a [u8],
 }
 
 /// What the head sends with every stage order: the document, the VO's ticket for it,

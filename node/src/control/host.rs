@@ -271,7 +271,8 @@ impl HostService {
         let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
         let config = Arc::clone(&self.gate.config);
         self.with_manager(move |m| {
-            let (committed, addresses) = m.committed().map_err(|e| e.to_string())?;
+            let crate::report::Commitments { vms: committed, addresses } =
+                m.committed().map_err(|e| e.to_string())?;
             let visible = visible_chunks(&store, &config, &vo)?;
             let mut held = Vec::new();
             for image in &images {
@@ -519,7 +520,8 @@ impl HostService {
             "fetching what this host lacks"
         );
 
-        let pulled = self.fetch(stage, &images, &lacked, hidden, report.lacked, &progress).await?;
+        let lacking = Lacking { chunks: lacked, bytes: report.lacked, hidden };
+        let pulled = self.fetch(stage, &images, lacking, &progress).await?;
         report.received = pulled.1;
         report.chunks = pulled.2;
         for (peer, got) in &pulled.0.fetched {
@@ -567,19 +569,17 @@ impl HostService {
         Ok(report)
     }
 
-    /// Runs every planned stream at once, then pulls whatever is still missing from
-    /// the fallback peers (`hidden`: held, but to be fetched all the same). Returns
-    /// what each peer sent, and the bytes and chunks taken.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs every planned stream of `images` at once, then pulls whatever is still
+    /// missing from the fallback peers. Returns what each peer sent, and the bytes and
+    /// chunks taken.
     async fn fetch(
         &self,
         stage: &str,
         images: &[Staging],
-        lacked: &[ChunkRef],
-        hidden: HashSet<ChunkId>,
-        total: u64,
+        lacking: Lacking,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(PullReport, u64, u64), String> {
+        let Lacking { chunks: lacked, bytes: total, hidden } = lacking;
         let intake = Intake::start(Arc::clone(&self.store), Some(Arc::clone(&self.relay)))
             .with_download_cap(self.download.clone())
             .with_hidden(hidden);
@@ -696,6 +696,15 @@ struct Staging {
     distinct: Vec<ChunkRef>,
     lacked: Vec<ChunkRef>,
     seal: Seal,
+}
+
+/// What a stage fetches: the distinct chunks this host lacks of its images, their
+/// bytes, and those among them it holds, but only for images the deploying VO may not
+/// see (fetched all the same).
+struct Lacking {
+    chunks: Vec<ChunkRef>,
+    bytes: u64,
+    hidden: HashSet<ChunkId>,
 }
 
 /// An image of a stage order after its checks.

@@ -17,7 +17,7 @@ use crate::config::{DriverKind, MAX_VCPUS_PER_CPU};
 use crate::integrate::MungeKey;
 use crate::lifecycle::Op;
 use crate::machine::{LinkRate, Source};
-use crate::report::{ClusterShare, HostCapacity, VmReady, VmRecord, VmReport};
+use crate::report::{ClusterShare, HostCapacity, VmReady, VmRecord, VmReport, VmTake};
 use crate::wire::{FrameError, Message};
 use crate::xen::DomainState;
 
@@ -287,7 +287,7 @@ pub struct InventoryReport {
     /// Its rack (switch), if configured: the planner keeps cascades within racks.
     pub rack: Option<String>,
     /// What VMs already here take: memory, vCPUs, pinned cores.
-    pub committed: Vec<(u64, u32, Vec<u32>)>,
+    pub committed: Vec<VmTake>,
     /// Addresses held here.
     pub addresses: Vec<NicAddress>,
     /// Per requested image, a bitmap over its chunks (bit i of byte i/8): held.
@@ -472,8 +472,8 @@ fn check_inventory(r: &InventoryReport) -> Result<(), FrameError> {
         ));
     }
     let mut pinned = std::collections::BTreeSet::new();
-    for (i, (_, _, cores)) in r.committed.iter().enumerate() {
-        for &core in cores {
+    for (i, vm) in r.committed.iter().enumerate() {
+        for &core in &vm.cores {
             if core >= cpus || !pinned.insert(core) {
                 return bad(format!(
                     "VM {i} is pinned to core {core}, which a host of {cpus} CPUs does not \
@@ -506,6 +506,10 @@ mod tests {
     use super::*;
     use crate::wire::{decode_body, encode};
 
+    fn take(memory_mib: u64, vcpus: u32, cores: &[u32]) -> VmTake {
+        VmTake { memory_mib, vcpus, cores: cores.to_vec() }
+    }
+
     /// A host's inventory is untrusted at the head: one that claims the impossible is
     /// refused when it is read, before the planner sees it.
     #[test]
@@ -523,7 +527,7 @@ mod tests {
             link: LinkRate { bytes_per_s: 1.25e9, source: Source::Nic("eth0".into()) },
             caps: (None, None),
             rack: None,
-            committed: vec![(512, 1, vec![0]), (512, 1, vec![1])],
+            committed: vec![take(512, 1, &[0]), take(512, 1, &[1])],
             addresses: vec![],
             held: vec![],
         };
@@ -534,12 +538,12 @@ mod tests {
         assert_eq!(check(&good), Ok(()));
         for (r, why) in [
             (
-                InventoryReport { committed: vec![(512, 1, vec![0, 1, 2])], ..good.clone() },
+                InventoryReport { committed: vec![take(512, 1, &[0, 1, 2])], ..good.clone() },
                 "core 2",
             ),
             (
                 InventoryReport {
-                    committed: vec![(1, 1, vec![0]), (1, 1, vec![0])],
+                    committed: vec![take(1, 1, &[0]), take(1, 1, &[0])],
                     ..good.clone()
                 },
                 "core 0",

@@ -199,11 +199,11 @@ pub fn cluster_view(
             let held = (0..*n).filter(|&c| bit(map, c)).map(|c| c as u32);
             inventory.add(ix, i, &Ranges::from_indices(held));
         }
-        committed.extend(r.committed.iter().map(|(memory_mib, vcpus, cores)| Committed {
+        committed.extend(r.committed.iter().map(|vm| Committed {
             host: ix,
-            memory_mib: *memory_mib,
-            vcpus: *vcpus,
-            cores: cores.clone(),
+            memory_mib: vm.memory_mib,
+            vcpus: vm.vcpus,
+            cores: vm.cores.clone(),
         }));
         nics.extend(r.addresses.iter().copied());
     }
@@ -270,7 +270,7 @@ mod tests {
             link: link(1.5e6, Source::Nic("eth0".into())),
             caps: (Some(1e6), Some(2e6)),
             rack: Some("r1".into()),
-            committed: vec![(512, 2, vec![1, 3])],
+            committed: vec![crate::report::VmTake { memory_mib: 512, vcpus: 2, cores: vec![1, 3] }],
             addresses: vec![nic],
             held: vec![bitmap(10, |c| c == 0 || c == 9), vec![0b111]],
         };

@@ -478,8 +478,7 @@ impl Manager {
 
     /// What the VMs here take (memory, vCPUs, pinned cores; every VM not unstaged) and
     /// the addresses they hold: what a head plans around.
-    #[allow(clippy::type_complexity)]
-    pub fn committed(&self) -> Result<(Vec<(u64, u32, Vec<u32>)>, Vec<NicAddress>), ManagerError> {
+    pub fn committed(&self) -> Result<crate::report::Commitments, ManagerError> {
         let db = self.db();
         let deployments = db.deployments()?;
         let mut taken = Vec::new();
@@ -498,9 +497,13 @@ impl Manager {
                     .map(|r| r.iter().flat_map(|&(a, b)| a..=b).collect())
                     .unwrap_or_default()
             });
-            taken.push((node.memory_mib, node.vcpus, cores));
+            taken.push(crate::report::VmTake {
+                memory_mib: node.memory_mib,
+                vcpus: node.vcpus,
+                cores,
+            });
         }
-        Ok((taken, nics))
+        Ok(crate::report::Commitments { vms: taken, addresses: nics })
     }
 
     /// On a head: the cluster deployment of that name.
@@ -984,8 +987,4 @@ pub fn preview_addresses(
     address::assign(&requests, &pools.private, &pools.public, &ips, &macs)
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use vw_chunkstore::now_ms;
