@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use libp2p::identity;
-use vw_node::chunks::handler::fetch;
+use vw_node::chunks::fetch;
 use vw_node::chunkstore::{testdata::noise, Store};
 use vw_node::peer::{Peer, PeerConfig};
 
@@ -42,10 +42,7 @@ async fn main() {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         keypair: k.clone(),
         allowed: vec![other.public().to_peer_id()],
-        sending: vw_node::chunks::handler::Sending {
-            grants: Arc::clone(&grants),
-            ..Default::default()
-        },
+        sending: vw_node::chunks::Sending { grants: Arc::clone(&grants), ..Default::default() },
         mdns: false,
         known: vec![],
     };
@@ -56,8 +53,7 @@ async fn main() {
         .with(libp2p::multiaddr::Protocol::P2p(pa.id()));
     pb.dial(addr).await.expect("dial");
     grants.allow("bench", "bench", &[(&manifest, &[pb.id()])], u64::MAX);
-    let purpose =
-        vw_node::chunks::handler::Purpose { deployment: "bench".into(), manifest: manifest.id() };
+    let purpose = vw_node::chunks::Purpose { deployment: "bench".into(), manifest: manifest.id() };
     let missing = b.missing(&manifest).expect("missing");
     // Peak RSS from here on only (writing 5 to clear_refs resets VmHWM).
     let _ = std::fs::write("/proc/self/clear_refs", "5");

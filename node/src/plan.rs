@@ -359,7 +359,7 @@ pub fn plan_with(
 /// everything (a lower bound of the stream's own average rate). 0 where the plan
 /// cannot say: a host at either end planned at an assumed link rate (`known`, per
 /// host, is false), or a receiver done at once. A receiver holds each planned sender to
-/// a fraction of it (`chunks::handler::Floor`).
+/// a fraction of it (`chunks::Floor`).
 pub fn expected_rates(
     images: &[Image],
     plan: &DistributionPlan,

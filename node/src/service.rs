@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::access::audit::Audit;
 use crate::access::replay::Seen;
 use crate::access::Gate;
-use crate::chunks::handler::{Relay, Sending};
+use crate::chunks::{Relay, Sending};
 use crate::config::ClusterConfig;
 use crate::control::head::{control_protocol, Head};
 use crate::control::host::{self, HostLinks, HostService};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
 use vw_node::access::grants::Grants;
-use vw_node::chunks::handler::{
+use vw_node::chunks::{
     fetch, fetch_from_any, fetch_into, ChunkSource, Floor, Intake, Purpose, Relay, Sending,
 };
 use vw_node::chunkstore::{testdata::noise, ImageName, Manifest, Store};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
 use vw_node::access::audit::Audit;
-use vw_node::chunks::handler::{fetch, Purpose};
+use vw_node::chunks::{fetch, Purpose};
 use vw_node::chunkstore::{testdata::noise, Store};
 use vw_node::control::head::control_protocol;
 use vw_node::control::protocol::Reply;

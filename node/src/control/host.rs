@@ -27,7 +27,7 @@ use super::protocol::{
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
 use crate::access::{shareable, Gate};
-use crate::chunks::handler::{fetch_from_any, Floor, Intake, PullReport, Purpose, Relay, QUIET};
+use crate::chunks::{fetch_from_any, Floor, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::machine::LinkRate;
 use crate::manager::ready::{self, ReadyWait};

@@ -3,7 +3,7 @@
 //!
 //! [`Peer::start`] builds the swarm and runs it in a task that owns it (an actor: the
 //! [`Peer`] handle sends it bounded commands with one-shot replies). A second task
-//! accepts chunk streams and serves each from the store ([`crate::chunks::handler`]).
+//! accepts chunk streams and serves each from the store ([`crate::chunks::serve`]).
 //! Only peers on the allow list get a connection at all; a refused one is logged.
 //! With mDNS on, the peer also learns listed peers' addresses from the local network
 //! (and ignores, with a debug line, peers that are not listed).
@@ -14,8 +14,8 @@ pub mod rate;
 
 use std::sync::Arc;
 
-use crate::chunks::handler::{self, ChunkSource};
 use crate::chunks::protocol::PROTOCOL_NAME;
+use crate::chunks::{self, ChunkSource};
 use futures::StreamExt as _;
 use libp2p::allow_block_list::{self, AllowedPeers};
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -86,7 +86,7 @@ pub struct PeerConfig {
     pub allowed: Vec<PeerId>,
     /// How it sends chunks: its upload cap (shared by every stream it serves) and
     /// whether it compresses them.
-    pub sending: handler::Sending,
+    pub sending: chunks::Sending,
     /// Whether it also finds the allowed peers' addresses by mDNS.
     pub mdns: bool,
     /// Configured addresses of allowed peers: any dial by id finds them.
@@ -279,7 +279,7 @@ impl Peer {
             span.clone(),
         ));
         let serve_task = tokio::spawn(tracing::Instrument::instrument(
-            handler::serve(incoming, source, config.sending.clone(), stopped),
+            chunks::serve(incoming, source, config.sending.clone(), stopped),
             span,
         ));
         let peer = Peer { id, commands, control, stop, tasks: vec![swarm_task, serve_task] };

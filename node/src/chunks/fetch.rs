@@ -1,0 +1,472 @@
+//! Fetching: send `Want` for the ids and a window of credit, verify each chunk against
+//! its id as it arrives, hand it to the [`Intake`] (bounded: memory in flight is the
+//! window), and grant one more credit per chunk taken; a sender that falls below its
+//! progress floor is dropped, and [`fetch_from_any`] goes on with the next peer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::AsyncWriteExt as _;
+use libp2p::{PeerId, Stream};
+use tracing::Instrument as _;
+use vw_chunkstore::{ChunkRef, Store};
+
+use super::protocol::{unpack, Frame, FrameError, MAX_WANT};
+use super::{read_frame, write_frame, Intake, Purpose, QUIET, WINDOW};
+use crate::peer::{chunks_protocol, short, PeerError};
+
+/// What a fetch moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fetched {
+    /// Chunks received and verified.
+    pub chunks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes on the wire (less than `bytes` when the sender compressed).
+    pub wire: u64,
+    /// Chunks the sender did not have.
+    pub missing: u64,
+}
+
+/// Fetches `wanted` from `peer` into `store` for `purpose` and waits until the
+/// chunks are durable. Every chunk is verified before it is stored; a bad one ends the
+/// fetch with [`PeerError::BadChunk`] (the caller drops the peer and fetches the rest
+/// elsewhere).
+pub async fn fetch(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    purpose: &Purpose,
+    wanted: &[ChunkRef],
+    store: Arc<Store>,
+) -> Result<Fetched, PeerError> {
+    let intake = Intake::start(store, None);
+    let got = fetch_into(control, peer, purpose, wanted, &intake).await;
+    let written = intake.finish().await;
+    let got = got?;
+    written.map(|()| got)
+}
+
+/// Fetches `wanted` from `peer` into `intake` (which may also relay each chunk to this
+/// host's children). Not cancel-safe: cancelling drops the stream, and chunks in
+/// flight are fetched again later.
+pub async fn fetch_into(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    purpose: &Purpose,
+    wanted: &[ChunkRef],
+    intake: &Intake,
+) -> Result<Fetched, PeerError> {
+    let (got, result) = fetch_stream(control, peer, purpose, wanted, intake, Floor::Fixed)
+        .instrument(pull_span(&peer))
+        .await;
+    result.map(|()| got)
+}
+
+/// The span of one outgoing chunk stream: the peer it pulls from.
+fn pull_span(peer: &PeerId) -> tracing::Span {
+    tracing::info_span!("pull", peer = %short(peer))
+}
+
+/// [`fetch_into`] with the sender held to `floor`, returning what arrived even when
+/// the stream then failed.
+async fn fetch_stream(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    purpose: &Purpose,
+    wanted: &[ChunkRef],
+    intake: &Intake,
+    floor: Floor,
+) -> (Fetched, Result<(), PeerError>) {
+    let fail = |reason: String| PeerError::Stream { peer, reason };
+    let mut got = Fetched::default();
+    let opened = control.open_stream(peer, chunks_protocol()).await.map_err(|e| {
+        fail(format!("cannot open a chunk stream ({e}); is this host on the peer's allow list?"))
+    });
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(e) => return (got, Err(e)),
+    };
+    for ids in wanted.chunks(MAX_WANT) {
+        let want = Frame::Want {
+            deployment: purpose.deployment.clone(),
+            manifest: purpose.manifest,
+            ids: ids.iter().map(|c| c.id).collect(),
+        };
+        if let Err(e) = write_frame(&mut stream, &want).await {
+            return (got, Err(fail(e.to_string())));
+        }
+    }
+    if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: WINDOW }).await {
+        return (got, Err(fail(e.to_string())));
+    }
+
+    let mut result = Ok(());
+    let mut floor =
+        ProgressFloor::new(Instant::now(), wanted.iter().map(|c| u64::from(c.len)).sum(), floor);
+    let received = crate::metrics::received(&peer, &purpose.deployment);
+    for expected in wanted {
+        let next = match next_frame(&mut stream, &mut floor).await {
+            Ok(next) => next,
+            Err(why) => {
+                result = Err(fail(why));
+                break;
+            }
+        };
+        let frame = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                result = Err(fail(format!(
+                    "stream ended after {} of {} chunks",
+                    got.chunks + got.missing,
+                    wanted.len()
+                )));
+                break;
+            }
+            Err(e) => {
+                result = Err(fail(e.to_string()));
+                break;
+            }
+        };
+        let (id, data, wire) = match frame {
+            Frame::Chunk { id, data } if id == expected.id => {
+                let wire = data.len();
+                (id, data, wire)
+            }
+            Frame::Packed { id, len, data } if id == expected.id => {
+                // Bounded: never more than the announced length (at most a chunk).
+                match unpack(&id, len, &data) {
+                    Ok(plain) => (id, plain, data.len()),
+                    Err(_) => {
+                        result = Err(PeerError::BadChunk { peer, chunk: format!("{id:#}") });
+                        break;
+                    }
+                }
+            }
+            Frame::Refused { reason } => {
+                result = Err(fail(format!("refused: {reason}")));
+                break;
+            }
+            Frame::Missing { id } if id == expected.id => {
+                got.missing += 1;
+                floor.add(u64::from(expected.len));
+                if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
+                    result = Err(fail(format!("the peer went away: {e}")));
+                    break;
+                }
+                continue;
+            }
+            other => {
+                result = Err(fail(format!("expected chunk {:#}, got {other:?}", expected.id)));
+                break;
+            }
+        };
+        if blake3::hash(&data) != blake3::Hash::from_bytes(*id.as_bytes()) {
+            result = Err(PeerError::BadChunk { peer, chunk: format!("{id:#}") });
+            break;
+        }
+        got.chunks += 1;
+        floor.add(u64::from(expected.len));
+        got.bytes += data.len() as u64;
+        got.wire += wire as u64;
+        received.increment(data.len() as u64);
+        // Time this host's writer keeps the chunk waiting is not the sender's.
+        let delivering = Instant::now();
+        if !intake.deliver(id, data, wire).await {
+            break; // the writer failed; its error comes from Intake::finish
+        }
+        floor.pause(delivering.elapsed());
+        if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
+            result = Err(fail(format!("the peer went away: {e}")));
+            break;
+        }
+    }
+    let _ = write_frame(&mut stream, &Frame::Done).await;
+    let _ = stream.close().await;
+    (got, result)
+}
+
+/// Bytes per second any sender must keep up, measured over [`FLOOR_WINDOW`]: far below
+/// any link vw stages over (a 100 Mbit/s link split 16 ways is 780 KiB/s; the nested
+/// Xen lab moves 6 MB/s), far above a sender that trickles a frame every few seconds
+/// to keep a deployment alive for ever.
+pub const FLOOR_RATE: u64 = 256 << 10;
+/// How long a sender's rate is measured before it is held to [`FLOOR_RATE`].
+pub const FLOOR_WINDOW: Duration = Duration::from_secs(20);
+/// A planned sender is dropped below this fraction of the rate the plan expects of
+/// its stream. Far below: the testnet's worst dip of a healthy chain was half speed
+/// for about 5 s, so an eighth leaves four times that margin; a sender this slow
+/// holds back everyone below it in the chain, and its parents can do better.
+pub const PLAN_FRACTION: u64 = 8;
+/// How long a planned sender's rate is measured before it is held to its floor: past
+/// TCP's slow start and a few backed-off retransmissions (0.2 + 0.4 + 0.8 s), short
+/// enough that a stalled sender is dropped in seconds, not after [`QUIET`].
+pub const PLAN_WINDOW: Duration = Duration::from_secs(5);
+
+/// The rate a stream's sender must keep up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// [`FLOOR_RATE`] over [`FLOOR_WINDOW`]: for a sender no plan chose (a fallback),
+    /// or one whose rate the plan could not predict.
+    Fixed,
+    /// A planned sender the plan expects this many bytes per second of, on average:
+    /// held to 1/[`PLAN_FRACTION`] of it (never less than [`FLOOR_RATE`]) over
+    /// [`PLAN_WINDOW`].
+    Planned(u64),
+}
+
+impl Floor {
+    /// The floor for a planned stream the plan expects `rate` bytes per second of (0:
+    /// it cannot say).
+    pub fn planned(rate: u64) -> Self {
+        if rate == 0 {
+            Floor::Fixed
+        } else {
+            Floor::Planned(rate)
+        }
+    }
+
+    /// Bytes per second the sender must keep up.
+    fn rate(self) -> u64 {
+        match self {
+            Floor::Fixed => FLOOR_RATE,
+            Floor::Planned(expected) => (expected / PLAN_FRACTION).max(FLOOR_RATE),
+        }
+    }
+
+    /// How long its rate is measured.
+    fn window(self) -> Duration {
+        match self {
+            Floor::Fixed => FLOOR_WINDOW,
+            Floor::Planned(_) => PLAN_WINDOW,
+        }
+    }
+}
+
+/// A stage's progress floor on one stream: a sender that delivers less than its
+/// [`Floor`] over a window (while more than that is still wanted) is dropped, and the
+/// receiver pulls the rest from other holders, as when a host dies.
+#[derive(Debug)]
+struct ProgressFloor {
+    since: Instant,
+    got: u64,
+    left: u64,
+    floor: Floor,
+}
+
+impl ProgressFloor {
+    fn new(now: Instant, wanted: u64, floor: Floor) -> Self {
+        ProgressFloor { since: now, got: 0, left: wanted, floor }
+    }
+
+    /// `bytes` more arrived (or were answered missing).
+    fn add(&mut self, bytes: u64) {
+        self.got += bytes;
+        self.left = self.left.saturating_sub(bytes);
+    }
+
+    /// The receiver spent `d` on its own work: the window ends that much later.
+    fn pause(&mut self, d: Duration) {
+        self.since += d;
+    }
+
+    /// When the current window ends.
+    fn window_end(&self) -> Instant {
+        self.since + self.floor.window()
+    }
+
+    /// At `now`: an error if the window has passed with less than the floor's worth,
+    /// else a new window starts when the last one is over.
+    fn check(&mut self, now: Instant) -> Result<(), String> {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < self.floor.window() {
+            return Ok(());
+        }
+        let floor = (self.floor.rate() as f64 * elapsed.as_secs_f64()) as u64;
+        if self.got < floor.min(self.got + self.left) {
+            let plan = match self.floor {
+                Floor::Planned(e) => {
+                    format!(" (1/{PLAN_FRACTION} of the {} KiB/s planned)", e >> 10)
+                }
+                Floor::Fixed => String::new(),
+            };
+            return Err(format!(
+                "too slow: {} bytes in {:.0} s, below the floor of {} KiB/s{plan}",
+                self.got,
+                elapsed.as_secs_f64(),
+                self.floor.rate() >> 10
+            ));
+        }
+        (self.since, self.got) = (now, 0);
+        Ok(())
+    }
+}
+
+/// The next frame of a fetch, or why the sender is given up: it fell below `floor`
+/// (checked at the end of each window, whether or not a frame arrives), or sent
+/// nothing for [`QUIET`].
+async fn next_frame(
+    stream: &mut Stream,
+    floor: &mut ProgressFloor,
+) -> Result<Result<Option<Frame>, FrameError>, String> {
+    let quiet_at = Instant::now() + QUIET;
+    let read = read_frame(stream);
+    tokio::pin!(read);
+    loop {
+        let wake = tokio::time::Instant::from_std(floor.window_end().min(quiet_at));
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                floor.check(now)?;
+                if now >= quiet_at {
+                    return Err(format!(
+                        "nothing for {} s; the peer is stalled or gone",
+                        QUIET.as_secs()
+                    ));
+                }
+            }
+            frame = &mut read => return Ok(frame),
+        }
+    }
+}
+
+/// What [`fetch_from_any`] did.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct PullReport {
+    /// What each peer delivered, in the order tried.
+    pub fetched: Vec<(String, Fetched)>,
+    /// Peers dropped for this deployment, and why.
+    pub dropped: Vec<(String, String)>,
+}
+
+/// Pulls `wanted` from `peers` in order into `intake`: a peer that sends a bad chunk is
+/// dropped for the whole stage (every stream of the intake skips it), one whose stream
+/// breaks or stalls, falls below its floor, or that lacks chunks only for this pull,
+/// and the chunks still missing are fetched from the next. The first peer is held to
+/// `first` (its place in the plan), the others to [`Floor::Fixed`]. Ends with every
+/// wanted chunk taken, or an error naming what is still missing after every peer was
+/// tried.
+pub async fn fetch_from_any(
+    control: &mut libp2p_stream::Control,
+    peers: &[PeerId],
+    purpose: &Purpose,
+    wanted: &[ChunkRef],
+    intake: &Intake,
+    first: Floor,
+) -> Result<PullReport, PeerError> {
+    let mut report = PullReport::default();
+    let still_missing = || -> Result<Vec<ChunkRef>, PeerError> {
+        let mut out = Vec::new();
+        for c in wanted {
+            if !intake.has(&c.id)? {
+                out.push(*c);
+            }
+        }
+        Ok(out)
+    };
+    let mut remaining = still_missing()?;
+    for (i, &peer) in peers.iter().enumerate() {
+        if remaining.is_empty() {
+            break;
+        }
+        let floor = if i == 0 { first } else { Floor::Fixed };
+        if intake.is_dropped(&peer) {
+            continue;
+        }
+        let mut attempt = 0;
+        let (got, result) = loop {
+            let (got, result) = fetch_stream(control, peer, purpose, &remaining, intake, floor)
+                .instrument(pull_span(&peer))
+                .await;
+            // A stream that failed before anything arrived (a busy peer can drop a
+            // stream it has not accepted yet) is opened again, twice at most.
+            let nothing = got.chunks == 0 && got.missing == 0;
+            if attempt < 2 && nothing && matches!(result, Err(PeerError::Stream { .. })) {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                continue;
+            }
+            break (got, result);
+        };
+        if got.chunks > 0 || result.is_ok() {
+            report.fetched.push((peer.to_string(), got));
+        }
+        match result {
+            Ok(()) if got.missing > 0 => {
+                report.dropped.push((peer.to_string(), format!("lacked {} chunks", got.missing)));
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // A bad chunk is deliberate or a broken peer: no stream of this stage asks
+                // it again. A broken stream may be passing (the final pass of a stage
+                // tries every peer again).
+                if matches!(e, PeerError::BadChunk { .. }) {
+                    intake.drop_peer(peer);
+                }
+                tracing::warn!(peer = %short(&peer), error = %e, "dropping the peer for this pull");
+                report.dropped.push((peer.to_string(), e.to_string()));
+            }
+        }
+        remaining = still_missing()?;
+    }
+    if let Some(first) = remaining.first() {
+        return Err(PeerError::Unfetched {
+            missing: remaining.len(),
+            first: format!("{:#}", first.id),
+            tried: peers.len(),
+        });
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender that trickles a frame every 29 s (never quiet for the 30 s that drops
+    /// a silent one) is dropped at the first frame past the window; one at the floor is
+    /// not, nor one that has sent all but the last few bytes slowly.
+    #[test]
+    fn a_trickling_sender_falls_below_the_progress_floor() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut trickle = ProgressFloor::new(t0, 1 << 30, Floor::Fixed);
+        trickle.check(at(0)).expect("at the start");
+        trickle.add(64 << 10);
+        let err = trickle.check(at(29)).expect_err("below the floor");
+        assert!(err.contains("too slow: 65536 bytes in 29 s"), "{err}");
+
+        let mut steady = ProgressFloor::new(t0, 1 << 30, Floor::Fixed);
+        for s in 0..=60 {
+            steady.check(at(s)).expect("at the floor");
+            steady.add(FLOOR_RATE);
+        }
+        // A stream that wanted little is held to what it wanted, not to the floor.
+        let mut small = ProgressFloor::new(t0, 100, Floor::Fixed);
+        small.add(100);
+        small.check(at(25)).expect("it sent all it was asked for");
+    }
+
+    /// A planned sender answers to the plan: an eighth of what the plan expects, over
+    /// five seconds, where the fixed floor would have waited twenty and let it pass.
+    #[test]
+    fn a_planned_sender_is_held_to_a_fraction_of_the_planned_rate() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let planned = 80 << 20; // 80 MiB/s expected: the floor is 10 MiB/s
+        let mut slow = ProgressFloor::new(t0, 1 << 34, Floor::planned(planned));
+        assert_eq!(slow.window_end(), at(5));
+        slow.add(40 << 20); // 8 MiB/s over the window: fine for the fixed floor
+        let err = slow.check(at(5)).expect_err("below an eighth of the plan");
+        assert!(err.contains("below the floor of 10240 KiB/s (1/8 of the 81920 KiB/s planned)"));
+
+        let mut ok = ProgressFloor::new(t0, 1 << 34, Floor::planned(planned));
+        for s in 1..=30 {
+            ok.add(10 << 20);
+            ok.check(at(s)).expect("at an eighth of the plan");
+        }
+        // A plan that expects less than the fixed floor does not lower it.
+        assert_eq!(Floor::planned(1000).rate(), FLOOR_RATE);
+        assert_eq!(Floor::planned(0), Floor::Fixed);
+    }
+}

@@ -1,0 +1,474 @@
+//! Serving chunks: read `Want`s and `Credit`s; check each want against the host's
+//! [`Grants`] (the peer stages that manifest for that deployment, and the manifest lists
+//! every id), refusing the stream otherwise; send each wanted chunk (or `Missing`) in
+//! order, never more in flight than the credit granted. What a peer can make a server
+//! hold is bounded ([`ServeLimits`]): streams at once, in all and per peer (an excess
+//! stream is refused with a reason, or dropped if even refusals are at their bound),
+//! the time to send a request, and the time without progress while serving.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncWriteExt as _, StreamExt as _};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+use vw_chunkstore::{ChunkId, ManifestId, Store};
+
+use super::protocol::{pack, Frame, FrameError};
+use super::{read_frame, write_frame, QUIET};
+use crate::access::audit::Audit;
+use crate::access::grants::{Grants, Verdict};
+use crate::peer::rate::RateLimit;
+use crate::peer::short;
+
+/// How long a request for a deployment this host does not know yet waits for its
+/// grant (its stage order may still be on its way) before it is refused; well within
+/// a fetcher's [`QUIET`].
+pub const GRANT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a fetcher has, from opening a stream, to send its first request whole. A
+/// fetcher writes its wants the moment the stream is open, so this is only network time:
+/// far past any round trip and the largest want (128 KiB) on a slow link, and the
+/// longest a peer that opens a stream and sends nothing, or half a frame, holds it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a served stream may go without progress: a frame written to the fetcher, or
+/// the fetcher's next frame read whole. A fetcher gives a stream up after [`QUIET`]
+/// without a frame, so a server waits as long and no longer. A frame is at most a chunk
+/// (256 KiB): a fetcher must take one at about 70 kbit/s or better, far below any
+/// download cap worth setting.
+pub const STALL_TIMEOUT: Duration = QUIET;
+
+/// Most chunk streams a host serves at once, from all peers. A stream holds about two
+/// copies of a chunk while it writes one (read, then framed), so 256 streams hold at
+/// most about 128 MiB; a head serving a star of a hundred hosts, two images each, fits.
+pub const MAX_SERVED_STREAMS: usize = 256;
+
+/// Most chunk streams one peer may have served here at once. A host runs at most 64
+/// pulls at once in a stage (`control::host`), each a stream to one peer, so an honest
+/// peer in one stage never meets this; a peer past it cannot take the slots every other
+/// peer needs.
+pub const MAX_SERVED_STREAMS_PER_PEER: usize = 64;
+
+/// Excess streams being refused at once (each a short `Refused` frame, and an audit
+/// line). Past this a stream is dropped without a reason: refusing must not itself be a
+/// way to make the host hold tasks.
+pub const MAX_REFUSING: usize = 32;
+
+/// How long refusing one stream may take (writing a frame of at most 512 bytes, and
+/// closing): a peer that does not read its refusal does not hold a refusal slot longer.
+pub const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What peers may make a chunk server hold: the defaults are the constants above; tests
+/// shorten them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Time from a stream opening to its first request read whole
+    /// ([`REQUEST_TIMEOUT`]).
+    pub request: Duration,
+    /// Time a served stream may go without a frame written or read
+    /// ([`STALL_TIMEOUT`]).
+    pub stall: Duration,
+    /// Streams served at once, from all peers ([`MAX_SERVED_STREAMS`]).
+    pub streams: usize,
+    /// Streams served at once to one peer ([`MAX_SERVED_STREAMS_PER_PEER`]).
+    pub streams_per_peer: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            request: REQUEST_TIMEOUT,
+            stall: STALL_TIMEOUT,
+            streams: MAX_SERVED_STREAMS,
+            streams_per_peer: MAX_SERVED_STREAMS_PER_PEER,
+        }
+    }
+}
+
+/// Why a served stream ended before its fetcher said `Done`.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    /// The fetcher broke the protocol, or the stream failed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// No whole request within [`ServeLimits::request`].
+    #[error("no request within {0:?} of the stream opening; dropped the stream")]
+    NoRequest(Duration),
+    /// No progress within [`ServeLimits::stall`].
+    #[error("the fetcher {what} for {after:?}; dropped the stream")]
+    Stalled {
+        /// What it did not do: read, or send its next frame.
+        what: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+}
+
+/// Where a server takes the chunks it sends: the store, or (in a cascade) chunks just
+/// received and verified.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// The chunk's bytes, if this host has it.
+    fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>>;
+
+    /// For a chunk this host does not have yet but is receiving: a signal that fires
+    /// as chunks arrive, so a server can wait for it instead of answering `Missing`.
+    fn arriving(&self, id: &ChunkId) -> Option<watch::Receiver<u64>> {
+        let _ = id;
+        None
+    }
+}
+
+impl ChunkSource for Store {
+    fn chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        // Reads are verified: a corrupt chunk is never sent, it is `Missing`.
+        self.read_chunk(id).ok()
+    }
+}
+
+/// How a server sends and to whom: its upload cap, whether it compresses, the grants
+/// it checks every want against, and the audit log.
+#[derive(Clone, Debug, Default)]
+pub struct Sending {
+    /// The upload cap, shared by every stream.
+    pub upload: Option<Arc<RateLimit>>,
+    /// Send chunks zstd-compressed when that saves at least an eighth.
+    pub compress: bool,
+    /// Who may fetch what (empty: nothing is served).
+    pub grants: Arc<Grants>,
+    /// Where served and refused streams are recorded.
+    pub audit: Option<Arc<Audit>>,
+    /// Streams at once, and how long a stream may idle.
+    pub limits: ServeLimits,
+}
+
+impl Sending {
+    /// The frame for a chunk: packed if compressing pays, plain otherwise.
+    fn frame(&self, id: ChunkId, data: Vec<u8>) -> Frame {
+        if self.compress {
+            pack(id, data)
+        } else {
+            Frame::Chunk { id, data }
+        }
+    }
+}
+
+/// Serves every incoming chunk stream until `stop` is set, then ends every stream still
+/// served and waits for each.
+///
+/// Streams wait in libp2p-stream's queue of one (a stream arriving while it is full is
+/// dropped there); this loop takes each at once and never waits for a slot: a stream
+/// past [`ServeLimits::streams`] or [`ServeLimits::streams_per_peer`] is refused with a
+/// reason (at most [`MAX_REFUSING`] at a time, each for at most [`REFUSE_TIMEOUT`]), or
+/// dropped. So the tasks it runs are bounded too.
+pub async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    source: Arc<dyn ChunkSource>,
+    sending: Sending,
+    mut stop: watch::Receiver<bool>,
+) {
+    let open = Arc::new(OpenStreams::new(sending.limits));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a chunk stream's task panicked");
+                    }
+                }
+            }
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { break };
+                // A span per incoming stream: which peer, which protocol.
+                let span = tracing::info_span!("stream", what = "chunk", peer = %short(&peer));
+                let reason = match open.take(peer) {
+                    Ok(slot) => {
+                        let (source, sending) = (Arc::clone(&source), sending.clone());
+                        let work = async move {
+                            let served = serve_one(peer, stream, source.as_ref(), &sending).await;
+                            if let Err(e) = served {
+                                tracing::warn!(error = %e, "chunk stream failed");
+                            }
+                            drop(slot);
+                        };
+                        tasks.spawn(work.instrument(span));
+                        continue;
+                    }
+                    Err(reason) => reason,
+                };
+                let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() else {
+                    let why = "dropped a chunk stream unanswered: too many refusals under way";
+                    tracing::debug!(parent: &span, %reason, "{why}");
+                    continue;
+                };
+                let audit = sending.audit.clone();
+                let work = async move {
+                    refuse(peer, stream, reason, audit.as_deref()).await;
+                    drop(permit);
+                };
+                tasks.spawn(work.instrument(span));
+            }
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Tells `peer` why its stream is not served, and closes it, within [`REFUSE_TIMEOUT`].
+async fn refuse(peer: PeerId, mut stream: Stream, reason: String, audit: Option<&Audit>) {
+    // Debug, not a warning: a flooding peer would flood the journal. The audit line
+    // stays (repeats of it are collapsed there).
+    tracing::debug!(%reason, "refused a chunk stream");
+    if let Some(a) = audit {
+        a.record("-", &peer.to_string(), "chunks", "-", "refused", &reason);
+    }
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
+        let _ = write_frame(&mut stream, &Frame::Refused { reason }).await;
+        linger(&mut stream).await;
+    })
+    .await;
+}
+
+/// Closes a refused stream once the fetcher has read why: what it sends meanwhile (the
+/// request it wrote before reading) is read and thrown away, until it closes its side.
+/// A stream dropped at once is reset, and the fetcher's next write fails before it
+/// reads the reason. Callers bound the time.
+async fn linger(stream: &mut Stream) {
+    use futures::AsyncReadExt as _;
+    let _ = stream.close().await;
+    let mut sink = [0u8; 8192];
+    while let Ok(1..) = stream.read(&mut sink).await {}
+}
+
+/// The chunk streams served now: in all, and per peer.
+#[derive(Debug)]
+struct OpenStreams {
+    limits: ServeLimits,
+    /// Streams in all, and those of each peer that has any.
+    counts: Mutex<(usize, HashMap<PeerId, usize>)>,
+}
+
+/// One served stream, counted until dropped.
+#[derive(Debug)]
+struct StreamSlot(Arc<OpenStreams>, PeerId);
+
+impl OpenStreams {
+    fn new(limits: ServeLimits) -> Self {
+        OpenStreams { limits, counts: Mutex::default() }
+    }
+
+    /// A slot for one more stream of `peer`, or why not (the reason sent to it).
+    fn take(self: &Arc<Self>, peer: PeerId) -> Result<StreamSlot, String> {
+        let mut counts = self.counts.lock().expect("open streams lock");
+        let (all, by_peer) = &mut *counts;
+        let ServeLimits { streams, streams_per_peer, .. } = self.limits;
+        if by_peer.get(&peer).copied().unwrap_or(0) >= streams_per_peer {
+            return Err(format!(
+                "peer {peer} has {streams_per_peer} chunk streams open here already, \
+                 the most one peer may; retry when one ends"
+            ));
+        }
+        if *all >= streams {
+            return Err(format!(
+                "this host serves {streams} chunk streams already, the most it serves at once; \
+                 retry later or pull from another peer"
+            ));
+        }
+        *all += 1;
+        *by_peer.entry(peer).or_default() += 1;
+        Ok(StreamSlot(Arc::clone(self), peer))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = self.0.counts.lock().expect("open streams lock");
+        let (all, by_peer) = &mut *counts;
+        *all -= 1;
+        if let Some(n) = by_peer.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                by_peer.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// The chunk, waiting (up to [`QUIET`] without progress) if it is still arriving: how a
+/// relay forwards a chunk as soon as it has it.
+async fn wait_for(source: &dyn ChunkSource, id: &ChunkId) -> Option<Vec<u8>> {
+    loop {
+        if let Some(data) = source.chunk(id) {
+            return Some(data);
+        }
+        let mut signal = source.arriving(id)?;
+        // Look again: it may have arrived between the two calls.
+        if let Some(data) = source.chunk(id) {
+            return Some(data);
+        }
+        if tokio::time::timeout(QUIET, signal.changed()).await.map_or(true, |r| r.is_err()) {
+            tracing::debug!(chunk = %format!("{id:#}"), "gave up waiting for a chunk to arrive");
+            return None;
+        }
+    }
+}
+
+/// Serves one stream: wanted ids in order, within the credit granted. The first request
+/// must arrive whole within [`ServeLimits::request`]; after it, each frame written and
+/// each frame read within [`ServeLimits::stall`].
+async fn serve_one(
+    peer: PeerId,
+    mut stream: Stream,
+    source: &dyn ChunkSource,
+    sending: &Sending,
+) -> Result<(), ServeError> {
+    let limits = sending.limits;
+    let mut queue: VecDeque<ChunkId> = VecDeque::new();
+    let mut credit: u64 = 0;
+    let mut sent = 0u64;
+    let mut first = true;
+    // The (VO, deployment, manifest) of the wants allowed so far, for the audit log.
+    let mut served: Vec<(String, String, ManifestId)> = Vec::new();
+    // Bytes sent, counted under the deployment of the stream's first allowed want (a
+    // fetcher asks for one deployment per stream).
+    let mut sent_bytes: Option<metrics::Counter> = None;
+    let audit = |vo: &str, deployment: &str, outcome: &str, detail: &str| {
+        if let Some(a) = &sending.audit {
+            a.record(vo, &peer.to_string(), "chunks", deployment, outcome, detail);
+        }
+    };
+    loop {
+        while credit > 0 {
+            let Some(id) = queue.pop_front() else { break };
+            let frame = match wait_for(source, &id).await {
+                Some(data) => {
+                    let frame = sending.frame(id, data);
+                    if let (Some(cap), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
+                        (&sending.upload, &frame)
+                    {
+                        cap.take(data.len() as u64).await;
+                    }
+                    frame
+                }
+                None => Frame::Missing { id },
+            };
+            send(&mut stream, &frame, limits.stall).await?;
+            if let (Some(counter), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
+                (&sent_bytes, &frame)
+            {
+                counter.increment(data.len() as u64);
+            }
+            credit -= 1;
+            sent += 1;
+        }
+        let next = if std::mem::take(&mut first) {
+            tokio::time::timeout(limits.request, read_frame(&mut stream))
+                .await
+                .map_err(|_| ServeError::NoRequest(limits.request))?
+        } else {
+            tokio::time::timeout(limits.stall, read_frame(&mut stream))
+                .await
+                .map_err(|_| ServeError::Stalled { what: "sent nothing", after: limits.stall })?
+        };
+        if let Err(e @ FrameError::Version { .. }) = &next {
+            // A fetcher of another release: it is told which versions, and refused.
+            audit("-", "-", "refused", &e.to_string());
+            let refusal = Frame::Refused { reason: e.to_string() };
+            let _ = send(&mut stream, &refusal, limits.stall).await;
+        }
+        match next? {
+            Some(Frame::Want { deployment, manifest, ids }) => {
+                let verdict =
+                    sending.grants.check_within(&peer, &deployment, &manifest, &ids, GRANT_WAIT);
+                match verdict.await {
+                    Verdict::Allowed { vo } => {
+                        if sent_bytes.is_none() {
+                            sent_bytes = Some(crate::metrics::sent(&peer, &deployment));
+                        }
+                        if !served.iter().any(|(_, d, m)| *d == deployment && *m == manifest) {
+                            served.push((vo, deployment, manifest));
+                        }
+                        queue.extend(ids);
+                    }
+                    Verdict::Refused { vo, reason } => {
+                        tracing::warn!(peer = %short(&peer), %reason, "refused a chunk request");
+                        audit(vo.as_deref().unwrap_or("-"), &deployment, "refused", &reason);
+                        send(&mut stream, &Frame::Refused { reason }, limits.stall).await?;
+                        let _ = tokio::time::timeout(REFUSE_TIMEOUT, linger(&mut stream)).await;
+                        return Ok(());
+                    }
+                }
+            }
+            Some(Frame::Credit { chunks }) => credit += u64::from(chunks),
+            Some(Frame::Done) | None => break,
+            Some(other) => {
+                return Err(
+                    FrameError::Invalid(format!("unexpected {other:?} from a fetcher")).into()
+                );
+            }
+        }
+    }
+    tracing::debug!(peer = %short(&peer), sent, "served");
+    for (vo, deployment, manifest) in &served {
+        audit(
+            vo,
+            deployment,
+            "ok",
+            &format!("manifest {manifest}: {sent} chunks sent on this stream"),
+        );
+    }
+    let _ = tokio::time::timeout(limits.stall, stream.close()).await;
+    Ok(())
+}
+
+/// Writes a frame to a fetcher, which must take it within `stall`.
+async fn send(stream: &mut Stream, frame: &Frame, stall: Duration) -> Result<(), ServeError> {
+    tokio::time::timeout(stall, write_frame(stream, frame))
+        .await
+        .map_err(|_| ServeError::Stalled { what: "read nothing", after: stall })?
+        .map_err(ServeError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_bounded_per_peer_and_in_all_and_slots_come_back() {
+        let limits = ServeLimits { streams: 3, streams_per_peer: 2, ..ServeLimits::default() };
+        let open = Arc::new(OpenStreams::new(limits));
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let a1 = open.take(a).expect("a's first");
+        let a2 = open.take(a).expect("a's second");
+        let why = open.take(a).expect_err("a's third is past its share");
+        assert!(why.contains("the most one peer may"), "{why}");
+        let b1 = open.take(b).expect("b is served while a is at its share");
+        let why = open.take(c).expect_err("the host is full");
+        assert!(why.contains("the most it serves at once"), "{why}");
+        drop(a1);
+        let c1 = open.take(c).expect("a slot came back");
+        drop((a2, b1, c1));
+        assert_eq!(
+            *open.counts.lock().expect("lock"),
+            (0, HashMap::new()),
+            "nothing is left counted"
+        );
+    }
+
+    #[test]
+    fn refusal_reasons_fit_a_frame() {
+        for limits in [(0, 1), (1, 0)] {
+            let (streams, streams_per_peer) = limits;
+            let limits = ServeLimits { streams, streams_per_peer, ..Default::default() };
+            let open = Arc::new(OpenStreams::new(limits));
+            let why = open.take(PeerId::random()).expect_err("full");
+            Frame::Refused { reason: why }.encode().expect("a refusal fits its frame");
+        }
+    }
+}
