@@ -14,21 +14,24 @@
 //! (each partition rebuilt once per deployment), `images/<deployment>/<vm>/` (per-VM
 //! clones, swap, seed volume) and `xen/<vm>.cfg`.
 
+mod addresses;
+mod error;
 pub mod ready;
 pub mod records;
 mod stage;
 mod stored;
 
+pub use addresses::preview_addresses;
+pub use error::ManagerError;
+
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use vw_chunkstore::{ImageRef, ManifestId, PinReason, RecordBatch, Store};
-use vw_planner::address::{self, AddressError, Mac, NicAddress, VmNics};
 
 use crate::config::{ClusterConfig, DriverKind, Pools};
-use crate::integrate::{IntegrationError, MungeKey};
+use crate::integrate::MungeKey;
 pub use crate::lifecycle::{self, Op, Refusal, Step, VmState};
 pub use crate::report::{HostCapacity, Reconciled, VmReport, VmStatus};
 use crate::workspace::{NodeSpec, VmRole, WorkspaceSpec};
@@ -36,173 +39,6 @@ use crate::xen::simulated::SimulatedDriver;
 use crate::xen::xl::XlDriver;
 use crate::xen::{DomainState, Driver, XenError};
 use records::{ClusterShare, Db, DeploymentRecord, Timing, VmRecord};
-
-/// Why a manager operation failed. Each names the deployment or VM concerned.
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] vw_chunkstore::Error),
-    /// A record of the manager's is unreadable (written by another release, or damaged).
-    #[error("stored {family} record {key} is unreadable: {reason}")]
-    Record {
-        /// The family.
-        family: &'static str,
-        /// The record's key.
-        key: String,
-        /// What was wrong.
-        reason: String,
-    },
-    /// The system gave no randomness.
-    #[error("no randomness from the system: {0}")]
-    Random(String),
-    /// The cluster config does not say which Xen driver to run here.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// A partition names an image the store does not have.
-    #[error("VM {vm}: image {image} is not in the store ({error}); import it with `vw image import` first")]
-    MissingImage {
-        /// The VM.
-        vm: String,
-        /// The image reference.
-        image: Box<ImageRef>,
-        /// The store's answer.
-        error: Box<vw_chunkstore::Error>,
-    },
-    /// A staging step failed on the store side (export, clone: disk full, I/O).
-    #[error("VM {vm}: staging failed: {error}")]
-    Stage {
-        /// The VM.
-        vm: String,
-        /// What failed.
-        #[source]
-        error: Box<vw_chunkstore::Error>,
-    },
-    /// A node boots from a host file this host does not allow.
-    #[error("deployment {deployment}: {error}")]
-    Boot {
-        /// The deployment.
-        deployment: String,
-        /// Which file, and why.
-        #[source]
-        error: XenError,
-    },
-    /// The hypervisor hand-off failed.
-    #[error("VM {vm}: {step}: {error}")]
-    Xen {
-        /// The VM.
-        vm: String,
-        /// The step.
-        step: Step,
-        /// What failed.
-        #[source]
-        error: XenError,
-    },
-    /// The hypervisor could not say what the machine has.
-    #[error(
-        "cannot measure this host's capacity (set [host] memory_mib and cpus to skip it): {0}"
-    )]
-    XenMachine(#[source] XenError),
-    /// The hypervisor could not say what state a domain is in.
-    #[error("VM {vm}: cannot read its domain's state: {error}")]
-    XenStatus {
-        /// The VM.
-        vm: String,
-        /// What failed.
-        #[source]
-        error: XenError,
-    },
-    /// Integration failed.
-    #[error("VM {vm}: integration: {error}")]
-    Integration {
-        /// The VM.
-        vm: String,
-        /// What failed.
-        #[source]
-        error: IntegrationError,
-    },
-    /// The operation is impossible from the VM's state.
-    #[error("cannot {} VM {vm}: it is {}; {}", refusal.op, refusal.state, refusal.hint)]
-    Refused {
-        /// The VM.
-        vm: String,
-        /// Why.
-        refusal: Refusal,
-    },
-    /// No such deployment.
-    #[error(
-        "no deployment {name} on this host; `vw status` lists them, `vw stage FILE` makes one"
-    )]
-    UnknownDeployment {
-        /// The name asked for.
-        name: String,
-    },
-    /// An address the head assigned is held by another VM on this host.
-    #[error("VM {vm}: {address} is already in use here by {owner}")]
-    AddressInUse {
-        /// The VM.
-        vm: String,
-        /// `ip/…` or `mac/…`.
-        address: String,
-        /// Who holds it.
-        owner: String,
-    },
-    /// No such VM in the deployment.
-    #[error("deployment {deployment} has no VM {vm}")]
-    UnknownVm {
-        /// The deployment.
-        deployment: String,
-        /// The VM asked for.
-        vm: String,
-    },
-    /// A deployment of that name exists with a different document.
-    #[error("deployment {name} already exists with a different workspace document; unstage it first or rename the workspace")]
-    DeploymentExists {
-        /// The name.
-        name: String,
-    },
-    /// A VM name is taken by another deployment.
-    #[error("duplicate VM name {vm}: deployment {other} already has it; rename the workspace or its nodes")]
-    DuplicateVm {
-        /// The VM name.
-        vm: String,
-        /// The deployment that has it.
-        other: String,
-    },
-    /// The host cannot hold the VMs.
-    #[error("VM {vm}: {reason}")]
-    Capacity {
-        /// The VM.
-        vm: String,
-        /// What does not fit.
-        reason: String,
-    },
-    /// An address pool ran out.
-    #[error("deployment {deployment}: {error}")]
-    Addresses {
-        /// The deployment.
-        deployment: String,
-        /// The planner's answer.
-        error: AddressError,
-    },
-    /// Local file I/O failed.
-    #[error("{op} {path}: {error}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        error: std::io::Error,
-    },
-}
-
-impl ManagerError {
-    fn io(op: &'static str, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
-        ManagerError::Io { op, path: path.into(), error }
-    }
-}
 
 /// The host manager.
 #[derive(Debug)]
@@ -596,78 +432,6 @@ impl Manager {
         Ok(())
     }
 
-    /// Gives every VM of `records` without addresses its addresses and MACs, and adds
-    /// the allocations to `batch`. All or nothing.
-    fn assign_addresses(
-        &self,
-        deployment: &DeploymentRecord,
-        records: &mut [VmRecord],
-        batch: &mut RecordBatch,
-    ) -> Result<(), ManagerError> {
-        let held = self.db().addresses()?;
-        if let Some(share) = &deployment.share {
-            // The head assigned them, cluster-wide; this host checks none is in use here.
-            for r in records.iter_mut().filter(|r| r.nics.is_empty()) {
-                let m = share.here.iter().find(|m| m.name == r.name).ok_or_else(|| {
-                    ManagerError::UnknownVm {
-                        deployment: deployment.name.clone(),
-                        vm: r.name.clone(),
-                    }
-                })?;
-                for nic in &m.nics {
-                    for key in [format!("ip/{}", nic.ip), format!("mac/{}", nic.mac)] {
-                        if let Some((_, owner)) = held.iter().find(|(k, _)| *k == key) {
-                            return Err(ManagerError::AddressInUse {
-                                vm: r.name.clone(),
-                                address: key,
-                                owner: format!("{} of deployment {}", owner.vm, owner.deployment),
-                            });
-                        }
-                    }
-                }
-                r.nics = m.nics.clone();
-                records::hold_addresses(batch, r);
-                records::put_vm(batch, r);
-            }
-            return Ok(());
-        }
-        let mut taken_ips = BTreeSet::new();
-        let mut taken_macs = BTreeSet::new();
-        for (key, _) in held {
-            if let Some(ip) = key.strip_prefix("ip/").and_then(|s| s.parse::<Ipv4Addr>().ok()) {
-                taken_ips.insert(ip);
-            } else if let Some(mac) = key.strip_prefix("mac/").and_then(|s| s.parse::<Mac>().ok()) {
-                taken_macs.insert(mac);
-            }
-        }
-        let needy: Vec<usize> =
-            (0..records.len()).filter(|&i| records[i].nics.is_empty()).collect();
-        let requests: Vec<VmNics> = needy
-            .iter()
-            .map(|&i| {
-                let node = node_of(&deployment.spec, records[i].role);
-                VmNics {
-                    key: format!("{}/{}", deployment.name, records[i].name),
-                    nics: node.nics.iter().map(|n| n.network).collect(),
-                }
-            })
-            .collect();
-        let plan = address::assign(
-            &requests,
-            &self.pools.private,
-            &self.pools.public,
-            &taken_ips,
-            &taken_macs,
-        )
-        .map_err(|error| ManagerError::Addresses { deployment: deployment.name.clone(), error })?;
-        for (&i, nics) in needy.iter().zip(plan) {
-            records[i].nics = nics;
-            records::hold_addresses(batch, &records[i]);
-            records::put_vm(batch, &records[i]);
-        }
-        Ok(())
-    }
-
     /// Applies `op` to the VMs of `deployment` (or just `vm`), head first (workers first
     /// for stop and unstage, so clients go before their servers). Every VM's plan is
     /// checked before anything is done.
@@ -743,18 +507,6 @@ impl Manager {
             self.forget_if_unstaged(&dep)?;
         }
         Ok(reports)
-    }
-
-    /// Gives addresses back to VMs that were unstaged and are staged again.
-    fn readdress(&self, dep: &DeploymentRecord) -> Result<(), ManagerError> {
-        let db = self.db();
-        let mut records = db.vms_of(dep)?;
-        if records.iter().all(|r| !r.nics.is_empty()) {
-            return Ok(());
-        }
-        let mut batch = RecordBatch::default();
-        self.assign_addresses(dep, &mut records, &mut batch)?;
-        db.write(batch)
     }
 
     /// Performs one step's side effects (the caller records the transition).
@@ -964,27 +716,6 @@ pub(crate) fn node_of(spec: &WorkspaceSpec, role: VmRole) -> &NodeSpec {
         (VmRole::Worker(_), Some(w)) => &w.template,
         _ => &spec.head,
     }
-}
-
-/// The addresses a workspace would get, without recording anything (`vw workspace
-/// show`, `vw plan`), avoiding `taken` (addresses and MACs of workspaces planned
-/// before it).
-pub fn preview_addresses(
-    spec: &WorkspaceSpec,
-    pools: &Pools,
-    taken: &[NicAddress],
-) -> Result<Vec<Vec<NicAddress>>, AddressError> {
-    let requests: Vec<VmNics> = spec
-        .vms()
-        .iter()
-        .map(|vm| VmNics {
-            key: format!("{}/{}", spec.name, spec.vm_name(vm)),
-            nics: vm.node.nics.iter().map(|n| n.network).collect(),
-        })
-        .collect();
-    let ips = taken.iter().map(|n| n.ip).collect();
-    let macs = taken.iter().map(|n| n.mac).collect();
-    address::assign(&requests, &pools.private, &pools.public, &ips, &macs)
 }
 
 pub(crate) use vw_chunkstore::now_ms;
