@@ -9,7 +9,8 @@
 //! another cluster or for other manifests (a tag sealed again since), and a replayed
 //! ticket, and a VO's share over the quota this host can see (memory, cache). Each is
 //! refused before anything is fetched or recorded, and audited; the honest order gets
-//! past the checks.
+//! past the checks. Also: a manifest sent with a flipped byte, a head or fetcher of
+//! another release, and lifecycle requests for a deployment the host never staged.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use vw_node::control::head::control_protocol;
 use vw_node::control::protocol::{ImageOrder, ManifestPiece, Pull, Reply, StageOrder, VERSION};
 use vw_node::control::{Answer, Request};
 use vw_node::daemon::load_or_create_key;
+use vw_node::lifecycle::Op;
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::peer::{chunks_protocol, Peer, PeerConfig};
 use vw_node::planner::address::{Network, NicAddress};
@@ -432,6 +434,18 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     };
     refused(&send(&head, host.id(), resealed).await, "does not allow");
     count += 2;
+
+    // A deployment this host never staged (its stage was refused or failed) has nothing
+    // to stop or release here; anything else asked of it is an error naming it.
+    for op in [Op::Stop, Op::Unstage] {
+        let answer = call(&head, host.id(), Request::Run { deployment: "nowhere".into(), op });
+        assert_eq!(answer.await, Answer::Ran(vec![]), "{op}");
+    }
+    let pause = Request::Run { deployment: "nowhere".into(), op: Op::Pause };
+    match call(&head, host.id(), pause).await {
+        Answer::Failed(why) => assert!(why.contains("nowhere"), "{why}"),
+        other => panic!("pausing a deployment the host lacks fails, got {other:?}"),
+    }
 
     // A head of another release (control version one lower) is refused at its first
     // frame, both versions named, in an answer this release's head reads; so is a

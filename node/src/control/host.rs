@@ -176,7 +176,17 @@ impl HostService {
                 let (vo, ran) = self
                     .with_manager(move |m| {
                         let vo = m.deployment(&d).ok().flatten().and_then(|r| r.vo);
-                        (vo, m.run(&d, None, op).map_err(|e| e.to_string()))
+                        let ran = match m.run(&d, None, op) {
+                            // A host without the deployment (its stage failed, or it was
+                            // lost before) has nothing to stop or release: done.
+                            Err(crate::manager::ManagerError::UnknownDeployment { .. })
+                                if matches!(op, Op::Stop | Op::Unstage) =>
+                            {
+                                Ok(Vec::new())
+                            }
+                            other => other.map_err(|e| e.to_string()),
+                        };
+                        (vo, ran)
                     })
                     .await
                     .unwrap_or_else(|e| (None, Err(e)));
