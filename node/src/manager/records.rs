@@ -37,10 +37,11 @@ pub(crate) trait Family: Sized + DeserializeOwned {
     const VERSION: u8;
     /// The version before it: postcard of the domain type, read and migrated.
     const POSTCARD: u8;
-    /// The stored type.
-    type Stored: Serialize + DeserializeOwned + for<'a> From<&'a Self>;
-    /// The domain value of a stored one.
-    fn from_stored(s: Self::Stored) -> Result<Self, String>;
+    /// The stored type, made from the domain value and read back into one.
+    type Stored: Serialize
+        + DeserializeOwned
+        + for<'a> From<&'a Self>
+        + TryInto<Self, Error = String>;
 }
 
 impl Family for DeploymentRecord {
@@ -48,9 +49,6 @@ impl Family for DeploymentRecord {
     const VERSION: u8 = 4;
     const POSTCARD: u8 = 3;
     type Stored = stored::Deployment;
-    fn from_stored(s: stored::Deployment) -> Result<Self, String> {
-        s.try_into()
-    }
 }
 
 impl Family for VmRecord {
@@ -58,9 +56,6 @@ impl Family for VmRecord {
     const VERSION: u8 = 2;
     const POSTCARD: u8 = 1;
     type Stored = stored::Vm;
-    fn from_stored(s: stored::Vm) -> Result<Self, String> {
-        s.try_into()
-    }
 }
 
 impl Family for AddressOwner {
@@ -68,9 +63,6 @@ impl Family for AddressOwner {
     const VERSION: u8 = 2;
     const POSTCARD: u8 = 1;
     type Stored = stored::Owner;
-    fn from_stored(s: stored::Owner) -> Result<Self, String> {
-        Ok(s.into())
-    }
 }
 
 impl Family for ClusterDeployment {
@@ -78,9 +70,6 @@ impl Family for ClusterDeployment {
     const VERSION: u8 = 3;
     const POSTCARD: u8 = 2;
     type Stored = stored::Cluster;
-    fn from_stored(s: stored::Cluster) -> Result<Self, String> {
-        s.try_into()
-    }
 }
 
 /// `value` as its family stores it now.
@@ -97,7 +86,7 @@ pub(crate) fn decode<F: Family>(key: &str, bytes: &[u8]) -> Result<F, ManagerErr
     match bytes.split_first() {
         Some((&v, body)) if v == F::VERSION => {
             let stored = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-            F::from_stored(stored).map_err(bad)
+            F::Stored::try_into(stored).map_err(bad)
         }
         Some((&v, body)) if v == F::POSTCARD => match postcard::take_from_bytes(body) {
             Ok((value, [])) => Ok(value),

@@ -404,9 +404,10 @@ impl From<&AddressOwner> for Owner {
     }
 }
 
-impl From<Owner> for AddressOwner {
-    fn from(o: Owner) -> Self {
-        AddressOwner { deployment: o.deployment, vm: o.vm }
+impl TryFrom<Owner> for AddressOwner {
+    type Error = String;
+    fn try_from(o: Owner) -> Result<Self, String> {
+        Ok(AddressOwner { deployment: o.deployment, vm: o.vm })
     }
 }
 
