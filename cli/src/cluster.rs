@@ -54,7 +54,7 @@ fn permission_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-fn need_socket(store: &Path) -> anyhow::Result<PathBuf> {
+pub fn need_socket(store: &Path) -> anyhow::Result<PathBuf> {
     socket(store)?.ok_or_else(|| {
         anyhow::anyhow!(
             "no vwd is listening at {}; start the head's vwd (`vwd --config FILE`, docs/operations.md) with this data directory, or pass --store",
@@ -150,13 +150,12 @@ const DEPLOY_TICKET_S: u64 = 15 * 60;
 
 /// `vw deploy WORKSPACE.xml`.
 pub fn deploy(
-    store: &Path,
+    socket: &Path,
     file: &Path,
     signer: Signer,
     options: DeployOptions,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
-    let socket = need_socket(store)?;
     let workspace = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let source = file.display().to_string();
@@ -172,7 +171,7 @@ pub fn deploy(
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let request =
                 LocalRequest::Resolve { workspace: workspace.clone(), source: source.clone() };
-            let LocalReply::Resolved { cluster, images } = call(&socket, &request, out)? else {
+            let LocalReply::Resolved { cluster, images } = call(socket, &request, out)? else {
                 anyhow::bail!("the vwd answered a resolve with something else");
             };
             let terms = TicketTerms {
@@ -185,7 +184,7 @@ pub fn deploy(
             Ticket::sign(&key, &terms).map_err(anyhow::Error::msg)?.encode()
         }
     };
-    report(&socket, &LocalRequest::Deploy { workspace, source, ticket, options }, out)
+    report(socket, &LocalRequest::Deploy { workspace, source, ticket, options }, out)
 }
 
 /// `vw create NAME` of a cluster staged with `vw stage FILE` (`vw deploy --stage-only`): load and start

@@ -376,7 +376,7 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             planning::run(&cli.store, config, policy, &args, out)
         }
         Command::Deploy { workspace, how, stage_only } => {
-            deploy(&cli.store, cli.vo_dir.as_deref(), &workspace, how, stage_only, out)
+            deploy(&cli.store, None, cli.vo_dir.as_deref(), &workspace, how, stage_only, out)
         }
         Command::Status { deployment, watch } => match cluster::socket(&cli.store)? {
             Some(socket) => {
@@ -401,9 +401,11 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Stage { target, how } => match cluster::socket(&cli.store)? {
-            Some(_) if target.vm.is_none() && std::path::Path::new(&target.target).is_file() => {
+            Some(socket)
+                if target.vm.is_none() && std::path::Path::new(&target.target).is_file() =>
+            {
                 let file = PathBuf::from(&target.target);
-                deploy(&cli.store, cli.vo_dir.as_deref(), &file, how, true, out)
+                deploy(&cli.store, Some(socket), cli.vo_dir.as_deref(), &file, how, true, out)
             }
             Some(_) => anyhow::bail!(
                 "a vwd owns {}: stage a workspace file on every host with `vw stage FILE --vo \
@@ -428,10 +430,12 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Deploys `workspace` across the cluster through the vwd that owns `store` (with
-/// `stage_only`, up to stage), signed by the VO's key in `vo_dir` or by its ticket.
+/// Deploys `workspace` across the cluster through the vwd that owns `store` (its
+/// socket, if already found; with `stage_only`, up to stage), signed by the VO's key in
+/// `vo_dir` or by its ticket.
 fn deploy(
     store: &std::path::Path,
+    socket: Option<PathBuf>,
     vo_dir: Option<&std::path::Path>,
     workspace: &std::path::Path,
     how: DeployArgs,
@@ -449,7 +453,11 @@ fn deploy(
         (Some(vo), None) => cluster::Signer::Key(Box::new(vo::key(&vo::dir(vo_dir)?, &vo)?)),
         (None, None) => anyhow::bail!("deploy on behalf of a VO: --vo NAME or --ticket FILE"),
     };
-    cluster::deploy(store, workspace, signer, options, out)
+    let socket = match socket {
+        Some(s) => s,
+        None => cluster::need_socket(store)?,
+    };
+    cluster::deploy(&socket, workspace, signer, options, out)
 }
 
 fn parse_policy(policy: &str) -> anyhow::Result<vw_node::planner::Policy> {
