@@ -48,6 +48,7 @@ fi
 post=$WORK/control/postinst
 grep -q 'systemd-sysusers.*vw.conf' "$post" || fail "postinst does not make the vw group"
 grep -q 'deb-systemd-helper enable vwd.service' "$post" || fail "postinst does not enable vwd"
+grep -q 'install -d -m 0755 /etc/vw$' "$post" || fail "postinst does not make /etc/vw for the configs"
 grep -q 'deb-systemd-helper purge vwd.service' "$WORK/control/postrm" || fail "postrm does not purge vwd"
 grep -q '^Depends:.*e2fsprogs' "$WORK/control/control" || fail "Depends lacks e2fsprogs"
 

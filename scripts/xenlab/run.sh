@@ -10,7 +10,11 @@
 # consoles and the scenario's results. Environment: VW_XENLAB_CACHE (build.sh's cache),
 # VW_BIN (folder with vw and vwd; default $CARGO_TARGET_DIR/debug), VW_XENLAB_ACCEL
 # (tcg or kvm; default: kvm if a probe boots a stock kernel with it, else tcg),
-# VW_XENLAB_TIMEOUT (seconds for the whole run, default 3600).
+# VW_XENLAB_TIMEOUT (seconds for the whole run, default 3600). A scenario that sets
+# PACKAGE=1 installs vw from its Debian package in each fresh dom0 and configures it as
+# an operator would: the run then brings only the package (VW_DEB, default the newest
+# target/debian/vw_*.deb, from scripts/package/build.sh), the lab's cluster settings
+# and the workspaces, and makes no keys, ids or vwd configs itself.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -25,14 +29,19 @@ log() { echo "xenlab: $*" >&2; }
 for f in "$C/boot/xen.elf" "$C/boot/vmlinuz" "$C/boot/initrd.img" "$C/dom0.img" "$C/images/worker.img"; do
   [ -e "$f" ] || { log "$f is missing: run scripts/xenlab/build.sh first"; exit 1; }
 done
-for b in vw vwd; do [ -x "$BIN/$b" ] || { log "$BIN/$b is missing: cargo build --bins (or set VW_BIN)"; exit 1; }; done
 command -v qemu-system-x86_64 >/dev/null || { log "qemu-system-x86_64 is missing: scripts/install-deps.sh --xenlab"; exit 1; }
 
 # The scenario says how many hosts and how big: HOSTS, HOST_CPUS (QEMU vCPUs, Xen's
 # physical CPUs), HOST_MEM and DOM0_MEM (MiB).
-HOSTS=1 HOST_CPUS=2 HOST_MEM=2048 DOM0_MEM=768
+HOSTS=1 HOST_CPUS=2 HOST_MEM=2048 DOM0_MEM=768 PACKAGE=0
 # shellcheck source=/dev/null
 . "$here/scenarios/$SCENARIO.sh"
+if [ "$PACKAGE" = 1 ]; then
+  DEB=${VW_DEB:-$(ls -t "$repo"/target/debian/vw_*.deb 2>/dev/null | head -1)}
+  [ -f "$DEB" ] || { log "no package: bash scripts/package/build.sh (or set VW_DEB)"; exit 1; }
+else
+  for b in vw vwd; do [ -x "$BIN/$b" ] || { log "$BIN/$b is missing: cargo build --bins (or set VW_BIN)"; exit 1; }; done
+fi
 
 NS=vwlab$$
 RUN=$(mktemp -d /tmp/vwlab.XXXXXX)
@@ -64,44 +73,53 @@ if [ "$ACCEL" = kvm ]; then QACCEL=(-accel kvm -cpu host); else QACCEL=(-accel t
 log "$SCENARIO: $HOSTS host(s), acceleration $ACCEL"
 
 # ---- the share every dom0 mounts: binaries, configs, keys, the scenario --------------
-mkdir -p "$SHARE/bin" "$SHARE/out" "$SHARE/vo"
-cp "$BIN/vw" "$BIN/vwd" "$SHARE/bin/"
+mkdir -p "$SHARE/out"
 cp "$here/dom0/host.sh" "$SHARE/host.sh"
-cp "$here/../../packaging/vwd.service" "$SHARE/vwd.service"
 cp "$here/scenarios/$SCENARIO.sh" "$SHARE/scenario.sh"
 cp -r "$here/workspaces" "$SHARE/workspaces"
 echo "$ACCEL" > "$SHARE/accel"
 install -m 0600 "$C/lab_key" "$SHARE/lab_key"
 addr() { echo "10.77.0.$((10 + $1))"; }
-ids=()
-for n in $(seq "$HOSTS"); do
-  mkdir -p "$SHARE/host$n"
-  printf 'role = "host"\ndata_dir = "%s"\nlisten = []\n' "$SHARE/host$n" > "$RUN/id.toml"
-  ids+=("$("$BIN/vwd" --config "$RUN/id.toml" --print-id)")
-done
-"$BIN/vw" vo create lab --vo-dir "$SHARE/vo" >/dev/null
-{
-  cat "$here/cluster.toml"
-  # Memory and CPUs are measured by vwd (`xl info`). The lab's hosts have one or two
-  # emulated CPUs, which its guests share: allow four vCPUs on each.
-  printf '\n[host]\nvcpus_per_cpu = 4\n\n'
-  "$BIN/vw" vo export lab --vo-dir "$SHARE/vo"
-} > "$SHARE/cluster.toml"
-for n in $(seq "$HOSTS"); do
-  {
-    [ "$n" = 1 ] && echo 'role = "head"' || echo 'role = "host"'
-    echo "name = \"host$n\""
-    echo 'data_dir = "/var/lib/vw"'
-    echo "listen = [\"/ip4/$(addr "$n")/tcp/7400\"]"
-    echo 'cluster_config = "/vwlab/cluster.toml"'
-    for m in $(seq "$HOSTS"); do
-      [ "$m" = "$n" ] && continue
-      printf '\n[[peer]]\nname = "host%s"\nid = "%s"\naddr = "/ip4/%s/tcp/7400"\n' \
-        "$m" "${ids[$((m - 1))]}" "$(addr "$m")"
-      [ "$m" = 1 ] && echo 'head = true'
-    done
-  } > "$SHARE/host$n/vwd.toml"
-done
+# Memory and CPUs are measured by vwd (`xl info`). The lab's hosts have one or two
+# emulated CPUs, which its guests share: allow four vCPUs on each.
+lab_cluster() { cat "$here/cluster.toml"; printf '\n[host]\nvcpus_per_cpu = 4\n'; }
+# Without the package: the lab's binaries, vwd unit, VO and each host's vwd.toml, made
+# here (host.sh installs them in dom0).
+lab_configs() {
+  mkdir -p "$SHARE/bin" "$SHARE/vo"
+  cp "$BIN/vw" "$BIN/vwd" "$SHARE/bin/"
+  cp "$here/../../packaging/vwd.service" "$SHARE/vwd.service"
+  local n m ids=()
+  for n in $(seq "$HOSTS"); do
+    mkdir -p "$SHARE/host$n"
+    printf 'role = "host"\ndata_dir = "%s"\nlisten = []\n' "$SHARE/host$n" > "$RUN/id.toml"
+    ids+=("$("$BIN/vwd" --config "$RUN/id.toml" --print-id)")
+  done
+  "$BIN/vw" vo create lab --vo-dir "$SHARE/vo" >/dev/null
+  { lab_cluster; echo; "$BIN/vw" vo export lab --vo-dir "$SHARE/vo"; } > "$SHARE/cluster.toml"
+  for n in $(seq "$HOSTS"); do
+    {
+      [ "$n" = 1 ] && echo 'role = "head"' || echo 'role = "host"'
+      echo "name = \"host$n\""
+      echo 'data_dir = "/var/lib/vw"'
+      echo "listen = [\"/ip4/$(addr "$n")/tcp/7400\"]"
+      echo 'cluster_config = "/vwlab/cluster.toml"'
+      for m in $(seq "$HOSTS"); do
+        [ "$m" = "$n" ] && continue
+        printf '\n[[peer]]\nname = "host%s"\nid = "%s"\naddr = "/ip4/%s/tcp/7400"\n' \
+          "$m" "${ids[$((m - 1))]}" "$(addr "$m")"
+        [ "$m" = 1 ] && echo 'head = true'
+      done
+    } > "$SHARE/host$n/vwd.toml"
+  done
+}
+if [ "$PACKAGE" = 1 ]; then
+  mkdir -p "$SHARE/pkg"
+  cp "$DEB" "$SHARE/pkg/"
+  lab_cluster > "$SHARE/cluster.toml"
+else
+  lab_configs
+fi
 
 # ---- the network: a private and a public bridge, one tap per host on each -------------
 ip netns add "$NS"

@@ -1,14 +1,17 @@
 #!/bin/sh
 # One host's part of a lab run, in dom0 (started by vwlab-boot with the host's number).
 # Starts vwd with the xl driver; host 1 (the head) then runs the scenario's `on_head_host`
-# function and marks the run done; the others serve until then.
+# function and marks the run done; the others serve until then. A scenario with a
+# `run_host` function (one that installs the package) runs that instead.
 set -u
 N=$1
 OUT=/vwlab/out/host$N
+. /vwlab/scenario.sh
+# A scenario that installs the package does its host's part itself, from a fresh dom0.
+if type run_host > /dev/null 2>&1; then run_host "$N"; exit $?; fi
 export PATH=/vwlab/bin:$PATH VW_STORE=/var/lib/vw VW_VO_DIR=/vwlab/vo VW_CLUSTER=/vwlab/cluster.toml
 mkdir -p /var/lib/vw
 install -m 0600 "/vwlab/host$N/node.key" /var/lib/vw/node.key
-. /vwlab/scenario.sh
 
 # Times a command in ms: `t NAME cmd...` appends NAME,ms,rc to $OUT/times.csv.
 t() {
