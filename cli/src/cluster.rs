@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use vw_node::access::{Ticket, TicketTerms};
 use vw_node::chunkstore::VoKey;
-use vw_node::control::head::{DeployEvent, DeployOptions, DeployPhase, DeployReport, HostAnswer};
+use vw_node::control::deployment::{
+    DeployEvent, DeployOptions, DeployPhase, DeployReport, HostAnswer,
+};
 use vw_node::control::protocol::Phase;
 use vw_node::control::usage::VoUsage;
 use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
@@ -237,7 +239,7 @@ pub fn deploy_text(r: &DeployReport) -> String {
         "\n\n{:<width$}  {:<9}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  VMs",
         "host", "driver", "lacked", "received", "on wire", "fetch", "stage"
     ));
-    let driver = |h: &vw_node::control::head::HostOutcome| h.driver.map_or("?", |d| d.name());
+    let driver = |h: &vw_node::control::deployment::HostOutcome| h.driver.map_or("?", |d| d.name());
     let (mut lacked, mut received, mut wire) = (0, 0, 0);
     for h in &r.hosts {
         match &h.stage {
@@ -539,7 +541,7 @@ fn status_text(hosts: &[HostVms]) -> String {
 mod tests {
     use super::*;
     use vw_node::config::{DriverKind, Quota};
-    use vw_node::control::head::HostAnswer;
+    use vw_node::control::deployment::HostAnswer;
     use vw_node::control::protocol::HostStatus;
 
     #[test]
@@ -566,7 +568,7 @@ mod tests {
 
     #[test]
     fn staged_and_created_clusters_say_so() {
-        use vw_node::control::head::{HostOutcome, PhaseTime};
+        use vw_node::control::deployment::{HostOutcome, PhaseTime};
         let phase = |phase| PhaseTime { phase, micros: 1_000 };
         let mut r = DeployReport {
             deployment: "pre".into(),

@@ -442,7 +442,7 @@ fn deploy(
     stage_only: bool,
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
-    let options = vw_node::control::head::DeployOptions {
+    let options = vw_node::control::deployment::DeployOptions {
         strategy: how.strategy.unwrap_or(vw_node::planner::Strategy::Auto),
         policy: parse_policy(how.policy.as_deref().unwrap_or("spread"))?,
         mixed_drivers: how.mixed_drivers,

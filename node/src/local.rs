@@ -14,7 +14,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::control::head::{DeployEvent, DeployOptions, DeployReport, Head, HostAnswer};
+use crate::control::deployment::{DeployEvent, DeployOptions, DeployReport, HostAnswer};
+use crate::control::head::Head;
 use crate::control::host::HostService;
 use crate::control::protocol::HostStatus;
 use crate::control::{Answer, Request};

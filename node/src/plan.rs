@@ -83,6 +83,13 @@ pub struct PlanReport {
     pub micros: PlanTimes,
 }
 
+impl PlanReport {
+    /// The VMs placed on `host`.
+    pub fn vms_on(&self, host: &str) -> Vec<String> {
+        self.placement.iter().filter(|p| p.host == host).map(|p| p.vm.clone()).collect()
+    }
+}
+
 /// Microseconds spent in each part of planning.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct PlanTimes {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use vw_node::chunkstore::{Store, Visibility};
-use vw_node::control::head::{DeployEvent, DeployOptions, DeployReport};
+use vw_node::control::deployment::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::localnet::{
     cluster_workspace, ChildVwd, DemoImages, LocalNet, LocalNetOptions, LocalVos,

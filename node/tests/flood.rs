@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use futures::AsyncWriteExt as _;
 use vw_node::chunkstore::{Store, Visibility};
-use vw_node::control::head::{control_protocol, DeployOptions};
+use vw_node::control::deployment::DeployOptions;
+use vw_node::control::head::control_protocol;
 use vw_node::control::protocol::MAX_MESSAGE;
 use vw_node::daemon::load_or_create_key;
 use vw_node::local::{self, LocalReply, LocalRequest};

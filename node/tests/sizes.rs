@@ -12,7 +12,7 @@ use vw_node::chunkstore::chunker::ChunkerParams;
 use vw_node::chunkstore::{
     ChunkId, ChunkRef, ImageName, ImageRef, Manifest, ManifestId, Seal, Store, Visibility,
 };
-use vw_node::control::head::{DeployOptions, DeployReport};
+use vw_node::control::deployment::{DeployOptions, DeployReport};
 use vw_node::control::protocol::MAX_MESSAGE;
 use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};

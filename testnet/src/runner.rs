@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use vw_node::chunkstore::{ImageRef, Store};
-use vw_node::control::head::{DeployEvent, DeployOptions, DeployPhase, DeployReport};
+use vw_node::control::deployment::{DeployEvent, DeployOptions, DeployPhase, DeployReport};
 use vw_node::control::protocol::Phase;
 use vw_node::lifecycle::Op;
 use vw_node::local::{self, LocalReply, LocalRequest};

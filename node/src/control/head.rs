@@ -13,29 +13,30 @@
 //! `vw deploy` of the same document resumes: same placement, and each host fetches only
 //! what it still lacks.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use libp2p::{PeerId, StreamProtocol};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use vw_chunkstore::{ImageRef, ManifestId, Store};
-use vw_planner::{HostIx, Policy, Strategy};
 
+use super::deployment::{
+    DeployEvent, DeployOptions, DeployPhase, DeployReport, HostAnswer, HostOutcome, PhaseTime,
+};
 use super::host::HostService;
+use super::orders::{self, Deploying, Orders, Sealed};
 use super::protocol::{
-    Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Progress, Pull,
-    Reply, Request, StageOrder, StageReport, MAX_PIECE, PROTOCOL_NAME,
+    Answer, HostStatus, ImageManifest, InventoryReport, ManifestPiece, Progress, Reply, Request,
+    MAX_PIECE, PROTOCOL_NAME,
 };
 use super::usage::{Usage, VoUsage};
 use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticket};
-use crate::config::{DriverKind, Pools};
+use crate::config::Pools;
 use crate::integrate::MungeKey;
 use crate::lifecycle::Op;
-use crate::plan::{expected_rates, plan_with, PlanReport, Planning, Taken, WorkspaceImages};
-use crate::report::{ClusterDeployment, ClusterShare, Member, PlacedVm, VmReady, VmReport};
+use crate::plan::{Planning, Taken, WorkspaceImages};
+use crate::report::{ClusterDeployment, PlacedVm, VmReady, VmReport};
 use crate::wire;
 
 /// How long the head waits for any word from a host (progress comes every 250 ms
@@ -48,154 +49,6 @@ pub const CONNECT: Duration = Duration::from_secs(10);
 /// The control protocol as libp2p names it.
 pub fn control_protocol() -> StreamProtocol {
     StreamProtocol::new(PROTOCOL_NAME)
-}
-
-/// The phases of a deployment (the paper's Fig. 2(b), with staging split open).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeployPhase {
-    /// Parse and check the workspace.
-    Validate,
-    /// Ask every host what it can take and holds.
-    Inventory,
-    /// Place the VMs.
-    Place,
-    /// Assign addresses.
-    Addresses,
-    /// Plan the distribution.
-    Plan,
-    /// Fetch and stage on every host.
-    Stage,
-    /// Load the domains.
-    Load,
-    /// Start them.
-    Create,
-    /// Wait for their guests to say they are up.
-    Ready,
-}
-
-impl std::fmt::Display for DeployPhase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = serde_json::to_value(self).ok();
-        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
-    }
-}
-
-/// What a deployment reports as it goes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "event")]
-pub enum DeployEvent {
-    /// A phase starts.
-    Phase {
-        /// Which.
-        phase: DeployPhase,
-    },
-    /// The distribution plan: who sends to whom.
-    Planned {
-        /// The strategy (auto resolved).
-        strategy: Strategy,
-        /// Distinct (sender, receiver) host pairs.
-        edges: Vec<(String, String)>,
-    },
-    /// A host's progress.
-    Progress {
-        /// The host.
-        host: String,
-        /// Where it is.
-        progress: Progress,
-    },
-    /// A host failed; its VMs are lost for this deployment.
-    Lost {
-        /// The host.
-        host: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// How to deploy.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub struct DeployOptions {
-    /// The distribution strategy.
-    pub strategy: Strategy,
-    /// Spread or pack.
-    pub policy: Policy,
-    /// Deploy across hosts whose Xen drivers differ (else refused).
-    #[serde(default)]
-    pub mixed_drivers: bool,
-    /// Stop after the stage phase: the cluster is staged on every host, and `vw create
-    /// NAME` starts it later.
-    #[serde(default)]
-    pub stage_only: bool,
-}
-
-impl DeployOptions {
-    /// `strategy` and `policy`, every host's driver alike, to the end.
-    pub fn new(strategy: Strategy, policy: Policy) -> Self {
-        DeployOptions { strategy, policy, mixed_drivers: false, stage_only: false }
-    }
-}
-
-/// One phase's duration.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PhaseTime {
-    /// The phase.
-    pub phase: DeployPhase,
-    /// Microseconds.
-    pub micros: u64,
-}
-
-/// What one host did in a deployment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HostOutcome {
-    /// The host.
-    pub host: String,
-    /// The Xen driver it runs its VMs with (`simulated`: no guest exists), as its
-    /// inventory said.
-    pub driver: Option<DriverKind>,
-    /// Its VMs.
-    pub vms: Vec<String>,
-    /// Its stage (bytes lacked and received, from whom, how long).
-    pub stage: Option<StageReport>,
-    /// Why it failed, if it did (its VMs are lost).
-    pub error: Option<String>,
-}
-
-/// What `vw deploy` reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeployReport {
-    /// The deployment.
-    pub deployment: String,
-    /// Whether it resumed an earlier deploy of the same document.
-    pub resumed: bool,
-    /// The strategy used (`None`: nothing was staged, as by `vw create` of a staged
-    /// cluster).
-    pub strategy: Option<Strategy>,
-    /// Phase timings, in order.
-    pub phases: Vec<PhaseTime>,
-    /// Where each VM went.
-    pub placement: Vec<PlacedVm>,
-    /// Per host with VMs.
-    pub hosts: Vec<HostOutcome>,
-    /// VMs lost with their hosts.
-    pub lost: Vec<String>,
-    /// The planner's predicted staging time, seconds.
-    pub predicted_s: f64,
-    /// The physical limit: the most any host lacks over its downlink, seconds.
-    pub limit_s: f64,
-    /// The VMs at the end.
-    pub vms: Vec<VmReport>,
-    /// Per running VM: whether its guest said it is up, and after how long.
-    pub ready: Vec<VmReady>,
-}
-
-/// One host's answer to a cluster-wide operation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HostAnswer<T> {
-    /// The host.
-    pub host: String,
-    /// What it said, or why not.
-    pub result: Result<T, String>,
 }
 
 /// The head: drives deployments across the cluster's hosts.
@@ -444,88 +297,45 @@ impl Head {
         let Submitted { spec, workspace, signed, ticket } = submitted;
         let name = spec.name.clone();
         let vo = signed.vo();
-        let existing = {
-            let n = name.clone();
-            self.local.read_manager(move |m| m.cluster(&n).map_err(|e| e.to_string())).await??
-        };
-        if let Some(e) = &existing {
-            if e.workspace != workspace {
-                return Err(format!(
-                    "deployment {name} exists with a different workspace document; `vw unstage {name}` first, or rename the workspace"
-                ));
-            }
-            if e.vo != vo {
-                return Err(format!("deployment {name} belongs to VO {}, not {vo}", e.vo));
-            }
-        }
+        let existing = self.existing(&name, workspace, vo).await?;
 
         clock.start(DeployPhase::Inventory).await;
-        let (wi, seals) = {
-            let (store, spec, config, signed) = (
-                Arc::clone(&self.store),
-                spec.clone(),
-                Arc::clone(&self.local.gate().config),
-                signed.clone(),
-            );
-            tokio::task::spawn_blocking(move || -> Result<_, String> {
-                let vo = signed.vo();
-                let wi = WorkspaceImages::load(&store, &spec).map_err(|e| e.to_string())?;
-                for (r, m) in wi.refs.iter().zip(&wi.manifests) {
-                    check_manifest(&signed, &spec.name, r, m.id()).map_err(|e| e.to_string())?;
-                }
-                let seals = wi
-                    .refs
-                    .iter()
-                    .zip(&wi.manifests)
-                    .map(|(r, m)| sealed(&store, &config, vo, r, m.id()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((wi, seals))
-            })
-            .await
-            .map_err(|e| e.to_string())??
-        };
-        let request = Request::Inventory {
-            vo: vo.to_owned(),
-            images: wi
-                .images
-                .iter()
-                .zip(&wi.manifests)
-                .map(|(i, m)| ImageManifest { image: i.name.clone(), manifest: m.id() })
-                .collect(),
-        };
+        let (wi, seals) = self.images(&spec, signed).await?;
         let hosts = self.hosts().await;
-        let answers = {
-            // Each manifest, encoded once for every host that lacks it.
-            let encoded: Vec<(ManifestId, Vec<u8>)> =
-                wi.manifests.iter().map(|m| (m.id(), m.encode())).collect();
-            join_all(hosts.iter().map(|h| {
-                let (request, encoded) = (request.clone(), &encoded);
-                async move {
-                    self.send_manifests(h, encoded).await?;
-                    expect_answer!(self.call(h, request, None).await, Answer::Inventory)
-                }
-            }))
-            .await
-        };
-        let view = self.cluster(&hosts, &answers, &wi, options.mixed_drivers, events)?;
-        let (cluster, inventory, drivers) = (view.cluster, view.inventory, view.drivers);
-        let links_known = view.links_known;
-        let mut taken = Taken { vms: view.committed, nics: view.nics };
-        let driver_of = |host: &str| drivers.iter().find(|(h, _)| h == host).map(|(_, d)| *d);
+        let view = self.inventory(&hosts, vo, &wi, options.mixed_drivers, events).await?;
 
         clock.start(DeployPhase::Place).await;
         let fixed = existing.as_ref().map(|e| e.placement.clone());
         let resumed = fixed.is_some();
-        let on = Planning {
-            cluster: &cluster,
-            images: &wi,
-            inventory: &inventory,
-            spec: &spec,
-            pools: &self.pools,
-        };
-        let planned = plan_with(&on, (options.policy, options.strategy), &mut taken, fixed)
-            .map_err(|e| format!("workspace {name}: {e}"))?;
         let created_ms = existing.as_ref().map_or_else(crate::manager::now_ms, |e| e.created_ms);
+        // This deploy attempt: the grants here and on every host are keyed by it, and
+        // end with it.
+        let stage = crate::access::new_stage(&name);
+        // Every VM of a Slurm cluster shares one MUNGE key, the same at every stage of it.
+        let munge_key =
+            spec.runs_slurm().then(|| MungeKey::derive(&self.secret, &name, created_ms));
+        let deploying = Deploying {
+            on: Planning {
+                cluster: &view.cluster,
+                images: &wi,
+                inventory: &view.inventory,
+                spec: &spec,
+                pools: &self.pools,
+            },
+            hosts: &hosts,
+            links_known: &view.links_known,
+            sealed: Sealed {
+                stage: &stage,
+                workspace,
+                ticket,
+                seals: &seals,
+                munge_key: munge_key.as_ref(),
+            },
+        };
+        let mut taken = Taken { vms: view.committed.clone(), nics: view.nics.clone() };
+        let Orders { planned, stagers, edges, orders } =
+            orders::prepare(&deploying, (options.policy, options.strategy), &mut taken, fixed)
+                .map_err(|e| format!("workspace {name}: {e}"))?;
         let record = existing.is_none().then(|| ClusterDeployment {
             name: name.clone(),
             workspace: workspace.to_owned(),
@@ -539,76 +349,16 @@ impl Head {
             (DeployPhase::Addresses, planned.micros.addresses),
             (DeployPhase::Plan, planned.micros.plan),
         ]);
-
-        let mut edges: Vec<(String, String)> = planned
-            .plan
-            .streams
-            .iter()
-            .map(|s| (hosts[s.from.ix()].0.clone(), hosts[s.to.ix()].0.clone()))
-            .collect();
-        edges.sort();
-        edges.dedup();
         let _ = events.send(DeployEvent::Planned { strategy: planned.strategy, edges }).await;
+
         clock.start(DeployPhase::Stage).await;
-        let stagers = stagers(&hosts, &wi, &spec, &planned);
         // This host serves every image as a source or relay: the stagers of each may
         // fetch its chunks for this deployment, until the stage phase ends.
-        // This deploy attempt: the grants here and on every host are keyed by it, and
-        // end with it.
-        let stage = crate::access::new_stage(&name);
         let granted: Vec<_> =
             wi.manifests.iter().zip(&stagers).map(|(m, p)| (&**m, &p[..])).collect();
         self.local.gate().grants.allow(&stage, vo, &granted, signed.expires_s());
-        // Every VM of a Slurm cluster shares one MUNGE key, the same at every stage of it.
-        let munge_key =
-            spec.runs_slurm().then(|| MungeKey::derive(&self.secret, &name, created_ms));
-        let sealed = Sealed {
-            stage: &stage,
-            workspace,
-            ticket,
-            seals: &seals,
-            stagers: &stagers,
-            munge_key: munge_key.as_ref(),
-        };
-        let rates = expected_rates(&wi.images, &planned.plan, &planned.simulation, &links_known);
-        let orders = self.orders(&hosts, &on, &planned, &rates, sealed);
-        let ordered: Vec<usize> = orders.iter().map(|(h, _)| *h).collect();
-        let staged = join_all(orders.into_iter().map(|(h, order)| {
-            let host = &hosts[h];
-            async move {
-                let answer = self.call(host, Request::Stage(Box::new(order)), Some(events)).await;
-                (h, expect_answer!(answer, Answer::Staged))
-            }
-        }))
-        .await;
-        self.stage_over(&hosts, &ordered, &stage).await;
-        let mut outcomes: Vec<HostOutcome> = Vec::new();
-        let mut alive: Vec<usize> = Vec::new();
-        for (h, result) in staged {
-            let vms = vms_on(&planned, &hosts[h].0);
-            match result {
-                Ok(report) => {
-                    alive.push(h);
-                    outcomes.push(HostOutcome {
-                        host: hosts[h].0.clone(),
-                        driver: driver_of(&hosts[h].0),
-                        vms,
-                        stage: Some(report),
-                        error: None,
-                    });
-                }
-                Err(e) => {
-                    lost(events, &hosts[h].0, &e).await;
-                    outcomes.push(HostOutcome {
-                        host: hosts[h].0.clone(),
-                        driver: driver_of(&hosts[h].0),
-                        vms,
-                        stage: None,
-                        error: Some(e),
-                    });
-                }
-            }
-        }
+        let (mut outcomes, alive) =
+            self.stage(&hosts, &view, &planned, orders, &stage, events).await;
         let (vms, ready) = if options.stage_only {
             let staged =
                 outcomes.iter().filter_map(|o| o.stage.as_ref()).flat_map(|r| r.vms.clone());
@@ -636,6 +386,137 @@ impl Head {
             vms,
             ready,
         })
+    }
+
+    /// The recorded deployment `name`, if a deploy of it was made before: it must be of
+    /// the same document `workspace` and by the same `vo` (a second deploy resumes it).
+    async fn existing(
+        &self,
+        name: &str,
+        workspace: &str,
+        vo: &str,
+    ) -> Result<Option<ClusterDeployment>, String> {
+        let n = name.to_owned();
+        let existing =
+            self.local.read_manager(move |m| m.cluster(&n).map_err(|e| e.to_string())).await??;
+        if let Some(e) = &existing {
+            if e.workspace != workspace {
+                return Err(format!(
+                    "deployment {name} exists with a different workspace document; `vw unstage {name}` first, or rename the workspace"
+                ));
+            }
+            if e.vo != vo {
+                return Err(format!("deployment {name} belongs to VO {}, not {vo}", e.vo));
+            }
+        }
+        Ok(existing)
+    }
+
+    /// The workspace's images from this head's store, each checked against the VO's
+    /// ticket, with the seal (encoded) that lets the VO deploy it.
+    async fn images(
+        &self,
+        spec: &crate::workspace::WorkspaceSpec,
+        signed: &Ticket,
+    ) -> Result<(WorkspaceImages, Vec<Vec<u8>>), String> {
+        let (store, spec, config, signed) = (
+            Arc::clone(&self.store),
+            spec.clone(),
+            Arc::clone(&self.local.gate().config),
+            signed.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let vo = signed.vo();
+            let wi = WorkspaceImages::load(&store, &spec).map_err(|e| e.to_string())?;
+            for (r, m) in wi.refs.iter().zip(&wi.manifests) {
+                check_manifest(&signed, &spec.name, r, m.id()).map_err(|e| e.to_string())?;
+            }
+            let seals = wi
+                .refs
+                .iter()
+                .zip(&wi.manifests)
+                .map(|(r, m)| sealed(&store, &config, vo, r, m.id()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((wi, seals))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Every host's inventory of the images `wi` for `vo` (each manifest sent first to
+    /// the hosts that lack it), made into the planner's view of the cluster.
+    async fn inventory(
+        &self,
+        hosts: &[(String, PeerId)],
+        vo: &str,
+        wi: &WorkspaceImages,
+        mixed_drivers: bool,
+        events: &mpsc::Sender<DeployEvent>,
+    ) -> Result<super::view::ClusterView, String> {
+        let request = Request::Inventory {
+            vo: vo.to_owned(),
+            images: wi
+                .images
+                .iter()
+                .zip(&wi.manifests)
+                .map(|(i, m)| ImageManifest { image: i.name.clone(), manifest: m.id() })
+                .collect(),
+        };
+        // Each manifest, encoded once for every host that lacks it.
+        let encoded: Vec<(ManifestId, Vec<u8>)> =
+            wi.manifests.iter().map(|m| (m.id(), m.encode())).collect();
+        let answers = join_all(hosts.iter().map(|h| {
+            let (request, encoded) = (request.clone(), &encoded);
+            async move {
+                self.send_manifests(h, encoded).await?;
+                expect_answer!(self.call(h, request, None).await, Answer::Inventory)
+            }
+        }))
+        .await;
+        self.cluster(hosts, &answers, wi, mixed_drivers, events)
+    }
+
+    /// Sends every host its order of attempt `stage` at once and collects what each
+    /// staged; then ends the stage's grants everywhere. Returns each ordered host's
+    /// outcome (a host that failed is lost, and says why) and the hosts that staged.
+    async fn stage(
+        &self,
+        hosts: &[(String, PeerId)],
+        view: &super::view::ClusterView,
+        planned: &crate::plan::PlanReport,
+        orders: Vec<(usize, super::protocol::StageOrder)>,
+        stage: &str,
+        events: &mpsc::Sender<DeployEvent>,
+    ) -> (Vec<HostOutcome>, Vec<usize>) {
+        let ordered: Vec<usize> = orders.iter().map(|(h, _)| *h).collect();
+        let staged = join_all(orders.into_iter().map(|(h, order)| {
+            let host = &hosts[h];
+            async move {
+                let answer = self.call(host, Request::Stage(Box::new(order)), Some(events)).await;
+                (h, expect_answer!(answer, Answer::Staged))
+            }
+        }))
+        .await;
+        self.stage_over(hosts, &ordered, stage).await;
+        let driver_of = |host: &str| view.drivers.iter().find(|(h, _)| h == host).map(|(_, d)| *d);
+        let mut outcomes: Vec<HostOutcome> = Vec::new();
+        let mut alive: Vec<usize> = Vec::new();
+        for (h, result) in staged {
+            let host = &hosts[h].0;
+            let (stage, error) = match result {
+                Ok(report) => {
+                    alive.push(h);
+                    (Some(report), None)
+                }
+                Err(e) => {
+                    lost(events, host, &e).await;
+                    (None, Some(e))
+                }
+            };
+            let (driver, vms) = (driver_of(host), planned.vms_on(host));
+            outcomes.push(HostOutcome { host: host.clone(), driver, vms, stage, error });
+        }
+        (outcomes, alive)
     }
 
     /// Loads and starts the VMs of deployment `name` on the hosts `alive`, then waits
@@ -823,134 +704,6 @@ impl Head {
         }
         view.check_drivers(mixed_drivers).map_err(|e| e.to_string())?;
         Ok(view)
-    }
-
-    /// A stage order for every host with VMs of the workspace planned `on`; `rates`:
-    /// what the plan expects of each of its streams.
-    fn orders(
-        &self,
-        hosts: &[(String, PeerId)],
-        on: &Planning<'_>,
-        planned: &PlanReport,
-        rates: &[u64],
-        sealed: Sealed<'_>,
-    ) -> Vec<(usize, StageOrder)> {
-        let Planning { cluster, images: wi, inventory, spec, .. } = *on;
-        let plan = &planned.plan;
-        let demands = wi.demands(spec);
-        let member = |p: &PlacedVm| Member {
-            name: p.vm.clone(),
-            nics: p.nics.clone(),
-            cores: p.cores.clone(),
-        };
-        let stagers = sealed.stagers;
-        let mut out = Vec::new();
-        for (h, (name, _)) in hosts.iter().enumerate() {
-            let here: Vec<&PlacedVm> =
-                planned.placement.iter().filter(|p| p.host == *name).collect();
-            if here.is_empty() {
-                continue;
-            }
-            let ix = HostIx(h as u32);
-            let used: BTreeSet<usize> = here
-                .iter()
-                .flat_map(|p| {
-                    demands.iter().filter(|d| d.name == p.vm).flat_map(|d| d.images.clone())
-                })
-                .collect();
-            let mut images = Vec::new();
-            for &i in &used {
-                let pulls: Vec<Pull> = plan
-                    .streams
-                    .iter()
-                    .zip(rates)
-                    .filter(|(s, _)| s.to == ix && s.image == i)
-                    .map(|(s, &rate)| Pull {
-                        from: hosts[s.from.ix()].1.to_string(),
-                        ranges: s.ranges.ranges().to_vec(),
-                        rate,
-                    })
-                    .collect();
-                // Fallback: the senders' own senders up to the source, then any host
-                // that holds the whole image.
-                let mut fallback: Vec<HostIx> = Vec::new();
-                let mut frontier: Vec<HostIx> = plan
-                    .streams
-                    .iter()
-                    .filter(|s| s.to == ix && s.image == i)
-                    .map(|s| s.from)
-                    .collect();
-                while let Some(f) = frontier.pop() {
-                    for s in plan.streams.iter().filter(|s| s.to == f && s.image == i) {
-                        if s.from != ix && !fallback.contains(&s.from) {
-                            fallback.push(s.from);
-                            frontier.push(s.from);
-                        }
-                    }
-                }
-                if let Some(&src) = plan.sources.get(&i) {
-                    if src != ix && !fallback.contains(&src) {
-                        fallback.push(src);
-                    }
-                }
-                // Only hosts of this deployment serve its chunks (no other host has
-                // been granted them).
-                let whole = wi.images[i].all();
-                for other in cluster.ixs() {
-                    if other != ix
-                        && stagers[i].contains(&hosts[other.ix()].1)
-                        && cluster.host(other).alive
-                        && !fallback.contains(&other)
-                        && whole.minus(inventory.held(other, i)).is_empty()
-                    {
-                        fallback.push(other);
-                    }
-                }
-                images.push(ImageOrder {
-                    image: wi.refs[i].to_string(),
-                    manifest: wi.manifests[i].id(),
-                    seal: sealed.seals[i].clone(),
-                    stagers: stagers[i].iter().map(PeerId::to_string).collect(),
-                    pulls,
-                    fallback: fallback.iter().map(|f| hosts[f.ix()].1.to_string()).collect(),
-                });
-            }
-            // Images it sends in the plan but does not stage: it grants them too.
-            let serves = (0..wi.images.len())
-                .filter(|i| !used.contains(i))
-                .filter(|&i| plan.streams.iter().any(|s| s.from == ix && s.image == i))
-                .map(|i| ImageOrder {
-                    image: wi.refs[i].to_string(),
-                    manifest: wi.manifests[i].id(),
-                    seal: sealed.seals[i].clone(),
-                    stagers: stagers[i].iter().map(PeerId::to_string).collect(),
-                    pulls: vec![],
-                    fallback: vec![],
-                })
-                .collect();
-            let share = ClusterShare {
-                here: here.iter().map(|p| member(p)).collect(),
-                elsewhere: planned
-                    .placement
-                    .iter()
-                    .filter(|p| p.host != *name)
-                    .map(member)
-                    .collect(),
-            };
-            out.push((
-                h,
-                StageOrder {
-                    stage: sealed.stage.to_owned(),
-                    workspace: sealed.workspace.to_owned(),
-                    ticket: sealed.ticket.to_vec(),
-                    share,
-                    images,
-                    serves,
-                    munge_key: sealed.munge_key.cloned(),
-                },
-            ));
-        }
-        out
     }
 
     /// Ends `stage` here and on hosts `on` (indices into `hosts`, those sent an order):
@@ -1141,20 +894,6 @@ struct Submitted<'a> {
     ticket: &'a [u8],
 }
 
-/// What the head sends with every stage order: the document, the VO's ticket for it,
-/// and per image (in `WorkspaceImages` order) its seal (encoded) and the peers staging
-/// it.
-#[derive(Clone, Copy)]
-struct Sealed<'a> {
-    stage: &'a str,
-    workspace: &'a str,
-    ticket: &'a [u8],
-    seals: &'a [Vec<u8>],
-    stagers: &'a [Vec<PeerId>],
-    /// The cluster's MUNGE key, when it runs Slurm.
-    munge_key: Option<&'a MungeKey>,
-}
-
 /// The seal that lets `vo` deploy image `reference` (manifest `id`), encoded: the
 /// seal of its name, or for a manifest id, a seal on it by `vo` or a public one. The
 /// head checks it as every host will.
@@ -1190,26 +929,6 @@ fn sealed(
     Err(refusal)
 }
 
-/// Per image, the peers of the hosts with a VM that uses it.
-fn stagers(
-    hosts: &[(String, PeerId)],
-    wi: &WorkspaceImages,
-    spec: &crate::workspace::WorkspaceSpec,
-    planned: &PlanReport,
-) -> Vec<Vec<PeerId>> {
-    let mut out: Vec<Vec<PeerId>> = vec![Vec::new(); wi.manifests.len()];
-    for d in wi.demands(spec) {
-        let Some(p) = planned.placement.iter().find(|p| p.vm == d.name) else { continue };
-        let Some((_, id)) = hosts.iter().find(|(h, _)| *h == p.host) else { continue };
-        for &i in &d.images {
-            if !out[i].contains(id) {
-                out[i].push(*id);
-            }
-        }
-    }
-    out
-}
-
 /// Adds up recorded deployments (their documents and images read again).
 fn usage_of(store: &Store, deployments: &[ClusterDeployment]) -> Result<Usage, String> {
     let mut usage = Usage::default();
@@ -1220,10 +939,6 @@ fn usage_of(store: &Store, deployments: &[ClusterDeployment]) -> Result<Usage, S
         usage.add(&d.vo, &spec, &wi, &d.placement);
     }
     Ok(usage)
-}
-
-fn vms_on(planned: &PlanReport, host: &str) -> Vec<String> {
-    planned.placement.iter().filter(|p| p.host == host).map(|p| p.vm.clone()).collect()
 }
 
 async fn lost(events: &mpsc::Sender<DeployEvent>, host: &str, reason: &str) {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::head::{DeployEvent, DeployPhase};
+use super::deployment::{DeployEvent, DeployPhase};
 use super::protocol::Progress;
 
 /// One deployment under way.

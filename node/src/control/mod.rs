@@ -14,6 +14,8 @@
 
 pub mod check;
 #[cfg(feature = "host")]
+pub mod deployment;
+#[cfg(feature = "host")]
 pub mod head;
 #[cfg(feature = "host")]
 pub mod host;
@@ -21,6 +23,8 @@ pub mod host;
 pub mod live;
 #[cfg(feature = "host")]
 pub mod manifests;
+#[cfg(feature = "host")]
+pub mod orders;
 pub mod protocol;
 #[cfg(feature = "host")]
 pub mod serial;

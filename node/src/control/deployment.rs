@@ -1,0 +1,159 @@
+//! A deployment as the head reports it: its phases, the events it sends while it runs
+//! (to `vw deploy`, `vw status --watch` and the tests), the options it is run with, and
+//! the report at its end, per host and per VM. Plain data: the head (`head`) fills it
+//! in, the CLI prints it.
+
+use serde::{Deserialize, Serialize};
+use vw_planner::{Policy, Strategy};
+
+use super::protocol::{Progress, StageReport};
+use crate::config::DriverKind;
+use crate::report::{PlacedVm, VmReady, VmReport};
+
+/// The phases of a deployment (the paper's Fig. 2(b), with staging split open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployPhase {
+    /// Parse and check the workspace.
+    Validate,
+    /// Ask every host what it can take and holds.
+    Inventory,
+    /// Place the VMs.
+    Place,
+    /// Assign addresses.
+    Addresses,
+    /// Plan the distribution.
+    Plan,
+    /// Fetch and stage on every host.
+    Stage,
+    /// Load the domains.
+    Load,
+    /// Start them.
+    Create,
+    /// Wait for their guests to say they are up.
+    Ready,
+}
+
+impl std::fmt::Display for DeployPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+/// What a deployment reports as it goes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "event")]
+pub enum DeployEvent {
+    /// A phase starts.
+    Phase {
+        /// Which.
+        phase: DeployPhase,
+    },
+    /// The distribution plan: who sends to whom.
+    Planned {
+        /// The strategy (auto resolved).
+        strategy: Strategy,
+        /// Distinct (sender, receiver) host pairs.
+        edges: Vec<(String, String)>,
+    },
+    /// A host's progress.
+    Progress {
+        /// The host.
+        host: String,
+        /// Where it is.
+        progress: Progress,
+    },
+    /// A host failed; its VMs are lost for this deployment.
+    Lost {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How to deploy.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct DeployOptions {
+    /// The distribution strategy.
+    pub strategy: Strategy,
+    /// Spread or pack.
+    pub policy: Policy,
+    /// Deploy across hosts whose Xen drivers differ (else refused).
+    #[serde(default)]
+    pub mixed_drivers: bool,
+    /// Stop after the stage phase: the cluster is staged on every host, and `vw create
+    /// NAME` starts it later.
+    #[serde(default)]
+    pub stage_only: bool,
+}
+
+impl DeployOptions {
+    /// `strategy` and `policy`, every host's driver alike, to the end.
+    pub fn new(strategy: Strategy, policy: Policy) -> Self {
+        DeployOptions { strategy, policy, mixed_drivers: false, stage_only: false }
+    }
+}
+
+/// One phase's duration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTime {
+    /// The phase.
+    pub phase: DeployPhase,
+    /// Microseconds.
+    pub micros: u64,
+}
+
+/// What one host did in a deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostOutcome {
+    /// The host.
+    pub host: String,
+    /// The Xen driver it runs its VMs with (`simulated`: no guest exists), as its
+    /// inventory said.
+    pub driver: Option<DriverKind>,
+    /// Its VMs.
+    pub vms: Vec<String>,
+    /// Its stage (bytes lacked and received, from whom, how long).
+    pub stage: Option<StageReport>,
+    /// Why it failed, if it did (its VMs are lost).
+    pub error: Option<String>,
+}
+
+/// What `vw deploy` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployReport {
+    /// The deployment.
+    pub deployment: String,
+    /// Whether it resumed an earlier deploy of the same document.
+    pub resumed: bool,
+    /// The strategy used (`None`: nothing was staged, as by `vw create` of a staged
+    /// cluster).
+    pub strategy: Option<Strategy>,
+    /// Phase timings, in order.
+    pub phases: Vec<PhaseTime>,
+    /// Where each VM went.
+    pub placement: Vec<PlacedVm>,
+    /// Per host with VMs.
+    pub hosts: Vec<HostOutcome>,
+    /// VMs lost with their hosts.
+    pub lost: Vec<String>,
+    /// The planner's predicted staging time, seconds.
+    pub predicted_s: f64,
+    /// The physical limit: the most any host lacks over its downlink, seconds.
+    pub limit_s: f64,
+    /// The VMs at the end.
+    pub vms: Vec<VmReport>,
+    /// Per running VM: whether its guest said it is up, and after how long.
+    pub ready: Vec<VmReady>,
+}
+
+/// One host's answer to a cluster-wide operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostAnswer<T> {
+    /// The host.
+    pub host: String,
+    /// What it said, or why not.
+    pub result: Result<T, String>,
+}
