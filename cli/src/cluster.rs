@@ -543,6 +543,7 @@ mod tests {
     use vw_node::config::{DriverKind, Quota};
     use vw_node::control::deployment::HostAnswer;
     use vw_node::control::protocol::HostStatus;
+    use vw_node::control::{Failure, FailureKind};
 
     #[test]
     fn a_deployment_under_way_shows_its_phase_and_each_host() {
@@ -613,7 +614,10 @@ mod tests {
         let text = status_text(&[
             host("node1", DriverKind::Xl),
             host("node2", DriverKind::Simulated),
-            HostAnswer { host: "node3".into(), result: Err("gone".into()) },
+            HostAnswer {
+                host: "node3".into(),
+                result: Err(Failure::new(FailureKind::Unreachable, "gone")),
+            },
         ]);
         assert!(text.contains("SIMULATED Xen driver on node2: no hypervisor"), "{text}");
         assert!(!text.contains("on node1"), "{text}");

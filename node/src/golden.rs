@@ -10,8 +10,8 @@ use vw_planner::address::{Network, NicAddress};
 
 use crate::config::DriverKind;
 use crate::control::protocol::{
-    Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Phase, Progress,
-    Pull, Reply, Request, StageOrder, StageReport, VERSION,
+    Answer, Failure, FailureKind, HostStatus, ImageManifest, ImageOrder, InventoryReport,
+    ManifestPiece, Phase, Progress, Pull, Reply, Request, StageOrder, StageReport, VERSION,
 };
 use crate::integrate::MungeKey;
 use crate::lifecycle::{Op, Step, VmState};
@@ -241,8 +241,8 @@ fn control_messages() {
             })),
         ),
         ("ready", Reply::Done(Answer::Ready(vec![ready]))),
-        ("failed", Reply::Done(Answer::Failed("why".into()))),
-        ("refused", Reply::Done(Answer::Refused("why not".into()))),
+        ("failed", Reply::Done(Answer::Failed(Failure::new(FailureKind::DiskFull, "why")))),
+        ("refused", Reply::Done(Answer::Failed(Failure::new(FailureKind::Refused, "why not")))),
         ("revoked", Reply::Done(Answer::Revoked(2))),
         ("manifest", Reply::Done(Answer::Manifest(100))),
     ];

@@ -19,6 +19,7 @@ use crate::control::head::Head;
 use crate::control::host::HostService;
 use crate::control::protocol::HostStatus;
 use crate::control::{Answer, Request};
+use crate::control::{ControlError, Failure, FailureKind};
 use crate::lifecycle::Op;
 use crate::report::VmReport;
 
@@ -363,10 +364,10 @@ async fn with_events<T>(
 }
 
 /// A deployment's report, or why there is none.
-fn deployed(result: Result<DeployReport, String>) -> LocalReply {
+fn deployed(result: Result<DeployReport, ControlError>) -> LocalReply {
     match result {
         Ok(report) => LocalReply::Deployed { report: Box::new(report) },
-        Err(error) => LocalReply::Failed { error },
+        Err(e) => LocalReply::Failed { error: e.to_string() },
     }
 }
 
@@ -450,13 +451,13 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
         (Ok(LocalRequest::Resolve { workspace, source }), Role::Head(head)) => {
             match head.resolve(&workspace, &source).await {
                 Ok((cluster, images)) => LocalReply::Resolved { cluster, images },
-                Err(error) => LocalReply::Failed { error },
+                Err(e) => LocalReply::Failed { error: e.to_string() },
             }
         }
         (Ok(LocalRequest::Run { deployment, op }), Role::Head(head)) => {
             match head.run(&deployment, op).await {
                 Ok(hosts) => LocalReply::Ran { hosts },
-                Err(error) => LocalReply::Failed { error },
+                Err(e) => LocalReply::Failed { error: e.to_string() },
             }
         }
         (Ok(LocalRequest::Store { op }), role) => {
@@ -491,20 +492,27 @@ async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
             let usage = head.usage().await;
             match (head.status(deployment.as_deref()).await, usage) {
                 (Ok(hosts), Ok(vos)) => LocalReply::Status { hosts, vos, live: head.live().now() },
-                (Err(error), _) | (_, Err(error)) => LocalReply::Failed { error },
+                (Err(e), _) | (_, Err(e)) => LocalReply::Failed { error: e.to_string() },
             }
         }
         (Ok(LocalRequest::Status { deployment }), Role::Host(host)) => {
             let (tx, _rx) = mpsc::channel(1);
             let request = Request::Status { deployment: deployment.clone() };
             let result = match host.handle("local", request, tx).await {
-                Answer::Status(s) if s.vms.is_empty() && deployment.is_some() => Err(format!(
-                    "no deployment {} on this host; `vw status` lists them",
-                    deployment.as_deref().unwrap_or_default()
-                )),
+                Answer::Status(s) if s.vms.is_empty() && deployment.is_some() => {
+                    Err(Failure::new(
+                        FailureKind::NotFound,
+                        format!(
+                            "no deployment {} on this host; `vw status` lists them",
+                            deployment.as_deref().unwrap_or_default()
+                        ),
+                    ))
+                }
                 Answer::Status(s) => Ok(s),
-                Answer::Failed(e) | Answer::Refused(e) => Err(e),
-                other => Err(format!("unexpected answer {other:?}")),
+                Answer::Failed(f) => Err(f),
+                other => {
+                    Err(Failure::new(FailureKind::Failed, format!("unexpected answer {other:?}")))
+                }
             };
             LocalReply::Status {
                 hosts: vec![HostAnswer { host: "this host".into(), result }],

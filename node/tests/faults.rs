@@ -6,6 +6,7 @@ use std::path::Path;
 
 use vw_node::chunkstore::{Store, Visibility};
 use vw_node::control::deployment::{DeployEvent, DeployOptions, DeployReport};
+use vw_node::control::FailureKind;
 use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::localnet::{
     cluster_workspace, ChildVwd, DemoImages, LocalNet, LocalNetOptions, LocalVos,
@@ -102,6 +103,10 @@ async fn a_host_killed_mid_chain_loses_its_vms_and_its_children_re_attach() {
     let lost_vms: Vec<String> =
         report.placement.iter().filter(|p| p.host == victim).map(|p| p.vm.clone()).collect();
     assert_eq!(report.lost, lost_vms, "{report:#?}");
+    // The report says the victim went away, not that it refused or ran out of disk.
+    let killed = report.hosts.iter().find(|h| h.host == victim).expect("the victim's outcome");
+    let failure = killed.error.as_ref().expect("the victim failed");
+    assert_eq!(failure.kind, FailureKind::Unreachable, "{failure:?}");
     let victim_id =
         net.ids[net.names.iter().position(|n| *n == victim).expect("victim")].to_string();
     let mut re_attached = false;

@@ -19,7 +19,7 @@ use vw_node::chunks::Frame;
 use vw_node::chunkstore::{ImageName, ImageRef, ManifestId, Seal, Store, Visibility};
 use vw_node::control::head::control_protocol;
 use vw_node::control::protocol::{ImageOrder, ManifestPiece, Pull, Reply, StageOrder, VERSION};
-use vw_node::control::{Answer, Request};
+use vw_node::control::{Answer, Failure, FailureKind, Request};
 use vw_node::daemon::load_or_create_key;
 use vw_node::lifecycle::Op;
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
@@ -88,7 +88,9 @@ async fn send_image_manifest(head: &Peer, host: libp2p::PeerId, store: &Store, i
 
 fn refused(answer: &Answer, want: &str) {
     match answer {
-        Answer::Refused(why) => assert!(why.contains(want), "refused, but why? {why}"),
+        Answer::Failed(Failure { kind: FailureKind::Refused, message }) => {
+            assert!(message.contains(want), "refused, but why? {message}")
+        }
         other => panic!("a forged order must be refused ({want}), got {other:?}"),
     }
 }
@@ -411,7 +413,8 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     // The honest order gets past every check (and then fails: this test's head sends no
     // share of the cluster to stage).
     let answer = send(&head, host.id(), honest.clone()).await;
-    assert!(!matches!(answer, Answer::Refused(_)), "the honest order is not refused: {answer:?}");
+    let refusal = matches!(&answer, Answer::Failed(f) if f.kind == FailureKind::Refused);
+    assert!(!refusal, "the honest order is not refused: {answer:?}");
     // A ticket deploys once: the same order again is a replay.
     refused(&send(&head, host.id(), honest.clone()).await, "was used already");
     // The head ends the stage: its grants (one per image) go, and only once.
@@ -443,7 +446,10 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     }
     let pause = Request::Run { deployment: "nowhere".into(), op: Op::Pause };
     match call(&head, host.id(), pause).await {
-        Answer::Failed(why) => assert!(why.contains("nowhere"), "{why}"),
+        Answer::Failed(f) => {
+            assert_eq!(f.kind, FailureKind::NotFound, "{f:?}");
+            assert!(f.message.contains("nowhere"), "{f:?}");
+        }
         other => panic!("pausing a deployment the host lacks fails, got {other:?}"),
     }
 
@@ -454,11 +460,13 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     let mut stream = head.control().open_stream(host.id(), control_protocol()).await.expect("s");
     futures::AsyncWriteExt::write_all(&mut stream, &older(VERSION - 1)).await.expect("send");
     match wire::read::<Reply, _>(&mut stream).await.expect("reply") {
-        Some(Reply::Done(Answer::Refused(why))) => assert!(
-            why.contains(&format!("/vw/control version {}", VERSION - 1))
-                && why.contains(&format!("speaks version {VERSION}")),
-            "{why}"
-        ),
+        Some(Reply::Done(Answer::Failed(Failure { kind: FailureKind::Refused, message }))) => {
+            assert!(
+                message.contains(&format!("/vw/control version {}", VERSION - 1))
+                    && message.contains(&format!("speaks version {VERSION}")),
+                "{message}"
+            )
+        }
         other => panic!("a head of another release must be refused, got {other:?}"),
     }
     let mut stream = head.control().open_stream(host.id(), chunks_protocol()).await.expect("s");

@@ -13,7 +13,7 @@ use vw_node::chunks::{fetch, Purpose};
 use vw_node::chunkstore::{testdata::noise, Store};
 use vw_node::control::head::control_protocol;
 use vw_node::control::protocol::Reply;
-use vw_node::control::{Answer, Request};
+use vw_node::control::{Answer, FailureKind, Request};
 use vw_node::peer::{Peer, PeerConfig};
 use vw_node::wire;
 
@@ -137,7 +137,10 @@ async fn vwd_refuses_chunks_outside_a_deployment_and_stops_on_sigterm() {
         .expect("control stream");
     wire::write(&mut stream, &Request::Status { deployment: None }).await.expect("send");
     match wire::read::<Reply, _>(&mut stream).await.expect("reply") {
-        Some(Reply::Done(Answer::Refused(why))) => assert!(why.contains("not a head"), "{why}"),
+        Some(Reply::Done(Answer::Failed(f))) => {
+            assert_eq!(f.kind, FailureKind::Refused, "{f:?}");
+            assert!(f.message.contains("not a head"), "{f:?}")
+        }
         other => panic!("a non-head's control request must be refused, got {other:?}"),
     }
     peer.shutdown().await;

@@ -20,7 +20,9 @@ use arbitrary::{Result, Unstructured};
 use futures::executor::block_on;
 use libfuzzer_sys::fuzz_target;
 use vw_node::chunkstore::ImageRef;
-use vw_node::control::protocol::{bitmap, Answer, InventoryReport, Phase, Progress, Reply};
+use vw_node::control::protocol::{
+    bitmap, Answer, Failure, FailureKind, InventoryReport, Phase, Progress, Reply,
+};
 use vw_node::control::view::{cluster_view, ClusterView, ViewError};
 use vw_node::planner::address::{assign, Mac, Network, NicAddress, Pool, VmNics};
 use vw_node::planner::{
@@ -46,8 +48,7 @@ fn answer(stream: &mut futures::io::Cursor<&[u8]>) -> std::result::Result<Invent
         match block_on(wire::read::<Reply, _>(stream)) {
             Ok(Some(Reply::Progress(_))) => {}
             Ok(Some(Reply::Done(Answer::Inventory(r)))) => return Ok(r),
-            Ok(Some(Reply::Done(Answer::Failed(e)))) => return Err(e),
-            Ok(Some(Reply::Done(Answer::Refused(e)))) => return Err(format!("refused: {e}")),
+            Ok(Some(Reply::Done(Answer::Failed(f)))) => return Err(f.to_string()),
             Ok(Some(Reply::Done(other))) => return Err(format!("unexpected answer {other:?}")),
             Ok(None) => return Err("it closed the stream without answering".into()),
             Err(e) => return Err(format!("it broke the protocol or went away: {e}")),
@@ -147,8 +148,8 @@ fn streams(u: &mut Unstructured<'_>, hosts: usize, chunks: &[usize]) -> Result<V
             s.extend(frame(&Reply::Progress(Progress::started(Phase::Fetch))));
         }
         let done = match u.int_in_range(0..=7)? {
-            0 => Answer::Failed("no disk".into()),
-            1 => Answer::Refused("not the head".into()),
+            0 => Answer::Failed(Failure::new(FailureKind::DiskFull, "no disk")),
+            1 => Answer::Failed(Failure::new(FailureKind::Refused, "not the head")),
             2 => Answer::Ran(vec![]),
             _ => Answer::Inventory(report(u, chunks)?),
         };

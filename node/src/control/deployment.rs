@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use vw_planner::{Policy, Strategy};
 
-use super::protocol::{Progress, StageReport};
+use super::protocol::{Failure, Progress, StageReport};
 use crate::config::DriverKind;
 use crate::report::{PlacedVm, VmReady, VmReport};
 
@@ -118,7 +118,7 @@ pub struct HostOutcome {
     /// Its stage (bytes lacked and received, from whom, how long).
     pub stage: Option<StageReport>,
     /// Why it failed, if it did (its VMs are lost).
-    pub error: Option<String>,
+    pub error: Option<Failure>,
 }
 
 /// What `vw deploy` reports.
@@ -155,5 +155,5 @@ pub struct HostAnswer<T> {
     /// The host.
     pub host: String,
     /// What it said, or why not.
-    pub result: Result<T, String>,
+    pub result: Result<T, Failure>,
 }

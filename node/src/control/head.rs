@@ -24,6 +24,7 @@ use vw_chunkstore::{ImageRef, ManifestId, Store};
 use super::deployment::{
     DeployEvent, DeployOptions, DeployPhase, DeployReport, HostAnswer, HostOutcome, PhaseTime,
 };
+use super::error::{ControlError, Failure};
 use super::host::HostService;
 use super::orders::{self, Deploying, Orders, Sealed};
 use super::protocol::{
@@ -80,12 +81,13 @@ const STAGE_OVER_WAIT: Duration = Duration::from_secs(5);
 
 /// `Ok(x)` if the answer is the expected kind, else the reason.
 macro_rules! expect_answer {
-    ($answer:expr, $kind:path) => {
+    ($host:expr, $answer:expr, $kind:path) => {
         match $answer {
             Ok($kind(x)) => Ok(x),
-            Ok(Answer::Failed(e)) => Err(e),
-            Ok(Answer::Refused(e)) => Err(format!("refused: {e}")),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Ok(other) => Err(ControlError::Unreachable {
+                host: $host.to_owned(),
+                reason: format!("it broke the protocol: it answered {other:?}"),
+            }),
             Err(e) => Err(e),
         }
     };
@@ -144,7 +146,7 @@ impl Head {
         host: &(String, PeerId),
         request: Request,
         events: Option<&mpsc::Sender<DeployEvent>>,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, ControlError> {
         let forward = |progress: Progress| {
             if let Some(tx) = events {
                 let _ = tx.try_send(DeployEvent::Progress { host: host.0.clone(), progress });
@@ -155,12 +157,13 @@ impl Head {
             let me = self.me.1.to_string();
             let work = self.local.handle(&me, request, tx);
             tokio::pin!(work);
-            return Ok(loop {
+            let answer = loop {
                 tokio::select! {
                     answer = &mut work => break answer,
                     Some(p) = rx.recv() => forward(p),
                 }
-            });
+            };
+            return failed(host, answer);
         }
         // A busy host can drop a stream it has not accepted yet: a call that fails
         // before any reply is made again (twice at most; every request is idempotent).
@@ -172,7 +175,13 @@ impl Head {
                     tracing::debug!(host = %host.0, error = %e, attempt, "calling again");
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
-                result => return result.map_err(|(e, _)| e),
+                result => {
+                    let answer = result.map_err(|(reason, _)| ControlError::Unreachable {
+                        host: host.0.clone(),
+                        reason,
+                    })?;
+                    return failed(host, answer);
+                }
             }
         }
     }
@@ -220,17 +229,17 @@ impl Head {
         &self,
         workspace: &str,
         source: &str,
-    ) -> Result<(String, Vec<(String, ManifestId)>), String> {
-        let spec = crate::workspace::parse(workspace, source).map_err(|e| e.to_string())?;
+    ) -> Result<(String, Vec<(String, ManifestId)>), ControlError> {
+        let spec = crate::workspace::parse(workspace, source)?;
         let store = Arc::clone(&self.store);
         let images = tokio::task::spawn_blocking(move || {
             spec.image_refs()
                 .into_iter()
-                .map(|r| Ok((r.to_string(), store.resolve(r).map_err(|e| e.to_string())?)))
-                .collect::<Result<Vec<_>, String>>()
+                .map(|r| Ok((r.to_string(), store.resolve(r)?)))
+                .collect::<Result<Vec<_>, ControlError>>()
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| ControlError::thread("resolving images", e))??;
         Ok((self.local.gate().config.cluster.name.clone(), images))
     }
 
@@ -243,10 +252,10 @@ impl Head {
         ticket: &[u8],
         options: DeployOptions,
         events: &mpsc::Sender<DeployEvent>,
-    ) -> Result<DeployReport, String> {
+    ) -> Result<DeployReport, ControlError> {
         let mut clock = Clock::new(events);
         clock.start(DeployPhase::Validate).await;
-        let spec = crate::workspace::parse(workspace, source).map_err(|e| e.to_string())?;
+        let spec = crate::workspace::parse(workspace, source)?;
         let gate = self.local.gate();
         let audit = |vo: &str, outcome: &str, detail: &str| {
             gate.audit.record(vo, "local", "deploy", &spec.name, outcome, detail);
@@ -265,7 +274,7 @@ impl Head {
             Ok(t) => t,
             Err(e) => {
                 audit("-", "refused", &e.to_string());
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         let vo = signed.vo().to_owned();
@@ -282,7 +291,7 @@ impl Head {
         .await;
         match &result {
             Ok(r) => audit(&vo, "ok", &format!("{} VMs, {} lost", r.placement.len(), r.lost.len())),
-            Err(e) => audit(&vo, "failed", e),
+            Err(e) => audit(&vo, "failed", &e.to_string()),
         }
         result
     }
@@ -293,7 +302,7 @@ impl Head {
         options: DeployOptions,
         events: &mpsc::Sender<DeployEvent>,
         mut clock: Clock<'_>,
-    ) -> Result<DeployReport, String> {
+    ) -> Result<DeployReport, ControlError> {
         let Submitted { spec, workspace, signed, ticket } = submitted;
         let name = spec.name.clone();
         let vo = signed.vo();
@@ -335,7 +344,7 @@ impl Head {
         let mut taken = Taken { vms: view.committed.clone(), nics: view.nics.clone() };
         let Orders { planned, stagers, edges, orders } =
             orders::prepare(&deploying, (options.policy, options.strategy), &mut taken, fixed)
-                .map_err(|e| format!("workspace {name}: {e}"))?;
+                .map_err(|error| ControlError::Planning { workspace: name.clone(), error })?;
         let record = existing.is_none().then(|| ClusterDeployment {
             name: name.clone(),
             workspace: workspace.to_owned(),
@@ -395,18 +404,20 @@ impl Head {
         name: &str,
         workspace: &str,
         vo: &str,
-    ) -> Result<Option<ClusterDeployment>, String> {
+    ) -> Result<Option<ClusterDeployment>, ControlError> {
         let n = name.to_owned();
-        let existing =
-            self.local.read_manager(move |m| m.cluster(&n).map_err(|e| e.to_string())).await??;
+        let existing = self.local.read_manager(move |m| m.cluster(&n)).await??;
         if let Some(e) = &existing {
             if e.workspace != workspace {
-                return Err(format!(
+                return Err(ControlError::Conflict(format!(
                     "deployment {name} exists with a different workspace document; `vw unstage {name}` first, or rename the workspace"
-                ));
+                )));
             }
             if e.vo != vo {
-                return Err(format!("deployment {name} belongs to VO {}, not {vo}", e.vo));
+                return Err(ControlError::Conflict(format!(
+                    "deployment {name} belongs to VO {}, not {vo}",
+                    e.vo
+                )));
             }
         }
         Ok(existing)
@@ -418,18 +429,19 @@ impl Head {
         &self,
         spec: &crate::workspace::WorkspaceSpec,
         signed: &Ticket,
-    ) -> Result<(WorkspaceImages, Vec<Vec<u8>>), String> {
+    ) -> Result<(WorkspaceImages, Vec<Vec<u8>>), ControlError> {
         let (store, spec, config, signed) = (
             Arc::clone(&self.store),
             spec.clone(),
             Arc::clone(&self.local.gate().config),
             signed.clone(),
         );
-        tokio::task::spawn_blocking(move || -> Result<_, String> {
+        tokio::task::spawn_blocking(move || -> Result<_, ControlError> {
             let vo = signed.vo();
-            let wi = WorkspaceImages::load(&store, &spec).map_err(|e| e.to_string())?;
+            let wi = WorkspaceImages::load(&store, &spec)
+                .map_err(|error| ControlError::Planning { workspace: spec.name.clone(), error })?;
             for (r, m) in wi.refs.iter().zip(&wi.manifests) {
-                check_manifest(&signed, &spec.name, r, m.id()).map_err(|e| e.to_string())?;
+                check_manifest(&signed, &spec.name, r, m.id())?;
             }
             let seals = wi
                 .refs
@@ -440,7 +452,7 @@ impl Head {
             Ok((wi, seals))
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ControlError::thread("reading the images", e))?
     }
 
     /// Every host's inventory of the images `wi` for `vo` (each manifest sent first to
@@ -452,7 +464,7 @@ impl Head {
         wi: &WorkspaceImages,
         mixed_drivers: bool,
         events: &mpsc::Sender<DeployEvent>,
-    ) -> Result<super::view::ClusterView, String> {
+    ) -> Result<super::view::ClusterView, ControlError> {
         let request = Request::Inventory {
             vo: vo.to_owned(),
             images: wi
@@ -469,11 +481,11 @@ impl Head {
             let (request, encoded) = (request.clone(), &encoded);
             async move {
                 self.send_manifests(h, encoded).await?;
-                expect_answer!(self.call(h, request, None).await, Answer::Inventory)
+                expect_answer!(h.0, self.call(h, request, None).await, Answer::Inventory)
             }
         }))
         .await;
-        self.cluster(hosts, &answers, wi, mixed_drivers, events)
+        self.cluster(hosts, answers, wi, mixed_drivers, events)
     }
 
     /// Sends every host its order of attempt `stage` at once and collects what each
@@ -493,7 +505,7 @@ impl Head {
             let host = &hosts[h];
             async move {
                 let answer = self.call(host, Request::Stage(Box::new(order)), Some(events)).await;
-                (h, expect_answer!(answer, Answer::Staged))
+                (h, expect_answer!(host.0, answer, Answer::Staged))
             }
         }))
         .await;
@@ -510,7 +522,7 @@ impl Head {
                 }
                 Err(e) => {
                     lost(events, host, &e).await;
-                    (None, Some(e))
+                    (None, Some(e.failure()))
                 }
             };
             let (driver, vms) = (driver_of(host), planned.vms_on(host));
@@ -548,7 +560,8 @@ impl Head {
                     Err(e) => {
                         lost(events, &hosts[*h].0, &e).await;
                         if let Some(o) = outcomes.iter_mut().find(|o| o.host == hosts[*h].0) {
-                            o.error = Some(format!("{op}: {e}"));
+                            let Failure { kind, message } = e.failure();
+                            o.error = Some(Failure::new(kind, format!("{op}: {message}")));
                         }
                     }
                 }
@@ -564,7 +577,9 @@ impl Head {
                 Ok(v) => ready.extend(v),
                 Err(e) => {
                     if let Some(o) = outcomes.iter_mut().find(|o| o.host == hosts[*h].0) {
-                        o.error = Some(format!("waiting for its guests: {e}"));
+                        let Failure { kind, message } = e.failure();
+                        o.error =
+                            Some(Failure::new(kind, format!("waiting for its guests: {message}")));
                     }
                 }
             }
@@ -579,7 +594,7 @@ impl Head {
         &self,
         name: &str,
         events: &mpsc::Sender<DeployEvent>,
-    ) -> Result<DeployReport, String> {
+    ) -> Result<DeployReport, ControlError> {
         let (record, on) = self.hosts_of(name).await?;
         let span = tracing::info_span!("deployment", name = %name, vo = %record.vo);
         tracing::Instrument::instrument(
@@ -650,7 +665,7 @@ impl Head {
         &self,
         host: &(String, PeerId),
         manifests: &[(ManifestId, Vec<u8>)],
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         if host.1 == self.me.1 {
             return Ok(());
         }
@@ -662,16 +677,19 @@ impl Head {
                 let sent = !piece.is_empty();
                 let request =
                     Request::Manifest(ManifestPiece { id, len, offset: at, bytes: piece });
-                let have = expect_answer!(self.call(host, request, None).await, Answer::Manifest)
-                    .map_err(|e| format!("sending manifest {id}: {e}"))?;
+                let have =
+                    expect_answer!(host.0, self.call(host, request, None).await, Answer::Manifest)?;
                 if have >= len {
                     break;
                 }
                 if sent && have <= at {
-                    return Err(format!(
-                        "sending manifest {id}: the host holds {have} of its {len} bytes after \
-                         the piece at {at}"
-                    ));
+                    return Err(ControlError::Unreachable {
+                        host: host.0.clone(),
+                        reason: format!(
+                            "it broke the protocol: sent manifest {id}, it holds {have} of its \
+                             {len} bytes after the piece at {at}"
+                        ),
+                    });
                 }
                 at = have;
                 let end = usize::try_from(at).map_or(bytes.len(), |a| a.saturating_add(MAX_PIECE));
@@ -687,22 +705,23 @@ impl Head {
     fn cluster(
         &self,
         hosts: &[(String, PeerId)],
-        answers: &[Result<InventoryReport, String>],
+        answers: Vec<Result<InventoryReport, ControlError>>,
         wi: &WorkspaceImages,
         mixed_drivers: bool,
         events: &mpsc::Sender<DeployEvent>,
-    ) -> Result<super::view::ClusterView, String> {
+    ) -> Result<super::view::ClusterView, ControlError> {
         let names: Vec<String> = hosts.iter().map(|(n, _)| n.clone()).collect();
         let images: Vec<(ImageRef, usize)> =
             wi.refs.iter().cloned().zip(wi.chunks.iter().map(Vec::len)).collect();
-        let view =
-            super::view::cluster_view(&names, answers, &images).map_err(|e| e.to_string())?;
+        let answers: Vec<Result<InventoryReport, String>> =
+            answers.into_iter().map(|a| a.map_err(|e| e.to_string())).collect();
+        let view = super::view::cluster_view(&names, &answers, &images)?;
         for (host, e) in &view.dead {
             let reason = format!("inventory: {e}");
             let _ = events.try_send(DeployEvent::Lost { host: host.clone(), reason });
             tracing::warn!(host = %host, error = %e, "no inventory; planning without it");
         }
-        view.check_drivers(mixed_drivers).map_err(|e| e.to_string())?;
+        view.check_drivers(mixed_drivers)?;
         Ok(view)
     }
 
@@ -718,8 +737,13 @@ impl Head {
                 let answer =
                     tokio::time::timeout(STAGE_OVER_WAIT, self.call(&hosts[h], request, None))
                         .await
-                        .unwrap_or_else(|_| Err(format!("no answer within {STAGE_OVER_WAIT:?}")));
-                (h, expect_answer!(answer, Answer::Revoked))
+                        .unwrap_or_else(|_| {
+                            Err(ControlError::Unreachable {
+                                host: hosts[h].0.clone(),
+                                reason: format!("no answer within {STAGE_OVER_WAIT:?}"),
+                            })
+                        });
+                (h, expect_answer!(hosts[h].0, answer, Answer::Revoked))
             }
         }))
         .await;
@@ -737,10 +761,12 @@ impl Head {
         on: &[usize],
         deployment: &str,
         op: Op,
-    ) -> Vec<Result<Vec<VmReport>, String>> {
+    ) -> Vec<Result<Vec<VmReport>, ControlError>> {
         join_all(on.iter().map(|&h| {
             let request = Request::Run { deployment: deployment.to_owned(), op };
-            async move { expect_answer!(self.call(&hosts[h], request, None).await, Answer::Ran) }
+            async move {
+                expect_answer!(hosts[h].0, self.call(&hosts[h], request, None).await, Answer::Ran)
+            }
         }))
         .await
     }
@@ -752,24 +778,27 @@ impl Head {
         on: &[usize],
         deployment: &str,
         timeout_s: u64,
-    ) -> Vec<Result<Vec<VmReady>, String>> {
+    ) -> Vec<Result<Vec<VmReady>, ControlError>> {
         join_all(on.iter().map(|&h| {
             let request = Request::AwaitReady { deployment: deployment.to_owned(), timeout_s };
-            async move { expect_answer!(self.call(&hosts[h], request, None).await, Answer::Ready) }
+            async move {
+                expect_answer!(hosts[h].0, self.call(&hosts[h], request, None).await, Answer::Ready)
+            }
         }))
         .await
     }
 
     /// The hosts of a recorded deployment (in cluster order).
-    async fn hosts_of(&self, deployment: &str) -> Result<(ClusterDeployment, Vec<usize>), String> {
+    async fn hosts_of(
+        &self,
+        deployment: &str,
+    ) -> Result<(ClusterDeployment, Vec<usize>), ControlError> {
         let d = deployment.to_owned();
         let record = self
             .local
-            .read_manager(move |m| m.cluster(&d).map_err(|e| e.to_string()))
+            .read_manager(move |m| m.cluster(&d))
             .await??
-            .ok_or_else(|| {
-                format!("no cluster deployment {deployment} on this head; `vw status` lists them")
-            })?;
+            .ok_or_else(|| ControlError::NoDeployment { name: deployment.to_owned() })?;
         let hosts = self.hosts().await;
         let mut on = Vec::new();
         for (h, (name, _)) in hosts.iter().enumerate() {
@@ -792,14 +821,14 @@ impl Head {
         wi: &WorkspaceImages,
         placement: &[PlacedVm],
         record: Option<ClusterDeployment>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         let _one_at_a_time = self.admission.lock().await;
-        let all = self.local.read_manager(|m| m.clusters().map_err(|e| e.to_string())).await??;
+        let all = self.local.read_manager(|m| m.clusters()).await??;
         if record.is_some() && all.iter().any(|c| c.name == spec.name) {
-            return Err(format!(
+            return Err(ControlError::Conflict(format!(
                 "deployment {} was recorded by another deploy meanwhile; `vw status` shows it",
                 spec.name
-            ));
+            )));
         }
         let config = Arc::clone(&self.local.gate().config);
         let quota = config.vo(vo).map(|v| v.quota).unwrap_or_default();
@@ -809,28 +838,26 @@ impl Head {
             let store = Arc::clone(&self.store);
             let mut usage = tokio::task::spawn_blocking(move || usage_of(&store, &mine))
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| ControlError::thread("adding up the VO's usage", e))??;
             usage.add(vo, spec, wi, placement);
             if let Some(u) = usage.finish(&config).iter().find(|u| u.vo == vo) {
-                u.check(&quota).map_err(|e| e.to_string())?;
+                u.check(&quota)?;
             }
         }
         if let Some(record) = record {
-            self.local
-                .with_manager(move |m| m.record_cluster(&record).map_err(|e| e.to_string()))
-                .await??;
+            self.local.with_manager(move |m| m.record_cluster(&record)).await??;
         }
         Ok(())
     }
 
     /// What each VO's recorded deployments take, with its quota.
-    pub async fn usage(&self) -> Result<Vec<VoUsage>, String> {
+    pub async fn usage(&self) -> Result<Vec<VoUsage>, ControlError> {
         let config = Arc::clone(&self.local.gate().config);
-        let all = self.local.read_manager(|m| m.clusters().map_err(|e| e.to_string())).await??;
+        let all = self.local.read_manager(|m| m.clusters()).await??;
         let store = Arc::clone(&self.store);
         let usage = tokio::task::spawn_blocking(move || usage_of(&store, &all))
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(|e| ControlError::thread("adding up each VO's usage", e))??;
         Ok(usage.finish(&config))
     }
 
@@ -840,23 +867,24 @@ impl Head {
         &self,
         deployment: &str,
         op: Op,
-    ) -> Result<Vec<HostAnswer<Vec<VmReport>>>, String> {
+    ) -> Result<Vec<HostAnswer<Vec<VmReport>>>, ControlError> {
         if op == Op::Stage {
-            return Err("stage comes with a plan: use `vw deploy`".into());
+            return Err(ControlError::Conflict("stage comes with a plan: use `vw deploy`".into()));
         }
         let (_, on) = self.hosts_of(deployment).await?;
         let hosts = self.hosts().await;
         let results = self.run_on(&hosts, &on, deployment, op).await;
         if op == Op::Unstage && results.iter().all(|r| r.is_ok()) {
             let d = deployment.to_owned();
-            self.local
-                .with_manager(move |m| m.forget_cluster(&d).map_err(|e| e.to_string()))
-                .await??;
+            self.local.with_manager(move |m| m.forget_cluster(&d)).await??;
         }
         Ok(on
             .iter()
             .zip(results)
-            .map(|(&h, result)| HostAnswer { host: hosts[h].0.clone(), result })
+            .map(|(&h, result)| HostAnswer {
+                host: hosts[h].0.clone(),
+                result: result.map_err(|e| e.failure()),
+            })
             .collect())
     }
 
@@ -865,22 +893,28 @@ impl Head {
     pub async fn status(
         &self,
         deployment: Option<&str>,
-    ) -> Result<Vec<HostAnswer<HostStatus>>, String> {
+    ) -> Result<Vec<HostAnswer<HostStatus>>, ControlError> {
         let hosts = self.hosts().await;
         let on: Vec<usize> = match deployment {
             Some(d) => self.hosts_of(d).await?.1,
             None => (0..hosts.len()).collect(),
         };
-        let results = join_all(on.iter().map(|&h| {
-            let request = Request::Status { deployment: deployment.map(str::to_owned) };
-            let host = &hosts[h];
-            async move { expect_answer!(self.call(host, request, None).await, Answer::Status) }
-        }))
-        .await;
+        let results =
+            join_all(on.iter().map(|&h| {
+                let request = Request::Status { deployment: deployment.map(str::to_owned) };
+                let host = &hosts[h];
+                async move {
+                    expect_answer!(host.0, self.call(host, request, None).await, Answer::Status)
+                }
+            }))
+            .await;
         Ok(on
             .iter()
             .zip(results)
-            .map(|(&h, result)| HostAnswer { host: hosts[h].0.clone(), result })
+            .map(|(&h, result)| HostAnswer {
+                host: hosts[h].0.clone(),
+                result: result.map_err(|e| e.failure()),
+            })
             .collect())
     }
 }
@@ -903,48 +937,56 @@ fn sealed(
     vo: &str,
     reference: &ImageRef,
     id: ManifestId,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ControlError> {
     let candidates: Vec<vw_chunkstore::Seal> = match reference {
-        ImageRef::Name(name) => store.seal(name).map_err(|e| e.to_string())?.into_iter().collect(),
+        ImageRef::Name(name) => store.seal(name)?.into_iter().collect(),
         ImageRef::Id(_) => {
-            let mut all: Vec<_> = store
-                .seals()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|s| s.manifest() == id)
-                .collect();
+            let mut all: Vec<_> =
+                store.seals()?.into_iter().filter(|s| s.manifest() == id).collect();
             // The VO's own seal first, then public ones.
             all.sort_by_key(|s| s.vo() != vo);
             all
         }
     };
-    let mut refusal = AccessError::Unsealed { image: reference.to_string() }.to_string();
+    let mut refusal = AccessError::Unsealed { image: reference.to_string() };
     for seal in candidates {
         let bytes = seal.encode();
         match check_seal(config, vo, reference, id, &bytes) {
             Ok(_) => return Ok(bytes),
-            Err(e) => refusal = e.to_string(),
+            Err(e) => refusal = e,
         }
     }
-    Err(refusal)
+    Err(refusal.into())
 }
 
 /// Adds up recorded deployments (their documents and images read again).
-fn usage_of(store: &Store, deployments: &[ClusterDeployment]) -> Result<Usage, String> {
+fn usage_of(store: &Store, deployments: &[ClusterDeployment]) -> Result<Usage, ControlError> {
     let mut usage = Usage::default();
     for d in deployments {
-        let spec = crate::workspace::parse(&d.workspace, &format!("(deployment {})", d.name))
-            .map_err(|e| e.to_string())?;
-        let wi = WorkspaceImages::load(store, &spec).map_err(|e| e.to_string())?;
+        let spec = crate::workspace::parse(&d.workspace, &format!("(deployment {})", d.name))?;
+        let wi = WorkspaceImages::load(store, &spec)
+            .map_err(|error| ControlError::Planning { workspace: d.name.clone(), error })?;
         usage.add(&d.vo, &spec, &wi, &d.placement);
     }
     Ok(usage)
 }
 
-async fn lost(events: &mpsc::Sender<DeployEvent>, host: &str, reason: &str) {
+/// A host's answer, its failure as an error.
+fn failed(host: &(String, PeerId), answer: Answer) -> Result<Answer, ControlError> {
+    match answer {
+        Answer::Failed(failure) => Err(ControlError::Remote { host: host.0.clone(), failure }),
+        other => Ok(other),
+    }
+}
+
+async fn lost(
+    events: &mpsc::Sender<DeployEvent>,
+    host: &str,
+    reason: &(dyn std::fmt::Display + Sync),
+) {
+    let reason = reason.to_string();
     tracing::warn!(host, reason, "host lost for this deployment");
-    let _ =
-        events.send(DeployEvent::Lost { host: host.to_owned(), reason: reason.to_owned() }).await;
+    let _ = events.send(DeployEvent::Lost { host: host.to_owned(), reason }).await;
 }
 
 /// Phase timings, announced as each phase starts.

@@ -19,10 +19,11 @@ use tokio::sync::{mpsc, watch};
 use vw_chunkstore::{ChunkId, ChunkRef, Manifest, ManifestId, Seal, Store};
 
 use super::check;
+use super::error::{ControlError, Failure, FailureKind};
 use super::manifests::Received;
 use super::protocol::{
     bitmap, Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Phase,
-    Progress, Reply, Request, StageOrder, StageReport,
+    Progress, Pull, Reply, Request, StageOrder, StageReport,
 };
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
@@ -130,8 +131,8 @@ impl HostService {
     pub(crate) async fn with_manager<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Manager) -> T + Send + 'static,
-    ) -> Result<T, String> {
-        self.manager.op(f).await.map_err(|e| format!("the manager's thread failed: {e}"))
+    ) -> Result<T, ControlError> {
+        self.manager.op(f).await.map_err(|e| ControlError::thread("the manager", e))
     }
 
     /// Runs `f`, which only reads (records, the hypervisor's view), on the manager on a
@@ -141,8 +142,8 @@ impl HostService {
     pub(crate) async fn read_manager<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Manager) -> T + Send + 'static,
-    ) -> Result<T, String> {
-        self.manager.read(f).await.map_err(|e| format!("the manager's thread failed: {e}"))
+    ) -> Result<T, ControlError> {
+        self.manager.read(f).await.map_err(|e| ControlError::thread("the manager", e))
     }
 
     /// Answers one request from `peer`, sending progress to `progress` as it goes.
@@ -159,11 +160,19 @@ impl HostService {
             }
             Request::Manifest(piece) => {
                 return self.manifest_piece(piece).await.map_or_else(
-                    |why| {
+                    |e| {
                         // Bytes that are not the manifest they came as, or too many: the
                         // head is refused, on the record.
-                        self.gate.audit.record("-", peer, "manifest", "-", "refused", &why);
-                        Answer::Refused(why)
+                        let failure = e.failure();
+                        self.gate.audit.record(
+                            "-",
+                            peer,
+                            "manifest",
+                            "-",
+                            "refused",
+                            &failure.message,
+                        );
+                        Answer::Failed(failure)
                     },
                     Answer::Manifest,
                 );
@@ -184,7 +193,7 @@ impl HostService {
                             {
                                 Ok(Vec::new())
                             }
-                            other => other.map_err(|e| e.to_string()),
+                            other => other.map_err(ControlError::from),
                         };
                         (vo, ran)
                     })
@@ -192,7 +201,7 @@ impl HostService {
                     .unwrap_or_else(|e| (None, Err(e)));
                 let (outcome, detail) = match &ran {
                     Ok(vms) => ("ok", format!("{} VMs", vms.len())),
-                    Err(e) => ("failed", e.clone()),
+                    Err(e) => ("failed", e.to_string()),
                 };
                 let vo = vo.as_deref().unwrap_or("-");
                 self.gate.audit.record(vo, peer, &op.to_string(), &deployment, outcome, &detail);
@@ -210,10 +219,10 @@ impl HostService {
                     // A host without the deployment has none of its VMs.
                     let vms = match m.status(deployment.as_deref()) {
                         Err(crate::manager::ManagerError::UnknownDeployment { .. }) => Vec::new(),
-                        other => other.map_err(|e| e.to_string())?,
+                        other => other?,
                     };
                     let vms = vms.into_iter().map(|s| (s.record, s.domain)).collect();
-                    Ok(HostStatus { driver: m.driver().kind(), vms })
+                    Ok::<_, ControlError>(HostStatus { driver: m.driver().kind(), vms })
                 })
                 .await
                 .and_then(|r| r)
@@ -228,7 +237,7 @@ impl HostService {
                 Ok(Answer::Revoked(u32::try_from(gone).unwrap_or(u32::MAX)))
             }
         };
-        result.unwrap_or_else(Answer::Failed)
+        result.unwrap_or_else(|e| Answer::Failed(e.failure()))
     }
 
     /// Probes the guests of `deployment` every [`READY_POLL`] until each has reported
@@ -237,14 +246,12 @@ impl HostService {
         &self,
         deployment: String,
         timeout_s: u64,
-    ) -> Result<Vec<crate::report::VmReady>, String> {
+    ) -> Result<Vec<crate::report::VmReady>, ControlError> {
         let deadline = Instant::now() + Duration::from_secs(timeout_s);
         let mut wait = ReadyWait::default();
         loop {
             let (d, answered) = (deployment.clone(), wait.answered());
-            let probes = self
-                .with_manager(move |m| m.probe_ready(&d, &answered).map_err(|e| e.to_string()))
-                .await??;
+            let probes = self.with_manager(move |m| m.probe_ready(&d, &answered)).await??;
             if wait.absorb(probes, crate::manager::now_ms()) || Instant::now() >= deadline {
                 break;
             }
@@ -258,52 +265,49 @@ impl HostService {
 
     /// Takes a piece of a manifest the head will name; answers how many of its bytes
     /// are here (all of them at once if the store records it).
-    async fn manifest_piece(&self, piece: ManifestPiece) -> Result<u64, String> {
+    async fn manifest_piece(&self, piece: ManifestPiece) -> Result<u64, ControlError> {
         let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
         tokio::task::spawn_blocking(move || {
-            if !received.knows(&piece.id)
-                && store.has_manifest(&piece.id).map_err(|e| e.to_string())?
-            {
+            if !received.knows(&piece.id) && store.has_manifest(&piece.id)? {
                 return Ok(piece.len);
             }
-            received.put(piece, Instant::now())
+            received.put(piece, Instant::now()).map_err(ControlError::Refused)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ControlError::thread("taking a manifest piece", e))?
     }
 
     async fn inventory(
         &self,
         vo: String,
         images: Vec<ImageManifest>,
-    ) -> Result<InventoryReport, String> {
+    ) -> Result<InventoryReport, ControlError> {
         let links = self.links.clone();
         let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
         let config = Arc::clone(&self.gate.config);
         self.with_manager(move |m| {
-            let crate::report::Commitments { vms: committed, addresses } =
-                m.committed().map_err(|e| e.to_string())?;
+            let crate::report::Commitments { vms: committed, addresses } = m.committed()?;
             let visible = visible_chunks(&store, &config, &vo)?;
             let mut held = Vec::new();
             for image in &images {
                 let manifest =
                     held_manifest(&received, &store, &image.manifest)?.ok_or_else(|| {
-                        format!(
-                            "image {}: manifest {} was never sent to this host",
-                            image.image, image.manifest
-                        )
+                        ControlError::ManifestNotSent {
+                            image: image.image.clone(),
+                            manifest: image.manifest,
+                        }
                     })?;
                 let distinct = manifest.distinct();
                 let mut map = Vec::with_capacity(distinct.len());
                 for c in &distinct {
                     let shareable = visible.as_ref().is_none_or(|v| v.contains(&c.id));
-                    map.push(shareable && store.holds(&c.id).map_err(|e| e.to_string())?);
+                    map.push(shareable && store.holds(&c.id)?);
                 }
                 held.push(bitmap(map.len(), |i| map[i]));
             }
-            Ok(InventoryReport {
+            Ok::<_, ControlError>(InventoryReport {
                 driver: m.driver().kind(),
-                capacity: m.host().map_err(|e| e.to_string())?,
+                capacity: m.host()?,
                 link: links.link,
                 caps: links.caps,
                 rack: links.rack,
@@ -334,15 +338,16 @@ impl HostService {
                     .map(|s| s.name)
                     .unwrap_or_else(|_| "-".to_owned());
                 tracing::warn!(deployment = %name, error = %e, "refused a stage order");
-                audit("-", &name, "refused", &e);
-                return Answer::Refused(e);
+                let failure = e.failure();
+                audit("-", &name, "refused", &failure.message);
+                return Answer::Failed(failure);
             }
         };
         let deployment = spec.name.clone();
         if let Some(key) = order.munge_key {
             let name = deployment.clone();
             if let Err(e) = self.with_manager(move |m| m.keep_munge_key(&name, key)).await {
-                return Answer::Failed(e);
+                return Answer::Failed(e.failure());
             }
         }
         let span = tracing::info_span!("stage", stage = %order.stage, vo = %vo);
@@ -361,8 +366,8 @@ impl HostService {
                     .lock()
                     .expect("admitted lock")
                     .remove(&(vo.clone(), deployment.clone()));
-                audit(&vo, &deployment, "failed", &e);
-                Answer::Failed(e)
+                audit(&vo, &deployment, "failed", &e.to_string());
+                Answer::Failed(e.failure())
             }
         }
     }
@@ -375,7 +380,7 @@ impl HostService {
     async fn admit_order(
         &self,
         order: &StageOrder,
-    ) -> Result<(crate::workspace::WorkspaceSpec, String, Vec<Checked>), String> {
+    ) -> Result<(crate::workspace::WorkspaceSpec, String, Vec<Checked>), ControlError> {
         let now_s = crate::manager::now_ms() / 1000;
         let manifests = {
             let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
@@ -388,20 +393,19 @@ impl HostService {
                         found.insert(id, m);
                     }
                 }
-                Ok::<_, String>(found)
+                Ok::<_, ControlError>(found)
             })
             .await
-            .map_err(|e| e.to_string())??
+            .map_err(|e| ControlError::thread("reading manifests", e))??
         };
-        let checked = check::check_order(&self.gate.config, order, &manifests, now_s)?;
+        let checked = check::check_order(&self.gate.config, order, &manifests, now_s)
+            .map_err(ControlError::Refused)?;
         let deployment = checked.spec.name.clone();
         let vo = checked.vo().to_owned();
-        let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
         let mut images = Vec::new();
         for image in checked.images.into_iter().chain(checked.serves) {
-            let stagers =
-                image.order.stagers.iter().map(|s| peer(s)).collect::<Result<Vec<_>, _>>()?;
-            images.push(Checked { image, stagers });
+            let peers = OrderPeers::parse(&image.order)?;
+            images.push(Checked { image, peers });
         }
         let share = HostShare::of(&checked.spec, &order.share.here_names());
         let key = (vo.clone(), deployment.clone());
@@ -411,12 +415,13 @@ impl HostService {
             outcome => {
                 self.admitted.lock().expect("admitted lock").remove(&key);
                 return Err(match outcome {
-                    Err(e) => e.to_string(),
-                    Ok(_) => crate::access::AccessError::Replayed { deployment, vo }.to_string(),
+                    Err(e) => e.into(),
+                    Ok(_) => crate::access::AccessError::Replayed { deployment, vo }.into(),
                 });
             }
         }
-        let granted: Vec<_> = images.iter().map(|c| (&*c.image.manifest, &c.stagers[..])).collect();
+        let granted: Vec<_> =
+            images.iter().map(|c| (&*c.image.manifest, &c.peers.stagers[..])).collect();
         self.gate.grants.allow(&order.stage, &vo, &granted, checked.ticket.expires_s());
         // The served images are granted, not staged.
         images.truncate(order.images.len());
@@ -433,7 +438,7 @@ impl HostService {
         key: &(String, String),
         share: HostShare,
         staged: &[Checked],
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         let quota = self.gate.config.vo(&key.0).map(|v| v.quota).unwrap_or_default();
         if quota.memory_mib.is_none() && quota.cache_bytes.is_none() {
             self.admitted.lock().expect("admitted lock").insert(key.clone(), share);
@@ -441,7 +446,7 @@ impl HostService {
         }
         let vo = key.0.clone();
         let recorded = self
-            .read_manager(move |m| m.deployments().map_err(|e| e.to_string()))
+            .read_manager(move |m| m.deployments())
             .await??
             .into_iter()
             .filter(|r| r.vo.as_deref() == Some(vo.as_str()))
@@ -452,7 +457,7 @@ impl HostService {
             .collect();
         let chunks = |id: &ManifestId| match new.get(id) {
             Some(c) => Ok(c.clone()),
-            None => self.store.manifest(id).map(|m| m.chunks().to_vec()).map_err(|e| e.to_string()),
+            None => Ok(self.store.manifest(id).map(|m| m.chunks().to_vec())?),
         };
         let mut admitted = self.admitted.lock().expect("admitted lock");
         let mut shares: HashMap<String, HostShare> = recorded.collect();
@@ -476,7 +481,7 @@ impl HostService {
         share: crate::report::ClusterShare,
         checked: Vec<Checked>,
         progress: mpsc::Sender<Progress>,
-    ) -> Result<StageReport, String> {
+    ) -> Result<StageReport, ControlError> {
         let mut report = StageReport::default();
         let started = Instant::now();
 
@@ -488,16 +493,15 @@ impl HostService {
                 (Arc::clone(&self.store), Arc::clone(&self.gate.config), vo.to_owned());
             tokio::task::spawn_blocking(move || visible_chunks(&store, &config, &vo))
                 .await
-                .map_err(|e| e.to_string())??
+                .map_err(|e| ControlError::thread("listing visible chunks", e))??
         };
         let mut images: Vec<Staging> = Vec::new();
         // Held, but only for images this VO may not see: fetched all the same.
         let mut hidden = HashSet::new();
-        for Checked {
-            image: check::CheckedImage { order, manifest, distinct, seal, .. }, ..
-        } in checked
+        for Checked { image: check::CheckedImage { manifest, distinct, seal, .. }, peers } in
+            checked
         {
-            let mut lacked = self.store.missing(&manifest).map_err(|e| e.to_string())?.chunks;
+            let mut lacked = self.store.missing(&manifest)?.chunks;
             if let Some(visible) = &visible {
                 let mut seen: HashSet<ChunkId> = lacked.iter().map(|c| c.id).collect();
                 for c in &distinct {
@@ -507,7 +511,7 @@ impl HostService {
                     }
                 }
             }
-            images.push(Staging { order, manifest, distinct, lacked, seal });
+            images.push(Staging { peers, manifest, distinct, lacked, seal });
         }
         let lacked: Vec<ChunkRef> = {
             let mut seen = HashSet::new();
@@ -552,15 +556,15 @@ impl HostService {
         let _ = progress.try_send(Progress::started(Phase::Stage));
         let staging = Instant::now();
         let vms = self
-            .with_manager(move |m| -> Result<_, String> {
+            .with_manager(move |m| -> Result<_, ControlError> {
                 for (manifest, seal) in &sealed {
-                    store.receiving().finish(manifest, None).map_err(|e| e.to_string())?;
-                    store.put_seal(seal).map_err(|e| e.to_string())?;
+                    store.receiving().finish(manifest, None)?;
+                    store.put_seal(seal)?;
                 }
                 // The store has them now.
                 received.forget(&sealed.iter().map(|(m, _)| m.id()).collect::<Vec<_>>());
-                m.submit_share(&spec, share, &vo).map_err(|e| e.to_string())?;
-                m.run(&spec.name, None, Op::Stage).map_err(|e| e.to_string())
+                m.submit_share(&spec, share, &vo)?;
+                Ok(m.run(&spec.name, None, Op::Stage)?)
             })
             .await??;
         report.stage_micros = staging.elapsed().as_micros() as u64;
@@ -588,22 +592,19 @@ impl HostService {
         images: &[Staging],
         lacking: Lacking,
         progress: &mpsc::Sender<Progress>,
-    ) -> Result<(PullReport, u64, u64), String> {
+    ) -> Result<(PullReport, u64, u64), ControlError> {
         let Lacking { chunks: lacked, bytes: total, hidden } = lacking;
         let intake = Intake::start(Arc::clone(&self.store), Some(Arc::clone(&self.relay)))
             .with_download_cap(self.download.clone())
             .with_hidden(hidden);
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
-        let peer = |s: &str| s.parse::<PeerId>().map_err(|e| format!("peer id `{s}`: {e}"));
-
         let purpose = |m: &Manifest| Purpose { deployment: stage.to_owned(), manifest: m.id() };
         let mut streams = Vec::new();
-        for Staging { order, manifest, distinct, .. } in images {
-            let fallback = order.fallback.iter().map(|p| peer(p)).collect::<Result<Vec<_>, _>>()?;
-            for pull in &order.pulls {
-                let from = peer(&pull.from)?;
-                let mut peers = vec![from];
-                peers.extend(fallback.iter().filter(|p| **p != from));
+        for Staging { peers: OrderPeers { pulls, fallback, .. }, manifest, distinct, .. } in images
+        {
+            for (from, pull) in pulls {
+                let mut peers = vec![*from];
+                peers.extend(fallback.iter().filter(|p| *p != from));
                 // Only chunks of this image that this host lacks.
                 let wanted: Vec<ChunkRef> = pull
                     .ranges
@@ -635,7 +636,7 @@ impl HostService {
                 next = pulls.next() => match next {
                     None => break,
                     Some(Ok(r)) => merge(&mut report, r),
-                    Some(Err(e)) => failure = Some(e.to_string()),
+                    Some(Err(e)) => failure = Some(e),
                 },
                 _ = tick.tick() => {
                     let _ = progress.try_send(fetched(intake.bytes()));
@@ -646,11 +647,10 @@ impl HostService {
         // Chunks no planned stream named (or whose streams all failed): any fallback,
         // each asked for as part of the first image here that lists it.
         let mut peers: Vec<PeerId> = Vec::new();
-        for Staging { order, .. } in images {
-            for p in order.fallback.iter().chain(order.pulls.iter().map(|p| &p.from)) {
-                let p = peer(p)?;
-                if !peers.contains(&p) {
-                    peers.push(p);
+        for Staging { peers: order, .. } in images {
+            for p in order.fallback.iter().chain(order.pulls.iter().map(|(from, _)| from)) {
+                if !peers.contains(p) {
+                    peers.push(*p);
                 }
             }
         }
@@ -659,7 +659,7 @@ impl HostService {
         for Staging { manifest, lacked: image_lacked, .. } in images {
             let mut rest = Vec::new();
             for c in image_lacked {
-                if asked.insert(c.id) && !intake.has(&c.id).map_err(|e| e.to_string())? {
+                if asked.insert(c.id) && !intake.has(&c.id)? {
                     rest.push(*c);
                 }
             }
@@ -681,7 +681,7 @@ impl HostService {
             match fetch_from_any(&mut control, &peers, &purpose, &rest, &intake, Floor::Fixed).await
             {
                 Ok(r) => merge(&mut report, r),
-                Err(e) => pass_failure = Some(e.to_string()),
+                Err(e) => pass_failure = Some(e),
             }
         }
         if ran_passes {
@@ -689,19 +689,19 @@ impl HostService {
         }
         let (bytes, chunks) = (intake.bytes(), intake.chunks());
         let _ = progress.try_send(fetched(bytes));
-        intake.finish().await.map_err(|e| e.to_string())?;
+        intake.finish().await?;
         match failure {
-            Some(e) => Err(e),
+            Some(e) => Err(e.into()),
             None => Ok((report, bytes, chunks)),
         }
     }
 }
 
-/// An image this host stages: its order, checked manifest and seal, the manifest's
+/// An image this host stages: its peers, checked manifest and seal, the manifest's
 /// distinct chunks (what the pulls' ranges number, computed once at the check), and
 /// those of them this host lacks.
 struct Staging {
-    order: ImageOrder,
+    peers: OrderPeers,
     manifest: Arc<Manifest>,
     distinct: Vec<ChunkRef>,
     lacked: Vec<ChunkRef>,
@@ -720,7 +720,38 @@ struct Lacking {
 /// An image of a stage order after its checks.
 struct Checked {
     image: check::CheckedImage,
+    peers: OrderPeers,
+}
+
+/// The peers an image's order names, each parsed once, when the order is admitted.
+struct OrderPeers {
+    /// Those staging it: the only ones granted its chunks.
     stagers: Vec<PeerId>,
+    /// Each planned stream's sender, with the stream.
+    pulls: Vec<(PeerId, Pull)>,
+    /// Where to pull what the planned streams do not bring, in order.
+    fallback: Vec<PeerId>,
+}
+
+impl OrderPeers {
+    /// The peers of `order`; a peer id that does not parse refuses the order.
+    fn parse(order: &ImageOrder) -> Result<Self, ControlError> {
+        let peer = |s: &str| {
+            s.parse::<PeerId>().map_err(|e| {
+                ControlError::Refused(format!("image {}: peer id `{s}`: {e}", order.image))
+            })
+        };
+        let peers = |list: &[String]| list.iter().map(|s| peer(s)).collect::<Result<Vec<_>, _>>();
+        Ok(OrderPeers {
+            stagers: peers(&order.stagers)?,
+            pulls: order
+                .pulls
+                .iter()
+                .map(|p| Ok((peer(&p.from)?, p.clone())))
+                .collect::<Result<_, ControlError>>()?,
+            fallback: peers(&order.fallback)?,
+        })
+    }
 }
 
 /// Manifest `id` as the head sent it, or as the store records it (`None`: neither).
@@ -728,14 +759,14 @@ fn held_manifest(
     received: &Received,
     store: &Store,
     id: &ManifestId,
-) -> Result<Option<Arc<Manifest>>, String> {
+) -> Result<Option<Arc<Manifest>>, ControlError> {
     if let Some(m) = received.get(id, Instant::now()) {
         return Ok(Some(m));
     }
     match store.manifest(id) {
         Ok(m) => Ok(Some(Arc::new(m))),
         Err(vw_chunkstore::Error::UnknownManifest { .. }) => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -746,14 +777,14 @@ fn visible_chunks(
     store: &Store,
     config: &crate::config::ClusterConfig,
     vo: &str,
-) -> Result<Option<HashSet<ChunkId>>, String> {
+) -> Result<Option<HashSet<ChunkId>>, ControlError> {
     if !config.any_isolated() {
         return Ok(None);
     }
     let mut visible = HashSet::new();
-    for seal in store.seals().map_err(|e| e.to_string())? {
+    for seal in store.seals()? {
         if shareable(config, &seal, vo) {
-            let manifest = store.manifest(&seal.manifest()).map_err(|e| e.to_string())?;
+            let manifest = store.manifest(&seal.manifest())?;
             visible.extend(manifest.chunks().iter().map(|c| c.id));
         }
     }
@@ -826,7 +857,7 @@ async fn serve_one(
     host: &HostService,
     open: &OpenStreams,
 ) -> Result<(), String> {
-    let refuse = |why: String| Reply::Done(Answer::Refused(why));
+    let refuse = |why: String| Reply::Done(Answer::Failed(Failure::new(FailureKind::Refused, why)));
     if !host.heads.contains(&peer) {
         tracing::warn!(peer = %peer, "refused a control stream: the peer is not a head in this host's config");
         host.gate.audit.record("-", &peer.to_string(), "control", "-", "refused", "not a head");
@@ -850,7 +881,7 @@ async fn serve_one(
         Ok(Err(e)) => {
             // A head of another release is told which versions both speak.
             let why = match e {
-                wire::FrameError::Version { .. } => format!("refused: {e}"),
+                wire::FrameError::Version { .. } => e.to_string(),
                 _ => format!("malformed request: {e}"),
             };
             host.gate.audit.record("-", &peer.to_string(), "control", "-", "refused", &why);

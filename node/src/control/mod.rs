@@ -16,6 +16,8 @@ pub mod check;
 #[cfg(feature = "host")]
 pub mod deployment;
 #[cfg(feature = "host")]
+pub mod error;
+#[cfg(feature = "host")]
 pub mod head;
 #[cfg(feature = "host")]
 pub mod host;
@@ -32,4 +34,6 @@ pub mod serial;
 pub mod usage;
 pub mod view;
 
-pub use protocol::{Answer, Request, PROTOCOL_NAME};
+#[cfg(feature = "host")]
+pub use error::ControlError;
+pub use protocol::{Answer, Failure, FailureKind, Request, PROTOCOL_NAME};

@@ -28,8 +28,9 @@ pub const PROTOCOL_NAME: &str = "/vw/control";
 /// The message format version this build speaks (2: VO tickets, seals, stagers; 3:
 /// each host's Xen driver in its inventory and status; 4: each planned stream as index
 /// ranges with the rate the plan expects of it, a Slurm cluster's MUNGE key; 5:
-/// manifests sent once, in pieces, and named by id in inventories and stage orders).
-pub const VERSION: u8 = 5;
+/// manifests sent once, in pieces, and named by id in inventories and stage orders; 6:
+/// a failure says its kind, and a refusal is one kind of failure).
+pub const VERSION: u8 = 6;
 /// Largest message after its length field. Nothing in a message grows with an image's
 /// size but an inventory's bitmaps, one bit per chunk: 64 MiB holds the bits of 500
 /// million chunks.
@@ -199,6 +200,51 @@ pub struct Pull {
     pub rate: u64,
 }
 
+/// What kind of failure a request met: what a caller acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Not allowed: the VO's ticket or an image's seal, a grant, a quota, a replay, an
+    /// order that fails a host's checks, a peer that is not a head.
+    Refused,
+    /// A host could not be reached, went quiet, runs another release or broke the
+    /// protocol: it is lost for the deployment.
+    Unreachable,
+    /// No space left on a host's disk.
+    DiskFull,
+    /// What the request names is not there: a deployment, a VM, an image, a manifest.
+    NotFound,
+    /// Anything else; the message says what.
+    Failed,
+}
+
+/// A failure as it travels: between hosts in a control answer, and to the CLI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// What kind.
+    pub kind: FailureKind,
+    /// What failed, naming what (a deployment, a VM, a chunk, a peer).
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of `kind` saying `message`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            FailureKind::Refused => write!(f, "refused: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
 /// Host → head.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
@@ -252,10 +298,8 @@ pub enum Answer {
     Status(HostStatus),
     /// To [`Request::AwaitReady`]: each running VM, ready or why not.
     Ready(Vec<VmReady>),
-    /// The request failed; why, naming what.
-    Failed(String),
-    /// The request is not allowed (not from the head, or malformed).
-    Refused(String),
+    /// The request failed or was refused: what kind, and why, naming what.
+    Failed(Failure),
     /// To [`Request::StageOver`]: how many grants were withdrawn.
     Revoked(u32),
     /// To [`Request::Manifest`]: how many bytes of the manifest the host holds (its
@@ -432,7 +476,7 @@ impl Message for Reply {
 
     fn check(&self) -> Result<(), FrameError> {
         match self {
-            Reply::Done(Answer::Failed(m) | Answer::Refused(m)) => text("message", m),
+            Reply::Done(Answer::Failed(f)) => text("message", &f.message),
             Reply::Done(Answer::Inventory(r)) => check_inventory(r),
             _ => Ok(()),
         }

@@ -164,15 +164,17 @@ pub fn check_host(
     quota: &Quota,
     vo: &str,
     shares: &[HostShare],
-    chunks: impl Fn(&vw_chunkstore::ManifestId) -> Result<Vec<vw_chunkstore::ChunkRef>, String>,
-) -> Result<(), String> {
-    let over = |what, detail| AccessError::Quota { vo: vo.to_owned(), what, detail }.to_string();
+    chunks: impl Fn(
+        &vw_chunkstore::ManifestId,
+    ) -> Result<Vec<vw_chunkstore::ChunkRef>, super::ControlError>,
+) -> Result<(), super::ControlError> {
+    let over = |what, detail| AccessError::Quota { vo: vo.to_owned(), what, detail };
     let memory = shares.iter().fold(0u64, |sum, s| sum.saturating_add(s.memory_mib));
     if let Some(max) = quota.memory_mib.filter(|&m| memory > m) {
-        return Err(over(
+        return Err(super::ControlError::Access(over(
             "memory_mib",
             format!("its VMs on this host alone would take {memory} MiB of guest memory, the quota is {max} MiB"),
-        ));
+        )));
     }
     if let Some(max) = quota.cache_bytes {
         let manifests: BTreeSet<_> = shares.iter().flat_map(|s| &s.manifests).collect();
@@ -182,10 +184,10 @@ pub fn check_host(
         }
         let bytes: u64 = sizes.values().map(|&l| u64::from(l)).sum();
         if bytes > max {
-            return Err(over(
+            return Err(super::ControlError::Access(over(
                 "cache_bytes",
                 format!("its images would take {bytes} bytes of this host's cache, the quota is {max} bytes"),
-            ));
+            )));
         }
     }
     Ok(())
@@ -204,7 +206,7 @@ mod tests {
     }
 
     /// Manifest m lists chunks m and m+1 of 100 bytes each, and a zero chunk.
-    fn chunks(id: &ManifestId) -> Result<Vec<ChunkRef>, String> {
+    fn chunks(id: &ManifestId) -> Result<Vec<ChunkRef>, crate::control::ControlError> {
         let m = id.as_bytes()[0];
         let c = |b: u8| ChunkRef { id: ChunkId::from_bytes([b; 32]), len: 100 };
         Ok(vec![c(m), c(m + 1), ChunkRef { id: ChunkId::ZERO, len: 4096 }])
@@ -215,11 +217,13 @@ mod tests {
         let quota = Quota { memory_mib: Some(512), hosts: None, cache_bytes: Some(300) };
         check_host(&quota, "v", &[share(256, &[1]), share(256, &[2])], chunks).expect("fits");
         let err = check_host(&quota, "v", &[share(256, &[1]), share(257, &[1])], chunks)
-            .expect_err("memory");
+            .expect_err("memory")
+            .to_string();
         assert!(err.contains("this host alone would take 513 MiB"), "{err}");
         // Chunks 1, 2, 3 and 4: shared chunks count once, zero chunks never.
-        let err =
-            check_host(&quota, "v", &[share(1, &[1]), share(1, &[3])], chunks).expect_err("cache");
+        let err = check_host(&quota, "v", &[share(1, &[1]), share(1, &[3])], chunks)
+            .expect_err("cache")
+            .to_string();
         assert!(err.contains("would take 400 bytes of this host's cache"), "{err}");
     }
 }
