@@ -14,11 +14,12 @@ use vw_node::control::deployment::{
 };
 use vw_node::control::protocol::Phase;
 use vw_node::control::usage::VoUsage;
+use vw_node::control::FailureKind;
 use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
 use vw_node::manager::{Op, VmReport};
 use vw_node::report::VmReady;
 
-use crate::output::{bytes, Out};
+use crate::output::{bytes, HostOut, Out};
 
 /// The socket of the `vwd` that owns `store`: `None` when there is none (no socket, or
 /// a stale one nobody listens on), so the caller opens the store itself; an error
@@ -394,9 +395,7 @@ pub fn status(
         };
         let Some(every) = watch else {
             let (hosts, vos, live) = looked?;
-            out.emit(&serde_json::json!({ "hosts": hosts, "vos": vos, "live": live }), || {
-                status_doc(&hosts, &vos, &live)
-            });
+            out.emit(&status_json(&hosts, &vos, &live), || status_doc(&hosts, &vos, &live));
             return Ok(ExitCode::SUCCESS);
         };
         if redraw {
@@ -404,7 +403,7 @@ pub fn status(
         }
         match looked {
             Ok((hosts, vos, live)) => {
-                let json = serde_json::json!({ "hosts": hosts, "vos": vos, "live": live });
+                let json = status_json(&hosts, &vos, &live);
                 if out.is_json() {
                     println!("{json}");
                 } else {
@@ -415,6 +414,17 @@ pub fn status(
         }
         std::thread::sleep(every);
     }
+}
+
+/// `vw status --json` through the head: each host's VMs in the CLI's form, the
+/// deployments under way, each VO's use.
+fn status_json(
+    hosts: &[HostVms],
+    vos: &[VoUsage],
+    live: &[vw_node::control::live::LiveDeployment],
+) -> serde_json::Value {
+    let hosts: Vec<HostOut> = hosts.iter().map(HostOut::from).collect();
+    serde_json::json!({ "hosts": hosts, "vos": vos, "live": live })
 }
 
 /// The status of the hosts, the deployments under way, and each VO's use.
@@ -514,9 +524,9 @@ fn status_text(hosts: &[HostVms]) -> String {
         match &h.result {
             Ok(st) if st.vms.is_empty() => {}
             Ok(st) => {
-                for (r, domain) in &st.vms {
+                for r in &st.vms {
                     let ip = r.nics.first().map_or("-".to_owned(), |n| n.ip.to_string());
-                    let domain = domain.map_or("-".to_owned(), |d| d.to_string());
+                    let domain = r.domain.map_or("-".to_owned(), |d| d.to_string());
                     s.push_str(&format!(
                         "\n{:<8} {:<9} {:<20} {:<12} {:<9} {:<9} {ip}",
                         h.host,
@@ -528,7 +538,10 @@ fn status_text(hosts: &[HostVms]) -> String {
                     ));
                 }
             }
-            Err(e) => s.push_str(&format!("\n{:<8} unreachable: {e}", h.host)),
+            Err(e) if e.kind == FailureKind::Unreachable => {
+                s.push_str(&format!("\n{:<8} unreachable: {}", h.host, e.message))
+            }
+            Err(e) => s.push_str(&format!("\n{:<8} failed: {e}", h.host)),
         }
     }
     s.push_str(&simulated_note(hosts.iter().filter_map(|h| {

@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 use vw_node::config::ClusterConfig;
-use vw_node::manager::{self, Manager, Op, VmReport, VmStatus};
+use vw_node::control::protocol::VmSeen;
+use vw_node::manager::{self, Manager, Op, VmReport};
 use vw_node::workspace::{self, Boot, WorkspaceSpec};
 
-use crate::output::{bytes, Out};
+use crate::output::{bytes, Out, VmOut};
 
 /// The cluster configuration: the file given, or the embedded default.
 pub fn cluster_config(path: Option<&Path>) -> anyhow::Result<ClusterConfig> {
@@ -252,19 +253,20 @@ pub fn status(
     out: &Out,
 ) -> anyhow::Result<ExitCode> {
     let m = open(store, config, out)?;
-    let vms = m.status(deployment)?;
+    let vms: Vec<VmSeen> =
+        m.status(deployment)?.iter().map(|v| VmSeen::of(&v.record, v.domain)).collect();
     let host = m.host()?;
     let doc = serde_json::json!({
         "driver": m.driver().kind().name(),
         "simulated": m.driver().kind().simulated(),
         "host": host,
-        "vms": vms,
+        "vms": vms.iter().map(VmOut::from).collect::<Vec<_>>(),
     });
     out.emit(&doc, || status_text(&m, &host, &vms));
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_text(m: &Manager, host: &manager::HostCapacity, vms: &[VmStatus]) -> String {
+fn status_text(m: &Manager, host: &manager::HostCapacity, vms: &[VmSeen]) -> String {
     let mut s = driver_note(m);
     s.push_str(&format!(
         "\ncapacity: {} MiB ({}), {} CPUs ({}), {} vCPUs per CPU",
@@ -278,18 +280,11 @@ fn status_text(m: &Manager, host: &manager::HostCapacity, vms: &[VmStatus]) -> S
         "\n{:<20} {:<12} {:<9} {:<9} {:<16} last steps",
         "VM", "deployment", "state", "domain", "private address"
     ));
-    for v in vms {
-        let r = &v.record;
+    for r in vms {
         let ip = r.nics.first().map(|n| n.ip.to_string()).unwrap_or_else(|| "-".into());
-        let domain = v.domain.map_or("-".to_owned(), |d| d.to_string());
-        let last: Vec<String> = r
-            .timings
-            .iter()
-            .rev()
-            .take(3)
-            .rev()
-            .map(|t| format!("{} {}", t.step, secs(t.micros)))
-            .collect();
+        let domain = r.domain.map_or("-".to_owned(), |d| d.to_string());
+        let last: Vec<String> =
+            r.last_steps.iter().map(|t| format!("{} {}", t.step, secs(t.micros))).collect();
         s.push_str(&format!(
             "\n{:<20} {:<12} {:<9} {:<9} {:<16} {}",
             r.name,

@@ -341,7 +341,7 @@ fn run(cli: Cli, out: &Out) -> anyhow::Result<ExitCode> {
             image(&cli.store, cli.vo_dir.as_deref(), cli.cluster.as_deref(), cmd, out)
         }
         Command::Vo(cmd) => {
-            let dir = vo::dir(cli.vo_dir.as_deref())?;
+            let dir = vo::dir(cli.vo_dir.as_deref());
             match cmd {
                 VoCmd::Create { name } => vo::create(&dir, &name, out),
                 VoCmd::Ls => vo::ls(&dir, out),
@@ -450,7 +450,7 @@ fn deploy(
     };
     let signer = match (how.vo, how.ticket) {
         (_, Some(path)) => cluster::Signer::Ticket(path),
-        (Some(vo), None) => cluster::Signer::Key(Box::new(vo::key(&vo::dir(vo_dir)?, &vo)?)),
+        (Some(vo), None) => cluster::Signer::Key(Box::new(vo::key(&vo::dir(vo_dir), &vo)?)),
         (None, None) => anyhow::bail!("deploy on behalf of a VO: --vo NAME or --ticket FILE"),
     };
     let socket = match socket {
@@ -573,7 +573,7 @@ fn image(
                     bytes
                 }
                 None => {
-                    let key = vo::key(&vo::dir(vo_dir)?, name.vo())?;
+                    let key = vo::key(&vo::dir(vo_dir), name.vo())?;
                     key.may_sign(&name)?;
                     let visibility = if public { Visibility::Public } else { Visibility::Private };
                     if socket.is_none() {

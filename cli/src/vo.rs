@@ -1,6 +1,6 @@
 //! `vw vo create|ls|export|seal|sign-ticket`: the VO keys this user holds, one `NAME.key` file (mode
 //! 0600) per VO in the VO directory (`--vo-dir`, `$VW_VO_DIR`, else
-//! `~/.config/vw/vo`). The secret half never leaves it; the public half goes into the
+//! `~/.config/vw/vo`, else, with no home, `/etc/vw/vo`). The secret half never leaves it; the public half goes into the
 //! cluster config's `[[vo]]` list.
 
 use std::path::{Path, PathBuf};
@@ -16,16 +16,25 @@ use vw_node::config::VoConfig;
 
 use crate::output::Out;
 
-/// The VO directory: `dir` if given, else `~/.config/vw/vo`.
-pub fn dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// The VO directory: `dir` if given, else `$XDG_CONFIG_HOME/vw/vo` or
+/// `~/.config/vw/vo`, else (no home: a service, a bare root shell) the host's
+/// [`SYSTEM_DIR`].
+pub fn dir(dir: Option<&Path>) -> PathBuf {
+    dir_from(dir, std::env::var_os("XDG_CONFIG_HOME"), std::env::var_os("HOME"))
+}
+
+fn dir_from(
+    dir: Option<&Path>,
+    xdg_config_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
     if let Some(d) = dir {
-        return Ok(d.to_owned());
+        return d.to_owned();
     }
-    let config = std::env::var_os("XDG_CONFIG_HOME")
+    xdg_config_home
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .context("no VO directory: set --vo-dir, VW_VO_DIR or HOME")?;
-    Ok(config.join("vw").join("vo"))
+        .or_else(|| home.map(|h| PathBuf::from(h).join(".config")))
+        .map_or_else(|| PathBuf::from(SYSTEM_DIR), |config| config.join("vw").join("vo"))
 }
 
 /// The key file of `vo` in `dir`.
@@ -289,6 +298,19 @@ fn write_new(to: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Without a home (vw run by a service, or a bare root shell) the VO directory is
+    /// the host's, not an error.
+    #[test]
+    fn without_a_home_the_vo_directory_is_the_hosts() {
+        let home = Some(std::ffi::OsString::from("/home/alice"));
+        assert_eq!(dir_from(None, None, home.clone()), Path::new("/home/alice/.config/vw/vo"));
+        let xdg = Some(std::ffi::OsString::from("/x"));
+        assert_eq!(dir_from(None, xdg, home), Path::new("/x/vw/vo"));
+        assert_eq!(dir_from(None, None, None), Path::new(SYSTEM_DIR));
+        assert_eq!(dir_from(Some(Path::new("/d")), None, None), Path::new("/d"));
+    }
+
     use super::*;
 
     #[test]

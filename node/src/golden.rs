@@ -11,7 +11,7 @@ use vw_planner::address::{Network, NicAddress};
 use crate::config::DriverKind;
 use crate::control::protocol::{
     Answer, Failure, FailureKind, HostStatus, ImageManifest, ImageOrder, InventoryReport,
-    ManifestPiece, Phase, Progress, Pull, Reply, Request, StageOrder, StageReport, VERSION,
+    ManifestPiece, Phase, Progress, Pull, Reply, Request, StageOrder, StageReport, VmSeen, VERSION,
 };
 use crate::integrate::MungeKey;
 use crate::lifecycle::{Op, Step, VmState};
@@ -237,7 +237,10 @@ fn control_messages() {
             "status",
             Reply::Done(Answer::Status(HostStatus {
                 driver: DriverKind::Simulated,
-                vms: vec![(vm_record(), Some(DomainState::Running)), (vm_record(), None)],
+                vms: vec![
+                    VmSeen::of(&vm_record(), Some(DomainState::Running)),
+                    VmSeen::of(&vm_record(), None),
+                ],
             })),
         ),
         ("ready", Reply::Done(Answer::Ready(vec![ready]))),

@@ -412,6 +412,10 @@ async fn recv_first(
 async fn serve_one(stream: UnixStream, role: Role) -> std::io::Result<()> {
     let mut first = vec![0u8; 64 << 10];
     let (n, fd) = recv_first(&stream, &mut first).await?;
+    if n == 0 {
+        // Closed without a word: `vw` looking whether a vwd listens here.
+        return Ok(());
+    }
     first.truncate(n);
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();

@@ -23,7 +23,7 @@ use super::error::{ControlError, Failure, FailureKind};
 use super::manifests::Received;
 use super::protocol::{
     bitmap, Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Phase,
-    Progress, Pull, Reply, Request, StageOrder, StageReport,
+    Progress, Pull, Reply, Request, StageOrder, StageReport, VmSeen,
 };
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
@@ -221,7 +221,7 @@ impl HostService {
                         Err(crate::manager::ManagerError::UnknownDeployment { .. }) => Vec::new(),
                         other => other?,
                     };
-                    let vms = vms.into_iter().map(|s| (s.record, s.domain)).collect();
+                    let vms = vms.iter().map(|s| VmSeen::of(&s.record, s.domain)).collect();
                     Ok::<_, ControlError>(HostStatus { driver: m.driver().kind(), vms })
                 })
                 .await

@@ -15,10 +15,11 @@ use vw_planner::address::NicAddress;
 
 use crate::config::{DriverKind, MAX_VCPUS_PER_CPU};
 use crate::integrate::MungeKey;
-use crate::lifecycle::Op;
+use crate::lifecycle::{Op, VmState};
 use crate::machine::{LinkRate, Source};
-use crate::report::{ClusterShare, HostCapacity, VmReady, VmRecord, VmReport, VmTake};
+use crate::report::{ClusterShare, HostCapacity, Timing, VmReady, VmRecord, VmReport, VmTake};
 use crate::wire::{FrameError, Message};
+use crate::workspace::VmRole;
 use crate::xen::DomainState;
 
 /// The protocol's name, negotiated by libp2p: the same in every version (the version is
@@ -313,8 +314,53 @@ pub enum Answer {
 pub struct HostStatus {
     /// The driver it runs them with (`simulated`: no guest exists).
     pub driver: DriverKind,
-    /// Each VM's record and what the hypervisor says (`None`: no domain).
-    pub vms: Vec<(VmRecord, Option<DomainState>)>,
+    /// Each VM, as its record and the hypervisor say.
+    pub vms: Vec<VmSeen>,
+}
+
+/// One VM as a host reports it (`Status`): what the head and `vw status` show, not the
+/// host's record (the VM's files and its whole history stay on the host).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSeen {
+    /// The Xen domain name.
+    pub name: String,
+    /// Its deployment.
+    pub deployment: String,
+    /// Guest hostname.
+    pub hostname: String,
+    /// Head or which worker.
+    pub role: VmRole,
+    /// Where vw has it.
+    pub state: VmState,
+    /// What the hypervisor says now (`None`: no domain).
+    pub domain: Option<DomainState>,
+    /// Its NICs' addresses (none once unstaged).
+    pub nics: Vec<NicAddress>,
+    /// Its last steps (at most [`LAST_STEPS`]), oldest first.
+    pub last_steps: Vec<Timing>,
+    /// What reconciliation or a failure last noted.
+    pub note: Option<String>,
+}
+
+/// How many of a VM's steps its status carries.
+pub const LAST_STEPS: usize = 3;
+
+impl VmSeen {
+    /// `record` as its host reports it, with the hypervisor's `domain` state.
+    pub fn of(record: &VmRecord, domain: Option<DomainState>) -> Self {
+        let skip = record.timings.len().saturating_sub(LAST_STEPS);
+        VmSeen {
+            name: record.name.clone(),
+            deployment: record.deployment.clone(),
+            hostname: record.hostname.clone(),
+            role: record.role,
+            state: record.state,
+            domain,
+            nics: record.nics.clone(),
+            last_steps: record.timings[skip..].to_vec(),
+            note: record.note.clone(),
+        }
+    }
 }
 
 /// What a host can take, and what it holds.
