@@ -42,12 +42,14 @@ async fn main() {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         keypair: k.clone(),
         allowed: vec![other.public().to_peer_id()],
-        sending: vw_node::chunks::Sending { grants: Arc::clone(&grants), ..Default::default() },
         mdns: false,
         known: vec![],
     };
-    let pa = Peer::start(cfg(&ka, &kb), a.clone()).await.expect("a");
-    let pb = Peer::start(cfg(&kb, &ka), b.clone()).await.expect("b");
+    let sending = vw_node::chunks::Sending { grants: Arc::clone(&grants), ..Default::default() };
+    let pa = Peer::start(cfg(&ka, &kb), vec![vw_node::chunks::server(a.clone(), sending)])
+        .await
+        .expect("a");
+    let pb = Peer::start(cfg(&kb, &ka), vec![]).await.expect("b");
     let addr = pa.addresses().await.expect("addrs")[0]
         .clone()
         .with(libp2p::multiaddr::Protocol::P2p(pa.id()));

@@ -15,14 +15,14 @@ use tokio::task::JoinHandle;
 use crate::access::audit::Audit;
 use crate::access::replay::Seen;
 use crate::access::Gate;
-use crate::chunks::{Relay, Sending};
+use crate::chunks::rate::RateLimit;
+use crate::chunks::{self, Relay, Sending};
 use crate::config::ClusterConfig;
 use crate::control::head::{control_protocol, Head};
 use crate::control::host::{self, HostLinks, HostService};
 use crate::daemon::{Daemon, Role};
 use crate::local;
 use crate::manager::Manager;
-use crate::peer::rate::RateLimit;
 use crate::peer::{Peer, PeerBook, PeerConfig};
 
 /// A running `vwd`.
@@ -142,17 +142,19 @@ impl Vwd {
                 listen: daemon.listen.clone(),
                 keypair: key,
                 allowed: daemon.peers.iter().map(|p| p.id).collect(),
-                sending: Sending {
+                mdns: daemon.config.mdns,
+                known: daemon.peers.iter().filter_map(|p| Some((p.id, p.addr.clone()?))).collect(),
+            },
+            vec![chunks::server(
+                relay.clone(),
+                Sending {
                     upload: daemon.caps.0.map(|r| Arc::new(RateLimit::new(r))),
                     compress: daemon.compress(&link),
                     grants: Arc::clone(&gate.grants),
                     audit: Some(Arc::clone(&gate.audit)),
                     limits: Default::default(),
                 },
-                mdns: daemon.config.mdns,
-                known: daemon.peers.iter().filter_map(|p| Some((p.id, p.addr.clone()?))).collect(),
-            },
-            relay.clone(),
+            )],
         )
         .await?;
         let book = PeerBook::new(peer.dialer(), daemon.peers.clone());

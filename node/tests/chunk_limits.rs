@@ -11,9 +11,10 @@ use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{identity, Multiaddr};
 use vw_node::access::grants::Grants;
 use vw_node::chunks::protocol::Frame;
+use vw_node::chunks::{self, chunks_protocol};
 use vw_node::chunks::{fetch, Purpose, Sending, ServeLimits};
 use vw_node::chunkstore::{testdata::noise, Manifest, Store};
-use vw_node::peer::{chunks_protocol, Peer, PeerConfig, PeerError};
+use vw_node::peer::{Peer, PeerConfig, PeerError};
 use vw_node::wire;
 
 /// How long a test waits for something that must happen before it fails: a bound on a
@@ -48,11 +49,10 @@ impl Setup {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
                 keypair: key.clone(),
                 allowed: ids.clone(),
-                sending: Sending { grants, limits, ..Default::default() },
                 mdns: false,
                 known: vec![],
             },
-            store,
+            vec![chunks::server(store, Sending { grants, limits, ..Default::default() })],
         )
         .await
         .expect("sender");
@@ -65,12 +65,11 @@ impl Setup {
                 listen: vec![],
                 keypair: k.clone(),
                 allowed: vec![sender.id()],
-                sending: Default::default(),
                 mdns: false,
                 known: vec![],
             };
             let own = Arc::new(Store::open(&dir.path().join(format!("f{i}"))).expect("store"));
-            let peer = Peer::start(config, own.clone()).await.expect("fetcher");
+            let peer = Peer::start(config, vec![]).await.expect("fetcher");
             peer.dial(addr.clone()).await.expect("dial");
             started.push((peer, own));
         }

@@ -5,7 +5,6 @@
 //! so that its memory is its own to measure.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use futures::AsyncWriteExt as _;
 use vw_node::chunkstore::{Store, Visibility};
@@ -64,11 +63,10 @@ async fn a_control_flood_from_a_non_head_peer_holds_no_memory_and_deploys_go_on(
             listen: vec![],
             keypair: load_or_create_key(&net.data_dirs[2].join("node.key")).expect("key"),
             allowed: vec![net.ids[1]],
-            sending: Default::default(),
             mdns: false,
             known: vec![(net.ids[1], target.listen[0].clone())],
         },
-        Arc::new(Store::open(&dir.join("scratch")).expect("store")),
+        vec![],
     )
     .await
     .expect("attacker");

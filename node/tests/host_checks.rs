@@ -12,9 +12,8 @@
 //! past the checks. Also: a manifest sent with a flipped byte, a head or fetcher of
 //! another release, and lifecycle requests for a deployment the host never staged.
 
-use std::sync::Arc;
-
 use vw_node::access::audit::Audit;
+use vw_node::chunks::chunks_protocol;
 use vw_node::chunks::Frame;
 use vw_node::chunkstore::{ImageName, ImageRef, ManifestId, Seal, Store, Visibility};
 use vw_node::control::head::control_protocol;
@@ -23,7 +22,7 @@ use vw_node::control::{Answer, Failure, FailureKind, Request};
 use vw_node::daemon::load_or_create_key;
 use vw_node::lifecycle::Op;
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
-use vw_node::peer::{chunks_protocol, Peer, PeerConfig};
+use vw_node::peer::{Peer, PeerConfig};
 use vw_node::planner::address::{Network, NicAddress};
 use vw_node::report::{ClusterShare, Member};
 use vw_node::wire;
@@ -130,11 +129,10 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
             listen: vec![],
             keypair: load_or_create_key(&net.data_dirs[0].join("node.key")).expect("head key"),
             allowed: vec![host.id()],
-            sending: Default::default(),
             mdns: false,
             known: vec![],
         },
-        Arc::new(Store::open(&dir.path().join("scratch")).expect("store")),
+        vec![],
     )
     .await
     .expect("peer");

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use libp2p::{identity, Multiaddr};
 use vw_node::access::grants::Grants;
 use vw_node::chunks::{
-    fetch, fetch_from_any, fetch_into, ChunkSource, Floor, Intake, Purpose, Relay, Sending,
+    self, fetch, fetch_from_any, fetch_into, ChunkSource, Floor, Intake, Purpose, Relay, Sending,
 };
 use vw_node::chunkstore::{testdata::noise, ImageName, Manifest, Store};
-use vw_node::peer::{Peer, PeerConfig};
+use vw_node::peer::{Peer, PeerConfig, PeerError};
 
 /// The deployment every test fetches for.
 fn purpose(m: &Manifest) -> Purpose {
@@ -22,19 +22,29 @@ fn grant(grants: &Grants, manifest: &Manifest, peers: &[libp2p::PeerId]) {
     grants.allow("d", "vo", &[(manifest, peers)], u64::MAX);
 }
 
+/// A peer on loopback allowing `allowed`, and how it sends chunks (to those `grants`
+/// lets fetch them).
 fn config(
     key: &identity::Keypair,
     allowed: &[&identity::Keypair],
     grants: &Arc<Grants>,
-) -> PeerConfig {
-    PeerConfig {
+) -> (PeerConfig, Sending) {
+    let config = PeerConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         keypair: key.clone(),
         allowed: allowed.iter().map(|k| k.public().to_peer_id()).collect(),
-        sending: Sending { grants: Arc::clone(grants), ..Default::default() },
         mdns: false,
         known: vec![],
-    }
+    };
+    (config, Sending { grants: Arc::clone(grants), ..Default::default() })
+}
+
+/// Starts a peer serving chunks from `source`.
+async fn start(
+    (config, sending): (PeerConfig, Sending),
+    source: Arc<dyn ChunkSource>,
+) -> Result<Peer, PeerError> {
+    Peer::start(config, vec![chunks::server(source, sending)]).await
 }
 
 async fn address(peer: &Peer) -> Multiaddr {
@@ -51,9 +61,8 @@ async fn pair(
 ) -> (Peer, Peer) {
     let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
     let none = Arc::new(Grants::default());
-    let sender = PeerConfig { sending, ..config(&ka, &[&kb], &none) };
-    let pa = Peer::start(sender, source).await.expect("sender");
-    let pb = Peer::start(config(&kb, &[&ka], &none), receiver).await.expect("receiver");
+    let pa = start((config(&ka, &[&kb], &none).0, sending), source).await.expect("sender");
+    let pb = start(config(&kb, &[&ka], &none), receiver).await.expect("receiver");
     pb.dial(address(&pa).await).await.expect("dial");
     (pa, pb)
 }
@@ -115,11 +124,10 @@ async fn a_configured_peer_is_reached_without_an_earlier_connection() {
     let manifest = a.manifest(&report.manifest).expect("manifest");
     let (ka, kb) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
     let grants = Arc::new(Grants::default());
-    let pa = Peer::start(config(&ka, &[&kb], &grants), a.clone()).await.expect("sender");
+    let pa = start(config(&ka, &[&kb], &grants), a.clone()).await.expect("sender");
     let known = vec![(pa.id(), pa.addresses().await.expect("addresses")[0].clone())];
-    let pb = Peer::start(PeerConfig { known, ..config(&kb, &[&ka], &grants) }, b.clone())
-        .await
-        .expect("receiver");
+    let (receiver, sending) = config(&kb, &[&ka], &grants);
+    let pb = start((PeerConfig { known, ..receiver }, sending), b.clone()).await.expect("receiver");
     grant(&grants, &manifest, &[pb.id()]);
     let missing = b.missing(&manifest).expect("missing");
     let got =
@@ -145,8 +153,8 @@ async fn a_peer_not_on_the_allow_list_gets_nothing() {
 
     // a allows nobody; c allows a.
     let grants = Arc::new(Grants::default());
-    let pa = Peer::start(config(&ka, &[], &grants), a.clone()).await.expect("peer a");
-    let pc = Peer::start(config(&kc, &[&ka], &grants), c.clone()).await.expect("peer c");
+    let pa = start(config(&ka, &[], &grants), a.clone()).await.expect("peer a");
+    let pc = start(config(&kc, &[&ka], &grants), c.clone()).await.expect("peer c");
     grant(&grants, &manifest, &[pc.id()]);
     let _ = pc.dial(address(&pa).await).await;
     let missing = c.missing(&manifest).expect("missing");
@@ -222,11 +230,10 @@ async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
 
     // b is a corrupting copy of a; c pulls from b first, then a.
     let grants = Arc::new(Grants::default());
-    let pa = Peer::start(config(ka, &[kc], &grants), a.clone()).await.expect("peer a");
-    let pb = Peer::start(config(kb, &[kc], &grants), Arc::new(Corrupting(a.clone())))
-        .await
-        .expect("peer b");
-    let pc = Peer::start(config(kc, &[ka, kb], &grants), c.clone()).await.expect("peer c");
+    let pa = start(config(ka, &[kc], &grants), a.clone()).await.expect("peer a");
+    let pb =
+        start(config(kb, &[kc], &grants), Arc::new(Corrupting(a.clone()))).await.expect("peer b");
+    let pc = start(config(kc, &[ka, kb], &grants), c.clone()).await.expect("peer c");
     grant(&grants, &manifest, &[pc.id()]);
     pc.dial(address(&pa).await).await.expect("dial a");
     pc.dial(address(&pb).await).await.expect("dial b");
@@ -273,9 +280,9 @@ async fn a_relay_forwards_chunks_before_its_own_image_is_complete() {
     // a → b → c: b serves c from a relay over its store.
     let relay = Relay::new(b.clone());
     let grants = Arc::new(Grants::default());
-    let pa = Peer::start(config(ka, &[kb], &grants), a.clone()).await.expect("peer a");
-    let pb = Peer::start(config(kb, &[ka, kc], &grants), relay.clone()).await.expect("peer b");
-    let pc = Peer::start(config(kc, &[kb], &grants), c.clone()).await.expect("peer c");
+    let pa = start(config(ka, &[kb], &grants), a.clone()).await.expect("peer a");
+    let pb = start(config(kb, &[ka, kc], &grants), relay.clone()).await.expect("peer b");
+    let pc = start(config(kc, &[kb], &grants), c.clone()).await.expect("peer c");
     grant(&grants, &manifest, &[pb.id(), pc.id()]);
     pb.dial(address(&pa).await).await.expect("dial a");
     pc.dial(address(&pb).await).await.expect("dial b");
@@ -355,7 +362,7 @@ async fn knowing_a_chunk_id_is_not_enough_to_fetch_it() {
     grants.allow("d", "vo-b", &[(&theirs, &[pb.id()])], u64::MAX);
     grants.allow("d-a", "vo-a", &[(&private, &[pa.id()])], u64::MAX);
 
-    let refused = |r: Result<_, vw_node::peer::PeerError>| r.expect_err("refused").to_string();
+    let refused = |r: Result<_, PeerError>| r.expect_err("refused").to_string();
     let secret = b.missing(&private).expect("missing").chunks;
     // A's chunks asked for as part of B's manifest.
     let as_theirs = Purpose { deployment: "d".into(), manifest: theirs.id() };

@@ -106,11 +106,10 @@ async fn vwd_refuses_chunks_outside_a_deployment_and_stops_on_sigterm() {
             listen: vec![],
             keypair: me,
             allowed: vec![id.parse().expect("peer id")],
-            sending: Default::default(),
             mdns: false,
             known: vec![],
         },
-        mine.clone(),
+        vec![],
     )
     .await
     .expect("peer");

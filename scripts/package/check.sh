@@ -32,7 +32,7 @@ grep -qx 'g vw -' "$R/usr/lib/sysusers.d/vw.conf" || fail "sysusers.d does not m
 unit=$R/usr/lib/systemd/system/vwd.service
 for line in 'ExecStart=/usr/bin/vwd --config /etc/vw/vwd.toml' \
   'ExecStartPre=/usr/bin/vwd --check-config /etc/vw/vwd.toml' \
-  'ConditionPathExists=/etc/vw/vwd.toml' \
+  'ConditionPathExists=/etc/vw/vwd.toml' 'Type=notify' \
   'CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_ADMIN CAP_IPC_LOCK CAP_CHOWN' \
   'NoNewPrivileges=yes' 'ProtectSystem=full' 'ProtectHome=yes' 'PrivateTmp=yes' \
   'UMask=0077' 'StateDirectory=vw' 'StateDirectoryMode=0711'; do

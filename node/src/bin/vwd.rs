@@ -93,11 +93,18 @@ fn run(config: &std::path::Path, print_id: bool) -> anyhow::Result<()> {
         }
         let _ = out.flush();
         drop(out);
+        // Under systemd (`Type=notify`), `systemctl start` returns now: the socket
+        // answers and the peer listens, so `vw` run next goes through this vwd (before,
+        // it could find the store locked and no socket yet). Elsewhere, nothing.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "could not tell systemd that vwd is ready");
+        }
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         vwd.shutdown().await;
         anyhow::Ok(())
     })

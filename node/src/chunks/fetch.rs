@@ -11,9 +11,10 @@ use libp2p::{PeerId, Stream};
 use tracing::Instrument as _;
 use vw_chunkstore::{ChunkRef, Store};
 
+use super::chunks_protocol;
 use super::protocol::{unpack, Frame, FrameError, MAX_WANT};
 use super::{read_frame, write_frame, Intake, Purpose, QUIET, WINDOW};
-use crate::peer::{chunks_protocol, short, PeerError};
+use crate::peer::{short, PeerError};
 
 /// What a fetch moved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use vw_chunkstore::{ChunkId, Store};
 
 use super::Relay;
-use crate::peer::rate::RateLimit;
+use crate::chunks::rate::RateLimit;
 use crate::peer::PeerError;
 
 /// How long an intake waits for more chunks before it syncs those it has.

@@ -25,6 +25,8 @@ pub mod fetch;
 pub mod intake;
 pub mod protocol;
 #[cfg(feature = "host")]
+pub mod rate;
+#[cfg(feature = "host")]
 pub mod relay;
 #[cfg(feature = "host")]
 pub mod serve;
@@ -38,6 +40,23 @@ pub use protocol::{Frame, FrameDecoder, FrameError, PROTOCOL_NAME};
 pub use relay::Relay;
 #[cfg(feature = "host")]
 pub use serve::{serve, ChunkSource, Sending, ServeLimits};
+
+/// The protocol as libp2p names it.
+#[cfg(feature = "host")]
+pub fn chunks_protocol() -> libp2p::StreamProtocol {
+    libp2p::StreamProtocol::new(PROTOCOL_NAME)
+}
+
+/// The chunk server a peer runs ([`crate::peer::Peer::start`]): every incoming
+/// `/vw/chunks` stream served from `source` (usually the store), sending as `sending`
+/// says (upload cap, compression, grants, audit, limits).
+#[cfg(feature = "host")]
+pub fn server(source: std::sync::Arc<dyn ChunkSource>, sending: Sending) -> crate::peer::Server {
+    crate::peer::Server {
+        protocol: chunks_protocol(),
+        run: Box::new(move |incoming, stop| Box::pin(serve(incoming, source, sending, stop))),
+    }
+}
 #[cfg(feature = "host")]
 pub use shared::*;
 

@@ -21,7 +21,7 @@ use super::protocol::{pack, Frame, FrameError};
 use super::{read_frame, write_frame, QUIET};
 use crate::access::audit::Audit;
 use crate::access::grants::{Grants, Verdict};
-use crate::peer::rate::RateLimit;
+use crate::chunks::rate::RateLimit;
 use crate::peer::short;
 
 /// How long a request for a deployment this host does not know yet waits for its

@@ -30,7 +30,7 @@ pub enum ControlError {
     Store(#[from] vw_chunkstore::Error),
     /// The manager failed (records, staging, the hypervisor).
     #[error(transparent)]
-    Manager(#[from] ManagerError),
+    Manager(Box<ManagerError>),
     /// The workspace document is invalid.
     #[error(transparent)]
     Workspace(#[from] crate::workspace::Error),
@@ -110,7 +110,7 @@ impl ControlError {
         match self {
             ControlError::Access(_) | ControlError::Refused(_) => FailureKind::Refused,
             ControlError::Store(e) => store(e),
-            ControlError::Manager(e) => match e {
+            ControlError::Manager(e) => match &**e {
                 ManagerError::Store(e) => store(e),
                 ManagerError::Stage { error, .. } => store(error),
                 ManagerError::UnknownDeployment { .. }
@@ -145,6 +145,12 @@ impl ControlError {
     }
 }
 
+impl From<ManagerError> for ControlError {
+    fn from(e: ManagerError) -> Self {
+        ControlError::Manager(Box::new(e))
+    }
+}
+
 impl From<ControlError> for Failure {
     fn from(e: ControlError) -> Self {
         e.failure()
@@ -163,7 +169,7 @@ mod tests {
             ControlError::Access(AccessError::Replayed { deployment: "c".into(), vo: "v".into() });
         let dead =
             ControlError::Unreachable { host: "h2".into(), reason: "no word for 60 s".into() };
-        let full = ControlError::Manager(ManagerError::Stage {
+        let full = ControlError::from(ManagerError::Stage {
             vm: "c-head".into(),
             error: Box::new(vw_chunkstore::Error::NoSpace { path: "/var/lib/vw/x".into() }),
         });

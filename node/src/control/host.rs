@@ -28,12 +28,12 @@ use super::protocol::{
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
 use crate::access::{shareable, Gate};
+use crate::chunks::rate::RateLimit;
 use crate::chunks::{fetch_from_any, Floor, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::machine::LinkRate;
 use crate::manager::ready::{self, ReadyWait};
 use crate::manager::Manager;
-use crate::peer::rate::RateLimit;
 use crate::peer::PeerBook;
 use crate::wire;
 

@@ -2,20 +2,17 @@
 //! `/vw/chunks` on raw streams.
 //!
 //! [`Peer::start`] builds the swarm and runs it in a task that owns it (an actor: the
-//! [`Peer`] handle sends it bounded commands with one-shot replies). A second task
-//! accepts chunk streams and serves each from the store ([`crate::chunks::serve`]).
+//! [`Peer`] handle sends it bounded commands with one-shot replies), and a task per
+//! [`Server`] it is given, each accepting the streams of one protocol (the chunk
+//! server, `crate::chunks::server`, is one: this module knows nothing of chunks).
 //! Only peers on the allow list get a connection at all; a refused one is logged.
 //! With mDNS on, the peer also learns listed peers' addresses from the local network
 //! (and ignores, with a debug line, peers that are not listed).
-//! [`Peer::shutdown`] signals both tasks, then waits for each.
+//! [`Peer::shutdown`] signals every task, then waits for each.
 
 pub mod addresses;
-pub mod rate;
 
-use std::sync::Arc;
-
-use crate::chunks::protocol::PROTOCOL_NAME;
-use crate::chunks::{self, ChunkSource};
+use futures::future::BoxFuture;
 use futures::StreamExt as _;
 use libp2p::allow_block_list::{self, AllowedPeers};
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -84,13 +81,22 @@ pub struct PeerConfig {
     pub keypair: identity::Keypair,
     /// The only peers it talks to.
     pub allowed: Vec<PeerId>,
-    /// How it sends chunks: its upload cap (shared by every stream it serves) and
-    /// whether it compresses them.
-    pub sending: chunks::Sending,
     /// Whether it also finds the allowed peers' addresses by mDNS.
     pub mdns: bool,
     /// Configured addresses of allowed peers: any dial by id finds them.
     pub known: Vec<(PeerId, Multiaddr)>,
+}
+
+/// What serves one protocol's incoming streams: called once with them and the peer's
+/// stop signal, it runs until the signal is set.
+pub struct Server {
+    /// The protocol.
+    pub protocol: StreamProtocol,
+    /// The serving task.
+    pub run: Box<
+        dyn FnOnce(libp2p_stream::IncomingStreams, watch::Receiver<bool>) -> BoxFuture<'static, ()>
+            + Send,
+    >,
 }
 
 /// A cluster peer as configured: its name, its id, and where to reach it (none if
@@ -126,6 +132,12 @@ pub struct Peer {
     control: libp2p_stream::Control,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("protocol", &self.protocol).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Peer {
@@ -217,18 +229,10 @@ impl PeerBook {
     }
 }
 
-/// The protocol as libp2p names it.
-pub fn chunks_protocol() -> StreamProtocol {
-    StreamProtocol::new(PROTOCOL_NAME)
-}
-
 impl Peer {
-    /// Builds the swarm, listens, and starts serving chunks from `source` (usually the
-    /// store).
-    pub async fn start(
-        config: PeerConfig,
-        source: Arc<dyn ChunkSource>,
-    ) -> Result<Peer, PeerError> {
+    /// Builds the swarm, starts `servers` (each accepts its protocol's streams from
+    /// then on), and listens.
+    pub async fn start(config: PeerConfig, servers: Vec<Server>) -> Result<Peer, PeerError> {
         let transport = |e: &dyn std::fmt::Display| PeerError::Transport(e.to_string());
         let id = config.keypair.public().to_peer_id();
         let mdns = if config.mdns {
@@ -270,19 +274,20 @@ impl Peer {
             swarm.listen_on(addr.clone()).map_err(|e| transport(&e))?;
         }
         let mut control = swarm.behaviour().stream.new_control();
-        let incoming = control.accept(chunks_protocol()).map_err(|e| transport(&e))?;
         let (commands, rx) = mpsc::channel(16);
         let (stop, stopped) = watch::channel(false);
         let span = tracing::info_span!("peer", id = %short(&id));
-        let swarm_task = tokio::spawn(tracing::Instrument::instrument(
-            run_swarm(swarm, rx, config.allowed.clone(), stopped.clone()),
-            span.clone(),
-        ));
-        let serve_task = tokio::spawn(tracing::Instrument::instrument(
-            chunks::serve(incoming, source, config.sending.clone(), stopped),
+        let mut tasks = Vec::new();
+        for server in servers {
+            let incoming = control.accept(server.protocol).map_err(|e| transport(&e))?;
+            let run = (server.run)(incoming, stopped.clone());
+            tasks.push(tokio::spawn(tracing::Instrument::instrument(run, span.clone())));
+        }
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(
+            run_swarm(swarm, rx, config.allowed.clone(), stopped),
             span,
-        ));
-        let peer = Peer { id, commands, control, stop, tasks: vec![swarm_task, serve_task] };
+        )));
+        let peer = Peer { id, commands, control, stop, tasks };
         // Wait until it listens, so callers can hand out its addresses.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while !config.listen.is_empty() && peer.addresses().await?.is_empty() {

@@ -43,10 +43,10 @@ run_host() {
     done
     return 1
   }
-  # The socket answers (vwd started or restarted and serving).
+  # vwd answers on its socket (`vw status` through it lists hosts; without one, vw
+  # would read the store itself and list this host's capacity instead).
   serving() {
-    for _ in $(seq 300); do vw status > /dev/null 2>&1 && return 0; sleep 1; done
-    vw status
+    vw --json status | grep -q '"hosts"'
   }
   # Publishes a file to the other hosts whole.
   publish() { cat > "$SYNC/$1.tmp" && mv "$SYNC/$1.tmp" "$SYNC/$1"; }

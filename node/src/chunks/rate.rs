@@ -21,7 +21,7 @@ impl RateLimit {
     /// A cap of `rate` bytes per second (more than 0).
     pub fn new(rate: f64) -> Self {
         assert!(rate > 0.0, "a rate cap must be positive");
-        let burst = (rate * 0.020).max(crate::chunks::protocol::MAX_CHUNK as f64);
+        let burst = (rate * 0.020).max(super::protocol::MAX_CHUNK as f64);
         RateLimit { rate, burst, state: Mutex::new((burst, Instant::now())) }
     }
 
