@@ -96,7 +96,7 @@ impl<'a> Progress<'a> {
             }
             DeployEvent::Progress { host, progress } => {
                 let Some((multi, bars)) = &mut self.bars else { return };
-                let bar = bars.entry(host.clone()).or_insert_with(|| {
+                let bar = bars.entry(host.to_string()).or_insert_with(|| {
                     let bar = multi.add(ProgressBar::new(progress.total));
                     bar.set_style(
                         ProgressStyle::with_template(
@@ -104,7 +104,7 @@ impl<'a> Progress<'a> {
                         )
                         .expect("valid template"),
                     );
-                    bar.set_prefix(host.clone());
+                    bar.set_prefix(host.to_string());
                     bar
                 });
                 bar.set_length(progress.total);
@@ -235,7 +235,7 @@ pub fn deploy_text(r: &DeployReport) -> String {
     for p in &r.phases {
         s.push_str(&format!("\n{:<11} {}", p.phase.to_string(), secs(p.micros)));
     }
-    let width = r.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    let width = r.hosts.iter().map(|h| h.host.as_str().len()).max().unwrap_or(4).max(4);
     s.push_str(&format!(
         "\n\n{:<width$}  {:<9}  {:>10}  {:>10}  {:>10}  {:>9}  {:>9}  VMs",
         "host", "driver", "lacked", "received", "on wire", "fetch", "stage"
@@ -567,7 +567,7 @@ mod tests {
             phase: Some(DeployPhase::Stage),
             elapsed_ms: 12_345,
             hosts: [(
-                "node1".to_owned(),
+                "node1".into(),
                 Progress { phase: Phase::Fetch, bytes: 3 << 20, total: 8 << 20, rate: 1 << 20 },
             )]
             .into(),
@@ -646,9 +646,9 @@ mod tests {
             vms: 3,
             memory_mib: 384,
             vcpus: 4,
-            hosts: ["node1".to_owned(), "node2".to_owned()].into(),
-            cache_bytes: [("node1".to_owned(), 3 << 20), ("node2".to_owned(), 5 << 20)].into(),
-            cores: [("node1".to_owned(), vec![0, 1])].into(),
+            hosts: ["node1".into(), "node2".into()].into(),
+            cache_bytes: [("node1".into(), 3 << 20), ("node2".into(), 5 << 20)].into(),
+            cores: [("node1".into(), vec![0, 1])].into(),
             quota: Quota { memory_mib: Some(1024), hosts: None, cache_bytes: Some(1 << 30) },
         };
         let vo2 =

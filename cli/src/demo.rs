@@ -149,7 +149,7 @@ fn deploy_both(net: &LocalNet, vos: &LocalVos, out: &Out) -> anyhow::Result<Vec<
     }
     for report in &reports {
         for op in [Op::Stop, Op::Unstage] {
-            let request = LocalRequest::Run { deployment: report.deployment.clone(), op };
+            let request = LocalRequest::Run { deployment: report.deployment.to_string(), op };
             let LocalReply::Ran { hosts } = cluster::call(&socket, &request, out)? else {
                 anyhow::bail!("the head answered {op} with something else");
             };

@@ -141,14 +141,14 @@ impl From<&HostAnswer<HostStatus>> for HostOut {
     fn from(h: &HostAnswer<HostStatus>) -> Self {
         match &h.result {
             Ok(st) => HostOut {
-                host: h.host.clone(),
+                host: h.host.to_string(),
                 driver: Some(st.driver.name().to_owned()),
                 simulated: st.driver.simulated(),
                 vms: st.vms.iter().map(VmOut::from).collect(),
                 error: None,
             },
             Err(f) => HostOut {
-                host: h.host.clone(),
+                host: h.host.to_string(),
                 driver: None,
                 simulated: false,
                 vms: Vec::new(),

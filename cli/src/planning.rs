@@ -78,7 +78,7 @@ pub fn run(
 }
 
 fn text(r: &PlanReport, hosts: &HostsFile, policy: Policy, per_host: bool) -> String {
-    let width = r.placement.iter().map(|p| p.vm.len()).max().unwrap_or(0);
+    let width = r.placement.iter().map(|p| p.vm.as_str().len()).max().unwrap_or(0);
     let mut s = String::from("hosts:");
     let name_width = hosts.cluster.hosts().iter().map(|h| h.name.len()).max().unwrap_or(0);
     for h in hosts.cluster.hosts() {

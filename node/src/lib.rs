@@ -7,7 +7,7 @@
 //!   reconciled with the hypervisor), [`lifecycle`] (states and steps), [`integrate`]
 //!   (fitting images into the cluster), [`xen`] (domain configs, the `xl` and simulated
 //!   drivers), [`machine`] (what the host has), [`report`] (what hosts record and
-//!   report).
+//!   report), [`names`] (host, VM and deployment names as their own types).
 //! - Between hosts: [`peer`] (libp2p: transport, allow list, streams), [`wire`] (the
 //!   framing both protocols share), [`chunks`] (`/vw/chunks`: serving, fetching,
 //!   relaying), [`control`] (`/vw/control`: the head's deployments and a host's
@@ -43,6 +43,7 @@ pub mod machine;
 pub mod manager;
 #[cfg(feature = "host")]
 pub mod metrics;
+pub mod names;
 #[cfg(feature = "host")]
 pub mod peer;
 #[cfg(feature = "host")]

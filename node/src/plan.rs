@@ -20,6 +20,7 @@ use vw_planner::{
 
 use crate::config::{ClusterConfig, Pools};
 use crate::hosts::HostsFile;
+use crate::names::VmName;
 pub use crate::report::PlacedVm;
 use crate::workspace::WorkspaceSpec;
 
@@ -85,7 +86,7 @@ pub struct PlanReport {
 
 impl PlanReport {
     /// The VMs placed on `host`.
-    pub fn vms_on(&self, host: &str) -> Vec<String> {
+    pub fn vms_on(&self, host: &str) -> Vec<VmName> {
         self.placement.iter().filter(|p| p.host == host).map(|p| p.vm.clone()).collect()
     }
 }
@@ -265,7 +266,9 @@ pub fn plan_with(
             let hosts = placement
                 .iter()
                 .map(|p| {
-                    cluster.find(&p.host).ok_or_else(|| PlanningError::UnknownHost(p.host.clone()))
+                    cluster
+                        .find(p.host.as_str())
+                        .ok_or_else(|| PlanningError::UnknownHost(p.host.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             (hosts, placement)
@@ -281,8 +284,8 @@ pub fn plan_with(
                 .into_iter()
                 .zip(nics)
                 .map(|(p, nics)| PlacedVm {
-                    vm: p.vm,
-                    host: cluster.host(p.host).name.clone(),
+                    vm: p.vm.into(),
+                    host: cluster.host(p.host).name.as_str().into(),
                     cores: p.cores,
                     reason: p.reason,
                     nics,

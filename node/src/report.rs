@@ -10,6 +10,7 @@ use vw_planner::address::NicAddress;
 use crate::config::ClusterConfig;
 use crate::lifecycle::{Step, VmState};
 use crate::machine::{Counted, Source, XlInfo};
+use crate::names::{DeploymentName, HostName, VmName};
 use crate::workspace::{VmRole, WorkspaceSpec};
 use crate::xen::config::Disk;
 use crate::xen::{DomainState, GuestReport};
@@ -53,7 +54,7 @@ pub struct ClusterShare {
 impl ClusterShare {
     /// The Xen domain names of the VMs placed here.
     pub fn here_names(&self) -> Vec<String> {
-        self.here.iter().map(|m| m.name.clone()).collect()
+        self.here.iter().map(|m| m.name.to_string()).collect()
     }
 }
 
@@ -61,7 +62,7 @@ impl ClusterShare {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Its domain name (`<workspace>-<hostname>`).
-    pub name: String,
+    pub name: VmName,
     /// Its addresses.
     pub nics: Vec<NicAddress>,
     /// The physical cores the head pinned it to (a VM whose node asks for `cpus`):
@@ -276,7 +277,7 @@ pub struct Reconciled {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterDeployment {
     /// The workspace name.
-    pub name: String,
+    pub name: DeploymentName,
     /// The workspace document as deployed.
     pub workspace: String,
     /// The VO it was deployed for.
@@ -291,9 +292,9 @@ pub struct ClusterDeployment {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlacedVm {
     /// The VM.
-    pub vm: String,
+    pub vm: VmName,
     /// Its host.
-    pub host: String,
+    pub host: HostName,
     /// Cores it is pinned to.
     pub cores: Option<Vec<u32>>,
     /// Why.

@@ -177,7 +177,7 @@ impl Vwd {
         )));
         let role = match daemon.config.role {
             Role::Head => local::Role::Head(Arc::new(Head::new(
-                (name.clone(), peer.id()),
+                (name.as_str().into(), peer.id()),
                 Arc::clone(&service),
                 peer.control(),
                 cluster.pools(),

@@ -12,6 +12,7 @@ use vw_node::control::deployment::{DeployEvent, DeployOptions, DeployPhase, Depl
 use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::manager::VmState;
+use vw_node::names::HostName;
 use vw_node::planner::{Policy, Strategy};
 
 /// Imports the demo images into the head's store (before its vwd opens it), sealed:
@@ -101,7 +102,7 @@ fn lacks(dir: &Path, held: &[&Path], image: &Path) -> u64 {
 }
 
 /// The plan's (sender, receiver) edges, from a deploy's events.
-fn planned_edges(events: &[DeployEvent]) -> Vec<(String, String)> {
+fn planned_edges(events: &[DeployEvent]) -> Vec<(HostName, HostName)> {
     events
         .iter()
         .find_map(|e| match e {
@@ -113,7 +114,8 @@ fn planned_edges(events: &[DeployEvent]) -> Vec<(String, String)> {
 
 /// The hosts that run the workers of a deployment.
 fn worker_hosts(report: &DeployReport) -> Vec<String> {
-    report.placement.iter().filter(|p| p.vm.contains("worker")).map(|p| p.host.clone()).collect()
+    let workers = report.placement.iter().filter(|p| p.vm.as_str().contains("worker"));
+    workers.map(|p| p.host.to_string()).collect()
 }
 
 /// Whether every host that runs a VM of `image` holds it byte for byte.
@@ -501,7 +503,7 @@ async fn pinned_co_located_clusters_never_share_a_core() {
     .expect("task");
     let cores = |vo: &str| &usage.iter().find(|u| u.vo == vo).expect("VO in status").cores;
     for name in &net.names {
-        let (a, b) = (&cores("demo")[name], &cores("vo2")[name]);
+        let (a, b) = (&cores("demo")[name.as_str()], &cores("vo2")[name.as_str()]);
         assert!(a.len() == 2 && b.len() == 2 && a.iter().all(|c| !b.contains(c)), "{usage:?}");
     }
 

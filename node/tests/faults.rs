@@ -11,6 +11,7 @@ use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::localnet::{
     cluster_workspace, ChildVwd, DemoImages, LocalNet, LocalNetOptions, LocalVos,
 };
+use vw_node::names::{HostName, VmName};
 use vw_node::planner::{Policy, Strategy};
 
 /// A 4-host net capped at `cap`, the images imported on the head, hosts 1.. started as
@@ -68,8 +69,8 @@ fn deploy(net: &LocalNet, n: usize, mut on_event: impl FnMut(&DeployEvent)) -> D
 /// Deploys with the VO's first ticket and, once a host that relays (not the head, not
 /// the chain's tail) has received 2 MiB, calls `hit` with its index, once. Returns the
 /// report and that host.
-fn deploy_hitting_a_relay(net: &LocalNet, mut hit: impl FnMut(usize)) -> (DeployReport, String) {
-    let mut victim: Option<String> = None;
+fn deploy_hitting_a_relay(net: &LocalNet, mut hit: impl FnMut(usize)) -> (DeployReport, HostName) {
+    let mut victim: Option<HostName> = None;
     let mut done = false;
     let report = deploy(net, 1, |e| match e {
         DeployEvent::Planned { edges, .. } => {
@@ -78,7 +79,7 @@ fn deploy_hitting_a_relay(net: &LocalNet, mut hit: impl FnMut(usize)) -> (Deploy
         DeployEvent::Progress { host, progress }
             if Some(host) == victim.as_ref() && progress.bytes > 2 << 20 && !done =>
         {
-            hit(net.names.iter().position(|n| n == host).expect("host"));
+            hit(net.names.iter().position(|n| host == n).expect("host"));
             done = true;
         }
         _ => {}
@@ -100,7 +101,7 @@ async fn a_host_killed_mid_chain_loses_its_vms_and_its_children_re_attach() {
     .await
     .expect("task");
 
-    let lost_vms: Vec<String> =
+    let lost_vms: Vec<VmName> =
         report.placement.iter().filter(|p| p.host == victim).map(|p| p.vm.clone()).collect();
     assert_eq!(report.lost, lost_vms, "{report:#?}");
     // The report says the victim went away, not that it refused or ran out of disk.
@@ -177,11 +178,11 @@ async fn a_vwd_restarted_mid_stage_resumes_without_fetching_again() {
     // Stop one worker's vwd (SIGTERM: it shuts down cleanly) when it has a third.
     let net2 = net.clone();
     let (first, victim, seen, children) = tokio::task::spawn_blocking(move || {
-        let mut victim: Option<(String, u64)> = None;
+        let mut victim: Option<(HostName, u64)> = None;
         let report = deploy(&net2, 1, |e| {
             if let DeployEvent::Progress { host, progress } = e {
                 if host != "head" && victim.is_none() && progress.bytes > worker_bytes / 3 {
-                    let i = net2.names.iter().position(|n| n == host).expect("host");
+                    let i = net2.names.iter().position(|n| host == n).expect("host");
                     children[i - 1].signal("TERM").expect("term");
                     victim = Some((host.clone(), progress.bytes));
                 }

@@ -358,7 +358,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
     let workers = |n: usize| ClusterShare {
         here: (1..=n)
             .map(|i| Member {
-                name: format!("q-worker{i}"),
+                name: format!("q-worker{i}").into(),
                 nics: vec![NicAddress {
                     network: Network::Private,
                     ip: format!("10.77.1.{}", 20 + i).parse().expect("ip"),

@@ -121,7 +121,7 @@ async fn a_manifest_of_200_gib_of_chunk_ids_deploys() {
     let workers: Vec<&str> = report
         .placement
         .iter()
-        .filter(|p| p.vm.contains("worker"))
+        .filter(|p| p.vm.as_str().contains("worker"))
         .map(|p| p.host.as_str())
         .collect();
     assert_eq!(workers.len(), 2);

@@ -14,6 +14,7 @@ use vw_node::control::protocol::Phase;
 use vw_node::lifecycle::Op;
 use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::localnet::cluster_workspace;
+use vw_node::names::HostName;
 use vw_node::planner::{Policy, Strategy};
 
 use crate::cluster::{Cluster, ClusterOptions};
@@ -320,7 +321,7 @@ impl RunContext<'_> {
                 let _ = events_tx.send(e.clone());
             })
         });
-        let mut victim: Option<(usize, String)> = None;
+        let mut victim: Option<(usize, HostName)> = None;
         let mut timeline = String::from("seconds,host,phase,bytes,total\n");
         for event in events.iter() {
             if let DeployEvent::Progress { host, progress } = &event {
@@ -334,7 +335,7 @@ impl RunContext<'_> {
             }
             match (&event, kill_at) {
                 (DeployEvent::Planned { edges, .. }, Some(_)) => {
-                    victim = mid_cascade(edges).and_then(|h| Some((cluster.index(&h)?, h)));
+                    victim = mid_cascade(edges).and_then(|h| Some((cluster.index(h.as_str())?, h)));
                     tracing::info!(?victim, "chosen to be killed");
                 }
                 (DeployEvent::Progress { host, progress }, Some(at)) => {
@@ -463,7 +464,7 @@ impl RunContext<'_> {
             .collect();
         for op in [Op::Pause, Op::Unpause, Op::Stop, Op::Unstage] {
             let t = Instant::now();
-            let request = LocalRequest::Run { deployment: report.deployment.clone(), op };
+            let request = LocalRequest::Run { deployment: report.deployment.to_string(), op };
             match local::call(&cluster.socket(), &request, |_| {})
                 .map_err(|e| TestnetError::Run(format!("{op}: {e}")))?
             {
@@ -497,17 +498,17 @@ fn holders(report: &DeployReport, image: WorkerImage) -> Vec<(String, WorkerImag
         .hosts
         .iter()
         .filter(|h| h.error.is_none() && !h.vms.is_empty())
-        .map(|h| (h.host.clone(), image))
+        .map(|h| (h.host.to_string(), image))
         .collect()
 }
 
 /// A host in the middle of the cascade: the receiver at half the depth of the
 /// deepest path from the head that still has children of its own.
-fn mid_cascade(edges: &[(String, String)]) -> Option<String> {
-    let children = |h: &str| -> Vec<String> {
+fn mid_cascade(edges: &[(HostName, HostName)]) -> Option<HostName> {
+    let children = |h: &HostName| -> Vec<HostName> {
         edges.iter().filter(|(s, _)| s == h).map(|(_, r)| r.clone()).collect()
     };
-    let mut path = vec!["head".to_owned()];
+    let mut path = vec![HostName::from("head")];
     while let Some(next) = children(path.last()?).into_iter().find(|c| !path.contains(c)) {
         path.push(next);
     }
@@ -558,15 +559,15 @@ fn verify(
 mod tests {
     use super::*;
 
-    fn edges(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    fn edges(pairs: &[(&str, &str)]) -> Vec<(HostName, HostName)> {
+        pairs.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
     }
 
     #[test]
     fn the_victim_is_mid_chain_and_has_children() {
         let chain =
             edges(&[("head", "node1"), ("node1", "node2"), ("node2", "node3"), ("node3", "node4")]);
-        assert_eq!(mid_cascade(&chain).as_deref(), Some("node2"));
+        assert_eq!(mid_cascade(&chain), Some("node2".into()));
         let star = edges(&[("head", "node1"), ("head", "node2"), ("head", "node3")]);
         assert_eq!(mid_cascade(&star), None, "a star has no mid-cascade host");
     }

@@ -158,7 +158,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(checked) = check_order(config, &order, &held, NOW) {
-        let here: Vec<String> = order.share.here.iter().map(|m| m.name.clone()).collect();
+        let here: Vec<String> = order.share.here.iter().map(|m| m.name.to_string()).collect();
         let mut spec = checked.spec.clone();
         for node in spec.nodes_of_mut(&here) {
             for p in &node.partitions {

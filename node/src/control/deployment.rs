@@ -8,6 +8,7 @@ use vw_planner::{Policy, Strategy};
 
 use super::protocol::{Failure, Progress, StageReport};
 use crate::config::DriverKind;
+use crate::names::{DeploymentName, HostName, VmName};
 use crate::report::{PlacedVm, VmReady, VmReport};
 
 /// The phases of a deployment (the paper's Fig. 2(b), with staging split open).
@@ -55,19 +56,19 @@ pub enum DeployEvent {
         /// The strategy (auto resolved).
         strategy: Strategy,
         /// Distinct (sender, receiver) host pairs.
-        edges: Vec<(String, String)>,
+        edges: Vec<(HostName, HostName)>,
     },
     /// A host's progress.
     Progress {
         /// The host.
-        host: String,
+        host: HostName,
         /// Where it is.
         progress: Progress,
     },
     /// A host failed; its VMs are lost for this deployment.
     Lost {
         /// The host.
-        host: String,
+        host: HostName,
         /// Why.
         reason: String,
     },
@@ -109,12 +110,12 @@ pub struct PhaseTime {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostOutcome {
     /// The host.
-    pub host: String,
+    pub host: HostName,
     /// The Xen driver it runs its VMs with (`simulated`: no guest exists), as its
     /// inventory said.
     pub driver: Option<DriverKind>,
     /// Its VMs.
-    pub vms: Vec<String>,
+    pub vms: Vec<VmName>,
     /// Its stage (bytes lacked and received, from whom, how long).
     pub stage: Option<StageReport>,
     /// Why it failed, if it did (its VMs are lost).
@@ -125,7 +126,7 @@ pub struct HostOutcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeployReport {
     /// The deployment.
-    pub deployment: String,
+    pub deployment: DeploymentName,
     /// Whether it resumed an earlier deploy of the same document.
     pub resumed: bool,
     /// The strategy used (`None`: nothing was staged, as by `vw create` of a staged
@@ -138,7 +139,7 @@ pub struct DeployReport {
     /// Per host with VMs.
     pub hosts: Vec<HostOutcome>,
     /// VMs lost with their hosts.
-    pub lost: Vec<String>,
+    pub lost: Vec<VmName>,
     /// The planner's predicted staging time, seconds.
     pub predicted_s: f64,
     /// The physical limit: the most any host lacks over its downlink, seconds.
@@ -153,7 +154,7 @@ pub struct DeployReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostAnswer<T> {
     /// The host.
-    pub host: String,
+    pub host: HostName,
     /// What it said, or why not.
     pub result: Result<T, Failure>,
 }

@@ -56,7 +56,7 @@ pub enum ControlError {
     #[error("{reason}")]
     Unreachable {
         /// The host.
-        host: String,
+        host: crate::names::HostName,
         /// What happened.
         reason: String,
     },
@@ -64,7 +64,7 @@ pub enum ControlError {
     #[error("{failure}")]
     Remote {
         /// The host.
-        host: String,
+        host: crate::names::HostName,
         /// Its answer.
         failure: Failure,
     },

@@ -36,6 +36,7 @@ use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticke
 use crate::config::Pools;
 use crate::integrate::MungeKey;
 use crate::lifecycle::Op;
+use crate::names::{DeploymentName, HostName, VmName};
 use crate::plan::{Planning, Taken, WorkspaceImages};
 use crate::report::{ClusterDeployment, PlacedVm, VmReady, VmReport};
 use crate::wire;
@@ -54,9 +55,9 @@ pub fn control_protocol() -> StreamProtocol {
 
 /// The head: drives deployments across the cluster's hosts.
 pub struct Head {
-    me: (String, PeerId),
+    me: (HostName, PeerId),
     local: Arc<HostService>,
-    peers: Vec<(String, PeerId)>,
+    peers: Vec<(HostName, PeerId)>,
     control: libp2p_stream::Control,
     store: Arc<Store>,
     pools: Pools,
@@ -85,7 +86,7 @@ macro_rules! expect_answer {
         match $answer {
             Ok($kind(x)) => Ok(x),
             Ok(other) => Err(ControlError::Unreachable {
-                host: $host.to_owned(),
+                host: $host.clone(),
                 reason: format!("it broke the protocol: it answered {other:?}"),
             }),
             Err(e) => Err(e),
@@ -98,14 +99,15 @@ impl Head {
     /// the other hosts (the peers in `local`'s book) through `control`; per-deployment
     /// secrets come from `secret`.
     pub fn new(
-        me: (String, PeerId),
+        me: (HostName, PeerId),
         local: Arc<HostService>,
         control: libp2p_stream::Control,
         pools: Pools,
         secret: [u8; 32],
     ) -> Self {
         let store = local.store();
-        let peers = local.book().peers().iter().map(|p| (p.name.clone(), p.id)).collect();
+        let peers =
+            local.book().peers().iter().map(|p| (HostName::from(p.name.as_str()), p.id)).collect();
         Head {
             me,
             local,
@@ -131,7 +133,7 @@ impl Head {
 
     /// Every host: this one first. Connects to the others first (a host that
     /// restarted is not redialled by itself).
-    async fn hosts(&self) -> Vec<(String, PeerId)> {
+    async fn hosts(&self) -> Vec<(HostName, PeerId)> {
         let ids: Vec<PeerId> = self.peers.iter().map(|(_, id)| *id).collect();
         for (peer, why) in self.local.book().reach(&ids).await {
             tracing::warn!(%peer, reason = %why, "cannot reach a host");
@@ -143,7 +145,7 @@ impl Head {
     /// `events`.
     async fn call(
         &self,
-        host: &(String, PeerId),
+        host: &(HostName, PeerId),
         request: Request,
         events: Option<&mpsc::Sender<DeployEvent>>,
     ) -> Result<Answer, ControlError> {
@@ -189,7 +191,7 @@ impl Head {
     /// One call over one stream; on failure, whether any reply had arrived.
     async fn call_once(
         &self,
-        host: &(String, PeerId),
+        host: &(HostName, PeerId),
         request: &Request,
         forward: &impl Fn(Progress),
     ) -> Result<Answer, (String, bool)> {
@@ -304,9 +306,9 @@ impl Head {
         mut clock: Clock<'_>,
     ) -> Result<DeployReport, ControlError> {
         let Submitted { spec, workspace, signed, ticket } = submitted;
-        let name = spec.name.clone();
+        let name = DeploymentName::from(spec.name.as_str());
         let vo = signed.vo();
-        let existing = self.existing(&name, workspace, vo).await?;
+        let existing = self.existing(name.as_str(), workspace, vo).await?;
 
         clock.start(DeployPhase::Inventory).await;
         let (wi, seals) = self.images(&spec, signed).await?;
@@ -319,10 +321,10 @@ impl Head {
         let created_ms = existing.as_ref().map_or_else(crate::manager::now_ms, |e| e.created_ms);
         // This deploy attempt: the grants here and on every host are keyed by it, and
         // end with it.
-        let stage = crate::access::new_stage(&name);
+        let stage = crate::access::new_stage(name.as_str());
         // Every VM of a Slurm cluster shares one MUNGE key, the same at every stage of it.
         let munge_key =
-            spec.runs_slurm().then(|| MungeKey::derive(&self.secret, &name, created_ms));
+            spec.runs_slurm().then(|| MungeKey::derive(&self.secret, name.as_str(), created_ms));
         let deploying = Deploying {
             on: Planning {
                 cluster: &view.cluster,
@@ -344,7 +346,7 @@ impl Head {
         let mut taken = Taken { vms: view.committed.clone(), nics: view.nics.clone() };
         let Orders { planned, stagers, edges, orders } =
             orders::prepare(&deploying, (options.policy, options.strategy), &mut taken, fixed)
-                .map_err(|error| ControlError::Planning { workspace: name.clone(), error })?;
+                .map_err(|error| ControlError::Planning { workspace: name.to_string(), error })?;
         let record = existing.is_none().then(|| ClusterDeployment {
             name: name.clone(),
             workspace: workspace.to_owned(),
@@ -373,10 +375,11 @@ impl Head {
                 outcomes.iter().filter_map(|o| o.stage.as_ref()).flat_map(|r| r.vms.clone());
             (staged.collect(), Vec::new())
         } else {
-            self.start_and_wait(&hosts, alive, &name, &mut outcomes, &mut clock, events).await
+            self.start_and_wait(&hosts, alive, name.as_str(), &mut outcomes, &mut clock, events)
+                .await
         };
         let phases = clock.finish();
-        let lost: Vec<String> = outcomes
+        let lost: Vec<VmName> = outcomes
             .iter()
             .filter(|o| o.error.is_some())
             .flat_map(|o| o.vms.iter().cloned())
@@ -459,7 +462,7 @@ impl Head {
     /// the hosts that lack it), made into the planner's view of the cluster.
     async fn inventory(
         &self,
-        hosts: &[(String, PeerId)],
+        hosts: &[(HostName, PeerId)],
         vo: &str,
         wi: &WorkspaceImages,
         mixed_drivers: bool,
@@ -493,7 +496,7 @@ impl Head {
     /// outcome (a host that failed is lost, and says why) and the hosts that staged.
     async fn stage(
         &self,
-        hosts: &[(String, PeerId)],
+        hosts: &[(HostName, PeerId)],
         view: &super::view::ClusterView,
         planned: &crate::plan::PlanReport,
         orders: Vec<(usize, super::protocol::StageOrder)>,
@@ -510,7 +513,8 @@ impl Head {
         }))
         .await;
         self.stage_over(hosts, &ordered, stage).await;
-        let driver_of = |host: &str| view.drivers.iter().find(|(h, _)| h == host).map(|(_, d)| *d);
+        let driver_of =
+            |host: &HostName| view.drivers.iter().find(|(h, _)| host == h).map(|(_, d)| *d);
         let mut outcomes: Vec<HostOutcome> = Vec::new();
         let mut alive: Vec<usize> = Vec::new();
         for (h, result) in staged {
@@ -525,7 +529,7 @@ impl Head {
                     (None, Some(e.failure()))
                 }
             };
-            let (driver, vms) = (driver_of(host), planned.vms_on(host));
+            let (driver, vms) = (driver_of(host), planned.vms_on(host.as_str()));
             outcomes.push(HostOutcome { host: host.clone(), driver, vms, stage, error });
         }
         (outcomes, alive)
@@ -537,7 +541,7 @@ impl Head {
     /// outcome in `outcomes` saying why. Returns the VMs started and their readiness.
     async fn start_and_wait(
         &self,
-        hosts: &[(String, PeerId)],
+        hosts: &[(HostName, PeerId)],
         mut alive: Vec<usize>,
         name: &str,
         outcomes: &mut [HostOutcome],
@@ -638,7 +642,7 @@ impl Head {
                 let lost =
                     outcomes.iter().filter(|o| o.error.is_some()).flat_map(|o| o.vms.clone());
                 let report = DeployReport {
-                    deployment: name.to_owned(),
+                    deployment: name.into(),
                     resumed: true,
                     strategy: None,
                     phases: clock.finish(),
@@ -663,7 +667,7 @@ impl Head {
     /// id. This head's own host reads them from the store.
     async fn send_manifests(
         &self,
-        host: &(String, PeerId),
+        host: &(HostName, PeerId),
         manifests: &[(ManifestId, Vec<u8>)],
     ) -> Result<(), ControlError> {
         if host.1 == self.me.1 {
@@ -704,13 +708,13 @@ impl Head {
     /// lost; live hosts whose drivers differ are refused unless `mixed_drivers`.
     fn cluster(
         &self,
-        hosts: &[(String, PeerId)],
+        hosts: &[(HostName, PeerId)],
         answers: Vec<Result<InventoryReport, ControlError>>,
         wi: &WorkspaceImages,
         mixed_drivers: bool,
         events: &mpsc::Sender<DeployEvent>,
     ) -> Result<super::view::ClusterView, ControlError> {
-        let names: Vec<String> = hosts.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = hosts.iter().map(|(n, _)| n.to_string()).collect();
         let images: Vec<(ImageRef, usize)> =
             wi.refs.iter().cloned().zip(wi.chunks.iter().map(Vec::len)).collect();
         let answers: Vec<Result<InventoryReport, String>> =
@@ -718,7 +722,7 @@ impl Head {
         let view = super::view::cluster_view(&names, &answers, &images)?;
         for (host, e) in &view.dead {
             let reason = format!("inventory: {e}");
-            let _ = events.try_send(DeployEvent::Lost { host: host.clone(), reason });
+            let _ = events.try_send(DeployEvent::Lost { host: host.as_str().into(), reason });
             tracing::warn!(host = %host, error = %e, "no inventory; planning without it");
         }
         view.check_drivers(mixed_drivers)?;
@@ -729,7 +733,7 @@ impl Head {
     /// every host has answered, so no chunk of it is fetched any more, and its grants
     /// are withdrawn, whether it staged or failed. A host that does not answer keeps
     /// them until the VO's ticket expires.
-    async fn stage_over(&self, hosts: &[(String, PeerId)], on: &[usize], stage: &str) {
+    async fn stage_over(&self, hosts: &[(HostName, PeerId)], on: &[usize], stage: &str) {
         self.local.gate().grants.revoke_stage(stage);
         let results = join_all(on.iter().map(|&h| {
             let request = Request::StageOver { stage: stage.to_owned() };
@@ -757,7 +761,7 @@ impl Head {
     /// `op` on the VMs of `deployment` on hosts `on` (indices into `hosts`), all at once.
     async fn run_on(
         &self,
-        hosts: &[(String, PeerId)],
+        hosts: &[(HostName, PeerId)],
         on: &[usize],
         deployment: &str,
         op: Op,
@@ -774,7 +778,7 @@ impl Head {
     /// Asks each host of `on` to wait up to `timeout_s` for its guests of `deployment`.
     async fn await_ready(
         &self,
-        hosts: &[(String, PeerId)],
+        hosts: &[(HostName, PeerId)],
         on: &[usize],
         deployment: &str,
         timeout_s: u64,
@@ -965,14 +969,14 @@ fn usage_of(store: &Store, deployments: &[ClusterDeployment]) -> Result<Usage, C
     for d in deployments {
         let spec = crate::workspace::parse(&d.workspace, &format!("(deployment {})", d.name))?;
         let wi = WorkspaceImages::load(store, &spec)
-            .map_err(|error| ControlError::Planning { workspace: d.name.clone(), error })?;
+            .map_err(|error| ControlError::Planning { workspace: d.name.to_string(), error })?;
         usage.add(&d.vo, &spec, &wi, &d.placement);
     }
     Ok(usage)
 }
 
 /// A host's answer, its failure as an error.
-fn failed(host: &(String, PeerId), answer: Answer) -> Result<Answer, ControlError> {
+fn failed(host: &(HostName, PeerId), answer: Answer) -> Result<Answer, ControlError> {
     match answer {
         Answer::Failed(failure) => Err(ControlError::Remote { host: host.0.clone(), failure }),
         other => Ok(other),
@@ -981,12 +985,12 @@ fn failed(host: &(String, PeerId), answer: Answer) -> Result<Answer, ControlErro
 
 async fn lost(
     events: &mpsc::Sender<DeployEvent>,
-    host: &str,
+    host: &HostName,
     reason: &(dyn std::fmt::Display + Sync),
 ) {
     let reason = reason.to_string();
-    tracing::warn!(host, reason, "host lost for this deployment");
-    let _ = events.send(DeployEvent::Lost { host: host.to_owned(), reason }).await;
+    tracing::warn!(%host, reason, "host lost for this deployment");
+    let _ = events.send(DeployEvent::Lost { host: host.clone(), reason }).await;
 }
 
 /// Phase timings, announced as each phase starts.

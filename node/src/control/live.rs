@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::deployment::{DeployEvent, DeployPhase};
 use super::protocol::Progress;
+use crate::names::HostName;
 
 /// One deployment under way.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,9 +22,9 @@ pub struct LiveDeployment {
     /// Milliseconds since it began.
     pub elapsed_ms: u64,
     /// Each host's latest progress, by host name.
-    pub hosts: BTreeMap<String, Progress>,
+    pub hosts: BTreeMap<HostName, Progress>,
     /// Hosts lost so far, with why.
-    pub lost: Vec<(String, String)>,
+    pub lost: Vec<(HostName, String)>,
 }
 
 /// The deployments under way on a head.
@@ -100,7 +101,7 @@ mod tests {
         assert_eq!(now.len(), 1);
         assert_eq!(now[0].phase, Some(DeployPhase::Stage));
         assert_eq!(now[0].hosts["node1"].bytes, 60, "the latest progress");
-        assert_eq!(now[0].lost, [("node2".to_owned(), "gone".to_owned())]);
+        assert_eq!(now[0].lost, [("node2".into(), "gone".to_owned())]);
         live.end("g");
         assert!(live.now().is_empty());
     }

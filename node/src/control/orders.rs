@@ -17,6 +17,7 @@ use vw_planner::{DistributionPlan, HostIx, Policy, Strategy};
 
 use super::protocol::{ImageOrder, Pull, StageOrder};
 use crate::integrate::MungeKey;
+use crate::names::HostName;
 use crate::plan::{expected_rates, plan_with, PlanReport, Planning, PlanningError, Taken};
 use crate::report::{ClusterShare, Member, PlacedVm};
 
@@ -45,7 +46,7 @@ pub struct Deploying<'a> {
     /// The cluster, the images, what each host holds of them, the workspace, the pools.
     pub on: Planning<'a>,
     /// Every host asked (name, peer id), in the cluster's order.
-    pub hosts: &'a [(String, PeerId)],
+    pub hosts: &'a [(HostName, PeerId)],
     /// Per host, whether its link rate was configured or measured (else the rates the
     /// plan expects of its streams mean nothing and are sent as 0).
     pub links_known: &'a [bool],
@@ -62,7 +63,7 @@ pub struct Orders {
     /// uses it: its chunks are granted to them alone.
     pub stagers: Vec<Vec<PeerId>>,
     /// The distinct (sender, receiver) host pairs of the plan, sorted.
-    pub edges: Vec<(String, String)>,
+    pub edges: Vec<(HostName, HostName)>,
     /// Per host with VMs (its index in `hosts`), its stage order.
     pub orders: Vec<(usize, StageOrder)>,
 }
@@ -78,7 +79,7 @@ pub fn prepare(
 ) -> Result<Orders, PlanningError> {
     let planned = plan_with(&d.on, (policy, strategy), taken, fixed)?;
     let stagers = stagers(d, &planned.placement);
-    let mut edges: Vec<(String, String)> = planned
+    let mut edges: Vec<(HostName, HostName)> = planned
         .plan
         .streams
         .iter()
@@ -307,8 +308,8 @@ mod tests {
         crate::workspace::parse(&xml, "test.xml").expect("workspace")
     }
 
-    fn peers(n: usize) -> Vec<(String, PeerId)> {
-        (0..n).map(|i| (format!("h{i}"), PeerId::random())).collect()
+    fn peers(n: usize) -> Vec<(HostName, PeerId)> {
+        (0..n).map(|i| (format!("h{i}").into(), PeerId::random())).collect()
     }
 
     static SEALS: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
@@ -330,7 +331,7 @@ mod tests {
         spec: &crate::workspace::WorkspaceSpec,
         held: &[(usize, usize)],
         fixed: Option<Vec<(&str, &str)>>,
-    ) -> (Vec<(String, PeerId)>, Orders) {
+    ) -> (Vec<(HostName, PeerId)>, Orders) {
         let cluster = cluster(n);
         let wi = images(vec![image("vo/head:1", 1, 8), image("vo/worker:1", 2, 16)]);
         let mut inventory = Inventory::empty(n, 2);
@@ -359,7 +360,7 @@ mod tests {
                 .map(|(vm, host)| {
                     let mut p =
                         planned.planned.placement.iter().find(|p| p.vm == *vm).expect("vm").clone();
-                    p.host = (*host).to_owned();
+                    p.host = (*host).into();
                     p
                 })
                 .collect()
@@ -380,13 +381,15 @@ mod tests {
         let placed: BTreeSet<&str> = o.planned.placement.iter().map(|p| p.host.as_str()).collect();
         assert_eq!(o.orders.len(), placed.len());
         for (h, order) in &o.orders {
-            let here = o.planned.vms_on(&hosts[*h].0);
+            let here = o.planned.vms_on(hosts[*h].0.as_str());
             assert_eq!(order.share.here_names(), here);
             assert_eq!(order.share.here.len() + order.share.elsewhere.len(), 3);
             assert_eq!((order.stage.as_str(), order.ticket.as_slice()), ("c@1", &b"ticket"[..]));
             let wants: BTreeSet<String> = here
                 .iter()
-                .map(|vm| if vm.ends_with("head") { "vo/head:1" } else { "vo/worker:1" }.into())
+                .map(|vm| {
+                    if vm.as_str().ends_with("head") { "vo/head:1" } else { "vo/worker:1" }.into()
+                })
                 .collect();
             let got: BTreeSet<String> = order.images.iter().map(|i| i.image.clone()).collect();
             assert_eq!(got, wants, "{}", hosts[*h].0);
@@ -414,9 +417,7 @@ mod tests {
         let (hosts, o) = prepared(4, &spec, &[(0, 0), (0, 1)], Some(fixed));
         assert_eq!(
             o.edges,
-            [("h0", "h1"), ("h1", "h2"), ("h2", "h3")]
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                .to_vec()
+            [("h0", "h1"), ("h1", "h2"), ("h2", "h3")].map(|(a, b)| (a.into(), b.into())).to_vec()
         );
         let order_of = |h: usize| &o.orders.iter().find(|(x, _)| *x == h).expect("order").1;
         let h3 = &order_of(3).images[0];

@@ -483,7 +483,7 @@ impl Message for Request {
                 count("VMs", vms, MAX_VMS)?;
                 count("ticket bytes", order.ticket.len(), crate::access::MAX_TICKET)?;
                 for m in order.share.here.iter().chain(&order.share.elsewhere) {
-                    text("VM name", &m.name)?;
+                    text("VM name", m.name.as_str())?;
                 }
                 count("images", order.images.len(), MAX_IMAGES)?;
                 count("served images", order.serves.len(), MAX_IMAGES)?;

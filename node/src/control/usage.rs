@@ -10,6 +10,7 @@ use vw_chunkstore::ChunkId;
 
 use crate::access::AccessError;
 use crate::config::Quota;
+use crate::names::HostName;
 use crate::plan::WorkspaceImages;
 use crate::report::PlacedVm;
 use crate::workspace::WorkspaceSpec;
@@ -28,17 +29,17 @@ pub struct VoUsage {
     /// vCPUs.
     pub vcpus: u32,
     /// Hosts running its VMs.
-    pub hosts: BTreeSet<String>,
+    pub hosts: BTreeSet<HostName>,
     /// Per host: bytes of distinct chunks of its images there.
-    pub cache_bytes: BTreeMap<String, u64>,
+    pub cache_bytes: BTreeMap<HostName, u64>,
     /// Per host: the cores its pinned VMs hold.
-    pub cores: BTreeMap<String, Vec<u32>>,
+    pub cores: BTreeMap<HostName, Vec<u32>>,
     /// Its quota, from the cluster config.
     pub quota: Quota,
 }
 
 /// Per host, the distinct chunks (and their sizes) a VO's images take there.
-type HostChunks = HashMap<String, HashMap<ChunkId, u32>>;
+type HostChunks = HashMap<HostName, HashMap<ChunkId, u32>>;
 
 /// Adds up deployments as they are recorded, per VO.
 #[derive(Debug, Default)]

@@ -247,7 +247,7 @@ impl Manager {
                     if !all.iter().any(|vm| spec.vm_name(vm) == m.name) {
                         return Err(ManagerError::UnknownVm {
                             deployment: spec.name.clone(),
-                            vm: m.name.clone(),
+                            vm: m.name.to_string(),
                         });
                     }
                 }

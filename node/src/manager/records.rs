@@ -169,7 +169,7 @@ pub(crate) fn put_deployment(batch: &mut RecordBatch, d: &DeploymentRecord) {
 }
 
 pub(crate) fn put_cluster(batch: &mut RecordBatch, d: &ClusterDeployment) {
-    put(batch, &d.name, d);
+    put(batch, d.name.as_str(), d);
 }
 
 pub(crate) fn put_vm(batch: &mut RecordBatch, vm: &VmRecord) {

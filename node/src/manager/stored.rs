@@ -205,14 +205,14 @@ fn nic_addresses(nics: Vec<Nic>) -> Result<Vec<NicAddress>, String> {
 
 impl From<&Member> for Placed {
     fn from(m: &Member) -> Self {
-        Placed { name: m.name.clone(), nics: nics_of(&m.nics), cores: m.cores.clone() }
+        Placed { name: m.name.to_string(), nics: nics_of(&m.nics), cores: m.cores.clone() }
     }
 }
 
 impl TryFrom<Placed> for Member {
     type Error = String;
     fn try_from(p: Placed) -> Result<Self, String> {
-        Ok(Member { name: p.name, nics: nic_addresses(p.nics)?, cores: p.cores })
+        Ok(Member { name: p.name.into(), nics: nic_addresses(p.nics)?, cores: p.cores })
     }
 }
 
@@ -414,15 +414,15 @@ impl TryFrom<Owner> for AddressOwner {
 impl From<&ClusterDeployment> for Cluster {
     fn from(c: &ClusterDeployment) -> Self {
         Cluster {
-            name: c.name.clone(),
+            name: c.name.to_string(),
             workspace: c.workspace.clone(),
             vo: c.vo.clone(),
             placement: c
                 .placement
                 .iter()
                 .map(|p| Placement {
-                    vm: p.vm.clone(),
-                    host: p.host.clone(),
+                    vm: p.vm.to_string(),
+                    host: p.host.to_string(),
                     cores: p.cores.clone(),
                     reason: p.reason.clone(),
                     nics: nics_of(&p.nics),
@@ -441,8 +441,8 @@ impl TryFrom<Cluster> for ClusterDeployment {
             .into_iter()
             .map(|p| {
                 Ok(PlacedVm {
-                    vm: p.vm,
-                    host: p.host,
+                    vm: p.vm.into(),
+                    host: p.host.into(),
                     cores: p.cores,
                     reason: p.reason,
                     nics: nic_addresses(p.nics)?,
@@ -450,7 +450,7 @@ impl TryFrom<Cluster> for ClusterDeployment {
             })
             .collect::<Result<_, String>>()?;
         Ok(ClusterDeployment {
-            name: c.name,
+            name: c.name.into(),
             workspace: c.workspace,
             vo: c.vo,
             placement,
