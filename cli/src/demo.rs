@@ -13,10 +13,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde::Serialize;
+use vw_localnet::{DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::chunkstore::{ImageRef, ImportReport, PinReason, Store, Visibility};
 use vw_node::control::deployment::{DeployOptions, DeployReport};
 use vw_node::local::{LocalReply, LocalRequest};
-use vw_node::localnet::{DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::manager::Op;
 use vw_node::planner::{Policy, Strategy};
 

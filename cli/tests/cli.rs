@@ -30,11 +30,9 @@ fn simulated_cluster(store: &Path) -> std::path::PathBuf {
     let dir = store.parent().expect("a store inside the test's directory");
     let path = dir.join("simulated-cluster.toml");
     if !path.exists() {
-        let text = vw_node::localnet::with_placeholder_kernels(
-            vw_node::config::ClusterConfig::EMBEDDED,
-            dir,
-        )
-        .expect("cluster config");
+        let text =
+            vw_localnet::with_placeholder_kernels(vw_node::config::ClusterConfig::EMBEDDED, dir)
+                .expect("cluster config");
         std::fs::write(&path, text).expect("write cluster config");
     }
     path
@@ -608,11 +606,8 @@ fn a_vo_seals_and_signs_where_its_key_lives_and_the_head_needs_no_key() {
 
     // The ticket: from the seal, for a workspace naming the sealed image.
     let ws = dir.path().join("ws.xml");
-    std::fs::write(
-        &ws,
-        vw_node::localnet::cluster_workspace("g", "grid3/worker:1", "grid3/worker:1", 1),
-    )
-    .expect("workspace");
+    std::fs::write(&ws, vw_localnet::cluster_workspace("g", "grid3/worker:1", "grid3/worker:1", 1))
+        .expect("workspace");
     let ticket = dir.path().join("g.ticket");
     let args = |extra: &[&str]| {
         let mut a = vec![
@@ -666,19 +661,15 @@ impl OneHost {
         }
         // The cluster config trusts the VO whose key the CLI holds.
         let entry = vw(&store, &["vo", "export", "vo"]);
-        let text = vw_node::localnet::with_placeholder_kernels(
-            vw_node::config::ClusterConfig::EMBEDDED,
-            dir,
-        )
-        .expect("config");
+        let text =
+            vw_localnet::with_placeholder_kernels(vw_node::config::ClusterConfig::EMBEDDED, dir)
+                .expect("config");
         let cluster = dir.join("cluster.toml");
         std::fs::write(&cluster, format!("{text}\n{}", String::from_utf8_lossy(&entry.stdout)))
             .expect("cluster config");
-        let options = vw_node::localnet::LocalNetOptions {
-            cluster_config: Some(cluster),
-            ..Default::default()
-        };
-        let net = vw_node::localnet::LocalNet::create(&base, 1, &options).expect("net");
+        let options =
+            vw_localnet::LocalNetOptions { cluster_config: Some(cluster), ..Default::default() };
+        let net = vw_localnet::LocalNet::create(&base, 1, &options).expect("net");
         assert_eq!(net.data_dirs[0], store);
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let vwd = runtime.block_on(net.start_one(0)).expect("start vwd");
@@ -700,7 +691,7 @@ fn a_workspace_staged_through_the_vwd_is_created_later_by_name() {
     let img = dir.path().join("w.img");
     image(&img, 31, 3);
     let ws = dir.path().join("pre.xml");
-    std::fs::write(&ws, vw_node::localnet::cluster_workspace("pre", "vo/w:1", "vo/w:1", 1))
+    std::fs::write(&ws, vw_localnet::cluster_workspace("pre", "vo/w:1", "vo/w:1", 1))
         .expect("workspace");
     let ws = ws.to_str().expect("utf8");
     // Without a vwd, the cluster's options are refused, naming the socket looked for.

@@ -17,12 +17,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use vw_localnet::{
+    cluster_workspace, write_image, DemoImages, LocalNet, LocalNetOptions, LocalVos,
+};
 use vw_node::chunkstore::{Store, Visibility};
 use vw_node::control::deployment::{DeployOptions, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{
-    cluster_workspace, write_image, DemoImages, LocalNet, LocalNetOptions, LocalVos,
-};
 use vw_node::planner::{Policy, Strategy};
 
 struct Args {

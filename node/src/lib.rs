@@ -15,8 +15,6 @@
 //!   head's planning from inventories).
 //! - The daemon: [`service`] (one `vwd`), [`daemon`] (its config and key), [`local`]
 //!   (the socket `vw` talks to), [`storecmd`] (store commands either way), [`metrics`].
-//! - [`localnet`]: a cluster of `vwd`s on one machine, for `vw demo`, tests and the
-//!   testnet.
 //!
 //! The chunk store and the planner are re-exported for the CLI.
 
@@ -36,8 +34,6 @@ pub mod integrate;
 pub mod lifecycle;
 #[cfg(feature = "host")]
 pub mod local;
-#[cfg(feature = "host")]
-pub mod localnet;
 pub mod machine;
 #[cfg(feature = "host")]
 pub mod manager;

@@ -5,12 +5,12 @@
 
 use std::path::Path;
 
+use vw_localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::access::{Ticket, TicketTerms};
 use vw_node::chunkstore::{ImageRef, Store, Visibility};
 use vw_node::config::DriverKind;
 use vw_node::control::deployment::{DeployEvent, DeployOptions, DeployPhase, DeployReport};
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::manager::VmState;
 use vw_node::names::HostName;
 use vw_node::planner::{Policy, Strategy};

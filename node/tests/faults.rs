@@ -4,13 +4,11 @@
 
 use std::path::Path;
 
+use vw_localnet::{cluster_workspace, ChildVwd, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::chunkstore::{Store, Visibility};
 use vw_node::control::deployment::{DeployEvent, DeployOptions, DeployReport};
 use vw_node::control::FailureKind;
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{
-    cluster_workspace, ChildVwd, DemoImages, LocalNet, LocalNetOptions, LocalVos,
-};
 use vw_node::names::{HostName, VmName};
 use vw_node::planner::{Policy, Strategy};
 

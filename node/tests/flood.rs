@@ -7,13 +7,13 @@
 use std::path::Path;
 
 use futures::AsyncWriteExt as _;
+use vw_localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::chunkstore::{Store, Visibility};
 use vw_node::control::deployment::DeployOptions;
 use vw_node::control::head::control_protocol;
 use vw_node::control::protocol::MAX_MESSAGE;
 use vw_node::daemon::load_or_create_key;
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::peer::{Peer, PeerConfig};
 use vw_node::planner::{Policy, Strategy};
 

@@ -12,6 +12,7 @@
 //! past the checks. Also: a manifest sent with a flipped byte, a head or fetcher of
 //! another release, and lifecycle requests for a deployment the host never staged.
 
+use vw_localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::access::audit::Audit;
 use vw_node::chunks::chunks_protocol;
 use vw_node::chunks::Frame;
@@ -21,7 +22,6 @@ use vw_node::control::protocol::{ImageOrder, ManifestPiece, Pull, Reply, StageOr
 use vw_node::control::{Answer, Failure, FailureKind, Request};
 use vw_node::daemon::load_or_create_key;
 use vw_node::lifecycle::Op;
-use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::peer::{Peer, PeerConfig};
 use vw_node::planner::address::{Network, NicAddress};
 use vw_node::report::{ClusterShare, Member};

@@ -102,7 +102,7 @@ fn spec(text: &str) -> WorkspaceSpec {
 /// `text` (a cluster config) with placeholder kernels beside the store `root` allowed.
 fn with_kernels(root: &Path, text: &str) -> ClusterConfig {
     let parent = root.parent().expect("a store inside a directory");
-    let text = vw_node::localnet::with_placeholder_kernels(text, parent).expect("kernels");
+    let text = vw_localnet::with_placeholder_kernels(text, parent).expect("kernels");
     ClusterConfig::parse(&text, "cluster.toml").expect("config")
 }
 
@@ -479,7 +479,7 @@ fn the_xl_driver_runs_a_cluster_through_a_fake_xl() {
     .expect("wrapper");
     Command::new("chmod").arg("+x").arg(&wrapper).status().expect("chmod");
     let parent = fx.root.parent().expect("parent");
-    let text = vw_node::localnet::with_placeholder_kernels(ClusterConfig::EMBEDDED, parent)
+    let text = vw_localnet::with_placeholder_kernels(ClusterConfig::EMBEDDED, parent)
         .expect("kernels")
         .replace("driver = \"simulated\"", "driver = \"xl\"")
         .replace("xl = \"xl\"", &format!("xl = \"{}\"", wrapper.display()));

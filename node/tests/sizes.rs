@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use vw_localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::chunkstore::chunker::ChunkerParams;
 use vw_node::chunkstore::{
     ChunkId, ChunkRef, ImageName, ImageRef, Manifest, ManifestId, Seal, Store, Visibility,
@@ -15,7 +16,6 @@ use vw_node::chunkstore::{
 use vw_node::control::deployment::{DeployOptions, DeployReport};
 use vw_node::control::protocol::MAX_MESSAGE;
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::{cluster_workspace, DemoImages, LocalNet, LocalNetOptions, LocalVos};
 use vw_node::planner::{Policy, Strategy};
 
 /// Distinct chunk ids in 200 GiB at the default 64 KiB average.

@@ -27,7 +27,7 @@ fn versions(data: &Path) -> BTreeMap<&'static str, Vec<u8>> {
 }
 
 fn open(data: &Path) -> Manager {
-    let text = vw_node::localnet::with_placeholder_kernels(
+    let text = vw_localnet::with_placeholder_kernels(
         ClusterConfig::EMBEDDED,
         data.parent().expect("parent"),
     )

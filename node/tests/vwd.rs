@@ -60,11 +60,9 @@ async fn vwd_refuses_chunks_outside_a_deployment_and_stops_on_sigterm() {
         assert!(err.contains("driver = \"simulated\""), "{err}");
     }
     let cluster = dir.path().join("cluster.toml");
-    let text = vw_node::localnet::with_placeholder_kernels(
-        vw_node::config::ClusterConfig::EMBEDDED,
-        dir.path(),
-    )
-    .expect("cluster config");
+    let text =
+        vw_localnet::with_placeholder_kernels(vw_node::config::ClusterConfig::EMBEDDED, dir.path())
+            .expect("cluster config");
     std::fs::write(&cluster, text).expect("cluster config");
     write_config(&format!("cluster_config = \"{}\"\n", cluster.display()));
     let out = Command::new(vwd).arg("--check-config").arg(&config).output().expect("run");

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vw_node::localnet::{ChildVwd, LocalNet, LocalNetOptions};
+use vw_localnet::{ChildVwd, LocalNet, LocalNetOptions};
 
 use crate::images::{copy_store, ImageSet};
 use crate::net::{forget_process, register_process, HostNet};

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
+use vw_localnet::{DemoImages, LocalVos};
 use vw_node::chunkstore::{ImageName, ImageRef, Store, Visibility};
-use vw_node::localnet::{DemoImages, LocalVos};
 
 use crate::scenario::{ImageSource, Images, WorkerImage};
 use crate::TestnetError;

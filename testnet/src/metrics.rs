@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::TestnetError;
 
 /// The port each testnet host serves metrics on, at its own address.
-pub const PORT: u16 = vw_node::localnet::METRICS_PORT;
+pub const PORT: u16 = vw_localnet::METRICS_PORT;
 
 /// `GET /metrics` from `addr`: the body of a 200 answer.
 pub fn scrape(addr: SocketAddr) -> Result<String, TestnetError> {

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use vw_localnet::cluster_workspace;
 use vw_node::chunkstore::{ImageRef, Store};
 use vw_node::control::deployment::{DeployEvent, DeployOptions, DeployPhase, DeployReport};
 use vw_node::control::protocol::Phase;
 use vw_node::lifecycle::Op;
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::localnet::cluster_workspace;
 use vw_node::names::HostName;
 use vw_node::planner::{Policy, Strategy};
 

@@ -108,7 +108,7 @@ pub struct Images {
 pub enum ImageSource {
     /// Debian images built by `scripts/xenlab/build.sh` (bootable: the Xen lab's).
     Debian,
-    /// Generated images sharing a base (`vw_node::localnet::DemoImages`).
+    /// Generated images sharing a base (`vw_localnet::DemoImages`).
     Synthetic,
 }
 

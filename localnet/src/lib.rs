@@ -1,4 +1,5 @@
-//! A cluster of `vwd`s on loopback, for `vw demo`, the tests and the benchmarks: one
+//! `vw-localnet`: a cluster of `vwd`s on loopback, for `vw demo`, the tests and the
+//! benchmarks (its own crate: a harness, not part of `vw-node`'s API): one
 //! data directory, key and config per host under a scratch directory, each listening on
 //! its own 127.0.0.1 port, every host listing every other, host 0 the head. The testnet
 //! uses the same configs with one address per host (each in its own network namespace).
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use libp2p::{identity, PeerId};
 
-use crate::daemon::{load_or_create_key, Daemon};
-use crate::service::Vwd;
+use vw_node::daemon::{load_or_create_key, Daemon};
+use vw_node::service::Vwd;
 
 /// The configs of a loopback cluster.
 #[derive(Clone, Debug)]
@@ -154,7 +155,7 @@ impl LocalNet {
 
     /// The head's local socket.
     pub fn head_socket(&self) -> PathBuf {
-        self.data_dirs[0].join(crate::local::SOCKET)
+        self.data_dirs[0].join(vw_node::local::SOCKET)
     }
 }
 
@@ -182,13 +183,13 @@ pub fn with_placeholder_kernels(config: &str, dir: &Path) -> anyhow::Result<Stri
 #[derive(Debug)]
 pub struct LocalVos {
     /// The keys.
-    pub keys: Vec<vw_chunkstore::VoKey>,
+    pub keys: Vec<vw_node::chunkstore::VoKey>,
     /// The cluster config: the embedded one, plus `[[vo]]` for each.
     pub cluster_config: PathBuf,
     /// Each key's `isolated` flag and extra `[[vo]]` lines, as created.
     entries: Vec<(bool, String)>,
     /// The manifest each name it sealed stands for (a ticket lists them).
-    sealed: std::sync::Mutex<std::collections::BTreeMap<String, vw_chunkstore::ManifestId>>,
+    sealed: std::sync::Mutex<std::collections::BTreeMap<String, vw_node::chunkstore::ManifestId>>,
 }
 
 impl LocalVos {
@@ -197,7 +198,7 @@ impl LocalVos {
     pub fn create(path: &Path, vos: &[(&str, bool, &str)]) -> anyhow::Result<LocalVos> {
         let keys = vos
             .iter()
-            .map(|(vo, _, _)| vw_chunkstore::VoKey::generate(vo))
+            .map(|(vo, _, _)| vw_node::chunkstore::VoKey::generate(vo))
             .collect::<Result<Vec<_>, _>>()?;
         let entries = vos.iter().map(|(_, isolated, extra)| (*isolated, (*extra).to_owned()));
         let vos = LocalVos {
@@ -214,32 +215,32 @@ impl LocalVos {
     /// isolated as well as those created so (another cluster with the same VOs).
     pub fn write_config(&self, path: &Path, isolate: &[String]) -> anyhow::Result<()> {
         let mut text = with_placeholder_kernels(
-            crate::config::ClusterConfig::EMBEDDED,
+            vw_node::config::ClusterConfig::EMBEDDED,
             path.parent().unwrap_or(Path::new(".")),
         )?;
         for (key, (isolated, extra)) in self.keys.iter().zip(&self.entries) {
             let isolated = *isolated || isolate.iter().any(|v| v == key.vo());
-            let entry = crate::config::VoConfig::entry(key.vo(), &key.public(), isolated);
+            let entry = vw_node::config::VoConfig::entry(key.vo(), &key.public(), isolated);
             text.push_str(&format!("\n{entry}{extra}"));
         }
-        crate::config::ClusterConfig::parse(&text, &path.display().to_string())?;
+        vw_node::config::ClusterConfig::parse(&text, &path.display().to_string())?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 
     /// The key of `vo`.
-    pub fn key(&self, vo: &str) -> &vw_chunkstore::VoKey {
+    pub fn key(&self, vo: &str) -> &vw_node::chunkstore::VoKey {
         self.keys.iter().find(|k| k.vo() == vo).expect("a VO of this local cluster")
     }
 
     /// Imports `path` into `store` as `name`, sealed by its VO.
     pub fn import(
         &self,
-        store: &vw_chunkstore::Store,
+        store: &vw_node::chunkstore::Store,
         path: &Path,
         name: &str,
-        visibility: vw_chunkstore::Visibility,
-    ) -> anyhow::Result<vw_chunkstore::ImportReport> {
-        let name: vw_chunkstore::ImageName = name.parse()?;
+        visibility: vw_node::chunkstore::Visibility,
+    ) -> anyhow::Result<vw_node::chunkstore::ImportReport> {
+        let name: vw_node::chunkstore::ImageName = name.parse()?;
         let report = store.import_sealed(path, &name, self.key(name.vo()), visibility, &())?;
         self.sealed.lock().expect("sealed lock").insert(name.to_string(), report.manifest);
         Ok(report)
@@ -259,28 +260,30 @@ impl LocalVos {
         &self,
         vo: &str,
         workspace: &str,
-        change: impl FnOnce(&mut crate::access::TicketTerms),
+        change: impl FnOnce(&mut vw_node::access::TicketTerms),
     ) -> anyhow::Result<Vec<u8>> {
-        let spec = crate::workspace::parse(workspace, "(ticket)")?;
+        let spec = vw_node::workspace::parse(workspace, "(ticket)")?;
         let manifests = {
             let sealed = self.sealed.lock().expect("sealed lock");
             spec.image_refs()
                 .into_iter()
                 .filter_map(|r| match r {
-                    vw_chunkstore::ImageRef::Id(id) => Some(*id),
-                    vw_chunkstore::ImageRef::Name(n) => sealed.get(&n.to_string()).copied(),
+                    vw_node::chunkstore::ImageRef::Id(id) => Some(*id),
+                    vw_node::chunkstore::ImageRef::Name(n) => sealed.get(&n.to_string()).copied(),
                 })
                 .collect()
         };
-        let mut terms = crate::access::TicketTerms {
-            cluster: crate::config::ClusterConfig::embedded().cluster.name,
+        let mut terms = vw_node::access::TicketTerms {
+            cluster: vw_node::config::ClusterConfig::embedded().cluster.name,
             deployment: spec.name.clone(),
             workspace: blake3::hash(workspace.as_bytes()),
             manifests,
-            expires_s: crate::manager::now_ms() / 1000 + 3600,
+            expires_s: vw_node::chunkstore::now_ms() / 1000 + 3600,
         };
         change(&mut terms);
-        Ok(crate::access::Ticket::sign(self.key(vo), &terms).map_err(anyhow::Error::msg)?.encode())
+        Ok(vw_node::access::Ticket::sign(self.key(vo), &terms)
+            .map_err(anyhow::Error::msg)?
+            .encode())
     }
 }
 
@@ -349,7 +352,7 @@ pub fn write_image(path: &Path, size: u64, extents: &[(u64, u64, u64)]) -> anyho
     f.set_len(size)?;
     for &(offset, len, seed) in extents {
         f.seek(SeekFrom::Start(offset))?;
-        f.write_all(&vw_chunkstore::testdata::noise(usize::try_from(len)?, seed))?;
+        f.write_all(&vw_node::chunkstore::testdata::noise(usize::try_from(len)?, seed))?;
     }
     f.sync_all()?;
     Ok(())
