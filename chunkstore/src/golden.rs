@@ -3,14 +3,14 @@
 //! `chunkstore/tests/golden/`, named by format and version). The manifest's own golden
 //! test is in `manifest.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::db::{ChunkRecord, CorruptRecord, NameRecord, PinRecord, UsageRecord};
 use crate::pack::{Loc, Packs};
 use crate::{record, ChunkId, ImageName, ManifestId, Seal, Visibility, VoKey};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    vw_testkit::source_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
 fn golden(name: &str, bytes: &[u8]) {

@@ -3,7 +3,7 @@
 //! message, the manager's record families, the node key file. The ticket's is in
 //! `access/ticket.rs`, the chunk frames' in `chunks/protocol.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use vw_chunkstore::ManifestId;
 use vw_planner::address::{Network, NicAddress};
@@ -26,7 +26,7 @@ use crate::xen::config::Disk;
 use crate::xen::{DomainState, GuestReport};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    vw_testkit::source_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
 fn golden(name: &str, bytes: &[u8]) {

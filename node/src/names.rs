@@ -24,7 +24,7 @@ macro_rules! name {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -114,5 +114,7 @@ mod tests {
         );
         let back: VmName = serde_json::from_str("\"grid3-head\"").expect("json");
         assert_eq!(back, "grid3-head");
+        // Tables pad it like text.
+        assert_eq!(format!("{host:<7}|{host:>6}"), "node1  | node1");
     }
 }

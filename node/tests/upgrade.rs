@@ -41,7 +41,8 @@ fn a_store_of_the_previous_release_opens_and_is_migrated_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).expect("dir");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-d975143.tar.gz");
+    let fixture =
+        vw_testkit::source_dir(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-d975143.tar.gz");
     let untar = Command::new("tar").arg("-C").arg(&data).arg("-xzf").arg(&fixture).status();
     assert!(untar.expect("tar").success(), "unpack {}", fixture.display());
 

@@ -32,6 +32,14 @@ pub fn skip(test: &str, why: &str) -> bool {
     false
 }
 
+/// The package's source directory as `cargo test` gives it now (`CARGO_MANIFEST_DIR`
+/// at run time), else `compiled` (pass `env!("CARGO_MANIFEST_DIR")`). Checkouts that
+/// share a target directory share compiled tests, so the path compiled in may be
+/// another checkout's: golden files and fixtures must come from this one.
+pub fn source_dir(compiled: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| compiled.into(), Into::into)
+}
+
 /// Checks that `bytes`, an encoding that leaves the process (a wire message, a stored
 /// record, a file), are exactly those in the golden file `dir/NAME.hex` (hex, 32 bytes
 /// a line). NAME carries the format's version (`vm_record-v1`), so changing a format

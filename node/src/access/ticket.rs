@@ -245,7 +245,7 @@ mod tests {
             expires_s: 1_800_000_000,
         };
         let ticket = Ticket::sign_with_nonce(&key, &terms, [5; 16]).expect("ticket");
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let dir = vw_testkit::source_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
         vw_testkit::golden(&dir, &format!("ticket-v{VERSION}"), &ticket.encode());
     }
 }

@@ -9,8 +9,11 @@
 //! Progress (phase, bytes) streams back while a stage runs.
 //!
 //! The wire format is in [`protocol`]; serving requests on a host in `host`, keeping
-//! the manifests it was sent in `manifests`; driving a deployment from the head in
-//! `head`.
+//! the manifests it was sent in `manifests`, checking a stage order in [`check`];
+//! driving a deployment from the head in `head`, which reads as a straight line around
+//! one pure step, `orders` (the view of the cluster from [`view`] in, every host's
+//! order out); a deployment's phases, events and report in `deployment`; why a
+//! request failed, and of what kind, in `error`.
 
 pub mod check;
 #[cfg(feature = "host")]
