@@ -154,37 +154,42 @@ impl Head {
                 let _ = tx.try_send(DeployEvent::Progress { host: host.0.clone(), progress });
             }
         };
-        if host.1 == self.me.1 {
+        let answer = if host.1 == self.me.1 {
             let (tx, mut rx) = mpsc::channel(16);
             let me = self.me.1.to_string();
             let work = self.local.handle(&me, request, tx);
             tokio::pin!(work);
-            let answer = loop {
+            loop {
                 tokio::select! {
                     answer = &mut work => break answer,
                     Some(p) = rx.recv() => forward(p),
                 }
-            };
-            return failed(host, answer);
-        }
-        // A busy host can drop a stream it has not accepted yet: a call that fails
-        // before any reply is made again (twice at most; every request is idempotent).
-        let mut attempt = 0;
-        loop {
-            match self.call_once(host, &request, &forward).await {
-                Err((e, false)) if attempt < 2 => {
-                    attempt += 1;
-                    tracing::debug!(host = %host.0, error = %e, attempt, "calling again");
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                }
-                result => {
-                    let answer = result.map_err(|(reason, _)| ControlError::Unreachable {
-                        host: host.0.clone(),
-                        reason,
-                    })?;
-                    return failed(host, answer);
+            }
+        } else {
+            // A busy host can drop a stream it has not accepted yet: a call that fails
+            // before any reply is made again (twice at most; every request is
+            // idempotent).
+            let mut attempt = 0;
+            loop {
+                match self.call_once(host, &request, &forward).await {
+                    Err((e, false)) if attempt < 2 => {
+                        attempt += 1;
+                        tracing::debug!(host = %host.0, error = %e, attempt, "calling again");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    }
+                    result => {
+                        break result.map_err(|(reason, _)| ControlError::Unreachable {
+                            host: host.0.clone(),
+                            reason,
+                        })?
+                    }
                 }
             }
+        };
+        // A host's answer that it failed is an error, its kind kept.
+        match answer {
+            Answer::Failed(failure) => Err(ControlError::Remote { host: host.0.clone(), failure }),
+            other => Ok(other),
         }
     }
 
@@ -973,14 +978,6 @@ fn usage_of(store: &Store, deployments: &[ClusterDeployment]) -> Result<Usage, C
         usage.add(&d.vo, &spec, &wi, &d.placement);
     }
     Ok(usage)
-}
-
-/// A host's answer, its failure as an error.
-fn failed(host: &(HostName, PeerId), answer: Answer) -> Result<Answer, ControlError> {
-    match answer {
-        Answer::Failed(failure) => Err(ControlError::Remote { host: host.0.clone(), failure }),
-        other => Ok(other),
-    }
 }
 
 async fn lost(
