@@ -337,9 +337,11 @@ impl HostService {
                 let name = crate::workspace::parse(&order.workspace, "(the head's stage order)")
                     .map(|s| s.name)
                     .unwrap_or_else(|_| "-".to_owned());
-                tracing::warn!(deployment = %name, error = %e, "refused a stage order");
                 let failure = e.failure();
-                audit("-", &name, "refused", &failure.message);
+                let outcome =
+                    if failure.kind == FailureKind::Refused { "refused" } else { "failed" };
+                tracing::warn!(deployment = %name, error = %e, "{outcome} a stage order");
+                audit("-", &name, outcome, &failure.message);
                 return Answer::Failed(failure);
             }
         };
