@@ -91,24 +91,8 @@ fn vm_report() -> VmReport {
     VmReport { vm: "g-worker1".into(), state: VmState::Staged, steps: vec![timing(Step::Stage)] }
 }
 
-/// A head and one worker (`vw_localnet::cluster_workspace("g", "grid3/base:1",
-/// "grid3/worker:1", 1)`, written out: the records hold its text).
 fn workspace() -> String {
-    r#"<virtualWorkspace type="cluster" name="g" nodeNumber="2">
-  <headnode name="head">
-    <memory>256</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="grid3/base:1" device="xvda1" role="root"/>
-    <nic network="private"/>
-    <roles><nfsServer export="/home"/><batchServer/></roles>
-  </headnode>
-  <workernode name="worker" count="1">
-    <memory>128</memory><vcpus>1</vcpus><bootloader path="pygrub"/>
-    <partition image="grid3/worker:1" device="xvda1" role="root"/>
-    <nic network="private"/>
-    <roles><nfsClient export="/home"/><batchWorker/></roles>
-  </workernode>
-</virtualWorkspace>"#
-        .to_owned()
+    vw_localnet::cluster_workspace("g", "grid3/base:1", "grid3/worker:1", 1)
 }
 
 /// Checks family `F`'s record `value` against its golden file at the current version,

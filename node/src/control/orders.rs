@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use libp2p::PeerId;
-use vw_planner::{DistributionPlan, HostIx, Policy, Strategy};
+use vw_planner::{DistributionPlan, HostIx, Policy, Strategy, VmDemand};
 
 use super::protocol::{ImageOrder, Pull, StageOrder};
 use crate::integrate::MungeKey;
@@ -78,7 +78,8 @@ pub fn prepare(
     fixed: Option<Vec<PlacedVm>>,
 ) -> Result<Orders, PlanningError> {
     let planned = plan_with(&d.on, (policy, strategy), taken, fixed)?;
-    let stagers = stagers(d, &planned.placement);
+    let demands = d.on.images.demands(d.on.spec);
+    let stagers = stagers(d, &demands, &planned.placement);
     let mut edges: Vec<(HostName, HostName)> = planned
         .plan
         .streams
@@ -93,16 +94,15 @@ pub fn prepare(
         .hosts
         .iter()
         .enumerate()
-        .filter_map(|(h, _)| order(d, &planned, &stagers, &rates, h).map(|o| (h, o)))
+        .filter_map(|(h, _)| order(d, &planned, &demands, &stagers, &rates, h).map(|o| (h, o)))
         .collect();
     Ok(Orders { planned, stagers, edges, orders })
 }
 
-/// Per image, the peers of the hosts with a VM that uses it.
-fn stagers(d: &Deploying<'_>, placement: &[PlacedVm]) -> Vec<Vec<PeerId>> {
-    let wi = d.on.images;
-    let mut out: Vec<Vec<PeerId>> = vec![Vec::new(); wi.manifests.len()];
-    for demand in wi.demands(d.on.spec) {
+/// Per image, the peers of the hosts with a VM that uses it (`demands`: each VM's).
+fn stagers(d: &Deploying<'_>, demands: &[VmDemand], placement: &[PlacedVm]) -> Vec<Vec<PeerId>> {
+    let mut out: Vec<Vec<PeerId>> = vec![Vec::new(); d.on.images.manifests.len()];
+    for demand in demands {
         let Some(p) = placement.iter().find(|p| p.vm == demand.name) else { continue };
         let Some((_, id)) = d.hosts.iter().find(|(h, _)| *h == p.host) else { continue };
         for &i in &demand.images {
@@ -114,16 +114,17 @@ fn stagers(d: &Deploying<'_>, placement: &[PlacedVm]) -> Vec<Vec<PeerId>> {
     out
 }
 
-/// Host `h`'s order, if VMs were placed on it; `rates`: what the plan expects of each
-/// of its streams.
+/// Host `h`'s order, if VMs were placed on it; `demands`: what each VM uses; `rates`:
+/// what the plan expects of each of its streams.
 fn order(
     d: &Deploying<'_>,
     planned: &PlanReport,
+    demands: &[VmDemand],
     stagers: &[Vec<PeerId>],
     rates: &[u64],
     h: usize,
 ) -> Option<StageOrder> {
-    let Planning { images: wi, spec, .. } = d.on;
+    let wi = d.on.images;
     let name = &d.hosts[h].0;
     let here: Vec<&PlacedVm> = planned.placement.iter().filter(|p| p.host == *name).collect();
     if here.is_empty() {
@@ -131,7 +132,6 @@ fn order(
     }
     let ix = HostIx(h as u32);
     let plan = &planned.plan;
-    let demands = wi.demands(spec);
     let used: BTreeSet<usize> = here
         .iter()
         .flat_map(|p| demands.iter().filter(|d| d.name == p.vm).flat_map(|d| d.images.clone()))
