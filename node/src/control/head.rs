@@ -604,11 +604,11 @@ impl Head {
         name: &str,
         events: &mpsc::Sender<DeployEvent>,
     ) -> Result<DeployReport, ControlError> {
-        let (record, on) = self.hosts_of(name).await?;
+        let hosts = self.hosts().await;
+        let (record, on) = self.hosts_of(&hosts, name).await?;
         let span = tracing::info_span!("deployment", name = %name, vo = %record.vo);
         tracing::Instrument::instrument(
             async move {
-                let hosts = self.hosts().await;
                 let mut clock = Clock::new(events);
                 let mut outcomes: Vec<HostOutcome> = on
                     .iter()
@@ -628,7 +628,7 @@ impl Head {
                 // Each host's driver, as `status` gives it (a host that does not answer
                 // is lost here, before anything starts).
                 let mut alive = Vec::new();
-                let status = self.status(Some(name)).await?;
+                let status = self.status_on(&hosts, &on, Some(name)).await;
                 for ((&h, answer), outcome) in on.iter().zip(status).zip(outcomes.iter_mut()) {
                     match answer.result {
                         Ok(s) => {
@@ -797,9 +797,10 @@ impl Head {
         .await
     }
 
-    /// The hosts of a recorded deployment (in cluster order).
+    /// A recorded deployment, and the indices in `hosts` of the hosts it was placed on.
     async fn hosts_of(
         &self,
+        hosts: &[(HostName, PeerId)],
         deployment: &str,
     ) -> Result<(ClusterDeployment, Vec<usize>), ControlError> {
         let d = deployment.to_owned();
@@ -808,7 +809,6 @@ impl Head {
             .read_manager(move |m| m.cluster(&d))
             .await??
             .ok_or_else(|| ControlError::NoDeployment { name: deployment.to_owned() })?;
-        let hosts = self.hosts().await;
         let mut on = Vec::new();
         for (h, (name, _)) in hosts.iter().enumerate() {
             if record.placement.iter().any(|p| p.host == *name) {
@@ -880,8 +880,8 @@ impl Head {
         if op == Op::Stage {
             return Err(ControlError::Conflict("stage comes with a plan: use `vw deploy`".into()));
         }
-        let (_, on) = self.hosts_of(deployment).await?;
         let hosts = self.hosts().await;
+        let (_, on) = self.hosts_of(&hosts, deployment).await?;
         let results = self.run_on(&hosts, &on, deployment, op).await;
         if op == Op::Unstage && results.iter().all(|r| r.is_ok()) {
             let d = deployment.to_owned();
@@ -905,9 +905,20 @@ impl Head {
     ) -> Result<Vec<HostAnswer<HostStatus>>, ControlError> {
         let hosts = self.hosts().await;
         let on: Vec<usize> = match deployment {
-            Some(d) => self.hosts_of(d).await?.1,
+            Some(d) => self.hosts_of(&hosts, d).await?.1,
             None => (0..hosts.len()).collect(),
         };
+        Ok(self.status_on(&hosts, &on, deployment).await)
+    }
+
+    /// `Status` of `deployment` (or of every one) from hosts `on` (indices into
+    /// `hosts`), all at once.
+    async fn status_on(
+        &self,
+        hosts: &[(HostName, PeerId)],
+        on: &[usize],
+        deployment: Option<&str>,
+    ) -> Vec<HostAnswer<HostStatus>> {
         let results =
             join_all(on.iter().map(|&h| {
                 let request = Request::Status { deployment: deployment.map(str::to_owned) };
@@ -917,14 +928,13 @@ impl Head {
                 }
             }))
             .await;
-        Ok(on
-            .iter()
+        on.iter()
             .zip(results)
             .map(|(&h, result)| HostAnswer {
                 host: hosts[h].0.clone(),
                 result: result.map_err(|e| e.failure()),
             })
-            .collect())
+            .collect()
     }
 }
 
