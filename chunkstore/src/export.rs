@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::{pack, ChunkId, Error, Manifest, ManifestId, Progress, Store};
 
 /// Zeros to hash in place of a zero chunk; as long as the largest chunk fastcdc allows.
-static ZEROS: [u8; 16 << 20] = [0; 16 << 20];
+pub(crate) static ZEROS: [u8; 16 << 20] = [0; 16 << 20];
 
 /// Bytes of chunk data per message from reader to writer.
 const BATCH: usize = 8 << 20;
@@ -240,10 +240,12 @@ fn temp_path(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.vw-part-{}", std::process::id()))
 }
 
-/// Makes `out`'s temporary file ([`temp_path`]), which must not exist, open for writing.
+/// Makes `out`'s temporary file ([`temp_path`]), which must not exist, open for
+/// writing and reading back (an assembly hashes what it wrote).
 pub(crate) fn create_temp(out: &Path) -> Result<(PathBuf, File), Error> {
     let tmp = temp_path(out);
     let file = OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .open(&tmp)

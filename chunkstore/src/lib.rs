@@ -23,6 +23,8 @@ pub mod testdata;
 pub mod vo;
 
 #[cfg(feature = "store")]
+mod assemble;
+#[cfg(feature = "store")]
 mod clone;
 #[cfg(feature = "store")]
 mod db;
@@ -55,6 +57,8 @@ pub use manifest::{ChunkRef, Manifest, MAX_CHUNK_LEN, MAX_ENCODED_LEN as MAX_MAN
 pub use name::{ImageName, ImageRef};
 pub use vo::{Seal, Visibility, VoKey, VoPublic};
 
+#[cfg(feature = "store")]
+pub use assemble::Assembly;
 #[cfg(feature = "store")]
 pub use clone::{clone_image, CloneMethod};
 #[cfg(feature = "store")]

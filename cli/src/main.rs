@@ -198,6 +198,11 @@ struct DeployArgs {
     /// ones runs no guest); refused otherwise.
     #[arg(long)]
     mixed_drivers: bool,
+    /// Cap what staging may use of each host's link, each way: a share (`50%`) or a
+    /// rate (`40Mbit`). The plan is made within it and every sender and receiver keeps
+    /// it, so staging can run beside live virtual clusters.
+    #[arg(long)]
+    cap: Option<vw_node::control::deployment::StageCap>,
 }
 
 impl DeployArgs {
@@ -208,6 +213,7 @@ impl DeployArgs {
             || self.strategy.is_some()
             || self.policy.is_some()
             || self.mixed_drivers
+            || self.cap.is_some()
     }
 }
 
@@ -447,6 +453,7 @@ fn deploy(
         policy: parse_policy(how.policy.as_deref().unwrap_or("spread"))?,
         mixed_drivers: how.mixed_drivers,
         stage_only,
+        cap: how.cap,
     };
     let signer = match (how.vo, how.ticket) {
         (_, Some(path)) => cluster::Signer::Ticket(path),

@@ -159,6 +159,7 @@ fn control_messages() {
         }],
         serves: vec![],
         munge_key: Some(MungeKey::derive(&[1; 32], "g", MS)),
+        cap: Some(6_250_000),
     };
     let requests = [
         (
@@ -205,6 +206,7 @@ fn control_messages() {
         chunks: 16_384,
         from: vec![(PEER.into(), 1 << 30)],
         dropped: vec![(PEER.into(), "too slow".into())],
+        relieved: vec![(PEER.into(), "slow (31% of the planned rate over 3 s)".into())],
         fetch_micros: 9_000_000,
         stage_micros: 2_000_000,
         vms: vec![vm_report()],

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::access::audit::Audit;
 use crate::access::replay::Seen;
 use crate::access::Gate;
-use crate::chunks::rate::RateLimit;
+use crate::chunks::rate::{RateLimit, UploadMeter};
 use crate::chunks::{self, Relay, Sending};
 use crate::config::ClusterConfig;
 use crate::control::head::{control_protocol, Head};
@@ -153,6 +153,9 @@ impl Vwd {
                     grants: Arc::clone(&gate.grants),
                     audit: Some(Arc::clone(&gate.audit)),
                     limits: Default::default(),
+                    spare: Some(Arc::new(UploadMeter::new(
+                        daemon.caps.0.map_or(link.bytes_per_s, |cap| cap.min(link.bytes_per_s)),
+                    ))),
                 },
             )],
         )

@@ -147,6 +147,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         images: vec![image_order(&store, "demo/base:1"), image_order(&store, "demo/worker:1")],
         serves: vec![],
         munge_key: None,
+        cap: None,
     };
     // A share that places the VM `vm` (its Xen domain name) on this host.
     let here = |vm: &str| ClusterShare {

@@ -187,7 +187,7 @@ pub fn plan(
             if best.as_ref().is_some_and(|(bt, _)| p.lower_bound(cluster, images) >= *bt) {
                 continue;
             }
-            let t = crate::simulate::simulate_in(cluster, images, inventory, &p, 16.0)?.finish;
+            let t = crate::simulate::simulate_in(cluster, images, inventory, &p, 16.0, &[])?.finish;
             if best.as_ref().is_none_or(|(bt, _)| t < *bt) {
                 best = Some((t, p));
             }

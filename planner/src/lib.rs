@@ -27,7 +27,7 @@ pub use distribution::{plan, DistributionPlan, Need, Strategy, Stream};
 pub use error::PlanError;
 pub use host::{Cluster, Host, HostIx, Inventory};
 pub use placement::{place, Committed, Placed, Policy, VmDemand};
-pub use simulate::{simulate, Simulation};
+pub use simulate::{simulate, simulate_reshaped, Reshape, Simulation};
 
 /// Bytes in binary units, one decimal (`445.6 MiB`).
 pub fn human_bytes(n: u64) -> String {

@@ -24,7 +24,7 @@ use std::collections::BinaryHeap;
 use serde::{Deserialize, Serialize};
 
 use crate::distribution::{lacks, DistributionPlan};
-use crate::{Cluster, Image, Inventory, Need, PlanError};
+use crate::{Cluster, HostIx, Image, Inventory, Need, PlanError};
 
 /// Steps aimed for.
 const STEPS: f64 = 64.0;
@@ -90,6 +90,23 @@ impl Flow {
     }
 }
 
+/// A change to one host's links while a plan runs (what the testnet does to a link):
+/// its uplink carries `up` and its downlink `down` of their rates for `seconds`, from
+/// when it has received `from` of the bytes it lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reshape {
+    /// The host.
+    pub host: HostIx,
+    /// Share of its uplink's rate left (1.0: unchanged).
+    pub up: f64,
+    /// Share of its downlink's rate left.
+    pub down: f64,
+    /// Share of its bytes received when it starts (0.0: at once).
+    pub from: f64,
+    /// How long it lasts (infinite: to the end).
+    pub seconds: f64,
+}
+
 /// Predicts how long `plan` takes on `cluster`.
 pub fn simulate(
     cluster: &Cluster,
@@ -97,16 +114,38 @@ pub fn simulate(
     inventory: &Inventory,
     plan: &DistributionPlan,
 ) -> Result<Simulation, PlanError> {
-    simulate_in(cluster, images, inventory, plan, STEPS)
+    simulate_in(cluster, images, inventory, plan, STEPS, &[])
 }
 
-/// [`simulate`] aiming at `target_steps` steps (fewer: faster, coarser).
+/// [`simulate`] with hosts' links changed as `reshapes` say, while the plan runs as
+/// planned (the streams do not adapt).
+pub fn simulate_reshaped(
+    cluster: &Cluster,
+    images: &[Image],
+    inventory: &Inventory,
+    plan: &DistributionPlan,
+    reshapes: &[Reshape],
+) -> Result<Simulation, PlanError> {
+    simulate_in(cluster, images, inventory, plan, STEPS * 4.0, reshapes)
+}
+
+/// Where a [`Reshape`] is.
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    Waiting,
+    On(f64),
+    Over,
+}
+
+/// [`simulate`] aiming at `target_steps` steps (fewer: faster, coarser), with links
+/// reshaped.
 pub(crate) fn simulate_in(
     cluster: &Cluster,
     images: &[Image],
     inventory: &Inventory,
     plan: &DistributionPlan,
     target_steps: f64,
+    reshapes: &[Reshape],
 ) -> Result<Simulation, PlanError> {
     let n = cluster.len();
     let mut flows = build_flows(images, inventory, plan, n);
@@ -116,6 +155,13 @@ pub(crate) fn simulate_in(
         .map(|h| h.up)
         .chain(cluster.hosts().iter().map(|h| h.down))
         .collect();
+    let normal = capacity.clone();
+    let mut phases = vec![Phase::Waiting; reshapes.len()];
+    // Per reshaped host, the streams into it and their bytes.
+    let into = |h: HostIx| -> Vec<usize> {
+        plan.streams.iter().enumerate().filter(|(_, s)| s.to == h).map(|(i, _)| i).collect()
+    };
+    let watched: Vec<Vec<usize>> = reshapes.iter().map(|r| into(r.host)).collect();
 
     // Physical limit: what each receiving host lacks over its downlink.
     let needs: Vec<Need> =
@@ -155,6 +201,27 @@ pub(crate) fn simulate_in(
     let mut filler = Filler::new(&flows, capacity);
     let mut active = Vec::with_capacity(flows.len());
     while remaining > 0 {
+        for ((r, phase), streams) in reshapes.iter().zip(&mut phases).zip(&watched) {
+            let h = r.host.ix();
+            let (up, down) = (h, n + h);
+            match *phase {
+                Phase::Waiting => {
+                    let total: f64 = streams.iter().map(|&i| flows[i].total).sum();
+                    let done: f64 = streams.iter().map(|&i| flows[i].done).sum();
+                    if done >= r.from * total {
+                        *phase = Phase::On(t);
+                        filler.capacity[up] = normal[up] * r.up;
+                        filler.capacity[down] = normal[down] * r.down;
+                    }
+                }
+                Phase::On(since) if t >= since + r.seconds => {
+                    *phase = Phase::Over;
+                    filler.capacity[up] = normal[up];
+                    filler.capacity[down] = normal[down];
+                }
+                _ => {}
+            }
+        }
         steps += 1;
         if steps > target_steps as u64 * MAX_STEPS_FACTOR {
             return Err(PlanError::Stuck {

@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use vw_planner::{
-    plan, simulate, Cluster, Host, HostIx, Image, Inventory, Need, PlanError, Ranges, Strategy,
+    plan, simulate, simulate_reshaped, Cluster, Host, HostIx, Image, Inventory, Need, PlanError,
+    Ranges, Reshape, Strategy,
 };
 
 const MB: f64 = 1e6;
@@ -169,6 +170,44 @@ fn a_slow_host_goes_to_the_tail_and_holds_back_only_itself() {
         assert!(sim.host_finish[h] < 1.1 * s / (12.5 * MB), "h{h}: {:?}", sim.host_finish);
     }
     assert!((sim.host_finish[1] - s / (1.25 * MB)).abs() < 0.02 * sim.host_finish[1]);
+}
+
+/// A chain's middle host slowed for a while holds back everyone below it by the time
+/// its link lost, and nobody above it; the closed form: it moves `from` of the image at
+/// full rate, then `share` of the rate for `seconds`, then the rest at full rate.
+#[test]
+fn a_reshaped_link_holds_back_the_chain_below_it_for_the_time_it_lost() {
+    let images = [Image::new("w", vec![65536; 2000])];
+    let (s, b) = (images[0].bytes() as f64, 12.5 * MB);
+    let (cluster, inv, needs) = uniform(6, b, &images);
+    let p = plan(&cluster, &images, &inv, &needs, Strategy::Chain).expect("plan");
+    let steady = simulate(&cluster, &images, &inv, &p).expect("sim");
+    // The third host of the chain (the plan orders the receivers by index here).
+    let order: Vec<u32> = p.streams.iter().map(|st| st.to.0).collect();
+    let victim = HostIx(order[2]);
+    let slow = Reshape { host: victim, up: 0.3, down: 0.3, from: 0.25, seconds: 4.0 };
+    let sim = simulate_reshaped(&cluster, &images, &inv, &p, &[slow]).expect("sim");
+    let lost = 4.0 * 0.7;
+    let closed = s / b + lost;
+    let v = victim.ix();
+    assert!(
+        (sim.host_finish[v] - closed).abs() < 0.03 * closed,
+        "{} vs {closed}",
+        sim.host_finish[v]
+    );
+    for &h in &order[..2] {
+        let h = h as usize;
+        let d = (sim.host_finish[h] - steady.host_finish[h]).abs();
+        assert!(d < 0.02 * steady.finish, "above it: h{h} {d}");
+    }
+    for &h in &order[3..] {
+        let h = h as usize;
+        assert!(sim.host_finish[h] > steady.host_finish[h] + 0.9 * lost, "below it: h{h}");
+    }
+    // A link unchanged (share 1.0) changes nothing.
+    let none = Reshape { up: 1.0, down: 1.0, ..slow };
+    let same = simulate_reshaped(&cluster, &images, &inv, &p, &[none]).expect("sim");
+    assert!((same.finish - steady.finish).abs() < 0.02 * steady.finish);
 }
 
 #[test]

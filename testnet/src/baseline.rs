@@ -177,6 +177,7 @@ impl RunContext<'_> {
             cpu_s,
             cpu_share: crate::results::cpu_share(cpu_s, seconds),
             verified: n,
+            ..RunRow::default()
         })
     }
 }

@@ -5,11 +5,14 @@
 //! with `tc` in both directions ([`net`]), starts one `vwd` per host namespace
 //! ([`cluster`]), imports the images on the head, runs each deployment through the
 //! head's local socket, verifies every host's images byte for byte, and writes CSV rows,
-//! PNG plots and a markdown summary ([`results`], [`plot`]). Everything it made is torn
-//! down when it ends, fails, panics or is interrupted.
+//! PNG plots and a markdown summary ([`results`], [`plot`]). A run may kill, slow or
+//! load one host's link while it stages, or cap the deployment, and the harness watches
+//! every link's counters meanwhile ([`disturb`]). Everything it made is torn down when
+//! it ends, fails, panics or is interrupted.
 
 pub mod baseline;
 pub mod cluster;
+pub mod disturb;
 pub mod images;
 pub mod metrics;
 pub mod net;

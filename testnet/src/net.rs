@@ -229,6 +229,9 @@ pub struct Topology {
     pub rack_uplink: Option<f64>,
     /// Pure TCP ACKs ahead of data on every shaped link.
     pub ack_priority: bool,
+    /// A namespace of its own for background traffic, on the first rack's switch with
+    /// an unshaped link.
+    pub background: bool,
 }
 
 /// One host's place in the testnet.
@@ -242,6 +245,38 @@ pub struct HostNet {
     pub rack: usize,
     /// Its link rate, bytes per second.
     pub rate: f64,
+    /// Its link's port on the switch (in the root namespace): what leaves it is the
+    /// host's download, what enters it the host's upload.
+    pub port: String,
+    /// Whether its link is shaped both ways.
+    pub shaped: bool,
+    ack_priority: bool,
+}
+
+impl HostNet {
+    /// Shapes the host's link, both ways, to `rate` bytes per second (its own rate
+    /// again to restore it).
+    pub fn reshape(&self, rate: f64) -> Result<(), TestnetError> {
+        shape(None, &self.port, rate, self.ack_priority)?;
+        shape(Some(&self.netns), "eth0", rate, self.ack_priority)
+    }
+
+    /// Bytes the host's link has carried so far: (download, upload), as its switch
+    /// port's interface counters say (frames with their headers).
+    pub fn counters(&self) -> Result<(u64, u64), TestnetError> {
+        let read = |what: &str| {
+            let path = format!("/sys/class/net/{}/statistics/{what}", self.port);
+            let text = std::fs::read_to_string(&path).map_err(|error| TestnetError::Io {
+                op: "read",
+                path: path.clone().into(),
+                error,
+            })?;
+            text.trim()
+                .parse::<u64>()
+                .map_err(|e| TestnetError::Run(format!("{path}: `{}`: {e}", text.trim())))
+        };
+        Ok((read("tx_bytes")?, read("rx_bytes")?))
+    }
 }
 
 /// A built topology; torn down when dropped.
@@ -249,6 +284,8 @@ pub struct HostNet {
 pub struct Testnet {
     /// The hosts, the head first.
     pub hosts: Vec<HostNet>,
+    /// The namespace background flows come from, if the topology has one.
+    pub background: Option<HostNet>,
 }
 
 impl Testnet {
@@ -258,7 +295,7 @@ impl Testnet {
             return Err(TestnetError::NotRoot);
         }
         // Dropping `net` on an error below tears down what was registered.
-        let mut net = Testnet { hosts: Vec::new() };
+        let mut net = Testnet { hosts: Vec::new(), background: None };
         // Four digits, so that no tag is a prefix of another.
         let tag = format!("{PREFIX}{:04}", std::process::id() % 10_000);
         let racks = topology.racks.min(topology.hosts).max(1);
@@ -281,14 +318,19 @@ impl Testnet {
                 }
             }
         }
-        for i in 0..topology.hosts {
+        let background = topology.background.then_some(topology.hosts);
+        for i in (0..topology.hosts).chain(background) {
+            let bg = Some(i) == background;
+            let port = if bg { format!("{tag}bg") } else { format!("{tag}h{i}") };
             let host = HostNet {
-                netns: format!("{tag}-h{i}"),
+                netns: if bg { format!("{tag}-bg") } else { format!("{tag}-h{i}") },
                 addr: address(i),
-                rack: i % racks,
+                rack: if bg { 0 } else { i % racks },
                 rate: if i == 0 { topology.head_link } else { topology.link },
+                port: port.clone(),
+                shaped: !bg,
+                ack_priority: topology.ack_priority,
             };
-            let port = format!("{tag}h{i}");
             ip(&["netns", "add", &host.netns])?;
             register(Resource::Netns(host.netns.clone()));
             ip(&[
@@ -309,6 +351,10 @@ impl Testnet {
             ip(&["-n", ns, "addr", "add", &format!("{}/16", host.addr), "dev", "eth0"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            if bg {
+                net.background = Some(host);
+                continue;
+            }
             shape(None, &port, host.rate, topology.ack_priority)?; // download
             shape(Some(ns), "eth0", host.rate, topology.ack_priority)?; // upload
             net.hosts.push(host);

@@ -4,6 +4,8 @@
 //!   line per method and case, with a dashed grey line per case for the physical limit.
 //! - [`operations`] (Fig. 2(b)): one bar per lifecycle operation, one series per N,
 //!   each bar labelled with its seconds.
+//! - [`links`]: the download rate of a disturbed host and the hosts below it over
+//!   time, from the links' interface counters.
 //!
 //! Text goes through plotters' `ab_glyph` backend, which has no system fonts: a TTF is
 //! registered once as `sans-serif` from `VW_FONT` or the usual Debian paths.
@@ -20,6 +22,9 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 
+use vw_node::names::HostName;
+
+use crate::disturb::Samples;
 use crate::results::{OpRow, RunRow};
 use crate::TestnetError;
 
@@ -263,6 +268,65 @@ pub fn operations(ops: &[OpRow], title: &str, out: &Path) -> Result<(), TestnetE
 }
 
 /// Draws the legend at `legend` (none: no series to name) and writes the PNG.
+/// The download rate of `victim` and of each of `below` over time (1 s means of the
+/// interface counters' samples), in Mbit/s, written to `out` as PNG.
+pub fn links(
+    samples: &Samples,
+    victim: &HostName,
+    below: &[HostName],
+    title: &str,
+    out: &Path,
+) -> Result<(), TestnetError> {
+    font()?;
+    let err = |e: &dyn std::fmt::Display| TestnetError::Output(format!("{}: {e}", out.display()));
+    // Every tenth sample: 1 s apart.
+    let coarse: Vec<&(f64, Vec<(u64, u64)>)> = samples.at.iter().step_by(10).collect();
+    let series = |host: &HostName| -> Option<Vec<(f64, f64)>> {
+        let h = samples.hosts.iter().position(|n| n == host.as_str())?;
+        Some(
+            coarse
+                .windows(2)
+                .map(|w| {
+                    let dt = (w[1].0 - w[0].0).max(1e-6);
+                    let bytes = w[1].1[h].0.saturating_sub(w[0].1[h].0) as f64;
+                    (w[1].0, bytes * 8.0 / dt / 1e6)
+                })
+                .collect(),
+        )
+    };
+    let hosts: Vec<&HostName> = std::iter::once(victim).chain(below).collect();
+    let lines: Vec<(&HostName, Vec<(f64, f64)>)> =
+        hosts.iter().filter_map(|h| Some((*h, series(h)?))).collect();
+    let t_max = samples.at.last().map_or(1.0, |s| s.0.max(1.0));
+    let y_max = lines.iter().flat_map(|(_, l)| l.iter().map(|p| p.1)).fold(0.0_f64, f64::max);
+
+    let root = BitMapBackend::new(out, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_top(y_max))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds from vw deploy")
+        .y_desc("download, Mbit/s (interface counters)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (host, points)) in lines.into_iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        let label = if i == 0 { format!("{host} (disturbed)") } else { host.to_string() };
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    finish(&mut chart, &root, Some(SeriesLabelPosition::UpperRight), out)
+}
+
 fn finish<'a, X: Ranged, Y: Ranged>(
     chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
     root: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
@@ -302,6 +366,7 @@ mod tests {
             cpu_s: 1.0,
             cpu_share: 0.1,
             verified: n,
+            ..RunRow::default()
         }
     }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::TestnetError;
 
 /// One staging run: a deployment of `n` worker hosts by one method.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRow {
     /// The scenario.
     pub scenario: String,
@@ -45,6 +45,36 @@ pub struct RunRow {
     /// Hosts (the head included) whose images were verified byte-exact after the run
     /// (every host that ran a VM, but any killed).
     pub verified: usize,
+    /// The median receiving host's transfer time, seconds.
+    #[serde(default)]
+    pub median_s: f64,
+    /// The host the run killed, slowed or loaded with a flow ("" if none).
+    #[serde(default)]
+    pub disturbed: String,
+    /// Its transfer time, seconds (0: it has none, killed or none disturbed).
+    #[serde(default)]
+    pub disturbed_s: f64,
+    /// The limit its own link allowed it, as disturbed (slowed for a while, or shared
+    /// with one TCP flow), seconds.
+    #[serde(default)]
+    pub disturbed_limit_s: f64,
+    /// The slowest other receiving host's transfer time, seconds.
+    #[serde(default)]
+    pub others_s: f64,
+    /// The planner's prediction: the last host's finish (its own plan's, or the flow
+    /// simulator's for the same disturbance), seconds.
+    #[serde(default)]
+    pub predicted_s: f64,
+    /// The simulator's prediction for the disturbed host, seconds (0: not simulated).
+    #[serde(default)]
+    pub predicted_disturbed_s: f64,
+    /// The simulator's prediction for the slowest other host, seconds.
+    #[serde(default)]
+    pub predicted_others_s: f64,
+    /// With a cap: the most any link carried either way over 2 s of the stage, over
+    /// its cap, from the interface counters (0: no cap).
+    #[serde(default)]
+    pub cap_peak: f64,
 }
 
 /// One lifecycle operation across the cluster (the paper's Fig. 2(b)).
@@ -111,6 +141,32 @@ pub fn summary(title: &str, runs: &[RunRow], ops: &[OpRow], notes: &[String]) ->
                 r.cpu_s,
                 r.cpu_share,
                 r.verified,
+            );
+        }
+        s.push('\n');
+    }
+    if runs.iter().any(|r| r.median_s > 0.0) {
+        s.push_str(
+            "| case | method | N | median host s | slowest host s | slowest/median | disturbed host | its s | its link's limit s | others s | predicted others s | predicted disturbed s | cap peak |\n\
+             |---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in runs.iter().filter(|r| r.median_s > 0.0) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2} | {:.2} | {:.3} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} |",
+                r.case,
+                r.method,
+                r.n,
+                r.median_s,
+                r.fetch_s,
+                r.fetch_s / r.median_s,
+                if r.disturbed.is_empty() { "-" } else { &r.disturbed },
+                r.disturbed_s,
+                r.disturbed_limit_s,
+                r.others_s,
+                r.predicted_others_s,
+                r.predicted_disturbed_s,
+                r.cap_peak,
             );
         }
         s.push('\n');
@@ -202,6 +258,79 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
                 f.verified,
             ));
         }
+    }
+    notes.extend(adaptive(runs));
+    notes
+}
+
+/// The adaptive cascade's targets (issue 18), where the runs have them: staging against
+/// the last chunk; a disturbed host's neighbours against the steady run of the same
+/// method and N, the disturbed host against what its own link allowed; the slowest
+/// host over the median; a capped run's busiest link against its cap.
+fn adaptive(runs: &[RunRow]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let vw = |r: &&RunRow| !r.method.starts_with("tcp-") && r.method != "bittorrent";
+    for r in runs.iter().filter(vw).filter(|r| r.case == "steady") {
+        let over = r.seconds / r.fetch_s;
+        notes.push(format!(
+            "steady {} N={}: staging ended at {:.2} s, the last chunk at {:.2} s: {over:.3}× (target ≤ 1.02: {})",
+            r.method,
+            r.n,
+            r.seconds,
+            r.fetch_s,
+            met(over <= 1.02)
+        ));
+    }
+    for r in runs.iter().filter(vw).filter(|r| r.median_s > 0.0 && r.fetch_s > 0.0) {
+        let spread = r.fetch_s / r.median_s;
+        let target = if r.disturbed.is_empty() { 1.10 } else { 1.25 };
+        notes.push(format!(
+            "{} {} N={}: slowest host over the median {spread:.3} (target ≤ {target}, Kraken's published p99/p50 about 1.8: {})",
+            r.case,
+            r.method,
+            r.n,
+            met(spread <= target)
+        ));
+    }
+    for r in runs.iter().filter(vw).filter(|r| !r.disturbed.is_empty() && r.case != "fault") {
+        let steady = runs.iter().find(|b| b.case == "steady" && b.method == r.method && b.n == r.n);
+        if let Some(steady) = steady {
+            let others = r.others_s / steady.fetch_s;
+            notes.push(format!(
+                "{} {} N={}: the other hosts {:.2} s against {:.2} s steady, {others:.3}× (target ≤ 1.15: {}); predicted {:.2} s",
+                r.case,
+                r.method,
+                r.n,
+                r.others_s,
+                steady.fetch_s,
+                met(others <= 1.15),
+                r.predicted_others_s,
+            ));
+        }
+        if r.disturbed_s > 0.0 {
+            notes.push(format!(
+                "{} {} N={}: the disturbed host {} took {:.2} s, {:.3}× the {:.2} s its own link allowed; predicted {:.2} s",
+                r.case,
+                r.method,
+                r.n,
+                r.disturbed,
+                r.disturbed_s,
+                r.disturbed_s / r.disturbed_limit_s,
+                r.disturbed_limit_s,
+                r.predicted_disturbed_s,
+            ));
+        }
+    }
+    for r in runs.iter().filter(|r| r.cap_peak > 0.0) {
+        notes.push(format!(
+            "{} {} N={}: the busiest link carried {:.3}× its cap over 2 s, by its interface counters (target ≤ 1.05: {})",
+            r.case,
+            r.method,
+            r.n,
+            r.cap_peak,
+            met(r.cap_peak <= 1.05)
+        ));
     }
     notes
 }

@@ -10,14 +10,17 @@ use std::time::Instant;
 
 use vw_localnet::cluster_workspace;
 use vw_node::chunkstore::{ImageRef, Store};
-use vw_node::control::deployment::{DeployEvent, DeployOptions, DeployPhase, DeployReport};
+use vw_node::control::deployment::{
+    DeployEvent, DeployOptions, DeployPhase, DeployReport, StageCap,
+};
 use vw_node::control::protocol::Phase;
 use vw_node::lifecycle::Op;
 use vw_node::local::{self, LocalReply, LocalRequest};
 use vw_node::names::HostName;
-use vw_node::planner::{Policy, Strategy};
+use vw_node::planner::{Policy, Reshape, Strategy};
 
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::disturb::{predict, Background, LinkSampler, Samples, Slowdown};
 use crate::images::{self, ImageSet};
 use crate::net::{HostNet, Testnet, Topology};
 use crate::results::{self, OpRow, RunRow};
@@ -67,6 +70,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
         racks: s.network.racks,
         rack_uplink: checked.rack_uplink,
         ack_priority: s.network.ack_priority,
+        background: s.run.iter().any(|r| r.background),
     })?;
     tracing::info!(scenario = %s.name, hosts = testnet.hosts.len(), "testnet up");
     // Reports of an earlier run of this scenario would sit beside this run's: start empty.
@@ -95,6 +99,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                     run,
                     method,
                     hosts: &testnet.hosts[..=n],
+                    background: testnet.background.as_ref(),
                     images: &images,
                     dir: &dir,
                     vwd: &options.vwd,
@@ -176,6 +181,8 @@ pub(crate) struct RunContext<'a> {
     pub(crate) run: &'a Run,
     pub(crate) method: Method,
     pub(crate) hosts: &'a [HostNet],
+    /// Where background flows come from, if the testnet has it.
+    background: Option<&'a HostNet>,
     pub(crate) images: &'a ImageSet,
     pub(crate) dir: &'a Path,
     vwd: &'a Path,
@@ -267,8 +274,7 @@ impl RunContext<'_> {
         let mut held = Vec::new();
         let mut ops = Vec::new();
         let (image, case) = (self.run.image, self.run.case.clone());
-        let (report, row) =
-            self.deploy(cluster, strategy, "grid", image, &case, self.run.kill_at)?;
+        let (report, row) = self.deploy(cluster, strategy, "grid", image, &case, true)?;
         held.push(holders(&report, image));
         rows.push(row);
         if self.run.ops {
@@ -281,7 +287,7 @@ impl RunContext<'_> {
                 "vo2",
                 WorkerImage::Vo2,
                 &format!("{case}+vo2"),
-                None,
+                false,
             )?;
             held.push(holders(&report, WorkerImage::Vo2));
             rows.push(row);
@@ -289,8 +295,9 @@ impl RunContext<'_> {
         Ok(Deployed { rows, ops, held })
     }
 
-    /// Deploys a cluster of `n` workers (and a head node, all from `image`), killing a
-    /// mid-cascade host at `kill_at` of its bytes if asked.
+    /// Deploys a cluster of `n` workers (and a head node, all from `image`); with
+    /// `disturb`, does to a mid-cascade host what the run says (kills it, slows its link,
+    /// or runs a flow through it), with the run's cap, and samples every link meanwhile.
     fn deploy(
         &self,
         cluster: &mut Cluster,
@@ -298,7 +305,7 @@ impl RunContext<'_> {
         name: &str,
         image: WorkerImage,
         case: &str,
-        kill_at: Option<f64>,
+        disturb: bool,
     ) -> Result<(DeployReport, RunRow), TestnetError> {
         let n = self.hosts.len() - 1;
         let worker = self.images.worker(image);
@@ -307,21 +314,22 @@ impl RunContext<'_> {
         // Deployed by the VO that owns the worker image.
         let vo = worker.name.split('/').next().unwrap_or_default();
         let ticket = self.images.vos.ticket(vo, &workspace)?;
-        let request = LocalRequest::Deploy {
-            workspace,
-            source: format!("{name}.xml"),
-            ticket,
-            options: DeployOptions::new(strategy, Policy::Spread),
-        };
+        let mut options = DeployOptions::new(strategy, Policy::Spread);
+        options.cap = self.cap()?;
+        let request =
+            LocalRequest::Deploy { workspace, source: format!("{name}.xml"), ticket, options };
         let (events_tx, events) = mpsc::sync_channel::<DeployEvent>(1024);
         let cpu0 = cluster.cpu_seconds();
         let t0 = Instant::now();
+        let sampler = LinkSampler::start(self.hosts, cluster.net.names.clone(), t0);
         let call = std::thread::spawn(move || {
             local::call(&socket, &request, |e| {
                 let _ = events_tx.send(e.clone());
             })
         });
-        let mut victim: Option<(usize, HostName)> = None;
+        let mut victim: Option<Victim> = None;
+        let (mut planned_s, mut plan_edges) = (0.0, Vec::new());
+        let (mut background, mut slowdown) = (None, None);
         let mut timeline = String::from("seconds,host,phase,bytes,total\n");
         for event in events.iter() {
             if let DeployEvent::Progress { host, progress } = &event {
@@ -333,22 +341,44 @@ impl RunContext<'_> {
                     progress.total
                 ));
             }
-            match (&event, kill_at) {
-                (DeployEvent::Planned { edges, .. }, Some(_)) => {
-                    victim = mid_cascade(edges).and_then(|h| Some((cluster.index(h.as_str())?, h)));
-                    tracing::info!(?victim, "chosen to be killed");
+            match &event {
+                DeployEvent::Planned { edges, .. } => {
+                    planned_s = t0.elapsed().as_secs_f64();
+                    plan_edges = edges.clone();
+                    if disturb && self.run.disturbs() {
+                        victim = mid_cascade(edges).and_then(|(host, position)| {
+                            Some(Victim { index: cluster.index(host.as_str())?, host, position })
+                        });
+                        tracing::info!(?victim, "chosen to be disturbed");
+                    }
+                    if let (Some(v), true, Some(from)) =
+                        (&victim, self.run.background, self.background)
+                    {
+                        background =
+                            Some(Background::start(self.testnet, from, &self.hosts[v.index])?);
+                        tracing::info!(host = %v.host, "background flow started");
+                    }
                 }
-                (DeployEvent::Progress { host, progress }, Some(at)) => {
-                    if let Some((i, v)) = &victim {
-                        if host == v
-                            && progress.phase == Phase::Fetch
+                DeployEvent::Progress { host, progress } => {
+                    let Some(v) = victim.as_ref().filter(|v| v.host == *host) else { continue };
+                    let share = |at: f64| {
+                        progress.phase == Phase::Fetch
                             && progress.total > 0
                             && progress.bytes > 0
                             && progress.bytes as f64 >= at * progress.total as f64
-                            && cluster.alive(*i)
-                        {
-                            tracing::info!(host = %v, bytes = progress.bytes, "killing");
-                            cluster.kill(*i)?;
+                    };
+                    if let Some(at) = self.run.kill_at {
+                        if share(at) && cluster.alive(v.index) {
+                            tracing::info!(host = %v.host, bytes = progress.bytes, "killing");
+                            cluster.kill(v.index)?;
+                        }
+                    }
+                    if let Some(slow) = self.run.slow {
+                        if slowdown.is_none() && share(slow.at) {
+                            tracing::info!(host = %v.host, bytes = progress.bytes, "slowing its link");
+                            let at = t0.elapsed().as_secs_f64();
+                            let h = &self.hosts[v.index];
+                            slowdown = Some(Slowdown::start(h, slow.share, slow.seconds, at)?);
                         }
                     }
                 }
@@ -358,8 +388,15 @@ impl RunContext<'_> {
         let reply = call
             .join()
             .map_err(|_| TestnetError::Run("the deploy thread panicked".into()))?
-            .map_err(|e| TestnetError::Run(format!("deploy {name}: {e}")))?;
+            .map_err(|e| TestnetError::Run(format!("deploy {name}: {e}")));
         let wall = t0.elapsed().as_secs_f64();
+        drop(background);
+        let slowed_at = slowdown.as_ref().map(|s| s.started_s);
+        if let Some(s) = slowdown {
+            s.finish()?;
+        }
+        let samples = sampler.finish()?;
+        let reply = reply?;
         let cpu_s = cluster.cpu_seconds() - cpu0;
         let report = match reply {
             LocalReply::Deployed { report } => *report,
@@ -368,7 +405,7 @@ impl RunContext<'_> {
             }
             other => return Err(TestnetError::Run(format!("deploy {name}: unexpected {other:?}"))),
         };
-        if kill_at.is_none() && !report.lost.is_empty() {
+        if self.run.kill_at.is_none() && !report.lost.is_empty() {
             let why: Vec<String> = report
                 .hosts
                 .iter()
@@ -380,18 +417,160 @@ impl RunContext<'_> {
                 why.join("; ")
             )));
         }
-        if kill_at.is_some() && victim.as_ref().is_none_or(|(i, _)| cluster.alive(*i)) {
+        if disturb && self.run.disturbs() && victim.is_none() {
+            return Err(TestnetError::Run(format!(
+                "deploy {name}: no mid-cascade host to disturb"
+            )));
+        }
+        if disturb
+            && self.run.kill_at.is_some()
+            && victim.as_ref().is_none_or(|v| cluster.alive(v.index))
+        {
             return Err(TestnetError::Run(format!(
                 "deploy {name}: no mid-cascade host was killed (victim {victim:?})"
             )));
         }
-        let row = self.row(cluster, &report, case, worker.len, wall, cpu_s);
+        if disturb && self.run.slow.is_some() && slowed_at.is_none() {
+            return Err(TestnetError::Run(format!(
+                "deploy {name}: the victim's link was never slowed (victim {victim:?})"
+            )));
+        }
+        let mut row = self.row(cluster, &report, case, worker.len, wall, cpu_s);
+        let watch =
+            Watched { victim: victim.as_ref(), samples: &samples, planned_s, cap: options.cap };
+        self.disturbed(&mut row, &report, &watch)?;
         let json = serde_json::to_vec_pretty(&report)
             .map_err(|e| TestnetError::Output(format!("deploy report: {e}")))?;
         let file = format!("{}-{case}-{}-n{n}", self.checked.scenario.name, self.method);
         crate::write_file(&self.reports.join(format!("{file}.json")), &json)?;
         crate::write_file(&self.reports.join(format!("{file}-progress.csv")), timeline.as_bytes())?;
+        crate::write_file(
+            &self.reports.join(format!("{file}-links.csv")),
+            samples.csv().as_bytes(),
+        )?;
+        if let Some(v) = &victim {
+            let title = format!(
+                "{} {case}, {} N={n}: {} (slowed at {}) and the hosts below it",
+                self.checked.scenario.name,
+                self.method,
+                v.host,
+                slowed_at.map_or("-".to_owned(), |t| format!("{t:.1} s")),
+            );
+            let below = below(&plan_edges, &v.host);
+            let png = self.reports.join(format!("{file}-links.png"));
+            crate::plot::links(&samples, &v.host, &below, &title, &png)?;
+        }
         Ok((report, row))
+    }
+
+    /// Fills in what the run did to its victim and its cap: per-host times, the
+    /// victim's limit, the simulator's prediction of the same case, the cap's peak.
+    fn disturbed(
+        &self,
+        row: &mut RunRow,
+        report: &DeployReport,
+        watch: &Watched<'_>,
+    ) -> Result<(), TestnetError> {
+        let times: Vec<(&str, f64, u64)> = report
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let s = h.stage.as_ref().filter(|s| s.lacked > 0)?;
+                Some((h.host.as_str(), s.fetch_micros as f64 / 1e6, s.lacked))
+            })
+            .collect();
+        let mut sorted: Vec<f64> = times.iter().map(|t| t.1).collect();
+        sorted.sort_by(f64::total_cmp);
+        row.median_s = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+        row.predicted_s = report.predicted_s;
+        if let Some(cap) = watch.cap {
+            // From the plan to the last host's last chunk: the stage's transfer.
+            let (from, to) = (watch.planned_s, watch.planned_s + row.fetch_s);
+            let peaks = watch.samples.peaks(2.0, from, to);
+            row.cap_peak = self
+                .hosts
+                .iter()
+                .zip(&peaks)
+                .map(|(h, peak)| peak / cap.on(h.rate))
+                .fold(0.0, f64::max);
+        }
+        let Some(v) = watch.victim else { return Ok(()) };
+        row.disturbed = v.host.to_string();
+        row.others_s =
+            times.iter().filter(|t| t.0 != v.host.as_str()).map(|t| t.1).fold(0.0, f64::max);
+        let Some(&(_, took, lacked)) = times.iter().find(|t| t.0 == v.host.as_str()) else {
+            return Ok(()); // killed: no stage report
+        };
+        row.disturbed_s = took;
+        let rate = self.hosts[v.index].rate;
+        let (bytes, n) = (lacked as f64, self.hosts.len() - 1);
+        let reshape = |host| match (self.run.slow, self.run.background) {
+            (Some(slow), _) => Some(Reshape {
+                host,
+                up: slow.share,
+                down: slow.share,
+                from: slow.at,
+                seconds: slow.seconds,
+            }),
+            // One TCP flow beside vw's stream into the host: half its downlink.
+            (None, true) => {
+                Some(Reshape { host, up: 1.0, down: 0.5, from: 0.0, seconds: f64::INFINITY })
+            }
+            _ => None,
+        };
+        row.disturbed_limit_s = match (self.run.slow, self.run.background) {
+            (Some(slow), _) => {
+                let before = slow.at * bytes / rate;
+                let rest = (1.0 - slow.at) * bytes;
+                let slowed = slow.share * rate * slow.seconds;
+                if rest <= slowed {
+                    before + rest / (slow.share * rate)
+                } else {
+                    before + slow.seconds + (rest - slowed) / rate
+                }
+            }
+            (None, true) => bytes / (rate / 2.0),
+            _ => bytes / rate,
+        };
+        if reshape(vw_node::planner::HostIx(0)).is_some() {
+            let lens = self.chunk_lens()?;
+            let (_, shaped) =
+                predict(n, self.checked.link, self.checked.head_link, &lens, v.position, |h| {
+                    reshape(h).expect("checked above")
+                })?;
+            row.predicted_s = shaped.iter().copied().fold(0.0, f64::max);
+            row.predicted_disturbed_s = shaped.get(v.position).copied().unwrap_or(0.0);
+            row.predicted_others_s = shaped
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != v.position)
+                .map(|(_, t)| *t)
+                .fold(0.0, f64::max);
+        }
+        Ok(())
+    }
+
+    /// The worker image's distinct non-zero chunk lengths, from the head's store.
+    fn chunk_lens(&self) -> Result<Vec<u32>, TestnetError> {
+        let worker = self.images.worker(self.run.image);
+        let fail = |e: vw_node::chunkstore::Error| TestnetError::Run(format!("head store: {e}"));
+        let store = Store::open(&self.images.head_store).map_err(fail)?;
+        let name = worker
+            .name
+            .parse()
+            .map_err(|e| TestnetError::Run(format!("image name {}: {e}", worker.name)))?;
+        let id = store.resolve(&ImageRef::Name(name)).map_err(fail)?;
+        let manifest = store.manifest(&id).map_err(fail)?;
+        Ok(manifest.distinct().iter().map(|c| c.len).collect())
+    }
+
+    /// The run's cap, parsed (checked with the scenario).
+    fn cap(&self) -> Result<Option<StageCap>, TestnetError> {
+        self.run
+            .cap
+            .as_deref()
+            .map(|c| c.parse::<StageCap>().map_err(|e| TestnetError::Run(format!("cap: {e}"))))
+            .transpose()
     }
 
     fn row(
@@ -437,6 +616,7 @@ impl RunContext<'_> {
             cpu_s,
             cpu_share: results::cpu_share(cpu_s, wall),
             verified: 0,
+            ..RunRow::default()
         }
     }
 
@@ -502,18 +682,50 @@ fn holders(report: &DeployReport, image: WorkerImage) -> Vec<(String, WorkerImag
         .collect()
 }
 
-/// A host in the middle of the cascade: the receiver at half the depth of the
-/// deepest path from the head that still has children of its own.
-fn mid_cascade(edges: &[(HostName, HostName)]) -> Option<HostName> {
+/// The deepest path of the cascade from the head: each host's first child in turn.
+fn cascade_path(edges: &[(HostName, HostName)]) -> Vec<HostName> {
     let children = |h: &HostName| -> Vec<HostName> {
         edges.iter().filter(|(s, _)| s == h).map(|(_, r)| r.clone()).collect()
     };
     let mut path = vec![HostName::from("head")];
-    while let Some(next) = children(path.last()?).into_iter().find(|c| !path.contains(c)) {
+    while let Some(next) =
+        path.last().and_then(|last| children(last).into_iter().find(|c| !path.contains(c)))
+    {
         path.push(next);
     }
+    path
+}
+
+/// A host in the middle of the cascade: the receiver at half the depth of the
+/// deepest path from the head that still has children of its own, with its depth.
+fn mid_cascade(edges: &[(HostName, HostName)]) -> Option<(HostName, usize)> {
+    let path = cascade_path(edges);
     let mid = (path.len() / 2).max(1);
-    path.get(mid).filter(|h| !children(h).is_empty()).cloned()
+    let has_children = |h: &HostName| edges.iter().any(|(s, _)| s == h);
+    path.get(mid).filter(|h| has_children(h)).map(|h| (h.clone(), mid))
+}
+
+/// The host a run disturbs: its name, index in the cluster, and depth in the cascade.
+#[derive(Clone, Debug)]
+struct Victim {
+    host: HostName,
+    index: usize,
+    position: usize,
+}
+
+/// What the harness watched during a deployment.
+struct Watched<'a> {
+    victim: Option<&'a Victim>,
+    samples: &'a Samples,
+    /// When the plan came (the stage starts), seconds from the deploy's start.
+    planned_s: f64,
+    cap: Option<StageCap>,
+}
+
+/// Up to three hosts below `victim` along the cascade's deepest path.
+fn below(edges: &[(HostName, HostName)], victim: &HostName) -> Vec<HostName> {
+    let path = cascade_path(edges);
+    path.iter().skip_while(|h| *h != victim).skip(1).take(3).cloned().collect()
 }
 
 /// Exports each image each host should hold and compares it with the original file;
@@ -567,7 +779,7 @@ mod tests {
     fn the_victim_is_mid_chain_and_has_children() {
         let chain =
             edges(&[("head", "node1"), ("node1", "node2"), ("node2", "node3"), ("node3", "node4")]);
-        assert_eq!(mid_cascade(&chain), Some("node2".into()));
+        assert_eq!(mid_cascade(&chain), Some(("node2".into(), 2)));
         let star = edges(&[("head", "node1"), ("head", "node2"), ("head", "node3")]);
         assert_eq!(mid_cascade(&star), None, "a star has no mid-cascade host");
     }

@@ -31,11 +31,15 @@
 //! ops = false             # then time pause, unpause, stop, unstage across the cluster
 //! kill_at = 0.33          # kill a mid-cascade host when it has this share of its bytes
 //! compress = "auto"       # this run's vwd compression, if not [vwd]'s
+//! slow = { at = 0.25, share = 0.3, seconds = 20 }  # a mid-cascade host's link slowed
+//! background = true       # a TCP flow into a mid-cascade host's link, the whole stage
+//! cap = "50%"             # the deployment's cap on each link (vw deploy --cap)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use vw_node::control::deployment::StageCap;
 use vw_node::planner::Strategy;
 
 use crate::TestnetError;
@@ -150,6 +154,33 @@ pub struct Run {
     pub kill_at: Option<f64>,
     /// vwd's wire compression for this run, if not the scenario's.
     pub compress: Option<String>,
+    /// Slow a mid-cascade host's link (both ways) for a while.
+    pub slow: Option<Slow>,
+    /// Run a TCP flow into a mid-cascade host's link for the whole stage.
+    #[serde(default)]
+    pub background: bool,
+    /// The deployment's cap on what staging uses of each link (`50%`, `40Mbit`).
+    pub cap: Option<String>,
+}
+
+/// A link slowed for a while.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slow {
+    /// From when the host has this share of the bytes it lacks.
+    pub at: f64,
+    /// To this share of its rate.
+    pub share: f64,
+    /// For this long.
+    pub seconds: f64,
+}
+
+impl Run {
+    /// Whether the run does something to a mid-cascade host (kills it, slows its link,
+    /// or runs a flow through it).
+    pub fn disturbs(&self) -> bool {
+        self.kill_at.is_some() || self.slow.is_some() || self.background
+    }
 }
 
 /// Which worker image a cluster runs.
@@ -292,12 +323,49 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
             if !(0.0..1.0).contains(&k) {
                 return Err(bad(format!("{}: {k} is not a share in [0, 1)", key("kill_at"))));
             }
-            if run.hosts.iter().any(|&n| n < 3) {
+        }
+        if let Some(slow) = run.slow {
+            if !(0.0..1.0).contains(&slow.at) {
                 return Err(bad(format!(
-                    "{}: a mid-cascade host needs at least 3 receiving hosts",
-                    key("hosts")
+                    "{}: {} is not a share in [0, 1)",
+                    key("slow.at"),
+                    slow.at
                 )));
             }
+            if !(slow.share > 0.0 && slow.share <= 1.0) {
+                let share = slow.share;
+                return Err(bad(format!(
+                    "{}: {share} is not a share in (0, 1]",
+                    key("slow.share")
+                )));
+            }
+            if !(slow.seconds > 0.0 && slow.seconds.is_finite()) {
+                let secs = slow.seconds;
+                return Err(bad(format!(
+                    "{}: {secs} is not a time in seconds",
+                    key("slow.seconds")
+                )));
+            }
+        }
+        if [run.kill_at.is_some(), run.slow.is_some(), run.background]
+            .iter()
+            .filter(|&&d| d)
+            .count()
+            > 1
+        {
+            return Err(bad(format!(
+                "{}: one disturbance per run (kill_at, slow or background)",
+                key("slow")
+            )));
+        }
+        if run.disturbs() && run.hosts.iter().any(|&n| n < 3) {
+            return Err(bad(format!(
+                "{}: a mid-cascade host needs at least 3 receiving hosts",
+                key("hosts")
+            )));
+        }
+        if let Some(cap) = &run.cap {
+            cap.parse::<StageCap>().map_err(|e| bad(format!("{}: {e}", key("cap"))))?;
         }
         let parsed = run
             .methods
@@ -305,9 +373,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
             .map(|m| m.parse::<Method>().map_err(|e| bad(format!("{}: {e}", key("methods")))))
             .collect::<Result<Vec<_>, _>>()?;
         let baseline = parsed.iter().any(|m| !matches!(m, Method::Vw(_)));
-        if baseline && (run.cached || run.then_vo2 || run.ops || run.kill_at.is_some()) {
+        if baseline
+            && (run.cached || run.then_vo2 || run.ops || run.kill_at.is_some() || run.cap.is_some())
+        {
             return Err(bad(format!(
-                "{}: the tcp baselines copy the raw image only (no cached, then_vo2, ops or kill_at)",
+                "{}: the baselines copy the raw image only (no cached, then_vo2, ops, kill_at or cap)",
                 key("methods")
             )));
         }
@@ -361,6 +431,14 @@ hosts = [1, 2]
         check(GOOD.replace("size_mib = 32", "size_mib = 1"), "images.size_mib");
         check(format!("{GOOD}compress = \"zip\"\n"), "run[0] (cold).compress: `zip`");
         check(format!("{GOOD}isolated = [\"vo3\"]\n"), "run[0] (cold).isolated: `vo3`");
+        check(format!("{GOOD}cap = \"lots\"\n"), "run[0] (cold).cap");
+        let slow = GOOD.replace("[1, 2]", "[4]");
+        check(format!("{slow}slow = {{ at = 0.2, share = 1.5, seconds = 5 }}\n"), "slow.share");
+        check(
+            format!("{slow}slow = {{ at = 0.2, share = 0.3, seconds = 5 }}\nbackground = true\n"),
+            "one disturbance per run",
+        );
+        check(format!("{GOOD}background = true\n"), "needs at least 3 receiving hosts");
         check(GOOD.replace("hosts = [1, 2]", "hosts = \"two\""), "line 10, column 9");
     }
 

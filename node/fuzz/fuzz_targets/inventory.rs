@@ -194,7 +194,7 @@ fuzz_target!(|data: &[u8]| {
         .enumerate()
         .map(|(i, &n)| (format!("vo/img{i}:1").parse().expect("image ref"), n))
         .collect();
-    let view = match cluster_view(&names, &answers, &refs) {
+    let view = match cluster_view(&names, &answers, &refs, None) {
         Ok(view) => view,
         Err(ViewError::Images { .. } | ViewError::Bitmap { .. }) => return,
         // A live host reporting no memory: see docs/results/fuzz/counts.md.

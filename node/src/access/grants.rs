@@ -26,11 +26,15 @@ use libp2p::PeerId;
 use vw_chunkstore::{ChunkId, Manifest, ManifestId};
 
 use super::deployment_of;
+use crate::chunks::rate::RateLimit;
 
 /// The grants of one host.
 #[derive(Debug, Default)]
 pub struct Grants {
     by: Mutex<HashMap<(String, ManifestId), Arc<Grant>>>,
+    /// Per stage with a cap of its own (`vw deploy --cap`), the bucket every stream
+    /// sending its chunks from here pays into.
+    caps: Mutex<HashMap<String, Arc<RateLimit>>>,
     /// Woken whenever a stage is granted.
     granted: tokio::sync::Notify,
 }
@@ -100,14 +104,28 @@ impl Grants {
         self.granted.notify_waiters();
     }
 
+    /// Caps what this host sends of `stage`'s chunks, all streams together, at `cap`
+    /// (until the stage's grants are withdrawn). A stage capped already keeps its
+    /// bucket: streams sending now pay into it.
+    pub fn cap(&self, stage: &str, cap: Arc<RateLimit>) {
+        self.caps.lock().expect("caps lock").entry(stage.to_owned()).or_insert(cap);
+    }
+
+    /// The cap on what this host sends of `stage`'s chunks, if it has one.
+    pub fn cap_of(&self, stage: &str) -> Option<Arc<RateLimit>> {
+        self.caps.lock().expect("caps lock").get(stage).cloned()
+    }
+
     /// Withdraws every grant of `stage`.
     pub fn revoke_stage(&self, stage: &str) {
         self.lock().retain(|(s, _), _| s != stage);
+        self.caps.lock().expect("caps lock").remove(stage);
     }
 
     /// Withdraws every grant of every stage of `deployment`.
     pub fn revoke(&self, deployment: &str) {
         self.lock().retain(|(s, _), _| deployment_of(s) != Some(deployment));
+        self.caps.lock().expect("caps lock").retain(|s, _| deployment_of(s) != Some(deployment));
     }
 
     /// How many (stage, manifest) grants are held.

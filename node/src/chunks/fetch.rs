@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use futures::AsyncWriteExt as _;
 use libp2p::{PeerId, Stream};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 use vw_chunkstore::{ChunkRef, Store};
 
 use super::chunks_protocol;
 use super::protocol::{unpack, Frame, FrameError, MAX_WANT};
+use super::relief::{relieve, Ask, Pace};
 use super::{read_frame, write_frame, Intake, Purpose, QUIET, WINDOW};
 use crate::peer::{short, PeerError};
 
@@ -57,26 +59,39 @@ pub async fn fetch_into(
     wanted: &[ChunkRef],
     intake: &Intake,
 ) -> Result<Fetched, PeerError> {
-    let (got, result) = fetch_stream(control, peer, purpose, wanted, intake, Floor::Fixed)
+    let (got, result) = fetch_stream(control, peer, purpose, wanted, intake, StreamRole::default())
         .instrument(pull_span(&peer))
         .await;
     result.map(|()| got)
 }
 
 /// The span of one outgoing chunk stream: the peer it pulls from.
-fn pull_span(peer: &PeerId) -> tracing::Span {
+pub(super) fn pull_span(peer: &PeerId) -> tracing::Span {
     tracing::info_span!("pull", peer = %short(peer))
 }
 
-/// [`fetch_into`] with the sender held to `floor`, returning what arrived even when
-/// the stream then failed.
-async fn fetch_stream(
+/// How one stream is run: the floor its sender is held to, and its part in relief.
+#[derive(Debug, Default)]
+pub(super) struct StreamRole<'a> {
+    /// The rate the sender must keep up.
+    pub floor: Floor,
+    /// A planned stream: when its sender runs slow ([`Pace`]), ask here whether other
+    /// holders take the chunks not yet asked of it.
+    pub handoff: Option<&'a mpsc::Sender<Ask>>,
+    /// A relief stream: the sender may refuse it for want of upload to spare
+    /// ([`Frame::IfSpare`]); told, at its first answer, whether it sends.
+    pub relief: Option<oneshot::Sender<bool>>,
+}
+
+/// [`fetch_into`] as `role` says, returning what arrived even when the stream then
+/// failed.
+pub(super) async fn fetch_stream(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     purpose: &Purpose,
     wanted: &[ChunkRef],
     intake: &Intake,
-    floor: Floor,
+    mut role: StreamRole<'_>,
 ) -> (Fetched, Result<(), PeerError>) {
     let fail = |reason: String| PeerError::Stream { peer, reason };
     let mut got = Fetched::default();
@@ -87,6 +102,11 @@ async fn fetch_stream(
         Ok(s) => s,
         Err(e) => return (got, Err(e)),
     };
+    if role.relief.is_some() {
+        if let Err(e) = write_frame(&mut stream, &Frame::IfSpare).await {
+            return (got, Err(fail(e.to_string())));
+        }
+    }
     for ids in wanted.chunks(MAX_WANT) {
         let want = Frame::Want {
             deployment: purpose.deployment.clone(),
@@ -102,18 +122,75 @@ async fn fetch_stream(
     }
 
     let mut result = Ok(());
-    let mut floor =
-        ProgressFloor::new(Instant::now(), wanted.iter().map(|c| u64::from(c.len)).sum(), floor);
+    let now = Instant::now();
+    let wanted_bytes = wanted.iter().map(|c| u64::from(c.len)).sum();
+    let mut floor = ProgressFloor::new(now, wanted_bytes, role.floor);
+    let mut pace = match (role.floor, role.handoff) {
+        (Floor::Planned(rate), Some(_)) => Some(Pace::new(now, rate)),
+        _ => None,
+    };
+    // Chunks asked of the sender (credit granted), where the stream ends, and while a
+    // handoff is asked, the credit withheld and the verdict to come.
+    let mut credited = (WINDOW as usize).min(wanted.len());
+    let mut end = wanted.len();
+    let mut withheld = 0u32;
+    let mut asking: Option<(usize, oneshot::Receiver<bool>)> = None;
     let received = crate::metrics::received(&peer, &purpose.deployment);
-    for expected in wanted {
-        let next = match next_frame(&mut stream, &mut floor).await {
-            Ok(next) => next,
+    let mut next = 0;
+    while next < end {
+        if let Some((at, verdict)) = &mut asking {
+            // Waited for when nothing is in flight; else looked at between chunks.
+            let moved = if next >= credited {
+                Some(verdict.await.unwrap_or(false))
+            } else {
+                match verdict.try_recv() {
+                    Ok(moved) => Some(moved),
+                    Err(oneshot::error::TryRecvError::Empty) => None,
+                    Err(oneshot::error::TryRecvError::Closed) => Some(false),
+                }
+            };
+            if let Some(moved) = moved {
+                if moved {
+                    end = *at;
+                } else if withheld > 0 {
+                    // Nobody took them: the sender keeps them, and is watched again.
+                    credited += withheld as usize;
+                    let more = Frame::Credit { chunks: std::mem::take(&mut withheld) };
+                    if let Err(e) = write_frame(&mut stream, &more).await {
+                        result = Err(fail(format!("the peer went away: {e}")));
+                        break;
+                    }
+                }
+                if let (Floor::Planned(rate), false) = (role.floor, moved) {
+                    pace = Some(Pace::new(Instant::now(), rate));
+                }
+                asking = None;
+                continue;
+            }
+        }
+        let expected = &wanted[next];
+        next += 1;
+        let frame = match next_frame(&mut stream, &mut floor, pace.as_mut()).await {
+            Ok(frame) => frame,
             Err(why) => {
                 result = Err(fail(why));
                 break;
             }
         };
-        let frame = match next {
+        if let Some(relief) = role.relief.take() {
+            let _ = relief.send(!matches!(frame, Ok(Some(Frame::Refused { .. }))));
+        }
+        if let (Some(share), Some(handoff)) =
+            (pace.as_mut().and_then(Pace::take_slow), role.handoff)
+        {
+            if asking.is_none() && credited < wanted.len() {
+                let (tx, rx) = oneshot::channel();
+                if handoff.try_send(Ask { at: credited, share, verdict: tx }).is_ok() {
+                    asking = Some((credited, rx));
+                }
+            }
+        }
+        let frame = match frame {
             Ok(Some(f)) => f,
             Ok(None) => {
                 result = Err(fail(format!(
@@ -150,7 +227,12 @@ async fn fetch_stream(
             Frame::Missing { id } if id == expected.id => {
                 got.missing += 1;
                 floor.add(u64::from(expected.len));
-                if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
+                if let Some(p) = &mut pace {
+                    p.add(u64::from(expected.len));
+                }
+                if asking.is_some() {
+                    withheld += 1;
+                } else if let Err(e) = credit(&mut stream, &mut credited, wanted.len()).await {
                     result = Err(fail(format!("the peer went away: {e}")));
                     break;
                 }
@@ -167,6 +249,9 @@ async fn fetch_stream(
         }
         got.chunks += 1;
         floor.add(u64::from(expected.len));
+        if let Some(p) = &mut pace {
+            p.add(u64::from(expected.len));
+        }
         got.bytes += data.len() as u64;
         got.wire += wire as u64;
         received.increment(data.len() as u64);
@@ -176,7 +261,12 @@ async fn fetch_stream(
             break; // the writer failed; its error comes from Intake::finish
         }
         floor.pause(delivering.elapsed());
-        if let Err(e) = write_frame(&mut stream, &Frame::Credit { chunks: 1 }).await {
+        if let Some(p) = &mut pace {
+            p.pause(delivering.elapsed());
+        }
+        if asking.is_some() {
+            withheld += 1;
+        } else if let Err(e) = credit(&mut stream, &mut credited, wanted.len()).await {
             result = Err(fail(format!("the peer went away: {e}")));
             break;
         }
@@ -204,10 +294,11 @@ pub const PLAN_FRACTION: u64 = 8;
 pub const PLAN_WINDOW: Duration = Duration::from_secs(5);
 
 /// The rate a stream's sender must keep up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Floor {
     /// [`FLOOR_RATE`] over [`FLOOR_WINDOW`]: for a sender no plan chose (a fallback),
     /// or one whose rate the plan could not predict.
+    #[default]
     Fixed,
     /// A planned sender the plan expects this many bytes per second of, on average:
     /// held to 1/[`PLAN_FRACTION`] of it (never less than [`FLOOR_RATE`]) over
@@ -302,23 +393,40 @@ impl ProgressFloor {
     }
 }
 
+/// Grants the sender one more chunk, unless every chunk up to `end` is asked already.
+async fn credit(stream: &mut Stream, credited: &mut usize, end: usize) -> Result<(), FrameError> {
+    if *credited >= end {
+        return Ok(());
+    }
+    *credited += 1;
+    write_frame(stream, &Frame::Credit { chunks: 1 }).await
+}
+
 /// The next frame of a fetch, or why the sender is given up: it fell below `floor`
 /// (checked at the end of each window, whether or not a frame arrives), or sent
-/// nothing for [`QUIET`].
+/// nothing for [`QUIET`]. `pace` is checked at its windows' ends too, and notes a
+/// sender that runs slow ([`Pace::take_slow`]) while the frame is still awaited.
 async fn next_frame(
     stream: &mut Stream,
     floor: &mut ProgressFloor,
+    mut pace: Option<&mut Pace>,
 ) -> Result<Result<Option<Frame>, FrameError>, String> {
     let quiet_at = Instant::now() + QUIET;
     let read = read_frame(stream);
     tokio::pin!(read);
     loop {
-        let wake = tokio::time::Instant::from_std(floor.window_end().min(quiet_at));
+        let mut wake = floor.window_end().min(quiet_at);
+        if let Some(p) = &pace {
+            wake = wake.min(p.window_end());
+        }
         tokio::select! {
             biased;
-            () = tokio::time::sleep_until(wake) => {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 let now = Instant::now();
                 floor.check(now)?;
+                if let Some(p) = pace.as_mut() {
+                    p.check(now);
+                }
                 if now >= quiet_at {
                     return Err(format!(
                         "nothing for {} s; the peer is stalled or gone",
@@ -338,15 +446,28 @@ pub struct PullReport {
     pub fetched: Vec<(String, Fetched)>,
     /// Peers dropped for this deployment, and why.
     pub dropped: Vec<(String, String)>,
+    /// Planned senders that ran slow, and which holder sent the rest in their place.
+    pub relieved: Vec<(String, String)>,
+}
+
+impl PullReport {
+    /// Adds `other`'s entries to this one's.
+    pub fn merge(&mut self, other: PullReport) {
+        self.fetched.extend(other.fetched);
+        self.dropped.extend(other.dropped);
+        self.relieved.extend(other.relieved);
+    }
 }
 
 /// Pulls `wanted` from `peers` in order into `intake`: a peer that sends a bad chunk is
 /// dropped for the whole stage (every stream of the intake skips it), one whose stream
 /// breaks or stalls, falls below its floor, or that lacks chunks only for this pull,
 /// and the chunks still missing are fetched from the next. The first peer is held to
-/// `first` (its place in the plan), the others to [`Floor::Fixed`]. Ends with every
-/// wanted chunk taken, or an error naming what is still missing after every peer was
-/// tried.
+/// `first` (its place in the plan), the others to [`Floor::Fixed`]. A planned first
+/// peer that runs slow keeps the chunks asked of it already, and the next peer with
+/// upload to spare sends the rest at the same time (`relief`): no chunk is asked of two.
+/// Ends with every wanted chunk taken, or an error naming what is still missing after
+/// every peer was tried.
 pub async fn fetch_from_any(
     control: &mut libp2p_stream::Control,
     peers: &[PeerId],
@@ -374,21 +495,41 @@ pub async fn fetch_from_any(
         if intake.is_dropped(&peer) {
             continue;
         }
-        let mut attempt = 0;
-        let (got, result) = loop {
-            let (got, result) = fetch_stream(control, peer, purpose, &remaining, intake, floor)
-                .instrument(pull_span(&peer))
-                .await;
-            // A stream that failed before anything arrived (a busy peer can drop a
-            // stream it has not accepted yet) is opened again, twice at most.
-            let nothing = got.chunks == 0 && got.missing == 0;
-            if attempt < 2 && nothing && matches!(result, Err(PeerError::Stream { .. })) {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                continue;
+        let (asks, asked) = mpsc::channel::<Ask>(1);
+        let planned = i == 0 && matches!(floor, Floor::Planned(_));
+        let mut stream_control = control.clone();
+        let stream = async {
+            // Dropped at the end: the relief below then ends too.
+            let asks = asks;
+            let mut attempt = 0;
+            loop {
+                let role = StreamRole { floor, handoff: planned.then_some(&asks), relief: None };
+                let (got, result) =
+                    fetch_stream(&mut stream_control, peer, purpose, &remaining, intake, role)
+                        .instrument(pull_span(&peer))
+                        .await;
+                // A stream that failed before anything arrived (a busy peer can drop a
+                // stream it has not accepted yet) is opened again, twice at most.
+                let nothing = got.chunks == 0 && got.missing == 0;
+                if attempt < 2 && nothing && matches!(result, Err(PeerError::Stream { .. })) {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    continue;
+                }
+                break (got, result);
             }
-            break (got, result);
         };
+        let relief = relieve(control.clone(), asked, &peers[i + 1..], purpose, &remaining, intake);
+        let ((got, result), relieved) = futures::join!(stream, relief);
+        if let Some(r) = relieved {
+            report.relieved.push((peer.to_string(), r.what));
+            report.fetched.push((r.by.to_string(), r.got));
+            if let Err(e) = r.result {
+                // What it did not bring is pulled below, from the next peers.
+                tracing::warn!(peer = %short(&r.by), error = %e, "the relief stream failed");
+                report.dropped.push((r.by.to_string(), e.to_string()));
+            }
+        }
         if got.chunks > 0 || result.is_ok() {
             report.fetched.push((peer.to_string(), got));
         }

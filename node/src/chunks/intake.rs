@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::sync::Semaphore;
-use vw_chunkstore::{ChunkId, Store};
+use vw_chunkstore::{Assembly, ChunkId, Store};
 
 use super::Relay;
 use crate::chunks::rate::RateLimit;
@@ -33,8 +33,9 @@ type Queued = (ChunkId, Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 /// Where verified chunks go: one store writer (a receiving session on its own thread)
 /// for every stream of a stage, fed through a channel bounded by bytes
 /// ([`WRITE_BUFFER`]), so memory in flight is bounded and concurrent streams into one
-/// host do not queue for the pack writer. Each chunk is also handed to the relay (if
-/// this host forwards) and counted for progress.
+/// host do not queue for the pack writer. The writer also places each chunk in the
+/// stage's images as they are assembled ([`Assembly`]). Each chunk is also handed to the
+/// relay (if this host forwards) and counted for progress.
 pub struct Intake {
     tx: tokio::sync::mpsc::Sender<Queued>,
     buffer: Arc<Semaphore>,
@@ -43,7 +44,7 @@ pub struct Intake {
     relay: Option<Arc<Relay>>,
     received: Mutex<std::collections::HashSet<ChunkId>>,
     bytes: std::sync::atomic::AtomicU64,
-    download: Option<Arc<RateLimit>>,
+    download: Vec<Arc<RateLimit>>,
     /// Peers that sent a bad chunk in this stage: no other stream of the stage asks
     /// them again.
     dropped: Mutex<std::collections::HashSet<PeerId>>,
@@ -61,6 +62,15 @@ impl std::fmt::Debug for Intake {
 impl Intake {
     /// Starts the writer. `relay`: forward chunks to this host's children as they come.
     pub fn start(store: Arc<Store>, relay: Option<Arc<Relay>>) -> Self {
+        Self::assembling(store, relay, Vec::new())
+    }
+
+    /// [`Intake::start`], also writing each chunk into `images` at its offsets.
+    pub fn assembling(
+        store: Arc<Store>,
+        relay: Option<Arc<Relay>>,
+        images: Vec<Arc<Assembly>>,
+    ) -> Self {
         // The byte budget binds first: no chunk is smaller than the chunker's minimum.
         let slots = WRITE_BUFFER / vw_chunkstore::chunker::ChunkerParams::DEFAULT.min as usize;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(slots);
@@ -96,6 +106,9 @@ impl Intake {
                 };
                 let Some((id, data, _permit)) = next else { break };
                 session.put(&id, &data)?;
+                for image in &images {
+                    image.place(&id, &data)?;
+                }
                 unsynced += data.len();
                 if unsynced >= SYNC_EVERY {
                     synced(&mut session)?;
@@ -112,15 +125,16 @@ impl Intake {
             relay,
             received: Default::default(),
             bytes: Default::default(),
-            download: None,
+            download: Vec::new(),
             dropped: Default::default(),
             hidden: Default::default(),
         }
     }
 
-    /// Caps what every stream into this intake receives, together.
+    /// Caps what every stream into this intake receives, together (beside any cap
+    /// given before: each holds).
     pub fn with_download_cap(mut self, cap: Option<Arc<RateLimit>>) -> Self {
-        self.download = cap;
+        self.download.extend(cap);
         self
     }
 
@@ -162,7 +176,7 @@ impl Intake {
     pub(super) async fn deliver(&self, id: ChunkId, data: Vec<u8>, wire: usize) -> bool {
         // Paying for the bytes on the wire before taking them delays the next credit:
         // the sender slows to the cap.
-        if let Some(cap) = &self.download {
+        for cap in &self.download {
             cap.take(wire as u64).await;
         }
         if !self.received.lock().expect("intake lock").insert(id) {

@@ -12,7 +12,8 @@
 //! that sends a bad one is dropped for the deployment and the chunk fetched elsewhere.
 //! Zero chunks are never sent. The wire format is in [`protocol`]; serving in `serve`,
 //! fetching in `fetch`, the store writer fetched chunks go to in `intake`, forwarding
-//! in a cascade in `relay`.
+//! in a cascade in `relay`, handing a slow sender's chunks to a holder with upload to
+//! spare in `relief`.
 //!
 //! A server bounds what peers can make it hold: streams served at once (in all, and per
 //! peer; an excess stream gets [`Frame::Refused`] with the reason), the time a fetcher
@@ -28,6 +29,8 @@ pub mod protocol;
 pub mod rate;
 #[cfg(feature = "host")]
 pub mod relay;
+#[cfg(feature = "host")]
+pub mod relief;
 #[cfg(feature = "host")]
 pub mod serve;
 

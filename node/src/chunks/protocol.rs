@@ -3,7 +3,7 @@
 //! release meets this one at its first frame and is refused, both versions named.
 //!
 //! ```text
-//! frame   = length:u32 BE | version:u8 (2) | body:postcard(Frame)
+//! frame   = length:u32 BE | version:u8 (3) | body:postcard(Frame)
 //! length  = bytes after the length field (version + body), at most MAX_FRAME
 //! ```
 //!
@@ -20,8 +20,9 @@ use crate::wire::{self, Message};
 
 /// The protocol's name, negotiated by libp2p.
 pub const PROTOCOL_NAME: &str = "/vw/chunks";
-/// The frame format version this build speaks (2: a want names its manifest).
-pub const VERSION: u8 = 2;
+/// The frame format version this build speaks (2: a want names its manifest; 3: a
+/// relief stream asks whether the sender has upload to spare, [`Frame::IfSpare`]).
+pub const VERSION: u8 = 3;
 /// Largest chunk carried: the largest a manifest may list, so every stored image can
 /// be distributed.
 pub const MAX_CHUNK: usize = vw_chunkstore::MAX_CHUNK_LEN as usize;
@@ -83,6 +84,10 @@ pub enum Frame {
         #[serde(with = "serde_bytes_compat")]
         data: Vec<u8>,
     },
+    /// Receiver → sender, before its first `Want`: this stream relieves another sender
+    /// that runs slow. A sender whose upload has no room to spare refuses it at once
+    /// (`Refused`), rather than take upload from the streams it feeds already.
+    IfSpare,
 }
 
 /// Byte strings as postcard byte arrays (length + bytes), not sequences of integers.
@@ -307,14 +312,15 @@ mod tests {
         let want = Frame::Want { deployment: "g".into(), manifest: mid(3), ids: vec![id(1)] }
             .encode()
             .expect("encode");
-        assert_eq!(hex(&want), format!("0000004502000167{}01{}", "03".repeat(32), "01".repeat(32)));
+        assert_eq!(hex(&want), format!("0000004503000167{}01{}", "03".repeat(32), "01".repeat(32)));
         let chunk = Frame::Chunk { id: id(2), data: vec![7, 8, 9] }.encode().expect("encode");
-        assert_eq!(hex(&chunk), format!("000000260202{}03070809", "02".repeat(32)));
+        assert_eq!(hex(&chunk), format!("000000260302{}03070809", "02".repeat(32)));
         assert_eq!(
             hex(&Frame::Credit { chunks: 300 }.encode().expect("encode")),
-            "000000040201ac02"
+            "000000040301ac02"
         );
-        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020204");
+        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020304");
+        assert_eq!(hex(&Frame::IfSpare.encode().expect("encode")), "000000020307");
     }
 
     #[test]
@@ -341,10 +347,10 @@ mod tests {
         d.push(&[0, 0, 0, 2, 9, 4]);
         assert_eq!(
             d.next_frame(),
-            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: 2 })
+            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: 3 })
         );
         let mut d = FrameDecoder::default();
-        d.push(&[0, 0, 0, 3, 2, 4, 0]);
+        d.push(&[0, 0, 0, 3, 3, 4, 0]);
         assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));
     }
 

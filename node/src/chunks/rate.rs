@@ -1,4 +1,6 @@
-//! Rate caps: a token bucket per direction, shared by every stream of a daemon.
+//! Rate caps: a token bucket per direction, shared by every stream of a daemon (and one
+//! per direction for a deployment with a cap of its own); and the meter that tells a
+//! sender whether its upload has room to spare for relief.
 //!
 //! A caller takes the bytes it is about to send (or has just received) and sleeps for
 //! any debt: tokens may go negative, and each caller waits until its own bytes are
@@ -17,7 +19,23 @@ pub struct RateLimit {
     state: Mutex<(f64, Instant)>,
 }
 
+/// Bytes an Ethernet link carries per byte of TCP payload in full-size segments: 1448
+/// bytes of payload in a 1514-byte frame (Ethernet 14, IPv4 20, TCP with timestamps 32).
+pub const LINK_OVERHEAD: f64 = 1514.0 / 1448.0;
+
+/// A sender runs relief streams only while its upload carries less than this share of
+/// what its link can: the rest is what a relief may take without slowing the streams
+/// it feeds already.
+pub const SPARE_BELOW: f64 = 0.7;
+
 impl RateLimit {
+    /// A cap of `rate` bytes per second on a link, headers counted: the chunk bytes it
+    /// lets through are [`LINK_OVERHEAD`] fewer, so that what the link carries (as its
+    /// interface counters see it) stays within `rate`.
+    pub fn on_link(rate: f64) -> Self {
+        Self::new(rate / LINK_OVERHEAD)
+    }
+
     /// A cap of `rate` bytes per second (more than 0).
     pub fn new(rate: f64) -> Self {
         assert!(rate > 0.0, "a rate cap must be positive");
@@ -54,9 +72,72 @@ impl RateLimit {
     }
 }
 
+/// What a host's upload carries, measured over the last second, against what its link
+/// can carry: whether a relief stream may be served ([`SPARE_BELOW`]).
+#[derive(Debug)]
+pub struct UploadMeter {
+    capacity: f64,
+    /// The current window's start and bytes, and the last full window's rate.
+    state: Mutex<(Instant, u64, f64)>,
+}
+
+impl UploadMeter {
+    /// How long one measurement lasts.
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// A meter for an upload of `capacity` bytes per second.
+    pub fn new(capacity: f64) -> Self {
+        UploadMeter { capacity, state: Mutex::new((Instant::now(), 0, 0.0)) }
+    }
+
+    /// `bytes` were sent.
+    pub fn sent(&self, bytes: u64) {
+        let mut st = self.state.lock().expect("meter lock");
+        Self::roll(&mut st, Instant::now());
+        st.1 += bytes;
+    }
+
+    /// Ends the window if it is over: its rate is kept, a new one starts.
+    fn roll(st: &mut (Instant, u64, f64), now: Instant) {
+        let elapsed = now.saturating_duration_since(st.0);
+        if elapsed >= Self::WINDOW {
+            // A window that ended long ago says the upload has been idle since.
+            let rate = if elapsed >= 2 * Self::WINDOW { 0.0 } else { st.1 as f64 };
+            *st = (now, 0, rate / elapsed.as_secs_f64().max(1.0));
+        }
+    }
+
+    /// Bytes per second sent: over the last full second, or the current one so far if
+    /// it already shows more.
+    pub fn rate(&self) -> f64 {
+        let mut st = self.state.lock().expect("meter lock");
+        let now = Instant::now();
+        Self::roll(&mut st, now);
+        let so_far = now.saturating_duration_since(st.0).as_secs_f64();
+        let current = if so_far > 0.25 { st.1 as f64 / so_far } else { 0.0 };
+        st.2.max(current)
+    }
+
+    /// Whether the upload has room for a relief stream.
+    pub fn has_spare(&self) -> bool {
+        self.rate() < self.capacity * SPARE_BELOW
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upload_has_spare_until_it_carries_most_of_its_link() {
+        let m = UploadMeter::new(1e6);
+        assert!(m.has_spare(), "idle");
+        m.sent(900_000);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!m.has_spare(), "900 KB in 0.3 s of a 1 MB/s link: {}", m.rate());
+        let link = RateLimit::on_link(1514.0);
+        assert!((link.rate() - 1448.0).abs() < 1e-9, "headers counted: {}", link.rate());
+    }
 
     #[test]
     fn debt_grows_with_what_is_taken_and_is_paid_back_by_time() {

@@ -21,7 +21,7 @@ use super::protocol::{pack, Frame, FrameError};
 use super::{read_frame, write_frame, QUIET};
 use crate::access::audit::Audit;
 use crate::access::grants::{Grants, Verdict};
-use crate::chunks::rate::RateLimit;
+use crate::chunks::rate::{RateLimit, UploadMeter};
 use crate::peer::short;
 
 /// How long a request for a deployment this host does not know yet waits for its
@@ -143,6 +143,10 @@ pub struct Sending {
     pub audit: Option<Arc<Audit>>,
     /// Streams at once, and how long a stream may idle.
     pub limits: ServeLimits,
+    /// What this host's upload carries against its link: a relief stream
+    /// ([`Frame::IfSpare`]) is refused when it has no room to spare. `None`: every
+    /// relief stream is served.
+    pub spare: Option<Arc<UploadMeter>>,
 }
 
 impl Sending {
@@ -300,6 +304,11 @@ impl Drop for StreamSlot {
     }
 }
 
+/// Whether this host's upload is too busy for a relief stream.
+fn busy(sending: &Sending) -> bool {
+    sending.spare.as_ref().is_some_and(|meter| !meter.has_spare())
+}
+
 /// The chunk, waiting (up to [`QUIET`] without progress) if it is still arriving: how a
 /// relay forwards a chunk as soon as it has it.
 async fn wait_for(source: &dyn ChunkSource, id: &ChunkId) -> Option<Vec<u8>> {
@@ -338,6 +347,11 @@ async fn serve_one(
     // Bytes sent, counted under the deployment of the stream's first allowed want (a
     // fetcher asks for one deployment per stream).
     let mut sent_bytes: Option<metrics::Counter> = None;
+    // Whether the fetcher asked for relief, before its first want.
+    let mut relief = false;
+    let mut first_want = true;
+    // The deployment's own cap on what this host sends of it, if it has one.
+    let mut stage_cap: Option<Arc<RateLimit>> = None;
     let audit = |vo: &str, deployment: &str, outcome: &str, detail: &str| {
         if let Some(a) = &sending.audit {
             a.record(vo, &peer.to_string(), "chunks", deployment, outcome, detail);
@@ -349,10 +363,13 @@ async fn serve_one(
             let frame = match wait_for(source, &id).await {
                 Some(data) => {
                     let frame = sending.frame(id, data);
-                    if let (Some(cap), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
-                        (&sending.upload, &frame)
-                    {
-                        cap.take(data.len() as u64).await;
+                    if let Frame::Chunk { data, .. } | Frame::Packed { data, .. } = &frame {
+                        for cap in sending.upload.iter().chain(&stage_cap) {
+                            cap.take(data.len() as u64).await;
+                        }
+                        if let Some(meter) = &sending.spare {
+                            meter.sent(data.len() as u64);
+                        }
                     }
                     frame
                 }
@@ -384,12 +401,23 @@ async fn serve_one(
         }
         match next? {
             Some(Frame::Want { deployment, manifest, ids }) => {
+                first_want = false;
                 let verdict =
                     sending.grants.check_within(&peer, &deployment, &manifest, &ids, GRANT_WAIT);
+                // A relief stream is for a host with upload to spare.
+                let no_room = std::mem::take(&mut relief) && busy(sending);
                 match verdict.await {
+                    Verdict::Allowed { .. } if no_room => {
+                        tracing::debug!(peer = %short(&peer), "no upload to spare for relief");
+                        let reason = "no upload to spare for relief".to_owned();
+                        send(&mut stream, &Frame::Refused { reason }, limits.stall).await?;
+                        let _ = tokio::time::timeout(REFUSE_TIMEOUT, linger(&mut stream)).await;
+                        return Ok(());
+                    }
                     Verdict::Allowed { vo } => {
                         if sent_bytes.is_none() {
                             sent_bytes = Some(crate::metrics::sent(&peer, &deployment));
+                            stage_cap = sending.grants.cap_of(&deployment);
                         }
                         if !served.iter().any(|(_, d, m)| *d == deployment && *m == manifest) {
                             served.push((vo, deployment, manifest));
@@ -406,6 +434,7 @@ async fn serve_one(
                 }
             }
             Some(Frame::Credit { chunks }) => credit += u64::from(chunks),
+            Some(Frame::IfSpare) if first_want => relief = true,
             Some(Frame::Done) | None => break,
             Some(other) => {
                 return Err(

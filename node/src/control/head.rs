@@ -33,6 +33,7 @@ use super::protocol::{
 };
 use super::usage::{Usage, VoUsage};
 use crate::access::{check_manifest, check_seal, check_ticket, AccessError, Ticket};
+use crate::chunks::rate::RateLimit;
 use crate::config::Pools;
 use crate::integrate::MungeKey;
 use crate::lifecycle::Op;
@@ -318,7 +319,7 @@ impl Head {
         clock.start(DeployPhase::Inventory).await;
         let (wi, seals) = self.images(&spec, signed).await?;
         let hosts = self.hosts().await;
-        let view = self.inventory(&hosts, vo, &wi, options.mixed_drivers, events).await?;
+        let view = self.inventory(&hosts, vo, &wi, &options, events).await?;
 
         clock.start(DeployPhase::Place).await;
         let fixed = existing.as_ref().map(|e| e.placement.clone());
@@ -340,6 +341,7 @@ impl Head {
             },
             hosts: &hosts,
             links_known: &view.links_known,
+            caps: &view.caps,
             sealed: Sealed {
                 stage: &stage,
                 workspace,
@@ -372,7 +374,13 @@ impl Head {
         // fetch its chunks for this deployment, until the stage phase ends.
         let granted: Vec<_> =
             wi.manifests.iter().zip(&stagers).map(|(m, p)| (&**m, &p[..])).collect();
-        self.local.gate().grants.allow(&stage, vo, &granted, signed.expires_s());
+        let gate = self.local.gate();
+        gate.grants.allow(&stage, vo, &granted, signed.expires_s());
+        // The head sends as a source, within the deployment's cap on its own link.
+        let mine = hosts.iter().position(|h| h.1 == self.me.1);
+        if let Some(cap) = mine.and_then(|h| view.caps[h]) {
+            gate.grants.cap(&stage, Arc::new(RateLimit::on_link(cap as f64)));
+        }
         let (mut outcomes, alive) =
             self.stage(&hosts, &view, &planned, orders, &stage, events).await;
         let (vms, ready) = if options.stage_only {
@@ -470,7 +478,7 @@ impl Head {
         hosts: &[(HostName, PeerId)],
         vo: &str,
         wi: &WorkspaceImages,
-        mixed_drivers: bool,
+        options: &DeployOptions,
         events: &mpsc::Sender<DeployEvent>,
     ) -> Result<super::view::ClusterView, ControlError> {
         let request = Request::Inventory {
@@ -493,7 +501,7 @@ impl Head {
             }
         }))
         .await;
-        self.cluster(hosts, answers, wi, mixed_drivers, events)
+        self.cluster(hosts, answers, wi, options, events)
     }
 
     /// Sends every host its order of attempt `stage` at once and collects what each
@@ -710,13 +718,14 @@ impl Head {
 
     /// The planner's view of the cluster from the inventories (`view::cluster_view`,
     /// what the `inventory` fuzz target drives): hosts that did not answer are dead, and
-    /// lost; live hosts whose drivers differ are refused unless `mixed_drivers`.
+    /// lost; live hosts whose drivers differ are refused unless the options allow it;
+    /// every link is planned within the deployment's cap.
     fn cluster(
         &self,
         hosts: &[(HostName, PeerId)],
         answers: Vec<Result<InventoryReport, ControlError>>,
         wi: &WorkspaceImages,
-        mixed_drivers: bool,
+        options: &DeployOptions,
         events: &mpsc::Sender<DeployEvent>,
     ) -> Result<super::view::ClusterView, ControlError> {
         let names: Vec<String> = hosts.iter().map(|(n, _)| n.to_string()).collect();
@@ -724,13 +733,13 @@ impl Head {
             wi.refs.iter().cloned().zip(wi.chunks.iter().map(Vec::len)).collect();
         let answers: Vec<Result<InventoryReport, String>> =
             answers.into_iter().map(|a| a.map_err(|e| e.to_string())).collect();
-        let view = super::view::cluster_view(&names, &answers, &images)?;
+        let view = super::view::cluster_view(&names, &answers, &images, options.cap)?;
         for (host, e) in &view.dead {
             let reason = format!("inventory: {e}");
             let _ = events.try_send(DeployEvent::Lost { host: host.as_str().into(), reason });
             tracing::warn!(host = %host, error = %e, "no inventory; planning without it");
         }
-        view.check_drivers(mixed_drivers)?;
+        view.check_drivers(options.mixed_drivers)?;
         Ok(view)
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, watch};
-use vw_chunkstore::{ChunkId, ChunkRef, Manifest, ManifestId, Seal, Store};
+use vw_chunkstore::{Assembly, ChunkId, ChunkRef, Manifest, ManifestId, Seal, Store};
 
 use super::check;
 use super::error::{ControlError, Failure, FailureKind};
@@ -346,7 +346,7 @@ impl HostService {
             }
         };
         let deployment = spec.name.clone();
-        if let Some(key) = order.munge_key {
+        if let Some(key) = order.munge_key.clone() {
             let name = deployment.clone();
             if let Err(e) = self.with_manager(move |m| m.keep_munge_key(&name, key)).await {
                 return Answer::Failed(e.failure());
@@ -354,7 +354,7 @@ impl HostService {
         }
         let span = tracing::info_span!("stage", stage = %order.stage, vo = %vo);
         let staged = tracing::Instrument::instrument(
-            self.stage_spec(spec, &vo, &order.stage, order.share, images, progress),
+            self.stage_spec(spec, &vo, &order, images, progress),
             span,
         )
         .await;
@@ -425,6 +425,9 @@ impl HostService {
         let granted: Vec<_> =
             images.iter().map(|c| (&*c.image.manifest, &c.peers.stagers[..])).collect();
         self.gate.grants.allow(&order.stage, &vo, &granted, checked.ticket.expires_s());
+        if let Some(cap) = order.cap {
+            self.gate.grants.cap(&order.stage, Arc::new(RateLimit::on_link(cap as f64)));
+        }
         // The served images are granted, not staged.
         images.truncate(order.images.len());
         Ok((checked.spec, vo, images))
@@ -475,15 +478,17 @@ impl HostService {
         Ok(())
     }
 
+    /// Fetches what this host lacks of `order`'s images (`checked`), writing each image
+    /// as its chunks come, then stages the deployment's VMs here.
     async fn stage_spec(
         &self,
         spec: crate::workspace::WorkspaceSpec,
         vo: &str,
-        stage: &str,
-        share: crate::report::ClusterShare,
+        order: &StageOrder,
         checked: Vec<Checked>,
         progress: mpsc::Sender<Progress>,
     ) -> Result<StageReport, ControlError> {
+        let (stage, share) = (order.stage.as_str(), order.share.clone());
         let mut report = StageReport::default();
         let started = Instant::now();
 
@@ -536,8 +541,29 @@ impl HostService {
             "fetching what this host lacks"
         );
 
-        let lacking = Lacking { chunks: lacked, bytes: report.lacked, hidden };
-        let pulled = self.fetch(stage, &images, lacking, &progress).await?;
+        // Each image is written as its chunks come, so that staging ends with the last
+        // one: those fetched by the intake's writer, those held here by a filler
+        // beside it.
+        let assemblies = self.assemblies(&spec.name, &images).await?;
+        let filling = {
+            let leave: HashSet<ChunkId> = lacked.iter().map(|c| c.id).collect();
+            let (store, assemblies) = (Arc::clone(&self.store), assemblies.clone());
+            tokio::task::spawn_blocking(move || {
+                assemblies.iter().try_for_each(|a| store.fill(a, &leave).map(drop))
+            })
+        };
+        let lacking = Lacking { chunks: lacked, bytes: report.lacked };
+        // The deployment's own cap on this host's download, beside the host's.
+        let cap = order.cap.map(|c| Arc::new(RateLimit::on_link(c as f64)));
+        let intake = Intake::assembling(
+            Arc::clone(&self.store),
+            Some(Arc::clone(&self.relay)),
+            assemblies.clone(),
+        )
+        .with_download_cap(self.download.clone())
+        .with_download_cap(cap)
+        .with_hidden(hidden);
+        let pulled = self.fetch(stage, &images, lacking, intake, &progress).await?;
         report.received = pulled.1;
         report.chunks = pulled.2;
         for (peer, got) in &pulled.0.fetched {
@@ -548,15 +574,24 @@ impl HostService {
         }
         report.wire = pulled.0.fetched.iter().map(|(_, f)| f.wire).sum();
         report.dropped = pulled.0.dropped;
+        report.relieved = pulled.0.relieved;
         report.fetch_micros = started.elapsed().as_micros() as u64;
+        let _ = progress.try_send(Progress::started(Phase::Stage));
+        let staging = Instant::now();
 
-        // Every chunk is here: record the manifests under their sealed names, then stage.
+        // Every chunk is here: check the images whole and put them in place, record the
+        // manifests under their sealed names, then stage.
+        filling.await.map_err(|e| ControlError::thread("filling images", e))??;
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            assemblies.iter().try_for_each(|a| store.complete(a).map(drop))
+        })
+        .await
+        .map_err(|e| ControlError::thread("checking images", e))??;
         let (store, received) = (Arc::clone(&self.store), Arc::clone(&self.received));
         let sealed: Vec<(Arc<Manifest>, Seal)> =
             images.into_iter().map(|i| (i.manifest, i.seal)).collect();
         let vo = vo.to_owned();
-        let _ = progress.try_send(Progress::started(Phase::Stage));
-        let staging = Instant::now();
         let vms = self
             .with_manager(move |m| -> Result<_, ControlError> {
                 for (manifest, seal) in &sealed {
@@ -585,20 +620,56 @@ impl HostService {
         Ok(report)
     }
 
-    /// Runs every planned stream of `images` at once, then pulls whatever is still
-    /// missing from the fallback peers. Returns what each peer sent, and the bytes and
-    /// chunks taken.
+    /// Starts writing each image of `images` that deployment `deployment` has not
+    /// written here yet ([`Manager::shared_image`]).
+    async fn assemblies(
+        &self,
+        deployment: &str,
+        images: &[Staging],
+    ) -> Result<Vec<Arc<Assembly>>, ControlError> {
+        let ids: Vec<(ManifestId, Arc<Manifest>)> =
+            images.iter().map(|i| (i.manifest.id(), Arc::clone(&i.manifest))).collect();
+        let deployment = deployment.to_owned();
+        let paths = self
+            .read_manager(move |m| {
+                ids.into_iter()
+                    .map(|(id, manifest)| (m.shared_image(&deployment, &id), manifest))
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        tokio::task::spawn_blocking(move || {
+            let mut out: Vec<Arc<Assembly>> = Vec::new();
+            for (path, manifest) in paths {
+                if path.exists() || out.iter().any(|a| a.manifest() == manifest.id()) {
+                    continue; // written by an earlier stage of the deployment
+                }
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|error| vw_chunkstore::Error::Io {
+                        op: "create",
+                        path: dir.to_owned(),
+                        error,
+                    })?;
+                }
+                out.push(Arc::new(Assembly::create(&manifest, &path)?));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ControlError::thread("starting images", e))?
+    }
+
+    /// Runs every planned stream of `images` at once into `intake`, then pulls whatever
+    /// is still missing from the fallback peers. Returns what each peer sent, and the
+    /// bytes and chunks taken.
     async fn fetch(
         &self,
         stage: &str,
         images: &[Staging],
         lacking: Lacking,
+        intake: Intake,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(PullReport, u64, u64), ControlError> {
-        let Lacking { chunks: lacked, bytes: total, hidden } = lacking;
-        let intake = Intake::start(Arc::clone(&self.store), Some(Arc::clone(&self.relay)))
-            .with_download_cap(self.download.clone())
-            .with_hidden(hidden);
+        let Lacking { chunks: lacked, bytes: total } = lacking;
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
         let purpose = |m: &Manifest| Purpose { deployment: stage.to_owned(), manifest: m.id() };
         let mut streams = Vec::new();
@@ -637,7 +708,7 @@ impl HostService {
             tokio::select! {
                 next = pulls.next() => match next {
                     None => break,
-                    Some(Ok(r)) => merge(&mut report, r),
+                    Some(Ok(r)) => report.merge(r),
                     Some(Err(e)) => failure = Some(e),
                 },
                 _ = tick.tick() => {
@@ -682,7 +753,7 @@ impl HostService {
             let mut control = self.chunks.clone();
             match fetch_from_any(&mut control, &peers, &purpose, &rest, &intake, Floor::Fixed).await
             {
-                Ok(r) => merge(&mut report, r),
+                Ok(r) => report.merge(r),
                 Err(e) => pass_failure = Some(e),
             }
         }
@@ -710,13 +781,11 @@ struct Staging {
     seal: Seal,
 }
 
-/// What a stage fetches: the distinct chunks this host lacks of its images, their
-/// bytes, and those among them it holds, but only for images the deploying VO may not
-/// see (fetched all the same).
+/// What a stage fetches: the distinct chunks this host lacks of its images, and their
+/// bytes.
 struct Lacking {
     chunks: Vec<ChunkRef>,
     bytes: u64,
-    hidden: HashSet<ChunkId>,
 }
 
 /// An image of a stage order after its checks.
@@ -791,11 +860,6 @@ fn visible_chunks(
         }
     }
     Ok(Some(visible))
-}
-
-fn merge(into: &mut PullReport, r: PullReport) {
-    into.fetched.extend(r.fetched);
-    into.dropped.extend(r.dropped);
 }
 
 /// Most control streams one head may have open here at once. A deploy keeps one per

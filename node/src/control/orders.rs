@@ -50,6 +50,8 @@ pub struct Deploying<'a> {
     /// Per host, whether its link rate was configured or measured (else the rates the
     /// plan expects of its streams mean nothing and are sent as 0).
     pub links_known: &'a [bool],
+    /// Per host, the deployment's cap on its link (bytes per second each way), if any.
+    pub caps: &'a [Option<u64>],
     /// What goes with every order.
     pub sealed: Sealed<'a>,
 }
@@ -182,6 +184,7 @@ fn order(
         images,
         serves,
         munge_key: d.sealed.munge_key.cloned(),
+        cap: d.caps[h],
     })
 }
 
@@ -350,6 +353,7 @@ mod tests {
             },
             hosts: &hosts,
             links_known: &vec![true; n],
+            caps: &vec![None; n],
             sealed: sealed(),
         };
         let fixed = fixed.map(|f| {

@@ -30,8 +30,9 @@ pub const PROTOCOL_NAME: &str = "/vw/control";
 /// each host's Xen driver in its inventory and status; 4: each planned stream as index
 /// ranges with the rate the plan expects of it, a Slurm cluster's MUNGE key; 5:
 /// manifests sent once, in pieces, and named by id in inventories and stage orders; 6:
-/// a failure says its kind, and a refusal is one kind of failure).
-pub const VERSION: u8 = 6;
+/// a failure says its kind, and a refusal is one kind of failure; 7: a stage order's
+/// per-deployment rate cap, a stage report's relieved senders).
+pub const VERSION: u8 = 7;
 /// Largest message after its length field. Nothing in a message grows with an image's
 /// size but an inventory's bitmaps, one bit per chunk: 64 MiB holds the bits of 500
 /// million chunks.
@@ -163,6 +164,10 @@ pub struct StageOrder {
     /// The virtual cluster's MUNGE key, exactly when its workspace runs Slurm (the host
     /// writes it into each Slurm node; it is never stored on the host).
     pub munge_key: Option<MungeKey>,
+    /// Bytes per second this deployment's chunks may use of this host's link, each way
+    /// (the operator's cap on the deployment, `vw deploy --cap`; the host's own caps
+    /// hold as well). `None`: no cap of the deployment's own.
+    pub cap: Option<u64>,
 }
 
 /// One image of a stage order.
@@ -399,6 +404,8 @@ pub struct StageReport {
     pub from: Vec<(String, u64)>,
     /// Senders dropped, and why.
     pub dropped: Vec<(String, String)>,
+    /// Planned senders that ran slow, and what other holders sent in their place.
+    pub relieved: Vec<(String, String)>,
     /// Microseconds fetching, then staging.
     pub fetch_micros: u64,
     /// Microseconds rebuilding, cloning, integrating.
@@ -487,6 +494,9 @@ impl Message for Request {
                 }
                 count("images", order.images.len(), MAX_IMAGES)?;
                 count("served images", order.serves.len(), MAX_IMAGES)?;
+                if order.cap == Some(0) {
+                    return Err(FrameError::Invalid("a rate cap of 0 bytes/s".into()));
+                }
                 order.images.iter().chain(&order.serves).try_for_each(check_image_order)
             }
             Request::Run { deployment, op } => {
@@ -728,9 +738,16 @@ mod tests {
                 images: vec![image(1)],
                 serves,
                 munge_key: None,
+                cap: None,
             }))
         };
         assert!(order(vec![image(1)]).check().is_ok());
+        let mut capped = order(vec![]);
+        if let Request::Stage(o) = &mut capped {
+            o.cap = Some(0);
+        }
+        let zero = capped.check().expect_err("a cap of nothing");
+        assert!(zero.to_string().contains("a rate cap of 0"), "{zero}");
         let many = order(vec![image(1); MAX_IMAGES + 1]).check().expect_err("too many served");
         assert!(many.to_string().contains("served images"), "{many}");
         let wide = order(vec![image(MAX_PEERS + 1)]).check().expect_err("too many stagers");

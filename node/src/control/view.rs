@@ -12,6 +12,7 @@ use vw_chunkstore::ImageRef;
 use vw_planner::address::NicAddress;
 use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, PlanError, Ranges};
 
+use super::deployment::StageCap;
 use super::protocol::{bit, InventoryReport};
 use crate::config::DriverKind;
 use crate::machine::{Source, ASSUMED_LINK_RATE};
@@ -36,6 +37,10 @@ pub struct ClusterView {
     /// plan expects of its streams means something. False for an assumed link and for
     /// a dead host.
     pub links_known: Vec<bool>,
+    /// Per host: the deployment's cap on its link, bytes per second each way (`None`
+    /// when the deployment has no cap, or the host is dead). Its rates are planned at
+    /// most at this.
+    pub caps: Vec<Option<u64>>,
 }
 
 impl ClusterView {
@@ -126,12 +131,14 @@ pub enum ViewError {
 /// per host: its inventory, or why there is none). `images` are the workspace's
 /// images in planner order, each with its count of distinct non-zero chunks: every
 /// inventory must hold one bitmap of that many bits per image. A host without an
-/// inventory is planned dead, with no capacity; a live one at the lower of its link's
-/// speed and its caps, with the vCPUs per CPU it allows.
+/// inventory is planned dead, with no capacity; a live one at the lowest of its link's
+/// speed, its caps and the deployment's `cap` on its link, with the vCPUs per CPU it
+/// allows.
 pub fn cluster_view(
     names: &[String],
     answers: &[Result<InventoryReport, String>],
     images: &[(ImageRef, usize)],
+    cap: Option<StageCap>,
 ) -> Result<ClusterView, ViewError> {
     if names.len() != answers.len() {
         return Err(ViewError::Answers { hosts: names.len(), answers: answers.len() });
@@ -139,7 +146,7 @@ pub fn cluster_view(
     let mut hosts = Vec::with_capacity(names.len());
     let mut inventory = Inventory::empty(names.len(), images.len());
     let (mut committed, mut nics, mut dead) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut drivers, mut links_known) = (Vec::new(), Vec::new());
+    let (mut drivers, mut links_known, mut caps) = (Vec::new(), Vec::new(), Vec::new());
     for (h, (name, answer)) in names.iter().zip(answers).enumerate() {
         let ix = HostIx(h as u32);
         let r = match answer {
@@ -147,6 +154,7 @@ pub fn cluster_view(
             Err(e) => {
                 dead.push((name.clone(), e.clone()));
                 links_known.push(false);
+                caps.push(None);
                 hosts.push(Host {
                     name: name.clone(),
                     memory_mib: 0,
@@ -165,18 +173,25 @@ pub fn cluster_view(
             .checked_mul(r.capacity.vcpus_per_cpu)
             .ok_or_else(|| ViewError::Cpus { host: name.clone(), cpus })?;
         let link = r.link.bytes_per_s;
-        let known = |cap: Option<f64>| {
-            r.link.source != Source::Assumed || cap.is_some_and(|cap| cap < link)
+        // The deployment's cap, on this link: a share of an assumed link is a guess.
+        let staging = cap.map(|c| c.on(link).max(1.0));
+        let below = |c: Option<f64>| c.is_some_and(|c| c < link);
+        let known = |own: Option<f64>| {
+            r.link.source != Source::Assumed
+                || below(own)
+                || matches!(cap, Some(StageCap::Rate(rate)) if rate < link)
         };
         links_known.push(known(r.caps.0) && known(r.caps.1));
+        caps.push(staging.map(|c| c as u64));
         drivers.push((name.clone(), r.driver));
+        let rate = |own: Option<f64>| [own, staging].into_iter().flatten().fold(link, f64::min);
         hosts.push(Host {
             name: name.clone(),
             memory_mib: r.capacity.memory_mib,
             vcpus,
             cpus,
-            up: r.caps.0.map_or(link, |cap| cap.min(link)),
-            down: r.caps.1.map_or(link, |cap| cap.min(link)),
+            up: rate(r.caps.0),
+            down: rate(r.caps.1),
             rack: r.rack.clone(),
             alive: true,
         });
@@ -208,7 +223,7 @@ pub fn cluster_view(
         nics.extend(r.addresses.iter().copied());
     }
     let cluster = Cluster::new(hosts)?;
-    Ok(ClusterView { cluster, inventory, committed, nics, dead, drivers, links_known })
+    Ok(ClusterView { cluster, inventory, committed, nics, dead, drivers, links_known, caps })
 }
 
 #[cfg(test)]
@@ -276,7 +291,7 @@ mod tests {
         };
         let answers =
             vec![Ok(first), Err("cannot reach it".into()), Ok(report(vec![vec![0, 0], vec![0]]))];
-        let view = cluster_view(&names(3), &answers, &images).expect("view");
+        let view = cluster_view(&names(3), &answers, &images, None).expect("view");
 
         let hosts = view.cluster.hosts();
         assert_eq!(hosts.len(), 3);
@@ -326,15 +341,52 @@ mod tests {
             Ok(capped((Some(1e7), None))),
             Ok(capped((Some(1e7), Some(ASSUMED_LINK_RATE * 2.0)))),
         ];
-        let view = cluster_view(&names(3), &answers, &images).expect("view");
+        let view = cluster_view(&names(3), &answers, &images, None).expect("view");
         assert_eq!(view.links_known, vec![true, false, false]);
+    }
+
+    /// A deployment's cap lowers every live host's rates both ways, below the host's
+    /// own caps where it is lower, and each host is told its cap; a rate cap below an
+    /// assumed link makes it known, a share of one does not.
+    #[test]
+    fn a_deployment_cap_is_planned_on_every_link() {
+        let images = [(image("vo/base:1"), 1)];
+        let nic = InventoryReport {
+            link: link(12.5e6, Source::Nic("eth0".into())),
+            caps: (Some(5e6), None),
+            ..report(vec![vec![0]])
+        };
+        let answers = vec![Ok(nic), Err("gone".into()), Ok(report(vec![vec![0]]))];
+        let view =
+            cluster_view(&names(3), &answers, &images, Some(StageCap::Share(0.5))).expect("view");
+        let h = view.cluster.hosts();
+        assert_eq!((h[0].up, h[0].down), (5e6, 6.25e6));
+        assert_eq!((h[2].up, h[2].down), (ASSUMED_LINK_RATE / 2.0, ASSUMED_LINK_RATE / 2.0));
+        assert_eq!(view.caps, vec![Some(6_250_000), None, Some((ASSUMED_LINK_RATE / 2.0) as u64)]);
+        assert_eq!(view.links_known, vec![true, false, false]);
+
+        let rate = Some(StageCap::Rate(1e6));
+        let view = cluster_view(&names(3), &answers, &images, rate).expect("view");
+        assert_eq!(view.caps, vec![Some(1_000_000), None, Some(1_000_000)]);
+        assert_eq!(view.links_known, vec![true, false, true]);
+        assert_eq!((view.cluster.hosts()[0].up, view.cluster.hosts()[0].down), (1e6, 1e6));
+    }
+
+    #[test]
+    fn caps_parse_as_shares_or_rates() {
+        assert_eq!("50%".parse::<StageCap>(), Ok(StageCap::Share(0.5)));
+        assert_eq!("40Mbit".parse::<StageCap>(), Ok(StageCap::Rate(5e6)));
+        for bad in ["0%", "150%", "half", "0Mbit"] {
+            let err = bad.parse::<StageCap>().expect_err(bad);
+            assert!(err.contains(bad), "{err}");
+        }
     }
 
     #[test]
     fn answers_of_the_wrong_shape_are_refused_naming_the_host() {
         let images = [(image("vo/base:1"), 9)];
         let view = |answers: Vec<Result<InventoryReport, String>>| {
-            cluster_view(&names(answers.len()), &answers, &images).map(|_| ())
+            cluster_view(&names(answers.len()), &answers, &images, None).map(|_| ())
         };
         assert_eq!(
             view(vec![Ok(report(vec![vec![0, 0]])), Ok(report(vec![]))]),
@@ -347,7 +399,7 @@ mod tests {
         );
         assert!(err.to_string().contains("image vo/base:1 of 9 chunks"), "{err}");
         assert_eq!(
-            cluster_view(&names(2), &[Ok(report(vec![vec![0, 0]]))], &images).map(|_| ()),
+            cluster_view(&names(2), &[Ok(report(vec![vec![0, 0]]))], &images, None).map(|_| ()),
             Err(ViewError::Answers { hosts: 2, answers: 1 })
         );
         let mut huge = report(vec![vec![0, 0]]);
@@ -370,7 +422,7 @@ mod tests {
         let mut xl = report(vec![vec![0]]);
         xl.driver = DriverKind::Xl;
         let answers = vec![Ok(xl.clone()), Ok(report(vec![vec![0]])), Ok(xl), Err("gone".into())];
-        let view = cluster_view(&names(4), &answers, &images).expect("view");
+        let view = cluster_view(&names(4), &answers, &images, None).expect("view");
         let err = view.check_drivers(false).expect_err("mixed");
         let text = err.to_string();
         assert!(text.contains("(simulated on h1; xl on h0, h2)"), "{text}");
@@ -378,14 +430,14 @@ mod tests {
         view.check_drivers(true).expect("allowed");
         // One driver (the dead host has none) is fine.
         let answers = vec![Ok(report(vec![vec![0]])), Err("gone".into())];
-        let view = cluster_view(&names(2), &answers, &images).expect("view");
+        let view = cluster_view(&names(2), &answers, &images, None).expect("view");
         view.check_drivers(false).expect("one driver");
     }
 
     #[test]
     fn a_cluster_of_dead_hosts_is_still_a_cluster() {
         let answers = vec![Err("gone".into()), Err("refused".into())];
-        let view = cluster_view(&names(2), &answers, &[]).expect("view");
+        let view = cluster_view(&names(2), &answers, &[], None).expect("view");
         assert!(view.cluster.hosts().iter().all(|h| !h.alive));
         assert_eq!(view.dead.len(), 2);
     }
@@ -403,7 +455,7 @@ mod tests {
                 map[last] |= spill & !((1u8 << (n % 8)) - 1);
             }
             let images = [(image("vo/x:1"), n)];
-            let view = cluster_view(&names(1), &[Ok(report(vec![map]))], &images).expect("view");
+            let view = cluster_view(&names(1), &[Ok(report(vec![map]))], &images, None).expect("view");
             let want = Ranges::from_indices((0..n).filter(|&c| held(c)).map(|c| c as u32));
             prop_assert_eq!(view.inventory.held(HostIx(0), 0), &want);
         }

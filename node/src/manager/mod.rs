@@ -708,6 +708,13 @@ impl Manager {
     pub fn config_path(&self, vm: &str) -> PathBuf {
         self.root.join("xen").join(format!("{vm}.cfg"))
     }
+
+    /// `images/<deployment>/.shared/<id>.img`: image `id` written once for a
+    /// deployment's VMs here (each clones it, the last takes it). A stage writes it as
+    /// the chunks arrive; staging a VM rebuilds it from the store if it is not there.
+    pub fn shared_image(&self, deployment: &str, id: &ManifestId) -> PathBuf {
+        stage::shared_dir(self, deployment).join(format!("{}.img", id.to_hex()))
+    }
 }
 
 /// The template a VM was made from.

@@ -28,6 +28,11 @@ fn deployment_dir(m: &Manager, dep: &str) -> PathBuf {
     m.root.join("images").join(dep)
 }
 
+/// `images/<deployment>/.shared`: the images its VMs here clone.
+pub(super) fn shared_dir(m: &Manager, dep: &str) -> PathBuf {
+    deployment_dir(m, dep).join(".shared")
+}
+
 /// Stages one VM; returns the files it uses.
 pub(super) fn stage_vm(
     m: &Manager,
@@ -37,7 +42,7 @@ pub(super) fn stage_vm(
 ) -> Result<StagedFiles, ManagerError> {
     let node = node_of(&dep.spec, vm.role);
     let stage_err = |error| ManagerError::Stage { vm: vm.name.clone(), error: Box::new(error) };
-    let shared = deployment_dir(m, &dep.name).join(".shared");
+    let shared = shared_dir(m, &dep.name);
     let dir = deployment_dir(m, &dep.name).join(&vm.name);
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| ManagerError::io("remove", &dir, e))?;
@@ -74,10 +79,11 @@ pub(super) fn stage_vm(
     let mut root = None;
     for (i, (p, id)) in node.partitions.iter().zip(&ids).enumerate() {
         m.store.pin(&ImageRef::Id(*id), &PinReason::Deployment(dep.name.clone()))?;
-        let staged = shared.join(format!("{}.img", id.to_hex()));
+        let staged = m.shared_image(&dep.name, id);
         let t = Instant::now();
         if !staged.exists() {
-            // Rebuilt once per deployment, verified against the image's BLAKE3.
+            // Written as its chunks arrived (when this host fetched any), else rebuilt
+            // once per deployment; either way verified against the image's BLAKE3.
             m.store.export(id, &staged, false, &()).map_err(stage_err)?;
             phases.rebuilt += 1;
         }

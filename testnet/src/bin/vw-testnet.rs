@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vw_testnet::runner::{self, RunnerOptions};
-use vw_testnet::{baseline, net, results, scenario, TestnetError};
+use vw_testnet::{baseline, disturb, net, results, scenario, TestnetError};
 
 #[derive(Parser, Debug)]
 #[command(name = "vw-testnet", about = "Multi-host vw experiments in network namespaces (root)")]
@@ -63,6 +63,18 @@ enum Command {
     /// Prints a vwd's Prometheus metrics (run by the harness in a host's namespace).
     #[command(hide = true)]
     Scrape { addr: std::net::SocketAddr },
+    /// Background flow receiver: accepts connections and discards what they send.
+    #[command(hide = true)]
+    Sink {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// Background flow sender: zeros to the address as fast as the path takes them.
+    #[command(hide = true)]
+    Flood {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
     /// Baseline sender: the file to every address at once.
     #[command(hide = true)]
     Send {
@@ -115,6 +127,8 @@ fn run(command: Command) -> Result<(), TestnetError> {
         }
         Command::Pipe { listen, out, next } => baseline::pipe(listen, &out, next).map(drop),
         Command::Send { file, to } => baseline::send(&file, &to),
+        Command::Sink { listen } => disturb::sink(listen),
+        Command::Flood { to } => disturb::flood(to),
         Command::Scrape { addr } => {
             print!("{}", vw_testnet::metrics::scrape(addr)?);
             Ok(())
