@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
 use vw_node::access::grants::Grants;
+use vw_node::chunks::rate::{RateLimit, UploadMeter};
 use vw_node::chunks::{
-    self, fetch, fetch_from_any, fetch_into, ChunkSource, Floor, Intake, Purpose, Relay, Sending,
+    self, fetch, fetch_from_any, fetch_into, ChunkSource, Floor, Intake, PullReport, Purpose,
+    Relay, Sending,
 };
 use vw_node::chunkstore::{testdata::noise, ImageName, Manifest, Store};
 use vw_node::peer::{Peer, PeerConfig, PeerError};
@@ -428,4 +430,102 @@ async fn a_request_that_arrives_just_before_its_grant_is_served() {
     late.await.expect("grant");
     pa.shutdown().await;
     pb.shutdown().await;
+}
+
+/// An image of `mib` MiB of noise imported into `a`: its manifest and bytes.
+fn imported(a: &Store, dir: &std::path::Path, mib: usize, seed: u64) -> (Manifest, Vec<u8>) {
+    let img = dir.join(format!("relief-{seed}.img"));
+    let data = noise(mib << 20, seed);
+    std::fs::write(&img, &data).expect("write");
+    let id = a.import(&img, None, &()).expect("import").manifest;
+    (a.manifest(&id).expect("manifest"), data)
+}
+
+/// A slow sender `a` (capped at 1 MiB/s where the plan expects 4 MiB/s), a second
+/// holder `b` sending as `b_sends`, and a receiver `c`: what `c` pulls of `mib` MiB
+/// from `[a, b]` with `a` planned, and the image's bytes.
+async fn slow_then_other(
+    dir: &std::path::Path,
+    mib: usize,
+    b_sends: Sending,
+) -> (PullReport, Manifest, Vec<u8>, Arc<Store>) {
+    let keys: Vec<identity::Keypair> =
+        (0..3).map(|_| identity::Keypair::generate_ed25519()).collect();
+    let [ka, kb, kc] = [&keys[0], &keys[1], &keys[2]];
+    let stores: Vec<Arc<Store>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Arc::new(Store::open(&dir.join(n)).expect("store")))
+        .collect();
+    let (a, b, c) = (stores[0].clone(), stores[1].clone(), stores[2].clone());
+    let (manifest, data) = imported(&a, dir, mib, 77);
+    imported(&b, dir, mib, 77);
+    let grants = Arc::new(Grants::default());
+    let slow = Sending {
+        grants: grants.clone(),
+        upload: Some(Arc::new(RateLimit::new(1.0 * 1048576.0))),
+        ..Default::default()
+    };
+    let pa = start((config(ka, &[kc], &grants).0, slow), a.clone()).await.expect("peer a");
+    let pb =
+        start((config(kb, &[kc], &grants).0, Sending { grants: grants.clone(), ..b_sends }), b)
+            .await
+            .expect("peer b");
+    let pc = start(config(kc, &[ka, kb], &grants), c.clone()).await.expect("peer c");
+    grant(&grants, &manifest, &[pc.id()]);
+    pc.dial(address(&pa).await).await.expect("dial a");
+    pc.dial(address(&pb).await).await.expect("dial b");
+    let missing = c.missing(&manifest).expect("missing");
+    let intake = Intake::start(c.clone(), None);
+    let pulled = fetch_from_any(
+        &mut pc.control(),
+        &[pa.id(), pb.id()],
+        &purpose(&manifest),
+        &missing.chunks,
+        &intake,
+        Floor::planned(4 << 20),
+    )
+    .await
+    .expect("every chunk comes");
+    intake.finish().await.expect("durable");
+    let total: u64 = pulled.fetched.iter().map(|(_, f)| f.bytes).sum();
+    assert_eq!(total, missing.bytes, "every chunk came once: {pulled:?}");
+    for p in [pa, pb, pc] {
+        p.shutdown().await;
+    }
+    (pulled, manifest, data, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_planned_sender_hands_the_rest_to_a_holder_with_upload_to_spare() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pulled, manifest, data, c) = slow_then_other(dir.path(), 16, Sending::default()).await;
+    assert_eq!(pulled.relieved.len(), 1, "{pulled:?}");
+    assert!(pulled.relieved[0].1.contains("slow ("), "{pulled:?}");
+    let by = |i: usize| pulled.fetched.get(i).map(|(_, f)| f.bytes).unwrap_or(0);
+    assert_eq!(pulled.fetched.len(), 2, "the slow sender and its relief: {pulled:?}");
+    assert!(by(0) > 0 && by(1) > 0, "both sent part of it: {pulled:?}");
+    assert!(pulled.dropped.is_empty(), "nobody was dropped: {pulled:?}");
+    rebuilds_exactly(&c, &manifest, None, &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_upload_is_busy_refuses_relief_and_the_slow_sender_keeps_its_chunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // b's upload is kept busy (its meter says it sends far more than its link).
+    let meter = Arc::new(UploadMeter::new(1e6));
+    let busy = {
+        let meter = meter.clone();
+        tokio::spawn(async move {
+            loop {
+                meter.sent(1 << 20);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let sends = Sending { spare: Some(meter), ..Default::default() };
+    let (pulled, manifest, data, c) = slow_then_other(dir.path(), 5, sends).await;
+    busy.abort();
+    assert!(pulled.relieved.is_empty(), "{pulled:?}");
+    assert_eq!(pulled.fetched.len(), 1, "the slow sender sent it all: {pulled:?}");
+    rebuilds_exactly(&c, &manifest, None, &data);
 }

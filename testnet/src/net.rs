@@ -166,6 +166,18 @@ fn ip(args: &[&str]) -> Result<(), TestnetError> {
 /// `ack_priority`, pure TCP ACKs go ahead of data (as a host's fq_codel would let them),
 /// so a host that uploads at full rate does not delay the ACKs of its download.
 fn shape(ns: Option<&str>, dev: &str, rate: f64, ack_priority: bool) -> Result<(), TestnetError> {
+    classes(ns, dev, rate, ack_priority, "add")
+}
+
+/// Makes (`op` "add", after a new root qdisc) or changes (`op` "change", in place: no
+/// packet in the queues is lost) the HTB classes of `dev` for `rate`.
+fn classes(
+    ns: Option<&str>,
+    dev: &str,
+    rate: f64,
+    ack_priority: bool,
+    op: &str,
+) -> Result<(), TestnetError> {
     let bits = |share: f64| format!("{}bit", (rate * 8.0 * share).round() as u64);
     // A burst of a few milliseconds at the rate, at least 32 KiB (GSO packets).
     let burst = format!("{}b", ((rate * 0.004) as u64).max(32 * 1024));
@@ -177,7 +189,7 @@ fn shape(ns: Option<&str>, dev: &str, rate: f64, ack_priority: bool) -> Result<(
     let class = |parent: &str, id: &str, share: f64, prio: &str| {
         tc(&[
             "class",
-            "add",
+            op,
             "dev",
             dev,
             "parent",
@@ -197,14 +209,22 @@ fn shape(ns: Option<&str>, dev: &str, rate: f64, ack_priority: bool) -> Result<(
             prio,
         ])
     };
+    let add = op == "add";
     if !ack_priority {
-        tc(&["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])?;
+        if add {
+            tc(&["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])?;
+        }
         return class("1:", "1:1", 1.0, "0");
     }
-    tc(&["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "20"])?;
+    if add {
+        tc(&["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "20"])?;
+    }
     class("1:", "1:1", 1.0, "0")?;
     class("1:1", "1:10", 0.05, "0")?;
     class("1:1", "1:20", 0.95, "1")?;
+    if !add {
+        return Ok(());
+    }
     // IPv4, TCP, total length under 64, flags exactly ACK: a pure ACK.
     tc(&[
         "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "10", "u32",
@@ -257,8 +277,8 @@ impl HostNet {
     /// Shapes the host's link, both ways, to `rate` bytes per second (its own rate
     /// again to restore it).
     pub fn reshape(&self, rate: f64) -> Result<(), TestnetError> {
-        shape(None, &self.port, rate, self.ack_priority)?;
-        shape(Some(&self.netns), "eth0", rate, self.ack_priority)
+        classes(None, &self.port, rate, self.ack_priority, "change")?;
+        classes(Some(&self.netns), "eth0", rate, self.ack_priority, "change")
     }
 
     /// Bytes the host's link has carried so far: (download, upload), as its switch

@@ -488,7 +488,7 @@ pub async fn fetch_from_any(
     };
     let mut remaining = still_missing()?;
     for (i, &peer) in peers.iter().enumerate() {
-        if remaining.is_empty() {
+        if remaining.is_empty() || intake.is_broken() {
             break;
         }
         let floor = if i == 0 { first } else { Floor::Fixed };

@@ -193,6 +193,12 @@ impl Intake {
         self.tx.send((id, data, permit)).await.is_ok()
     }
 
+    /// Whether the writer has stopped (it failed; its error comes from
+    /// [`Intake::finish`]): nothing more can be taken.
+    pub fn is_broken(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Waits until every chunk taken is durable in the store.
     pub async fn finish(self) -> Result<(), PeerError> {
         drop(self.tx);

@@ -173,8 +173,11 @@ pub fn cluster_view(
             .checked_mul(r.capacity.vcpus_per_cpu)
             .ok_or_else(|| ViewError::Cpus { host: name.clone(), cpus })?;
         let link = r.link.bytes_per_s;
-        // The deployment's cap, on this link: a share of an assumed link is a guess.
-        let staging = cap.map(|c| c.on(link).max(1.0));
+        // The deployment's cap, on the link as this host lets staging use it (its own
+        // caps are what an operator set for its link): a share of an assumed link is a
+        // guess.
+        let own = [r.caps.0, r.caps.1].into_iter().flatten().fold(link, f64::min);
+        let staging = cap.map(|c| c.on(own).max(1.0));
         let below = |c: Option<f64>| c.is_some_and(|c| c < link);
         let known = |own: Option<f64>| {
             r.link.source != Source::Assumed
@@ -345,8 +348,8 @@ mod tests {
         assert_eq!(view.links_known, vec![true, false, false]);
     }
 
-    /// A deployment's cap lowers every live host's rates both ways, below the host's
-    /// own caps where it is lower, and each host is told its cap; a rate cap below an
+    /// A deployment's cap lowers every live host's rates both ways (a share: of the
+    /// link as the host's own caps leave it), and each host is told its cap; a rate cap below an
     /// assumed link makes it known, a share of one does not.
     #[test]
     fn a_deployment_cap_is_planned_on_every_link() {
@@ -359,10 +362,11 @@ mod tests {
         let answers = vec![Ok(nic), Err("gone".into()), Ok(report(vec![vec![0]]))];
         let view =
             cluster_view(&names(3), &answers, &images, Some(StageCap::Share(0.5))).expect("view");
+        // Half of what the host lets staging use of its link (its own upload cap).
         let h = view.cluster.hosts();
-        assert_eq!((h[0].up, h[0].down), (5e6, 6.25e6));
+        assert_eq!((h[0].up, h[0].down), (2.5e6, 2.5e6));
         assert_eq!((h[2].up, h[2].down), (ASSUMED_LINK_RATE / 2.0, ASSUMED_LINK_RATE / 2.0));
-        assert_eq!(view.caps, vec![Some(6_250_000), None, Some((ASSUMED_LINK_RATE / 2.0) as u64)]);
+        assert_eq!(view.caps, vec![Some(2_500_000), None, Some((ASSUMED_LINK_RATE / 2.0) as u64)]);
         assert_eq!(view.links_known, vec![true, false, false]);
 
         let rate = Some(StageCap::Rate(1e6));
