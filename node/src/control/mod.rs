@@ -15,6 +15,7 @@
 //! order out); a deployment's phases, events and report in `deployment`; why a
 //! request failed, and of what kind, in `error`.
 
+pub mod cap;
 pub mod check;
 #[cfg(feature = "host")]
 pub mod deployment;

@@ -12,7 +12,7 @@ use vw_chunkstore::ImageRef;
 use vw_planner::address::NicAddress;
 use vw_planner::{Cluster, Committed, Host, HostIx, Inventory, PlanError, Ranges};
 
-use super::deployment::StageCap;
+use super::cap::StageCap;
 use super::protocol::{bit, InventoryReport};
 use crate::config::DriverKind;
 use crate::machine::{Source, ASSUMED_LINK_RATE};
