@@ -95,6 +95,7 @@ fn fixture() -> &'static (ClusterConfig, StageOrder, Held) {
             images: vec![base_order, worker_order],
             serves: vec![],
             munge_key: None,
+            cap: None,
         };
         let held: Held =
             [base, worker].into_iter().map(|m| (m.id(), Arc::new(m))).collect();
