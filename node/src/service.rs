@@ -137,6 +137,10 @@ impl Vwd {
         );
         let relay = Relay::new(manager.shared_store());
         let store = manager.shared_store();
+        // What this host's upload carries: relief is served only with room to spare.
+        let meter = Arc::new(UploadMeter::new(
+            daemon.caps.0.map_or(link.bytes_per_s, |cap| cap.min(link.bytes_per_s)),
+        ));
         let peer = Peer::start(
             PeerConfig {
                 listen: daemon.listen.clone(),
@@ -153,9 +157,7 @@ impl Vwd {
                     grants: Arc::clone(&gate.grants),
                     audit: Some(Arc::clone(&gate.audit)),
                     limits: Default::default(),
-                    spare: Some(Arc::new(UploadMeter::new(
-                        daemon.caps.0.map_or(link.bytes_per_s, |cap| cap.min(link.bytes_per_s)),
-                    ))),
+                    spare: Some(Arc::clone(&meter)),
                 },
             )],
         )
@@ -166,7 +168,12 @@ impl Vwd {
             relay,
             peer.control(),
             book.clone(),
-            HostLinks { caps: daemon.caps, link, rack: daemon.config.rack.clone() },
+            HostLinks {
+                caps: daemon.caps,
+                link,
+                rack: daemon.config.rack.clone(),
+                meter: Some(meter),
+            },
             daemon.heads.clone(),
             gate,
         ));

@@ -183,6 +183,7 @@ pub(super) async fn fetch_stream(
         if let (Some(share), Some(handoff)) =
             (pace.as_mut().and_then(Pace::take_slow), role.handoff)
         {
+            intake.sender_slow();
             if asking.is_none() && credited < wanted.len() {
                 let (tx, rx) = oneshot::channel();
                 if handoff.try_send(Ask { at: credited, share, verdict: tx }).is_ok() {

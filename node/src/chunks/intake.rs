@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use vw_chunkstore::{Assembly, ChunkId, Store};
 
 use super::Relay;
-use crate::chunks::rate::RateLimit;
+use crate::chunks::rate::{RateLimit, UploadMeter};
 use crate::peer::PeerError;
 
 /// How long an intake waits for more chunks before it syncs those it has.
@@ -45,6 +45,8 @@ pub struct Intake {
     received: Mutex<std::collections::HashSet<ChunkId>>,
     bytes: std::sync::atomic::AtomicU64,
     download: Vec<Arc<RateLimit>>,
+    /// This host's upload meter, told when a sender of this stage runs slow.
+    meter: Option<Arc<UploadMeter>>,
     /// Peers that sent a bad chunk in this stage: no other stream of the stage asks
     /// them again.
     dropped: Mutex<std::collections::HashSet<PeerId>>,
@@ -126,6 +128,7 @@ impl Intake {
             received: Default::default(),
             bytes: Default::default(),
             download: Vec::new(),
+            meter: None,
             dropped: Default::default(),
             hidden: Default::default(),
         }
@@ -136,6 +139,20 @@ impl Intake {
     pub fn with_download_cap(mut self, cap: Option<Arc<RateLimit>>) -> Self {
         self.download.extend(cap);
         self
+    }
+
+    /// Tells `meter` when a sender of this stage runs slow, so this host offers no
+    /// relief meanwhile.
+    pub fn with_meter(mut self, meter: Option<Arc<UploadMeter>>) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    /// A sender of this stage runs slow: this host may be on a slow link.
+    pub(super) fn sender_slow(&self) {
+        if let Some(m) = &self.meter {
+            m.receiving_slowly();
+        }
     }
 
     /// Chunks to receive even though the store holds them: they count as lacked for

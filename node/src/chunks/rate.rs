@@ -73,12 +73,16 @@ impl RateLimit {
 }
 
 /// What a host's upload carries, measured over the last second, against what its link
-/// can carry: whether a relief stream may be served ([`SPARE_BELOW`]).
+/// can carry: whether a relief stream may be served ([`SPARE_BELOW`]). A host that
+/// found one of its own senders slow lately offers no relief either
+/// ([`UploadMeter::receiving_slowly`]): an idle upload on a slowed link is not spare.
 #[derive(Debug)]
 pub struct UploadMeter {
     capacity: f64,
     /// The current window's start and bytes, and the last full window's rate.
     state: Mutex<(Instant, u64, f64)>,
+    /// Until when this host counts as receiving slowly.
+    slow_until: Mutex<Option<Instant>>,
 }
 
 impl UploadMeter {
@@ -87,7 +91,11 @@ impl UploadMeter {
 
     /// A meter for an upload of `capacity` bytes per second.
     pub fn new(capacity: f64) -> Self {
-        UploadMeter { capacity, state: Mutex::new((Instant::now(), 0, 0.0)) }
+        UploadMeter {
+            capacity,
+            state: Mutex::new((Instant::now(), 0, 0.0)),
+            slow_until: Mutex::new(None),
+        }
     }
 
     /// `bytes` were sent.
@@ -118,9 +126,21 @@ impl UploadMeter {
         st.2.max(current)
     }
 
-    /// Whether the upload has room for a relief stream.
+    /// How long a host that found its own sender slow offers no relief: two of the
+    /// receiver's pace windows, so a link that stays slow keeps it refusing.
+    pub const SLOW_HOLD: Duration = Duration::from_secs(6);
+
+    /// This host found one of its own senders slow: its link may be what is slow, and
+    /// for [`Self::SLOW_HOLD`] it offers no relief.
+    pub fn receiving_slowly(&self) {
+        *self.slow_until.lock().expect("meter lock") = Some(Instant::now() + Self::SLOW_HOLD);
+    }
+
+    /// Whether the upload has room for a relief stream (and this host is not receiving
+    /// slowly itself).
     pub fn has_spare(&self) -> bool {
-        self.rate() < self.capacity * SPARE_BELOW
+        let slow = self.slow_until.lock().expect("meter lock").is_some_and(|t| Instant::now() < t);
+        !slow && self.rate() < self.capacity * SPARE_BELOW
     }
 }
 
@@ -135,6 +155,9 @@ mod tests {
         m.sent(900_000);
         std::thread::sleep(Duration::from_millis(300));
         assert!(!m.has_spare(), "900 KB in 0.3 s of a 1 MB/s link: {}", m.rate());
+        let idle = UploadMeter::new(1e6);
+        idle.receiving_slowly();
+        assert!(!idle.has_spare(), "a host receiving slowly offers no relief");
         let link = RateLimit::on_link(1514.0);
         assert!((link.rate() - 1448.0).abs() < 1e-9, "headers counted: {}", link.rate());
     }

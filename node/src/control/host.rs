@@ -28,7 +28,7 @@ use super::protocol::{
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
 use crate::access::{shareable, Gate};
-use crate::chunks::rate::RateLimit;
+use crate::chunks::rate::{RateLimit, UploadMeter};
 use crate::chunks::{fetch_from_any, Floor, Intake, PullReport, Purpose, Relay, QUIET};
 use crate::lifecycle::Op;
 use crate::machine::LinkRate;
@@ -53,6 +53,9 @@ pub struct HostLinks {
     pub link: LinkRate,
     /// Its rack (switch), if configured.
     pub rack: Option<String>,
+    /// What its upload carries (its chunk server's meter), told when a sender of a
+    /// stage here runs slow.
+    pub meter: Option<Arc<UploadMeter>>,
 }
 
 /// What a host serves control requests with.
@@ -562,6 +565,7 @@ impl HostService {
         )
         .with_download_cap(self.download.clone())
         .with_download_cap(cap)
+        .with_meter(self.links.meter.clone())
         .with_hidden(hidden);
         let pulled = self.fetch(stage, &images, lacking, intake, &progress).await?;
         report.received = pulled.1;
