@@ -1,7 +1,9 @@
 //! Fetching: send `Want` for the ids and a window of credit, verify each chunk against
 //! its id as it arrives, hand it to the [`Intake`] (bounded: memory in flight is the
 //! window), and grant one more credit per chunk taken; a sender that falls below its
-//! progress floor is dropped, and [`fetch_from_any`] goes on with the next peer.
+//! progress floor is dropped, and [`fetch_from_any`] goes on with the next peer. A
+//! planned sender that runs slow (below half its planned rate) is relieved: the chunks
+//! not asked of it yet go to a holder with upload to spare (`relief`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
