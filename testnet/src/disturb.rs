@@ -17,10 +17,8 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use vw_node::planner::{
-    plan, simulate, simulate_reshaped, Cluster, Host, HostIx, Image, Inventory, Need, Reshape,
-    Strategy,
-};
+use vw_node::planner::testdata::{cold, Scenario};
+use vw_node::planner::{plan, simulate, simulate_reshaped, HostIx, Image, Reshape, Strategy};
 
 use crate::net::HostNet;
 use crate::TestnetError;
@@ -260,26 +258,8 @@ pub fn predict(
     reshape: impl Fn(HostIx) -> Reshape,
 ) -> Result<(Vec<f64>, Vec<f64>), TestnetError> {
     let fail = |e: vw_node::planner::PlanError| TestnetError::Run(format!("prediction: {e}"));
-    let images = [Image::new("worker", lens.to_vec())];
-    let hosts = (0..=n)
-        .map(|i| {
-            let rate = if i == 0 { head_link } else { link };
-            Host {
-                name: format!("h{i}"),
-                memory_mib: 4096,
-                vcpus: 4,
-                cpus: 2,
-                up: rate,
-                down: rate,
-                rack: None,
-                alive: true,
-            }
-        })
-        .collect();
-    let cluster = Cluster::new(hosts).map_err(fail)?;
-    let mut inventory = Inventory::empty(n + 1, 1);
-    inventory.add(HostIx(0), 0, &images[0].all());
-    let needs: Vec<Need> = (1..=n as u32).map(|h| Need { host: HostIx(h), image: 0 }).collect();
+    let image = Image::new("worker", lens.to_vec());
+    let Scenario { cluster, images, inventory, needs } = cold(image, n, head_link, link, None);
     let p = plan(&cluster, &images, &inventory, &needs, Strategy::Chain).map_err(fail)?;
     // The chain's order: from the source, each host's receiver.
     let mut order = vec![HostIx(0)];

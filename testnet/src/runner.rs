@@ -504,18 +504,12 @@ impl RunContext<'_> {
         row.disturbed_s = took;
         let rate = self.hosts[v.index].rate;
         let (bytes, n) = (lacked as f64, self.hosts.len() - 1);
-        let reshape = |host| match (self.run.slow, self.run.background) {
-            (Some(slow), _) => Some(Reshape {
-                host,
-                up: slow.share,
-                down: slow.share,
-                from: slow.at,
-                seconds: slow.seconds,
-            }),
+        // The disturbance as the simulator models it: (uplink share, downlink share,
+        // from what share of its bytes, for how long).
+        let shape = match (self.run.slow, self.run.background) {
+            (Some(slow), _) => Some((slow.share, slow.share, slow.at, slow.seconds)),
             // One TCP flow beside vw's stream into the host: half its downlink.
-            (None, true) => {
-                Some(Reshape { host, up: 1.0, down: 0.5, from: 0.0, seconds: f64::INFINITY })
-            }
+            (None, true) => Some((1.0, 0.5, 0.0, f64::INFINITY)),
             _ => None,
         };
         row.disturbed_limit_s = match (self.run.slow, self.run.background) {
@@ -532,11 +526,11 @@ impl RunContext<'_> {
             (None, true) => bytes / (rate / 2.0),
             _ => bytes / rate,
         };
-        if reshape(vw_node::planner::HostIx(0)).is_some() {
+        if let Some((up, down, from, seconds)) = shape {
             let lens = self.chunk_lens()?;
             let (_, shaped) =
-                predict(n, self.checked.link, self.checked.head_link, &lens, v.position, |h| {
-                    reshape(h).expect("checked above")
+                predict(n, self.checked.link, self.checked.head_link, &lens, v.position, |host| {
+                    Reshape { host, up, down, from, seconds }
                 })?;
             row.predicted_s = shaped.iter().copied().fold(0.0, f64::max);
             row.predicted_disturbed_s = shaped.get(v.position).copied().unwrap_or(0.0);

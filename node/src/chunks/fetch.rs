@@ -396,9 +396,13 @@ impl ProgressFloor {
     }
 }
 
-/// Grants the sender one more chunk, unless every chunk up to `end` is asked already.
-async fn credit(stream: &mut Stream, credited: &mut usize, end: usize) -> Result<(), FrameError> {
-    if *credited >= end {
+/// Grants the sender one more chunk, unless all `wanted` chunks are asked already.
+async fn credit(
+    stream: &mut Stream,
+    credited: &mut usize,
+    wanted: usize,
+) -> Result<(), FrameError> {
+    if *credited >= wanted {
         return Ok(());
     }
     *credited += 1;
