@@ -16,6 +16,7 @@
 # With --experiments it also installs what the real-image experiments need:
 #   debootstrap   building Debian partition images (../shared/make-images.sh)
 #   casync        the baseline the import is compared with
+#   aria2 opentracker mktorrent   the testnet's BitTorrent baseline (testnet/src/swarm.rs)
 # With --xenlab, what the Xen lab (scripts/xenlab) needs:
 #   debootstrap        the dom0 and guest trees
 #   qemu-system-x86    Xen hosts as QEMU guests (virtio, 9p, taps)
@@ -25,7 +26,7 @@ pkgs=(libclang-dev clang e2fsprogs util-linux xfsprogs libxen-dev gcc libc6-dev 
       iproute2 procps fonts-dejavu-core dpkg-dev systemd)
 for arg in "$@"; do
   case $arg in
-    --experiments) pkgs+=(debootstrap casync) ;;
+    --experiments) pkgs+=(debootstrap casync aria2 opentracker mktorrent) ;;
     --xenlab) pkgs+=(debootstrap qemu-system-x86 openssh-client) ;;
     *) echo "install-deps.sh: unknown option $arg (--experiments, --xenlab)" >&2; exit 2 ;;
   esac

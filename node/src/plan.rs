@@ -308,17 +308,10 @@ pub fn plan_with(
         .collect();
     needs.sort();
     needs.dedup();
-    // Only hosts of the deployment send its chunks: those its VMs run on, and host 0
-    // (the head, where deployments start; a hosts file's first host). No other host has checked the deployment,
-    // so none would serve them (each host grants only what its own order lists).
-    let mut sending = Inventory::empty(cluster.len(), images.len());
-    for h in cluster.ixs().filter(|h| h.ix() == 0 || hosts_of.contains(h)) {
-        for i in 0..images.len() {
-            sending.add(h, i, inventory.held(h, i));
-        }
-    }
-    let distribution = plan(cluster, images, &sending, &needs, strategy)?;
-    let simulation = simulate(cluster, images, &sending, &distribution)?;
+    // Any live holder may send: a host with no VM of the deployment gets an order that
+    // only grants what it sends (decision 79).
+    let distribution = plan(cluster, images, inventory, &needs, strategy)?;
+    let simulation = simulate(cluster, images, inventory, &distribution)?;
     micros.plan = planning.elapsed().as_micros() as u64;
 
     let (sent, _) = distribution.traffic(images, cluster.len());

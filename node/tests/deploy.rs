@@ -652,3 +652,62 @@ async fn concurrent_deploys_cannot_both_take_the_last_of_a_quota() {
         v.shutdown().await;
     }
 }
+
+/// A second deployment of the same image, started while the first stages it (capped,
+/// so it lasts), attaches where the chunks already flow: its workers pull the worker
+/// image from the first deployment's hosts, none from the head, and its VMs go to
+/// hosts the first one left free. Both end byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_started_during_anothers_stage_attaches_to_its_flow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, images, vos) = cluster(dir.path(), 7, 8);
+    let vwds = net.start().await.expect("start");
+    let request = |name: &str, cap: Option<&str>| {
+        let workspace = cluster_workspace(name, "demo/base:1", "demo/worker:1", 2);
+        let ticket = vos.ticket("demo", &workspace).expect("ticket");
+        let mut options = DeployOptions::new(Strategy::Chain, Policy::Spread);
+        options.cap = cap.map(|c| c.parse().expect("cap"));
+        LocalRequest::Deploy { workspace, source: format!("{name}.xml"), ticket, options }
+    };
+    let (planned_tx, planned_rx) = std::sync::mpsc::channel();
+    let first = {
+        let (socket, request) = (net.head_socket(), request("first", Some("8Mbit")));
+        tokio::task::spawn_blocking(move || {
+            local::call(&socket, &request, |e| {
+                if matches!(e, DeployEvent::Planned { .. }) {
+                    let _ = planned_tx.send(());
+                }
+            })
+            .expect("socket")
+        })
+    };
+    tokio::task::spawn_blocking(move || planned_rx.recv().expect("the first is planned"))
+        .await
+        .expect("task");
+    let (second, events) = deployed(&net, request("second", None)).await;
+    let first = match first.await.expect("task") {
+        LocalReply::Deployed { report } => *report,
+        other => panic!("the first deploy failed: {other:?}"),
+    };
+    assert!(first.lost.is_empty() && second.lost.is_empty(), "{first:#?} {second:#?}");
+    let (a, b) = (worker_hosts(&first), worker_hosts(&second));
+    assert!(b.iter().all(|h| !a.contains(h)), "second's workers on free hosts: {a:?} {b:?}");
+    let edges = planned_edges(&events);
+    let into_workers: Vec<_> = edges.iter().filter(|(_, to)| b.contains(&to.to_string())).collect();
+    assert!(
+        into_workers.iter().all(|(from, _)| from != "head"),
+        "the worker image comes from the first's flow, not the head: {edges:?}"
+    );
+    assert!(
+        into_workers.iter().any(|(from, _)| a.contains(&from.to_string())),
+        "one of the first's workers feeds the second: {edges:?}"
+    );
+    // The host the second pulls from without a VM of its own only served.
+    let served: Vec<_> = second.hosts.iter().filter(|h| h.vms.is_empty()).collect();
+    assert!(!served.is_empty() && served.iter().all(|h| h.error.is_none()), "{second:#?}");
+    for v in vwds {
+        v.shutdown().await;
+    }
+    holds_exactly(&net, &a, "demo/worker:1", &images.worker);
+    holds_exactly(&net, &b, "demo/worker:1", &images.worker);
+}

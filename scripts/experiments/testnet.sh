@@ -10,7 +10,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/vw-target}"
-bash "$here/scripts/install-deps.sh"
+# --experiments: debootstrap for the Debian images, aria2c and opentracker for the swarm.
+bash "$here/scripts/install-deps.sh" --experiments
 (cd "$here" && cargo build -q --profile dev -p vw-node --bin vwd -p vw-testnet --bin vw-testnet)
 bin=$(mktemp -d /var/tmp/vw-testnet-bin.XXXXXX)
 trap 'rm -rf "$bin"' EXIT

@@ -7,7 +7,8 @@
 //! head's local socket, verifies every host's images byte for byte, and writes CSV rows,
 //! PNG plots and a markdown summary ([`results`], [`plot`]). A run may kill, slow or
 //! load one host's link while it stages, or cap the deployment, and the harness watches
-//! every link's counters meanwhile ([`disturb`]). Everything it made is torn down when
+//! every link's counters meanwhile ([`disturb`]). The same links carry the baselines:
+//! plain TCP copies ([`baseline`]) and a BitTorrent swarm ([`swarm`]). Everything it made is torn down when
 //! it ends, fails, panics or is interrupted.
 
 pub mod baseline;
@@ -20,6 +21,7 @@ pub mod plot;
 pub mod results;
 pub mod runner;
 pub mod scenario;
+pub mod swarm;
 
 use std::path::{Path, PathBuf};
 

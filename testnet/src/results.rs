@@ -266,7 +266,8 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
 /// The adaptive cascade's targets (issue 18), where the runs have them: staging against
 /// the last chunk; a disturbed host's neighbours against the steady run of the same
 /// method and N, the disturbed host against what its own link allowed; the slowest
-/// host over the median; a capped run's busiest link against its cap.
+/// host over the median; a capped run's busiest link against its cap; vw against the
+/// BitTorrent swarm on the same links and disturbance.
 fn adaptive(runs: &[RunRow]) -> Vec<String> {
     let mut notes = Vec::new();
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
@@ -319,6 +320,30 @@ fn adaptive(runs: &[RunRow]) -> Vec<String> {
                 r.disturbed_s / r.disturbed_limit_s,
                 r.disturbed_limit_s,
                 r.predicted_disturbed_s,
+            ));
+        }
+    }
+    for swarm in runs.iter().filter(|r| r.method == "bittorrent") {
+        let spread = swarm.fetch_s / swarm.median_s;
+        notes.push(format!(
+            "{} bittorrent N={}: {:.2} s, slowest host over the median {spread:.3}",
+            swarm.case, swarm.n, swarm.fetch_s
+        ));
+        for r in runs.iter().filter(vw).filter(|r| r.case == swarm.case && r.n == swarm.n) {
+            let against = r.fetch_s / swarm.fetch_s;
+            let (target, ok) = if r.n >= 16 {
+                ("≤ 0.5 at N = 16", against <= 0.5)
+            } else {
+                ("< 1, ahead of it", against < 1.0)
+            };
+            notes.push(format!(
+                "{} {} N={}: {:.2} s against the BitTorrent swarm's {:.2} s, {against:.3}× (target {target}: {})",
+                r.case,
+                r.method,
+                r.n,
+                r.fetch_s,
+                swarm.fetch_s,
+                met(ok)
             ));
         }
     }
@@ -378,5 +403,33 @@ mod tests {
         let back: Vec<OpRow> = read_csv(&path).expect("read back");
         assert_eq!(back.len(), 2);
         assert_eq!(back[1].op, "create");
+    }
+
+    #[test]
+    fn vw_is_set_against_the_swarm_of_the_same_case_and_size() {
+        let row = |method: &str, n, fetch_s| RunRow {
+            case: "slowed".into(),
+            method: method.into(),
+            n,
+            fetch_s,
+            median_s: fetch_s,
+            ..RunRow::default()
+        };
+        let runs = [
+            row("chain", 16, 50.0),
+            row("bittorrent", 16, 120.0),
+            row("chain", 8, 50.0),
+            row("bittorrent", 8, 45.0),
+        ];
+        let notes = adaptive(&runs);
+        let against = |n: usize| {
+            notes
+                .iter()
+                .find(|l| l.starts_with(&format!("slowed chain N={n}:")) && l.contains("swarm"))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(against(16).contains("0.417×") && against(16).contains(": met"), "{notes:?}");
+        assert!(against(8).contains("1.111×") && against(8).contains("NOT met"), "{notes:?}");
     }
 }

@@ -20,7 +20,7 @@ use vw_node::names::HostName;
 use vw_node::planner::{Policy, Reshape, Strategy};
 
 use crate::cluster::{Cluster, ClusterOptions};
-use crate::disturb::{predict, Background, LinkSampler, Samples, Slowdown};
+use crate::disturb::{predict, Background, LinkSampler, Slowdown};
 use crate::images::{self, ImageSet};
 use crate::net::{HostNet, Testnet, Topology};
 use crate::results::{self, OpRow, RunRow};
@@ -111,6 +111,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                     Method::TcpChain | Method::TcpStar => {
                         (vec![ctx.baseline(method == Method::TcpChain, &options.testnet)?], vec![])
                     }
+                    Method::BitTorrent => (vec![ctx.swarm()?], vec![]),
                 };
                 for r in &rows {
                     tracing::info!(case = %r.case, method = %r.method, n = r.n, transfer = r.fetch_s, stage = r.seconds, ratio = r.ratio, "run done");
@@ -182,14 +183,14 @@ pub(crate) struct RunContext<'a> {
     pub(crate) method: Method,
     pub(crate) hosts: &'a [HostNet],
     /// Where background flows come from, if the testnet has it.
-    background: Option<&'a HostNet>,
+    pub(crate) background: Option<&'a HostNet>,
     pub(crate) images: &'a ImageSet,
     pub(crate) dir: &'a Path,
     vwd: &'a Path,
     /// This harness's binary (scrapes metrics inside a host's namespace).
-    testnet: &'a Path,
+    pub(crate) testnet: &'a Path,
     /// Where each deploy's full report goes (JSON).
-    reports: &'a Path,
+    pub(crate) reports: &'a Path,
 }
 
 impl RunContext<'_> {
@@ -347,7 +348,8 @@ impl RunContext<'_> {
                     plan_edges = edges.clone();
                     if disturb && self.run.disturbs() {
                         victim = mid_cascade(edges).and_then(|(host, position)| {
-                            Some(Victim { index: cluster.index(host.as_str())?, host, position })
+                            let index = cluster.index(host.as_str())?;
+                            Some(Victim { index, host, position: Some(position) })
                         });
                         tracing::info!(?victim, "chosen to be disturbed");
                     }
@@ -436,9 +438,18 @@ impl RunContext<'_> {
             )));
         }
         let mut row = self.row(cluster, &report, case, worker.len, wall, cpu_s);
-        let watch =
-            Watched { victim: victim.as_ref(), samples: &samples, planned_s, cap: options.cap };
-        self.disturbed(&mut row, &report, &watch)?;
+        row.predicted_s = report.predicted_s;
+        if let Some(cap) = options.cap {
+            // From the plan to the last host's last chunk: the stage's transfer.
+            let peaks = samples.peaks(2.0, planned_s, planned_s + row.fetch_s);
+            row.cap_peak = self
+                .hosts
+                .iter()
+                .zip(&peaks)
+                .map(|(h, peak)| peak / cap.on(h.rate))
+                .fold(0.0, f64::max);
+        }
+        self.disturbed(&mut row, &stage_times(&report), victim.as_ref())?;
         let json = serde_json::to_vec_pretty(&report)
             .map_err(|e| TestnetError::Output(format!("deploy report: {e}")))?;
         let file = format!("{}-{case}-{}-n{n}", self.checked.scenario.name, self.method);
@@ -463,38 +474,20 @@ impl RunContext<'_> {
         Ok((report, row))
     }
 
-    /// Fills in what the run did to its victim and its cap: per-host times, the
-    /// victim's limit, the simulator's prediction of the same case, the cap's peak.
-    fn disturbed(
+    /// Fills in the per-host times of a run and what it did to its victim: the median
+    /// host, the others, the victim's own-link limit and, for a host at a known depth of
+    /// vw's cascade, the simulator's prediction of the same case. `times`: each
+    /// receiving host that lacked bytes, its transfer seconds and the bytes it lacked.
+    pub(crate) fn disturbed(
         &self,
         row: &mut RunRow,
-        report: &DeployReport,
-        watch: &Watched<'_>,
+        times: &[(String, f64, u64)],
+        victim: Option<&Victim>,
     ) -> Result<(), TestnetError> {
-        let times: Vec<(&str, f64, u64)> = report
-            .hosts
-            .iter()
-            .filter_map(|h| {
-                let s = h.stage.as_ref().filter(|s| s.lacked > 0)?;
-                Some((h.host.as_str(), s.fetch_micros as f64 / 1e6, s.lacked))
-            })
-            .collect();
         let mut sorted: Vec<f64> = times.iter().map(|t| t.1).collect();
         sorted.sort_by(f64::total_cmp);
         row.median_s = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-        row.predicted_s = report.predicted_s;
-        if let Some(cap) = watch.cap {
-            // From the plan to the last host's last chunk: the stage's transfer.
-            let (from, to) = (watch.planned_s, watch.planned_s + row.fetch_s);
-            let peaks = watch.samples.peaks(2.0, from, to);
-            row.cap_peak = self
-                .hosts
-                .iter()
-                .zip(&peaks)
-                .map(|(h, peak)| peak / cap.on(h.rate))
-                .fold(0.0, f64::max);
-        }
-        let Some(v) = watch.victim else { return Ok(()) };
+        let Some(v) = victim else { return Ok(()) };
         row.disturbed = v.host.to_string();
         row.others_s =
             times.iter().filter(|t| t.0 != v.host.as_str()).map(|t| t.1).fold(0.0, f64::max);
@@ -526,18 +519,18 @@ impl RunContext<'_> {
             (None, true) => bytes / (rate / 2.0),
             _ => bytes / rate,
         };
-        if let Some((up, down, from, seconds)) = shape {
+        if let (Some((up, down, from, seconds)), Some(position)) = (shape, v.position) {
             let lens = self.chunk_lens()?;
             let (_, shaped) =
-                predict(n, self.checked.link, self.checked.head_link, &lens, v.position, |host| {
+                predict(n, self.checked.link, self.checked.head_link, &lens, position, |host| {
                     Reshape { host, up, down, from, seconds }
                 })?;
             row.predicted_s = shaped.iter().copied().fold(0.0, f64::max);
-            row.predicted_disturbed_s = shaped.get(v.position).copied().unwrap_or(0.0);
+            row.predicted_disturbed_s = shaped.get(position).copied().unwrap_or(0.0);
             row.predicted_others_s = shaped
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| *i != v.position)
+                .filter(|(i, _)| *i != position)
                 .map(|(_, t)| *t)
                 .fold(0.0, f64::max);
         }
@@ -699,21 +692,25 @@ fn mid_cascade(edges: &[(HostName, HostName)]) -> Option<(HostName, usize)> {
     path.get(mid).filter(|h| has_children(h)).map(|h| (h.clone(), mid))
 }
 
-/// The host a run disturbs: its name, index in the cluster, and depth in the cascade.
+/// The host a run disturbs: its name, index in the cluster, and depth in vw's cascade
+/// (none for a swarm).
 #[derive(Clone, Debug)]
-struct Victim {
-    host: HostName,
-    index: usize,
-    position: usize,
+pub(crate) struct Victim {
+    pub(crate) host: HostName,
+    pub(crate) index: usize,
+    pub(crate) position: Option<usize>,
 }
 
-/// What the harness watched during a deployment.
-struct Watched<'a> {
-    victim: Option<&'a Victim>,
-    samples: &'a Samples,
-    /// When the plan came (the stage starts), seconds from the deploy's start.
-    planned_s: f64,
-    cap: Option<StageCap>,
+/// Each receiving host that lacked bytes: its transfer seconds and the bytes it lacked.
+fn stage_times(report: &DeployReport) -> Vec<(String, f64, u64)> {
+    report
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let s = h.stage.as_ref().filter(|s| s.lacked > 0)?;
+            Some((h.host.to_string(), s.fetch_micros as f64 / 1e6, s.lacked))
+        })
+        .collect()
 }
 
 /// Up to three hosts below `victim` along the cascade's deepest path.

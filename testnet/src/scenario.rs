@@ -22,7 +22,7 @@
 //!
 //! [[run]]
 //! case = "cold"           # a label for the rows
-//! methods = ["star", "chain"]   # planner strategies, or baselines: tcp-chain, tcp-star
+//! methods = ["star", "chain"]   # planner strategies, or baselines: tcp-chain, tcp-star, bittorrent
 //! hosts = [1, 2, 4, 8]    # receiving hosts N (the head holds the images)
 //! cached = false          # the base OS already on every receiving host
 //! image = "worker"        # the workers' image: worker, or vo2 (the second VO's)
@@ -218,6 +218,9 @@ pub enum Method {
     TcpChain,
     /// Baseline: the raw image from the head to every host at once (like an HTTP star).
     TcpStar,
+    /// Baseline: the raw image through a BitTorrent swarm seeded by the head (aria2c,
+    /// opentracker).
+    BitTorrent,
 }
 
 impl std::str::FromStr for Method {
@@ -227,10 +230,11 @@ impl std::str::FromStr for Method {
         match s {
             "tcp-chain" => Ok(Method::TcpChain),
             "tcp-star" => Ok(Method::TcpStar),
+            "bittorrent" => Ok(Method::BitTorrent),
             other => other
                 .parse::<Strategy>()
                 .map(Method::Vw)
-                .map_err(|e| format!("{e}; or a baseline: tcp-chain, tcp-star")),
+                .map_err(|e| format!("{e}; or a baseline: tcp-chain, tcp-star, bittorrent")),
         }
     }
 }
@@ -241,6 +245,7 @@ impl std::fmt::Display for Method {
             Method::Vw(s) => write!(f, "{s}"),
             Method::TcpChain => f.write_str("tcp-chain"),
             Method::TcpStar => f.write_str("tcp-star"),
+            Method::BitTorrent => f.write_str("bittorrent"),
         }
     }
 }
@@ -381,6 +386,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
                 key("methods")
             )));
         }
+        let tcp = parsed.iter().any(|m| matches!(m, Method::TcpChain | Method::TcpStar));
+        if tcp && (run.slow.is_some() || run.background) {
+            return Err(bad(format!(
+                "{}: the TCP baselines run on steady links only (no slow or background)",
+                key("methods")
+            )));
+        }
         methods.push(parsed);
     }
     Ok(Checked { scenario, link, head_link, rack_uplink, methods })
@@ -439,6 +451,10 @@ hosts = [1, 2]
             "one disturbance per run",
         );
         check(format!("{GOOD}background = true\n"), "needs at least 3 receiving hosts");
+        let tcp = slow.replace("\"star\", \"chain\"", "\"tcp-chain\"");
+        check(format!("{tcp}background = true\n"), "steady links only");
+        let swarm = slow.replace("\"star\", \"chain\"", "\"bittorrent\", \"chain\"");
+        parse(&format!("{swarm}background = true\n"), Path::new("t.toml")).expect("a loaded swarm");
         check(GOOD.replace("hosts = [1, 2]", "hosts = \"two\""), "line 10, column 9");
     }
 

@@ -66,6 +66,8 @@ pub struct Head {
     admission: tokio::sync::Mutex<()>,
     /// The deployments under way, for `vw status`.
     live: super::live::Live,
+    /// The stages under way, which later deployments plan around and attach to.
+    flowing: super::flowing::Flowing,
     /// What per-deployment secrets (a Slurm cluster's MUNGE key) are derived from; made
     /// from this host's identity key, so they outlive a restart without being stored.
     secret: [u8; 32],
@@ -118,6 +120,7 @@ impl Head {
             pools,
             admission: tokio::sync::Mutex::new(()),
             live: Default::default(),
+            flowing: Default::default(),
             secret,
         }
     }
@@ -319,7 +322,7 @@ impl Head {
         clock.start(DeployPhase::Inventory).await;
         let (wi, seals) = self.images(&spec, signed).await?;
         let hosts = self.hosts().await;
-        let view = self.inventory(&hosts, vo, &wi, &options, events).await?;
+        let view = self.inventory(&hosts, name.as_str(), vo, &wi, &options, events).await?;
 
         clock.start(DeployPhase::Place).await;
         let fixed = existing.as_ref().map(|e| e.placement.clone());
@@ -342,6 +345,7 @@ impl Head {
             hosts: &hosts,
             links_known: &view.links_known,
             caps: &view.caps,
+            head: hosts.iter().position(|h| h.1 == self.me.1),
             sealed: Sealed {
                 stage: &stage,
                 workspace,
@@ -354,6 +358,16 @@ impl Head {
         let Orders { planned, stagers, edges, orders } =
             orders::prepare(&deploying, (options.policy, options.strategy), &mut taken, fixed)
                 .map_err(|error| ControlError::Planning { workspace: name.to_string(), error })?;
+        let manifests: Vec<ManifestId> = wi.manifests.iter().map(|m| m.id()).collect();
+        let flow = super::flowing::flow_of(
+            name.as_str(),
+            &hosts,
+            &manifests,
+            &stagers,
+            &planned.plan,
+            &taken.vms[view.committed.len()..],
+            &taken.nics[view.nics.len()..],
+        );
         let record = existing.is_none().then(|| ClusterDeployment {
             name: name.clone(),
             workspace: workspace.to_owned(),
@@ -381,8 +395,11 @@ impl Head {
         if let Some(cap) = mine.and_then(|h| view.caps[h]) {
             gate.grants.cap(&stage, Arc::new(RateLimit::on_link(cap as f64)));
         }
+        // Deployments planned from now until the stage ends attach to it.
+        let flowing = self.flowing.begin(&stage, flow);
         let (mut outcomes, alive) =
             self.stage(&hosts, &view, &planned, orders, &stage, events).await;
+        drop(flowing);
         let (vms, ready) = if options.stage_only {
             let staged =
                 outcomes.iter().filter_map(|o| o.stage.as_ref()).flat_map(|r| r.vms.clone());
@@ -476,6 +493,7 @@ impl Head {
     async fn inventory(
         &self,
         hosts: &[(HostName, PeerId)],
+        deployment: &str,
         vo: &str,
         wi: &WorkspaceImages,
         options: &DeployOptions,
@@ -501,7 +519,7 @@ impl Head {
             }
         }))
         .await;
-        self.cluster(hosts, answers, wi, options, events)
+        self.cluster(hosts, deployment, answers, wi, options, events)
     }
 
     /// Sends every host its order of attempt `stage` at once and collects what each
@@ -532,17 +550,25 @@ impl Head {
         let mut alive: Vec<usize> = Vec::new();
         for (h, result) in staged {
             let host = &hosts[h].0;
+            let vms = planned.vms_on(host.as_str());
             let (stage, error) = match result {
+                // A host with no VM here only served: nothing to load or lose.
                 Ok(report) => {
-                    alive.push(h);
+                    if !vms.is_empty() {
+                        alive.push(h);
+                    }
                     (Some(report), None)
+                }
+                Err(e) if vms.is_empty() => {
+                    tracing::warn!(host = %host, error = %e, "a host that only served failed its order");
+                    (None, Some(e.failure()))
                 }
                 Err(e) => {
                     lost(events, host, &e).await;
                     (None, Some(e.failure()))
                 }
             };
-            let (driver, vms) = (driver_of(host), planned.vms_on(host.as_str()));
+            let driver = driver_of(host);
             outcomes.push(HostOutcome { host: host.clone(), driver, vms, stage, error });
         }
         (outcomes, alive)
@@ -719,10 +745,12 @@ impl Head {
     /// The planner's view of the cluster from the inventories (`view::cluster_view`,
     /// what the `inventory` fuzz target drives): hosts that did not answer are dead, and
     /// lost; live hosts whose drivers differ are refused unless the options allow it;
-    /// every link is planned within the deployment's cap.
+    /// every link is planned within the deployment's cap; the stages under way of
+    /// other deployments are planned around and attached to (`flowing::attach`).
     fn cluster(
         &self,
         hosts: &[(HostName, PeerId)],
+        deployment: &str,
         answers: Vec<Result<InventoryReport, ControlError>>,
         wi: &WorkspaceImages,
         options: &DeployOptions,
@@ -733,7 +761,11 @@ impl Head {
             wi.refs.iter().cloned().zip(wi.chunks.iter().map(Vec::len)).collect();
         let answers: Vec<Result<InventoryReport, String>> =
             answers.into_iter().map(|a| a.map_err(|e| e.to_string())).collect();
-        let view = super::view::cluster_view(&names, &answers, &images, options.cap)?;
+        let mut view = super::view::cluster_view(&names, &answers, &images, options.cap)?;
+        let manifests: Vec<ManifestId> = wi.manifests.iter().map(|m| m.id()).collect();
+        let flows = self.flowing.now(deployment);
+        super::flowing::attach(&mut view, &names, &wi.images, &manifests, &flows)
+            .map_err(super::view::ViewError::from)?;
         for (host, e) in &view.dead {
             let reason = format!("inventory: {e}");
             let _ = events.try_send(DeployEvent::Lost { host: host.as_str().into(), reason });

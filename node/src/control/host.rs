@@ -77,6 +77,37 @@ pub struct HostService {
     /// admitted until it is unstaged (or its stage fails): the host's quota check
     /// counts stages still running.
     admitted: Mutex<HashMap<(String, String), HostShare>>,
+    /// One stage at a time per manifest: a second deployment of an image this host is
+    /// still receiving for another waits for that stage, then lacks none of it, so no
+    /// chunk is fetched twice (the head plans it as a holder: `flowing`).
+    staging: ManifestLocks,
+}
+
+/// A lock per manifest, taken by a stage for all its manifests at once (in order, so
+/// two stages never wait on each other).
+#[derive(Debug, Default)]
+struct ManifestLocks {
+    locks: Mutex<HashMap<ManifestId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ManifestLocks {
+    /// Waits until no other stage holds any of `ids`, and holds them.
+    async fn hold(&self, ids: &[ManifestId]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let locks: Vec<_> = {
+            let mut map = self.locks.lock().expect("manifest locks");
+            // Forget the locks no stage holds or waits for.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            ids.iter().map(|id| Arc::clone(map.entry(*id).or_default())).collect()
+        };
+        let mut held = Vec::with_capacity(locks.len());
+        for lock in locks {
+            held.push(lock.lock_owned().await);
+        }
+        held
+    }
 }
 
 impl std::fmt::Debug for HostService {
@@ -111,6 +142,7 @@ impl HostService {
             heads,
             gate,
             admitted: Mutex::default(),
+            staging: ManifestLocks::default(),
         }
     }
 
@@ -349,6 +381,14 @@ impl HostService {
             }
         };
         let deployment = spec.name.clone();
+        if order.share.here.is_empty() {
+            // No VM of the deployment here: the order only grants what this host sends
+            // in the plan, until the head ends the stage. Nothing is staged or recorded.
+            self.admitted.lock().expect("admitted lock").remove(&(vo.clone(), deployment.clone()));
+            let served: Vec<String> = order.serves.iter().map(|s| s.image.clone()).collect();
+            audit(&vo, &deployment, "ok", &format!("serving {}", served.join(", ")));
+            return Answer::Staged(StageReport::default());
+        }
         if let Some(key) = order.munge_key.clone() {
             let name = deployment.clone();
             if let Err(e) = self.with_manager(move |m| m.keep_munge_key(&name, key)).await {
@@ -505,6 +545,8 @@ impl HostService {
                 .await
                 .map_err(|e| ControlError::thread("listing visible chunks", e))??
         };
+        let ids: Vec<ManifestId> = checked.iter().map(|c| c.image.manifest.id()).collect();
+        let _staging = self.staging.hold(&ids).await;
         let mut images: Vec<Staging> = Vec::new();
         // Held, but only for images this VO may not see: fetched all the same.
         let mut hidden = HashSet::new();
@@ -1012,6 +1054,25 @@ impl RateMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_second_stage_of_a_manifest_waits_for_the_first() {
+        let locks = ManifestLocks::default();
+        let (a, b) = (ManifestId::from_bytes([1; 32]), ManifestId::from_bytes([2; 32]));
+        let first = locks.hold(&[b, a]).await;
+        let just_a = [a];
+        let second = locks.hold(&just_a);
+        tokio::pin!(second);
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut second).await;
+        assert!(waited.is_err(), "held by the first stage");
+        let other = ManifestId::from_bytes([3; 32]);
+        assert_eq!(locks.hold(&[other]).await.len(), 1, "another manifest does not wait");
+        drop(first);
+        assert_eq!(second.await.len(), 1);
+        assert_eq!(locks.locks.lock().expect("lock").len(), 3);
+        drop(locks.hold(&[]).await);
+        assert!(locks.locks.lock().expect("lock").is_empty(), "unheld locks are forgotten");
+    }
 
     #[test]
     fn the_rate_is_the_growth_since_the_last_reading() {

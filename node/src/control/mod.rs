@@ -22,6 +22,8 @@ pub mod deployment;
 #[cfg(feature = "host")]
 pub mod error;
 #[cfg(feature = "host")]
+pub mod flowing;
+#[cfg(feature = "host")]
 pub mod head;
 #[cfg(feature = "host")]
 pub mod host;

@@ -52,6 +52,10 @@ pub struct Deploying<'a> {
     pub links_known: &'a [bool],
     /// Per host, the deployment's cap on its link (bytes per second each way), if any.
     pub caps: &'a [Option<u64>],
+    /// The head's own host (its index in `hosts`), if it is one of them: it holds every
+    /// image and grants them to all their stagers, so it is every receiver's last
+    /// fallback.
+    pub head: Option<usize>,
     /// What goes with every order.
     pub sealed: Sealed<'a>,
 }
@@ -116,8 +120,10 @@ fn stagers(d: &Deploying<'_>, demands: &[VmDemand], placement: &[PlacedVm]) -> V
     out
 }
 
-/// Host `h`'s order, if VMs were placed on it; `demands`: what each VM uses; `rates`:
-/// what the plan expects of each of its streams.
+/// Host `h`'s order, if VMs were placed on it or the plan has it send (a holder with no
+/// VM of the deployment, such as a host still receiving the image for another
+/// deployment: its order grants, stages nothing); `demands`: what each VM uses;
+/// `rates`: what the plan expects of each of its streams.
 fn order(
     d: &Deploying<'_>,
     planned: &PlanReport,
@@ -129,11 +135,11 @@ fn order(
     let wi = d.on.images;
     let name = &d.hosts[h].0;
     let here: Vec<&PlacedVm> = planned.placement.iter().filter(|p| p.host == *name).collect();
-    if here.is_empty() {
-        return None;
-    }
     let ix = HostIx(h as u32);
     let plan = &planned.plan;
+    if here.is_empty() && !plan.streams.iter().any(|s| s.from == ix) {
+        return None;
+    }
     let used: BTreeSet<usize> = here
         .iter()
         .flat_map(|p| demands.iter().filter(|d| d.name == p.vm).flat_map(|d| d.images.clone()))
@@ -191,7 +197,8 @@ fn order(
 /// Where host `ix` pulls what a planned stream of image `i` did not bring, in order:
 /// its senders' own senders up to the source, the source, then any other live host of
 /// the deployment (one of `stagers`: no other host was granted the chunks) that holds
-/// the whole image.
+/// the whole image, and the head last (the source may be a host that only promised
+/// the image, still receiving it for another deployment).
 fn fallback(
     d: &Deploying<'_>,
     plan: &DistributionPlan,
@@ -225,6 +232,11 @@ fn fallback(
             && whole.minus(inventory.held(other, i)).is_empty()
         {
             fallback.push(other);
+        }
+    }
+    if let Some(head) = d.head.map(|h| HostIx(h as u32)) {
+        if head != ix && cluster.host(head).alive && !fallback.contains(&head) {
+            fallback.push(head);
         }
     }
     fallback
@@ -354,6 +366,7 @@ mod tests {
             hosts: &hosts,
             links_known: &vec![true; n],
             caps: &vec![None; n],
+            head: Some(0),
             sealed: sealed(),
         };
         let fixed = fixed.map(|f| {
@@ -451,5 +464,23 @@ mod tests {
         assert!(h1.fallback.contains(&hosts[2].1.to_string()), "{:?}", h1.fallback);
         assert!(!h1.fallback.contains(&hosts[3].1.to_string()), "h3 was granted nothing");
         assert!(!o.orders.iter().any(|(h, _)| *h == 3));
+    }
+
+    /// The only holder of the worker image has no VM of the deployment (it is still
+    /// receiving the image for another one): it gets an order that stages nothing and
+    /// grants the worker image to its stagers, and they fall back on the head last.
+    #[test]
+    fn a_source_without_vms_gets_an_order_that_only_serves() {
+        let spec = workspace(2);
+        let fixed = vec![("c-head", "h0"), ("c-worker1", "h1"), ("c-worker2", "h2")];
+        let (hosts, o) = prepared(4, &spec, &[(0, 0), (3, 1)], Some(fixed));
+        let h3 = &o.orders.iter().find(|(x, _)| *x == 3).expect("h3 has an order").1;
+        assert!(h3.share.here.is_empty() && h3.images.is_empty());
+        assert_eq!(h3.serves.iter().map(|s| s.image.as_str()).collect::<Vec<_>>(), ["vo/worker:1"]);
+        assert_eq!(h3.serves[0].stagers.len(), 2, "granted to both workers' hosts");
+        for h in [1, 2] {
+            let image = &o.orders.iter().find(|(x, _)| *x == h).expect("order").1.images[0];
+            assert_eq!(image.fallback.last(), Some(&hosts[0].1.to_string()), "h{h}: the head last");
+        }
     }
 }
