@@ -132,7 +132,7 @@ pub(super) async fn fetch_stream(
         _ => None,
     };
     // Chunks asked of the sender (credit granted), where the stream ends, and while a
-    // handoff is asked, the credit withheld and where the rest starts and the verdict.
+    // handoff is asked, the credit withheld and the verdict to come.
     let mut credited = (WINDOW as usize).min(wanted.len());
     let mut end = wanted.len();
     let mut withheld = 0u32;
@@ -140,27 +140,35 @@ pub(super) async fn fetch_stream(
     let received = crate::metrics::received(&peer, &purpose.deployment);
     let mut next = 0;
     while next < end {
-        if let Some((at, verdict)) = asking.take() {
-            // Nothing more is read from a slow sender while its rest is offered: if
-            // another holder takes it, the chunks in flight here are never read (the
-            // hosts below need them first, and would wait for them at the slow rate).
-            if verdict.await.unwrap_or(false) {
-                end = at;
+        if let Some((at, verdict)) = &mut asking {
+            // Waited for when nothing is in flight; else looked at between chunks.
+            let moved = if next >= credited {
+                Some(verdict.await.unwrap_or(false))
+            } else {
+                match verdict.try_recv() {
+                    Ok(moved) => Some(moved),
+                    Err(oneshot::error::TryRecvError::Empty) => None,
+                    Err(oneshot::error::TryRecvError::Closed) => Some(false),
+                }
+            };
+            if let Some(moved) = moved {
+                if moved {
+                    end = *at;
+                } else if withheld > 0 {
+                    // Nobody took them: the sender keeps them, and is watched again.
+                    credited += withheld as usize;
+                    let more = Frame::Credit { chunks: std::mem::take(&mut withheld) };
+                    if let Err(e) = write_frame(&mut stream, &more).await {
+                        result = Err(fail(format!("the peer went away: {e}")));
+                        break;
+                    }
+                }
+                if let (Floor::Planned(rate), false) = (role.floor, moved) {
+                    pace = Some(Pace::new(Instant::now(), rate));
+                }
+                asking = None;
                 continue;
             }
-            // Nobody took them: the sender keeps them, and is watched again.
-            if withheld > 0 {
-                credited += withheld as usize;
-                let more = Frame::Credit { chunks: std::mem::take(&mut withheld) };
-                if let Err(e) = write_frame(&mut stream, &more).await {
-                    result = Err(fail(format!("the peer went away: {e}")));
-                    break;
-                }
-            }
-            if let Floor::Planned(rate) = role.floor {
-                pace = Some(Pace::new(Instant::now(), rate));
-            }
-            continue;
         }
         let expected = &wanted[next];
         next += 1;
@@ -178,11 +186,10 @@ pub(super) async fn fetch_stream(
             (pace.as_mut().and_then(Pace::take_slow), role.handoff)
         {
             intake.sender_slow();
-            // The rest: everything after the chunk just read, in flight or not.
-            if asking.is_none() && next < wanted.len() {
+            if asking.is_none() && credited < wanted.len() {
                 let (tx, rx) = oneshot::channel();
-                if handoff.try_send(Ask { at: next, share, verdict: tx }).is_ok() {
-                    asking = Some((next, rx));
+                if handoff.try_send(Ask { at: credited, share, verdict: tx }).is_ok() {
+                    asking = Some((credited, rx));
                 }
             }
         }

@@ -1,5 +1,5 @@
-//! Relief: a planned stream whose sender runs slow hands the chunks it has not read
-//! yet to another holder with upload to spare.
+//! Relief: a planned stream whose sender runs slow hands the chunks it has not asked
+//! of it yet to another holder with upload to spare, while it keeps what is in flight.
 //!
 //! A chain runs at the speed of its slowest member for everyone below it: a host whose
 //! link slows for seconds holds back its whole subtree. The receiver watches each
@@ -10,13 +10,9 @@
 //! relief stream opens with [`Frame::IfSpare`](super::Frame::IfSpare): a sender whose
 //! upload is busy refuses it at once, so relief never takes a busy host's upload from
 //! the children it feeds (a slow receiver, whose own link is the trouble, finds every
-//! holder busy and keeps its sender). While the rest is offered, the slow stream reads
-//! nothing more. The first holder that sends takes the rest: everything after the last
-//! chunk read, the ones credited to the slow sender and in flight included, which are
-//! never read (the slow sender's upload of them, at most a credit window, is wasted;
-//! the hosts below need those chunks first and would otherwise wait for them at the
-//! slow rate). No chunk is received twice. If none takes it, the slow sender gets its
-//! credit back and is watched again.
+//! holder busy and keeps its sender). The first that sends takes the rest; the slow
+//! stream ends with the chunks already in flight, so no chunk is asked of two senders.
+//! If none takes it, the slow sender gets its credit back and is watched again.
 
 use std::time::{Duration, Instant};
 
@@ -39,8 +35,8 @@ pub const SLOW_FRACTION: f64 = 0.5;
 /// at 100 Mbit/s, and short against the tens of seconds a slowed link lasts.
 pub const SLOW_WINDOW: Duration = Duration::from_secs(3);
 
-/// A stream's sender runs slow: may the chunks from `at` (in the stream's `wanted`, the
-/// first not read) go to another holder? The verdict says whether one took them.
+/// A stream's sender runs slow: may the chunks from `at` (in the stream's `wanted`)
+/// go to another holder? The verdict says whether one took them.
 #[derive(Debug)]
 pub(super) struct Ask {
     /// Where the rest starts.
