@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
-use vw_chunkstore::{ChunkId, ImageRef, Manifest, Store};
+use vw_chunkstore::{ChunkId, ImageRef, Manifest, ManifestId, Store};
 use vw_planner::address::NicAddress;
 use vw_planner::{
     place, plan, simulate, Cluster, Committed, DistributionPlan, HostIx, Image, Inventory, Need,
@@ -128,6 +128,11 @@ pub struct WorkspaceImages {
 }
 
 impl WorkspaceImages {
+    /// Each image's manifest id, in order.
+    pub fn ids(&self) -> Vec<ManifestId> {
+        self.manifests.iter().map(|m| m.id()).collect()
+    }
+
     /// Reads the manifests of `spec`'s images from `store`.
     pub fn load(store: &Store, spec: &WorkspaceSpec) -> Result<Self, PlanningError> {
         let mut refs: Vec<ImageRef> = Vec::new();

@@ -164,23 +164,14 @@ pub fn attach(
 
 #[cfg(test)]
 mod tests {
-    use vw_planner::{Host, HostIx, Inventory, Ranges, Strategy};
+    use vw_planner::{HostIx, Inventory, Ranges, Strategy};
 
     use super::*;
 
+    /// `n` hosts at 100 MB/s, nothing held.
     fn view(n: usize) -> ClusterView {
-        let host = |i: usize| Host {
-            name: format!("h{i}"),
-            memory_mib: 4096,
-            vcpus: 4,
-            cpus: 4,
-            up: 1e8,
-            down: 1e8,
-            rack: None,
-            alive: true,
-        };
         ClusterView {
-            cluster: Cluster::new((0..n).map(host).collect()).expect("cluster"),
+            cluster: crate::control::orders::tests::cluster(n),
             inventory: Inventory::empty(n, 1),
             committed: Vec::new(),
             nics: Vec::new(),

@@ -358,11 +358,10 @@ impl Head {
         let Orders { planned, stagers, edges, orders } =
             orders::prepare(&deploying, (options.policy, options.strategy), &mut taken, fixed)
                 .map_err(|error| ControlError::Planning { workspace: name.to_string(), error })?;
-        let manifests: Vec<ManifestId> = wi.manifests.iter().map(|m| m.id()).collect();
         let flow = super::flowing::flow_of(
             name.as_str(),
             &hosts,
-            &manifests,
+            &wi.ids(),
             &stagers,
             &planned.plan,
             &taken.vms[view.committed.len()..],
@@ -762,9 +761,8 @@ impl Head {
         let answers: Vec<Result<InventoryReport, String>> =
             answers.into_iter().map(|a| a.map_err(|e| e.to_string())).collect();
         let mut view = super::view::cluster_view(&names, &answers, &images, options.cap)?;
-        let manifests: Vec<ManifestId> = wi.manifests.iter().map(|m| m.id()).collect();
         let flows = self.flowing.now(deployment);
-        super::flowing::attach(&mut view, &names, &wi.images, &manifests, &flows)
+        super::flowing::attach(&mut view, &names, &wi.images, &wi.ids(), &flows)
             .map_err(super::view::ViewError::from)?;
         for (host, e) in &view.dead {
             let reason = format!("inventory: {e}");

@@ -243,7 +243,7 @@ fn fallback(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use vw_chunkstore::chunker::ChunkerParams;
@@ -257,7 +257,7 @@ mod tests {
     const CHUNK: u32 = 1 << 16;
 
     /// `n` hosts h0..h(n-1) at 100 MB/s, 4 GiB and 4 CPUs each.
-    fn cluster(n: usize) -> Cluster {
+    pub(crate) fn cluster(n: usize) -> Cluster {
         let host = |i: usize| Host {
             name: format!("h{i}"),
             memory_mib: 4096,
