@@ -304,11 +304,6 @@ impl Drop for StreamSlot {
     }
 }
 
-/// Whether this host's upload is too busy for a relief stream.
-fn busy(sending: &Sending) -> bool {
-    sending.spare.as_ref().is_some_and(|meter| !meter.has_spare())
-}
-
 /// The chunk, waiting (up to [`QUIET`] without progress) if it is still arriving: how a
 /// relay forwards a chunk as soon as it has it.
 async fn wait_for(source: &dyn ChunkSource, id: &ChunkId) -> Option<Vec<u8>> {
@@ -347,8 +342,10 @@ async fn serve_one(
     // Bytes sent, counted under the deployment of the stream's first allowed want (a
     // fetcher asks for one deployment per stream).
     let mut sent_bytes: Option<metrics::Counter> = None;
-    // Whether the fetcher asked for relief, before its first want.
+    // Whether the fetcher asked for relief, before its first want, and this host's
+    // relief slot while it serves one.
     let mut relief = false;
+    let mut relief_slot = None;
     let mut first_want = true;
     // The deployment's own cap on what this host sends of it, if it has one.
     let mut stage_cap: Option<Arc<RateLimit>> = None;
@@ -404,8 +401,12 @@ async fn serve_one(
                 first_want = false;
                 let verdict =
                     sending.grants.check_within(&peer, &deployment, &manifest, &ids, GRANT_WAIT);
-                // A relief stream is for a host with upload to spare.
-                let no_room = std::mem::take(&mut relief) && busy(sending);
+                // A relief stream is for a host with upload to spare, one at a time.
+                let no_room = std::mem::take(&mut relief)
+                    && sending.spare.as_ref().is_some_and(|meter| {
+                        relief_slot = meter.relieve();
+                        relief_slot.is_none()
+                    });
                 match verdict.await {
                     Verdict::Allowed { .. } if no_room => {
                         tracing::debug!(peer = %short(&peer), "no upload to spare for relief");
