@@ -184,6 +184,11 @@ pub fn summary(title: &str, runs: &[RunRow], ops: &[OpRow], notes: &[String]) ->
     s
 }
 
+/// Whether rows of `method` are a baseline's (plain TCP or the swarm), not vw's.
+fn baseline(method: &str) -> bool {
+    method.starts_with("tcp-") || method == "bittorrent"
+}
+
 /// The targets the issue sets, checked where the runs allow.
 pub fn checks(runs: &[RunRow]) -> Vec<String> {
     let mut notes = Vec::new();
@@ -191,7 +196,7 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
         runs.iter().filter(move |r| r.case == case && r.method == method).collect::<Vec<_>>()
     };
     let star = |m: &str| m == "star" || m == "tcp-star";
-    let cascade = |m: &str| !star(m) && !m.starts_with("tcp-");
+    let cascade = |m: &str| !star(m) && !baseline(m);
     for r in runs.iter().filter(|r| cascade(&r.method) && r.case != "fault") {
         let target = if r.n >= 32 { 1.15 } else { 1.10 };
         if r.n == 8 || r.n == 32 {
@@ -271,7 +276,7 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
 fn adaptive(runs: &[RunRow]) -> Vec<String> {
     let mut notes = Vec::new();
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
-    let vw = |r: &&RunRow| !r.method.starts_with("tcp-") && r.method != "bittorrent";
+    let vw = |r: &&RunRow| !baseline(&r.method);
     for r in runs.iter().filter(vw).filter(|r| r.case == "steady") {
         let over = r.seconds / r.fetch_s;
         notes.push(format!(
