@@ -55,7 +55,7 @@ pub fn flood(to: SocketAddr) -> Result<(), TestnetError> {
 /// A background flow into a host, stopped (both ends killed) when dropped.
 #[derive(Debug)]
 pub struct Background {
-    children: Vec<std::process::Child>,
+    children: crate::net::Children,
 }
 
 impl Background {
@@ -68,15 +68,14 @@ impl Background {
             c.args(["netns", "exec", ns]).arg(testnet);
             c
         };
-        let mut flow = Background { children: Vec::new() };
+        let mut flow = Background { children: crate::net::Children::default() };
         let mut sink = command(&to.netns)
             .args(["sink", "--listen", &format!("0.0.0.0:{PORT}")])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| TestnetError::Run(format!("starting a sink: {e}")))?;
-        crate::net::register_process(sink.id());
         let stdout = sink.stdout.take();
-        flow.children.push(sink);
+        flow.children.add(sink);
         let mut line = String::new();
         if let Some(out) = stdout {
             std::io::BufReader::new(out)
@@ -90,19 +89,8 @@ impl Background {
             .args(["flood", "--to", &format!("{}:{PORT}", to.addr)])
             .spawn()
             .map_err(|e| TestnetError::Run(format!("starting a flood: {e}")))?;
-        crate::net::register_process(flood.id());
-        flow.children.push(flood);
+        flow.children.add(flood);
         Ok(flow)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-            crate::net::forget_process(c.id());
-        }
     }
 }
 

@@ -44,6 +44,29 @@ pub fn register_process(pid: u32) {
     register(Resource::Process(pid));
 }
 
+/// Child processes of a run, registered for teardown as they are added and killed
+/// (and reaped) when dropped.
+#[derive(Debug, Default)]
+pub struct Children(Vec<std::process::Child>);
+
+impl Children {
+    /// Keeps `child` until this is dropped.
+    pub fn add(&mut self, child: std::process::Child) {
+        register_process(child.id());
+        self.0.push(child);
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+            forget_process(c.id());
+        }
+    }
+}
+
 /// Records a scratch directory to remove on teardown.
 pub fn register_dir(path: &std::path::Path) {
     register(Resource::Dir(path.to_owned()));

@@ -17,7 +17,7 @@
 //! which is the one vw's chain puts mid-cascade.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::disturb::{Background, LinkSampler, Slowdown};
@@ -52,9 +52,10 @@ const ARIA2: &[&str] = &[
     "--log-level=notice",
 ];
 
-/// The processes of one swarm, killed when dropped.
+/// The processes of one swarm (the tracker and every aria2c), killed when dropped.
+#[derive(Default)]
 struct Swarm {
-    children: Vec<Child>,
+    children: crate::net::Children,
 }
 
 impl Swarm {
@@ -64,19 +65,8 @@ impl Swarm {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| TestnetError::Run(format!("starting {what}: {e}")))?;
-        crate::net::register_process(child.id());
-        self.children.push(child);
+        self.children.add(child);
         Ok(())
-    }
-}
-
-impl Drop for Swarm {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-            crate::net::forget_process(c.id());
-        }
     }
 }
 
@@ -125,7 +115,7 @@ impl RunContext<'_> {
                 .arg(format!("--log={}", path_str(log)?));
             Ok(c)
         };
-        let mut swarm = Swarm { children: Vec::new() };
+        let mut swarm = Swarm::default();
         let mut tracker = in_ns(0, "opentracker");
         tracker.args(["-i", &head.addr.to_string(), "-p", &TRACKER_PORT.to_string()]).args([
             "-P",
