@@ -49,6 +49,36 @@ async fn start(
     Peer::start(config, vec![chunks::server(source, sending)]).await
 }
 
+/// `pc`, whose store is `c`, is granted `manifest`, dials `senders` and pulls what it
+/// lacks of it from them in that order with `floor`; the report, once written.
+async fn pull_from(
+    pc: &Peer,
+    c: &Arc<Store>,
+    grants: &Grants,
+    manifest: &Manifest,
+    senders: &[&Peer],
+    floor: Floor,
+) -> Result<PullReport, PeerError> {
+    grant(grants, manifest, &[pc.id()]);
+    for s in senders {
+        pc.dial(address(s).await).await.expect("dial");
+    }
+    let missing = c.missing(manifest).expect("missing");
+    let intake = Intake::start(c.clone(), None);
+    let ids: Vec<_> = senders.iter().map(|s| s.id()).collect();
+    let pulled = fetch_from_any(
+        &mut pc.control(),
+        &ids,
+        &purpose(manifest),
+        &missing.chunks,
+        &intake,
+        floor,
+    )
+    .await;
+    intake.finish().await.expect("durable");
+    pulled
+}
+
 async fn address(peer: &Peer) -> Multiaddr {
     let addr = peer.addresses().await.expect("addresses")[0].clone();
     addr.with(libp2p::multiaddr::Protocol::P2p(peer.id()))
@@ -236,22 +266,9 @@ async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
     let pb =
         start(config(kb, &[kc], &grants), Arc::new(Corrupting(a.clone()))).await.expect("peer b");
     let pc = start(config(kc, &[ka, kb], &grants), c.clone()).await.expect("peer c");
-    grant(&grants, &manifest, &[pc.id()]);
-    pc.dial(address(&pa).await).await.expect("dial a");
-    pc.dial(address(&pb).await).await.expect("dial b");
-    let missing = c.missing(&manifest).expect("missing");
-    let intake = Intake::start(c.clone(), None);
-    let pulled = fetch_from_any(
-        &mut pc.control(),
-        &[pb.id(), pa.id()],
-        &purpose(&manifest),
-        &missing.chunks,
-        &intake,
-        Floor::Fixed,
-    )
-    .await
-    .expect("completes from the good peer");
-    intake.finish().await.expect("durable");
+    let pulled = pull_from(&pc, &c, &grants, &manifest, &[&pb, &pa], Floor::Fixed)
+        .await
+        .expect("completes from the good peer");
     assert_eq!(pulled.dropped.len(), 1, "{pulled:?}");
     assert_eq!(pulled.dropped[0].0, pb.id().to_string());
     assert!(pulled.dropped[0].1.contains("do not match its id"), "{pulled:?}");
@@ -471,22 +488,10 @@ async fn slow_then_other(
             .await
             .expect("peer b");
     let pc = start(config(kc, &[ka, kb], &grants), c.clone()).await.expect("peer c");
-    grant(&grants, &manifest, &[pc.id()]);
-    pc.dial(address(&pa).await).await.expect("dial a");
-    pc.dial(address(&pb).await).await.expect("dial b");
     let missing = c.missing(&manifest).expect("missing");
-    let intake = Intake::start(c.clone(), None);
-    let pulled = fetch_from_any(
-        &mut pc.control(),
-        &[pa.id(), pb.id()],
-        &purpose(&manifest),
-        &missing.chunks,
-        &intake,
-        Floor::planned(4 << 20),
-    )
-    .await
-    .expect("every chunk comes");
-    intake.finish().await.expect("durable");
+    let pulled = pull_from(&pc, &c, &grants, &manifest, &[&pa, &pb], Floor::planned(4 << 20))
+        .await
+        .expect("every chunk comes");
     let total: u64 = pulled.fetched.iter().map(|(_, f)| f.bytes).sum();
     assert_eq!(total, missing.bytes, "every chunk came once: {pulled:?}");
     for p in [pa, pb, pc] {

@@ -56,3 +56,25 @@ impl std::fmt::Display for StageCap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cap_is_a_share_or_a_rate_and_a_bad_one_says_why() {
+        assert_eq!("50%".parse::<StageCap>(), Ok(StageCap::Share(0.5)));
+        assert_eq!("40Mbit".parse::<StageCap>(), Ok(StageCap::Rate(5e6)));
+        assert_eq!(StageCap::Share(0.5).on(1e6), 5e5);
+        assert_eq!(StageCap::Rate(5e6).on(1e6), 1e6, "never above the link");
+        for (bad, why) in [
+            ("lots", "lots"),
+            ("half%", "is not a share like 50%"),
+            ("0%", "more than 0% and at most 100%"),
+            ("150%", "more than 0% and at most 100%"),
+        ] {
+            let err = bad.parse::<StageCap>().expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}
