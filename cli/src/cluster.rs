@@ -321,6 +321,17 @@ pub(crate) fn ready_text(ready: &[VmReady]) -> String {
                 for d in &v.disagreements {
                     s.push_str(&format!("\n{:<width$}  {:>9}  DISAGREES: {d}", "", ""));
                 }
+                if let Some(l) = &v.lazy {
+                    s.push_str(&format!(
+                        "\n{:<width$}  {:>9}  lazy disks before ready: read {}, fetched {} at once ({} chunks), {} held here",
+                        "",
+                        "",
+                        bytes(l.read),
+                        bytes(l.fetched),
+                        l.fetched_chunks,
+                        bytes(l.local)
+                    ));
+                }
             }
             _ => {
                 s.push_str(&format!(

@@ -203,6 +203,12 @@ struct DeployArgs {
     /// it, so staging can run beside live virtual clusters.
     #[arg(long)]
     cap: Option<vw_node::control::deployment::StageCap>,
+    /// Boot the VMs while their images arrive: each host serves its VMs' disks from
+    /// what it has and fetches at once whatever a guest reads first, while the
+    /// cascade goes on; the deploy ends once every image is whole and verified (also
+    /// the workspace's `staging="lazy"`). Needs the `seed` integration.
+    #[arg(long)]
+    lazy: bool,
 }
 
 impl DeployArgs {
@@ -214,6 +220,7 @@ impl DeployArgs {
             || self.policy.is_some()
             || self.mixed_drivers
             || self.cap.is_some()
+            || self.lazy
     }
 }
 
@@ -454,6 +461,7 @@ fn deploy(
         mixed_drivers: how.mixed_drivers,
         stage_only,
         cap: how.cap,
+        lazy: how.lazy,
     };
     let signer = match (how.vo, how.ticket) {
         (_, Some(path)) => cluster::Signer::Ticket(path),

@@ -20,7 +20,7 @@ use crate::manager::records::{
     encode, AddressOwner, ClusterDeployment, ClusterShare, DeploymentRecord, Family, Member,
     StagePhases, StagedFiles, Timing, VmRecord,
 };
-use crate::report::{HostCapacity, PlacedVm, VmReady, VmReport};
+use crate::report::{HostCapacity, LazyCounts, PlacedVm, VmReady, VmReport};
 use crate::workspace::{Access, VmRole};
 use crate::xen::config::Disk;
 use crate::xen::{DomainState, GuestReport};
@@ -160,6 +160,7 @@ fn control_messages() {
         serves: vec![],
         munge_key: Some(MungeKey::derive(&[1; 32], "g", MS)),
         cap: Some(6_250_000),
+        lazy: true,
     };
     let requests = [
         (
@@ -178,6 +179,7 @@ fn control_messages() {
         ("status", Request::Status { deployment: Some("g".into()) }),
         ("await_ready", Request::AwaitReady { deployment: "g".into(), timeout_s: 600 }),
         ("stage_over", Request::StageOver { stage: "g@0123456789abcdef".into() }),
+        ("settle", Request::Settle { stage: "g@0123456789abcdef".into() }),
     ];
     for (name, request) in requests {
         let bytes = crate::wire::encode(&request).expect("encode");
@@ -221,6 +223,14 @@ fn control_messages() {
         problem: None,
         disagreements: vec![],
         console: vec!["login:".into()],
+        lazy: Some(LazyCounts {
+            read: 40 << 20,
+            written: 1 << 20,
+            fetched_chunks: 300,
+            fetched: 20 << 20,
+            local: 20 << 20,
+            failed: 0,
+        }),
     };
     let replies = [
         (

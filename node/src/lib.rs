@@ -31,6 +31,8 @@ pub mod daemon;
 mod golden;
 pub mod hosts;
 pub mod integrate;
+#[cfg(feature = "host")]
+pub mod lazy;
 pub mod lifecycle;
 #[cfg(feature = "host")]
 pub mod local;

@@ -222,6 +222,41 @@ pub struct VmReport {
     pub steps: Vec<Timing>,
 }
 
+/// What a VM's lazy disks did (issue 19): the guest's reads and writes, and the
+/// chunks it read before the stage brought them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LazyCounts {
+    /// Bytes the guest read.
+    pub read: u64,
+    /// Bytes the guest wrote.
+    pub written: u64,
+    /// Chunks fetched from other hosts at once because the guest read them before the
+    /// stage brought them.
+    pub fetched_chunks: u64,
+    /// Their bytes.
+    pub fetched: u64,
+    /// Bytes of chunks the guest read that the host held already.
+    pub local: u64,
+    /// Reads that failed (the guest got an I/O error).
+    pub failed: u64,
+}
+
+impl std::ops::Add for LazyCounts {
+    type Output = LazyCounts;
+
+    /// Both counts together (a VM's disks).
+    fn add(self, o: LazyCounts) -> LazyCounts {
+        LazyCounts {
+            read: self.read + o.read,
+            written: self.written + o.written,
+            fetched_chunks: self.fetched_chunks + o.fetched_chunks,
+            fetched: self.fetched + o.fetched,
+            local: self.local + o.local,
+            failed: self.failed + o.failed,
+        }
+    }
+}
+
 /// Whether one VM's guest said it is up, and how long that took.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmReady {
@@ -239,6 +274,8 @@ pub struct VmReady {
     pub disagreements: Vec<String>,
     /// The end of its console, when it is not ready.
     pub console: Vec<String>,
+    /// A lazily staged VM's disks when its guest was first seen up (or at the timeout).
+    pub lazy: Option<LazyCounts>,
 }
 
 impl VmReady {

@@ -158,6 +158,7 @@ impl Vwd {
                     audit: Some(Arc::clone(&gate.audit)),
                     limits: Default::default(),
                     spare: Some(Arc::clone(&meter)),
+                    urgency: Arc::default(),
                 },
             )],
         )

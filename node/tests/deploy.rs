@@ -711,3 +711,85 @@ async fn a_deployment_started_during_anothers_stage_attaches_to_its_flow() {
     holds_exactly(&net, &a, "demo/worker:1", &images.worker);
     holds_exactly(&net, &b, "demo/worker:1", &images.worker);
 }
+
+/// `vw deploy --lazy`: every VM is staged on lazy disks and booted before its image has
+/// arrived (the simulated guest reads a sixteenth of its disk through the disk's NBD
+/// export, as a booting guest's block front end would), while the cascade goes on. The
+/// deploy ends with every image whole and verified in every store, each VM's copy the
+/// image but for what its guest wrote, and its config naming that copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lazy_deploy_boots_before_the_images_arrive_and_ends_with_them_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, images, vos) = cluster(dir.path(), 3, 32);
+    let vwds = net.start().await.expect("start");
+    let text = cluster_workspace("lazy", "demo/base:1", "demo/worker:1", 2);
+    let ticket = vos.ticket("demo", &text).expect("ticket");
+    let mut options = DeployOptions::new(Strategy::Chain, Policy::Spread);
+    options.lazy = true;
+    let request =
+        LocalRequest::Deploy { workspace: text, source: "lazy.xml".into(), ticket, options };
+    let (report, _) = deployed(&net, request).await;
+    assert!(report.lost.is_empty(), "{report:#?}");
+    let phases: Vec<String> = report.phases.iter().map(|p| p.phase.to_string()).collect();
+    assert_eq!(
+        phases,
+        [
+            "validate",
+            "inventory",
+            "place",
+            "addresses",
+            "plan",
+            "stage",
+            "load",
+            "create",
+            "ready",
+            "settle"
+        ]
+    );
+    assert_eq!(report.ready.len(), 3, "{:?}", report.ready);
+    let boot_read = 32 << 20 >> 4; // a sixteenth of each 32 MiB disk
+    for r in &report.ready {
+        assert!(r.ok(), "{r:?}");
+        let lazy = r.lazy.unwrap_or_else(|| panic!("{}: no lazy disk counts", r.vm));
+        assert!(lazy.read >= boot_read, "{}: read {} before ready", r.vm, lazy.read);
+        assert_eq!(lazy.failed, 0, "{r:?}");
+    }
+    // The workers' hosts lacked their images: what their guests read first was fetched
+    // at once.
+    let workers = worker_hosts(&report);
+    let fetched: u64 = report
+        .ready
+        .iter()
+        .filter(|r| r.vm.contains("worker"))
+        .map(|r| r.lazy.expect("lazy").fetched)
+        .sum();
+    assert!(fetched > 0, "{:?}", report.ready);
+    // Every host received what it lacked, once, whatever its guests read first.
+    for h in &report.hosts {
+        let s = h.stage.as_ref().expect("staged");
+        assert_eq!(s.received, s.lacked, "{}: {s:?}", h.host);
+        assert!(!s.vms.is_empty() || h.vms.is_empty(), "{}: the early report's VMs", h.host);
+    }
+    for v in vwds {
+        v.shutdown().await;
+    }
+    holds_exactly(&net, &workers, "demo/worker:1", &images.worker);
+    // Each worker's copy is the image, but for the 4 KiB its guest wrote at 64 KiB; its
+    // config names the copy, not the device that served it while it arrived.
+    let mut want = std::fs::read(&images.worker).expect("image");
+    want[64 << 10..68 << 10].fill(0x5a);
+    for (i, name) in net.names.iter().enumerate() {
+        for vm in
+            report.placement.iter().filter(|p| p.host == *name && p.vm.as_str().contains("worker"))
+        {
+            let root = net.data_dirs[i].join("images/lazy").join(vm.vm.as_str());
+            let copy = root.join("xvda1.img");
+            assert!(std::fs::read(&copy).expect("copy") == want, "{}: its copy", vm.vm);
+            let cfg = std::fs::read_to_string(
+                net.data_dirs[i].join("xen").join(format!("{}.cfg", vm.vm)),
+            )
+            .expect("config");
+            assert!(cfg.contains(&format!("target={}", copy.display())), "{cfg}");
+        }
+    }
+}

@@ -148,6 +148,7 @@ async fn a_host_refuses_forged_stage_orders_even_from_its_head() {
         serves: vec![],
         munge_key: None,
         cap: None,
+        lazy: false,
     };
     // A share that places the VM `vm` (its Xen domain name) on this host.
     let here = |vm: &str| ClusterShare {

@@ -29,6 +29,7 @@ extra=$(cd "$R" && find . -mindepth 1 -maxdepth 1 ! -name usr)
 [ -z "$extra" ] || fail "files outside /usr: $extra"
 
 grep -qx 'g vw -' "$R/usr/lib/sysusers.d/vw.conf" || fail "sysusers.d does not make group vw"
+grep -qx 'nbd' "$R/usr/lib/modules-load.d/vw.conf" || fail "modules-load.d does not load nbd (lazy disks)"
 unit=$R/usr/lib/systemd/system/vwd.service
 for line in 'ExecStart=/usr/bin/vwd --config /etc/vw/vwd.toml' \
   'ExecStartPre=/usr/bin/vwd --check-config /etc/vw/vwd.toml' \

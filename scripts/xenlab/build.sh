@@ -104,7 +104,8 @@ dom0() {
   # Small initramfs: MODULES=most is 130 MB unpacked and doubles the boot time.
   sed -i 's/^MODULES=.*/MODULES=list/' "$R/etc/initramfs-tools/initramfs.conf"
   printf 'virtio_pci\nvirtio_blk\next4\n' > "$R/etc/initramfs-tools/modules"
-  printf '9p\n9pnet_virtio\nvirtio_net\nxen-netback\nxen-blkback\n' > "$R/etc/modules"
+  # nbd: vw's lazy disks (the package's modules-load.d says the same).
+  printf '9p\n9pnet_virtio\nvirtio_net\nxen-netback\nxen-blkback\nnbd\n' > "$R/etc/modules"
   local kv; kv=$(ls "$R/lib/modules" | sort -V | tail -1)
   mount -t proc proc "$R/proc"; mounted+=("$R/proc")
   chroot "$R" update-initramfs -u -k "$kv" >/dev/null

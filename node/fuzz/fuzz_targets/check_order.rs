@@ -96,6 +96,7 @@ fn fixture() -> &'static (ClusterConfig, StageOrder, Held) {
             serves: vec![],
             munge_key: None,
             cap: None,
+            lazy: false,
         };
         let held: Held =
             [base, worker].into_iter().map(|m| (m.id(), Arc::new(m))).collect();

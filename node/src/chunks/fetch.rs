@@ -83,6 +83,9 @@ pub(super) struct StreamRole<'a> {
     /// A relief stream: the sender may refuse it for want of upload to spare
     /// ([`Frame::IfSpare`]); told, at its first answer, whether it sends.
     pub relief: Option<oneshot::Sender<bool>>,
+    /// A guest waits on these chunks ([`Frame::Urgent`]): the stage's other streams
+    /// give way while it runs.
+    pub urgent: bool,
 }
 
 /// [`fetch_into`] as `role` says, returning what arrived even when the stream then
@@ -106,6 +109,12 @@ pub(super) async fn fetch_stream(
     };
     if role.relief.is_some() {
         if let Err(e) = write_frame(&mut stream, &Frame::IfSpare).await {
+            return (got, Err(fail(e.to_string())));
+        }
+    }
+    let _urgent = role.urgent.then(|| intake.urgency().begin());
+    if role.urgent {
+        if let Err(e) = write_frame(&mut stream, &Frame::Urgent).await {
             return (got, Err(fail(e.to_string())));
         }
     }
@@ -235,7 +244,12 @@ pub(super) async fn fetch_stream(
                 }
                 if asking.is_some() {
                     withheld += 1;
-                } else if let Err(e) = credit(&mut stream, &mut credited, wanted.len()).await {
+                    continue;
+                }
+                if !role.urgent {
+                    intake.urgency().give_way().await;
+                }
+                if let Err(e) = credit(&mut stream, &mut credited, wanted.len()).await {
                     result = Err(fail(format!("the peer went away: {e}")));
                     break;
                 }
@@ -269,7 +283,12 @@ pub(super) async fn fetch_stream(
         }
         if asking.is_some() {
             withheld += 1;
-        } else if let Err(e) = credit(&mut stream, &mut credited, wanted.len()).await {
+            continue;
+        }
+        if !role.urgent {
+            intake.urgency().give_way().await;
+        }
+        if let Err(e) = credit(&mut stream, &mut credited, wanted.len()).await {
             result = Err(fail(format!("the peer went away: {e}")));
             break;
         }
@@ -510,7 +529,12 @@ pub async fn fetch_from_any(
             let asks = asks;
             let mut attempt = 0;
             loop {
-                let role = StreamRole { floor, handoff: planned.then_some(&asks), relief: None };
+                let role = StreamRole {
+                    floor,
+                    handoff: planned.then_some(&asks),
+                    relief: None,
+                    urgent: false,
+                };
                 let (got, result) =
                     fetch_stream(&mut stream_control, peer, purpose, &remaining, intake, role)
                         .instrument(pull_span(&peer))

@@ -8,8 +8,10 @@ use libp2p::PeerId;
 use tokio::sync::Semaphore;
 use vw_chunkstore::{Assembly, ChunkId, Store};
 
+use super::urgent::Urgency;
 use super::Relay;
 use crate::chunks::rate::{RateLimit, UploadMeter};
+use crate::lazy::disk::LazyDisk;
 use crate::peer::PeerError;
 
 /// How long an intake waits for more chunks before it syncs those it has.
@@ -53,6 +55,10 @@ pub struct Intake {
     /// Chunks the store holds that this stage must receive all the same (held only for
     /// images of an isolated VO).
     hidden: std::collections::HashSet<ChunkId>,
+    /// The stage's lazy disks: each chunk lands in them as it is taken.
+    lazy: Vec<Arc<LazyDisk>>,
+    /// The stage's urgent fetches: its other streams give way to them.
+    urgency: Arc<Urgency>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -131,7 +137,21 @@ impl Intake {
             meter: None,
             dropped: Default::default(),
             hidden: Default::default(),
+            lazy: Vec::new(),
+            urgency: Arc::default(),
         }
+    }
+
+    /// Lands each chunk taken in `disks` too, as it is taken (before it is stored):
+    /// guests reading them wait no longer than the chunk's verification.
+    pub fn with_lazy(mut self, disks: Vec<Arc<LazyDisk>>) -> Self {
+        self.lazy = disks;
+        self
+    }
+
+    /// The stage's urgent fetches, which its other streams give way to.
+    pub fn urgency(&self) -> &Arc<Urgency> {
+        &self.urgency
     }
 
     /// Caps what every stream into this intake receives, together (beside any cap
@@ -200,6 +220,12 @@ impl Intake {
             return true; // another stream brought it first
         }
         self.bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for disk in &self.lazy {
+            if let Err(e) = disk.place(&id, &data) {
+                // The guest's read of it fails, naming it; the stage goes on.
+                tracing::warn!(disk = ?disk, error = %e, "a chunk did not land in a lazy disk");
+            }
+        }
         if let Some(relay) = &self.relay {
             relay.arrived(id, data.clone());
         }

@@ -21,6 +21,8 @@
 //! (`ServeLimits`).
 
 #[cfg(feature = "host")]
+pub mod demand;
+#[cfg(feature = "host")]
 pub mod fetch;
 #[cfg(feature = "host")]
 pub mod intake;
@@ -33,6 +35,8 @@ pub mod relay;
 pub mod relief;
 #[cfg(feature = "host")]
 pub mod serve;
+#[cfg(feature = "host")]
+pub mod urgent;
 
 #[cfg(feature = "host")]
 pub use fetch::{fetch, fetch_from_any, fetch_into, Fetched, Floor, PullReport};

@@ -3,7 +3,7 @@
 //! release meets this one at its first frame and is refused, both versions named.
 //!
 //! ```text
-//! frame   = length:u32 BE | version:u8 (3) | body:postcard(Frame)
+//! frame   = length:u32 BE | version:u8 (4) | body:postcard(Frame)
 //! length  = bytes after the length field (version + body), at most MAX_FRAME
 //! ```
 //!
@@ -21,8 +21,9 @@ use crate::wire::{self, Message};
 /// The protocol's name, negotiated by libp2p.
 pub const PROTOCOL_NAME: &str = "/vw/chunks";
 /// The frame format version this build speaks (2: a want names its manifest; 3: a
-/// relief stream asks whether the sender has upload to spare, [`Frame::IfSpare`]).
-pub const VERSION: u8 = 3;
+/// relief stream asks whether the sender has upload to spare, [`Frame::IfSpare`]; 4: a
+/// guest waits on the stream's chunks, [`Frame::Urgent`]).
+pub const VERSION: u8 = 4;
 /// Largest chunk carried: the largest a manifest may list, so every stored image can
 /// be distributed.
 pub const MAX_CHUNK: usize = vw_chunkstore::MAX_CHUNK_LEN as usize;
@@ -88,6 +89,11 @@ pub enum Frame {
     /// that runs slow. A sender whose upload has no room to spare refuses it at once
     /// (`Refused`), rather than take upload from the streams it feeds already.
     IfSpare,
+    /// Receiver → sender, before its first `Want`: a guest is reading these chunks
+    /// now (a lazy disk). The sender answers at once from what it holds (`Missing` for
+    /// a chunk it is still receiving, rather than wait for it) and its other streams
+    /// give way while it sends.
+    Urgent,
 }
 
 /// Byte strings as postcard byte arrays (length + bytes), not sequences of integers.
@@ -312,15 +318,16 @@ mod tests {
         let want = Frame::Want { deployment: "g".into(), manifest: mid(3), ids: vec![id(1)] }
             .encode()
             .expect("encode");
-        assert_eq!(hex(&want), format!("0000004503000167{}01{}", "03".repeat(32), "01".repeat(32)));
+        assert_eq!(hex(&want), format!("0000004504000167{}01{}", "03".repeat(32), "01".repeat(32)));
         let chunk = Frame::Chunk { id: id(2), data: vec![7, 8, 9] }.encode().expect("encode");
-        assert_eq!(hex(&chunk), format!("000000260302{}03070809", "02".repeat(32)));
+        assert_eq!(hex(&chunk), format!("000000260402{}03070809", "02".repeat(32)));
         assert_eq!(
             hex(&Frame::Credit { chunks: 300 }.encode().expect("encode")),
-            "000000040301ac02"
+            "000000040401ac02"
         );
-        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020304");
-        assert_eq!(hex(&Frame::IfSpare.encode().expect("encode")), "000000020307");
+        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020404");
+        assert_eq!(hex(&Frame::IfSpare.encode().expect("encode")), "000000020407");
+        assert_eq!(hex(&Frame::Urgent.encode().expect("encode")), "000000020408");
     }
 
     #[test]
@@ -347,10 +354,10 @@ mod tests {
         d.push(&[0, 0, 0, 2, 9, 4]);
         assert_eq!(
             d.next_frame(),
-            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: 3 })
+            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: 4 })
         );
         let mut d = FrameDecoder::default();
-        d.push(&[0, 0, 0, 3, 3, 4, 0]);
+        d.push(&[0, 0, 0, 3, 4, 4, 0]);
         assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));
     }
 

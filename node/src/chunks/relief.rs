@@ -123,7 +123,12 @@ pub(super) async fn relieve(
         let rest = &wanted[at.min(wanted.len())..];
         for &by in others.iter().filter(|p| !intake.is_dropped(p)) {
             let (told, answer) = oneshot::channel();
-            let role = StreamRole { floor: Floor::Fixed, handoff: None, relief: Some(told) };
+            let role = StreamRole {
+                floor: Floor::Fixed,
+                handoff: None,
+                relief: Some(told),
+                urgent: false,
+            };
             let stream = fetch_stream(&mut control, by, purpose, rest, intake, role)
                 .instrument(pull_span(&by));
             tokio::pin!(stream);

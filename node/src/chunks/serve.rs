@@ -147,6 +147,8 @@ pub struct Sending {
     /// ([`Frame::IfSpare`]) is refused when it has no room to spare. `None`: every
     /// relief stream is served.
     pub spare: Option<Arc<UploadMeter>>,
+    /// The urgent streams this host sends ([`Frame::Urgent`]): the others give way.
+    pub urgency: Arc<super::urgent::Urgency>,
 }
 
 impl Sending {
@@ -346,6 +348,8 @@ async fn serve_one(
     // relief slot while it serves one.
     let mut relief = false;
     let mut relief_slot = None;
+    // Whether a guest waits on this stream's chunks (it asked before its first want).
+    let mut urgent = false;
     let mut first_want = true;
     // The deployment's own cap on what this host sends of it, if it has one.
     let mut stage_cap: Option<Arc<RateLimit>> = None;
@@ -357,7 +361,16 @@ async fn serve_one(
     loop {
         while credit > 0 {
             let Some(id) = queue.pop_front() else { break };
-            let frame = match wait_for(source, &id).await {
+            // An urgent stream is answered from what is here now, and the others give
+            // way while it sends.
+            let _urgent = if urgent {
+                Some(sending.urgency.begin())
+            } else {
+                sending.urgency.give_way().await;
+                None
+            };
+            let data = if urgent { source.chunk(&id) } else { wait_for(source, &id).await };
+            let frame = match data {
                 Some(data) => {
                     let frame = sending.frame(id, data);
                     if let Frame::Chunk { data, .. } | Frame::Packed { data, .. } = &frame {
@@ -436,6 +449,7 @@ async fn serve_one(
             }
             Some(Frame::Credit { chunks }) => credit += u64::from(chunks),
             Some(Frame::IfSpare) if first_want => relief = true,
+            Some(Frame::Urgent) if first_want => urgent = true,
             Some(Frame::Done) | None => break,
             Some(other) => {
                 return Err(

@@ -34,6 +34,9 @@ pub enum DeployPhase {
     Create,
     /// Wait for their guests to say they are up.
     Ready,
+    /// A lazy deployment: the rest of the stage, after the guests are up, until every
+    /// host has every chunk and every image is whole and verified.
+    Settle,
 }
 
 impl std::fmt::Display for DeployPhase {
@@ -93,12 +96,23 @@ pub struct DeployOptions {
     /// with, and kept by every sender and receiver (`vw deploy --cap`).
     #[serde(default)]
     pub cap: Option<StageCap>,
+    /// Boot the VMs on lazy disks while their chunks arrive (`vw deploy --lazy`, or
+    /// the workspace's `staging="lazy"`).
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 impl DeployOptions {
     /// `strategy` and `policy`, every host's driver alike, to the end, uncapped.
     pub fn new(strategy: Strategy, policy: Policy) -> Self {
-        DeployOptions { strategy, policy, mixed_drivers: false, stage_only: false, cap: None }
+        DeployOptions {
+            strategy,
+            policy,
+            mixed_drivers: false,
+            stage_only: false,
+            cap: None,
+            lazy: false,
+        }
     }
 }
 

@@ -86,6 +86,13 @@ pub enum ControlError {
     /// name, a deployment recorded meanwhile), or cannot be served as asked.
     #[error("{0}")]
     Conflict(String),
+    /// No lazy stage of that name runs on this host (it never did, or its end was
+    /// asked for already).
+    #[error("no lazy stage {stage} runs on this host")]
+    NoStage {
+        /// The stage asked for.
+        stage: String,
+    },
     /// A worker thread (the manager's, a blocking task) failed.
     #[error("{what}: its thread failed: {reason}")]
     Thread {
@@ -121,9 +128,9 @@ impl ControlError {
             ControlError::Fetch(PeerError::Store(e)) => store(e),
             ControlError::Unreachable { .. } => FailureKind::Unreachable,
             ControlError::Remote { failure, .. } => failure.kind,
-            ControlError::ManifestNotSent { .. } | ControlError::NoDeployment { .. } => {
-                FailureKind::NotFound
-            }
+            ControlError::ManifestNotSent { .. }
+            | ControlError::NoDeployment { .. }
+            | ControlError::NoStage { .. } => FailureKind::NotFound,
             _ => FailureKind::Failed,
         }
     }

@@ -315,6 +315,7 @@ impl Head {
         mut clock: Clock<'_>,
     ) -> Result<DeployReport, ControlError> {
         let Submitted { spec, workspace, signed, ticket } = submitted;
+        let options = lazy_options(&spec, options)?;
         let name = DeploymentName::from(spec.name.as_str());
         let vo = signed.vo();
         let existing = self.existing(name.as_str(), workspace, vo).await?;
@@ -352,6 +353,7 @@ impl Head {
                 ticket,
                 seals: &seals,
                 munge_key: munge_key.as_ref(),
+                lazy: options.lazy,
             },
         };
         let mut taken = Taken { vms: view.committed.clone(), nics: view.nics.clone() };
@@ -395,18 +397,35 @@ impl Head {
             gate.grants.cap(&stage, Arc::new(RateLimit::on_link(cap as f64)));
         }
         // Deployments planned from now until the stage ends attach to it.
-        let flowing = self.flowing.begin(&stage, flow);
-        let (mut outcomes, alive) =
-            self.stage(&hosts, &view, &planned, orders, &stage, events).await;
-        drop(flowing);
+        let mut flowing = Some(self.flowing.begin(&stage, flow));
+        let ordered: Vec<usize> = orders.iter().map(|(h, _)| *h).collect();
+        let (mut outcomes, alive) = self.stage(&hosts, &view, &planned, orders, events).await;
+        if !options.lazy {
+            self.stage_over(&hosts, &ordered, &stage).await;
+            drop(flowing.take());
+        }
         let (vms, ready) = if options.stage_only {
             let staged =
                 outcomes.iter().filter_map(|o| o.stage.as_ref()).flat_map(|r| r.vms.clone());
             (staged.collect(), Vec::new())
         } else {
-            self.start_and_wait(&hosts, alive, name.as_str(), &mut outcomes, &mut clock, events)
-                .await
+            self.start_and_wait(
+                &hosts,
+                alive.clone(),
+                name.as_str(),
+                &mut outcomes,
+                &mut clock,
+                events,
+            )
+            .await
         };
+        if options.lazy {
+            // The guests are up (or not); the rest of the stage goes on under them.
+            clock.start(DeployPhase::Settle).await;
+            self.settle(&hosts, &alive, &stage, &mut outcomes, events).await;
+            self.stage_over(&hosts, &ordered, &stage).await;
+            drop(flowing);
+        }
         let phases = clock.finish();
         let lost: Vec<VmName> = outcomes
             .iter()
@@ -522,18 +541,16 @@ impl Head {
     }
 
     /// Sends every host its order of attempt `stage` at once and collects what each
-    /// staged; then ends the stage's grants everywhere. Returns each ordered host's
-    /// outcome (a host that failed is lost, and says why) and the hosts that staged.
+    /// staged (the caller ends the stage's grants). Returns each ordered host's outcome
+    /// (a host that failed is lost, and says why) and the hosts that staged.
     async fn stage(
         &self,
         hosts: &[(HostName, PeerId)],
         view: &super::view::ClusterView,
         planned: &crate::plan::PlanReport,
         orders: Vec<(usize, super::protocol::StageOrder)>,
-        stage: &str,
         events: &mpsc::Sender<DeployEvent>,
     ) -> (Vec<HostOutcome>, Vec<usize>) {
-        let ordered: Vec<usize> = orders.iter().map(|(h, _)| *h).collect();
         let staged = join_all(orders.into_iter().map(|(h, order)| {
             let host = &hosts[h];
             async move {
@@ -542,7 +559,6 @@ impl Head {
             }
         }))
         .await;
-        self.stage_over(hosts, &ordered, stage).await;
         let driver_of =
             |host: &HostName| view.drivers.iter().find(|(h, _)| host == h).map(|(_, d)| *d);
         let mut outcomes: Vec<HostOutcome> = Vec::new();
@@ -571,6 +587,47 @@ impl Head {
             outcomes.push(HostOutcome { host: host.clone(), driver, vms, stage, error });
         }
         (outcomes, alive)
+    }
+
+    /// The end of a lazy stage on each host of `alive` (`Request::Settle`): its final
+    /// report replaces the early one in `outcomes` (keeping the VMs it staged); a host
+    /// whose stage failed is lost, its guests left reading what they have.
+    async fn settle(
+        &self,
+        hosts: &[(HostName, PeerId)],
+        alive: &[usize],
+        stage: &str,
+        outcomes: &mut [HostOutcome],
+        events: &mpsc::Sender<DeployEvent>,
+    ) {
+        let settled = join_all(alive.iter().map(|&h| {
+            let host = &hosts[h];
+            async move {
+                let answer = self
+                    .call(host, Request::Settle { stage: stage.to_owned() }, Some(events))
+                    .await;
+                (h, expect_answer!(host.0, answer, Answer::Staged))
+            }
+        }))
+        .await;
+        for (h, result) in settled {
+            let Some(o) = outcomes.iter_mut().find(|o| o.host == hosts[h].0) else { continue };
+            match result {
+                Ok(mut report) => {
+                    if let Some(early) = &o.stage {
+                        report.vms = early.vms.clone();
+                        report.stage_micros += early.stage_micros;
+                    }
+                    o.stage = Some(report);
+                }
+                Err(e) => {
+                    lost(events, &hosts[h].0, &e).await;
+                    let Failure { kind, message } = e.failure();
+                    o.error =
+                        Some(Failure::new(kind, format!("finishing its lazy stage: {message}")));
+                }
+            }
+        }
     }
 
     /// Loads and starts the VMs of deployment `name` on the hosts `alive`, then waits
@@ -979,6 +1036,34 @@ impl Head {
 
 /// A workspace submitted for deployment, its ticket checked: the validated document,
 /// its text, and the VO's ticket (checked, and as encoded, for the hosts to check).
+/// `options` with the workspace's own staging (`staging="lazy"`), checked: a lazy
+/// deploy boots its VMs, so it cannot stop after the stage, and nothing can be
+/// written into an image that has not arrived (the `edit` integration).
+fn lazy_options(
+    spec: &crate::workspace::WorkspaceSpec,
+    options: DeployOptions,
+) -> Result<DeployOptions, ControlError> {
+    let lazy = options.lazy || spec.staging == crate::workspace::Staging::Lazy;
+    if !lazy {
+        return Ok(options);
+    }
+    if options.stage_only {
+        return Err(ControlError::Conflict(
+            "a lazy deploy boots its VMs while they stage; --stage-only does not boot them: choose one"
+                .into(),
+        ));
+    }
+    if let Some(vm) =
+        spec.vms().iter().find(|v| v.node.integration == crate::workspace::Integration::Edit)
+    {
+        return Err(ControlError::Conflict(format!(
+            "a lazy deploy boots VM {} before its image has arrived, but its `edit` integration writes into the image first: use `seed`",
+            spec.vm_name(vm)
+        )));
+    }
+    Ok(DeployOptions { lazy, ..options })
+}
+
 struct Submitted<'a> {
     spec: crate::workspace::WorkspaceSpec,
     workspace: &'a str,

@@ -20,6 +20,7 @@ use vw_chunkstore::{Assembly, ChunkId, ChunkRef, Manifest, ManifestId, Seal, Sto
 
 use super::check;
 use super::error::{ControlError, Failure, FailureKind};
+use super::lazy::{LazyStage, LazyVms, Settling};
 use super::manifests::Received;
 use super::protocol::{
     bitmap, Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Phase,
@@ -28,11 +29,15 @@ use super::protocol::{
 use super::serial::Serialized;
 use super::usage::{check_host, HostShare};
 use crate::access::{shareable, Gate};
+use crate::chunks::demand::{Demand, DemandImage};
 use crate::chunks::rate::{RateLimit, UploadMeter};
 use crate::chunks::{fetch_from_any, Floor, Intake, PullReport, Purpose, Relay, QUIET};
+use crate::config::DriverKind;
+use crate::lazy::disk::LazyDisk;
 use crate::lifecycle::Op;
 use crate::machine::LinkRate;
 use crate::manager::ready::{self, ReadyWait};
+use crate::manager::LazyImages;
 use crate::manager::Manager;
 use crate::peer::PeerBook;
 use crate::wire;
@@ -81,6 +86,10 @@ pub struct HostService {
     /// still receiving for another waits for that stage, then lacks none of it, so no
     /// chunk is fetched twice (the head plans it as a holder: `flowing`).
     staging: ManifestLocks,
+    /// The lazy disks of this host's VMs, served while their domains may read them.
+    lazy: LazyVms,
+    /// Lazy stages still fetching after their answer.
+    settling: Settling,
 }
 
 /// A lock per manifest, taken by a stage for all its manifests at once (in order, so
@@ -143,6 +152,8 @@ impl HostService {
             gate,
             admitted: Mutex::default(),
             staging: ManifestLocks::default(),
+            lazy: LazyVms::default(),
+            settling: Settling::default(),
         }
     }
 
@@ -184,7 +195,7 @@ impl HostService {
     /// Answers one request from `peer`, sending progress to `progress` as it goes.
     /// Stages and lifecycle operations are written to the audit log.
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         peer: &str,
         request: Request,
         progress: mpsc::Sender<Progress>,
@@ -240,6 +251,10 @@ impl HostService {
                 };
                 let vo = vo.as_deref().unwrap_or("-");
                 self.gate.audit.record(vo, peer, &op.to_string(), &deployment, outcome, &detail);
+                if let (Op::Stop | Op::Unstage, Ok(vms)) = (op, &ran) {
+                    // Their domains are gone: a later load reads the local copies.
+                    self.lazy.release(vms.iter().map(|v| v.vm.as_str()));
+                }
                 if op == Op::Unstage && ran.is_ok() {
                     self.gate.grants.revoke(&deployment);
                     self.admitted
@@ -265,6 +280,7 @@ impl HostService {
             Request::AwaitReady { deployment, timeout_s } => {
                 self.await_ready(deployment, timeout_s).await.map(Answer::Ready)
             }
+            Request::Settle { stage } => self.settling.settle(&stage).await.map(Answer::Staged),
             Request::StageOver { stage } => {
                 let before = self.gate.grants.len();
                 self.gate.grants.revoke_stage(&stage);
@@ -273,6 +289,15 @@ impl HostService {
             }
         };
         result.unwrap_or_else(|e| Answer::Failed(e.failure()))
+    }
+
+    /// What `vm`'s lazy disks did, and the reads that failed (chunk: why).
+    fn lazy_counts(&self, vm: &str) -> Option<(crate::report::LazyCounts, Vec<String>)> {
+        let (counts, failures) = self.lazy.counts(vm)?;
+        Some((
+            counts,
+            failures.into_iter().map(|f| format!("chunk {}: {}", f.chunk, f.why)).collect(),
+        ))
     }
 
     /// Probes the guests of `deployment` every [`READY_POLL`] until each has reported
@@ -287,11 +312,14 @@ impl HostService {
         loop {
             let (d, answered) = (deployment.clone(), wait.answered());
             let probes = self.with_manager(move |m| m.probe_ready(&d, &answered)).await??;
-            if wait.absorb(probes, crate::manager::now_ms()) || Instant::now() >= deadline {
+            let done = wait.absorb(probes, crate::manager::now_ms());
+            wait.note_lazy(false, |vm| self.lazy_counts(vm));
+            if done || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(READY_POLL).await;
         }
+        wait.note_lazy(true, |vm| self.lazy_counts(vm));
         self.with_manager(move |m| {
             wait.finish(timeout_s, |vm| m.driver().console_tail(vm, ready::CONSOLE_LINES))
         })
@@ -357,7 +385,7 @@ impl HostService {
 
     /// Checks and runs a stage order from `peer`, and audits it.
     async fn stage(
-        &self,
+        self: &Arc<Self>,
         peer: &str,
         order: StageOrder,
         progress: mpsc::Sender<Progress>,
@@ -522,17 +550,37 @@ impl HostService {
     }
 
     /// Fetches what this host lacks of `order`'s images (`checked`), writing each image
-    /// as its chunks come, then stages the deployment's VMs here.
+    /// as its chunks come, then stages the deployment's VMs here. A lazy order stages
+    /// the VMs first, on lazy disks, and answers then; the fetch goes on, and its end
+    /// is the answer to the head's `Request::Settle`.
     async fn stage_spec(
-        &self,
+        self: &Arc<Self>,
         spec: crate::workspace::WorkspaceSpec,
         vo: &str,
         order: &StageOrder,
         checked: Vec<Checked>,
         progress: mpsc::Sender<Progress>,
     ) -> Result<StageReport, ControlError> {
-        let (stage, share) = (order.stage.as_str(), order.share.clone());
-        let mut report = StageReport::default();
+        let prepared = self.prepare(vo, &spec.name, checked).await?;
+        if order.lazy {
+            return self.stage_lazily(spec, vo, order, prepared).await;
+        }
+        let intake = Arc::new(self.intake(order, &prepared, Vec::new()));
+        let pulled = self
+            .fetch(&order.stage, &prepared.images, &prepared.lacking, intake, None, &progress)
+            .await?;
+        self.staged(spec, vo, order.share.clone(), prepared, pulled, None, &progress).await
+    }
+
+    /// What a stage works out before it fetches: what this host lacks of its images,
+    /// and each image started (the chunks held here written by a filler).
+    async fn prepare(
+        &self,
+        vo: &str,
+        deployment: &str,
+        checked: Vec<Checked>,
+    ) -> Result<Prepared, ControlError> {
+        let mut lacked_bytes = 0;
         let started = Instant::now();
 
         // What this host lacks: what the store does not hold, and (when a VO keeps its
@@ -546,7 +594,7 @@ impl HostService {
                 .map_err(|e| ControlError::thread("listing visible chunks", e))??
         };
         let ids: Vec<ManifestId> = checked.iter().map(|c| c.image.manifest.id()).collect();
-        let _staging = self.staging.hold(&ids).await;
+        let held = self.staging.hold(&ids).await;
         let mut images: Vec<Staging> = Vec::new();
         // Held, but only for images this VO may not see: fetched all the same.
         let mut hidden = HashSet::new();
@@ -569,19 +617,19 @@ impl HostService {
             let mut seen = HashSet::new();
             images.iter().flat_map(|i| &i.lacked).filter(|c| seen.insert(c.id)).copied().collect()
         };
-        report.lacked = lacked.iter().map(|c| u64::from(c.len)).sum();
+        lacked_bytes += lacked.iter().map(|c| u64::from(c.len)).sum::<u64>();
         let needed: HashMap<ChunkId, u32> =
             images.iter().flat_map(|i| &i.distinct).map(|c| (c.id, c.len)).collect();
         let needed_bytes: u64 = needed.values().map(|&l| u64::from(l)).sum();
         crate::metrics::cache(
             (
                 needed.len().saturating_sub(lacked.len()) as u64,
-                needed_bytes.saturating_sub(report.lacked),
+                needed_bytes.saturating_sub(lacked_bytes),
             ),
-            (lacked.len() as u64, report.lacked),
+            (lacked.len() as u64, lacked_bytes),
         );
         tracing::info!(
-            lacked = report.lacked,
+            lacked = lacked_bytes,
             chunks = lacked.len(),
             "fetching what this host lacks"
         );
@@ -589,7 +637,7 @@ impl HostService {
         // Each image is written as its chunks come, so that staging ends with the last
         // one: those fetched by the intake's writer, those held here by a filler
         // beside it.
-        let assemblies = self.assemblies(&spec.name, &images).await?;
+        let assemblies = self.assemblies(deployment, &images).await?;
         let filling = {
             let leave: HashSet<ChunkId> = lacked.iter().map(|c| c.id).collect();
             let (store, assemblies) = (Arc::clone(&self.store), assemblies.clone());
@@ -597,19 +645,136 @@ impl HostService {
                 assemblies.iter().try_for_each(|a| store.fill(a, &leave).map(drop))
             })
         };
-        let lacking = Lacking { chunks: lacked, bytes: report.lacked };
+        Ok(Prepared {
+            images,
+            lacking: Lacking { chunks: lacked, bytes: lacked_bytes },
+            hidden,
+            assemblies,
+            filling,
+            started,
+            _held: held,
+        })
+    }
+
+    /// The intake of a stage of `order`: the store writer, the images being written,
+    /// the relay, the caps, and the stage's lazy disks.
+    fn intake(&self, order: &StageOrder, prepared: &Prepared, lazy: Vec<Arc<LazyDisk>>) -> Intake {
         // The deployment's own cap on this host's download, beside the host's.
         let cap = order.cap.map(|c| Arc::new(RateLimit::on_link(c as f64)));
-        let intake = Intake::assembling(
+        Intake::assembling(
             Arc::clone(&self.store),
             Some(Arc::clone(&self.relay)),
-            assemblies.clone(),
+            prepared.assemblies.clone(),
         )
         .with_download_cap(self.download.clone())
         .with_download_cap(cap)
         .with_meter(self.links.meter.clone())
-        .with_hidden(hidden);
-        let pulled = self.fetch(stage, &images, lacking, intake, &progress).await?;
+        .with_hidden(prepared.hidden.clone())
+        .with_lazy(lazy)
+    }
+
+    /// A lazy stage: records this host's share, stages its VMs on lazy disks (served
+    /// before their chunks have arrived) and answers; the fetch goes on in a task of
+    /// its own, whose end the head asks for (`Request::Settle`).
+    async fn stage_lazily(
+        self: &Arc<Self>,
+        spec: crate::workspace::WorkspaceSpec,
+        vo: &str,
+        order: &StageOrder,
+        prepared: Prepared,
+    ) -> Result<StageReport, ControlError> {
+        let demand = Demand::new(
+            self.chunks.clone(),
+            prepared
+                .images
+                .iter()
+                .map(|i| DemandImage {
+                    purpose: Purpose { deployment: order.stage.clone(), manifest: i.manifest.id() },
+                    peers: i.peers.demand_order(),
+                    chunks: i.distinct.iter().map(|c| c.id).collect(),
+                })
+                .collect(),
+        );
+        let kernel = self.read_manager(|m| m.driver().kind() == DriverKind::Xl).await?;
+        let stage = Arc::new(LazyStage::new(
+            Arc::clone(&self.store),
+            prepared.images.iter().map(|i| Arc::clone(&i.manifest)),
+            demand.clone(),
+            prepared.hidden.clone(),
+            kernel,
+        ));
+        let images = LazyImages(
+            order
+                .images
+                .iter()
+                .zip(&prepared.images)
+                .map(|(o, i)| (o.image.clone(), i.manifest.id()))
+                .collect(),
+        );
+        let vms = {
+            let (spec, share, vo, stage) =
+                (spec.clone(), order.share.clone(), vo.to_owned(), Arc::clone(&stage));
+            self.with_manager(move |m| -> Result<_, ControlError> {
+                m.submit_share_lazily(&spec, share, &vo, &images)?;
+                Ok(m.stage_lazily(&spec.name, &images, &*stage)?)
+            })
+            .await??
+        };
+        let disks = stage.disks();
+        let intake = Arc::new(self.intake(order, &prepared, disks.clone()));
+        demand.open(Arc::clone(&intake)).await;
+        self.lazy.keep(&stage);
+        let report = StageReport {
+            lacked: prepared.lacking.bytes,
+            stage_micros: prepared.started.elapsed().as_micros() as u64,
+            vms,
+            ..StageReport::default()
+        };
+        tracing::info!(
+            disks = disks.len(),
+            lacked = report.lacked,
+            "staged lazily; fetching the rest"
+        );
+        let (this, vo, share, stage_name) =
+            (Arc::clone(self), vo.to_owned(), order.share.clone(), order.stage.clone());
+        let rest = async move {
+            // Nobody reads a lazy stage's progress: the head has its answer.
+            let (progress, _) = mpsc::channel(1);
+            let pulled = this
+                .fetch(
+                    &stage_name,
+                    &prepared.images,
+                    &prepared.lacking,
+                    intake,
+                    Some(&demand),
+                    &progress,
+                )
+                .await?;
+            this.staged(spec, &vo, share, prepared, pulled, Some(disks), &progress).await
+        };
+        let span = tracing::info_span!("settle", stage = %order.stage);
+        self.settling
+            .insert(&order.stage, tokio::spawn(tracing::Instrument::instrument(rest, span)));
+        Ok(report)
+    }
+
+    /// The end of a stage once every chunk is here: checks the images whole and puts
+    /// them in place, records the manifests under their sealed names, then stages the
+    /// VMs (or, after a lazy stage, completes their disks and points their configs at
+    /// the local copies).
+    #[allow(clippy::too_many_arguments)]
+    async fn staged(
+        &self,
+        spec: crate::workspace::WorkspaceSpec,
+        vo: &str,
+        share: crate::report::ClusterShare,
+        prepared: Prepared,
+        pulled: (PullReport, u64, u64),
+        lazy: Option<Vec<Arc<LazyDisk>>>,
+        progress: &mpsc::Sender<Progress>,
+    ) -> Result<StageReport, ControlError> {
+        let Prepared { images, lacking, assemblies, filling, started, _held, .. } = prepared;
+        let mut report = StageReport { lacked: lacking.bytes, ..StageReport::default() };
         report.received = pulled.1;
         report.chunks = pulled.2;
         for (peer, got) in &pulled.0.fetched {
@@ -625,12 +790,20 @@ impl HostService {
         let _ = progress.try_send(Progress::started(Phase::Stage));
         let staging = Instant::now();
 
-        // Every chunk is here: check the images whole and put them in place, record the
-        // manifests under their sealed names, then stage.
         filling.await.map_err(|e| ControlError::thread("filling images", e))??;
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || {
-            assemblies.iter().try_for_each(|a| store.complete(a).map(drop))
+        let disks = lazy.clone().unwrap_or_default();
+        tokio::task::spawn_blocking(move || -> Result<(), ControlError> {
+            for a in &assemblies {
+                store.complete(a)?;
+            }
+            // Every chunk is in the store: each lazy disk's absent slots from it.
+            for d in &disks {
+                d.complete().map_err(|e| {
+                    ControlError::Refused(format!("lazy disk {}: {e}", d.path().display()))
+                })?;
+            }
+            Ok(())
         })
         .await
         .map_err(|e| ControlError::thread("checking images", e))??;
@@ -646,6 +819,10 @@ impl HostService {
                 }
                 // The store has them now.
                 received.forget(&sealed.iter().map(|(m, _)| m.id()).collect::<Vec<_>>());
+                if lazy.is_some() {
+                    m.settle_lazily(&spec.name)?;
+                    return Ok(Vec::new());
+                }
                 m.submit_share(&spec, share, &vo)?;
                 Ok(m.run(&spec.name, None, Op::Stage)?)
             })
@@ -711,11 +888,13 @@ impl HostService {
         &self,
         stage: &str,
         images: &[Staging],
-        lacking: Lacking,
-        intake: Intake,
+        lacking: &Lacking,
+        intake: Arc<Intake>,
+        demand: Option<&Demand>,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<(PullReport, u64, u64), ControlError> {
         let Lacking { chunks: lacked, bytes: total } = lacking;
+        let total = *total;
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
         let purpose = |m: &Manifest| Purpose { deployment: stage.to_owned(), manifest: m.id() };
         let mut streams = Vec::new();
@@ -737,7 +916,7 @@ impl HostService {
         let mut pulls =
             futures::stream::iter(streams.into_iter().map(|(peers, purpose, wanted, floor)| {
                 let mut control = self.chunks.clone();
-                let intake = &intake;
+                let intake = &*intake;
                 async move {
                     fetch_from_any(&mut control, &peers, &purpose, &wanted, intake, floor).await
                 }
@@ -808,6 +987,12 @@ impl HostService {
         }
         let (bytes, chunks) = (intake.bytes(), intake.chunks());
         let _ = progress.try_send(fetched(bytes));
+        // No guest read waits on the stage any more: what it lacks is in the store.
+        if let Some(demand) = demand {
+            demand.close().await;
+        }
+        let intake = Arc::try_unwrap(intake)
+            .map_err(|_| ControlError::thread("the stage's intake", "still shared at its end"))?;
         intake.finish().await?;
         match failure {
             Some(e) => Err(e.into()),
@@ -825,6 +1010,20 @@ struct Staging {
     distinct: Vec<ChunkRef>,
     lacked: Vec<ChunkRef>,
     seal: Seal,
+}
+
+/// What a stage has worked out before it fetches ([`HostService::prepare`]).
+struct Prepared {
+    images: Vec<Staging>,
+    lacking: Lacking,
+    /// Chunks held only for an isolated VO's images: fetched all the same.
+    hidden: HashSet<ChunkId>,
+    assemblies: Vec<Arc<Assembly>>,
+    /// Writing the chunks held here into the images.
+    filling: tokio::task::JoinHandle<Result<(), vw_chunkstore::Error>>,
+    started: Instant,
+    /// The stage's manifests, held against a second stage of them until it ends.
+    _held: Vec<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// What a stage fetches: the distinct chunks this host lacks of its images, and their
@@ -851,6 +1050,19 @@ struct OrderPeers {
 }
 
 impl OrderPeers {
+    /// Whom a guest's read of a missing chunk is asked of, in order: the planned
+    /// senders (they hold or have received most of the image), then the fallback
+    /// peers (the source last).
+    fn demand_order(&self) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = Vec::new();
+        for p in self.pulls.iter().map(|(p, _)| p).chain(&self.fallback) {
+            if !out.contains(p) {
+                out.push(*p);
+            }
+        }
+        out
+    }
+
     /// The peers of `order`; a peer id that does not parse refuses the order.
     fn parse(order: &ImageOrder) -> Result<Self, ControlError> {
         let peer = |s: &str| {
@@ -966,7 +1178,7 @@ impl Drop for StreamSlot<'_> {
 async fn serve_one(
     peer: PeerId,
     mut stream: Stream,
-    host: &HostService,
+    host: &Arc<HostService>,
     open: &OpenStreams,
 ) -> Result<(), String> {
     let refuse = |why: String| Reply::Done(Answer::Failed(Failure::new(FailureKind::Refused, why)));

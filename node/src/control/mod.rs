@@ -28,6 +28,8 @@ pub mod head;
 #[cfg(feature = "host")]
 pub mod host;
 #[cfg(feature = "host")]
+mod lazy;
+#[cfg(feature = "host")]
 pub mod live;
 #[cfg(feature = "host")]
 pub mod manifests;

@@ -38,6 +38,8 @@ pub struct Sealed<'a> {
     pub seals: &'a [Vec<u8>],
     /// The cluster's MUNGE key, when it runs Slurm.
     pub munge_key: Option<&'a MungeKey>,
+    /// Stage lazily: each host with VMs boots them on lazy disks while it fetches.
+    pub lazy: bool,
 }
 
 /// Everything [`prepare`] works from.
@@ -191,6 +193,7 @@ fn order(
         serves,
         munge_key: d.sealed.munge_key.cloned(),
         cap: d.caps[h],
+        lazy: d.sealed.lazy && !here.is_empty(),
     })
 }
 
@@ -336,6 +339,7 @@ pub(crate) mod tests {
             ticket: b"ticket",
             seals: &SEALS,
             munge_key: None,
+            lazy: false,
         }
     }
 

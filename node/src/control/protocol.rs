@@ -31,8 +31,9 @@ pub const PROTOCOL_NAME: &str = "/vw/control";
 /// ranges with the rate the plan expects of it, a Slurm cluster's MUNGE key; 5:
 /// manifests sent once, in pieces, and named by id in inventories and stage orders; 6:
 /// a failure says its kind, and a refusal is one kind of failure; 7: a stage order's
-/// per-deployment rate cap, a stage report's relieved senders).
-pub const VERSION: u8 = 7;
+/// per-deployment rate cap, a stage report's relieved senders; 8: lazy stages, their
+/// settling, and a ready VM's lazy disk counts).
+pub const VERSION: u8 = 8;
 /// Largest message after its length field. Nothing in a message grows with an image's
 /// size but an inventory's bitmaps, one bit per chunk: 64 MiB holds the bits of 500
 /// million chunks.
@@ -101,6 +102,12 @@ pub enum Request {
         /// How long to wait, in seconds.
         timeout_s: u64,
     },
+    /// The end of your lazy stage: answered ([`Answer::Staged`]) once every chunk is
+    /// here, the images whole and your VMs' configs pointing at their local copies.
+    Settle {
+        /// The stage (`NAME@NONCE`, as its stage order named it).
+        stage: String,
+    },
     /// The stage is over on every host (staged or failed): withdraw its chunk grants.
     StageOver {
         /// The stage (`NAME@NONCE`, as its stage order named it).
@@ -168,6 +175,10 @@ pub struct StageOrder {
     /// (the operator's cap on the deployment, `vw deploy --cap`; the host's own caps
     /// hold as well). `None`: no cap of the deployment's own.
     pub cap: Option<u64>,
+    /// Stage lazily (`vw deploy --lazy`): stage the VMs on lazy disks and answer at
+    /// once; fetch the rest meanwhile, until the head asks for its end
+    /// ([`Request::Settle`]).
+    pub lazy: bool,
 }
 
 /// One image of a stage order.
@@ -520,7 +531,9 @@ impl Message for Request {
                 }
                 Ok(())
             }
-            Request::StageOver { stage } => count("stage name bytes", stage.len(), MAX_STAGE),
+            Request::StageOver { stage } | Request::Settle { stage } => {
+                count("stage name bytes", stage.len(), MAX_STAGE)
+            }
         }
     }
 }
@@ -739,6 +752,7 @@ mod tests {
                 serves,
                 munge_key: None,
                 cap: None,
+                lazy: false,
             }))
         };
         assert!(order(vec![image(1)]).check().is_ok());

@@ -50,6 +50,14 @@ pub enum ManagerError {
         #[source]
         error: Box<vw_chunkstore::Error>,
     },
+    /// A lazy disk could not be made.
+    #[error("VM {vm}: lazy disk: {why}")]
+    Lazy {
+        /// The VM.
+        vm: String,
+        /// Why.
+        why: String,
+    },
     /// A node boots from a host file this host does not allow.
     #[error("deployment {deployment}: {error}")]
     Boot {

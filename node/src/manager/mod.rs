@@ -23,6 +23,7 @@ mod stored;
 
 pub use addresses::preview_addresses;
 pub use error::ManagerError;
+pub use stage::{LazyAttach, LazyImages};
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -189,7 +190,7 @@ impl Manager {
     /// Records `spec` as a deployment (idempotent for the same document): checks its
     /// images are in the store, that the host can hold it, and assigns addresses.
     pub fn submit(&self, spec: &WorkspaceSpec) -> Result<DeploymentRecord, ManagerError> {
-        self.record(spec, None, None)
+        self.record(spec, None, None, None)
     }
 
     /// Records this host's share of a cluster deployment the head placed (idempotent
@@ -201,7 +202,61 @@ impl Manager {
         share: ClusterShare,
         vo: &str,
     ) -> Result<DeploymentRecord, ManagerError> {
-        self.record(spec, Some(share), Some(vo))
+        self.record(spec, Some(share), Some(vo), None)
+    }
+
+    /// [`Manager::submit_share`] for a lazy stage: the images are not in the store yet
+    /// (their chunks are still arriving); `images` names each one's manifest (the
+    /// head's checked order).
+    pub fn submit_share_lazily(
+        &self,
+        spec: &WorkspaceSpec,
+        share: ClusterShare,
+        vo: &str,
+        images: &LazyImages,
+    ) -> Result<DeploymentRecord, ManagerError> {
+        self.record(spec, Some(share), Some(vo), Some(images))
+    }
+
+    /// Stages the VMs of `deployment` on lazy disks: each partition's copy is made and
+    /// served by `attach` while its chunks arrive, and the domain config names what
+    /// `attach` returns. Needs the `seed` integration (nothing is written into an
+    /// image before it boots).
+    pub fn stage_lazily(
+        &self,
+        deployment: &str,
+        images: &LazyImages,
+        attach: &dyn LazyAttach,
+    ) -> Result<Vec<VmReport>, ManagerError> {
+        self.run_with(deployment, None, Op::Stage, Some(&stage::Lazy { images, attach }))
+    }
+
+    /// After a lazy stage has every chunk (each copy is whole): pins the deployment's
+    /// images and points each VM's domain config at its local copy, so a later load
+    /// runs from local files only.
+    pub fn settle_lazily(&self, deployment: &str) -> Result<(), ManagerError> {
+        let db = self.db();
+        let dep = db
+            .deployment(deployment)?
+            .ok_or_else(|| ManagerError::UnknownDeployment { name: deployment.to_owned() })?;
+        for mut record in db.vms_of(&dep)? {
+            for p in &node_of(&dep.spec, record.role).partitions {
+                let id =
+                    self.store.resolve(&p.image).map_err(|error| ManagerError::MissingImage {
+                        vm: record.name.clone(),
+                        image: Box::new(p.image.clone()),
+                        error: Box::new(error),
+                    })?;
+                self.store.pin(&ImageRef::Id(id), &PinReason::Deployment(dep.name.clone()))?;
+            }
+            if let Some(staged) = stage::settle_vm(self, &dep, &record)? {
+                record.staged = Some(staged);
+                let mut batch = RecordBatch::default();
+                records::put_vm(&mut batch, &record);
+                db.write(batch)?;
+            }
+        }
+        Ok(())
     }
 
     /// `spec` with the kernel and ramdisk of each node with a VM here (`share`, or every
@@ -226,10 +281,15 @@ impl Manager {
         spec: &WorkspaceSpec,
         share: Option<ClusterShare>,
         vo: Option<&str>,
+        lazy: Option<&LazyImages>,
     ) -> Result<DeploymentRecord, ManagerError> {
         // Before anything is recorded or written: the spec with its kernels resolved
         // inside this host's allowed directories, which is what the domain configs name.
-        let spec = &self.resolve_boot(spec, share.as_ref(), vo)?;
+        // How it was staged is the head's order, not the record's.
+        let spec = &WorkspaceSpec {
+            staging: crate::workspace::Staging::Full,
+            ..self.resolve_boot(spec, share.as_ref(), vo)?
+        };
         let db = self.db();
         if let Some(existing) = db.deployment(&spec.name)? {
             if existing.spec == *spec && existing.share == share && existing.vo.as_deref() == vo {
@@ -270,6 +330,9 @@ impl Manager {
         }
         for (vm, name) in vms.iter().zip(&names) {
             for p in &vm.node.partitions {
+                if lazy.is_some_and(|l| l.get(&p.image).is_some()) {
+                    continue; // arriving
+                }
                 self.store.resolve(&p.image).map_err(|error| ManagerError::MissingImage {
                     vm: name.clone(),
                     image: Box::new(p.image.clone()),
@@ -441,6 +504,17 @@ impl Manager {
         vm: Option<&str>,
         op: Op,
     ) -> Result<Vec<VmReport>, ManagerError> {
+        self.run_with(deployment, vm, op, None)
+    }
+
+    /// [`Manager::run`], staging on lazy disks when `lazy` says how.
+    fn run_with(
+        &self,
+        deployment: &str,
+        vm: Option<&str>,
+        op: Op,
+        lazy: Option<&stage::Lazy<'_>>,
+    ) -> Result<Vec<VmReport>, ManagerError> {
         let db = self.db();
         let dep = db
             .deployment(deployment)?
@@ -475,7 +549,7 @@ impl Manager {
             let mut taken = Vec::new();
             for step in steps {
                 let started = Instant::now();
-                let result = self.step(&dep, &mut record, step);
+                let result = self.step(&dep, &mut record, step, lazy);
                 let micros = started.elapsed().as_micros() as u64;
                 if let Err(e) = result {
                     // The state stays; the failure is noted for `vw status`.
@@ -515,12 +589,13 @@ impl Manager {
         dep: &DeploymentRecord,
         record: &mut VmRecord,
         step: Step,
+        lazy: Option<&stage::Lazy<'_>>,
     ) -> Result<(), ManagerError> {
         let xen = |error| ManagerError::Xen { vm: record.name.clone(), step, error };
         match step {
             Step::Stage => {
                 let all = self.cluster_of(dep)?;
-                record.staged = Some(stage::stage_vm(self, dep, record, &all)?);
+                record.staged = Some(stage::stage_vm(self, dep, record, &all, lazy)?);
                 Ok(())
             }
             Step::Load => {

@@ -52,6 +52,7 @@ impl ReadyWait {
                 problem: None,
                 disagreements: Vec::new(),
                 console: Vec::new(),
+                lazy: None,
             });
             if entry.report.is_some() || entry.problem.is_some() {
                 continue;
@@ -67,6 +68,32 @@ impl ReadyWait {
             }
         }
         self.waiting().next().is_none()
+    }
+
+    /// Notes what each VM's lazy disks did (`lazy`: their counts, and the reads that
+    /// failed, if it has any), once: as its answer comes in, or (`end`) when the wait
+    /// ends for those still waiting. A VM not ready whose reads failed says so in its
+    /// problem: which chunk, and why.
+    pub fn note_lazy(
+        &mut self,
+        end: bool,
+        lazy: impl Fn(&str) -> Option<(crate::report::LazyCounts, Vec<String>)>,
+    ) {
+        for entry in self.vms.values_mut() {
+            let answered = entry.report.is_some() || entry.problem.is_some();
+            if entry.lazy.is_some() || !(answered || end) {
+                continue;
+            }
+            let Some((counts, failures)) = lazy(&entry.vm) else { continue };
+            entry.lazy = Some(counts);
+            if entry.report.is_none() && !failures.is_empty() {
+                let reads = format!("its guest's disk reads failed: {}", failures.join("; "));
+                entry.problem = Some(match entry.problem.take() {
+                    Some(p) => format!("{p}; {reads}"),
+                    None => reads,
+                });
+            }
+        }
     }
 
     /// The VMs whose answer is in (ready, or never will be): no need to probe them again.

@@ -10,6 +10,7 @@
 //! halfway (disk full, crash) leaves nothing that a retry trusts. Every file is written
 //! under a temporary name and renamed when complete.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,22 +29,72 @@ fn deployment_dir(m: &Manager, dep: &str) -> PathBuf {
     m.root.join("images").join(dep)
 }
 
+/// `images/<deployment>/<vm>`: a VM's own files.
+fn vm_dir(m: &Manager, dep: &str, vm: &str) -> PathBuf {
+    deployment_dir(m, dep).join(vm)
+}
+
 /// `images/<deployment>/.shared`: the images its VMs here clone.
 pub(super) fn shared_dir(m: &Manager, dep: &str) -> PathBuf {
     deployment_dir(m, dep).join(".shared")
 }
 
-/// Stages one VM; returns the files it uses.
+/// The manifests of a lazy stage's images, by the reference the workspace names each
+/// with (they are not in the store until their chunks have all arrived).
+#[derive(Clone, Debug, Default)]
+pub struct LazyImages(pub HashMap<String, ManifestId>);
+
+impl LazyImages {
+    /// The manifest of `image` (by the name the order gave it, or by id), if the stage
+    /// brings it.
+    pub fn get(&self, image: &ImageRef) -> Option<ManifestId> {
+        match image {
+            ImageRef::Id(id) => self.0.values().find(|m| *m == id).copied(),
+            ImageRef::Name(_) => self.0.get(&image.to_string()).copied(),
+        }
+    }
+}
+
+/// Makes a VM's lazy disks: the host's side of a lazy stage (control/lazy.rs).
+pub trait LazyAttach {
+    /// Makes `copy` (which does not exist) the lazy disk of partition `device` of `vm`,
+    /// image `manifest`, served to the hypervisor while its chunks arrive; returns what
+    /// the domain config names as its target.
+    fn attach(
+        &self,
+        vm: &str,
+        device: &str,
+        manifest: ManifestId,
+        copy: &Path,
+    ) -> Result<PathBuf, crate::lazy::LazyError>;
+}
+
+/// How a lazy stage stages: each image's manifest, and who makes its disks.
+pub(super) struct Lazy<'a> {
+    pub images: &'a LazyImages,
+    pub attach: &'a dyn LazyAttach,
+}
+
+/// Stages one VM; returns the files it uses. `lazy`: its partitions are lazy disks.
 pub(super) fn stage_vm(
     m: &Manager,
     dep: &DeploymentRecord,
     vm: &VmRecord,
     all: &[VmRecord],
+    lazy: Option<&Lazy<'_>>,
 ) -> Result<StagedFiles, ManagerError> {
     let node = node_of(&dep.spec, vm.role);
     let stage_err = |error| ManagerError::Stage { vm: vm.name.clone(), error: Box::new(error) };
     let shared = shared_dir(m, &dep.name);
-    let dir = deployment_dir(m, &dep.name).join(&vm.name);
+    let dir = vm_dir(m, &dep.name, &vm.name);
+    if lazy.is_some() && node.integration == Integration::Edit {
+        return Err(ManagerError::Lazy {
+            vm: vm.name.clone(),
+            why: "a lazy stage needs the `seed` integration: `edit` writes into the root \
+                  image before it boots"
+                .into(),
+        });
+    }
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| ManagerError::io("remove", &dir, e))?;
     }
@@ -52,6 +103,9 @@ pub(super) fn stage_vm(
     }
 
     let resolve = |image: &ImageRef| {
+        if let Some(id) = lazy.and_then(|l| l.images.get(image)) {
+            return Ok(id);
+        }
         m.store.resolve(image).map_err(|error| ManagerError::MissingImage {
             vm: vm.name.clone(),
             image: Box::new(image.clone()),
@@ -66,7 +120,7 @@ pub(super) fn stage_vm(
             && dep.vms.contains(&o.name)
             && matches!(o.state, VmState::Described | VmState::Unstaged)
     };
-    for other in all.iter().filter(waiting) {
+    for other in all.iter().filter(waiting).filter(|_| lazy.is_none()) {
         for p in &node_of(&dep.spec, other.role).partitions {
             pending.push(resolve(&p.image)?);
         }
@@ -78,6 +132,15 @@ pub(super) fn stage_vm(
     let mut disks = Vec::new();
     let mut root = None;
     for (i, (p, id)) in node.partitions.iter().zip(&ids).enumerate() {
+        if let Some(lazy) = lazy {
+            // Pinned once the image is in the store (`Manager::settle_lazily`).
+            let copy = dir.join(format!("{}.img", p.device));
+            let target = lazy.attach.attach(&vm.name, &p.device, *id, &copy).map_err(|e| {
+                ManagerError::Lazy { vm: vm.name.clone(), why: format!("{}: {e}", p.device) }
+            })?;
+            disks.push(Disk { vdev: p.device.clone(), access: p.access, target });
+            continue;
+        }
         m.store.pin(&ImageRef::Id(*id), &PinReason::Deployment(dep.name.clone()))?;
         let staged = m.shared_image(&dep.name, id);
         let t = Instant::now();
@@ -133,6 +196,20 @@ pub(super) fn stage_vm(
     phases.integrate = micros(t);
 
     let t = Instant::now();
+    let (config, disks) = write_config(m, dep, vm, disks)?;
+    phases.config = micros(t);
+    Ok(StagedFiles { config, disks, phases })
+}
+
+/// Renders `vm`'s domain config with `disks` and writes it in place; returns its path
+/// and the disks.
+fn write_config(
+    m: &Manager,
+    dep: &DeploymentRecord,
+    vm: &VmRecord,
+    disks: Vec<Disk>,
+) -> Result<(PathBuf, Vec<Disk>), ManagerError> {
+    let node = node_of(&dep.spec, vm.role);
     let bridge = |n: Network| match n {
         Network::Private => m.config.network.private_bridge.clone(),
         Network::Public => m.config.network.public.bridge.clone(),
@@ -165,8 +242,29 @@ pub(super) fn stage_vm(
     })?;
     let path = m.config_path(&vm.name);
     write_atomic(&path, text.as_bytes())?;
-    phases.config = micros(t);
-    Ok(StagedFiles { config: path, disks: config.disks, phases })
+    Ok((path, config.disks))
+}
+
+/// A lazily staged VM once its copies are whole: its config names each partition's
+/// local copy instead of the device that served it. `None`: it was not staged.
+pub(super) fn settle_vm(
+    m: &Manager,
+    dep: &DeploymentRecord,
+    vm: &VmRecord,
+) -> Result<Option<StagedFiles>, ManagerError> {
+    let Some(staged) = &vm.staged else { return Ok(None) };
+    let dir = vm_dir(m, &dep.name, &vm.name);
+    let partitions = &node_of(&dep.spec, vm.role).partitions;
+    let disks = staged
+        .disks
+        .iter()
+        .map(|d| match partitions.iter().find(|p| p.device == d.vdev) {
+            Some(p) => Disk { target: dir.join(format!("{}.img", p.device)), ..d.clone() },
+            None => d.clone(),
+        })
+        .collect();
+    let (config, disks) = write_config(m, dep, vm, disks)?;
+    Ok(Some(StagedFiles { config, disks, phases: staged.phases }))
 }
 
 fn micros(since: Instant) -> u64 {
@@ -279,7 +377,7 @@ pub(super) fn unstage_vm(
     dep: &DeploymentRecord,
     vm: &VmRecord,
 ) -> Result<(), ManagerError> {
-    let dir = deployment_dir(m, &dep.name).join(&vm.name);
+    let dir = vm_dir(m, &dep.name, &vm.name);
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| ManagerError::io("remove", &dir, e))?;
     }

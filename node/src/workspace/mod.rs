@@ -84,6 +84,30 @@ pub struct WorkspaceSpec {
     pub head: NodeSpec,
     /// The worker template and how many workers it makes (clusters only).
     pub workers: Option<Workers>,
+    /// How its images are staged (`staging="lazy"`: its VMs boot while their chunks
+    /// arrive): what the head deploys it with. Not recorded (a host's records keep
+    /// what it runs, and their older versions have no such field).
+    #[serde(skip)]
+    pub staging: Staging,
+}
+
+/// How a workspace's images reach its hosts before its VMs boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Staging {
+    /// Every image whole and verified on its host, then boot (the default).
+    #[default]
+    Full,
+    /// Boot on lazy disks while the chunks arrive; a guest's read of a chunk not here
+    /// yet fetches it at once (issue 19).
+    Lazy,
+}
+
+impl Staging {
+    /// Whether this is full staging.
+    pub fn is_full(&self) -> bool {
+        *self == Staging::Full
+    }
 }
 
 /// Cluster or single VM.

@@ -8,8 +8,8 @@ use vw_chunkstore::ImageRef;
 use super::xml::{Document, XNode, XRoles};
 use super::{
     parse_size, Access, BatchRole, Boot, Error, GuestType, Integration, Network, NfsMount, Nic,
-    NodeSpec, Partition, PartitionRole, Roles, Swap, Workers, WorkspaceKind, WorkspaceSpec,
-    DEFAULT_SWAP,
+    NodeSpec, Partition, PartitionRole, Roles, Staging, Swap, Workers, WorkspaceKind,
+    WorkspaceSpec, DEFAULT_SWAP,
 };
 
 /// Guest memory bounds in MiB.
@@ -56,6 +56,14 @@ pub(super) fn spec(doc: &Document<'_>) -> Result<WorkspaceSpec> {
     let node_number =
         required(doc, "@nodeNumber", root.node_number.as_deref(), "virtualWorkspace")?;
     let node_number: u32 = number(doc, "@nodeNumber", node_number)?;
+    let staging = match root.staging.as_deref() {
+        None | Some("full") => Staging::Full,
+        Some("lazy") => Staging::Lazy,
+        Some(other) => {
+            let message = format!("staging `{other}` is not `full` or `lazy`");
+            return Err(doc.error("@staging", &message));
+        }
+    };
 
     let (head, workers) = match kind {
         WorkspaceKind::Cluster => {
@@ -119,6 +127,7 @@ pub(super) fn spec(doc: &Document<'_>) -> Result<WorkspaceSpec> {
         creation_time: root.creation_time.clone(),
         head,
         workers,
+        staging,
     };
     cross_checks(doc, &spec)?;
     Ok(spec)
@@ -404,6 +413,20 @@ fn roles(doc: &Document<'_>, slot: Slot, x: Option<&XRoles>) -> Result<Roles> {
 
 /// Checks across nodes: VM names, NFS and batch references.
 fn cross_checks(doc: &Document<'_>, spec: &WorkspaceSpec) -> Result<()> {
+    if spec.staging == Staging::Lazy {
+        for vm in spec.vms() {
+            if vm.node.integration == Integration::Edit {
+                let el = match vm.role {
+                    super::VmRole::Head if spec.workers.is_some() => "headnode",
+                    super::VmRole::Head => "node",
+                    super::VmRole::Worker(_) => "workernode",
+                };
+                let message = "staging=\"lazy\" boots before the image has arrived, so nothing \
+                               can be written into it first: use <integration strategy=\"seed\"/>";
+                return Err(doc.error(&format!("{el}.integration.@strategy"), message));
+            }
+        }
+    }
     let mut names = BTreeSet::new();
     for vm in spec.vms() {
         let name = spec.vm_name(&vm);

@@ -245,6 +245,8 @@ pub(super) struct XWorkspace {
     pub node_number: Option<String>,
     #[serde(rename = "@creationTime")]
     pub creation_time: Option<String>,
+    #[serde(rename = "@staging")]
+    pub staging: Option<String>,
     pub headnode: Option<XNode>,
     pub workernode: Option<XNode>,
     pub node: Option<XNode>,

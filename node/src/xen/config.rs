@@ -220,6 +220,17 @@ fn host_file(path: &str) -> Result<String, String> {
     quote(path)
 }
 
+/// Whether `target` can back a disk: a file (an image), a block device (a lazy disk
+/// attached through the kernel's NBD driver) or a Unix socket (a lazy disk's NBD export,
+/// which only the simulated driver's guest reads).
+fn disk_target(target: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::metadata(target).is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_file() || t.is_block_device() || t.is_socket()
+    })
+}
+
 /// A value inside a disk or vif spec other than the target: no `,` `=` or spaces.
 fn simple(value: &str) -> Result<(), String> {
     if value.is_empty()
@@ -420,6 +431,18 @@ impl Parser<'_> {
     }
 }
 
+/// The target of each disk a config names (what follows `target=`, which is last).
+pub fn disk_targets(text: &str) -> Result<Vec<PathBuf>, String> {
+    match read(text)?.get("disk") {
+        None => Ok(Vec::new()),
+        Some(Value::List(items)) => Ok(items
+            .iter()
+            .filter_map(|spec| spec.split_once("target=").map(|(_, t)| t.into()))
+            .collect()),
+        Some(_) => Err("`disk` must be a list".into()),
+    }
+}
+
 /// Checks a config as xl would before creating the domain: the keys vw relies on have
 /// the right types, every disk spec has `target=` last and names an existing file, and
 /// every vif has a Xen MAC, an IPv4 address and a bridge. Returns the domain name.
@@ -492,8 +515,10 @@ pub fn check(text: &str) -> Result<String, String> {
                 }
             }
         }
-        if !std::path::Path::new(target).is_file() {
-            return Err(format!("disk {spec:?}: target {target} is not a file"));
+        if !disk_target(std::path::Path::new(target)) {
+            return Err(format!(
+                "disk {spec:?}: target {target} is not a file, a block device or a lazy disk's socket"
+            ));
         }
     }
     for spec in items("vif")? {

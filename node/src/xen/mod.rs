@@ -11,6 +11,8 @@ pub mod boot;
 pub mod config;
 pub mod ready;
 pub mod simulated;
+#[cfg(feature = "host")]
+pub mod simulated_boot;
 pub mod xl;
 
 use std::fmt;

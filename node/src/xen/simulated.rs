@@ -27,6 +27,12 @@ pub struct SimulatedDriver {
     /// Serialises read-modify-write of the state file within this process (the store
     /// lock keeps other processes out).
     lock: Mutex<()>,
+    /// The simulated boots of domains whose disks are lazy disks' sockets: each is up
+    /// once it has read what a boot reads.
+    #[cfg(feature = "host")]
+    boots: Mutex<
+        std::collections::HashMap<String, std::sync::Arc<Mutex<super::simulated_boot::Boot>>>,
+    >,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -45,7 +51,12 @@ struct Domain {
 impl SimulatedDriver {
     /// A simulated hypervisor keeping its state in `dir`.
     pub fn new(dir: &Path) -> Self {
-        SimulatedDriver { path: dir.join(STATE_FILE), lock: Mutex::new(()) }
+        SimulatedDriver {
+            path: dir.join(STATE_FILE),
+            lock: Mutex::new(()),
+            #[cfg(feature = "host")]
+            boots: Mutex::default(),
+        }
     }
 
     fn state_err(&self, error: std::io::Error) -> XenError {
@@ -104,6 +115,33 @@ impl SimulatedDriver {
     }
 }
 
+#[cfg(feature = "host")]
+impl SimulatedDriver {
+    /// Starts the simulated boot of `domain` if its disks include lazy disks' sockets.
+    fn boot(&self, domain: &str) -> Result<(), XenError> {
+        use std::os::unix::fs::FileTypeExt as _;
+        if self.boots.lock().expect("boots lock").contains_key(domain) {
+            return Ok(()); // unpaused after a pause: it booted already
+        }
+        let cfg = self.read()?.domains.get(domain).map(|d| d.cfg.clone());
+        let Some(cfg) = cfg else { return Ok(()) };
+        let bad = |reason: String| XenError::BadConfig { path: cfg.clone(), reason };
+        let text = fs::read_to_string(&cfg).map_err(|e| bad(e.to_string()))?;
+        let sockets: Vec<PathBuf> = config::disk_targets(&text)
+            .map_err(bad)?
+            .into_iter()
+            .filter(|t| fs::metadata(t).is_ok_and(|m| m.file_type().is_socket()))
+            .collect();
+        let mut boots = self.boots.lock().expect("boots lock");
+        if sockets.is_empty() {
+            boots.remove(domain);
+        } else {
+            boots.insert(domain.to_owned(), super::simulated_boot::start(domain, sockets));
+        }
+        Ok(())
+    }
+}
+
 fn absent(domain: &str, op: &str) -> XenError {
     XenError::Simulated(format!("cannot {op} {domain}: no such domain"))
 }
@@ -137,7 +175,10 @@ impl Driver for SimulatedDriver {
     }
 
     fn unpause(&self, domain: &str) -> Result<(), XenError> {
-        self.transition(domain, "unpause", DomainState::Paused, DomainState::Running)
+        self.transition(domain, "unpause", DomainState::Paused, DomainState::Running)?;
+        #[cfg(feature = "host")]
+        self.boot(domain)?;
+        Ok(())
     }
 
     fn pause(&self, domain: &str) -> Result<(), XenError> {
@@ -145,12 +186,16 @@ impl Driver for SimulatedDriver {
     }
 
     fn stop(&self, domain: &str) -> Result<StopHow, XenError> {
+        #[cfg(feature = "host")]
+        self.boots.lock().expect("boots lock").remove(domain);
         self.update(|s| {
             Ok(if s.domains.remove(domain).is_some() { StopHow::Shutdown } else { StopHow::Absent })
         })
     }
 
     fn destroy(&self, domain: &str) -> Result<StopHow, XenError> {
+        #[cfg(feature = "host")]
+        self.boots.lock().expect("boots lock").remove(domain);
         self.update(|s| {
             Ok(if s.domains.remove(domain).is_some() {
                 StopHow::Destroyed
@@ -164,8 +209,21 @@ impl Driver for SimulatedDriver {
         Ok(self.read()?.domains.get(domain).map(|d| d.state))
     }
 
-    /// No guest runs here: a running domain gets a report that says it is simulated.
+    /// No guest runs here: a running domain gets a report that says it is simulated
+    /// (one booting from lazy disks once its simulated boot has read them).
     fn guest_report(&self, domain: &str) -> Result<Option<GuestReport>, XenError> {
+        #[cfg(feature = "host")]
+        if let Some(boot) = self.boots.lock().expect("boots lock").get(domain) {
+            match &*boot.lock().expect("boot lock") {
+                super::simulated_boot::Boot::Reading => return Ok(None),
+                super::simulated_boot::Boot::Up => {}
+                super::simulated_boot::Boot::Failed(why) => {
+                    return Err(XenError::Simulated(format!(
+                        "the simulated guest of {domain} cannot read its disk: {why}"
+                    )))
+                }
+            }
+        }
         Ok((self.status(domain)? == Some(DomainState::Running))
             .then(|| GuestReport { pairs: Vec::new(), simulated: true }))
     }

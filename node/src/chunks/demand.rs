@@ -1,0 +1,141 @@
+//! Demand fetches: a chunk a guest reads before the stage has brought it is fetched at
+//! once, on a stream of its own marked urgent ([`Frame::Urgent`](super::Frame::Urgent)):
+//! its sender answers from what it holds now, and the stage's other streams give way
+//! while it runs. It goes through the stage's [`Intake`] like every other chunk, so it
+//! is verified, stored, forwarded to this host's children and landed in the lazy disks
+//! exactly once.
+//!
+//! Holders are asked in the image's order: the planned senders (they have sent or hold
+//! most of it), then the fallback peers (the source last). One that lacks the chunk
+//! answers `Missing` at once and the next is asked; one that sends a bad chunk is
+//! dropped for the whole stage.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use libp2p::PeerId;
+use tokio::sync::RwLock;
+use tracing::Instrument as _;
+use vw_chunkstore::{ChunkId, ChunkRef};
+
+use super::fetch::{fetch_stream, pull_span, Floor, StreamRole};
+use super::{Intake, Purpose};
+use crate::lazy::disk::Supply;
+use crate::peer::{short, PeerError};
+
+/// One image a stage stages: what its chunks are fetched for, and from whom.
+#[derive(Clone, Debug)]
+pub struct DemandImage {
+    /// The deployment and manifest the chunks are asked for.
+    pub purpose: Purpose,
+    /// Holders, in the order asked.
+    pub peers: Vec<PeerId>,
+    /// The image's distinct chunks.
+    pub chunks: Vec<ChunkId>,
+}
+
+/// A stage's demand fetches: the [`Supply`] of its lazy disks.
+#[derive(Clone, Debug)]
+pub struct Demand(Arc<Inner>);
+
+struct Inner {
+    control: libp2p_stream::Control,
+    images: Vec<DemandImage>,
+    /// Which image each chunk is asked for as.
+    of: HashMap<ChunkId, usize>,
+    /// The stage's intake, until the stage ends ([`Demand::close`]).
+    intake: RwLock<Option<Arc<Intake>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demand").field("images", &self.images).finish_non_exhaustive()
+    }
+}
+
+impl Demand {
+    /// Demand fetches of `images`' chunks, once [`Demand::open`] gives them the stage's
+    /// intake (a demand before fails).
+    pub fn new(control: libp2p_stream::Control, images: Vec<DemandImage>) -> Self {
+        let mut of = HashMap::new();
+        for (i, image) in images.iter().enumerate() {
+            for id in &image.chunks {
+                of.entry(*id).or_insert(i);
+            }
+        }
+        Demand(Arc::new(Inner { control, images, of, intake: RwLock::new(None) }))
+    }
+
+    /// Starts demand fetching into `intake`.
+    pub async fn open(&self, intake: Arc<Intake>) {
+        *self.0.intake.write().await = Some(intake);
+    }
+
+    /// Ends demand fetching once those in flight are done, and gives the intake back.
+    /// A demand after this fails (the chunks are then in the store).
+    pub async fn close(&self) -> Option<Arc<Intake>> {
+        self.0.intake.write().await.take()
+    }
+}
+
+impl Supply for Demand {
+    fn fetch(&self, id: ChunkId, len: u32) -> BoxFuture<'static, Result<(), String>> {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move {
+            let intake = inner.intake.read().await;
+            let Some(intake) = intake.as_ref() else {
+                return Err("the stage is not fetching (not started, or over)".to_owned());
+            };
+            if intake.has(&id).map_err(|e| e.to_string())? {
+                return Ok(()); // it arrived meanwhile
+            }
+            let Some(image) = inner.of.get(&id).map(|&i| &inner.images[i]) else {
+                return Err("no image of this stage lists it".to_owned());
+            };
+            let mut control = inner.control.clone();
+            let chunk = ChunkRef { id, len };
+            fetch_urgent(&mut control, &image.peers, &image.purpose, chunk, intake).await
+        })
+    }
+}
+
+/// Fetches one chunk on an urgent stream from the first of `peers` that sends it, into
+/// `intake`. The error names every peer asked and what each said.
+pub async fn fetch_urgent(
+    control: &mut libp2p_stream::Control,
+    peers: &[PeerId],
+    purpose: &Purpose,
+    chunk: ChunkRef,
+    intake: &Intake,
+) -> Result<(), String> {
+    let mut tried = Vec::new();
+    for &peer in peers {
+        if intake.is_dropped(&peer) {
+            continue;
+        }
+        let role = StreamRole { floor: Floor::Fixed, handoff: None, relief: None, urgent: true };
+        let (got, result) = fetch_stream(control, peer, purpose, &[chunk], intake, role)
+            .instrument(pull_span(&peer))
+            .await;
+        if intake.has(&chunk.id).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        let why = match result {
+            Ok(()) if got.missing > 0 => "does not hold it".to_owned(),
+            Ok(()) => "sent nothing".to_owned(),
+            Err(e) => {
+                if matches!(e, PeerError::BadChunk { .. }) {
+                    intake.drop_peer(peer);
+                }
+                e.to_string()
+            }
+        };
+        tried.push(format!("{}: {why}", short(&peer)));
+    }
+    Err(if tried.is_empty() {
+        "no holder is left to ask".to_owned()
+    } else {
+        format!("asked {} holders: {}", tried.len(), tried.join("; "))
+    })
+}

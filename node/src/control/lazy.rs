@@ -1,0 +1,187 @@
+//! A host's side of a lazy stage (issue 19): its VMs' disks are made, served and
+//! booted from before their chunks have arrived.
+//!
+//! [`LazyStage`] makes each partition's [`LazyDisk`] when the manager stages the VM
+//! (`Manager::stage_lazily`), serves it to the hypervisor (the kernel's NBD driver
+//! under the `xl` driver, a socket under the simulated one) and collects the disks for
+//! the stage's intake, which lands every chunk in them as it arrives. [`LazyVms`]
+//! keeps each VM's disks served while its domain may read them, and says what they
+//! did; [`Settling`] holds the stages still fetching after their answer, until the head
+//! asks for their end (`Request::Settle`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use vw_chunkstore::{ChunkId, Manifest, ManifestId, Store};
+
+use super::error::ControlError;
+use super::protocol::StageReport;
+use crate::chunks::demand::Demand;
+use crate::lazy::disk::{LazyDisk, ReadFailure};
+use crate::lazy::export::SocketExport;
+use crate::lazy::kernel::KernelDevice;
+use crate::lazy::LazyError;
+use crate::manager::LazyAttach;
+use crate::report::LazyCounts;
+
+/// How a lazy disk reaches the hypervisor; dropping it stops serving.
+#[derive(Debug)]
+enum Served {
+    /// `/dev/nbdN` (the `xl` driver).
+    Kernel(#[allow(dead_code)] KernelDevice),
+    /// A Unix socket (the simulated driver's guest).
+    Socket(#[allow(dead_code)] SocketExport),
+}
+
+/// One lazy disk of a VM, served.
+#[derive(Debug)]
+struct ServedDisk {
+    disk: Arc<LazyDisk>,
+    _served: Served,
+}
+
+/// Makes the lazy disks of one stage; see the module doc.
+pub(crate) struct LazyStage {
+    store: Arc<Store>,
+    manifests: HashMap<ManifestId, Arc<Manifest>>,
+    demand: Demand,
+    hidden: Arc<HashSet<ChunkId>>,
+    /// Attach through the kernel's NBD driver (else serve a socket).
+    kernel: bool,
+    made: Mutex<Vec<(String, ServedDisk)>>,
+}
+
+impl std::fmt::Debug for LazyStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyStage").field("kernel", &self.kernel).finish_non_exhaustive()
+    }
+}
+
+impl LazyStage {
+    /// Disks of `manifests`, reading what the store holds (but `hidden`) and fetching
+    /// the rest through `demand`; attached through the kernel when `kernel`.
+    pub(crate) fn new(
+        store: Arc<Store>,
+        manifests: impl IntoIterator<Item = Arc<Manifest>>,
+        demand: Demand,
+        hidden: HashSet<ChunkId>,
+        kernel: bool,
+    ) -> Self {
+        LazyStage {
+            store,
+            manifests: manifests.into_iter().map(|m| (m.id(), m)).collect(),
+            demand,
+            hidden: Arc::new(hidden),
+            kernel,
+            made: Mutex::default(),
+        }
+    }
+
+    /// Every disk made so far.
+    pub(crate) fn disks(&self) -> Vec<Arc<LazyDisk>> {
+        self.made.lock().expect("made lock").iter().map(|(_, d)| Arc::clone(&d.disk)).collect()
+    }
+
+    /// The disks made, by VM, to keep served.
+    fn take(&self) -> Vec<(String, ServedDisk)> {
+        std::mem::take(&mut *self.made.lock().expect("made lock"))
+    }
+}
+
+impl LazyAttach for LazyStage {
+    fn attach(
+        &self,
+        vm: &str,
+        device: &str,
+        manifest: ManifestId,
+        copy: &Path,
+    ) -> Result<PathBuf, LazyError> {
+        let m = self.manifests.get(&manifest).ok_or_else(|| LazyError::Io {
+            op: "stage",
+            path: copy.to_owned(),
+            error: std::io::Error::other(format!("manifest {manifest} is not in this stage")),
+        })?;
+        let label = format!("{vm}/{device}");
+        let supply: Arc<dyn crate::lazy::disk::Supply> = Arc::new(self.demand.clone());
+        let disk = Arc::new(
+            LazyDisk::create(&label, m, copy, Arc::clone(&self.store), supply)?
+                .with_hidden(Arc::clone(&self.hidden)),
+        );
+        let (served, target) = if self.kernel {
+            let device = KernelDevice::attach(Arc::clone(&disk), Path::new("/dev"))?;
+            let target = device.path().to_owned();
+            (Served::Kernel(device), target)
+        } else {
+            let socket = copy.with_extension("nbd");
+            let export = SocketExport::start(Arc::clone(&disk), &label, &socket)?;
+            (Served::Socket(export), socket)
+        };
+        tracing::info!(disk = %label, target = %target.display(), "lazy disk served");
+        self.made
+            .lock()
+            .expect("made lock")
+            .push((vm.to_owned(), ServedDisk { disk, _served: served }));
+        Ok(target)
+    }
+}
+
+/// The lazy disks of this host's VMs, served while their domains may read them.
+#[derive(Debug, Default)]
+pub(crate) struct LazyVms(Mutex<HashMap<String, Vec<ServedDisk>>>);
+
+impl LazyVms {
+    /// Keeps serving the disks `stage` made.
+    pub(crate) fn keep(&self, stage: &LazyStage) {
+        let mut vms = self.0.lock().expect("lazy VMs lock");
+        for (vm, disk) in stage.take() {
+            vms.entry(vm).or_default().push(disk);
+        }
+    }
+
+    /// What `vm`'s lazy disks did so far, and the reads that failed; `None`: it has
+    /// none.
+    pub(crate) fn counts(&self, vm: &str) -> Option<(LazyCounts, Vec<ReadFailure>)> {
+        let vms = self.0.lock().expect("lazy VMs lock");
+        let disks = vms.get(vm)?;
+        let counts = disks.iter().fold(LazyCounts::default(), |a, d| a + d.disk.counts());
+        Some((counts, disks.iter().flat_map(|d| d.disk.failures()).collect()))
+    }
+
+    /// Stops serving `vms`' disks (their domains are gone; a later load reads the
+    /// local copies).
+    pub(crate) fn release<'a>(&self, vms: impl IntoIterator<Item = &'a str>) {
+        let mut all = self.0.lock().expect("lazy VMs lock");
+        for vm in vms {
+            if all.remove(vm).is_some() {
+                tracing::info!(vm, "lazy disks released");
+            }
+        }
+    }
+}
+
+/// The stages still fetching after answering the head (lazy), by stage.
+#[derive(Debug, Default)]
+pub(crate) struct Settling(
+    Mutex<HashMap<String, tokio::task::JoinHandle<Result<StageReport, ControlError>>>>,
+);
+
+impl Settling {
+    /// Keeps `task`, the rest of `stage`.
+    pub(crate) fn insert(
+        &self,
+        stage: &str,
+        task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
+    ) {
+        self.0.lock().expect("settling lock").insert(stage.to_owned(), task);
+    }
+
+    /// Waits for the rest of `stage` and returns its report.
+    pub(crate) async fn settle(&self, stage: &str) -> Result<StageReport, ControlError> {
+        let task = self.0.lock().expect("settling lock").remove(stage);
+        let Some(task) = task else {
+            return Err(ControlError::NoStage { stage: stage.to_owned() });
+        };
+        task.await.map_err(|e| ControlError::thread("a lazy stage", e))?
+    }
+}

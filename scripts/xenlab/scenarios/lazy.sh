@@ -1,0 +1,68 @@
+# lazy: booting before the image has arrived, on real Xen (issue 19). Two Xen hosts; a
+# two-VM cluster of the Debian worker image places one VM on each: host 1 (the head)
+# holds the image, host 2 lacks it unless a run before left it cached. Four deploys in
+# turn, each until every guest reports ready (and, lazily, until every image is whole),
+# then stopped and unstaged:
+#   full-cold, lazy-cold   host 2's copy evicted first (vw image rm, vw gc)
+#   full-warm, lazy-warm   host 2 holds the image from the run before
+# Each deploy's report (--json) is kept; scripts/experiments/lazy-lab.py makes the
+# table from them.
+HOSTS=2 HOST_CPUS=1 HOST_MEM=3072 DOM0_MEM=768
+
+prepare() {
+  t import vw image import /vwimages/worker.img --name lab/worker:1
+}
+
+# Host 2 drops every image it holds when host 1 asks (the store is vwd's: through it).
+serve() {
+  while [ ! -e /vwlab/out/done ]; do
+    if [ -e /vwlab/out/evict ]; then
+      for id in $(vw image ls 2>/dev/null | grep -o '[0-9a-f]\{64\}' | sort -u); do
+        vw image rm "$id" >> "$OUT/evict.log" 2>&1
+      done
+      vw gc >> "$OUT/evict.log" 2>&1
+      vw image ls >> "$OUT/evict.log" 2>&1
+      rm -f /vwlab/out/evict
+      touch /vwlab/out/evicted
+    fi
+    sleep 1
+  done
+}
+
+evict() {
+  rm -f /vwlab/out/evicted
+  touch /vwlab/out/evict
+  for i in $(seq 300); do [ -e /vwlab/out/evicted ] && return 0; sleep 1; done
+  echo "host 2 did not evict its images"; return 1
+}
+
+run() { # NAME [deploy options]
+  name=$1; shift
+  t "deploy-$name" vw --json deploy --vo lab "$@" /vwlab/workspaces/lazy.xml \
+    > "$OUT/deploy-$name.json" 2> "$OUT/deploy-$name.err"
+  rc=$?
+  echo "$name: exit $rc"
+  t "stop-$name" vw stop lazy > /dev/null 2>&1
+  t "unstage-$name" vw unstage lazy > /dev/null 2>&1
+  return $rc
+}
+
+on_head_host() {
+  OUT=/vwlab/out/host1
+  rc=0
+  evict && run full-cold || rc=1
+  evict && run lazy-cold --lazy || rc=1
+  run full-warm || rc=1
+  run lazy-warm --lazy || rc=1
+  {
+    echo "# lazy on $(cat /vwlab/accel) Xen"
+    echo
+    for r in full-cold lazy-cold full-warm lazy-warm; do
+      echo "## $r"
+      echo '```'
+      head -c 4000 "$OUT/deploy-$r.json"
+      echo '```'
+    done
+  } > "$OUT/summary.md"
+  return $rc
+}
