@@ -176,6 +176,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A boot trace is refused (issue 19).
+    #[error("the boot trace of image {manifest} is refused: {reason}")]
+    BadTrace {
+        /// The manifest it claims to trace.
+        manifest: String,
+        /// Why.
+        reason: String,
+    },
     /// A VO key file cannot be used.
     #[error("VO key {path}: {reason}")]
     BadKey {

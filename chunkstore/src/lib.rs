@@ -20,6 +20,7 @@ mod id;
 mod manifest;
 mod name;
 pub mod testdata;
+pub mod trace;
 pub mod vo;
 
 #[cfg(feature = "store")]
@@ -55,6 +56,7 @@ pub use error::Error;
 pub use id::{ChunkId, ManifestId};
 pub use manifest::{ChunkRef, Manifest, MAX_CHUNK_LEN, MAX_ENCODED_LEN as MAX_MANIFEST_LEN};
 pub use name::{ImageName, ImageRef};
+pub use trace::BootTrace;
 pub use vo::{Seal, Visibility, VoKey, VoPublic};
 
 #[cfg(feature = "store")]

@@ -18,6 +18,7 @@ use vw_node::control::FailureKind;
 use vw_node::local::{self, HostVms, LocalReply, LocalRequest};
 use vw_node::manager::{Op, VmReport};
 use vw_node::report::VmReady;
+use vw_node::storecmd::StoreOp;
 
 use crate::output::{bytes, HostOut, Out};
 
@@ -162,8 +163,8 @@ pub fn deploy(
     let workspace = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let source = file.display().to_string();
-    let ticket = match signer {
-        Signer::Ticket(path) => std::fs::read(&path)
+    let ticket = match &signer {
+        Signer::Ticket(path) => std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read the ticket {}: {e}", path.display()))?,
         Signer::Key(key) => {
             // The ticket names the deployment as the document does, and the manifests
@@ -184,10 +185,52 @@ pub fn deploy(
                 manifests: images.into_iter().map(|(_, id)| id).collect(),
                 expires_s: crate::vo::now_s() + DEPLOY_TICKET_S,
             };
-            Ticket::sign(&key, &terms).map_err(anyhow::Error::msg)?.encode()
+            Ticket::sign(key, &terms).map_err(anyhow::Error::msg)?.encode()
         }
     };
-    report(socket, &LocalRequest::Deploy { workspace, source, ticket, options }, out)
+    let request = LocalRequest::Deploy { workspace, source, ticket, options };
+    let LocalReply::Deployed { report } = call(socket, &request, out)? else {
+        anyhow::bail!("the vwd answered a deploy with something other than its report");
+    };
+    out.emit(&report, || deploy_text(&report));
+    if let Signer::Key(key) = &signer {
+        keep_traces(socket, key, &report.traces, out)?;
+    } else if !report.traces.is_empty() {
+        out.note("boot traces were recorded but not kept: only `vw deploy --vo` (with the VO's key) signs them");
+    }
+    Ok(exit_of(&report))
+}
+
+/// Signs with `key` each boot trace a first lazy deploy recorded and has the head keep
+/// it: later lazy deploys of those images fetch its chunks first.
+fn keep_traces(
+    socket: &Path,
+    key: &VoKey,
+    traces: &[vw_node::control::deployment::RecordedTrace],
+    out: &Out,
+) -> anyhow::Result<()> {
+    for t in traces {
+        let trace = vw_node::chunkstore::BootTrace::sign(key, t.manifest, t.chunks.clone())?;
+        let request = LocalRequest::Store { op: StoreOp::KeepTrace { trace: trace.encode() } };
+        match call(socket, &request, out)? {
+            LocalReply::Stored { outcome } => out.note(&format!("{}: {}", t.image, outcome.text)),
+            LocalReply::Failed { error } => {
+                out.note(&format!("{}: the boot trace was not kept: {error}", t.image))
+            }
+            other => anyhow::bail!("the vwd answered keeping a trace with {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// A deploy's exit status: 1 if a VM was lost or a guest is not ready.
+fn exit_of(report: &DeployReport) -> ExitCode {
+    let all_ready = report.ready.iter().all(VmReady::ok);
+    if report.lost.is_empty() && all_ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// `vw create NAME` of a cluster staged with `vw stage FILE` (`vw deploy --stage-only`): load and start
@@ -203,8 +246,7 @@ fn report(socket: &Path, request: &LocalRequest, out: &Out) -> anyhow::Result<Ex
         anyhow::bail!("the vwd answered with something other than a deployment's report");
     };
     out.emit(&report, || deploy_text(&report));
-    let all_ready = report.ready.iter().all(VmReady::ok);
-    Ok(if report.lost.is_empty() && all_ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(exit_of(&report))
 }
 
 fn secs(micros: u64) -> String {
@@ -615,6 +657,7 @@ mod tests {
             limit_s: 0.0,
             vms: vec![],
             ready: vec![],
+            traces: vec![],
         };
         let text = deploy_text(&r);
         assert!(text.starts_with("created pre in 0.003 s: 0 VMs running"), "{text}");

@@ -156,6 +156,7 @@ fn control_messages() {
                 rate: 12_500_000,
             }],
             fallback: vec![PEER.into()],
+            trace: Some(vec![7; 8]),
         }],
         serves: vec![],
         munge_key: Some(MungeKey::derive(&[1; 32], "g", MS)),
@@ -212,6 +213,7 @@ fn control_messages() {
         fetch_micros: 9_000_000,
         stage_micros: 2_000_000,
         vms: vec![vm_report()],
+        traces: vec![(id, vec![vw_chunkstore::ChunkId::from_bytes([3; 32])])],
     };
     let ready = VmReady {
         vm: "g-worker1".into(),

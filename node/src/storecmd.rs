@@ -75,6 +75,13 @@ pub enum StoreOp {
     },
     /// Drop unused chunks, evict to the capacity, compact packs.
     Gc,
+    /// Keep a boot trace (`BootTrace`, encoded) for its image: later lazy deploys
+    /// fetch its chunks first. Its VO must be trusted and its signature verify; every
+    /// chunk must be the image's.
+    KeepTrace {
+        /// The trace.
+        trace: Vec<u8>,
+    },
 }
 
 impl StoreOp {
@@ -268,6 +275,31 @@ pub fn run(
         StoreOp::Gc => {
             let r = store.gc()?;
             Outcome::of(&r, gc_text(&r))
+        }
+        StoreOp::KeepTrace { trace } => {
+            let trace = vw_chunkstore::BootTrace::decode(&trace)?;
+            let vo = config.vo(trace.vo()).ok_or_else(|| vw_chunkstore::Error::BadTrace {
+                manifest: trace.manifest().to_string(),
+                reason: format!(
+                    "VO {} is not trusted by the cluster config {} (no [[vo]] entry)",
+                    trace.vo(),
+                    config.source
+                ),
+            })?;
+            trace.verify(&vo.public())?;
+            store.put_trace(&trace)?;
+            let kept = serde_json::json!({
+                "manifest": format!("{:#}", trace.manifest()),
+                "vo": trace.vo(),
+                "chunks": trace.chunks().len(),
+            });
+            let text = format!(
+                "kept the boot trace of {} ({} chunks, signed by {}): lazy deploys fetch them first",
+                trace.manifest(),
+                trace.chunks().len(),
+                trace.vo()
+            );
+            Outcome { json: kept, text, note: None, failed: false }
         }
     })
 }

@@ -751,8 +751,12 @@ async fn a_lazy_deploy_boots_before_the_images_arrive_and_ends_with_them_whole()
     for r in &report.ready {
         assert!(r.ok(), "{r:?}");
         let lazy = r.lazy.unwrap_or_else(|| panic!("{}: no lazy disk counts", r.vm));
-        assert!(lazy.read >= boot_read, "{}: read {} before ready", r.vm, lazy.read);
         assert_eq!(lazy.failed, 0, "{r:?}");
+        // The head's host held its image: its stage may settle before its VM loads, and
+        // the VM then boots from its whole copy, reading nothing through vwd.
+        if r.vm.contains("worker") {
+            assert!(lazy.read >= boot_read, "{}: read {} before ready", r.vm, lazy.read);
+        }
     }
     // The workers' hosts lacked their images: what their guests read first was fetched
     // at once.

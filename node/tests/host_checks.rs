@@ -62,6 +62,7 @@ fn image_order(store: &Store, image: &str) -> ImageOrder {
         stagers: vec![],
         pulls: vec![],
         fallback: vec![],
+        trace: None,
     }
 }
 

@@ -72,6 +72,7 @@ fn fixture() -> &'static (ClusterConfig, StageOrder, Held) {
                     stagers: vec![],
                     pulls: vec![],
                     fallback: vec![],
+                    trace: None,
                 },
             )
         };

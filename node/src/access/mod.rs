@@ -313,6 +313,36 @@ pub fn check_seal(
     Ok(seal)
 }
 
+/// Checks the encoded boot trace `bytes` of image `reference` (`manifest`, sealed by
+/// `seal`) for a deployment of VO `vo`: it must be signed by `vo` or by the image's own
+/// VO, a VO this cluster trusts, and name only chunks the image has (each once).
+/// Returns the chunks in the order to fetch them first.
+pub fn check_trace(
+    config: &ClusterConfig,
+    vo: &str,
+    reference: &ImageRef,
+    seal: &Seal,
+    manifest: &vw_chunkstore::Manifest,
+    bytes: &[u8],
+) -> Result<Vec<vw_chunkstore::ChunkId>, AccessError> {
+    let what = format!("the boot trace of image {reference}");
+    let bad = |reason: String| AccessError::BadSignature { what: what.clone(), reason };
+    let trace = vw_chunkstore::BootTrace::decode(bytes).map_err(|e| bad(e.to_string()))?;
+    if trace.vo() != vo && trace.vo() != seal.vo() {
+        return Err(bad(format!(
+            "it is signed by VO {}, neither the deploying VO {vo} nor the image's {}",
+            trace.vo(),
+            seal.vo()
+        )));
+    }
+    let trusted = config
+        .vo(trace.vo())
+        .ok_or_else(|| AccessError::Untrusted { what: what.clone(), vo: trace.vo().to_owned() })?;
+    trace.verify(&trusted.public()).map_err(|e| bad(e.to_string()))?;
+    trace.check(manifest).map_err(|e| bad(e.to_string()))?;
+    Ok(trace.chunks().to_vec())
+}
+
 /// Whether a host may count a chunk listed by an image sealed with `seal` as held for a
 /// deployment of VO `vo`: always, unless the image's VO is isolated, in which case
 /// only for its own deployments or if it made the image public.

@@ -114,10 +114,23 @@ pub async fn fetch_urgent(
         if intake.is_dropped(&peer) {
             continue;
         }
-        let role = StreamRole { floor: Floor::Fixed, handoff: None, relief: None, urgent: true };
-        let (got, result) = fetch_stream(control, peer, purpose, &[chunk], intake, role)
-            .instrument(pull_span(&peer))
-            .await;
+        let mut attempt = 0;
+        let (got, result) = loop {
+            let role =
+                StreamRole { floor: Floor::Fixed, handoff: None, relief: None, urgent: true };
+            let (got, result) = fetch_stream(control, peer, purpose, &[chunk], intake, role)
+                .instrument(pull_span(&peer))
+                .await;
+            // A stream that failed before anything arrived (a connection being replaced,
+            // a busy peer) is opened again, twice at most, as a planned one is.
+            let nothing = got.chunks == 0 && got.missing == 0;
+            if attempt < 2 && nothing && matches!(result, Err(PeerError::Stream { .. })) {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                continue;
+            }
+            break (got, result);
+        };
         if intake.has(&chunk.id).map_err(|e| e.to_string())? {
             return Ok(());
         }

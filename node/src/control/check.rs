@@ -15,7 +15,7 @@ use std::sync::Arc;
 use vw_chunkstore::{ChunkRef, ImageRef, Manifest, ManifestId, Seal};
 
 use super::protocol::{ImageOrder, StageOrder};
-use crate::access::{check_manifest, check_seal, check_ticket, deployment_of, Ticket};
+use crate::access::{check_manifest, check_seal, check_ticket, check_trace, deployment_of, Ticket};
 use crate::config::ClusterConfig;
 use crate::report::ClusterShare;
 use crate::workspace::WorkspaceSpec;
@@ -35,6 +35,9 @@ pub struct CheckedImage {
     pub distinct: Vec<ChunkRef>,
     /// Its seal.
     pub seal: Seal,
+    /// Its boot trace's chunks, checked ([`crate::access::check_trace`]): fetched
+    /// first.
+    pub trace: Vec<vw_chunkstore::ChunkId>,
 }
 
 /// A stage order that passed every check.
@@ -127,7 +130,12 @@ pub fn check_order(
                 ));
             }
         }
-        Ok(CheckedImage { order: image.clone(), reference, manifest, distinct, seal })
+        let trace = match &image.trace {
+            Some(bytes) => check_trace(config, vo, &reference, &seal, &manifest, bytes)
+                .map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        Ok(CheckedImage { order: image.clone(), reference, manifest, distinct, seal, trace })
     };
     let images = order.images.iter().map(check).collect::<Result<Vec<_>, _>>()?;
     let serves = order.serves.iter().map(check).collect::<Result<Vec<_>, _>>()?;

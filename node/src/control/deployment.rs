@@ -167,6 +167,21 @@ pub struct DeployReport {
     pub vms: Vec<VmReport>,
     /// Per running VM: whether its guest said it is up, and after how long.
     pub ready: Vec<VmReady>,
+    /// A lazy deploy of images with no boot trace yet: what their first boot read, per
+    /// image, for the VO to sign and keep (`vw deploy --vo` does).
+    #[serde(default)]
+    pub traces: Vec<RecordedTrace>,
+}
+
+/// What the first lazy boot of an image read, in order: a boot trace to be signed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedTrace {
+    /// The image as the workspace names it.
+    pub image: String,
+    /// Its manifest.
+    pub manifest: vw_chunkstore::ManifestId,
+    /// The chunks, in the order first read.
+    pub chunks: Vec<vw_chunkstore::ChunkId>,
 }
 
 /// One host's answer to a cluster-wide operation.

@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::mpsc;
-use vw_chunkstore::{ImageRef, ManifestId, Store};
+use vw_chunkstore::{ImageRef, Manifest, ManifestId, Seal, Store};
 
 use super::deployment::{
     DeployEvent, DeployOptions, DeployPhase, DeployReport, HostAnswer, HostOutcome, PhaseTime,
+    RecordedTrace,
 };
 use super::error::{ControlError, Failure};
 use super::host::HostService;
@@ -321,7 +322,7 @@ impl Head {
         let existing = self.existing(name.as_str(), workspace, vo).await?;
 
         clock.start(DeployPhase::Inventory).await;
-        let (wi, seals) = self.images(&spec, signed).await?;
+        let (wi, seals, traces) = self.images(&spec, signed).await?;
         let hosts = self.hosts().await;
         let view = self.inventory(&hosts, name.as_str(), vo, &wi, &options, events).await?;
 
@@ -354,6 +355,7 @@ impl Head {
                 seals: &seals,
                 munge_key: munge_key.as_ref(),
                 lazy: options.lazy,
+                traces: &traces,
             },
         };
         let mut taken = Taken { vms: view.committed.clone(), nics: view.nics.clone() };
@@ -433,6 +435,19 @@ impl Head {
             .flat_map(|o| o.vms.iter().cloned())
             .collect();
         tracing::info!(lost = lost.len(), "deployed");
+        // What the first lazy boot of each image without a trace read: for its VO.
+        let mut recorded: Vec<RecordedTrace> = Vec::new();
+        for (i, m) in wi.manifests.iter().enumerate() {
+            let first = outcomes
+                .iter()
+                .filter_map(|o| o.stage.as_ref())
+                .flat_map(|r| &r.traces)
+                .find(|(id, chunks)| *id == m.id() && !chunks.is_empty());
+            if let (None, Some((_, chunks))) = (&traces[i], first) {
+                let image = wi.refs[i].to_string();
+                recorded.push(RecordedTrace { image, manifest: m.id(), chunks: chunks.clone() });
+            }
+        }
         Ok(DeployReport {
             deployment: name,
             resumed,
@@ -445,6 +460,7 @@ impl Head {
             limit_s: planned.simulation.limit,
             vms,
             ready,
+            traces: recorded,
         })
     }
 
@@ -480,7 +496,7 @@ impl Head {
         &self,
         spec: &crate::workspace::WorkspaceSpec,
         signed: &Ticket,
-    ) -> Result<(WorkspaceImages, Vec<Vec<u8>>), ControlError> {
+    ) -> Result<(WorkspaceImages, Vec<Vec<u8>>, Vec<Option<Vec<u8>>>), ControlError> {
         let (store, spec, config, signed) = (
             Arc::clone(&self.store),
             spec.clone(),
@@ -500,7 +516,14 @@ impl Head {
                 .zip(&wi.manifests)
                 .map(|(r, m)| sealed(&store, &config, vo, r, m.id()))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((wi, seals))
+            let traces = wi
+                .refs
+                .iter()
+                .zip(&wi.manifests)
+                .zip(&seals)
+                .map(|((r, m), seal)| kept_trace(&store, &config, vo, r, m, seal))
+                .collect();
+            Ok((wi, seals, traces))
         })
         .await
         .map_err(|e| ControlError::thread("reading the images", e))?
@@ -748,6 +771,7 @@ impl Head {
                     limit_s: 0.0,
                     vms,
                     ready,
+                    traces: Vec::new(),
                 };
                 tracing::info!(lost = report.lost.len(), "created");
                 Ok(report)
@@ -1036,6 +1060,39 @@ impl Head {
 
 /// A workspace submitted for deployment, its ticket checked: the validated document,
 /// its text, and the VO's ticket (checked, and as encoded, for the hosts to check).
+/// The boot trace this head keeps for image `reference` (`manifest`, sealed by `seal`,
+/// encoded), if it has one that a deployment of `vo` may use (`check_trace`); one
+/// that fails the check is left out, with a warning: a deploy never fails for want of
+/// a trace.
+fn kept_trace(
+    store: &Store,
+    config: &crate::config::ClusterConfig,
+    vo: &str,
+    reference: &ImageRef,
+    manifest: &Manifest,
+    seal: &[u8],
+) -> Option<Vec<u8>> {
+    let kept = match store.trace(&manifest.id()) {
+        Ok(t) => t?,
+        Err(e) => {
+            tracing::warn!(image = %reference, error = %e, "the kept boot trace is unreadable; deploying without it");
+            return None;
+        }
+    };
+    let bytes = kept.encode();
+    let checked = Seal::decode(seal).map_err(|e| e.to_string()).and_then(|seal| {
+        crate::access::check_trace(config, vo, reference, &seal, manifest, &bytes)
+            .map_err(|e| e.to_string())
+    });
+    match checked {
+        Ok(_) => Some(bytes),
+        Err(why) => {
+            tracing::warn!(image = %reference, %why, "the kept boot trace is not for this deployment; deploying without it");
+            None
+        }
+    }
+}
+
 /// `options` with the workspace's own staging (`staging="lazy"`), checked: a lazy
 /// deploy boots its VMs, so it cannot stop after the stage, and nothing can be
 /// written into an image that has not arrived (the `edit` integration).
@@ -1081,7 +1138,7 @@ fn sealed(
     reference: &ImageRef,
     id: ManifestId,
 ) -> Result<Vec<u8>, ControlError> {
-    let candidates: Vec<vw_chunkstore::Seal> = match reference {
+    let candidates: Vec<Seal> = match reference {
         ImageRef::Name(name) => store.seal(name)?.into_iter().collect(),
         ImageRef::Id(_) => {
             let mut all: Vec<_> =

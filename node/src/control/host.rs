@@ -293,7 +293,7 @@ impl HostService {
 
     /// What `vm`'s lazy disks did, and the reads that failed (chunk: why).
     fn lazy_counts(&self, vm: &str) -> Option<(crate::report::LazyCounts, Vec<String>)> {
-        let (counts, failures) = self.lazy.counts(vm)?;
+        let (counts, failures) = self.lazy.answered(vm)?;
         Some((
             counts,
             failures.into_iter().map(|f| format!("chunk {}: {}", f.chunk, f.why)).collect(),
@@ -598,7 +598,7 @@ impl HostService {
         let mut images: Vec<Staging> = Vec::new();
         // Held, but only for images this VO may not see: fetched all the same.
         let mut hidden = HashSet::new();
-        for Checked { image: check::CheckedImage { manifest, distinct, seal, .. }, peers } in
+        for Checked { image: check::CheckedImage { manifest, distinct, seal, trace, .. }, peers } in
             checked
         {
             let mut lacked = self.store.missing(&manifest)?.chunks;
@@ -611,7 +611,7 @@ impl HostService {
                     }
                 }
             }
-            images.push(Staging { peers, manifest, distinct, lacked, seal });
+            images.push(Staging { peers, manifest, distinct, lacked, seal, trace });
         }
         let lacked: Vec<ChunkRef> = {
             let mut seen = HashSet::new();
@@ -775,6 +775,14 @@ impl HostService {
     ) -> Result<StageReport, ControlError> {
         let Prepared { images, lacking, assemblies, filling, started, _held, .. } = prepared;
         let mut report = StageReport { lacked: lacking.bytes, ..StageReport::default() };
+        // The first boot of each image that came without a trace: what it read.
+        for d in lazy.iter().flatten() {
+            let untraced =
+                images.iter().any(|i| i.manifest.id() == d.manifest() && i.trace.is_empty());
+            if untraced && !report.traces.iter().any(|(m, _)| *m == d.manifest()) {
+                report.traces.push((d.manifest(), d.boot_trace()));
+            }
+        }
         report.received = pulled.1;
         report.chunks = pulled.2;
         for (peer, got) in &pulled.0.fetched {
@@ -898,18 +906,27 @@ impl HostService {
         let by_id: HashMap<_, _> = lacked.iter().map(|c| (c.id, *c)).collect();
         let purpose = |m: &Manifest| Purpose { deployment: stage.to_owned(), manifest: m.id() };
         let mut streams = Vec::new();
-        for Staging { peers: OrderPeers { pulls, fallback, .. }, manifest, distinct, .. } in images
+        for Staging {
+            peers: OrderPeers { pulls, fallback, .. }, manifest, distinct, trace, ..
+        } in images
         {
+            // A boot trace's chunks first, in its order, on every stream: every host
+            // asks for them first, so the cascade carries them first.
+            let rank: HashMap<ChunkId, usize> =
+                trace.iter().enumerate().map(|(i, id)| (*id, i)).collect();
             for (from, pull) in pulls {
                 let mut peers = vec![*from];
                 peers.extend(fallback.iter().filter(|p| *p != from));
                 // Only chunks of this image that this host lacks.
-                let wanted: Vec<ChunkRef> = pull
+                let mut wanted: Vec<ChunkRef> = pull
                     .ranges
                     .iter()
                     .flat_map(|&(a, b)| distinct.get(a as usize..b as usize).unwrap_or_default())
                     .filter_map(|c| by_id.get(&c.id).copied())
                     .collect();
+                if !rank.is_empty() {
+                    wanted.sort_by_key(|c| rank.get(&c.id).copied().unwrap_or(usize::MAX));
+                }
                 streams.push((peers, purpose(manifest), wanted, Floor::planned(pull.rate)));
             }
         }
@@ -1010,6 +1027,8 @@ struct Staging {
     distinct: Vec<ChunkRef>,
     lacked: Vec<ChunkRef>,
     seal: Seal,
+    /// Its boot trace's chunks (checked): every stream asks for them first.
+    trace: Vec<ChunkId>,
 }
 
 /// What a stage has worked out before it fetches ([`HostService::prepare`]).

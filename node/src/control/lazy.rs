@@ -139,11 +139,15 @@ impl LazyVms {
         }
     }
 
-    /// What `vm`'s lazy disks did so far, and the reads that failed; `None`: it has
-    /// none.
-    pub(crate) fn counts(&self, vm: &str) -> Option<(LazyCounts, Vec<ReadFailure>)> {
+    /// `vm`'s guest has answered (up, or never will be): what its lazy disks read
+    /// until now is its boot. Returns what they did, and the reads that failed; `None`:
+    /// it has none.
+    pub(crate) fn answered(&self, vm: &str) -> Option<(LazyCounts, Vec<ReadFailure>)> {
         let vms = self.0.lock().expect("lazy VMs lock");
         let disks = vms.get(vm)?;
+        for d in disks {
+            d.disk.booted();
+        }
         let counts = disks.iter().fold(LazyCounts::default(), |a, d| a + d.disk.counts());
         Some((counts, disks.iter().flat_map(|d| d.disk.failures()).collect()))
     }

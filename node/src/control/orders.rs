@@ -40,6 +40,8 @@ pub struct Sealed<'a> {
     pub munge_key: Option<&'a MungeKey>,
     /// Stage lazily: each host with VMs boots them on lazy disks while it fetches.
     pub lazy: bool,
+    /// Per image, its boot trace (encoded), if the head keeps one.
+    pub traces: &'a [Option<Vec<u8>>],
 }
 
 /// Everything [`prepare`] works from.
@@ -153,6 +155,7 @@ fn order(
         stagers: stagers[i].iter().map(PeerId::to_string).collect(),
         pulls,
         fallback: fallback.iter().map(PeerId::to_string).collect(),
+        trace: d.sealed.traces.get(i).cloned().flatten(),
     };
     let images = used
         .iter()
@@ -340,6 +343,7 @@ pub(crate) mod tests {
             seals: &SEALS,
             munge_key: None,
             lazy: false,
+            traces: &[],
         }
     }
 

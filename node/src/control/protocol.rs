@@ -200,6 +200,9 @@ pub struct ImageOrder {
     /// sender died, was slow, or sent a bad chunk): the sender's own parents first,
     /// then the source.
     pub fallback: Vec<String>,
+    /// The image's boot trace, encoded (version 8; a VO-signed `BootTrace`): the host
+    /// checks it and fetches its chunks first.
+    pub trace: Option<Vec<u8>>,
 }
 
 /// One planned stream into a host.
@@ -423,6 +426,10 @@ pub struct StageReport {
     pub stage_micros: u64,
     /// The VMs staged.
     pub vms: Vec<VmReport>,
+    /// A lazy stage (version 8): per image whose guests booted here on lazy disks, the
+    /// chunks the first of them read until it was up, in order (what the head offers
+    /// the VO to sign as the image's boot trace).
+    pub traces: Vec<(ManifestId, Vec<vw_chunkstore::ChunkId>)>,
 }
 
 fn text(what: &str, s: &str) -> Result<(), FrameError> {
@@ -449,6 +456,9 @@ fn check_image_order(i: &ImageOrder) -> Result<(), FrameError> {
     count("fallback peers", i.fallback.len(), MAX_PEERS)?;
     count("stagers", i.stagers.len(), MAX_PEERS)?;
     count("seal bytes", i.seal.len(), vw_chunkstore::vo::MAX_SEAL)?;
+    if let Some(t) = &i.trace {
+        count("boot trace bytes", t.len(), vw_chunkstore::trace::MAX_TRACE)?;
+    }
     i.stagers.iter().try_for_each(|p| text("peer id", p))?;
     for p in &i.pulls {
         text("peer id", &p.from)?;
@@ -547,6 +557,13 @@ impl Message for Reply {
         match self {
             Reply::Done(Answer::Failed(f)) => text("message", &f.message),
             Reply::Done(Answer::Inventory(r)) => check_inventory(r),
+            Reply::Done(Answer::Staged(r)) => {
+                count("traces", r.traces.len(), MAX_IMAGES)?;
+                for (_, chunks) in &r.traces {
+                    count("traced chunks", chunks.len(), vw_chunkstore::trace::MAX_TRACE_CHUNKS)?;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -741,6 +758,7 @@ mod tests {
             stagers: vec!["peer".into(); stagers],
             pulls: Vec::new(),
             fallback: Vec::new(),
+            trace: None,
         };
         let order = |serves: Vec<ImageOrder>| {
             Request::Stage(Box::new(StageOrder {

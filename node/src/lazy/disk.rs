@@ -62,6 +62,8 @@ struct State {
     /// Whether each chunk has been read yet (the trace records the first read).
     seen: Vec<bool>,
     trace: Vec<u32>,
+    /// How much of the trace was read before the guest was up (its boot).
+    booted: Option<usize>,
     counts: LazyCounts,
     failures: Vec<ReadFailure>,
     /// Set once the copy is whole: nothing is fetched any more.
@@ -143,6 +145,7 @@ impl LazyDisk {
                 slots: slots.collect(),
                 seen: vec![false; n],
                 trace: Vec::new(),
+                booted: None,
                 counts: LazyCounts::default(),
                 failures: Vec::new(),
                 whole: false,
@@ -184,6 +187,27 @@ impl LazyDisk {
     /// manifest's chunk list; zero chunks are never listed).
     pub fn trace(&self) -> Vec<u32> {
         self.lock().trace.clone()
+    }
+
+    /// The guest is up: what it read until now is its boot. Only the first call counts.
+    pub fn booted(&self) {
+        let mut st = self.lock();
+        if st.booted.is_none() {
+            st.booted = Some(st.trace.len());
+        }
+    }
+
+    /// The chunks its boot read, in the order first read (all read so far if it has
+    /// not been seen up), each once: what a [`vw_chunkstore::BootTrace`] records.
+    pub fn boot_trace(&self) -> Vec<ChunkId> {
+        let st = self.lock();
+        let read = &st.trace[..st.booted.unwrap_or(st.trace.len())];
+        let mut seen = HashSet::new();
+        read.iter()
+            .map(|&i| self.chunks[i as usize].0)
+            .filter(|id| seen.insert(*id))
+            .take(vw_chunkstore::trace::MAX_TRACE_CHUNKS)
+            .collect()
     }
 
     /// Whether the copy is whole (every slot present or written).

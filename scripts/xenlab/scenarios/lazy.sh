@@ -3,7 +3,9 @@
 # holds the image, host 2 lacks it unless a run before left it cached. Four deploys in
 # turn, each until every guest reports ready (and, lazily, until every image is whole),
 # then stopped and unstaged:
-#   full-cold, lazy-cold   host 2's copy evicted first (vw image rm, vw gc)
+#   full-cold, lazy-cold   host 2's copy evicted first (vw image rm, vw gc); lazy-cold
+#                          is the image's first lazy boot: vw keeps its boot trace
+#   lazy-traced            cold again, with that trace (its chunks fetched first)
 #   full-warm, lazy-warm   host 2 holds the image from the run before
 # Each deploy's report (--json) is kept; scripts/experiments/lazy-lab.py makes the
 # table from them.
@@ -52,12 +54,13 @@ on_head_host() {
   rc=0
   evict && run full-cold || rc=1
   evict && run lazy-cold --lazy || rc=1
+  evict && run lazy-traced --lazy || rc=1
   run full-warm || rc=1
   run lazy-warm --lazy || rc=1
   {
     echo "# lazy on $(cat /vwlab/accel) Xen"
     echo
-    for r in full-cold lazy-cold full-warm lazy-warm; do
+    for r in full-cold lazy-cold lazy-traced full-warm lazy-warm; do
       echo "## $r"
       echo '```'
       head -c 4000 "$OUT/deploy-$r.json"
