@@ -24,6 +24,9 @@ use super::{Intake, Purpose};
 use crate::lazy::disk::Supply;
 use crate::peer::{short, PeerError};
 
+/// Longest a read made before the stage starts fetching waits for it.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One image a stage stages: what its chunks are fetched for, and from whom.
 #[derive(Clone, Debug)]
 pub struct DemandImage {
@@ -46,6 +49,9 @@ struct Inner {
     of: HashMap<ChunkId, usize>,
     /// The stage's intake, until the stage ends ([`Demand::close`]).
     intake: RwLock<Option<Arc<Intake>>>,
+    /// Set once the intake is given ([`Demand::open`]): a read before waits for it (the
+    /// kernel reads a device as soon as it is attached, before the stage has started).
+    opened: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -64,12 +70,14 @@ impl Demand {
                 of.entry(*id).or_insert(i);
             }
         }
-        Demand(Arc::new(Inner { control, images, of, intake: RwLock::new(None) }))
+        let opened = tokio::sync::watch::channel(false).0;
+        Demand(Arc::new(Inner { control, images, of, intake: RwLock::new(None), opened }))
     }
 
     /// Starts demand fetching into `intake`.
     pub async fn open(&self, intake: Arc<Intake>) {
         *self.0.intake.write().await = Some(intake);
+        self.0.opened.send_replace(true);
     }
 
     /// Ends demand fetching once those in flight are done, and gives the intake back.
@@ -83,9 +91,13 @@ impl Supply for Demand {
     fn fetch(&self, id: ChunkId, len: u32) -> BoxFuture<'static, Result<(), String>> {
         let inner = Arc::clone(&self.0);
         Box::pin(async move {
+            let mut opened = inner.opened.subscribe();
+            if tokio::time::timeout(OPEN_WAIT, opened.wait_for(|o| *o)).await.is_err() {
+                return Err(format!("the stage did not start fetching within {OPEN_WAIT:?}"));
+            }
             let intake = inner.intake.read().await;
             let Some(intake) = intake.as_ref() else {
-                return Err("the stage is not fetching (not started, or over)".to_owned());
+                return Err("the stage is over".to_owned());
             };
             if intake.has(&id).map_err(|e| e.to_string())? {
                 return Ok(()); // it arrived meanwhile
@@ -118,13 +130,16 @@ pub async fn fetch_urgent(
         let (got, result) = loop {
             let role =
                 StreamRole { floor: Floor::Fixed, handoff: None, relief: None, urgent: true };
+            let tried = std::time::Instant::now();
             let (got, result) = fetch_stream(control, peer, purpose, &[chunk], intake, role)
                 .instrument(pull_span(&peer))
                 .await;
-            // A stream that failed before anything arrived (a connection being replaced,
-            // a busy peer) is opened again, twice at most, as a planned one is.
+            // A stream that failed at once, before anything arrived (a connection being
+            // replaced), is opened again, twice at most; a holder that went quiet is not.
             let nothing = got.chunks == 0 && got.missing == 0;
-            if attempt < 2 && nothing && matches!(result, Err(PeerError::Stream { .. })) {
+            let at_once = tried.elapsed() < std::time::Duration::from_secs(1);
+            if attempt < 2 && nothing && at_once && matches!(result, Err(PeerError::Stream { .. }))
+            {
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
                 continue;

@@ -181,7 +181,8 @@ pub(super) async fn fetch_stream(
         }
         let expected = &wanted[next];
         next += 1;
-        let frame = match next_frame(&mut stream, &mut floor, pace.as_mut()).await {
+        let quiet = if role.urgent { URGENT_QUIET } else { QUIET };
+        let frame = match next_frame(&mut stream, &mut floor, pace.as_mut(), quiet).await {
             Ok(frame) => frame,
             Err(why) => {
                 result = Err(fail(why));
@@ -297,6 +298,10 @@ pub(super) async fn fetch_stream(
     let _ = stream.close().await;
     (got, result)
 }
+
+/// How long an urgent stream (one chunk a guest waits for) waits for its answer before
+/// the next holder is asked: a holder answers an urgent want at once, from what it has.
+pub const URGENT_QUIET: Duration = Duration::from_secs(5);
 
 /// Bytes per second any sender must keep up, measured over [`FLOOR_WINDOW`]: far below
 /// any link vw stages over (a 100 Mbit/s link split 16 ways is 780 KiB/s; the nested
@@ -436,8 +441,9 @@ async fn next_frame(
     stream: &mut Stream,
     floor: &mut ProgressFloor,
     mut pace: Option<&mut Pace>,
+    quiet: Duration,
 ) -> Result<Result<Option<Frame>, FrameError>, String> {
-    let quiet_at = Instant::now() + QUIET;
+    let quiet_at = Instant::now() + quiet;
     let read = read_frame(stream);
     tokio::pin!(read);
     loop {
@@ -456,7 +462,7 @@ async fn next_frame(
                 if now >= quiet_at {
                     return Err(format!(
                         "nothing for {} s; the peer is stalled or gone",
-                        QUIET.as_secs()
+                        quiet.as_secs()
                     ));
                 }
             }

@@ -193,7 +193,7 @@ impl Intake {
     }
 
     /// Whether `peer` was dropped.
-    pub(super) fn is_dropped(&self, peer: &PeerId) -> bool {
+    pub fn is_dropped(&self, peer: &PeerId) -> bool {
         self.dropped.lock().expect("intake lock").contains(peer)
     }
 
