@@ -10,7 +10,7 @@
 //! [`Store::complete`] only hashes the tail, syncs and renames. Nothing is ever under
 //! the target's name unless every byte of it matched the manifest's image hash.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::export::{ExportTarget, ZEROS};
-use crate::{ChunkId, Error, ExportReport, Manifest, ManifestId, Store};
+use crate::{ChunkId, Error, ExportReport, Layout, Manifest, ManifestId, Placed, Store};
 
 /// Bytes written between syncs of the file, so that the final sync is short: the
 /// kernel's own writeback would wait for gigabytes of dirty pages on a big host.
@@ -34,10 +34,8 @@ pub struct Assembly {
     target: Mutex<Option<ExportTarget>>,
     /// The temporary file (positional reads and writes need no lock).
     file: File,
-    /// Each chunk's length and offset, in image order.
-    chunks: Vec<(ChunkId, u32, u64)>,
-    /// Where each distinct non-zero chunk goes: its indices in `chunks`.
-    places: HashMap<ChunkId, Vec<usize>>,
+    /// Where each chunk goes.
+    layout: Layout,
     state: Mutex<State>,
     started: Instant,
 }
@@ -61,16 +59,6 @@ impl Assembly {
         let target = ExportTarget::create(out, false)?;
         target.file().set_len(manifest.len()).map_err(|e| Error::io("size", out, e))?;
         let file = target.file().try_clone().map_err(|e| Error::io("open", out, e))?;
-        let mut chunks = Vec::with_capacity(manifest.chunks().len());
-        let mut places: HashMap<ChunkId, Vec<usize>> = HashMap::new();
-        let mut offset = 0u64;
-        for (i, c) in manifest.chunks().iter().enumerate() {
-            chunks.push((c.id, c.len, offset));
-            if !c.is_zero() {
-                places.entry(c.id).or_default().push(i);
-            }
-            offset += u64::from(c.len);
-        }
         let written = manifest.chunks().iter().map(|c| c.is_zero()).collect();
         let assembly = Assembly {
             manifest: manifest.id(),
@@ -78,8 +66,7 @@ impl Assembly {
             out: out.to_owned(),
             target: Mutex::new(Some(target)),
             file,
-            chunks,
-            places,
+            layout: manifest.layout(),
             state: Mutex::new(State {
                 written,
                 hashed: 0,
@@ -108,24 +95,24 @@ impl Assembly {
 
     /// Whether the image uses chunk `id` (and it is not written yet).
     pub fn wants(&self, id: &ChunkId) -> bool {
-        let Some(at) = self.places.get(id) else { return false };
-        !self.state.lock().expect("assembly lock").written[at[0]]
+        let Some(&first) = self.layout.places(id).first() else { return false };
+        !self.state.lock().expect("assembly lock").written[first]
     }
 
     /// Writes chunk `id` (verified by the caller: its bytes match its id) at every
     /// offset the image has it; a chunk the image does not use, or already written, is
     /// ignored. Safe to call from several threads.
     pub fn place(&self, id: &ChunkId, data: &[u8]) -> Result<(), Error> {
-        let Some(at) = self.places.get(id) else { return Ok(()) };
-        if self.state.lock().expect("assembly lock").written[at[0]] {
+        let at = self.layout.places(id);
+        if at.first().is_none_or(|&i| self.state.lock().expect("assembly lock").written[i]) {
             return Ok(());
         }
         for &i in at {
-            let (_, len, offset) = self.chunks[i];
-            if data.len() != len as usize {
+            let c = self.layout.chunks()[i];
+            if data.len() != c.len as usize {
                 return Err(Error::ChunkMismatch { id: *id, len: data.len() });
             }
-            self.file.write_all_at(data, offset).map_err(|e| self.io_error("write", e))?;
+            self.file.write_all_at(data, c.offset).map_err(|e| self.io_error("write", e))?;
         }
         let sync = {
             let mut st = self.state.lock().expect("assembly lock");
@@ -148,14 +135,14 @@ impl Assembly {
     /// Hashes the chunks at the end of the hashed prefix that are written, reading each
     /// back from the file.
     fn hash_prefix(&self, st: &mut State) -> Result<(), Error> {
-        while st.hashed < self.chunks.len() && st.written[st.hashed] {
-            let (id, len, offset) = self.chunks[st.hashed];
-            if id.is_zero() {
-                st.hasher.update(&ZEROS[..len as usize]);
+        while st.hashed < self.layout.chunks().len() && st.written[st.hashed] {
+            let c = self.layout.chunks()[st.hashed];
+            if c.id.is_zero() {
+                st.hasher.update(&ZEROS[..c.len as usize]);
             } else {
-                st.buf.resize(len as usize, 0);
+                st.buf.resize(c.len as usize, 0);
                 self.file
-                    .read_exact_at(&mut st.buf, offset)
+                    .read_exact_at(&mut st.buf, c.offset)
                     .map_err(|e| self.io_error("read", e))?;
                 let State { hasher, buf, .. } = st;
                 hasher.update(buf);
@@ -172,7 +159,7 @@ impl Assembly {
     /// The distinct non-zero chunks not yet written.
     pub fn unwritten(&self) -> Vec<ChunkId> {
         let st = self.state.lock().expect("assembly lock");
-        self.places.iter().filter(|(_, at)| !st.written[at[0]]).map(|(id, _)| *id).collect()
+        self.layout.distinct().filter(|(_, at)| !st.written[at[0]]).map(|(id, _)| *id).collect()
     }
 }
 
@@ -205,7 +192,7 @@ impl Store {
     pub fn complete(&self, assembly: &Assembly) -> Result<ExportReport, Error> {
         let mut st = assembly.state.lock().expect("assembly lock");
         assembly.hash_prefix(&mut st)?;
-        if let Some(&(id, ..)) = assembly.chunks.get(st.hashed) {
+        if let Some(&Placed { id, .. }) = assembly.layout.chunks().get(st.hashed) {
             drop(st);
             assembly.target.lock().expect("assembly lock").take();
             return Err(Error::MissingChunk { id });
@@ -224,8 +211,9 @@ impl Store {
         target.file().sync_all().map_err(|e| assembly.io_error("fsync", e))?;
         target.commit()?;
         self.touch(&assembly.manifest)?;
-        let len = assembly.chunks.last().map_or(0, |&(_, len, offset)| offset + u64::from(len));
-        let holes = assembly.chunks.iter().filter(|c| c.0.is_zero()).map(|c| u64::from(c.1));
+        let chunks = assembly.layout.chunks();
+        let len = chunks.last().map_or(0, Placed::end);
+        let holes = chunks.iter().filter(|c| c.id.is_zero()).map(|c| u64::from(c.len));
         Ok(ExportReport {
             manifest: assembly.manifest,
             path: assembly.out.clone(),

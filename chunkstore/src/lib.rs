@@ -54,7 +54,9 @@ mod verify;
 
 pub use error::Error;
 pub use id::{ChunkId, ManifestId};
-pub use manifest::{ChunkRef, Manifest, MAX_CHUNK_LEN, MAX_ENCODED_LEN as MAX_MANIFEST_LEN};
+pub use manifest::{
+    ChunkRef, Layout, Manifest, Placed, MAX_CHUNK_LEN, MAX_ENCODED_LEN as MAX_MANIFEST_LEN,
+};
 pub use name::{ImageName, ImageRef};
 pub use trace::BootTrace;
 pub use vo::{Seal, Visibility, VoKey, VoPublic};

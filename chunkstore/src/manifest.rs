@@ -6,6 +6,8 @@
 //! rejects anything that would not re-encode to the same bytes, so a manifest has exactly
 //! one encoding and [`ManifestId`] (BLAKE3 of it) names it.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
@@ -148,6 +150,21 @@ impl Manifest {
         ids
     }
 
+    /// Where each chunk lies in the image, and where each distinct chunk goes.
+    pub fn layout(&self) -> Layout {
+        let mut chunks = Vec::with_capacity(self.chunks.len());
+        let mut places: HashMap<ChunkId, Vec<usize>> = HashMap::new();
+        let mut offset = 0u64;
+        for (i, c) in self.chunks.iter().enumerate() {
+            chunks.push(Placed { id: c.id, len: c.len, offset });
+            if !c.is_zero() {
+                places.entry(c.id).or_default().push(i);
+            }
+            offset += u64::from(c.len);
+        }
+        Layout { chunks, places }
+    }
+
     /// Bytes in zero chunks (holes when the image is written).
     pub fn zero_bytes(&self) -> u64 {
         self.chunks.iter().filter(|c| c.is_zero()).map(|c| u64::from(c.len)).sum()
@@ -200,6 +217,59 @@ impl Manifest {
             return Err(bad("not in canonical form".into()));
         }
         Ok(manifest)
+    }
+}
+
+/// One chunk where it lies in its image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    /// The chunk's id ([`ChunkId::ZERO`] for a hole).
+    pub id: ChunkId,
+    /// Its length in bytes.
+    pub len: u32,
+    /// Its offset in the image.
+    pub offset: u64,
+}
+
+impl Placed {
+    /// The offset just past it.
+    pub fn end(&self) -> u64 {
+        self.offset + u64::from(self.len)
+    }
+}
+
+/// An image's chunks with their offsets, and the places of each distinct non-zero
+/// chunk: what writes an image from chunks arriving in any order needs
+/// ([`Manifest::layout`]).
+#[derive(Clone, Debug)]
+pub struct Layout {
+    chunks: Vec<Placed>,
+    places: HashMap<ChunkId, Vec<usize>>,
+}
+
+impl Layout {
+    /// The chunks in image order.
+    pub fn chunks(&self) -> &[Placed] {
+        &self.chunks
+    }
+
+    /// The indices (into [`Layout::chunks`]) where non-zero chunk `id` goes; empty if
+    /// the image does not use it.
+    pub fn places(&self, id: &ChunkId) -> &[usize] {
+        self.places.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Each distinct non-zero chunk with its places.
+    pub fn distinct(&self) -> impl Iterator<Item = (&ChunkId, &[usize])> {
+        self.places.iter().map(|(id, at)| (id, at.as_slice()))
+    }
+
+    /// The indices of the chunks covering `[offset, offset + len)`.
+    pub fn covering(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
+        let end = offset.saturating_add(len);
+        let first = self.chunks.partition_point(|c| c.end() <= offset);
+        let last = self.chunks.partition_point(|c| c.offset < end);
+        first..last.max(first)
     }
 }
 

@@ -8,10 +8,12 @@
 //! Holders are asked in the image's order: the planned senders (they have sent or hold
 //! most of it), then the fallback peers (the source last). One that lacks the chunk
 //! answers `Missing` at once and the next is asked; one that sends a bad chunk is
-//! dropped for the whole stage.
+//! dropped for the whole stage. One that cannot be reached is asked last (and once)
+//! for the next [`UNREACHABLE_FOR`], so a lost source costs each later read nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use libp2p::PeerId;
@@ -25,7 +27,10 @@ use crate::lazy::disk::Supply;
 use crate::peer::{short, PeerError};
 
 /// Longest a read made before the stage starts fetching waits for it.
-const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const OPEN_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a holder that could not be reached is asked last.
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
 
 /// One image a stage stages: what its chunks are fetched for, and from whom.
 #[derive(Clone, Debug)]
@@ -52,6 +57,8 @@ struct Inner {
     /// Set once the intake is given ([`Demand::open`]): a read before waits for it (the
     /// kernel reads a device as soon as it is attached, before the stage has started).
     opened: tokio::sync::watch::Sender<bool>,
+    /// Holders whose streams could not be opened, and when.
+    unreachable: Mutex<HashMap<PeerId, Instant>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -71,7 +78,14 @@ impl Demand {
             }
         }
         let opened = tokio::sync::watch::channel(false).0;
-        Demand(Arc::new(Inner { control, images, of, intake: RwLock::new(None), opened }))
+        Demand(Arc::new(Inner {
+            control,
+            images,
+            of,
+            intake: RwLock::new(None),
+            opened,
+            unreachable: Mutex::default(),
+        }))
     }
 
     /// Starts demand fetching into `intake`.
@@ -105,65 +119,79 @@ impl Supply for Demand {
             let Some(image) = inner.of.get(&id).map(|&i| &inner.images[i]) else {
                 return Err("no image of this stage lists it".to_owned());
             };
-            let mut control = inner.control.clone();
-            let chunk = ChunkRef { id, len };
-            fetch_urgent(&mut control, &image.peers, &image.purpose, chunk, intake).await
+            inner.fetch_urgent(image, ChunkRef { id, len }, intake).await
         })
     }
 }
 
-/// Fetches one chunk on an urgent stream from the first of `peers` that sends it, into
-/// `intake`. The error names every peer asked and what each said.
-pub async fn fetch_urgent(
-    control: &mut libp2p_stream::Control,
-    peers: &[PeerId],
-    purpose: &Purpose,
-    chunk: ChunkRef,
-    intake: &Intake,
-) -> Result<(), String> {
-    let mut tried = Vec::new();
-    for &peer in peers {
-        if intake.is_dropped(&peer) {
-            continue;
-        }
-        let mut attempt = 0;
-        let (got, result) = loop {
-            let role =
-                StreamRole { floor: Floor::Fixed, handoff: None, relief: None, urgent: true };
-            let tried = std::time::Instant::now();
-            let (got, result) = fetch_stream(control, peer, purpose, &[chunk], intake, role)
-                .instrument(pull_span(&peer))
-                .await;
-            // A stream that failed at once, before anything arrived (a connection being
-            // replaced), is opened again, twice at most; a holder that went quiet is not.
-            let nothing = got.chunks == 0 && got.missing == 0;
-            let at_once = tried.elapsed() < std::time::Duration::from_secs(1);
-            if attempt < 2 && nothing && at_once && matches!(result, Err(PeerError::Stream { .. }))
-            {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                continue;
-            }
-            break (got, result);
+impl Inner {
+    /// Fetches one chunk on an urgent stream from the first of `image`'s holders that
+    /// sends it, into `intake`. Holders found unreachable lately are asked last, once;
+    /// the others are asked again (twice) if their stream fails at once, since a stream
+    /// may fail while a connection is still being set up. The error names every holder
+    /// asked and what each said.
+    async fn fetch_urgent(
+        &self,
+        image: &DemandImage,
+        chunk: ChunkRef,
+        intake: &Intake,
+    ) -> Result<(), String> {
+        let lately = |peer: &PeerId| {
+            let unreachable = self.unreachable.lock().expect("demand lock");
+            unreachable.get(peer).is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
         };
-        if intake.has(&chunk.id).map_err(|e| e.to_string())? {
-            return Ok(());
-        }
-        let why = match result {
-            Ok(()) if got.missing > 0 => "does not hold it".to_owned(),
-            Ok(()) => "sent nothing".to_owned(),
-            Err(e) => {
-                if matches!(e, PeerError::BadChunk { .. }) {
-                    intake.drop_peer(peer);
+        let (first, last): (Vec<PeerId>, Vec<PeerId>) =
+            image.peers.iter().filter(|p| !intake.is_dropped(p)).partition(|p| !lately(p));
+        let mut control = self.control.clone();
+        let mut tried = Vec::new();
+        for (peer, retries) in
+            first.into_iter().map(|p| (p, 2)).chain(last.into_iter().map(|p| (p, 0)))
+        {
+            let mut attempt = 0;
+            let (got, result) = loop {
+                let role =
+                    StreamRole { floor: Floor::Fixed, handoff: None, relief: None, urgent: true };
+                let began = Instant::now();
+                let (got, result) =
+                    fetch_stream(&mut control, peer, &image.purpose, &[chunk], intake, role)
+                        .instrument(pull_span(&peer))
+                        .await;
+                let at_once = got.chunks == 0
+                    && got.missing == 0
+                    && began.elapsed() < Duration::from_secs(1)
+                    && matches!(result, Err(PeerError::Stream { .. }));
+                if at_once && attempt < retries {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    continue;
                 }
-                e.to_string()
+                let mut unreachable = self.unreachable.lock().expect("demand lock");
+                if at_once {
+                    unreachable.insert(peer, Instant::now());
+                } else {
+                    unreachable.remove(&peer);
+                }
+                break (got, result);
+            };
+            if intake.has(&chunk.id).map_err(|e| e.to_string())? {
+                return Ok(());
             }
-        };
-        tried.push(format!("{}: {why}", short(&peer)));
+            let why = match result {
+                Ok(()) if got.missing > 0 => "does not hold it".to_owned(),
+                Ok(()) => "sent nothing".to_owned(),
+                Err(e) => {
+                    if matches!(e, PeerError::BadChunk { .. }) {
+                        intake.drop_peer(peer);
+                    }
+                    e.to_string()
+                }
+            };
+            tried.push(format!("{}: {why}", short(&peer)));
+        }
+        Err(if tried.is_empty() {
+            "no holder is left to ask".to_owned()
+        } else {
+            format!("asked {} holders: {}", tried.len(), tried.join("; "))
+        })
     }
-    Err(if tried.is_empty() {
-        "no holder is left to ask".to_owned()
-    } else {
-        format!("asked {} holders: {}", tried.len(), tried.join("; "))
-    })
 }

@@ -18,14 +18,14 @@
 //! The first read of each chunk is recorded in order ([`LazyDisk::trace`]): what a boot
 //! of the image reads, for later stages to fetch first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use vw_chunkstore::{ChunkId, Manifest, ManifestId, Store};
+use vw_chunkstore::{ChunkId, Layout, Manifest, ManifestId, Placed, Store};
 
 use super::nbd::{errno, BlockDevice, Errno};
 use super::LazyError;
@@ -80,10 +80,8 @@ pub struct LazyDisk {
     file: File,
     manifest: ManifestId,
     size: u64,
-    /// Each chunk's id, length and offset, in image order.
-    chunks: Vec<(ChunkId, u32, u64)>,
-    /// Where each distinct non-zero chunk is: its indices in `chunks`.
-    places: HashMap<ChunkId, Vec<usize>>,
+    /// Where each chunk is.
+    layout: Layout,
     state: Mutex<State>,
     store: Arc<Store>,
     /// Chunks the store holds that this disk must fetch all the same (held only for
@@ -117,30 +115,19 @@ impl LazyDisk {
             .open(path)
             .map_err(io("create"))?;
         file.set_len(manifest.len()).map_err(io("size"))?;
-        let mut chunks = Vec::with_capacity(manifest.chunks().len());
-        let mut places: HashMap<ChunkId, Vec<usize>> = HashMap::new();
-        let mut offset = 0u64;
-        for (i, c) in manifest.chunks().iter().enumerate() {
-            chunks.push((c.id, c.len, offset));
-            if !c.is_zero() {
-                places.entry(c.id).or_default().push(i);
-            }
-            offset += u64::from(c.len);
-        }
         let slots =
             manifest
                 .chunks()
                 .iter()
                 .map(|c| if c.is_zero() { Slot::Present } else { Slot::Absent });
-        let n = chunks.len();
+        let n = manifest.chunks().len();
         Ok(LazyDisk {
             label: label.to_owned(),
             path: path.to_owned(),
             file,
             manifest: manifest.id(),
             size: manifest.len(),
-            chunks,
-            places,
+            layout: manifest.layout(),
             state: Mutex::new(State {
                 slots: slots.collect(),
                 seen: vec![false; n],
@@ -204,7 +191,7 @@ impl LazyDisk {
         let read = &st.trace[..st.booted.unwrap_or(st.trace.len())];
         let mut seen = HashSet::new();
         read.iter()
-            .map(|&i| self.chunks[i as usize].0)
+            .map(|&i| self.layout.chunks()[i as usize].id)
             .filter(|id| seen.insert(*id))
             .take(vw_chunkstore::trace::MAX_TRACE_CHUNKS)
             .collect()
@@ -222,18 +209,22 @@ impl LazyDisk {
     /// Writes chunk `id` (verified by the caller) at every place the image has it that
     /// is still absent; a chunk the image does not use is ignored.
     pub fn place(&self, id: &ChunkId, data: &[u8]) -> Result<(), LazyError> {
-        let Some(at) = self.places.get(id) else { return Ok(()) };
+        let at = self.layout.places(id);
         // Under the lock: a guest write to a slot must not race a chunk landing on it.
         let mut st = self.lock();
         for &i in at {
             if st.slots[i] != Slot::Absent {
                 continue;
             }
-            let (_, len, offset) = self.chunks[i];
-            if data.len() != len as usize {
-                return Err(LazyError::ChunkLength { chunk: *id, len: data.len(), expected: len });
+            let c = self.layout.chunks()[i];
+            if data.len() != c.len as usize {
+                return Err(LazyError::ChunkLength {
+                    chunk: *id,
+                    len: data.len(),
+                    expected: c.len,
+                });
             }
-            self.file.write_all_at(data, offset).map_err(|error| LazyError::Io {
+            self.file.write_all_at(data, c.offset).map_err(|error| LazyError::Io {
                 op: "write",
                 path: self.path.clone(),
                 error,
@@ -245,7 +236,7 @@ impl LazyDisk {
 
     /// Makes slot `i` present: from the store, else through the supply.
     async fn ensure(&self, i: usize) -> Result<(), ReadFailure> {
-        let (id, len, _) = self.chunks[i];
+        let Placed { id, len, .. } = self.layout.chunks()[i];
         let supply = {
             let st = self.lock();
             if st.slots[i] != Slot::Absent {
@@ -282,14 +273,6 @@ impl LazyDisk {
         }
     }
 
-    /// The indices of the chunks covering `[offset, offset + len)`.
-    fn covering(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
-        let end = offset + len;
-        let first = self.chunks.partition_point(|&(_, l, o)| o + u64::from(l) <= offset);
-        let last = self.chunks.partition_point(|&(_, _, o)| o < end);
-        first..last.max(first)
-    }
-
     fn failed(&self, failure: ReadFailure) -> Errno {
         tracing::warn!(disk = %self.label, chunk = %failure.chunk, why = %failure.why, "a guest read failed");
         let mut st = self.lock();
@@ -305,8 +288,8 @@ impl LazyDisk {
     pub fn complete(&self) -> Result<(), LazyError> {
         let absent: Vec<ChunkId> = {
             let st = self.lock();
-            self.places
-                .iter()
+            self.layout
+                .distinct()
                 .filter(|(_, at)| at.iter().any(|&i| st.slots[i] == Slot::Absent))
                 .map(|(id, _)| *id)
                 .collect()
@@ -332,11 +315,11 @@ impl BlockDevice for LazyDisk {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let range = self.covering(offset, buf.len() as u64);
+        let range = self.layout.covering(offset, buf.len() as u64);
         {
             let mut st = self.lock();
             for i in range.clone() {
-                if !st.seen[i] && !self.chunks[i].0.is_zero() {
+                if !st.seen[i] && !self.layout.chunks()[i].id.is_zero() {
                     st.seen[i] = true;
                     st.trace.push(i as u32);
                 }
@@ -358,12 +341,12 @@ impl BlockDevice for LazyDisk {
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Errno> {
         let end = offset + data.len() as u64;
-        let range = self.covering(offset, data.len() as u64);
+        let range = self.layout.covering(offset, data.len() as u64);
         // A chunk the write covers only in part keeps the rest of its bytes.
         for i in [range.start, range.end.saturating_sub(1)] {
             if range.contains(&i) {
-                let (_, len, o) = self.chunks[i];
-                if o < offset || o + u64::from(len) > end {
+                let c = self.layout.chunks()[i];
+                if c.offset < offset || c.end() > end {
                     if let Err(f) = self.ensure(i).await {
                         return Err(self.failed(f));
                     }
