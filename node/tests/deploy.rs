@@ -778,6 +778,23 @@ async fn a_lazy_deploy_boots_before_the_images_arrive_and_ends_with_them_whole()
         v.shutdown().await;
     }
     holds_exactly(&net, &workers, "demo/worker:1", &images.worker);
+    // The worker image's first boot is traced: the chunks its guest read before it was
+    // up, in the order first read, each once (taken when the deploy settled).
+    let trace = report.traces.iter().find(|t| t.image == "demo/worker:1").expect("a trace");
+    let at = net.names.iter().position(|n| *n == workers[0]).expect("host");
+    let store = Store::open(&net.data_dirs[at]).expect("store");
+    let manifest = store.manifest(&trace.manifest).expect("the traced manifest");
+    let layout = manifest.layout();
+    let mut boot = Vec::new();
+    for (offset, len) in vw_node::xen::simulated_boot::reads(manifest.len()) {
+        for c in &layout.chunks()[layout.covering(offset, len.into())] {
+            if !c.id.is_zero() && !boot.contains(&c.id) {
+                boot.push(c.id);
+            }
+        }
+    }
+    assert_eq!(trace.chunks, boot);
+    drop(store);
     // Each worker's copy is the image, but for the 4 KiB its guest wrote at 64 KiB; its
     // config names the copy, not the device that served it while it arrived.
     let mut want = std::fs::read(&images.worker).expect("image");

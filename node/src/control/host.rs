@@ -721,6 +721,18 @@ impl HostService {
             .await??
         };
         let disks = stage.disks();
+        // The first boot of each image that came without a trace: one of its disks,
+        // whose reads until its guest is up are taken when the head settles.
+        let mut first_boots: Vec<(ManifestId, Arc<LazyDisk>)> = Vec::new();
+        for d in &disks {
+            let untraced = prepared
+                .images
+                .iter()
+                .any(|i| i.manifest.id() == d.manifest() && i.trace.is_empty());
+            if untraced && !first_boots.iter().any(|(m, _)| *m == d.manifest()) {
+                first_boots.push((d.manifest(), Arc::clone(d)));
+            }
+        }
         let intake = Arc::new(self.intake(order, &prepared, disks.clone()));
         demand.open(Arc::clone(&intake)).await;
         self.lazy.keep(&stage);
@@ -753,8 +765,8 @@ impl HostService {
             this.staged(spec, &vo, share, prepared, pulled, Some(disks), &progress).await
         };
         let span = tracing::info_span!("settle", stage = %order.stage);
-        self.settling
-            .insert(&order.stage, tokio::spawn(tracing::Instrument::instrument(rest, span)));
+        let task = tokio::spawn(tracing::Instrument::instrument(rest, span));
+        self.settling.insert(&order.stage, task, first_boots);
         Ok(report)
     }
 
@@ -775,14 +787,6 @@ impl HostService {
     ) -> Result<StageReport, ControlError> {
         let Prepared { images, lacking, assemblies, filling, started, _held, .. } = prepared;
         let mut report = StageReport { lacked: lacking.bytes, ..StageReport::default() };
-        // The first boot of each image that came without a trace: what it read.
-        for d in lazy.iter().flatten() {
-            let untraced =
-                images.iter().any(|i| i.manifest.id() == d.manifest() && i.trace.is_empty());
-            if untraced && !report.traces.iter().any(|(m, _)| *m == d.manifest()) {
-                report.traces.push((d.manifest(), d.boot_trace()));
-            }
-        }
         report.received = pulled.1;
         report.chunks = pulled.2;
         for (peer, got) in &pulled.0.fetched {

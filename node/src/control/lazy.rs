@@ -164,28 +164,41 @@ impl LazyVms {
     }
 }
 
+/// The rest of a lazy stage, fetching after the host answered the head.
+#[derive(Debug)]
+struct Rest {
+    task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
+    /// The first boot of each image that came without a trace: one of its disks.
+    first_boots: Vec<(ManifestId, Arc<LazyDisk>)>,
+}
+
 /// The stages still fetching after answering the head (lazy), by stage.
 #[derive(Debug, Default)]
-pub(crate) struct Settling(
-    Mutex<HashMap<String, tokio::task::JoinHandle<Result<StageReport, ControlError>>>>,
-);
+pub(crate) struct Settling(Mutex<HashMap<String, Rest>>);
 
 impl Settling {
-    /// Keeps `task`, the rest of `stage`.
+    /// Keeps `task`, the rest of `stage`, and the disks whose reads are the first boot
+    /// of their images.
     pub(crate) fn insert(
         &self,
         stage: &str,
         task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
+        first_boots: Vec<(ManifestId, Arc<LazyDisk>)>,
     ) {
-        self.0.lock().expect("settling lock").insert(stage.to_owned(), task);
+        let rest = Rest { task, first_boots };
+        self.0.lock().expect("settling lock").insert(stage.to_owned(), rest);
     }
 
-    /// Waits for the rest of `stage` and returns its report.
+    /// Waits for the rest of `stage` and returns its report, with the boot traces of
+    /// its first boots: the head settles after its guests were seen up (or given up
+    /// on), so each trace holds what its guest read until then.
     pub(crate) async fn settle(&self, stage: &str) -> Result<StageReport, ControlError> {
-        let task = self.0.lock().expect("settling lock").remove(stage);
-        let Some(task) = task else {
+        let rest = self.0.lock().expect("settling lock").remove(stage);
+        let Some(Rest { task, first_boots }) = rest else {
             return Err(ControlError::NoStage { stage: stage.to_owned() });
         };
-        task.await.map_err(|e| ControlError::thread("a lazy stage", e))?
+        let mut report = task.await.map_err(|e| ControlError::thread("a lazy stage", e))??;
+        report.traces = first_boots.iter().map(|(m, d)| (*m, d.boot_trace())).collect();
+        Ok(report)
     }
 }
