@@ -253,7 +253,7 @@ impl HostService {
                 self.gate.audit.record(vo, peer, &op.to_string(), &deployment, outcome, &detail);
                 if let (Op::Stop | Op::Unstage, Ok(vms)) = (op, &ran) {
                     // Their domains are gone: a later load reads the local copies.
-                    self.lazy.release(vms.iter().map(|v| v.vm.as_str()));
+                    self.lazy.release(vms.iter().map(|v| v.vm.to_string()).collect()).await;
                 }
                 if op == Op::Unstage && ran.is_ok() {
                     self.gate.grants.revoke(&deployment);

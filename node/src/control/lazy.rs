@@ -32,6 +32,10 @@ enum Served {
     Kernel(#[allow(dead_code)] KernelDevice),
     /// A Unix socket (the simulated driver's guest).
     Socket(#[allow(dead_code)] SocketExport),
+    /// Not served: the host held the whole image, so the copy was made whole at once
+    /// and the domain reads the file (nothing would be fetched; serving it would only
+    /// put vwd in the guest's I/O path).
+    Whole,
 }
 
 /// One lazy disk of a VM, served.
@@ -108,7 +112,13 @@ impl LazyAttach for LazyStage {
             LazyDisk::create(&label, m, copy, Arc::clone(&self.store), supply)?
                 .with_hidden(Arc::clone(&self.hidden)),
         );
-        let (served, target) = if self.kernel {
+        let held = self.store.missing(m).map_err(LazyError::from)?.chunks.is_empty()
+            && m.distinct().iter().all(|c| !self.hidden.contains(&c.id));
+        let (served, target) = if held {
+            disk.complete()?;
+            tracing::info!(disk = %label, copy = %copy.display(), "image held: its copy made whole");
+            (Served::Whole, copy.to_owned())
+        } else if self.kernel {
             let device = KernelDevice::attach(Arc::clone(&disk), Path::new("/dev"))?;
             let target = device.path().to_owned();
             (Served::Kernel(device), target)
@@ -117,7 +127,9 @@ impl LazyAttach for LazyStage {
             let export = SocketExport::start(Arc::clone(&disk), &label, &socket)?;
             (Served::Socket(export), socket)
         };
-        tracing::info!(disk = %label, target = %target.display(), "lazy disk served");
+        if !matches!(served, Served::Whole) {
+            tracing::info!(disk = %label, target = %target.display(), "lazy disk served");
+        }
         self.made
             .lock()
             .expect("made lock")
@@ -154,13 +166,19 @@ impl LazyVms {
 
     /// Stops serving `vms`' disks (their domains are gone; a later load reads the
     /// local copies).
-    pub(crate) fn release<'a>(&self, vms: impl IntoIterator<Item = &'a str>) {
-        let mut all = self.0.lock().expect("lazy VMs lock");
-        for vm in vms {
-            if all.remove(vm).is_some() {
-                tracing::info!(vm, "lazy disks released");
-            }
+    pub(crate) async fn release(&self, vms: Vec<String>) {
+        let gone: Vec<ServedDisk> = {
+            let mut all = self.0.lock().expect("lazy VMs lock");
+            vms.iter().filter_map(|vm| all.remove(vm)).flatten().collect()
+        };
+        if gone.is_empty() {
+            return;
         }
+        // Stopping a kernel device blocks until it has disconnected.
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(gone)).await {
+            tracing::error!(error = %e, "releasing lazy disks failed");
+        }
+        tracing::info!(vms = ?vms, "lazy disks released");
     }
 }
 

@@ -495,7 +495,7 @@ mod tests {
             want[at as usize..at as usize + 4096]
         );
         // The chunk arriving again (the background cascade) leaves the guest's bytes.
-        let i = f.disk.covering(at + 100, 1).start;
+        let i = f.disk.layout.covering(at + 100, 1).start;
         let id = f.manifest.chunks()[i].id;
         let data = f.origin.store.get().expect("test step").read_chunk(&id).expect("test step");
         f.disk.place(&id, &data).expect("test step");

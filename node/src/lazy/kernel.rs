@@ -35,6 +35,8 @@ const BLOCK: u64 = 512;
 /// chunk fetch may take from every holder in turn (each within the chunk protocol's
 /// quiet time), so a guest read fails with vw's I/O error, not the kernel's timeout.
 const REQUEST_TIMEOUT_S: libc::c_ulong = 600;
+/// How long a disconnect may take before the device's socket is taken from it.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most NBD devices looked at.
 const MAX_DEVICES: u32 = 256;
 
@@ -113,13 +115,35 @@ impl KernelDevice {
         self.stop();
     }
 
+    /// Asks the device to disconnect (the kernel sends the server a disconnect once its
+    /// requests are answered); if it has not stopped within [`STOP_WAIT`], stops
+    /// serving and takes the socket from the kernel, which fails what is still queued.
+    /// Blocks until the device's thread ends, or leaves it (logged) if even that
+    /// does not stop it.
     fn stop(&mut self) {
-        let _ = ioctl(self.control.as_raw_fd(), NBD_DISCONNECT, 0);
-        if let Some(runner) = self.runner.take() {
+        let fd = self.control.as_raw_fd();
+        let _ = ioctl(fd, NBD_DISCONNECT, 0);
+        let Some(runner) = self.runner.take() else { return };
+        let stopped = |wait: std::time::Duration| {
+            let until = std::time::Instant::now() + wait;
+            while !runner.is_finished() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            runner.is_finished()
+        };
+        if !stopped(STOP_WAIT) {
+            tracing::warn!(device = %self.device.display(), "NBD device slow to disconnect: its socket taken");
+            self.server.abort();
+            let _ = ioctl(fd, NBD_CLEAR_SOCK, 0);
+        }
+        if stopped(STOP_WAIT) {
             let _ = runner.join();
+            CLAIMED.lock().expect("claimed devices lock").retain(|d| *d != self.device);
+        } else {
+            // Still claimed: this process does not hand the device out again.
+            tracing::error!(device = %self.device.display(), "NBD device did not stop; left attached");
         }
         self.server.abort();
-        CLAIMED.lock().expect("claimed devices lock").retain(|d| *d != self.device);
     }
 }
 
