@@ -75,6 +75,22 @@ pub struct RunRow {
     /// its cap, from the interface counters (0: no cap).
     #[serde(default)]
     pub cap_peak: f64,
+    /// How the images were staged: `full` (before any guest starts), `lazy` (guests
+    /// boot while they arrive; its first boot), `lazy-traced` (with the first boot's
+    /// trace, its chunks fetched first).
+    #[serde(default)]
+    pub staging: String,
+    /// Seconds from the deploy until every guest reported ready (every phase but a lazy
+    /// deploy's settle).
+    #[serde(default)]
+    pub ready_s: f64,
+    /// Lazy: the most any guest read before it was ready, as a share of its image.
+    #[serde(default)]
+    pub boot_read_share: f64,
+    /// Lazy: bytes fetched at once because a guest read them before the stage brought
+    /// them, over every guest.
+    #[serde(default)]
+    pub boot_fetched: u64,
 }
 
 /// One lifecycle operation across the cluster (the paper's Fig. 2(b)).
@@ -167,6 +183,29 @@ pub fn summary(title: &str, runs: &[RunRow], ops: &[OpRow], notes: &[String]) ->
                 r.predicted_others_s,
                 r.predicted_disturbed_s,
                 r.cap_peak,
+            );
+        }
+        s.push('\n');
+    }
+    if runs.iter().any(|r| r.staging.starts_with("lazy")) {
+        s.push_str(
+            "| case | method | N | staging | ready s | full staging's ready s | × full | most read before ready (share of image) | fetched on demand MB |\n\
+             |---|---|---:|---|---:|---:|---:|---:|---:|\n",
+        );
+        for r in runs.iter().filter(|r| r.staging.starts_with("lazy")) {
+            let full = full_of(runs, r);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {:.1}% | {:.1} |",
+                r.case,
+                r.method,
+                r.n,
+                r.staging,
+                r.ready_s,
+                full.map_or("-".to_owned(), |f| format!("{:.2}", f.ready_s)),
+                full.map_or("-".to_owned(), |f| format!("{:.3}", r.ready_s / f.ready_s)),
+                r.boot_read_share * 100.0,
+                r.boot_fetched as f64 / 1e6,
             );
         }
         s.push('\n');
@@ -265,7 +304,33 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
         }
     }
     notes.extend(adaptive(runs));
+    for r in runs.iter().filter(|r| r.staging.starts_with("lazy")) {
+        let Some(full) = full_of(runs, r) else { continue };
+        let ratio = r.ready_s / full.ready_s;
+        notes.push(format!(
+            "{} {} N={} ({}): every guest ready in {:.2} s against {:.2} s with full staging, {ratio:.3}× (target ≤ 0.25: {}); guests read at most {:.1}% of the image before ready (target ≤ 15%: {})",
+            r.case,
+            r.method,
+            r.n,
+            r.staging,
+            r.ready_s,
+            full.ready_s,
+            if ratio <= 0.25 { "met" } else { "NOT met" },
+            r.boot_read_share * 100.0,
+            if r.boot_read_share <= 0.15 { "met" } else { "NOT met" },
+        ));
+    }
     notes
+}
+
+/// The full-staging row a lazy row compares with: the same method and N, its case
+/// without the `-traced` and `-lazy` suffixes (`cold-lazy-traced` → `cold`).
+fn full_of<'a>(runs: &'a [RunRow], lazy: &RunRow) -> Option<&'a RunRow> {
+    let case = lazy.case.strip_suffix("-traced").unwrap_or(&lazy.case);
+    let case = case.strip_suffix("-lazy").unwrap_or(case);
+    runs.iter().find(|f| {
+        f.staging == "full" && f.case == case && f.method == lazy.method && f.n == lazy.n
+    })
 }
 
 /// The adaptive cascade's targets (issue 18), where the runs have them: staging against

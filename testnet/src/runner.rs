@@ -11,11 +11,12 @@ use std::time::Instant;
 use vw_localnet::cluster_workspace;
 use vw_node::chunkstore::{ImageRef, Store};
 use vw_node::control::deployment::{
-    DeployEvent, DeployOptions, DeployPhase, DeployReport, StageCap,
+    DeployEvent, DeployOptions, DeployPhase, DeployReport, RecordedTrace, StageCap,
 };
 use vw_node::control::protocol::Phase;
 use vw_node::lifecycle::Op;
 use vw_node::local::{self, LocalReply, LocalRequest};
+use vw_node::storecmd::StoreOp;
 use vw_node::names::HostName;
 use vw_node::planner::{Policy, Reshape, Strategy};
 
@@ -105,6 +106,7 @@ pub fn run(checked: &Checked, options: &RunnerOptions) -> Result<Outcome, Testne
                     vwd: &options.vwd,
                     testnet: &options.testnet,
                     reports: &reports,
+                    keep: &[],
                 };
                 let (rows, ops) = match method {
                     Method::Vw(strategy) => ctx.execute(strategy)?,
@@ -191,13 +193,55 @@ pub(crate) struct RunContext<'a> {
     pub(crate) testnet: &'a Path,
     /// Where each deploy's full report goes (JSON).
     pub(crate) reports: &'a Path,
+    /// Boot traces the head keeps before it deploys (a lazy run's traced pass).
+    keep: &'a [RecordedTrace],
 }
 
 impl RunContext<'_> {
+    /// How this pass stages: `full`, `lazy`, or `lazy-traced`.
+    fn staging(&self) -> &'static str {
+        match (self.run.lazy, self.keep.is_empty()) {
+            (false, _) => "full",
+            (true, true) => "lazy",
+            (true, false) => "lazy-traced",
+        }
+    }
+
+    /// The run, on a cluster of its own; a traced lazy run twice: the first boot (its
+    /// trace recorded), then on a fresh cluster whose head keeps that trace.
     fn execute(&self, strategy: Strategy) -> Result<(Vec<RunRow>, Vec<OpRow>), TestnetError> {
+        if !self.run.traced {
+            return self.execute_once(strategy).map(|(done, _)| done);
+        }
+        let first_dir = self.dir.join("first");
+        crate::net::scratch_dir(&first_dir)?;
+        let first = RunContext { dir: &first_dir, ..*self };
+        let ((mut rows, mut ops), traces) = first.execute_once(strategy)?;
+        if traces.is_empty() {
+            return Err(TestnetError::Run(format!(
+                "{}: the first lazy boot recorded no trace",
+                self.run.case
+            )));
+        }
+        let traced_dir = self.dir.join("traced");
+        crate::net::scratch_dir(&traced_dir)?;
+        let traced = RunContext { dir: &traced_dir, keep: &traces, ..*self };
+        let ((more, more_ops), _) = traced.execute_once(strategy)?;
+        rows.extend(more);
+        ops.extend(more_ops);
+        Ok((rows, ops))
+    }
+
+    /// One cluster's deployments, with the boot traces its first deploy recorded.
+    #[allow(clippy::type_complexity)]
+    fn execute_once(
+        &self,
+        strategy: Strategy,
+    ) -> Result<((Vec<RunRow>, Vec<OpRow>), Vec<RecordedTrace>), TestnetError> {
         let n = self.hosts.len() - 1;
+        let staging = self.staging();
         let _span =
-            tracing::info_span!("run", case = %self.run.case, method = %self.method, n).entered();
+            tracing::info_span!("run", case = %self.run.case, method = %self.method, n, staging).entered();
         let cluster_config = if self.run.isolated.is_empty() {
             self.images.vos.cluster_config.clone()
         } else {
@@ -222,7 +266,7 @@ impl RunContext<'_> {
         let result = self.deployments(&mut cluster, strategy);
         // Each live host's metrics after the run's deployments, then its vwd log, kept
         // beside the reports.
-        let logs = self.reports.join(format!("{}-{}-n{n}-logs", self.run.case, self.method));
+        let logs = self.reports.join(format!("{}-{}-n{n}-{staging}-logs", self.run.case, self.method));
         std::fs::create_dir_all(&logs).map_err(|error| TestnetError::Io {
             op: "create",
             path: logs.clone(),
@@ -238,14 +282,14 @@ impl RunContext<'_> {
                 error,
             })?;
         }
-        let Deployed { mut rows, ops, held } = result?;
+        let Deployed { mut rows, ops, held, traces } = result?;
         stopped?;
         scraped?;
         // Every host that finished holds its images byte for byte.
         for (row, expected) in rows.iter_mut().zip(held) {
             row.verified = verify(&cluster, &expected, self.images)?;
         }
-        Ok((rows, ops))
+        Ok(((rows, ops), traces))
     }
 
     /// Scrapes every live host's metrics endpoint into `dir/NAME.prom`.
@@ -274,9 +318,15 @@ impl RunContext<'_> {
         let mut rows = Vec::new();
         let mut held = Vec::new();
         let mut ops = Vec::new();
-        let (image, case) = (self.run.image, self.run.case.clone());
+        self.keep_traces(cluster)?;
+        let image = self.run.image;
+        let case = match self.staging() {
+            "lazy-traced" => format!("{}-traced", self.run.case),
+            _ => self.run.case.clone(),
+        };
         let (report, row) = self.deploy(cluster, strategy, "grid", image, &case, true)?;
         held.push(holders(&report, image));
+        let traces = report.traces.clone();
         rows.push(row);
         if self.run.ops {
             ops.extend(self.operations(cluster, &report)?);
@@ -293,7 +343,32 @@ impl RunContext<'_> {
             held.push(holders(&report, WorkerImage::Vo2));
             rows.push(row);
         }
-        Ok(Deployed { rows, ops, held })
+        Ok(Deployed { rows, ops, held, traces })
+    }
+
+    /// Has the head keep this pass's boot traces, each signed by its image's VO, as
+    /// `vw deploy --vo` does after a first lazy boot.
+    fn keep_traces(&self, cluster: &Cluster) -> Result<(), TestnetError> {
+        for t in self.keep {
+            let vo = t.image.split('/').next().unwrap_or_default();
+            let key = self.images.vos.key(vo);
+            let trace = vw_node::chunkstore::BootTrace::sign(key, t.manifest, t.chunks.clone())
+                .map_err(|e| TestnetError::Run(format!("signing {}'s trace: {e}", t.image)))?;
+            let request = LocalRequest::Store { op: StoreOp::KeepTrace { trace: trace.encode() } };
+            match local::call(&cluster.socket(), &request, |_| {}) {
+                Ok(LocalReply::Stored { .. }) => {}
+                Ok(other) => {
+                    return Err(TestnetError::Run(format!(
+                        "keeping {}'s trace: the head answered {other:?}",
+                        t.image
+                    )))
+                }
+                Err(e) => {
+                    return Err(TestnetError::Run(format!("keeping {}'s trace: {e}", t.image)))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deploys a cluster of `n` workers (and a head node, all from `image`); with
@@ -317,6 +392,7 @@ impl RunContext<'_> {
         let ticket = self.images.vos.ticket(vo, &workspace)?;
         let mut options = DeployOptions::new(strategy, Policy::Spread);
         options.cap = self.cap()?;
+        options.lazy = self.run.lazy;
         let request =
             LocalRequest::Deploy { workspace, source: format!("{name}.xml"), ticket, options };
         let (events_tx, events) = mpsc::sync_channel::<DeployEvent>(1024);
@@ -452,7 +528,12 @@ impl RunContext<'_> {
         self.disturbed(&mut row, &stage_times(&report), victim.as_ref())?;
         let json = serde_json::to_vec_pretty(&report)
             .map_err(|e| TestnetError::Output(format!("deploy report: {e}")))?;
-        let file = format!("{}-{case}-{}-n{n}", self.checked.scenario.name, self.method);
+        let file = format!(
+            "{}-{case}-{}-n{n}-{}",
+            self.checked.scenario.name,
+            self.method,
+            self.staging()
+        );
         crate::write_file(&self.reports.join(format!("{file}.json")), &json)?;
         crate::write_file(&self.reports.join(format!("{file}-progress.csv")), timeline.as_bytes())?;
         crate::write_file(
@@ -603,6 +684,20 @@ impl RunContext<'_> {
             cpu_s,
             cpu_share: results::cpu_share(cpu_s, wall),
             verified: 0,
+            staging: self.staging().to_owned(),
+            ready_s: report
+                .phases
+                .iter()
+                .filter(|p| p.phase != DeployPhase::Settle)
+                .map(|p| p.micros as f64 / 1e6)
+                .sum(),
+            boot_read_share: report
+                .ready
+                .iter()
+                .filter_map(|r| r.lazy)
+                .map(|l| l.read as f64 / image_len as f64)
+                .fold(0.0, f64::max),
+            boot_fetched: report.ready.iter().filter_map(|r| r.lazy).map(|l| l.fetched).sum(),
             ..RunRow::default()
         }
     }
@@ -658,6 +753,8 @@ struct Deployed {
     rows: Vec<RunRow>,
     ops: Vec<OpRow>,
     held: Vec<Vec<(String, WorkerImage)>>,
+    /// The boot traces the first deploy recorded.
+    traces: Vec<RecordedTrace>,
 }
 
 fn holders(report: &DeployReport, image: WorkerImage) -> Vec<(String, WorkerImage)> {

@@ -34,6 +34,9 @@
 //! slow = { at = 0.25, share = 0.3, seconds = 20 }  # a mid-cascade host's link slowed
 //! background = true       # a TCP flow into a mid-cascade host's link, the whole stage
 //! cap = "50%"             # the deployment's cap on each link (vw deploy --cap)
+//! lazy = true             # vw deploy --lazy: guests boot while their images arrive
+//! traced = true           # lazy: then a fresh cluster deploys again with the first
+//!                         # boot's trace (a second row, staging "lazy-traced")
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -161,6 +164,13 @@ pub struct Run {
     pub background: bool,
     /// The deployment's cap on what staging uses of each link (`50%`, `40Mbit`).
     pub cap: Option<String>,
+    /// Stage lazily (`vw deploy --lazy`): guests boot while their images arrive.
+    #[serde(default)]
+    pub lazy: bool,
+    /// With `lazy`: keep the first boot's trace, then deploy again on a fresh cluster
+    /// with it (each image's traced chunks fetched first).
+    #[serde(default)]
+    pub traced: bool,
 }
 
 /// A link slowed for a while.
@@ -369,6 +379,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
                 key("hosts")
             )));
         }
+        if run.traced && !run.lazy {
+            return Err(bad(format!("{}: a trace is of a lazy boot (lazy = true)", key("traced"))));
+        }
+        if run.lazy && (run.then_vo2 || run.ops || run.disturbs()) {
+            return Err(bad(format!(
+                "{}: a lazy run deploys one cluster, undisturbed (no then_vo2, ops, kill_at, slow or background)",
+                key("lazy")
+            )));
+        }
         if let Some(cap) = &run.cap {
             cap.parse::<StageCap>().map_err(|e| bad(format!("{}: {e}", key("cap"))))?;
         }
@@ -379,10 +398,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Checked, TestnetError> {
             .collect::<Result<Vec<_>, _>>()?;
         let baseline = parsed.iter().any(|m| !matches!(m, Method::Vw(_)));
         if baseline
-            && (run.cached || run.then_vo2 || run.ops || run.kill_at.is_some() || run.cap.is_some())
+            && (run.cached
+                || run.then_vo2
+                || run.ops
+                || run.kill_at.is_some()
+                || run.cap.is_some()
+                || run.lazy)
         {
             return Err(bad(format!(
-                "{}: the baselines copy the raw image only (no cached, then_vo2, ops, kill_at or cap)",
+                "{}: the baselines copy the raw image only (no cached, then_vo2, ops, kill_at, cap or lazy)",
                 key("methods")
             )));
         }
@@ -456,6 +480,9 @@ hosts = [1, 2]
         let swarm = slow.replace("\"star\", \"chain\"", "\"bittorrent\", \"chain\"");
         parse(&format!("{swarm}background = true\n"), Path::new("t.toml")).expect("a loaded swarm");
         check(GOOD.replace("hosts = [1, 2]", "hosts = \"two\""), "line 10, column 9");
+        check(format!("{GOOD}traced = true\n"), "run[0] (cold).traced: a trace is of a lazy");
+        check(format!("{GOOD}lazy = true\nops = true\n"), "run[0] (cold).lazy: a lazy run");
+        parse(&format!("{GOOD}lazy = true\ntraced = true\n"), Path::new("t.toml")).expect("lazy");
     }
 
     #[test]

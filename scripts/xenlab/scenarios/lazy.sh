@@ -45,8 +45,10 @@ run() { # NAME [deploy options]
     > "$OUT/deploy-$name.json" 2> "$OUT/deploy-$name.err"
   rc=$?
   echo "$name: exit $rc"
-  t "stop-$name" vw stop lazy > /dev/null 2>&1
-  t "unstage-$name" vw unstage lazy > /dev/null 2>&1
+  # Bounded: a stop that hangs is a fault to see in the logs, not the end of the run.
+  t "stop-$name" timeout 900 vw stop lazy > "$OUT/stop-$name.log" 2>&1 || rc=1
+  t "unstage-$name" timeout 900 vw unstage lazy > "$OUT/unstage-$name.log" 2>&1 || rc=1
+  xl list >> "$OUT/stop-$name.log" 2>&1
   return $rc
 }
 
