@@ -88,3 +88,11 @@ fn vo_key_file_and_seal() {
     golden(&format!("vo_key-v{}", crate::vo::KEY_VERSION), &std::fs::read(&path).expect("read"));
     golden(&format!("seal-v{}", crate::vo::SEAL_VERSION), &seal().encode());
 }
+
+/// A boot trace (Ed25519 signatures are deterministic: the same key, the same bytes).
+#[test]
+fn boot_trace() {
+    let chunks = vec![ChunkId::from_bytes([4; 32]), ChunkId::from_bytes([2; 32])];
+    let trace = crate::BootTrace::sign(&key(), ManifestId::from_bytes([9; 32]), chunks);
+    golden(&format!("boot_trace-v{}", crate::trace::VERSION), &trace.expect("trace").encode());
+}

@@ -20,7 +20,7 @@ use crate::vo::{envelope, open, VoKey, VoPublic};
 use crate::{ChunkId, Error, Manifest, ManifestId};
 
 const MAGIC: [u8; 4] = *b"VWBT";
-const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 /// Most chunks a trace lists (a boot that read 4 GiB at the mean chunk size).
 pub const MAX_TRACE_CHUNKS: usize = 65_536;
 /// Largest encoded trace: the chunks, a VO name, the manifest, the signature.

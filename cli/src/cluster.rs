@@ -364,14 +364,20 @@ pub(crate) fn ready_text(ready: &[VmReady]) -> String {
                     s.push_str(&format!("\n{:<width$}  {:>9}  DISAGREES: {d}", "", ""));
                 }
                 if let Some(l) = &v.lazy {
+                    let wait = |ms: Option<f64>| {
+                        ms.map_or(String::new(), |ms| format!(", {ms:.1} ms each"))
+                    };
+                    let (fetch, local) = l.mean_waits_ms();
                     s.push_str(&format!(
-                        "\n{:<width$}  {:>9}  lazy disks before ready: read {}, fetched {} at once ({} chunks), {} held here",
+                        "\n{:<width$}  {:>9}  lazy disks before ready: read {}, fetched {} at once ({} chunks{}), {} held here{}",
                         "",
                         "",
                         bytes(l.read),
                         bytes(l.fetched),
                         l.fetched_chunks,
-                        bytes(l.local)
+                        wait(fetch),
+                        bytes(l.local),
+                        wait(local),
                     ));
                 }
             }

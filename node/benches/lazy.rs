@@ -1,4 +1,4 @@
-//! Lazy disk reads (issue 19). Run: `cargo bench -p vw-node --bench lazy`.
+//! Lazy disk reads (issue 19). Run: `cargo bench --profile dev -p vw-node --bench lazy`.
 //!
 //! What a guest's 4 KiB read costs, each beside its baseline in the same run (these
 //! machines are shared and noisy: read the ratios):

@@ -232,6 +232,9 @@ fn control_messages() {
             fetched: 20 << 20,
             local: 20 << 20,
             failed: 0,
+            local_chunks: 320,
+            local_micros: 96_000,
+            fetch_micros: 2_400_000,
         }),
     };
     let replies = [

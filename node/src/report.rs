@@ -239,6 +239,21 @@ pub struct LazyCounts {
     pub local: u64,
     /// Reads that failed (the guest got an I/O error).
     pub failed: u64,
+    /// Held chunks read from the store (verified) into the copy on a guest's read.
+    pub local_chunks: u64,
+    /// Microseconds guest reads waited for those.
+    pub local_micros: u64,
+    /// Microseconds guest reads waited for chunks fetched at once (`fetched_chunks`).
+    pub fetch_micros: u64,
+}
+
+impl LazyCounts {
+    /// The mean wait of a guest's read for a chunk fetched at once, and for a held one
+    /// read from the store, in milliseconds (`None` if there were none).
+    pub fn mean_waits_ms(&self) -> (Option<f64>, Option<f64>) {
+        let mean = |micros: u64, n: u64| (n > 0).then(|| micros as f64 / n as f64 / 1e3);
+        (mean(self.fetch_micros, self.fetched_chunks), mean(self.local_micros, self.local_chunks))
+    }
 }
 
 impl std::ops::Add for LazyCounts {
@@ -253,6 +268,9 @@ impl std::ops::Add for LazyCounts {
             fetched: self.fetched + o.fetched,
             local: self.local + o.local,
             failed: self.failed + o.failed,
+            local_chunks: self.local_chunks + o.local_chunks,
+            local_micros: self.local_micros + o.local_micros,
+            fetch_micros: self.fetch_micros + o.fetch_micros,
         }
     }
 }

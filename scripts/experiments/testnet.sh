@@ -17,7 +17,7 @@ bin=$(mktemp -d /var/tmp/vw-testnet-bin.XXXXXX)
 trap 'rm -rf "$bin"' EXIT
 cp "$CARGO_TARGET_DIR/debug/vwd" "$CARGO_TARGET_DIR/debug/vw-testnet" "$bin/"
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(smoke paper-fig2a paper-fig2a-ack paper-fig2b scale two-vo fault)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(smoke paper-fig2a paper-fig2a-ack paper-fig2b scale two-vo fault lazy)
 for s in "${scenarios[@]}"; do
   echo "== $s"
   "$bin/vw-testnet" run "$here/testnet/scenarios/$s.toml" --out "$here/perf/testnet/$s" --vwd "$bin/vwd"

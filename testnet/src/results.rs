@@ -91,6 +91,12 @@ pub struct RunRow {
     /// them, over every guest.
     #[serde(default)]
     pub boot_fetched: u64,
+    /// Lazy: the mean wait of a guest's read for a chunk fetched at once, ms (0: none).
+    #[serde(default)]
+    pub fetch_wait_ms: f64,
+    /// Lazy: the mean wait of a guest's read for a held chunk read from the store, ms.
+    #[serde(default)]
+    pub held_wait_ms: f64,
 }
 
 /// One lifecycle operation across the cluster (the paper's Fig. 2(b)).
@@ -189,14 +195,14 @@ pub fn summary(title: &str, runs: &[RunRow], ops: &[OpRow], notes: &[String]) ->
     }
     if runs.iter().any(|r| r.staging.starts_with("lazy")) {
         s.push_str(
-            "| case | method | N | staging | ready s | full staging's ready s | × full | most read before ready (share of image) | fetched on demand MB |\n\
-             |---|---|---:|---|---:|---:|---:|---:|---:|\n",
+            "| case | method | N | staging | ready s | full staging's ready s | × full | most read before ready (share of image) | fetched on demand MB | wait per fetched chunk ms | per held chunk ms |\n\
+             |---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in runs.iter().filter(|r| r.staging.starts_with("lazy")) {
             let full = full_of(runs, r);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} | {} | {} | {:.1}% | {:.1} |",
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {:.1}% | {:.1} | {:.2} | {:.3} |",
                 r.case,
                 r.method,
                 r.n,
@@ -206,6 +212,8 @@ pub fn summary(title: &str, runs: &[RunRow], ops: &[OpRow], notes: &[String]) ->
                 full.map_or("-".to_owned(), |f| format!("{:.3}", r.ready_s / f.ready_s)),
                 r.boot_read_share * 100.0,
                 r.boot_fetched as f64 / 1e6,
+                r.fetch_wait_ms,
+                r.held_wait_ms,
             );
         }
         s.push('\n');
@@ -328,9 +336,8 @@ pub fn checks(runs: &[RunRow]) -> Vec<String> {
 fn full_of<'a>(runs: &'a [RunRow], lazy: &RunRow) -> Option<&'a RunRow> {
     let case = lazy.case.strip_suffix("-traced").unwrap_or(&lazy.case);
     let case = case.strip_suffix("-lazy").unwrap_or(case);
-    runs.iter().find(|f| {
-        f.staging == "full" && f.case == case && f.method == lazy.method && f.n == lazy.n
-    })
+    runs.iter()
+        .find(|f| f.staging == "full" && f.case == case && f.method == lazy.method && f.n == lazy.n)
 }
 
 /// The adaptive cascade's targets (issue 18), where the runs have them: staging against

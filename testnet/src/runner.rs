@@ -16,9 +16,9 @@ use vw_node::control::deployment::{
 use vw_node::control::protocol::Phase;
 use vw_node::lifecycle::Op;
 use vw_node::local::{self, LocalReply, LocalRequest};
-use vw_node::storecmd::StoreOp;
 use vw_node::names::HostName;
 use vw_node::planner::{Policy, Reshape, Strategy};
+use vw_node::storecmd::StoreOp;
 
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::disturb::{predict, Background, LinkSampler, Slowdown};
@@ -241,7 +241,8 @@ impl RunContext<'_> {
         let n = self.hosts.len() - 1;
         let staging = self.staging();
         let _span =
-            tracing::info_span!("run", case = %self.run.case, method = %self.method, n, staging).entered();
+            tracing::info_span!("run", case = %self.run.case, method = %self.method, n, staging)
+                .entered();
         let cluster_config = if self.run.isolated.is_empty() {
             self.images.vos.cluster_config.clone()
         } else {
@@ -266,7 +267,8 @@ impl RunContext<'_> {
         let result = self.deployments(&mut cluster, strategy);
         // Each live host's metrics after the run's deployments, then its vwd log, kept
         // beside the reports.
-        let logs = self.reports.join(format!("{}-{}-n{n}-{staging}-logs", self.run.case, self.method));
+        let logs =
+            self.reports.join(format!("{}-{}-n{n}-{staging}-logs", self.run.case, self.method));
         std::fs::create_dir_all(&logs).map_err(|error| TestnetError::Io {
             op: "create",
             path: logs.clone(),
@@ -669,6 +671,12 @@ impl RunContext<'_> {
             .iter()
             .find(|p| p.phase == DeployPhase::Stage)
             .map_or(0.0, |p| p.micros as f64 / 1e6);
+        // Every guest's lazy disks together.
+        let lazy = report
+            .ready
+            .iter()
+            .filter_map(|r| r.lazy)
+            .fold(vw_node::report::LazyCounts::default(), |a, l| a + l);
         RunRow {
             scenario: self.checked.scenario.name.clone(),
             case: case.to_owned(),
@@ -697,7 +705,9 @@ impl RunContext<'_> {
                 .filter_map(|r| r.lazy)
                 .map(|l| l.read as f64 / image_len as f64)
                 .fold(0.0, f64::max),
-            boot_fetched: report.ready.iter().filter_map(|r| r.lazy).map(|l| l.fetched).sum(),
+            boot_fetched: lazy.fetched,
+            fetch_wait_ms: lazy.mean_waits_ms().0.unwrap_or(0.0),
+            held_wait_ms: lazy.mean_waits_ms().1.unwrap_or(0.0),
             ..RunRow::default()
         }
     }

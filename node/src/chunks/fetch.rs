@@ -100,11 +100,11 @@ pub(super) async fn fetch_stream(
 ) -> (Fetched, Result<(), PeerError>) {
     let fail = |reason: String| PeerError::Stream { peer, reason };
     let mut got = Fetched::default();
-    let opened = control.open_stream(peer, chunks_protocol()).await.map_err(|e| match e {
-        libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => fail(format!(
-            "cannot open a chunk stream ({e}); is this host on the peer's allow list?"
-        )),
-        e => fail(format!("cannot open a chunk stream ({e})")),
+    // A peer that refuses this host closes the connection: it looks like one gone.
+    let opened = control.open_stream(peer, chunks_protocol()).await.map_err(|e| {
+        fail(format!(
+            "cannot open a chunk stream ({e}): the peer is gone, or this host is not on its allow list"
+        ))
     });
     let mut stream = match opened {
         Ok(s) => s,

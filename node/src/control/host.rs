@@ -721,18 +721,18 @@ impl HostService {
             .await??
         };
         let disks = stage.disks();
-        // The first boot of each image that came without a trace: one of its disks,
-        // whose reads until its guest is up are taken when the head settles.
-        let mut first_boots: Vec<(ManifestId, Arc<LazyDisk>)> = Vec::new();
-        for d in &disks {
-            let untraced = prepared
-                .images
-                .iter()
-                .any(|i| i.manifest.id() == d.manifest() && i.trace.is_empty());
-            if untraced && !first_boots.iter().any(|(m, _)| *m == d.manifest()) {
-                first_boots.push((d.manifest(), Arc::clone(d)));
-            }
-        }
+        // The disks of images that came without a trace: their first boot's reads are
+        // taken when the head settles.
+        let first_boots: Vec<Arc<LazyDisk>> = disks
+            .iter()
+            .filter(|d| {
+                prepared
+                    .images
+                    .iter()
+                    .any(|i| i.manifest.id() == d.manifest() && i.trace.is_empty())
+            })
+            .cloned()
+            .collect();
         let intake = Arc::new(self.intake(order, &prepared, disks.clone()));
         demand.open(Arc::clone(&intake)).await;
         self.lazy.keep(&stage);

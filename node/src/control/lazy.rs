@@ -32,10 +32,6 @@ enum Served {
     Kernel(#[allow(dead_code)] KernelDevice),
     /// A Unix socket (the simulated driver's guest).
     Socket(#[allow(dead_code)] SocketExport),
-    /// Not served: the host held the whole image, so the copy was made whole at once
-    /// and the domain reads the file (nothing would be fetched; serving it would only
-    /// put vwd in the guest's I/O path).
-    Whole,
 }
 
 /// One lazy disk of a VM, served.
@@ -112,13 +108,10 @@ impl LazyAttach for LazyStage {
             LazyDisk::create(&label, m, copy, Arc::clone(&self.store), supply)?
                 .with_hidden(Arc::clone(&self.hidden)),
         );
-        let held = self.store.missing(m).map_err(LazyError::from)?.chunks.is_empty()
-            && m.distinct().iter().all(|c| !self.hidden.contains(&c.id));
-        let (served, target) = if held {
-            disk.complete()?;
-            tracing::info!(disk = %label, copy = %copy.display(), "image held: its copy made whole");
-            (Served::Whole, copy.to_owned())
-        } else if self.kernel {
+        // Served even when the host holds every chunk: the copy is then written while
+        // the guest boots, not before (on the Xen lab, copying the whole image first
+        // held the stage 139 s; docs/decisions.md, 84).
+        let (served, target) = if self.kernel {
             let device = KernelDevice::attach(Arc::clone(&disk), Path::new("/dev"))?;
             let target = device.path().to_owned();
             (Served::Kernel(device), target)
@@ -127,9 +120,7 @@ impl LazyAttach for LazyStage {
             let export = SocketExport::start(Arc::clone(&disk), &label, &socket)?;
             (Served::Socket(export), socket)
         };
-        if !matches!(served, Served::Whole) {
-            tracing::info!(disk = %label, target = %target.display(), "lazy disk served");
-        }
+        tracing::info!(disk = %label, target = %target.display(), "lazy disk served");
         self.made
             .lock()
             .expect("made lock")
@@ -186,8 +177,8 @@ impl LazyVms {
 #[derive(Debug)]
 struct Rest {
     task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
-    /// The first boot of each image that came without a trace: one of its disks.
-    first_boots: Vec<(ManifestId, Arc<LazyDisk>)>,
+    /// The disks of the images that came without a trace.
+    first_boots: Vec<Arc<LazyDisk>>,
 }
 
 /// The stages still fetching after answering the head (lazy), by stage.
@@ -201,22 +192,27 @@ impl Settling {
         &self,
         stage: &str,
         task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
-        first_boots: Vec<(ManifestId, Arc<LazyDisk>)>,
+        first_boots: Vec<Arc<LazyDisk>>,
     ) {
         let rest = Rest { task, first_boots };
         self.0.lock().expect("settling lock").insert(stage.to_owned(), rest);
     }
 
-    /// Waits for the rest of `stage` and returns its report, with the boot traces of
-    /// its first boots: the head settles after its guests were seen up (or given up
-    /// on), so each trace holds what its guest read until then.
+    /// Waits for the rest of `stage` and returns its report, with the boot trace of
+    /// each untraced image: what the first of its disks whose guest was seen up read
+    /// until then (the head settles after its guests were seen up or given up on; a
+    /// guest never seen up, whose domain may not even have loaded, gives none).
     pub(crate) async fn settle(&self, stage: &str) -> Result<StageReport, ControlError> {
         let rest = self.0.lock().expect("settling lock").remove(stage);
         let Some(Rest { task, first_boots }) = rest else {
             return Err(ControlError::NoStage { stage: stage.to_owned() });
         };
         let mut report = task.await.map_err(|e| ControlError::thread("a lazy stage", e))??;
-        report.traces = first_boots.iter().map(|(m, d)| (*m, d.boot_trace())).collect();
+        for d in first_boots.iter().filter(|d| d.seen_up()) {
+            if !report.traces.iter().any(|(m, _)| *m == d.manifest()) {
+                report.traces.push((d.manifest(), d.boot_trace()));
+            }
+        }
         Ok(report)
     }
 }

@@ -32,8 +32,9 @@ pub const PROTOCOL_NAME: &str = "/vw/control";
 /// manifests sent once, in pieces, and named by id in inventories and stage orders; 6:
 /// a failure says its kind, and a refusal is one kind of failure; 7: a stage order's
 /// per-deployment rate cap, a stage report's relieved senders; 8: lazy stages, their
-/// settling, and a ready VM's lazy disk counts).
-pub const VERSION: u8 = 8;
+/// settling, and a ready VM's lazy disk counts; 9: how long a lazy VM's reads waited
+/// for fetched and held chunks).
+pub const VERSION: u8 = 9;
 /// Largest message after its length field. Nothing in a message grows with an image's
 /// size but an inventory's bitmaps, one bit per chunk: 64 MiB holds the bits of 500
 /// million chunks.

@@ -184,6 +184,11 @@ impl LazyDisk {
         }
     }
 
+    /// Whether its guest has been seen up ([`LazyDisk::booted`]).
+    pub fn seen_up(&self) -> bool {
+        self.lock().booted.is_some()
+    }
+
     /// The chunks its boot read, in the order first read (all read so far if it has
     /// not been seen up), each once: what a [`vw_chunkstore::BootTrace`] records.
     pub fn boot_trace(&self) -> Vec<ChunkId> {
@@ -247,10 +252,15 @@ impl LazyDisk {
         let fail = |why: String| ReadFailure { chunk: format!("{id:#}"), why };
         let held =
             !self.hidden.contains(&id) && self.store.holds(&id).map_err(|e| fail(e.to_string()))?;
+        let began = std::time::Instant::now();
+        let micros = || u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
         if held {
             let data = self.store.read_chunk(&id).map_err(|e| fail(e.to_string()))?;
             self.place(&id, &data).map_err(|e| fail(e.to_string()))?;
-            self.lock().counts.local += u64::from(len);
+            let mut st = self.lock();
+            st.counts.local += u64::from(len);
+            st.counts.local_chunks += 1;
+            st.counts.local_micros += micros();
         } else {
             let Some(supply) = supply else {
                 return Err(fail("the store does not hold it and the stage is over".into()));
@@ -266,6 +276,7 @@ impl LazyDisk {
             let mut st = self.lock();
             st.counts.fetched_chunks += 1;
             st.counts.fetched += u64::from(len);
+            st.counts.fetch_micros += micros();
         }
         match self.lock().slots[i] {
             Slot::Absent => Err(fail("it arrived but did not land in this disk".into())),

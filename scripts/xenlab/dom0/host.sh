@@ -15,8 +15,8 @@ install -m 0600 "/vwlab/host$N/node.key" /var/lib/vw/node.key
 
 # Times a command in ms: `t NAME cmd...` appends NAME,ms,rc to $OUT/times.csv.
 t() {
-  name=$1; shift
-  a=$(date +%s%N); "$@"; rc=$?; b=$(date +%s%N)
+  local name=$1; shift
+  local a b; a=$(date +%s%N); "$@"; rc=$?; b=$(date +%s%N)
   echo "$name,$(( (b - a) / 1000000 )),$rc" >> "$OUT/times.csv"
   return $rc
 }
