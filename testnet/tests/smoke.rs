@@ -82,7 +82,7 @@ fn the_smoke_scenario_deploys_verifies_and_reports() {
     let scrapes: Vec<(String, String)> = ["head", "node1", "node2", "node3"]
         .iter()
         .map(|h| {
-            let path = options.out.join(format!("reports/cold-chain-n3-logs/{h}.prom"));
+            let path = options.out.join(format!("reports/cold-chain-n3-full-logs/{h}.prom"));
             let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             (h.to_string(), text)
