@@ -211,12 +211,12 @@ impl RunContext<'_> {
     /// trace recorded), then on a fresh cluster whose head keeps that trace.
     fn execute(&self, strategy: Strategy) -> Result<(Vec<RunRow>, Vec<OpRow>), TestnetError> {
         if !self.run.traced {
-            return self.execute_once(strategy).map(|(done, _)| done);
+            return self.execute_once(strategy).map(|pass| (pass.rows, pass.ops));
         }
         let first_dir = self.dir.join("first");
         crate::net::scratch_dir(&first_dir)?;
         let first = RunContext { dir: &first_dir, ..*self };
-        let ((mut rows, mut ops), traces) = first.execute_once(strategy)?;
+        let Pass { mut rows, mut ops, traces } = first.execute_once(strategy)?;
         if traces.is_empty() {
             return Err(TestnetError::Run(format!(
                 "{}: the first lazy boot recorded no trace",
@@ -226,18 +226,14 @@ impl RunContext<'_> {
         let traced_dir = self.dir.join("traced");
         crate::net::scratch_dir(&traced_dir)?;
         let traced = RunContext { dir: &traced_dir, keep: &traces, ..*self };
-        let ((more, more_ops), _) = traced.execute_once(strategy)?;
-        rows.extend(more);
-        ops.extend(more_ops);
+        let more = traced.execute_once(strategy)?;
+        rows.extend(more.rows);
+        ops.extend(more.ops);
         Ok((rows, ops))
     }
 
     /// One cluster's deployments, with the boot traces its first deploy recorded.
-    #[allow(clippy::type_complexity)]
-    fn execute_once(
-        &self,
-        strategy: Strategy,
-    ) -> Result<((Vec<RunRow>, Vec<OpRow>), Vec<RecordedTrace>), TestnetError> {
+    fn execute_once(&self, strategy: Strategy) -> Result<Pass, TestnetError> {
         let n = self.hosts.len() - 1;
         let staging = self.staging();
         let _span =
@@ -291,7 +287,7 @@ impl RunContext<'_> {
         for (row, expected) in rows.iter_mut().zip(held) {
             row.verified = verify(&cluster, &expected, self.images)?;
         }
-        Ok(((rows, ops), traces))
+        Ok(Pass { rows, ops, traces })
     }
 
     /// Scrapes every live host's metrics endpoint into `dir/NAME.prom`.
@@ -759,6 +755,13 @@ impl RunContext<'_> {
 /// The hosts that ran a VM of a deployment and finished, with the image they hold.
 /// What a run's deployments did: a row per deployment, the lifecycle operations timed,
 /// and per deployment the hosts that should hold its image.
+/// One cluster's rows and operations, and the boot traces its first deploy recorded.
+struct Pass {
+    rows: Vec<RunRow>,
+    ops: Vec<OpRow>,
+    traces: Vec<RecordedTrace>,
+}
+
 struct Deployed {
     rows: Vec<RunRow>,
     ops: Vec<OpRow>,
