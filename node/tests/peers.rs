@@ -249,16 +249,9 @@ async fn a_peer_sending_a_bad_chunk_is_caught_before_anything_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_peer_is_dropped_and_the_chunks_come_from_another() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys: Vec<identity::Keypair> =
-        (0..3).map(|_| identity::Keypair::generate_ed25519()).collect();
-    let [ka, kb, kc] = [&keys[0], &keys[1], &keys[2]];
-    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
-    let c = Arc::new(Store::open(&dir.path().join("c")).expect("store c"));
-    let img = dir.path().join("x.img");
-    let data = noise(2 << 20, 12);
-    std::fs::write(&img, &data).expect("write");
-    let report = a.import(&img, None, &()).expect("import");
-    let manifest = a.manifest(&report.manifest).expect("manifest");
+    let [ka, kb, kc] = &keypairs();
+    let (a, c) = source_and_receiver(dir.path());
+    let (manifest, data) = imported(&a, dir.path(), 2, 12);
 
     // b is a corrupting copy of a; c pulls from b first, then a.
     let grants = Arc::new(Grants::default());
@@ -449,9 +442,20 @@ async fn a_request_that_arrives_just_before_its_grant_is_served() {
     pb.shutdown().await;
 }
 
+/// `N` fresh peer identities.
+fn keypairs<const N: usize>() -> [identity::Keypair; N] {
+    std::array::from_fn(|_| identity::Keypair::generate_ed25519())
+}
+
+/// Two stores in `dir`: `a` (the source, empty until an image is imported) and `c`.
+fn source_and_receiver(dir: &std::path::Path) -> (Arc<Store>, Arc<Store>) {
+    let open = |n: &str| Arc::new(Store::open(&dir.join(n)).expect("store"));
+    (open("a"), open("c"))
+}
+
 /// An image of `mib` MiB of noise imported into `a`: its manifest and bytes.
 fn imported(a: &Store, dir: &std::path::Path, mib: usize, seed: u64) -> (Manifest, Vec<u8>) {
-    let img = dir.join(format!("relief-{seed}.img"));
+    let img = dir.join(format!("noise-{seed}.img"));
     let data = noise(mib << 20, seed);
     std::fs::write(&img, &data).expect("write");
     let id = a.import(&img, None, &()).expect("import").manifest;
@@ -547,16 +551,9 @@ async fn a_lazy_guest_reads_from_other_holders_when_its_source_is_lost() {
     use vw_node::lazy::nbd::{errno, BlockDevice, Errno};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys: Vec<identity::Keypair> =
-        (0..4).map(|_| identity::Keypair::generate_ed25519()).collect();
-    let [ka, kb, ks, kc] = [&keys[0], &keys[1], &keys[2], &keys[3]];
-    let a = Arc::new(Store::open(&dir.path().join("a")).expect("store a"));
-    let c = Arc::new(Store::open(&dir.path().join("c")).expect("store c"));
-    let img = dir.path().join("x.img");
-    let data = noise(4 << 20, 21);
-    std::fs::write(&img, &data).expect("write");
-    let report = a.import(&img, None, &()).expect("import");
-    let manifest = a.manifest(&report.manifest).expect("manifest");
+    let [ka, kb, ks, kc] = &keypairs();
+    let (a, c) = source_and_receiver(dir.path());
+    let (manifest, data) = imported(&a, dir.path(), 4, 21);
 
     let grants = Arc::new(Grants::default());
     let pa = start(config(ka, &[kc], &grants), a.clone()).await.expect("peer a");

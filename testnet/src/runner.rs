@@ -673,6 +673,7 @@ impl RunContext<'_> {
             .iter()
             .filter_map(|r| r.lazy)
             .fold(vw_node::report::LazyCounts::default(), |a, l| a + l);
+        let (fetch_wait, held_wait) = lazy.mean_waits_ms();
         RunRow {
             scenario: self.checked.scenario.name.clone(),
             case: case.to_owned(),
@@ -702,8 +703,8 @@ impl RunContext<'_> {
                 .map(|l| l.read as f64 / image_len as f64)
                 .fold(0.0, f64::max),
             boot_fetched: lazy.fetched,
-            fetch_wait_ms: lazy.mean_waits_ms().0.unwrap_or(0.0),
-            held_wait_ms: lazy.mean_waits_ms().1.unwrap_or(0.0),
+            fetch_wait_ms: fetch_wait.unwrap_or(0.0),
+            held_wait_ms: held_wait.unwrap_or(0.0),
             ..RunRow::default()
         }
     }

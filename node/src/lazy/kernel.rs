@@ -40,8 +40,8 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most NBD devices looked at.
 const MAX_DEVICES: u32 = 256;
 
-/// A lazy disk attached as `/dev/nbdN`; [`KernelDevice::detach`] (or dropping it)
-/// disconnects it.
+/// A lazy disk attached as `/dev/nbdN`; dropping it disconnects it (waiting for the
+/// device to stop, bounded: see `stop`).
 #[derive(Debug)]
 pub struct KernelDevice {
     device: PathBuf,
@@ -108,11 +108,6 @@ impl KernelDevice {
     /// The block device (`/dev/nbdN`).
     pub fn path(&self) -> &Path {
         &self.device
-    }
-
-    /// Disconnects the device and waits for it to stop.
-    pub fn detach(mut self) {
-        self.stop();
     }
 
     /// Asks the device to disconnect (the kernel sends the server a disconnect once its
