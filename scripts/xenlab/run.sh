@@ -10,7 +10,8 @@
 # consoles and the scenario's results. Environment: VW_XENLAB_CACHE (build.sh's cache),
 # VW_BIN (folder with vw and vwd; default $CARGO_TARGET_DIR/debug), VW_XENLAB_ACCEL
 # (tcg or kvm; default: kvm if a probe boots a stock kernel with it, else tcg),
-# VW_XENLAB_TIMEOUT (seconds for the whole run, default 3600). A scenario that sets
+# VW_XENLAB_TIMEOUT (seconds for the whole run, default 3600), VW_SCENARIO_* (passed to
+# the scenario in every dom0, e.g. VW_SCENARIO_WARM=1 for lazy's warm runs). A scenario that sets
 # PACKAGE=1 installs vw from its Debian package in each fresh dom0 and configures it as
 # an operator would: the run then brings only the package (VW_DEB, default the newest
 # target/debian/vw_*.deb, from scripts/package/build.sh), the lab's cluster settings
@@ -75,7 +76,12 @@ log "$SCENARIO: $HOSTS host(s), acceleration $ACCEL"
 # ---- the share every dom0 mounts: binaries, configs, keys, the scenario --------------
 mkdir -p "$SHARE/out"
 cp "$here/dom0/host.sh" "$SHARE/host.sh"
-cp "$here/scenarios/$SCENARIO.sh" "$SHARE/scenario.sh"
+# The scenario as each dom0 sources it, after the VW_SCENARIO_* settings of this run
+# (the dom0s do not inherit this environment).
+{
+  for v in $(compgen -v VW_SCENARIO_ || true); do printf '%s=%q\n' "$v" "${!v}"; done
+  cat "$here/scenarios/$SCENARIO.sh"
+} > "$SHARE/scenario.sh"
 cp -r "$here/workspaces" "$SHARE/workspaces"
 echo "$ACCEL" > "$SHARE/accel"
 install -m 0600 "$C/lab_key" "$SHARE/lab_key"

@@ -6,7 +6,7 @@
 #   lazy-cold, full-cold   host 2's copy evicted first (vw image rm, vw gc); lazy-cold
 #                          is the image's first lazy boot: vw keeps its boot trace
 #   lazy-traced            cold again, with that trace (its chunks fetched first)
-#   full-warm, lazy-warm   (LAZY_WARM=1) host 2 holds the image from the run before
+#   full-warm, lazy-warm   (VW_SCENARIO_WARM=1) host 2 holds the image from the run before
 # Each deploy's report (--json) is kept; scripts/experiments/lazy-lab.py makes the
 # table from them.
 HOSTS=2 HOST_CPUS=1 HOST_MEM=3072 DOM0_MEM=768
@@ -59,7 +59,7 @@ on_head_host() {
   evict && run lazy-cold --lazy || rc=1
   evict && run full-cold || rc=1
   evict && run lazy-traced --lazy || rc=1
-  [ "${LAZY_WARM:-0}" = 1 ] && { run full-warm || rc=1; run lazy-warm --lazy || rc=1; }
+  [ "${VW_SCENARIO_WARM:-0}" = 1 ] && { run full-warm || rc=1; run lazy-warm --lazy || rc=1; }
   {
     echo "# lazy on $(cat /vwlab/accel) Xen"
     echo
