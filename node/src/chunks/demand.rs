@@ -10,6 +10,14 @@
 //! answers `Missing` at once and the next is asked; one that sends a bad chunk is
 //! dropped for the whole stage. One that cannot be reached is asked last (and once)
 //! for the next [`UNREACHABLE_FOR`], so a lost source costs each later read nothing.
+//!
+//! A chunk the cascade is about to bring is not fetched: an urgent stream makes the
+//! cascade give way, and a boot that reads in the order the cascade brings (a boot
+//! trace's order, or the image's) would then get each chunk a round trip apart instead
+//! of at the link's rate. A read of a chunk at most [`AHEAD`] chunks past the front of
+//! the stage stream that asks for it ([`Demand::follow`]) waits for it while that
+//! stream moves (its front still for [`STALLED`]: it is stuck), at most
+//! [`CASCADE_WAIT`], and is fetched urgently after that.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +39,15 @@ const OPEN_WAIT: Duration = Duration::from_secs(60);
 
 /// How long a holder that could not be reached is asked last.
 pub const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
+
+/// How far past its stream's front a chunk may be for a read to wait for the cascade:
+/// a stream's credit window, the chunks its sender has already been asked to send.
+pub const AHEAD: usize = super::WINDOW as usize;
+/// A read waiting for the cascade fetches the chunk itself once its stream's front has
+/// not moved for this long.
+pub const STALLED: Duration = Duration::from_millis(250);
+/// Longest a read waits for the cascade before it fetches the chunk itself.
+pub const CASCADE_WAIT: Duration = Duration::from_secs(2);
 
 /// One image a stage stages: what its chunks are fetched for, and from whom.
 #[derive(Clone, Debug)]
@@ -59,6 +76,8 @@ struct Inner {
     opened: tokio::sync::watch::Sender<bool>,
     /// Holders whose streams could not be opened, and when.
     unreachable: Mutex<HashMap<PeerId, Instant>>,
+    /// The order the stage's streams ask for chunks in.
+    queues: Mutex<Queues>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -85,7 +104,14 @@ impl Demand {
             intake: RwLock::new(None),
             opened,
             unreachable: Mutex::default(),
+            queues: Mutex::default(),
         }))
+    }
+
+    /// The stage's streams, each the chunks it asks for in order: a read of a chunk
+    /// near a stream's front waits for the stream (see the module doc).
+    pub fn follow(&self, streams: impl IntoIterator<Item = Vec<ChunkId>>) {
+        *self.0.queues.lock().expect("demand lock") = Queues::new(streams);
     }
 
     /// Starts demand fetching into `intake`.
@@ -113,8 +139,8 @@ impl Supply for Demand {
             let Some(intake) = intake.as_ref() else {
                 return Err("the stage is over".to_owned());
             };
-            if intake.has(&id).map_err(|e| e.to_string())? {
-                return Ok(()); // it arrived meanwhile
+            if inner.brought_by_cascade(id, intake).await.map_err(|e| e.to_string())? {
+                return Ok(()); // it arrived meanwhile, or the cascade brought it
             }
             let Some(image) = inner.of.get(&id).map(|&i| &inner.images[i]) else {
                 return Err("no image of this stage lists it".to_owned());
@@ -125,6 +151,37 @@ impl Supply for Demand {
 }
 
 impl Inner {
+    /// Whether chunk `id` is here, once the cascade has brought it if it is about to
+    /// (see the module doc). Cancel-safe.
+    async fn brought_by_cascade(&self, id: ChunkId, intake: &Intake) -> Result<bool, PeerError> {
+        let mut arrivals = intake.arrivals();
+        let until = Instant::now() + CASCADE_WAIT;
+        let mut last: Option<(usize, Instant)> = None;
+        loop {
+            if intake.has(&id)? {
+                return Ok(true);
+            }
+            let mut has = |c: &ChunkId| intake.has(c).unwrap_or(false);
+            let Some(place) = self.queues.lock().expect("demand lock").place(&id, &mut has) else {
+                return Ok(false);
+            };
+            let now = Instant::now();
+            // When the stream's front last moved.
+            let moved = match last {
+                Some((front, at)) if front == place.front => at,
+                _ => now,
+            };
+            last = Some((place.front, moved));
+            let wait = until.min(moved + STALLED).saturating_duration_since(now);
+            if place.ahead > AHEAD || wait.is_zero() {
+                return Ok(false);
+            }
+            if let Ok(Err(_)) = tokio::time::timeout(wait, arrivals.changed()).await {
+                return intake.has(&id); // the intake is gone
+            }
+        }
+    }
+
     /// Fetches one chunk on an urgent stream from the first of `image`'s holders that
     /// sends it, into `intake`. Holders found unreachable lately are asked last, once;
     /// the others are asked again (twice) if their stream fails at once, since a stream
@@ -193,5 +250,79 @@ impl Inner {
         } else {
             format!("asked {} holders: {}", tried.len(), tried.join("; "))
         })
+    }
+}
+
+/// The stage's streams' queues: where each chunk is in the stream that asks for it, and
+/// how far each stream has come.
+#[derive(Debug, Default)]
+struct Queues {
+    queues: Vec<Vec<ChunkId>>,
+    /// Each chunk's stream and place in it (the first stream that asks for it).
+    at: HashMap<ChunkId, (usize, usize)>,
+    /// Each stream's front: its first chunk not yet here (or past, none).
+    fronts: Vec<usize>,
+}
+
+impl Queues {
+    fn new(streams: impl IntoIterator<Item = Vec<ChunkId>>) -> Self {
+        let queues: Vec<Vec<ChunkId>> = streams.into_iter().collect();
+        let mut at = HashMap::new();
+        for (q, queue) in queues.iter().enumerate() {
+            for (i, id) in queue.iter().enumerate() {
+                at.entry(*id).or_insert((q, i));
+            }
+        }
+        let fronts = vec![0; queues.len()];
+        Queues { queues, at, fronts }
+    }
+
+    /// Where `id` is in the stream that asks for it, moving that stream's front past
+    /// the chunks `has` says are here; `None` if no stream asks for it.
+    fn place(&mut self, id: &ChunkId, has: &mut impl FnMut(&ChunkId) -> bool) -> Option<Place> {
+        let &(q, i) = self.at.get(id)?;
+        let (queue, front) = (&self.queues[q], &mut self.fronts[q]);
+        while *front < queue.len() && has(&queue[*front]) {
+            *front += 1;
+        }
+        Some(Place { front: *front, ahead: i.saturating_sub(*front) })
+    }
+}
+
+/// A chunk's place in its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Place {
+    /// The stream's front: how many of its chunks, from its start, are here.
+    front: usize,
+    /// How many chunks past the front the chunk is (0: it is next).
+    ahead: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn a_chunk_is_as_far_ahead_as_its_stream_has_yet_to_bring() {
+        let mut q = Queues::new([vec![id(1), id(2), id(3), id(4)], vec![id(5), id(2)]]);
+        let mut here: Vec<ChunkId> = Vec::new();
+        let ahead = |q: &mut Queues, c: u8, here: &[ChunkId]| {
+            q.place(&id(c), &mut |x| here.contains(x)).map(|p| (p.front, p.ahead))
+        };
+        assert_eq!(ahead(&mut q, 4, &here), Some((0, 3)));
+        assert_eq!(ahead(&mut q, 1, &here), Some((0, 0)));
+        // The second stream's chunk 2 is the first stream's: its place there counts.
+        assert_eq!(ahead(&mut q, 2, &here), Some((0, 1)));
+        here.extend([id(1), id(2)]);
+        assert_eq!(ahead(&mut q, 4, &here), Some((2, 1)));
+        assert_eq!(ahead(&mut q, 5, &here), Some((0, 0)));
+        // A chunk that arrived out of order does not move the front past one missing.
+        here.push(id(4));
+        assert_eq!(ahead(&mut q, 4, &here), Some((2, 1)));
+        assert_eq!(ahead(&mut q, 9, &here), None);
     }
 }

@@ -59,6 +59,8 @@ pub struct Intake {
     lazy: Vec<Arc<LazyDisk>>,
     /// The stage's urgent fetches: its other streams give way to them.
     urgency: Arc<Urgency>,
+    /// Chunks taken so far: a guest waiting for one the cascade brings watches it.
+    arrivals: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -139,6 +141,7 @@ impl Intake {
             hidden: Default::default(),
             lazy: Vec::new(),
             urgency: Arc::default(),
+            arrivals: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -152,6 +155,11 @@ impl Intake {
     /// The stage's urgent fetches, which its other streams give way to.
     pub fn urgency(&self) -> &Arc<Urgency> {
         &self.urgency
+    }
+
+    /// Changes each time a chunk is taken (counting them).
+    pub fn arrivals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.arrivals.subscribe()
     }
 
     /// Caps what every stream into this intake receives, together (beside any cap
@@ -216,16 +224,22 @@ impl Intake {
         for cap in &self.download {
             cap.take(wire as u64).await;
         }
-        if !self.received.lock().expect("intake lock").insert(id) {
+        if self.received.lock().expect("intake lock").contains(&id) {
             return true; // another stream brought it first
         }
-        self.bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Landed before it counts as here: a guest told it has arrived finds it in its
+        // disk. Two streams bringing it at once both land it, which writes nothing twice.
         for disk in &self.lazy {
             if let Err(e) = disk.place(&id, &data) {
                 // The guest's read of it fails, naming it; the stage goes on.
                 tracing::warn!(disk = ?disk, error = %e, "a chunk did not land in a lazy disk");
             }
         }
+        if !self.received.lock().expect("intake lock").insert(id) {
+            return true;
+        }
+        self.arrivals.send_modify(|n| *n += 1);
+        self.bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if let Some(relay) = &self.relay {
             relay.arrived(id, data.clone());
         }

@@ -934,6 +934,11 @@ impl HostService {
                 streams.push((peers, purpose(manifest), wanted, Floor::planned(pull.rate)));
             }
         }
+        if let Some(demand) = demand {
+            demand.follow(
+                streams.iter().map(|(_, _, wanted, _)| wanted.iter().map(|c| c.id).collect()),
+            );
+        }
         let mut pulls =
             futures::stream::iter(streams.into_iter().map(|(peers, purpose, wanted, floor)| {
                 let mut control = self.chunks.clone();

@@ -337,10 +337,10 @@ impl BlockDevice for LazyDisk {
             }
             st.counts.read += buf.len() as u64;
         }
-        for i in range {
-            if let Err(f) = self.ensure(i).await {
-                return Err(self.failed(f));
-            }
+        // The chunks a read spans come at once, not one round trip after another.
+        let ensured = futures::future::join_all(range.map(|i| self.ensure(i))).await;
+        if let Some(f) = ensured.into_iter().find_map(Result::err) {
+            return Err(self.failed(f));
         }
         self.file.read_exact_at(buf, offset).map_err(|e| {
             self.failed(ReadFailure {

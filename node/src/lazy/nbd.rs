@@ -324,68 +324,129 @@ pub struct Served {
     pub errors: u64,
 }
 
-/// Serves `device` on a connection in transmission, one request at a time, until the
-/// client disconnects (`Ok`) or breaks the protocol. Not cancel-safe: a request in
-/// progress is lost with the connection.
+/// Requests a connection has in progress at once (the kernel's driver keeps up to its
+/// queue depth outstanding): a read that waits for a chunk does not hold up the reads
+/// behind it.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// Bytes of requests a connection holds at once (read buffers and write data): the
+/// largest request fits.
+pub const MAX_IN_FLIGHT_BYTES: u32 = 2 * MAX_REQUEST;
+
+/// A request read off the connection, with its data and its share of
+/// [`MAX_IN_FLIGHT_BYTES`].
+struct Job {
+    request: Request,
+    data: Vec<u8>,
+    _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Serves `device` on a connection in transmission until the client disconnects
+/// (`Ok`, once every request in progress is answered) or breaks the protocol. Up to
+/// [`MAX_IN_FLIGHT`] requests run at once and are answered as each completes, in any
+/// order (the client matches replies by cookie). Not cancel-safe: requests in
+/// progress are lost with the connection.
 pub async fn serve<S, D>(io: &mut S, device: &D) -> Result<Served, NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     D: BlockDevice,
 {
     let size = device.size();
-    let mut served = Served::default();
-    let mut header = [0u8; Request::LEN];
-    let mut buf = Vec::new();
-    loop {
-        match io.read_exact(&mut header).await {
-            Ok(_) => {}
-            // A client that closes instead of sending DISC is done all the same.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(served),
-            Err(e) => return Err(e.into()),
-        }
-        let r = Request::parse(&header)?;
-        if r.kind == CMD_WRITE && r.len > MAX_REQUEST {
-            return Err(protocol(format!("a write of {} bytes (at most {MAX_REQUEST})", r.len)));
-        }
-        let result = match r.kind {
-            CMD_READ if r.len <= MAX_REQUEST && r.inside(size) => {
-                buf.resize(r.len as usize, 0);
-                let read = device.read(r.offset, &mut buf).await;
-                served.reads += 1;
-                read.map(|()| &buf[..])
+    let (mut rx, mut tx) = tokio::io::split(io);
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(MAX_IN_FLIGHT);
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_BYTES as usize));
+    let reading = async move {
+        let mut header = [0u8; Request::LEN];
+        loop {
+            match rx.read_exact(&mut header).await {
+                Ok(_) => {}
+                // A client that closes instead of sending DISC is done all the same.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(NbdError::from(e)),
             }
-            CMD_WRITE => {
-                buf.resize(r.len as usize, 0);
-                io.read_exact(&mut buf).await?;
-                served.writes += 1;
-                if r.inside(size) {
-                    device
-                        .write(r.offset, &buf, r.flags & CMD_FLAG_FUA != 0)
-                        .await
-                        .map(|()| &[][..])
-                } else {
-                    Err(Errno(errno::ENOSPC))
+            let r = Request::parse(&header)?;
+            let bytes = match r.kind {
+                CMD_WRITE if r.len > MAX_REQUEST => {
+                    return Err(protocol(format!(
+                        "a write of {} bytes (at most {MAX_REQUEST})",
+                        r.len
+                    )))
                 }
+                CMD_WRITE => r.len,
+                CMD_READ if r.len <= MAX_REQUEST => r.len,
+                CMD_DISC => return Ok(()),
+                _ => 0,
+            };
+            let permit = std::sync::Arc::clone(&budget)
+                .acquire_many_owned(bytes)
+                .await
+                .expect("the budget is never closed");
+            let mut data = Vec::new();
+            if r.kind == CMD_WRITE {
+                data.resize(r.len as usize, 0);
+                rx.read_exact(&mut data).await?;
             }
-            CMD_FLUSH => device.flush().await.map(|()| &[][..]),
-            CMD_DISC => return Ok(served),
-            _ => Err(Errno(errno::EINVAL)),
-        };
-        let (error, data) = match result {
-            Ok(data) => (0, data),
-            Err(Errno(e)) => {
-                served.errors += 1;
-                (e, &[][..])
+            if jobs.send(Job { request: r, data, _budget: permit }).await.is_err() {
+                return Ok(()); // the replies' side ended, with its error
             }
-        };
-        let mut head = [0u8; 16];
-        head[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-        head[4..8].copy_from_slice(&error.to_be_bytes());
-        head[8..16].copy_from_slice(&r.cookie.to_be_bytes());
-        io.write_all(&head).await?;
-        io.write_all(data).await?;
-        io.flush().await?;
-    }
+        }
+    };
+    let answering = async {
+        let mut served = Served::default();
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                job = queue.recv(), if open => match job {
+                    Some(job) => running.push(run(device, size, job)),
+                    None => open = false,
+                },
+                Some((job, result)) = futures::StreamExt::next(&mut running) => {
+                    let Job { request: r, .. } = job;
+                    match r.kind {
+                        CMD_READ => served.reads += 1,
+                        CMD_WRITE => served.writes += 1,
+                        _ => {}
+                    }
+                    let (error, data) = match &result {
+                        Ok(data) => (0, &data[..]),
+                        Err(Errno(e)) => {
+                            served.errors += 1;
+                            (*e, &[][..])
+                        }
+                    };
+                    let mut head = [0u8; 16];
+                    head[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+                    head[4..8].copy_from_slice(&error.to_be_bytes());
+                    head[8..16].copy_from_slice(&r.cookie.to_be_bytes());
+                    tx.write_all(&head).await?;
+                    tx.write_all(data).await?;
+                    tx.flush().await?;
+                }
+                else => return Ok::<_, NbdError>(served),
+            }
+        }
+    };
+    let ((), served) = tokio::try_join!(reading, answering)?;
+    Ok(served)
+}
+
+/// Does one request: its reply's data, or the errno.
+async fn run<D: BlockDevice>(device: &D, size: u64, job: Job) -> (Job, Result<Vec<u8>, Errno>) {
+    let r = job.request;
+    let result = match r.kind {
+        CMD_READ if r.len <= MAX_REQUEST && r.inside(size) => {
+            let mut buf = vec![0; r.len as usize];
+            device.read(r.offset, &mut buf).await.map(|()| buf)
+        }
+        CMD_WRITE if r.inside(size) => device
+            .write(r.offset, &job.data, r.flags & CMD_FLAG_FUA != 0)
+            .await
+            .map(|()| Vec::new()),
+        CMD_WRITE => Err(Errno(errno::ENOSPC)),
+        CMD_FLUSH => device.flush().await.map(|()| Vec::new()),
+        _ => Err(Errno(errno::EINVAL)),
+    };
+    (job, result)
 }
 
 /// A client of one export: sequential requests with simple replies. What the
@@ -590,6 +651,59 @@ mod tests {
         c.disconnect().await.expect("test step");
         let served = task.await.expect("test step").expect("clean end");
         assert_eq!((served.writes, served.errors), (1, 4));
+    }
+
+    /// A read that waits (for a chunk on its way) does not hold up the reads behind
+    /// it: they are answered first, and the waiting one once it can be.
+    #[tokio::test]
+    async fn a_waiting_read_does_not_hold_up_the_next() {
+        /// Reads at 0 wait until a read elsewhere has been made.
+        struct Gate(Ram, tokio::sync::Notify);
+        impl BlockDevice for Gate {
+            fn size(&self) -> u64 {
+                self.0.size()
+            }
+            async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+                if offset == 0 {
+                    self.1.notified().await;
+                } else {
+                    self.1.notify_one();
+                }
+                self.0.read(offset, buf).await
+            }
+            async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Errno> {
+                self.0.write(offset, data, fua).await
+            }
+            async fn flush(&self) -> Result<(), Errno> {
+                Ok(())
+            }
+        }
+        let (mut io, mut end) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(async move {
+            let dev = Gate(ram(), tokio::sync::Notify::new());
+            serve(&mut end, &dev).await
+        });
+        for (cookie, offset) in [(1u64, 0u64), (2, 8192)] {
+            let r = Request { flags: 0, kind: CMD_READ, cookie, offset, len: 16 };
+            io.write_all(&r.encode()).await.expect("test step");
+        }
+        let mut answered = Vec::new();
+        for _ in 0..2 {
+            let mut reply = [0u8; 16 + 16];
+            tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut reply))
+                .await
+                .expect("answered, not held up behind the waiting read")
+                .expect("test step");
+            let cookie = u64::from_be_bytes(reply[8..16].try_into().expect("8 bytes"));
+            let at = if cookie == 1 { 0 } else { 8192 };
+            let want: Vec<u8> = (at..at + 16u32).map(|i| (i % 251) as u8).collect();
+            assert_eq!(reply[16..], want[..], "reply to {cookie}");
+            answered.push(cookie);
+        }
+        assert_eq!(answered, [2, 1]);
+        drop(io);
+        let served = task.await.expect("test step").expect("clean end");
+        assert_eq!((served.reads, served.errors), (2, 0));
     }
 
     #[tokio::test]
