@@ -369,7 +369,7 @@ pub(crate) fn ready_text(ready: &[VmReady]) -> String {
                     };
                     let (fetch, local) = l.mean_waits_ms();
                     s.push_str(&format!(
-                        "\n{:<width$}  {:>9}  lazy disks before ready: read {}, fetched {} at once ({} chunks{}), {} held here{}",
+                        "\n{:<width$}  {:>9}  lazy disks before ready: read {}, {} missing when read ({} chunks{}), {} held here{}",
                         "",
                         "",
                         bytes(l.read),

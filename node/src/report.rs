@@ -230,8 +230,8 @@ pub struct LazyCounts {
     pub read: u64,
     /// Bytes the guest wrote.
     pub written: u64,
-    /// Chunks fetched from other hosts at once because the guest read them before the
-    /// stage brought them.
+    /// Chunks the guest read before the stage had brought them: fetched at once from
+    /// other hosts, or waited for when the cascade was about to bring them.
     pub fetched_chunks: u64,
     /// Their bytes.
     pub fetched: u64,
@@ -243,12 +243,12 @@ pub struct LazyCounts {
     pub local_chunks: u64,
     /// Microseconds guest reads waited for those.
     pub local_micros: u64,
-    /// Microseconds guest reads waited for chunks fetched at once (`fetched_chunks`).
+    /// Microseconds guest reads waited for those (`fetched_chunks`).
     pub fetch_micros: u64,
 }
 
 impl LazyCounts {
-    /// The mean wait of a guest's read for a chunk fetched at once, and for a held one
+    /// The mean wait of a guest's read for a chunk missing when read, and for a held one
     /// read from the store, in milliseconds (`None` if there were none).
     pub fn mean_waits_ms(&self) -> (Option<f64>, Option<f64>) {
         let mean = |micros: u64, n: u64| (n > 0).then(|| micros as f64 / n as f64 / 1e3);

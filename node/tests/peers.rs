@@ -579,7 +579,7 @@ async fn a_lazy_guest_reads_from_other_holders_when_its_source_is_lost() {
             .expect("lazy disk"),
     );
     let intake = Arc::new(Intake::start(c.clone(), None).with_lazy(vec![disk.clone()]));
-    demand.open(intake.clone()).await;
+    demand.open(&intake).await;
     let gone = [ps.id(), pa.id()];
     ps.shutdown().await; // the source is lost before the guest boots
 
@@ -606,7 +606,7 @@ async fn a_lazy_guest_reads_from_other_holders_when_its_source_is_lost() {
     for p in gone {
         assert!(why.contains(&p.to_string()), "names {p}: {why}");
     }
-    drop(demand.close().await);
+    demand.close().await;
     drop(disk);
     Arc::try_unwrap(intake).expect("the stage's intake").finish().await.expect("durable");
     for p in [pb, pc] {

@@ -195,7 +195,7 @@ pub fn summary(title: &str, runs: &[RunRow], ops: &[OpRow], notes: &[String]) ->
     }
     if runs.iter().any(|r| r.staging.starts_with("lazy")) {
         s.push_str(
-            "| case | method | N | staging | ready s | full staging's ready s | × full | most read before ready (share of image) | fetched on demand MB | wait per fetched chunk ms | per held chunk ms |\n\
+            "| case | method | N | staging | ready s | full staging's ready s | × full | most read before ready (share of image) | missing when read MB | wait per missing chunk ms | per held chunk ms |\n\
              |---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in runs.iter().filter(|r| r.staging.starts_with("lazy")) {

@@ -3,7 +3,7 @@
 //! its sender answers from what it holds now, and the stage's other streams give way
 //! while it runs. It goes through the stage's [`Intake`] like every other chunk, so it
 //! is verified, stored, forwarded to this host's children and landed in the lazy disks
-//! exactly once.
+//! exactly once. Reads waiting for the same chunk share its one fetch.
 //!
 //! Holders are asked in the image's order: the planned senders (they have sent or hold
 //! most of it), then the fallback peers (the source last). One that lacks the chunk
@@ -20,7 +20,7 @@
 //! [`CASCADE_WAIT`], and is fetched urgently after that.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -69,8 +69,11 @@ struct Inner {
     images: Vec<DemandImage>,
     /// Which image each chunk is asked for as.
     of: HashMap<ChunkId, usize>,
-    /// The stage's intake, until the stage ends ([`Demand::close`]).
-    intake: RwLock<Option<Arc<Intake>>>,
+    /// The stage's intake, until the stage ends ([`Demand::close`]). Not owned: the
+    /// intake lands chunks in the lazy disks, whose supply this is, and a stage that
+    /// ends without closing (an error) must not leave that cycle, and the intake's
+    /// writer thread, alive.
+    intake: RwLock<Option<Weak<Intake>>>,
     /// Set once the intake is given ([`Demand::open`]): a read before waits for it (the
     /// kernel reads a device as soon as it is attached, before the stage has started).
     opened: tokio::sync::watch::Sender<bool>,
@@ -78,7 +81,12 @@ struct Inner {
     unreachable: Mutex<HashMap<PeerId, Instant>>,
     /// The order the stage's streams ask for chunks in.
     queues: Mutex<Queues>,
+    /// The fetches under way, each chunk's answer to come.
+    flying: Mutex<HashMap<ChunkId, Answer>>,
 }
+
+/// A fetch's result, once it has one.
+type Answer = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,6 +113,7 @@ impl Demand {
             opened,
             unreachable: Mutex::default(),
             queues: Mutex::default(),
+            flying: Mutex::default(),
         }))
     }
 
@@ -115,42 +124,72 @@ impl Demand {
     }
 
     /// Starts demand fetching into `intake`.
-    pub async fn open(&self, intake: Arc<Intake>) {
-        *self.0.intake.write().await = Some(intake);
+    pub async fn open(&self, intake: &Arc<Intake>) {
+        *self.0.intake.write().await = Some(Arc::downgrade(intake));
         self.0.opened.send_replace(true);
     }
 
-    /// Ends demand fetching once those in flight are done, and gives the intake back.
-    /// A demand after this fails (the chunks are then in the store).
-    pub async fn close(&self) -> Option<Arc<Intake>> {
-        self.0.intake.write().await.take()
+    /// Ends demand fetching once those in flight are done. A demand after this fails
+    /// (the chunks are then in the store).
+    pub async fn close(&self) {
+        self.0.intake.write().await.take();
     }
 }
 
 impl Supply for Demand {
+    /// One fetch per chunk however many reads wait for it (concurrent requests of a
+    /// guest often share a chunk); it runs to its end even if they give up.
     fn fetch(&self, id: ChunkId, len: u32) -> BoxFuture<'static, Result<(), String>> {
         let inner = Arc::clone(&self.0);
+        let mut answer = {
+            let mut flying = inner.flying.lock().expect("demand lock");
+            match flying.get(&id) {
+                Some(answer) => answer.clone(),
+                None => {
+                    let (tx, answer) = tokio::sync::watch::channel(None);
+                    flying.insert(id, answer.clone());
+                    let fetching = Arc::clone(&inner);
+                    let task = async move {
+                        let result = fetching.fetch_once(id, len).await;
+                        fetching.flying.lock().expect("demand lock").remove(&id);
+                        tx.send_replace(Some(result));
+                    };
+                    tokio::spawn(task.in_current_span());
+                    answer
+                }
+            }
+        };
         Box::pin(async move {
-            let mut opened = inner.opened.subscribe();
-            if tokio::time::timeout(OPEN_WAIT, opened.wait_for(|o| *o)).await.is_err() {
-                return Err(format!("the stage did not start fetching within {OPEN_WAIT:?}"));
+            match answer.wait_for(Option::is_some).await {
+                Ok(result) => result.clone().unwrap_or_else(|| Err("no answer".to_owned())),
+                Err(_) => Err("the fetch ended without an answer".to_owned()),
             }
-            let intake = inner.intake.read().await;
-            let Some(intake) = intake.as_ref() else {
-                return Err("the stage is over".to_owned());
-            };
-            if inner.brought_by_cascade(id, intake).await.map_err(|e| e.to_string())? {
-                return Ok(()); // it arrived meanwhile, or the cascade brought it
-            }
-            let Some(image) = inner.of.get(&id).map(|&i| &inner.images[i]) else {
-                return Err("no image of this stage lists it".to_owned());
-            };
-            inner.fetch_urgent(image, ChunkRef { id, len }, intake).await
         })
     }
 }
 
 impl Inner {
+    /// Fetches chunk `id` at once, unless it is here or the cascade is about to bring it.
+    async fn fetch_once(&self, id: ChunkId, len: u32) -> Result<(), String> {
+        let mut opened = self.opened.subscribe();
+        if tokio::time::timeout(OPEN_WAIT, opened.wait_for(|o| *o)).await.is_err() {
+            return Err(format!("the stage did not start fetching within {OPEN_WAIT:?}"));
+        }
+        // Held until the fetch ends: the stage's close waits for it.
+        let open = self.intake.read().await;
+        let Some(intake) = open.as_ref().and_then(Weak::upgrade) else {
+            return Err("the stage is over".to_owned());
+        };
+        let intake = &*intake;
+        if self.brought_by_cascade(id, intake).await.map_err(|e| e.to_string())? {
+            return Ok(()); // it arrived meanwhile, or the cascade brought it
+        }
+        let Some(image) = self.of.get(&id).map(|&i| &self.images[i]) else {
+            return Err("no image of this stage lists it".to_owned());
+        };
+        self.fetch_urgent(image, ChunkRef { id, len }, intake).await
+    }
+
     /// Whether chunk `id` is here, once the cascade has brought it if it is about to
     /// (see the module doc). Cancel-safe.
     async fn brought_by_cascade(&self, id: ChunkId, intake: &Intake) -> Result<bool, PeerError> {

@@ -734,7 +734,7 @@ impl HostService {
             .cloned()
             .collect();
         let intake = Arc::new(self.intake(order, &prepared, disks.clone()));
-        demand.open(Arc::clone(&intake)).await;
+        demand.open(&intake).await;
         self.lazy.keep(&stage);
         let report = StageReport {
             lacked: prepared.lacking.bytes,
@@ -762,7 +762,10 @@ impl HostService {
                     &progress,
                 )
                 .await?;
-            this.staged(spec, &vo, share, prepared, pulled, Some(disks), &progress).await
+            let report =
+                this.staged(spec, &vo, share, prepared, pulled, Some(disks), &progress).await?;
+            this.lazy.hand_over_whole().await;
+            Ok(report)
         };
         let span = tracing::info_span!("settle", stage = %order.stage);
         let task = tokio::spawn(tracing::Instrument::instrument(rest, span));

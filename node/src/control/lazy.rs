@@ -28,8 +28,8 @@ use crate::report::LazyCounts;
 /// How a lazy disk reaches the hypervisor; dropping it stops serving.
 #[derive(Debug)]
 enum Served {
-    /// `/dev/nbdN` (the `xl` driver).
-    Kernel(#[allow(dead_code)] KernelDevice),
+    /// `/dev/dm-N` over `/dev/nbdN` (the `xl` driver); locked while handed over.
+    Kernel(Arc<Mutex<KernelDevice>>),
     /// A Unix socket (the simulated driver's guest).
     Socket(#[allow(dead_code)] SocketExport),
 }
@@ -38,7 +38,7 @@ enum Served {
 #[derive(Debug)]
 struct ServedDisk {
     disk: Arc<LazyDisk>,
-    _served: Served,
+    served: Served,
 }
 
 /// Makes the lazy disks of one stage; see the module doc.
@@ -114,17 +114,14 @@ impl LazyAttach for LazyStage {
         let (served, target) = if self.kernel {
             let device = KernelDevice::attach(Arc::clone(&disk), Path::new("/dev"))?;
             let target = device.path().to_owned();
-            (Served::Kernel(device), target)
+            (Served::Kernel(Arc::new(Mutex::new(device))), target)
         } else {
             let socket = copy.with_extension("nbd");
             let export = SocketExport::start(Arc::clone(&disk), &label, &socket)?;
             (Served::Socket(export), socket)
         };
         tracing::info!(disk = %label, target = %target.display(), "lazy disk served");
-        self.made
-            .lock()
-            .expect("made lock")
-            .push((vm.to_owned(), ServedDisk { disk, _served: served }));
+        self.made.lock().expect("made lock").push((vm.to_owned(), ServedDisk { disk, served }));
         Ok(target)
     }
 }
@@ -153,6 +150,48 @@ impl LazyVms {
         }
         let counts = disks.iter().fold(LazyCounts::default(), |a, d| a + d.disk.counts());
         Some((counts, disks.iter().flat_map(|d| d.disk.failures()).collect()))
+    }
+
+    /// Hands every whole disk that reaches the hypervisor through the kernel over to
+    /// its local copy: its domain then reads and writes the file without vwd. A disk
+    /// that cannot be handed over (logged) goes on through vwd until its domain stops.
+    pub(crate) async fn hand_over_whole(&self) {
+        let devices: Vec<(Arc<LazyDisk>, Arc<Mutex<KernelDevice>>)> = {
+            let vms = self.0.lock().expect("lazy VMs lock");
+            vms.values()
+                .flatten()
+                .filter_map(|d| match &d.served {
+                    Served::Kernel(k) if d.disk.is_whole() => {
+                        Some((Arc::clone(&d.disk), Arc::clone(k)))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        if devices.is_empty() {
+            return;
+        }
+        // Blocking: the map waits for the NBD device's requests, served on the runtime.
+        let done = tokio::task::spawn_blocking(move || {
+            for (disk, device) in devices {
+                let mut device = device.lock().expect("kernel device lock");
+                match device.hand_over(disk.path()) {
+                    Ok(true) => tracing::info!(
+                        disk = ?disk, device = %device.path().display(),
+                        "lazy disk handed over to its local copy: vwd is out of its data path"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        disk = ?disk, error = %e,
+                        "lazy disk not handed over: its domain reads through vwd until it stops"
+                    ),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "handing lazy disks over failed");
+        }
     }
 
     /// Stops serving `vms`' disks (their domains are gone; a later load reads the

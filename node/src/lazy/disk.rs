@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
+use futures::StreamExt as _;
 use vw_chunkstore::{ChunkId, Layout, Manifest, ManifestId, Placed, Store};
 
 use super::nbd::{errno, BlockDevice, Errno};
@@ -72,6 +73,8 @@ struct State {
 
 /// Most read failures a disk keeps for its report.
 const MAX_FAILURES: usize = 16;
+/// Most chunks one read makes present at once (a read may span hundreds).
+const READ_FETCHES: usize = 8;
 
 /// A VM's disk served while its image arrives; see the module doc.
 pub struct LazyDisk {
@@ -337,10 +340,14 @@ impl BlockDevice for LazyDisk {
             }
             st.counts.read += buf.len() as u64;
         }
-        // The chunks a read spans come at once, not one round trip after another.
-        let ensured = futures::future::join_all(range.map(|i| self.ensure(i))).await;
-        if let Some(f) = ensured.into_iter().find_map(Result::err) {
-            return Err(self.failed(f));
+        // The chunks a read spans come together, not one round trip after another; a
+        // failure names the first chunk that could not be had.
+        let mut ensured =
+            futures::stream::iter(range.map(|i| self.ensure(i))).buffered(READ_FETCHES);
+        while let Some(r) = ensured.next().await {
+            if let Err(f) = r {
+                return Err(self.failed(f));
+            }
         }
         self.file.read_exact_at(buf, offset).map_err(|e| {
             self.failed(ReadFailure {

@@ -1,7 +1,10 @@
 //! A lazy disk as a kernel block device: Linux's `nbd` driver is handed one end of a
 //! socket pair already in transmission (the ioctls `nbd-client` uses), and vwd serves
-//! the other end. The domain's config names the device (`/dev/nbdN`), which Xen's
-//! block backend reads like any other.
+//! the other end. A device-mapper device over it ([`Mapping`]) is what the domain's
+//! config names (`/dev/dm-N`), which Xen's block backend reads like any other; once
+//! the copy is whole, [`KernelDevice::hand_over`] maps it onto the copy and the NBD
+//! device is disconnected. Without device-mapper, the domain reads `/dev/nbdN` and
+//! goes through vwd until it stops.
 //!
 //! The driver must be loaded (`modprobe nbd`; the Xen lab's dom0 loads it at boot). A
 //! device is free when its `/sys/block/nbdN/pid` is absent; attaching takes the first
@@ -15,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::disk::LazyDisk;
+use super::mapper::Mapping;
 use super::nbd::{self, BlockDevice as _};
 use super::LazyError;
 
@@ -40,14 +44,18 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most NBD devices looked at.
 const MAX_DEVICES: u32 = 256;
 
-/// A lazy disk attached as `/dev/nbdN`; dropping it disconnects it (waiting for the
-/// device to stop, bounded: see `stop`).
+/// A lazy disk attached as `/dev/nbdN`, mapped as `/dev/dm-N` when device-mapper is
+/// there; dropping it removes the map and disconnects the NBD device (waiting for it
+/// to stop, bounded: see `stop`).
 #[derive(Debug)]
 pub struct KernelDevice {
     device: PathBuf,
     control: File,
+    /// The device's thread, until it is stopped.
     runner: Option<std::thread::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
+    /// The map the domain reads, over the NBD device until handed over.
+    mapping: Option<Mapping>,
 }
 
 impl KernelDevice {
@@ -102,12 +110,41 @@ impl KernelDevice {
                 let _ = ioctl(fd, NBD_CLEAR_SOCK, 0);
             })
             .map_err(kernel("start its thread"))?;
-        Ok(KernelDevice { device, control, runner: Some(runner), server })
+        let mut attached =
+            KernelDevice { device, control, runner: Some(runner), server, mapping: None };
+        // This process's: one left by an earlier vwd may still be held by its domain.
+        let name = format!(
+            "vw-{}-{}",
+            std::process::id(),
+            attached.device.file_name().unwrap_or_default().to_string_lossy()
+        );
+        match Mapping::create(&name, &attached.device, size / BLOCK, dev) {
+            Ok(m) => attached.mapping = Some(m),
+            Err(e) => tracing::warn!(
+                device = %attached.device.display(), error = %e,
+                "no device-mapper: the domain reads the NBD device, through vwd, until it stops"
+            ),
+        }
+        Ok(attached)
     }
 
-    /// The block device (`/dev/nbdN`).
+    /// The block device the domain reads (`/dev/dm-N`, or `/dev/nbdN` unmapped).
     pub fn path(&self) -> &Path {
-        &self.device
+        self.mapping.as_ref().map_or(&self.device, Mapping::path)
+    }
+
+    /// Maps the device onto `copy`, the disk's whole local copy, and disconnects the
+    /// NBD device: the domain's I/O then goes to the file through the kernel alone.
+    /// False if the device is not mapped (it goes on through vwd) or was handed over
+    /// already. Blocks: call it off
+    /// the async runtime (the NBD device's last requests are served on it).
+    pub fn hand_over(&mut self, copy: &Path) -> Result<bool, LazyError> {
+        let Some(mapping) = self.mapping.as_ref().filter(|_| self.runner.is_some()) else {
+            return Ok(false); // not mapped, or handed over already
+        };
+        mapping.hand_over(copy)?;
+        self.stop();
+        Ok(true)
     }
 
     /// Asks the device to disconnect (the kernel sends the server a disconnect once its
@@ -116,9 +153,9 @@ impl KernelDevice {
     /// Blocks until the device's thread ends, or leaves it (logged) if even that
     /// does not stop it.
     fn stop(&mut self) {
+        let Some(runner) = self.runner.take() else { return };
         let fd = self.control.as_raw_fd();
         let _ = ioctl(fd, NBD_DISCONNECT, 0);
-        let Some(runner) = self.runner.take() else { return };
         let stopped = |wait: std::time::Duration| {
             let until = std::time::Instant::now() + wait;
             while !runner.is_finished() && std::time::Instant::now() < until {
@@ -144,6 +181,8 @@ impl KernelDevice {
 
 impl Drop for KernelDevice {
     fn drop(&mut self) {
+        // The map first: it holds the NBD device open.
+        self.mapping.take();
         self.stop();
     }
 }

@@ -3,14 +3,15 @@
 //! Each lazy partition is a [`disk::LazyDisk`]: the VM's own copy, filled as chunks
 //! arrive, that fetches at once whatever the guest reads before the stage has brought
 //! it. It is served to the hypervisor over NBD ([`nbd`]): on a Xen host through the
-//! kernel's `nbd` driver ([`kernel`]), whose `/dev/nbdN` the domain's config names;
-//! elsewhere on a Unix socket ([`export`]), which the simulated driver's guest and the
+//! kernel's `nbd` driver ([`kernel`]), mapped through device-mapper ([`mapper`]) so
+//! the running domain is handed over to its local copy once that is whole; elsewhere on a Unix socket ([`export`]), which the simulated driver's guest and the
 //! tests read with [`nbd::Client`]. Why NBD and what it costs per read: decision 81 in
 //! docs/decisions.md.
 
 pub mod disk;
 pub mod export;
 pub mod kernel;
+pub mod mapper;
 pub mod nbd;
 
 use std::path::PathBuf;

@@ -327,7 +327,7 @@ pub struct Served {
 /// Requests a connection has in progress at once (the kernel's driver keeps up to its
 /// queue depth outstanding): a read that waits for a chunk does not hold up the reads
 /// behind it.
-pub const MAX_IN_FLIGHT: usize = 32;
+pub const MAX_IN_FLIGHT: usize = 16;
 /// Bytes of requests a connection holds at once (read buffers and write data): the
 /// largest request fits.
 pub const MAX_IN_FLIGHT_BYTES: u32 = 2 * MAX_REQUEST;
@@ -396,7 +396,7 @@ where
         let mut open = true;
         loop {
             tokio::select! {
-                job = queue.recv(), if open => match job {
+                job = queue.recv(), if open && running.len() < MAX_IN_FLIGHT => match job {
                     Some(job) => running.push(run(device, size, job)),
                     None => open = false,
                 },

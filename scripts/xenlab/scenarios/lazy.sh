@@ -15,9 +15,24 @@ prepare() {
   t import vw image import /vwimages/worker.img --name lab/worker:1
 }
 
-# Host 2 drops every image it holds when host 1 asks (the store is vwd's: through it).
+# What each device-mapper device maps onto now: a lazy disk's map is over its NBD
+# device while the image arrives, over a loop device on the local copy once handed over.
+maps() {
+  for d in /sys/block/dm-*; do
+    [ -e "$d" ] && echo "$(basename "$d") -> $(ls "$d/slaves" | tr '\n' ' ')"
+  done
+}
+
+# Host 2 drops every image it holds when host 1 asks (the store is vwd's: through it),
+# and logs each change of its maps.
 serve() {
+  local last="" m
   while [ ! -e /vwlab/out/done ]; do
+    m=$(maps)
+    if [ "$m" != "$last" ]; then
+      { date +%T; echo "$m"; } >> "$OUT/maps.log"
+      last=$m
+    fi
     if [ -e /vwlab/out/evict ]; then
       # Every image by name (the first column after the header), then its chunks.
       for image in $(vw image ls 2>/dev/null | awk 'NR > 1 { print $1 }'); do
@@ -45,6 +60,8 @@ run() { # NAME [deploy options]
     > "$OUT/deploy-$name.json" 2> "$OUT/deploy-$name.err"
   rc=$?
   echo "$name: exit $rc"
+  # Deployed: every guest ready and, lazily, every image whole and handed over.
+  maps > "$OUT/maps-$name.log"
   # Bounded: a stop that hangs is a fault to see in the logs, not the end of the run.
   t "stop-$name" timeout 900 vw stop lazy > "$OUT/stop-$name.log" 2>&1 || rc=1
   t "unstage-$name" timeout 900 vw unstage lazy > "$OUT/unstage-$name.log" 2>&1 || rc=1
