@@ -735,6 +735,7 @@ impl HostService {
             .collect();
         let intake = Arc::new(self.intake(order, &prepared, disks.clone()));
         demand.open(&intake).await;
+        stage.activated().await?;
         self.lazy.keep(&stage);
         let report = StageReport {
             lacked: prepared.lacking.bytes,

@@ -83,6 +83,33 @@ impl LazyStage {
         self.made.lock().expect("made lock").iter().map(|(_, d)| Arc::clone(&d.disk)).collect()
     }
 
+    /// Waits until every disk served through the kernel can have a domain made on it
+    /// (its map active). Call it once the stage fetches: activating a map may read the
+    /// disk (the kernel's partition scan), and a read of a chunk the host lacks waits
+    /// for the stage.
+    pub(crate) async fn activated(&self) -> Result<(), ControlError> {
+        let devices: Vec<(PathBuf, Arc<Mutex<KernelDevice>>)> = self
+            .made
+            .lock()
+            .expect("made lock")
+            .iter()
+            .filter_map(|(_, d)| match &d.served {
+                Served::Kernel(k) => Some((d.disk.path().to_owned(), Arc::clone(k))),
+                Served::Socket(_) => None,
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for (path, device) in devices {
+                device.lock().expect("kernel device lock").activated().map_err(|e| {
+                    ControlError::Refused(format!("lazy disk {}: {e}", path.display()))
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ControlError::thread("activating lazy disks", e))?
+    }
+
     /// The disks made, by VM, to keep served.
     fn take(&self) -> Vec<(String, ServedDisk)> {
         std::mem::take(&mut *self.made.lock().expect("made lock"))

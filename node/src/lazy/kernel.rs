@@ -55,7 +55,9 @@ pub struct KernelDevice {
     runner: Option<std::thread::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
     /// The map the domain reads, over the NBD device until handed over.
-    mapping: Option<Mapping>,
+    mapping: Option<Arc<Mapping>>,
+    /// The map's activation, under way on a thread of its own until waited for.
+    activation: Option<std::thread::JoinHandle<Result<(), LazyError>>>,
 }
 
 impl KernelDevice {
@@ -110,16 +112,34 @@ impl KernelDevice {
                 let _ = ioctl(fd, NBD_CLEAR_SOCK, 0);
             })
             .map_err(kernel("start its thread"))?;
-        let mut attached =
-            KernelDevice { device, control, runner: Some(runner), server, mapping: None };
+        let mut attached = KernelDevice {
+            device,
+            control,
+            runner: Some(runner),
+            server,
+            mapping: None,
+            activation: None,
+        };
         // This process's: one left by an earlier vwd may still be held by its domain.
         let name = format!(
             "vw-{}-{}",
             std::process::id(),
             attached.device.file_name().unwrap_or_default().to_string_lossy()
         );
-        match Mapping::create(&name, &attached.device, size / BLOCK, dev) {
-            Ok(m) => attached.mapping = Some(m),
+        match Mapping::create(&name, size / BLOCK, dev) {
+            Ok(m) => {
+                // Activating opens the NBD device, and the kernel may read it then,
+                // before the stage can fetch: on a thread, waited for once it can
+                // (`KernelDevice::activated`).
+                let (m, under) = (Arc::new(m), attached.device.clone());
+                let activating = Arc::clone(&m);
+                let thread = std::thread::Builder::new()
+                    .name("vw-dm".into())
+                    .spawn(move || activating.activate(&under))
+                    .map_err(kernel_error(&attached.device, "start its thread"))?;
+                attached.mapping = Some(m);
+                attached.activation = Some(thread);
+            }
             Err(e) => tracing::warn!(
                 device = %attached.device.display(), error = %e,
                 "no device-mapper: the domain reads the NBD device, through vwd, until it stops"
@@ -130,7 +150,20 @@ impl KernelDevice {
 
     /// The block device the domain reads (`/dev/dm-N`, or `/dev/nbdN` unmapped).
     pub fn path(&self) -> &Path {
-        self.mapping.as_ref().map_or(&self.device, Mapping::path)
+        self.mapping.as_deref().map_or(&self.device, Mapping::path)
+    }
+
+    /// Waits until the map is active (its node exists): call it once the disk's reads
+    /// of missing chunks can be answered (the stage fetches), before a domain is made
+    /// on it. Blocks.
+    pub fn activated(&mut self) -> Result<(), LazyError> {
+        match self.activation.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(kernel_error(&self.device, "activate the map")(
+                std::io::Error::other("its thread panicked"),
+            )),
+        }
     }
 
     /// Maps the device onto `copy`, the disk's whole local copy, and disconnects the
@@ -139,7 +172,8 @@ impl KernelDevice {
     /// already. Blocks: call it off
     /// the async runtime (the NBD device's last requests are served on it).
     pub fn hand_over(&mut self, copy: &Path) -> Result<bool, LazyError> {
-        let Some(mapping) = self.mapping.as_ref().filter(|_| self.runner.is_some()) else {
+        self.activated()?;
+        let Some(mapping) = self.mapping.clone().filter(|_| self.runner.is_some()) else {
             return Ok(false); // not mapped, or handed over already
         };
         mapping.hand_over(copy)?;
@@ -218,6 +252,12 @@ fn free_device(dev: &Path) -> Result<(PathBuf, File), LazyError> {
     } else {
         format!("all {seen} NBD devices under {} are in use", dev.display())
     }))
+}
+
+/// A kernel error on `device` at step `op`.
+fn kernel_error(device: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> LazyError {
+    let device = device.to_owned();
+    move |error| LazyError::Kernel { device, op, error }
 }
 
 fn ioctl(fd: libc::c_int, request: libc::c_ulong, arg: libc::c_ulong) -> std::io::Result<()> {

@@ -59,11 +59,17 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// Maps `sectors` 512-byte sectors of `under` (a block device) as a new device
-    /// named `name` (`vw-PID-nbd0`). A stale device of that name (a vwd of the same
-    /// pid that died) is removed first.
-    pub fn create(name: &str, under: &Path, sectors: u64, dev: &Path) -> Result<Self, LazyError> {
-        let fail = |op| move |error| LazyError::Kernel { device: under.to_owned(), op, error };
+    /// Makes a new device of `sectors` 512-byte sectors named `name` (`vw-PID-nbd0`),
+    /// with no table yet: [`Mapping::activate`] maps it. A stale device of that name (a
+    /// vwd of the same pid that died) is removed first.
+    pub fn create(name: &str, sectors: u64, dev: &Path) -> Result<Self, LazyError> {
+        let fail = |op| {
+            move |error| LazyError::Kernel {
+                device: PathBuf::from("/dev/mapper/control"),
+                op,
+                error,
+            }
+        };
         let control = control()?;
         let mut created = call(&control, DM_DEV_CREATE, name, 0, &[]);
         if matches!(&created, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) {
@@ -75,11 +81,19 @@ impl Mapping {
         let devt = u64::from_ne_bytes(header[40..48].try_into().expect("8 bytes"));
         // The kernel's new_encode_dev.
         let minor = (devt & 0xff) | ((devt >> 12) & 0xfff00);
-        let mapping =
-            Mapping { name: name.to_owned(), path: dev.join(format!("dm-{minor}")), sectors };
-        mapping.load(&control, under).map_err(fail("map"))?;
-        call(&control, DM_DEV_SUSPEND, name, 0, &[]).map_err(fail("activate the map"))?;
-        Ok(mapping)
+        Ok(Mapping { name: name.to_owned(), path: dev.join(format!("dm-{minor}")), sectors })
+    }
+
+    /// Maps the device linearly onto `under` (a block device) and activates it: its
+    /// node (`path`) appears. Blocks while the kernel opens `under`, which may read it
+    /// (a partition scan): a lazy disk's device must be served, and its reads of
+    /// missing chunks answerable, meanwhile.
+    pub fn activate(&self, under: &Path) -> Result<(), LazyError> {
+        let fail = |op| move |error| LazyError::Kernel { device: under.to_owned(), op, error };
+        let control = control()?;
+        self.load(&control, under).map_err(fail("map"))?;
+        call(&control, DM_DEV_SUSPEND, &self.name, 0, &[]).map_err(fail("activate the map"))?;
+        Ok(())
     }
 
     /// The device a domain names (`/dev/dm-N`).
