@@ -69,10 +69,7 @@ impl KernelDevice {
             return Err(LazyError::Unaligned { size });
         }
         let (device, control) = free_device(dev)?;
-        let kernel = |op| {
-            let device = device.clone();
-            move |error| LazyError::Kernel { device, op, error }
-        };
+        let kernel = |op| kernel_error(&device, op);
         let (ours, theirs) = UnixStream::pair().map_err(kernel("socketpair"))?;
         let fd = control.as_raw_fd();
         ioctl(fd, NBD_CLEAR_SOCK, 0).map_err(kernel("clear socket"))?;
@@ -169,8 +166,8 @@ impl KernelDevice {
     /// Maps the device onto `copy`, the disk's whole local copy, and disconnects the
     /// NBD device: the domain's I/O then goes to the file through the kernel alone.
     /// False if the device is not mapped (it goes on through vwd) or was handed over
-    /// already. Blocks: call it off
-    /// the async runtime (the NBD device's last requests are served on it).
+    /// already. Blocks: call it off the async runtime (the NBD device's last requests
+    /// are served on it).
     pub fn hand_over(&mut self, copy: &Path) -> Result<bool, LazyError> {
         self.activated()?;
         let Some(mapping) = self.mapping.clone().filter(|_| self.runner.is_some()) else {
