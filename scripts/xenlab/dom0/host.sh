@@ -28,7 +28,7 @@ start_vwd() {
   getent group vw > /dev/null || groupadd --system vw
   # What the package's modules-load.d loads at boot (lazy disks): the lab's dom0 image
   # loads nbd; the hand-over's device-mapper and loop are loaded here.
-  modprobe -a nbd dm_mod loop
+  modprobe -a nbd dm_mod loop || echo "modprobe nbd dm_mod loop failed: lazy disks unavailable or unmapped"
   install -m 0644 /vwlab/vwd.service /etc/systemd/system/vwd.service
   mkdir -p /etc/systemd/system/vwd.service.d
   cat > /etc/systemd/system/vwd.service.d/lab.conf <<EOF
