@@ -41,6 +41,16 @@ struct ServedDisk {
     served: Served,
 }
 
+impl ServedDisk {
+    /// The disk and its kernel device, if it reaches the hypervisor through the kernel.
+    fn kernel(&self) -> Option<(Arc<LazyDisk>, Arc<Mutex<KernelDevice>>)> {
+        match &self.served {
+            Served::Kernel(k) => Some((Arc::clone(&self.disk), Arc::clone(k))),
+            Served::Socket(_) => None,
+        }
+    }
+}
+
 /// Makes the lazy disks of one stage; see the module doc.
 pub(crate) struct LazyStage {
     store: Arc<Store>,
@@ -88,20 +98,12 @@ impl LazyStage {
     /// disk (the kernel's partition scan), and a read of a chunk the host lacks waits
     /// for the stage.
     pub(crate) async fn activated(&self) -> Result<(), ControlError> {
-        let devices: Vec<(PathBuf, Arc<Mutex<KernelDevice>>)> = self
-            .made
-            .lock()
-            .expect("made lock")
-            .iter()
-            .filter_map(|(_, d)| match &d.served {
-                Served::Kernel(k) => Some((d.disk.path().to_owned(), Arc::clone(k))),
-                Served::Socket(_) => None,
-            })
-            .collect();
+        let devices: Vec<_> =
+            self.made.lock().expect("made lock").iter().filter_map(|(_, d)| d.kernel()).collect();
         tokio::task::spawn_blocking(move || {
-            for (path, device) in devices {
+            for (disk, device) in devices {
                 device.lock().expect("kernel device lock").activated().map_err(|e| {
-                    ControlError::Refused(format!("lazy disk {}: {e}", path.display()))
+                    ControlError::Refused(format!("lazy disk {}: {e}", disk.path().display()))
                 })?;
             }
             Ok(())
@@ -183,16 +185,12 @@ impl LazyVms {
     /// its local copy: its domain then reads and writes the file without vwd. A disk
     /// that cannot be handed over (logged) goes on through vwd until its domain stops.
     pub(crate) async fn hand_over_whole(&self) {
-        let devices: Vec<(Arc<LazyDisk>, Arc<Mutex<KernelDevice>>)> = {
+        let devices: Vec<_> = {
             let vms = self.0.lock().expect("lazy VMs lock");
             vms.values()
                 .flatten()
-                .filter_map(|d| match &d.served {
-                    Served::Kernel(k) if d.disk.is_whole() => {
-                        Some((Arc::clone(&d.disk), Arc::clone(k)))
-                    }
-                    _ => None,
-                })
+                .filter(|d| d.disk.is_whole())
+                .filter_map(ServedDisk::kernel)
                 .collect()
         };
         if devices.is_empty() {
