@@ -35,19 +35,11 @@ impl Fake {
             "#!/bin/sh\nFAKE_XL_STATE='{}' {env} exec '{program}' \"$@\"\n",
             self.dir.path().join("state").display()
         );
-        executable(&path, &script);
+        std::fs::write(&path, script).expect("write wrapper");
+        let mut perm = std::fs::metadata(&path).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&path, perm).expect("chmod");
         path
-    }
-
-    /// A wrapper running `shell` (its output appended to a log) before fake-xl, and
-    /// the log.
-    fn logging(&self, name: &str, shell: &str) -> (PathBuf, PathBuf) {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let logger = self.dir.path().join(format!("{name}-log"));
-        let script =
-            format!("#!/bin/sh\n{shell} >> '{}'\nexec '{FAKE_XL}' \"$@\"\n", log.display());
-        executable(&logger, &script);
-        (self.wrapper(&format!("xl-{name}"), logger.to_str().expect("utf-8"), ""), log)
     }
 
     fn driver(&self, env: &str, shutdown: Duration) -> XlDriver {
@@ -80,14 +72,6 @@ impl Fake {
     fn calls(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("state/calls.log")).unwrap_or_default()
     }
-}
-
-/// Writes `script` to `path`, executable.
-fn executable(path: &Path, script: &str) {
-    std::fs::write(path, script).expect("write script");
-    let mut perm = std::fs::metadata(path).expect("meta").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-    std::fs::set_permissions(path, perm).expect("chmod");
 }
 
 #[test]
@@ -238,7 +222,20 @@ fn a_domain_that_lingers_after_shutdown_is_waited_for_not_destroyed() {
 #[test]
 fn xl_runs_with_the_bootloader_restricted() {
     let fake = Fake::new();
-    let (xl, seen) = fake.logging("env", "env | grep '^LIBXL_BOOTLOADER' | sort");
+    let seen = fake.dir.path().join("env.log");
+    let logger = fake.dir.path().join("env-log");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\nenv | grep '^LIBXL_BOOTLOADER' | sort >> '{}'\nexec '{FAKE_XL}' \"$@\"\n",
+            seen.display()
+        ),
+    )
+    .expect("write");
+    let mut perm = std::fs::metadata(&logger).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&logger, perm).expect("chmod");
+    let xl = fake.wrapper("xl-env", logger.to_str().expect("utf-8"), "");
     let driver = XlDriver::new(xl, Duration::from_secs(10), Duration::from_secs(20))
         .with_bootloader_user(Some("vw-pygrub".into()));
     driver.load("vm1", &fake.config("vm1")).expect("load");
@@ -247,19 +244,4 @@ fn xl_runs_with_the_bootloader_restricted() {
         env.starts_with("LIBXL_BOOTLOADER_RESTRICT=1\nLIBXL_BOOTLOADER_USER=vw-pygrub\n"),
         "{env}"
     );
-}
-
-/// `xl` (and the device scripts it runs) get the CPU ahead of vwd's own work: as root,
-/// ten steps of niceness below vwd's.
-#[test]
-fn xl_runs_ahead_of_vwd_for_the_cpu() {
-    let fake = Fake::new();
-    let (xl, seen) = fake.logging("nice", "nice");
-    let driver = XlDriver::new(xl, Duration::from_secs(10), Duration::from_secs(20));
-    driver.load("vm1", &fake.config("vm1")).expect("load");
-    let own = rustix::process::getpriority_process(None).expect("own priority");
-    let expected = if rustix::process::geteuid().is_root() { (own - 10).max(-20) } else { own };
-    let log = std::fs::read_to_string(&seen).expect("nice log");
-    let seen: Vec<i32> = log.lines().map(|l| l.parse().expect("a niceness")).collect();
-    assert!(!seen.is_empty() && seen.iter().all(|&n| n == expected), "{seen:?}, not {expected}");
 }

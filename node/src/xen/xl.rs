@@ -22,7 +22,6 @@
 //! which says the same.
 
 use std::io::Read;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -46,12 +45,6 @@ pub struct XlDriver {
 const GONE_WAIT: Duration = Duration::from_secs(30);
 /// How often a dying domain is looked for.
 const GONE_POLL: Duration = Duration::from_millis(250);
-
-/// The CPU priority (nice) `xl` and the device scripts it runs get. A lazy deployment
-/// starts its guests while vwd still receives, verifies and serves the image in the
-/// background; on a small dom0 that work starved xl's `block add` scripts past libxl's
-/// 40 s hotplug timeout (the Xen lab, runs 3–5), so the toolstack runs ahead of it.
-const TOOLSTACK_NICE: i32 = -10;
 
 /// Bytes read from the end of a console log for its tail.
 const CONSOLE_TAIL_BYTES: u64 = 16 << 10;
@@ -112,15 +105,6 @@ impl XlDriver {
     ) -> Result<Output, XenError> {
         let mut command = Command::new(program);
         command.env("LIBXL_BOOTLOADER_RESTRICT", "1");
-        // SAFETY: between fork and exec the closure makes one system call
-        // (setpriority, async-signal-safe), allocates nothing and takes no lock.
-        unsafe {
-            command.pre_exec(|| {
-                // Not permitted (vwd not root): the toolstack shares vwd's priority.
-                let _ = rustix::process::setpriority_process(None, TOOLSTACK_NICE);
-                Ok(())
-            });
-        }
         if let Some(user) = &self.bootloader_user {
             command.env("LIBXL_BOOTLOADER_USER", user);
         }

@@ -23,8 +23,28 @@ maps() {
   done
 }
 
+# While a hotplug script runs (xl's `block add` has timed out in lazy deploys, decision
+# 86), what it and the processes around it wait in, appended to $OUT/hotplug.log.
+hotplug() {
+  pgrep -f /etc/xen/scripts/block > /dev/null || return 0
+  { date +%T.%N
+    ps -eo pid,ppid,ni,stat,wchan:24,etime,time,rss,args \
+      | grep -E 'scripts/block|xenstore|udev|blkid|losetup|stat |flock|vwd|xl ' | grep -v grep
+    # Run 7 saw a `dirname` take 13 s (2 s of CPU) and the whole dom0 crawl while
+    # vwd used little CPU: memory, and who has the CPU (kernel threads included).
+    free -m | head -3
+    grep -E '^(Dirty|Writeback|MemAvailable|SwapFree):' /proc/meminfo | tr -s ' ' | paste -sd ' '
+    ps -eo pid,stat,time,rss,comm --sort=-time | head -6
+  } >> "$OUT/hotplug.log" 2>&1
+}
+
+# Watches hotplug scripts until the file $1 exists.
+watch_hotplug() {
+  while [ ! -e "$1" ]; do hotplug; sleep 1; done
+}
+
 # Host 2 drops every image it holds when host 1 asks (the store is vwd's: through it),
-# and logs each change of its maps.
+# and logs each change of its maps and what running hotplug scripts wait in.
 serve() {
   local last="" m
   while [ ! -e /vwlab/out/done ]; do
@@ -33,6 +53,7 @@ serve() {
       { date +%T; echo "$m"; } >> "$OUT/maps.log"
       last=$m
     fi
+    hotplug
     if [ -e /vwlab/out/evict ]; then
       # Every image by name (the first column after the header), then its chunks.
       for image in $(vw image ls 2>/dev/null | awk 'NR > 1 { print $1 }'); do
@@ -56,9 +77,12 @@ evict() {
 
 run() { # NAME [deploy options]
   local name=$1; shift
+  rm -f "$OUT/deployed"
+  watch_hotplug "$OUT/deployed" &
   t "deploy-$name" vw --json deploy --vo lab "$@" /vwlab/workspaces/lazy.xml \
     > "$OUT/deploy-$name.json" 2> "$OUT/deploy-$name.err"
   rc=$?
+  touch "$OUT/deployed"
   echo "$name: exit $rc"
   # Deployed: every guest ready and, lazily, every image whole and handed over.
   maps > "$OUT/maps-$name.log"
