@@ -159,14 +159,18 @@ pub fn write(
         results::write_csv(&out.join("ops.csv"), &outcome.ops)?;
         crate::plot::operations(
             &outcome.ops,
-            &format!("{name}: operations"),
+            &format!("{name}: operations (simulated Xen)"),
             &out.join("ops.png"),
         )?;
     }
     if !outcome.runs.is_empty() {
+        let guests = outcome.runs.iter().any(RunRow::lazy);
         crate::plot::staging_vs_n(
             &outcome.runs,
-            &format!("{name}: staging time"),
+            &format!(
+                "{name}: staging time{}",
+                if guests { " (guests: simulated Xen)" } else { "" }
+            ),
             &out.join("staging.png"),
         )?;
     }

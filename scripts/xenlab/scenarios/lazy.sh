@@ -7,6 +7,8 @@
 #                          is the image's first lazy boot: vw keeps its boot trace
 #   lazy-traced            cold again, with that trace (its chunks fetched first)
 #   full-warm, lazy-warm   (VW_SCENARIO_WARM=1) host 2 holds the image from the run before
+# VW_SCENARIO_CAP=50% (or 40Mbit) deploys with `--cap` (every deploy): the stage held to
+# a share of each link, which leaves the emulated hosts time for the rest.
 # Each deploy's report (--json) is kept; scripts/experiments/lazy-lab.py makes the
 # table from them.
 HOSTS=2 HOST_CPUS=1 HOST_MEM=3072 DOM0_MEM=768
@@ -77,6 +79,7 @@ evict() {
 
 run() { # NAME [deploy options]
   local name=$1; shift
+  [ -n "${VW_SCENARIO_CAP:-}" ] && set -- "$@" --cap "$VW_SCENARIO_CAP"
   rm -f "$OUT/deployed"
   watch_hotplug "$OUT/deployed" &
   t "deploy-$name" vw --json deploy --vo lab "$@" /vwlab/workspaces/lazy.xml \
