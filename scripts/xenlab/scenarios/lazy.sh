@@ -8,7 +8,7 @@
 #   lazy-traced            cold again, with that trace (its chunks fetched first)
 #   full-warm, lazy-warm   (VW_SCENARIO_WARM=1) host 2 holds the image from the run before
 # VW_SCENARIO_CAP=50% (or 40Mbit) deploys with `--cap` (every deploy): the stage held to
-# a share of each link, which leaves the emulated hosts time for the rest.
+# a share of each link (run 8, 8Mbit: the lazy deploy lost its VMs at load all the same).
 # Each deploy's report (--json) is kept; scripts/experiments/lazy-lab.py makes the
 # table from them.
 HOSTS=2 HOST_CPUS=1 HOST_MEM=3072 DOM0_MEM=768
