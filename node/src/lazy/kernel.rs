@@ -69,7 +69,7 @@ impl KernelDevice {
             return Err(LazyError::Unaligned { size });
         }
         let (device, control) = free_device(dev)?;
-        let kernel = |op| kernel_error(&device, op);
+        let kernel = |op| LazyError::kernel(&device, op);
         let (ours, theirs) = UnixStream::pair().map_err(kernel("socketpair"))?;
         let fd = control.as_raw_fd();
         ioctl(fd, NBD_CLEAR_SOCK, 0).map_err(kernel("clear socket"))?;
@@ -133,7 +133,7 @@ impl KernelDevice {
                 let thread = std::thread::Builder::new()
                     .name("vw-dm".into())
                     .spawn(move || activating.activate(&under))
-                    .map_err(kernel_error(&attached.device, "start its thread"))?;
+                    .map_err(LazyError::kernel(&attached.device, "start its thread"))?;
                 attached.mapping = Some(m);
                 attached.activation = Some(thread);
             }
@@ -157,7 +157,7 @@ impl KernelDevice {
         match self.activation.take().map(std::thread::JoinHandle::join) {
             None => Ok(()),
             Some(Ok(result)) => result,
-            Some(Err(_)) => Err(kernel_error(&self.device, "activate the map")(
+            Some(Err(_)) => Err(LazyError::kernel(&self.device, "activate the map")(
                 std::io::Error::other("its thread panicked"),
             )),
         }
@@ -241,7 +241,7 @@ fn free_device(dev: &Path) -> Result<(PathBuf, File), LazyError> {
                 claimed.push(device.clone());
                 return Ok((device, f));
             }
-            Err(e) => return Err(LazyError::Kernel { device, op: "open", error: e }),
+            Err(e) => return Err(LazyError::kernel(&device, "open")(e)),
         }
     }
     Err(LazyError::NoDevice(if seen == 0 {
@@ -249,12 +249,6 @@ fn free_device(dev: &Path) -> Result<(PathBuf, File), LazyError> {
     } else {
         format!("all {seen} NBD devices under {} are in use", dev.display())
     }))
-}
-
-/// A kernel error on `device` at step `op`.
-fn kernel_error(device: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> LazyError {
-    let device = device.to_owned();
-    move |error| LazyError::Kernel { device, op, error }
 }
 
 fn ioctl(fd: libc::c_int, request: libc::c_ulong, arg: libc::c_ulong) -> std::io::Result<()> {

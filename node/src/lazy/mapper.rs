@@ -63,13 +63,7 @@ impl Mapping {
     /// with no table yet: [`Mapping::activate`] maps it. A stale device of that name (a
     /// vwd of the same pid that died) is removed first.
     pub fn create(name: &str, sectors: u64, dev: &Path) -> Result<Self, LazyError> {
-        let fail = |op| {
-            move |error| LazyError::Kernel {
-                device: PathBuf::from("/dev/mapper/control"),
-                op,
-                error,
-            }
-        };
+        let fail = |op| LazyError::kernel(Path::new(CONTROL), op);
         let control = control()?;
         let mut created = call(&control, DM_DEV_CREATE, name, 0, &[]);
         if matches!(&created, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) {
@@ -89,7 +83,7 @@ impl Mapping {
     /// (a partition scan): a lazy disk's device must be served, and its reads of
     /// missing chunks answerable, meanwhile.
     pub fn activate(&self, under: &Path) -> Result<(), LazyError> {
-        let fail = |op| move |error| LazyError::Kernel { device: under.to_owned(), op, error };
+        let fail = |op| LazyError::kernel(under, op);
         let control = control()?;
         self.load(&control, under).map_err(fail("map"))?;
         call(&control, DM_DEV_SUSPEND, &self.name, 0, &[]).map_err(fail("activate the map"))?;
@@ -106,7 +100,7 @@ impl Mapping {
     /// suspended), none is lost or reordered. Blocks until done. On failure the map
     /// still reads the old device.
     pub fn hand_over(&self, copy: &Path) -> Result<(), LazyError> {
-        let fail = |op| move |error| LazyError::Kernel { device: self.path.clone(), op, error };
+        let fail = |op| LazyError::kernel(&self.path, op);
         let (looped, _held) = attach_loop(copy)?;
         let control = control()?;
         call(&control, DM_DEV_SUSPEND, &self.name, DM_SUSPEND_FLAG, &[])
@@ -151,13 +145,16 @@ impl Drop for Mapping {
     }
 }
 
+/// Device-mapper's control device, which every ioctl goes through.
+const CONTROL: &str = "/dev/mapper/control";
+
 fn control() -> Result<File, LazyError> {
-    let path = Path::new("/dev/mapper/control");
-    OpenOptions::new().read(true).write(true).open(path).map_err(|error| LazyError::Kernel {
-        device: path.to_owned(),
-        op: "open (is the dm_mod module loaded?)",
-        error,
-    })
+    let path = Path::new(CONTROL);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(LazyError::kernel(path, "open (is the dm_mod module loaded?)"))
 }
 
 /// One device-mapper ioctl on device `name` with `flags` and `data` after the header.
@@ -204,10 +201,6 @@ fn dm_request(name: &str, flags: u32, data: &[u8]) -> std::io::Result<Vec<u8>> {
 /// Attaches `file` to a free loop device that goes once its last user closes it;
 /// returns its path and the open device (keep it until another user has opened it).
 fn attach_loop(file: &Path) -> Result<(PathBuf, File), LazyError> {
-    let io = |op, device: &Path| {
-        let device = device.to_owned();
-        move |error| LazyError::Kernel { device, op, error }
-    };
     let backing = OpenOptions::new()
         .read(true)
         .write(true)
@@ -218,17 +211,22 @@ fn attach_loop(file: &Path) -> Result<(PathBuf, File), LazyError> {
         .read(true)
         .write(true)
         .open(ctl_path)
-        .map_err(io("open (is the loop module loaded?)", ctl_path))?;
+        .map_err(LazyError::kernel(ctl_path, "open (is the loop module loaded?)"))?;
     let mut last = None;
     for _ in 0..LOOP_TRIES {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
         let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
         if n < 0 {
-            return Err(io("find a free loop device", ctl_path)(std::io::Error::last_os_error()));
+            return Err(LazyError::kernel(ctl_path, "find a free loop device")(
+                std::io::Error::last_os_error(),
+            ));
         }
         let path = PathBuf::from(format!("/dev/loop{n}"));
-        let device =
-            OpenOptions::new().read(true).write(true).open(&path).map_err(io("open", &path))?;
+        let device = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(LazyError::kernel(&path, "open"))?;
         // SAFETY: LOOP_SET_FD takes an open file descriptor, which `backing` keeps open.
         if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_FD as _, backing.as_raw_fd()) } < 0 {
             let e = std::io::Error::last_os_error();
@@ -236,7 +234,7 @@ fn attach_loop(file: &Path) -> Result<(PathBuf, File), LazyError> {
                 last = Some(e); // taken meanwhile: another
                 continue;
             }
-            return Err(io("attach the copy", &path)(e));
+            return Err(LazyError::kernel(&path, "attach the copy")(e));
         }
         let mut info = [0u8; LOOP_INFO];
         info[LOOP_INFO_FLAGS..LOOP_INFO_FLAGS + 4]
@@ -246,11 +244,11 @@ fn attach_loop(file: &Path) -> Result<(PathBuf, File), LazyError> {
             let e = std::io::Error::last_os_error();
             // SAFETY: LOOP_CLR_FD takes no argument.
             unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CLR_FD as _) };
-            return Err(io("set the loop device to clear itself", &path)(e));
+            return Err(LazyError::kernel(&path, "set the loop device to clear itself")(e));
         }
         return Ok((path, device));
     }
-    Err(io("attach the copy", ctl_path)(
+    Err(LazyError::kernel(ctl_path, "attach the copy")(
         last.unwrap_or_else(|| std::io::Error::other("no free loop device")),
     ))
 }

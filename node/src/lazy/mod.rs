@@ -45,7 +45,7 @@ pub enum LazyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] vw_chunkstore::Error),
-    /// The kernel's NBD driver refused.
+    /// The kernel refused (its NBD driver, device-mapper, a loop device).
     #[error("{device}: {op}: {error}")]
     Kernel {
         /// The device.
@@ -65,4 +65,15 @@ pub enum LazyError {
         /// Its size.
         size: u64,
     },
+}
+
+impl LazyError {
+    /// A kernel error on `device` at step `op`, for `map_err`.
+    pub fn kernel(
+        device: &std::path::Path,
+        op: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let device = device.to_owned();
+        move |error| LazyError::Kernel { device, op, error }
+    }
 }
