@@ -565,6 +565,9 @@ impl HostService {
         if order.lazy {
             return self.stage_lazily(spec, vo, order, prepared).await;
         }
+        let mut prepared = prepared;
+        // The chunks held here go into the images while the rest arrive.
+        prepared.start_filling(&self.store);
         let intake = Arc::new(self.intake(order, &prepared, Vec::new()));
         let pulled = self
             .fetch(&order.stage, &prepared.images, &prepared.lacking, intake, None, &progress)
@@ -573,7 +576,8 @@ impl HostService {
     }
 
     /// What a stage works out before it fetches: what this host lacks of its images,
-    /// and each image started (the chunks held here written by a filler).
+    /// and each image started (the chunks held here are written into it by
+    /// [`Prepared::start_filling`]).
     async fn prepare(
         &self,
         vo: &str,
@@ -634,23 +638,15 @@ impl HostService {
             "fetching what this host lacks"
         );
 
-        // Each image is written as its chunks come, so that staging ends with the last
-        // one: those fetched by the intake's writer, those held here by a filler
-        // beside it.
+        // Each image is written as its chunks come: those fetched by the intake's
+        // writer, those held here by a filler.
         let assemblies = self.assemblies(deployment, &images).await?;
-        let filling = {
-            let leave: HashSet<ChunkId> = lacked.iter().map(|c| c.id).collect();
-            let (store, assemblies) = (Arc::clone(&self.store), assemblies.clone());
-            tokio::task::spawn_blocking(move || {
-                assemblies.iter().try_for_each(|a| store.fill(a, &leave).map(drop))
-            })
-        };
         Ok(Prepared {
             images,
             lacking: Lacking { chunks: lacked, bytes: lacked_bytes },
             hidden,
             assemblies,
-            filling,
+            filling: None,
             started,
             _held: held,
         })
@@ -750,6 +746,8 @@ impl HostService {
         );
         let (this, vo, share, stage_name) =
             (Arc::clone(self), vo.to_owned(), order.share.clone(), order.stage.clone());
+        let (settle, settled) = tokio::sync::oneshot::channel();
+        let at_most = Duration::from_secs(self.gate.config.xen.ready_timeout_s);
         let rest = async move {
             // Nobody reads a lazy stage's progress: the head has its answer.
             let (progress, _) = mpsc::channel(1);
@@ -763,6 +761,9 @@ impl HostService {
                     &progress,
                 )
                 .await?;
+            // Writing the images and the copies from the store waits for the boots
+            // (decision 87).
+            super::lazy::booted(settled, &disks, at_most).await;
             let report =
                 this.staged(spec, &vo, share, prepared, pulled, Some(disks), &progress).await?;
             this.lazy.hand_over_whole().await;
@@ -770,7 +771,7 @@ impl HostService {
         };
         let span = tracing::info_span!("settle", stage = %order.stage);
         let task = tokio::spawn(tracing::Instrument::instrument(rest, span));
-        self.settling.insert(&order.stage, task, first_boots);
+        self.settling.insert(&order.stage, task, settle, first_boots);
         Ok(report)
     }
 
@@ -789,6 +790,10 @@ impl HostService {
         lazy: Option<Vec<Arc<LazyDisk>>>,
         progress: &mpsc::Sender<Progress>,
     ) -> Result<StageReport, ControlError> {
+        let mut prepared = prepared;
+        if prepared.filling.is_none() {
+            prepared.start_filling(&self.store);
+        }
         let Prepared { images, lacking, assemblies, filling, started, _held, .. } = prepared;
         let mut report = StageReport { lacked: lacking.bytes, ..StageReport::default() };
         report.received = pulled.1;
@@ -806,7 +811,9 @@ impl HostService {
         let _ = progress.try_send(Progress::started(Phase::Stage));
         let staging = Instant::now();
 
-        filling.await.map_err(|e| ControlError::thread("filling images", e))??;
+        if let Some(filling) = filling {
+            filling.await.map_err(|e| ControlError::thread("filling images", e))??;
+        }
         let store = Arc::clone(&self.store);
         let disks = lazy.clone().unwrap_or_default();
         tokio::task::spawn_blocking(move || -> Result<(), ControlError> {
@@ -972,8 +979,7 @@ impl HostService {
             }
         }
         drop(pulls);
-        // Chunks no planned stream named (or whose streams all failed): any fallback,
-        // each asked for as part of the first image here that lists it.
+        // Chunks no planned stream named (or whose streams all failed): from any peer.
         let mut peers: Vec<PeerId> = Vec::new();
         for Staging { peers: order, .. } in images {
             for p in order.fallback.iter().chain(order.pulls.iter().map(|(from, _)| from)) {
@@ -982,37 +988,44 @@ impl HostService {
                 }
             }
         }
-        let mut asked: HashSet<ChunkId> = HashSet::new();
-        let mut passes = Vec::new();
-        for Staging { manifest, lacked: image_lacked, .. } in images {
-            let mut rest = Vec::new();
-            for c in image_lacked {
-                if asked.insert(c.id) && !intake.has(&c.id)? {
-                    rest.push(*c);
+        // The final passes decide: what they could not bring is the stage's failure. A
+        // pass that brought something is followed by another: a stream that stalled
+        // mid-way (its sender drops it when a host too busy to read it sends no credit
+        // for a while) costs a new stream, not the stage, and with it a lazy guest's
+        // boot. A pass that brought nothing ends them.
+        let mut left = usize::MAX;
+        let mut passed = None;
+        loop {
+            let passes = final_passes(images, &intake)?;
+            let now_left: usize = passes.iter().map(|(_, rest)| rest.len()).sum();
+            if now_left == 0 {
+                passed = passed.map(|_| None);
+                break;
+            }
+            if now_left >= left {
+                break;
+            }
+            left = now_left;
+            let mut pass_failure = None;
+            for (manifest, rest) in passes {
+                tracing::info!(
+                    chunks = rest.len(),
+                    peers = peers.len(),
+                    manifest = %manifest.id(),
+                    "pulling what the plan did not bring"
+                );
+                let mut control = self.chunks.clone();
+                let purpose = purpose(manifest);
+                match fetch_from_any(&mut control, &peers, &purpose, &rest, &intake, Floor::Fixed)
+                    .await
+                {
+                    Ok(r) => report.merge(r),
+                    Err(e) => pass_failure = Some(e),
                 }
             }
-            if !rest.is_empty() {
-                passes.push((purpose(manifest), rest));
-            }
+            passed = Some(pass_failure);
         }
-        // The final pass decides: what it could not bring is the stage's failure.
-        let ran_passes = !passes.is_empty();
-        let mut pass_failure = None;
-        for (purpose, rest) in passes {
-            tracing::info!(
-                chunks = rest.len(),
-                peers = peers.len(),
-                manifest = %purpose.manifest,
-                "pulling what the plan did not bring"
-            );
-            let mut control = self.chunks.clone();
-            match fetch_from_any(&mut control, &peers, &purpose, &rest, &intake, Floor::Fixed).await
-            {
-                Ok(r) => report.merge(r),
-                Err(e) => pass_failure = Some(e),
-            }
-        }
-        if ran_passes {
+        if let Some(pass_failure) = passed {
             failure = pass_failure;
         }
         let (bytes, chunks) = (intake.bytes(), intake.chunks());
@@ -1029,6 +1042,28 @@ impl HostService {
             None => Ok((report, bytes, chunks)),
         }
     }
+}
+
+/// What the stage still lacks after its planned streams, by image: each chunk once, as
+/// part of the first image here that lists it.
+fn final_passes<'a>(
+    images: &'a [Staging],
+    intake: &Intake,
+) -> Result<Vec<(&'a Manifest, Vec<ChunkRef>)>, crate::peer::PeerError> {
+    let mut asked: HashSet<ChunkId> = HashSet::new();
+    let mut passes = Vec::new();
+    for Staging { manifest, lacked, .. } in images {
+        let mut rest = Vec::new();
+        for c in lacked {
+            if asked.insert(c.id) && !intake.has(&c.id)? {
+                rest.push(*c);
+            }
+        }
+        if !rest.is_empty() {
+            passes.push((&**manifest, rest));
+        }
+    }
+    Ok(passes)
 }
 
 /// An image this host stages: its peers, checked manifest and seal, the manifest's
@@ -1051,11 +1086,24 @@ struct Prepared {
     /// Chunks held only for an isolated VO's images: fetched all the same.
     hidden: HashSet<ChunkId>,
     assemblies: Vec<Arc<Assembly>>,
-    /// Writing the chunks held here into the images.
-    filling: tokio::task::JoinHandle<Result<(), vw_chunkstore::Error>>,
+    /// Writing the chunks held here into the images, once started.
+    filling: Option<tokio::task::JoinHandle<Result<(), vw_chunkstore::Error>>>,
     started: Instant,
     /// The stage's manifests, held against a second stage of them until it ends.
     _held: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Prepared {
+    /// Starts writing the chunks held here into the images (the intake writes those
+    /// it fetches). A full stage starts it before it fetches; a lazy one once its
+    /// guests have booted ([`crate::control::lazy::booted`]).
+    fn start_filling(&mut self, store: &Arc<Store>) {
+        let leave: HashSet<ChunkId> = self.lacking.chunks.iter().map(|c| c.id).collect();
+        let (store, assemblies) = (Arc::clone(store), self.assemblies.clone());
+        self.filling = Some(tokio::task::spawn_blocking(move || {
+            assemblies.iter().try_for_each(|a| store.fill(a, &leave).map(drop))
+        }));
+    }
 }
 
 /// What a stage fetches: the distinct chunks this host lacks of its images, and their

@@ -12,7 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::oneshot;
 use vw_chunkstore::{ChunkId, Manifest, ManifestId, Store};
 
 use super::error::ControlError;
@@ -237,10 +239,41 @@ impl LazyVms {
     }
 }
 
+/// How often [`booted`] looks at its disks.
+const BOOTED_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until a lazy stage may write its images and its disks' copies from the
+/// store: once the head settles (every guest of the deployment up or given up on),
+/// or every guest of `disks` here has answered, or `at_most` has passed (the head
+/// waits no longer for its guests). That work reads and writes whole images; done
+/// while the toolstack creates the domains and the guests boot, it held domain
+/// creation on the Xen lab past libxl's hotplug timeout (docs/decisions.md, 87).
+pub(crate) async fn booted(
+    settled: oneshot::Receiver<()>,
+    disks: &[Arc<LazyDisk>],
+    at_most: Duration,
+) {
+    let answered = async {
+        while !disks.iter().all(|d| d.seen_up()) {
+            tokio::time::sleep(BOOTED_POLL).await;
+        }
+    };
+    tokio::select! {
+        // Sent, or dropped with the stage: either way nobody waits for the boots.
+        _ = settled => {}
+        () = answered => {}
+        () = tokio::time::sleep(at_most) => {
+            tracing::info!(after_s = at_most.as_secs(), "guests not all up: writing the images all the same");
+        }
+    }
+}
+
 /// The rest of a lazy stage, fetching after the host answered the head.
 #[derive(Debug)]
 struct Rest {
     task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
+    /// Tells the task the head settles ([`booted`]).
+    settle: oneshot::Sender<()>,
     /// The disks of the images that came without a trace.
     first_boots: Vec<Arc<LazyDisk>>,
 }
@@ -250,15 +283,16 @@ struct Rest {
 pub(crate) struct Settling(Mutex<HashMap<String, Rest>>);
 
 impl Settling {
-    /// Keeps `task`, the rest of `stage`, and the disks whose reads are the first boot
-    /// of their images.
+    /// Keeps `task`, the rest of `stage`, the sender that tells it the head settles,
+    /// and the disks whose reads are the first boot of their images.
     pub(crate) fn insert(
         &self,
         stage: &str,
         task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
+        settle: oneshot::Sender<()>,
         first_boots: Vec<Arc<LazyDisk>>,
     ) {
-        let rest = Rest { task, first_boots };
+        let rest = Rest { task, settle, first_boots };
         self.0.lock().expect("settling lock").insert(stage.to_owned(), rest);
     }
 
@@ -268,9 +302,11 @@ impl Settling {
     /// guest never seen up, whose domain may not even have loaded, gives none).
     pub(crate) async fn settle(&self, stage: &str) -> Result<StageReport, ControlError> {
         let rest = self.0.lock().expect("settling lock").remove(stage);
-        let Some(Rest { task, first_boots }) = rest else {
+        let Some(Rest { task, settle, first_boots }) = rest else {
             return Err(ControlError::NoStage { stage: stage.to_owned() });
         };
+        // The task may be done with the boots already, or over.
+        let _ = settle.send(());
         let mut report = task.await.map_err(|e| ControlError::thread("a lazy stage", e))??;
         for d in first_boots.iter().filter(|d| d.seen_up()) {
             if !report.traces.iter().any(|(m, _)| *m == d.manifest()) {
