@@ -66,11 +66,7 @@ fn vm_record() -> VmRecord {
         nics: vec![nic(11)],
         staged: Some(StagedFiles {
             config: "/var/lib/vw/xen/g-worker1.cfg".into(),
-            disks: vec![Disk {
-                vdev: "xvda1".into(),
-                access: Access::Rw,
-                target: "/var/lib/vw/vms/g-worker1/xvda1.img".into(),
-            }],
+            disks: vec![Disk::new("xvda1", Access::Rw, "/var/lib/vw/vms/g-worker1/xvda1.img")],
             phases: StagePhases {
                 rebuilt: 1,
                 cloned: 0,

@@ -21,7 +21,7 @@ fn config(name: &str, kernel: &str, extra: &str, target: &str) -> DomainConfig {
             root: "/dev/xvda1 ro".into(),
             extra: Some(extra.to_owned()),
         },
-        disks: vec![Disk { vdev: "xvda1".into(), access: Access::Rw, target: target.into() }],
+        disks: vec![Disk::new("xvda1", Access::Rw, target)],
         vifs: vec![Vif {
             mac: "00:16:3e:01:02:03".parse().expect("mac"),
             ip: "10.0.0.2".parse().expect("ip"),

@@ -103,10 +103,12 @@ fn config(i: Input) -> DomainConfig {
         disks: i
             .disks
             .into_iter()
-            .map(|d| Disk {
-                vdev: if d.xvd { format!("xvd{}", d.vdev) } else { d.vdev },
-                access: if d.rw { Access::Rw } else { Access::Ro },
-                target: PathBuf::from(if d.exists { image().to_owned() } else { d.target }),
+            .map(|d| {
+                Disk::new(
+                    if d.xvd { format!("xvd{}", d.vdev) } else { d.vdev },
+                    if d.rw { Access::Rw } else { Access::Ro },
+                    PathBuf::from(if d.exists { image().to_owned() } else { d.target }),
+                )
             })
             .collect(),
         vifs: i

@@ -20,7 +20,7 @@ use vw_chunkstore::{Assembly, ChunkId, ChunkRef, Manifest, ManifestId, Seal, Sto
 
 use super::check;
 use super::error::{ControlError, Failure, FailureKind};
-use super::lazy::{LazyStage, LazyVms, Settling};
+use super::lazy::{booted, LazyStage, LazyVms, Settling};
 use super::manifests::Received;
 use super::protocol::{
     bitmap, Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Phase,
@@ -746,7 +746,8 @@ impl HostService {
         );
         let (this, vo, share, stage_name) =
             (Arc::clone(self), vo.to_owned(), order.share.clone(), order.stage.clone());
-        let (settle, settled) = tokio::sync::oneshot::channel();
+        let (settle, mut settled) = watch::channel(false);
+        // The head waits no longer than this for its guests, nor the stage for it.
         let at_most = Duration::from_secs(self.gate.config.xen.ready_timeout_s);
         let rest = async move {
             // Nobody reads a lazy stage's progress: the head has its answer.
@@ -763,7 +764,7 @@ impl HostService {
                 .await?;
             // Writing the images and the copies from the store waits for the boots
             // (decision 87).
-            super::lazy::booted(settled, &disks, at_most).await;
+            booted(&mut settled, || disks.iter().all(|d| d.seen_up()), at_most).await;
             let report =
                 this.staged(spec, &vo, share, prepared, pulled, Some(disks), &progress).await?;
             this.lazy.hand_over_whole().await;
@@ -989,23 +990,24 @@ impl HostService {
             }
         }
         // The final passes decide: what they could not bring is the stage's failure. A
-        // pass that brought something is followed by another: a stream that stalled
-        // mid-way (its sender drops it when a host too busy to read it sends no credit
-        // for a while) costs a new stream, not the stage, and with it a lazy guest's
-        // boot. A pass that brought nothing ends them.
-        let mut left = usize::MAX;
+        // pass that brought something is followed by another, and so, twice in a row,
+        // is one that brought nothing: a stream that stalled mid-way (its sender drops
+        // it when a host too busy to read it sends no credit for a while) or a
+        // connection closed under it costs a new one, not the stage, and with it a
+        // lazy guest's boot.
+        let mut count = PassCount::default();
         let mut passed = None;
         loop {
             let passes = final_passes(images, &intake)?;
-            let now_left: usize = passes.iter().map(|(_, rest)| rest.len()).sum();
-            if now_left == 0 {
+            let left: usize = passes.iter().map(|(_, rest)| rest.len()).sum();
+            if left == 0 {
                 passed = passed.map(|_| None);
                 break;
             }
-            if now_left >= left {
+            let Some(pause) = count.next(left).filter(|_| !intake.is_broken()) else {
                 break;
-            }
-            left = now_left;
+            };
+            tokio::time::sleep(pause).await;
             let mut pass_failure = None;
             for (manifest, rest) in passes {
                 tracing::info!(
@@ -1041,6 +1043,36 @@ impl HostService {
             Some(e) => Err(e.into()),
             None => Ok((report, bytes, chunks)),
         }
+    }
+}
+
+/// Final pull passes in a row that may bring nothing before the stage fails.
+const FINAL_PASSES_IDLE: u32 = 2;
+
+/// Whether a stage's next final pull pass runs ([`HostService::fetch`]).
+#[derive(Debug, Default)]
+struct PassCount {
+    /// Chunks lacked before the last pass.
+    left: Option<usize>,
+    /// Passes in a row that brought nothing.
+    idle: u32,
+}
+
+impl PassCount {
+    /// With `left` chunks (more than none) lacked: `None` if the passes are over,
+    /// else the pause before the next (a second after each pass that brought nothing).
+    fn next(&mut self, left: usize) -> Option<Duration> {
+        match self.left {
+            Some(before) if left >= before => {
+                if self.idle == FINAL_PASSES_IDLE {
+                    return None;
+                }
+                self.idle += 1;
+            }
+            _ => self.idle = 0,
+        }
+        self.left = Some(left);
+        Some(Duration::from_secs(u64::from(self.idle)))
     }
 }
 
@@ -1096,7 +1128,7 @@ struct Prepared {
 impl Prepared {
     /// Starts writing the chunks held here into the images (the intake writes those
     /// it fetches). A full stage starts it before it fetches; a lazy one once its
-    /// guests have booted ([`crate::control::lazy::booted`]).
+    /// guests have booted ([`booted`]).
     fn start_filling(&mut self, store: &Arc<Store>) {
         let leave: HashSet<ChunkId> = self.lacking.chunks.iter().map(|c| c.id).collect();
         let (store, assemblies) = (Arc::clone(store), self.assemblies.clone());
@@ -1375,5 +1407,24 @@ mod tests {
         // 999,000 bytes in at least 20 ms: at most 49.95 MB/s, and not nothing.
         assert!(rate > 0 && rate <= 49_950_000, "{rate}");
         assert_eq!(meter.rate(1_000_000).min(1), 0, "no growth, no rate");
+    }
+
+    /// The final passes go on while they bring something, and through two in a row
+    /// that bring nothing (a stream or connection that broke under them); a third
+    /// ends them. Each pass that brought nothing waits a second longer first.
+    #[test]
+    fn final_passes_go_on_while_they_bring_something() {
+        let s = Duration::from_secs;
+        let mut c = PassCount::default();
+        assert_eq!(c.next(100), Some(s(0)), "the first pass at once");
+        assert_eq!(c.next(60), Some(s(0)), "it brought 40");
+        assert_eq!(c.next(60), Some(s(1)), "nothing: again, after a second");
+        assert_eq!(c.next(60), Some(s(2)), "nothing twice: once more");
+        assert_eq!(c.next(60), None, "nothing three times: over");
+        let mut c = PassCount::default();
+        for left in [100, 100, 100, 99, 99, 99, 1] {
+            assert!(c.next(left).is_some(), "progress between idle passes resets them");
+        }
+        assert_eq!(c.next(1), Some(s(1)));
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use vw_chunkstore::{ChunkId, Manifest, ManifestId, Store};
 
 use super::error::ControlError;
@@ -239,29 +239,29 @@ impl LazyVms {
     }
 }
 
-/// How often [`booted`] looks at its disks.
+/// How often [`booted`] looks at the guests.
 const BOOTED_POLL: Duration = Duration::from_secs(1);
 
-/// Waits until a lazy stage may write its images and its disks' copies from the
-/// store: once the head settles (every guest of the deployment up or given up on),
-/// or every guest of `disks` here has answered, or `at_most` has passed (the head
-/// waits no longer for its guests). That work reads and writes whole images; done
-/// while the toolstack creates the domains and the guests boot, it held domain
-/// creation on the Xen lab past libxl's hotplug timeout (docs/decisions.md, 87).
+/// Waits until a lazy stage may write its images and its disks' copies from the store
+/// (and hash them): once the head settles (`settled`: every guest of the deployment up
+/// or given up on), or every guest here has answered (`answered`, looked at every
+/// [`BOOTED_POLL`]), or `at_most` has passed (the head waits no longer for its
+/// guests). That work reads and writes whole images; it waits so as not to compete
+/// with the boots for the host's disk and CPU (docs/decisions.md, 87).
 pub(crate) async fn booted(
-    settled: oneshot::Receiver<()>,
-    disks: &[Arc<LazyDisk>],
+    settled: &mut watch::Receiver<bool>,
+    answered: impl Fn() -> bool,
     at_most: Duration,
 ) {
-    let answered = async {
-        while !disks.iter().all(|d| d.seen_up()) {
+    let polled = async {
+        while !answered() {
             tokio::time::sleep(BOOTED_POLL).await;
         }
     };
     tokio::select! {
-        // Sent, or dropped with the stage: either way nobody waits for the boots.
-        _ = settled => {}
-        () = answered => {}
+        // Settled, or the stage's record is gone (nobody will settle it).
+        _ = settled.wait_for(|s| *s) => {}
+        () = polled => {}
         () = tokio::time::sleep(at_most) => {
             tracing::info!(after_s = at_most.as_secs(), "guests not all up: writing the images all the same");
         }
@@ -273,7 +273,7 @@ pub(crate) async fn booted(
 struct Rest {
     task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
     /// Tells the task the head settles ([`booted`]).
-    settle: oneshot::Sender<()>,
+    settled: watch::Sender<bool>,
     /// The disks of the images that came without a trace.
     first_boots: Vec<Arc<LazyDisk>>,
 }
@@ -289,10 +289,10 @@ impl Settling {
         &self,
         stage: &str,
         task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
-        settle: oneshot::Sender<()>,
+        settled: watch::Sender<bool>,
         first_boots: Vec<Arc<LazyDisk>>,
     ) {
-        let rest = Rest { task, settle, first_boots };
+        let rest = Rest { task, settled, first_boots };
         self.0.lock().expect("settling lock").insert(stage.to_owned(), rest);
     }
 
@@ -302,11 +302,10 @@ impl Settling {
     /// guest never seen up, whose domain may not even have loaded, gives none).
     pub(crate) async fn settle(&self, stage: &str) -> Result<StageReport, ControlError> {
         let rest = self.0.lock().expect("settling lock").remove(stage);
-        let Some(Rest { task, settle, first_boots }) = rest else {
+        let Some(Rest { task, settled, first_boots }) = rest else {
             return Err(ControlError::NoStage { stage: stage.to_owned() });
         };
-        // The task may be done with the boots already, or over.
-        let _ = settle.send(());
+        settled.send_replace(true);
         let mut report = task.await.map_err(|e| ControlError::thread("a lazy stage", e))??;
         for d in first_boots.iter().filter(|d| d.seen_up()) {
             if !report.traces.iter().any(|(m, _)| *m == d.manifest()) {
@@ -314,5 +313,58 @@ impl Settling {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::time::Instant;
+
+    /// How long [`booted`] waits with `answered()` true after `up` (if given) and the
+    /// head settling after `settle` (if given; the sender dropped at once if `None`
+    /// and `drop_sender`), at most a minute.
+    async fn waited(up: Option<Duration>, settle: Option<Duration>, drop_sender: bool) -> Duration {
+        let (tx, mut rx) = watch::channel(false);
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Some(after) = up {
+            let flag = Arc::clone(&flag);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                flag.store(true, Ordering::SeqCst);
+            });
+        }
+        match settle {
+            Some(after) => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    tx.send_replace(true);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                });
+            }
+            None if drop_sender => drop(tx),
+            None => std::mem::forget(tx),
+        }
+        let began = Instant::now();
+        booted(&mut rx, || flag.load(Ordering::SeqCst), Duration::from_secs(60)).await;
+        began.elapsed()
+    }
+
+    /// The images are written once the head settles, or every guest here has answered,
+    /// or the head can wait no longer: whichever comes first, and never before.
+    #[tokio::test(start_paused = true)]
+    async fn a_lazy_stage_writes_its_images_once_its_guests_have_booted() {
+        let s = Duration::from_secs;
+        let near = |got: Duration, want: Duration| {
+            assert!(got >= want && got <= want + BOOTED_POLL, "waited {got:?}, not {want:?}");
+        };
+        near(waited(None, Some(s(7)), false).await, s(7));
+        near(waited(Some(s(5)), Some(s(30)), false).await, s(5));
+        near(waited(Some(s(40)), Some(s(20)), false).await, s(20));
+        // Nobody will settle (the stage's record is gone): at once.
+        near(waited(None, None, true).await, s(0));
+        // The guests never answer and the head never settles: at most the while.
+        near(waited(None, None, false).await, s(60));
     }
 }

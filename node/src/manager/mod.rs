@@ -779,6 +779,24 @@ impl Manager {
         Ok(out)
     }
 
+    /// `xen/vw-block`, a lazy disk's hotplug script (decision 88), written as this vwd
+    /// has it (and executable) under the `xl` driver; `None` under the simulated one,
+    /// whose lazy disks are sockets.
+    pub fn lazy_block_script(&self) -> Result<Option<PathBuf>, ManagerError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if self.driver().kind() != DriverKind::Xl {
+            return Ok(None);
+        }
+        let path = self.root.join("xen").join("vw-block");
+        let script = crate::xen::config::LAZY_BLOCK_SCRIPT.as_bytes();
+        if std::fs::read(&path).ok().as_deref() != Some(script) {
+            stage::write_atomic(&path, script)?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| ManagerError::io("chmod", &path, e))?;
+        Ok(Some(path))
+    }
+
     /// `xen/<vm>.cfg`.
     pub fn config_path(&self, vm: &str) -> PathBuf {
         self.root.join("xen").join(format!("{vm}.cfg"))

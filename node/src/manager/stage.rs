@@ -138,7 +138,8 @@ pub(super) fn stage_vm(
             let target = lazy.attach.attach(&vm.name, &p.device, *id, &copy).map_err(|e| {
                 ManagerError::Lazy { vm: vm.name.clone(), why: format!("{}: {e}", p.device) }
             })?;
-            disks.push(Disk { vdev: p.device.clone(), access: p.access, target });
+            let script = m.lazy_block_script()?;
+            disks.push(Disk { script, ..Disk::new(p.device.clone(), p.access, target) });
             continue;
         }
         m.store.pin(&ImageRef::Id(*id), &PinReason::Deployment(dep.name.clone()))?;
@@ -166,14 +167,14 @@ pub(super) fn stage_vm(
         if p.role == PartitionRole::Root {
             root = Some(copy.clone());
         }
-        disks.push(Disk { vdev: p.device.clone(), access: p.access, target: copy });
+        disks.push(Disk::new(p.device.clone(), p.access, copy));
     }
     let t = Instant::now();
     if let Some(swap) = &node.swap {
         let path = dir.join(format!("{}.swap.img", swap.device));
         make_swap(&path, swap.size)
             .map_err(|error| ManagerError::Integration { vm: vm.name.clone(), error })?;
-        disks.push(Disk { vdev: swap.device.clone(), access: Access::Rw, target: path });
+        disks.push(Disk::new(swap.device.clone(), Access::Rw, path));
     }
     phases.swap = micros(t);
 
@@ -185,7 +186,7 @@ pub(super) fn stage_vm(
             let path = dir.join("seed.img");
             integrate::seed::make(&setup, &path).map_err(integration_err)?;
             let vdev = free_disk(disks.iter().map(|d| d.vdev.as_str()));
-            disks.push(Disk { vdev, access: Access::Ro, target: path });
+            disks.push(Disk::new(vdev, Access::Ro, path));
         }
         Integration::Edit => {
             let root = root.expect("validation requires a root partition");
@@ -259,7 +260,7 @@ pub(super) fn settle_vm(
         .disks
         .iter()
         .map(|d| match partitions.iter().find(|p| p.device == d.vdev) {
-            Some(p) => Disk { target: dir.join(format!("{}.img", p.device)), ..d.clone() },
+            Some(p) => Disk::new(d.vdev.clone(), d.access, dir.join(format!("{}.img", p.device))),
             None => d.clone(),
         })
         .collect();
@@ -360,7 +361,7 @@ fn make_swap(path: &Path, size: u64) -> Result<(), integrate::IntegrationError> 
 }
 
 /// Writes `bytes` to `path` through a temp file, fsync and rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManagerError> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManagerError> {
     let dir = path.parent().expect("config paths have a directory");
     fs::create_dir_all(dir).map_err(|e| ManagerError::io("create", dir, e))?;
     let tmp = path.with_extension("tmp");

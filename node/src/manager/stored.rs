@@ -371,10 +371,8 @@ impl TryFrom<Vm> for VmRecord {
                 disks: s
                     .disks
                     .into_iter()
-                    .map(|d| Disk {
-                        vdev: d.vdev,
-                        access: if d.writable { Access::Rw } else { Access::Ro },
-                        target: d.target,
+                    .map(|d| {
+                        Disk::new(d.vdev, if d.writable { Access::Rw } else { Access::Ro }, d.target)
                     })
                     .collect(),
                 phases: StagePhases {

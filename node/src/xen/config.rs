@@ -64,6 +64,21 @@ pub struct Disk {
     pub access: Access,
     /// The image file on the host.
     pub target: PathBuf,
+    /// The hotplug script xl runs for it instead of its own `block` (a lazy disk's:
+    /// [`LAZY_BLOCK_SCRIPT`]). Not recorded: only the config written with it names it.
+    #[serde(skip)]
+    pub script: Option<PathBuf>,
+}
+
+/// vw's hotplug script for a lazy disk's device-mapper device (decision 88), which vwd
+/// writes beside the domain configs.
+pub const LAZY_BLOCK_SCRIPT: &str = include_str!("vw-block");
+
+impl Disk {
+    /// A disk xl attaches with its own `block` script.
+    pub fn new(vdev: impl Into<String>, access: Access, target: impl Into<PathBuf>) -> Self {
+        Disk { vdev: vdev.into(), access, target: target.into(), script: None }
+    }
 }
 
 /// A network interface.
@@ -165,8 +180,22 @@ impl DomainConfig {
                     format!("device {:?} is not a Xen block device like `xvda1`", d.vdev),
                 ));
             }
+            let script = match &d.script {
+                None => String::new(),
+                Some(s) => match s.to_str() {
+                    Some(s) if s.starts_with('/') && !s.contains([',', '=']) => {
+                        format!("script={s}, ")
+                    }
+                    _ => {
+                        return Err(bad(
+                            "disk",
+                            format!("script {} is not an absolute path xl can take", s.display()),
+                        ))
+                    }
+                },
+            };
             let spec = format!(
-                "format=raw, vdev={}, access={}, target={target}",
+                "format=raw, vdev={}, access={}, {script}target={target}",
                 d.vdev,
                 d.access.as_str()
             );
@@ -508,6 +537,7 @@ pub fn check(text: &str) -> Result<String, String> {
             match part.split_once('=') {
                 Some(("format", "raw")) | Some(("access", "rw" | "ro" | "r" | "w")) => {}
                 Some(("vdev", v)) if v.starts_with("xvd") => {}
+                Some(("script", s)) if s.starts_with('/') => {}
                 _ => {
                     return Err(format!(
                         "disk {spec:?}: unexpected {part:?} (target= must be last)"
@@ -577,7 +607,7 @@ mod tests {
             vcpus: 1,
             cpus: None,
             boot: Boot::Bootloader { path: PYGRUB.into(), args: None },
-            disks: vec![Disk { vdev: "xvda1".into(), access: Access::Rw, target: img }],
+            disks: vec![Disk::new("xvda1", Access::Rw, img)],
             vifs: vec![Vif {
                 mac: Mac([0x00, 0x16, 0x3e, 1, 2, 3]),
                 ip: Ipv4Addr::new(10, 0, 0, 2),
