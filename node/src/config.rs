@@ -250,6 +250,22 @@ pub struct XenConfig {
     /// deprivileging users (default: none).
     #[serde(default)]
     pub bootloader_user: Option<String>,
+    /// When a lazy stage starts its background fetch (default `at-once`).
+    #[serde(default)]
+    pub lazy_fetch: LazyFetch,
+}
+
+/// When a lazy stage starts its background fetch (`[xen] lazy_fetch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LazyFetch {
+    /// As soon as it has answered the head.
+    #[default]
+    AtOnce,
+    /// Once the head starts the guests (every domain of the deployment created, on
+    /// every host); until then only what a read asks for. For a dom0 that cannot
+    /// carry a stage's traffic beside domain creation (docs/decisions.md, 89).
+    AfterCreate,
 }
 
 /// Which driver hands domains to the hypervisor.
@@ -378,6 +394,7 @@ impl Default for XenConfig {
             console_dir: default_console_dir(),
             kernel_dirs: Vec::new(),
             bootloader_user: None,
+            lazy_fetch: LazyFetch::default(),
         }
     }
 }

@@ -10,6 +10,9 @@
 //! answers `Missing` at once and the next is asked; one that sends a bad chunk is
 //! dropped for the whole stage. One that cannot be reached is asked last (and once)
 //! for the next [`UNREACHABLE_FOR`], so a lost source costs each later read nothing.
+//! When every holder asked was stalled (connected, yet nothing for
+//! [`URGENT_QUIET`](super::fetch::URGENT_QUIET): busy, as a starved host is), they are
+//! all asked again, up to [`URGENT_ROUNDS`] rounds, before the read fails.
 //!
 //! A chunk the cascade is about to bring is not fetched: an urgent stream makes the
 //! cascade give way, and a boot that reads in the order the cascade brings (a boot
@@ -29,7 +32,7 @@ use tokio::sync::RwLock;
 use tracing::Instrument as _;
 use vw_chunkstore::{ChunkId, ChunkRef};
 
-use super::fetch::{fetch_stream, pull_span, Floor, StreamRole};
+use super::fetch::{fetch_stream, pull_span, Floor, StreamRole, URGENT_QUIET};
 use super::{Intake, Purpose};
 use crate::lazy::disk::Supply;
 use crate::peer::{short, PeerError};
@@ -48,6 +51,10 @@ pub const AHEAD: usize = super::WINDOW as usize;
 pub const STALLED: Duration = Duration::from_millis(250);
 /// Longest a read waits for the cascade before it fetches the chunk itself.
 pub const CASCADE_WAIT: Duration = Duration::from_secs(2);
+/// Rounds of asking every holder while each one is stalled: with one holder, a read
+/// waits at most this many times [`URGENT_QUIET`] (30 s, the background streams' quiet
+/// time) before it fails.
+pub const URGENT_ROUNDS: u32 = 6;
 
 /// One image a stage stages: what its chunks are fetched for, and from whom.
 #[derive(Clone, Debug)]
@@ -222,16 +229,39 @@ impl Inner {
     }
 
     /// Fetches one chunk on an urgent stream from the first of `image`'s holders that
-    /// sends it, into `intake`. Holders found unreachable lately are asked last, once;
-    /// the others are asked again (twice) if their stream fails at once, since a stream
-    /// may fail while a connection is still being set up. The error names every holder
-    /// asked and what each said.
+    /// sends it, into `intake`, asking them all again while every one was stalled (it
+    /// answered nothing for [`URGENT_QUIET`]), up to [`URGENT_ROUNDS`] times: a busy
+    /// holder keeps the guest waiting, where only holders that lack the chunk, send a
+    /// bad one or cannot be reached fail its read.
     async fn fetch_urgent(
         &self,
         image: &DemandImage,
         chunk: ChunkRef,
         intake: &Intake,
     ) -> Result<(), String> {
+        let mut round = 1;
+        loop {
+            match self.ask_holders(image, chunk, intake).await {
+                Err((why, true)) if round < URGENT_ROUNDS => {
+                    tracing::info!(chunk = %chunk.id, round, why = %why, "every holder stalled: asking again");
+                    round += 1;
+                }
+                done => return done.map_err(|(why, _)| why),
+            }
+        }
+    }
+
+    /// One round of [`Inner::fetch_urgent`]: asks each of `image`'s holders in turn.
+    /// Holders found unreachable lately are asked last, once; the others are asked
+    /// again (twice) if their stream fails at once, since a stream may fail while a
+    /// connection is still being set up. The error names every holder asked and what
+    /// each said, and whether every one of them was stalled.
+    async fn ask_holders(
+        &self,
+        image: &DemandImage,
+        chunk: ChunkRef,
+        intake: &Intake,
+    ) -> Result<(), (String, bool)> {
         let lately = |peer: &PeerId| {
             let unreachable = self.unreachable.lock().expect("demand lock");
             unreachable.get(peer).is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
@@ -240,6 +270,7 @@ impl Inner {
             image.peers.iter().filter(|p| !intake.is_dropped(p)).partition(|p| !lately(p));
         let mut control = self.control.clone();
         let mut tried = Vec::new();
+        let mut all_stalled = true;
         for (peer, retries) in
             first.into_iter().map(|p| (p, 2)).chain(last.into_iter().map(|p| (p, 0)))
         {
@@ -267,9 +298,15 @@ impl Inner {
                 } else {
                     unreachable.remove(&peer);
                 }
+                // Connected, and nothing for the quiet time: busy, not gone.
+                let stalled = got.chunks == 0
+                    && got.missing == 0
+                    && began.elapsed() >= URGENT_QUIET
+                    && matches!(result, Err(PeerError::Stream { .. }));
+                all_stalled &= stalled;
                 break (got, result);
             };
-            if intake.has(&chunk.id).map_err(|e| e.to_string())? {
+            if intake.has(&chunk.id).map_err(|e| (e.to_string(), false))? {
                 return Ok(());
             }
             let why = match result {
@@ -285,9 +322,9 @@ impl Inner {
             tried.push(format!("{}: {why}", short(&peer)));
         }
         Err(if tried.is_empty() {
-            "no holder is left to ask".to_owned()
+            ("no holder is left to ask".to_owned(), false)
         } else {
-            format!("asked {} holders: {}", tried.len(), tried.join("; "))
+            (format!("asked {} holders: {}", tried.len(), tried.join("; ")), all_stalled)
         })
     }
 }

@@ -20,7 +20,7 @@ use vw_chunkstore::{Assembly, ChunkId, ChunkRef, Manifest, ManifestId, Seal, Sto
 
 use super::check;
 use super::error::{ControlError, Failure, FailureKind};
-use super::lazy::{booted, LazyStage, LazyVms, Settling};
+use super::lazy::{booted, started, LazyStage, LazyVms, Settling, Went};
 use super::manifests::Received;
 use super::protocol::{
     bitmap, Answer, HostStatus, ImageManifest, ImageOrder, InventoryReport, ManifestPiece, Phase,
@@ -32,7 +32,7 @@ use crate::access::{shareable, Gate};
 use crate::chunks::demand::{Demand, DemandImage};
 use crate::chunks::rate::{RateLimit, UploadMeter};
 use crate::chunks::{fetch_from_any, Floor, Intake, PullReport, Purpose, Relay, QUIET};
-use crate::config::DriverKind;
+use crate::config::{DriverKind, LazyFetch};
 use crate::lazy::disk::LazyDisk;
 use crate::lifecycle::Op;
 use crate::machine::LinkRate;
@@ -251,6 +251,11 @@ impl HostService {
                 };
                 let vo = vo.as_deref().unwrap_or("-");
                 self.gate.audit.record(vo, peer, &op.to_string(), &deployment, outcome, &detail);
+                if op == Op::Create {
+                    // Every domain of the deployment is made: a lazy stage that waits
+                    // for it starts its background fetch.
+                    self.settling.started(&deployment);
+                }
                 if let (Op::Stop | Op::Unstage, Ok(vms)) = (op, &ran) {
                     // Their domains are gone: a later load reads the local copies.
                     self.lazy.release(vms.iter().map(|v| v.vm.to_string()).collect()).await;
@@ -746,10 +751,15 @@ impl HostService {
         );
         let (this, vo, share, stage_name) =
             (Arc::clone(self), vo.to_owned(), order.share.clone(), order.stage.clone());
-        let (settle, mut settled) = watch::channel(false);
+        let deployment = spec.name.clone();
+        let (went, mut heard) = watch::channel(Went::Staged);
         // The head waits no longer than this for its guests, nor the stage for it.
         let at_most = Duration::from_secs(self.gate.config.xen.ready_timeout_s);
+        let after_create = self.gate.config.xen.lazy_fetch == LazyFetch::AfterCreate;
         let rest = async move {
+            if after_create {
+                started(&mut heard, at_most).await;
+            }
             // Nobody reads a lazy stage's progress: the head has its answer.
             let (progress, _) = mpsc::channel(1);
             let pulled = this
@@ -764,7 +774,7 @@ impl HostService {
                 .await?;
             // Writing the images and the copies from the store waits for the boots
             // (decision 87).
-            booted(&mut settled, || disks.iter().all(|d| d.seen_up()), at_most).await;
+            booted(&mut heard, || disks.iter().all(|d| d.seen_up()), at_most).await;
             let report =
                 this.staged(spec, &vo, share, prepared, pulled, Some(disks), &progress).await?;
             this.lazy.hand_over_whole().await;
@@ -772,7 +782,7 @@ impl HostService {
         };
         let span = tracing::info_span!("settle", stage = %order.stage);
         let task = tokio::spawn(tracing::Instrument::instrument(rest, span));
-        self.settling.insert(&order.stage, task, settle, first_boots);
+        self.settling.insert(&order.stage, &deployment, task, went, first_boots);
         Ok(report)
     }
 

@@ -239,17 +239,41 @@ impl LazyVms {
     }
 }
 
+/// How far the head has taken a lazy stage's deployment, as this host has heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Went {
+    /// The stage answered; the head creates the domains (paused).
+    Staged,
+    /// The head starts the guests: it has created every domain of the deployment.
+    Started,
+    /// The head settles: every guest is up or given up on.
+    Settled,
+}
+
 /// How often [`booted`] looks at the guests.
 const BOOTED_POLL: Duration = Duration::from_secs(1);
 
+/// Waits until the head starts the guests (`went`), at most `at_most`: a lazy stage
+/// under `[xen] lazy_fetch = "after-create"` waits so before its background fetch
+/// (docs/decisions.md, 89).
+pub(crate) async fn started(went: &mut watch::Receiver<Went>, at_most: Duration) {
+    // Reached, or the stage's record is gone (nobody will tell it more).
+    if tokio::time::timeout(at_most, went.wait_for(|w| *w >= Went::Started)).await.is_err() {
+        tracing::info!(
+            after_s = at_most.as_secs(),
+            "the head has not started the guests: fetching all the same"
+        );
+    }
+}
+
 /// Waits until a lazy stage may write its images and its disks' copies from the store
-/// (and hash them): once the head settles (`settled`: every guest of the deployment up
-/// or given up on), or every guest here has answered (`answered`, looked at every
+/// (and hash them): once the head settles (`went`: every guest of the deployment up or
+/// given up on), or every guest here has answered (`answered`, looked at every
 /// [`BOOTED_POLL`]), or `at_most` has passed (the head waits no longer for its
 /// guests). That work reads and writes whole images; it waits so as not to compete
 /// with the boots for the host's disk and CPU (docs/decisions.md, 87).
 pub(crate) async fn booted(
-    settled: &mut watch::Receiver<bool>,
+    went: &mut watch::Receiver<Went>,
     answered: impl Fn() -> bool,
     at_most: Duration,
 ) {
@@ -260,7 +284,7 @@ pub(crate) async fn booted(
     };
     tokio::select! {
         // Settled, or the stage's record is gone (nobody will settle it).
-        _ = settled.wait_for(|s| *s) => {}
+        _ = went.wait_for(|w| *w == Went::Settled) => {}
         () = polled => {}
         () = tokio::time::sleep(at_most) => {
             tracing::info!(after_s = at_most.as_secs(), "guests not all up: writing the images all the same");
@@ -272,8 +296,9 @@ pub(crate) async fn booted(
 #[derive(Debug)]
 struct Rest {
     task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
-    /// Tells the task the head settles ([`booted`]).
-    settled: watch::Sender<bool>,
+    deployment: String,
+    /// Tells the task how far the head has come ([`started`], [`booted`]).
+    went: watch::Sender<Went>,
     /// The disks of the images that came without a trace.
     first_boots: Vec<Arc<LazyDisk>>,
 }
@@ -283,17 +308,32 @@ struct Rest {
 pub(crate) struct Settling(Mutex<HashMap<String, Rest>>);
 
 impl Settling {
-    /// Keeps `task`, the rest of `stage`, the sender that tells it the head settles,
-    /// and the disks whose reads are the first boot of their images.
+    /// Keeps `task`, the rest of `stage` (of `deployment`), the sender that tells it
+    /// how far the head has come, and the disks whose reads are the first boot of
+    /// their images.
     pub(crate) fn insert(
         &self,
         stage: &str,
+        deployment: &str,
         task: tokio::task::JoinHandle<Result<StageReport, ControlError>>,
-        settled: watch::Sender<bool>,
+        went: watch::Sender<Went>,
         first_boots: Vec<Arc<LazyDisk>>,
     ) {
-        let rest = Rest { task, settled, first_boots };
+        let rest = Rest { task, deployment: deployment.to_owned(), went, first_boots };
         self.0.lock().expect("settling lock").insert(stage.to_owned(), rest);
+    }
+
+    /// The head has started `deployment`'s guests.
+    pub(crate) fn started(&self, deployment: &str) {
+        for rest in self.0.lock().expect("settling lock").values() {
+            if rest.deployment == deployment {
+                rest.went.send_if_modified(|w| {
+                    let earlier = *w < Went::Started;
+                    *w = (*w).max(Went::Started);
+                    earlier
+                });
+            }
+        }
     }
 
     /// Waits for the rest of `stage` and returns its report, with the boot trace of
@@ -302,10 +342,10 @@ impl Settling {
     /// guest never seen up, whose domain may not even have loaded, gives none).
     pub(crate) async fn settle(&self, stage: &str) -> Result<StageReport, ControlError> {
         let rest = self.0.lock().expect("settling lock").remove(stage);
-        let Some(Rest { task, settled, first_boots }) = rest else {
+        let Some(Rest { task, went, first_boots, .. }) = rest else {
             return Err(ControlError::NoStage { stage: stage.to_owned() });
         };
-        settled.send_replace(true);
+        went.send_replace(Went::Settled);
         let mut report = task.await.map_err(|e| ControlError::thread("a lazy stage", e))??;
         for d in first_boots.iter().filter(|d| d.seen_up()) {
             if !report.traces.iter().any(|(m, _)| *m == d.manifest()) {
@@ -326,7 +366,7 @@ mod tests {
     /// head settling after `settle` (if given; the sender dropped at once if `None`
     /// and `drop_sender`), at most a minute.
     async fn waited(up: Option<Duration>, settle: Option<Duration>, drop_sender: bool) -> Duration {
-        let (tx, mut rx) = watch::channel(false);
+        let (tx, mut rx) = watch::channel(Went::Staged);
         let flag = Arc::new(AtomicBool::new(false));
         if let Some(after) = up {
             let flag = Arc::clone(&flag);
@@ -339,7 +379,7 @@ mod tests {
             Some(after) => {
                 tokio::spawn(async move {
                     tokio::time::sleep(after).await;
-                    tx.send_replace(true);
+                    tx.send_replace(Went::Settled);
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 });
             }
@@ -366,5 +406,24 @@ mod tests {
         near(waited(None, None, true).await, s(0));
         // The guests never answer and the head never settles: at most the while.
         near(waited(None, None, false).await, s(60));
+    }
+
+    /// A stage that fetches after create waits for the head to start the guests (or
+    /// settle), or for the head no longer.
+    #[tokio::test(start_paused = true)]
+    async fn an_after_create_stage_fetches_once_the_guests_start() {
+        for (went, after, want) in
+            [(Went::Started, 5, 5), (Went::Settled, 8, 8), (Went::Staged, 1, 60)]
+        {
+            let (tx, mut rx) = watch::channel(Went::Staged);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(after)).await;
+                tx.send_replace(went);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+            let began = Instant::now();
+            started(&mut rx, Duration::from_secs(60)).await;
+            assert_eq!(began.elapsed().as_secs(), want, "{went:?} after {after} s");
+        }
     }
 }

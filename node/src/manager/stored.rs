@@ -372,7 +372,11 @@ impl TryFrom<Vm> for VmRecord {
                     .disks
                     .into_iter()
                     .map(|d| {
-                        Disk::new(d.vdev, if d.writable { Access::Rw } else { Access::Ro }, d.target)
+                        Disk::new(
+                            d.vdev,
+                            if d.writable { Access::Rw } else { Access::Ro },
+                            d.target,
+                        )
                     })
                     .collect(),
                 phases: StagePhases {

@@ -619,6 +619,12 @@ mod tests {
             bootloader_user: None,
         };
         assert_eq!(check(&good.render().expect("renders")).as_deref(), Ok("d"));
+        // A lazy disk's hotplug script comes before the target, and passes the check.
+        let script = |s: &str| Disk { script: Some(s.into()), ..good.disks[0].clone() };
+        let lazy = DomainConfig { disks: vec![script("/var/lib/vw/xen/vw-block")], ..good.clone() };
+        let text = lazy.render().expect("renders");
+        assert!(text.contains("script=/var/lib/vw/xen/vw-block, target="), "{text}");
+        assert_eq!(check(&text).as_deref(), Ok("d"));
         let disk = |vdev: &str| Disk { vdev: vdev.into(), ..good.disks[0].clone() };
         let vif = |mac: [u8; 6]| Vif { mac: Mac(mac), ..good.vifs[0].clone() };
         for (key, c) in [
@@ -626,6 +632,10 @@ mod tests {
             ("memory", DomainConfig { memory_mib: 0, ..good.clone() }),
             ("vcpus", DomainConfig { vcpus: 0, ..good.clone() }),
             ("disk", DomainConfig { disks: vec![disk("sda1")], ..good.clone() }),
+            // xl would look a relative script up in /etc/xen/scripts, and a comma or
+            // `=` would end the spec's field.
+            ("disk", DomainConfig { disks: vec![script("vw-block")], ..good.clone() }),
+            ("disk", DomainConfig { disks: vec![script("/x,target=/y")], ..good.clone() }),
             ("vif", DomainConfig { vifs: vec![vif([2, 0, 0, 1, 2, 3])], ..good.clone() }),
             ("config", DomainConfig { disks: vec![disk("xvdb"); 1000], ..good.clone() }),
         ] {

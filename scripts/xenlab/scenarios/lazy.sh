@@ -9,8 +9,8 @@
 #   full-warm, lazy-warm   (VW_SCENARIO_WARM=1) host 2 holds the image from the run before
 # VW_SCENARIO_CAP=50% (or 40Mbit) deploys with `--cap` (every deploy): the stage held to
 # a share of each link (run 8, 8Mbit: the lazy deploy lost its VMs at load all the same).
-# Each deploy's report (--json) is kept; scripts/experiments/lazy-lab.py makes the
-# table from them.
+# Each deploy's report (--json, OUT/deploy-NAME.json) is kept beside times.csv (each
+# step's wall time, ms); docs/experiments.md's lab table is read from them.
 HOSTS=2 HOST_CPUS=1 HOST_MEM=3072 DOM0_MEM=768
 
 prepare() {
