@@ -613,3 +613,79 @@ async fn a_lazy_guest_reads_from_other_holders_when_its_source_is_lost() {
         p.shutdown().await;
     }
 }
+
+/// Answers its first `stalls` chunk requests only after `for_`, blocking the thread
+/// that serves them, as a holder too busy to answer would.
+struct Stalling {
+    store: Arc<Store>,
+    stalls: std::sync::atomic::AtomicUsize,
+    for_: std::time::Duration,
+}
+
+impl ChunkSource for Stalling {
+    fn chunk(&self, id: &vw_node::chunkstore::ChunkId) -> Option<Vec<u8>> {
+        use std::sync::atomic::Ordering;
+        if self
+            .stalls
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            std::thread::sleep(self.for_);
+        }
+        self.store.read_chunk(id).ok()
+    }
+}
+
+/// A lazy guest's one holder stalls (answers nothing for longer than an urgent stream
+/// waits) on its first request: the read asks it again rather than failing the guest,
+/// and gets the image's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lazy_read_waits_out_a_stalled_holder() {
+    use vw_node::chunks::demand::{Demand, DemandImage};
+    use vw_node::chunks::fetch::URGENT_QUIET;
+    use vw_node::lazy::disk::{LazyDisk, Supply};
+    use vw_node::lazy::nbd::BlockDevice;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ks, kc] = &keypairs();
+    let (a, c) = source_and_receiver(dir.path());
+    let (manifest, data) = imported(&a, dir.path(), 2, 22);
+    let grants = Arc::new(Grants::default());
+    let stalling = Stalling {
+        store: a.clone(),
+        stalls: 1.into(),
+        for_: URGENT_QUIET + std::time::Duration::from_secs(1),
+    };
+    let ps = start(config(ks, &[kc], &grants), Arc::new(stalling)).await.expect("peer s");
+    let pc = start(config(kc, &[ks], &grants), c.clone()).await.expect("peer c");
+    grant(&grants, &manifest, &[pc.id()]);
+    pc.dial(address(&ps).await).await.expect("dial");
+    let demand = Demand::new(
+        pc.control(),
+        vec![DemandImage {
+            purpose: purpose(&manifest),
+            peers: vec![ps.id()],
+            chunks: manifest.distinct().iter().map(|ch| ch.id).collect(),
+        }],
+    );
+    let supply: Arc<dyn Supply> = Arc::new(demand.clone());
+    let disk = Arc::new(
+        LazyDisk::create("vm/xvda1", &manifest, &dir.path().join("vm.img"), c.clone(), supply)
+            .expect("lazy disk"),
+    );
+    let intake = Arc::new(Intake::start(c.clone(), None).with_lazy(vec![disk.clone()]));
+    demand.open(&intake).await;
+
+    let mut buf = vec![0u8; 4096];
+    disk.read(1 << 20, &mut buf).await.expect("read once the holder answers");
+    assert!(buf == data[1 << 20..(1 << 20) + 4096], "the image's bytes");
+    let counts = disk.counts();
+    assert!(counts.fetched > 0 && counts.failed == 0, "{counts:?}");
+
+    demand.close().await;
+    drop(disk);
+    Arc::try_unwrap(intake).expect("the stage's intake").finish().await.expect("durable");
+    for p in [ps, pc] {
+        p.shutdown().await;
+    }
+}
