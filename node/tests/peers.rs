@@ -539,6 +539,35 @@ async fn a_holder_whose_upload_is_busy_refuses_relief_and_the_slow_sender_keeps_
     rebuilds_exactly(&c, &manifest, None, &data);
 }
 
+/// A lazy disk of `manifest` in `dir` on peer `pc` (store `c`), fetching what `c` lacks
+/// from `holders` in that order, and its stage's demand and intake, open.
+async fn lazy_disk(
+    pc: &Peer,
+    manifest: &Manifest,
+    holders: Vec<libp2p::PeerId>,
+    c: &Arc<Store>,
+    dir: &std::path::Path,
+) -> (vw_node::chunks::demand::Demand, Arc<vw_node::lazy::disk::LazyDisk>, Arc<Intake>) {
+    use vw_node::chunks::demand::{Demand, DemandImage};
+    use vw_node::lazy::disk::{LazyDisk, Supply};
+    let demand = Demand::new(
+        pc.control(),
+        vec![DemandImage {
+            purpose: purpose(manifest),
+            peers: holders,
+            chunks: manifest.distinct().iter().map(|ch| ch.id).collect(),
+        }],
+    );
+    let supply: Arc<dyn Supply> = Arc::new(demand.clone());
+    let disk = Arc::new(
+        LazyDisk::create("vm/xvda1", manifest, &dir.join("vm.img"), c.clone(), supply)
+            .expect("lazy disk"),
+    );
+    let intake = Arc::new(Intake::start(c.clone(), None).with_lazy(vec![disk.clone()]));
+    demand.open(&intake).await;
+    (demand, disk, intake)
+}
+
 /// A lazy disk (issue 19) on host c boots while its source s is gone: a guest's read of
 /// a chunk c lacks asks s (gone), then b (which sends a bad chunk: dropped, nothing
 /// unverified reaches the guest), then a, which serves it; every byte the guest reads
@@ -546,8 +575,6 @@ async fn a_holder_whose_upload_is_busy_refuses_relief_and_the_slow_sender_keeps_
 /// an I/O error naming the chunk and what each holder said.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lazy_guest_reads_from_other_holders_when_its_source_is_lost() {
-    use vw_node::chunks::demand::{Demand, DemandImage};
-    use vw_node::lazy::disk::{LazyDisk, Supply};
     use vw_node::lazy::nbd::{errno, BlockDevice, Errno};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -565,21 +592,8 @@ async fn a_lazy_guest_reads_from_other_holders_when_its_source_is_lost() {
     for p in [&pa, &pb, &ps] {
         pc.dial(address(p).await).await.expect("dial");
     }
-    let demand = Demand::new(
-        pc.control(),
-        vec![DemandImage {
-            purpose: purpose(&manifest),
-            peers: vec![ps.id(), pb.id(), pa.id()],
-            chunks: manifest.distinct().iter().map(|ch| ch.id).collect(),
-        }],
-    );
-    let supply: Arc<dyn Supply> = Arc::new(demand.clone());
-    let disk = Arc::new(
-        LazyDisk::create("vm/xvda1", &manifest, &dir.path().join("vm.img"), c.clone(), supply)
-            .expect("lazy disk"),
-    );
-    let intake = Arc::new(Intake::start(c.clone(), None).with_lazy(vec![disk.clone()]));
-    demand.open(&intake).await;
+    let (demand, disk, intake) =
+        lazy_disk(&pc, &manifest, vec![ps.id(), pb.id(), pa.id()], &c, dir.path()).await;
     let gone = [ps.id(), pa.id()];
     ps.shutdown().await; // the source is lost before the guest boots
 
@@ -641,9 +655,7 @@ impl ChunkSource for Stalling {
 /// and gets the image's bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lazy_read_waits_out_a_stalled_holder() {
-    use vw_node::chunks::demand::{Demand, DemandImage};
     use vw_node::chunks::fetch::URGENT_QUIET;
-    use vw_node::lazy::disk::{LazyDisk, Supply};
     use vw_node::lazy::nbd::BlockDevice;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -660,21 +672,7 @@ async fn a_lazy_read_waits_out_a_stalled_holder() {
     let pc = start(config(kc, &[ks], &grants), c.clone()).await.expect("peer c");
     grant(&grants, &manifest, &[pc.id()]);
     pc.dial(address(&ps).await).await.expect("dial");
-    let demand = Demand::new(
-        pc.control(),
-        vec![DemandImage {
-            purpose: purpose(&manifest),
-            peers: vec![ps.id()],
-            chunks: manifest.distinct().iter().map(|ch| ch.id).collect(),
-        }],
-    );
-    let supply: Arc<dyn Supply> = Arc::new(demand.clone());
-    let disk = Arc::new(
-        LazyDisk::create("vm/xvda1", &manifest, &dir.path().join("vm.img"), c.clone(), supply)
-            .expect("lazy disk"),
-    );
-    let intake = Arc::new(Intake::start(c.clone(), None).with_lazy(vec![disk.clone()]));
-    demand.open(&intake).await;
+    let (demand, disk, intake) = lazy_disk(&pc, &manifest, vec![ps.id()], &c, dir.path()).await;
 
     let mut buf = vec![0u8; 4096];
     disk.read(1 << 20, &mut buf).await.expect("read once the holder answers");
