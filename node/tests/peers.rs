@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use libp2p::{identity, Multiaddr};
 use vw_node::access::grants::Grants;
+use vw_node::chunks::demand::{Demand, DemandImage};
 use vw_node::chunks::rate::{RateLimit, UploadMeter};
 use vw_node::chunks::{
     self, fetch, fetch_from_any, fetch_into, ChunkSource, Floor, Intake, PullReport, Purpose,
     Relay, Sending,
 };
 use vw_node::chunkstore::{testdata::noise, ImageName, Manifest, Store};
+use vw_node::lazy::disk::{LazyDisk, Supply};
 use vw_node::peer::{Peer, PeerConfig, PeerError};
 
 /// The deployment every test fetches for.
@@ -547,9 +549,7 @@ async fn lazy_disk(
     holders: Vec<libp2p::PeerId>,
     c: &Arc<Store>,
     dir: &std::path::Path,
-) -> (vw_node::chunks::demand::Demand, Arc<vw_node::lazy::disk::LazyDisk>, Arc<Intake>) {
-    use vw_node::chunks::demand::{Demand, DemandImage};
-    use vw_node::lazy::disk::{LazyDisk, Supply};
+) -> (Demand, Arc<LazyDisk>, Arc<Intake>) {
     let demand = Demand::new(
         pc.control(),
         vec![DemandImage {
