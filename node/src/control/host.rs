@@ -1006,19 +1006,19 @@ impl HostService {
         // connection closed under it costs a new one, not the stage, and with it a
         // lazy guest's boot.
         let mut count = PassCount::default();
-        let mut passed = None;
+        let (mut ran, mut pass_failure) = (false, None);
         loop {
             let passes = final_passes(images, &intake)?;
             let left: usize = passes.iter().map(|(_, rest)| rest.len()).sum();
             if left == 0 {
-                passed = passed.map(|_| None);
+                pass_failure = None;
                 break;
             }
             let Some(pause) = count.next(left).filter(|_| !intake.is_broken()) else {
                 break;
             };
             tokio::time::sleep(pause).await;
-            let mut pass_failure = None;
+            (ran, pass_failure) = (true, None);
             for (manifest, rest) in passes {
                 tracing::info!(
                     chunks = rest.len(),
@@ -1035,9 +1035,8 @@ impl HostService {
                     Err(e) => pass_failure = Some(e),
                 }
             }
-            passed = Some(pass_failure);
         }
-        if let Some(pass_failure) = passed {
+        if ran {
             failure = pass_failure;
         }
         let (bytes, chunks) = (intake.bytes(), intake.chunks());

@@ -131,6 +131,8 @@ pub(super) fn stage_vm(
     let mut phases = StagePhases::default();
     let mut disks = Vec::new();
     let mut root = None;
+    // The hotplug script of the VM's lazy disks, written once for them all.
+    let script = if lazy.is_some() { m.lazy_block_script()? } else { None };
     for (i, (p, id)) in node.partitions.iter().zip(&ids).enumerate() {
         if let Some(lazy) = lazy {
             // Pinned once the image is in the store (`Manager::settle_lazily`).
@@ -138,8 +140,10 @@ pub(super) fn stage_vm(
             let target = lazy.attach.attach(&vm.name, &p.device, *id, &copy).map_err(|e| {
                 ManagerError::Lazy { vm: vm.name.clone(), why: format!("{}: {e}", p.device) }
             })?;
-            let script = m.lazy_block_script()?;
-            disks.push(Disk { script, ..Disk::new(p.device.clone(), p.access, target) });
+            disks.push(Disk {
+                script: script.clone(),
+                ..Disk::new(p.device.clone(), p.access, target)
+            });
             continue;
         }
         m.store.pin(&ImageRef::Id(*id), &PinReason::Deployment(dep.name.clone()))?;
