@@ -152,7 +152,7 @@ impl Vwd {
             vec![chunks::server(
                 relay.clone(),
                 Sending {
-                    upload: daemon.caps.0.map(|r| Arc::new(RateLimit::new(r))),
+                    upload: daemon.caps.0.map(|r| Arc::new(RateLimit::on_link(r))),
                     compress: daemon.compress(&link),
                     grants: Arc::clone(&gate.grants),
                     audit: Some(Arc::clone(&gate.audit)),

@@ -32,7 +32,8 @@ use tokio::sync::RwLock;
 use tracing::Instrument as _;
 use vw_chunkstore::{ChunkId, ChunkRef};
 
-use super::fetch::{fetch_stream, pull_span, Floor, StreamRole, URGENT_QUIET};
+use super::fetch::{fetch_on, fetch_stream, pull_span, Floor, StreamRole, URGENT_QUIET};
+use super::spare::Spares;
 use super::{Intake, Purpose};
 use crate::lazy::disk::Supply;
 use crate::peer::{short, PeerError};
@@ -90,6 +91,8 @@ struct Inner {
     queues: Mutex<Queues>,
     /// The fetches under way, each chunk's answer to come.
     flying: Mutex<HashMap<ChunkId, Answer>>,
+    /// Streams opened ahead to the holders reads have asked.
+    spares: Arc<Spares>,
 }
 
 /// A fetch's result, once it has one.
@@ -113,6 +116,7 @@ impl Demand {
         }
         let opened = tokio::sync::watch::channel(false).0;
         Demand(Arc::new(Inner {
+            spares: Spares::new(control.clone()),
             control,
             images,
             of,
@@ -140,6 +144,7 @@ impl Demand {
     /// (the chunks are then in the store).
     pub async fn close(&self) {
         self.0.intake.write().await.take();
+        self.0.spares.close();
     }
 }
 
@@ -279,10 +284,20 @@ impl Inner {
                 let role =
                     StreamRole { floor: Floor::Fixed, handoff: None, relief: None, urgent: true };
                 let began = Instant::now();
-                let (got, result) =
-                    fetch_stream(&mut control, peer, &image.purpose, &[chunk], intake, role)
-                        .instrument(pull_span(&peer))
-                        .await;
+                // A holder reachable of late has streams opened ahead (not one it failed).
+                let spare = (retries > 0 && attempt == 0).then(|| self.spares.take(peer)).flatten();
+                let (got, result) = match spare {
+                    Some(stream) => {
+                        fetch_on(stream, peer, &image.purpose, &[chunk], intake, role)
+                            .instrument(pull_span(&peer))
+                            .await
+                    }
+                    None => {
+                        fetch_stream(&mut control, peer, &image.purpose, &[chunk], intake, role)
+                            .instrument(pull_span(&peer))
+                            .await
+                    }
+                };
                 let at_once = got.chunks == 0
                     && got.missing == 0
                     && began.elapsed() < Duration::from_secs(1)

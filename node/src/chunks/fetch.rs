@@ -96,20 +96,41 @@ pub(super) async fn fetch_stream(
     purpose: &Purpose,
     wanted: &[ChunkRef],
     intake: &Intake,
+    role: StreamRole<'_>,
+) -> (Fetched, Result<(), PeerError>) {
+    match open_stream(control, peer).await {
+        Ok(stream) => fetch_on(stream, peer, purpose, wanted, intake, role).await,
+        Err(e) => (Fetched::default(), Err(e)),
+    }
+}
+
+/// Opens a chunk stream to `peer` (the protocol negotiated: a round trip).
+pub(super) async fn open_stream(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+) -> Result<Stream, PeerError> {
+    // A peer that refuses this host closes the connection: it looks like one gone.
+    control.open_stream(peer, chunks_protocol()).await.map_err(|e| PeerError::Stream {
+        peer,
+        reason: format!(
+            "cannot open a chunk stream ({e}): the peer is gone, or this host is not on its allow list"
+        ),
+    })
+}
+
+/// [`fetch_stream`] on a stream already open to `peer`, nothing sent on it yet.
+pub(super) async fn fetch_on(
+    mut stream: Stream,
+    peer: PeerId,
+    purpose: &Purpose,
+    wanted: &[ChunkRef],
+    intake: &Intake,
     mut role: StreamRole<'_>,
 ) -> (Fetched, Result<(), PeerError>) {
     let fail = |reason: String| PeerError::Stream { peer, reason };
     let mut got = Fetched::default();
-    // A peer that refuses this host closes the connection: it looks like one gone.
-    let opened = control.open_stream(peer, chunks_protocol()).await.map_err(|e| {
-        fail(format!(
-            "cannot open a chunk stream ({e}): the peer is gone, or this host is not on its allow list"
-        ))
-    });
-    let mut stream = match opened {
-        Ok(s) => s,
-        Err(e) => return (got, Err(e)),
-    };
+    let began = Instant::now();
+    let mut answered_in = None;
     if role.relief.is_some() {
         if let Err(e) = write_frame(&mut stream, &Frame::IfSpare).await {
             return (got, Err(fail(e.to_string())));
@@ -192,6 +213,7 @@ pub(super) async fn fetch_stream(
                 break;
             }
         };
+        answered_in.get_or_insert_with(|| began.elapsed());
         if let Some(relief) = role.relief.take() {
             let _ = relief.send(!matches!(frame, Ok(Some(Frame::Refused { .. }))));
         }
@@ -278,7 +300,7 @@ pub(super) async fn fetch_stream(
         received.increment(data.len() as u64);
         // Time this host's writer keeps the chunk waiting is not the sender's.
         let delivering = Instant::now();
-        if !intake.deliver(id, data, wire).await {
+        if !intake.deliver(id, data, wire, role.urgent).await {
             break; // the writer failed; its error comes from Intake::finish
         }
         floor.pause(delivering.elapsed());
@@ -296,6 +318,14 @@ pub(super) async fn fetch_stream(
             result = Err(fail(format!("the peer went away: {e}")));
             break;
         }
+    }
+    if role.urgent {
+        tracing::debug!(
+            answered_ms = answered_in.unwrap_or_default().as_secs_f64() * 1e3,
+            done_ms = began.elapsed().as_secs_f64() * 1e3,
+            chunks = got.chunks,
+            "urgent fetch"
+        );
     }
     let _ = write_frame(&mut stream, &Frame::Done).await;
     let _ = stream.close().await;

@@ -217,12 +217,23 @@ impl Intake {
     }
 
     /// Takes a verified chunk; false if the writer has failed (its error comes from
-    /// [`Intake::finish`]).
-    pub(super) async fn deliver(&self, id: ChunkId, data: Vec<u8>, wire: usize) -> bool {
+    /// [`Intake::finish`]). An `urgent` one (a guest waits on it) goes ahead of the
+    /// download cap's debt, and the other streams pay for it.
+    pub(super) async fn deliver(
+        &self,
+        id: ChunkId,
+        data: Vec<u8>,
+        wire: usize,
+        urgent: bool,
+    ) -> bool {
         // Paying for the bytes on the wire before taking them delays the next credit:
         // the sender slows to the cap.
         for cap in &self.download {
-            cap.take(wire as u64).await;
+            if urgent {
+                cap.charge(wire as u64);
+            } else {
+                cap.take(wire as u64).await;
+            }
         }
         if self.received.lock().expect("intake lock").contains(&id) {
             return true; // another stream brought it first

@@ -36,6 +36,8 @@ pub mod relief;
 #[cfg(feature = "host")]
 pub mod serve;
 #[cfg(feature = "host")]
+pub mod spare;
+#[cfg(feature = "host")]
 pub mod urgent;
 
 #[cfg(feature = "host")]

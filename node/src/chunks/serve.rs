@@ -62,6 +62,12 @@ pub const MAX_REFUSING: usize = 32;
 /// closing): a peer that does not read its refusal does not hold a refusal slot longer.
 pub const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A background chunk is written in pieces of this many bytes, each paid for as it
+/// goes and after any urgent chunk ([`Frame::Urgent`]): a chunk a guest waits on then
+/// waits behind at most this much of another (1.3 ms at 100 Mbit/s, against half a
+/// chunk, 5 ms, on average when chunks went whole).
+pub const PIECE: usize = 16 << 10;
+
 /// What peers may make a chunk server hold: the defaults are the constants above; tests
 /// shorten them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,21 +377,35 @@ async fn serve_one(
             };
             let data = if urgent { source.chunk(&id) } else { wait_for(source, &id).await };
             let frame = match data {
-                Some(data) => {
-                    let frame = sending.frame(id, data);
-                    if let Frame::Chunk { data, .. } | Frame::Packed { data, .. } = &frame {
-                        for cap in sending.upload.iter().chain(&stage_cap) {
-                            cap.take(data.len() as u64).await;
-                        }
-                        if let Some(meter) = &sending.spare {
-                            meter.sent(data.len() as u64);
-                        }
-                    }
-                    frame
-                }
+                Some(data) => sending.frame(id, data),
                 None => Frame::Missing { id },
             };
-            send(&mut stream, &frame, limits.stall).await?;
+            let caps: Vec<&RateLimit> = match &frame {
+                Frame::Chunk { data, .. } | Frame::Packed { data, .. } => {
+                    if let Some(meter) = &sending.spare {
+                        meter.sent(data.len() as u64);
+                    }
+                    sending.upload.iter().chain(&stage_cap).map(|c| &**c).collect()
+                }
+                _ => Vec::new(),
+            };
+            let bytes = frame.encode()?;
+            if urgent {
+                // A chunk a guest waits on goes ahead of the debt the others ran up,
+                // and they pay for it.
+                caps.iter().for_each(|cap| cap.charge(bytes.len() as u64));
+                write(&mut stream, &bytes, limits.stall).await?;
+            } else {
+                // In pieces, each paid for as it goes and after any urgent chunk:
+                // a guest's chunk then waits behind at most a piece of this one.
+                for piece in bytes.chunks(PIECE) {
+                    for cap in &caps {
+                        cap.take(piece.len() as u64).await;
+                    }
+                    sending.urgency.give_way().await;
+                    write(&mut stream, piece, limits.stall).await?;
+                }
+            }
             if let (Some(counter), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
                 (&sent_bytes, &frame)
             {
@@ -473,10 +493,15 @@ async fn serve_one(
 
 /// Writes a frame to a fetcher, which must take it within `stall`.
 async fn send(stream: &mut Stream, frame: &Frame, stall: Duration) -> Result<(), ServeError> {
-    tokio::time::timeout(stall, write_frame(stream, frame))
+    write(stream, &frame.encode()?, stall).await
+}
+
+/// Writes `bytes` (frames, or a piece of one) within `stall`.
+async fn write(stream: &mut Stream, bytes: &[u8], stall: Duration) -> Result<(), ServeError> {
+    tokio::time::timeout(stall, stream.write_all(bytes))
         .await
         .map_err(|_| ServeError::Stalled { what: "read nothing", after: stall })?
-        .map_err(ServeError::from)
+        .map_err(|e| ServeError::Frame(FrameError::Malformed(e.to_string())))
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ impl HostService {
             relay,
             chunks,
             book,
-            download: links.caps.1.map(|r| Arc::new(RateLimit::new(r))),
+            download: links.caps.1.map(|r| Arc::new(RateLimit::on_link(r))),
             links,
             heads,
             gate,
