@@ -687,3 +687,55 @@ async fn a_lazy_read_waits_out_a_stalled_holder() {
         p.shutdown().await;
     }
 }
+
+/// After a lazy guest's first read of a missing chunk, its holder has streams opened
+/// ahead for the reads to come; a read takes one (and more are opened), spares nobody
+/// takes are closed once old, and none is left once the stage ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_read_has_streams_opened_ahead_and_unused_ones_are_closed() {
+    use std::time::Duration;
+    use vw_node::chunks::spare::{SPARES, SPARE_AGE};
+    use vw_node::lazy::nbd::BlockDevice;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ks, kc] = &keypairs();
+    let (a, c) = source_and_receiver(dir.path());
+    let (manifest, data) = imported(&a, dir.path(), 2, 23);
+    let grants = Arc::new(Grants::default());
+    let ps = start(config(ks, &[kc], &grants), a.clone()).await.expect("peer s");
+    let pc = start(config(kc, &[ks], &grants), c.clone()).await.expect("peer c");
+    grant(&grants, &manifest, &[pc.id()]);
+    pc.dial(address(&ps).await).await.expect("dial");
+    let (demand, disk, intake) = lazy_disk(&pc, &manifest, vec![ps.id()], &c, dir.path()).await;
+    let spares = || demand.spares(&ps.id());
+    let until = |want: usize, within: Duration| async move {
+        let end = std::time::Instant::now() + within;
+        while spares() != want && std::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        spares()
+    };
+    assert_eq!(spares(), 0, "none before a read asks the holder");
+
+    let mut buf = vec![0u8; 4096];
+    disk.read(0, &mut buf).await.expect("first read");
+    assert_eq!(until(SPARES, Duration::from_secs(3)).await, SPARES, "opened ahead");
+    disk.read(1 << 20, &mut buf).await.expect("a read on a spare stream");
+    assert!(buf == data[1 << 20..(1 << 20) + 4096], "the image's bytes");
+    assert_eq!(until(SPARES, Duration::from_secs(3)).await, SPARES, "opened again");
+    let counts = disk.counts();
+    assert!(counts.fetched >= 2 && counts.failed == 0, "{counts:?}");
+
+    assert_eq!(until(0, SPARE_AGE + Duration::from_secs(2)).await, 0, "closed once old");
+    disk.read(3 << 19, &mut buf).await.expect("a read after they were closed");
+    assert!(buf == data[3 << 19..(3 << 19) + 4096], "the image's bytes");
+    assert_eq!(until(SPARES, Duration::from_secs(3)).await, SPARES, "opened again");
+    demand.close().await;
+    assert_eq!(spares(), 0, "none once the stage ends");
+
+    drop(disk);
+    Arc::try_unwrap(intake).expect("the stage's intake").finish().await.expect("durable");
+    for p in [ps, pc] {
+        p.shutdown().await;
+    }
+}

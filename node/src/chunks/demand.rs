@@ -140,6 +140,11 @@ impl Demand {
         self.0.opened.send_replace(true);
     }
 
+    /// Spare streams open to `peer` now, for reads to come ([`super::spare`]).
+    pub fn spares(&self, peer: &PeerId) -> usize {
+        self.0.spares.count(peer)
+    }
+
     /// Ends demand fetching once those in flight are done. A demand after this fails
     /// (the chunks are then in the store).
     pub async fn close(&self) {
