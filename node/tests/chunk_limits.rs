@@ -292,3 +292,23 @@ async fn a_peer_opening_many_streams_has_the_excess_refused_and_another_is_serve
     drop(held);
     t.shutdown().await;
 }
+
+/// Streams opened ahead of their first request (a lazy stage's spares) wait apart from
+/// the streams being served: a host whose served slots would all be taken by another
+/// peer's idle streams still serves a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_for_a_request_do_not_take_the_served_streams_slots() {
+    let limits = ServeLimits {
+        request: LIVENESS * 4, // the idle streams stay open for the whole test
+        streams: 2,
+        streams_per_peer: 2,
+        ..Default::default()
+    };
+    let t = Setup::start(limits, 1 << 20, 2).await;
+    let idle = [t.open(0).await, t.open(0).await];
+    // Let the sender take both before the request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    t.fetch_all(1).await.expect("served beside another peer's idle streams");
+    drop(idle);
+    t.shutdown().await;
+}

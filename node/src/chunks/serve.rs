@@ -47,10 +47,16 @@ pub const STALL_TIMEOUT: Duration = QUIET;
 /// most about 128 MiB; a head serving a star of a hundred hosts, two images each, fits.
 pub const MAX_SERVED_STREAMS: usize = 256;
 
-/// Most chunk streams one peer may have served here at once. A host runs at most 64
-/// pulls at once in a stage (`control::host`), each a stream to one peer, so an honest
-/// peer in one stage never meets this; a peer past it cannot take the slots every other
-/// peer needs.
+/// Most chunk streams a host holds open before their first request, from all peers.
+/// Such a stream holds no chunk, only a task, and for at most [`REQUEST_TIMEOUT`]; a
+/// lazy stage keeps a few open to each holder ahead of its guests' reads
+/// ([`super::spare`]), so these do not take the served streams' slots.
+pub const MAX_WAITING_STREAMS: usize = 1024;
+
+/// Most chunk streams one peer may have served here at once (and, apart, waiting for
+/// their first request). A host runs at most 64 pulls at once in a stage
+/// (`control::host`), each a stream to one peer, so an honest peer in one stage never
+/// meets this; a peer past it cannot take the slots every other peer needs.
 pub const MAX_SERVED_STREAMS_PER_PEER: usize = 64;
 
 /// Excess streams being refused at once (each a short `Refused` frame, and an audit
@@ -183,6 +189,8 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let open = Arc::new(OpenStreams::new(sending.limits));
+    let waiting =
+        Arc::new(OpenStreams::new(ServeLimits { streams: MAX_WAITING_STREAMS, ..sending.limits }));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let mut tasks = JoinSet::new();
     loop {
@@ -199,37 +207,75 @@ pub async fn serve(
                 let Some((peer, stream)) = next else { break };
                 // A span per incoming stream: which peer, which protocol.
                 let span = tracing::info_span!("stream", what = "chunk", peer = %short(&peer));
-                let reason = match open.take(peer) {
-                    Ok(slot) => {
+                // A slot to wait for its first request in, then one to be served in.
+                let reason = match waiting.take(peer) {
+                    Ok(waiting_slot) => {
                         let (source, sending) = (Arc::clone(&source), sending.clone());
+                        let (open, refusing) = (Arc::clone(&open), Arc::clone(&refusing));
                         let work = async move {
-                            let served = serve_one(peer, stream, source.as_ref(), &sending).await;
-                            if let Err(e) = served {
+                            let mut stream = stream;
+                            let first = tokio::time::timeout(
+                                sending.limits.request,
+                                read_frame(&mut stream),
+                            )
+                            .await;
+                            drop(waiting_slot);
+                            let Ok(first) = first else {
+                                let e = ServeError::NoRequest(sending.limits.request);
                                 tracing::warn!(error = %e, "chunk stream failed");
+                                return;
+                            };
+                            if matches!(first, Ok(None)) {
+                                return; // closed before any request: a spare not needed
                             }
-                            drop(slot);
+                            match open.take(peer) {
+                                Ok(slot) => {
+                                    let served =
+                                        serve_one(peer, stream, first, source.as_ref(), &sending)
+                                            .await;
+                                    if let Err(e) = served {
+                                        tracing::warn!(error = %e, "chunk stream failed");
+                                    }
+                                    drop(slot);
+                                }
+                                Err(reason) => {
+                                    turn_away(peer, stream, reason, &refusing, &sending).await;
+                                }
+                            }
                         };
                         tasks.spawn(work.instrument(span));
                         continue;
                     }
                     Err(reason) => reason,
                 };
-                let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() else {
-                    let why = "dropped a chunk stream unanswered: too many refusals under way";
-                    tracing::debug!(parent: &span, %reason, "{why}");
-                    continue;
-                };
-                let audit = sending.audit.clone();
-                let work = async move {
-                    refuse(peer, stream, reason, audit.as_deref()).await;
-                    drop(permit);
-                };
-                tasks.spawn(work.instrument(span));
+                let (refusing, sending) = (Arc::clone(&refusing), sending.clone());
+                tasks.spawn(
+                    async move { turn_away(peer, stream, reason, &refusing, &sending).await }
+                        .instrument(span),
+                );
             }
         }
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+}
+
+/// Refuses `peer`'s stream with `reason` if a refusal slot is free, else drops it
+/// unanswered: refusing must not itself be a way to make the host hold tasks.
+async fn turn_away(
+    peer: PeerId,
+    stream: Stream,
+    reason: String,
+    refusing: &Arc<Semaphore>,
+    sending: &Sending,
+) {
+    let Ok(permit) = Arc::clone(refusing).try_acquire_owned() else {
+        let why = "dropped a chunk stream unanswered: too many refusals under way";
+        tracing::debug!(%reason, "{why}");
+        return;
+    };
+    refuse(peer, stream, reason, sending.audit.as_deref()).await;
+    drop(permit);
 }
 
 /// Tells `peer` why its stream is not served, and closes it, within [`REFUSE_TIMEOUT`].
@@ -331,12 +377,13 @@ async fn wait_for(source: &dyn ChunkSource, id: &ChunkId) -> Option<Vec<u8>> {
     }
 }
 
-/// Serves one stream: wanted ids in order, within the credit granted. The first request
-/// must arrive whole within [`ServeLimits::request`]; after it, each frame written and
-/// each frame read within [`ServeLimits::stall`].
+/// Serves one stream, whose `first` frame has been read (within
+/// [`ServeLimits::request`]): wanted ids in order, within the credit granted; each frame
+/// written and each frame read within [`ServeLimits::stall`].
 async fn serve_one(
     peer: PeerId,
     mut stream: Stream,
+    first: Result<Option<Frame>, FrameError>,
     source: &dyn ChunkSource,
     sending: &Sending,
 ) -> Result<(), ServeError> {
@@ -344,7 +391,7 @@ async fn serve_one(
     let mut queue: VecDeque<ChunkId> = VecDeque::new();
     let mut credit: u64 = 0;
     let mut sent = 0u64;
-    let mut first = true;
+    let mut first = Some(first);
     // The (VO, deployment, manifest) of the wants allowed so far, for the audit log.
     let mut served: Vec<(String, String, ManifestId)> = Vec::new();
     // Bytes sent, counted under the deployment of the stream's first allowed want (a
@@ -414,10 +461,8 @@ async fn serve_one(
             credit -= 1;
             sent += 1;
         }
-        let next = if std::mem::take(&mut first) {
-            tokio::time::timeout(limits.request, read_frame(&mut stream))
-                .await
-                .map_err(|_| ServeError::NoRequest(limits.request))?
+        let next = if let Some(first) = first.take() {
+            first
         } else {
             tokio::time::timeout(limits.stall, read_frame(&mut stream))
                 .await
