@@ -44,8 +44,6 @@ use crate::wire;
 
 /// How often a stage reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-/// How often a host asks its guests whether they are up.
-const READY_POLL: Duration = Duration::from_secs(1);
 /// How often a host repeats its last progress while a request runs.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -305,7 +303,8 @@ impl HostService {
         ))
     }
 
-    /// Probes the guests of `deployment` every [`READY_POLL`] until each has reported
+    /// Probes the guests of `deployment` as often as the driver says
+    /// ([`crate::xen::Driver::ready_poll`]) until each has reported
     /// or `timeout_s` has passed; the manager is held only while it probes.
     async fn await_ready(
         &self,
@@ -313,6 +312,7 @@ impl HostService {
         timeout_s: u64,
     ) -> Result<Vec<crate::report::VmReady>, ControlError> {
         let deadline = Instant::now() + Duration::from_secs(timeout_s);
+        let poll = self.with_manager(|m| m.driver().ready_poll()).await?;
         let mut wait = ReadyWait::default();
         loop {
             let (d, answered) = (deployment.clone(), wait.answered());
@@ -322,7 +322,7 @@ impl HostService {
             if done || Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(READY_POLL).await;
+            tokio::time::sleep(poll).await;
         }
         wait.note_lazy(true, |vm| self.lazy_counts(vm));
         self.with_manager(move |m| {

@@ -82,6 +82,12 @@ pub trait Driver: fmt::Debug + Send + Sync {
     fn guest_report(&self, domain: &str) -> Result<Option<GuestReport>, XenError>;
     /// The last `lines` lines the guest printed on its console, where they are kept.
     fn console_tail(&self, domain: &str, lines: usize) -> Vec<String>;
+    /// How often a host asks its running guests whether they are up: a guest's time to
+    /// ready is known to within this. Once a second by default (under `xl` each ask runs
+    /// two programs per guest).
+    fn ready_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
 }
 
 /// Why the hypervisor hand-off failed.
