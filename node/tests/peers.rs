@@ -628,6 +628,44 @@ async fn a_lazy_guest_reads_from_other_holders_when_its_source_is_lost() {
     }
 }
 
+/// A lazy disk on host c whose one holder s serves a 2 MiB image (made from `seed`)
+/// through `source` (given the store that holds it).
+struct OneHolder {
+    _dir: tempfile::TempDir,
+    ps: Peer,
+    pc: Peer,
+    demand: Demand,
+    disk: Arc<LazyDisk>,
+    intake: Arc<Intake>,
+    data: Vec<u8>,
+}
+
+impl OneHolder {
+    async fn start(seed: u64, source: impl FnOnce(Arc<Store>) -> Arc<dyn ChunkSource>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let [ks, kc] = &keypairs();
+        let (a, c) = source_and_receiver(dir.path());
+        let (manifest, data) = imported(&a, dir.path(), 2, seed);
+        let grants = Arc::new(Grants::default());
+        let ps = start(config(ks, &[kc], &grants), source(a)).await.expect("peer s");
+        let pc = start(config(kc, &[ks], &grants), c.clone()).await.expect("peer c");
+        grant(&grants, &manifest, &[pc.id()]);
+        pc.dial(address(&ps).await).await.expect("dial");
+        let (demand, disk, intake) = lazy_disk(&pc, &manifest, vec![ps.id()], &c, dir.path()).await;
+        OneHolder { _dir: dir, ps, pc, demand, disk, intake, data }
+    }
+
+    /// Ends the stage (every chunk taken durable) and both peers.
+    async fn end(self) {
+        self.demand.close().await;
+        drop(self.disk);
+        Arc::try_unwrap(self.intake).expect("the stage's intake").finish().await.expect("durable");
+        for p in [self.ps, self.pc] {
+            p.shutdown().await;
+        }
+    }
+}
+
 /// Answers its first `stalls` chunk requests only after `for_`, blocking the thread
 /// that serves them, as a holder too busy to answer would.
 struct Stalling {
@@ -658,34 +696,18 @@ async fn a_lazy_read_waits_out_a_stalled_holder() {
     use vw_node::chunks::fetch::URGENT_QUIET;
     use vw_node::lazy::nbd::BlockDevice;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let [ks, kc] = &keypairs();
-    let (a, c) = source_and_receiver(dir.path());
-    let (manifest, data) = imported(&a, dir.path(), 2, 22);
-    let grants = Arc::new(Grants::default());
-    let stalling = Stalling {
-        store: a.clone(),
-        stalls: 1.into(),
-        for_: URGENT_QUIET + std::time::Duration::from_secs(1),
-    };
-    let ps = start(config(ks, &[kc], &grants), Arc::new(stalling)).await.expect("peer s");
-    let pc = start(config(kc, &[ks], &grants), c.clone()).await.expect("peer c");
-    grant(&grants, &manifest, &[pc.id()]);
-    pc.dial(address(&ps).await).await.expect("dial");
-    let (demand, disk, intake) = lazy_disk(&pc, &manifest, vec![ps.id()], &c, dir.path()).await;
+    let t = OneHolder::start(22, |store| {
+        let for_ = URGENT_QUIET + std::time::Duration::from_secs(1);
+        Arc::new(Stalling { store, stalls: 1.into(), for_ })
+    })
+    .await;
 
     let mut buf = vec![0u8; 4096];
-    disk.read(1 << 20, &mut buf).await.expect("read once the holder answers");
-    assert!(buf == data[1 << 20..(1 << 20) + 4096], "the image's bytes");
-    let counts = disk.counts();
+    t.disk.read(1 << 20, &mut buf).await.expect("read once the holder answers");
+    assert!(buf == t.data[1 << 20..(1 << 20) + 4096], "the image's bytes");
+    let counts = t.disk.counts();
     assert!(counts.fetched > 0 && counts.failed == 0, "{counts:?}");
-
-    demand.close().await;
-    drop(disk);
-    Arc::try_unwrap(intake).expect("the stage's intake").finish().await.expect("durable");
-    for p in [ps, pc] {
-        p.shutdown().await;
-    }
+    t.end().await;
 }
 
 /// After a lazy guest's first read of a missing chunk, its holder has streams opened
@@ -697,17 +719,9 @@ async fn a_lazy_read_has_streams_opened_ahead_and_unused_ones_are_closed() {
     use vw_node::chunks::spare::{SPARES, SPARE_AGE};
     use vw_node::lazy::nbd::BlockDevice;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let [ks, kc] = &keypairs();
-    let (a, c) = source_and_receiver(dir.path());
-    let (manifest, data) = imported(&a, dir.path(), 2, 23);
-    let grants = Arc::new(Grants::default());
-    let ps = start(config(ks, &[kc], &grants), a.clone()).await.expect("peer s");
-    let pc = start(config(kc, &[ks], &grants), c.clone()).await.expect("peer c");
-    grant(&grants, &manifest, &[pc.id()]);
-    pc.dial(address(&ps).await).await.expect("dial");
-    let (demand, disk, intake) = lazy_disk(&pc, &manifest, vec![ps.id()], &c, dir.path()).await;
-    let spares = || demand.spares(&ps.id());
+    let t = OneHolder::start(23, |store| store).await;
+    let (disk, data) = (&t.disk, &t.data);
+    let spares = || t.demand.spares(&t.ps.id());
     let until = |want: usize, within: Duration| async move {
         let end = std::time::Instant::now() + within;
         while spares() != want && std::time::Instant::now() < end {
@@ -730,12 +744,7 @@ async fn a_lazy_read_has_streams_opened_ahead_and_unused_ones_are_closed() {
     disk.read(3 << 19, &mut buf).await.expect("a read after they were closed");
     assert!(buf == data[3 << 19..(3 << 19) + 4096], "the image's bytes");
     assert_eq!(until(SPARES, Duration::from_secs(3)).await, SPARES, "opened again");
-    demand.close().await;
+    t.demand.close().await;
     assert_eq!(spares(), 0, "none once the stage ends");
-
-    drop(disk);
-    Arc::try_unwrap(intake).expect("the stage's intake").finish().await.expect("durable");
-    for p in [ps, pc] {
-        p.shutdown().await;
-    }
+    t.end().await;
 }
