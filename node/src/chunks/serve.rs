@@ -427,26 +427,25 @@ async fn serve_one(
                 Some(data) => sending.frame(id, data),
                 None => Frame::Missing { id },
             };
-            let caps: Vec<&RateLimit> = match &frame {
-                Frame::Chunk { data, .. } | Frame::Packed { data, .. } => {
-                    if let Some(meter) = &sending.spare {
-                        meter.sent(data.len() as u64);
-                    }
-                    sending.upload.iter().chain(&stage_cap).map(|c| &**c).collect()
-                }
-                _ => Vec::new(),
-            };
+            // Chunk bytes are paid for under the caps; a `Missing` is not.
+            let paid = matches!(frame, Frame::Chunk { .. } | Frame::Packed { .. });
+            let caps = || sending.upload.iter().chain(&stage_cap).filter(move |_| paid);
+            if let (Some(meter), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
+                (&sending.spare, &frame)
+            {
+                meter.sent(data.len() as u64);
+            }
             let bytes = frame.encode()?;
             if urgent {
                 // A chunk a guest waits on goes ahead of the debt the others ran up,
                 // and they pay for it.
-                caps.iter().for_each(|cap| cap.charge(bytes.len() as u64));
+                caps().for_each(|cap| cap.charge(bytes.len() as u64));
                 write(&mut stream, &bytes, limits.stall).await?;
             } else {
                 // In pieces, each paid for as it goes and after any urgent chunk:
                 // a guest's chunk then waits behind at most a piece of this one.
                 for piece in bytes.chunks(PIECE) {
-                    for cap in &caps {
+                    for cap in caps() {
                         cap.take(piece.len() as u64).await;
                     }
                     sending.urgency.give_way().await;
