@@ -550,18 +550,39 @@ async fn lazy_disk(
     c: &Arc<Store>,
     dir: &std::path::Path,
 ) -> (Demand, Arc<LazyDisk>, Arc<Intake>) {
+    lazy_disk_planned(pc, manifest, holders, None, c, dir).await
+}
+
+/// [`lazy_disk`], with `planned` the planned sender of every chunk (asked first, to
+/// pass on what it is still fetching).
+async fn lazy_disk_planned(
+    pc: &Peer,
+    manifest: &Manifest,
+    holders: Vec<libp2p::PeerId>,
+    planned: Option<libp2p::PeerId>,
+    c: &Arc<Store>,
+    dir: &std::path::Path,
+) -> (Demand, Arc<LazyDisk>, Arc<Intake>) {
+    let chunks = manifest.distinct();
     let demand = Demand::new(
         pc.control(),
         vec![DemandImage {
             purpose: purpose(manifest),
             peers: holders,
-            chunks: manifest.distinct().iter().map(|ch| ch.id).collect(),
+            planned: planned.iter().flat_map(|p| chunks.iter().map(|c| (c.id, *p))).collect(),
+            chunks,
         }],
     );
     let supply: Arc<dyn Supply> = Arc::new(demand.clone());
     let disk = Arc::new(
-        LazyDisk::create("vm/xvda1", manifest, &dir.join("vm.img"), c.clone(), supply)
-            .expect("lazy disk"),
+        LazyDisk::create(
+            "vm/xvda1",
+            manifest,
+            &dir.join(format!("vm-{}.img", pc.id())),
+            c.clone(),
+            supply,
+        )
+        .expect("lazy disk"),
     );
     let intake = Arc::new(Intake::start(c.clone(), None).with_lazy(vec![disk.clone()]));
     demand.open(&intake).await;
@@ -663,6 +684,104 @@ impl OneHolder {
         for p in [self.ps, self.pc] {
             p.shutdown().await;
         }
+    }
+}
+
+/// A store that counts the chunks it hands out.
+struct Counting(Arc<Store>, std::sync::Mutex<Vec<vw_node::chunkstore::ChunkId>>);
+
+impl ChunkSource for Counting {
+    fn chunk(&self, id: &vw_node::chunkstore::ChunkId) -> Option<Vec<u8>> {
+        let data = self.0.read_chunk(id).ok()?;
+        self.1.lock().expect("lock").push(*id);
+        Some(data)
+    }
+}
+
+/// A chain s → b → c, both b and c staging lazily: a guest on c reads chunks neither
+/// holds. c asks b, its planned sender, to pass them on; b fetches each from s at once
+/// and passes it on as it arrives, so s sends each chunk once (to b) and b holds it too,
+/// where b would otherwise answer `Missing` and s send it to every host. When b cannot
+/// fetch a chunk (its only holder lacks it), it answers `Missing` and c asks s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planned_sender_passes_on_a_chunk_it_is_still_fetching() {
+    use vw_node::lazy::nbd::BlockDevice;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ks, kb, kc, kx] = &keypairs();
+    let (a, c) = source_and_receiver(dir.path());
+    let b = Arc::new(Store::open(&dir.path().join("b")).expect("store b"));
+    let x = Arc::new(Store::open(&dir.path().join("x")).expect("store x"));
+    let (manifest, data) = imported(&a, dir.path(), 4, 23);
+    let grants = Arc::new(Grants::default());
+    let counting = Arc::new(Counting(a.clone(), Default::default()));
+    let ps = start(config(ks, &[kb, kc], &grants), counting.clone()).await.expect("peer s");
+    let relay = Relay::new(b.clone());
+    let pb = start(config(kb, &[ks, kc, kx], &grants), relay.clone()).await.expect("peer b");
+    let pc = start(config(kc, &[ks, kb], &grants), c.clone()).await.expect("peer c");
+    // x holds nothing of the image.
+    let px = start(config(kx, &[kb], &grants), x).await.expect("peer x");
+    grant(&grants, &manifest, &[pb.id(), pc.id()]);
+    for p in [&ps, &px] {
+        pb.dial(address(p).await).await.expect("dial");
+    }
+    for p in [&ps, &pb] {
+        pc.dial(address(p).await).await.expect("dial");
+    }
+    // b stages lazily with no disk of its own: its chunks of the first half come from
+    // s, those of the second from x, which lacks them.
+    let chunks = manifest.distinct();
+    let half = chunks.len() / 2;
+    let image = |part: &[vw_node::chunkstore::ChunkRef], from: libp2p::PeerId| DemandImage {
+        purpose: purpose(&manifest),
+        peers: vec![from],
+        planned: part.iter().map(|c| (c.id, from)).collect(),
+        chunks: part.to_vec(),
+    };
+    let db = Demand::new(
+        pb.control(),
+        vec![image(&chunks[..half], ps.id()), image(&chunks[half..], px.id())],
+    );
+    let ib = Arc::new(Intake::start(b.clone(), None));
+    db.open(&ib).await;
+    relay.lazy_stage("d", &db);
+    let (dc, disk_c, ic) =
+        lazy_disk_planned(&pc, &manifest, vec![pb.id(), ps.id()], Some(pb.id()), &c, dir.path())
+            .await;
+
+    let mut buf = vec![0u8; 4096];
+    disk_c.read(0, &mut buf).await.expect("read through b");
+    assert!(buf == data[..4096], "the image's bytes");
+    let served = counting.1.lock().expect("lock").clone();
+    assert!(!served.is_empty(), "s sent the chunk");
+    for id in &served {
+        assert!(ib.has(id).expect("has"), "b fetched chunk {id:#} too, and passed it on");
+    }
+    let mut once = served.clone();
+    once.dedup();
+    assert_eq!(once, served, "s sent each chunk once");
+
+    // A chunk of the second half: b's only holder for it lacks it, so b answers
+    // `Missing` and c asks s.
+    let other = chunks[half + 1].id;
+    let at: u64 =
+        manifest.chunks().iter().take_while(|c| c.id != other).map(|c| u64::from(c.len)).sum();
+    let mut byte = [0u8; 1];
+    disk_c.read(at, &mut byte).await.expect("read from s after b has none");
+    assert_eq!(byte[0], data[at as usize], "the image's byte");
+    assert!(!ib.has(&other).expect("has"), "b could not fetch it");
+    assert!(counting.1.lock().expect("lock").contains(&other), "s sent it to c");
+    assert!(disk_c.counts().failed == 0, "{:?}", disk_c.counts());
+
+    for d in [&db, &dc] {
+        d.close().await;
+    }
+    drop(disk_c);
+    for i in [ib, ic] {
+        Arc::try_unwrap(i).expect("the stage's intake").finish().await.expect("durable");
+    }
+    for p in [ps, pb, pc, px] {
+        p.shutdown().await;
     }
 }
 

@@ -5,8 +5,15 @@
 //! is verified, stored, forwarded to this host's children and landed in the lazy disks
 //! exactly once. Reads waiting for the same chunk share its one fetch.
 //!
-//! Holders are asked in the image's order: the planned senders (they have sent or hold
-//! most of it), then the fallback peers (the source last). One that lacks the chunk
+//! Holders are asked in the image's order: the chunk's planned sender first, then the
+//! other planned senders (they have sent or hold most of it), then the fallback peers
+//! (the source last). The planned sender is asked to pass the chunk on if it is still
+//! fetching it ([`Frame::Through`](super::Frame::Through)), and fetches it at once if
+//! it has not started to: the guests of a cascade that read the same chunk at once get
+//! it down the plan's chain, cut through ([`super::pass`]), rather than each from the
+//! source while the hosts above answer `Missing`. Only a planned sender is asked so:
+//! each chunk's planned senders form the plan's tree, so a fetch that waits for
+//! another never waits, through others, for itself. One that lacks the chunk
 //! answers `Missing` at once and the next is asked; one that sends a bad chunk is
 //! dropped for the whole stage. One that cannot be reached is asked last (and once)
 //! for the next [`UNREACHABLE_FOR`], so a lost source costs each later read nothing.
@@ -32,7 +39,8 @@ use tokio::sync::RwLock;
 use tracing::Instrument as _;
 use vw_chunkstore::{ChunkId, ChunkRef};
 
-use super::fetch::{fetch_on, fetch_stream, pull_span, Floor, StreamRole, URGENT_QUIET};
+use super::fetch::{fetch_on, fetch_stream, pull_span, StreamRole, URGENT_QUIET};
+use super::pass::Passing;
 use super::spare::Spares;
 use super::{Intake, Purpose};
 use crate::lazy::disk::Supply;
@@ -64,8 +72,11 @@ pub struct DemandImage {
     pub purpose: Purpose,
     /// Holders, in the order asked.
     pub peers: Vec<PeerId>,
+    /// Each chunk's planned sender (of those this host lacks), asked first and to pass
+    /// it on ([`Frame::Through`](super::Frame::Through)).
+    pub planned: HashMap<ChunkId, PeerId>,
     /// The image's distinct chunks.
-    pub chunks: Vec<ChunkId>,
+    pub chunks: Vec<ChunkRef>,
 }
 
 /// A stage's demand fetches: the [`Supply`] of its lazy disks.
@@ -75,8 +86,8 @@ pub struct Demand(Arc<Inner>);
 struct Inner {
     control: libp2p_stream::Control,
     images: Vec<DemandImage>,
-    /// Which image each chunk is asked for as.
-    of: HashMap<ChunkId, usize>,
+    /// Which image each chunk is asked for as, and its length.
+    of: HashMap<ChunkId, (usize, u32)>,
     /// The stage's intake, until the stage ends ([`Demand::close`]). Not owned: the
     /// intake lands chunks in the lazy disks, whose supply this is, and a stage that
     /// ends without closing (an error) must not leave that cycle, and the intake's
@@ -89,8 +100,8 @@ struct Inner {
     unreachable: Mutex<HashMap<PeerId, Instant>>,
     /// The order the stage's streams ask for chunks in.
     queues: Mutex<Queues>,
-    /// The fetches under way, each chunk's answer to come.
-    flying: Mutex<HashMap<ChunkId, Answer>>,
+    /// The fetches under way: each chunk's answer to come, and its bytes as they arrive.
+    flying: Mutex<HashMap<ChunkId, (Answer, Arc<Passing>)>>,
     /// Streams opened ahead to the holders reads have asked.
     spares: Arc<Spares>,
 }
@@ -110,8 +121,8 @@ impl Demand {
     pub fn new(control: libp2p_stream::Control, images: Vec<DemandImage>) -> Self {
         let mut of = HashMap::new();
         for (i, image) in images.iter().enumerate() {
-            for id in &image.chunks {
-                of.entry(*id).or_insert(i);
+            for c in &image.chunks {
+                of.entry(c.id).or_insert((i, c.len));
             }
         }
         let opened = tokio::sync::watch::channel(false).0;
@@ -140,6 +151,19 @@ impl Demand {
         self.0.opened.send_replace(true);
     }
 
+    /// Chunk `id`'s bytes as this host fetches them, for a host below it in the plan
+    /// ([`Frame::Through`](super::Frame::Through)): its fetch is started if it is not
+    /// under way. `None`: no image of the stage lists it.
+    pub fn pass_on(&self, id: &ChunkId) -> Option<Arc<Passing>> {
+        let &(_, len) = self.0.of.get(id)?;
+        Some(Inner::start(&self.0, *id, len).1)
+    }
+
+    /// A handle that does not keep the stage's demand alive.
+    pub fn downgrade(&self) -> WeakDemand {
+        WeakDemand(Arc::downgrade(&self.0))
+    }
+
     /// Spare streams open to `peer` now, for reads to come ([`super::spare`]).
     pub fn spares(&self, peer: &PeerId) -> usize {
         self.0.spares.count(peer)
@@ -157,25 +181,7 @@ impl Supply for Demand {
     /// One fetch per chunk however many reads wait for it (concurrent requests of a
     /// guest often share a chunk); it runs to its end even if they give up.
     fn fetch(&self, id: ChunkId, len: u32) -> BoxFuture<'static, Result<(), String>> {
-        let inner = Arc::clone(&self.0);
-        let mut answer = {
-            let mut flying = inner.flying.lock().expect("demand lock");
-            match flying.get(&id) {
-                Some(answer) => answer.clone(),
-                None => {
-                    let (tx, answer) = tokio::sync::watch::channel(None);
-                    flying.insert(id, answer.clone());
-                    let fetching = Arc::clone(&inner);
-                    let task = async move {
-                        let result = fetching.fetch_once(id, len).await;
-                        fetching.flying.lock().expect("demand lock").remove(&id);
-                        tx.send_replace(Some(result));
-                    };
-                    tokio::spawn(task.in_current_span());
-                    answer
-                }
-            }
-        };
+        let (mut answer, _) = Inner::start(&self.0, id, len);
         Box::pin(async move {
             match answer.wait_for(Option::is_some).await {
                 Ok(result) => result.clone().unwrap_or_else(|| Err("no answer".to_owned())),
@@ -185,9 +191,42 @@ impl Supply for Demand {
     }
 }
 
+/// A [`Demand`] that may be gone (its stage over).
+#[derive(Clone, Debug)]
+pub struct WeakDemand(Weak<Inner>);
+
+impl WeakDemand {
+    /// The demand, while its stage lasts.
+    pub fn upgrade(&self) -> Option<Demand> {
+        self.0.upgrade().map(Demand)
+    }
+}
+
 impl Inner {
-    /// Fetches chunk `id` at once, unless it is here or the cascade is about to bring it.
-    async fn fetch_once(&self, id: ChunkId, len: u32) -> Result<(), String> {
+    /// Chunk `id`'s fetch, started unless it is under way: its answer to come, and its
+    /// bytes as they arrive.
+    fn start(this: &Arc<Self>, id: ChunkId, len: u32) -> (Answer, Arc<Passing>) {
+        let mut flying = this.flying.lock().expect("demand lock");
+        if let Some((answer, pass)) = flying.get(&id) {
+            return (answer.clone(), Arc::clone(pass));
+        }
+        let (tx, answer) = tokio::sync::watch::channel(None);
+        let pass = Passing::new();
+        flying.insert(id, (answer.clone(), Arc::clone(&pass)));
+        let (fetching, passing) = (Arc::clone(this), Arc::clone(&pass));
+        let task = async move {
+            let result = fetching.fetch_once(id, len, &passing).await;
+            fetching.flying.lock().expect("demand lock").remove(&id);
+            passing.over();
+            tx.send_replace(Some(result));
+        };
+        tokio::spawn(task.in_current_span());
+        (answer, pass)
+    }
+
+    /// Fetches chunk `id` at once, unless it is here or the cascade is about to bring it,
+    /// its bytes going to `pass` as they arrive.
+    async fn fetch_once(&self, id: ChunkId, len: u32, pass: &Passing) -> Result<(), String> {
         let mut opened = self.opened.subscribe();
         if tokio::time::timeout(OPEN_WAIT, opened.wait_for(|o| *o)).await.is_err() {
             return Err(format!("the stage did not start fetching within {OPEN_WAIT:?}"));
@@ -201,10 +240,10 @@ impl Inner {
         if self.brought_by_cascade(id, intake).await.map_err(|e| e.to_string())? {
             return Ok(()); // it arrived meanwhile, or the cascade brought it
         }
-        let Some(image) = self.of.get(&id).map(|&i| &self.images[i]) else {
+        let Some(image) = self.of.get(&id).map(|&(i, _)| &self.images[i]) else {
             return Err("no image of this stage lists it".to_owned());
         };
-        self.fetch_urgent(image, ChunkRef { id, len }, intake).await
+        self.fetch_urgent(image, ChunkRef { id, len }, intake, pass).await
     }
 
     /// Whether chunk `id` is here, once the cascade has brought it if it is about to
@@ -248,10 +287,11 @@ impl Inner {
         image: &DemandImage,
         chunk: ChunkRef,
         intake: &Intake,
+        pass: &Passing,
     ) -> Result<(), String> {
         let mut round = 1;
         loop {
-            match self.ask_holders(image, chunk, intake).await {
+            match self.ask_holders(image, chunk, intake, pass).await {
                 Err((why, true)) if round < URGENT_ROUNDS => {
                     tracing::info!(chunk = %chunk.id, round, why = %why, "every holder stalled: asking again");
                     round += 1;
@@ -261,8 +301,8 @@ impl Inner {
         }
     }
 
-    /// One round of [`Inner::fetch_urgent`]: asks each of `image`'s holders in turn.
-    /// Holders found unreachable lately are asked last, once; the others are asked
+    /// One round of [`Inner::fetch_urgent`]: asks each of `image`'s holders in turn, the
+    /// chunk's planned sender first. Holders found unreachable lately are asked last, once; the others are asked
     /// again (twice) if their stream fails at once, since a stream may fail while a
     /// connection is still being set up. The error names every holder asked and what
     /// each said, and whether every one of them was stalled.
@@ -271,13 +311,18 @@ impl Inner {
         image: &DemandImage,
         chunk: ChunkRef,
         intake: &Intake,
+        pass: &Passing,
     ) -> Result<(), (String, bool)> {
         let lately = |peer: &PeerId| {
             let unreachable = self.unreachable.lock().expect("demand lock");
             unreachable.get(peer).is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
         };
-        let (first, last): (Vec<PeerId>, Vec<PeerId>) =
-            image.peers.iter().filter(|p| !intake.is_dropped(p)).partition(|p| !lately(p));
+        let planned = image.planned.get(&chunk.id);
+        let (first, last): (Vec<PeerId>, Vec<PeerId>) = planned
+            .into_iter()
+            .chain(image.peers.iter().filter(|p| Some(*p) != planned))
+            .filter(|p| !intake.is_dropped(p))
+            .partition(|p| !lately(p));
         let mut control = self.control.clone();
         let mut tried = Vec::new();
         let mut all_stalled = true;
@@ -286,8 +331,13 @@ impl Inner {
         {
             let mut attempt = 0;
             let (got, result) = loop {
-                let role =
-                    StreamRole { floor: Floor::Fixed, handoff: None, relief: None, urgent: true };
+                let role = StreamRole {
+                    urgent: true,
+                    through: planned == Some(&peer),
+                    pass: Some(pass),
+                    ..StreamRole::default()
+                };
+                pass.asking();
                 let began = Instant::now();
                 // A holder reachable of late has streams opened ahead (not one it failed).
                 let spare = (retries > 0 && attempt == 0).then(|| self.spares.take(peer)).flatten();

@@ -15,9 +15,10 @@ use tracing::Instrument as _;
 use vw_chunkstore::{ChunkRef, Store};
 
 use super::chunks_protocol;
+use super::pass::{Passing, Tee};
 use super::protocol::{unpack, Frame, FrameError, MAX_WANT};
 use super::relief::{relieve, Ask, Pace};
-use super::{read_frame, write_frame, Intake, Purpose, QUIET, WINDOW};
+use super::{write_frame, Intake, Purpose, QUIET, WINDOW};
 use crate::peer::{short, PeerError};
 
 /// What a fetch moved.
@@ -86,6 +87,12 @@ pub(super) struct StreamRole<'a> {
     /// A guest waits on these chunks ([`Frame::Urgent`]): the stage's other streams
     /// give way while it runs.
     pub urgent: bool,
+    /// The sender is this host's planned sender of the chunk ([`Frame::Through`]): it
+    /// passes the chunk on as it arrives if it is still fetching it.
+    pub through: bool,
+    /// Where the answer's bytes go as they arrive, to be passed on to the hosts below
+    /// this one ([`super::pass`]).
+    pub pass: Option<&'a Passing>,
 }
 
 /// [`fetch_into`] as `role` says, returning what arrived even when the stream then
@@ -137,8 +144,9 @@ pub(super) async fn fetch_on(
         }
     }
     let _urgent = role.urgent.then(|| intake.urgency().begin());
-    if role.urgent {
-        if let Err(e) = write_frame(&mut stream, &Frame::Urgent).await {
+    let asks = [(role.urgent, Frame::Urgent), (role.urgent && role.through, Frame::Through)];
+    for (_, ask) in asks.iter().filter(|(on, _)| *on) {
+        if let Err(e) = write_frame(&mut stream, ask).await {
             return (got, Err(fail(e.to_string())));
         }
     }
@@ -206,7 +214,8 @@ pub(super) async fn fetch_on(
         let expected = &wanted[next];
         next += 1;
         let quiet = if role.urgent { URGENT_QUIET } else { QUIET };
-        let frame = match next_frame(&mut stream, &mut floor, pace.as_mut(), quiet).await {
+        let frame = match next_frame(&mut stream, &mut floor, pace.as_mut(), quiet, role.pass).await
+        {
             Ok(frame) => frame,
             Err(why) => {
                 result = Err(fail(why));
@@ -289,6 +298,9 @@ pub(super) async fn fetch_on(
         if blake3::hash(&data) != blake3::Hash::from_bytes(*id.as_bytes()) {
             result = Err(PeerError::BadChunk { peer, chunk: format!("{id:#}") });
             break;
+        }
+        if let Some(pass) = role.pass {
+            pass.verified();
         }
         got.chunks += 1;
         floor.add(u64::from(expected.len));
@@ -469,15 +481,18 @@ async fn credit(
 /// The next frame of a fetch, or why the sender is given up: it fell below `floor`
 /// (checked at the end of each window, whether or not a frame arrives), or sent
 /// nothing for [`QUIET`]. `pace` is checked at its windows' ends too, and notes a
-/// sender that runs slow ([`Pace::take_slow`]) while the frame is still awaited.
+/// sender that runs slow ([`Pace::take_slow`]) while the frame is still awaited. The
+/// frame's bytes also go to `pass` as they arrive.
 async fn next_frame(
     stream: &mut Stream,
     floor: &mut ProgressFloor,
     mut pace: Option<&mut Pace>,
     quiet: Duration,
+    pass: Option<&Passing>,
 ) -> Result<Result<Option<Frame>, FrameError>, String> {
     let quiet_at = Instant::now() + quiet;
-    let read = read_frame(stream);
+    let mut tee = Tee::new(stream, pass);
+    let read = crate::wire::read::<Frame, _>(&mut tee);
     tokio::pin!(read);
     loop {
         let mut wake = floor.window_end().min(quiet_at);
@@ -572,7 +587,7 @@ pub async fn fetch_from_any(
                     floor,
                     handoff: planned.then_some(&asks),
                     relief: None,
-                    urgent: false,
+                    ..StreamRole::default()
                 };
                 let (got, result) =
                     fetch_stream(&mut stream_control, peer, purpose, &remaining, intake, role)

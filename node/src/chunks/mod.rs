@@ -12,7 +12,7 @@
 //! that sends a bad one is dropped for the deployment and the chunk fetched elsewhere.
 //! Zero chunks are never sent. The wire format is in [`protocol`]; serving in `serve`,
 //! fetching in `fetch`, the store writer fetched chunks go to in `intake`, forwarding
-//! in a cascade in `relay`, handing a slow sender's chunks to a holder with upload to
+//! in a cascade in `relay`, passing on a chunk a guest waits on as it arrives in `pass`, handing a slow sender's chunks to a holder with upload to
 //! spare in `relief`.
 //!
 //! A server bounds what peers can make it hold: streams served at once (in all, and per
@@ -26,6 +26,8 @@ pub mod demand;
 pub mod fetch;
 #[cfg(feature = "host")]
 pub mod intake;
+#[cfg(feature = "host")]
+pub mod pass;
 pub mod protocol;
 #[cfg(feature = "host")]
 pub mod rate;

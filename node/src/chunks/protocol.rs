@@ -22,8 +22,9 @@ use crate::wire::{self, Message};
 pub const PROTOCOL_NAME: &str = "/vw/chunks";
 /// The frame format version this build speaks (2: a want names its manifest; 3: a
 /// relief stream asks whether the sender has upload to spare, [`Frame::IfSpare`]; 4: a
-/// guest waits on the stream's chunks, [`Frame::Urgent`]).
-pub const VERSION: u8 = 4;
+/// guest waits on the stream's chunks, [`Frame::Urgent`]; 5: a planned sender passes
+/// on a chunk it is still fetching, [`Frame::Through`]).
+pub const VERSION: u8 = 5;
 /// Largest chunk carried: the largest a manifest may list, so every stored image can
 /// be distributed.
 pub const MAX_CHUNK: usize = vw_chunkstore::MAX_CHUNK_LEN as usize;
@@ -94,6 +95,14 @@ pub enum Frame {
     /// a chunk it is still receiving, rather than wait for it) and its other streams
     /// give way while it sends.
     Urgent,
+    /// Receiver → sender, after `Urgent` and before its first `Want`: the sender is the
+    /// receiver's planned sender of these chunks (its parent in the plan, for them). A
+    /// chunk it lacks but is staging itself is fetched at once and its answer's bytes
+    /// passed on as they arrive (cut-through; the last byte only once the whole chunk
+    /// is verified there), rather than answered `Missing`: every host of a cascade
+    /// whose guests read the same chunk at once then gets it down the chain, and the
+    /// source's uplink carries it once.
+    Through,
 }
 
 /// Byte strings as postcard byte arrays (length + bytes), not sequences of integers.
@@ -294,6 +303,40 @@ pub fn frame_len(head: [u8; 4]) -> Result<usize, FrameError> {
 /// Splits a byte stream into frames, holding at most one frame's bytes.
 pub type FrameDecoder = wire::Decoder<Frame>;
 
+/// What a frame's first bytes (length field included) say it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carried {
+    /// Too few bytes yet to tell.
+    Unknown,
+    /// A chunk's bytes ([`Frame::Chunk`] or [`Frame::Packed`]), this chunk's.
+    Chunk(ChunkId),
+    /// Anything else (or another version's frame).
+    Other,
+}
+
+/// What a frame carries, from its first bytes: how a frame is passed on before it has
+/// all arrived ([`Frame::Through`]). Only the header is read; the frame is checked
+/// whole by whoever decodes it.
+pub fn carried(frame: &[u8]) -> Carried {
+    // length:u32 | version | variant (one byte below 128) | id: 32 bytes, for both.
+    const CHUNK: u8 = 2;
+    const PACKED: u8 = 6;
+    let Some(head) = frame.get(4..4 + 2 + 32) else {
+        return if frame.len() > 5 && (frame[4] != VERSION || ![CHUNK, PACKED].contains(&frame[5])) {
+            Carried::Other
+        } else {
+            Carried::Unknown
+        };
+    };
+    match (head[0], head[1]) {
+        (VERSION, CHUNK | PACKED) => {
+            let id: [u8; 32] = head[2..].try_into().expect("32 bytes");
+            Carried::Chunk(ChunkId::from_bytes(id))
+        }
+        _ => Carried::Other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,16 +361,39 @@ mod tests {
         let want = Frame::Want { deployment: "g".into(), manifest: mid(3), ids: vec![id(1)] }
             .encode()
             .expect("encode");
-        assert_eq!(hex(&want), format!("0000004504000167{}01{}", "03".repeat(32), "01".repeat(32)));
+        assert_eq!(hex(&want), format!("0000004505000167{}01{}", "03".repeat(32), "01".repeat(32)));
         let chunk = Frame::Chunk { id: id(2), data: vec![7, 8, 9] }.encode().expect("encode");
-        assert_eq!(hex(&chunk), format!("000000260402{}03070809", "02".repeat(32)));
+        assert_eq!(hex(&chunk), format!("000000260502{}03070809", "02".repeat(32)));
         assert_eq!(
             hex(&Frame::Credit { chunks: 300 }.encode().expect("encode")),
-            "000000040401ac02"
+            "000000040501ac02"
         );
-        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020404");
-        assert_eq!(hex(&Frame::IfSpare.encode().expect("encode")), "000000020407");
-        assert_eq!(hex(&Frame::Urgent.encode().expect("encode")), "000000020408");
+        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020504");
+        assert_eq!(hex(&Frame::IfSpare.encode().expect("encode")), "000000020507");
+        assert_eq!(hex(&Frame::Urgent.encode().expect("encode")), "000000020508");
+        assert_eq!(hex(&Frame::Through.encode().expect("encode")), "000000020509");
+    }
+
+    /// A frame's first bytes say whether it carries a chunk, and which, as soon as its
+    /// header is in; never from fewer bytes.
+    #[test]
+    fn a_frames_head_says_which_chunk_it_carries() {
+        let chunk = Frame::Chunk { id: id(2), data: vec![7; 100] }.encode().expect("encode");
+        let packed =
+            Frame::Packed { id: id(3), len: 200, data: vec![7; 100] }.encode().expect("encode");
+        let missing = Frame::Missing { id: id(2) }.encode().expect("encode");
+        for (frame, whole) in [(&chunk, Carried::Chunk(id(2))), (&packed, Carried::Chunk(id(3)))] {
+            assert_eq!(carried(&frame[..37]), Carried::Unknown);
+            assert_eq!(carried(&frame[..38]), whole);
+            assert_eq!(carried(frame), whole);
+        }
+        assert_eq!(carried(&missing[..5]), Carried::Unknown);
+        assert_eq!(carried(&missing[..6]), Carried::Other);
+        assert_eq!(carried(&missing), Carried::Other);
+        let mut old = chunk.clone();
+        old[4] = VERSION - 1;
+        assert_eq!(carried(&old[..6]), Carried::Other);
+        assert_eq!(carried(&old), Carried::Other);
     }
 
     #[test]
@@ -354,10 +420,10 @@ mod tests {
         d.push(&[0, 0, 0, 2, 9, 4]);
         assert_eq!(
             d.next_frame(),
-            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: 4 })
+            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: 5 })
         );
         let mut d = FrameDecoder::default();
-        d.push(&[0, 0, 0, 3, 4, 4, 0]);
+        d.push(&[0, 0, 0, 3, 5, 4, 0]);
         assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));
     }
 

@@ -1,5 +1,6 @@
 //! Forwarding chunks in a cascade: what a host receives is served to its children
-//! from memory as soon as it is verified.
+//! from memory as soon as it is verified, and a chunk a lazy stage is still fetching
+//! as it arrives ([`super::pass`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -7,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use vw_chunkstore::{ChunkId, Store};
 
+use super::demand::{Demand, WeakDemand};
+use super::pass::Passing;
 use super::ChunkSource;
 
 /// Chunks a host is receiving and forwarding at once (a cascade): served to its
@@ -17,6 +20,8 @@ pub struct Relay {
     store: Arc<Store>,
     state: Mutex<RelayState>,
     signal: watch::Sender<u64>,
+    /// The lazy stages under way, by deployment (stage) name.
+    lazy: Mutex<HashMap<String, WeakDemand>>,
 }
 
 #[derive(Default)]
@@ -41,7 +46,7 @@ impl Relay {
     /// A relay over `store`.
     pub fn new(store: Arc<Store>) -> Arc<Self> {
         let (signal, _) = watch::channel(0);
-        Arc::new(Relay { store, state: Default::default(), signal })
+        Arc::new(Relay { store, state: Default::default(), signal, lazy: Mutex::default() })
     }
 
     /// A verified chunk has arrived.
@@ -60,6 +65,14 @@ impl Relay {
         }
         drop(st);
         self.signal.send_modify(|n| *n += 1);
+    }
+
+    /// A lazy stage of `deployment` fetches with `demand`, until it is over: a chunk it
+    /// is still fetching is passed on as it arrives to a host below this one.
+    pub fn lazy_stage(&self, deployment: &str, demand: &Demand) {
+        let mut lazy = self.lazy.lock().expect("relay lock");
+        lazy.retain(|_, d| d.upgrade().is_some());
+        lazy.insert(deployment.to_owned(), demand.downgrade());
     }
 
     /// Something changed that waiting servers should look at again (a store sync).
@@ -81,5 +94,10 @@ impl ChunkSource for Relay {
     /// `Missing` after [`QUIET`] without one.
     fn arriving(&self, _id: &ChunkId) -> Option<watch::Receiver<u64>> {
         Some(self.signal.subscribe())
+    }
+
+    fn pass_on(&self, deployment: &str, id: &ChunkId) -> Option<Arc<Passing>> {
+        let demand = self.lazy.lock().expect("relay lock").get(deployment)?.upgrade()?;
+        demand.pass_on(id)
     }
 }

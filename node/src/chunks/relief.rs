@@ -127,7 +127,7 @@ pub(super) async fn relieve(
                 floor: Floor::Fixed,
                 handoff: None,
                 relief: Some(told),
-                urgent: false,
+                ..StreamRole::default()
             };
             let stream = fetch_stream(&mut control, by, purpose, rest, intake, role)
                 .instrument(pull_span(&by));

@@ -17,6 +17,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use vw_chunkstore::{ChunkId, ManifestId, Store};
 
+use super::fetch::URGENT_QUIET;
+use super::pass::{Passing, Step};
 use super::protocol::{pack, Frame, FrameError};
 use super::{read_frame, write_frame, QUIET};
 use crate::access::audit::Audit;
@@ -107,6 +109,9 @@ enum ServeError {
     /// The fetcher broke the protocol, or the stream failed.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A chunk passed on as it arrived could not be sent whole ([`Frame::Through`]).
+    #[error("passing a chunk on: {0}; dropped the stream")]
+    Passing(String),
     /// No whole request within [`ServeLimits::request`].
     #[error("no request within {0:?} of the stream opening; dropped the stream")]
     NoRequest(Duration),
@@ -130,6 +135,14 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// as chunks arrive, so a server can wait for it instead of answering `Missing`.
     fn arriving(&self, id: &ChunkId) -> Option<watch::Receiver<u64>> {
         let _ = id;
+        None
+    }
+
+    /// For a chunk this host does not have yet but stages lazily for `deployment`: its
+    /// fetch (started if it is not under way), whose bytes can be passed on as they
+    /// arrive ([`Frame::Through`]).
+    fn pass_on(&self, deployment: &str, id: &ChunkId) -> Option<Arc<Passing>> {
+        let _ = (deployment, id);
         None
     }
 }
@@ -401,8 +414,12 @@ async fn serve_one(
     // relief slot while it serves one.
     let mut relief = false;
     let mut relief_slot = None;
-    // Whether a guest waits on this stream's chunks (it asked before its first want).
+    // Whether a guest waits on this stream's chunks (it asked before its first want),
+    // and whether this host is the fetcher's planned sender of them.
     let mut urgent = false;
+    let mut through = false;
+    // The deployment of the stream's first allowed want.
+    let mut deployment_of: Option<String> = None;
     let mut first_want = true;
     // The deployment's own cap on what this host sends of it, if it has one.
     let mut stage_cap: Option<Arc<RateLimit>> = None;
@@ -422,14 +439,35 @@ async fn serve_one(
                 sending.urgency.give_way().await;
                 None
             };
-            let data = if urgent { source.chunk(&id) } else { wait_for(source, &id).await };
+            let mut data = if urgent { source.chunk(&id) } else { wait_for(source, &id).await };
+            let caps = |paid: bool| sending.upload.iter().chain(&stage_cap).filter(move |_| paid);
+            // A chunk this host is still fetching, for a host below it: passed on as it
+            // arrives.
+            let pass = (data.is_none() && through)
+                .then(|| source.pass_on(deployment_of.as_deref()?, &id))
+                .flatten();
+            if let Some(pass) = pass {
+                match pass_on(&mut stream, &pass, id, caps(true), limits.stall).await? {
+                    Some(bytes) => {
+                        if let Some(meter) = &sending.spare {
+                            meter.sent(bytes);
+                        }
+                        if let Some(counter) = &sent_bytes {
+                            counter.increment(bytes);
+                        }
+                        credit -= 1;
+                        sent += 1;
+                        continue;
+                    }
+                    None => data = source.chunk(&id),
+                }
+            }
             let frame = match data {
                 Some(data) => sending.frame(id, data),
                 None => Frame::Missing { id },
             };
             // Chunk bytes are paid for under the caps; a `Missing` is not.
             let paid = matches!(frame, Frame::Chunk { .. } | Frame::Packed { .. });
-            let caps = || sending.upload.iter().chain(&stage_cap).filter(move |_| paid);
             if let (Some(meter), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
                 (&sending.spare, &frame)
             {
@@ -439,13 +477,13 @@ async fn serve_one(
             if urgent {
                 // A chunk a guest waits on goes ahead of the debt the others ran up,
                 // and they pay for it.
-                caps().for_each(|cap| cap.charge(bytes.len() as u64));
+                caps(paid).for_each(|cap| cap.charge(bytes.len() as u64));
                 write(&mut stream, &bytes, limits.stall).await?;
             } else {
                 // In pieces, each paid for as it goes and after any urgent chunk:
                 // a guest's chunk then waits behind at most a piece of this one.
                 for piece in bytes.chunks(PIECE) {
-                    for cap in caps() {
+                    for cap in caps(paid) {
                         cap.take(piece.len() as u64).await;
                     }
                     sending.urgency.give_way().await;
@@ -496,6 +534,7 @@ async fn serve_one(
                         if sent_bytes.is_none() {
                             sent_bytes = Some(crate::metrics::sent(&peer, &deployment));
                             stage_cap = sending.grants.cap_of(&deployment);
+                            deployment_of = Some(deployment.clone());
                         }
                         if !served.iter().any(|(_, d, m)| *d == deployment && *m == manifest) {
                             served.push((vo, deployment, manifest));
@@ -514,6 +553,7 @@ async fn serve_one(
             Some(Frame::Credit { chunks }) => credit += u64::from(chunks),
             Some(Frame::IfSpare) if first_want => relief = true,
             Some(Frame::Urgent) if first_want => urgent = true,
+            Some(Frame::Through) if first_want => through = true,
             Some(Frame::Done) | None => break,
             Some(other) => {
                 return Err(
@@ -533,6 +573,34 @@ async fn serve_one(
     }
     let _ = tokio::time::timeout(limits.stall, stream.close()).await;
     Ok(())
+}
+
+/// Passes chunk `id` on to the fetcher as this host's fetch of it receives it
+/// ([`Frame::Through`]), each piece charged to `caps`: the bytes sent once the whole
+/// frame has gone; `None` if nothing was sent (the chunk is then in the store, or could
+/// not be fetched: the caller answers from the store). A fetch that fails halfway ends
+/// the stream: the fetcher asks again.
+async fn pass_on<'a>(
+    stream: &mut Stream,
+    pass: &Passing,
+    id: ChunkId,
+    caps: impl Iterator<Item = &'a Arc<RateLimit>> + Clone,
+    stall: Duration,
+) -> Result<Option<u64>, ServeError> {
+    let mut forward = pass.forward(id, URGENT_QUIET);
+    let mut sent = 0u64;
+    loop {
+        match forward.step().await {
+            Step::Bytes(bytes) => {
+                caps.clone().for_each(|cap| cap.charge(bytes.len() as u64));
+                write(stream, &bytes, stall).await?;
+                sent += bytes.len() as u64;
+            }
+            Step::Sent => return Ok(Some(sent)),
+            Step::Unsent => return Ok(None),
+            Step::Broken(why) => return Err(ServeError::Passing(why)),
+        }
+    }
 }
 
 /// Writes a frame to a fetcher, which must take it within `stall`.

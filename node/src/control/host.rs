@@ -692,7 +692,8 @@ impl HostService {
                 .map(|i| DemandImage {
                     purpose: Purpose { deployment: order.stage.clone(), manifest: i.manifest.id() },
                     peers: i.peers.demand_order(),
-                    chunks: i.distinct.iter().map(|c| c.id).collect(),
+                    planned: i.peers.planned(&i.distinct),
+                    chunks: i.distinct.clone(),
                 })
                 .collect(),
         );
@@ -736,6 +737,7 @@ impl HostService {
             .collect();
         let intake = Arc::new(self.intake(order, &prepared, disks.clone()));
         demand.open(&intake).await;
+        self.relay.lazy_stage(&order.stage, &demand);
         stage.activated().await?;
         self.lazy.keep(&stage);
         let report = StageReport {
@@ -1179,6 +1181,20 @@ impl OrderPeers {
         for p in self.pulls.iter().map(|(p, _)| p).chain(&self.fallback) {
             if !out.contains(p) {
                 out.push(*p);
+            }
+        }
+        out
+    }
+
+    /// Each chunk's planned sender: the stream whose ranges of `distinct` (the image's
+    /// distinct chunks, as the plan numbers them) hold it.
+    fn planned(&self, distinct: &[ChunkRef]) -> HashMap<ChunkId, PeerId> {
+        let mut out = HashMap::new();
+        for (from, pull) in &self.pulls {
+            for &(a, b) in &pull.ranges {
+                for c in distinct.get(a as usize..b as usize).unwrap_or_default() {
+                    out.entry(c.id).or_insert(*from);
+                }
             }
         }
         out
