@@ -302,9 +302,9 @@ impl Inner {
     }
 
     /// One round of [`Inner::fetch_urgent`]: asks each of `image`'s holders in turn, the
-    /// chunk's planned sender first. Holders found unreachable lately are asked last, once; the others are asked
-    /// again (twice) if their stream fails at once, since a stream may fail while a
-    /// connection is still being set up. The error names every holder asked and what
+    /// chunk's planned sender first. Holders found unreachable lately are asked last,
+    /// once; the others are asked again (twice) if their stream fails at once, since a
+    /// stream may fail while a connection is still being set up. The error names every holder asked and what
     /// each said, and whether every one of them was stalled.
     async fn ask_holders(
         &self,
