@@ -272,11 +272,12 @@ mod tests {
     /// message has one encoding: the long form is refused, the short one read.
     #[test]
     fn only_the_canonical_encoding_is_read() {
-        assert_eq!(encode(&Frame::Credit { chunks: 3 }), Ok(vec![0, 0, 0, 3, 4, 1, 3]));
-        assert_eq!(decode_body::<Frame>(&[4, 1, 3]), Ok(Frame::Credit { chunks: 3 }));
-        let long = decode_body::<Frame>(&[4, 1, 0x83, 0x00]).expect_err("a long 3");
+        let v = crate::chunks::protocol::VERSION;
+        assert_eq!(encode(&Frame::Credit { chunks: 3 }), Ok(vec![0, 0, 0, 3, v, 1, 3]));
+        assert_eq!(decode_body::<Frame>(&[v, 1, 3]), Ok(Frame::Credit { chunks: 3 }));
+        let long = decode_body::<Frame>(&[v, 1, 0x83, 0x00]).expect_err("a long 3");
         assert!(matches!(long, FrameError::Malformed(m) if m.contains("canonical")));
-        let long_tag = decode_body::<Frame>(&[4, 0x81, 0x00, 3]).expect_err("a long variant");
+        let long_tag = decode_body::<Frame>(&[v, 0x81, 0x00, 3]).expect_err("a long variant");
         assert!(matches!(long_tag, FrameError::Malformed(_)));
     }
 

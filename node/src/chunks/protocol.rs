@@ -92,8 +92,8 @@ pub enum Frame {
     IfSpare,
     /// Receiver → sender, before its first `Want`: a guest is reading these chunks
     /// now (a lazy disk). The sender answers at once from what it holds (`Missing` for
-    /// a chunk it is still receiving, rather than wait for it) and its other streams
-    /// give way while it sends.
+    /// a chunk it is still receiving, rather than wait for it; unless asked
+    /// [`Frame::Through`]) and its other streams give way while it sends.
     Urgent,
     /// Receiver → sender, after `Urgent` and before its first `Want`: the sender is the
     /// receiver's planned sender of these chunks (its parent in the plan, for them). A
