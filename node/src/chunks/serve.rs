@@ -418,8 +418,6 @@ async fn serve_one(
     // and whether this host is the fetcher's planned sender of them.
     let mut urgent = false;
     let mut through = false;
-    // The deployment of the stream's first allowed want.
-    let mut deployment_of: Option<String> = None;
     let mut first_want = true;
     // The deployment's own cap on what this host sends of it, if it has one.
     let mut stage_cap: Option<Arc<RateLimit>> = None;
@@ -442,9 +440,9 @@ async fn serve_one(
             let mut data = if urgent { source.chunk(&id) } else { wait_for(source, &id).await };
             let caps = |paid: bool| sending.upload.iter().chain(&stage_cap).filter(move |_| paid);
             // A chunk this host is still fetching, for a host below it: passed on as it
-            // arrives.
-            let pass = (data.is_none() && through)
-                .then(|| source.pass_on(deployment_of.as_deref()?, &id))
+            // arrives. The stream's wants are all for its first one's deployment.
+            let pass = (data.is_none() && urgent && through)
+                .then(|| source.pass_on(&served.first()?.1, &id))
                 .flatten();
             if let Some(pass) = pass {
                 match pass_on(&mut stream, &pass, id, caps(true), limits.stall).await? {
@@ -534,7 +532,6 @@ async fn serve_one(
                         if sent_bytes.is_none() {
                             sent_bytes = Some(crate::metrics::sent(&peer, &deployment));
                             stage_cap = sending.grants.cap_of(&deployment);
-                            deployment_of = Some(deployment.clone());
                         }
                         if !served.iter().any(|(_, d, m)| *d == deployment && *m == manifest) {
                             served.push((vo, deployment, manifest));
