@@ -444,54 +444,54 @@ async fn serve_one(
             let pass = (data.is_none() && urgent && through)
                 .then(|| source.pass_on(&served.first()?.1, &id))
                 .flatten();
-            if let Some(pass) = pass {
-                match pass_on(&mut stream, &pass, id, caps(true), limits.stall).await? {
-                    Some(bytes) => {
-                        if let Some(meter) = &sending.spare {
-                            meter.sent(bytes);
-                        }
-                        if let Some(counter) = &sent_bytes {
-                            counter.increment(bytes);
-                        }
-                        credit -= 1;
-                        sent += 1;
-                        continue;
-                    }
-                    None => data = source.chunk(&id),
-                }
-            }
-            let frame = match data {
-                Some(data) => sending.frame(id, data),
-                None => Frame::Missing { id },
+            let passed = match &pass {
+                Some(pass) => pass_on(&mut stream, pass, id, caps(true), limits.stall).await?,
+                None => None,
             };
-            // Chunk bytes are paid for under the caps; a `Missing` is not.
-            let paid = matches!(frame, Frame::Chunk { .. } | Frame::Packed { .. });
-            if let (Some(meter), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
-                (&sending.spare, &frame)
-            {
-                meter.sent(data.len() as u64);
+            if pass.is_some() && passed.is_none() {
+                data = source.chunk(&id); // it came otherwise, or could not be had
             }
-            let bytes = frame.encode()?;
-            if urgent {
-                // A chunk a guest waits on goes ahead of the debt the others ran up,
-                // and they pay for it.
-                caps(paid).for_each(|cap| cap.charge(bytes.len() as u64));
-                write(&mut stream, &bytes, limits.stall).await?;
-            } else {
-                // In pieces, each paid for as it goes and after any urgent chunk:
-                // a guest's chunk then waits behind at most a piece of this one.
-                for piece in bytes.chunks(PIECE) {
-                    for cap in caps(paid) {
-                        cap.take(piece.len() as u64).await;
+            // The chunk bytes sent (0 for a `Missing`).
+            let payload = match passed {
+                Some(bytes) => bytes,
+                None => {
+                    let frame = match data {
+                        Some(data) => sending.frame(id, data),
+                        None => Frame::Missing { id },
+                    };
+                    let payload = match &frame {
+                        Frame::Chunk { data, .. } | Frame::Packed { data, .. } => data.len() as u64,
+                        _ => 0,
+                    };
+                    // Chunk bytes are paid for under the caps; a `Missing` is not.
+                    let paid = payload > 0;
+                    let bytes = frame.encode()?;
+                    if urgent {
+                        // A chunk a guest waits on goes ahead of the debt the others ran
+                        // up, and they pay for it.
+                        caps(paid).for_each(|cap| cap.charge(bytes.len() as u64));
+                        write(&mut stream, &bytes, limits.stall).await?;
+                    } else {
+                        // In pieces, each paid for as it goes and after any urgent chunk:
+                        // a guest's chunk then waits behind at most a piece of this one.
+                        for piece in bytes.chunks(PIECE) {
+                            for cap in caps(paid) {
+                                cap.take(piece.len() as u64).await;
+                            }
+                            sending.urgency.give_way().await;
+                            write(&mut stream, piece, limits.stall).await?;
+                        }
                     }
-                    sending.urgency.give_way().await;
-                    write(&mut stream, piece, limits.stall).await?;
+                    payload
                 }
-            }
-            if let (Some(counter), Frame::Chunk { data, .. } | Frame::Packed { data, .. }) =
-                (&sent_bytes, &frame)
-            {
-                counter.increment(data.len() as u64);
+            };
+            if payload > 0 {
+                if let Some(meter) = &sending.spare {
+                    meter.sent(payload);
+                }
+                if let Some(counter) = &sent_bytes {
+                    counter.increment(payload);
+                }
             }
             credit -= 1;
             sent += 1;
