@@ -946,12 +946,8 @@ impl HostService {
                 let mut peers = vec![*from];
                 peers.extend(fallback.iter().filter(|p| *p != from));
                 // Only chunks of this image that this host lacks.
-                let mut wanted: Vec<ChunkRef> = pull
-                    .ranges
-                    .iter()
-                    .flat_map(|&(a, b)| distinct.get(a as usize..b as usize).unwrap_or_default())
-                    .filter_map(|c| by_id.get(&c.id).copied())
-                    .collect();
+                let mut wanted: Vec<ChunkRef> =
+                    pulled(pull, distinct).filter_map(|c| by_id.get(&c.id).copied()).collect();
                 if !rank.is_empty() {
                     wanted.sort_by_key(|c| rank.get(&c.id).copied().unwrap_or(usize::MAX));
                 }
@@ -1191,10 +1187,8 @@ impl OrderPeers {
     fn planned(&self, distinct: &[ChunkRef]) -> HashMap<ChunkId, PeerId> {
         let mut out = HashMap::new();
         for (from, pull) in &self.pulls {
-            for &(a, b) in &pull.ranges {
-                for c in distinct.get(a as usize..b as usize).unwrap_or_default() {
-                    out.entry(c.id).or_insert(*from);
-                }
+            for c in pulled(pull, distinct) {
+                out.entry(c.id).or_insert(*from);
             }
         }
         out
@@ -1218,6 +1212,12 @@ impl OrderPeers {
             fallback: peers(&order.fallback)?,
         })
     }
+}
+
+/// The chunks planned stream `pull` brings: its ranges of `distinct` (the image's
+/// distinct chunks, as the plan numbers them).
+fn pulled<'a>(pull: &'a Pull, distinct: &'a [ChunkRef]) -> impl Iterator<Item = &'a ChunkRef> {
+    pull.ranges.iter().flat_map(|&(a, b)| distinct.get(a as usize..b as usize).unwrap_or_default())
 }
 
 /// Manifest `id` as the head sent it, or as the store records it (`None`: neither).
