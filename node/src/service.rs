@@ -159,6 +159,7 @@ impl Vwd {
                     limits: Default::default(),
                     spare: Some(Arc::clone(&meter)),
                     urgency: Arc::default(),
+                    sent_urgently: Arc::default(),
                 },
             )],
         )

@@ -658,6 +658,7 @@ struct OneHolder {
     demand: Demand,
     disk: Arc<LazyDisk>,
     intake: Arc<Intake>,
+    manifest: Manifest,
     data: Vec<u8>,
 }
 
@@ -673,7 +674,7 @@ impl OneHolder {
         grant(&grants, &manifest, &[pc.id()]);
         pc.dial(address(&ps).await).await.expect("dial");
         let (demand, disk, intake) = lazy_disk(&pc, &manifest, vec![ps.id()], &c, dir.path()).await;
-        OneHolder { _dir: dir, ps, pc, demand, disk, intake, data }
+        OneHolder { _dir: dir, ps, pc, demand, disk, intake, manifest, data }
     }
 
     /// Ends the stage (every chunk taken durable) and both peers.
@@ -696,6 +697,98 @@ impl ChunkSource for Counting {
         self.1.lock().expect("lock").push(*id);
         Some(data)
     }
+}
+
+/// A [`Counting`] store that holds the first request for chunk `gate`, once set, until
+/// `open` (blocking the thread that serves it, as a busy disk would).
+struct Gated {
+    counting: Counting,
+    gate: std::sync::OnceLock<vw_node::chunkstore::ChunkId>,
+    hit: std::sync::atomic::AtomicBool,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl ChunkSource for Gated {
+    fn chunk(&self, id: &vw_node::chunkstore::ChunkId) -> Option<Vec<u8>> {
+        use std::sync::atomic::Ordering;
+        if self.gate.get() == Some(id) && !self.hit.swap(true, Ordering::SeqCst) {
+            while !self.open.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        self.counting.chunk(id)
+    }
+}
+
+/// A guest reads a chunk the stage's stream has asked for but not received yet (its
+/// sender is held up on an earlier one): the read fetches it at once on an urgent
+/// stream, and the sender answers it `Sent` in the stage's stream rather than send it
+/// twice. Every chunk crosses once, the stage ends whole, and its report counts what
+/// the urgent stream brought.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_sent_urgently_is_not_sent_again_on_the_stage_stream() {
+    use std::sync::atomic::Ordering;
+    use vw_node::lazy::nbd::BlockDevice;
+
+    let gated = std::sync::OnceLock::<Arc<Gated>>::new();
+    let t = OneHolder::start(24, |store| {
+        let g = Arc::new(Gated {
+            counting: Counting(store, Default::default()),
+            gate: Default::default(),
+            hit: false.into(),
+            open: false.into(),
+        });
+        gated.set(Arc::clone(&g)).ok();
+        g
+    })
+    .await;
+    let gated = gated.get().expect("the source");
+    let wanted = t.manifest.distinct();
+    gated.gate.set(wanted[0].id).expect("set once");
+    t.demand.follow([wanted.iter().map(|c| c.id).collect()]);
+    let stage = tokio::spawn({
+        let (mut control, peer, intake) = (t.pc.control(), t.ps.id(), t.intake.clone());
+        let (purpose, wanted) = (purpose(&t.manifest), wanted.clone());
+        async move {
+            fetch_from_any(&mut control, &[peer], &purpose, &wanted, &intake, Floor::Fixed).await
+        }
+    });
+    // The stage's stream has asked for every chunk and waits on the first.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !gated.hit.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the stage asked for the first chunk");
+
+    let later = wanted[5].id;
+    let at: u64 =
+        t.manifest.chunks().iter().take_while(|c| c.id != later).map(|c| u64::from(c.len)).sum();
+    let mut byte = [0u8; 1];
+    t.disk.read(at, &mut byte).await.expect("read ahead of the stage");
+    assert_eq!(byte[0], t.data[at as usize], "the image's byte");
+    gated.open.store(true, Ordering::SeqCst);
+    let report = stage.await.expect("stage task").expect("the stage brings the rest");
+
+    let served = gated.counting.1.lock().expect("lock").clone();
+    let mut once = served.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(
+        once.len(),
+        served.len(),
+        "every chunk sent once: {} of {}",
+        once.len(),
+        served.len()
+    );
+    assert_eq!(once.len(), wanted.len(), "and every chunk sent");
+    let missing: u64 = report.fetched.iter().map(|(_, f)| f.missing).sum();
+    assert_eq!(missing, 0, "a chunk answered `Sent` is not missing: {report:?}");
+    let urgent = t.demand.pulled();
+    let brought: u64 = urgent.fetched.iter().map(|(_, f)| f.chunks).sum();
+    assert_eq!(brought, 1, "the urgent stream's chunk is in the demand's report: {urgent:?}");
+    t.end().await;
 }
 
 /// A chain s → b → c, both b and c staging lazily: a guest on c reads chunks neither

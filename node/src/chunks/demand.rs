@@ -27,7 +27,10 @@
 //! of at the link's rate. A read of a chunk at most [`AHEAD`] chunks past the front of
 //! the stage stream that asks for it ([`Demand::follow`]) waits for it while that
 //! stream moves (its front still for [`STALLED`]: it is stuck), at most
-//! [`CASCADE_WAIT`], and is fetched urgently after that.
+//! [`CASCADE_WAIT`], and is fetched urgently after that. A chunk further on is fetched
+//! at once although the stream has asked for it already: its sender notes what it sent
+//! urgently and answers it [`Frame::Sent`](super::Frame::Sent) in the stream's place,
+//! so it crosses once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -39,7 +42,9 @@ use tokio::sync::RwLock;
 use tracing::Instrument as _;
 use vw_chunkstore::{ChunkId, ChunkRef};
 
-use super::fetch::{fetch_on, fetch_stream, pull_span, StreamRole, URGENT_QUIET};
+use super::fetch::{
+    fetch_on, fetch_stream, pull_span, Fetched, PullReport, StreamRole, URGENT_QUIET,
+};
 use super::pass::Passing;
 use super::spare::Spares;
 use super::{Intake, Purpose};
@@ -53,8 +58,10 @@ const OPEN_WAIT: Duration = Duration::from_secs(60);
 pub const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
 
 /// How far past its stream's front a chunk may be for a read to wait for the cascade:
-/// a stream's credit window, the chunks its sender has already been asked to send.
-pub const AHEAD: usize = super::WINDOW as usize;
+/// the chunk the stream brings now and the next, which arrive about as soon as an
+/// urgent fetch would. One further on is fetched at once, and its sender answers it
+/// [`Frame::Sent`](super::Frame::Sent) in the stream rather than send it twice.
+pub const AHEAD: usize = 2;
 /// A read waiting for the cascade fetches the chunk itself once its stream's front has
 /// not moved for this long.
 pub const STALLED: Duration = Duration::from_millis(250);
@@ -104,6 +111,8 @@ struct Inner {
     flying: Mutex<HashMap<ChunkId, (Answer, Arc<Passing>)>>,
     /// Streams opened ahead to the holders reads have asked.
     spares: Arc<Spares>,
+    /// What each holder sent, for the stage's report.
+    fetched: Mutex<Vec<(PeerId, Fetched)>>,
 }
 
 /// A fetch's result, once it has one.
@@ -136,6 +145,7 @@ impl Demand {
             unreachable: Mutex::default(),
             queues: Mutex::default(),
             flying: Mutex::default(),
+            fetched: Mutex::default(),
         }))
     }
 
@@ -174,6 +184,15 @@ impl Demand {
     pub async fn close(&self) {
         self.0.intake.write().await.take();
         self.0.spares.close();
+    }
+
+    /// What each holder has sent so far, as a pull's report (once closed, all it sent).
+    pub fn pulled(&self) -> PullReport {
+        let fetched = self.0.fetched.lock().expect("demand lock");
+        PullReport {
+            fetched: fetched.iter().map(|(peer, got)| (peer.to_string(), *got)).collect(),
+            ..PullReport::default()
+        }
     }
 }
 
@@ -237,8 +256,12 @@ impl Inner {
             return Err("the stage is over".to_owned());
         };
         let intake = &*intake;
+        let waiting = Instant::now();
         if self.brought_by_cascade(id, intake).await.map_err(|e| e.to_string())? {
-            return Ok(()); // it arrived meanwhile, or the cascade brought it
+            // It arrived meanwhile, or the cascade brought it.
+            let ms = waiting.elapsed().as_secs_f64() * 1e3;
+            tracing::debug!(chunk = %id, ms, "a read's chunk came with the cascade");
+            return Ok(());
         }
         let Some(image) = self.of.get(&id).map(|&(i, _)| &self.images[i]) else {
             return Err("no image of this stage lists it".to_owned());
@@ -301,6 +324,15 @@ impl Inner {
         }
     }
 
+    /// Adds what `peer` sent on one stream to the stage's report.
+    fn tally(&self, peer: PeerId, got: Fetched) {
+        let mut fetched = self.fetched.lock().expect("demand lock");
+        match fetched.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, sum)) => *sum += got,
+            None => fetched.push((peer, got)),
+        }
+    }
+
     /// One round of [`Inner::fetch_urgent`]: asks each of `image`'s holders in turn, the
     /// chunk's planned sender first. Holders found unreachable lately are asked last,
     /// once; the others are asked again (twice) if their stream fails at once, since a
@@ -353,6 +385,7 @@ impl Inner {
                             .await
                     }
                 };
+                self.tally(peer, got);
                 let at_once = got.chunks == 0
                     && got.missing == 0
                     && began.elapsed() < Duration::from_secs(1)

@@ -34,6 +34,15 @@ pub struct Fetched {
     pub missing: u64,
 }
 
+impl std::ops::AddAssign for Fetched {
+    fn add_assign(&mut self, o: Fetched) {
+        self.chunks += o.chunks;
+        self.bytes += o.bytes;
+        self.wire += o.wire;
+        self.missing += o.missing;
+    }
+}
+
 /// Fetches `wanted` from `peer` into `store` for `purpose` and waits until the
 /// chunks are durable. Every chunk is verified before it is stored; a bad one ends the
 /// fetch with [`PeerError::BadChunk`] (the caller drops the peer and fetches the rest
@@ -271,8 +280,12 @@ pub(super) async fn fetch_on(
                 result = Err(fail(format!("refused: {reason}")));
                 break;
             }
-            Frame::Missing { id } if id == expected.id => {
-                got.missing += 1;
+            Frame::Missing { id } | Frame::Sent { id } if id == expected.id => {
+                // `Sent`: it came on an urgent stream, and is missing only if not here.
+                let here = matches!(frame, Frame::Sent { .. }) && intake.has(&id).unwrap_or(false);
+                if !here {
+                    got.missing += 1;
+                }
                 floor.add(u64::from(expected.len));
                 if let Some(p) = &mut pace {
                     p.add(u64::from(expected.len));

@@ -3,7 +3,7 @@
 //! release meets this one at its first frame and is refused, both versions named.
 //!
 //! ```text
-//! frame   = length:u32 BE | version:u8 (4) | body:postcard(Frame)
+//! frame   = length:u32 BE | version:u8 (6) | body:postcard(Frame)
 //! length  = bytes after the length field (version + body), at most MAX_FRAME
 //! ```
 //!
@@ -23,8 +23,9 @@ pub const PROTOCOL_NAME: &str = "/vw/chunks";
 /// The frame format version this build speaks (2: a want names its manifest; 3: a
 /// relief stream asks whether the sender has upload to spare, [`Frame::IfSpare`]; 4: a
 /// guest waits on the stream's chunks, [`Frame::Urgent`]; 5: a planned sender passes
-/// on a chunk it is still fetching, [`Frame::Through`]).
-pub const VERSION: u8 = 5;
+/// on a chunk it is still fetching, [`Frame::Through`]; 6: a chunk already sent on an
+/// urgent stream is not sent again, [`Frame::Sent`]).
+pub const VERSION: u8 = 6;
 /// Largest chunk carried: the largest a manifest may list, so every stored image can
 /// be distributed.
 pub const MAX_CHUNK: usize = vw_chunkstore::MAX_CHUNK_LEN as usize;
@@ -103,6 +104,14 @@ pub enum Frame {
     /// whose guests read the same chunk at once then gets it down the chain, and the
     /// source's uplink carries it once.
     Through,
+    /// Sender → receiver, in a stream's place for a chunk: the sender sent this chunk
+    /// to this receiver on an urgent stream since it was asked for here, so it is not
+    /// sent again. A receiver that does not hold it by now asks for it again, as for
+    /// [`Frame::Missing`].
+    Sent {
+        /// The chunk.
+        id: ChunkId,
+    },
 }
 
 /// Byte strings as postcard byte arrays (length + bytes), not sequences of integers.
@@ -361,17 +370,19 @@ mod tests {
         let want = Frame::Want { deployment: "g".into(), manifest: mid(3), ids: vec![id(1)] }
             .encode()
             .expect("encode");
-        assert_eq!(hex(&want), format!("0000004505000167{}01{}", "03".repeat(32), "01".repeat(32)));
+        assert_eq!(hex(&want), format!("0000004506000167{}01{}", "03".repeat(32), "01".repeat(32)));
         let chunk = Frame::Chunk { id: id(2), data: vec![7, 8, 9] }.encode().expect("encode");
-        assert_eq!(hex(&chunk), format!("000000260502{}03070809", "02".repeat(32)));
+        assert_eq!(hex(&chunk), format!("000000260602{}03070809", "02".repeat(32)));
         assert_eq!(
             hex(&Frame::Credit { chunks: 300 }.encode().expect("encode")),
-            "000000040501ac02"
+            "000000040601ac02"
         );
-        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020504");
-        assert_eq!(hex(&Frame::IfSpare.encode().expect("encode")), "000000020507");
-        assert_eq!(hex(&Frame::Urgent.encode().expect("encode")), "000000020508");
-        assert_eq!(hex(&Frame::Through.encode().expect("encode")), "000000020509");
+        assert_eq!(hex(&Frame::Done.encode().expect("encode")), "000000020604");
+        assert_eq!(hex(&Frame::IfSpare.encode().expect("encode")), "000000020607");
+        assert_eq!(hex(&Frame::Urgent.encode().expect("encode")), "000000020608");
+        assert_eq!(hex(&Frame::Through.encode().expect("encode")), "000000020609");
+        let sent = Frame::Sent { id: id(4) }.encode().expect("encode");
+        assert_eq!(hex(&sent), format!("00000022060a{}", "04".repeat(32)));
     }
 
     /// A frame's first bytes say whether it carries a chunk, and which, as soon as its

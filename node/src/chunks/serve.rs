@@ -174,6 +174,8 @@ pub struct Sending {
     pub spare: Option<Arc<UploadMeter>>,
     /// The urgent streams this host sends ([`Frame::Urgent`]): the others give way.
     pub urgency: Arc<super::urgent::Urgency>,
+    /// The chunks sent on urgent streams, which the others answer [`Frame::Sent`].
+    pub sent_urgently: Arc<super::urgent::SentUrgently>,
 }
 
 impl Sending {
@@ -437,7 +439,14 @@ async fn serve_one(
                 sending.urgency.give_way().await;
                 None
             };
-            let mut data = if urgent { source.chunk(&id) } else { wait_for(source, &id).await };
+            // A chunk that went to this peer on an urgent stream since it was asked for
+            // here is answered `Sent`, not sent again.
+            let sent_already = !urgent && sending.sent_urgently.take(&peer, &id);
+            let mut data = match (sent_already, urgent) {
+                (true, _) => None,
+                (false, true) => source.chunk(&id),
+                (false, false) => wait_for(source, &id).await,
+            };
             let caps = |paid: bool| sending.upload.iter().chain(&stage_cap).filter(move |_| paid);
             // A chunk this host is still fetching, for a host below it: passed on as it
             // arrives. The stream's wants are all for its first one's deployment.
@@ -451,19 +460,20 @@ async fn serve_one(
             if pass.is_some() && passed.is_none() {
                 data = source.chunk(&id); // it came otherwise, or could not be had
             }
-            // The chunk bytes sent (0 for a `Missing`).
+            // The chunk bytes sent (0 for a `Missing` or `Sent`).
             let payload = match passed {
                 Some(bytes) => bytes,
                 None => {
                     let frame = match data {
                         Some(data) => sending.frame(id, data),
+                        None if sent_already => Frame::Sent { id },
                         None => Frame::Missing { id },
                     };
                     let payload = match &frame {
                         Frame::Chunk { data, .. } | Frame::Packed { data, .. } => data.len() as u64,
                         _ => 0,
                     };
-                    // Chunk bytes are paid for under the caps; a `Missing` is not.
+                    // Chunk bytes are paid for under the caps; a `Missing` or `Sent` is not.
                     let paid = payload > 0;
                     let bytes = frame.encode()?;
                     if urgent {
@@ -486,6 +496,9 @@ async fn serve_one(
                 }
             };
             if payload > 0 {
+                if urgent {
+                    sending.sent_urgently.note(peer, id);
+                }
                 if let Some(meter) = &sending.spare {
                     meter.sent(payload);
                 }

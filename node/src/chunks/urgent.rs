@@ -2,11 +2,18 @@
 //! background cascade. While any urgent stream sends (on a sender) or waits (on a
 //! receiver), the other streams of that host give way before each chunk they send or
 //! credit, for at most [`GIVE_WAY`] at a time, so the cascade slows but never stops.
+//!
+//! A sender notes each chunk it sends a peer on an urgent stream ([`SentUrgently`]):
+//! that peer's background stream may have it queued still, and answers it with
+//! [`Frame::Sent`](super::Frame::Sent) in its place instead of sending it twice.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
 use tokio::sync::watch;
+use vw_chunkstore::ChunkId;
 
 /// Longest a background stream waits for urgent ones before its next chunk.
 pub const GIVE_WAY: Duration = Duration::from_millis(500);
@@ -49,6 +56,39 @@ impl Urgency {
     }
 }
 
+/// Most chunks [`SentUrgently`] keeps.
+pub const MAX_SENT: usize = 1 << 16;
+/// How long [`SentUrgently`] keeps a chunk once it is full: a background stream sends
+/// what it was asked within its credit window, or goes quiet and ends
+/// ([`QUIET`](super::QUIET)).
+pub const SENT_FOR: Duration = Duration::from_secs(60);
+
+/// The chunks a sender sent each peer on urgent streams, until a background stream to
+/// that peer comes to them ([`SentUrgently::take`]). Bounded by [`MAX_SENT`]: when
+/// full, those older than [`SENT_FOR`] go, and if none is, all do (a chunk forgotten
+/// is sent twice, nothing worse).
+#[derive(Debug, Default)]
+pub struct SentUrgently(Mutex<HashMap<(PeerId, ChunkId), Instant>>);
+
+impl SentUrgently {
+    /// Notes that chunk `id` went to `peer` on an urgent stream.
+    pub fn note(&self, peer: PeerId, id: ChunkId) {
+        let mut sent = self.0.lock().expect("sent lock");
+        if sent.len() >= MAX_SENT {
+            sent.retain(|_, at| at.elapsed() < SENT_FOR);
+            if sent.len() >= MAX_SENT {
+                sent.clear();
+            }
+        }
+        sent.insert((peer, id), Instant::now());
+    }
+
+    /// Whether chunk `id` went to `peer` on an urgent stream (forgotten once asked).
+    pub fn take(&self, peer: &PeerId, id: &ChunkId) -> bool {
+        self.0.lock().expect("sent lock").remove(&(*peer, *id)).is_some()
+    }
+}
+
 impl Drop for UrgentGuard {
     fn drop(&mut self) {
         self.0.count.send_modify(|c| *c -= 1);
@@ -81,5 +121,23 @@ mod tests {
         assert_eq!(u.active(), 2);
         drop((a, b));
         assert_eq!(u.active(), 0, "every guard counted down");
+    }
+
+    /// A chunk sent urgently is known for that peer only, once, and the record stays
+    /// bounded.
+    #[test]
+    fn a_chunk_sent_urgently_is_known_once_for_its_peer() {
+        let sent = SentUrgently::default();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let id = |n: u8| ChunkId::from_bytes([n; 32]);
+        sent.note(p, id(1));
+        assert!(!sent.take(&q, &id(1)), "another peer's");
+        assert!(!sent.take(&p, &id(2)), "another chunk");
+        assert!(sent.take(&p, &id(1)));
+        assert!(!sent.take(&p, &id(1)), "forgotten once asked");
+        for n in 0..=MAX_SENT {
+            sent.note(p, ChunkId::from_bytes(blake3::hash(&n.to_le_bytes()).into()));
+        }
+        assert!(sent.0.lock().expect("lock").len() <= MAX_SENT, "bounded");
     }
 }

@@ -1042,6 +1042,7 @@ impl HostService {
         // No guest read waits on the stage any more: what it lacks is in the store.
         if let Some(demand) = demand {
             demand.close().await;
+            report.merge(demand.pulled());
         }
         let intake = Arc::try_unwrap(intake)
             .map_err(|_| ControlError::thread("the stage's intake", "still shared at its end"))?;
