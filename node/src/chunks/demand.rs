@@ -58,9 +58,10 @@ const OPEN_WAIT: Duration = Duration::from_secs(60);
 pub const UNREACHABLE_FOR: Duration = Duration::from_secs(10);
 
 /// How far past its stream's front a chunk may be for a read to wait for the cascade:
-/// the chunk the stream brings now and the next, which arrive about as soon as an
-/// urgent fetch would. One further on is fetched at once, and its sender answers it
-/// [`Frame::Sent`](super::Frame::Sent) in the stream rather than send it twice.
+/// the stream's next three chunks arrive about as soon as an urgent fetch would (8 ms
+/// each at 100 Mbit/s, against 14–18 ms a fetch). One further on is fetched at once,
+/// and its sender answers it [`Frame::Sent`](super::Frame::Sent) in the stream rather
+/// than send it twice.
 pub const AHEAD: usize = 2;
 /// A read waiting for the cascade fetches the chunk itself once its stream's front has
 /// not moved for this long.

@@ -431,10 +431,10 @@ mod tests {
         d.push(&[0, 0, 0, 2, 9, 4]);
         assert_eq!(
             d.next_frame(),
-            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: 5 })
+            Err(FrameError::Version { protocol: PROTOCOL_NAME, found: 9, speaks: VERSION })
         );
         let mut d = FrameDecoder::default();
-        d.push(&[0, 0, 0, 3, 5, 4, 0]);
+        d.push(&[0, 0, 0, 3, VERSION, 4, 0]);
         assert!(matches!(d.next_frame(), Err(FrameError::Malformed(_))));
     }
 
