@@ -700,7 +700,8 @@ impl ChunkSource for Counting {
 }
 
 /// A [`Counting`] store that holds the first request for chunk `gate`, once set, until
-/// `open` (blocking the thread that serves it, as a busy disk would).
+/// `open`, as a busy disk would: its thread blocks, handing the runtime's other tasks
+/// to another (`block_in_place`), so the peers it serves go on meanwhile.
 struct Gated {
     counting: Counting,
     gate: std::sync::OnceLock<vw_node::chunkstore::ChunkId>,
@@ -712,9 +713,11 @@ impl ChunkSource for Gated {
     fn chunk(&self, id: &vw_node::chunkstore::ChunkId) -> Option<Vec<u8>> {
         use std::sync::atomic::Ordering;
         if self.gate.get() == Some(id) && !self.hit.swap(true, Ordering::SeqCst) {
-            while !self.open.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
+            tokio::task::block_in_place(|| {
+                while !self.open.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            });
         }
         self.counting.chunk(id)
     }
@@ -766,7 +769,10 @@ async fn a_chunk_sent_urgently_is_not_sent_again_on_the_stage_stream() {
     let at: u64 =
         t.manifest.chunks().iter().take_while(|c| c.id != later).map(|c| u64::from(c.len)).sum();
     let mut byte = [0u8; 1];
-    t.disk.read(at, &mut byte).await.expect("read ahead of the stage");
+    tokio::time::timeout(std::time::Duration::from_secs(60), t.disk.read(at, &mut byte))
+        .await
+        .expect("the read is answered while the stage's stream waits")
+        .expect("read ahead of the stage");
     assert_eq!(byte[0], t.data[at as usize], "the image's byte");
     gated.open.store(true, Ordering::SeqCst);
     let report = stage.await.expect("stage task").expect("the stage brings the rest");
