@@ -442,19 +442,21 @@ async fn serve_one(
             // A chunk that went to this peer on an urgent stream since it was asked for
             // here is answered `Sent`, not sent again.
             let sent_already = !urgent && sending.sent_urgently.take(&peer, &id);
-            let mut data = match (sent_already, urgent) {
-                (true, _) => None,
-                (false, true) => source.chunk(&id),
-                (false, false) => wait_for(source, &id).await,
+            let mut data = if sent_already {
+                None
+            } else if urgent {
+                source.chunk(&id)
+            } else {
+                wait_for(source, &id).await
             };
-            let caps = |paid: bool| sending.upload.iter().chain(&stage_cap).filter(move |_| paid);
+            let caps = || sending.upload.iter().chain(&stage_cap);
             // A chunk this host is still fetching, for a host below it: passed on as it
             // arrives. The stream's wants are all for its first one's deployment.
             let pass = (data.is_none() && urgent && through)
                 .then(|| source.pass_on(&served.first()?.1, &id))
                 .flatten();
             let passed = match &pass {
-                Some(pass) => pass_on(&mut stream, pass, id, caps(true), limits.stall).await?,
+                Some(pass) => pass_on(&mut stream, pass, id, caps(), limits.stall).await?,
                 None => None,
             };
             if pass.is_some() && passed.is_none() {
@@ -469,30 +471,8 @@ async fn serve_one(
                         None if sent_already => Frame::Sent { id },
                         None => Frame::Missing { id },
                     };
-                    let payload = match &frame {
-                        Frame::Chunk { data, .. } | Frame::Packed { data, .. } => data.len() as u64,
-                        _ => 0,
-                    };
-                    // Chunk bytes are paid for under the caps; a `Missing` or `Sent` is not.
-                    let paid = payload > 0;
-                    let bytes = frame.encode()?;
-                    if urgent {
-                        // A chunk a guest waits on goes ahead of the debt the others ran
-                        // up, and they pay for it.
-                        caps(paid).for_each(|cap| cap.charge(bytes.len() as u64));
-                        write(&mut stream, &bytes, limits.stall).await?;
-                    } else {
-                        // In pieces, each paid for as it goes and after any urgent chunk:
-                        // a guest's chunk then waits behind at most a piece of this one.
-                        for piece in bytes.chunks(PIECE) {
-                            for cap in caps(paid) {
-                                cap.take(piece.len() as u64).await;
-                            }
-                            sending.urgency.give_way().await;
-                            write(&mut stream, piece, limits.stall).await?;
-                        }
-                    }
-                    payload
+                    let give_way = (!urgent).then_some(&*sending.urgency);
+                    send_answer(&mut stream, &frame, caps(), give_way, limits.stall).await?
                 }
             };
             if payload > 0 {
@@ -583,6 +563,43 @@ async fn serve_one(
     }
     let _ = tokio::time::timeout(limits.stall, stream.close()).await;
     Ok(())
+}
+
+/// Writes `frame`, the answer for one wanted chunk, and returns the chunk bytes it
+/// carries (0 for a `Missing` or `Sent`, which `caps` do not pay for). On an urgent
+/// stream (no `give_way`) it goes at once, charged to `caps` ahead of the debt the
+/// other streams ran up, and they pay for it; otherwise in pieces of [`PIECE`], each
+/// paid for as it goes and each after the urgent streams of `give_way`, so a guest's
+/// chunk waits behind at most a piece of this one.
+async fn send_answer<'a>(
+    stream: &mut Stream,
+    frame: &Frame,
+    caps: impl Iterator<Item = &'a Arc<RateLimit>> + Clone,
+    give_way: Option<&super::urgent::Urgency>,
+    stall: Duration,
+) -> Result<u64, ServeError> {
+    let payload = match frame {
+        Frame::Chunk { data, .. } | Frame::Packed { data, .. } => data.len() as u64,
+        _ => 0,
+    };
+    let caps = caps.filter(|_| payload > 0);
+    let bytes = frame.encode()?;
+    match give_way {
+        None => {
+            caps.for_each(|cap| cap.charge(bytes.len() as u64));
+            write(stream, &bytes, stall).await?;
+        }
+        Some(urgency) => {
+            for piece in bytes.chunks(PIECE) {
+                for cap in caps.clone() {
+                    cap.take(piece.len() as u64).await;
+                }
+                urgency.give_way().await;
+                write(stream, piece, stall).await?;
+            }
+        }
+    }
+    Ok(payload)
 }
 
 /// Passes chunk `id` on to the fetcher as this host's fetch of it receives it
