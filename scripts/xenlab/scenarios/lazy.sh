@@ -7,6 +7,10 @@
 #                          is the image's first lazy boot: vw keeps its boot trace
 #   lazy-traced            cold again, with that trace (its chunks fetched first)
 #   full-warm, lazy-warm   (VW_SCENARIO_WARM=1) host 2 holds the image from the run before
+# VW_SCENARIO_BASE=1 runs the same three with the base OS cached: before each, host 2
+# drops its images and then imports guest-base.img (the base OS alone, on which the
+# worker image is built), so it lacks only the worker's own chunks; the deploys are
+# lazy-cached (the image's first lazy boot), full-cached and lazy-cached-traced.
 # VW_SCENARIO_CAP=50% (or 40Mbit) deploys with `--cap` (every deploy): the stage held to
 # a share of each link (run 8, 8Mbit: the lazy deploy lost its VMs at load all the same).
 # Each deploy's report (--json, OUT/deploy-NAME.json) is kept beside times.csv (each
@@ -73,6 +77,10 @@ serve() {
         vw image rm "$image" >> "$OUT/evict.log" 2>&1
       done
       vw gc >> "$OUT/evict.log" 2>&1
+      # With the base cached: the base OS alone, which the worker image is built on.
+      if [ -e /vwlab/out/keep-base ]; then
+        vw image import /vwimages/guest-base.img --name lab/base:1 >> "$OUT/evict.log" 2>&1
+      fi
       vw image ls >> "$OUT/evict.log" 2>&1
       rm -f /vwlab/out/evict
       touch /vwlab/out/evicted
@@ -83,8 +91,10 @@ serve() {
   done
 }
 
+# Host 2 drops every image; with VW_SCENARIO_BASE=1 it then holds the base OS.
 evict() {
   rm -f /vwlab/out/evicted
+  if [ "${VW_SCENARIO_BASE:-0}" = 1 ]; then touch /vwlab/out/keep-base; else rm -f /vwlab/out/keep-base; fi
   touch /vwlab/out/evict
   for i in $(seq 300); do [ -e /vwlab/out/evicted ] && return 0; sleep 1; done
   echo "host 2 did not evict its images"; return 1
@@ -112,15 +122,23 @@ run() { # NAME [deploy options]
 on_head_host() {
   OUT=/vwlab/out/host1
   rc=0
-  # The lazy cold runs first: under emulation each deploy takes minutes.
-  evict && run lazy-cold --lazy || rc=1
-  evict && run full-cold || rc=1
-  evict && run lazy-traced --lazy || rc=1
+  # The first lazy boot runs first (the image's trace is taken from it): under
+  # emulation each deploy takes minutes.
+  if [ "${VW_SCENARIO_BASE:-0}" = 1 ]; then
+    evict && run lazy-cached --lazy || rc=1
+    evict && run full-cached || rc=1
+    evict && run lazy-cached-traced --lazy || rc=1
+  else
+    evict && run lazy-cold --lazy || rc=1
+    evict && run full-cold || rc=1
+    evict && run lazy-traced --lazy || rc=1
+  fi
   [ "${VW_SCENARIO_WARM:-0}" = 1 ] && { run full-warm || rc=1; run lazy-warm --lazy || rc=1; }
   {
     echo "# lazy on $(cat /vwlab/accel) Xen"
     echo
-    for r in lazy-cold full-cold lazy-traced full-warm lazy-warm; do
+    for r in lazy-cold full-cold lazy-traced lazy-cached full-cached lazy-cached-traced \
+      full-warm lazy-warm; do
       [ -e "$OUT/deploy-$r.json" ] || continue
       echo "## $r"
       echo '```'
