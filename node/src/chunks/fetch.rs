@@ -560,7 +560,7 @@ impl PullReport {
 /// peer that runs slow keeps the chunks asked of it already, and the next peer with
 /// upload to spare sends the rest at the same time (`relief`): no chunk is asked of two.
 /// Ends with every wanted chunk taken, or an error naming what is still missing after
-/// every peer was tried.
+/// every peer was tried; either way with the report of what each peer delivered.
 pub async fn fetch_from_any(
     control: &mut libp2p_stream::Control,
     peers: &[PeerId],
@@ -568,8 +568,22 @@ pub async fn fetch_from_any(
     wanted: &[ChunkRef],
     intake: &Intake,
     first: Floor,
-) -> Result<PullReport, PeerError> {
+) -> (PullReport, Result<(), PeerError>) {
     let mut report = PullReport::default();
+    let result = pull_from_any(control, peers, purpose, wanted, intake, first, &mut report).await;
+    (report, result)
+}
+
+/// [`fetch_from_any`], recording into `report` as it goes.
+async fn pull_from_any(
+    control: &mut libp2p_stream::Control,
+    peers: &[PeerId],
+    purpose: &Purpose,
+    wanted: &[ChunkRef],
+    intake: &Intake,
+    first: Floor,
+    report: &mut PullReport,
+) -> Result<(), PeerError> {
     let still_missing = || -> Result<Vec<ChunkRef>, PeerError> {
         let mut out = Vec::new();
         for c in wanted {
@@ -649,14 +663,14 @@ pub async fn fetch_from_any(
         }
         remaining = still_missing()?;
     }
-    if let Some(first) = remaining.first() {
-        return Err(PeerError::Unfetched {
+    match remaining.first() {
+        Some(first) => Err(PeerError::Unfetched {
             missing: remaining.len(),
             first: format!("{:#}", first.id),
             tried: peers.len(),
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(report)
 }
 
 #[cfg(test)]

@@ -439,9 +439,12 @@ async fn serve_one(
                 sending.urgency.give_way().await;
                 None
             };
-            // A chunk that went to this peer on an urgent stream since it was asked for
-            // here is answered `Sent`, not sent again.
-            let sent_already = !urgent && sending.sent_urgently.take(&peer, &id);
+            // The stage the stream's wants are for (a fetcher asks for one per stream).
+            let stage = served.first().map(|(_, stage, _)| stage.as_str());
+            // A chunk that went to this peer on an urgent stream of the same stage since
+            // it was asked for here is answered `Sent`, not sent again.
+            let sent_already =
+                !urgent && stage.is_some_and(|stage| sending.sent_urgently.take(&peer, stage, &id));
             let mut data = if sent_already {
                 None
             } else if urgent {
@@ -453,7 +456,7 @@ async fn serve_one(
             // A chunk this host is still fetching, for a host below it: passed on as it
             // arrives. The stream's wants are all for its first one's deployment.
             let pass = (data.is_none() && urgent && through)
-                .then(|| source.pass_on(&served.first()?.1, &id))
+                .then(|| source.pass_on(stage?, &id))
                 .flatten();
             let passed = match &pass {
                 Some(pass) => pass_on(&mut stream, pass, id, caps(), limits.stall).await?,
@@ -476,8 +479,8 @@ async fn serve_one(
                 }
             };
             if payload > 0 {
-                if urgent {
-                    sending.sent_urgently.note(peer, id);
+                if let Some(stage) = stage.filter(|_| urgent) {
+                    sending.sent_urgently.note(peer, stage, id);
                 }
                 if let Some(meter) = &sending.spare {
                     meter.sent(payload);

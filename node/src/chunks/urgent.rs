@@ -3,9 +3,12 @@
 //! receiver), the other streams of that host give way before each chunk they send or
 //! credit, for at most [`GIVE_WAY`] at a time, so the cascade slows but never stops.
 //!
-//! A sender notes each chunk it sends a peer on an urgent stream ([`SentUrgently`]):
-//! that peer's background stream may have it queued still, and answers it with
-//! [`Frame::Sent`](super::Frame::Sent) in its place instead of sending it twice.
+//! A sender notes each chunk it sends a peer on an urgent stream ([`SentUrgently`]),
+//! for that stream's stage: the peer's background stream of the same stage may have it
+//! queued still, and answers it with [`Frame::Sent`](super::Frame::Sent) in its place
+//! instead of sending it twice. Another stage's stream sends it: the peer may have
+//! dropped the chunk since (evicted, collected), and a stage's intake knows only its
+//! own chunks.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,16 +66,17 @@ pub const MAX_SENT: usize = 1 << 16;
 /// ([`QUIET`](super::QUIET)).
 pub const SENT_FOR: Duration = Duration::from_secs(60);
 
-/// The chunks a sender sent each peer on urgent streams, until a background stream to
-/// that peer comes to them ([`SentUrgently::take`]). Bounded by [`MAX_SENT`]: when
-/// full, those older than [`SENT_FOR`] go, and if none is, all do (a chunk forgotten
-/// is sent twice, nothing worse).
+/// The chunks a sender sent each peer on urgent streams, by stage (the deployment its
+/// wants named), until a background stream of that stage to that peer comes to them
+/// ([`SentUrgently::take`]). Bounded by [`MAX_SENT`]: when full, those older than
+/// [`SENT_FOR`] go, and if none is, all do (a chunk forgotten is sent twice, nothing
+/// worse).
 #[derive(Debug, Default)]
-pub struct SentUrgently(Mutex<HashMap<(PeerId, ChunkId), Instant>>);
+pub struct SentUrgently(Mutex<HashMap<(PeerId, String, ChunkId), Instant>>);
 
 impl SentUrgently {
-    /// Notes that chunk `id` went to `peer` on an urgent stream.
-    pub fn note(&self, peer: PeerId, id: ChunkId) {
+    /// Notes that chunk `id` went to `peer` on an urgent stream of `stage`.
+    pub fn note(&self, peer: PeerId, stage: &str, id: ChunkId) {
         let mut sent = self.0.lock().expect("sent lock");
         if sent.len() >= MAX_SENT {
             sent.retain(|_, at| at.elapsed() < SENT_FOR);
@@ -80,12 +84,13 @@ impl SentUrgently {
                 sent.clear();
             }
         }
-        sent.insert((peer, id), Instant::now());
+        sent.insert((peer, stage.to_owned(), id), Instant::now());
     }
 
-    /// Whether chunk `id` went to `peer` on an urgent stream (forgotten once asked).
-    pub fn take(&self, peer: &PeerId, id: &ChunkId) -> bool {
-        self.0.lock().expect("sent lock").remove(&(*peer, *id)).is_some()
+    /// Whether chunk `id` went to `peer` on an urgent stream of `stage` (forgotten once
+    /// asked).
+    pub fn take(&self, peer: &PeerId, stage: &str, id: &ChunkId) -> bool {
+        self.0.lock().expect("sent lock").remove(&(*peer, stage.to_owned(), *id)).is_some()
     }
 }
 
@@ -123,20 +128,21 @@ mod tests {
         assert_eq!(u.active(), 0, "every guard counted down");
     }
 
-    /// A chunk sent urgently is known for that peer only, once, and the record stays
-    /// bounded.
+    /// A chunk sent urgently is known for that peer and stage only, once, and the
+    /// record stays bounded.
     #[test]
-    fn a_chunk_sent_urgently_is_known_once_for_its_peer() {
+    fn a_chunk_sent_urgently_is_known_once_for_its_peer_and_stage() {
         let sent = SentUrgently::default();
         let (p, q) = (PeerId::random(), PeerId::random());
         let id = |n: u8| ChunkId::from_bytes([n; 32]);
-        sent.note(p, id(1));
-        assert!(!sent.take(&q, &id(1)), "another peer's");
-        assert!(!sent.take(&p, &id(2)), "another chunk");
-        assert!(sent.take(&p, &id(1)));
-        assert!(!sent.take(&p, &id(1)), "forgotten once asked");
+        sent.note(p, "a", id(1));
+        assert!(!sent.take(&q, "a", &id(1)), "another peer's");
+        assert!(!sent.take(&p, "a", &id(2)), "another chunk");
+        assert!(!sent.take(&p, "b", &id(1)), "another stage's");
+        assert!(sent.take(&p, "a", &id(1)));
+        assert!(!sent.take(&p, "a", &id(1)), "forgotten once asked");
         for n in 0..=MAX_SENT {
-            sent.note(p, ChunkId::from_bytes(blake3::hash(&n.to_le_bytes()).into()));
+            sent.note(p, "a", ChunkId::from_bytes(blake3::hash(&n.to_le_bytes()).into()));
         }
         assert!(sent.0.lock().expect("lock").len() <= MAX_SENT, "bounded");
     }

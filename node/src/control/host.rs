@@ -979,8 +979,12 @@ impl HostService {
             tokio::select! {
                 next = pulls.next() => match next {
                     None => break,
-                    Some(Ok(r)) => report.merge(r),
-                    Some(Err(e)) => failure = Some(e),
+                    Some((r, result)) => {
+                        report.merge(r);
+                        if let Err(e) = result {
+                            failure = Some(e);
+                        }
+                    }
                 },
                 _ = tick.tick() => {
                     let _ = progress.try_send(fetched(intake.bytes()));
@@ -1026,11 +1030,12 @@ impl HostService {
                 );
                 let mut control = self.chunks.clone();
                 let purpose = purpose(manifest);
-                match fetch_from_any(&mut control, &peers, &purpose, &rest, &intake, Floor::Fixed)
-                    .await
-                {
-                    Ok(r) => report.merge(r),
-                    Err(e) => pass_failure = Some(e),
+                let (r, result) =
+                    fetch_from_any(&mut control, &peers, &purpose, &rest, &intake, Floor::Fixed)
+                        .await;
+                report.merge(r);
+                if let Err(e) = result {
+                    pass_failure = Some(e);
                 }
             }
         }
