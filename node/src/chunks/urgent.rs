@@ -72,25 +72,29 @@ pub const SENT_FOR: Duration = Duration::from_secs(60);
 /// [`SENT_FOR`] go, and if none is, all do (a chunk forgotten is sent twice, nothing
 /// worse).
 #[derive(Debug, Default)]
-pub struct SentUrgently(Mutex<HashMap<(PeerId, String, ChunkId), Instant>>);
+pub struct SentUrgently(Mutex<HashMap<(PeerId, ChunkId), (String, Instant)>>);
 
 impl SentUrgently {
     /// Notes that chunk `id` went to `peer` on an urgent stream of `stage`.
     pub fn note(&self, peer: PeerId, stage: &str, id: ChunkId) {
         let mut sent = self.0.lock().expect("sent lock");
         if sent.len() >= MAX_SENT {
-            sent.retain(|_, at| at.elapsed() < SENT_FOR);
+            sent.retain(|_, (_, at)| at.elapsed() < SENT_FOR);
             if sent.len() >= MAX_SENT {
                 sent.clear();
             }
         }
-        sent.insert((peer, stage.to_owned(), id), Instant::now());
+        sent.insert((peer, id), (stage.to_owned(), Instant::now()));
     }
 
     /// Whether chunk `id` went to `peer` on an urgent stream of `stage` (forgotten once
     /// asked).
     pub fn take(&self, peer: &PeerId, stage: &str, id: &ChunkId) -> bool {
-        self.0.lock().expect("sent lock").remove(&(*peer, stage.to_owned(), *id)).is_some()
+        let mut sent = self.0.lock().expect("sent lock");
+        match sent.get(&(*peer, *id)) {
+            Some((noted, _)) if noted == stage => sent.remove(&(*peer, *id)).is_some(),
+            _ => false,
+        }
     }
 }
 
