@@ -806,7 +806,7 @@ async fn a_chunk_sent_urgently_is_not_sent_again_on_the_stage_stream() {
 /// a later stage to the same peer, which may have dropped it since: the note is for the
 /// stage it was sent in. (Before, the later stage's stream was answered `Sent`, took it
 /// as missing, and the stage's final passes fetched it again; the lab's full deploys
-/// after a lazy one did so for 6–9 chunks.)
+/// after a lazy one did so for 5–9 chunks.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chunk_sent_urgently_in_one_stage_is_sent_in_the_next() {
     use vw_node::lazy::nbd::BlockDevice;
