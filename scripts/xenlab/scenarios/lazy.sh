@@ -78,8 +78,10 @@ serve() {
       done
       vw gc >> "$OUT/evict.log" 2>&1
       # With the base cached: the base OS alone, which the worker image is built on.
-      if [ -e /vwlab/out/keep-base ]; then
-        vw image import /vwimages/guest-base.img --name lab/base:1 >> "$OUT/evict.log" 2>&1
+      # A failed import fails the deploy that wanted it, not labels a cold one cached.
+      if [ -e /vwlab/out/keep-base ] \
+        && ! vw image import /vwimages/guest-base.img --name lab/base:1 >> "$OUT/evict.log" 2>&1; then
+        touch /vwlab/out/base-failed
       fi
       vw image ls >> "$OUT/evict.log" 2>&1
       rm -f /vwlab/out/evict
@@ -93,10 +95,16 @@ serve() {
 
 # Host 2 drops every image; with VW_SCENARIO_BASE=1 it then holds the base OS.
 evict() {
-  rm -f /vwlab/out/evicted
+  rm -f /vwlab/out/evicted /vwlab/out/base-failed
   if [ "${VW_SCENARIO_BASE:-0}" = 1 ]; then touch /vwlab/out/keep-base; else rm -f /vwlab/out/keep-base; fi
   touch /vwlab/out/evict
-  for i in $(seq 300); do [ -e /vwlab/out/evicted ] && return 0; sleep 1; done
+  for i in $(seq 300); do
+    if [ -e /vwlab/out/evicted ]; then
+      [ -e /vwlab/out/base-failed ] || return 0
+      echo "host 2 could not import the base OS (its evict.log)"; return 1
+    fi
+    sleep 1
+  done
   echo "host 2 did not evict its images"; return 1
 }
 
