@@ -570,20 +570,6 @@ pub async fn fetch_from_any(
     first: Floor,
 ) -> (PullReport, Result<(), PeerError>) {
     let mut report = PullReport::default();
-    let result = pull_from_any(control, peers, purpose, wanted, intake, first, &mut report).await;
-    (report, result)
-}
-
-/// [`fetch_from_any`], recording into `report` as it goes.
-async fn pull_from_any(
-    control: &mut libp2p_stream::Control,
-    peers: &[PeerId],
-    purpose: &Purpose,
-    wanted: &[ChunkRef],
-    intake: &Intake,
-    first: Floor,
-    report: &mut PullReport,
-) -> Result<(), PeerError> {
     let still_missing = || -> Result<Vec<ChunkRef>, PeerError> {
         let mut out = Vec::new();
         for c in wanted {
@@ -593,7 +579,10 @@ async fn pull_from_any(
         }
         Ok(out)
     };
-    let mut remaining = still_missing()?;
+    let mut remaining = match still_missing() {
+        Ok(remaining) => remaining,
+        Err(e) => return (report, Err(e)),
+    };
     for (i, &peer) in peers.iter().enumerate() {
         if remaining.is_empty() || intake.is_broken() {
             break;
@@ -661,16 +650,20 @@ async fn pull_from_any(
                 report.dropped.push((peer.to_string(), e.to_string()));
             }
         }
-        remaining = still_missing()?;
+        remaining = match still_missing() {
+            Ok(remaining) => remaining,
+            Err(e) => return (report, Err(e)),
+        };
     }
-    match remaining.first() {
+    let result = match remaining.first() {
         Some(first) => Err(PeerError::Unfetched {
             missing: remaining.len(),
             first: format!("{:#}", first.id),
             tried: peers.len(),
         }),
         None => Ok(()),
-    }
+    };
+    (report, result)
 }
 
 #[cfg(test)]
